@@ -1,0 +1,22 @@
+//! What every virt daemon shares: the runtime (command line, bus, peer-to-peer socket,
+//! activation, readiness, idle exit, signals), errors and their wire mapping, object
+//! paths, atomic persistence, safe XML reading and the client proxies of every daemon.
+
+pub mod activation;
+pub mod cli;
+pub mod connect;
+pub mod error;
+pub mod hub;
+pub mod notify;
+pub mod objpath;
+pub mod persist;
+pub mod proxies;
+pub mod runtime;
+pub mod xml;
+
+#[cfg(feature = "harness")]
+pub mod harness;
+
+pub use error::{BusError, ErrorCode, VirError};
+pub use hub::Hub;
+pub use runtime::{Context, Driver};

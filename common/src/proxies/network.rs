@@ -1,0 +1,1 @@
+//! Proxies of what network's daemon serves (filled in with its API).

@@ -1,0 +1,1 @@
+//! Proxies of what nodedev's daemon serves (filled in with its API).
