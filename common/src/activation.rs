@@ -40,7 +40,10 @@ pub fn take_activated() -> Option<UnixListener> {
         return None;
     }
     for fd in SD_LISTEN_FDS_START..SD_LISTEN_FDS_START + fds {
-        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
     }
     // SAFETY: systemd passed fd 3 to us as a listening socket and nobody else owns it.
     Some(unsafe { UnixListener::from_raw_fd(SD_LISTEN_FDS_START) })

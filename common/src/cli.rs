@@ -126,7 +126,10 @@ mod tests {
         assert_eq!(s.mode, Mode::Session);
         assert_eq!(s.timeout, 5);
         assert_eq!(s.config_dir, PathBuf::from("/c"));
-        assert_eq!(s.socket_path("virtqemud"), PathBuf::from("/r/virtqemud-sock"));
+        assert_eq!(
+            s.socket_path("virtqemud"),
+            PathBuf::from("/r/virtqemud-sock")
+        );
         assert_eq!(s.verbose, 2);
         assert!(Args::try_parse_from(["d", "--system", "--session"]).is_err());
         let sys = Settings::resolve(&Args::parse_from(["d", "--system"])).unwrap();

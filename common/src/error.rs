@@ -174,11 +174,11 @@ mod tests {
 
     #[test]
     fn messages_follow_libvirt_templates() {
-        let e = VirError::new(
-            ErrorCode::NoDomain,
-            "no domain with matching name 'x'",
+        let e = VirError::new(ErrorCode::NoDomain, "no domain with matching name 'x'");
+        assert_eq!(
+            e.message,
+            "Domain not found: no domain with matching name 'x'"
         );
-        assert_eq!(e.message, "Domain not found: no domain with matching name 'x'");
         assert_eq!(
             VirError::unsupported_flags(0x10).message,
             "invalid argument: unsupported flags (0x10)"

@@ -10,10 +10,10 @@ use std::time::Instant;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use serde::Serialize;
+use zbus::connection::Builder;
 use zbus::message::Type as MessageType;
 use zbus::object_server::Interface;
 use zbus::zvariant::{DynamicType, OwnedObjectPath, Value};
-use zbus::connection::Builder;
 use zbus::Connection;
 
 type Attach = Arc<dyn Fn(Connection) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -74,7 +74,11 @@ impl Hub {
     }
 
     fn connections(&self) -> Vec<Connection> {
-        self.lock().conns.iter().map(|(_, c, _)| c.clone()).collect()
+        self.lock()
+            .conns
+            .iter()
+            .map(|(_, c, _)| c.clone())
+            .collect()
     }
 
     /// Serves an interface at `path` on every connection, now and later. `make` builds
@@ -126,7 +130,11 @@ impl Hub {
                     detach,
                 },
             );
-            inner.conns.iter().map(|(_, c, _)| c.clone()).collect::<Vec<_>>()
+            inner
+                .conns
+                .iter()
+                .map(|(_, c, _)| c.clone())
+                .collect::<Vec<_>>()
         };
         for conn in conns {
             attach(conn).await;
@@ -144,7 +152,14 @@ impl Hub {
                 let seq = inner.seq;
                 inner.removed.push((seq, key, r.detach.clone()));
             }
-            (reg, inner.conns.iter().map(|(_, c, _)| c.clone()).collect::<Vec<_>>())
+            (
+                reg,
+                inner
+                    .conns
+                    .iter()
+                    .map(|(_, c, _)| c.clone())
+                    .collect::<Vec<_>>(),
+            )
         };
         if let Some(reg) = reg {
             for conn in conns {
@@ -182,7 +197,8 @@ impl Hub {
         let (snapshot, prepares) = {
             let mut inner = self.lock();
             inner.building += 1;
-            let prepares: Vec<Prepare> = inner.objects.values().map(|r| r.prepare.clone()).collect();
+            let prepares: Vec<Prepare> =
+                inner.objects.values().map(|r| r.prepare.clone()).collect();
             (inner.seq, prepares)
         };
         let built = async {

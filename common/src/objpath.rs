@@ -97,7 +97,10 @@ mod tests {
             domain(&u).as_str(),
             "/org/libvirt/QEMU/domain/_6695eb01_f6a4_8304_79aa_97f2502e193f"
         );
-        assert_eq!(decode_uuid("_6695eb01_f6a4_8304_79aa_97f2502e193f"), Some(u));
+        assert_eq!(
+            decode_uuid("_6695eb01_f6a4_8304_79aa_97f2502e193f"),
+            Some(u)
+        );
         assert_eq!(decode_uuid("6695eb01"), None);
     }
 

@@ -9,9 +9,9 @@ use std::path::Path;
 /// Writes `data` to a temp file beside `path`, fsyncs it, renames it over `path` and
 /// fsyncs the folder so the rename itself is durable.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path.parent().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "path has no parent folder")
-    })?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent folder"))?;
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
@@ -54,7 +54,10 @@ pub fn remove_durable(path: &Path) -> io::Result<()> {
 /// Creates a folder and its parents with `mode` for the ones it creates.
 pub fn create_dir_all(path: &Path, mode: u32) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new().recursive(true).mode(mode).create(path)
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
 }
 
 #[cfg(test)]

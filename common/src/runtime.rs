@@ -196,7 +196,9 @@ fn bus_address(mode: Mode) -> anyhow::Result<String> {
         Mode::System => Ok(std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
             .unwrap_or_else(|_| "unix:path=/run/dbus/system_bus_socket".to_owned())),
         Mode::Session => std::env::var("DBUS_SESSION_BUS_ADDRESS").map_err(|_| {
-            anyhow::anyhow!("session mode needs a session bus, but DBUS_SESSION_BUS_ADDRESS is not set")
+            anyhow::anyhow!(
+                "session mode needs a session bus, but DBUS_SESSION_BUS_ADDRESS is not set"
+            )
         }),
     }
 }
@@ -246,9 +248,9 @@ where
         .await;
     match reply {
         Ok(RequestNameReply::PrimaryOwner) | Ok(RequestNameReply::AlreadyOwner) => {}
-        Ok(_) | Err(zbus::Error::NameTaken) => bail!(
-            "the name {name} is already owned on the bus: is another {daemon} running?"
-        ),
+        Ok(_) | Err(zbus::Error::NameTaken) => {
+            bail!("the name {name} is already owned on the bus: is another {daemon} running?")
+        }
         Err(e) => bail!("cannot own {name}: {e}"),
     }
 
@@ -322,8 +324,10 @@ async fn accept_peers(listener: UnixListener, hub: Hub) {
                 let builder = zbus::connection::Builder::unix_stream(stream)
                     .server(zbus::Guid::generate())?
                     .p2p();
-                hub.attach_peer(builder, |b| b.serve_at("/org/freedesktop/DBus", PeerBusShim))
-                    .await
+                hub.attach_peer(builder, |b| {
+                    b.serve_at("/org/freedesktop/DBus", PeerBusShim)
+                })
+                .await
             };
             // A client that never finishes the handshake must not pin a task forever.
             match tokio::time::timeout(Duration::from_secs(10), attached).await {

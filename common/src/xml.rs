@@ -129,8 +129,10 @@ fn convert(node: roxmltree::Node, depth: usize) -> Result<Element, XmlError> {
         el.attrs.push((key, ns.uri().to_owned()));
     }
     for a in node.attributes() {
-        el.attrs
-            .push((qualified(node, a.namespace(), a.name()), a.value().to_owned()));
+        el.attrs.push((
+            qualified(node, a.namespace(), a.name()),
+            a.value().to_owned(),
+        ));
     }
     for child in node.children() {
         if child.is_element() {
@@ -213,9 +215,9 @@ impl Element {
     {
         self.get_attr(key)
             .map(|v| {
-                v.trim().parse::<T>().map_err(|e| {
-                    XmlError::invalid(&self.name, &format!("attribute '{key}'"), v, e)
-                })
+                v.trim()
+                    .parse::<T>()
+                    .map_err(|e| XmlError::invalid(&self.name, &format!("attribute '{key}'"), v, e))
             })
             .transpose()
     }
@@ -328,7 +330,8 @@ mod tests {
 
     #[test]
     fn rejects_dtd_entities_and_hostile_shapes() {
-        let bomb = "<?xml version='1.0'?><!DOCTYPE d [<!ENTITY a 'aaaa'><!ENTITY b '&a;&a;'>]><d>&b;</d>";
+        let bomb =
+            "<?xml version='1.0'?><!DOCTYPE d [<!ENTITY a 'aaaa'><!ENTITY b '&a;&a;'>]><d>&b;</d>";
         assert!(matches!(parse(bomb), Err(XmlError::Malformed(_))));
         let xxe = "<!DOCTYPE d [<!ENTITY x SYSTEM 'file:///etc/passwd'>]><d>&x;</d>";
         assert!(parse(xxe).is_err());
@@ -353,7 +356,12 @@ mod tests {
             "invalid value 'x' for attribute 'n' in <memory>: invalid digit found in string"
         );
         assert!(el.req_attr("nope").is_err());
-        let built = Element::new("a").attr("q", "it's \"x\"").child(Element::new("b"));
-        assert_eq!(built.to_xml(), "<a q='it&apos;s &quot;x&quot;'>\n  <b/>\n</a>\n");
+        let built = Element::new("a")
+            .attr("q", "it's \"x\"")
+            .child(Element::new("b"));
+        assert_eq!(
+            built.to_xml(),
+            "<a q='it&apos;s &quot;x&quot;'>\n  <b/>\n</a>\n"
+        );
     }
 }
