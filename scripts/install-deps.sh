@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing need on Debian 12, only if it is missing.
+# Idempotent and quiet when everything is there already.
+set -euo pipefail
+
+PACKAGES=(
+  dbus                # dbus-daemon for the private test/demo bus, busctl
+  systemd             # systemd-socket-activate, systemd-analyze
+  qemu-system-x86     # the hypervisor
+  qemu-utils          # qemu-img
+  nftables            # nft, for checking rules in tests
+  dnsmasq-base        # DHCP/DNS of virtual networks
+  iproute2            # ip netns for tests
+  busybox-static      # udhcpc and ping inside test namespaces; the test guest's userland
+  lvm2                # logical storage pools
+  e2fsprogs           # mkfs.ext4 for fs pools
+  util-linux          # losetup, mount, lsblk
+  pciutils pci.ids    # lspci, PCI names
+  usbutils            # usb.ids
+  kmod                # modprobe for loop and vfio modules
+  gcc libc6-dev pkg-config  # for crates that build C
+  ca-certificates curl
+)
+
+need=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+
+if [ ${#need[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { echo "install-deps: missing packages (${need[*]}); run as root" >&2; exit 1; }
+  echo "install-deps: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  if ! apt-get install -y -q --no-install-recommends "${need[@]}"; then
+    # A newer qemu-utils (from backports) conflicts with Debian 12's qemu-system-x86:
+    # install the qemu packages at one version, the one qemu-system-x86 offers.
+    v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+    rest=()
+    for p in "${need[@]}"; do case "$p" in qemu-*) ;; *) rest+=("$p") ;; esac; done
+    apt-get install -y -q --no-install-recommends --allow-downgrades \
+      "qemu-system-x86=$v" "qemu-system-common=$v" "qemu-utils=$v" "qemu-block-extra=$v" \
+      "${rest[@]}"
+  fi
+fi
+
+# Rust: the workspace needs a toolchain newer than Debian 12's (1.63).
+if ! command -v cargo >/dev/null 2>&1; then
+  [ -x "$HOME/.cargo/bin/cargo" ] || curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
+fi
