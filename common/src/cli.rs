@@ -33,6 +33,10 @@ pub struct Args {
     /// Where runtime status and the daemon's socket live.
     #[arg(long, value_name = "DIR")]
     pub runtime_dir: Option<PathBuf>,
+    /// Read devices from this sysfs tree instead of /sys (tests with fixture trees;
+    /// only virtnodedevd uses it).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub sysfs_root: Option<PathBuf>,
     /// More logging (-v debug, -vv trace).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -47,6 +51,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     pub runtime_dir: PathBuf,
     pub verbose: u8,
+    /// `/sys` unless a test points elsewhere.
+    pub sysfs_root: PathBuf,
 }
 
 impl Settings {
@@ -94,6 +100,10 @@ impl Settings {
             state_dir: args.state_dir.clone().unwrap_or(state),
             runtime_dir: args.runtime_dir.clone().unwrap_or(runtime),
             verbose: args.verbose,
+            sysfs_root: args
+                .sysfs_root
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/sys")),
         })
     }
 
