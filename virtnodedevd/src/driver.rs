@@ -1,20 +1,427 @@
-//! The driver: the daemon's state and the operations its D-Bus interfaces translate to.
+//! The driver: the device registry (kept current by uevents), the node-resource calls
+//! and PCI detach, which the D-Bus interfaces translate to.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
 
+use common::error::{check_flags, ErrorCode, VirError};
 use common::runtime::Context;
+use zbus::zvariant::OwnedObjectPath;
+
+use crate::pci;
+use crate::sysfs::{self, flags, Cap, Device, Roots};
+use crate::uevent::Uevent;
+
+/// libvirt's node device lifecycle events (`virNodeDeviceEventLifecycleType`).
+pub const EVENT_CREATED: i32 = 0;
+pub const EVENT_DELETED: i32 = 1;
+
+#[derive(Default)]
+pub struct Registry {
+    devices: BTreeMap<String, Arc<Device>>,
+    by_devpath: HashMap<String, String>,
+}
+
+impl Registry {
+    fn insert(&mut self, d: Device) {
+        if let Some(p) = &d.devpath {
+            self.by_devpath.insert(p.clone(), d.name.clone());
+        }
+        self.devices.insert(d.name.clone(), Arc::new(d));
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Arc<Device>> {
+        let d = self.devices.remove(name)?;
+        if let Some(p) = &d.devpath {
+            if self.by_devpath.get(p).map(String::as_str) == Some(name) {
+                self.by_devpath.remove(p);
+            }
+        }
+        Some(d)
+    }
+}
+
+/// What a change to the registry means for clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Created(String),
+    Deleted(String),
+    Updated(String),
+}
 
 pub struct Driver {
     pub ctx: Context,
+    pub roots: Roots,
+    registry: RwLock<Registry>,
+}
+
+fn no_device(name: &str) -> VirError {
+    VirError::new(
+        ErrorCode::NoNodeDevice,
+        format!("no node device with matching name '{name}'"),
+    )
 }
 
 impl Driver {
     /// Builds the driver and registers its objects on the hub.
     pub async fn start(ctx: Context) -> anyhow::Result<Arc<Driver>> {
-        let driver = Arc::new(Driver { ctx });
+        let roots = Roots::from_settings(&ctx.settings);
+        // Listen before enumerating so that nothing happening in between is missed.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        if roots.real {
+            match crate::uevent::open() {
+                Ok(fd) => crate::uevent::spawn(fd, tx)?,
+                Err(e) => {
+                    tracing::warn!("no uevent socket, device list will not follow hotplug: {e}")
+                }
+            }
+        } else {
+            tracing::info!(
+                "sysfs root {} (test fixture): no hotplug",
+                roots.sys.display()
+            );
+        }
+        let driver = Arc::new(Driver::new(ctx, roots));
         crate::dbus::serve(&driver).await;
+        let d = driver.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                let changes = d.apply_uevent(&ev);
+                d.publish(changes).await;
+            }
+        });
         Ok(driver)
     }
+
+    /// The driver with its device list read from `roots` (no bus objects yet).
+    pub fn new(ctx: Context, roots: Roots) -> Driver {
+        let mut reg = Registry::default();
+        for d in sysfs::enumerate(&roots) {
+            reg.insert(d);
+        }
+        Driver {
+            ctx,
+            roots,
+            registry: RwLock::new(reg),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
+        self.registry.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.read().devices.keys().cloned().collect()
+    }
+
+    /// `ListNodeDevices`: names of the devices `filter` selects, sorted.
+    pub fn list(&self, filter: u32) -> Result<Vec<String>, VirError> {
+        check_flags(filter, flags::ALL)?;
+        Ok(self
+            .read()
+            .devices
+            .values()
+            .filter(|d| d.matches(filter))
+            .map(|d| d.name.clone())
+            .collect())
+    }
+
+    pub fn lookup(&self, name: &str) -> Result<Arc<Device>, VirError> {
+        if !sysfs::valid_name(name) {
+            return Err(no_device(name));
+        }
+        self.read()
+            .devices
+            .get(name)
+            .cloned()
+            .ok_or_else(|| no_device(name))
+    }
+
+    /// `NodeDeviceLookupSCSIHostByWWN`: the fc_host with both WWNs (case and a `0x`
+    /// prefix do not matter).
+    pub fn lookup_scsi_host_by_wwn(
+        &self,
+        wwnn: &str,
+        wwpn: &str,
+        flags: u32,
+    ) -> Result<Arc<Device>, VirError> {
+        check_flags(flags, 0)?;
+        let norm = |s: &str| s.trim().trim_start_matches("0x").to_ascii_lowercase();
+        let (n, p) = (norm(wwnn), norm(wwpn));
+        self.read()
+            .devices
+            .values()
+            .find(|d| match &d.cap {
+                Cap::ScsiHost(h) => {
+                    h.fc.as_ref()
+                        .is_some_and(|fc| norm(&fc.wwnn) == n && norm(&fc.wwpn) == p)
+                }
+                _ => false,
+            })
+            .cloned()
+            .ok_or_else(|| {
+                VirError::new(
+                    ErrorCode::NoNodeDevice,
+                    format!("no node device with matching wwnn '{wwnn}' and wwpn '{wwpn}'"),
+                )
+            })
+    }
+
+    pub fn xml(&self, name: &str, flags: u32) -> Result<String, VirError> {
+        // VIR_NODE_DEVICE_XML_INACTIVE: every device here is live, so the same document.
+        check_flags(flags, 1)?;
+        let d = self.lookup(name)?;
+        Ok(crate::xml::device_xml(&self.roots, &d))
+    }
+
+    pub fn caps(&self, name: &str) -> Result<Vec<String>, VirError> {
+        Ok(self
+            .lookup(name)?
+            .caps()
+            .into_iter()
+            .map(str::to_string)
+            .collect())
+    }
+
+    pub fn parent(&self, name: &str) -> Option<String> {
+        self.read().devices.get(name).and_then(|d| d.parent.clone())
+    }
+
+    /// The sysfs directory and address of a PCI device, or libvirt's error.
+    fn pci_target(&self, name: &str) -> Result<(std::path::PathBuf, sysfs::PciAddr), VirError> {
+        let d = self.lookup(name)?;
+        match (&d.cap, &d.sysfs) {
+            (Cap::Pci(p), Some(dir)) => Ok((dir.clone(), p.addr)),
+            _ => Err(VirError::new(
+                ErrorCode::InvalidArg,
+                format!("device '{name}' is not a PCI device"),
+            )),
+        }
+    }
+
+    pub async fn detach(
+        self: &Arc<Self>,
+        name: &str,
+        driver: &str,
+        flags: u32,
+    ) -> Result<(), VirError> {
+        check_flags(flags, 0)?;
+        let stub = pci::stub_driver(driver)?;
+        let (dir, addr) = self.pci_target(name)?;
+        let roots = self.roots.clone();
+        tracing::info!(device = name, "detaching to {stub}");
+        blocking(move || pci::detach(&roots, &dir, addr, stub)).await?;
+        self.refresh(name).await;
+        Ok(())
+    }
+
+    pub async fn reattach(self: &Arc<Self>, name: &str) -> Result<(), VirError> {
+        let (dir, addr) = self.pci_target(name)?;
+        let roots = self.roots.clone();
+        tracing::info!(device = name, "reattaching to its host driver");
+        blocking(move || pci::reattach(&roots, &dir, addr)).await?;
+        self.refresh(name).await;
+        Ok(())
+    }
+
+    pub async fn reset(&self, name: &str) -> Result<(), VirError> {
+        let (dir, addr) = self.pci_target(name)?;
+        blocking(move || pci::reset(&dir, addr)).await
+    }
+
+    /// Destroys a transient device: a mediated device goes through its `remove` file
+    /// (the kernel then sends the remove uevent); nothing else can be destroyed.
+    pub async fn destroy(&self, name: &str) -> Result<(), VirError> {
+        let d = self.lookup(name)?;
+        match (&d.cap, &d.sysfs) {
+            (Cap::Mdev(_), Some(dir)) => {
+                let f = dir.join("remove");
+                tracing::info!(device = name, "removing mediated device");
+                blocking(move || pci::write_flag(&f)).await
+            }
+            _ => Err(VirError::operation_invalid(format!(
+                "device '{name}' is not a transient device (mdev or NPIV vport) that can be destroyed"
+            ))),
+        }
+    }
+
+    /// Re-reads one device (after Detach/ReAttach changed its driver).
+    async fn refresh(self: &Arc<Self>, name: &str) {
+        let Ok(old) = self.lookup(name) else { return };
+        let (Some(devpath), Some(subsystem)) = (old.devpath.clone(), subsystem_of(&old)) else {
+            return;
+        };
+        let ev = Uevent {
+            action: "change".into(),
+            devpath,
+            subsystem: subsystem.into(),
+            env: HashMap::new(),
+        };
+        let changes = self.apply_uevent(&ev);
+        self.publish(changes).await;
+    }
+
+    /// Brings the registry in line with one uevent and says what changed.
+    pub fn apply_uevent(&self, ev: &Uevent) -> Vec<Change> {
+        if ev.action == "rescan" {
+            return self.rescan();
+        }
+        let mut changes = Vec::new();
+        if ev.action == "move" {
+            if let Some(old) = ev.env.get("DEVPATH_OLD") {
+                changes.extend(self.replace(old, None));
+            }
+        }
+        let new = if ev.action == "remove" {
+            None
+        } else {
+            sysfs::probe_devpath(&self.roots, &ev.devpath, &ev.subsystem, &ev.env)
+        };
+        changes.extend(self.replace(&ev.devpath, new));
+        changes
+    }
+
+    fn replace(&self, devpath: &str, new: Option<Device>) -> Vec<Change> {
+        let mut reg = self.write();
+        let old = reg
+            .by_devpath
+            .get(devpath)
+            .cloned()
+            .and_then(|n| reg.devices.get(&n).cloned());
+        let mut out = Vec::new();
+        match (old, new) {
+            (None, None) => {}
+            (Some(o), None) => {
+                reg.remove(&o.name);
+                out.push(Change::Deleted(o.name.clone()));
+            }
+            (old, Some(mut n)) => {
+                n.parent = Some(sysfs::parent_of(n.devpath.as_deref(), |p| {
+                    reg.by_devpath.get(p).cloned()
+                }));
+                match old {
+                    Some(o) if o.name == n.name => {
+                        if *o != n {
+                            out.push(Change::Updated(n.name.clone()));
+                            reg.insert(n);
+                        }
+                    }
+                    Some(o) => {
+                        reg.remove(&o.name);
+                        out.push(Change::Deleted(o.name.clone()));
+                        out.push(Change::Created(n.name.clone()));
+                        reg.insert(n);
+                    }
+                    None => {
+                        let existed = reg.devices.contains_key(&n.name);
+                        out.push(if existed {
+                            Change::Updated(n.name.clone())
+                        } else {
+                            Change::Created(n.name.clone())
+                        });
+                        reg.insert(n);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// After lost uevents: enumerate again and diff.
+    fn rescan(&self) -> Vec<Change> {
+        let fresh = sysfs::by_name(sysfs::enumerate(&self.roots));
+        let mut reg = self.write();
+        let mut out = Vec::new();
+        let gone: Vec<String> = reg
+            .devices
+            .keys()
+            .filter(|k| !fresh.contains_key(*k))
+            .cloned()
+            .collect();
+        for g in gone {
+            reg.remove(&g);
+            out.push(Change::Deleted(g));
+        }
+        for (name, d) in fresh {
+            match reg.devices.get(&name) {
+                None => out.push(Change::Created(name)),
+                Some(o) if **o != d => out.push(Change::Updated(name)),
+                Some(_) => continue,
+            }
+            reg.insert(d);
+        }
+        out
+    }
+
+    /// Serves/unserves objects and emits the signals for `changes`.
+    pub async fn publish(self: &Arc<Self>, changes: Vec<Change>) {
+        for c in changes {
+            match &c {
+                Change::Created(n) => {
+                    crate::dbus::serve_device(self, n).await;
+                    self.emit_lifecycle(n, EVENT_CREATED).await;
+                }
+                Change::Deleted(n) => {
+                    self.emit_lifecycle(n, EVENT_DELETED).await;
+                    crate::dbus::unserve_device(self, n).await;
+                }
+                Change::Updated(n) => {
+                    let path = common::objpath::node_device(n);
+                    self.ctx
+                        .hub
+                        .emit(
+                            &common::objpath::connect(),
+                            "org.libvirt.Connect",
+                            "NodeDeviceUpdate",
+                            &(path,),
+                        )
+                        .await;
+                }
+            }
+            tracing::info!("node device {c:?}");
+        }
+    }
+
+    async fn emit_lifecycle(&self, name: &str, event: i32) {
+        let path: OwnedObjectPath = common::objpath::node_device(name);
+        self.ctx
+            .hub
+            .emit(
+                &common::objpath::connect(),
+                "org.libvirt.Connect",
+                "NodeDeviceEvent",
+                &(path, event, 0i32),
+            )
+            .await;
+    }
+}
+
+fn subsystem_of(d: &Device) -> Option<&'static str> {
+    Some(match d.cap {
+        Cap::Pci(_) => "pci",
+        Cap::Net(_) => "net",
+        Cap::Storage(_) => "block",
+        Cap::UsbDevice(_) | Cap::UsbInterface(_) => "usb",
+        Cap::ScsiHost(_) | Cap::ScsiTarget { .. } | Cap::Scsi(_) => "scsi",
+        Cap::ScsiGeneric { .. } => "scsi_generic",
+        Cap::Drm { .. } => "drm",
+        Cap::Mdev(_) => "mdev",
+        Cap::System(_) => return None,
+    })
+}
+
+async fn blocking<F>(f: F) -> Result<(), VirError>
+where
+    F: FnOnce() -> Result<(), pci::PciError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| VirError::internal(format!("sysfs task failed: {e}")))?
+        .map_err(VirError::from)
 }
 
 impl common::Driver for Driver {}

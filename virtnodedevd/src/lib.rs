@@ -2,5 +2,10 @@
 
 pub mod dbus;
 pub mod driver;
+pub mod node;
+pub mod pci;
+pub mod sysfs;
+pub mod uevent;
+pub mod xml;
 
 pub use driver::Driver;

@@ -1,14 +1,23 @@
-//! virtnodedevd's part of `org.libvirt.Connect` at `/org/libvirt/QEMU`.
+//! virtnodedevd's part of `org.libvirt.Connect` at `/org/libvirt/QEMU`: node devices,
+//! their events, and the node's resources.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::connect as base;
+use common::error::{check_flags, BusError, VirError};
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 
 use crate::driver::Driver;
+use crate::node;
 
 pub struct Connect {
-    #[allow(dead_code)]
     pub driver: Arc<Driver>,
+}
+
+fn map(pairs: Vec<(String, u64)>) -> HashMap<String, u64> {
+    pairs.into_iter().collect()
 }
 
 #[zbus::interface(name = "org.libvirt.Connect")]
@@ -37,4 +46,162 @@ impl Connect {
     fn secure(&self) -> bool {
         base::SECURE
     }
+
+    #[zbus(name = "ListNodeDevices")]
+    async fn list_node_devices(&self, flags: u32) -> Result<Vec<OwnedObjectPath>, BusError> {
+        Ok(self
+            .driver
+            .list(flags)?
+            .iter()
+            .map(|n| common::objpath::node_device(n))
+            .collect())
+    }
+
+    #[zbus(name = "NodeDeviceLookupByName")]
+    async fn node_device_lookup_by_name(&self, name: &str) -> Result<OwnedObjectPath, BusError> {
+        let d = self.driver.lookup(name)?;
+        Ok(common::objpath::node_device(&d.name))
+    }
+
+    #[zbus(name = "NodeDeviceLookupSCSIHostByWWN")]
+    async fn node_device_lookup_scsi_host_by_wwn(
+        &self,
+        wwnn: &str,
+        wwpn: &str,
+        flags: u32,
+    ) -> Result<OwnedObjectPath, BusError> {
+        let d = self.driver.lookup_scsi_host_by_wwn(wwnn, wwpn, flags)?;
+        Ok(common::objpath::node_device(&d.name))
+    }
+
+    #[zbus(name = "NodeDeviceCreateXML")]
+    async fn node_device_create_xml(
+        &self,
+        _xml: &str,
+        flags: u32,
+    ) -> Result<OwnedObjectPath, BusError> {
+        check_flags(flags, 0)?;
+        Err(VirError::new(
+            common::error::ErrorCode::NoSupport,
+            "creating node devices (mdev, NPIV vports) is not implemented yet",
+        )
+        .into())
+    }
+
+    #[zbus(name = "NodeGetCPUMap")]
+    async fn node_get_cpu_map(&self, flags: u32) -> Result<Vec<bool>, BusError> {
+        check_flags(flags, 0)?;
+        Ok(node::cpu_map(&self.driver.roots))
+    }
+
+    #[zbus(name = "NodeGetCPUStats")]
+    async fn node_get_cpu_stats(
+        &self,
+        cpu_num: i32,
+        flags: u32,
+    ) -> Result<HashMap<String, u64>, BusError> {
+        check_flags(flags, 0)?;
+        Ok(map(
+            node::cpu_stats(&self.driver.roots, cpu_num).map_err(VirError::from)?
+        ))
+    }
+
+    #[zbus(name = "NodeGetMemoryStats")]
+    async fn node_get_memory_stats(
+        &self,
+        cell_num: i32,
+        flags: u32,
+    ) -> Result<HashMap<String, u64>, BusError> {
+        check_flags(flags, 0)?;
+        Ok(map(
+            node::memory_stats(&self.driver.roots, cell_num).map_err(VirError::from)?
+        ))
+    }
+
+    #[zbus(name = "NodeGetFreeMemory")]
+    async fn node_get_free_memory(&self) -> u64 {
+        node::free_memory(&self.driver.roots)
+    }
+
+    #[zbus(name = "NodeGetMemoryParameters")]
+    async fn node_get_memory_parameters(
+        &self,
+        flags: u32,
+    ) -> Result<HashMap<String, OwnedValue>, BusError> {
+        // VIR_TYPED_PARAM_STRING_OKAY is the only flag clients pass.
+        check_flags(flags, 1 << 2)?;
+        let mut out = HashMap::new();
+        for (name, v, small) in node::memory_parameters(&self.driver.roots) {
+            let value = if small {
+                Value::from(u32::try_from(v).unwrap_or(u32::MAX))
+            } else {
+                Value::from(v)
+            };
+            if let Ok(ov) = value.try_to_owned() {
+                out.insert(name.to_string(), ov);
+            }
+        }
+        Ok(out)
+    }
+
+    #[zbus(name = "GetSysinfo")]
+    async fn get_sysinfo(&self, flags: u32) -> Result<String, BusError> {
+        check_flags(flags, 0)?;
+        Ok(node::sysinfo_xml(&self.driver.roots))
+    }
+
+    /// Addition: libvirt's `virNodeGetInfo` as (model, memory KiB, cpus, mhz, nodes,
+    /// sockets per node, cores per socket, threads per core).
+    #[zbus(name = "NodeGetInfo")]
+    async fn node_get_info(&self) -> Result<(String, u64, u32, u32, u32, u32, u32, u32), BusError> {
+        let i = node::node_info(&self.driver.roots).map_err(VirError::from)?;
+        Ok((
+            i.model,
+            i.memory_kib,
+            i.cpus,
+            i.mhz,
+            i.nodes,
+            i.sockets,
+            i.cores,
+            i.threads,
+        ))
+    }
+
+    /// Addition: libvirt's `virNodeGetCellsFreeMemory` (bytes per cell).
+    #[zbus(name = "NodeGetCellsFreeMemory")]
+    async fn node_get_cells_free_memory(
+        &self,
+        start_cell: i32,
+        max_cells: i32,
+        flags: u32,
+    ) -> Result<Vec<u64>, BusError> {
+        check_flags(flags, 0)?;
+        Ok(
+            node::cells_free_memory(&self.driver.roots, start_cell, max_cells)
+                .map_err(VirError::from)?,
+        )
+    }
+
+    /// Addition: the `<host>` element of the capabilities XML, for virtqemud.
+    #[zbus(name = "NodeGetHostCapabilities")]
+    async fn node_get_host_capabilities(&self, flags: u32) -> Result<String, BusError> {
+        check_flags(flags, 0)?;
+        Ok(node::host_capabilities_xml(&self.driver.roots))
+    }
+
+    /// Lifecycle of a node device (CREATED=0, DELETED=1), emitted through the hub.
+    #[zbus(signal, name = "NodeDeviceEvent")]
+    async fn node_device_event(
+        emitter: &SignalEmitter<'_>,
+        dev: OwnedObjectPath,
+        event: i32,
+        detail: i32,
+    ) -> zbus::Result<()>;
+
+    /// Addition: libvirt's separate UPDATE event (a device's description changed).
+    #[zbus(signal, name = "NodeDeviceUpdate")]
+    async fn node_device_update(
+        emitter: &SignalEmitter<'_>,
+        dev: OwnedObjectPath,
+    ) -> zbus::Result<()>;
 }

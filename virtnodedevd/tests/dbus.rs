@@ -1,0 +1,598 @@
+//! virtnodedevd through its D-Bus API: the real machine's devices (compared with
+//! lspci, ip and lsblk), hotplug events from a veth pair in a test namespace, node
+//! resources against /proc and /sys, the fixture tree for SR-IOV, WWN lookup and PCI
+//! detach, and the errors for bad input.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use common::harness::{Daemon, NetNs, TestBus};
+use common::proxies::nodedev::{NodeDevConnectProxy, NodeDeviceProxy};
+use futures_util::StreamExt;
+use zbus::proxy::CacheProperties;
+
+const BIN: &str = env!("CARGO_BIN_EXE_virtnodedevd");
+
+async fn device<'a>(conn: &zbus::Connection, name: &str) -> anyhow::Result<NodeDeviceProxy<'a>> {
+    Ok(NodeDeviceProxy::builder(conn)
+        .path(common::objpath::node_device(name))?
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?)
+}
+
+/// `org.libvirt.Error: <message>` of a failed call.
+fn err_text<T: std::fmt::Debug>(r: zbus::Result<T>) -> String {
+    match r {
+        Err(zbus::Error::MethodError(name, msg, _)) => {
+            format!("{}: {}", name.as_str(), msg.unwrap_or_default())
+        }
+        other => format!("unexpected: {other:?}"),
+    }
+}
+
+fn run(argv: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(argv[0]).args(&argv[1..]).output()?;
+    if !out.status.success() {
+        bail!("{argv:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// name -> (parent, xml) of every device the daemon lists.
+async fn all_devices(
+    conn: &zbus::Connection,
+    c: &NodeDevConnectProxy<'_>,
+) -> anyhow::Result<BTreeMap<String, (String, String)>> {
+    let mut out = BTreeMap::new();
+    for p in c.list_node_devices(0).await? {
+        let d = NodeDeviceProxy::builder(conn)
+            .path(p)?
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        out.insert(
+            d.name().await?,
+            (d.parent().await?, d.get_xml_desc(0).await?),
+        );
+    }
+    Ok(out)
+}
+
+fn pci_name(addr: &str) -> String {
+    format!("pci_{}", addr.replace([':', '.'], "_"))
+}
+
+/// Tests that list the host's block devices and the one that adds a loop device would
+/// see each other's changes; they take turns.
+static HOST_BLOCK_DEVICES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_list_agrees_with_lspci_ip_and_lsblk() -> anyhow::Result<()> {
+    let _turn = HOST_BLOCK_DEVICES.lock().await;
+    let ns = NetNs::new()?;
+    ns.run_ok(&[
+        "ip", "link", "add", "vlist0", "type", "veth", "peer", "name", "vlist1",
+    ])?;
+    let bus = TestBus::start()?;
+    let _d = Daemon::builder(BIN, "virtnodedevd")
+        .netns(&ns)
+        .spawn(&bus)
+        .await?;
+    let conn = bus.connection().await?;
+    let c = NodeDevConnectProxy::new(&conn).await?;
+    let devs = all_devices(&conn, &c).await?;
+
+    // Closed tree: every parent is listed, only `computer` has none.
+    for (name, (parent, xml)) in &devs {
+        if name == "computer" {
+            assert_eq!(parent, "");
+        } else {
+            assert!(
+                devs.contains_key(parent),
+                "{name}: parent {parent} not listed"
+            );
+        }
+        assert!(xml.contains(&format!("<name>{name}</name>")));
+    }
+
+    // PCI: same addresses as `lspci -D`, same parents as its bridge path (-PP).
+    let lspci = run(&["lspci", "-D", "-PP"])?;
+    let mut want = BTreeMap::new();
+    for line in lspci.lines() {
+        let path = line.split_whitespace().next().unwrap_or("");
+        let parts: Vec<&str> = path.split('/').collect();
+        let dom = &parts[0][..5];
+        let me = format!("{dom}{}", parts[parts.len() - 1].trim_start_matches(dom));
+        let parent = match parts.len() {
+            1 => "computer".to_string(),
+            n => pci_name(&format!("{dom}{}", parts[n - 2].trim_start_matches(dom))),
+        };
+        want.insert(pci_name(&me), parent);
+    }
+    let got: BTreeMap<String, String> = devs
+        .iter()
+        .filter(|(n, _)| n.starts_with("pci_"))
+        .map(|(n, (p, _))| (n.clone(), p.clone()))
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
+    let pci_paths = c.list_node_devices(2).await?;
+    assert_eq!(pci_paths.len(), want.len());
+
+    // Network: the links of the daemon's namespace, named net_<if>_<mac>.
+    let links: serde_json::Value = serde_json::from_str(&ns.run_ok(&["ip", "-j", "link"])?)?;
+    let mut want_net = BTreeSet::new();
+    for l in links.as_array().context("ip -j link")? {
+        let name = l["ifname"].as_str().context("ifname")?;
+        let mac = l["address"].as_str().context("address")?;
+        want_net.insert(format!("net_{name}_{}", mac.replace(':', "_")));
+    }
+    let got_net: BTreeSet<String> = devs
+        .keys()
+        .filter(|n| n.starts_with("net_"))
+        .cloned()
+        .collect();
+    assert_eq!(got_net, want_net);
+    assert_eq!(c.list_node_devices(16).await?.len(), want_net.len());
+
+    // Block: lsblk's disks are the storage devices, under the device sysfs puts them.
+    let lsblk: serde_json::Value =
+        serde_json::from_str(&run(&["lsblk", "-J", "-d", "-o", "NAME,TYPE"])?)?;
+    let mut want_blk = BTreeSet::new();
+    for b in lsblk["blockdevices"].as_array().context("lsblk")? {
+        // Loop devices come and go with other tests on this machine; the hotplug test
+        // covers them.
+        if b["type"] == "disk" || b["type"] == "rom" {
+            want_blk.insert(format!("/dev/{}", b["name"].as_str().context("name")?));
+        }
+    }
+    let mut got_blk = BTreeSet::new();
+    for (name, (parent, xml)) in devs
+        .iter()
+        .filter(|(n, _)| n.starts_with("block_") && !n.starts_with("block_loop"))
+    {
+        let el = common::xml::parse_root(xml, "device")?;
+        let block = el
+            .first("capability")
+            .and_then(|c| c.child_text("block"))
+            .context("block")?;
+        let sys = std::fs::canonicalize(format!("/sys/class/block/{}", &block[5..]))?;
+        let want_parent = devs
+            .iter()
+            .filter_map(|(n, (_, x))| {
+                let p = common::xml::parse_root(x, "device")
+                    .ok()?
+                    .child_text("path")?;
+                (n != name && sys.starts_with(&p)).then(|| (p.len(), n.clone()))
+            })
+            .max()
+            .map(|(_, n)| n)
+            .unwrap_or_else(|| "computer".into());
+        assert_eq!(parent, &want_parent, "{name}");
+        got_blk.insert(block);
+    }
+    assert_eq!(got_blk, want_blk);
+    Ok(())
+}
+
+async fn next_event(
+    s: &mut common::proxies::nodedev::NodeDeviceEventStream,
+) -> anyhow::Result<(String, i32)> {
+    let ev = tokio::time::timeout(Duration::from_secs(10), s.next())
+        .await
+        .map_err(|_| anyhow!("no NodeDeviceEvent within 10 s"))?
+        .context("signal stream ended")?;
+    let a = ev.args()?;
+    Ok((a.dev.to_string(), a.event))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn veth_pair_produces_created_and_deleted_events() -> anyhow::Result<()> {
+    let ns = NetNs::new()?;
+    let bus = TestBus::start()?;
+    let _d = Daemon::builder(BIN, "virtnodedevd")
+        .netns(&ns)
+        .spawn(&bus)
+        .await?;
+    let conn = bus.connection().await?;
+    let c = NodeDevConnectProxy::new(&conn).await?;
+    let mut events = c.receive_node_device_event().await?;
+    let before = c.list_node_devices(16).await?.len();
+
+    let t0 = Instant::now();
+    ns.run_ok(&[
+        "ip", "link", "add", "vhp0", "type", "veth", "peer", "name", "vhp1",
+    ])?;
+    let links: serde_json::Value = serde_json::from_str(&ns.run_ok(&["ip", "-j", "link"])?)?;
+    let mut want = BTreeSet::new();
+    for l in links.as_array().context("links")? {
+        let n = l["ifname"].as_str().unwrap_or("");
+        if n.starts_with("vhp") {
+            let mac = l["address"].as_str().unwrap_or("").replace(':', "_");
+            want.insert(common::objpath::node_device(&format!("net_{n}_{mac}")).to_string());
+        }
+    }
+    assert_eq!(want.len(), 2);
+    let mut created = BTreeSet::new();
+    while created.len() < 2 {
+        let (dev, ev) = next_event(&mut events).await?;
+        assert_eq!(ev, 0, "{dev}: expected CREATED");
+        created.insert(dev);
+    }
+    eprintln!("veth add -> both CREATED signals: {:?}", t0.elapsed());
+    assert_eq!(created, want);
+    assert_eq!(c.list_node_devices(16).await?.len(), before + 2);
+    let path = created
+        .iter()
+        .find(|p| p.contains("vhp0"))
+        .context("vhp0")?;
+    let name =
+        common::objpath::decode_str(path.rsplit('/').next().unwrap_or("")).context("decode")?;
+    let d = device(&conn, &name).await?;
+    let xml = d.get_xml_desc(0).await?;
+    assert!(xml.contains("<interface>vhp0</interface>"), "{xml}");
+    // veth offloads checksums and scatter-gather by default (ethtool in the namespace).
+    assert!(xml.contains("<feature name='sg'/>"), "{xml}");
+    assert_eq!(d.list_caps().await?, vec!["net".to_string()]);
+
+    // A rename is a kernel "move": the old name goes, the new one comes.
+    ns.run_ok(&["ip", "link", "set", "vhp0", "name", "vhr0"])?;
+    let new_name = name.replacen("net_vhp0_", "net_vhr0_", 1);
+    let new_path = common::objpath::node_device(&new_name).to_string();
+    if let Err(e) = wait_event(&mut events, path, 1).await {
+        eprintln!("LOG: {}", _d.log_text());
+        return Err(e);
+    }
+    if let Err(e) = wait_event(&mut events, &new_path, 0).await {
+        eprintln!("LOG: {}", _d.log_text());
+        return Err(e);
+    }
+    assert!(device(&conn, &new_name)
+        .await?
+        .get_xml_desc(0)
+        .await?
+        .contains("<interface>vhr0</interface>"));
+    ns.run_ok(&["ip", "link", "set", "vhr0", "name", "vhp0"])?;
+    wait_event(&mut events, &new_path, 1).await?;
+    wait_event(&mut events, path, 0).await?;
+
+    ns.run_ok(&["ip", "link", "del", "vhp0"])?;
+    let mut deleted = BTreeSet::new();
+    while deleted.len() < 2 {
+        let (dev, ev) = next_event(&mut events).await?;
+        assert_eq!(ev, 1, "{dev}: expected DELETED");
+        deleted.insert(dev);
+    }
+    assert_eq!(deleted, want);
+    assert_eq!(c.list_node_devices(16).await?.len(), before);
+    let e = err_text(c.node_device_lookup_by_name(&name).await);
+    assert_eq!(
+        e,
+        format!(
+            "org.libvirt.Error: Node device not found: no node device with matching name '{name}'"
+        )
+    );
+    Ok(())
+}
+
+fn meminfo(key: &str) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo")?;
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k == key).then(|| v.split_whitespace().next()?.parse().ok())?
+        })
+        .context(key.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_resources_agree_with_proc_and_sys() -> anyhow::Result<()> {
+    let bus = TestBus::start()?;
+    let _d = Daemon::builder(BIN, "virtnodedevd").spawn(&bus).await?;
+    let conn = bus.connection().await?;
+    let c = NodeDevConnectProxy::new(&conn).await?;
+
+    let (model, mem, cpus, mhz, nodes, sockets, cores, threads) = c.node_get_info().await?;
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo")?;
+    let processors = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count() as u32;
+    assert_eq!(model, run(&["uname", "-m"])?.trim());
+    assert_eq!(cpus, processors);
+    assert_eq!(mem, meminfo("MemTotal")?);
+    assert_eq!(nodes * sockets * cores * threads, cpus);
+    if let Some(m) = cpuinfo.lines().find(|l| l.starts_with("cpu MHz")) {
+        let want: f64 = m.split(':').nth(1).unwrap_or("").trim().parse()?;
+        assert_eq!(mhz, want as u32);
+    }
+
+    let map = c.node_get_cpu_map(0).await?;
+    let present = std::fs::read_to_string("/sys/devices/system/cpu/present")?;
+    let last: usize = present
+        .trim()
+        .rsplit(['-', ','])
+        .next()
+        .unwrap_or("0")
+        .parse()?;
+    assert_eq!(map.len(), last + 1);
+    assert_eq!(map.iter().filter(|b| **b).count() as u32, cpus);
+
+    let stats = c.node_get_cpu_stats(-1, 0).await?;
+    for k in ["kernel", "user", "idle", "iowait"] {
+        assert!(stats.contains_key(k), "{k} missing: {stats:?}");
+    }
+    assert!(stats["idle"] > 0);
+    let mem_stats = c.node_get_memory_stats(-1, 0).await?;
+    assert_eq!(mem_stats["total"], meminfo("MemTotal")?);
+    let free = c.node_get_free_memory().await?;
+    let want_free = meminfo("MemFree")? * 1024;
+    assert!(
+        free.abs_diff(want_free) < want_free / 5 + (64 << 20),
+        "{free} vs {want_free}"
+    );
+    let cells = c.node_get_cells_free_memory(0, 64, 0).await?;
+    assert_eq!(cells.len() as u32, nodes);
+
+    let params = c.node_get_memory_parameters(0).await?;
+    if Path::new("/sys/kernel/mm/ksm/pages_to_scan").exists() {
+        assert!(params.contains_key("shm_pages_to_scan"), "{params:?}");
+    }
+
+    let sysinfo = c.get_sysinfo(0).await?;
+    let si = common::xml::parse_root(&sysinfo, "sysinfo")?;
+    assert_eq!(si.get_attr("type"), Some("smbios"));
+
+    let host = c.node_get_host_capabilities(0).await?;
+    let h = common::xml::parse_root(&host, "host")?;
+    let cpu = h.first("cpu").context("cpu")?;
+    assert_eq!(cpu.child_text("arch").as_deref(), Some(model.as_str()));
+    let cells_el = h
+        .first("topology")
+        .and_then(|t| t.first("cells"))
+        .context("cells")?;
+    let ncpus: usize = cells_el
+        .children_named("cell")
+        .filter_map(|c| c.first("cpus"))
+        .map(|c| c.children_named("cpu").count())
+        .sum();
+    assert_eq!(ncpus as u32, cpus);
+
+    // Bad input gets libvirt's errors.
+    assert_eq!(
+        err_text(c.node_get_memory_stats(4096, 0).await),
+        "org.libvirt.Error: invalid argument: cell number 4096 out of range"
+    );
+    assert_eq!(
+        err_text(c.node_get_cpu_stats(-5, 0).await),
+        "org.libvirt.Error: invalid argument: CPU number -5 out of range"
+    );
+    assert_eq!(
+        err_text(c.node_get_cpu_map(8).await),
+        "org.libvirt.Error: invalid argument: unsupported flags (0x8)"
+    );
+    assert!(err_text(c.node_get_cells_free_memory(99, 1, 0).await).contains("out of range"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_names_and_unknown_devices_get_clear_errors() -> anyhow::Result<()> {
+    let bus = TestBus::start()?;
+    let _d = Daemon::builder(BIN, "virtnodedevd").spawn(&bus).await?;
+    let conn = bus.connection().await?;
+    let c = NodeDevConnectProxy::new(&conn).await?;
+    for bad in ["nope", "", "../../etc", "pci_0000_ff_1f_7", "pci/0000"] {
+        assert_eq!(
+            err_text(c.node_device_lookup_by_name(bad).await),
+            format!("org.libvirt.Error: Node device not found: no node device with matching name '{bad}'")
+        );
+    }
+    assert_eq!(
+        err_text(c.list_node_devices(1 << 25).await),
+        "org.libvirt.Error: invalid argument: unsupported flags (0x2000000)"
+    );
+    assert_eq!(
+        err_text(c.node_device_lookup_scsi_host_by_wwn("1", "2", 0).await),
+        "org.libvirt.Error: Node device not found: no node device with matching wwnn '1' and wwpn '2'"
+    );
+    let computer = device(&conn, "computer").await?;
+    assert_eq!(
+        err_text(computer.detach("vfio", 0).await),
+        "org.libvirt.Error: invalid argument: device 'computer' is not a PCI device"
+    );
+    assert!(err_text(computer.destroy().await)
+        .starts_with("org.libvirt.Error: Requested operation is not valid"));
+    assert_eq!(computer.list_caps().await?, vec!["system".to_string()]);
+    assert_eq!(
+        err_text(computer.get_xml_desc(2).await),
+        "org.libvirt.Error: invalid argument: unsupported flags (0x2)"
+    );
+    // An object that is not served.
+    let ghost = device(&conn, "pci_ffff_ff_1f_7").await?;
+    assert!(ghost.get_xml_desc(0).await.is_err());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fixture_tree_over_dbus_detach_sriov_and_wwn() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sysfs");
+    run(&[
+        "cp",
+        "-a",
+        &src.to_string_lossy(),
+        &tmp.path().to_string_lossy(),
+    ])?;
+    let root = tmp.path().join("sysfs");
+    let bus = TestBus::start()?;
+    let _d = Daemon::builder(BIN, "virtnodedevd")
+        .arg("--sysfs-root")
+        .arg(&root)
+        .spawn(&bus)
+        .await?;
+    let conn = bus.connection().await?;
+    let c = NodeDevConnectProxy::new(&conn).await?;
+
+    assert_eq!(c.list_node_devices(2).await?.len(), 7);
+    assert_eq!(c.list_node_devices(8192 | 16384).await?.len(), 2);
+    assert_eq!(
+        c.list_node_devices(512).await?,
+        vec![common::objpath::node_device("scsi_host5")]
+    );
+    assert_eq!(c.list_node_devices(4 | 8).await?.len(), 3);
+    assert_eq!(
+        c.node_device_lookup_scsi_host_by_wwn("0x20000000C9848140", "10000000c9848140", 0)
+            .await?,
+        common::objpath::node_device("scsi_host5")
+    );
+
+    let pf = device(&conn, "pci_0000_03_00_0").await?;
+    assert_eq!(pf.name().await?, "pci_0000_03_00_0");
+    assert_eq!(pf.parent().await?, "pci_0000_00_01_0");
+    assert_eq!(pf.list_caps().await?, vec!["pci", "virt_functions"]);
+    let xml = pf.get_xml_desc(0).await?;
+    assert!(
+        xml.contains("<capability type='virt_functions' maxCount='7'>"),
+        "{xml}"
+    );
+
+    let vf = device(&conn, "pci_0000_03_10_0").await?;
+    let dev = root.join("devices/pci0000:00/0000:00:01.0/0000:03:10.0");
+    assert_eq!(
+        err_text(vf.detach("xen", 0).await),
+        "org.libvirt.Error: invalid argument: unknown driver name 'xen' (expected 'vfio' or 'kvm')"
+    );
+    vf.detach("vfio", 0).await?;
+    assert_eq!(
+        std::fs::read_to_string(dev.join("driver_override"))?,
+        "vfio-pci\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("bus/pci/drivers/igbvf/unbind"))?,
+        "0000:03:10.0"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("bus/pci/drivers_probe"))?,
+        "0000:03:10.0"
+    );
+    vf.re_attach().await?;
+    assert_eq!(std::fs::read_to_string(dev.join("driver_override"))?, "\n");
+    vf.reset().await?;
+    assert_eq!(std::fs::read_to_string(dev.join("reset"))?, "1");
+
+    let mdev = device(
+        &conn,
+        "mdev_4b20d080_1b54_4048_85b3_a6a62d165c01_0000_00_02_0",
+    )
+    .await?;
+    mdev.destroy().await?;
+    let mdir = root.join("devices/pci0000:00/0000:00:02.0/4b20d080-1b54-4048-85b3-a6a62d165c01");
+    assert_eq!(std::fs::read_to_string(mdir.join("remove"))?, "1");
+
+    let usb = device(&conn, "usb_1_1").await?;
+    assert!(err_text(usb.destroy().await).contains("is not a transient device"));
+    assert_eq!(
+        err_text(usb.reset().await),
+        "org.libvirt.Error: invalid argument: device 'usb_1_1' is not a PCI device"
+    );
+    Ok(())
+}
+
+/// Waits for `event` on `path`, skipping events of devices other tests create.
+async fn wait_event(
+    s: &mut common::proxies::nodedev::NodeDeviceEventStream,
+    path: &str,
+    event: i32,
+) -> anyhow::Result<()> {
+    loop {
+        let (dev, ev) = next_event(s).await?;
+        if dev == path && ev == event {
+            return Ok(());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loop_device_attach_and_detach_produce_events() -> anyhow::Result<()> {
+    let _turn = HOST_BLOCK_DEVICES.lock().await;
+    let tmp = tempfile::tempdir()?;
+    let img = tmp.path().join("disk.img");
+    std::fs::File::create(&img)?.set_len(8 << 20)?;
+    let bus = TestBus::start()?;
+    let _d = Daemon::builder(BIN, "virtnodedevd").spawn(&bus).await?;
+    let conn = bus.connection().await?;
+    let c = NodeDevConnectProxy::new(&conn).await?;
+    let mut events = c.receive_node_device_event().await?;
+
+    let dev = run(&["losetup", "--find", "--show", &img.to_string_lossy()])?;
+    let dev = dev.trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let guard = Detach(dev.clone());
+    let kname = dev.trim_start_matches("/dev/");
+    let name = format!("block_{kname}");
+    let path = common::objpath::node_device(&name).to_string();
+    wait_event(&mut events, &path, 0).await?;
+    let d = device(&conn, &name).await?;
+    let xml = d.get_xml_desc(0).await?;
+    assert!(xml.contains(&format!("<block>{dev}</block>")), "{xml}");
+    assert!(xml.contains("<size>8388608</size>"), "{xml}");
+    assert_eq!(d.parent().await?, "computer");
+
+    // A capacity change is a "change" uevent: the description differs -> NodeDeviceUpdate.
+    let mut updates = c.receive_node_device_update().await?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)?
+        .set_len(16 << 20)?;
+    run(&["losetup", "-c", &dev])?;
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), updates.next())
+            .await
+            .map_err(|_| anyhow!("no NodeDeviceUpdate within 10 s"))?
+            .context("stream ended")?;
+        if ev.args()?.dev.as_str() == path {
+            break;
+        }
+    }
+    assert!(d.get_xml_desc(0).await?.contains("<size>16777216</size>"));
+
+    drop(guard);
+    wait_event(&mut events, &path, 1).await?;
+    assert!(err_text(c.node_device_lookup_by_name(&name).await).contains("Node device not found"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_and_restart_lists_the_same_devices() -> anyhow::Result<()> {
+    let _turn = HOST_BLOCK_DEVICES.lock().await;
+    let ns = NetNs::new()?;
+    ns.run_ok(&[
+        "ip", "link", "add", "vrs0", "type", "veth", "peer", "name", "vrs1",
+    ])?;
+    let bus = TestBus::start()?;
+    let mut d = Daemon::builder(BIN, "virtnodedevd")
+        .netns(&ns)
+        .spawn(&bus)
+        .await?;
+    let conn = bus.connection().await?;
+    let c = NodeDevConnectProxy::new(&conn).await?;
+    let before = all_devices(&conn, &c).await?;
+    assert!(before.keys().any(|n| n.starts_with("net_vrs0_")));
+    d.kill9();
+    let _d2 = d.restart_builder().spawn(&bus).await?;
+    let after = all_devices(&conn, &c).await?;
+    let names = |m: &BTreeMap<String, (String, String)>| -> Vec<(String, String)> {
+        m.iter().map(|(n, (p, _))| (n.clone(), p.clone())).collect()
+    };
+    assert_eq!(names(&after), names(&before));
+    Ok(())
+}
