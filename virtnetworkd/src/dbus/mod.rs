@@ -2,13 +2,17 @@
 
 use std::sync::Arc;
 
+use uuid::Uuid;
+
 use crate::driver::Driver;
 
 mod connect;
+mod network;
+mod port;
 
-/// Registers the connect object (and, later, every object the driver holds).
-pub async fn serve(driver: &Arc<Driver>) {
-    let d = driver.clone();
+/// Registers the connect object.
+pub async fn serve_connect(driver: &Arc<Driver>) {
+    let d = Arc::downgrade(driver);
     driver
         .ctx
         .hub
@@ -16,4 +20,56 @@ pub async fn serve(driver: &Arc<Driver>) {
             driver: d.clone(),
         })
         .await;
+}
+
+/// Registers one network object.
+pub async fn serve_network(driver: &Arc<Driver>, uuid: Uuid) {
+    let d = Arc::downgrade(driver);
+    driver
+        .ctx
+        .hub
+        .serve(common::objpath::network(&uuid), move || network::Network {
+            driver: d.clone(),
+            uuid,
+        })
+        .await;
+}
+
+pub async fn unserve_network(driver: &Driver, uuid: Uuid) {
+    driver
+        .ctx
+        .hub
+        .unserve::<network::Network>(&common::objpath::network(&uuid))
+        .await;
+}
+
+/// Registers one port object.
+pub async fn serve_port(driver: &Arc<Driver>, uuid: Uuid) {
+    let d = Arc::downgrade(driver);
+    driver
+        .ctx
+        .hub
+        .serve(common::objpath::network_port(&uuid), move || {
+            port::NetworkPort {
+                driver: d.clone(),
+                uuid,
+            }
+        })
+        .await;
+}
+
+pub async fn unserve_port(driver: &Driver, uuid: Uuid) {
+    driver
+        .ctx
+        .hub
+        .unserve::<port::NetworkPort>(&common::objpath::network_port(&uuid))
+        .await;
+}
+
+fn gone() -> common::error::BusError {
+    common::error::VirError::internal("the daemon is shutting down").into()
+}
+
+fn upgrade(d: &std::sync::Weak<Driver>) -> Result<Arc<Driver>, common::error::BusError> {
+    d.upgrade().ok_or_else(gone)
 }

@@ -1,0 +1,192 @@
+//! `org.libvirt.Network`, plus this project's port methods (libvirt's
+//! virNetworkPortCreateXML family, which libvirt-dbus 1.4 lacks).
+
+use std::sync::{Arc, Weak};
+
+use common::error::{check_flags, BusError, VirError};
+use uuid::Uuid;
+use zbus::zvariant::OwnedObjectPath;
+
+use super::upgrade;
+use crate::driver::{Driver, NetError, NetObj};
+
+pub struct Network {
+    pub driver: Weak<Driver>,
+    pub uuid: Uuid,
+}
+
+impl Network {
+    fn get(&self) -> Result<(Arc<Driver>, Arc<NetObj>), BusError> {
+        let d = upgrade(&self.driver)?;
+        let o = d.by_uuid(&self.uuid)?;
+        Ok((d, o))
+    }
+}
+
+/// VIR_NETWORK_XML_INACTIVE.
+const XML_INACTIVE: u32 = 1;
+
+#[zbus::interface(name = "org.libvirt.Network")]
+impl Network {
+    async fn create(&self) -> Result<(), BusError> {
+        let (d, o) = self.get()?;
+        Ok(d.create(&o).await?)
+    }
+
+    async fn destroy(&self) -> Result<(), BusError> {
+        let (d, o) = self.get()?;
+        Ok(d.destroy(&o).await?)
+    }
+
+    async fn undefine(&self) -> Result<(), BusError> {
+        let (d, o) = self.get()?;
+        Ok(d.undefine(&o).await?)
+    }
+
+    #[zbus(name = "GetXMLDesc")]
+    async fn get_xml_desc(&self, flags: u32) -> Result<String, BusError> {
+        check_flags(flags, XML_INACTIVE)?;
+        let (d, o) = self.get()?;
+        Ok(d.xml_desc(&o, flags & XML_INACTIVE != 0).await)
+    }
+
+    /// (iface, expirytime, type, mac, iaid, ipaddr, prefix, hostname, clientid)
+    #[zbus(name = "GetDHCPLeases")]
+    #[allow(clippy::type_complexity)]
+    async fn get_dhcp_leases(
+        &self,
+        mac: String,
+        flags: u32,
+    ) -> Result<
+        Vec<(
+            String,
+            i64,
+            i32,
+            String,
+            String,
+            String,
+            u32,
+            String,
+            String,
+        )>,
+        BusError,
+    > {
+        check_flags(flags, 0)?;
+        let (d, o) = self.get()?;
+        Ok(d.leases(&o, &mac)
+            .await?
+            .into_iter()
+            .map(|(iface, l, prefix)| {
+                let v6 = l.ip.is_ipv6();
+                (
+                    iface,
+                    l.expiry,
+                    i32::from(v6),
+                    if v6 { String::new() } else { l.mac.clone() },
+                    if v6 { l.mac } else { String::new() },
+                    l.ip.to_string(),
+                    u32::from(prefix),
+                    l.hostname,
+                    l.client_id,
+                )
+            })
+            .collect())
+    }
+
+    async fn update(
+        &self,
+        command: u32,
+        section: u32,
+        parent_index: i32,
+        xml: String,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        check_flags(flags, 3)?;
+        let (d, o) = self.get()?;
+        Ok(d.update(&o, command, section, parent_index, &xml, flags)
+            .await?)
+    }
+
+    #[zbus(name = "PortCreateXML")]
+    async fn port_create_xml(&self, xml: String, flags: u32) -> Result<OwnedObjectPath, BusError> {
+        check_flags(flags, 0)?;
+        let (d, o) = self.get()?;
+        let u = d.port_create(&o, &xml).await?;
+        super::serve_port(&d, u).await;
+        Ok(common::objpath::network_port(&u))
+    }
+
+    async fn list_ports(&self, flags: u32) -> Result<Vec<OwnedObjectPath>, BusError> {
+        check_flags(flags, 0)?;
+        let (_, o) = self.get()?;
+        let st = o.st.lock().await;
+        Ok(st.ports.keys().map(common::objpath::network_port).collect())
+    }
+
+    #[zbus(name = "PortLookupByUUID")]
+    async fn port_lookup_by_uuid(&self, uuid: String) -> Result<OwnedObjectPath, BusError> {
+        let (_, o) = self.get()?;
+        let u =
+            Uuid::parse_str(&uuid).map_err(|_| VirError::from(NetError::NoPort(uuid.clone())))?;
+        if o.st.lock().await.ports.contains_key(&u) {
+            Ok(common::objpath::network_port(&u))
+        } else {
+            Err(VirError::from(NetError::NoPort(uuid)).into())
+        }
+    }
+
+    #[zbus(property)]
+    async fn name(&self) -> String {
+        self.get().map(|(_, o)| o.name.clone()).unwrap_or_default()
+    }
+
+    #[zbus(property, name = "UUID")]
+    async fn uuid(&self) -> String {
+        self.uuid.to_string()
+    }
+
+    #[zbus(property)]
+    async fn active(&self) -> bool {
+        match self.get() {
+            Ok((_, o)) => o.st.lock().await.live.is_some(),
+            Err(_) => false,
+        }
+    }
+
+    #[zbus(property)]
+    async fn persistent(&self) -> bool {
+        match self.get() {
+            Ok((_, o)) => o.st.lock().await.persistent,
+            Err(_) => false,
+        }
+    }
+
+    #[zbus(property)]
+    async fn autostart(&self) -> bool {
+        match self.get() {
+            Ok((_, o)) => o.st.lock().await.autostart,
+            Err(_) => false,
+        }
+    }
+
+    #[zbus(property)]
+    async fn set_autostart(&mut self, value: bool) -> zbus::fdo::Result<()> {
+        let (d, o) = self
+            .get()
+            .map_err(|e| zbus::fdo::Error::Failed(format!("{e:?}")))?;
+        d.set_autostart(&o, value)
+            .await
+            .map_err(|e| zbus::fdo::Error::Failed(VirError::from(e).message))
+    }
+
+    #[zbus(property)]
+    async fn bridge_name(&self) -> String {
+        match self.get() {
+            Ok((_, o)) => {
+                let st = o.st.lock().await;
+                st.live.as_ref().unwrap_or(&st.def).bridge_name().to_owned()
+            }
+            Err(_) => String::new(),
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! `org.libvirt.NetworkPort`: this project's addition (libvirt's virNetworkPort API in
+//! libvirt-dbus's style).
+
+use std::sync::Weak;
+
+use common::error::{check_flags, BusError};
+use uuid::Uuid;
+use zbus::zvariant::OwnedObjectPath;
+
+use super::upgrade;
+use crate::driver::Driver;
+
+pub struct NetworkPort {
+    pub driver: Weak<Driver>,
+    pub uuid: Uuid,
+}
+
+#[zbus::interface(name = "org.libvirt.NetworkPort")]
+impl NetworkPort {
+    #[zbus(name = "GetXMLDesc")]
+    async fn get_xml_desc(&self, flags: u32) -> Result<String, BusError> {
+        check_flags(flags, 0)?;
+        let d = upgrade(&self.driver)?;
+        let (_, p) = d.find_port(&self.uuid).await?;
+        Ok(p.to_xml())
+    }
+
+    async fn delete(&self, flags: u32) -> Result<(), BusError> {
+        check_flags(flags, 0)?;
+        let d = upgrade(&self.driver)?;
+        let (n, _) = d.find_port(&self.uuid).await?;
+        d.port_delete(&n, &self.uuid).await?;
+        super::unserve_port(&d, self.uuid).await;
+        Ok(())
+    }
+
+    #[zbus(property, name = "UUID")]
+    async fn uuid(&self) -> String {
+        self.uuid.to_string()
+    }
+
+    #[zbus(property)]
+    async fn network(&self) -> OwnedObjectPath {
+        match upgrade(&self.driver) {
+            Ok(d) => match d.find_port(&self.uuid).await {
+                Ok((n, _)) => common::objpath::network(&n.uuid),
+                Err(_) => common::objpath::connect(),
+            },
+            Err(_) => common::objpath::connect(),
+        }
+    }
+}
