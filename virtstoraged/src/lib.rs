@@ -1,6 +1,9 @@
 //! virtstoraged: the daemon that manages storage pools and volumes.
 
+pub mod backend;
 pub mod dbus;
 pub mod driver;
+pub mod qemu_img;
+pub mod xml;
 
 pub use driver::Driver;

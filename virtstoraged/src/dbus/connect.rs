@@ -3,16 +3,69 @@
 use std::sync::Arc;
 
 use common::connect as base;
+use common::error::BusError;
+use zbus::zvariant::OwnedObjectPath;
 
 use crate::driver::Driver;
 
 pub struct Connect {
-    #[allow(dead_code)]
     pub driver: Arc<Driver>,
 }
 
 #[zbus::interface(name = "org.libvirt.Connect")]
 impl Connect {
+    async fn list_storage_pools(&self, flags: u32) -> Result<Vec<OwnedObjectPath>, BusError> {
+        Ok(self.driver.list_pools(flags)?)
+    }
+
+    #[zbus(name = "StoragePoolCreateXML")]
+    async fn storage_pool_create_xml(
+        &self,
+        xml: &str,
+        flags: u32,
+    ) -> Result<OwnedObjectPath, BusError> {
+        Ok(self.driver.create_xml(xml, flags).await?)
+    }
+
+    #[zbus(name = "StoragePoolDefineXML")]
+    async fn storage_pool_define_xml(
+        &self,
+        xml: &str,
+        flags: u32,
+    ) -> Result<OwnedObjectPath, BusError> {
+        Ok(self.driver.define_xml(xml, flags).await?)
+    }
+
+    async fn storage_pool_lookup_by_name(&self, name: &str) -> Result<OwnedObjectPath, BusError> {
+        Ok(self.driver.pool_by_name(name)?.path())
+    }
+
+    #[zbus(name = "StoragePoolLookupByUUID")]
+    async fn storage_pool_lookup_by_uuid(&self, uuid: &str) -> Result<OwnedObjectPath, BusError> {
+        Ok(self.driver.pool_by_uuid_str(uuid)?.path())
+    }
+
+    async fn storage_vol_lookup_by_key(&self, key: &str) -> Result<OwnedObjectPath, BusError> {
+        Ok(common::objpath::storage_vol(
+            &self.driver.vol_by_key(key)?.1.key,
+        ))
+    }
+
+    async fn storage_vol_lookup_by_path(&self, path: &str) -> Result<OwnedObjectPath, BusError> {
+        Ok(common::objpath::storage_vol(
+            &self.driver.vol_by_path(path)?.1.key,
+        ))
+    }
+
+    /// Lifecycle events (virStoragePoolEventLifecycleType); emitted through the hub.
+    #[zbus(signal)]
+    async fn storage_pool_event(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        pool: OwnedObjectPath,
+        event: i32,
+        detail: i32,
+    ) -> zbus::Result<()>;
+
     #[zbus(property)]
     fn version(&self) -> u64 {
         base::own_version()

@@ -1,0 +1,582 @@
+//! The `dir` pool: a directory of image files. Also the file-level helpers that the
+//! `fs` pool will reuse once mounted (volumes are files under the target).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::{BackendError, PoolBackend, PoolSizes, Result};
+use crate::qemu_img;
+use crate::xml::{BackingStore, Name, PoolDef, VolDef, VolFormat};
+
+pub struct DirBackend;
+
+/// Copy chunk: big enough for throughput, small enough to never hold a volume in memory.
+pub const CHUNK: usize = 1 << 20;
+const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+/// Half-made volumes live under this name until complete (a leading dot, which no
+/// valid volume name has, so they are never listed).
+fn temp_path(target: &Path, name: &Name) -> PathBuf {
+    target.join(format!(".{}.part", name.as_str()))
+}
+
+pub fn vol_path(def: &PoolDef, name: &Name) -> PathBuf {
+    def.target.join(name.as_str())
+}
+
+fn chown(path: &Path, def: &crate::xml::Permissions) -> Result<()> {
+    if def.owner.is_some() || def.group.is_some() {
+        std::os::unix::fs::chown(path, def.owner, def.group)
+            .map_err(|e| BackendError::io("cannot chown", path, e))?;
+    }
+    Ok(())
+}
+
+fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    fallocate(
+        file.as_raw_fd(),
+        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        offset as i64,
+        len as i64,
+    )
+    .map_err(std::io::Error::from)
+}
+
+fn preallocate(file: &File, len: u64) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    nix::fcntl::fallocate(
+        file.as_raw_fd(),
+        nix::fcntl::FallocateFlags::empty(),
+        0,
+        len as i64,
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Copies up to `limit` bytes from `src` into `dst` at `offset`, in chunks, keeping holes:
+/// a chunk of zeros is punched (inside the old file) or skipped (past its end) rather than
+/// written. Returns the number of bytes copied; `progress` sees the running total.
+pub fn copy_sparse(
+    src: &mut dyn Read,
+    dst: &File,
+    offset: u64,
+    limit: Option<u64>,
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<u64> {
+    let old_len = dst.metadata()?.len();
+    let mut buf = vec![0u8; CHUNK];
+    let mut done: u64 = 0;
+    let mut out = dst;
+    loop {
+        let want = match limit {
+            Some(l) if l - done < CHUNK as u64 => (l - done) as usize,
+            _ => CHUNK,
+        };
+        if want == 0 {
+            break;
+        }
+        // Fill the chunk fully (pipes deliver short reads) so zero detection sees blocks.
+        let mut got = 0;
+        while got < want {
+            match src.read(&mut buf[got..want]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if got == 0 {
+            break;
+        }
+        let pos = offset + done;
+        if buf[..got].iter().all(|b| *b == 0) {
+            if pos < old_len {
+                punch_hole(dst, pos, got as u64)?;
+            }
+        } else {
+            out.seek(SeekFrom::Start(pos))?;
+            out.write_all(&buf[..got])?;
+        }
+        done += got as u64;
+        progress(done);
+        if got < want {
+            break;
+        }
+    }
+    let end = offset + done;
+    if dst.metadata()?.len() < end {
+        dst.set_len(end)?;
+    }
+    Ok(done)
+}
+
+/// Copies `limit` bytes in chunks to a stream (a pipe or socket) that cannot hold holes.
+pub fn copy_plain(
+    src: &mut dyn Read,
+    dst: &mut dyn Write,
+    limit: u64,
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut done = 0u64;
+    while done < limit {
+        let want = (limit - done).min(CHUNK as u64) as usize;
+        let n = match src.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        dst.write_all(&buf[..n])?;
+        done += n as u64;
+        progress(done);
+    }
+    Ok(done)
+}
+
+/// Opens a volume file without following a symlink.
+pub fn open_vol(path: &Path, write: bool) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Reads a volume from its file. `None` for what is not a volume (directories,
+/// symlinks leaving the pool, half-made files).
+fn read_vol(def: &PoolDef, name: &str) -> Result<Option<VolDef>> {
+    let Ok(name) = Name::new("name", name) else {
+        return Ok(None);
+    };
+    let path = vol_path(def, &name);
+    let meta = match fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(BackendError::io("cannot stat", &path, e)),
+    };
+    if meta.file_type().is_symlink() {
+        // A symlink is only a volume when it resolves inside the pool.
+        let (Ok(real), Ok(root)) = (fs::canonicalize(&path), fs::canonicalize(&def.target)) else {
+            return Ok(None);
+        };
+        if !real.starts_with(&root) || !real.is_file() {
+            return Ok(None);
+        }
+    } else if !meta.is_file() {
+        return Ok(None);
+    }
+    let meta = fs::metadata(&path).map_err(|e| BackendError::io("cannot stat", &path, e))?;
+    let mut magic = [0u8; 4];
+    let is_qcow2 = File::open(&path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == QCOW2_MAGIC;
+    let path_s = path.to_string_lossy().into_owned();
+    let mut vol = VolDef {
+        name,
+        key: path_s.clone(),
+        capacity: meta.len(),
+        allocation: Some(meta.blocks() * 512),
+        path: path_s,
+        format: VolFormat::Raw,
+        permissions: crate::xml::Permissions {
+            mode: Some(meta.mode() & 0o7777),
+            owner: Some(meta.uid()),
+            group: Some(meta.gid()),
+        },
+        compat: None,
+        backing: None,
+    };
+    if is_qcow2 {
+        let info = qemu_img::info(&path)?;
+        vol.format = VolFormat::Qcow2;
+        vol.capacity = info.virtual_size;
+        vol.backing = match info.backing_filename {
+            Some(p) => Some(BackingStore {
+                path: p,
+                format: match info.backing_format.as_deref() {
+                    Some("qcow2") => VolFormat::Qcow2,
+                    _ => VolFormat::Raw,
+                },
+            }),
+            None => None,
+        };
+    }
+    Ok(Some(vol))
+}
+
+fn pool_sizes(target: &Path) -> Result<PoolSizes> {
+    let s = nix::sys::statvfs::statvfs(target)
+        .map_err(|e| BackendError::io("cannot statvfs", target, e.into()))?;
+    let frag = s.fragment_size();
+    let capacity = s.blocks() * frag;
+    let available = s.blocks_available() * frag;
+    Ok(PoolSizes {
+        capacity,
+        allocation: capacity.saturating_sub(s.blocks_free() * frag),
+        available,
+    })
+}
+
+/// Builds the image under `tmp` (the caller renames it into place).
+fn make_image(tmp: &Path, vol: &VolDef, from: Option<&VolDef>) -> Result<()> {
+    let prealloc = vol.allocation.is_some_and(|a| a >= vol.capacity && a > 0);
+    match (vol.format, from) {
+        (VolFormat::Raw, src) => {
+            let file = OpenOptions::new()
+                .write(true)
+                .read(true)
+                .create_new(true)
+                .mode(vol.permissions.mode.unwrap_or(0o600))
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(tmp)
+                .map_err(|e| BackendError::io("cannot create", tmp, e))?;
+            if let Some(src) = src {
+                let mut input: Box<dyn Read> = if src.format == VolFormat::Raw {
+                    Box::new(
+                        open_vol(Path::new(&src.path), false)
+                            .map_err(|e| BackendError::io("cannot open", &src.path, e))?,
+                    )
+                } else {
+                    return Err(BackendError::Unsupported(
+                        "cloning a qcow2 volume into a raw one".into(),
+                    ));
+                };
+                copy_sparse(&mut *input, &file, 0, Some(vol.capacity), &mut |_| {})
+                    .map_err(|e| BackendError::io("cannot copy into", tmp, e))?;
+            }
+            file.set_len(vol.capacity)
+                .map_err(|e| BackendError::io("cannot resize", tmp, e))?;
+            if prealloc {
+                preallocate(&file, vol.capacity)
+                    .map_err(|e| BackendError::io("cannot allocate", tmp, e))?;
+            }
+            file.sync_all()
+                .map_err(|e| BackendError::io("cannot sync", tmp, e))?;
+        }
+        (VolFormat::Qcow2, Some(src)) => {
+            qemu_img::run(&[
+                "convert".into(),
+                "-q".into(),
+                "-f".into(),
+                src.format.as_str().into(),
+                "-O".into(),
+                "qcow2".into(),
+                src.path.clone().into(),
+                tmp.into(),
+            ])?;
+            let info = qemu_img::info(tmp)?;
+            if info.virtual_size < vol.capacity {
+                qemu_img::run(&[
+                    "resize".into(),
+                    "-q".into(),
+                    "-f".into(),
+                    "qcow2".into(),
+                    tmp.into(),
+                    vol.capacity.to_string().into(),
+                ])?;
+            }
+        }
+        (VolFormat::Qcow2, None) => {
+            if let Some(b) = &vol.backing {
+                if !Path::new(&b.path).is_file() {
+                    return Err(BackendError::Invalid(format!(
+                        "backing store '{}' does not exist",
+                        b.path
+                    )));
+                }
+            }
+            let argv = qemu_img::create_argv(
+                tmp,
+                VolFormat::Qcow2,
+                vol.capacity,
+                prealloc,
+                vol.compat.as_deref(),
+                vol.backing.as_ref().map(|b| (b.path.as_str(), b.format)),
+            );
+            qemu_img::run(&argv)?;
+        }
+    }
+    if let Some(m) = vol.permissions.mode {
+        fs::set_permissions(tmp, fs::Permissions::from_mode(m))
+            .map_err(|e| BackendError::io("cannot chmod", tmp, e))?;
+    }
+    chown(tmp, &vol.permissions)
+}
+
+impl PoolBackend for DirBackend {
+    fn build(&self, def: &PoolDef, _flags: u32) -> Result<()> {
+        let t = &def.target;
+        match fs::create_dir(t) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && t.is_dir() => {}
+            Err(e) => {
+                if let Some(parent) = t.parent() {
+                    fs::create_dir_all(parent)
+                        .map_err(|e| BackendError::io("cannot create directory", parent, e))?;
+                    fs::create_dir(t)
+                        .map_err(|e| BackendError::io("cannot create directory", t, e))?;
+                } else {
+                    return Err(BackendError::io("cannot create directory", t, e));
+                }
+            }
+        }
+        fs::set_permissions(
+            t,
+            fs::Permissions::from_mode(def.permissions.mode.unwrap_or(0o755)),
+        )
+        .map_err(|e| BackendError::io("cannot chmod", t, e))?;
+        chown(t, &def.permissions)
+    }
+
+    fn start(&self, def: &PoolDef) -> Result<()> {
+        if !def.target.is_dir() {
+            return Err(BackendError::Invalid(format!(
+                "cannot open directory '{}': it does not exist (build the pool first)",
+                def.target.display()
+            )));
+        }
+        Ok(())
+    }
+
+    fn stop(&self, _def: &PoolDef) -> Result<()> {
+        Ok(())
+    }
+
+    fn delete(&self, def: &PoolDef) -> Result<()> {
+        fs::remove_dir(&def.target)
+            .map_err(|e| BackendError::io("cannot remove directory", &def.target, e))
+    }
+
+    fn refresh(&self, def: &PoolDef) -> Result<(PoolSizes, Vec<VolDef>)> {
+        let sizes = pool_sizes(&def.target)?;
+        let mut vols = Vec::new();
+        let dir = fs::read_dir(&def.target)
+            .map_err(|e| BackendError::io("cannot read directory", &def.target, e))?;
+        for entry in dir {
+            let entry =
+                entry.map_err(|e| BackendError::io("cannot read directory", &def.target, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') && name.ends_with(".part") {
+                // Left by a daemon killed mid-create: never a good volume.
+                let _ = fs::remove_file(entry.path());
+                continue;
+            }
+            if let Some(v) = read_vol(def, name)? {
+                vols.push(v);
+            }
+        }
+        vols.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((sizes, vols))
+    }
+
+    fn create_vol(&self, def: &PoolDef, vol: &VolDef, from: Option<&VolDef>) -> Result<VolDef> {
+        let path = vol_path(def, &vol.name);
+        if fs::symlink_metadata(&path).is_ok() {
+            return Err(BackendError::VolExists(vol.name.to_string()));
+        }
+        let tmp = temp_path(&def.target, &vol.name);
+        let _ = fs::remove_file(&tmp);
+        if let Err(e) = make_image(&tmp, vol, from) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        // link() never replaces: a volume made meanwhile under the name is kept.
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(BackendError::VolExists(vol.name.to_string()))
+            }
+            Err(e) => return Err(BackendError::io("cannot create", &path, e)),
+        }
+        read_vol(def, vol.name.as_str())?.ok_or_else(|| {
+            BackendError::Invalid(format!("volume '{}' vanished after creation", vol.name))
+        })
+    }
+
+    fn delete_vol(&self, _def: &PoolDef, vol: &VolDef) -> Result<()> {
+        fs::remove_file(&vol.path).map_err(|e| BackendError::io("cannot remove", &vol.path, e))
+    }
+
+    fn resize_vol(&self, _def: &PoolDef, vol: &VolDef, capacity: u64, shrink: bool) -> Result<()> {
+        match vol.format {
+            VolFormat::Raw => {
+                let f = open_vol(Path::new(&vol.path), true)
+                    .map_err(|e| BackendError::io("cannot open", &vol.path, e))?;
+                f.set_len(capacity)
+                    .map_err(|e| BackendError::io("cannot resize", &vol.path, e))
+            }
+            VolFormat::Qcow2 => {
+                let mut argv: Vec<std::ffi::OsString> = vec!["resize".into(), "-q".into()];
+                if shrink {
+                    argv.push("--shrink".into());
+                }
+                argv.extend([
+                    "-f".into(),
+                    "qcow2".into(),
+                    vol.path.clone().into(),
+                    capacity.to_string().into(),
+                ]);
+                qemu_img::run(&argv)?;
+                Ok(())
+            }
+        }
+    }
+
+    fn wipe_vol(&self, def: &PoolDef, vol: &VolDef) -> Result<()> {
+        match vol.format {
+            VolFormat::Raw => {
+                let f = open_vol(Path::new(&vol.path), true)
+                    .map_err(|e| BackendError::io("cannot open", &vol.path, e))?;
+                let len = f
+                    .metadata()
+                    .map_err(|e| BackendError::io("cannot stat", &vol.path, e))?
+                    .len();
+                punch_hole(&f, 0, len)
+                    .and_then(|_| f.sync_all())
+                    .map_err(|e| BackendError::io("cannot wipe", &vol.path, e))
+            }
+            VolFormat::Qcow2 => {
+                // A wiped qcow2 image is a fresh one of the same size and backing.
+                let tmp = temp_path(&def.target, &vol.name);
+                let _ = fs::remove_file(&tmp);
+                let fresh = VolDef {
+                    allocation: None,
+                    ..vol.clone()
+                };
+                make_image(&tmp, &fresh, None)?;
+                fs::rename(&tmp, &vol.path)
+                    .map_err(|e| BackendError::io("cannot replace", &vol.path, e))
+            }
+        }
+    }
+
+    fn vol_info(&self, def: &PoolDef, vol: &VolDef) -> Result<VolDef> {
+        read_vol(def, vol.name.as_str())?
+            .ok_or_else(|| BackendError::Invalid(format!("volume '{}' is gone", vol.name)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(dir: &Path) -> PoolDef {
+        PoolDef::parse(&format!(
+            "<pool type='dir'><name>t</name><target><path>{}</path></target></pool>",
+            dir.join("pool").display()
+        ))
+        .unwrap()
+    }
+
+    fn vol(xml: &str) -> VolDef {
+        VolDef::parse(xml).unwrap()
+    }
+
+    #[test]
+    fn raw_qcow2_clone_resize_wipe() {
+        let tmp = tempfile::tempdir().unwrap();
+        let def = pool(tmp.path());
+        let b = DirBackend;
+        b.build(&def, 0).unwrap();
+        b.start(&def).unwrap();
+        let raw = b
+            .create_vol(
+                &def,
+                &vol("<volume><name>a.img</name><capacity unit='M'>8</capacity></volume>"),
+                None,
+            )
+            .unwrap();
+        assert_eq!(raw.capacity, 8 << 20);
+        assert_eq!(raw.allocation, Some(0), "raw volumes are sparse");
+        let pre = b
+            .create_vol(&def, &vol("<volume><name>p.img</name><capacity unit='M'>4</capacity><allocation unit='M'>4</allocation></volume>"), None)
+            .unwrap();
+        assert!(pre.allocation.unwrap() >= 4 << 20);
+        // Data, then clone keeps it.
+        {
+            let mut f = open_vol(Path::new(&raw.path), true).unwrap();
+            f.seek(SeekFrom::Start(1 << 20)).unwrap();
+            f.write_all(b"hello").unwrap();
+        }
+        let clone = b
+            .create_vol(
+                &def,
+                &vol("<volume><name>c.img</name><capacity unit='M'>8</capacity></volume>"),
+                Some(&raw),
+            )
+            .unwrap();
+        let data = fs::read(&clone.path).unwrap();
+        assert_eq!(&data[1 << 20..(1 << 20) + 5], b"hello");
+        assert!(clone.allocation.unwrap() <= 2 << 20, "clone kept holes");
+        // qcow2 with a backing store.
+        let q = b
+            .create_vol(&def, &vol(&format!("<volume><name>q.qcow2</name><capacity unit='M'>16</capacity><target><format type='qcow2'/></target><backingStore><path>{}</path><format type='raw'/></backingStore></volume>", raw.path)), None)
+            .unwrap();
+        assert_eq!(q.format, VolFormat::Qcow2);
+        assert_eq!(q.capacity, 16 << 20);
+        assert_eq!(q.backing.as_ref().unwrap().path, raw.path);
+        b.resize_vol(&def, &q, 32 << 20, false).unwrap();
+        assert_eq!(b.vol_info(&def, &q).unwrap().capacity, 32 << 20);
+        b.wipe_vol(&def, &raw).unwrap();
+        assert!(fs::read(&raw.path).unwrap().iter().all(|x| *x == 0));
+        b.wipe_vol(&def, &q).unwrap();
+        // Existing names are refused; half-made files vanish on refresh.
+        assert!(matches!(
+            b.create_vol(
+                &def,
+                &vol("<volume><name>a.img</name><capacity>1</capacity></volume>"),
+                None
+            ),
+            Err(BackendError::VolExists(_))
+        ));
+        fs::write(def.target.join(".x.img.part"), b"half").unwrap();
+        let (_, vols) = b.refresh(&def).unwrap();
+        let names: Vec<_> = vols.iter().map(|v| v.name.as_str().to_owned()).collect();
+        assert_eq!(names, ["a.img", "c.img", "p.img", "q.qcow2"]);
+        assert!(!def.target.join(".x.img.part").exists());
+        b.delete_vol(&def, &q).unwrap();
+        assert_eq!(b.refresh(&def).unwrap().1.len(), 3);
+    }
+
+    #[test]
+    fn symlinks_out_of_the_pool_are_not_volumes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let def = pool(tmp.path());
+        DirBackend.build(&def, 0).unwrap();
+        fs::write(tmp.path().join("secret"), b"x").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("secret"), def.target.join("leak")).unwrap();
+        fs::write(def.target.join("inside"), b"y").unwrap();
+        std::os::unix::fs::symlink(def.target.join("inside"), def.target.join("alias")).unwrap();
+        let (_, vols) = DirBackend.refresh(&def).unwrap();
+        let names: Vec<_> = vols.iter().map(|v| v.name.as_str().to_owned()).collect();
+        assert_eq!(names, ["alias", "inside"]);
+        assert!(open_vol(&def.target.join("leak"), false).is_err());
+    }
+
+    #[test]
+    fn sparse_copy_punches_and_skips() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("f");
+        fs::write(&p, vec![7u8; 3 * CHUNK]).unwrap();
+        let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let mut src = vec![0u8; 2 * CHUNK];
+        src[CHUNK + 3] = 1;
+        let mut seen = 0;
+        let n = copy_sparse(&mut &src[..], &f, 0, None, &mut |d| seen = d).unwrap();
+        assert_eq!(n, 2 * CHUNK as u64);
+        assert_eq!(seen, n);
+        let back = fs::read(&p).unwrap();
+        assert_eq!(&back[..2 * CHUNK], &src[..]);
+        assert!(back[2 * CHUNK..].iter().all(|b| *b == 7));
+    }
+}

@@ -1,0 +1,93 @@
+//! Pool backends: one implementation per pool type behind [`PoolBackend`], chosen once
+//! by [`for_type`]; the driver never matches on the pool type again.
+
+use std::path::PathBuf;
+
+use common::error::{ErrorCode, VirError};
+
+use crate::qemu_img::QemuImgError;
+use crate::xml::{PoolDef, PoolType, VolDef};
+
+pub mod dir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{what} '{path}': {err}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        err: std::io::Error,
+    },
+    #[error(transparent)]
+    QemuImg(#[from] QemuImgError),
+    #[error("storage volume '{0}' exists already")]
+    VolExists(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl BackendError {
+    pub fn io(what: &'static str, path: impl Into<PathBuf>, err: std::io::Error) -> Self {
+        BackendError::Io {
+            what,
+            path: path.into(),
+            err,
+        }
+    }
+}
+
+impl From<BackendError> for VirError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Io { .. } => VirError::new(ErrorCode::SystemError, e),
+            BackendError::QemuImg(q) => VirError::internal(q),
+            BackendError::VolExists(n) => VirError::new(ErrorCode::StorageVolExist, n),
+            BackendError::Invalid(m) => VirError::operation_invalid(m),
+            BackendError::Unsupported(m) => VirError::unsupported(m),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, BackendError>;
+
+/// Sizes of a pool as refreshed from the real thing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolSizes {
+    pub capacity: u64,
+    pub allocation: u64,
+    pub available: u64,
+}
+
+/// What a pool type does. Every method is blocking: the driver calls it on a blocking
+/// thread while holding the pool's job lock.
+pub trait PoolBackend: Send + Sync {
+    /// Prepares the storage (creates the directory, formats, creates the VG).
+    fn build(&self, def: &PoolDef, flags: u32) -> Result<()>;
+    /// Makes the pool usable (mounts, activates); adopting what is already there.
+    fn start(&self, def: &PoolDef) -> Result<()>;
+    fn stop(&self, def: &PoolDef) -> Result<()>;
+    /// Removes the storage itself (the directory; the VG).
+    fn delete(&self, def: &PoolDef) -> Result<()>;
+    /// Reads sizes and volumes from the storage; removes half-made volumes.
+    fn refresh(&self, def: &PoolDef) -> Result<(PoolSizes, Vec<VolDef>)>;
+    /// Creates `vol` (copying `from` when cloning) and returns it as read back.
+    fn create_vol(&self, def: &PoolDef, vol: &VolDef, from: Option<&VolDef>) -> Result<VolDef>;
+    fn delete_vol(&self, def: &PoolDef, vol: &VolDef) -> Result<()>;
+    fn resize_vol(&self, def: &PoolDef, vol: &VolDef, capacity: u64, shrink: bool) -> Result<()>;
+    fn wipe_vol(&self, def: &PoolDef, vol: &VolDef) -> Result<()>;
+    /// Re-reads one volume (after resize, wipe, upload).
+    fn vol_info(&self, def: &PoolDef, vol: &VolDef) -> Result<VolDef>;
+}
+
+/// Picks the backend of a pool type.
+pub fn for_type(kind: PoolType) -> std::result::Result<Box<dyn PoolBackend>, VirError> {
+    match kind {
+        PoolType::Dir => Ok(Box::new(dir::DirBackend)),
+        PoolType::Fs | PoolType::Logical => Err(VirError::new(
+            ErrorCode::NoSupport,
+            format!("pool type '{}' is not implemented yet", kind.as_str()),
+        )),
+    }
+}

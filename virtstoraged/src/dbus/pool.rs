@@ -1,0 +1,129 @@
+//! `org.libvirt.StoragePool`: one object per pool, a thin handle onto the driver.
+
+use std::sync::Arc;
+
+use common::error::{BusError, VirError};
+use uuid::Uuid;
+use zbus::zvariant::OwnedObjectPath;
+
+use crate::driver::{Driver, Pool};
+
+pub struct StoragePool {
+    pub driver: Arc<Driver>,
+    pub uuid: Uuid,
+}
+
+impl StoragePool {
+    fn pool(&self) -> Result<Arc<Pool>, VirError> {
+        self.driver.pool_by_uuid(&self.uuid)
+    }
+}
+
+#[zbus::interface(name = "org.libvirt.StoragePool")]
+impl StoragePool {
+    async fn build(&self, flags: u32) -> Result<(), BusError> {
+        Ok(self.driver.build(&self.pool()?, flags).await?)
+    }
+
+    async fn create(&self, flags: u32) -> Result<(), BusError> {
+        Ok(self.driver.create(&self.pool()?, flags).await?)
+    }
+
+    async fn delete(&self, flags: u32) -> Result<(), BusError> {
+        Ok(self.driver.delete(&self.pool()?, flags).await?)
+    }
+
+    async fn destroy(&self) -> Result<(), BusError> {
+        Ok(self.driver.destroy(&self.pool()?).await?)
+    }
+
+    #[zbus(name = "GetInfo")]
+    async fn get_info(&self) -> Result<(i32, u64, u64, u64), BusError> {
+        Ok(self.driver.info(&self.pool()?))
+    }
+
+    #[zbus(name = "GetXMLDesc")]
+    async fn get_xml_desc(&self, flags: u32) -> Result<String, BusError> {
+        Ok(self.driver.xml_desc(&self.pool()?, flags)?)
+    }
+
+    async fn list_storage_volumes(&self, flags: u32) -> Result<Vec<OwnedObjectPath>, BusError> {
+        Ok(self.driver.list_vols(&self.pool()?, flags)?)
+    }
+
+    async fn refresh(&self, flags: u32) -> Result<(), BusError> {
+        Ok(self.driver.refresh(&self.pool()?, flags).await?)
+    }
+
+    #[zbus(name = "StorageVolCreateXML")]
+    async fn storage_vol_create_xml(
+        &self,
+        xml: &str,
+        flags: u32,
+    ) -> Result<OwnedObjectPath, BusError> {
+        Ok(self
+            .driver
+            .vol_create(&self.pool()?, xml, None, flags)
+            .await?)
+    }
+
+    #[zbus(name = "StorageVolCreateXMLFrom")]
+    async fn storage_vol_create_xml_from(
+        &self,
+        xml: &str,
+        key: &str,
+        flags: u32,
+    ) -> Result<OwnedObjectPath, BusError> {
+        Ok(self
+            .driver
+            .vol_create(&self.pool()?, xml, Some(key), flags)
+            .await?)
+    }
+
+    async fn storage_vol_lookup_by_name(&self, name: &str) -> Result<OwnedObjectPath, BusError> {
+        Ok(self.driver.vol_by_name(&self.pool()?, name)?)
+    }
+
+    async fn undefine(&self) -> Result<(), BusError> {
+        Ok(self.driver.undefine(&self.pool()?).await?)
+    }
+
+    #[zbus(property)]
+    fn active(&self) -> bool {
+        self.pool().map(|p| p.active()).unwrap_or(false)
+    }
+
+    #[zbus(property)]
+    fn autostart(&self) -> bool {
+        self.pool().map(|p| p.autostart()).unwrap_or(false)
+    }
+
+    #[zbus(property)]
+    async fn set_autostart(&mut self, value: bool) -> zbus::fdo::Result<()> {
+        let pool = self
+            .pool()
+            .map_err(|e| zbus::fdo::Error::Failed(e.message))?;
+        self.driver
+            .set_autostart(&pool, value)
+            .map_err(|e| zbus::fdo::Error::Failed(e.message))
+    }
+
+    #[zbus(property)]
+    fn name(&self) -> String {
+        self.pool().map(|p| p.name()).unwrap_or_default()
+    }
+
+    #[zbus(property)]
+    fn persistent(&self) -> bool {
+        self.pool().map(|p| p.persistent()).unwrap_or(false)
+    }
+
+    #[zbus(property, name = "UUID")]
+    fn uuid(&self) -> String {
+        self.uuid.to_string()
+    }
+
+    /// Emitted after `Refresh` (sent through the hub; declared here for introspection).
+    #[zbus(signal, name = "Refresh")]
+    async fn refresh_signal(emitter: &zbus::object_server::SignalEmitter<'_>) -> zbus::Result<()>;
+}

@@ -1,0 +1,88 @@
+//! `org.libvirt.StorageVol`, plus this project's `Upload`/`Download` by file descriptor.
+
+use std::sync::Arc;
+
+use common::error::BusError;
+use zbus::zvariant::OwnedFd;
+
+use crate::driver::Driver;
+
+pub struct StorageVol {
+    pub driver: Arc<Driver>,
+    pub key: String,
+}
+
+#[zbus::interface(name = "org.libvirt.StorageVol")]
+impl StorageVol {
+    async fn delete(&self, flags: u32) -> Result<(), BusError> {
+        Ok(self.driver.vol_delete(&self.key, flags).await?)
+    }
+
+    #[zbus(name = "GetInfo")]
+    async fn get_info(&self, flags: u32) -> Result<(i32, u64, u64), BusError> {
+        common::error::check_flags(flags, 0)?;
+        Ok(self.driver.vol_info(&self.key)?)
+    }
+
+    #[zbus(name = "GetXMLDesc")]
+    async fn get_xml_desc(&self, flags: u32) -> Result<String, BusError> {
+        Ok(self.driver.vol_xml(&self.key, flags)?)
+    }
+
+    async fn resize(&self, capacity: u64, flags: u32) -> Result<(), BusError> {
+        Ok(self.driver.vol_resize(&self.key, capacity, flags).await?)
+    }
+
+    async fn wipe(&self, pattern: u32, flags: u32) -> Result<(), BusError> {
+        Ok(self.driver.vol_wipe(&self.key, pattern, flags).await?)
+    }
+
+    /// Project addition: writes what is read from `fd` into the volume at `offset`.
+    async fn upload(
+        &self,
+        fd: OwnedFd,
+        offset: u64,
+        length: u64,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        Ok(self
+            .driver
+            .vol_transfer(&self.key, fd.into(), offset, length, flags, true)
+            .await?)
+    }
+
+    /// Project addition: writes the volume from `offset` into `fd`.
+    async fn download(
+        &self,
+        fd: OwnedFd,
+        offset: u64,
+        length: u64,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        Ok(self
+            .driver
+            .vol_transfer(&self.key, fd.into(), offset, length, flags, false)
+            .await?)
+    }
+
+    #[zbus(property)]
+    fn name(&self) -> String {
+        self.driver.vol_name(&self.key)
+    }
+
+    #[zbus(property)]
+    fn key(&self) -> String {
+        self.key.clone()
+    }
+
+    #[zbus(property)]
+    fn path(&self) -> String {
+        self.key.clone()
+    }
+
+    /// Project addition: bytes moved so far by the running upload/download (0 when idle).
+    #[zbus(property)]
+    fn transfer_bytes(&self) -> u64 {
+        self.driver.transfer_progress(&self.key)
+    }
+}

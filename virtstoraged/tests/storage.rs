@@ -1,0 +1,284 @@
+//! virtstoraged through its D-Bus API, against a private dbus-daemon and real files.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::harness::{Daemon, TestBus};
+use common::proxies::storage::{StorageConnectProxy, StoragePoolProxy, StorageVolProxy};
+use futures_util::StreamExt;
+use zbus::proxy::CacheProperties;
+use zbus::zvariant::{Fd, OwnedObjectPath};
+
+const BIN: &str = env!("CARGO_BIN_EXE_virtstoraged");
+
+fn pool_xml(name: &str, target: &Path) -> String {
+    format!(
+        "<pool type='dir'><name>{name}</name><target><path>{}</path>\
+         <permissions><mode>0750</mode></permissions></target></pool>",
+        target.display()
+    )
+}
+
+async fn pool<'a>(
+    c: &zbus::Connection,
+    p: &'a OwnedObjectPath,
+) -> anyhow::Result<StoragePoolProxy<'a>> {
+    Ok(StoragePoolProxy::builder(c)
+        .path(p.as_ref())?
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?)
+}
+
+async fn vol<'a>(
+    c: &zbus::Connection,
+    p: &'a OwnedObjectPath,
+) -> anyhow::Result<StorageVolProxy<'a>> {
+    Ok(StorageVolProxy::builder(c)
+        .path(p.as_ref())?
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?)
+}
+
+/// Deterministic pseudo-random bytes (xorshift), written in chunks.
+fn random_file(path: &Path, len: usize) -> anyhow::Result<()> {
+    let mut f = File::create(path)?;
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for b in buf.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+        }
+        let n = left.min(buf.len());
+        f.write_all(&buf[..n])?;
+        left -= n;
+    }
+    Ok(())
+}
+
+fn same_content(a: &Path, b: &Path) -> anyhow::Result<bool> {
+    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let na = fa.read(&mut ba)?;
+        let mut nb = 0;
+        while nb < na {
+            let k = fb.read(&mut bb[nb..na])?;
+            if k == 0 {
+                return Ok(false);
+            }
+            nb += k;
+        }
+        if ba[..na] != bb[..na] {
+            return Ok(false);
+        }
+        if na == 0 {
+            return Ok(fb.read(&mut bb)? == 0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dir_pool_and_volumes() -> anyhow::Result<()> {
+    let bus = TestBus::start()?;
+    let daemon = Daemon::builder(BIN, "virtstoraged").spawn(&bus).await?;
+    let c = bus.connection().await?;
+    let conn = StorageConnectProxy::new(&c).await?;
+    let mut events = conn.receive_storage_pool_event().await?;
+    let target = daemon.dirs.root.path().join("images");
+
+    let p = conn
+        .storage_pool_define_xml(&pool_xml("images", &target), 0)
+        .await?;
+    let pp = pool(&c, &p).await?;
+    pp.build(0).await?;
+    assert_eq!(
+        std::fs::metadata(&target)?.permissions().mode() & 0o777,
+        0o750
+    );
+    pp.create(0).await?;
+    assert!(pp.active().await?);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.next()).await?;
+        let Some(ev) = ev else { break };
+        seen.push(ev.args()?.event);
+    }
+    assert_eq!(seen, [0, 2], "DEFINED then STARTED");
+    assert_eq!(conn.storage_pool_lookup_by_name("images").await?, p);
+    assert_eq!(conn.list_storage_pools(2).await?, vec![p.clone()]);
+    assert!(conn.list_storage_pools(1).await?.is_empty());
+
+    // raw, qcow2 with a backing store, and a clone.
+    let base = pp
+        .storage_vol_create_xml(
+            "<volume><name>base.img</name><capacity unit='M'>64</capacity></volume>",
+            0,
+        )
+        .await?;
+    let bv = vol(&c, &base).await?;
+    let base_path = bv.path().await?;
+    assert_eq!(base_path, target.join("base.img").to_string_lossy());
+    let (_, cap, alloc) = bv.get_info(0).await?;
+    assert_eq!((cap, alloc), (64 << 20, 0));
+    let q = pp
+        .storage_vol_create_xml(
+            &format!(
+                "<volume><name>top.qcow2</name><capacity unit='M'>128</capacity>\
+                <target><format type='qcow2'/></target><backingStore><path>{base_path}</path>\
+                <format type='raw'/></backingStore></volume>"
+            ),
+            0,
+        )
+        .await?;
+    let qv = vol(&c, &q).await?;
+    let qxml = qv.get_xml_desc(0).await?;
+    assert!(
+        qxml.contains("<format type='qcow2'/>") && qxml.contains(&base_path),
+        "{qxml}"
+    );
+    let clone = pp
+        .storage_vol_create_xml_from(
+            "<volume><name>clone.qcow2</name><capacity unit='M'>128</capacity>\
+             <target><format type='qcow2'/></target></volume>",
+            &qv.key().await?,
+            0,
+        )
+        .await?;
+    assert_eq!(vol(&c, &clone).await?.get_info(0).await?.1, 128 << 20);
+    assert_eq!(conn.storage_vol_lookup_by_path(&base_path).await?, base);
+
+    // Resize: down only with SHRINK.
+    assert!(bv.resize(32 << 20, 0).await.is_err());
+    assert_eq!(bv.get_info(0).await?.1, 64 << 20);
+    bv.resize(32 << 20, 4).await?;
+    assert_eq!(bv.get_info(0).await?.1, 32 << 20);
+    bv.resize(96 << 20, 0).await?;
+    assert_eq!(std::fs::metadata(&base_path)?.len(), 96 << 20);
+
+    // Upload 100 MiB of random data and download it again.
+    let src = daemon.dirs.root.path().join("random.bin");
+    let back = daemon.dirs.root.path().join("back.bin");
+    random_file(&src, 100 << 20)?;
+    let f = File::open(&src)?;
+    // 100 MiB do not fit the 96 MiB volume: only what fits is written.
+    bv.upload(Fd::from(f.as_fd()), 0, 100 << 20, 0).await?;
+    assert_eq!(std::fs::metadata(&base_path)?.len(), 96 << 20);
+    bv.resize(100 << 20, 0).await?;
+    let f = File::open(&src)?;
+    bv.upload(Fd::from(f.as_fd()), 0, 0, 0).await?;
+    let out = File::create(&back)?;
+    bv.download(Fd::from(out.as_fd()), 0, 0, 0).await?;
+    assert!(same_content(&src, &back)?, "downloaded data differs");
+    assert_eq!(bv.transfer_bytes().await?, 0);
+
+    // Wipe zeroes the data.
+    bv.wipe(0, 0).await?;
+    let mut head = vec![0u8; 4096];
+    File::open(&base_path)?.read_exact(&mut head)?;
+    assert!(head.iter().all(|b| *b == 0));
+
+    // Path-escape names and bad XML are rejected with nothing changed.
+    let before = pp.list_storage_volumes(0).await?;
+    for name in ["../escape", "a/b", ".hidden", ".."] {
+        let xml = format!("<volume><name>{name}</name><capacity>1024</capacity></volume>");
+        let err = pp
+            .storage_vol_create_xml(&xml, 0)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(name), "{err}");
+    }
+    for bad in [
+        "<volume><name>x</name>",
+        "<volume><name>x</name><capacity>-1</capacity></volume>",
+        "<pool/>",
+    ] {
+        assert!(pp.storage_vol_create_xml(bad, 0).await.is_err());
+        assert!(conn.storage_pool_define_xml(bad, 0).await.is_err());
+    }
+    assert_eq!(pp.list_storage_volumes(0).await?, before);
+    assert_eq!(conn.list_storage_pools(0).await?, vec![p.clone()]);
+    assert!(!daemon.dirs.root.path().join("escape").exists());
+    assert_eq!(pp.get_xml_desc(0).await?.matches("<pool").count(), 1);
+
+    // Delete a volume; destroy, delete and undefine the pool.
+    vol(&c, &clone).await?.delete(0).await?;
+    assert!(pp.storage_vol_lookup_by_name("clone.qcow2").await.is_err());
+    for v in pp.list_storage_volumes(0).await? {
+        vol(&c, &v).await?.delete(0).await?;
+    }
+    pp.destroy().await?;
+    assert!(!pp.active().await?);
+    pp.delete(0).await?;
+    assert!(!target.exists());
+    pp.undefine().await?;
+    assert!(conn.list_storage_pools(0).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_restart_keeps_pools_and_hides_half_made_volumes() -> anyhow::Result<()> {
+    let bus = TestBus::start()?;
+    let mut daemon = Daemon::builder(BIN, "virtstoraged").spawn(&bus).await?;
+    let c = bus.connection().await?;
+    let conn = StorageConnectProxy::new(&c).await?;
+    let target = daemon.dirs.root.path().join("p");
+    let auto_target = daemon.dirs.root.path().join("auto");
+    let p = conn
+        .storage_pool_define_xml(&pool_xml("p", &target), 0)
+        .await?;
+    let pp = pool(&c, &p).await?;
+    pp.build(0).await?;
+    pp.create(0).await?;
+    pp.storage_vol_create_xml(
+        "<volume><name>ok.img</name><capacity>4096</capacity></volume>",
+        0,
+    )
+    .await?;
+    let a = conn
+        .storage_pool_define_xml(&pool_xml("auto", &auto_target), 0)
+        .await?;
+    let ap = pool(&c, &a).await?;
+    ap.build(0).await?;
+    ap.set_autostart(true).await?;
+    let t = conn
+        .storage_pool_create_xml(
+            &pool_xml("transient", &daemon.dirs.root.path().join("t")),
+            1,
+        )
+        .await?;
+
+    daemon.kill9();
+    // What a daemon killed mid-clone leaves behind.
+    std::fs::write(target.join(".half.img.part"), b"partial")?;
+    let _daemon = daemon.restart_builder().spawn(&bus).await?;
+
+    let pp = pool(&c, &p).await?;
+    assert!(pp.active().await?, "active pool stays active");
+    let names: Vec<String> = {
+        let mut v = Vec::new();
+        for path in pp.list_storage_volumes(0).await? {
+            v.push(vol(&c, &path).await?.name().await?);
+        }
+        v
+    };
+    assert_eq!(names, ["ok.img"]);
+    assert!(!target.join(".half.img.part").exists());
+    assert!(
+        pool(&c, &a).await?.active().await?,
+        "autostart pool started"
+    );
+    let tp = pool(&c, &t).await?;
+    assert!(tp.active().await? && !tp.persistent().await?);
+    Ok(())
+}
