@@ -1,20 +1,1312 @@
-//! The driver: the daemon's state and the operations its D-Bus interfaces translate to.
+//! The driver: the registry of domains, one job lock and one state machine per domain,
+//! QEMU lifecycle, the files that let a restarted daemon reattach, and the events.
+//!
+//! The registry lock is a std mutex held only to look up or insert. Each domain has a
+//! tokio job mutex that serialises API calls on it; a monitor task per running domain
+//! turns QMP events and process exit into state changes and signals.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
+use common::error::{check_flags, ErrorCode, VirError};
 use common::runtime::Context;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+use zbus::zvariant::OwnedObjectPath;
 
-pub struct Driver {
-    pub ctx: Context,
+use crate::model::{self, Action, DomainDef};
+use crate::process::{self, PidFd};
+use crate::qmp::{self, Qmp};
+
+/// virDomainState.
+pub mod state {
+    pub const RUNNING: i32 = 1;
+    pub const PAUSED: i32 = 3;
+    pub const SHUTDOWN: i32 = 4;
+    pub const SHUTOFF: i32 = 5;
+    pub const CRASHED: i32 = 6;
+    pub const PMSUSPENDED: i32 = 7;
 }
 
-impl Driver {
-    /// Builds the driver and registers its objects on the hub.
-    pub async fn start(ctx: Context) -> anyhow::Result<Arc<Driver>> {
-        let driver = Arc::new(Driver { ctx });
-        crate::dbus::serve(&driver).await;
-        Ok(driver)
+/// virDomainEventType and the details used here.
+pub mod event {
+    pub const DEFINED: i32 = 0;
+    pub const UNDEFINED: i32 = 1;
+    pub const STARTED: i32 = 2;
+    pub const SUSPENDED: i32 = 3;
+    pub const RESUMED: i32 = 4;
+    pub const STOPPED: i32 = 5;
+    pub const SHUTDOWN: i32 = 6;
+    pub const PMSUSPENDED: i32 = 7;
+    pub const CRASHED: i32 = 8;
+}
+
+/// VIR_CONNECT_LIST_DOMAINS_*.
+pub mod list {
+    pub const ACTIVE: u32 = 1;
+    pub const INACTIVE: u32 = 2;
+    pub const PERSISTENT: u32 = 4;
+    pub const TRANSIENT: u32 = 8;
+    pub const RUNNING: u32 = 16;
+    pub const PAUSED: u32 = 32;
+    pub const SHUTOFF: u32 = 64;
+    pub const OTHER: u32 = 128;
+    pub const AUTOSTART: u32 = 256;
+    pub const NO_AUTOSTART: u32 = 512;
+    pub const HAS_SNAPSHOT: u32 = 1024;
+    pub const NO_SNAPSHOT: u32 = 2048;
+    pub const HAS_CHECKPOINT: u32 = 4096;
+    pub const NO_CHECKPOINT: u32 = 8192;
+}
+
+pub const START_PAUSED: u32 = 1;
+const START_KNOWN: u32 = 1 | 4 | 8 | 16; // PAUSED, BYPASS_CACHE, FORCE_BOOT, VALIDATE
+pub const XML_INACTIVE: u32 = 2;
+/// How long Destroy waits after SIGTERM before SIGKILL.
+const DESTROY_GRACE: Duration = Duration::from_secs(5);
+/// How long a starting QEMU may take to open its monitor.
+const MONITOR_WAIT: Duration = Duration::from_secs(30);
+
+struct Live {
+    id: u32,
+    pid: u32,
+    qmp_path: PathBuf,
+    qmp: Qmp,
+    def: DomainDef,
+    destroying: bool,
+    shutdown_seen: bool,
+    crashed: bool,
+    fake_reboot: bool,
+    exited: watch::Receiver<bool>,
+}
+
+struct Inner {
+    name: String,
+    config: Option<DomainDef>,
+    live: Option<Live>,
+    state: (i32, i32),
+    autostart: bool,
+}
+
+/// One domain: its job lock and its state.
+pub struct Dom {
+    pub uuid: Uuid,
+    pub path: OwnedObjectPath,
+    job: tokio::sync::Mutex<()>,
+    inner: Mutex<Inner>,
+}
+
+impl Dom {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn name(&self) -> String {
+        self.lock().name.clone()
+    }
+    pub fn id(&self) -> Option<u32> {
+        self.lock().live.as_ref().map(|l| l.id)
+    }
+    pub fn active(&self) -> bool {
+        self.lock().live.is_some()
+    }
+    pub fn persistent(&self) -> bool {
+        self.lock().config.is_some()
+    }
+    pub fn autostart(&self) -> bool {
+        self.lock().autostart
+    }
+    pub fn state(&self) -> (i32, i32) {
+        self.lock().state
+    }
+    pub fn pid(&self) -> Option<u32> {
+        self.lock().live.as_ref().map(|l| l.pid)
+    }
+    pub fn os_type(&self) -> String {
+        let g = self.lock();
+        g.live
+            .as_ref()
+            .map(|l| &l.def)
+            .or(g.config.as_ref())
+            .map(|d| d.os_type.clone())
+            .unwrap_or_else(|| "hvm".into())
+    }
+    fn def(&self) -> Option<DomainDef> {
+        let g = self.lock();
+        g.live
+            .as_ref()
+            .map(|l| l.def.clone())
+            .or_else(|| g.config.clone())
     }
 }
 
-impl common::Driver for Driver {}
+#[derive(Default)]
+struct Registry {
+    by_uuid: HashMap<Uuid, Arc<Dom>>,
+    by_name: HashMap<String, Uuid>,
+}
+
+/// What a restarted daemon needs to reattach to a running QEMU.
+#[derive(Serialize, Deserialize)]
+struct Status {
+    name: String,
+    uuid: Uuid,
+    id: u32,
+    pid: u32,
+    qmp: PathBuf,
+    xml: String,
+    persistent: bool,
+    state: i32,
+    reason: i32,
+}
+
+struct Paths {
+    config: PathBuf,
+    autostart: PathBuf,
+    run: PathBuf,
+    log: PathBuf,
+}
+
+pub struct Driver {
+    pub ctx: Context,
+    this: Weak<Driver>,
+    paths: Paths,
+    reg: Mutex<Registry>,
+    next_id: AtomicU32,
+    jobs: AtomicUsize,
+    sandbox: bool,
+}
+
+fn io_err(what: &str, path: &Path, e: &std::io::Error) -> VirError {
+    VirError::system(format!("cannot {what} '{}'", path.display()), e)
+}
+
+fn no_domain(what: impl std::fmt::Display) -> VirError {
+    VirError::new(ErrorCode::NoDomain, what)
+}
+
+fn not_running() -> VirError {
+    VirError::operation_invalid("domain is not running")
+}
+
+/// Counts a running API call so `busy()` keeps the daemon alive meanwhile.
+struct JobGuard<'a>(&'a AtomicUsize);
+impl Drop for JobGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Driver {
+    /// Builds the driver, loads configs, reattaches to running QEMUs and registers objects.
+    pub async fn start(ctx: Context) -> anyhow::Result<Arc<Driver>> {
+        let s = &ctx.settings;
+        let paths = Paths {
+            config: s.config_dir.join("qemu"),
+            autostart: s.config_dir.join("qemu").join("autostart"),
+            run: s.runtime_dir.join("qemu"),
+            log: s.state_dir.join("log").join("qemu"),
+        };
+        for d in [&paths.config, &paths.autostart, &paths.run, &paths.log] {
+            common::persist::create_dir_all(d, 0o700)?;
+        }
+        let next_id = std::fs::read_to_string(paths.run.join("next-id"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1u32);
+        let sandbox = matches!(s.mode, common::cli::Mode::System);
+        let driver = Arc::new_cyclic(|this| Driver {
+            ctx,
+            this: this.clone(),
+            paths,
+            reg: Mutex::new(Registry::default()),
+            next_id: AtomicU32::new(next_id.max(1)),
+            jobs: AtomicUsize::new(0),
+            sandbox,
+        });
+        driver.load_configs();
+        crate::dbus::serve(&driver).await;
+        let doms: Vec<Arc<Dom>> = driver.reg().by_uuid.values().cloned().collect();
+        for d in &doms {
+            crate::dbus::serve_domain(&driver, d).await;
+        }
+        driver.reattach_all().await;
+        driver.autostart_all();
+        Ok(driver)
+    }
+
+    fn arc(&self) -> Option<Arc<Driver>> {
+        self.this.upgrade()
+    }
+
+    fn reg(&self) -> MutexGuard<'_, Registry> {
+        self.reg.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn job(&self) -> JobGuard<'_> {
+        self.jobs.fetch_add(1, Ordering::SeqCst);
+        JobGuard(&self.jobs)
+    }
+
+    fn config_file(&self, name: &str) -> PathBuf {
+        self.paths.config.join(format!("{name}.xml"))
+    }
+    fn autostart_link(&self, name: &str) -> PathBuf {
+        self.paths.autostart.join(format!("{name}.xml"))
+    }
+    fn status_file(&self, name: &str) -> PathBuf {
+        self.paths.run.join(format!("{name}.json"))
+    }
+    fn pid_file(&self, name: &str) -> PathBuf {
+        self.paths.run.join(format!("{name}.pid"))
+    }
+    pub fn log_file(&self, name: &str) -> PathBuf {
+        self.paths.log.join(format!("{name}.log"))
+    }
+
+    fn load_configs(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.paths.config) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("xml") {
+                continue;
+            }
+            let def = match std::fs::read_to_string(&p)
+                .map_err(|e| e.to_string())
+                .and_then(|t| DomainDef::parse(&t).map_err(|e| e.to_string()))
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!("ignoring domain config {}: {e}", p.display());
+                    continue;
+                }
+            };
+            let autostart = self.autostart_link(&def.name).exists();
+            let mut reg = self.reg();
+            if reg.by_name.contains_key(&def.name) || reg.by_uuid.contains_key(&def.uuid) {
+                tracing::warn!("ignoring duplicate domain config {}", p.display());
+                continue;
+            }
+            let dom = new_dom(def.uuid, def.name.clone(), Some(def), autostart);
+            reg.by_name.insert(dom.name(), dom.uuid);
+            reg.by_uuid.insert(dom.uuid, dom);
+        }
+    }
+
+    // ---- lookups ------------------------------------------------------------------
+
+    pub fn lookup_uuid(&self, uuid: &Uuid) -> Result<Arc<Dom>, VirError> {
+        self.reg()
+            .by_uuid
+            .get(uuid)
+            .cloned()
+            .ok_or_else(|| no_domain(format!("no domain with matching uuid '{uuid}'")))
+    }
+
+    pub fn lookup_uuid_str(&self, s: &str) -> Result<Arc<Dom>, VirError> {
+        let uuid = Uuid::parse_str(s.trim())
+            .map_err(|_| no_domain(format!("no domain with matching uuid '{s}'")))?;
+        self.lookup_uuid(&uuid)
+    }
+
+    pub fn lookup_name(&self, name: &str) -> Result<Arc<Dom>, VirError> {
+        let reg = self.reg();
+        reg.by_name
+            .get(name)
+            .and_then(|u| reg.by_uuid.get(u))
+            .cloned()
+            .ok_or_else(|| no_domain(format!("no domain with matching name '{name}'")))
+    }
+
+    pub fn lookup_id(&self, id: i32) -> Result<Arc<Dom>, VirError> {
+        let doms: Vec<Arc<Dom>> = self.reg().by_uuid.values().cloned().collect();
+        doms.into_iter()
+            .find(|d| d.id().map(|i| i as i64) == Some(id as i64))
+            .ok_or_else(|| no_domain(format!("no domain with matching id {id}")))
+    }
+
+    pub fn list(&self, flags: u32) -> Result<Vec<Arc<Dom>>, VirError> {
+        check_flags(flags, 0x3fff)?;
+        let doms: Vec<Arc<Dom>> = self.reg().by_uuid.values().cloned().collect();
+        let pick = |set: u32, a: bool, b: bool| -> bool {
+            // Each pair of flags filters only when one of them is given.
+            let (fa, fb) = (set & 1 != 0, set & 2 != 0);
+            !(fa || fb) || (fa && a) || (fb && b)
+        };
+        let mut out: Vec<Arc<Dom>> = doms
+            .into_iter()
+            .filter(|d| {
+                let g = d.lock();
+                let active = g.live.is_some();
+                let persistent = g.config.is_some();
+                let st = g.state.0;
+                let acts = (flags & list::ACTIVE != 0) as u32
+                    | (((flags & list::INACTIVE) != 0) as u32) << 1;
+                let pers = (flags & list::PERSISTENT != 0) as u32
+                    | (((flags & list::TRANSIENT) != 0) as u32) << 1;
+                let auto = (flags & list::AUTOSTART != 0) as u32
+                    | (((flags & list::NO_AUTOSTART) != 0) as u32) << 1;
+                let snap = (flags & list::NO_SNAPSHOT != 0) as u32
+                    | (((flags & list::HAS_SNAPSHOT) != 0) as u32) << 1;
+                let ckpt = (flags & list::NO_CHECKPOINT != 0) as u32
+                    | (((flags & list::HAS_CHECKPOINT) != 0) as u32) << 1;
+                let states = flags & (list::RUNNING | list::PAUSED | list::SHUTOFF | list::OTHER);
+                let state_ok = states == 0
+                    || (flags & list::RUNNING != 0 && st == state::RUNNING)
+                    || (flags & list::PAUSED != 0 && st == state::PAUSED)
+                    || (flags & list::SHUTOFF != 0 && st == state::SHUTOFF)
+                    || (flags & list::OTHER != 0
+                        && !matches!(st, state::RUNNING | state::PAUSED | state::SHUTOFF));
+                pick(acts, active, !active)
+                    && pick(pers, persistent, !persistent)
+                    && pick(auto, g.autostart, !g.autostart)
+                    && pick(snap, true, false)
+                    && pick(ckpt, true, false)
+                    && state_ok
+            })
+            .collect();
+        out.sort_by_key(|d| d.name());
+        Ok(out)
+    }
+
+    // ---- events -------------------------------------------------------------------
+
+    async fn emit(&self, dom: &Dom, ev: i32, detail: i32) {
+        tracing::info!(domain = %dom.name(), event = ev, detail, "domain event");
+        self.ctx
+            .hub
+            .emit(
+                &common::objpath::connect(),
+                "org.libvirt.Connect",
+                "DomainEvent",
+                &(dom.path.clone(), ev, detail),
+            )
+            .await;
+    }
+
+    async fn props_changed(&self, dom: &Dom) {
+        let (active, id, persistent, autostart) = {
+            let g = dom.lock();
+            (
+                g.live.is_some(),
+                g.live.as_ref().map(|l| l.id).unwrap_or(u32::MAX),
+                g.config.is_some(),
+                g.autostart,
+            )
+        };
+        self.ctx
+            .hub
+            .properties_changed(
+                &dom.path,
+                "org.libvirt.Domain",
+                &[
+                    ("Active", active.into()),
+                    ("Id", id.into()),
+                    ("Persistent", persistent.into()),
+                    ("Autostart", autostart.into()),
+                ],
+            )
+            .await;
+    }
+
+    // ---- define / undefine --------------------------------------------------------
+
+    pub async fn define(&self, xml: &str) -> Result<Arc<Dom>, VirError> {
+        let _job = self.job();
+        let def = DomainDef::parse(xml)?;
+        let text = def.to_xml(None);
+        let (dom, added) = {
+            let mut reg = self.reg();
+            check_conflicts(&reg, &def)?;
+            common::persist::write_atomic(&self.config_file(&def.name), text.as_bytes(), 0o600)
+                .map_err(|e| io_err("write", &self.config_file(&def.name), &e))?;
+            match reg.by_uuid.get(&def.uuid).cloned() {
+                Some(dom) => {
+                    dom.lock().config = Some(def);
+                    (dom, false)
+                }
+                None => {
+                    let dom = new_dom(def.uuid, def.name.clone(), Some(def), false);
+                    reg.by_name.insert(dom.name(), dom.uuid);
+                    reg.by_uuid.insert(dom.uuid, dom.clone());
+                    (dom, true)
+                }
+            }
+        };
+        if added {
+            if let Some(d) = self.arc() {
+                crate::dbus::serve_domain(&d, &dom).await;
+            }
+        } else {
+            self.props_changed(&dom).await;
+        }
+        self.emit(&dom, event::DEFINED, if added { 0 } else { 1 })
+            .await;
+        Ok(dom)
+    }
+
+    pub async fn undefine(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
+        check_flags(flags, 0x7f)?;
+        let _job = self.job();
+        let _lock = dom.job.lock().await;
+        let (name, active) = {
+            let g = dom.lock();
+            if g.config.is_none() {
+                return Err(VirError::operation_invalid(
+                    "cannot undefine transient domain",
+                ));
+            }
+            (g.name.clone(), g.live.is_some())
+        };
+        let _ = common::persist::remove_durable(&self.autostart_link(&name));
+        common::persist::remove_durable(&self.config_file(&name))
+            .map_err(|e| io_err("remove", &self.config_file(&name), &e))?;
+        {
+            let mut g = dom.lock();
+            g.config = None;
+            g.autostart = false;
+        }
+        self.emit(dom, event::UNDEFINED, 0).await;
+        if active {
+            self.props_changed(dom).await;
+            self.save_status(dom);
+        } else {
+            self.remove(dom).await;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, dom: &Arc<Dom>) {
+        {
+            let mut reg = self.reg();
+            let name = dom.name();
+            if reg.by_name.get(&name) == Some(&dom.uuid) {
+                reg.by_name.remove(&name);
+            }
+            reg.by_uuid.remove(&dom.uuid);
+        }
+        crate::dbus::unserve_domain(self, dom).await;
+    }
+
+    pub async fn set_autostart(&self, dom: &Arc<Dom>, on: bool) -> Result<(), VirError> {
+        let _job = self.job();
+        let _lock = dom.job.lock().await;
+        let name = {
+            let g = dom.lock();
+            if g.config.is_none() {
+                return Err(VirError::operation_invalid(
+                    "cannot set autostart for transient domain",
+                ));
+            }
+            g.name.clone()
+        };
+        let link = self.autostart_link(&name);
+        if on {
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(self.config_file(&name), &link)
+                    .map_err(|e| io_err("create symlink", &link, &e))?;
+            }
+        } else if std::fs::symlink_metadata(&link).is_ok() {
+            common::persist::remove_durable(&link).map_err(|e| io_err("remove", &link, &e))?;
+        }
+        dom.lock().autostart = on;
+        self.props_changed(dom).await;
+        Ok(())
+    }
+
+    // ---- start --------------------------------------------------------------------
+
+    /// DomainCreateXML: a transient domain, started at once.
+    pub async fn create_xml(&self, xml: &str, flags: u32) -> Result<Arc<Dom>, VirError> {
+        check_flags(flags, START_KNOWN | 2)?;
+        let _job = self.job();
+        let def = DomainDef::parse(xml)?;
+        let dom = {
+            let mut reg = self.reg();
+            check_conflicts(&reg, &def)?;
+            if let Some(d) = reg.by_uuid.get(&def.uuid) {
+                if d.active() {
+                    return Err(VirError::operation_invalid(format!(
+                        "domain '{}' is already active",
+                        def.name
+                    )));
+                }
+                return Err(VirError::operation_failed(format!(
+                    "domain '{}' already exists with uuid {}",
+                    def.name, def.uuid
+                )));
+            }
+            let dom = new_dom(def.uuid, def.name.clone(), None, false);
+            reg.by_name.insert(dom.name(), dom.uuid);
+            reg.by_uuid.insert(dom.uuid, dom.clone());
+            dom
+        };
+        if let Some(d) = self.arc() {
+            crate::dbus::serve_domain(&d, &dom).await;
+        }
+        let r = {
+            let _lock = dom.job.lock().await;
+            self.start_locked(&dom, def, flags).await
+        };
+        if let Err(e) = r {
+            self.remove(&dom).await;
+            return Err(e);
+        }
+        Ok(dom)
+    }
+
+    /// Domain.Create: starts a defined domain.
+    pub async fn create(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
+        check_flags(flags, START_KNOWN)?;
+        let _job = self.job();
+        let _lock = dom.job.lock().await;
+        let def = {
+            let g = dom.lock();
+            if g.live.is_some() {
+                return Err(VirError::operation_invalid("domain is already running"));
+            }
+            g.config
+                .clone()
+                .ok_or_else(|| VirError::internal("domain has no definition"))?
+        };
+        self.start_locked(dom, def, flags).await
+    }
+
+    async fn start_locked(
+        &self,
+        dom: &Arc<Dom>,
+        def: DomainDef,
+        flags: u32,
+    ) -> Result<(), VirError> {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let _ = common::persist::write_atomic(
+            &self.paths.run.join("next-id"),
+            (id + 1).to_string().as_bytes(),
+            0o600,
+        );
+        let qmp_path = self.paths.run.join(format!("dom-{id}.qmp"));
+        let pidfile = self.pid_file(&def.name);
+        let _ = std::fs::remove_file(&qmp_path);
+        let _ = std::fs::remove_file(&pidfile);
+        let argv = model::argv(
+            &def,
+            &model::LaunchPaths {
+                qmp: &qmp_path,
+                pidfile: &pidfile,
+            },
+            self.sandbox,
+        )?;
+        let log = self.log_file(&def.name);
+        tracing::info!(domain = %def.name, "starting: {}", argv.join(" "));
+        let pid = process::spawn(&argv, &log).map_err(|e| {
+            VirError::operation_failed(format!("cannot start QEMU '{}': {e}", argv[0]))
+        })?;
+        let pidfd = PidFd::open(pid).map_err(|e| VirError::system("pidfd_open", &e))?;
+        let (qmp, events) = match connect_monitor(&qmp_path, &pidfd).await {
+            Ok(c) => c,
+            Err(e) => {
+                process::terminate(&pidfd, Duration::from_secs(1)).await;
+                let _ = std::fs::remove_file(&qmp_path);
+                let tail = log_tail(&log);
+                return Err(VirError::operation_failed(format!(
+                    "QEMU for domain '{}' did not start: {e}{tail}",
+                    def.name
+                )));
+            }
+        };
+        let paused = flags & START_PAUSED != 0;
+        let (exit_tx, exit_rx) = watch::channel(false);
+        {
+            let mut g = dom.lock();
+            g.live = Some(Live {
+                id,
+                pid,
+                qmp_path,
+                qmp: qmp.clone(),
+                def,
+                destroying: false,
+                shutdown_seen: false,
+                crashed: false,
+                fake_reboot: false,
+                exited: exit_rx,
+            });
+            g.state = if paused {
+                (state::PAUSED, 1)
+            } else {
+                (state::RUNNING, 1)
+            };
+            if let Some(l) = g.live.as_ref() {
+                if let Err(e) = self.write_status_of_inner(&g, dom.uuid, l) {
+                    tracing::warn!("status not written: {e}");
+                }
+            }
+        }
+        if let Some(d) = self.arc() {
+            tokio::spawn(monitor(d, dom.clone(), events, pidfd, exit_tx));
+        }
+        if !paused {
+            if let Err(e) = qmp.execute("cont", None).await {
+                drop(self.destroy_locked(dom).await);
+                return Err(e.into());
+            }
+        }
+        self.emit(dom, event::STARTED, 0).await;
+        if paused {
+            self.emit(dom, event::SUSPENDED, 0).await;
+        }
+        self.props_changed(dom).await;
+        Ok(())
+    }
+
+    fn write_status_of_inner(&self, g: &Inner, uuid: Uuid, l: &Live) -> std::io::Result<()> {
+        let st = Status {
+            name: g.name.clone(),
+            uuid,
+            id: l.id,
+            pid: l.pid,
+            qmp: l.qmp_path.clone(),
+            xml: l.def.to_xml(None),
+            persistent: g.config.is_some(),
+            state: g.state.0,
+            reason: g.state.1,
+        };
+        let data = serde_json::to_vec(&st).map_err(std::io::Error::other)?;
+        common::persist::write_atomic(&self.status_file(&g.name), &data, 0o600)
+    }
+
+    fn save_status(&self, dom: &Dom) {
+        let g = dom.lock();
+        if let Some(l) = g.live.as_ref() {
+            if let Err(e) = self.write_status_of_inner(&g, dom.uuid, l) {
+                tracing::warn!("status not written: {e}");
+            }
+        }
+    }
+
+    // ---- running-domain operations ------------------------------------------------
+
+    fn qmp_of(&self, dom: &Dom) -> Result<Qmp, VirError> {
+        dom.lock()
+            .live
+            .as_ref()
+            .map(|l| l.qmp.clone())
+            .ok_or_else(not_running)
+    }
+
+    pub async fn destroy(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
+        check_flags(flags, 1)?; // GRACEFUL
+        let _job = self.job();
+        let _lock = dom.job.lock().await;
+        self.destroy_locked(dom).await
+    }
+
+    async fn destroy_locked(&self, dom: &Arc<Dom>) -> Result<(), VirError> {
+        let (pid, mut exited) = {
+            let mut g = dom.lock();
+            let l = g.live.as_mut().ok_or_else(not_running)?;
+            l.destroying = true;
+            (l.pid, l.exited.clone())
+        };
+        process::signal(pid, nix::sys::signal::Signal::SIGTERM);
+        let wait = |rx: &mut watch::Receiver<bool>| {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|e| *e).await;
+            }
+        };
+        if tokio::time::timeout(DESTROY_GRACE, wait(&mut exited))
+            .await
+            .is_err()
+        {
+            process::signal(pid, nix::sys::signal::Signal::SIGKILL);
+            if tokio::time::timeout(DESTROY_GRACE, wait(&mut exited))
+                .await
+                .is_err()
+            {
+                return Err(VirError::operation_failed(
+                    "QEMU did not exit after SIGKILL",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn shutdown(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
+        check_flags(flags, 0x1f)?;
+        let _job = self.job();
+        let _lock = dom.job.lock().await;
+        let qmp = self.qmp_of(dom)?;
+        qmp.execute("system_powerdown", None).await?;
+        Ok(())
+    }
+
+    pub async fn reboot(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
+        check_flags(flags, 0x1f)?;
+        let _job = self.job();
+        let _lock = dom.job.lock().await;
+        let qmp = self.qmp_of(dom)?;
+        // libvirt's "fake reboot": ACPI power-off, then reset and continue on SHUTDOWN.
+        if let Some(l) = dom.lock().live.as_mut() {
+            l.fake_reboot = true;
+        }
+        qmp.execute("system_powerdown", None).await?;
+        Ok(())
+    }
+
+    pub async fn reset(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
+        check_flags(flags, 0)?;
+        let _job = self.job();
+        let _lock = dom.job.lock().await;
+        self.qmp_of(dom)?.execute("system_reset", None).await?;
+        Ok(())
+    }
+
+    pub async fn suspend(&self, dom: &Arc<Dom>) -> Result<(), VirError> {
+        let _job = self.job();
+        let _lock = dom.job.lock().await;
+        let qmp = self.qmp_of(dom)?;
+        if dom.state().0 == state::PAUSED {
+            return Ok(());
+        }
+        qmp.execute("stop", None).await?;
+        if self.transition(dom, &[state::RUNNING], (state::PAUSED, 1)) {
+            self.emit(dom, event::SUSPENDED, 0).await;
+        }
+        Ok(())
+    }
+
+    pub async fn resume(&self, dom: &Arc<Dom>) -> Result<(), VirError> {
+        let _job = self.job();
+        let _lock = dom.job.lock().await;
+        let qmp = self.qmp_of(dom)?;
+        qmp.execute("cont", None).await?;
+        if self.transition(dom, &[state::PAUSED], (state::RUNNING, 5)) {
+            self.emit(dom, event::RESUMED, 0).await;
+        }
+        Ok(())
+    }
+
+    /// Moves `dom` to `to` when its state is one of `from`; true when it did.
+    fn transition(&self, dom: &Dom, from: &[i32], to: (i32, i32)) -> bool {
+        let changed = {
+            let mut g = dom.lock();
+            if g.live.is_some() && from.contains(&g.state.0) {
+                g.state = to;
+                true
+            } else {
+                false
+            }
+        };
+        if changed {
+            self.save_status(dom);
+        }
+        changed
+    }
+
+    pub fn xml_desc(&self, dom: &Dom, flags: u32) -> Result<String, VirError> {
+        check_flags(flags, 1 | 2 | 4 | 8)?;
+        let g = dom.lock();
+        if flags & XML_INACTIVE != 0 {
+            if let Some(c) = &g.config {
+                return Ok(c.to_xml(None));
+            }
+        }
+        match (&g.live, &g.config) {
+            (Some(l), _) => Ok(l.def.to_xml(Some(l.id))),
+            (None, Some(c)) => Ok(c.to_xml(None)),
+            (None, None) => Err(VirError::internal("domain has no definition")),
+        }
+    }
+
+    pub fn vcpus(&self, dom: &Dom, flags: u32) -> Result<u32, VirError> {
+        check_flags(flags, 0xf)?;
+        dom.def()
+            .map(|d| d.vcpus)
+            .ok_or_else(|| VirError::internal("domain has no definition"))
+    }
+
+    /// Memory statistics (virDomainMemoryStatTags): actual balloon (6) and RSS (7), KiB.
+    pub fn memory_stats(&self, dom: &Dom, flags: u32) -> Result<HashMap<i32, u64>, VirError> {
+        check_flags(flags, 0)?;
+        let (pid, mem) = {
+            let g = dom.lock();
+            let l = g.live.as_ref().ok_or_else(not_running)?;
+            (l.pid, l.def.memory_kib)
+        };
+        let mut m = HashMap::new();
+        m.insert(6, mem);
+        if let Some(rss) = proc_rss_kib(pid) {
+            m.insert(7, rss);
+        }
+        Ok(m)
+    }
+
+    /// A stats record as virDomainListGetStats fills it (state, balloon, vcpu groups).
+    pub fn stats(&self, dom: &Dom) -> HashMap<String, zbus::zvariant::OwnedValue> {
+        use zbus::zvariant::{OwnedValue, Value};
+        let mut m: HashMap<String, OwnedValue> = HashMap::new();
+        let mut put = |k: &str, v: Value<'_>| {
+            if let Ok(v) = OwnedValue::try_from(v) {
+                m.insert(k.to_string(), v);
+            }
+        };
+        let (st, def, pid) = {
+            let g = dom.lock();
+            (
+                g.state,
+                g.live.as_ref().map(|l| l.def.clone()).or(g.config.clone()),
+                g.live.as_ref().map(|l| l.pid),
+            )
+        };
+        put("state.state", Value::from(st.0));
+        put("state.reason", Value::from(st.1));
+        if let Some(d) = def {
+            put("balloon.maximum", Value::from(d.memory_kib));
+            put("vcpu.maximum", Value::from(d.vcpus));
+            if pid.is_some() {
+                put("balloon.current", Value::from(d.memory_kib));
+                put("vcpu.current", Value::from(d.vcpus));
+            }
+        }
+        if let Some(pid) = pid {
+            if let Some(rss) = proc_rss_kib(pid) {
+                put("balloon.rss", Value::from(rss));
+            }
+            if let Some(ns) = proc_cpu_ns(pid) {
+                put("cpu.time", Value::from(ns));
+            }
+        }
+        m
+    }
+
+    // ---- restarts -----------------------------------------------------------------
+
+    async fn reattach_all(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.paths.run) else {
+            return;
+        };
+        let files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().and_then(|x| x.to_str()) == Some("json"))
+            .collect();
+        for f in files {
+            let st: Status = match std::fs::read(&f)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("ignoring status file {}: {e}", f.display());
+                    let _ = std::fs::remove_file(&f);
+                    continue;
+                }
+            };
+            if st.id >= self.next_id.load(Ordering::SeqCst) {
+                self.next_id.store(st.id + 1, Ordering::SeqCst);
+            }
+            self.reattach(st, &f).await;
+        }
+    }
+
+    async fn reattach(&self, st: Status, file: &Path) {
+        let Ok(def) = DomainDef::parse(&st.xml) else {
+            tracing::warn!("status of '{}' holds an unusable definition", st.name);
+            let _ = std::fs::remove_file(file);
+            return;
+        };
+        let dom = {
+            let mut reg = self.reg();
+            match reg.by_uuid.get(&st.uuid).cloned() {
+                Some(d) => Some((d, false)),
+                None if reg.by_name.contains_key(&st.name) => None,
+                None => {
+                    let d = new_dom(st.uuid, st.name.clone(), None, false);
+                    reg.by_name.insert(st.name.clone(), st.uuid);
+                    reg.by_uuid.insert(st.uuid, d.clone());
+                    Some((d, true))
+                }
+            }
+        };
+        let Some((dom, added)) = dom else {
+            let _ = std::fs::remove_file(file);
+            return;
+        };
+        if added {
+            if let Some(d) = self.arc() {
+                crate::dbus::serve_domain(&d, &dom).await;
+            }
+        }
+        let marker = st.qmp.to_string_lossy().into_owned();
+        let ours = process::alive(st.pid) && process::cmdline_mentions(st.pid, &marker);
+        let attached = if ours {
+            match PidFd::open(st.pid) {
+                Ok(fd) => match Qmp::connect(&st.qmp, Duration::from_secs(5)).await {
+                    Ok((qmp, events)) => Some((fd, qmp, events)),
+                    Err(e) => {
+                        tracing::warn!("domain '{}': monitor unusable: {e}", st.name);
+                        None
+                    }
+                },
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let Some((pidfd, qmp, events)) = attached else {
+            tracing::warn!("domain '{}' died while the daemon was away", st.name);
+            self.cleanup_files(&st.name, &st.qmp);
+            dom.lock().state = (state::SHUTOFF, 3);
+            self.emit(&dom, event::STOPPED, 5).await;
+            if !dom.persistent() {
+                self.remove(&dom).await;
+            }
+            return;
+        };
+        let status = qmp.execute("query-status", None).await.ok();
+        let run_state = status
+            .as_ref()
+            .and_then(|s| s.get("status"))
+            .and_then(Value::as_str)
+            .unwrap_or("running")
+            .to_string();
+        let new_state = match run_state.as_str() {
+            "running" => (
+                state::RUNNING,
+                if st.state == state::RUNNING {
+                    st.reason
+                } else {
+                    0
+                },
+            ),
+            "shutdown" => (state::SHUTDOWN, 1),
+            "guest-panicked" => (state::CRASHED, 1),
+            "suspended" => (state::PMSUSPENDED, 0),
+            _ => (
+                state::PAUSED,
+                if st.state == state::PAUSED {
+                    st.reason
+                } else {
+                    0
+                },
+            ),
+        };
+        let (exit_tx, exit_rx) = watch::channel(false);
+        {
+            let mut g = dom.lock();
+            g.state = new_state;
+            g.live = Some(Live {
+                id: st.id,
+                pid: st.pid,
+                qmp_path: st.qmp.clone(),
+                qmp,
+                def,
+                destroying: false,
+                shutdown_seen: run_state == "shutdown",
+                crashed: false,
+                fake_reboot: false,
+                exited: exit_rx,
+            });
+        }
+        self.save_status(&dom);
+        tracing::info!(domain = %st.name, pid = st.pid, "reattached ({run_state})");
+        if let Some(d) = self.arc() {
+            tokio::spawn(monitor(d, dom.clone(), events, pidfd, exit_tx));
+        }
+    }
+
+    fn cleanup_files(&self, name: &str, qmp: &Path) {
+        let _ = std::fs::remove_file(qmp);
+        let _ = std::fs::remove_file(self.pid_file(name));
+        let _ = common::persist::remove_durable(&self.status_file(name));
+    }
+
+    fn autostart_all(&self) {
+        let doms: Vec<Arc<Dom>> = self
+            .reg()
+            .by_uuid
+            .values()
+            .filter(|d| d.autostart() && !d.active())
+            .cloned()
+            .collect();
+        for dom in doms {
+            let Some(d) = self.arc() else { return };
+            tokio::spawn(async move {
+                if let Err(e) = d.create(&dom, 0).await {
+                    tracing::warn!(domain = %dom.name(), "autostart failed: {e}");
+                }
+            });
+        }
+    }
+
+    // ---- the state machine --------------------------------------------------------
+
+    async fn on_event(&self, dom: &Arc<Dom>, ev: &qmp::Event) {
+        match ev.name.as_str() {
+            "STOP" if self.transition(dom, &[state::RUNNING], (state::PAUSED, 0)) => {
+                self.emit(dom, event::SUSPENDED, 0).await;
+            }
+            "RESUME"
+                if self.transition(
+                    dom,
+                    &[state::PAUSED, state::PMSUSPENDED],
+                    (state::RUNNING, 5),
+                ) =>
+            {
+                self.emit(dom, event::RESUMED, 0).await;
+            }
+            "SUSPEND" if self.transition(dom, &[state::RUNNING], (state::PMSUSPENDED, 0)) => {
+                self.emit(dom, event::PMSUSPENDED, 0).await;
+            }
+            "WAKEUP" if self.transition(dom, &[state::PMSUSPENDED], (state::RUNNING, 8)) => {
+                self.emit(dom, event::STARTED, 4).await;
+            }
+            "SHUTDOWN" => {
+                let guest = ev
+                    .data
+                    .get("guest")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let reset = ev.data.get("reason").and_then(Value::as_str) == Some("guest-reset");
+                let (fake_reboot, action, qmp) = {
+                    let mut g = dom.lock();
+                    let Some(l) = g.live.as_mut() else { return };
+                    if l.destroying {
+                        // Our own SIGTERM: the exit is reported as destroyed, not shutdown.
+                        return;
+                    }
+                    let fr = std::mem::take(&mut l.fake_reboot);
+                    let action = if reset {
+                        l.def.on_reboot
+                    } else {
+                        l.def.on_poweroff
+                    };
+                    (fr, action, l.qmp.clone())
+                };
+                if fake_reboot || action == Action::Restart {
+                    let _ = qmp.execute("system_reset", None).await;
+                    let _ = qmp.execute("cont", None).await;
+                    return;
+                }
+                if self.transition(dom, &[state::RUNNING, state::PAUSED], (state::SHUTDOWN, 1)) {
+                    self.emit(dom, event::SHUTDOWN, if guest { 1 } else { 2 })
+                        .await;
+                }
+                if action == Action::Destroy {
+                    if let Some(l) = dom.lock().live.as_mut() {
+                        l.shutdown_seen = true;
+                    }
+                    let _ = qmp.execute("quit", None).await;
+                }
+            }
+            "GUEST_PANICKED" => {
+                let (action, qmp) = {
+                    let mut g = dom.lock();
+                    let Some(l) = g.live.as_mut() else { return };
+                    l.crashed = true;
+                    (l.def.on_crash, l.qmp.clone())
+                };
+                if self.transition(dom, &[state::RUNNING, state::PAUSED], (state::CRASHED, 1)) {
+                    self.emit(dom, event::CRASHED, 0).await;
+                }
+                match action {
+                    Action::Destroy => {
+                        let _ = qmp.execute("quit", None).await;
+                    }
+                    Action::Restart => {
+                        let _ = qmp.execute("system_reset", None).await;
+                        let _ = qmp.execute("cont", None).await;
+                        self.transition(dom, &[state::CRASHED], (state::RUNNING, 0));
+                    }
+                    Action::Preserve => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_exit(&self, dom: &Arc<Dom>) {
+        let (live, persistent) = {
+            let mut g = dom.lock();
+            let live = g.live.take();
+            (live, g.config.is_some())
+        };
+        let Some(l) = live else { return };
+        let (reason, detail) = if l.destroying {
+            (2, 1)
+        } else if l.shutdown_seen {
+            (1, 0)
+        } else if l.crashed {
+            (3, 2)
+        } else {
+            (3, 5)
+        };
+        dom.lock().state = (state::SHUTOFF, reason);
+        let name = dom.name();
+        self.cleanup_files(&name, &l.qmp_path);
+        tracing::info!(domain = %name, pid = l.pid, reason, "QEMU exited");
+        self.emit(dom, event::STOPPED, detail).await;
+        if persistent {
+            self.props_changed(dom).await;
+        } else {
+            self.remove(dom).await;
+        }
+    }
+
+    pub fn busy_now(&self) -> bool {
+        self.jobs.load(Ordering::SeqCst) > 0 || self.reg().by_uuid.values().any(|d| d.active())
+    }
+}
+
+fn new_dom(uuid: Uuid, name: String, config: Option<DomainDef>, autostart: bool) -> Arc<Dom> {
+    Arc::new(Dom {
+        uuid,
+        path: common::objpath::domain(&uuid),
+        job: tokio::sync::Mutex::new(()),
+        inner: Mutex::new(Inner {
+            name,
+            config,
+            live: None,
+            state: (state::SHUTOFF, 0),
+            autostart,
+        }),
+    })
+}
+
+/// libvirt's rules: a name belongs to one uuid and a uuid to one name.
+fn check_conflicts(reg: &Registry, def: &DomainDef) -> Result<(), VirError> {
+    if let Some(u) = reg.by_name.get(&def.name) {
+        if *u != def.uuid {
+            return Err(VirError::operation_failed(format!(
+                "domain '{}' already exists with uuid {u}",
+                def.name
+            )));
+        }
+    }
+    if let Some(d) = reg.by_uuid.get(&def.uuid) {
+        let existing = d.name();
+        if existing != def.name {
+            return Err(VirError::operation_failed(format!(
+                "domain '{existing}' is already defined with uuid {}",
+                def.uuid
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn connect_monitor(
+    path: &Path,
+    pidfd: &PidFd,
+) -> Result<(Qmp, mpsc::UnboundedReceiver<qmp::Event>), String> {
+    let deadline = tokio::time::Instant::now() + MONITOR_WAIT;
+    let mut delay = Duration::from_millis(1);
+    loop {
+        if path.exists() {
+            match Qmp::connect(path, qmp::DEFAULT_TIMEOUT).await {
+                Ok(c) => return Ok(c),
+                Err(e) if tokio::time::Instant::now() > deadline => return Err(e.to_string()),
+                Err(_) => {}
+            }
+        }
+        if !process::alive(pidfd.pid()) {
+            return Err("QEMU exited".into());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err("timed out waiting for the monitor".into());
+        }
+        tokio::select! {
+            _ = pidfd.wait() => return Err("QEMU exited".into()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_millis(2));
+    }
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    if lines.is_empty() {
+        String::new()
+    } else {
+        let mut l = lines;
+        l.reverse();
+        format!(": {}", l.join(" | "))
+    }
+}
+
+fn proc_rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn proc_cpu_ns(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Some(ticks * 1_000_000_000 / hz)
+}
+
+/// One per running domain: QMP events drive the state machine; process exit ends it.
+async fn monitor(
+    driver: Arc<Driver>,
+    dom: Arc<Dom>,
+    mut events: mpsc::UnboundedReceiver<qmp::Event>,
+    pidfd: PidFd,
+    exited: watch::Sender<bool>,
+) {
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ev) => driver.on_event(&dom, &ev).await,
+                None => {
+                    // The monitor closed: QEMU is exiting. If it lingers, it is killed.
+                    if tokio::time::timeout(Duration::from_secs(10), pidfd.wait()).await.is_err() {
+                        process::signal(pidfd.pid(), nix::sys::signal::Signal::SIGKILL);
+                        pidfd.wait().await;
+                    }
+                    break;
+                }
+            },
+            _ = pidfd.wait() => break,
+        }
+    }
+    // Events QEMU sent just before exiting still count (e.g. SHUTDOWN before quit).
+    while let Ok(ev) = events.try_recv() {
+        driver.on_event(&dom, &ev).await;
+    }
+    driver.on_exit(&dom).await;
+    let _ = exited.send(true);
+}
+
+impl common::Driver for Driver {
+    fn busy(&self) -> bool {
+        self.busy_now()
+    }
+
+    async fn shutdown(&self) {
+        // Wait (bounded) for API calls in flight; running guests are left running and
+        // their status files are already on disk.
+        for _ in 0..200 {
+            if self.jobs.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -1,6 +1,13 @@
 //! virtqemud: the daemon that manages domains (QEMU/KVM).
 
+pub mod caps;
+pub mod command_line;
 pub mod dbus;
 pub mod driver;
+pub mod host_caps;
+pub mod model;
+pub mod process;
+pub mod qmp;
+pub mod xml;
 
 pub use driver::Driver;

@@ -1,13 +1,15 @@
 //! virtqemud's part of `org.libvirt.Connect` at `/org/libvirt/QEMU`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::connect as base;
+use common::error::{check_flags, BusError};
+use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 
 use crate::driver::Driver;
 
 pub struct Connect {
-    #[allow(dead_code)]
     pub driver: Arc<Driver>,
 }
 
@@ -37,4 +39,83 @@ impl Connect {
     fn secure(&self) -> bool {
         base::SECURE
     }
+
+    #[zbus(name = "ListDomains")]
+    async fn list_domains(&self, flags: u32) -> Result<Vec<OwnedObjectPath>, BusError> {
+        Ok(self
+            .driver
+            .list(flags)?
+            .iter()
+            .map(|d| d.path.clone())
+            .collect())
+    }
+
+    #[zbus(name = "DomainDefineXML")]
+    async fn domain_define_xml(&self, xml: &str) -> Result<OwnedObjectPath, BusError> {
+        Ok(self.driver.define(xml).await?.path.clone())
+    }
+
+    #[zbus(name = "DomainCreateXML")]
+    async fn domain_create_xml(&self, xml: &str, flags: u32) -> Result<OwnedObjectPath, BusError> {
+        Ok(self.driver.create_xml(xml, flags).await?.path.clone())
+    }
+
+    #[zbus(name = "DomainLookupByName")]
+    async fn domain_lookup_by_name(&self, name: &str) -> Result<OwnedObjectPath, BusError> {
+        Ok(self.driver.lookup_name(name)?.path.clone())
+    }
+
+    #[zbus(name = "DomainLookupByUUID")]
+    async fn domain_lookup_by_uuid(&self, uuid: &str) -> Result<OwnedObjectPath, BusError> {
+        Ok(self.driver.lookup_uuid_str(uuid)?.path.clone())
+    }
+
+    #[zbus(name = "DomainLookupByID")]
+    async fn domain_lookup_by_id(&self, id: i32) -> Result<OwnedObjectPath, BusError> {
+        Ok(self.driver.lookup_id(id)?.path.clone())
+    }
+
+    #[zbus(name = "GetCapabilities")]
+    async fn get_capabilities(&self) -> Result<String, BusError> {
+        Ok(crate::host_caps::capabilities())
+    }
+
+    #[zbus(name = "GetDomainCapabilities")]
+    async fn get_domain_capabilities(
+        &self,
+        emulatorbin: &str,
+        arch: &str,
+        machine: &str,
+        virttype: &str,
+        flags: u32,
+    ) -> Result<String, BusError> {
+        check_flags(flags, 0)?;
+        Ok(crate::host_caps::domain_capabilities(
+            emulatorbin,
+            arch,
+            machine,
+            virttype,
+        )?)
+    }
+
+    #[zbus(name = "GetAllDomainStats")]
+    async fn get_all_domain_stats(
+        &self,
+        _stats: u32,
+        flags: u32,
+    ) -> Result<Vec<(String, HashMap<String, OwnedValue>)>, BusError> {
+        let doms = self.driver.list(flags & 0xff)?;
+        Ok(doms
+            .iter()
+            .map(|d| (d.name(), self.driver.stats(d)))
+            .collect())
+    }
+
+    #[zbus(signal, name = "DomainEvent")]
+    async fn domain_event(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        domain: OwnedObjectPath,
+        event: i32,
+        detail: i32,
+    ) -> zbus::Result<()>;
 }

@@ -1,0 +1,151 @@
+//! `org.libvirt.Domain`, one object per domain at `common::objpath::domain(&uuid)`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use common::error::{BusError, VirError};
+use uuid::Uuid;
+use zbus::zvariant::OwnedValue;
+
+use crate::driver::{Dom, Driver};
+
+pub struct Domain {
+    pub driver: Arc<Driver>,
+    pub uuid: Uuid,
+}
+
+impl Domain {
+    fn dom(&self) -> Result<Arc<Dom>, VirError> {
+        self.driver.lookup_uuid(&self.uuid)
+    }
+    fn prop_dom(&self) -> zbus::fdo::Result<Arc<Dom>> {
+        self.dom().map_err(|e| zbus::fdo::Error::Failed(e.message))
+    }
+}
+
+#[zbus::interface(name = "org.libvirt.Domain")]
+impl Domain {
+    #[zbus(property)]
+    fn name(&self) -> zbus::fdo::Result<String> {
+        Ok(self.prop_dom()?.name())
+    }
+
+    #[zbus(property, name = "UUID")]
+    fn uuid(&self) -> String {
+        self.uuid.to_string()
+    }
+
+    #[zbus(property)]
+    fn id(&self) -> zbus::fdo::Result<u32> {
+        Ok(self.prop_dom()?.id().unwrap_or(u32::MAX))
+    }
+
+    #[zbus(property)]
+    fn active(&self) -> zbus::fdo::Result<bool> {
+        Ok(self.prop_dom()?.active())
+    }
+
+    #[zbus(property)]
+    fn persistent(&self) -> zbus::fdo::Result<bool> {
+        Ok(self.prop_dom()?.persistent())
+    }
+
+    #[zbus(property)]
+    fn autostart(&self) -> zbus::fdo::Result<bool> {
+        Ok(self.prop_dom()?.autostart())
+    }
+
+    #[zbus(property)]
+    async fn set_autostart(&self, value: bool) -> zbus::fdo::Result<()> {
+        let dom = self.prop_dom()?;
+        self.driver
+            .set_autostart(&dom, value)
+            .await
+            .map_err(|e| zbus::fdo::Error::Failed(e.message))
+    }
+
+    #[zbus(property, name = "OSType")]
+    fn os_type(&self) -> zbus::fdo::Result<String> {
+        Ok(self.prop_dom()?.os_type())
+    }
+
+    #[zbus(property)]
+    fn updated(&self) -> bool {
+        false
+    }
+
+    #[zbus(name = "Create")]
+    async fn create(&self, flags: u32) -> Result<(), BusError> {
+        Ok(self.driver.create(&self.dom()?, flags).await?)
+    }
+
+    #[zbus(name = "Destroy")]
+    async fn destroy(&self, flags: u32) -> Result<(), BusError> {
+        Ok(self.driver.destroy(&self.dom()?, flags).await?)
+    }
+
+    #[zbus(name = "Shutdown")]
+    async fn shutdown(&self, flags: u32) -> Result<(), BusError> {
+        Ok(self.driver.shutdown(&self.dom()?, flags).await?)
+    }
+
+    #[zbus(name = "Reboot")]
+    async fn reboot(&self, flags: u32) -> Result<(), BusError> {
+        Ok(self.driver.reboot(&self.dom()?, flags).await?)
+    }
+
+    #[zbus(name = "Reset")]
+    async fn reset(&self, flags: u32) -> Result<(), BusError> {
+        Ok(self.driver.reset(&self.dom()?, flags).await?)
+    }
+
+    #[zbus(name = "Suspend")]
+    async fn suspend(&self) -> Result<(), BusError> {
+        Ok(self.driver.suspend(&self.dom()?).await?)
+    }
+
+    #[zbus(name = "Resume")]
+    async fn resume(&self) -> Result<(), BusError> {
+        Ok(self.driver.resume(&self.dom()?).await?)
+    }
+
+    #[zbus(name = "Undefine")]
+    async fn undefine(&self, flags: u32) -> Result<(), BusError> {
+        Ok(self.driver.undefine(&self.dom()?, flags).await?)
+    }
+
+    #[zbus(name = "GetXMLDesc")]
+    async fn get_xml_desc(&self, flags: u32) -> Result<String, BusError> {
+        let dom = self.dom()?;
+        Ok(self.driver.xml_desc(&dom, flags)?)
+    }
+
+    #[zbus(name = "GetState")]
+    async fn get_state(&self, flags: u32) -> Result<(i32, i32), BusError> {
+        common::error::check_flags(flags, 0)?;
+        Ok(self.dom()?.state())
+    }
+
+    #[zbus(name = "GetStats")]
+    async fn get_stats(
+        &self,
+        _stats: u32,
+        flags: u32,
+    ) -> Result<HashMap<String, OwnedValue>, BusError> {
+        common::error::check_flags(flags, 0)?;
+        let dom = self.dom()?;
+        Ok(self.driver.stats(&dom))
+    }
+
+    #[zbus(name = "GetVcpus")]
+    async fn get_vcpus(&self, flags: u32) -> Result<u32, BusError> {
+        let dom = self.dom()?;
+        Ok(self.driver.vcpus(&dom, flags)?)
+    }
+
+    #[zbus(name = "MemoryStats")]
+    async fn memory_stats(&self, flags: u32) -> Result<HashMap<i32, u64>, BusError> {
+        let dom = self.dom()?;
+        Ok(self.driver.memory_stats(&dom, flags)?)
+    }
+}

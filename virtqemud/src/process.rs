@@ -1,0 +1,159 @@
+//! QEMU processes: spawned from an argv (never a shell) in their own session, output to a
+//! log file, watched through a pidfd so exit is noticed at once, without polling, both
+//! for our children and for QEMUs re-adopted after a daemon restart.
+
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+
+/// Starts `argv` with stdout/stderr appended to `log`; returns its PID.
+pub fn spawn(argv: &[String], log: &Path) -> std::io::Result<u32> {
+    let (prog, args) = argv
+        .split_first()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty argv"))?;
+    let out = OpenOptions::new().create(true).append(true).open(log)?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new(prog);
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: setsid is async-signal-safe and touches nothing of the parent's memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // std opens every descriptor with O_CLOEXEC, so QEMU inherits only 0, 1 and 2. The
+    // Child handle is dropped: the pidfd watcher reaps it.
+    let child = cmd.spawn()?;
+    Ok(child.id())
+}
+
+/// A pidfd: readable once the process has exited.
+pub struct PidFd {
+    fd: AsyncFd<OwnedFd>,
+    pid: u32,
+}
+
+impl PidFd {
+    pub fn open(pid: u32) -> std::io::Result<PidFd> {
+        // SAFETY: plain syscall with integer arguments; the result is a new fd we own.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this descriptor to us.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        // SAFETY: we own `fd` and hand it over whole; nothing else polls or closes it.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
+        Ok(PidFd { fd, pid })
+    }
+
+    /// Waits for exit and reaps the process when it is our child.
+    pub async fn wait(&self) {
+        loop {
+            match self.fd.readable().await {
+                Ok(mut g) => {
+                    g.retain_ready();
+                    break;
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if !alive(self.pid) {
+                        break;
+                    }
+                }
+            }
+        }
+        reap(self.pid, self.fd.get_ref().as_raw_fd());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+fn reap(pid: u32, _fd: i32) {
+    // ECHILD for a re-adopted process (not our child) is expected and harmless.
+    let _ = nix::sys::wait::waitpid(
+        Pid::from_raw(pid as i32),
+        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+    );
+}
+
+pub fn alive(pid: u32) -> bool {
+    kill(Pid::from_raw(pid as i32), None).is_ok()
+}
+
+pub fn signal(pid: u32, sig: Signal) {
+    let _ = kill(Pid::from_raw(pid as i32), sig);
+}
+
+/// True when /proc/PID/cmdline holds `marker` as one of its arguments' substrings: the
+/// check that a PID from a status file is still the QEMU we started.
+pub fn cmdline_mentions(pid: u32, marker: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .any(|arg| String::from_utf8_lossy(arg).contains(marker))
+        })
+        .unwrap_or(false)
+}
+
+/// SIGTERM, then SIGKILL after `grace`; returns once the process is gone.
+pub async fn terminate(pidfd: &PidFd, grace: Duration) {
+    signal(pidfd.pid, Signal::SIGTERM);
+    if tokio::time::timeout(grace, pidfd.wait()).await.is_err() {
+        signal(pidfd.pid, Signal::SIGKILL);
+        pidfd.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn spawn_watch_terminate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("x.log");
+        let marker = dir.path().join("marker").display().to_string();
+        let pid = spawn(
+            &[
+                "sh".into(),
+                "-c".into(),
+                "echo hello; exec sleep 30".into(),
+                marker.clone(),
+            ],
+            &log,
+        )
+        .expect("spawn");
+        let fd = PidFd::open(pid).expect("pidfd");
+        for _ in 0..200 {
+            if std::fs::read_to_string(&log).is_ok_and(|t| t.contains("hello")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(cmdline_mentions(pid, "sleep") || cmdline_mentions(pid, &marker));
+        // Its own session.
+        assert_eq!(
+            nix::unistd::getsid(Some(Pid::from_raw(pid as i32))).ok(),
+            Some(Pid::from_raw(pid as i32))
+        );
+        let start = std::time::Instant::now();
+        terminate(&fd, Duration::from_secs(5)).await;
+        assert!(start.elapsed() < Duration::from_secs(2));
+        assert!(!alive(pid), "reaped, not a zombie");
+        let text = std::fs::read_to_string(&log).expect("log");
+        assert!(text.contains("hello"));
+    }
+}

@@ -1,0 +1,921 @@
+//! The domain XML model: libvirt's format parsed into typed structs and written back.
+//!
+//! # For the runtime (how to use this module)
+//!
+//! ```text
+//! let mut dom = Domain::parse(xml)?;          // DomainXmlError -> VirError via From
+//! let caps = Caps::load_or_probe(&emulator, &cache_dir).await?;   // crate::caps
+//! dom.fill_defaults(&caps)?;                 // uuid/MACs/machine/controllers/PCI slots
+//! let text = dom.to_xml(XmlOpts::default()); // persist this (inactive config)
+//! let argv = crate::command_line::build(&dom, &LaunchContext { .. })?;
+//! ```
+//!
+//! `Domain::parse` already validates (names the element and value on error); a parsed
+//! domain without `<uuid>` gets a random one at parse time, as libvirt does.
+//! `fill_defaults` is idempotent: run it at define time and store the result, so the
+//! MAC addresses and PCI slots stay stable across starts. Elements this model does not
+//! type (`<metadata>`, unknown top-level elements, unknown devices, `<features>`,
+//! `<clock>`, `<pm>`) are kept verbatim and written back.
+
+mod devices;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use common::error::VirError;
+use common::xml::{Element, XmlError};
+use uuid::Uuid;
+
+pub use devices::*;
+
+use crate::caps::Caps;
+
+/// Errors of the domain XML layer. Each names the element and the offending value.
+#[derive(Debug, thiserror::Error)]
+pub enum DomainXmlError {
+    #[error(transparent)]
+    Xml(#[from] XmlError),
+    #[error("<{element}> value '{value}' is not supported: {reason}")]
+    Unsupported {
+        element: String,
+        value: String,
+        reason: String,
+    },
+}
+
+impl DomainXmlError {
+    pub fn unsupported(element: &str, value: &str, reason: impl ToString) -> Self {
+        DomainXmlError::Unsupported {
+            element: element.to_owned(),
+            value: value.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl From<DomainXmlError> for VirError {
+    fn from(e: DomainXmlError) -> Self {
+        match e {
+            DomainXmlError::Xml(x) => VirError::xml(x),
+            u @ DomainXmlError::Unsupported { .. } => VirError::unsupported(u),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, DomainXmlError>;
+
+pub(crate) fn invalid(
+    element: &str,
+    what: &str,
+    value: &str,
+    reason: impl ToString,
+) -> DomainXmlError {
+    DomainXmlError::Xml(XmlError::invalid(element, what, value, reason))
+}
+
+pub(crate) fn missing(element: &str, what: &str) -> DomainXmlError {
+    DomainXmlError::Xml(XmlError::missing(element, what))
+}
+
+/// A validated domain name: 1..=200 characters, no '/', no control characters, not
+/// starting with '.'.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DomainName(String);
+
+impl DomainName {
+    pub fn new(name: &str) -> Result<DomainName> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(invalid(
+                "name",
+                "value",
+                name,
+                "must be 1 to 200 characters",
+            ));
+        }
+        if name.contains('/') || name.chars().any(char::is_control) || name.starts_with('.') {
+            return Err(invalid(
+                "name",
+                "value",
+                name,
+                "must not contain '/' or control characters nor start with '.'",
+            ));
+        }
+        Ok(DomainName(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DomainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `<domain type=...>`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VirtType {
+    Qemu,
+    Kvm,
+}
+
+impl VirtType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VirtType::Qemu => "qemu",
+            VirtType::Kvm => "kvm",
+        }
+    }
+}
+
+/// on_poweroff / on_reboot / on_crash
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleAction {
+    Destroy,
+    Restart,
+    RenameRestart,
+    Preserve,
+    CoredumpDestroy,
+    CoredumpRestart,
+}
+
+impl LifecycleAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LifecycleAction::Destroy => "destroy",
+            LifecycleAction::Restart => "restart",
+            LifecycleAction::RenameRestart => "rename-restart",
+            LifecycleAction::Preserve => "preserve",
+            LifecycleAction::CoredumpDestroy => "coredump-destroy",
+            LifecycleAction::CoredumpRestart => "coredump-restart",
+        }
+    }
+
+    fn parse(element: &str, s: &str) -> Result<LifecycleAction> {
+        Ok(match s {
+            "destroy" => LifecycleAction::Destroy,
+            "restart" => LifecycleAction::Restart,
+            "rename-restart" => LifecycleAction::RenameRestart,
+            "preserve" => LifecycleAction::Preserve,
+            "coredump-destroy" => LifecycleAction::CoredumpDestroy,
+            "coredump-restart" => LifecycleAction::CoredumpRestart,
+            _ => return Err(invalid(element, "value", s, "unknown lifecycle action")),
+        })
+    }
+}
+
+/// Boot device of `<os><boot dev=.../>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootDev {
+    Hd,
+    Cdrom,
+    Network,
+    Fd,
+}
+
+impl BootDev {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootDev::Hd => "hd",
+            BootDev::Cdrom => "cdrom",
+            BootDev::Network => "network",
+            BootDev::Fd => "fd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Loader {
+    pub path: Option<PathBuf>,
+    pub readonly: Option<bool>,
+    /// `rom` or `pflash`
+    pub kind: Option<String>,
+    pub secure: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Os {
+    /// Always `hvm` for QEMU.
+    pub os_type: String,
+    pub arch: Option<String>,
+    pub machine: Option<String>,
+    /// `firmware='efi'` / `'bios'`
+    pub firmware: Option<String>,
+    pub loader: Option<Loader>,
+    pub nvram: Option<PathBuf>,
+    pub nvram_template: Option<PathBuf>,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    pub dtb: Option<PathBuf>,
+    pub boot: Vec<BootDev>,
+    pub bootmenu: Option<bool>,
+    /// Elements of `<os>` not typed here (`<smbios>`, `<bios>`, ...), kept verbatim.
+    pub other: Vec<Element>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuMode {
+    HostPassthrough,
+    HostModel,
+    Maximum,
+    Custom,
+}
+
+impl CpuMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CpuMode::HostPassthrough => "host-passthrough",
+            CpuMode::HostModel => "host-model",
+            CpuMode::Maximum => "maximum",
+            CpuMode::Custom => "custom",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Topology {
+    pub sockets: u32,
+    pub dies: u32,
+    pub cores: u32,
+    pub threads: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cpu {
+    pub mode: CpuMode,
+    pub check: Option<String>,
+    pub migratable: Option<String>,
+    pub model: Option<String>,
+    pub fallback: Option<String>,
+    pub topology: Option<Topology>,
+    /// `<feature policy name/>` as (policy, name)
+    pub features: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    Static,
+    Auto,
+}
+
+/// The domain definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Domain {
+    pub virt_type: VirtType,
+    pub name: DomainName,
+    pub uuid: Uuid,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    /// `<metadata>` verbatim.
+    pub metadata: Option<Element>,
+    pub memory_kib: u64,
+    pub current_memory_kib: u64,
+    pub max_memory: Option<(u64, u32)>,
+    /// `<vcpu>` maximum
+    pub vcpus: u32,
+    /// `<vcpu current=>`
+    pub current_vcpus: Option<u32>,
+    pub placement: Option<Placement>,
+    pub cpu: Option<Cpu>,
+    pub os: Os,
+    /// `<features>` verbatim; see [`Domain::has_feature`].
+    pub features: Option<Element>,
+    /// `<clock>` verbatim
+    pub clock: Option<Element>,
+    /// `<pm>` verbatim
+    pub pm: Option<Element>,
+    pub on_poweroff: LifecycleAction,
+    pub on_reboot: LifecycleAction,
+    pub on_crash: LifecycleAction,
+    pub devices: Devices,
+    /// Top-level elements not typed here, kept verbatim.
+    pub other: Vec<Element>,
+}
+
+/// Options of [`Domain::to_xml`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct XmlOpts {
+    /// Omit live-only data (`<domain id=...>`). The model keeps no live data, so this
+    /// only controls the `id` attribute.
+    pub inactive: bool,
+    /// The running id to put in `<domain id=...>` when not inactive.
+    pub id: Option<u32>,
+}
+
+fn unit_to_kib(element: &str, value: u64, unit: &str) -> Result<u64> {
+    let bytes: u128 = match unit {
+        "b" | "bytes" => 1,
+        "k" | "K" | "KiB" => 1 << 10,
+        "KB" => 1000,
+        "m" | "M" | "MiB" => 1 << 20,
+        "MB" => 1_000_000,
+        "g" | "G" | "GiB" => 1 << 30,
+        "GB" => 1_000_000_000,
+        "t" | "T" | "TiB" => 1 << 40,
+        "TB" => 1_000_000_000_000,
+        _ => return Err(invalid(element, "attribute 'unit'", unit, "unknown unit")),
+    };
+    let kib = (u128::from(value) * bytes).div_ceil(1024);
+    u64::try_from(kib).map_err(|_| invalid(element, "value", &value.to_string(), "too large"))
+}
+
+pub(crate) fn parse_memory(el: &Element) -> Result<u64> {
+    let text = el.text();
+    let v: u64 = text
+        .parse()
+        .map_err(|e| invalid(&el.name, "value", &text, e))?;
+    unit_to_kib(&el.name, v, el.get_attr("unit").unwrap_or("KiB"))
+}
+
+pub(crate) fn yes_no(el: &Element, key: &str) -> Result<Option<bool>> {
+    match el.get_attr(key) {
+        None => Ok(None),
+        Some("yes") | Some("on") => Ok(Some(true)),
+        Some("no") | Some("off") => Ok(Some(false)),
+        Some(v) => Err(invalid(
+            &el.name,
+            &format!("attribute '{key}'"),
+            v,
+            "expected yes or no",
+        )),
+    }
+}
+
+pub(crate) fn yn(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn parse_u32(el: &Element, key: &str) -> Result<Option<u32>> {
+    Ok(el.parse_attr::<u32>(key)?)
+}
+
+fn parse_os(el: &Element) -> Result<Os> {
+    let ty = el.first("type").ok_or_else(|| missing("os", "<type>"))?;
+    let os_type = ty.text();
+    if os_type != "hvm" {
+        return Err(DomainXmlError::unsupported(
+            "os/type",
+            &os_type,
+            "QEMU guests are 'hvm'",
+        ));
+    }
+    let firmware = el.get_attr("firmware").map(str::to_owned);
+    if let Some(f) = &firmware {
+        if f != "efi" && f != "bios" {
+            return Err(invalid(
+                "os",
+                "attribute 'firmware'",
+                f,
+                "expected efi or bios",
+            ));
+        }
+    }
+    let mut os = Os {
+        os_type,
+        arch: ty.get_attr("arch").map(str::to_owned),
+        machine: ty.get_attr("machine").map(str::to_owned),
+        firmware,
+        ..Os::default()
+    };
+    for c in el.elements() {
+        match c.name.as_str() {
+            "type" => {}
+            "loader" => {
+                let text = c.text();
+                let kind = c.get_attr("type").map(str::to_owned);
+                if let Some(k) = &kind {
+                    if k != "rom" && k != "pflash" {
+                        return Err(invalid(
+                            "loader",
+                            "attribute 'type'",
+                            k,
+                            "expected rom or pflash",
+                        ));
+                    }
+                }
+                os.loader = Some(Loader {
+                    path: (!text.is_empty()).then(|| PathBuf::from(text)),
+                    readonly: yes_no(c, "readonly")?,
+                    kind,
+                    secure: yes_no(c, "secure")?,
+                })
+            }
+            "nvram" => {
+                let text = c.text();
+                os.nvram = (!text.is_empty()).then(|| PathBuf::from(text));
+                os.nvram_template = c.get_attr("template").map(PathBuf::from);
+            }
+            "kernel" => os.kernel = Some(PathBuf::from(c.text())),
+            "initrd" => os.initrd = Some(PathBuf::from(c.text())),
+            "cmdline" => os.cmdline = Some(c.text()),
+            "dtb" => os.dtb = Some(PathBuf::from(c.text())),
+            "boot" => {
+                let dev = c.req_attr("dev")?;
+                os.boot.push(match dev {
+                    "hd" => BootDev::Hd,
+                    "cdrom" => BootDev::Cdrom,
+                    "network" => BootDev::Network,
+                    "fd" => BootDev::Fd,
+                    _ => {
+                        return Err(invalid(
+                            "boot",
+                            "attribute 'dev'",
+                            dev,
+                            "expected hd, cdrom, network or fd",
+                        ))
+                    }
+                });
+            }
+            "bootmenu" => os.bootmenu = yes_no(c, "enable")?,
+            _ => os.other.push(c.clone()),
+        }
+    }
+    Ok(os)
+}
+
+fn parse_cpu(el: &Element) -> Result<Cpu> {
+    let mode = match el.get_attr("mode").unwrap_or("custom") {
+        "host-passthrough" => CpuMode::HostPassthrough,
+        "host-model" => CpuMode::HostModel,
+        "maximum" => CpuMode::Maximum,
+        "custom" => CpuMode::Custom,
+        m => return Err(invalid("cpu", "attribute 'mode'", m, "unknown CPU mode")),
+    };
+    let model_el = el.first("model");
+    let model = model_el.map(Element::text).filter(|s| !s.is_empty());
+    if let Some(m) = &model {
+        if !m
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid("cpu/model", "value", m, "not a CPU model name"));
+        }
+    }
+    if mode == CpuMode::Custom && model.is_none() && el.first("topology").is_none() {
+        return Err(missing("cpu", "<model> for mode 'custom'"));
+    }
+    let topology = match el.first("topology") {
+        None => None,
+        Some(t) => {
+            let get = |k: &str| -> Result<u32> {
+                let v = parse_u32(t, k)?.unwrap_or(1);
+                if v == 0 {
+                    return Err(invalid(
+                        "topology",
+                        &format!("attribute '{k}'"),
+                        "0",
+                        "must be at least 1",
+                    ));
+                }
+                Ok(v)
+            };
+            Some(Topology {
+                sockets: get("sockets")?,
+                dies: get("dies")?,
+                cores: get("cores")?,
+                threads: get("threads")?,
+            })
+        }
+    };
+    let mut features = Vec::new();
+    for f in el.children_named("feature") {
+        let policy = f.get_attr("policy").unwrap_or("require");
+        if !matches!(
+            policy,
+            "force" | "require" | "optional" | "disable" | "forbid"
+        ) {
+            return Err(invalid(
+                "cpu/feature",
+                "attribute 'policy'",
+                policy,
+                "unknown policy",
+            ));
+        }
+        let name = f.req_attr("name")?;
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid(
+                "cpu/feature",
+                "attribute 'name'",
+                name,
+                "not a CPU feature name",
+            ));
+        }
+        features.push((policy.to_owned(), name.to_owned()));
+    }
+    Ok(Cpu {
+        mode,
+        check: el.get_attr("check").map(str::to_owned),
+        migratable: el.get_attr("migratable").map(str::to_owned),
+        model,
+        fallback: model_el
+            .and_then(|m| m.get_attr("fallback"))
+            .map(str::to_owned),
+        topology,
+        features,
+    })
+}
+
+impl Domain {
+    /// Parses and validates libvirt domain XML.
+    pub fn parse(xml: &str) -> Result<Domain> {
+        let root = common::xml::parse_root(xml, "domain")?;
+        let virt_type = match root.req_attr("type")? {
+            "qemu" => VirtType::Qemu,
+            "kvm" => VirtType::Kvm,
+            t => {
+                return Err(DomainXmlError::unsupported(
+                    "domain type",
+                    t,
+                    "this daemon runs 'qemu' and 'kvm' domains",
+                ))
+            }
+        };
+        let name = DomainName::new(
+            &root
+                .child_text("name")
+                .ok_or_else(|| missing("domain", "<name>"))?,
+        )?;
+        let uuid = match root.child_text("uuid") {
+            Some(u) => Uuid::parse_str(&u).map_err(|e| invalid("uuid", "value", &u, e))?,
+            None => Uuid::new_v4(),
+        };
+        let memory_kib = parse_memory(
+            root.first("memory")
+                .ok_or_else(|| missing("domain", "<memory>"))?,
+        )?;
+        if memory_kib < 1024 {
+            return Err(invalid(
+                "memory",
+                "value",
+                &memory_kib.to_string(),
+                "at least 1 MiB is needed",
+            ));
+        }
+        let current_memory_kib = match root.first("currentMemory") {
+            Some(c) => parse_memory(c)?,
+            None => memory_kib,
+        };
+        if current_memory_kib > memory_kib {
+            return Err(invalid(
+                "currentMemory",
+                "value",
+                &current_memory_kib.to_string(),
+                "larger than <memory>",
+            ));
+        }
+        let max_memory = match root.first("maxMemory") {
+            Some(m) => Some((parse_memory(m)?, parse_u32(m, "slots")?.unwrap_or(0))),
+            None => None,
+        };
+        let (vcpus, current_vcpus, placement) = match root.first("vcpu") {
+            None => (1, None, None),
+            Some(v) => {
+                let text = v.text();
+                let n: u32 = text
+                    .parse()
+                    .map_err(|e| invalid("vcpu", "value", &text, e))?;
+                if !(1..=1024).contains(&n) {
+                    return Err(invalid("vcpu", "value", &text, "must be 1 to 1024"));
+                }
+                let cur = parse_u32(v, "current")?;
+                if let Some(c) = cur {
+                    if c == 0 || c > n {
+                        return Err(invalid(
+                            "vcpu",
+                            "attribute 'current'",
+                            &c.to_string(),
+                            "must be 1 to the maximum",
+                        ));
+                    }
+                }
+                let placement = match v.get_attr("placement") {
+                    None => None,
+                    Some("static") => Some(Placement::Static),
+                    Some("auto") => Some(Placement::Auto),
+                    Some(p) => {
+                        return Err(invalid(
+                            "vcpu",
+                            "attribute 'placement'",
+                            p,
+                            "expected static or auto",
+                        ))
+                    }
+                };
+                (n, cur, placement)
+            }
+        };
+        let cpu = root.first("cpu").map(parse_cpu).transpose()?;
+        if let Some(t) = cpu.as_ref().and_then(|c| c.topology) {
+            let total = u64::from(t.sockets)
+                * u64::from(t.dies)
+                * u64::from(t.cores)
+                * u64::from(t.threads);
+            if total != u64::from(vcpus) {
+                return Err(invalid(
+                    "cpu/topology",
+                    "product",
+                    &total.to_string(),
+                    format!("sockets*dies*cores*threads must equal <vcpu> {vcpus}"),
+                ));
+            }
+        }
+        let os = parse_os(root.first("os").ok_or_else(|| missing("domain", "<os>"))?)?;
+        let action = |n: &str, d: LifecycleAction| -> Result<LifecycleAction> {
+            match root.child_text(n) {
+                None => Ok(d),
+                Some(s) => LifecycleAction::parse(n, &s),
+            }
+        };
+        let on_poweroff = action("on_poweroff", LifecycleAction::Destroy)?;
+        let on_reboot = action("on_reboot", LifecycleAction::Restart)?;
+        let on_crash = action("on_crash", LifecycleAction::Destroy)?;
+        let devices = match root.first("devices") {
+            Some(d) => Devices::parse(d)?,
+            None => Devices::default(),
+        };
+        const TYPED: &[&str] = &[
+            "name",
+            "uuid",
+            "title",
+            "description",
+            "metadata",
+            "memory",
+            "currentMemory",
+            "maxMemory",
+            "vcpu",
+            "cpu",
+            "os",
+            "features",
+            "clock",
+            "pm",
+            "on_poweroff",
+            "on_reboot",
+            "on_crash",
+            "devices",
+        ];
+        let other = root
+            .elements()
+            .filter(|e| !TYPED.contains(&e.name.as_str()))
+            .cloned()
+            .collect();
+        let dom = Domain {
+            virt_type,
+            name,
+            uuid,
+            title: root.child_text("title"),
+            description: root.child_text("description"),
+            metadata: root.first("metadata").cloned(),
+            memory_kib,
+            current_memory_kib,
+            max_memory,
+            vcpus,
+            current_vcpus,
+            placement,
+            cpu,
+            os,
+            features: root.first("features").cloned(),
+            clock: root.first("clock").cloned(),
+            pm: root.first("pm").cloned(),
+            on_poweroff,
+            on_reboot,
+            on_crash,
+            devices,
+            other,
+        };
+        if let Some(t) = &dom.title {
+            if t.contains('\n') {
+                return Err(invalid("title", "value", t, "must be a single line"));
+            }
+        }
+        Ok(dom)
+    }
+
+    /// True when `<features>` holds `<name/>` (not `state='off'`).
+    pub fn has_feature(&self, name: &str) -> bool {
+        self.features
+            .as_ref()
+            .and_then(|f| f.first(name))
+            .is_some_and(|e| e.get_attr("state") != Some("off"))
+    }
+
+    /// The `<features>` child element, if any.
+    pub fn feature(&self, name: &str) -> Option<&Element> {
+        self.features.as_ref().and_then(|f| f.first(name))
+    }
+
+    pub fn is_q35(&self) -> bool {
+        self.os
+            .machine
+            .as_deref()
+            .is_some_and(|m| m == "q35" || m.starts_with("pc-q35"))
+    }
+
+    /// Fills what libvirt fills at define time, using the emulator's capabilities:
+    /// arch, concrete machine type, emulator path, disk buses, controllers, MAC
+    /// addresses and PCI addresses. Idempotent.
+    pub fn fill_defaults(&mut self, caps: &Caps) -> Result<()> {
+        let arch = self.os.arch.get_or_insert_with(|| caps.arch.clone());
+        if *arch != caps.arch {
+            return Err(DomainXmlError::unsupported(
+                "os/type arch",
+                arch,
+                format!("the emulator runs {}", caps.arch),
+            ));
+        }
+        let machine = self
+            .os
+            .machine
+            .clone()
+            .or_else(|| caps.default_machine().map(str::to_owned))
+            .ok_or_else(|| {
+                missing(
+                    "os/type",
+                    "attribute 'machine' (the emulator has no default)",
+                )
+            })?;
+        let concrete = caps.machine_alias(&machine).unwrap_or(&machine).to_owned();
+        if !caps.machines.is_empty() && !caps.machines.iter().any(|m| m.name == concrete) {
+            return Err(DomainXmlError::unsupported(
+                "os/type machine",
+                &machine,
+                "the emulator does not offer this machine type",
+            ));
+        }
+        self.os.machine = Some(concrete);
+        self.placement.get_or_insert(Placement::Static);
+        if let Some(m) = self.cpu.as_ref().and_then(|c| c.model.as_deref()) {
+            if !caps.cpu_models.is_empty() && !caps.cpu_models.iter().any(|x| x == m) {
+                return Err(DomainXmlError::unsupported(
+                    "cpu model",
+                    m,
+                    "the emulator does not know this CPU model",
+                ));
+            }
+        }
+        if self.devices.emulator.is_none() {
+            self.devices.emulator = Some(caps.emulator.clone());
+        }
+        if self.virt_type == VirtType::Kvm && !caps.kvm_usable {
+            // Defining is allowed (libvirt checks at start); the runtime reports it then.
+            tracing::debug!(domain = %self.name, "kvm domain defined while KVM is unusable");
+        }
+        let q35 = self.is_q35();
+        self.devices.fill_defaults(q35)?;
+        Ok(())
+    }
+
+    /// Writes the definition in libvirt's layout.
+    pub fn to_xml(&self, opts: XmlOpts) -> String {
+        self.to_element(opts).to_xml()
+    }
+
+    pub fn to_element(&self, opts: XmlOpts) -> Element {
+        let mut root = Element::new("domain").attr("type", self.virt_type.as_str());
+        if !opts.inactive {
+            if let Some(id) = opts.id {
+                root = root.attr("id", id);
+            }
+        }
+        root = root
+            .child(Element::with_text("name", self.name.as_str()))
+            .child(Element::with_text("uuid", self.uuid.to_string()))
+            .child_opt(self.title.as_ref().map(|t| Element::with_text("title", t)))
+            .child_opt(
+                self.description
+                    .as_ref()
+                    .map(|t| Element::with_text("description", t)),
+            )
+            .child_opt(self.metadata.clone());
+        if let Some((kib, slots)) = self.max_memory {
+            root.push(
+                Element::with_text("maxMemory", kib.to_string())
+                    .attr("slots", slots)
+                    .attr("unit", "KiB"),
+            );
+        }
+        root.push(Element::with_text("memory", self.memory_kib.to_string()).attr("unit", "KiB"));
+        root.push(
+            Element::with_text("currentMemory", self.current_memory_kib.to_string())
+                .attr("unit", "KiB"),
+        );
+        root.push(
+            Element::with_text("vcpu", self.vcpus.to_string())
+                .attr(
+                    "placement",
+                    match self.placement {
+                        Some(Placement::Auto) => "auto",
+                        _ => "static",
+                    },
+                )
+                .attr_opt("current", self.current_vcpus),
+        );
+        root.push(self.os_element());
+        root = root.child_opt(self.features.clone());
+        if let Some(cpu) = &self.cpu {
+            let mut c = Element::new("cpu")
+                .attr("mode", cpu.mode.as_str())
+                .attr_opt("check", cpu.check.as_deref())
+                .attr_opt("migratable", cpu.migratable.as_deref());
+            if let Some(m) = &cpu.model {
+                c.push(
+                    Element::with_text("model", m).attr_opt("fallback", cpu.fallback.as_deref()),
+                );
+            }
+            if let Some(t) = cpu.topology {
+                c.push(
+                    Element::new("topology")
+                        .attr("sockets", t.sockets)
+                        .attr("dies", t.dies)
+                        .attr("cores", t.cores)
+                        .attr("threads", t.threads),
+                );
+            }
+            for (policy, name) in &cpu.features {
+                c.push(
+                    Element::new("feature")
+                        .attr("policy", policy)
+                        .attr("name", name),
+                );
+            }
+            root.push(c);
+        }
+        root = root
+            .child_opt(self.clock.clone())
+            .child(Element::with_text("on_poweroff", self.on_poweroff.as_str()))
+            .child(Element::with_text("on_reboot", self.on_reboot.as_str()))
+            .child(Element::with_text("on_crash", self.on_crash.as_str()))
+            .child_opt(self.pm.clone())
+            .child(self.devices.to_element());
+        for o in &self.other {
+            root.push(o.clone());
+        }
+        root
+    }
+
+    fn os_element(&self) -> Element {
+        let os = &self.os;
+        let mut el = Element::new("os").attr_opt("firmware", os.firmware.as_deref());
+        el.push(
+            Element::with_text("type", &os.os_type)
+                .attr_opt("arch", os.arch.as_deref())
+                .attr_opt("machine", os.machine.as_deref()),
+        );
+        if let Some(l) = &os.loader {
+            let mut e = Element::new("loader")
+                .attr_opt("readonly", l.readonly.map(yn))
+                .attr_opt("secure", l.secure.map(yn))
+                .attr_opt("type", l.kind.as_deref());
+            if let Some(p) = &l.path {
+                e.children
+                    .push(common::xml::Node::Text(p.display().to_string()));
+            }
+            el.push(e);
+        }
+        if os.nvram.is_some() || os.nvram_template.is_some() {
+            let mut e = Element::new("nvram")
+                .attr_opt("template", os.nvram_template.as_ref().map(|p| p.display()));
+            if let Some(p) = &os.nvram {
+                e.children
+                    .push(common::xml::Node::Text(p.display().to_string()));
+            }
+            el.push(e);
+        }
+        let text = |n: &str, v: &Option<PathBuf>| {
+            v.as_ref()
+                .map(|p| Element::with_text(n, p.display().to_string()))
+        };
+        el = el
+            .child_opt(text("kernel", &os.kernel))
+            .child_opt(text("initrd", &os.initrd))
+            .child_opt(
+                os.cmdline
+                    .as_ref()
+                    .map(|c| Element::with_text("cmdline", c)),
+            )
+            .child_opt(text("dtb", &os.dtb));
+        for b in &os.boot {
+            el.push(Element::new("boot").attr("dev", b.as_str()));
+        }
+        if let Some(m) = os.bootmenu {
+            el.push(Element::new("bootmenu").attr("enable", yn(m)));
+        }
+        for o in &os.other {
+            el.push(o.clone());
+        }
+        el
+    }
+}
+
+#[cfg(test)]
+mod tests;

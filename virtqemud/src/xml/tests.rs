@@ -1,0 +1,159 @@
+use super::*;
+use crate::caps::tests::fake;
+
+const MINIMAL: &str = "<domain type='qemu'><name>t1</name><memory unit='MiB'>64</memory>\
+<os><type>hvm</type><kernel>/k</kernel></os></domain>";
+
+#[test]
+fn parse_minimal_fills_uuid_and_defaults() {
+    let mut d = Domain::parse(MINIMAL).unwrap();
+    assert_eq!(d.name.as_str(), "t1");
+    assert_eq!(d.memory_kib, 65536);
+    assert_eq!(d.current_memory_kib, 65536);
+    assert_eq!(d.vcpus, 1);
+    assert!(!d.uuid.is_nil());
+    d.fill_defaults(&fake()).unwrap();
+    assert_eq!(d.os.machine.as_deref(), Some("pc-i440fx-7.2"));
+    assert_eq!(d.os.arch.as_deref(), Some("x86_64"));
+    assert_eq!(
+        d.devices.memballoon.as_ref().map(|m| m.model.as_str()),
+        Some("virtio")
+    );
+    assert!(d.devices.memballoon.as_ref().unwrap().address.is_some());
+}
+
+#[test]
+fn round_trip_is_stable_and_keeps_metadata() {
+    let xml = "<domain type='kvm'><name>r</name><uuid>11111111-2222-3333-4444-555555555555</uuid>\
+<title>T</title><metadata><my:x xmlns:my='urn:x'>v</my:x></metadata>\
+<memory>131072</memory><currentMemory>65536</currentMemory><vcpu current='1'>2</vcpu>\
+<os><type arch='x86_64' machine='q35'>hvm</type><boot dev='hd'/></os>\
+<features><acpi/><apic/></features><cpu mode='host-model'/><clock offset='utc'/>\
+<on_crash>preserve</on_crash><pm><suspend-to-mem enabled='no'/></pm>\
+<devices><disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>\
+<source file='/img/a.qcow2'/><target dev='vda' bus='virtio'/><serial>abc</serial></disk>\
+<interface type='network'><source network='default'/><mac address='52:54:00:aa:bb:cc'/></interface>\
+<channel type='unix'><source mode='bind' path='/run/x.sock'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\
+<weird foo='1'/></devices><seclabel type='none'/></domain>";
+    let mut d = Domain::parse(xml).unwrap();
+    d.fill_defaults(&fake()).unwrap();
+    let out = d.to_xml(XmlOpts::default());
+    assert!(out.contains("urn:x"), "{out}");
+    assert!(out.contains("<weird foo='1'/>"), "{out}");
+    assert!(out.contains("<seclabel type='none'/>"), "{out}");
+    assert!(out.contains("machine='pc-q35-7.2'"), "{out}");
+    let mut again = Domain::parse(&out).unwrap();
+    again.fill_defaults(&fake()).unwrap();
+    assert_eq!(again, d);
+    assert_eq!(again.to_xml(XmlOpts::default()), out);
+    assert_eq!(d.on_crash, LifecycleAction::Preserve);
+    assert_eq!(
+        d.devices.interfaces[0].mac.unwrap().to_string(),
+        "52:54:00:aa:bb:cc"
+    );
+}
+
+#[test]
+fn macs_and_pci_slots_are_assigned_uniquely() {
+    let xml = "<domain type='qemu'><name>n</name><memory>65536</memory><os><type>hvm</type></os><devices>\
+<interface type='user'/><interface type='user'/><rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>\
+<video><model type='vga'/></video></devices></domain>";
+    let mut d = Domain::parse(xml).unwrap();
+    d.fill_defaults(&fake()).unwrap();
+    let m0 = d.devices.interfaces[0].mac.unwrap();
+    let m1 = d.devices.interfaces[1].mac.unwrap();
+    assert_ne!(m0, m1);
+    assert_eq!(&m0.0[..3], &[0x52, 0x54, 0x00]);
+    let mut slots: Vec<u8> = d
+        .devices
+        .interfaces
+        .iter()
+        .filter_map(|i| i.address.as_ref().and_then(Address::pci))
+        .chain(
+            d.devices
+                .rngs
+                .iter()
+                .filter_map(|r| r.address.as_ref().and_then(Address::pci)),
+        )
+        .chain(
+            d.devices
+                .videos
+                .iter()
+                .filter_map(|r| r.address.as_ref().and_then(Address::pci)),
+        )
+        .map(|p| p.slot)
+        .collect();
+    assert_eq!(slots.len(), 4);
+    assert!(slots.contains(&2), "video on slot 2: {slots:?}");
+    slots.sort();
+    slots.dedup();
+    assert_eq!(slots.len(), 4);
+    assert!(!slots.contains(&1));
+    // Idempotent: a second fill changes nothing.
+    let before = d.clone();
+    d.fill_defaults(&fake()).unwrap();
+    assert_eq!(before, d);
+}
+
+fn err(xml: &str) -> String {
+    let r = Domain::parse(xml).and_then(|mut d| d.fill_defaults(&fake()).map(|_| d));
+    match r {
+        Ok(_) => panic!("accepted: {xml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn errors_name_the_element_and_value() {
+    let base = |body: &str| {
+        format!("<domain type='qemu'><name>e</name><memory>65536</memory><os><type>hvm</type></os>{body}</domain>")
+    };
+    assert!(err("<domain type='xen'><name>e</name></domain>").contains("xen"));
+    assert!(err("<domain type='qemu'><name>a/b</name><memory>1</memory></domain>").contains("a/b"));
+    let e = err(&base("<vcpu>zero</vcpu>"));
+    assert!(e.contains("vcpu") && e.contains("zero"), "{e}");
+    let e = err(&base("<devices><interface type='vhostuser'/></devices>"));
+    assert!(e.contains("interface") && e.contains("vhostuser"), "{e}");
+    let e = err(&base(
+        "<devices><disk type='network'><target dev='vda'/></disk></devices>",
+    ));
+    assert!(e.contains("disk") && e.contains("network"), "{e}");
+    let e = err(&base(
+        "<devices><interface type='user'><mac address='01:00:00:00:00:01'/></interface></devices>",
+    ));
+    assert!(e.contains("mac") && e.contains("01:00:00:00:00:01"), "{e}");
+    let e = err(&base("<on_reboot>explode</on_reboot>"));
+    assert!(e.contains("on_reboot") && e.contains("explode"), "{e}");
+    let e = err(&base(
+        "<vcpu>2</vcpu><cpu mode='maximum'><topology sockets='1' cores='4' threads='1'/></cpu>",
+    ));
+    assert!(e.contains("topology"), "{e}");
+    let e = err("<domain type='qemu'><name>e</name><memory>65536</memory><os><type machine='nonesuch'>hvm</type></os></domain>");
+    assert!(e.contains("nonesuch"), "{e}");
+    let e = err(&base("<devices><disk type='file'><source file='/a'/><target dev='vda'/></disk><disk type='file'><source file='/b'/><target dev='vda'/></disk></devices>"));
+    assert!(e.contains("vda") && e.contains("twice"), "{e}");
+    let v: common::error::VirError =
+        Domain::parse(&base("<devices><graphics type='rdp'/></devices>"))
+            .unwrap_err()
+            .into();
+    assert!(v.to_string().contains("rdp"), "{v}");
+}
+
+#[test]
+fn memory_units() {
+    let d = Domain::parse("<domain type='qemu'><name>u</name><memory unit='GiB'>2</memory><currentMemory unit='MB'>1000</currentMemory><os><type>hvm</type></os></domain>").unwrap();
+    assert_eq!(d.memory_kib, 2 * 1024 * 1024);
+    assert_eq!(d.current_memory_kib, 976563);
+}
+
+#[test]
+fn cpu_model_checked_against_caps() {
+    let x = |m: &str| {
+        format!("<domain type='qemu'><name>c</name><memory>65536</memory><os><type>hvm</type></os><cpu mode='custom'><model fallback='forbid'>{m}</model></cpu></domain>")
+    };
+    let mut ok = Domain::parse(&x("Skylake-Client")).unwrap();
+    ok.fill_defaults(&fake()).unwrap();
+    assert_eq!(ok.cpu.as_ref().unwrap().fallback.as_deref(), Some("forbid"));
+    let e = err(&x("Pentium9000"));
+    assert!(e.contains("cpu model") && e.contains("Pentium9000"), "{e}");
+}

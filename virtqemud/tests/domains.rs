@@ -1,0 +1,384 @@
+//! virtqemud through its public D-Bus API, with real QEMU processes (domains without a
+//! guest OS: cheap, no kernel needed): lifecycle, events, errors, restarts, concurrency.
+
+use std::time::Duration;
+
+use common::harness::{wait_gone, Daemon, TestBus};
+use common::proxies::qemu::{DomainProxy, QemuConnectProxy};
+use futures_util::StreamExt;
+use zbus::zvariant::OwnedObjectPath;
+
+const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
+const RUNNING: i32 = 1;
+const PAUSED: i32 = 3;
+const SHUTOFF: i32 = 5;
+
+fn xml(name: &str, uuid: Option<&str>) -> String {
+    let uuid = uuid
+        .map(|u| format!("<uuid>{u}</uuid>"))
+        .unwrap_or_default();
+    format!(
+        "<domain type='qemu'><name>{name}</name>{uuid}<memory unit='MiB'>64</memory>\
+         <vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>\
+         <metadata><app:x xmlns:app='urn:test'>keep me</app:x></metadata></domain>"
+    )
+}
+
+async fn domain<'a>(conn: &zbus::Connection, path: &OwnedObjectPath) -> DomainProxy<'a> {
+    DomainProxy::builder(conn)
+        .path(path.clone())
+        .expect("path")
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .expect("domain proxy")
+}
+
+fn bus_err(e: zbus::Error) -> String {
+    match e {
+        zbus::Error::MethodError(name, msg, _) => {
+            assert_eq!(name.as_str(), "org.libvirt.Error");
+            msg.unwrap_or_default()
+        }
+        other => panic!("expected org.libvirt.Error, got {other:?}"),
+    }
+}
+
+/// Waits for the next DomainEvent for `path`, skipping other domains.
+async fn next_event(
+    events: &mut (impl futures_util::Stream<Item = common::proxies::qemu::DomainEvent> + Unpin),
+    path: &OwnedObjectPath,
+) -> (i32, i32) {
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(20), events.next())
+            .await
+            .expect("event within 20 s")
+            .expect("signal stream open");
+        let a = ev.args().expect("args");
+        if a.domain == *path {
+            return (a.event, a.detail);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_events_errors_and_restart() {
+    let bus = TestBus::start().expect("bus");
+    let mut daemon = Daemon::builder(BIN, "virtqemud")
+        .spawn(&bus)
+        .await
+        .expect("daemon");
+    let conn = bus.connection().await.expect("conn");
+    let qc = QemuConnectProxy::new(&conn).await.expect("proxy");
+    let mut events = qc.receive_domain_event().await.expect("subscribe");
+
+    // Define, with the definition kept verbatim (metadata) and a generated uuid.
+    let path = qc
+        .domain_define_xml(&xml("alpha", None))
+        .await
+        .expect("define");
+    assert_eq!(next_event(&mut events, &path).await, (0, 0));
+    let d = domain(&conn, &path).await;
+    assert_eq!(d.name().await.expect("name"), "alpha");
+    assert!(d.persistent().await.expect("persistent"));
+    assert!(!d.active().await.expect("active"));
+    let uuid = d.uuid().await.expect("uuid");
+    assert!(d.get_xml_desc(0).await.expect("xml").contains("keep me"));
+    assert_eq!(
+        qc.domain_lookup_by_name("alpha").await.expect("by name"),
+        path
+    );
+    assert_eq!(
+        qc.domain_lookup_by_uuid(&uuid).await.expect("by uuid"),
+        path
+    );
+    assert_eq!(d.get_state(0).await.expect("state"), (SHUTOFF, 0));
+    assert_eq!(
+        qc.list_domains(2).await.expect("inactive"),
+        vec![path.clone()]
+    );
+    assert!(qc.list_domains(1).await.expect("active").is_empty());
+
+    // Errors: bad XML, duplicate name, duplicate uuid, unknown domain; nothing changes.
+    let e = bus_err(
+        qc.domain_define_xml("<domain type='qemu'><name>")
+            .await
+            .unwrap_err(),
+    );
+    assert!(e.starts_with("XML error"), "{e}");
+    let e = bus_err(
+        qc.domain_define_xml(&xml("alpha", Some("11111111-2222-3333-4444-555555555555")))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        e,
+        format!("operation failed: domain 'alpha' already exists with uuid {uuid}")
+    );
+    let e = bus_err(
+        qc.domain_define_xml(&xml("beta", Some(&uuid)))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        e,
+        format!("operation failed: domain 'alpha' is already defined with uuid {uuid}")
+    );
+    let e = bus_err(qc.domain_lookup_by_name("nope").await.unwrap_err());
+    assert_eq!(e, "Domain not found: no domain with matching name 'nope'");
+    let e = bus_err(d.suspend().await.unwrap_err());
+    assert_eq!(e, "Requested operation is not valid: domain is not running");
+    assert_eq!(qc.list_domains(0).await.expect("all").len(), 1);
+
+    // Start: running, STARTED/BOOTED, an id, a QEMU in its own session.
+    d.create(0).await.expect("create");
+    assert_eq!(next_event(&mut events, &path).await, (2, 0));
+    assert_eq!(d.get_state(0).await.expect("state"), (RUNNING, 1));
+    let id = d.id().await.expect("id");
+    assert!(id >= 1 && id != u32::MAX);
+    assert_eq!(
+        qc.domain_lookup_by_id(id as i32).await.expect("by id"),
+        path
+    );
+    assert!(d
+        .get_xml_desc(0)
+        .await
+        .expect("xml")
+        .contains(&format!("id='{id}'")));
+    let stats = d.memory_stats(0).await.expect("memstats");
+    assert_eq!(stats.get(&6), Some(&(64 * 1024)));
+    assert!(stats.get(&7).copied().unwrap_or(0) > 0);
+    let dirs = daemon.dirs.clone();
+    let pid: u32 = std::fs::read_to_string(dirs.runtime.join("qemu/alpha.pid"))
+        .expect("pidfile")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(!wait_gone(pid, Duration::from_millis(1)), "QEMU runs");
+    assert_eq!(
+        nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid as i32))).expect("sid"),
+        nix::unistd::Pid::from_raw(pid as i32)
+    );
+    assert!(dirs.state.join("log/qemu/alpha.log").exists());
+
+    // Suspend, then kill -9 the daemon: the restarted one finds the same QEMU and learns
+    // from QMP query-status that it is paused.
+    d.suspend().await.expect("suspend");
+    assert_eq!(next_event(&mut events, &path).await, (3, 0));
+    assert_eq!(d.get_state(0).await.expect("state").0, PAUSED);
+    daemon.kill9();
+    let daemon = daemon.restart_builder().spawn(&bus).await.expect("restart");
+    let qc = QemuConnectProxy::new(&conn).await.expect("proxy");
+    let mut events = qc.receive_domain_event().await.expect("subscribe");
+    let d = domain(&conn, &path).await;
+    assert!(d.active().await.expect("active"));
+    assert_eq!(d.id().await.expect("id"), id);
+    assert_eq!(d.get_state(0).await.expect("state").0, PAUSED);
+    assert!(
+        !wait_gone(pid, Duration::from_millis(1)),
+        "same QEMU still runs"
+    );
+    d.resume().await.expect("resume after restart");
+    assert_eq!(next_event(&mut events, &path).await, (4, 0));
+    assert_eq!(d.get_state(0).await.expect("state").0, RUNNING);
+
+    // Destroy: shutoff (destroyed), STOPPED/DESTROYED, the process is gone.
+    let t = std::time::Instant::now();
+    d.destroy(0).await.expect("destroy");
+    eprintln!("destroy took {:?}", t.elapsed());
+    assert_eq!(d.get_state(0).await.expect("state"), (SHUTOFF, 2));
+    assert_eq!(next_event(&mut events, &path).await, (5, 1));
+    assert!(wait_gone(pid, Duration::from_secs(5)));
+    assert!(!d.active().await.expect("active"));
+
+    // kill -9 of QEMU: shutoff (crashed) with STOPPED/FAILED.
+    d.create(0).await.expect("create again");
+    assert_eq!(next_event(&mut events, &path).await, (2, 0));
+    let id2 = d.id().await.expect("id");
+    assert!(id2 > id, "ids count up: {id2} after {id}");
+    let pid2: u32 = std::fs::read_to_string(dirs.runtime.join("qemu/alpha.pid"))
+        .expect("pidfile")
+        .trim()
+        .parse()
+        .expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid2 as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill qemu");
+    assert_eq!(next_event(&mut events, &path).await, (5, 5));
+    assert_eq!(d.get_state(0).await.expect("state"), (SHUTOFF, 3));
+
+    // Transient domains vanish when they stop; undefining a running one makes it transient.
+    let tpath = qc
+        .domain_create_xml(&xml("gamma", None), 1)
+        .await
+        .expect("create transient paused");
+    assert_eq!(next_event(&mut events, &tpath).await, (2, 0));
+    assert_eq!(next_event(&mut events, &tpath).await, (3, 0));
+    let t = domain(&conn, &tpath).await;
+    assert!(!t.persistent().await.expect("persistent"));
+    assert_eq!(
+        qc.list_domains(8).await.expect("transient"),
+        vec![tpath.clone()]
+    );
+    t.destroy(0).await.expect("destroy transient");
+    assert!(bus_err(qc.domain_lookup_by_name("gamma").await.unwrap_err()).contains("gamma"));
+
+    d.create(0).await.expect("create 3");
+    d.undefine(0).await.expect("undefine running");
+    assert!(!d.persistent().await.expect("persistent"));
+    assert!(!dirs.config.join("qemu/alpha.xml").exists());
+    d.destroy(0).await.expect("destroy");
+    assert!(qc.list_domains(0).await.expect("list").is_empty());
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_clients() {
+    let bus = TestBus::start().expect("bus");
+    let daemon = Daemon::builder(BIN, "virtqemud")
+        .spawn(&bus)
+        .await
+        .expect("daemon");
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let conn = bus.connection().await.expect("conn");
+        tasks.push(tokio::spawn(async move {
+            let qc = QemuConnectProxy::new(&conn).await.expect("proxy");
+            let name = format!("c{i}");
+            let path = qc
+                .domain_define_xml(&xml(&name, None))
+                .await
+                .expect("define");
+            let d = domain(&conn, &path).await;
+            // Paused start: a real QEMU, no guest CPU burnt.
+            d.create(1).await.expect("create");
+            assert_eq!(d.get_state(0).await.expect("state").0, PAUSED);
+            if i % 2 == 0 {
+                d.destroy(0).await.expect("destroy");
+                assert_eq!(d.get_state(0).await.expect("state").0, SHUTOFF);
+            }
+            path
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    let conn = bus.connection().await.expect("conn");
+    let qc = QemuConnectProxy::new(&conn).await.expect("proxy");
+    assert_eq!(qc.list_domains(0).await.expect("all").len(), 20);
+    assert_eq!(qc.list_domains(1).await.expect("active").len(), 10);
+    assert_eq!(qc.list_domains(64).await.expect("shutoff").len(), 10);
+    let stats = qc.get_all_domain_stats(0, 0).await.expect("stats");
+    assert_eq!(stats.len(), 20);
+    // Exactly one QEMU per active domain, and the rest gone.
+    let run = daemon.dirs.runtime.join("qemu");
+    let pids: Vec<u32> = std::fs::read_dir(&run)
+        .expect("run dir")
+        .flatten()
+        .filter(|e| e.path().extension().and_then(|x| x.to_str()) == Some("pid"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 10);
+    for p in &pids {
+        assert!(!wait_gone(*p, Duration::from_millis(1)));
+    }
+    for path in qc.list_domains(1).await.expect("active") {
+        domain(&conn, &path)
+            .await
+            .destroy(0)
+            .await
+            .expect("destroy");
+    }
+    for p in pids {
+        assert!(wait_gone(p, Duration::from_secs(5)), "QEMU {p} gone");
+    }
+    assert!(qc.list_domains(1).await.expect("active").is_empty());
+}
+
+/// The tiny guest (vmlinuz, initrd.img), built by scripts/build-test-guest.sh if missing.
+fn test_guest() -> std::path::PathBuf {
+    let dir = std::env::var_os("VIRT_TEST_GUEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/virt-rs/guest")
+        });
+    if !(dir.join("vmlinuz").exists() && dir.join("initrd.img").exists()) {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/build-test-guest.sh"
+        );
+        let st = std::process::Command::new(script)
+            .arg(&dir)
+            .status()
+            .expect("run scripts/build-test-guest.sh");
+        assert!(
+            st.success(),
+            "scripts/build-test-guest.sh failed ({st}); the boot test needs the tiny guest"
+        );
+    }
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_guest_boots_and_shuts_down() {
+    let guest = test_guest();
+    let bus = TestBus::start().expect("bus");
+    let daemon = Daemon::builder(BIN, "virtqemud")
+        .spawn(&bus)
+        .await
+        .expect("daemon");
+    let serial = daemon.dirs.state.join("tiny.serial");
+    let xml = format!(
+        "<domain type='kvm'><name>tiny</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{}</kernel><initrd>{}</initrd>\
+         <cmdline>console=ttyS0 panic=-1</cmdline></os>\
+         <devices><serial type='file'><source path='{}'/></serial></devices></domain>",
+        guest.join("vmlinuz").display(),
+        guest.join("initrd.img").display(),
+        serial.display()
+    );
+    let conn = bus.connection().await.expect("conn");
+    let qc = QemuConnectProxy::new(&conn).await.expect("proxy");
+    let mut events = qc.receive_domain_event().await.expect("subscribe");
+    let path = qc.domain_define_xml(&xml).await.expect("define");
+    assert_eq!(next_event(&mut events, &path).await, (0, 0));
+    let d = domain(&conn, &path).await;
+    d.create(0).await.expect("create");
+    assert_eq!(next_event(&mut events, &path).await, (2, 0));
+    let start = std::time::Instant::now();
+    loop {
+        let text = std::fs::read(&serial).unwrap_or_default();
+        if String::from_utf8_lossy(&text).contains("TINYGUEST-BOOTED") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "no boot marker within 90 s; serial:\n{}",
+            String::from_utf8_lossy(&text)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("booted in {:?}", start.elapsed());
+    assert_eq!(d.get_state(0).await.expect("state").0, RUNNING);
+    // ACPI shutdown: the guest powers off; QEMU (-no-shutdown) is told to quit.
+    d.shutdown(0).await.expect("shutdown");
+    let t = std::time::Instant::now();
+    assert_eq!(
+        next_event(&mut events, &path).await,
+        (6, 1),
+        "SHUTDOWN/GUEST"
+    );
+    assert_eq!(
+        next_event(&mut events, &path).await,
+        (5, 0),
+        "STOPPED/SHUTDOWN"
+    );
+    eprintln!("powered off in {:?}", t.elapsed());
+    assert_eq!(d.get_state(0).await.expect("state"), (SHUTOFF, 1));
+    let text = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
+    assert!(text.contains("TINYGUEST-POWEROFF"), "serial:\n{text}");
+}
