@@ -202,6 +202,11 @@ impl Drop for JobGuard<'_> {
 }
 
 impl Driver {
+    /// Where probed emulator capabilities are cached across restarts.
+    pub fn caps_cache_dir(&self) -> PathBuf {
+        self.ctx.settings.state_dir.join("cache").join("qemu")
+    }
+
     /// Builds the driver, loads configs, reattaches to running QEMUs and registers objects.
     pub async fn start(ctx: Context) -> anyhow::Result<Arc<Driver>> {
         let s = &ctx.settings;

@@ -1,44 +1,34 @@
-//! A minimal capabilities document until `crate::caps::Caps` (probed through QMP) is
-//! published: the x86_64 guest this runtime launches, and which accelerators apply.
+//! `GetCapabilities` and `GetDomainCapabilities`, answered from the emulator's
+//! capabilities probed once through QMP and cached by binary identity (`crate::caps`).
 
 use std::path::Path;
 
 use common::error::VirError;
-use common::xml::Element;
 
-const EMULATOR: &str = "/usr/bin/qemu-system-x86_64";
+use crate::caps::{capabilities_xml, domain_capabilities_xml, Caps};
 
-fn kvm() -> bool {
-    Path::new("/dev/kvm").exists()
+/// The one emulator this daemon launches (libvirt's default on Debian).
+pub const EMULATOR: &str = "/usr/bin/qemu-system-x86_64";
+
+/// The host's identity for `<host><uuid>`: systemd's machine id, as libvirt falls back
+/// to when SMBIOS has none.
+fn host_uuid() -> uuid::Uuid {
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .and_then(|s| uuid::Uuid::parse_str(s.trim()).ok())
+        .unwrap_or_default()
 }
 
 /// `Connect.GetCapabilities`.
-pub fn capabilities() -> String {
-    let mut arch = Element::new("arch")
-        .attr("name", "x86_64")
-        .child(Element::with_text("wordsize", "64"))
-        .child(Element::with_text("emulator", EMULATOR))
-        .child(Element::with_text("machine", "pc"))
-        .child(Element::with_text("machine", "q35"))
-        .child(Element::new("domain").attr("type", "qemu"));
-    if kvm() {
-        arch.push(Element::new("domain").attr("type", "kvm"));
-    }
-    Element::new("capabilities")
-        .child(
-            Element::new("host")
-                .child(Element::new("cpu").child(Element::with_text("arch", "x86_64"))),
-        )
-        .child(
-            Element::new("guest")
-                .child(Element::with_text("os_type", "hvm"))
-                .child(arch),
-        )
-        .to_xml()
+pub async fn capabilities(cache_dir: &Path) -> Result<String, VirError> {
+    let caps = Caps::load_or_probe(Path::new(EMULATOR), cache_dir).await?;
+    Ok(capabilities_xml(&host_uuid(), std::slice::from_ref(&caps)))
 }
 
-/// `Connect.GetDomainCapabilities`.
-pub fn domain_capabilities(
+/// `Connect.GetDomainCapabilities`. Only the known emulator is probed: a caller must not
+/// make the daemon run a binary of its choosing.
+pub async fn domain_capabilities(
+    cache_dir: &Path,
     emulator: &str,
     arch: &str,
     machine: &str,
@@ -49,27 +39,11 @@ pub fn domain_capabilities(
             "architecture '{arch}' is not supported"
         )));
     }
-    let virttype = if virttype.is_empty() {
-        "qemu"
-    } else {
-        virttype
-    };
-    if !matches!(virttype, "qemu" | "kvm") || (virttype == "kvm" && !kvm()) {
+    if !emulator.is_empty() && emulator != EMULATOR {
         return Err(VirError::unsupported(format!(
-            "virttype '{virttype}' is not supported"
+            "emulator '{emulator}' is not supported, only {EMULATOR}"
         )));
     }
-    let emulator = if emulator.is_empty() {
-        EMULATOR
-    } else {
-        emulator
-    };
-    let machine = if machine.is_empty() { "pc" } else { machine };
-    Ok(Element::new("domainCapabilities")
-        .child(Element::with_text("path", emulator))
-        .child(Element::with_text("domain", virttype))
-        .child(Element::with_text("machine", machine))
-        .child(Element::with_text("arch", "x86_64"))
-        .child(Element::new("vcpu").attr("max", "255"))
-        .to_xml())
+    let caps = Caps::load_or_probe(Path::new(EMULATOR), cache_dir).await?;
+    domain_capabilities_xml(&caps, machine, virttype).map_err(VirError::unsupported)
 }

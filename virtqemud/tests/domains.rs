@@ -382,3 +382,44 @@ async fn real_guest_boots_and_shuts_down() {
     let text = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
     assert!(text.contains("TINYGUEST-POWEROFF"), "serial:\n{text}");
 }
+
+/// Capabilities come from probing the real emulator once; the probe is cached in the
+/// state folder and the daemon never runs an emulator a caller names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_come_from_the_probed_emulator() {
+    let bus = TestBus::start().unwrap();
+    let d = Daemon::builder(BIN, "virtqemud").spawn(&bus).await.unwrap();
+    let conn = bus.connection().await.unwrap();
+    let c = QemuConnectProxy::new(&conn).await.unwrap();
+    let caps = c.get_capabilities().await.unwrap();
+    assert!(caps.contains("<capabilities>"), "{caps}");
+    assert!(caps.contains("/usr/bin/qemu-system-x86_64"), "{caps}");
+    // Machine types come from QEMU itself, not from a fixed list.
+    assert!(caps.contains("pc-i440fx-"), "{caps}");
+    let cache = d.dirs.state.join("cache").join("qemu");
+    assert_eq!(
+        std::fs::read_dir(&cache).unwrap().count(),
+        1,
+        "probe not cached"
+    );
+
+    let dom = c
+        .get_domain_capabilities("", "x86_64", "pc", "qemu", 0)
+        .await
+        .unwrap();
+    assert!(dom.contains("<domainCapabilities>"), "{dom}");
+    assert!(dom.contains("pc-i440fx-"), "{dom}");
+
+    let err = bus_err(
+        c.get_domain_capabilities("/bin/sh", "", "", "", 0)
+            .await
+            .unwrap_err(),
+    );
+    assert!(err.contains("emulator '/bin/sh' is not supported"), "{err}");
+    let err = bus_err(
+        c.get_domain_capabilities("", "aarch64", "", "", 0)
+            .await
+            .unwrap_err(),
+    );
+    assert!(err.contains("architecture 'aarch64'"), "{err}");
+}

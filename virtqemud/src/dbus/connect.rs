@@ -77,7 +77,7 @@ impl Connect {
 
     #[zbus(name = "GetCapabilities")]
     async fn get_capabilities(&self) -> Result<String, BusError> {
-        Ok(crate::host_caps::capabilities())
+        Ok(crate::host_caps::capabilities(&self.driver.caps_cache_dir()).await?)
     }
 
     #[zbus(name = "GetDomainCapabilities")]
@@ -91,11 +91,13 @@ impl Connect {
     ) -> Result<String, BusError> {
         check_flags(flags, 0)?;
         Ok(crate::host_caps::domain_capabilities(
+            &self.driver.caps_cache_dir(),
             emulatorbin,
             arch,
             machine,
             virttype,
-        )?)
+        )
+        .await?)
     }
 
     #[zbus(name = "GetAllDomainStats")]
