@@ -179,6 +179,8 @@ pub struct Driver {
     next_id: AtomicU32,
     jobs: AtomicUsize,
     sandbox: bool,
+    /// The emulator's capabilities as last loaded, reused while the binary is unchanged.
+    caps: Mutex<Option<Arc<crate::caps::Caps>>>,
 }
 
 fn io_err(what: &str, path: &Path, e: &std::io::Error) -> VirError {
@@ -207,6 +209,21 @@ impl Driver {
         self.ctx.settings.state_dir.join("cache").join("qemu")
     }
 
+    /// The emulator's capabilities: probed on first need, then from the cache file
+    /// (so start-up never waits for a probe).
+    async fn caps(&self) -> Result<Arc<crate::caps::Caps>, VirError> {
+        let emulator = Path::new(crate::host_caps::EMULATOR);
+        let id = crate::caps::BinaryId::of(emulator).ok();
+        let memo = self.caps.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(c) = memo.filter(|c| id.is_some() && c.binary == id) {
+            return Ok(c);
+        }
+        let caps =
+            Arc::new(crate::caps::Caps::load_or_probe(emulator, &self.caps_cache_dir()).await?);
+        *self.caps.lock().unwrap_or_else(|e| e.into_inner()) = Some(caps.clone());
+        Ok(caps)
+    }
+
     /// Builds the driver, loads configs, reattaches to running QEMUs and registers objects.
     pub async fn start(ctx: Context) -> anyhow::Result<Arc<Driver>> {
         let s = &ctx.settings;
@@ -232,6 +249,7 @@ impl Driver {
             next_id: AtomicU32::new(next_id.max(1)),
             jobs: AtomicUsize::new(0),
             sandbox,
+            caps: Mutex::new(None),
         });
         driver.load_configs();
         crate::dbus::serve(&driver).await;
@@ -423,8 +441,9 @@ impl Driver {
     // ---- define / undefine --------------------------------------------------------
 
     pub async fn define(&self, xml: &str) -> Result<Arc<Dom>, VirError> {
+        let caps = self.caps().await?;
         let _job = self.job();
-        let def = DomainDef::parse(xml)?;
+        let def = DomainDef::parse_new(xml, &caps)?;
         let text = def.to_xml(None);
         let (dom, added) = {
             let mut reg = self.reg();
@@ -530,8 +549,9 @@ impl Driver {
     /// DomainCreateXML: a transient domain, started at once.
     pub async fn create_xml(&self, xml: &str, flags: u32) -> Result<Arc<Dom>, VirError> {
         check_flags(flags, START_KNOWN | 2)?;
+        let caps = self.caps().await?;
         let _job = self.job();
-        let def = DomainDef::parse(xml)?;
+        let def = DomainDef::parse_new(xml, &caps)?;
         let dom = {
             let mut reg = self.reg();
             check_conflicts(&reg, &def)?;
@@ -604,6 +624,7 @@ impl Driver {
             &model::LaunchPaths {
                 qmp: &qmp_path,
                 pidfile: &pidfile,
+                runtime_dir: &self.paths.run,
             },
             self.sandbox,
         )?;
@@ -873,7 +894,7 @@ impl Driver {
         put("state.reason", Value::from(st.1));
         if let Some(d) = def {
             put("balloon.maximum", Value::from(d.memory_kib));
-            put("vcpu.maximum", Value::from(d.vcpus));
+            put("vcpu.maximum", Value::from(d.dom.vcpus));
             if pid.is_some() {
                 put("balloon.current", Value::from(d.memory_kib));
                 put("vcpu.current", Value::from(d.vcpus));
