@@ -2,43 +2,18 @@
 //! ×1000, printed (not asserted). Run: `cargo bench -p virtqemud --bench xml`
 //! (needs `[[bench]] name = "xml"  harness = false` in virtqemud/Cargo.toml).
 
-use std::path::PathBuf;
 use std::time::Instant;
 
-use virtqemud::caps::{Caps, Machine};
+use virtqemud::caps::Caps;
 use virtqemud::command_line::{build, Accel, LaunchContext};
 use virtqemud::xml::{Domain, XmlOpts};
 
 const XML: &str = include_str!("../tests/golden/virt-install-debian-linux.xml");
 
-fn caps() -> Caps {
-    let m = |name: &str, alias: Option<&str>, def: bool| Machine {
-        name: name.into(),
-        alias: alias.map(str::to_owned),
-        is_default: def,
-        cpu_max: 255,
-        deprecated: false,
-    };
-    Caps {
-        emulator: PathBuf::from("/usr/bin/qemu-system-x86_64"),
-        binary: None,
-        arch: "x86_64".into(),
-        version: (7, 2, 0),
-        machines: vec![
-            m("pc-i440fx-7.2", Some("pc"), true),
-            m("pc-q35-7.2", Some("q35"), false),
-        ],
-        kvm_present: true,
-        kvm_usable: true,
-        cpu_models: vec![],
-        device_types: vec![],
-    }
-}
-
 #[cfg_attr(test, allow(dead_code))]
 fn main() {
     const N: u32 = 1000;
-    let caps = caps();
+    let caps = Caps::fixture();
     let mut ctx = LaunchContext::new(
         "/usr/bin/qemu-system-x86_64".into(),
         "/run/q.qmp".into(),

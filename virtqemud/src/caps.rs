@@ -125,6 +125,32 @@ impl Caps {
         self.device_types.iter().any(|d| d == ty)
     }
 
+    /// A fixed capability set (what QEMU 7.2 on x86_64 reports, trimmed, KVM usable) for
+    /// golden files, unit tests and benchmarks, which must not depend on this host.
+    pub fn fixture() -> Caps {
+        let m = |name: &str, alias: &str, is_default: bool| Machine {
+            name: name.into(),
+            alias: Some(alias.into()),
+            is_default,
+            cpu_max: 255,
+            deprecated: false,
+        };
+        Caps {
+            emulator: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+            binary: None,
+            arch: "x86_64".into(),
+            version: (7, 2, 0),
+            machines: vec![
+                m("pc-i440fx-7.2", "pc", true),
+                m("pc-q35-7.2", "q35", false),
+            ],
+            kvm_present: true,
+            kvm_usable: true,
+            cpu_models: vec!["qemu64".into(), "Skylake-Client".into()],
+            device_types: vec![],
+        }
+    }
+
     fn cache_file(cache_dir: &Path, id: &BinaryId) -> PathBuf {
         let name: String = id
             .path
@@ -478,30 +504,20 @@ pub fn domain_capabilities_xml(
 pub(crate) mod tests {
     use super::*;
 
-    /// A fixed capability set for pure tests (what QEMU 7.2 on x86_64 reports, trimmed).
+    /// The fixture without KVM, with the `none` machine and one known device type.
     pub fn fake() -> Caps {
-        let m = |name: &str, alias: Option<&str>, def: bool| Machine {
-            name: name.into(),
-            alias: alias.map(str::to_owned),
-            is_default: def,
+        let mut c = Caps::fixture();
+        c.kvm_present = false;
+        c.kvm_usable = false;
+        c.machines.push(Machine {
+            name: "none".into(),
+            alias: None,
+            is_default: false,
             cpu_max: 255,
             deprecated: false,
-        };
-        Caps {
-            emulator: PathBuf::from("/usr/bin/qemu-system-x86_64"),
-            binary: None,
-            arch: "x86_64".into(),
-            version: (7, 2, 0),
-            machines: vec![
-                m("pc-i440fx-7.2", Some("pc"), true),
-                m("pc-q35-7.2", Some("q35"), false),
-                m("none", None, false),
-            ],
-            kvm_present: false,
-            kvm_usable: false,
-            cpu_models: vec!["qemu64".into(), "Skylake-Client".into()],
-            device_types: vec!["virtio-net-pci".into()],
-        }
+        });
+        c.device_types = vec!["virtio-net-pci".into()];
+        c
     }
 
     #[test]

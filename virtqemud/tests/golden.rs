@@ -5,33 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use virtqemud::caps::{Caps, Machine};
+use virtqemud::caps::Caps;
 use virtqemud::command_line::{build, Accel, LaunchContext};
 use virtqemud::xml::{Domain, XmlOpts};
-
-fn caps() -> Caps {
-    let m = |name: &str, alias: Option<&str>, def: bool| Machine {
-        name: name.into(),
-        alias: alias.map(str::to_owned),
-        is_default: def,
-        cpu_max: 255,
-        deprecated: false,
-    };
-    Caps {
-        emulator: PathBuf::from("/usr/bin/qemu-system-x86_64"),
-        binary: None,
-        arch: "x86_64".into(),
-        version: (7, 2, 0),
-        machines: vec![
-            m("pc-i440fx-7.2", Some("pc"), true),
-            m("pc-q35-7.2", Some("q35"), false),
-        ],
-        kvm_present: true,
-        kvm_usable: true,
-        cpu_models: vec!["qemu64".into(), "Skylake-Client".into()],
-        device_types: vec![],
-    }
-}
 
 fn ctx(dom: &Domain) -> LaunchContext {
     let mut c = LaunchContext::new(
@@ -56,12 +32,13 @@ fn ctx(dom: &Domain) -> LaunchContext {
 fn run(xml_path: &Path) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(xml_path).map_err(|e| e.to_string())?;
     let mut dom = Domain::parse(&text).map_err(|e| e.to_string())?;
-    dom.fill_defaults(&caps()).map_err(|e| e.to_string())?;
+    dom.fill_defaults(&Caps::fixture())
+        .map_err(|e| e.to_string())?;
     // What is stored must come back the same.
     let stored = dom.to_xml(XmlOpts::default());
     let mut again = Domain::parse(&stored).map_err(|e| format!("reparse: {e}"))?;
     again
-        .fill_defaults(&caps())
+        .fill_defaults(&Caps::fixture())
         .map_err(|e| format!("refill: {e}"))?;
     assert_eq!(again, dom, "{} does not round-trip", xml_path.display());
     let argv = build(&dom, &ctx(&dom)).map_err(|e| e.to_string())?;
