@@ -474,12 +474,7 @@ impl Driver {
         check_flags(flags, 7)?;
         let _j = pool.job.lock().await;
         let _g = self.job();
-        if pool.active() {
-            return Err(VirError::operation_invalid(format!(
-                "storage pool '{}' is already active",
-                pool.name()
-            )));
-        }
+        self.require_inactive(pool)?;
         let def = pool.state().def.clone();
         let b = pool.backend.clone();
         Self::blocking(move || b.build(&def, flags)).await
@@ -489,12 +484,7 @@ impl Driver {
         check_flags(flags, 7)?;
         let _j = pool.job.lock().await;
         let _g = self.job();
-        if pool.active() {
-            return Err(VirError::operation_invalid(format!(
-                "storage pool '{}' is already active",
-                pool.name()
-            )));
-        }
+        self.require_inactive(pool)?;
         if flags != 0 {
             let def = pool.state().def.clone();
             let b = pool.backend.clone();
@@ -509,12 +499,7 @@ impl Driver {
     pub async fn destroy(self: &Arc<Self>, pool: &Arc<Pool>) -> Res<()> {
         let _j = pool.job.lock().await;
         let _g = self.job();
-        if !pool.active() {
-            return Err(VirError::operation_invalid(format!(
-                "storage pool '{}' is not active",
-                pool.name()
-            )));
-        }
+        self.require_active(pool)?;
         let def = pool.state().def.clone();
         let b = pool.backend.clone();
         let d2 = def.clone();
@@ -592,6 +577,17 @@ impl Driver {
             .emit(&pool.path(), "org.libvirt.StoragePool", "Refresh", &())
             .await;
         Ok(())
+    }
+
+    fn require_inactive(&self, pool: &Pool) -> Res<()> {
+        if pool.active() {
+            Err(VirError::operation_invalid(format!(
+                "storage pool '{}' is already active",
+                pool.name()
+            )))
+        } else {
+            Ok(())
+        }
     }
 
     fn require_active(&self, pool: &Pool) -> Res<()> {
