@@ -44,6 +44,13 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# The test guest is built from Debian packages fetched with `apt-get download`
+# (scripts/build-test-guest.sh): that needs package lists even when nothing is missing.
+if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+  [ "$(id -u)" = 0 ] || { echo "install-deps: no apt package lists; run as root" >&2; exit 1; }
+  apt-get update -q
+fi
+
 # Rust: the workspace needs a toolchain newer than Debian 12's (1.63).
 if ! command -v cargo >/dev/null 2>&1; then
   [ -x "$HOME/.cargo/bin/cargo" ] || curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
