@@ -7,6 +7,7 @@ pub mod cli;
 pub mod connect;
 pub mod error;
 pub mod hub;
+pub mod journal;
 pub mod notify;
 pub mod objpath;
 pub mod persist;

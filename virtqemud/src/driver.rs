@@ -176,6 +176,8 @@ pub struct Driver {
     this: Weak<Driver>,
     paths: Paths,
     reg: Mutex<Registry>,
+    /// Durable writes of the domain configs in `paths.config`.
+    configs: common::journal::Journal,
     next_id: AtomicU32,
     jobs: AtomicUsize,
     sandbox: bool,
@@ -241,11 +243,14 @@ impl Driver {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(1u32);
         let sandbox = matches!(s.mode, common::cli::Mode::System);
+        // Replays what a crash left in the journal before the configs are read.
+        let configs = common::journal::Journal::open(&paths.config)?;
         let driver = Arc::new_cyclic(|this| Driver {
             ctx,
             this: this.clone(),
             paths,
             reg: Mutex::new(Registry::default()),
+            configs,
             next_id: AtomicU32::new(next_id.max(1)),
             jobs: AtomicUsize::new(0),
             sandbox,
@@ -268,6 +273,14 @@ impl Driver {
 
     fn reg(&self) -> MutexGuard<'_, Registry> {
         self.reg.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `dom` is still the registered domain of its uuid.
+    fn registered(&self, dom: &Arc<Dom>) -> bool {
+        self.reg()
+            .by_uuid
+            .get(&dom.uuid)
+            .is_some_and(|d| Arc::ptr_eq(d, dom))
     }
 
     fn job(&self) -> JobGuard<'_> {
@@ -394,7 +407,7 @@ impl Driver {
                     && state_ok
             })
             .collect();
-        out.sort_by_key(|d| d.name());
+        out.sort_by_cached_key(|d| d.name());
         Ok(out)
     }
 
@@ -445,24 +458,42 @@ impl Driver {
         let _job = self.job();
         let def = DomainDef::parse_new(xml, &caps)?;
         let text = def.to_xml(None);
+        let name = def.name.clone();
+        // libvirt's order: into the registry, then to disk; a failed write undoes the
+        // first. Definitions of different domains reach the journal together and share
+        // its sync; the domain's job lock orders those of one domain.
         let (dom, added) = {
             let mut reg = self.reg();
             check_conflicts(&reg, &def)?;
-            common::persist::write_atomic(&self.config_file(&def.name), text.as_bytes(), 0o600)
-                .map_err(|e| io_err("write", &self.config_file(&def.name), &e))?;
             match reg.by_uuid.get(&def.uuid).cloned() {
-                Some(dom) => {
-                    dom.lock().config = Some(def);
-                    (dom, false)
-                }
+                Some(dom) => (dom, false),
                 None => {
-                    let dom = new_dom(def.uuid, def.name.clone(), Some(def), false);
-                    reg.by_name.insert(dom.name(), dom.uuid);
+                    let dom = new_dom(def.uuid, name.clone(), Some(def.clone()), false);
+                    reg.by_name.insert(name.clone(), dom.uuid);
                     reg.by_uuid.insert(dom.uuid, dom.clone());
                     (dom, true)
                 }
             }
         };
+        let lock = dom.job.lock().await;
+        if !self.registered(&dom) {
+            return Err(VirError::operation_failed(format!(
+                "domain '{name}' was undefined while being defined"
+            )));
+        }
+        let old = dom.lock().config.replace(def);
+        let file = format!("{name}.xml");
+        if let Err(e) = self.configs.put(&file, text.as_bytes(), 0o600).await {
+            if added {
+                let mut reg = self.reg();
+                reg.by_name.remove(&name);
+                reg.by_uuid.remove(&dom.uuid);
+            } else {
+                dom.lock().config = old;
+            }
+            return Err(io_err("write", &self.config_file(&name), &e));
+        }
+        drop(lock);
         if added {
             if let Some(d) = self.arc() {
                 crate::dbus::serve_domain(&d, &dom).await;
@@ -489,7 +520,9 @@ impl Driver {
             (g.name.clone(), g.live.is_some())
         };
         let _ = common::persist::remove_durable(&self.autostart_link(&name));
-        common::persist::remove_durable(&self.config_file(&name))
+        self.configs
+            .remove(&format!("{name}.xml"))
+            .await
             .map_err(|e| io_err("remove", &self.config_file(&name), &e))?;
         {
             let mut g = dom.lock();
@@ -1333,6 +1366,9 @@ impl common::Driver for Driver {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Err(e) = self.configs.checkpoint().await {
+            tracing::warn!("cannot checkpoint the config journal: {e}");
         }
     }
 }
