@@ -26,6 +26,9 @@ pub mod event {
     pub const DELETED: i32 = 5;
 }
 
+/// virStoragePoolBuildFlags: NEW, REPAIR, RESIZE, NO_OVERWRITE, OVERWRITE.
+const BUILD_FLAGS: u32 = 0xf;
+
 /// virConnectListAllStoragePoolsFlags this daemon filters on.
 pub mod list {
     pub const INACTIVE: u32 = 1;
@@ -471,13 +474,15 @@ impl Driver {
     }
 
     pub async fn build(self: &Arc<Self>, pool: &Arc<Pool>, flags: u32) -> Res<()> {
-        check_flags(flags, 7)?;
+        check_flags(flags, BUILD_FLAGS)?;
         let _j = pool.job.lock().await;
         let _g = self.job();
         self.require_inactive(pool)?;
         let def = pool.state().def.clone();
         let b = pool.backend.clone();
-        Self::blocking(move || b.build(&def, flags)).await
+        Self::blocking(move || b.build(&def, flags)).await?;
+        self.emit(pool, event::CREATED).await;
+        Ok(())
     }
 
     pub async fn create(self: &Arc<Self>, pool: &Arc<Pool>, flags: u32) -> Res<()> {
@@ -486,9 +491,12 @@ impl Driver {
         let _g = self.job();
         self.require_inactive(pool)?;
         if flags != 0 {
+            // virStoragePoolCreateFlags WITH_BUILD(1), _OVERWRITE(2), _NO_OVERWRITE(4)
+            // map to the build flags 0, OVERWRITE(8) and NO_OVERWRITE(4).
+            let build_flags = (flags & 2) << 2 | (flags & 4);
             let def = pool.state().def.clone();
             let b = pool.backend.clone();
-            Self::blocking(move || b.build(&def, flags)).await?;
+            Self::blocking(move || b.build(&def, build_flags)).await?;
         }
         self.activate(pool).await?;
         self.emit(pool, event::STARTED).await;

@@ -108,12 +108,12 @@ async fn dir_pool_and_volumes() -> anyhow::Result<()> {
     pp.create(0).await?;
     assert!(pp.active().await?);
     let mut seen = Vec::new();
-    while seen.len() < 2 {
+    while seen.len() < 3 {
         let ev = tokio::time::timeout(Duration::from_secs(5), events.next()).await?;
         let Some(ev) = ev else { break };
         seen.push(ev.args()?.event);
     }
-    assert_eq!(seen, [0, 2], "DEFINED then STARTED");
+    assert_eq!(seen, [0, 4, 2], "DEFINED, CREATED (build), STARTED");
     assert_eq!(conn.storage_pool_lookup_by_name("images").await?, p);
     assert_eq!(conn.list_storage_pools(2).await?, vec![p.clone()]);
     assert!(conn.list_storage_pools(1).await?.is_empty());

@@ -9,6 +9,7 @@ use crate::qemu_img::QemuImgError;
 use crate::xml::{PoolDef, PoolType, VolDef};
 
 pub mod dir;
+pub mod fs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -85,7 +86,8 @@ pub trait PoolBackend: Send + Sync {
 pub fn for_type(kind: PoolType) -> std::result::Result<Box<dyn PoolBackend>, VirError> {
     match kind {
         PoolType::Dir => Ok(Box::new(dir::DirBackend)),
-        PoolType::Fs | PoolType::Logical => Err(VirError::new(
+        PoolType::Fs => Ok(Box::new(fs::FsBackend::new())),
+        PoolType::Logical => Err(VirError::new(
             ErrorCode::NoSupport,
             format!("pool type '{}' is not implemented yet", kind.as_str()),
         )),
