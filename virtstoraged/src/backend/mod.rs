@@ -10,6 +10,7 @@ use crate::xml::{PoolDef, PoolType, VolDef};
 
 pub mod dir;
 pub mod fs;
+pub mod logical;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -87,9 +88,6 @@ pub fn for_type(kind: PoolType) -> std::result::Result<Box<dyn PoolBackend>, Vir
     match kind {
         PoolType::Dir => Ok(Box::new(dir::DirBackend)),
         PoolType::Fs => Ok(Box::new(fs::FsBackend::new())),
-        PoolType::Logical => Err(VirError::new(
-            ErrorCode::NoSupport,
-            format!("pool type '{}' is not implemented yet", kind.as_str()),
-        )),
+        PoolType::Logical => Ok(Box::new(logical::LogicalBackend)),
     }
 }
