@@ -835,22 +835,41 @@ impl Driver {
             let room = size - offset;
             let limit = if length == 0 { room } else { length.min(room) };
             let mut progress = |n: u64| counter.store(n, Ordering::Relaxed);
+            use std::io::{Seek, SeekFrom};
             let other = File::from(fd);
+            let other_is_file = other.metadata().map(|m| m.is_file()).unwrap_or(false);
             if upload {
+                // A regular file is copied inside the kernel, extent by extent; a pipe
+                // or socket is read in chunks with zero chunks punched, not written.
+                if other_is_file {
+                    let start = (&other).stream_position().map_err(io)?;
+                    let done =
+                        dir::copy_extents(&other, start, &file, offset, limit, &mut progress)
+                            .map_err(io)?;
+                    if done.is_some() {
+                        return Ok(());
+                    }
+                }
                 dir::copy_sparse(&mut &other, &file, offset, Some(limit), &mut progress)
                     .map_err(io)?;
                 // No fsync: like a write through a disk, the data reaches the page cache
                 // and the kernel writes it back; an fsync here cost 10x cat's time.
-            } else {
-                use std::io::{Seek, SeekFrom};
-                let mut src = &file;
-                src.seek(SeekFrom::Start(offset)).map_err(io)?;
-                let is_file = other.metadata().map(|m| m.is_file()).unwrap_or(false);
-                if is_file {
-                    let start = (&other).stream_position().map_err(io)?;
+            } else if other_is_file {
+                let start = (&other).stream_position().map_err(io)?;
+                let done = dir::copy_extents(&file, offset, &other, start, limit, &mut progress)
+                    .map_err(io)?;
+                if done.is_none() {
+                    let mut src = &file;
+                    src.seek(SeekFrom::Start(offset)).map_err(io)?;
                     dir::copy_sparse(&mut src, &other, start, Some(limit), &mut progress)
                         .map_err(io)?;
-                } else {
+                }
+            } else {
+                let sent =
+                    dir::send_file(&file, offset, &other, limit, &mut progress).map_err(io)?;
+                if sent.is_none() {
+                    let mut src = &file;
+                    src.seek(SeekFrom::Start(offset)).map_err(io)?;
                     dir::copy_plain(&mut src, &mut &other, limit, &mut progress).map_err(io)?;
                 }
             }

@@ -115,6 +115,142 @@ pub fn copy_sparse(
     Ok(done)
 }
 
+/// The next data (`SEEK_DATA`) or hole (`SEEK_HOLE`) offset at or after `pos`; `None`
+/// when there is no more data.
+fn seek_extent(f: &File, pos: u64, whence: libc::c_int) -> std::io::Result<Option<u64>> {
+    // SAFETY: lseek only reads the descriptor, which `f` keeps open.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), pos as libc::off_t, whence) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(r as u64))
+}
+
+/// Whether an in-kernel copy failed only because the kernel cannot do it for these
+/// files (the caller then copies through user space).
+fn unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+    )
+}
+
+/// Copies up to `len` bytes of the regular file `src` from `src_off` into `dst` at
+/// `dst_off` inside the kernel (`copy_file_range`), extent by extent: holes of `src`
+/// (`SEEK_DATA`/`SEEK_HOLE`) are skipped, or punched where `dst` had data, so the
+/// copy stays as sparse as its source. Returns the bytes covered, or `Ok(None)` when
+/// the kernel cannot copy between these files (nothing was written then).
+pub fn copy_extents(
+    src: &File,
+    src_off: u64,
+    dst: &File,
+    dst_off: u64,
+    len: u64,
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<Option<u64>> {
+    let end = src_off.saturating_add(len).min(src.metadata()?.len());
+    let old_len = dst.metadata()?.len();
+    let out = |p: u64| dst_off + (p - src_off);
+    let mut pos = src_off;
+    let mut wrote = false;
+    while pos < end {
+        let data = seek_extent(src, pos, libc::SEEK_DATA)?
+            .unwrap_or(end)
+            .min(end);
+        if data > pos {
+            let hole_at = out(pos);
+            if hole_at < old_len {
+                punch_hole(dst, hole_at, (data - pos).min(old_len - hole_at))?;
+            }
+            pos = data;
+            progress(pos - src_off);
+            continue;
+        }
+        let hole = seek_extent(src, pos, libc::SEEK_HOLE)?
+            .unwrap_or(end)
+            .min(end);
+        let (mut off_in, mut off_out) = (pos as libc::loff_t, out(pos) as libc::loff_t);
+        while (off_in as u64) < hole {
+            // Pieces of 64 MiB keep the progress counter moving.
+            let want = (hole - off_in as u64).min(64 << 20) as usize;
+            // SAFETY: both descriptors stay open for the call; the offsets are ours.
+            let n = unsafe {
+                libc::copy_file_range(
+                    src.as_raw_fd(),
+                    &mut off_in,
+                    dst.as_raw_fd(),
+                    &mut off_out,
+                    want,
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                if !wrote && unsupported(&e) {
+                    return Ok(None);
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                // The source shrank under us: stop at what it has.
+                return finish(dst, out(off_in as u64), off_in as u64 - src_off);
+            }
+            wrote = true;
+            progress(off_in as u64 - src_off);
+        }
+        pos = hole;
+    }
+    finish(dst, out(end), end.saturating_sub(src_off))
+}
+
+fn finish(dst: &File, end: u64, done: u64) -> std::io::Result<Option<u64>> {
+    if dst.metadata()?.len() < end {
+        dst.set_len(end)?;
+    }
+    Ok(Some(done))
+}
+
+/// Sends `limit` bytes of `src` from `offset` into a pipe or socket inside the kernel
+/// (`sendfile`). Returns the bytes sent, or `Ok(None)` when the kernel cannot.
+pub fn send_file(
+    src: &File,
+    offset: u64,
+    dst: &File,
+    limit: u64,
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<Option<u64>> {
+    let mut off = offset as libc::off_t;
+    let mut done = 0u64;
+    while done < limit {
+        let want = (limit - done).min(64 << 20) as usize;
+        // SAFETY: both descriptors stay open for the call; the offset is ours.
+        let n = unsafe { libc::sendfile(dst.as_raw_fd(), src.as_raw_fd(), &mut off, want) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            if done == 0 && unsupported(&e) {
+                return Ok(None);
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        done += n as u64;
+        progress(done);
+    }
+    Ok(Some(done))
+}
+
 /// Copies `limit` bytes in chunks to a stream (a pipe or socket) that cannot hold holes.
 pub fn copy_plain(
     src: &mut dyn Read,
@@ -578,5 +714,64 @@ mod tests {
         let back = fs::read(&p).unwrap();
         assert_eq!(&back[..2 * CHUNK], &src[..]);
         assert!(back[2 * CHUNK..].iter().all(|b| *b == 7));
+    }
+
+    /// data | hole | data in the source over a destination full of 7s: the hole is
+    /// punched, the data copied in the kernel, the tail past the copy kept.
+    #[test]
+    fn extent_copy_keeps_holes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (sp, dp) = (tmp.path().join("src"), tmp.path().join("dst"));
+        let src = File::create(&sp).unwrap();
+        let block = 1 << 20;
+        src.set_len(4 * block).unwrap();
+        (&src).write_all(&vec![1u8; block as usize]).unwrap();
+        (&src).seek(SeekFrom::Start(3 * block)).unwrap();
+        (&src).write_all(&vec![2u8; block as usize]).unwrap();
+        src.sync_all().unwrap();
+        fs::write(&dp, vec![7u8; 5 * block as usize]).unwrap();
+        let dst = OpenOptions::new().read(true).write(true).open(&dp).unwrap();
+        let src = File::open(&sp).unwrap();
+        let mut seen = 0;
+        let n = copy_extents(&src, 0, &dst, 0, 4 * block, &mut |d| seen = d)
+            .unwrap()
+            .expect("copy_file_range works on one filesystem");
+        assert_eq!((n, seen), (4 * block, 4 * block));
+        let back = fs::read(&dp).unwrap();
+        let b = block as usize;
+        assert!(back[..b].iter().all(|x| *x == 1));
+        assert!(back[b..3 * b].iter().all(|x| *x == 0));
+        assert!(back[3 * b..4 * b].iter().all(|x| *x == 2));
+        assert!(back[4 * b..].iter().all(|x| *x == 7));
+        // 3 MiB of data left allocated, not 5.
+        let blocks = dst.metadata().unwrap().blocks() * 512;
+        assert!(blocks <= 3 * block + 64 * 1024, "allocated {blocks}");
+    }
+
+    #[test]
+    fn send_file_feeds_a_pipe() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("v");
+        let data: Vec<u8> = (0..3 * CHUNK).map(|i| (i % 253) as u8).collect();
+        fs::write(&p, &data).unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            File::from(r).read_to_end(&mut got).unwrap();
+            got
+        });
+        let w = File::from(w);
+        let n = send_file(
+            &File::open(&p).unwrap(),
+            5,
+            &w,
+            2 * CHUNK as u64,
+            &mut |_| {},
+        )
+        .unwrap()
+        .expect("sendfile to a pipe");
+        drop(w);
+        assert_eq!(n, 2 * CHUNK as u64);
+        assert_eq!(reader.join().unwrap(), &data[5..5 + 2 * CHUNK]);
     }
 }
