@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod dbus;
 pub mod driver;
+pub mod qcow2;
 pub mod qemu_img;
 pub mod xml;
 

@@ -330,7 +330,20 @@ fn read_vol(def: &PoolDef, name: &str) -> Result<Option<VolDef>> {
         backing: None,
     };
     if is_qcow2 {
-        let info = qemu_img::info(&path)?;
+        // The header says it all for ordinary images; qemu-img for the rest.
+        let native = File::open(&path)
+            .ok()
+            .and_then(|f| crate::qcow2::read_header(&f));
+        let info = match native {
+            Some(h) => qemu_img::ImageInfo {
+                virtual_size: h.virtual_size,
+                actual_size: meta.blocks() * 512,
+                format: "qcow2".into(),
+                backing_filename: h.backing_file,
+                backing_format: h.backing_format,
+            },
+            None => qemu_img::info(&path)?,
+        };
         vol.format = VolFormat::Qcow2;
         vol.capacity = info.virtual_size;
         vol.backing = match info.backing_filename {
