@@ -4,12 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use common::harness::{Daemon, TestBus};
-use common::proxies::storage::{StorageConnectProxy, StoragePoolProxy};
-use futures_util::StreamExt;
-use zbus::proxy::CacheProperties;
+use common::proxies::storage::StorageConnectProxy;
+
+mod util;
+use util::{events_n, pool_proxy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtstoraged");
 
@@ -93,11 +93,7 @@ async fn fs_pool_on_a_loop_device() -> anyhow::Result<()> {
         target.display()
     );
     let p = conn.storage_pool_define_xml(&xml, 0).await?;
-    let pp = StoragePoolProxy::builder(&c)
-        .path(p.clone())?
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await?;
+    let pp = pool_proxy(&c, &p).await?;
 
     // Build with NO_OVERWRITE (4) formats the empty device; a second one refuses.
     pp.build(4).await?;
@@ -121,11 +117,7 @@ async fn fs_pool_on_a_loop_device() -> anyhow::Result<()> {
     daemon.kill9();
     assert!(is_mounted(&target));
     let _daemon = daemon.restart_builder().spawn(&bus).await?;
-    let pp = StoragePoolProxy::builder(&c)
-        .path(p.clone())?
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await?;
+    let pp = pool_proxy(&c, &p).await?;
     assert!(pp.active().await?);
     assert_eq!(pp.list_storage_volumes(0).await?, vec![v]);
     assert_eq!(mount_source(&target).as_deref(), lo.dev.to_str());
@@ -139,25 +131,7 @@ async fn fs_pool_on_a_loop_device() -> anyhow::Result<()> {
     pp.delete(0).await?;
     assert!(!target.exists());
 
-    assert_eq!(first_events(&mut events, 3).await?, [0, 4, 2]);
-    assert_eq!(
-        first_events(&mut after, 2).await?,
-        [3, 5],
-        "STOPPED, DELETED"
-    );
+    assert_eq!(events_n(&mut events, 3).await?, [0, 4, 2]);
+    assert_eq!(events_n(&mut after, 2).await?, [3, 5], "STOPPED, DELETED");
     Ok(())
-}
-
-async fn first_events(
-    s: &mut (impl futures_util::Stream<Item = common::proxies::storage::StoragePoolEvent> + Unpin),
-    n: usize,
-) -> anyhow::Result<Vec<i32>> {
-    let mut seen = Vec::new();
-    while seen.len() < n {
-        match tokio::time::timeout(Duration::from_secs(5), s.next()).await {
-            Ok(Some(ev)) => seen.push(ev.args()?.event),
-            _ => break,
-        }
-    }
-    Ok(seen)
 }

@@ -6,12 +6,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use common::harness::{Daemon, TestBus};
-use common::proxies::storage::{StorageConnectProxy, StoragePoolProxy};
-use futures_util::StreamExt;
-use zbus::proxy::CacheProperties;
+use common::proxies::storage::StorageConnectProxy;
+
+mod util;
+use util::{events_n, pool_proxy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtstoraged");
 
@@ -64,20 +64,6 @@ impl Drop for LvmLoop {
     }
 }
 
-async fn events_n(
-    s: &mut (impl futures_util::Stream<Item = common::proxies::storage::StoragePoolEvent> + Unpin),
-    n: usize,
-) -> anyhow::Result<Vec<i32>> {
-    let mut seen = Vec::new();
-    while seen.len() < n {
-        match tokio::time::timeout(Duration::from_secs(10), s.next()).await {
-            Ok(Some(ev)) => seen.push(ev.args()?.event),
-            _ => break,
-        }
-    }
-    Ok(seen)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn logical_pool_on_a_loop_device() -> anyhow::Result<()> {
     let bus = TestBus::start()?;
@@ -94,11 +80,7 @@ async fn logical_pool_on_a_loop_device() -> anyhow::Result<()> {
         lo.dev.display()
     );
     let bp = conn.storage_pool_define_xml(&bad, 0).await?;
-    let bpp = StoragePoolProxy::builder(&c)
-        .path(bp.clone())?
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await?;
+    let bpp = pool_proxy(&c, &bp).await?;
     let e = bpp.build(0).await.expect_err("hostile VG name");
     assert!(e.to_string().contains("invalid volume group name"), "{e}");
     bpp.undefine().await?;
@@ -114,11 +96,7 @@ async fn logical_pool_on_a_loop_device() -> anyhow::Result<()> {
         lo.vg
     );
     let p = conn.storage_pool_define_xml(&xml, 0).await?;
-    let pp = StoragePoolProxy::builder(&c)
-        .path(p.clone())?
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await?;
+    let pp = pool_proxy(&c, &p).await?;
     pp.build(0).await?;
     assert!(vg_exists(&lo.vg));
     pp.create(0).await?;
@@ -157,11 +135,7 @@ async fn logical_pool_on_a_loop_device() -> anyhow::Result<()> {
         .await?
         .receive_storage_pool_event()
         .await?;
-    let pp = StoragePoolProxy::builder(&c)
-        .path(p.clone())?
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await?;
+    let pp = pool_proxy(&c, &p).await?;
     assert!(pp.active().await?);
     assert_eq!(pp.get_info().await?.1, cap);
     for v in pp.list_storage_volumes(0).await? {
