@@ -8,6 +8,7 @@ use common::error::{check_flags, ErrorCode, VirError};
 use common::runtime::Context;
 use zbus::zvariant::OwnedObjectPath;
 
+use crate::create::{self, Request, VportParent};
 use crate::pci;
 use crate::sysfs::{self, flags, Cap, Device, Roots};
 use crate::uevent::Uevent;
@@ -233,10 +234,15 @@ impl Driver {
         blocking(move || pci::reset(&dir, addr)).await
     }
 
-    /// Destroys a transient device: a mediated device goes through its `remove` file
-    /// (the kernel then sends the remove uevent); nothing else can be destroyed.
+    /// Destroys a transient device: a mediated device goes through its `remove` file,
+    /// an NPIV vport through its parent fc_host's `vport_delete` (the kernel then sends
+    /// the remove uevents); nothing else can be destroyed.
     pub async fn destroy(&self, name: &str) -> Result<(), VirError> {
         let d = self.lookup(name)?;
+        if let Some((file, value)) = self.vport_delete_file(&d) {
+            tracing::info!(device = name, "deleting NPIV vport");
+            return blocking_create(move || create::write_trigger(&file, &value)).await;
+        }
         match (&d.cap, &d.sysfs) {
             (Cap::Mdev(_), Some(dir)) => {
                 let f = dir.join("remove");
@@ -246,6 +252,141 @@ impl Driver {
             _ => Err(VirError::operation_invalid(format!(
                 "device '{name}' is not a transient device (mdev or NPIV vport) that can be destroyed"
             ))),
+        }
+    }
+
+    /// The parent's `vport_delete` file and what to write to it, when `d` is an NPIV
+    /// vport (an fc_host whose parent scsi_host can create vports).
+    fn vport_delete_file(&self, d: &Device) -> Option<(std::path::PathBuf, String)> {
+        let Cap::ScsiHost(h) = &d.cap else {
+            return None;
+        };
+        let fc = h.fc.as_ref()?;
+        let parent = self.lookup(d.parent.as_deref()?).ok()?;
+        let (Cap::ScsiHost(ph), Some(pdir)) = (&parent.cap, &parent.sysfs) else {
+            return None;
+        };
+        ph.vports?;
+        let file = fc_dir(pdir, ph.host).join("vport_delete");
+        Some((file, format!("{}:{}", fc.wwpn, fc.wwnn)))
+    }
+
+    /// `NodeDeviceCreateXML`: creates an NPIV vport or a mediated device through the
+    /// kernel's sysfs trigger and returns the new device's name once it shows up.
+    pub async fn create(self: &Arc<Self>, text: &str, flags: u32) -> Result<String, VirError> {
+        // VIR_NODE_DEVICE_CREATE_XML_VALIDATE: the parser always checks strictly.
+        check_flags(flags, 1)?;
+        let req = create::parse(text)?;
+        let (file, value, want): (std::path::PathBuf, String, Want) = match &req {
+            Request::Vport { parent, wwnn, wwpn } => {
+                if let Ok(d) = self.lookup_scsi_host_by_wwn(wwnn.as_str(), wwpn.as_str(), 0) {
+                    return Err(VirError::operation_invalid(format!(
+                        "a device with wwnn '{wwnn}' and wwpn '{wwpn}' exists already: '{}'",
+                        d.name
+                    )));
+                }
+                let host = self.vport_parent(parent)?;
+                let (Cap::ScsiHost(h), Some(dir)) = (&host.cap, &host.sysfs) else {
+                    return Err(VirError::internal("vport parent is not a scsi_host"));
+                };
+                (
+                    fc_dir(dir, h.host).join("vport_create"),
+                    format!("{wwpn}:{wwnn}"),
+                    Want::Wwn(wwnn.as_str().to_string(), wwpn.as_str().to_string()),
+                )
+            }
+            Request::Mdev {
+                parent,
+                type_id,
+                uuid,
+            } => {
+                let p = self.lookup(parent)?;
+                let (Cap::Pci(pci), Some(dir)) = (&p.cap, &p.sysfs) else {
+                    return Err(VirError::operation_invalid(format!(
+                        "device '{parent}' is not a PCI device offering mdev types"
+                    )));
+                };
+                if !pci.mdev_types.iter().any(|t| t.id == type_id.as_str()) {
+                    return Err(VirError::operation_invalid(format!(
+                        "device '{parent}' does not offer mdev type '{}'",
+                        type_id.as_str()
+                    )));
+                }
+                let name = sysfs::device_name("mdev", uuid.as_str(), Some(&pci.addr.to_string()));
+                if self.lookup(&name).is_ok() {
+                    return Err(VirError::operation_invalid(format!(
+                        "mediated device '{}' exists already",
+                        uuid.as_str()
+                    )));
+                }
+                (
+                    dir.join("mdev_supported_types")
+                        .join(type_id.as_str())
+                        .join("create"),
+                    uuid.as_str().to_string(),
+                    Want::Name(name),
+                )
+            }
+        };
+        tracing::info!("creating node device: '{value}' -> {}", file.display());
+        blocking_create(move || create::write_trigger(&file, &value)).await?;
+        self.wait_for(&want).await
+    }
+
+    /// libvirt's `<parent>` forms for a vport: a named, WWN-addressed or fabric-matched
+    /// fc_host that can create vports, or any such host.
+    fn vport_parent(&self, parent: &VportParent) -> Result<Arc<Device>, VirError> {
+        let capable =
+            |d: &Device| matches!(&d.cap, Cap::ScsiHost(h) if h.fc.is_some() && h.vports.is_some());
+        let found = match parent {
+            VportParent::Name(n) => Some(self.lookup(n)?),
+            VportParent::Wwn { wwnn, wwpn } => {
+                Some(self.lookup_scsi_host_by_wwn(wwnn.as_str(), wwpn.as_str(), 0)?)
+            }
+            VportParent::Fabric(f) => self.read().devices.values().find(|d| {
+                capable(d) && matches!(&d.cap, Cap::ScsiHost(h) if h.fc.as_ref().and_then(|fc| fc.fabric_wwn.as_deref()) == Some(f.as_str()))
+            }).cloned(),
+            VportParent::Any => self.read().devices.values().find(|d| {
+                capable(d) && matches!(&d.cap, Cap::ScsiHost(h) if h.vports.is_some_and(|(max, used)| used < max))
+            }).cloned(),
+        };
+        match found {
+            Some(d) if capable(&d) => Ok(d),
+            Some(d) => Err(VirError::operation_invalid(format!(
+                "parent device '{}' is not capable of vport operations",
+                d.name
+            ))),
+            None => Err(VirError::new(
+                ErrorCode::NoNodeDevice,
+                "no fc_host capable of vport operations matches the <parent>",
+            )),
+        }
+    }
+
+    /// Waits (as libvirt does, up to 5 s) for the device the kernel creates after a
+    /// trigger write. The uevent listener adds it on a real sysfs; a fixture tree has
+    /// no kernel behind it, so there the tree is read again.
+    async fn wait_for(self: &Arc<Self>, want: &Want) -> Result<String, VirError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if !self.roots.real {
+                let changes = self.rescan();
+                self.publish(changes).await;
+            }
+            let hit = match want {
+                Want::Name(n) => self.lookup(n).ok(),
+                Want::Wwn(n, p) => self.lookup_scsi_host_by_wwn(n, p, 0).ok(),
+            };
+            if let Some(d) = hit {
+                return Ok(d.name.clone());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(VirError::new(
+                    ErrorCode::OperationTimeout,
+                    format!("the new device ({want}) did not appear within 5 s"),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
@@ -412,6 +553,36 @@ fn subsystem_of(d: &Device) -> Option<&'static str> {
         Cap::Mdev(_) => "mdev",
         Cap::System(_) => return None,
     })
+}
+
+/// What a create waits for: a device name, or the (wwnn, wwpn) of a new fc_host.
+enum Want {
+    Name(String),
+    Wwn(String, String),
+}
+
+impl std::fmt::Display for Want {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Want::Name(n) => write!(f, "'{n}'"),
+            Want::Wwn(n, p) => write!(f, "wwnn '{n}', wwpn '{p}'"),
+        }
+    }
+}
+
+/// An fc_host's class folder below its scsi_host device folder.
+fn fc_dir(host_dir: &std::path::Path, host: u32) -> std::path::PathBuf {
+    host_dir.join("fc_host").join(format!("host{host}"))
+}
+
+async fn blocking_create<F>(f: F) -> Result<(), VirError>
+where
+    F: FnOnce() -> Result<(), create::CreateError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| VirError::internal(format!("sysfs task failed: {e}")))?
+        .map_err(VirError::from)
 }
 
 async fn blocking<F>(f: F) -> Result<(), VirError>

@@ -1,5 +1,6 @@
 //! virtnodedevd: the daemon that manages host devices and node resources.
 
+pub mod create;
 pub mod dbus;
 pub mod driver;
 pub mod node;

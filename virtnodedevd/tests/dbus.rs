@@ -502,6 +502,221 @@ async fn fixture_tree_over_dbus_detach_sriov_and_wwn() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Plays the kernel for a fixture tree: waits until `trigger` holds a value, then makes
+/// the device that write asks for with `make` (the daemon reads the tree again).
+async fn kernel_answers(
+    trigger: &Path,
+    make: impl FnOnce(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = std::fs::read_to_string(trigger)?;
+        if !v.is_empty() {
+            make(&v)?;
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("nothing written to {}", trigger.display());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn write_file(p: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    Ok(std::fs::write(p, text)?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fixture_tree_create_and_destroy_vport_and_mdev() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sysfs");
+    run(&[
+        "cp",
+        "-a",
+        &src.to_string_lossy(),
+        &tmp.path().to_string_lossy(),
+    ])?;
+    let root = tmp.path().join("sysfs");
+    let bus = TestBus::start()?;
+    let _d = Daemon::builder(BIN, "virtnodedevd")
+        .arg("--sysfs-root")
+        .arg(&root)
+        .spawn(&bus)
+        .await?;
+    let conn = bus.connection().await?;
+    let c = NodeDevConnectProxy::new(&conn).await?;
+    let mut events = c.receive_node_device_event().await?;
+
+    // NPIV: "wwpn:wwnn" goes to the parent's vport_create; the kernel then adds a
+    // scsi_host below vport-5:0-0 with those WWNs.
+    let hba = root.join("devices/pci0000:00/0000:00:1f.2/host5");
+    let fc5 = hba.join("fc_host/host5");
+    let vport_xml = "<device><parent>scsi_host5</parent><capability type='scsi_host'>\
+        <capability type='fc_host'><wwnn>20000000c9848199</wwnn><wwpn>10000000c9848199</wwpn>\
+        </capability></capability></device>";
+    let host6 = hba.join("vport-5:0-0/host6");
+    let vport_create = fc5.join("vport_create");
+    let (made, written) = tokio::join!(
+        c.node_device_create_xml(vport_xml, 0),
+        kernel_answers(&vport_create, |_| {
+            write_file(&host6.join("uevent"), "DEVTYPE=scsi_host\n")?;
+            write_file(
+                &host6.join("fc_host/host6/node_name"),
+                "0x20000000c9848199\n",
+            )?;
+            write_file(
+                &host6.join("fc_host/host6/port_name"),
+                "0x10000000c9848199\n",
+            )?;
+            std::os::unix::fs::symlink(
+                "../../../devices/pci0000:00/0000:00:1f.2/host5/vport-5:0-0/host6",
+                root.join("bus/scsi/devices/host6"),
+            )?;
+            Ok(())
+        })
+    );
+    assert_eq!(written?, "10000000c9848199:20000000c9848199");
+    let path = made?;
+    assert_eq!(path, common::objpath::node_device("scsi_host6"));
+    wait_event(&mut events, path.as_str(), 0).await?;
+    let vport = device(&conn, "scsi_host6").await?;
+    assert_eq!(vport.parent().await?, "scsi_host5");
+    assert_eq!(
+        c.node_device_lookup_scsi_host_by_wwn("20000000c9848199", "10000000c9848199", 0)
+            .await?,
+        path
+    );
+    // The same WWNs again: refused before anything is written.
+    std::fs::write(fc5.join("vport_create"), "")?;
+    assert_eq!(
+        err_text(c.node_device_create_xml(vport_xml, 0).await),
+        "org.libvirt.Error: Requested operation is not valid: a device with wwnn \
+         '20000000c9848199' and wwpn '10000000c9848199' exists already: 'scsi_host6'"
+    );
+    assert_eq!(std::fs::read_to_string(fc5.join("vport_create"))?, "");
+    vport.destroy().await?;
+    assert_eq!(
+        std::fs::read_to_string(fc5.join("vport_delete"))?,
+        "10000000c9848199:20000000c9848199"
+    );
+    // Parent by fabric name, WWNs left to the daemon: random libvirt-style ones.
+    std::fs::write(&vport_create, "")?;
+    let host7 = hba.join("vport-5:0-1/host7");
+    let (made, written) = tokio::join!(
+        c.node_device_create_xml(
+            "<device><parent fabric_wwn='0x2002000573DE9A81'/><capability type='scsi_host'>\
+             <capability type='fc_host'/></capability></device>",
+            0
+        ),
+        kernel_answers(&vport_create, |v| {
+            let (wwpn, wwnn) = v.split_once(':').ok_or_else(|| anyhow!("bad write {v}"))?;
+            write_file(&host7.join("uevent"), "DEVTYPE=scsi_host\n")?;
+            write_file(
+                &host7.join("fc_host/host7/node_name"),
+                &format!("0x{wwnn}\n"),
+            )?;
+            write_file(
+                &host7.join("fc_host/host7/port_name"),
+                &format!("0x{wwpn}\n"),
+            )?;
+            std::os::unix::fs::symlink(
+                "../../../devices/pci0000:00/0000:00:1f.2/host5/vport-5:0-1/host7",
+                root.join("bus/scsi/devices/host7"),
+            )?;
+            Ok(())
+        })
+    );
+    let written = written?;
+    assert_eq!(made?, common::objpath::node_device("scsi_host7"));
+    let (wwpn, wwnn) = written.split_once(':').unwrap_or_default();
+    for w in [wwpn, wwnn] {
+        assert!(
+            w.len() == 16 && w.starts_with("5001a4a") && u64::from_str_radix(w, 16).is_ok(),
+            "{written}"
+        );
+    }
+    assert_ne!(wwpn, wwnn);
+
+    // A host that cannot make vports is refused as a parent.
+    let no_vports = vport_xml
+        .replace("scsi_host5", "pci_0000_00_1f_2")
+        .replace("99<", "98<");
+    assert_eq!(
+        err_text(c.node_device_create_xml(&no_vports, 0).await),
+        "org.libvirt.Error: Requested operation is not valid: parent device \
+         'pci_0000_00_1f_2' is not capable of vport operations"
+    );
+
+    // mdev: the UUID goes to the type's create file; the kernel adds the device below
+    // its parent with an mdev_type link.
+    let gpu = root.join("devices/pci0000:00/0000:00:02.0");
+    let uuid = "0b3c8f5a-6b3d-4e0a-9c1d-2e3f4a5b6c7d";
+    let mdev_xml = format!(
+        "<device><parent>pci_0000_00_02_0</parent><capability type='mdev'>\
+         <type id='i915-GVTg_V5_4'/><uuid>{uuid}</uuid></capability></device>"
+    );
+    let create = gpu.join("mdev_supported_types/i915-GVTg_V5_4/create");
+    let mdir = gpu.join(uuid);
+    let (made, written) = tokio::join!(
+        c.node_device_create_xml(&mdev_xml, 0),
+        kernel_answers(&create, |_| {
+            write_file(&mdir.join("uevent"), "MDEV_TYPE=i915-GVTg_V5_4\n")?;
+            write_file(&mdir.join("remove"), "")?;
+            std::os::unix::fs::symlink(
+                "../mdev_supported_types/i915-GVTg_V5_4",
+                mdir.join("mdev_type"),
+            )?;
+            std::os::unix::fs::symlink(
+                format!("../../../devices/pci0000:00/0000:00:02.0/{uuid}"),
+                root.join("bus/mdev/devices").join(uuid),
+            )?;
+            Ok(())
+        })
+    );
+    assert_eq!(written?, uuid);
+    let name = "mdev_0b3c8f5a_6b3d_4e0a_9c1d_2e3f4a5b6c7d_0000_00_02_0";
+    assert_eq!(made?, common::objpath::node_device(name));
+    let mdev = device(&conn, name).await?;
+    assert_eq!(mdev.parent().await?, "pci_0000_00_02_0");
+    assert!(
+        mdev.get_xml_desc(0)
+            .await?
+            .contains("<type id='i915-GVTg_V5_4'/>"),
+        "{}",
+        mdev.get_xml_desc(0).await?
+    );
+    mdev.destroy().await?;
+    assert_eq!(std::fs::read_to_string(mdir.join("remove"))?, "1");
+
+    // Bad requests: clear errors, nothing written.
+    std::fs::write(&create, "")?;
+    assert_eq!(
+        err_text(
+            c.node_device_create_xml(&mdev_xml.replace("i915-GVTg_V5_4", "nvidia-11"), 0)
+                .await
+        ),
+        "org.libvirt.Error: Requested operation is not valid: device 'pci_0000_00_02_0' \
+         does not offer mdev type 'nvidia-11'"
+    );
+    assert_eq!(
+        err_text(
+            c.node_device_create_xml(&mdev_xml.replace("i915-GVTg_V5_4", "../../../x"), 0)
+                .await
+        ),
+        "org.libvirt.Error: XML error: invalid value '../../../x' for attribute 'id' in \
+         <type>: expected letters, digits, '-', '_' or '.'"
+    );
+    assert_eq!(
+        err_text(c.node_device_create_xml(&mdev_xml, 2).await),
+        "org.libvirt.Error: invalid argument: unsupported flags (0x2)"
+    );
+    assert_eq!(std::fs::read_to_string(&create)?, "");
+    Ok(())
+}
+
 /// Waits for `event` on `path`, skipping events of devices other tests create.
 async fn wait_event(
     s: &mut common::proxies::nodedev::NodeDeviceEventStream,

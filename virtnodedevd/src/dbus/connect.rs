@@ -77,15 +77,11 @@ impl Connect {
     #[zbus(name = "NodeDeviceCreateXML")]
     async fn node_device_create_xml(
         &self,
-        _xml: &str,
+        xml: &str,
         flags: u32,
     ) -> Result<OwnedObjectPath, BusError> {
-        check_flags(flags, 0)?;
-        Err(VirError::new(
-            common::error::ErrorCode::NoSupport,
-            "creating node devices (mdev, NPIV vports) is not implemented yet",
-        )
-        .into())
+        let name = self.driver.create(xml, flags).await?;
+        Ok(common::objpath::node_device(&name))
     }
 
     #[zbus(name = "NodeGetCPUMap")]
