@@ -83,18 +83,6 @@ async fn main() -> anyhow::Result<()> {
         }
         f.sync_all()?;
     }
-    let t = Instant::now();
-    let out = File::create(root.join("cat.bin"))?;
-    Command::new("cat")
-        .arg(&src)
-        .stdout(Stdio::from(out))
-        .status()?;
-    let cat = t.elapsed();
-    println!(
-        "cat 1 GiB: {cat:?} ({:.0} MiB/s)",
-        1024.0 / cat.as_secs_f64()
-    );
-    std::fs::remove_file(root.join("cat.bin"))?;
     let vp = pool
         .storage_vol_create_xml(
             "<volume><name>big.img</name><capacity unit='G'>1</capacity></volume>",
@@ -105,24 +93,95 @@ async fn main() -> anyhow::Result<()> {
         .path(vp.as_ref())?
         .build()
         .await?;
-    let f = File::open(&src)?;
-    let t = Instant::now();
-    vol.upload(Fd::from(f.as_fd()), 0, 0, 0).await?;
-    let up = t.elapsed();
-    println!(
-        "upload 1 GiB: {up:?} ({:.0} MiB/s, {:.2} x cat)",
-        1024.0 / up.as_secs_f64(),
-        cat.as_secs_f64() / up.as_secs_f64()
-    );
-    let out = File::create(root.join("down.bin"))?;
-    let t = Instant::now();
-    vol.download(Fd::from(out.as_fd()), 0, 0, 0).await?;
-    let down = t.elapsed();
-    println!(
-        "download 1 GiB: {down:?} ({:.0} MiB/s, {:.2} x cat)",
-        1024.0 / down.as_secs_f64(),
-        cat.as_secs_f64() / down.as_secs_f64()
-    );
+    let mib = |d: std::time::Duration| 1024.0 / d.as_secs_f64();
+    // Two rounds, cat and our transfers interleaved, each started with no dirty pages
+    // left (sync) so one step's writeback does not land in the next one's time.
+    for round in 1..=2 {
+        // SAFETY: sync(2) has no arguments and cannot fail.
+        unsafe { libc::sync() };
+        let t = Instant::now();
+        let out = File::create(root.join("cat.bin"))?;
+        Command::new("cat")
+            .arg(&src)
+            .stdout(Stdio::from(out.try_clone()?))
+            .status()?;
+        let cat = t.elapsed();
+        out.sync_all()?;
+        let cat_sync = t.elapsed();
+        drop(out);
+        std::fs::remove_file(root.join("cat.bin"))?;
+        println!(
+            "round {round}: cat 1 GiB {cat:?} ({:.0} MiB/s); cat + fsync {cat_sync:?}",
+            mib(cat)
+        );
+
+        unsafe { libc::sync() };
+        let f = File::open(&src)?;
+        let t = Instant::now();
+        vol.upload(Fd::from(f.as_fd()), 0, 0, 0).await?;
+        let up = t.elapsed();
+        println!(
+            "round {round}: upload 1 GiB from a file (fsync included) {up:?} ({:.0} MiB/s, \
+             {:.2} x cat, {:.2} x cat + fsync)",
+            mib(up),
+            cat.as_secs_f64() / up.as_secs_f64(),
+            cat_sync.as_secs_f64() / up.as_secs_f64()
+        );
+
+        unsafe { libc::sync() };
+        let mut child = Command::new("cat")
+            .arg(&src)
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let pipe = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("cat has no stdout"))?;
+        let t = Instant::now();
+        vol.upload(Fd::from(pipe.as_fd()), 0, 0, 0).await?;
+        let up_pipe = t.elapsed();
+        drop(pipe);
+        child.wait()?;
+        println!(
+            "round {round}: upload 1 GiB from a pipe (fsync included) {up_pipe:?} \
+             ({:.0} MiB/s, {:.2} x cat + fsync)",
+            mib(up_pipe),
+            cat_sync.as_secs_f64() / up_pipe.as_secs_f64()
+        );
+
+        unsafe { libc::sync() };
+        let out = File::create(root.join("down.bin"))?;
+        let t = Instant::now();
+        vol.download(Fd::from(out.as_fd()), 0, 0, 0).await?;
+        let down = t.elapsed();
+        drop(out);
+        std::fs::remove_file(root.join("down.bin"))?;
+        println!(
+            "round {round}: download 1 GiB into a file {down:?} ({:.0} MiB/s, {:.2} x cat)",
+            mib(down),
+            cat.as_secs_f64() / down.as_secs_f64()
+        );
+
+        unsafe { libc::sync() };
+        let mut child = Command::new("cat")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        let pipe = child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("cat has no stdin"))?;
+        let t = Instant::now();
+        vol.download(Fd::from(pipe.as_fd()), 0, 0, 0).await?;
+        let down_pipe = t.elapsed();
+        drop(pipe);
+        child.wait()?;
+        println!(
+            "round {round}: download 1 GiB into a pipe {down_pipe:?} ({:.0} MiB/s, {:.2} x cat)",
+            mib(down_pipe),
+            cat.as_secs_f64() / down_pipe.as_secs_f64()
+        );
+    }
     println!("RSS after the run: {} KiB", rss_kib(daemon.pid));
     Ok(())
 }

@@ -13,7 +13,7 @@ use common::runtime::Context;
 use uuid::Uuid;
 use zbus::zvariant::{OwnedObjectPath, Value};
 
-use crate::backend::{self, dir, BackendError, PoolBackend, PoolSizes};
+use crate::backend::{self, dir, BackendError, PoolBackend, PoolSizes, WipePattern};
 use crate::xml::{PoolDef, VolDef};
 
 /// virStoragePoolEventLifecycleType.
@@ -767,20 +767,29 @@ impl Driver {
 
     pub async fn vol_wipe(self: &Arc<Self>, key: &str, pattern: u32, flags: u32) -> Res<()> {
         check_flags(flags, 0)?;
-        if pattern != 0 {
-            return Err(VirError::new(
-                ErrorCode::OperationUnsupported,
-                format!("wipe pattern {pattern} (only zero, 0, is implemented)"),
-            ));
-        }
+        let pattern = WipePattern::from_wire(pattern)?;
         let (pool, vol) = self.vol_of(key)?;
         let _j = pool.job.lock().await;
         let _g = self.job();
         let def = pool.state().def.clone();
         let b = pool.backend.clone();
         let v2 = vol.clone();
-        Self::blocking(move || b.wipe_vol(&def, &v2)).await?;
+        Self::blocking(move || b.wipe_vol(&def, &v2, pattern)).await?;
         self.reread(&pool, vol).await
+    }
+
+    /// `FindStoragePoolSources`: asks the backend of `kind` what it could use here.
+    pub async fn find_sources(&self, kind: &str, spec: &str, flags: u32) -> Res<String> {
+        check_flags(flags, 0)?;
+        let Some(kind) = crate::xml::PoolType::from_name(kind) else {
+            return Err(VirError::new(
+                ErrorCode::InvalidArg,
+                format!("unknown storage pool type '{kind}'"),
+            ));
+        };
+        let b = backend::for_type(kind)?;
+        let spec = (!spec.trim().is_empty()).then(|| spec.to_owned());
+        Self::blocking(move || b.find_sources(spec.as_deref())).await
     }
 
     pub fn transfer_progress(&self, key: &str) -> u64 {
@@ -846,14 +855,18 @@ impl Driver {
                     let done =
                         dir::copy_extents(&other, start, &file, offset, limit, &mut progress)
                             .map_err(io)?;
-                    if done.is_some() {
-                        return Ok(());
+                    if done.is_none() {
+                        dir::copy_sparse(&mut &other, &file, offset, Some(limit), &mut progress)
+                            .map_err(io)?;
                     }
+                } else {
+                    dir::widen_pipe(&other);
+                    dir::copy_sparse(&mut &other, &file, offset, Some(limit), &mut progress)
+                        .map_err(io)?;
                 }
-                dir::copy_sparse(&mut &other, &file, offset, Some(limit), &mut progress)
-                    .map_err(io)?;
-                // No fsync: like a write through a disk, the data reaches the page cache
-                // and the kernel writes it back; an fsync here cost 10x cat's time.
+                // The upload is answered only once the data is on the disk: a caller that
+                // is told "done" may delete its source (the cost is in docs/virtstoraged.md).
+                file.sync_data().map_err(io)?;
             } else if other_is_file {
                 let start = (&other).stream_position().map_err(io)?;
                 let done = dir::copy_extents(&file, offset, &other, start, limit, &mut progress)
@@ -865,6 +878,7 @@ impl Driver {
                         .map_err(io)?;
                 }
             } else {
+                dir::widen_pipe(&other);
                 let sent =
                     dir::send_file(&file, offset, &other, limit, &mut progress).map_err(io)?;
                 if sent.is_none() {

@@ -99,6 +99,23 @@ async fn logical_pool_on_a_loop_device() -> anyhow::Result<()> {
     let pp = pool_proxy(&c, &p).await?;
     pp.build(0).await?;
     assert!(vg_exists(&lo.vg));
+    // FindStoragePoolSources lists the new VG with its PV (other VGs may be listed too).
+    let found = conn.find_storage_pool_sources("logical", "", 0).await?;
+    let doc = common::xml::parse_root(&found, "sources")?;
+    let ours = doc
+        .children_named("source")
+        .find(|s| s.child_text("name").as_deref() == Some(lo.vg.as_str()))
+        .ok_or_else(|| anyhow::anyhow!("VG {} not in {found}", lo.vg))?;
+    let dev = lo.dev.to_string_lossy();
+    assert!(
+        ours.children_named("device")
+            .any(|d| d.get_attr("path") == Some(dev.as_ref())),
+        "{found}"
+    );
+    let e = conn.find_storage_pool_sources("dir", "", 0).await;
+    assert!(e.is_err_and(|e| e.to_string().contains("no source discovery")));
+    let e = conn.find_storage_pool_sources("nosuch", "", 0).await;
+    assert!(e.is_err_and(|e| e.to_string().contains("unknown storage pool type")));
     pp.create(0).await?;
     let (state, cap, alloc, avail) = pp.get_info().await?;
     assert_eq!(state, 2, "running");

@@ -15,6 +15,23 @@ use zbus::zvariant::{Fd, OwnedObjectPath};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtstoraged");
 
+/// `qemu-img check` passes on the image and `qemu-img info --output=json` describes it.
+fn qemu_img_checked(path: &str) -> anyhow::Result<serde_json::Value> {
+    let check = std::process::Command::new("qemu-img")
+        .args(["check", "-q", "-f", "qcow2", path])
+        .output()?;
+    anyhow::ensure!(
+        check.status.success(),
+        "qemu-img check {path}: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json", "-f", "qcow2", path])
+        .output()?;
+    anyhow::ensure!(info.status.success(), "qemu-img info {path}");
+    Ok(serde_json::from_slice(&info.stdout)?)
+}
+
 fn pool_xml(name: &str, target: &Path) -> String {
     format!(
         "<pool type='dir'><name>{name}</name><target><path>{}</path>\
@@ -146,6 +163,23 @@ async fn dir_pool_and_volumes() -> anyhow::Result<()> {
         qxml.contains("<format type='qcow2'/>") && qxml.contains(&base_path),
         "{qxml}"
     );
+    let top = qemu_img_checked(&qv.path().await?)?;
+    assert_eq!(top["virtual-size"], 128 << 20, "{top}");
+    assert_eq!(top["backing-filename"], base_path.as_str(), "{top}");
+    assert_eq!(top["backing-filename-format"], "raw", "{top}");
+    let e = pp
+        .storage_vol_create_xml(
+            "<volume><name>empty.qcow2</name><capacity unit='G'>3</capacity>\
+             <target><format type='qcow2'/></target></volume>",
+            0,
+        )
+        .await?;
+    let ev = vol(&c, &e).await?;
+    let empty = qemu_img_checked(&ev.path().await?)?;
+    assert_eq!(empty["virtual-size"], 3u64 << 30, "{empty}");
+    assert_eq!(empty["format-specific"]["data"]["compat"], "1.1", "{empty}");
+    assert_eq!(ev.get_info(0).await?.1, 3 << 30);
+    ev.delete(0).await?;
     let clone = pp
         .storage_vol_create_xml_from(
             "<volume><name>clone.qcow2</name><capacity unit='M'>128</capacity>\
@@ -186,6 +220,30 @@ async fn dir_pool_and_volumes() -> anyhow::Result<()> {
     let mut head = vec![0u8; 4096];
     File::open(&base_path)?.read_exact(&mut head)?;
     assert!(head.iter().all(|b| *b == 0));
+    assert_eq!(
+        bv.get_info(0).await?.2,
+        0,
+        "zeroed raw volume keeps no blocks"
+    );
+
+    // Random (8) writes every byte: fully allocated, no zero block left, not the upload.
+    bv.wipe(8, 0).await?;
+    assert_eq!(bv.get_info(0).await?.2, 100 << 20);
+    let mut data = Vec::new();
+    File::open(&base_path)?.read_to_end(&mut data)?;
+    assert!(data.chunks(4096).all(|b| b.iter().any(|x| *x != 0)));
+    assert!(!same_content(&src, Path::new(&base_path))?);
+    // The scrub patterns and trim are refused by name, the volume untouched.
+    for alg in [1u32, 2, 3, 4, 5, 6, 7, 9, 10] {
+        let err = bv.wipe(alg, 0).await.unwrap_err().to_string();
+        assert!(err.contains(&format!("algorithm {alg}")), "{err}");
+    }
+    let mut again = Vec::new();
+    File::open(&base_path)?.read_to_end(&mut again)?;
+    assert!(again == data, "a refused wipe changed the volume");
+    let err = qv.wipe(8, 0).await.unwrap_err().to_string();
+    assert!(err.contains("qcow2"), "{err}");
+    qemu_img_checked(&qv.path().await?)?;
 
     // Path-escape names and bad XML are rejected with nothing changed.
     let before = pp.list_storage_volumes(0).await?;

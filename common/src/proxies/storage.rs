@@ -11,6 +11,12 @@ use zbus::zvariant::{Fd, OwnedObjectPath};
     default_path = "/org/libvirt/QEMU"
 )]
 pub trait StorageConnect {
+    fn find_storage_pool_sources(
+        &self,
+        kind: &str,
+        src_spec: &str,
+        flags: u32,
+    ) -> zbus::Result<String>;
     fn list_storage_pools(&self, flags: u32) -> zbus::Result<Vec<OwnedObjectPath>>;
     #[zbus(name = "StoragePoolCreateXML")]
     fn storage_pool_create_xml(&self, xml: &str, flags: u32) -> zbus::Result<OwnedObjectPath>;

@@ -242,8 +242,8 @@ impl PoolBackend for FsBackend {
     fn resize_vol(&self, def: &PoolDef, vol: &VolDef, capacity: u64, shrink: bool) -> Result<()> {
         self.files.resize_vol(def, vol, capacity, shrink)
     }
-    fn wipe_vol(&self, def: &PoolDef, vol: &VolDef) -> Result<()> {
-        self.files.wipe_vol(def, vol)
+    fn wipe_vol(&self, def: &PoolDef, vol: &VolDef, pattern: super::WipePattern) -> Result<()> {
+        self.files.wipe_vol(def, vol, pattern)
     }
     fn vol_info(&self, def: &PoolDef, vol: &VolDef) -> Result<VolDef> {
         self.files.vol_info(def, vol)

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::fs::{BUILD_NO_OVERWRITE, BUILD_OVERWRITE};
 use super::{BackendError, PoolBackend, PoolSizes, Result};
 use crate::xml::{Name, Permissions, PoolDef, VolDef, VolFormat};
+use common::xml::Element;
 
 pub struct LogicalBackend;
 
@@ -93,6 +94,43 @@ struct VgRow {
     vg_size: String,
     vg_free: String,
 }
+#[derive(Deserialize)]
+struct PvReport {
+    #[serde(default)]
+    pv: Vec<PvRow>,
+}
+#[derive(Deserialize)]
+struct PvRow {
+    pv_name: String,
+    #[serde(default)]
+    vg_name: String,
+}
+
+/// The `<sources>` document of `FindStoragePoolSources` from a `pvs` report: one
+/// `<source>` per volume group with its PVs as devices (PVs in no VG are left out, as
+/// libvirt does).
+fn sources_from_pvs(json: &str) -> Result<String> {
+    let r: Report<PvReport> = serde_json::from_str(json)
+        .map_err(|e| BackendError::Invalid(format!("cannot parse pvs report: {e}")))?;
+    let mut vgs: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for pv in r.report.into_iter().flat_map(|r| r.pv) {
+        if !pv.vg_name.is_empty() {
+            vgs.entry(pv.vg_name).or_default().push(pv.pv_name);
+        }
+    }
+    let mut doc = Element::new("sources");
+    for (vg, pvs) in vgs {
+        let mut src = Element::new("source");
+        for pv in pvs {
+            src.push(Element::new("device").attr("path", pv));
+        }
+        src.push(Element::with_text("name", vg));
+        src.push(Element::new("format").attr("type", "lvm2"));
+        doc.push(src);
+    }
+    Ok(doc.to_xml())
+}
+
 #[derive(Deserialize)]
 struct LvReport {
     #[serde(default)]
@@ -319,10 +357,13 @@ impl PoolBackend for LogicalBackend {
         lvm(&a).map(|_| ())
     }
 
-    /// Zeroes the whole logical volume.
-    fn wipe_vol(&self, _def: &PoolDef, vol: &VolDef) -> Result<()> {
+    /// Writes zeros or random bytes over the whole logical volume.
+    fn wipe_vol(&self, _def: &PoolDef, vol: &VolDef, pattern: super::WipePattern) -> Result<()> {
         let zero = || -> std::io::Result<()> {
             let mut f = OpenOptions::new().write(true).open(&vol.path)?;
+            if pattern == super::WipePattern::Random {
+                return super::fill_random(&f, vol.capacity);
+            }
             let buf = vec![0u8; super::dir::CHUNK];
             let mut left = vol.capacity;
             while left > 0 {
@@ -333,6 +374,18 @@ impl PoolBackend for LogicalBackend {
             f.sync_all()
         };
         zero().map_err(|e| BackendError::io("cannot wipe", &vol.path, e))
+    }
+
+    /// Every volume group on the host with its physical volumes (the hint is not needed).
+    fn find_sources(&self, _spec: Option<&str>) -> Result<String> {
+        let json = lvm(&argv(&[
+            "pvs",
+            "--reportformat",
+            "json",
+            "-o",
+            "pv_name,vg_name",
+        ]))?;
+        sources_from_pvs(&json)
     }
 
     fn vol_info(&self, def: &PoolDef, vol: &VolDef) -> Result<VolDef> {
@@ -390,6 +443,46 @@ mod tests {
         assert_eq!(v[0].path, "/dev/data/disk1");
         assert_eq!(v[0].key, "AbC-123");
         assert_eq!(v[0].capacity, 8388608);
+    }
+
+    #[test]
+    fn sources_group_pvs_by_vg() {
+        let pvs = r#"{"report":[{"pv":[{"pv_name":"/dev/loop1","vg_name":"b<&'"},
+            {"pv_name":"/dev/sda2","vg_name":"a"},{"pv_name":"/dev/loop2","vg_name":"b<&'"},
+            {"pv_name":"/dev/loop3","vg_name":""}]}]}"#;
+        let xml = sources_from_pvs(pvs).expect("sources");
+        let doc = common::xml::parse_root(&xml, "sources").expect("xml");
+        let got: Vec<(String, Vec<String>, String)> = doc
+            .children_named("source")
+            .map(|s| {
+                (
+                    s.child_text("name").unwrap_or_default(),
+                    s.children_named("device")
+                        .filter_map(|d| d.get_attr("path").map(str::to_owned))
+                        .collect(),
+                    s.first("format")
+                        .and_then(|f| f.get_attr("type"))
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a".into(), vec!["/dev/sda2".into()], "lvm2".into()),
+                (
+                    "b<&'".into(),
+                    vec!["/dev/loop1".into(), "/dev/loop2".into()],
+                    "lvm2".into()
+                ),
+            ]
+        );
+        assert!(sources_from_pvs("{").is_err());
+        assert_eq!(
+            sources_from_pvs(r#"{"report":[{"pv":[]}]}"#).expect("empty"),
+            Element::new("sources").to_xml()
+        );
     }
 
     #[test]

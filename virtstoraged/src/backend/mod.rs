@@ -54,6 +54,71 @@ impl From<BackendError> for VirError {
 
 pub type Result<T> = std::result::Result<T, BackendError>;
 
+/// What a wipe writes over a volume: the algorithms of libvirt's
+/// `virStorageVolWipeAlgorithm` that are done here. The multi-pass patterns libvirt
+/// hands to `scrub` (NNSA, DoD, BSI, Gutmann, Schneier, Pfitzner) and TRIM are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WipePattern {
+    /// `VIR_STORAGE_VOL_WIPE_ALG_ZERO` (0): reads back as zeros afterwards.
+    Zero,
+    /// `VIR_STORAGE_VOL_WIPE_ALG_RANDOM` (8): one pass of random bytes over every byte.
+    Random,
+}
+
+impl WipePattern {
+    const NAMES: [&'static str; 10] = [
+        "zero",
+        "nnsa",
+        "dod",
+        "bsi",
+        "gutmann",
+        "schneier",
+        "pfitzner7",
+        "pfitzner33",
+        "random",
+        "trim",
+    ];
+
+    pub fn from_wire(alg: u32) -> std::result::Result<Self, VirError> {
+        match alg {
+            0 => Ok(WipePattern::Zero),
+            8 => Ok(WipePattern::Random),
+            n => Err(match Self::NAMES.get(n as usize) {
+                Some(name) => VirError::unsupported(format!(
+                    "wipe algorithm {n} ({name}) is not supported; supported: zero (0), random (8)"
+                )),
+                None => VirError::new(ErrorCode::InvalidArg, format!("unknown wipe algorithm {n}")),
+            }),
+        }
+    }
+}
+
+/// Writes `len` random bytes over `file` from its start, in chunks, then syncs it.
+pub fn fill_random(file: &std::fs::File, len: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; dir::CHUNK];
+    let mut at = 0u64;
+    while at < len {
+        let n = (len - at).min(buf.len() as u64) as usize;
+        let mut got = 0;
+        while got < n {
+            // SAFETY: the buffer is ours and `n - got` bytes long from `got`.
+            let r = unsafe { libc::getrandom(buf[got..].as_mut_ptr().cast(), n - got, 0) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            } else {
+                got += r as usize;
+            }
+        }
+        file.write_all_at(&buf[..n], at)?;
+        at += n as u64;
+    }
+    file.sync_all()
+}
+
 /// Sizes of a pool as refreshed from the real thing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolSizes {
@@ -78,9 +143,16 @@ pub trait PoolBackend: Send + Sync {
     fn create_vol(&self, def: &PoolDef, vol: &VolDef, from: Option<&VolDef>) -> Result<VolDef>;
     fn delete_vol(&self, def: &PoolDef, vol: &VolDef) -> Result<()>;
     fn resize_vol(&self, def: &PoolDef, vol: &VolDef, capacity: u64, shrink: bool) -> Result<()>;
-    fn wipe_vol(&self, def: &PoolDef, vol: &VolDef) -> Result<()>;
+    fn wipe_vol(&self, def: &PoolDef, vol: &VolDef, pattern: WipePattern) -> Result<()>;
     /// Re-reads one volume (after resize, wipe, upload).
     fn vol_info(&self, def: &PoolDef, vol: &VolDef) -> Result<VolDef>;
+    /// `FindStoragePoolSources`: the `<sources>` document of what this pool type could
+    /// use on this host. `spec` is the caller's `<source>` hint, if any.
+    fn find_sources(&self, _spec: Option<&str>) -> Result<String> {
+        Err(BackendError::Unsupported(
+            "this pool type has no source discovery".into(),
+        ))
+    }
 }
 
 /// Picks the backend of a pool type.

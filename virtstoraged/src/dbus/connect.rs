@@ -14,6 +14,15 @@ pub struct Connect {
 
 #[zbus::interface(name = "org.libvirt.Connect")]
 impl Connect {
+    async fn find_storage_pool_sources(
+        &self,
+        kind: &str,
+        src_spec: &str,
+        flags: u32,
+    ) -> Result<String, BusError> {
+        Ok(self.driver.find_sources(kind, src_spec, flags).await?)
+    }
+
     async fn list_storage_pools(&self, flags: u32) -> Result<Vec<OwnedObjectPath>, BusError> {
         Ok(self.driver.list_pools(flags)?)
     }

@@ -152,6 +152,15 @@ pub enum PoolType {
 }
 
 impl PoolType {
+    pub fn from_name(name: &str) -> Option<PoolType> {
+        match name {
+            "dir" => Some(PoolType::Dir),
+            "fs" => Some(PoolType::Fs),
+            "logical" => Some(PoolType::Logical),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             PoolType::Dir => "dir",
@@ -180,15 +189,13 @@ impl PoolDef {
     pub fn parse(text: &str) -> Result<PoolDef, XmlError> {
         let root = parse_root(text, "pool")?;
         let kind_s = root.req_attr("type")?;
-        let kind = match kind_s {
-            "dir" => PoolType::Dir,
-            "fs" => PoolType::Fs,
-            "logical" => PoolType::Logical,
-            other => {
+        let kind = match PoolType::from_name(kind_s) {
+            Some(k) => k,
+            None => {
                 return Err(XmlError::invalid(
                     "pool",
                     "type",
-                    other,
+                    kind_s,
                     "unsupported pool type",
                 ))
             }
