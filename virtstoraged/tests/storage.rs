@@ -145,6 +145,13 @@ async fn dir_pool_and_volumes() -> anyhow::Result<()> {
     let bv = vol(&c, &base).await?;
     let base_path = bv.path().await?;
     assert_eq!(base_path, target.join("base.img").to_string_lossy());
+    assert_eq!(conn.storage_pool_lookup_by_volume(&base.as_ref()).await?, p);
+    let bogus = zbus::zvariant::ObjectPath::try_from("/org/libvirt/QEMU/storagevol/_2fnope")?;
+    let e = conn
+        .storage_pool_lookup_by_volume(&bogus)
+        .await
+        .expect_err("unknown volume");
+    assert!(e.to_string().contains("Storage volume not found"), "{e}");
     let (_, cap, alloc) = bv.get_info(0).await?;
     assert_eq!((cap, alloc), (64 << 20, 0));
     let q = pp

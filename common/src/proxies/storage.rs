@@ -25,6 +25,10 @@ pub trait StorageConnect {
     fn storage_pool_lookup_by_name(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     #[zbus(name = "StoragePoolLookupByUUID")]
     fn storage_pool_lookup_by_uuid(&self, uuid: &str) -> zbus::Result<OwnedObjectPath>;
+    fn storage_pool_lookup_by_volume(
+        &self,
+        vol: &zbus::zvariant::ObjectPath<'_>,
+    ) -> zbus::Result<OwnedObjectPath>;
     fn storage_vol_lookup_by_key(&self, key: &str) -> zbus::Result<OwnedObjectPath>;
     fn storage_vol_lookup_by_path(&self, path: &str) -> zbus::Result<OwnedObjectPath>;
     #[zbus(signal)]

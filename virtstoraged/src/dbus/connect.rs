@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use common::connect as base;
-use common::error::BusError;
-use zbus::zvariant::OwnedObjectPath;
+use common::error::{BusError, ErrorCode, VirError};
+use zbus::zvariant::{ObjectPath, OwnedObjectPath};
 
 use crate::driver::Driver;
 
@@ -52,6 +52,26 @@ impl Connect {
     #[zbus(name = "StoragePoolLookupByUUID")]
     async fn storage_pool_lookup_by_uuid(&self, uuid: &str) -> Result<OwnedObjectPath, BusError> {
         Ok(self.driver.pool_by_uuid_str(uuid)?.path())
+    }
+
+    /// This project's addition (libvirt's virStoragePoolLookupByVolume, which
+    /// libvirt-dbus lacks): the pool that holds the volume at object path `vol`.
+    async fn storage_pool_lookup_by_volume(
+        &self,
+        vol: ObjectPath<'_>,
+    ) -> Result<OwnedObjectPath, BusError> {
+        let key = vol
+            .as_str()
+            .strip_prefix(common::objpath::CONNECT_PATH)
+            .and_then(|p| p.strip_prefix("/storagevol/"))
+            .and_then(common::objpath::decode_str)
+            .ok_or_else(|| {
+                VirError::new(
+                    ErrorCode::NoStorageVol,
+                    format!("no storage vol with matching path '{}'", vol.as_str()),
+                )
+            })?;
+        Ok(self.driver.vol_by_key(&key)?.0.path())
     }
 
     async fn storage_vol_lookup_by_key(&self, key: &str) -> Result<OwnedObjectPath, BusError> {
