@@ -202,12 +202,48 @@ pub fn addnhosts(net: &Network) -> Result<String, DnsmasqError> {
 }
 
 /// The argv: everything is in the config file, which lies under the runtime dir.
-pub fn argv(paths: &Paths) -> Vec<String> {
-    vec![
+/// `user`: what dnsmasq drops to after opening its files (see `pick_user`); None
+/// leaves dnsmasq's own default (nobody).
+pub fn argv(paths: &Paths, user: Option<&str>) -> Vec<String> {
+    let mut v = vec![
         format!("--conf-file={}", paths.conf.display()),
         "--keep-in-foreground".into(),
         format!("--log-facility={}", paths.log.display()),
-    ]
+    ];
+    if let Some(u) = user {
+        v.push(format!("--user={u}"));
+    }
+    v
+}
+
+/// The environment variable naming dnsmasq's user (overrides the choice below).
+pub const USER_ENV: &str = "VIRTNETWORKD_DNSMASQ_USER";
+
+/// Who dnsmasq runs as. `configured` (from USER_ENV) wins and must exist. Otherwise a
+/// root daemon (system mode, or a session daemon run by root) uses the unprivileged
+/// `dnsmasq` user when it exists (Debian's package makes it; libvirt's packages use
+/// libvirt-dnsmasq), else dnsmasq's default; an unprivileged session daemon runs
+/// dnsmasq as itself (dnsmasq cannot switch users then anyway).
+pub fn pick_user(system: bool, configured: Option<&str>) -> Result<Option<String>, DnsmasqError> {
+    use nix::unistd::{geteuid, User};
+    if let Some(c) = configured {
+        val(c)?;
+        return match User::from_name(c) {
+            Ok(Some(_)) => Ok(Some(c.to_owned())),
+            _ => Err(DnsmasqError::BadValue {
+                value: c.to_owned(),
+                reason: "no such user",
+            }),
+        };
+    }
+    let euid = geteuid();
+    if !system && !euid.is_root() {
+        return Ok(User::from_uid(euid).ok().flatten().map(|u| u.name));
+    }
+    Ok(match User::from_name("dnsmasq") {
+        Ok(Some(_)) => Some("dnsmasq".to_owned()),
+        _ => None,
+    })
 }
 
 /// One lease from dnsmasq's lease file.
@@ -250,6 +286,23 @@ pub fn parse_leases(text: &str) -> Vec<Lease> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dnsmasq_user_is_checked_and_reaches_the_argv() {
+        let p = Paths::new(Path::new("/r"), Path::new("/s"), "n");
+        assert!(argv(&p, None).iter().all(|a| !a.starts_with("--user")));
+        assert!(argv(&p, Some("dnsmasq")).contains(&"--user=dnsmasq".to_owned()));
+        assert_eq!(pick_user(true, Some("root")).unwrap(), Some("root".into()));
+        assert!(pick_user(true, Some("no-such-user-here")).is_err());
+        assert!(pick_user(true, Some("a\nuser=root")).is_err());
+        assert!(pick_user(true, Some("x,y")).is_err());
+        let dflt = pick_user(true, None).unwrap();
+        let has_dnsmasq = nix::unistd::User::from_name("dnsmasq")
+            .ok()
+            .flatten()
+            .is_some();
+        assert_eq!(dflt.as_deref(), has_dnsmasq.then_some("dnsmasq"));
+    }
 
     fn net() -> Network {
         Network::from_xml(

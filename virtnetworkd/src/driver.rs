@@ -152,6 +152,8 @@ pub struct Driver {
     fw_lock: tokio::sync::Mutex<()>,
     nl: Netlink,
     jobs: AtomicUsize,
+    /// Who dnsmasq runs as (`dnsmasq::pick_user`).
+    dnsmasq_user: Option<String>,
     config_dir: PathBuf,
     run_dir: PathBuf,
     state_dir: PathBuf,
@@ -180,7 +182,11 @@ impl Driver {
         ] {
             common::persist::create_dir_all(d, 0o755)?;
         }
+        let configured = std::env::var(dnsmasq::USER_ENV).ok();
+        let dnsmasq_user =
+            dnsmasq::pick_user(s.mode == common::cli::Mode::System, configured.as_deref())?;
         let driver = Arc::new(Driver {
+            dnsmasq_user,
             nl: Netlink::new()?,
             ctx,
             nets: Mutex::new(BTreeMap::new()),
@@ -193,6 +199,8 @@ impl Driver {
             state_dir,
         });
         crate::dbus::serve_connect(&driver).await;
+        // Watch before load so a flush during adoption is not missed.
+        driver.watch_firewall();
         driver.load().await;
         Ok(driver)
     }
@@ -472,6 +480,67 @@ impl Driver {
         Ok(())
     }
 
+    /// Checks our tables against the active networks and re-applies them when someone
+    /// else flushed or deleted any of it. Returns whether it had to re-apply.
+    pub async fn heal_firewall(&self) -> Result<bool> {
+        let _g = self.fw_lock.lock().await;
+        let nets: Vec<FwNet> = self.lock_active().values().map(|a| a.fw.clone()).collect();
+        if nets.is_empty() {
+            return Ok(false);
+        }
+        let fw = self.fw.clone();
+        let healed = tokio::task::spawn_blocking(move || {
+            if fw.intact(&nets)? {
+                return Ok(false);
+            }
+            fw.apply(&nets).map(|()| true)
+        })
+        .await
+        .map_err(|e| FirewallError::Apply(e.to_string()))??;
+        if healed {
+            tracing::warn!("firewall rules were changed behind our back; put them back");
+        }
+        Ok(healed)
+    }
+
+    /// Follows nftables change events: when something deletes from our tables, waits
+    /// until the changes settle (debounce) and heals.
+    fn watch_firewall(self: &Arc<Self>) {
+        const SETTLE: Duration = Duration::from_millis(50);
+        let mut watch = match firewall::watch::NftWatch::open() {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("cannot watch nftables changes ({e}); flushed rules are only put back at the next start");
+                return;
+            }
+        };
+        let tables = self.fw.tables();
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                match watch.next(tables).await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::error!("nftables watch failed: {e}");
+                        return;
+                    }
+                }
+                // Debounce: swallow events until SETTLE passes without one.
+                while let Ok(r) = tokio::time::timeout(SETTLE, watch.next(tables)).await {
+                    if let Err(e) = r {
+                        tracing::error!("nftables watch failed: {e}");
+                        return;
+                    }
+                }
+                let Some(d) = me.upgrade() else { return };
+                if let Err(e) = d.heal_firewall().await {
+                    tracing::error!("cannot put firewall rules back: {e}");
+                }
+            }
+        });
+    }
+
     /// Writes dnsmasq's files and starts it; returns once it wrote its pidfile.
     async fn spawn_dnsmasq(&self, net: &Network) -> Result<i32> {
         let p = self.paths(&net.name);
@@ -484,7 +553,7 @@ impl Driver {
         write(&p.addnhosts, dnsmasq::addnhosts(net)?)?;
         let _ = std::fs::remove_file(&p.pid);
         let child = std::process::Command::new("dnsmasq")
-            .args(dnsmasq::argv(&p))
+            .args(dnsmasq::argv(&p, self.dnsmasq_user.as_deref()))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -283,6 +283,18 @@ async fn nat_network_serves_dhcp_forwards_and_survives_kill9() -> anyhow::Result
 
     // kill -9, flush our rules behind its back, restart: the network is adopted
     let pid_before = dnsmasq_pid(&s.daemon.dirs, "natnet").context("no dnsmasq pid")?;
+    // dnsmasq dropped to the unprivileged `dnsmasq` user when it exists (else nobody),
+    // and the leases above were still written and read back
+    let status = std::fs::read_to_string(format!("/proc/{pid_before}/status"))?;
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1)?.parse().ok())
+        .context("no Uid")?;
+    let want = nix::unistd::User::from_name("dnsmasq")?
+        .or(nix::unistd::User::from_name("nobody")?)
+        .context("neither dnsmasq nor nobody exists")?;
+    assert_eq!(uid, want.uid.as_raw(), "dnsmasq runs as uid {uid}");
     s.daemon.kill9();
     s.ns.run_ok(&["nft", "delete", "table", "ip", "libvirt_rs_nat"])?;
     assert!(
@@ -502,5 +514,109 @@ async fn ports_update_persistence_and_autostart() -> anyhow::Result<()> {
     n.destroy().await?;
     n.undefine().await?;
     assert!(c.list_networks(0).await?.is_empty());
+    Ok(())
+}
+
+/// Our two tables in nft's text form (no handles), or None when a table is missing.
+fn our_tables(ns: &NetNs) -> Option<String> {
+    let a = ns
+        .run_ok(&["nft", "list", "table", "inet", "libvirt_rs"])
+        .ok()?;
+    let b = ns
+        .run_ok(&["nft", "list", "table", "ip", "libvirt_rs_nat"])
+        .ok()?;
+    Some(a + &b)
+}
+
+/// Waits (bounded) until our tables read back as `want`.
+async fn tables_back(ns: &NetNs, want: &str) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        if our_tables(ns).as_deref() == Some(want) {
+            return Ok(t.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("our rules were not put back within 5 s")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_flushed_while_running_are_put_back() -> anyhow::Result<()> {
+    let s = setup().await?;
+    let c = NetworkConnectProxy::new(&s.conn).await?;
+    // with <nat> address and port ranges, which must reach the real rules
+    let xml = nat_xml("fl", "vtfl0", "10.79.0").replace(
+        "<forward mode='nat'/>",
+        "<forward mode='nat'><nat><address start='10.250.0.7' end='10.250.0.9'/>\
+         <port start='2000' end='3000'/></nat></forward>",
+    );
+    c.network_create_xml(&xml).await?;
+    let want = our_tables(&s.ns).context("our tables after start")?;
+    assert!(want.contains("10.79.0.0/24"));
+    assert!(want.contains("snat to 10.250.0.7-10.250.0.9:2000-3000"));
+    assert!(!want.contains("masquerade"));
+    // someone else's table, which must survive our repairs
+    s.ns.run_ok(&["nft", "add", "table", "inet", "admin"])?;
+
+    s.ns.run_ok(&["nft", "delete", "table", "ip", "libvirt_rs_nat"])?;
+    let d1 = tables_back(&s.ns, &want).await?;
+    s.ns.run_ok(&["nft", "flush", "chain", "inet", "libvirt_rs", "forward"])?;
+    let d2 = tables_back(&s.ns, &want).await?;
+    s.ns.run_ok(&["nft", "flush", "ruleset"])?;
+    let d3 = tables_back(&s.ns, &want).await?;
+    eprintln!("put back after: delete table {d1:?}, flush chain {d2:?}, flush ruleset {d3:?}");
+    // after the repair nothing churns: the rule handles stay the same
+    let handles =
+        s.ns.run_ok(&["nft", "-a", "list", "table", "inet", "libvirt_rs"])?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again =
+        s.ns.run_ok(&["nft", "-a", "list", "table", "inet", "libvirt_rs"])?;
+    assert_eq!(handles, again, "rules are re-applied in a loop");
+    // changes to other tables are left alone and do not trigger a repair
+    s.ns.run_ok(&["nft", "add", "table", "inet", "admin2"])?;
+    s.ns.run_ok(&["nft", "delete", "table", "inet", "admin2"])?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        again,
+        s.ns.run_ok(&["nft", "-a", "list", "table", "inet", "libvirt_rs"])?
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bridge_mode_uses_an_existing_bridge_and_creates_nothing() -> anyhow::Result<()> {
+    let s = setup().await?;
+    let c = NetworkConnectProxy::new(&s.conn).await?;
+    let xml = "<network><name>hb</name><forward mode='bridge'/><bridge name='vthost0'/></network>";
+    let path = c.network_define_xml(xml).await?;
+    let n = network(&s.conn, &path).await?;
+    // the bridge does not exist yet: a clear error, nothing active
+    let e = err_text(n.create().await);
+    assert!(e.contains("bridge 'vthost0' does not exist"), "{e}");
+    assert!(!n.active().await?);
+
+    s.ns.run_ok(&["ip", "link", "add", "vthost0", "type", "bridge"])?;
+    n.create().await?;
+    assert!(n.active().await?);
+    assert_eq!(n.bridge_name().await?, "vthost0");
+    let port_xml = "<networkport><owner><name>guest</name>\
+        <uuid>06578fc1-2c30-4d94-a1ba-9ea3c2a3c1a5</uuid></owner>\
+        <mac address='52:54:00:7b:35:94'/></networkport>";
+    let pp = n.port_create_xml(port_xml, 0).await?;
+    let port = NetworkPortProxy::builder(&s.conn)
+        .path(pp)?
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    let px = port.get_xml_desc(0).await?;
+    assert!(px.contains("vthost0"), "{px}");
+    // no rules, no dnsmasq
+    let tables = s.ns.run_ok(&["nft", "list", "tables"])?;
+    assert!(!tables.contains("libvirt_rs"), "{tables}");
+    assert!(dnsmasq_pid(&s.daemon.dirs, "hb").is_none());
+    // destroy leaves the host's bridge alone
+    n.destroy().await?;
+    assert!(!n.active().await?);
+    assert!(link_exists(&s.ns, "vthost0"));
     Ok(())
 }

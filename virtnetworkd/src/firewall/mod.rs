@@ -4,10 +4,11 @@
 //! apply and nobody else's tables are touched.
 
 pub mod nft;
+pub mod watch;
 
 use std::net::IpAddr;
 
-use crate::xml::{ForwardMode, Network};
+use crate::xml::{ForwardMode, NatRange, Network};
 
 /// What the firewall needs to know about one active network.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +17,8 @@ pub struct FwNet {
     pub mode: Option<ForwardMode>,
     /// IPv4/IPv6 subnets: (network address, prefix).
     pub subnets: Vec<(IpAddr, u8)>,
+    /// `<nat>` address/port ranges (validated at define time).
+    pub nat: NatRange,
 }
 
 impl FwNet {
@@ -24,6 +27,7 @@ impl FwNet {
             bridge: net.bridge_name().to_owned(),
             mode: net.forward_mode(),
             subnets: net.ips.iter().map(|i| (i.network(), i.prefix)).collect(),
+            nat: net.nat().unwrap_or_default(),
         }
     }
 }
@@ -39,6 +43,11 @@ pub enum FirewallError {
 pub trait Firewall: Send + Sync {
     /// Makes the kernel's rules exactly those for `nets` (empty: remove our tables).
     fn apply(&self, nets: &[FwNet]) -> Result<(), FirewallError>;
+    /// True when the kernel's rules are still those `apply(nets)` made (nothing of
+    /// ours flushed or deleted by someone else).
+    fn intact(&self, nets: &[FwNet]) -> Result<bool, FirewallError>;
+    /// The names of the tables this backend owns (for the change watcher).
+    fn tables(&self) -> &'static [&'static str];
 }
 
 /// Picks the backend once.

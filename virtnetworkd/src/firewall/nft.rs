@@ -8,7 +8,7 @@ use nftables::schema::{NfCmd, Nftables};
 use serde_json::{json, Value};
 
 use super::{Firewall, FirewallError, FwNet};
-use crate::xml::ForwardMode;
+use crate::xml::{ForwardMode, NatRange};
 
 pub const FILTER_TABLE: &str = "libvirt_rs";
 pub const NAT_TABLE: &str = "libvirt_rs_nat";
@@ -41,6 +41,35 @@ fn chain(family: &str, table: &str, name: &str, kind: &str, hook: &str, prio: i3
         "type": kind, "hook": hook, "prio": prio, "policy": "accept"}}})
 }
 
+/// Masquerade (or SNAT to `<nat><address>`), with a source-port range when given.
+fn nat_stmt(nat: &NatRange, ports: Option<(u16, u16)>) -> Value {
+    let port = ports.map(|(a, b)| {
+        if a == b {
+            json!(a)
+        } else {
+            json!({"range": [a, b]})
+        }
+    });
+    match nat.addr {
+        Some((a, b)) => {
+            let addr = if a == b {
+                json!(a.to_string())
+            } else {
+                json!({"range": [a.to_string(), b.to_string()]})
+            };
+            let mut o = json!({"addr": addr});
+            if let Some(p) = port {
+                o["port"] = p;
+            }
+            json!({ "snat": o })
+        }
+        None => match port {
+            Some(p) => json!({"masquerade": {"port": p}}),
+            None => json!({"masquerade": null}),
+        },
+    }
+}
+
 /// The commands of one transaction, as nft JSON.
 pub fn commands(nets: &[FwNet]) -> Vec<Value> {
     let mut cmds = Vec::new();
@@ -49,6 +78,11 @@ pub fn commands(nets: &[FwNet]) -> Vec<Value> {
         cmds.push(json!({"add": {"table": {"family": family, "name": table}}}));
         cmds.push(json!({"delete": {"table": {"family": family, "name": table}}}));
     }
+    // Like libvirt, open and bridge networks get no rules at all.
+    let nets: Vec<&FwNet> = nets
+        .iter()
+        .filter(|n| !matches!(n.mode, Some(ForwardMode::Open | ForwardMode::Bridge)))
+        .collect();
     if nets.is_empty() {
         return cmds;
     }
@@ -69,9 +103,6 @@ pub fn commands(nets: &[FwNet]) -> Vec<Value> {
     let reject = || json!({"reject": null});
     for n in nets {
         let br = n.bridge.as_str();
-        if n.mode == Some(ForwardMode::Open) || n.mode == Some(ForwardMode::Bridge) {
-            continue;
-        }
         // DHCP and DNS from the guests to the host.
         for (proto, port) in [("udp", 67), ("udp", 547), ("udp", 53), ("tcp", 53)] {
             cmds.push(rule(
@@ -132,10 +163,17 @@ pub fn commands(nets: &[FwNet]) -> Vec<Value> {
                             ),
                             json!({"return": null}),
                         ]));
-                        cmds.push(nat(vec![
-                            addr("daddr", s, "!="),
-                            json!({"masquerade": null}),
-                        ]));
+                        // Like libvirt: TCP and UDP get the port range (1024-65535
+                        // unless <port> says otherwise), then everything else.
+                        let (p1, p2) = n.nat.ports.unwrap_or((1024, 65535));
+                        for proto in ["tcp", "udp"] {
+                            cmds.push(nat(vec![
+                                addr("daddr", s, "!="),
+                                m(json!({"meta": {"key": "l4proto"}}), "==", json!(proto)),
+                                nat_stmt(&n.nat, Some((p1, p2))),
+                            ]));
+                        }
+                        cmds.push(nat(vec![addr("daddr", s, "!="), nat_stmt(&n.nat, None)]));
                     }
                 }
             }
@@ -186,6 +224,71 @@ impl Firewall for Nft {
         let b = batch(nets)?;
         nftables::helper::apply_ruleset(&b).map_err(|e| FirewallError::Apply(e.to_string()))
     }
+
+    fn intact(&self, nets: &[FwNet]) -> Result<bool, FirewallError> {
+        let want = expected_counts(nets);
+        for ((family, table), want) in want {
+            let args = ["list", "table", family, table];
+            let text = match nftables::helper::get_current_ruleset_raw(
+                nftables::helper::DEFAULT_NFT,
+                args.iter(),
+            ) {
+                Ok(t) => t,
+                // nft fails when the table does not exist.
+                Err(nftables::helper::NftablesError::NftFailed { .. }) => return Ok(false),
+                Err(e) => return Err(FirewallError::Apply(e.to_string())),
+            };
+            let v: Value =
+                serde_json::from_str(&text).map_err(|e| FirewallError::Apply(e.to_string()))?;
+            if counts(&v) != want {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &[FILTER_TABLE, NAT_TABLE]
+    }
+}
+
+/// (family, table) and its (chains, rules).
+pub type TableCounts = ((&'static str, &'static str), (usize, usize));
+
+/// (chains, rules) of each of our tables that `nets` wants, by (family, table).
+pub fn expected_counts(nets: &[FwNet]) -> Vec<TableCounts> {
+    let cmds = commands(nets);
+    // only the removal of our tables: nothing is wanted
+    if !cmds
+        .iter()
+        .any(|c| c.get("add").and_then(|a| a.get("chain")).is_some())
+    {
+        return vec![];
+    }
+    [("inet", FILTER_TABLE), ("ip", NAT_TABLE)]
+        .into_iter()
+        .map(|(family, table)| {
+            let of = |kind: &str| {
+                cmds.iter()
+                    .filter_map(|c| c.get("add")?.get(kind))
+                    .filter(|o| o.get("family") == Some(&json!(family)))
+                    .filter(|o| o.get("table") == Some(&json!(table)))
+                    .count()
+            };
+            ((family, table), (of("chain"), of("rule")))
+        })
+        .collect()
+}
+
+/// (chains, rules) in the output of `nft -j list table`.
+pub fn counts(listing: &Value) -> (usize, usize) {
+    let items = listing
+        .get("nftables")
+        .and_then(|v| v.as_array())
+        .map(|a| a.as_slice())
+        .unwrap_or_default();
+    let of = |kind: &str| items.iter().filter(|i| i.get(kind).is_some()).count();
+    (of("chain"), of("rule"))
 }
 
 #[cfg(test)]
@@ -197,6 +300,7 @@ mod tests {
             bridge: "vbr0".into(),
             mode: Some(ForwardMode::Nat),
             subnets: vec![("192.168.50.0".parse().unwrap(), 24)],
+            nat: NatRange::default(),
         }
     }
 
@@ -208,6 +312,44 @@ mod tests {
         assert!(text.contains("\"224.0.0.0\""));
         assert!(text.contains("\"established\""));
         assert!(text.contains("\"libvirt_rs_nat\""));
+    }
+
+    fn nat_rules(n: FwNet) -> Vec<Value> {
+        batch(std::slice::from_ref(&n)).unwrap();
+        commands(&[n])
+            .into_iter()
+            .filter_map(|c| c["add"]["rule"]["expr"].as_array().cloned())
+            .filter_map(|e| e.last().cloned())
+            .filter(|last| last.get("masquerade").is_some() || last.get("snat").is_some())
+            .collect()
+    }
+
+    #[test]
+    fn nat_address_and_port_ranges_become_snat_and_masquerade_ports() {
+        // default: tcp/udp masquerade to 1024-65535, then plain masquerade
+        assert_eq!(
+            nat_rules(nat()),
+            vec![
+                json!({"masquerade": {"port": {"range": [1024, 65535]}}}),
+                json!({"masquerade": {"port": {"range": [1024, 65535]}}}),
+                json!({"masquerade": null}),
+            ]
+        );
+        let mut n = nat();
+        n.nat.ports = Some((2000, 3000));
+        assert_eq!(
+            nat_rules(n.clone())[0],
+            json!({"masquerade": {"port": {"range": [2000, 3000]}}})
+        );
+        n.nat.addr = Some(("10.0.0.5".parse().unwrap(), "10.0.0.9".parse().unwrap()));
+        assert_eq!(
+            nat_rules(n.clone()),
+            vec![
+                json!({"snat": {"addr": {"range": ["10.0.0.5", "10.0.0.9"]}, "port": {"range": [2000, 3000]}}}),
+                json!({"snat": {"addr": {"range": ["10.0.0.5", "10.0.0.9"]}, "port": {"range": [2000, 3000]}}}),
+                json!({"snat": {"addr": {"range": ["10.0.0.5", "10.0.0.9"]}}}),
+            ]
+        );
     }
 
     #[test]
@@ -227,9 +369,27 @@ mod tests {
     }
 
     #[test]
+    fn expected_counts_match_the_batch() {
+        let c = expected_counts(&[nat()]);
+        // filter: forward + input; 4 input accepts, 2 forward (nat) + 3 (own bridge)
+        assert_eq!(c[0], (("inet", FILTER_TABLE), (2, 9)));
+        // nat: postrouting; multicast, broadcast returns and the masquerade
+        assert_eq!(c[1], (("ip", NAT_TABLE), (1, 5)));
+        assert!(expected_counts(&[]).is_empty());
+        let listing = json!({"nftables": [{"metainfo": {}}, {"table": {}}, {"chain": {}},
+            {"rule": {}}, {"rule": {}}]});
+        assert_eq!(counts(&listing), (1, 2));
+    }
+
+    #[test]
     fn no_networks_only_removes_our_tables() {
         let cmds = commands(&[]);
         assert_eq!(cmds.len(), 4);
+        // open and bridge networks want no rules either
+        let mut b = nat();
+        b.mode = Some(ForwardMode::Bridge);
+        assert_eq!(commands(std::slice::from_ref(&b)), cmds);
+        assert!(expected_counts(&[b]).is_empty());
         assert!(cmds.iter().all(|c| c.to_string().contains("libvirt_rs")));
     }
 }

@@ -56,6 +56,13 @@ pub struct Forward {
     pub children: Vec<Element>,
 }
 
+/// What `<nat>` asks for (see `Network::nat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NatRange {
+    pub addr: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
+    pub ports: Option<(u16, u16)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Bridge {
     pub name: Option<String>,
@@ -321,6 +328,7 @@ impl Network {
 
     /// Checks that hold between elements.
     pub fn validate(&self) -> Result<(), XmlError> {
+        self.nat()?;
         if let Some(f) = &self.forward {
             if f.mode == ForwardMode::Bridge && self.bridge.name.is_none() {
                 return Err(XmlError::missing("bridge", "name (forward mode='bridge')"));
@@ -386,6 +394,51 @@ impl Network {
     /// Whether the daemon creates (and owns) the bridge: every mode but bridge.
     pub fn owns_bridge(&self) -> bool {
         !matches!(&self.forward, Some(f) if f.mode == ForwardMode::Bridge)
+    }
+
+    /// `<forward><nat><address start end/><port start end/></nat>`: the SNAT address
+    /// range and the source-port range of the masquerade (libvirt's defaults when absent:
+    /// masquerade to the outgoing address, ports 1024-65535 for TCP/UDP).
+    pub fn nat(&self) -> Result<NatRange, XmlError> {
+        let mut r = NatRange::default();
+        let Some(nat) = self
+            .forward
+            .as_ref()
+            .and_then(|f| f.children.iter().find(|c| c.name == "nat"))
+        else {
+            return Ok(r);
+        };
+        if let Some(a) = nat.first("address") {
+            let start: std::net::Ipv4Addr = a
+                .parse_attr("start")?
+                .ok_or_else(|| XmlError::missing("address", "start"))?;
+            let end: std::net::Ipv4Addr = a.parse_attr("end")?.unwrap_or(start);
+            if u32::from(start) > u32::from(end) {
+                return Err(XmlError::invalid(
+                    "address",
+                    "end",
+                    &end.to_string(),
+                    "before start",
+                ));
+            }
+            r.addr = Some((start, end));
+        }
+        if let Some(p) = nat.first("port") {
+            let start: u16 = p
+                .parse_attr("start")?
+                .ok_or_else(|| XmlError::missing("port", "start"))?;
+            let end: u16 = p.parse_attr("end")?.unwrap_or(start);
+            if start == 0 || start > end {
+                return Err(XmlError::invalid(
+                    "port",
+                    "end",
+                    &end.to_string(),
+                    "the range must be 1-65535 and end >= start",
+                ));
+            }
+            r.ports = Some((start, end));
+        }
+        Ok(r)
     }
 
     pub fn forward_mode(&self) -> Option<ForwardMode> {
@@ -695,6 +748,33 @@ mod tests {
   <ip family='ipv6' address='2001:db8:ca2:2::1' prefix='64'/>
 </network>
 ";
+
+    #[test]
+    fn nat_ranges_are_read_and_checked() {
+        let doc = |nat: &str| {
+            format!("<network><name>n</name><forward mode='nat'><nat>{nat}</nat></forward><ip address='10.1.0.1' prefix='24'/></network>")
+        };
+        let n = Network::from_xml(&doc(
+            "<address start='192.0.2.5' end='192.0.2.9'/><port start='2000' end='3000'/>",
+        ))
+        .unwrap();
+        let r = n.nat().unwrap();
+        assert_eq!(
+            r.addr,
+            Some(("192.0.2.5".parse().unwrap(), "192.0.2.9".parse().unwrap()))
+        );
+        assert_eq!(r.ports, Some((2000, 3000)));
+        assert!(n.to_xml().contains("<port start='2000' end='3000'/>"));
+        for bad in [
+            "<address start='192.0.2.9' end='192.0.2.5'/>",
+            "<address start='nope'/>",
+            "<port start='3000' end='2000'/>",
+            "<port start='0' end='10'/>",
+            "<port start='1' end='70000'/>",
+        ] {
+            assert!(Network::from_xml(&doc(bad)).is_err(), "{bad} accepted");
+        }
+    }
 
     #[test]
     fn nat_network_round_trips() {
