@@ -16,7 +16,7 @@ KPKG=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
     awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
 [ -n "$KPKG" ] || { echo "cannot resolve linux-image-cloud-amd64 (run apt-get update)" >&2; exit 1; }
 KVER=${KPKG#linux-image-}
-STAMP="kernel=$KPKG qga=$WITH_QGA recipe=2"
+STAMP="kernel=$KPKG qga=$WITH_QGA recipe=3"
 
 if [ "${FORCE:-0}" != 1 ] && [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.img" ] &&
     [ "$(head -n1 "$OUT/manifest.txt" 2>/dev/null)" = "$STAMP" ]; then
@@ -126,7 +126,7 @@ case "$1" in
   deconfig) ip addr flush dev "$interface"; touch /run/udhcpc.released;;
   bound|renew) ip addr add "$ip/${mask:-24}" dev "$interface" 2>/dev/null
     [ -n "${router:-}" ] && ip route add default via "${router%% *}" 2>/dev/null
-    echo "TINYGUEST-DHCP bound $ip";;
+    echo "TINYGUEST-DHCP bound $ip" > /dev/console;;
 esac
 EOF
 cat > "$R/etc/acpi/PWRF/00000080" <<'EOF'
