@@ -146,6 +146,17 @@ pub fn config(net: &Network, paths: &Paths) -> Result<String, DnsmasqError> {
         let _ = writeln!(c, "dhcp-leasefile={}", p(&paths.leases)?);
         let _ = writeln!(c, "dhcp-hostsfile={}", p(&paths.hostsfile)?);
     }
+    if net.ips.iter().any(|ip| ip.address.is_ipv6()) {
+        // As libvirt: router advertisements on IPv6 networks, so guests find the
+        // prefix (SLAAC) and, with a range, that DHCPv6 is there. dnsmasq advertises
+        // only prefixes it has a range for: a subnet without DHCP gets an ra-only one.
+        let _ = writeln!(c, "enable-ra");
+        for ip in net.ips.iter().filter(|ip| ip.address.is_ipv6()) {
+            if ip.dhcp.as_ref().is_none_or(|d| d.ranges.is_empty()) {
+                let _ = writeln!(c, "dhcp-range={},ra-only,{}", ip.network(), ip.prefix);
+            }
+        }
+    }
     let _ = writeln!(c, "addn-hosts={}", p(&paths.addnhosts)?);
     Ok(c)
 }
@@ -312,6 +323,31 @@ mod tests {
              <host mac='52:54:00:00:00:01' name='fixed' ip='10.9.0.50'/></dhcp></ip></network>",
         )
         .unwrap()
+    }
+
+    #[test]
+    fn ipv6_networks_advertise_routes() {
+        let paths = Paths::new(Path::new("/run/x"), Path::new("/var/x"), "n");
+        assert!(!config(&net(), &paths).unwrap().contains("enable-ra"));
+        let slaac = Network::from_xml(
+            "<network><name>n</name><bridge name='vbr9'/>
+             <ip family='ipv6' address='fd00:8::1' prefix='64'/></network>",
+        )
+        .unwrap();
+        let c = config(&slaac, &paths).unwrap();
+        assert!(
+            c.contains("enable-ra\ndhcp-range=fd00:8::,ra-only,64\n"),
+            "{c}"
+        );
+        let v6 = Network::from_xml(
+            "<network><name>n</name><bridge name='vbr9'/>
+             <ip family='ipv6' address='fd00:9::1' prefix='64'><dhcp>
+             <range start='fd00:9::100' end='fd00:9::1ff'/></dhcp></ip></network>",
+        )
+        .unwrap();
+        let c = config(&v6, &paths).unwrap();
+        assert!(c.contains("enable-ra\n"), "{c}");
+        assert!(c.contains("dhcp-range=fd00:9::100,fd00:9::1ff,64\n"), "{c}");
     }
 
     #[test]

@@ -620,3 +620,44 @@ async fn bridge_mode_uses_an_existing_bridge_and_creates_nothing() -> anyhow::Re
     assert!(link_exists(&s.ns, "vthost0"));
     Ok(())
 }
+
+/// A dual-stack network: the bridge carries both addresses and dnsmasq's router
+/// advertisements give a guest its IPv6 address by SLAAC, as on libvirt's networks.
+#[tokio::test(flavor = "multi_thread")]
+async fn ipv6_network_advertises_its_prefix() -> anyhow::Result<()> {
+    let s = setup().await?;
+    let c = NetworkConnectProxy::new(&s.conn).await?;
+    let path = c
+        .network_create_xml(
+            "<network><name>six</name><bridge name='vtsix0'/>\
+             <ip address='10.83.0.1' prefix='24'/>\
+             <ip family='ipv6' address='fd00:83::1' prefix='64'/></network>",
+        )
+        .await?;
+    let n = network(&s.conn, &path).await?;
+    assert!(n.active().await?);
+    let addrs = bridge_addrs(&s.ns, "vtsix0")?;
+    assert!(addrs.contains(&"fd00:83::1/64".to_owned()), "{addrs:?}");
+    assert!(addrs.contains(&"10.83.0.1/24".to_owned()), "{addrs:?}");
+    let g = guest(&s.ns, "vtsix0", "s6", None)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let slaac = loop {
+        let out =
+            g.ns.run_ok(&["ip", "-j", "-6", "addr", "show", "dev", &g.ifname])?;
+        if let Some(a) = out
+            .split('"')
+            .find(|w| w.starts_with("fd00:83:") && *w != "fd00:83::1")
+        {
+            break a.to_owned();
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no SLAAC address from a router advertisement: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(slaac.starts_with("fd00:83::"), "{slaac}");
+    n.destroy().await?;
+    assert!(!link_exists(&s.ns, "vtsix0"));
+    Ok(())
+}
