@@ -144,10 +144,48 @@ impl Dom {
     }
 }
 
+/// Every domain sorted by name, and their paths in the same order.
+type Sorted = (Arc<[Arc<Dom>]>, Arc<[OwnedObjectPath]>);
+
 #[derive(Default)]
 struct Registry {
     by_uuid: HashMap<Uuid, Arc<Dom>>,
     by_name: HashMap<String, Uuid>,
+    /// Every domain sorted by name, with its path: built on the first ListDomains after
+    /// a change, so listing 1000 domains neither sorts nor allocates 1000 paths.
+    sorted: Option<Sorted>,
+}
+
+impl Registry {
+    fn insert(&mut self, name: String, dom: Arc<Dom>) {
+        self.sorted = None;
+        self.by_name.insert(name, dom.uuid);
+        self.by_uuid.insert(dom.uuid, dom);
+    }
+
+    fn remove(&mut self, name: Option<&str>, uuid: &Uuid) {
+        self.sorted = None;
+        if let Some(n) = name {
+            self.by_name.remove(n);
+        }
+        self.by_uuid.remove(uuid);
+    }
+
+    fn sorted(&mut self) -> Sorted {
+        if let Some(s) = &self.sorted {
+            return s.clone();
+        }
+        let mut v: Vec<(String, Arc<Dom>)> = self
+            .by_uuid
+            .values()
+            .map(|d| (d.name(), d.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        let doms: Arc<[Arc<Dom>]> = v.into_iter().map(|(_, d)| d).collect();
+        let paths: Arc<[OwnedObjectPath]> = doms.iter().map(|d| d.path.clone()).collect();
+        self.sorted = Some((doms.clone(), paths.clone()));
+        (doms, paths)
+    }
 }
 
 /// What a restarted daemon needs to reattach to a running QEMU.
@@ -330,8 +368,7 @@ impl Driver {
                 continue;
             }
             let dom = new_dom(def.uuid, def.name.clone(), Some(def), autostart);
-            reg.by_name.insert(dom.name(), dom.uuid);
-            reg.by_uuid.insert(dom.uuid, dom);
+            reg.insert(dom.name(), dom);
         }
     }
 
@@ -367,16 +404,25 @@ impl Driver {
             .ok_or_else(|| no_domain(format!("no domain with matching id {id}")))
     }
 
+    /// ListDomains: the paths of the domains `flags` selects, sorted by name.
+    pub fn list_paths(&self, flags: u32) -> Result<Vec<OwnedObjectPath>, VirError> {
+        check_flags(flags, 0x3fff)?;
+        if flags == 0 {
+            return Ok(self.reg().sorted().1.to_vec());
+        }
+        Ok(self.list(flags)?.iter().map(|d| d.path.clone()).collect())
+    }
+
     pub fn list(&self, flags: u32) -> Result<Vec<Arc<Dom>>, VirError> {
         check_flags(flags, 0x3fff)?;
-        let doms: Vec<Arc<Dom>> = self.reg().by_uuid.values().cloned().collect();
+        let doms = self.reg().sorted().0;
         let pick = |set: u32, a: bool, b: bool| -> bool {
             // Each pair of flags filters only when one of them is given.
             let (fa, fb) = (set & 1 != 0, set & 2 != 0);
             !(fa || fb) || (fa && a) || (fb && b)
         };
-        let mut out: Vec<Arc<Dom>> = doms
-            .into_iter()
+        let out: Vec<Arc<Dom>> = doms
+            .iter()
             .filter(|d| {
                 let g = d.lock();
                 let active = g.live.is_some();
@@ -406,8 +452,8 @@ impl Driver {
                     && pick(ckpt, true, false)
                     && state_ok
             })
+            .cloned()
             .collect();
-        out.sort_by_cached_key(|d| d.name());
         Ok(out)
     }
 
@@ -469,8 +515,7 @@ impl Driver {
                 Some(dom) => (dom, false),
                 None => {
                     let dom = new_dom(def.uuid, name.clone(), Some(def.clone()), false);
-                    reg.by_name.insert(name.clone(), dom.uuid);
-                    reg.by_uuid.insert(dom.uuid, dom.clone());
+                    reg.insert(name.clone(), dom.clone());
                     (dom, true)
                 }
             }
@@ -486,8 +531,7 @@ impl Driver {
         if let Err(e) = self.configs.put(&file, text.as_bytes(), 0o600).await {
             if added {
                 let mut reg = self.reg();
-                reg.by_name.remove(&name);
-                reg.by_uuid.remove(&dom.uuid);
+                reg.remove(Some(&name), &dom.uuid);
             } else {
                 dom.lock().config = old;
             }
@@ -543,10 +587,8 @@ impl Driver {
         {
             let mut reg = self.reg();
             let name = dom.name();
-            if reg.by_name.get(&name) == Some(&dom.uuid) {
-                reg.by_name.remove(&name);
-            }
-            reg.by_uuid.remove(&dom.uuid);
+            let owns_name = reg.by_name.get(&name) == Some(&dom.uuid);
+            reg.remove(owns_name.then_some(name.as_str()), &dom.uuid);
         }
         crate::dbus::unserve_domain(self, dom).await;
     }
@@ -601,8 +643,7 @@ impl Driver {
                 )));
             }
             let dom = new_dom(def.uuid, def.name.clone(), None, false);
-            reg.by_name.insert(dom.name(), dom.uuid);
-            reg.by_uuid.insert(dom.uuid, dom.clone());
+            reg.insert(dom.name(), dom.clone());
             dom
         };
         if let Some(d) = self.arc() {
@@ -906,42 +947,81 @@ impl Driver {
         Ok(m)
     }
 
-    /// A stats record as virDomainListGetStats fills it (state, balloon, vcpu groups).
-    pub fn stats(&self, dom: &Dom) -> HashMap<String, zbus::zvariant::OwnedValue> {
-        use zbus::zvariant::{OwnedValue, Value};
-        let mut m: HashMap<String, OwnedValue> = HashMap::new();
-        let mut put = |k: &str, v: Value<'_>| {
-            if let Ok(v) = OwnedValue::try_from(v) {
-                m.insert(k.to_string(), v);
-            }
-        };
-        let (st, def, pid) = {
+    /// A stats record as virDomainListGetStats fills it, for the groups in `groups`
+    /// (see `stats::requested_groups`).
+    pub async fn stats(
+        &self,
+        dom: &Dom,
+        groups: u32,
+    ) -> HashMap<String, zbus::zvariant::OwnedValue> {
+        let (st, def, live) = {
             let g = dom.lock();
             (
                 g.state,
                 g.live.as_ref().map(|l| l.def.clone()).or(g.config.clone()),
-                g.live.as_ref().map(|l| l.pid),
+                g.live.as_ref().map(|l| (l.pid, l.qmp.clone())),
             )
         };
-        put("state.state", Value::from(st.0));
-        put("state.reason", Value::from(st.1));
-        if let Some(d) = def {
-            put("balloon.maximum", Value::from(d.memory_kib));
-            put("vcpu.maximum", Value::from(d.dom.vcpus));
-            if pid.is_some() {
-                put("balloon.current", Value::from(d.memory_kib));
-                put("vcpu.current", Value::from(d.vcpus));
+        let src = crate::stats::Source {
+            state: st,
+            def: def.as_ref(),
+            live: live.as_ref().map(|(pid, q)| (*pid, q)),
+        };
+        crate::stats::record(&src, groups).await
+    }
+
+    /// GetBlockIOTune: QEMU's throttle settings of one disk.
+    pub async fn block_io_tune(
+        &self,
+        dom: &Dom,
+        disk: &str,
+        flags: u32,
+    ) -> Result<HashMap<String, zbus::zvariant::OwnedValue>, VirError> {
+        check_flags(flags, 1 | 2)?; // AFFECT_LIVE, AFFECT_CONFIG
+        let (live, config) = {
+            let g = dom.lock();
+            (
+                g.live.as_ref().map(|l| (l.def.clone(), l.qmp.clone())),
+                g.config.clone(),
+            )
+        };
+        match (live, config) {
+            (Some((def, qmp)), _) if flags & 2 == 0 => {
+                crate::stats::block_io_tune(&def, &qmp, disk).await
             }
+            (_, Some(def)) => crate::stats::block_io_tune_inactive(&def, disk),
+            (Some((def, _)), None) => crate::stats::block_io_tune_inactive(&def, disk),
+            (None, None) => Err(VirError::internal("domain has no definition")),
         }
-        if let Some(pid) = pid {
-            if let Some(rss) = proc_rss_kib(pid) {
-                put("balloon.rss", Value::from(rss));
-            }
-            if let Some(ns) = proc_cpu_ns(pid) {
-                put("cpu.time", Value::from(ns));
-            }
+    }
+
+    /// GetBlockIOParameters / GetSchedulerParameters: cgroup readers. QEMU runs in no
+    /// cgroup of this daemon's, so a running domain gets libvirt's "not mounted" answer
+    /// and an inactive one the unset defaults of its config.
+    pub fn cgroup_parameters(
+        &self,
+        dom: &Dom,
+        controller: &str,
+        flags: u32,
+    ) -> Result<HashMap<String, zbus::zvariant::OwnedValue>, VirError> {
+        check_flags(flags, 1 | 2)?;
+        if dom.active() && flags & 2 == 0 {
+            return Err(crate::stats::no_cgroup(controller));
         }
-        m
+        Ok(if controller == "blkio" {
+            crate::stats::blkio_inactive()
+        } else {
+            crate::stats::sched_inactive()
+        })
+    }
+
+    /// The SchedulerType property: libvirt answers ("posix", 9) for an inactive domain
+    /// and needs the cpu cgroup controller for a running one.
+    pub fn scheduler_type(&self, dom: &Dom) -> Result<(String, i32), VirError> {
+        if dom.active() {
+            return Err(crate::stats::no_cgroup("CPU"));
+        }
+        Ok(("posix".into(), 9))
     }
 
     // ---- restarts -----------------------------------------------------------------
@@ -987,8 +1067,7 @@ impl Driver {
                 None if reg.by_name.contains_key(&st.name) => None,
                 None => {
                     let d = new_dom(st.uuid, st.name.clone(), None, false);
-                    reg.by_name.insert(st.name.clone(), st.uuid);
-                    reg.by_uuid.insert(st.uuid, d.clone());
+                    reg.insert(st.name.clone(), d.clone());
                     Some((d, true))
                 }
             }
@@ -1308,17 +1387,6 @@ fn proc_rss_kib(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
-}
-
-fn proc_cpu_ns(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as u64 } else { 100 };
-    Some(ticks * 1_000_000_000 / hz)
 }
 
 /// One per running domain: QMP events drive the state machine; process exit ends it.

@@ -8,6 +8,7 @@ pub mod host_caps;
 pub mod model;
 pub mod process;
 pub mod qmp;
+pub mod stats;
 pub mod xml;
 
 pub use driver::Driver;

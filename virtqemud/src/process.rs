@@ -143,7 +143,16 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(cmdline_mentions(pid, "sleep") || cmdline_mentions(pid, &marker));
+        // While the shell execs sleep, /proc/PID/cmdline reads empty for a moment.
+        let mut ours = false;
+        for _ in 0..200 {
+            ours = cmdline_mentions(pid, "sleep") || cmdline_mentions(pid, &marker);
+            if ours {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(ours, "the child's cmdline names it");
         // Its own session.
         assert_eq!(
             nix::unistd::getsid(Some(Pid::from_raw(pid as i32))).ok(),

@@ -485,3 +485,103 @@ async fn acknowledged_definitions_survive_kill9() {
     }
     assert!(!cfg.join("j00.xml").exists());
 }
+
+/// An integer field of a stats record, whatever its D-Bus integer type.
+fn val_u64(m: &std::collections::HashMap<String, zbus::zvariant::OwnedValue>, k: &str) -> u64 {
+    use zbus::zvariant::Value;
+    let v = m.get(k).unwrap_or_else(|| panic!("{k} missing in {m:?}"));
+    match &**v {
+        Value::U64(x) => *x,
+        Value::U32(x) => *x as u64,
+        Value::I32(x) if *x >= 0 => *x as u64,
+        Value::I64(x) if *x >= 0 => *x as u64,
+        other => panic!("{k}: not an unsigned integer: {other:?}"),
+    }
+}
+
+fn val_str(m: &std::collections::HashMap<String, zbus::zvariant::OwnedValue>, k: &str) -> String {
+    let v = m.get(k).unwrap_or_else(|| panic!("{k} missing in {m:?}"));
+    String::try_from(v.try_clone().expect("clone")).unwrap_or_else(|_| panic!("{k}: {v:?}"))
+}
+
+/// GetStats groups with libvirt's names, GetBlockIOTune from QEMU, and libvirt's answers
+/// for the cgroup readers, on a running domain with a raw disk and a user-mode NIC (the
+/// daemon runs in a network namespace of the test's own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_of_a_running_domain() {
+    let ns = common::harness::NetNs::new().expect("netns");
+    let bus = TestBus::start().expect("bus");
+    let daemon = Daemon::builder(BIN, "virtqemud")
+        .netns(&ns)
+        .spawn(&bus)
+        .await
+        .expect("daemon");
+    let conn = bus.connection().await.expect("conn");
+    let qc = QemuConnectProxy::new(&conn).await.expect("proxy");
+    let img = daemon.dirs.root.path().join("disk.raw");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(16 << 20))
+        .expect("image");
+    let x = format!(
+        "<domain type='qemu'><name>st</name><memory unit='MiB'>64</memory><vcpu>2</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+         <disk type='file' device='disk'><driver name='qemu' type='raw'/>\
+         <source file='{}'/><target dev='vda' bus='virtio'/></disk>\
+         <interface type='user'><model type='virtio'/></interface></devices></domain>",
+        img.display()
+    );
+    let path = qc.domain_define_xml(&x).await.expect("define");
+    let d = domain(&conn, &path).await;
+
+    // Inactive: only the state group; libvirt's cgroup-less defaults.
+    let s = d.get_stats(0, 0).await.expect("stats");
+    assert_eq!(val_u64(&s, "state.state"), SHUTOFF as u64);
+    assert!(!s.contains_key("cpu.time") && !s.contains_key("block.count"));
+    assert_eq!(
+        d.scheduler_type().await.expect("sched"),
+        ("posix".into(), 9)
+    );
+    let b = d.get_block_io_parameters(0).await.expect("blkio");
+    assert!(b.contains_key("weight"), "{b:?}");
+    let t = d.get_block_io_tune("vda", 0).await.expect("iotune");
+    assert_eq!(val_u64(&t, "total_bytes_sec"), 0);
+
+    d.create(0).await.expect("create");
+    let s = d.get_stats(0, 0).await.expect("stats");
+    assert_eq!(val_u64(&s, "state.state"), RUNNING as u64);
+    let cpu = val_u64(&s, "cpu.time");
+    assert_eq!(cpu, val_u64(&s, "cpu.user") + val_u64(&s, "cpu.system"));
+    assert_eq!(val_u64(&s, "balloon.maximum"), 64 * 1024);
+    assert!(val_u64(&s, "balloon.rss") > 0);
+    assert_eq!(val_u64(&s, "vcpu.current"), 2);
+    assert_eq!(val_u64(&s, "vcpu.1.state"), 1);
+    assert_eq!(val_u64(&s, "block.count"), 1);
+    assert_eq!(val_str(&s, "block.0.name"), "vda");
+    assert_eq!(val_str(&s, "block.0.path"), img.display().to_string());
+    assert_eq!(val_u64(&s, "block.0.capacity"), 16 << 20);
+    assert_eq!(val_u64(&s, "block.0.wr.bytes"), 0);
+    assert_eq!(val_u64(&s, "net.count"), 1);
+    assert_eq!(val_str(&s, "net.0.name"), "");
+    // Groups asked for are the groups answered; unsupported ones fail when enforced.
+    let s = d.get_stats(32, 0).await.expect("block only");
+    assert!(s.contains_key("block.count") && !s.contains_key("state.state"));
+    let e = bus_err(d.get_stats(64, 1 << 31).await.unwrap_err());
+    assert!(e.contains("not supported"), "{e}");
+    let all = qc.get_all_domain_stats(2, 1).await.expect("all stats");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].0, "st");
+    assert!(val_u64(&all[0].1, "cpu.time") >= cpu);
+
+    let t = d.get_block_io_tune("vda", 0).await.expect("iotune");
+    assert_eq!(val_u64(&t, "read_iops_sec"), 0);
+    assert_eq!(val_str(&t, "group_name"), "");
+    let e = bus_err(d.get_block_io_tune("vdz", 0).await.unwrap_err());
+    assert!(e.contains("'vdz'"), "{e}");
+    let e = bus_err(d.get_scheduler_parameters(0).await.unwrap_err());
+    assert_eq!(
+        e,
+        "Requested operation is not valid: cgroup CPU controller is not mounted"
+    );
+    assert!(d.scheduler_type().await.is_err());
+    d.destroy(0).await.expect("destroy");
+}

@@ -73,6 +73,16 @@ pub trait Domain {
     fn get_state(&self, flags: u32) -> zbus::Result<(i32, i32)>;
     #[zbus(name = "GetStats")]
     fn get_stats(&self, stats: u32, flags: u32) -> zbus::Result<HashMap<String, OwnedValue>>;
+    #[zbus(name = "GetBlockIOTune")]
+    fn get_block_io_tune(
+        &self,
+        disk: &str,
+        flags: u32,
+    ) -> zbus::Result<HashMap<String, OwnedValue>>;
+    #[zbus(name = "GetBlockIOParameters")]
+    fn get_block_io_parameters(&self, flags: u32) -> zbus::Result<HashMap<String, OwnedValue>>;
+    #[zbus(name = "GetSchedulerParameters")]
+    fn get_scheduler_parameters(&self, flags: u32) -> zbus::Result<HashMap<String, OwnedValue>>;
     #[zbus(name = "GetVcpus")]
     fn get_vcpus(&self, flags: u32) -> zbus::Result<u32>;
     #[zbus(name = "MemoryStats")]
@@ -93,6 +103,8 @@ pub trait Domain {
     fn set_autostart(&self, value: bool) -> zbus::Result<()>;
     #[zbus(property, name = "OSType")]
     fn os_type(&self) -> zbus::Result<String>;
+    #[zbus(property, name = "SchedulerType")]
+    fn scheduler_type(&self) -> zbus::Result<(String, i32)>;
     #[zbus(property, name = "Updated")]
     fn updated(&self) -> zbus::Result<bool>;
 }

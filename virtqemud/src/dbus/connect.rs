@@ -42,12 +42,7 @@ impl Connect {
 
     #[zbus(name = "ListDomains")]
     async fn list_domains(&self, flags: u32) -> Result<Vec<OwnedObjectPath>, BusError> {
-        Ok(self
-            .driver
-            .list(flags)?
-            .iter()
-            .map(|d| d.path.clone())
-            .collect())
+        Ok(self.driver.list_paths(flags)?)
     }
 
     #[zbus(name = "DomainDefineXML")]
@@ -103,14 +98,17 @@ impl Connect {
     #[zbus(name = "GetAllDomainStats")]
     async fn get_all_domain_stats(
         &self,
-        _stats: u32,
+        stats: u32,
         flags: u32,
     ) -> Result<Vec<(String, HashMap<String, OwnedValue>)>, BusError> {
+        check_flags(flags, crate::stats::STATS_FLAGS)?;
+        let groups = crate::stats::requested_groups(stats, flags)?;
         let doms = self.driver.list(flags & 0xff)?;
-        Ok(doms
-            .iter()
-            .map(|d| (d.name(), self.driver.stats(d)))
-            .collect())
+        let mut out = Vec::with_capacity(doms.len());
+        for d in &doms {
+            out.push((d.name(), self.driver.stats(d, groups).await));
+        }
+        Ok(out)
     }
 
     #[zbus(signal, name = "DomainEvent")]

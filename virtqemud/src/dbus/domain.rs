@@ -74,6 +74,14 @@ impl Domain {
         false
     }
 
+    #[zbus(property)]
+    fn scheduler_type(&self) -> zbus::fdo::Result<(String, i32)> {
+        let dom = self.prop_dom()?;
+        self.driver
+            .scheduler_type(&dom)
+            .map_err(|e| zbus::fdo::Error::Failed(e.message))
+    }
+
     #[zbus(name = "Create")]
     async fn create(&self, flags: u32) -> Result<(), BusError> {
         Ok(self.driver.create(&self.dom()?, flags).await?)
@@ -129,12 +137,41 @@ impl Domain {
     #[zbus(name = "GetStats")]
     async fn get_stats(
         &self,
-        _stats: u32,
+        stats: u32,
         flags: u32,
     ) -> Result<HashMap<String, OwnedValue>, BusError> {
-        common::error::check_flags(flags, 0)?;
+        common::error::check_flags(flags, crate::stats::STATS_FLAGS)?;
+        let groups = crate::stats::requested_groups(stats, flags)?;
         let dom = self.dom()?;
-        Ok(self.driver.stats(&dom))
+        Ok(self.driver.stats(&dom, groups).await)
+    }
+
+    #[zbus(name = "GetBlockIOTune")]
+    async fn get_block_io_tune(
+        &self,
+        disk: &str,
+        flags: u32,
+    ) -> Result<HashMap<String, OwnedValue>, BusError> {
+        let dom = self.dom()?;
+        Ok(self.driver.block_io_tune(&dom, disk, flags).await?)
+    }
+
+    #[zbus(name = "GetBlockIOParameters")]
+    async fn get_block_io_parameters(
+        &self,
+        flags: u32,
+    ) -> Result<HashMap<String, OwnedValue>, BusError> {
+        let dom = self.dom()?;
+        Ok(self.driver.cgroup_parameters(&dom, "blkio", flags)?)
+    }
+
+    #[zbus(name = "GetSchedulerParameters")]
+    async fn get_scheduler_parameters(
+        &self,
+        flags: u32,
+    ) -> Result<HashMap<String, OwnedValue>, BusError> {
+        let dom = self.dom()?;
+        Ok(self.driver.cgroup_parameters(&dom, "CPU", flags)?)
     }
 
     #[zbus(name = "GetVcpus")]
