@@ -571,7 +571,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
                 let fd = ctx.tap_fds.get(tap_index).copied().flatten();
                 tap_index += 1;
                 match (fd, &nic.target_dev, &nic.kind) {
-                    (Some(fd), _, _) => a.pair("-netdev", format!("tap,fd={fd},id={id}")),
+                    (Some(fd), _, _) => a.pair("-netdev", format!("tap,fd={fd},id={id},vhost=off")),
                     (None, Some(dev), InterfaceKind::Ethernet) => {
                         crate::xml::check_ifname("interface/target", dev)
                             .map_err(|e| unsupported("interface target", dev, e))?;
@@ -1020,7 +1020,7 @@ mod build_tests {
         assert!(argv.contains(&"-sandbox".to_owned()));
         assert!(!argv.contains(&"-S".to_owned()));
         assert!(
-            argv.contains(&"tap,fd=7,id=hostnet0".to_owned()),
+            argv.contains(&"tap,fd=7,id=hostnet0,vhost=off".to_owned()),
             "{argv:?}"
         );
         assert!(argv.contains(&"-display".to_owned()));

@@ -680,9 +680,22 @@ impl Driver {
     async fn start_locked(
         &self,
         dom: &Arc<Dom>,
-        def: DomainDef,
+        mut def: DomainDef,
         flags: u32,
     ) -> Result<(), VirError> {
+        // Taps and network ports first (recorded in the live definition); undone below
+        // when anything after them fails.
+        let mode = self.ctx.settings.mode;
+        let volume_paths = crate::volumes::resolve(&mut def.dom, mode).await?;
+        crate::hostdevs::detach(&def.dom, mode).await?;
+        let nics = match crate::nics::prepare(&mut def.dom, mode).await {
+            Ok(n) => n,
+            Err(e) => {
+                crate::hostdevs::reattach(&def.dom, mode).await;
+                return Err(e);
+            }
+        };
+        let tap_fds = nics.raw_fds();
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let _ = common::persist::write_atomic(
             &self.paths.run.join("next-id"),
@@ -699,20 +712,49 @@ impl Driver {
                 qmp: &qmp_path,
                 pidfile: &pidfile,
                 runtime_dir: &self.paths.run,
+                tap_fds: &tap_fds,
+                volume_paths: &volume_paths,
             },
             self.sandbox,
-        )?;
+        );
+        let argv = match argv {
+            Ok(a) => a,
+            Err(e) => {
+                drop(nics);
+                crate::nics::release(&def.dom, mode).await;
+                crate::hostdevs::reattach(&def.dom, mode).await;
+                return Err(e);
+            }
+        };
         let log = self.log_file(&def.name);
         tracing::info!(domain = %def.name, "starting: {}", argv.join(" "));
-        let pid = process::spawn(&argv, &log).map_err(|e| {
-            VirError::operation_failed(format!("cannot start QEMU '{}': {e}", argv[0]))
-        })?;
-        let pidfd = PidFd::open(pid).map_err(|e| VirError::system("pidfd_open", &e))?;
+        let keep: Vec<i32> = tap_fds.iter().flatten().copied().collect();
+        let spawned = process::spawn_keeping(&argv, &log, &keep)
+            .map_err(|e| {
+                VirError::operation_failed(format!("cannot start QEMU '{}': {e}", argv[0]))
+            })
+            .and_then(|pid| {
+                PidFd::open(pid)
+                    .map(|fd| (pid, fd))
+                    .map_err(|e| VirError::system("pidfd_open", &e))
+            });
+        // QEMU holds its own copies now: a tap lives exactly as long as QEMU does.
+        drop(nics);
+        let (pid, pidfd) = match spawned {
+            Ok(p) => p,
+            Err(e) => {
+                crate::nics::release(&def.dom, mode).await;
+                crate::hostdevs::reattach(&def.dom, mode).await;
+                return Err(e);
+            }
+        };
         let (qmp, events) = match connect_monitor(&qmp_path, &pidfd).await {
             Ok(c) => c,
             Err(e) => {
                 process::terminate(&pidfd, Duration::from_secs(1)).await;
                 let _ = std::fs::remove_file(&qmp_path);
+                crate::nics::release(&def.dom, mode).await;
+                crate::hostdevs::reattach(&def.dom, mode).await;
                 let tail = log_tail(&log);
                 return Err(VirError::operation_failed(format!(
                     "QEMU for domain '{}' did not start: {e}{tail}",
@@ -1100,6 +1142,8 @@ impl Driver {
         let Some((pidfd, qmp, events)) = attached else {
             tracing::warn!("domain '{}' died while the daemon was away", st.name);
             self.cleanup_files(&st.name, &st.qmp);
+            crate::nics::release(&def.dom, self.ctx.settings.mode).await;
+            crate::hostdevs::reattach(&def.dom, self.ctx.settings.mode).await;
             dom.lock().state = (state::SHUTOFF, 3);
             self.emit(&dom, event::STOPPED, 5).await;
             if !dom.persistent() {
@@ -1288,6 +1332,8 @@ impl Driver {
         dom.lock().state = (state::SHUTOFF, reason);
         let name = dom.name();
         self.cleanup_files(&name, &l.qmp_path);
+        crate::nics::release(&l.def.dom, self.ctx.settings.mode).await;
+        crate::hostdevs::reattach(&l.def.dom, self.ctx.settings.mode).await;
         tracing::info!(domain = %name, pid = l.pid, reason, "QEMU exited");
         self.emit(dom, event::STOPPED, detail).await;
         if persistent {

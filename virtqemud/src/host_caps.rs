@@ -19,10 +19,38 @@ fn host_uuid() -> uuid::Uuid {
         .unwrap_or_default()
 }
 
-/// `Connect.GetCapabilities`.
-pub async fn capabilities(cache_dir: &Path) -> Result<String, VirError> {
+/// `Connect.GetCapabilities`: the `<host>` part from virtnodedevd's
+/// `NodeGetHostCapabilities` (bus-activated where it is installed) when it answers, else
+/// the minimal local one, with a warning; the `<guest>` part from the probed emulator.
+pub async fn capabilities(cache_dir: &Path, mode: common::cli::Mode) -> Result<String, VirError> {
     let caps = Caps::load_or_probe(Path::new(EMULATOR), cache_dir).await?;
-    Ok(capabilities_xml(&host_uuid(), std::slice::from_ref(&caps)))
+    match remote_host(mode).await {
+        Ok(host) => {
+            let mut root = common::xml::Element::new("capabilities").child(host);
+            root.push(caps.guest_element());
+            Ok(root.to_xml())
+        }
+        Err(e) => {
+            tracing::warn!(
+                "host capabilities from virtnodedevd unavailable, using the local minimum: {e}"
+            );
+            Ok(capabilities_xml(&host_uuid(), std::slice::from_ref(&caps)))
+        }
+    }
+}
+
+/// virtnodedevd's `<host>` element, checked to be one.
+async fn remote_host(mode: common::cli::Mode) -> Result<common::xml::Element, String> {
+    let conn = crate::nics::bus(mode).await.map_err(|e| e.to_string())?;
+    let call = async {
+        let p = common::proxies::nodedev::NodeDevConnectProxy::new(&conn).await?;
+        p.node_get_host_capabilities(0).await
+    };
+    let text = tokio::time::timeout(std::time::Duration::from_secs(10), call)
+        .await
+        .map_err(|_| "virtnodedevd did not answer within 10 s".to_owned())?
+        .map_err(|e| e.to_string())?;
+    common::xml::parse_root(&text, "host").map_err(|e| format!("its <host> is unusable: {e}"))
 }
 
 /// `Connect.GetDomainCapabilities`. Only the known emulator is probed: a caller must not

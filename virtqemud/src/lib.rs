@@ -5,10 +5,14 @@ pub mod command_line;
 pub mod dbus;
 pub mod driver;
 pub mod host_caps;
+pub mod hostdevs;
 pub mod model;
+pub mod nics;
 pub mod process;
 pub mod qmp;
 pub mod stats;
+pub mod tap;
+pub mod volumes;
 pub mod xml;
 
 pub use driver::Driver;

@@ -91,6 +91,10 @@ pub struct LaunchPaths<'a> {
     pub qmp: &'a Path,
     pub pidfile: &'a Path,
     pub runtime_dir: &'a Path,
+    /// Tap descriptors per tap-backed NIC, in order (`crate::nics::Prepared::raw_fds`).
+    pub tap_fds: &'a [Option<i32>],
+    /// `<disk type='volume'>` resolved by virtstoraged (`crate::volumes::resolve`).
+    pub volume_paths: &'a [(String, String, PathBuf)],
 }
 
 /// The argv (program first) that launches `def` stopped (`-S`, resumed over QMP) with
@@ -122,6 +126,8 @@ pub fn argv(def: &DomainDef, paths: &LaunchPaths, sandbox: bool) -> Result<Vec<S
     ctx.accel = accel;
     ctx.sandbox = sandbox;
     ctx.start_paused = true;
+    ctx.tap_fds = paths.tap_fds.to_vec();
+    ctx.volume_paths = paths.volume_paths.to_vec();
     let argv = command_line::build(&dom, &ctx)?;
     argv.into_iter()
         .map(|a: OsString| {
@@ -153,6 +159,8 @@ mod tests {
                 qmp: Path::new("/run/q,1.sock"),
                 pidfile: Path::new("/run/q.pid"),
                 runtime_dir: Path::new("/run"),
+                tap_fds: &[],
+                volume_paths: &[],
             },
             false,
         )

@@ -15,6 +15,14 @@ use tokio::io::unix::AsyncFd;
 
 /// Starts `argv` with stdout/stderr appended to `log`; returns its PID.
 pub fn spawn(argv: &[String], log: &Path) -> std::io::Result<u32> {
+    spawn_keeping(argv, log, &[])
+}
+
+/// As [`spawn`], and the child also inherits exactly the descriptors in `keep` (tap
+/// devices), under the same numbers: their close-on-exec flag is cleared in the child
+/// only, so no other process started meanwhile gets them.
+pub fn spawn_keeping(argv: &[String], log: &Path, keep: &[i32]) -> std::io::Result<u32> {
+    let keep = keep.to_vec();
     let (prog, args) = argv
         .split_first()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty argv"))?;
@@ -22,16 +30,22 @@ pub fn spawn(argv: &[String], log: &Path) -> std::io::Result<u32> {
     let err = out.try_clone()?;
     let mut cmd = Command::new(prog);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-    // SAFETY: setsid is async-signal-safe and touches nothing of the parent's memory.
+    // SAFETY: setsid and fcntl are async-signal-safe; `keep` was allocated before the
+    // fork and is only read.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            for fd in &keep {
+                if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
     }
-    // std opens every descriptor with O_CLOEXEC, so QEMU inherits only 0, 1 and 2. The
+    // std opens every descriptor with O_CLOEXEC, so QEMU inherits only 0, 1, 2 and `keep`. The
     // Child handle is dropped: the pidfd watcher reaps it.
     let child = cmd.spawn()?;
     Ok(child.id())

@@ -3,9 +3,12 @@
 
 use std::time::Duration;
 
+mod support;
+
 use common::harness::{wait_gone, Daemon, TestBus};
 use common::proxies::qemu::{DomainProxy, QemuConnectProxy};
 use futures_util::StreamExt;
+use support::test_guest;
 use zbus::zvariant::OwnedObjectPath;
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
@@ -296,31 +299,6 @@ async fn twenty_concurrent_clients() {
         assert!(wait_gone(p, Duration::from_secs(5)), "QEMU {p} gone");
     }
     assert!(qc.list_domains(1).await.expect("active").is_empty());
-}
-
-/// The tiny guest (vmlinuz, initrd.img), built by scripts/build-test-guest.sh if missing.
-fn test_guest() -> std::path::PathBuf {
-    let dir = std::env::var_os("VIRT_TEST_GUEST_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".cache/virt-rs/guest")
-        });
-    if !(dir.join("vmlinuz").exists() && dir.join("initrd.img").exists()) {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../scripts/build-test-guest.sh"
-        );
-        let st = std::process::Command::new(script)
-            .arg(&dir)
-            .status()
-            .expect("run scripts/build-test-guest.sh");
-        assert!(
-            st.success(),
-            "scripts/build-test-guest.sh failed ({st}); the boot test needs the tiny guest"
-        );
-    }
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -72,7 +72,11 @@ impl Connect {
 
     #[zbus(name = "GetCapabilities")]
     async fn get_capabilities(&self) -> Result<String, BusError> {
-        Ok(crate::host_caps::capabilities(&self.driver.caps_cache_dir()).await?)
+        Ok(crate::host_caps::capabilities(
+            &self.driver.caps_cache_dir(),
+            self.driver.ctx.settings.mode,
+        )
+        .await?)
     }
 
     #[zbus(name = "GetDomainCapabilities")]

@@ -526,6 +526,14 @@ pub struct Interface {
     /// `virtio`, `e1000`, `e1000e`, `rtl8139`
     pub model: Option<String>,
     pub target_dev: Option<String>,
+    /// `<target managed='no'>`: the tap exists already and QEMU opens it by name.
+    pub target_managed: Option<bool>,
+    /// `<source network portgroup=>`.
+    pub portgroup: Option<String>,
+    /// Live only: the network port made for this NIC (`<source portid=>`).
+    pub portid: Option<uuid::Uuid>,
+    /// Live only: the bridge the network's port plugs into (`<source bridge=>`).
+    pub source_bridge: Option<String>,
     pub boot_order: Option<u32>,
     pub address: Option<Address>,
 }
@@ -563,11 +571,13 @@ impl Interface {
                 check_ifname("interface/source", b)?;
                 InterfaceKind::Bridge(b.to_owned())
             }
-            "network" => InterfaceKind::Network(
-                src.ok_or_else(|| missing("interface", "<source network>"))?
-                    .req_attr("network")?
-                    .to_owned(),
-            ),
+            "network" => {
+                let src = src.ok_or_else(|| missing("interface", "<source network>"))?;
+                if let Some(b) = src.get_attr("bridge") {
+                    check_ifname("interface/source", b)?;
+                }
+                InterfaceKind::Network(src.req_attr("network")?.to_owned())
+            }
             t => {
                 return Err(DomainXmlError::unsupported(
                     "interface type",
@@ -608,11 +618,40 @@ impl Interface {
         if let Some(t) = &target_dev {
             check_ifname("interface/target", t)?;
         }
+        let target_managed = match el.first("target").and_then(|t| t.get_attr("managed")) {
+            None => None,
+            Some("yes") => Some(true),
+            Some("no") => Some(false),
+            Some(v) => {
+                return Err(invalid(
+                    "target",
+                    "attribute 'managed'",
+                    v,
+                    "expected yes or no",
+                ))
+            }
+        };
+        let network_src = src.filter(|_| matches!(kind, InterfaceKind::Network(_)));
+        let portid = match network_src.and_then(|s| s.get_attr("portid")) {
+            None => None,
+            Some(u) => Some(
+                uuid::Uuid::parse_str(u)
+                    .map_err(|e| invalid("source", "attribute 'portid'", u, e))?,
+            ),
+        };
         Ok(Interface {
+            portgroup: network_src
+                .and_then(|s| s.get_attr("portgroup"))
+                .map(str::to_owned),
+            portid,
+            source_bridge: network_src
+                .and_then(|s| s.get_attr("bridge"))
+                .map(str::to_owned),
             kind,
             mac,
             model,
             target_dev,
+            target_managed,
             boot_order: boot_of(el)?,
             address: addr_of(el)?,
         })
@@ -623,19 +662,27 @@ impl Interface {
             InterfaceKind::User => ("user", None),
             InterfaceKind::Ethernet => ("ethernet", None),
             InterfaceKind::Bridge(b) => ("bridge", Some(Element::new("source").attr("bridge", b))),
-            InterfaceKind::Network(n) => {
-                ("network", Some(Element::new("source").attr("network", n)))
-            }
+            InterfaceKind::Network(n) => (
+                "network",
+                Some(
+                    Element::new("source")
+                        .attr("network", n)
+                        .attr_opt("portgroup", self.portgroup.as_deref())
+                        .attr_opt("portid", self.portid.map(|u| u.to_string()))
+                        .attr_opt("bridge", self.source_bridge.as_deref()),
+                ),
+            ),
         };
         let mut el = Element::new("interface")
             .attr("type", ty)
             .child_opt(self.mac.map(|m| Element::new("mac").attr("address", m)))
             .child_opt(src)
-            .child_opt(
-                self.target_dev
-                    .as_ref()
-                    .map(|t| Element::new("target").attr("dev", t)),
-            )
+            .child_opt(self.target_dev.as_ref().map(|t| {
+                Element::new("target").attr("dev", t).attr_opt(
+                    "managed",
+                    self.target_managed.map(|m| if m { "yes" } else { "no" }),
+                )
+            }))
             .child_opt(
                 self.model
                     .as_ref()

@@ -1,0 +1,273 @@
+//! Guest NICs at start and stop: what virtqemud asks of virtnetworkd and of the kernel.
+//!
+//! - `type='network'`: the network is looked up on virtnetworkd by name, a port is made
+//!   for the NIC (`Network.PortCreateXML`, owner = the domain, the guest's MAC, the
+//!   portgroup), and the port's `<plug bridge=>` names the bridge to enslave the tap to.
+//! - `type='bridge'`: the same tap, onto the named bridge, without virtnetworkd.
+//! - `type='ethernet'`: an unattached tap; with `<target dev managed='no'>` QEMU opens
+//!   the existing device by name instead.
+//!
+//! The live definition records what was made (`<target dev>`, `<source portid bridge>`),
+//! so after a daemon restart a stop still deletes the ports. Taps need no cleanup: they
+//! vanish with the last descriptor, QEMU's.
+
+use std::os::fd::OwnedFd;
+use std::sync::Mutex;
+
+use common::cli::Mode;
+use common::error::{ErrorCode, VirError};
+use common::proxies::network::{NetworkConnectProxy, NetworkPortProxy, NetworkProxy};
+use common::xml::Element;
+use uuid::Uuid;
+use zbus::zvariant::OwnedObjectPath;
+
+use crate::tap;
+use crate::xml::{Domain, InterfaceKind};
+
+/// What a start made: one entry per tap-backed NIC, in interface order (`None`: QEMU
+/// opens it by name), and the ports to delete if the start fails.
+#[derive(Default)]
+pub struct Prepared {
+    pub taps: Vec<Option<OwnedFd>>,
+    ports: Vec<OwnedObjectPath>,
+}
+
+impl Prepared {
+    /// The descriptors as the command line wants them.
+    pub fn raw_fds(&self) -> Vec<Option<i32>> {
+        use std::os::fd::AsRawFd;
+        self.taps
+            .iter()
+            .map(|t| t.as_ref().map(|f| f.as_raw_fd()))
+            .collect()
+    }
+}
+
+static BUS: Mutex<Option<zbus::Connection>> = Mutex::new(None);
+
+/// The daemon's bus as a client (session bus in session mode, system bus in system
+/// mode, as the runtime chooses it), opened on first need and kept.
+pub(crate) async fn bus(mode: Mode) -> Result<zbus::Connection, VirError> {
+    if let Some(c) = BUS.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        return Ok(c);
+    }
+    let want = match mode {
+        Mode::System => "system",
+        Mode::Session => "session",
+    };
+    let address = match std::env::var("DBUS_STARTER_ADDRESS") {
+        Ok(a) if std::env::var("DBUS_STARTER_BUS_TYPE").as_deref() == Ok(want) => a,
+        _ => match mode {
+            Mode::System => std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
+                .unwrap_or_else(|_| "unix:path=/run/dbus/system_bus_socket".to_owned()),
+            Mode::Session => std::env::var("DBUS_SESSION_BUS_ADDRESS").map_err(|_| {
+                VirError::operation_failed("no session bus to reach virtnetworkd on")
+            })?,
+        },
+    };
+    let conn = zbus::connection::Builder::address(address.as_str())
+        .map(|b| b.method_timeout(std::time::Duration::from_secs(30)))
+        .map_err(|e| VirError::operation_failed(format!("bus address '{address}': {e}")))?
+        .build()
+        .await
+        .map_err(|e| VirError::operation_failed(format!("cannot connect to the bus: {e}")))?;
+    *BUS.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+    Ok(conn)
+}
+
+/// A remote call's failure: org.libvirt.Error keeps libvirt's message; anything else
+/// (virtnetworkd not running, no activation) says so.
+fn remote(what: &str, e: zbus::Error) -> VirError {
+    match e {
+        zbus::Error::MethodError(name, Some(msg), _) if name.as_str() == "org.libvirt.Error" => {
+            let code = if msg.starts_with("Network not found") {
+                ErrorCode::NoNetwork
+            } else {
+                ErrorCode::OperationFailed
+            };
+            VirError { code, message: msg }
+        }
+        e => VirError::operation_failed(format!("{what}: virtnetworkd did not answer: {e}")),
+    }
+}
+
+async fn network_proxy<'a>(
+    conn: &zbus::Connection,
+    name: &str,
+) -> Result<NetworkProxy<'a>, VirError> {
+    let c = NetworkConnectProxy::new(conn)
+        .await
+        .map_err(|e| remote("network lookup", e))?;
+    let path = c
+        .network_lookup_by_name(name)
+        .await
+        .map_err(|e| remote("network lookup", e))?;
+    NetworkProxy::builder(conn)
+        .path(path)
+        .map(|b| b.cache_properties(zbus::proxy::CacheProperties::No))
+        .map_err(|e| remote("network", e))?
+        .build()
+        .await
+        .map_err(|e| remote("network", e))
+}
+
+async fn port_proxy<'a>(
+    conn: &zbus::Connection,
+    path: OwnedObjectPath,
+) -> Result<NetworkPortProxy<'a>, zbus::Error> {
+    NetworkPortProxy::builder(conn)
+        .path(path)?
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+}
+
+/// Makes the taps and ports of `dom`'s NICs and records them in `dom` (the live
+/// definition). On failure everything made so far is undone.
+pub async fn prepare(dom: &mut Domain, mode: Mode) -> Result<Prepared, VirError> {
+    let mut done = Prepared::default();
+    match prepare_into(dom, mode, &mut done).await {
+        Ok(()) => Ok(done),
+        Err(e) => {
+            release_paths(mode, std::mem::take(&mut done.ports)).await;
+            Err(e)
+        }
+    }
+}
+
+async fn prepare_into(dom: &mut Domain, mode: Mode, done: &mut Prepared) -> Result<(), VirError> {
+    let owner_name = dom.name.as_str().to_owned();
+    let owner_uuid = dom.uuid;
+    for nic in dom.devices.interfaces.iter_mut() {
+        let bridge = match &nic.kind {
+            InterfaceKind::User => continue,
+            InterfaceKind::Ethernet if nic.target_managed == Some(false) => {
+                if nic.target_dev.is_none() {
+                    return Err(VirError::unsupported(
+                        "<interface type='ethernet'> with managed='no' needs <target dev>",
+                    ));
+                }
+                done.taps.push(None);
+                continue;
+            }
+            InterfaceKind::Ethernet => None,
+            InterfaceKind::Bridge(b) => Some(b.clone()),
+            InterfaceKind::Network(net) => {
+                let conn = bus(mode).await?;
+                let n = network_proxy(&conn, net).await?;
+                let mac = nic
+                    .mac
+                    .ok_or_else(|| VirError::internal("NIC without a MAC"))?;
+                let portid = Uuid::new_v4();
+                let xml = Element::new("networkport")
+                    .child(Element::with_text("uuid", portid.to_string()))
+                    .child(
+                        Element::new("owner")
+                            .child(Element::with_text("name", &owner_name))
+                            .child(Element::with_text("uuid", owner_uuid.to_string())),
+                    )
+                    .child(Element::new("mac").attr("address", mac))
+                    .child_opt(
+                        nic.portgroup
+                            .as_ref()
+                            .map(|g| Element::with_text("group", g)),
+                    )
+                    .to_xml();
+                let path = n
+                    .port_create_xml(&xml, 0)
+                    .await
+                    .map_err(|e| remote("port create", e))?;
+                done.ports.push(path.clone());
+                nic.portid = Some(portid);
+                let port = port_proxy(&conn, path)
+                    .await
+                    .map_err(|e| remote("port", e))?;
+                let px = port.get_xml_desc(0).await.map_err(|e| remote("port", e))?;
+                let br = common::xml::parse_root(&px, "networkport")
+                    .ok()
+                    .and_then(|r| {
+                        r.first("plug")
+                            .and_then(|p| p.get_attr("bridge"))
+                            .map(str::to_owned)
+                    })
+                    .ok_or_else(|| {
+                        VirError::operation_failed(format!(
+                            "network '{net}' gave its port no bridge to plug into"
+                        ))
+                    })?;
+                nic.source_bridge = Some(br.clone());
+                Some(br)
+            }
+        };
+        // A name the user chose is used as is, unless it is in the automatic range.
+        let wanted = nic
+            .target_dev
+            .as_deref()
+            .filter(|n| !n.starts_with("vnet") && !n.starts_with("macvtap"));
+        let t = tap::create(wanted)?;
+        let mac = nic
+            .mac
+            .ok_or_else(|| VirError::internal("NIC without a MAC"))?;
+        nic.target_dev = Some(t.name.clone());
+        tap::configure(&t.name, mac.0, bridge.as_deref())?;
+        tracing::info!(tap = %t.name, bridge = ?bridge, "tap ready");
+        done.taps.push(Some(t.fd));
+    }
+    Ok(())
+}
+
+async fn release_paths(mode: Mode, ports: Vec<OwnedObjectPath>) {
+    if ports.is_empty() {
+        return;
+    }
+    let Ok(conn) = bus(mode).await else { return };
+    for p in ports {
+        let r = match port_proxy(&conn, p.clone()).await {
+            Ok(port) => port.delete(0).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            tracing::warn!(port = %p, "network port not deleted: {e}");
+        }
+    }
+}
+
+/// Deletes the network ports a live definition records (a stop, a crash, a domain
+/// found dead after a restart). A port already gone is not an error.
+pub async fn release(dom: &Domain, mode: Mode) {
+    let ports: Vec<(String, Uuid)> = dom
+        .devices
+        .interfaces
+        .iter()
+        .filter_map(|n| match (&n.kind, n.portid) {
+            (InterfaceKind::Network(net), Some(id)) => Some((net.clone(), id)),
+            _ => None,
+        })
+        .collect();
+    if ports.is_empty() {
+        return;
+    }
+    let conn = match bus(mode).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("network ports not deleted: {e}");
+            return;
+        }
+    };
+    for (net, id) in ports {
+        let r = async {
+            let n = network_proxy(&conn, &net).await?;
+            let p = n
+                .port_lookup_by_uuid(&id.to_string())
+                .await
+                .map_err(|e| remote("port lookup", e))?;
+            let port = port_proxy(&conn, p).await.map_err(|e| remote("port", e))?;
+            port.delete(0).await.map_err(|e| remote("port delete", e))
+        }
+        .await;
+        match r {
+            Ok(()) => tracing::info!(network = %net, port = %id, "network port deleted"),
+            Err(e) => tracing::warn!(network = %net, port = %id, "network port not deleted: {e}"),
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! TAP devices for guest NICs, made by the daemon as libvirt makes them: `/dev/net/tun`
+//! with `TUNSETIFF` (`IFF_TAP|IFF_NO_PI|IFF_VNET_HDR`), the host-side MAC (the guest's
+//! with `fe` as first byte), the bridge's MTU, enslaved to the bridge and set up, all
+//! through ioctls. The device is not persistent: it goes away when the last descriptor
+//! (ours after the launch, then QEMU's) is closed.
+
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+/// Fail instead of attaching to a device that exists already.
+const IFF_TUN_EXCL: libc::c_short = -0x8000; // 0x8000 as a c_short
+const SIOCBRADDIF: libc::c_ulong = 0x89a2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error("cannot create tap device '{name}': {err}")]
+    Create { name: String, err: std::io::Error },
+    #[error("cannot {what} of tap device '{tap}': {err}")]
+    Configure {
+        what: &'static str,
+        tap: String,
+        err: std::io::Error,
+    },
+    #[error("cannot use bridge '{bridge}': {err}")]
+    Bridge { bridge: String, err: std::io::Error },
+}
+
+impl From<TapError> for common::error::VirError {
+    fn from(e: TapError) -> Self {
+        common::error::VirError::new(common::error::ErrorCode::SystemError, e)
+    }
+}
+
+/// One tap: the descriptor QEMU gets and the name the kernel gave it.
+#[derive(Debug)]
+pub struct Tap {
+    pub fd: OwnedFd,
+    pub name: String,
+}
+
+fn ifreq(name: &str) -> libc::ifreq {
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in r
+        .ifr_name
+        .iter_mut()
+        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *d = s as libc::c_char;
+    }
+    r
+}
+
+fn name_of(r: &libc::ifreq) -> String {
+    let bytes: Vec<u8> = r
+        .ifr_name
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// A name the caller may choose: what the kernel accepts, no `%` template, at most 15
+/// bytes. The XML layer already refused anything else; this is the last line.
+fn name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < libc::IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+}
+
+/// Creates a tap: `name` exactly (failing if such a device exists), or the next free
+/// `vnetN` when `None`.
+pub fn create(name: Option<&str>) -> Result<Tap, TapError> {
+    let shown = name.unwrap_or("vnet%d").to_owned();
+    let err = |err| TapError::Create {
+        name: shown.clone(),
+        err,
+    };
+    if let Some(n) = name {
+        if !name_ok(n) {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a valid interface name",
+            )));
+        }
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/net/tun")
+        .map_err(err)?;
+    let mut r = ifreq(name.unwrap_or("vnet%d"));
+    r.ifr_ifru.ifru_flags =
+        IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | if name.is_some() { IFF_TUN_EXCL } else { 0 };
+    // SAFETY: TUNSETIFF reads and writes one ifreq, which lives for the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF as _, &mut r) };
+    if rc < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    Ok(Tap {
+        fd: OwnedFd::from(file),
+        name: name_of(&r),
+    })
+}
+
+struct Sock(OwnedFd);
+
+impl Sock {
+    fn new() -> std::io::Result<Sock> {
+        // SAFETY: plain syscall; the result is a new descriptor we own.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this descriptor to us.
+        Ok(Sock(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn ioctl(&self, req: libc::c_ulong, r: &mut libc::ifreq) -> std::io::Result<()> {
+        // SAFETY: every request used here reads or writes one ifreq, alive for the call.
+        let rc = unsafe { libc::ioctl(self.0.as_raw_fd(), req as _, r as *mut libc::ifreq) };
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The host side of a NIC: `mac` with the first byte `fe` (so the bridge never takes
+/// the guest's address as its own), the bridge's MTU, enslaved, up.
+pub fn configure(tap: &str, guest_mac: [u8; 6], bridge: Option<&str>) -> Result<(), TapError> {
+    let cfg = |what: &'static str| {
+        move |err| TapError::Configure {
+            what,
+            tap: tap.to_owned(),
+            err,
+        }
+    };
+    let sock = Sock::new().map_err(cfg("open a socket"))?;
+    let mut r = ifreq(tap);
+    let mut mac = guest_mac;
+    mac[0] = 0xfe;
+    // SAFETY: writing plain fields of a union of plain data.
+    unsafe {
+        r.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+        for (d, s) in r.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(mac) {
+            *d = s as libc::c_char;
+        }
+    }
+    sock.ioctl(libc::SIOCSIFHWADDR, &mut r)
+        .map_err(cfg("set the MAC address"))?;
+    if let Some(br) = bridge {
+        let berr = |err| TapError::Bridge {
+            bridge: br.to_owned(),
+            err,
+        };
+        if !name_ok(br) {
+            return Err(berr(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a valid interface name",
+            )));
+        }
+        let mut b = ifreq(br);
+        sock.ioctl(libc::SIOCGIFMTU, &mut b).map_err(berr)?;
+        let mut t = ifreq(tap);
+        // SAFETY: reading and writing the mtu member of plain unions.
+        unsafe { t.ifr_ifru.ifru_mtu = b.ifr_ifru.ifru_mtu };
+        sock.ioctl(libc::SIOCSIFMTU, &mut t)
+            .map_err(cfg("set the MTU"))?;
+        let cname = CString::new(tap).map_err(|_| {
+            cfg("find the index")(std::io::Error::from(std::io::ErrorKind::InvalidInput))
+        })?;
+        // SAFETY: cname is a valid C string for the call.
+        let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        if index == 0 {
+            return Err(cfg("find the index")(std::io::Error::last_os_error()));
+        }
+        let mut b = ifreq(br);
+        b.ifr_ifru.ifru_ifindex = index as libc::c_int;
+        sock.ioctl(SIOCBRADDIF, &mut b).map_err(berr)?;
+    }
+    let mut f = ifreq(tap);
+    sock.ioctl(libc::SIOCGIFFLAGS, &mut f)
+        .map_err(cfg("read the flags"))?;
+    // SAFETY: the flags member was just filled by the kernel.
+    unsafe { f.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    sock.ioctl(libc::SIOCSIFFLAGS, &mut f)
+        .map_err(cfg("bring up"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(name_ok("vnet0"));
+        assert!(name_ok("my-tap_1.x"));
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a b",
+            "a/b",
+            "vnet%d",
+            "abcdefghijklmnop",
+            "a,b",
+        ] {
+            assert!(!name_ok(bad), "{bad}");
+        }
+        assert!(create(Some("bad%d")).is_err());
+    }
+}

@@ -1,0 +1,63 @@
+//! Helpers shared by the integration tests that boot the tiny guest.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The tiny guest (vmlinuz, initrd.img), built by scripts/build-test-guest.sh if missing.
+pub fn test_guest() -> std::path::PathBuf {
+    let dir = std::env::var_os("VIRT_TEST_GUEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/virt-rs/guest")
+        });
+    if !(dir.join("vmlinuz").exists() && dir.join("initrd.img").exists()) {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/build-test-guest.sh"
+        );
+        let st = std::process::Command::new(script)
+            .arg(&dir)
+            .status()
+            .expect("run scripts/build-test-guest.sh");
+        assert!(
+            st.success(),
+            "scripts/build-test-guest.sh failed ({st}); the boot test needs the tiny guest"
+        );
+    }
+    dir
+}
+
+/// Waits until the guest's serial log (a file) holds `marker`; the log on failure.
+pub async fn wait_serial(serial: &Path, marker: &str, within: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let text = String::from_utf8_lossy(&std::fs::read(serial).unwrap_or_default()).into_owned();
+        if text.contains(marker) {
+            return text;
+        }
+        if start.elapsed() > within {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            panic!("no '{marker}' within {within:?}; serial ends:\n{tail}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A direct-kernel-boot domain of the tiny guest with its serial console in `serial`
+/// and `nics` (interface elements) as its devices.
+pub fn guest_xml(name: &str, serial: &Path, nics: &str) -> String {
+    let guest = test_guest();
+    format!(
+        "<domain type='kvm'><name>{name}</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{}</kernel><initrd>{}</initrd>\
+         <cmdline>console=ttyS0 panic=-1</cmdline></os>\
+         <devices>{nics}<serial type='file'><source path='{}'/></serial></devices></domain>",
+        guest.join("vmlinuz").display(),
+        guest.join("initrd.img").display(),
+        serial.display()
+    )
+}
