@@ -3,19 +3,12 @@
 //! managed PCI hostdevs detached and reattached by virtnodedevd.
 
 use common::harness::{Daemon, TestBus, TestDirs};
+
+mod support;
 use common::proxies::qemu::QemuConnectProxy;
+use support::{bus_err, sibling_daemon};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
-
-fn virtnodedevd_bin() -> std::path::PathBuf {
-    let p = std::path::Path::new(BIN).with_file_name("virtnodedevd");
-    assert!(
-        p.exists(),
-        "{} is missing: this test needs virtnodedevd, run `cargo build --workspace` first",
-        p.display()
-    );
-    p
-}
 
 fn host_of(xml: &str) -> (usize, bool, bool) {
     let doc = roxmltree::Document::parse(xml).expect("capabilities parse");
@@ -34,7 +27,7 @@ fn host_of(xml: &str) -> (usize, bool, bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_part_comes_from_virtnodedevd_with_a_fallback() {
-    let nodedevd = virtnodedevd_bin();
+    let nodedevd = sibling_daemon("virtnodedevd");
     let bus = TestBus::start().expect("bus");
     let qemud = Daemon::builder(BIN, "virtqemud")
         .spawn(&bus)
@@ -67,26 +60,6 @@ async fn host_part_comes_from_virtnodedevd_with_a_fallback() {
     assert!(topology && iommu, "{xml2}");
 }
 
-fn virtstoraged_bin() -> std::path::PathBuf {
-    let p = std::path::Path::new(BIN).with_file_name("virtstoraged");
-    assert!(
-        p.exists(),
-        "{} is missing: this test needs virtstoraged, run `cargo build --workspace` first",
-        p.display()
-    );
-    p
-}
-
-fn bus_err<T: std::fmt::Debug>(r: zbus::Result<T>) -> String {
-    match r {
-        Err(zbus::Error::MethodError(name, msg, _)) => {
-            assert_eq!(name.as_str(), "org.libvirt.Error");
-            msg.unwrap_or_default()
-        }
-        other => panic!("expected org.libvirt.Error, got {other:?}"),
-    }
-}
-
 fn cmdline(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .unwrap_or_default()
@@ -112,7 +85,7 @@ fn qemu_pid_of(name: &str) -> Option<u32> {
 async fn volume_disk_is_resolved_through_virtstoraged() {
     use common::proxies::qemu::DomainProxy;
     use common::proxies::storage::{StorageConnectProxy, StoragePoolProxy};
-    let stor = virtstoraged_bin();
+    let stor = sibling_daemon("virtstoraged");
     let bus = TestBus::start().expect("bus");
     let _sd = Daemon::builder(&stor, "virtstoraged")
         .dirs(TestDirs::new().expect("dirs"))
@@ -212,7 +185,7 @@ async fn volume_disk_is_resolved_through_virtstoraged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_hostdev_is_detached_then_reattached_on_a_failed_start() {
     use common::proxies::qemu::DomainProxy;
-    let nodedevd = virtnodedevd_bin();
+    let nodedevd = sibling_daemon("virtnodedevd");
     let tmp = tempfile::tempdir().expect("tmp");
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../virtnodedevd/tests/fixtures/sysfs");

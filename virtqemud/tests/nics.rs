@@ -4,27 +4,16 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::harness::{Daemon, NetNs, TestBus, TestDirs};
 use common::proxies::network::{NetworkConnectProxy, NetworkPortProxy, NetworkProxy};
 use common::proxies::qemu::{DomainProxy, QemuConnectProxy};
+use support::{bus_err, sibling_daemon};
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::OwnedObjectPath;
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
-
-/// virtnetworkd's binary, built beside virtqemud by `cargo build --workspace`.
-fn virtnetworkd_bin() -> PathBuf {
-    let p = std::path::Path::new(BIN).with_file_name("virtnetworkd");
-    assert!(
-        p.exists(),
-        "{} is missing: these tests need virtnetworkd, run `cargo build --workspace` first",
-        p.display()
-    );
-    p
-}
 
 async fn domain<'a>(conn: &zbus::Connection, path: &OwnedObjectPath) -> DomainProxy<'a> {
     DomainProxy::builder(conn)
@@ -34,16 +23,6 @@ async fn domain<'a>(conn: &zbus::Connection, path: &OwnedObjectPath) -> DomainPr
         .build()
         .await
         .expect("domain proxy")
-}
-
-fn bus_err<T: std::fmt::Debug>(r: zbus::Result<T>) -> String {
-    match r {
-        Err(zbus::Error::MethodError(name, msg, _)) => {
-            assert_eq!(name.as_str(), "org.libvirt.Error");
-            msg.unwrap_or_default()
-        }
-        other => panic!("expected org.libvirt.Error, got {other:?}"),
-    }
 }
 
 /// `ip -j link show dev NAME` in `ns`: (master, MAC, up), or None when it does not exist.
@@ -95,7 +74,7 @@ const MAC: &str = "52:54:00:91:00:07";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_nic_gets_a_port_a_tap_and_a_dhcp_lease() {
-    let netd = virtnetworkd_bin();
+    let netd = sibling_daemon("virtnetworkd");
     let bus = TestBus::start().expect("bus");
     let ns = NetNs::new().expect("netns");
     let _net = Daemon::builder(&netd, "virtnetworkd")

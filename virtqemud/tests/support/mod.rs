@@ -61,3 +61,25 @@ pub fn guest_xml(name: &str, serial: &Path, nics: &str) -> String {
         serial.display()
     )
 }
+
+/// Another daemon's binary, built beside virtqemud by `cargo build --workspace`.
+pub fn sibling_daemon(name: &str) -> std::path::PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_virtqemud")).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is missing: this test needs {name}, run `cargo build --workspace` first",
+        p.display()
+    );
+    p
+}
+
+/// The message of an `org.libvirt.Error` reply (panics on anything else).
+pub fn bus_err<T: std::fmt::Debug>(r: zbus::Result<T>) -> String {
+    match r {
+        Err(zbus::Error::MethodError(name, msg, _)) => {
+            assert_eq!(name.as_str(), "org.libvirt.Error");
+            msg.unwrap_or_default()
+        }
+        other => panic!("expected org.libvirt.Error, got {other:?}"),
+    }
+}
