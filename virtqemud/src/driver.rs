@@ -983,7 +983,7 @@ impl Driver {
         };
         let mut m = HashMap::new();
         m.insert(6, mem);
-        if let Some(rss) = proc_rss_kib(pid) {
+        if let Some(rss) = crate::stats::proc_rss_kib(pid) {
             m.insert(7, rss);
         }
         Ok(m)
@@ -1423,16 +1423,6 @@ fn log_tail(log: &Path) -> String {
         l.reverse();
         format!(": {}", l.join(" | "))
     }
-}
-
-fn proc_rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// One per running domain: QMP events drive the state machine; process exit ends it.

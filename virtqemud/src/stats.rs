@@ -403,7 +403,8 @@ pub fn proc_times_ns(path: &str) -> Option<(u64, u64)> {
     Some((user * 1_000_000_000 / hz, system * 1_000_000_000 / hz))
 }
 
-fn proc_rss_kib(pid: u32) -> Option<u64> {
+/// The resident set of a process in KiB (`VmRSS`).
+pub fn proc_rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
         .find(|l| l.starts_with("VmRSS:"))?

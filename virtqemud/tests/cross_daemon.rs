@@ -6,7 +6,7 @@ use common::harness::{Daemon, TestBus, TestDirs};
 
 mod support;
 use common::proxies::qemu::QemuConnectProxy;
-use support::{bus_err, sibling_daemon};
+use support::{bus_err, domain, sibling_daemon};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
 
@@ -83,7 +83,6 @@ fn qemu_pid_of(name: &str) -> Option<u32> {
 /// volume is missing or the pool inactive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volume_disk_is_resolved_through_virtstoraged() {
-    use common::proxies::qemu::DomainProxy;
     use common::proxies::storage::{StorageConnectProxy, StoragePoolProxy};
     let stor = sibling_daemon("virtstoraged");
     let bus = TestBus::start().expect("bus");
@@ -136,27 +135,22 @@ async fn volume_disk_is_resolved_through_virtstoraged() {
              <target dev='vda' bus='virtio'/></disk></devices></domain>"
         )
     };
-    let dom = |p| async {
-        DomainProxy::builder(&conn)
-            .path(p)
-            .expect("path")
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
+    let missing = domain(
+        &conn,
+        &qc.domain_define_xml(&xml("vmiss", "nope"))
             .await
-            .expect("domain")
-    };
-    let missing = dom(qc
-        .domain_define_xml(&xml("vmiss", "nope"))
-        .await
-        .expect("define"))
+            .expect("define"),
+    )
     .await;
     let e = bus_err(missing.create(1).await);
     assert!(e.starts_with("Storage volume not found"), "{e}");
 
-    let d = dom(qc
-        .domain_define_xml(&xml("vdisk", "d.qcow2"))
-        .await
-        .expect("define"))
+    let d = domain(
+        &conn,
+        &qc.domain_define_xml(&xml("vdisk", "d.qcow2"))
+            .await
+            .expect("define"),
+    )
     .await;
     d.create(1).await.expect("start paused");
     let pid = qemu_pid_of("vdisk").expect("QEMU runs");
@@ -184,7 +178,6 @@ async fn volume_disk_is_resolved_through_virtstoraged() {
 /// device is given back: the fixture's files show detach, then reattach.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_hostdev_is_detached_then_reattached_on_a_failed_start() {
-    use common::proxies::qemu::DomainProxy;
     let nodedevd = sibling_daemon("virtnodedevd");
     let tmp = tempfile::tempdir().expect("tmp");
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -220,29 +213,24 @@ async fn managed_hostdev_is_detached_then_reattached_on_a_failed_start() {
              </source></hostdev></devices></domain>"
         )
     };
-    let dom = |p| async {
-        DomainProxy::builder(&conn)
-            .path(p)
-            .expect("path")
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .expect("domain")
-    };
     // A device the host does not have: virtnodedevd's error, QEMU never started.
-    let ghost = dom(qc
-        .domain_define_xml(&hostdev(0xffff, 0xff, 0x1f))
-        .await
-        .expect("define"))
+    let ghost = domain(
+        &conn,
+        &qc.domain_define_xml(&hostdev(0xffff, 0xff, 0x1f))
+            .await
+            .expect("define"),
+    )
     .await;
     let e = bus_err(ghost.create(1).await);
     assert!(e.starts_with("Node device not found"), "{e}");
 
     let dev = root.join("devices/pci0000:00/0000:00:01.0/0000:03:10.0");
-    let d = dom(qc
-        .domain_define_xml(&hostdev(0, 3, 0x10))
-        .await
-        .expect("define"))
+    let d = domain(
+        &conn,
+        &qc.domain_define_xml(&hostdev(0, 3, 0x10))
+            .await
+            .expect("define"),
+    )
     .await;
     let e = bus_err(d.create(1).await);
     assert!(

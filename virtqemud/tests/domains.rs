@@ -6,9 +6,9 @@ use std::time::Duration;
 mod support;
 
 use common::harness::{wait_gone, Daemon, TestBus};
-use common::proxies::qemu::{DomainProxy, QemuConnectProxy};
+use common::proxies::qemu::QemuConnectProxy;
 use futures_util::StreamExt;
-use support::test_guest;
+use support::{domain, test_guest};
 use zbus::zvariant::OwnedObjectPath;
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
@@ -25,16 +25,6 @@ fn xml(name: &str, uuid: Option<&str>) -> String {
          <vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>\
          <metadata><app:x xmlns:app='urn:test'>keep me</app:x></metadata></domain>"
     )
-}
-
-async fn domain<'a>(conn: &zbus::Connection, path: &OwnedObjectPath) -> DomainProxy<'a> {
-    DomainProxy::builder(conn)
-        .path(path.clone())
-        .expect("path")
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await
-        .expect("domain proxy")
 }
 
 fn bus_err(e: zbus::Error) -> String {

@@ -9,21 +9,10 @@ use std::time::Duration;
 use common::harness::{Daemon, NetNs, TestBus, TestDirs};
 use common::proxies::network::{NetworkConnectProxy, NetworkPortProxy, NetworkProxy};
 use common::proxies::qemu::{DomainProxy, QemuConnectProxy};
-use support::{bus_err, sibling_daemon};
+use support::{bus_err, domain, sibling_daemon};
 use zbus::proxy::CacheProperties;
-use zbus::zvariant::OwnedObjectPath;
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
-
-async fn domain<'a>(conn: &zbus::Connection, path: &OwnedObjectPath) -> DomainProxy<'a> {
-    DomainProxy::builder(conn)
-        .path(path.clone())
-        .expect("path")
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await
-        .expect("domain proxy")
-}
 
 /// `ip -j link show dev NAME` in `ns`: (master, MAC, up), or None when it does not exist.
 fn link(ns: &NetNs, name: &str) -> Option<(Option<String>, String, bool)> {

@@ -83,3 +83,17 @@ pub fn bus_err<T: std::fmt::Debug>(r: zbus::Result<T>) -> String {
         other => panic!("expected org.libvirt.Error, got {other:?}"),
     }
 }
+
+/// A domain proxy that reads properties afresh on every call.
+pub async fn domain<'a>(
+    conn: &zbus::Connection,
+    path: &zbus::zvariant::OwnedObjectPath,
+) -> common::proxies::qemu::DomainProxy<'a> {
+    common::proxies::qemu::DomainProxy::builder(conn)
+        .path(path.clone())
+        .expect("path")
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .expect("domain proxy")
+}
