@@ -13,6 +13,7 @@ const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 const EXT_END: u32 = 0;
 /// Header and extensions live in the first cluster; 64 KiB covers the default one.
 const READ: usize = 64 << 10;
+const FIRST_READ: usize = 4 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
@@ -31,7 +32,23 @@ fn be64(b: &[u8], at: usize) -> Option<u64> {
 
 /// The header of a qcow2 image, or `None` when this reader cannot vouch for it.
 pub fn read_header(file: &File) -> Option<Header> {
-    let mut buf = vec![0u8; READ];
+    // Header, extensions and backing name of images QEMU makes fit in the first 4 KiB;
+    // the rest of the cluster is read only when they do not.
+    let mut buf = vec![0u8; FIRST_READ];
+    let got = read_full(file, &mut buf)?;
+    if let Some(h) = parse(&buf[..got]) {
+        return Some(h);
+    }
+    if got < FIRST_READ {
+        return None;
+    }
+    buf.resize(READ, 0);
+    let got = read_full(file, &mut buf)?;
+    parse(&buf[..got])
+}
+
+/// Fills `buf` from offset 0 as far as the file goes; returns the bytes read.
+fn read_full(file: &File, buf: &mut [u8]) -> Option<usize> {
     let mut got = 0;
     while got < buf.len() {
         match file.read_at(&mut buf[got..], got as u64) {
@@ -40,7 +57,7 @@ pub fn read_header(file: &File) -> Option<Header> {
             Err(_) => return None,
         }
     }
-    parse(&buf[..got])
+    Some(got)
 }
 
 fn parse(b: &[u8]) -> Option<Header> {

@@ -305,31 +305,57 @@ pub fn open_vol(path: &Path, write: bool) -> std::io::Result<File> {
 /// Reads a volume from its file. `None` for what is not a volume (directories,
 /// symlinks leaving the pool, half-made files).
 fn read_vol(def: &PoolDef, name: &str) -> Result<Option<VolDef>> {
+    let dir = File::open(&def.target)
+        .map_err(|e| BackendError::io("cannot open directory", &def.target, e))?;
+    read_vol_in(def, &dir, name)
+}
+
+/// Reads the volume `name` of the pool whose target folder is open as `dir`: each
+/// lookup is then one path component, and one descriptor serves stat and header.
+fn read_vol_in(def: &PoolDef, dir: &File, name: &str) -> Result<Option<VolDef>> {
+    use nix::errno::Errno;
+    use nix::fcntl::OFlag;
     let Ok(name) = Name::new("name", name) else {
         return Ok(None);
     };
     let path = vol_path(def, &name);
-    let meta = match fs::symlink_metadata(&path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(BackendError::io("cannot stat", &path, e)),
-    };
-    if meta.file_type().is_symlink() {
-        // A symlink is only a volume when it resolves inside the pool.
-        let (Ok(real), Ok(root)) = (fs::canonicalize(&path), fs::canonicalize(&def.target)) else {
-            return Ok(None);
-        };
-        if !real.starts_with(&root) || !real.is_file() {
-            return Ok(None);
+    // O_NOFOLLOW makes a symlink fail with ELOOP; O_NONBLOCK keeps a FIFO from blocking.
+    let flags = OFlag::O_RDONLY
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NONBLOCK
+        | OFlag::O_NOCTTY
+        | OFlag::O_CLOEXEC;
+    let opened = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name.as_str(),
+        flags,
+        nix::sys::stat::Mode::empty(),
+    );
+    let file = match opened {
+        // SAFETY: openat just returned this descriptor; nothing else owns it.
+        Ok(fd) => unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(Errno::ELOOP) => {
+            // A symlink is only a volume when it resolves inside the pool.
+            let (Ok(real), Ok(root)) = (fs::canonicalize(&path), fs::canonicalize(&def.target))
+            else {
+                return Ok(None);
+            };
+            if !real.starts_with(&root) || !real.is_file() {
+                return Ok(None);
+            }
+            File::open(&real).map_err(|e| BackendError::io("cannot open", &path, e))?
         }
-    } else if !meta.is_file() {
+        Err(e) => return Err(BackendError::io("cannot open", &path, e.into())),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| BackendError::io("cannot stat", &path, e))?;
+    if !meta.is_file() {
         return Ok(None);
     }
-    let meta = fs::metadata(&path).map_err(|e| BackendError::io("cannot stat", &path, e))?;
     let mut magic = [0u8; 4];
-    let is_qcow2 = File::open(&path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
+    let is_qcow2 = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
         && &magic == QCOW2_MAGIC;
     let path_s = path.to_string_lossy().into_owned();
     let mut vol = VolDef {
@@ -349,9 +375,7 @@ fn read_vol(def: &PoolDef, name: &str) -> Result<Option<VolDef>> {
     };
     if is_qcow2 {
         // The header says it all for ordinary images; qemu-img for the rest.
-        let native = File::open(&path)
-            .ok()
-            .and_then(|f| crate::qcow2::read_header(&f));
+        let native = crate::qcow2::read_header(&file);
         let info = match native {
             Some(h) => qemu_img::ImageInfo {
                 virtual_size: h.virtual_size,
@@ -552,6 +576,8 @@ impl PoolBackend for DirBackend {
         let mut vols = Vec::new();
         let dir = fs::read_dir(&def.target)
             .map_err(|e| BackendError::io("cannot read directory", &def.target, e))?;
+        let dir_fd = File::open(&def.target)
+            .map_err(|e| BackendError::io("cannot open directory", &def.target, e))?;
         for entry in dir {
             let entry =
                 entry.map_err(|e| BackendError::io("cannot read directory", &def.target, e))?;
@@ -562,7 +588,15 @@ impl PoolBackend for DirBackend {
                 let _ = fs::remove_file(entry.path());
                 continue;
             }
-            if let Some(v) = read_vol(def, name)? {
+            // The entry's type comes with the listing: sockets, FIFOs, devices and
+            // folders are skipped without a syscall.
+            if entry
+                .file_type()
+                .is_ok_and(|t| !t.is_file() && !t.is_symlink())
+            {
+                continue;
+            }
+            if let Some(v) = read_vol_in(def, &dir_fd, name)? {
                 vols.push(v);
             }
         }
