@@ -8,6 +8,7 @@ PACKAGES=(
   systemd             # systemd-socket-activate, systemd-analyze
   qemu-system-x86     # the hypervisor
   qemu-utils          # qemu-img
+  ovmf                # UEFI firmware and its descriptors, for firmware='efi'
   nftables            # nft, for checking rules in tests
   dnsmasq-base        # DHCP/DNS of virtual networks
   iproute2            # ip netns for tests

@@ -279,12 +279,22 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
             .loader
             .as_ref()
             .and_then(|l| l.path.as_ref())
-            .ok_or_else(|| unsupported("os/loader", "", "firmware='efi' needs an explicit <loader> path here (no firmware autoselection yet)"))?;
+            .ok_or_else(|| {
+                unsupported(
+                    "os/loader",
+                    "",
+                    "a pflash loader needs a path (firmware='efi' chooses one at start)",
+                )
+            })?;
         a.pair("-blockdev", format!("{{\"driver\":\"file\",\"filename\":{},\"node-name\":\"libvirt-pflash0-storage\",\"read-only\":true}}", json_str(loader)?));
         a.pair("-blockdev", "{\"node-name\":\"libvirt-pflash0-format\",\"read-only\":true,\"driver\":\"raw\",\"file\":\"libvirt-pflash0-storage\"}");
         if let Some(nv) = &dom.os.nvram {
             a.pair("-blockdev", format!("{{\"driver\":\"file\",\"filename\":{},\"node-name\":\"libvirt-pflash1-storage\"}}", json_str(nv)?));
             a.pair("-blockdev", "{\"node-name\":\"libvirt-pflash1-format\",\"read-only\":false,\"driver\":\"raw\",\"file\":\"libvirt-pflash1-storage\"}");
+        }
+        // Secure Boot firmware keeps its variables safe from the guest only with SMM.
+        if dom.os.loader.as_ref().and_then(|l| l.secure) == Some(true) {
+            a.pair("-global", "driver=cfi.pflash01,property=secure,value=on");
         }
     } else if let Some(l) = dom.os.loader.as_ref().and_then(|l| l.path.as_ref()) {
         a.pair("-bios", path_opt("os/loader", l)?);

@@ -34,6 +34,21 @@ pub mod state {
 }
 
 /// virDomainEventType and the details used here.
+/// virDomainUndefineFlagsValues bits this driver acts on.
+pub mod undefine {
+    pub const NVRAM: u32 = 4;
+    pub const KEEP_NVRAM: u32 = 8;
+}
+
+/// Firmware descriptor folders; `VIRTQEMUD_FIRMWARE_DIRS` (colon-separated) replaces
+/// them, for tests and for hosts that keep firmware elsewhere.
+fn firmware_dirs() -> Vec<PathBuf> {
+    match std::env::var_os("VIRTQEMUD_FIRMWARE_DIRS") {
+        Some(v) => std::env::split_paths(&v).collect(),
+        None => crate::firmware::DIRS.iter().map(PathBuf::from).collect(),
+    }
+}
+
 pub mod event {
     pub const DEFINED: i32 = 0;
     pub const UNDEFINED: i32 = 1;
@@ -207,6 +222,9 @@ struct Paths {
     autostart: PathBuf,
     run: PathBuf,
     log: PathBuf,
+    /// Per-domain UEFI variable stores (libvirt: /var/lib/libvirt/qemu/nvram in system
+    /// mode, ~/.config/libvirt/qemu/nvram in session mode).
+    nvram: PathBuf,
 }
 
 pub struct Driver {
@@ -272,6 +290,10 @@ impl Driver {
             autostart: s.config_dir.join("qemu").join("autostart"),
             run: s.runtime_dir.join("qemu"),
             log: s.state_dir.join("log").join("qemu"),
+            nvram: match s.mode {
+                common::cli::Mode::System => s.state_dir.join("qemu").join("nvram"),
+                common::cli::Mode::Session => s.config_dir.join("qemu").join("nvram"),
+            },
         };
         for d in [&paths.config, &paths.autostart, &paths.run, &paths.log] {
             common::persist::create_dir_all(d, 0o700)?;
@@ -563,6 +585,16 @@ impl Driver {
             }
             (g.name.clone(), g.live.is_some())
         };
+        let nvram = self.nvram_file(dom);
+        if nvram.exists() {
+            if flags & undefine::NVRAM != 0 {
+                std::fs::remove_file(&nvram).map_err(|e| io_err("remove", &nvram, &e))?;
+            } else if flags & undefine::KEEP_NVRAM == 0 {
+                return Err(VirError::operation_invalid(
+                    "cannot undefine domain with nvram",
+                ));
+            }
+        }
         let _ = common::persist::remove_durable(&self.autostart_link(&name));
         self.configs
             .remove(&format!("{name}.xml"))
@@ -581,6 +613,15 @@ impl Driver {
             self.remove(dom).await;
         }
         Ok(())
+    }
+
+    /// The domain's UEFI variable store: its `<nvram>` path or libvirt's default one.
+    fn nvram_file(&self, dom: &Dom) -> PathBuf {
+        let g = dom.lock();
+        g.config
+            .as_ref()
+            .and_then(|c| c.dom.os.nvram.clone())
+            .unwrap_or_else(|| crate::firmware::nvram_path(&self.paths.nvram, &g.name))
     }
 
     async fn remove(&self, dom: &Arc<Dom>) {
@@ -683,6 +724,10 @@ impl Driver {
         mut def: DomainDef,
         flags: u32,
     ) -> Result<(), VirError> {
+        // UEFI firmware and its variable store are chosen now, into the live definition.
+        let dirs = firmware_dirs();
+        let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+        crate::firmware::prepare(&mut def.dom, &dirs, &self.paths.nvram)?;
         // Taps and network ports first (recorded in the live definition); undone below
         // when anything after them fails.
         let mode = self.ctx.settings.mode;

@@ -4,6 +4,7 @@ pub mod caps;
 pub mod command_line;
 pub mod dbus;
 pub mod driver;
+pub mod firmware;
 pub mod host_caps;
 pub mod hostdevs;
 pub mod model;
