@@ -44,6 +44,12 @@ enum Cmd {
     /// Undefine a domain.
     Undefine {
         domain: String,
+        /// Also remove its UEFI variable store (VIR_DOMAIN_UNDEFINE_NVRAM).
+        #[arg(long, conflicts_with = "keep_nvram")]
+        nvram: bool,
+        /// Keep its UEFI variable store (VIR_DOMAIN_UNDEFINE_KEEP_NVRAM).
+        #[arg(long)]
+        keep_nvram: bool,
     },
     /// Start a defined domain.
     Start {
@@ -262,8 +268,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let d: DomainProxy = object!(DomainProxy, c, p, qd);
             println!("Domain '{}' defined from {file}", d.name().await?);
         }
-        Cmd::Undefine { domain: n } => {
-            domain(n.clone()).await?.undefine(0).await?;
+        Cmd::Undefine {
+            domain: n,
+            nvram,
+            keep_nvram,
+        } => {
+            let flags = if nvram { 4 } else { 0 } | if keep_nvram { 8 } else { 0 };
+            domain(n.clone()).await?.undefine(flags).await?;
             println!("Domain '{n}' has been undefined");
         }
         Cmd::Start { domain: n, paused } => {
