@@ -7,8 +7,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::xml::{
-    Address, BootDev, ChardevSource, CpuMode, DiskBus, DiskDevice, DiskSource, Domain, Graphics,
-    InterfaceKind, VirtType,
+    Address, BootDev, ChardevSource, CpuMode, DiskBus, DiskDevice, DiskSource, Domain,
+    GraphicsKind, InterfaceKind, VirtType,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -634,6 +634,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
         a.pair("-device", dev);
     }
     // Character devices.
+    let spice = d.graphics.iter().any(|g| g.kind == GraphicsKind::Spice);
     let chardev = |id: &str, src: &ChardevSource| -> Result<String> {
         Ok(match src {
             ChardevSource::Pty => format!("pty,id={id}"),
@@ -656,11 +657,14 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
                 )
             }
             ChardevSource::SpiceVmc => {
-                return Err(unsupported(
-                    "channel type",
-                    "spicevmc",
-                    "SPICE is not available here; remove the spicevmc channel",
-                ))
+                if !spice {
+                    return Err(unsupported(
+                        "channel type",
+                        "spicevmc",
+                        "needs <graphics type='spice'>",
+                    ));
+                }
+                format!("spicevmc,id={id},name=vdagent")
             }
         })
     };
@@ -745,31 +749,48 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
         a.pair("-display", "none");
     }
     for g in &d.graphics {
-        match g {
-            Graphics::Vnc {
-                port,
-                autoport,
-                listen,
-            } => {
-                let host = listen.as_deref().unwrap_or("127.0.0.1");
-                let host = if host.contains(':') {
-                    format!("[{host}]")
+        let listen = g.listen.as_deref().unwrap_or("127.0.0.1");
+        match g.kind {
+            GraphicsKind::Vnc => {
+                let host = if listen.contains(':') {
+                    format!("[{listen}]")
                 } else {
-                    host.to_owned()
+                    listen.to_owned()
                 };
-                let display = match (autoport, port) {
-                    (false, Some(p)) if *p >= 5900 => format!("{host}:{}", p - 5900),
-                    // Auto port: the runtime picks one; without it, let QEMU search.
+                let mut display = match (g.autoport, g.port) {
+                    (false, Some(p)) if p >= 5900 => format!("{host}:{}", p - 5900),
+                    // Auto port: QEMU takes the first free display from :0.
                     _ => format!("{host}:0,to=99"),
                 };
+                // The password itself goes over QMP (set_password), never on argv.
+                if g.passwd.is_some() {
+                    display.push_str(",password=on");
+                }
                 a.pair("-vnc", display);
             }
-            Graphics::Spice { .. } => {
-                return Err(unsupported(
-                    "graphics type",
-                    "spice",
-                    "SPICE is not built into Debian's qemu-system-x86 here; use vnc",
-                ))
+            GraphicsKind::Spice => {
+                if g.tls_port.is_some_and(|p| p > 0) {
+                    return Err(unsupported(
+                        "graphics type='spice' tlsPort",
+                        &g.tls_port.unwrap_or_default().to_string(),
+                        "SPICE over TLS needs certificates, not configured here",
+                    ));
+                }
+                let port = g.port.filter(|p| *p > 0).ok_or_else(|| {
+                    unsupported(
+                        "graphics type='spice'",
+                        "",
+                        "no port (the runtime assigns one at start)",
+                    )
+                })?;
+                let mut opts = format!(
+                    "port={port},addr={},seamless-migration=on",
+                    qemu_opt_value("graphics listen", listen)?
+                );
+                if g.passwd.is_none() {
+                    opts.push_str(",disable-ticketing=on");
+                }
+                a.pair("-spice", opts);
             }
         }
     }
@@ -792,27 +813,74 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
         s.push_str(&pci_suffix(&v.address, q35));
         a.pair("-device", s);
     }
+    // Audio backends; sound devices play through the first. Without one, libvirt's
+    // implicit default: SPICE's when there is SPICE graphics, else none.
+    for au in &d.audios {
+        if au.kind == "spice" && !spice {
+            return Err(unsupported(
+                "audio type",
+                "spice",
+                "needs <graphics type='spice'>",
+            ));
+        }
+        a.pair("-audiodev", format!("id=audio{},driver={}", au.id, au.kind));
+    }
+    let audiodev = match d.audios.first() {
+        Some(au) => format!("audio{}", au.id),
+        None if !d.sounds.is_empty() => {
+            let driver = if spice { "spice" } else { "none" };
+            a.pair("-audiodev", format!("id=audio1,driver={driver}"));
+            "audio1".to_owned()
+        }
+        None => String::new(),
+    };
     for (i, s) in d.sounds.iter().enumerate() {
         let pci = pci_suffix(&s.address, q35);
+        let hda = |a: &mut Argv, ctrl: &str| {
+            a.pair("-device", format!("{ctrl},id=sound{i}{pci}"));
+            a.pair(
+                "-device",
+                format!("hda-duplex,id=sound{i}-codec0,bus=sound{i}.0,cad=0,audiodev={audiodev}"),
+            );
+        };
         match s.model.as_str() {
-            "ich6" => {
-                a.pair("-device", format!("intel-hda,id=sound{i}{pci}"));
-                a.pair(
-                    "-device",
-                    format!("hda-duplex,id=sound{i}-codec0,bus=sound{i}.0,cad=0"),
-                );
-            }
-            "ich9" => {
-                a.pair("-device", format!("ich9-intel-hda,id=sound{i}{pci}"));
-                a.pair(
-                    "-device",
-                    format!("hda-duplex,id=sound{i}-codec0,bus=sound{i}.0,cad=0"),
-                );
-            }
-            "ac97" => a.pair("-device", format!("AC97,id=sound{i}{pci}")),
-            "es1370" => a.pair("-device", format!("ES1370,id=sound{i}{pci}")),
+            "ich6" => hda(&mut a, "intel-hda"),
+            "ich9" => hda(&mut a, "ich9-intel-hda"),
+            "ac97" => a.pair(
+                "-device",
+                format!("AC97,id=sound{i},audiodev={audiodev}{pci}"),
+            ),
+            "es1370" => a.pair(
+                "-device",
+                format!("ES1370,id=sound{i},audiodev={audiodev}{pci}"),
+            ),
             m => return Err(unsupported("sound model", m, "not implemented")),
         }
+    }
+    // USB redirection from SPICE clients.
+    for (i, _) in d.redirdevs.iter().enumerate() {
+        if !spice {
+            return Err(unsupported(
+                "redirdev type",
+                "spicevmc",
+                "needs <graphics type='spice'>",
+            ));
+        }
+        if !d
+            .controllers
+            .iter()
+            .any(|c| c.kind == "usb" && c.model.as_deref() != Some("none"))
+        {
+            return Err(unsupported("redirdev", "usb", "needs a USB controller"));
+        }
+        a.pair(
+            "-chardev",
+            format!("spicevmc,id=charredir{i},name=usbredir"),
+        );
+        a.pair(
+            "-device",
+            format!("usb-redir,chardev=charredir{i},id=redir{i},bus=usb0.0"),
+        );
     }
     for (i, w) in d.watchdogs.iter().enumerate() {
         match w.model.as_str() {

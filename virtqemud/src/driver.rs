@@ -81,6 +81,7 @@ pub mod list {
 
 pub const START_PAUSED: u32 = 1;
 const START_KNOWN: u32 = 1 | 4 | 8 | 16; // PAUSED, BYPASS_CACHE, FORCE_BOOT, VALIDATE
+pub const XML_SECURE: u32 = 1;
 pub const XML_INACTIVE: u32 = 2;
 /// How long Destroy waits after SIGTERM before SIGKILL.
 const DESTROY_GRACE: Duration = Duration::from_secs(5);
@@ -728,6 +729,7 @@ impl Driver {
         let dirs = firmware_dirs();
         let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
         crate::firmware::prepare(&mut def.dom, &dirs, &self.paths.nvram)?;
+        crate::graphics::assign_ports(&mut def.dom)?;
         // Taps and network ports first (recorded in the live definition); undone below
         // when anything after them fails.
         let mode = self.ctx.settings.mode;
@@ -807,6 +809,15 @@ impl Driver {
                 )));
             }
         };
+        // Passwords before anything can connect to a running guest (QEMU is at -S).
+        if let Err(e) = crate::graphics::set_passwords(&qmp, &def.dom).await {
+            process::terminate(&pidfd, Duration::from_secs(1)).await;
+            let _ = std::fs::remove_file(&qmp_path);
+            crate::nics::release(&def.dom, mode).await;
+            crate::hostdevs::reattach(&def.dom, mode).await;
+            return Err(e);
+        }
+        crate::graphics::record_vnc_port(&qmp, &mut def.dom).await;
         let paused = flags & START_PAUSED != 0;
         let (exit_tx, exit_rx) = watch::channel(false);
         {
@@ -999,14 +1010,15 @@ impl Driver {
     pub fn xml_desc(&self, dom: &Dom, flags: u32) -> Result<String, VirError> {
         check_flags(flags, 1 | 2 | 4 | 8)?;
         let g = dom.lock();
+        let secure = flags & XML_SECURE != 0;
         if flags & XML_INACTIVE != 0 {
             if let Some(c) = &g.config {
-                return Ok(c.to_xml(None));
+                return Ok(c.to_xml_for(None, secure));
             }
         }
         match (&g.live, &g.config) {
-            (Some(l), _) => Ok(l.def.to_xml(Some(l.id))),
-            (None, Some(c)) => Ok(c.to_xml(None)),
+            (Some(l), _) => Ok(l.def.to_xml_for(Some(l.id), secure)),
+            (None, Some(c)) => Ok(c.to_xml_for(None, secure)),
             (None, None) => Err(VirError::internal("domain has no definition")),
         }
     }

@@ -225,6 +225,12 @@ pub fn nvram_path(nvram_dir: &Path, name: &str) -> PathBuf {
 /// definition with its own `<loader>` path is used as written (its `<nvram>` still
 /// gets a default path and its template copied).
 pub fn prepare(dom: &mut Domain, dirs: &[&Path], nvram_dir: &Path) -> Result<(), VirError> {
+    choose(dom, dirs, nvram_dir)?;
+    create_nvram(dom, nvram_dir)
+}
+
+/// The choice of [`prepare`] without touching any file.
+pub fn choose(dom: &mut Domain, dirs: &[&Path], nvram_dir: &Path) -> Result<(), VirError> {
     let efi = dom.os.firmware.as_deref() == Some("efi");
     let pflash = dom.os.loader.as_ref().and_then(|l| l.kind.as_deref()) == Some("pflash");
     if !efi && !pflash {
@@ -252,6 +258,11 @@ pub fn prepare(dom: &mut Domain, dirs: &[&Path], nvram_dir: &Path) -> Result<(),
     if dom.os.nvram.is_none() && (efi || dom.os.nvram_template.is_some()) {
         dom.os.nvram = Some(nvram_path(nvram_dir, dom.name.as_str()));
     }
+    Ok(())
+}
+
+/// Copies the template into a variable store that does not exist yet.
+fn create_nvram(dom: &Domain, nvram_dir: &Path) -> Result<(), VirError> {
     if let (Some(nv), Some(tpl)) = (&dom.os.nvram, &dom.os.nvram_template) {
         if !nv.exists() {
             let data = fs::read(tpl).map_err(|e| {

@@ -5,6 +5,7 @@ pub mod command_line;
 pub mod dbus;
 pub mod driver;
 pub mod firmware;
+pub mod graphics;
 pub mod host_caps;
 pub mod hostdevs;
 pub mod model;

@@ -78,10 +78,17 @@ impl DomainDef {
         Ok(dom.into())
     }
 
+    /// The XML for our own files: with secrets (the files are 0600).
     pub fn to_xml(&self, id: Option<u32>) -> String {
+        self.to_xml_for(id, true)
+    }
+
+    /// The XML for a caller; graphics passwords only when `secure`.
+    pub fn to_xml_for(&self, id: Option<u32>, secure: bool) -> String {
         self.dom.to_xml(XmlOpts {
             inactive: id.is_none(),
             id,
+            secure,
         })
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use virtqemud::caps::Caps;
 use virtqemud::command_line::{build, Accel, LaunchContext};
-use virtqemud::xml::{Domain, XmlOpts};
+use virtqemud::xml::{Domain, GraphicsKind, XmlOpts};
 
 fn ctx(dom: &Domain) -> LaunchContext {
     let mut c = LaunchContext::new(
@@ -35,12 +35,28 @@ fn run(xml_path: &Path) -> Result<Vec<String>, String> {
     dom.fill_defaults(&Caps::fixture())
         .map_err(|e| e.to_string())?;
     // What is stored must come back the same.
-    let stored = dom.to_xml(XmlOpts::default());
+    let stored = dom.to_xml(XmlOpts {
+        secure: true,
+        ..XmlOpts::default()
+    });
     let mut again = Domain::parse(&stored).map_err(|e| format!("reparse: {e}"))?;
     again
         .fill_defaults(&Caps::fixture())
         .map_err(|e| format!("refill: {e}"))?;
     assert_eq!(again, dom, "{} does not round-trip", xml_path.display());
+    // The runtime's choice of UEFI firmware, from Debian's ovmf descriptors.
+    virtqemud::firmware::choose(
+        &mut dom,
+        &[Path::new("/usr/share/qemu/firmware")],
+        Path::new("/var/lib/libvirt/qemu/nvram"),
+    )
+    .map_err(|e| e.to_string())?;
+    // The runtime gives SPICE a free port; here always the first.
+    for g in &mut dom.devices.graphics {
+        if g.kind == GraphicsKind::Spice && g.port.is_none_or(|p| p <= 0) {
+            g.port = Some(5900);
+        }
+    }
     let argv = build(&dom, &ctx(&dom)).map_err(|e| e.to_string())?;
     Ok(argv
         .into_iter()

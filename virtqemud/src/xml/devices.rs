@@ -852,18 +852,46 @@ pub struct Input {
     pub bus: String,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphicsKind {
+    Vnc,
+    Spice,
+}
+
+impl GraphicsKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GraphicsKind::Vnc => "vnc",
+            GraphicsKind::Spice => "spice",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Graphics {
-    Vnc {
-        port: Option<i32>,
-        autoport: bool,
-        listen: Option<String>,
-    },
-    Spice {
-        port: Option<i32>,
-        autoport: bool,
-        listen: Option<String>,
-    },
+pub struct Graphics {
+    pub kind: GraphicsKind,
+    /// -1 or absent with `autoport`: chosen at start (VNC by QEMU, SPICE by the runtime).
+    pub port: Option<i32>,
+    /// SPICE's TLS port; only -1 (none) is honoured.
+    pub tls_port: Option<i32>,
+    pub autoport: bool,
+    pub listen: Option<String>,
+    /// The client's password; written back only for `VIR_DOMAIN_XML_SECURE`.
+    pub passwd: Option<String>,
+}
+
+/// `<audio id='N' type='none|spice'/>`: an audio backend sound devices play through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audio {
+    pub id: u32,
+    /// `none` or `spice`; other backends are kept in [`Devices::other`].
+    pub kind: String,
+}
+
+/// `<redirdev bus='usb' type='spicevmc'/>`: a USB device redirected from a SPICE client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirdev {
+    pub address: Option<Address>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -939,6 +967,8 @@ pub struct Devices {
     pub graphics: Vec<Graphics>,
     pub videos: Vec<Video>,
     pub sounds: Vec<Sound>,
+    pub audios: Vec<Audio>,
+    pub redirdevs: Vec<Redirdev>,
     pub rngs: Vec<Rng>,
     pub memballoon: Option<Memballoon>,
     pub watchdogs: Vec<Watchdog>,
@@ -1049,17 +1079,9 @@ impl Devices {
                 }
                 "graphics" => {
                     let (port, autoport, listen) = parse_graphics_port(c)?;
-                    match c.req_attr("type")? {
-                        "vnc" => d.graphics.push(Graphics::Vnc {
-                            port,
-                            autoport,
-                            listen,
-                        }),
-                        "spice" => d.graphics.push(Graphics::Spice {
-                            port,
-                            autoport,
-                            listen,
-                        }),
+                    let kind = match c.req_attr("type")? {
+                        "vnc" => GraphicsKind::Vnc,
+                        "spice" => GraphicsKind::Spice,
                         t => {
                             return Err(DomainXmlError::unsupported(
                                 "graphics type",
@@ -1067,7 +1089,50 @@ impl Devices {
                                 "expected vnc or spice",
                             ))
                         }
+                    };
+                    let passwd = c.get_attr("passwd").map(str::to_owned);
+                    if passwd
+                        .as_deref()
+                        .is_some_and(|p| p.chars().any(char::is_control))
+                    {
+                        return Err(invalid(
+                            "graphics",
+                            "attribute 'passwd'",
+                            "(hidden)",
+                            "must not contain control characters",
+                        ));
                     }
+                    d.graphics.push(Graphics {
+                        kind,
+                        port,
+                        tls_port: c.parse_attr::<i32>("tlsPort")?,
+                        autoport,
+                        listen,
+                        passwd,
+                    })
+                }
+                "audio" if matches!(c.get_attr("type"), Some("none" | "spice")) => {
+                    let id = c.parse_attr::<u32>("id")?.unwrap_or(1);
+                    if id == 0 || d.audios.iter().any(|a| a.id == id) {
+                        return Err(invalid(
+                            "audio",
+                            "attribute 'id'",
+                            &id.to_string(),
+                            "must be unique and at least 1",
+                        ));
+                    }
+                    d.audios.push(Audio {
+                        id,
+                        kind: c.req_attr("type")?.to_owned(),
+                    })
+                }
+                "redirdev"
+                    if c.get_attr("bus").unwrap_or("usb") == "usb"
+                        && c.get_attr("type") == Some("spicevmc") =>
+                {
+                    d.redirdevs.push(Redirdev {
+                        address: addr_of(c)?,
+                    })
                 }
                 "video" => {
                     let m = c.first("model");
@@ -1255,7 +1320,8 @@ impl Devices {
         Ok(d)
     }
 
-    pub(crate) fn to_element(&self) -> Element {
+    /// `secure`: include graphics passwords (`VIR_DOMAIN_XML_SECURE`, and our files).
+    pub(crate) fn to_element(&self, secure: bool) -> Element {
         let mut el = Element::new("devices");
         if let Some(e) = &self.emulator {
             el.push(Element::with_text("emulator", path_text(e)));
@@ -1286,30 +1352,23 @@ impl Devices {
             );
         }
         for g in &self.graphics {
-            let (ty, port, autoport, listen) = match g {
-                Graphics::Vnc {
-                    port,
-                    autoport,
-                    listen,
-                } => ("vnc", port, autoport, listen),
-                Graphics::Spice {
-                    port,
-                    autoport,
-                    listen,
-                } => ("spice", port, autoport, listen),
-            };
             el.push(
                 Element::new("graphics")
-                    .attr("type", ty)
-                    .attr_opt("port", *port)
-                    .attr("autoport", yn(*autoport))
-                    .attr_opt("listen", listen.as_deref()),
+                    .attr("type", g.kind.as_str())
+                    .attr_opt("port", g.port)
+                    .attr_opt("tlsPort", g.tls_port)
+                    .attr("autoport", yn(g.autoport))
+                    .attr_opt("listen", g.listen.as_deref())
+                    .attr_opt("passwd", g.passwd.as_deref().filter(|_| secure)),
             );
         }
         for s in &self.sounds {
             let mut e = Element::new("sound").attr("model", &s.model);
             push_addr(&mut e, &s.address);
             el.push(e);
+        }
+        for a in &self.audios {
+            el.push(Element::new("audio").attr("id", a.id).attr("type", &a.kind));
         }
         for v in &self.videos {
             let mut e = Element::new("video").child(
@@ -1349,6 +1408,13 @@ impl Devices {
                 .attr("managed", yn(h.managed))
                 .child(Element::new("source").child(a));
             push_addr(&mut e, &h.address);
+            el.push(e);
+        }
+        for r in &self.redirdevs {
+            let mut e = Element::new("redirdev")
+                .attr("bus", "usb")
+                .attr("type", "spicevmc");
+            push_addr(&mut e, &r.address);
             el.push(e);
         }
         for r in &self.rngs {

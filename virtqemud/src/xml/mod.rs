@@ -304,6 +304,8 @@ pub struct XmlOpts {
     pub inactive: bool,
     /// The running id to put in `<domain id=...>` when not inactive.
     pub id: Option<u32>,
+    /// Include secrets (graphics passwords): `VIR_DOMAIN_XML_SECURE`, and our own files.
+    pub secure: bool,
 }
 
 fn unit_to_kib(element: &str, value: u64, unit: &str) -> Result<u64> {
@@ -856,7 +858,7 @@ impl Domain {
             .child(Element::with_text("on_reboot", self.on_reboot.as_str()))
             .child(Element::with_text("on_crash", self.on_crash.as_str()))
             .child_opt(self.pm.clone())
-            .child(self.devices.to_element());
+            .child(self.devices.to_element(opts.secure));
         for o in &self.other {
             root.push(o.clone());
         }
