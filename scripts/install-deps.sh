@@ -9,6 +9,7 @@ PACKAGES=(
   qemu-system-x86     # the hypervisor
   qemu-utils          # qemu-img
   ovmf                # UEFI firmware and its descriptors, for firmware='efi'
+  swtpm               # emulated TPMs
   nftables            # nft, for checking rules in tests
   dnsmasq-base        # DHCP/DNS of virtual networks
   iproute2            # ip netns for tests

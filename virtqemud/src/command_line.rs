@@ -36,6 +36,8 @@ pub struct LaunchContext {
     pub tap_fds: Vec<Option<i32>>,
     /// Resolves `<disk type='volume'>` to a host path (the storage daemon's answer).
     pub volume_paths: Vec<(String, String, PathBuf)>,
+    /// The control socket of the swtpm started for an emulated `<tpm>`.
+    pub tpm_socket: Option<PathBuf>,
 }
 
 impl LaunchContext {
@@ -55,6 +57,7 @@ impl LaunchContext {
             start_paused: true,
             tap_fds: Vec::new(),
             volume_paths: Vec::new(),
+            tpm_socket: None,
         }
     }
 }
@@ -900,11 +903,23 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
         a.pair("-action", format!("watchdog={action}"));
     }
     if let Some(t) = d.tpms.first() {
-        return Err(unsupported(
-            "tpm backend",
-            &t.backend,
-            "TPM needs swtpm management, not implemented yet",
-        ));
+        if t.backend != "emulator" {
+            return Err(unsupported(
+                "tpm backend type",
+                &t.backend,
+                "only 'emulator' (swtpm) is implemented",
+            ));
+        }
+        let sock = ctx
+            .tpm_socket
+            .as_ref()
+            .ok_or_else(|| unsupported("tpm", &t.model, "the runtime must start swtpm first"))?;
+        a.pair(
+            "-chardev",
+            format!("socket,id=chrtpm,path={}", path_opt("tpm socket", sock)?),
+        );
+        a.pair("-tpmdev", "emulator,id=tpm-tpm0,chardev=chrtpm");
+        a.pair("-device", format!("{},tpmdev=tpm-tpm0,id=tpm0", t.model));
     }
     for (i, h) in d.hostdevs.iter().enumerate() {
         let s = h.source;

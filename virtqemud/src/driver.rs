@@ -38,6 +38,7 @@ pub mod state {
 pub mod undefine {
     pub const NVRAM: u32 = 4;
     pub const KEEP_NVRAM: u32 = 8;
+    pub const KEEP_TPM: u32 = 64;
 }
 
 /// Firmware descriptor folders; `VIRTQEMUD_FIRMWARE_DIRS` (colon-separated) replaces
@@ -226,6 +227,8 @@ struct Paths {
     /// Per-domain UEFI variable stores (libvirt: /var/lib/libvirt/qemu/nvram in system
     /// mode, ~/.config/libvirt/qemu/nvram in session mode).
     nvram: PathBuf,
+    /// Emulated TPM states (libvirt: /var/lib/libvirt/swtpm, ~/.config/libvirt/qemu/swtpm).
+    swtpm: PathBuf,
 }
 
 pub struct Driver {
@@ -294,6 +297,10 @@ impl Driver {
             nvram: match s.mode {
                 common::cli::Mode::System => s.state_dir.join("qemu").join("nvram"),
                 common::cli::Mode::Session => s.config_dir.join("qemu").join("nvram"),
+            },
+            swtpm: match s.mode {
+                common::cli::Mode::System => s.state_dir.join("swtpm"),
+                common::cli::Mode::Session => s.config_dir.join("qemu").join("swtpm"),
             },
         };
         for d in [&paths.config, &paths.autostart, &paths.run, &paths.log] {
@@ -596,6 +603,11 @@ impl Driver {
                 ));
             }
         }
+        // libvirt removes the TPM's state unless asked to keep it.
+        let tpm_state = self.paths.swtpm.join(dom.uuid.to_string());
+        if flags & undefine::KEEP_TPM == 0 && tpm_state.exists() {
+            std::fs::remove_dir_all(&tpm_state).map_err(|e| io_err("remove", &tpm_state, &e))?;
+        }
         let _ = common::persist::remove_durable(&self.autostart_link(&name));
         self.configs
             .remove(&format!("{name}.xml"))
@@ -730,6 +742,15 @@ impl Driver {
         let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
         crate::firmware::prepare(&mut def.dom, &dirs, &self.paths.nvram)?;
         crate::graphics::assign_ports(&mut def.dom)?;
+        // swtpm before QEMU, which connects to it at once; it ends with QEMU.
+        let swtpm = crate::tpm::start(
+            &def.dom,
+            &dom.uuid.to_string(),
+            &self.paths.swtpm,
+            &self.paths.run,
+            &self.paths.log.join(format!("{}-swtpm.log", def.name)),
+        )
+        .await?;
         // Taps and network ports first (recorded in the live definition); undone below
         // when anything after them fails.
         let mode = self.ctx.settings.mode;
@@ -761,6 +782,7 @@ impl Driver {
                 runtime_dir: &self.paths.run,
                 tap_fds: &tap_fds,
                 volume_paths: &volume_paths,
+                tpm_socket: swtpm.as_ref().map(|t| t.socket.as_path()),
             },
             self.sandbox,
         );
@@ -818,6 +840,9 @@ impl Driver {
             return Err(e);
         }
         crate::graphics::record_vnc_port(&qmp, &mut def.dom).await;
+        if let Some(t) = swtpm {
+            t.handed_over();
+        }
         let paused = flags & START_PAUSED != 0;
         let (exit_tx, exit_rx) = watch::channel(false);
         {

@@ -14,6 +14,7 @@ pub mod process;
 pub mod qmp;
 pub mod stats;
 pub mod tap;
+pub mod tpm;
 pub mod volumes;
 pub mod xml;
 

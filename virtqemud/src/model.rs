@@ -102,6 +102,8 @@ pub struct LaunchPaths<'a> {
     pub tap_fds: &'a [Option<i32>],
     /// `<disk type='volume'>` resolved by virtstoraged (`crate::volumes::resolve`).
     pub volume_paths: &'a [(String, String, PathBuf)],
+    /// swtpm's control socket (`crate::tpm::start`).
+    pub tpm_socket: Option<&'a Path>,
 }
 
 /// The argv (program first) that launches `def` stopped (`-S`, resumed over QMP) with
@@ -135,6 +137,7 @@ pub fn argv(def: &DomainDef, paths: &LaunchPaths, sandbox: bool) -> Result<Vec<S
     ctx.start_paused = true;
     ctx.tap_fds = paths.tap_fds.to_vec();
     ctx.volume_paths = paths.volume_paths.to_vec();
+    ctx.tpm_socket = paths.tpm_socket.map(Path::to_path_buf);
     let argv = command_line::build(&dom, &ctx)?;
     argv.into_iter()
         .map(|a: OsString| {
@@ -168,6 +171,7 @@ mod tests {
                 runtime_dir: Path::new("/run"),
                 tap_fds: &[],
                 volume_paths: &[],
+                tpm_socket: None,
             },
             false,
         )

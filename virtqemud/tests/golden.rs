@@ -20,6 +20,7 @@ fn ctx(dom: &Domain) -> LaunchContext {
         "/run/virtqemud".into(),
     );
     c.accel = Accel::Kvm;
+    c.tpm_socket = Some("/run/virtqemud/swtpm-1.sock".into());
     c.tap_fds = vec![Some(30), Some(31), Some(32)];
     c.volume_paths = vec![(
         "default".into(),
