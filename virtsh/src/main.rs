@@ -50,6 +50,9 @@ enum Cmd {
         /// Keep its UEFI variable store (VIR_DOMAIN_UNDEFINE_KEEP_NVRAM).
         #[arg(long)]
         keep_nvram: bool,
+        /// Keep its emulated TPM's state (VIR_DOMAIN_UNDEFINE_KEEP_TPM).
+        #[arg(long)]
+        keep_tpm: bool,
     },
     /// Start a defined domain.
     Start {
@@ -272,8 +275,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             domain: n,
             nvram,
             keep_nvram,
+            keep_tpm,
         } => {
-            let flags = if nvram { 4 } else { 0 } | if keep_nvram { 8 } else { 0 };
+            let flags = if nvram { 4 } else { 0 }
+                | if keep_nvram { 8 } else { 0 }
+                | if keep_tpm { 64 } else { 0 };
             domain(n.clone()).await?.undefine(flags).await?;
             println!("Domain '{n}' has been undefined");
         }
