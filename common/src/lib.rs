@@ -17,6 +17,8 @@ pub mod xml;
 
 #[cfg(feature = "harness")]
 pub mod harness;
+#[cfg(feature = "harness")]
+pub mod mutate;
 
 pub use error::{BusError, ErrorCode, VirError};
 pub use hub::Hub;
