@@ -420,6 +420,13 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     let mut scsi_unit = 0u32;
     let mut fd_unit = 0u32;
     for (i, disk) in d.disks.iter().enumerate() {
+        if let Some(c) = disk.unhandled.first() {
+            return Err(unsupported(
+                &format!("disk/{}", c.name),
+                &disk.target_dev,
+                "not implemented",
+            ));
+        }
         let bus = disk.bus.ok_or_else(|| {
             unsupported(
                 "disk target",
@@ -577,6 +584,13 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     // Network.
     let mut tap_index = 0usize;
     for (i, nic) in d.interfaces.iter().enumerate() {
+        if let Some(c) = nic.unhandled.first() {
+            return Err(unsupported(
+                &format!("interface/{}", c.name),
+                nic.mac.map(|m| m.to_string()).as_deref().unwrap_or(""),
+                "not implemented",
+            ));
+        }
         let id = format!("hostnet{i}");
         match &nic.kind {
             InterfaceKind::User => a.pair("-netdev", format!("user,id={id}")),
@@ -633,6 +647,17 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
         );
         if let Some(o) = nic.boot_order {
             dev.push_str(&format!(",bootindex={o}"));
+        }
+        match (nic.mtu, model) {
+            (Some(m), "virtio-net-pci") => dev.push_str(&format!(",host_mtu={m}")),
+            (Some(_), _) if matches!(nic.kind, InterfaceKind::User) => {
+                return Err(unsupported(
+                    "interface/mtu",
+                    "user",
+                    "only tap-backed NICs have an MTU to set",
+                ))
+            }
+            _ => {}
         }
         a.pair("-device", dev);
     }

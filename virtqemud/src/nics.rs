@@ -209,7 +209,7 @@ async fn prepare_into(dom: &mut Domain, mode: Mode, done: &mut Prepared) -> Resu
             .mac
             .ok_or_else(|| VirError::internal("NIC without a MAC"))?;
         nic.target_dev = Some(t.name.clone());
-        tap::configure(&t.name, mac.0, bridge.as_deref())?;
+        tap::configure(&t.name, mac.0, bridge.as_deref(), nic.mtu)?;
         tracing::info!(tap = %t.name, bridge = ?bridge, "tap ready");
         done.taps.push(Some(t.fd));
     }

@@ -140,7 +140,13 @@ impl Sock {
 
 /// The host side of a NIC: `mac` with the first byte `fe` (so the bridge never takes
 /// the guest's address as its own), the bridge's MTU, enslaved, up.
-pub fn configure(tap: &str, guest_mac: [u8; 6], bridge: Option<&str>) -> Result<(), TapError> {
+/// `mtu` is the NIC's `<mtu>`; without one a bridged tap takes the bridge's MTU.
+pub fn configure(
+    tap: &str,
+    guest_mac: [u8; 6],
+    bridge: Option<&str>,
+    mtu: Option<u32>,
+) -> Result<(), TapError> {
     let cfg = |what: &'static str| {
         move |err| TapError::Configure {
             what,
@@ -161,6 +167,12 @@ pub fn configure(tap: &str, guest_mac: [u8; 6], bridge: Option<&str>) -> Result<
     }
     sock.ioctl(libc::SIOCSIFHWADDR, &mut r)
         .map_err(cfg("set the MAC address"))?;
+    if let Some(m) = mtu {
+        let mut t = ifreq(tap);
+        t.ifr_ifru.ifru_mtu = m as libc::c_int;
+        sock.ioctl(libc::SIOCSIFMTU, &mut t)
+            .map_err(cfg("set the MTU"))?;
+    }
     if let Some(br) = bridge {
         let berr = |err| TapError::Bridge {
             bridge: br.to_owned(),
@@ -172,13 +184,15 @@ pub fn configure(tap: &str, guest_mac: [u8; 6], bridge: Option<&str>) -> Result<
                 "not a valid interface name",
             )));
         }
-        let mut b = ifreq(br);
-        sock.ioctl(libc::SIOCGIFMTU, &mut b).map_err(berr)?;
-        let mut t = ifreq(tap);
-        // SAFETY: reading and writing the mtu member of plain unions.
-        unsafe { t.ifr_ifru.ifru_mtu = b.ifr_ifru.ifru_mtu };
-        sock.ioctl(libc::SIOCSIFMTU, &mut t)
-            .map_err(cfg("set the MTU"))?;
+        if mtu.is_none() {
+            let mut b = ifreq(br);
+            sock.ioctl(libc::SIOCGIFMTU, &mut b).map_err(berr)?;
+            let mut t = ifreq(tap);
+            // SAFETY: reading and writing the mtu member of plain unions.
+            unsafe { t.ifr_ifru.ifru_mtu = b.ifr_ifru.ifru_mtu };
+            sock.ioctl(libc::SIOCSIFMTU, &mut t)
+                .map_err(cfg("set the MTU"))?;
+        }
         let cname = CString::new(tap).map_err(|_| {
             cfg("find the index")(std::io::Error::from(std::io::ErrorKind::InvalidInput))
         })?;

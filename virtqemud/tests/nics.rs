@@ -271,7 +271,7 @@ async fn bridge_and_ethernet_nics_get_taps() {
              <interface type='bridge'><mac address='52:54:00:92:00:01'/>\
              <source bridge='tbr0'/></interface>\
              <interface type='ethernet'><mac address='52:54:00:92:00:02'/>\
-             <target dev='mytap0'/></interface>\
+             <target dev='mytap0'/><mtu size='1300'/><alias name='net1'/></interface>\
              <interface type='user'/></devices></domain>",
         )
         .await
@@ -299,8 +299,37 @@ async fn bridge_and_ethernet_nics_get_taps() {
     let (master, mac, _) = link(&ns, "mytap0").expect("ethernet tap");
     assert_eq!(master, None);
     assert_eq!(mac, "fe:54:00:92:00:02");
+    let mtu = link_json(&ns, "mytap0").and_then(|l| l.get("mtu").and_then(|m| m.as_u64()));
+    assert_eq!(mtu, Some(1300), "the NIC's own <mtu>");
     let pid = pid_of("br");
     assert_eq!(tun_fds(pid), 2);
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    let argv = String::from_utf8_lossy(&argv).into_owned();
+    assert!(
+        argv.split('\0')
+            .any(|a| a.contains("mac=52:54:00:92:00:02") && a.ends_with(",host_mtu=1300")),
+        "{argv}"
+    );
+    assert!(live.contains("<mtu size='1300'/>"), "{live}");
+
+    // What a NIC asks for that is not implemented is refused by name, not ignored.
+    let p3 = qc
+        .domain_define_xml(
+            "<domain type='qemu'><name>bw</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+             <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+             <interface type='bridge'><source bridge='tbr0'/>\
+             <bandwidth><inbound average='1000'/></bandwidth></interface></devices></domain>",
+        )
+        .await
+        .expect("define bw");
+    let d3 = domain(&conn, &p3).await;
+    assert!(d3
+        .get_xml_desc(2)
+        .await
+        .expect("xml")
+        .contains("<inbound average='1000'/>"));
+    let e = bus_err(d3.create(1).await);
+    assert!(e.contains("<interface/bandwidth>"), "{e}");
 
     // A second domain may not take a tap name that is in use.
     let p2 = qc

@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use common::xml::Element;
+use common::xml::{Element, Node};
 
 use super::{invalid, missing, yes_no, yn, DomainXmlError, Result};
 
@@ -242,7 +242,23 @@ pub struct Disk {
     pub serial: Option<String>,
     pub boot_order: Option<u32>,
     pub address: Option<Address>,
+    /// Children this model does not handle (`<iotune>`, `<encryption>`, ...), kept
+    /// verbatim and refused at start by name.
+    pub unhandled: Vec<Element>,
 }
+
+/// The element children of `el` not named in `handled`: kept to be written back, and
+/// refused at start, so nothing in a definition is silently ignored.
+fn unhandled(el: &Element, handled: &[&str]) -> Vec<Element> {
+    el.elements()
+        .filter(|c| !handled.contains(&c.name.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// Children libvirt writes into live XML that carry nothing to honour (it makes them
+/// again): dropped on input.
+const REGENERATED: &[&str] = &["alias", "backingStore"];
 
 const CACHE_MODES: &[&str] = &[
     "default",
@@ -412,6 +428,23 @@ impl Disk {
             serial,
             boot_order: boot_of(el)?,
             address: addr_of(el)?,
+            unhandled: unhandled(
+                el,
+                &[
+                    &[
+                        "source",
+                        "driver",
+                        "target",
+                        "boot",
+                        "readonly",
+                        "shareable",
+                        "serial",
+                        "address",
+                    ][..],
+                    REGENERATED,
+                ]
+                .concat(),
+            ),
         })
     }
 
@@ -467,6 +500,8 @@ impl Disk {
         if let Some(s) = &self.serial {
             el.push(Element::with_text("serial", s));
         }
+        el.children
+            .extend(self.unhandled.iter().cloned().map(Node::Element));
         push_addr(&mut el, &self.address);
         el
     }
@@ -536,6 +571,11 @@ pub struct Interface {
     pub source_bridge: Option<String>,
     pub boot_order: Option<u32>,
     pub address: Option<Address>,
+    /// `<mtu size=>`: the tap's MTU and, for virtio, the MTU the guest is offered.
+    pub mtu: Option<u32>,
+    /// Children this model does not handle (`<bandwidth>`, `<link>`, `<vlan>`, ...),
+    /// kept verbatim and refused at start by name.
+    pub unhandled: Vec<Element>,
 }
 
 pub(crate) fn check_ifname(element: &str, name: &str) -> Result<()> {
@@ -654,6 +694,40 @@ impl Interface {
             target_managed,
             boot_order: boot_of(el)?,
             address: addr_of(el)?,
+            mtu: match el.first("mtu") {
+                Some(m) => {
+                    let size = m
+                        .parse_attr::<u32>("size")?
+                        .ok_or_else(|| missing("mtu", "attribute 'size'"))?;
+                    if !(68..=65535).contains(&size) {
+                        return Err(invalid(
+                            "mtu",
+                            "attribute 'size'",
+                            &size.to_string(),
+                            "must be 68 to 65535",
+                        ));
+                    }
+                    Some(size)
+                }
+                None => None,
+            },
+            unhandled: unhandled(
+                el,
+                &[
+                    &["source", "mac", "model", "target", "boot", "address", "mtu"][..],
+                    REGENERATED,
+                ]
+                .concat(),
+            )
+            .into_iter()
+            // QEMU's own virtio-net (no vhost) is what runs anyway.
+            .filter(|c| {
+                !(c.name == "driver"
+                    && c.attrs.len() == 1
+                    && c.get_attr("name") == Some("qemu")
+                    && c.elements().next().is_none())
+            })
+            .collect(),
         })
     }
 
@@ -691,7 +765,10 @@ impl Interface {
             .child_opt(
                 self.boot_order
                     .map(|o| Element::new("boot").attr("order", o)),
-            );
+            )
+            .child_opt(self.mtu.map(|m| Element::new("mtu").attr("size", m)));
+        el.children
+            .extend(self.unhandled.iter().cloned().map(Node::Element));
         push_addr(&mut el, &self.address);
         el
     }
