@@ -427,6 +427,13 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
                 "not implemented",
             ));
         }
+        if let Some((k, v)) = disk.driver.unhandled.first() {
+            return Err(unsupported(
+                &format!("disk/driver {k}"),
+                v,
+                "not implemented",
+            ));
+        }
         let bus = disk.bus.ok_or_else(|| {
             unsupported(
                 "disk target",

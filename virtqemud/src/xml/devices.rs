@@ -225,6 +225,9 @@ pub struct DiskDriver {
     pub cache: Option<String>,
     pub io: Option<String>,
     pub discard: Option<String>,
+    /// Attributes not handled (`detect_zeroes`, `iothread`, `error_policy`, ...): kept,
+    /// written back and refused at start by name.
+    pub unhandled: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -370,6 +373,14 @@ impl Disk {
                     cache,
                     io,
                     discard,
+                    unhandled: d
+                        .attrs
+                        .iter()
+                        .filter(|(k, _)| {
+                            !matches!(k.as_str(), "name" | "type" | "cache" | "io" | "discard")
+                        })
+                        .cloned()
+                        .collect(),
                 }
             }
         };
@@ -463,15 +474,16 @@ impl Disk {
             || d.cache.is_some()
             || d.io.is_some()
             || d.discard.is_some()
+            || !d.unhandled.is_empty()
         {
-            el.push(
-                Element::new("driver")
-                    .attr_opt("name", d.name.as_deref())
-                    .attr_opt("type", d.format.as_deref())
-                    .attr_opt("cache", d.cache.as_deref())
-                    .attr_opt("io", d.io.as_deref())
-                    .attr_opt("discard", d.discard.as_deref()),
-            );
+            let mut e = Element::new("driver")
+                .attr_opt("name", d.name.as_deref())
+                .attr_opt("type", d.format.as_deref())
+                .attr_opt("cache", d.cache.as_deref())
+                .attr_opt("io", d.io.as_deref())
+                .attr_opt("discard", d.discard.as_deref());
+            e.attrs.extend(d.unhandled.iter().cloned());
+            el.push(e);
         }
         match &self.source {
             Some(DiskSource::File(p)) => el.push(Element::new("source").attr("file", path_text(p))),
