@@ -166,3 +166,54 @@ pub fn mutate(rng: &mut Rng, base: &str, extra: &[&str]) -> String {
     }
     s.into_iter().collect()
 }
+
+/// One kind of input and how to run it: returns how far the input got (0: refused by
+/// the parser; higher: further stages).
+pub struct Target<'a> {
+    pub bases: &'a [&'a str],
+    /// Elements of this kind's own to splice in, beside [`SPLICES`].
+    pub splices: &'a [&'a str],
+    pub check: &'a (dyn Fn(&str) -> usize + std::panic::RefUnwindSafe),
+}
+
+/// Runs `per_base` mutations of every base of every target from `seed`. Fails (panics,
+/// for a test) naming the first input that panicked, or when fewer than one input in
+/// ten reached stage `deepest` (then the mutations no longer test what lies behind the
+/// parser). Returns how many inputs stopped at each stage.
+pub fn assert_no_panics(
+    seed: u64,
+    per_base: usize,
+    deepest: usize,
+    targets: &[Target],
+) -> Vec<usize> {
+    let mut rng = Rng(seed);
+    let mut reached = vec![0usize; deepest + 1];
+    let mut failures = Vec::new();
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    for t in targets {
+        for (b, base) in t.bases.iter().enumerate() {
+            for case in 0..per_base {
+                let text = mutate(&mut rng, base, t.splices);
+                match std::panic::catch_unwind(|| (t.check)(&text)) {
+                    Ok(stage) => reached[stage.min(deepest)] += 1,
+                    Err(_) => failures.push(format!("base {b} case {case}:\n{text}")),
+                }
+            }
+        }
+    }
+    std::panic::set_hook(hook);
+    eprintln!("inputs stopped at each stage: {reached:?}");
+    assert!(
+        failures.is_empty(),
+        "{} inputs panicked; first:\n{}",
+        failures.len(),
+        failures.first().map(String::as_str).unwrap_or_default()
+    );
+    let total: usize = reached.iter().sum();
+    assert!(
+        reached[deepest] * 10 >= total,
+        "too few mutations reach stage {deepest}: {reached:?}"
+    );
+    reached
+}

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 mod support;
 
-use common::harness::{Daemon, TestBus};
-use common::proxies::qemu::QemuConnectProxy;
-use support::{bus_err, domain, wait_serial};
+use support::{bus_err, domain, qemu_cmdline, qemud, wait_serial, Qemud};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
 const UNDEFINE_NVRAM: u32 = 4;
@@ -25,23 +23,6 @@ fn efi_xml(name: &str, serial: &Path, firmware: &str) -> String {
     )
 }
 
-fn cmdline(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .expect("cmdline")
-        .split(|b| *b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn qemu_pid(run_dir: &Path, name: &str) -> u32 {
-    std::fs::read_to_string(run_dir.join("qemu").join(format!("{name}.pid")))
-        .expect("pidfile")
-        .trim()
-        .parse()
-        .expect("pid")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn efi_firmware_is_chosen_at_start_with_its_variable_store() {
     let descriptors = Path::new("/usr/share/qemu/firmware/60-edk2-x86_64.json");
@@ -49,13 +30,13 @@ async fn efi_firmware_is_chosen_at_start_with_its_variable_store() {
         descriptors.exists(),
         "this test needs Debian's 'ovmf' package (scripts/install-deps.sh installs it)"
     );
-    let bus = TestBus::start().expect("bus");
-    let daemon = Daemon::builder(BIN, "virtqemud")
-        .spawn(&bus)
-        .await
-        .expect("daemon");
-    let conn = bus.connection().await.expect("conn");
-    let qc = QemuConnectProxy::new(&conn).await.expect("proxy");
+    // The bus lives as long as `_bus`.
+    let Qemud {
+        bus: _bus,
+        daemon,
+        conn,
+        qc,
+    } = qemud(BIN).await;
     let root = daemon.dirs.root.path().to_owned();
     let nvram_dir = daemon.dirs.config.join("qemu").join("nvram");
 
@@ -93,7 +74,7 @@ async fn efi_firmware_is_chosen_at_start_with_its_variable_store() {
             .expect("template")
             .len()
     );
-    let argv = cmdline(qemu_pid(&daemon.dirs.runtime, "secure"));
+    let argv = qemu_cmdline(&daemon.dirs.runtime, "secure");
     assert!(argv.contains("smm=on"), "{argv}");
     assert!(
         argv.contains("driver=cfi.pflash01,property=secure,value=on"),
@@ -129,7 +110,7 @@ async fn efi_firmware_is_chosen_at_start_with_its_variable_store() {
     let live = d.get_xml_desc(0).await.expect("live xml");
     assert!(live.contains("/usr/share/OVMF/OVMF_CODE_4M.fd"), "{live}");
     assert!(!live.contains("<smm"), "{live}");
-    let argv = cmdline(qemu_pid(&daemon.dirs.runtime, "plain"));
+    let argv = qemu_cmdline(&daemon.dirs.runtime, "plain");
     assert!(!argv.contains("property=secure"), "{argv}");
     let text = wait_serial(
         &serial,

@@ -9,9 +9,7 @@ use std::time::Duration;
 
 mod support;
 
-use common::harness::{Daemon, TestBus};
-use common::proxies::qemu::QemuConnectProxy;
-use support::{bus_err, domain};
+use support::{bus_err, domain, qemu_cmdline, qemud, Qemud};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
 const XML_SECURE: u32 = 1;
@@ -32,17 +30,6 @@ fn live_port(live: &str) -> u16 {
         .expect("port number")
 }
 
-fn cmdline(run: &std::path::Path, name: &str) -> String {
-    let pid =
-        std::fs::read_to_string(run.join("qemu").join(format!("{name}.pid"))).expect("pidfile");
-    std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
-        .expect("cmdline")
-        .split(|b| *b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// The security types a VNC server offers (RFB 3.8 handshake).
 fn vnc_security_types(port: u16) -> Vec<u8> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to VNC");
@@ -61,13 +48,13 @@ fn vnc_security_types(port: u16) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spice_vnc_ports_and_passwords() {
-    let bus = TestBus::start().expect("bus");
-    let daemon = Daemon::builder(BIN, "virtqemud")
-        .spawn(&bus)
-        .await
-        .expect("daemon");
-    let conn = bus.connection().await.expect("conn");
-    let qc = QemuConnectProxy::new(&conn).await.expect("proxy");
+    // The bus lives as long as `_bus`.
+    let Qemud {
+        bus: _bus,
+        daemon,
+        conn,
+        qc,
+    } = qemud(BIN).await;
     let run = daemon.dirs.runtime.clone();
 
     // SPICE the way virt-install writes it, with a password.
@@ -101,7 +88,7 @@ async fn spice_vnc_ports_and_passwords() {
     let live = d.get_xml_desc(0).await.expect("live");
     let port = live_port(&live);
     assert!(port >= 5900, "{live}");
-    let argv = cmdline(&run, "sp");
+    let argv = qemu_cmdline(&run, "sp");
     assert!(
         argv.contains(&format!(
             "-spice port={port},addr=127.0.0.1,seamless-migration=on"
@@ -136,7 +123,7 @@ async fn spice_vnc_ports_and_passwords() {
     d2.create(0).await.expect("start sp2");
     let port2 = live_port(&d2.get_xml_desc(0).await.expect("live2"));
     assert_ne!(port, port2);
-    assert!(cmdline(&run, "sp2").contains("disable-ticketing=on"));
+    assert!(qemu_cmdline(&run, "sp2").contains("disable-ticketing=on"));
 
     // VNC: the chosen display is in the live XML; a password makes VNC auth (2) the
     // only security type, without one it is None (1).
@@ -151,7 +138,7 @@ async fn spice_vnc_ports_and_passwords() {
     d3.create(0).await.expect("start vnc");
     let vport = live_port(&d3.get_xml_desc(0).await.expect("live3"));
     assert_eq!(vnc_security_types(vport), vec![2]);
-    let argv = cmdline(&run, "vn");
+    let argv = qemu_cmdline(&run, "vn");
     assert!(
         argv.contains(",password=on") && !argv.contains("vnc-pass-77"),
         "{argv}"

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use common::mutate::{mutate, Rng};
+use common::mutate::{assert_no_panics, Target};
 use virtqemud::caps::Caps;
 use virtqemud::command_line::{build, LaunchContext};
 use virtqemud::xml::{Domain, XmlOpts};
@@ -61,46 +61,26 @@ fn exercise(text: &str) -> usize {
 #[test]
 fn mutated_domain_xml_never_panics() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let mut bases: Vec<(String, String)> = std::fs::read_dir(&dir)
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("golden dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "xml"))
-        .map(|p| {
-            (
-                p.display().to_string(),
-                std::fs::read_to_string(&p).expect("read"),
-            )
-        })
         .collect();
-    bases.sort();
-    assert!(bases.len() >= 8, "golden files missing");
-    let mut rng = Rng(0x5eed_1234_abcd_ef01);
-    let per_file = 1500;
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let mut failures = Vec::new();
-    let mut reached = [0usize; 3];
-    for (name, base) in &bases {
-        for case in 0..per_file {
-            let text = mutate(&mut rng, base, DOMAIN_SPLICES);
-            match std::panic::catch_unwind(|| exercise(&text)) {
-                Ok(stage) => reached[stage] += 1,
-                Err(_) => failures.push(format!("{name} case {case}:\n{text}")),
-            }
-        }
-    }
-    std::panic::set_hook(hook);
-    eprintln!("refused by the parser / the defaults / built: {reached:?}");
-    // The mutations must get past the parser often enough to test the rest.
-    let total: usize = reached.iter().sum();
-    assert!(
-        reached[2] * 10 >= total,
-        "too few mutations reach the builder: {reached:?}"
-    );
-    assert!(
-        failures.is_empty(),
-        "{} inputs panicked; first:\n{}",
-        failures.len(),
-        failures.first().map(String::as_str).unwrap_or_default()
+    files.sort();
+    let texts: Vec<String> = files
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("read"))
+        .collect();
+    assert!(texts.len() >= 8, "golden files missing");
+    let bases: Vec<&str> = texts.iter().map(String::as_str).collect();
+    assert_no_panics(
+        0x5eed_1234_abcd_ef01,
+        1500,
+        2,
+        &[Target {
+            bases: &bases,
+            splices: DOMAIN_SPLICES,
+            check: &exercise,
+        }],
     );
 }

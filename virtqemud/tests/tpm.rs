@@ -8,9 +8,8 @@ use std::time::Duration;
 
 mod support;
 
-use common::harness::{wait_gone, Daemon, TestBus};
-use common::proxies::qemu::QemuConnectProxy;
-use support::domain;
+use common::harness::wait_gone;
+use support::{domain, qemu_cmdline, qemud, Qemud};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
 const UNDEFINE_KEEP_TPM: u32 = 64;
@@ -43,13 +42,12 @@ async fn swtpm_lives_and_dies_with_its_qemu() {
         Path::new("/usr/bin/swtpm").exists(),
         "this test needs the 'swtpm' package (scripts/install-deps.sh installs it)"
     );
-    let bus = TestBus::start().expect("bus");
-    let mut daemon = Daemon::builder(BIN, "virtqemud")
-        .spawn(&bus)
-        .await
-        .expect("daemon");
-    let conn = bus.connection().await.expect("conn");
-    let qc = QemuConnectProxy::new(&conn).await.expect("proxy");
+    let Qemud {
+        bus,
+        mut daemon,
+        conn,
+        qc,
+    } = qemud(BIN).await;
     let run = daemon.dirs.runtime.join("qemu");
     let swtpm_root = daemon.dirs.config.join("qemu").join("swtpm");
 
@@ -65,9 +63,7 @@ async fn swtpm_lives_and_dies_with_its_qemu() {
     assert!(alive(swtpm) && alive(qemu));
     let comm = std::fs::read_to_string(format!("/proc/{swtpm}/comm")).expect("comm");
     assert_eq!(comm.trim(), "swtpm");
-    let argv =
-        String::from_utf8_lossy(&std::fs::read(format!("/proc/{qemu}/cmdline")).expect("cmdline"))
-            .replace('\0', " ");
+    let argv = qemu_cmdline(&daemon.dirs.runtime, "t1");
     assert!(
         argv.contains("-tpmdev emulator,id=tpm-tpm0,chardev=chrtpm")
             && argv.contains("tpm-crb,tpmdev=tpm-tpm0"),

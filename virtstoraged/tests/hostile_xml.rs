@@ -3,7 +3,7 @@
 //! again. Volume names that could leave the pool never get through. Errors are fine;
 //! a panic is a failure.
 
-use common::mutate::{mutate, Rng};
+use common::mutate::{assert_no_panics, Target};
 use virtstoraged::xml::{PoolDef, VolDef};
 
 const POOLS: &[&str] = &[
@@ -38,9 +38,6 @@ const SPLICES: &[&str] = &[
     "<device path='/dev/sda,x'/>",
 ];
 
-/// Runs one input; returns how far it got (0 refused by the parser, 1 written back).
-type Check = fn(&str) -> usize;
-
 fn check_pool(text: &str) -> usize {
     let Ok(p) = PoolDef::parse(text) else {
         return 0;
@@ -64,36 +61,21 @@ fn check_vol(text: &str) -> usize {
 
 #[test]
 fn mutated_pool_and_volume_xml_never_panics() {
-    let mut rng = Rng(0x706f_6f6c_766f_6c73);
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let mut failures = Vec::new();
-    let mut reached = [0usize; 2];
-    let cases: Vec<(&str, Check)> = POOLS
-        .iter()
-        .map(|b| (*b, check_pool as Check))
-        .chain(VOLS.iter().map(|b| (*b, check_vol as Check)))
-        .collect();
-    for (base, check) in cases {
-        for case in 0..2000 {
-            let text = mutate(&mut rng, base, SPLICES);
-            match std::panic::catch_unwind(|| check(&text)) {
-                Ok(stage) => reached[stage] += 1,
-                Err(_) => failures.push(format!("case {case}:\n{text}")),
-            }
-        }
-    }
-    std::panic::set_hook(hook);
-    eprintln!("refused by the parser / parsed and written: {reached:?}");
-    let total: usize = reached.iter().sum();
-    assert!(
-        reached[1] * 10 >= total,
-        "too few mutations get past the parser: {reached:?}"
-    );
-    assert!(
-        failures.is_empty(),
-        "{} inputs panicked; first:\n{}",
-        failures.len(),
-        failures.first().map(String::as_str).unwrap_or_default()
+    assert_no_panics(
+        0x706f_6f6c_766f_6c73,
+        2000,
+        1,
+        &[
+            Target {
+                bases: POOLS,
+                splices: SPLICES,
+                check: &check_pool,
+            },
+            Target {
+                bases: VOLS,
+                splices: SPLICES,
+                check: &check_vol,
+            },
+        ],
     );
 }

@@ -97,3 +97,43 @@ pub async fn domain<'a>(
         .await
         .expect("domain proxy")
 }
+
+/// A private bus with a virtqemud on it, a client connection and its Connect proxy.
+pub struct Qemud {
+    pub bus: common::harness::TestBus,
+    pub daemon: common::harness::Daemon,
+    pub conn: zbus::Connection,
+    pub qc: common::proxies::qemu::QemuConnectProxy<'static>,
+}
+
+/// Starts [`Qemud`] with the virtqemud binary `bin` (the test's `CARGO_BIN_EXE_virtqemud`).
+pub async fn qemud(bin: &str) -> Qemud {
+    let bus = common::harness::TestBus::start().expect("bus");
+    let daemon = common::harness::Daemon::builder(bin, "virtqemud")
+        .spawn(&bus)
+        .await
+        .expect("virtqemud");
+    let conn = bus.connection().await.expect("conn");
+    let qc = common::proxies::qemu::QemuConnectProxy::new(&conn)
+        .await
+        .expect("proxy");
+    Qemud {
+        bus,
+        daemon,
+        conn,
+        qc,
+    }
+}
+
+/// QEMU's argv of the running domain `name`, found by its pidfile in `run_dir`, joined
+/// with spaces.
+pub fn qemu_cmdline(run_dir: &Path, name: &str) -> String {
+    let pid =
+        std::fs::read_to_string(run_dir.join("qemu").join(format!("{name}.pid"))).expect("pidfile");
+    std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
+        .expect("cmdline")
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
