@@ -148,10 +148,28 @@ impl Argv {
     }
 }
 
+/// Top-level elements that may be left out at start: `<resource>` places the domain in
+/// a cgroup partition, and this runtime uses no cgroups; `<seclabel>` of model `dac` (or
+/// type `none`) asks for what the runtime does anyway. Every other top-level element
+/// it does not type is refused by name.
+fn ignorable_top_level(el: &common::xml::Element) -> bool {
+    match el.name.as_str() {
+        "resource" => true,
+        "seclabel" => {
+            el.get_attr("type") == Some("none")
+                || el.get_attr("model") == Some("dac") && el.get_attr("relabel") != Some("no")
+        }
+        _ => false,
+    }
+}
+
 /// Builds the argv (argv[0] is the emulator) for a domain whose defaults are filled.
 pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     let mut a = Argv(Vec::with_capacity(64));
     let d = &dom.devices;
+    if let Some(o) = dom.other.iter().find(|o| !ignorable_top_level(o)) {
+        return Err(unsupported(&o.name, "", "not implemented"));
+    }
     if let Some(o) = d.other.first() {
         return Err(unsupported(
             &o.name,
@@ -991,6 +1009,13 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
         a.pair("-device", dev);
     }
     a.pair("-msg", "timestamp=on");
+    // <qemu:commandline>: as written, last, as libvirt passes them (the domain is
+    // tainted "custom-argv"; escaping is the author's business).
+    if let Some(c) = &dom.qemu_commandline {
+        for arg in &c.args {
+            a.push(arg.as_str());
+        }
+    }
     Ok(a.0)
 }
 

@@ -798,7 +798,25 @@ impl Driver {
         let log = self.log_file(&def.name);
         tracing::info!(domain = %def.name, "starting: {}", argv.join(" "));
         let keep: Vec<i32> = tap_fds.iter().flatten().copied().collect();
-        let spawned = process::spawn_keeping(&argv, &log, &keep)
+        let env = def
+            .dom
+            .qemu_commandline
+            .as_ref()
+            .map(|c| c.env.clone())
+            .unwrap_or_default();
+        if def.dom.qemu_commandline.is_some() {
+            // As libvirt, in QEMU's log: this domain runs with arguments we did not make.
+            tracing::warn!(domain = %def.name, "Domain id={id} is tainted: custom-argv");
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+            {
+                let _ = writeln!(f, "Domain id={id} is tainted: custom-argv");
+            }
+        }
+        let spawned = process::spawn_keeping(&argv, &log, &keep, &env)
             .map_err(|e| {
                 VirError::operation_failed(format!("cannot start QEMU '{}': {e}", argv[0]))
             })

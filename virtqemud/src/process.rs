@@ -15,13 +15,19 @@ use tokio::io::unix::AsyncFd;
 
 /// Starts `argv` with stdout/stderr appended to `log`; returns its PID.
 pub fn spawn(argv: &[String], log: &Path) -> std::io::Result<u32> {
-    spawn_keeping(argv, log, &[])
+    spawn_keeping(argv, log, &[], &[])
 }
 
 /// As [`spawn`], and the child also inherits exactly the descriptors in `keep` (tap
 /// devices), under the same numbers: their close-on-exec flag is cleared in the child
-/// only, so no other process started meanwhile gets them.
-pub fn spawn_keeping(argv: &[String], log: &Path, keep: &[i32]) -> std::io::Result<u32> {
+/// only, so no other process started meanwhile gets them. `env` is added to the
+/// daemon's environment (`<qemu:env>`).
+pub fn spawn_keeping(
+    argv: &[String],
+    log: &Path,
+    keep: &[i32],
+    env: &[(String, String)],
+) -> std::io::Result<u32> {
     let keep = keep.to_vec();
     let (prog, args) = argv
         .split_first()
@@ -29,7 +35,11 @@ pub fn spawn_keeping(argv: &[String], log: &Path, keep: &[i32]) -> std::io::Resu
     let out = OpenOptions::new().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(prog);
-    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
     // SAFETY: setsid and fcntl are async-signal-safe; `keep` was allocated before the
     // fork and is only read.
     unsafe {

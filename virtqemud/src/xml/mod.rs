@@ -292,8 +292,93 @@ pub struct Domain {
     pub on_reboot: LifecycleAction,
     pub on_crash: LifecycleAction,
     pub devices: Devices,
-    /// Top-level elements not typed here, kept verbatim.
+    /// `<qemu:commandline>` (libvirt's QEMU namespace): arguments and environment
+    /// passed to QEMU as written.
+    pub qemu_commandline: Option<QemuCommandline>,
+    /// Namespace declarations made on `<domain>` (`xmlns:P`), written back as they came.
+    pub namespaces: Vec<(String, String)>,
+    /// Top-level elements not typed here, kept verbatim (refused at start unless known
+    /// to be safe to leave out: see `command_line::build`).
     pub other: Vec<Element>,
+}
+
+/// libvirt's QEMU namespace for domain XML.
+pub const QEMU_NS: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
+
+/// `<qemu:commandline>`: extra QEMU arguments (appended in order) and environment.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QemuCommandline {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl QemuCommandline {
+    /// The `<qemu:commandline>` element if `el` is one: its prefix is bound to
+    /// [`QEMU_NS`] on `el` itself or among `root_ns` (the root's declarations).
+    fn parse(el: &Element, root_ns: &[(String, String)]) -> Result<Option<QemuCommandline>> {
+        let Some((prefix, "commandline")) = el.name.split_once(':') else {
+            return Ok(None);
+        };
+        let decl = format!("xmlns:{prefix}");
+        let bound = el
+            .attrs
+            .iter()
+            .chain(root_ns)
+            .find(|(k, _)| *k == decl)
+            .is_some_and(|(_, v)| v == QEMU_NS);
+        if !bound {
+            return Ok(None);
+        }
+        let mut c = QemuCommandline::default();
+        for child in el.elements() {
+            match child
+                .name
+                .strip_prefix(prefix)
+                .and_then(|n| n.strip_prefix(':'))
+            {
+                Some("arg") => c.args.push(child.req_attr("value")?.to_owned()),
+                Some("env") => {
+                    let name = child.req_attr("name")?;
+                    let mut chars = name.chars();
+                    let ok = chars
+                        .next()
+                        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+                        && chars.all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+                    if !ok {
+                        return Err(invalid(
+                            "qemu:env",
+                            "attribute 'name'",
+                            name,
+                            "must match [A-Za-z_][A-Za-z0-9_]*",
+                        ));
+                    }
+                    c.env.push((
+                        name.to_owned(),
+                        child.get_attr("value").unwrap_or_default().to_owned(),
+                    ));
+                }
+                _ => {
+                    return Err(DomainXmlError::unsupported(
+                        "qemu:commandline child",
+                        &child.name,
+                        "expected qemu:arg or qemu:env",
+                    ))
+                }
+            }
+        }
+        Ok(Some(c))
+    }
+
+    fn to_element(&self) -> Element {
+        let mut el = Element::new("qemu:commandline");
+        for a in &self.args {
+            el.push(Element::new("qemu:arg").attr("value", a));
+        }
+        for (k, v) in &self.env {
+            el.push(Element::new("qemu:env").attr("name", k).attr("value", v));
+        }
+        el
+    }
 }
 
 /// Options of [`Domain::to_xml`].
@@ -666,11 +751,36 @@ impl Domain {
             "on_crash",
             "devices",
         ];
-        let other = root
-            .elements()
-            .filter(|e| !TYPED.contains(&e.name.as_str()))
+        let namespaces: Vec<(String, String)> = root
+            .attrs
+            .iter()
+            .filter(|(k, _)| k.starts_with("xmlns:"))
             .cloned()
             .collect();
+        let mut qemu_commandline: Option<QemuCommandline> = None;
+        let mut other = Vec::new();
+        for e in root
+            .elements()
+            .filter(|e| !TYPED.contains(&e.name.as_str()))
+        {
+            match QemuCommandline::parse(e, &namespaces)? {
+                Some(c) => {
+                    // Several elements add up, as libvirt reads them.
+                    let all = qemu_commandline.get_or_insert_with(QemuCommandline::default);
+                    all.args.extend(c.args);
+                    all.env.extend(c.env);
+                }
+                None => other.push(e.clone()),
+            }
+        }
+        // The writer declares the namespace whenever there is a commandline.
+        let namespaces = match qemu_commandline {
+            Some(_) => namespaces
+                .into_iter()
+                .filter(|(k, v)| !(k == "xmlns:qemu" && v == QEMU_NS))
+                .collect(),
+            None => namespaces,
+        };
         let dom = Domain {
             virt_type,
             name,
@@ -693,6 +803,8 @@ impl Domain {
             on_reboot,
             on_crash,
             devices,
+            qemu_commandline,
+            namespaces,
             other,
         };
         if let Some(t) = &dom.title {
@@ -784,6 +896,11 @@ impl Domain {
 
     pub fn to_element(&self, opts: XmlOpts) -> Element {
         let mut root = Element::new("domain").attr("type", self.virt_type.as_str());
+        root.attrs.extend(self.namespaces.iter().cloned());
+        let qemu_decl = ("xmlns:qemu".to_owned(), QEMU_NS.to_owned());
+        if self.qemu_commandline.is_some() && !self.namespaces.contains(&qemu_decl) {
+            root.attrs.push(qemu_decl);
+        }
         if !opts.inactive {
             if let Some(id) = opts.id {
                 root = root.attr("id", id);
@@ -861,6 +978,9 @@ impl Domain {
             .child(self.devices.to_element(opts.secure));
         for o in &self.other {
             root.push(o.clone());
+        }
+        if let Some(c) = &self.qemu_commandline {
+            root.push(c.to_element());
         }
         root
     }
