@@ -92,6 +92,8 @@ const MONITOR_WAIT: Duration = Duration::from_secs(30);
 struct Live {
     id: u32,
     pid: u32,
+    /// Files handed to QEMU's user (qemu.conf), given back when QEMU is gone.
+    owners: Vec<crate::security::Owner>,
     qmp_path: PathBuf,
     qmp: Qmp,
     def: DomainDef,
@@ -217,6 +219,9 @@ struct Status {
     persistent: bool,
     state: i32,
     reason: i32,
+    /// Files handed to QEMU's user for this run, with their owners before.
+    #[serde(default)]
+    owners: Vec<crate::security::Owner>,
 }
 
 struct Paths {
@@ -241,6 +246,10 @@ pub struct Driver {
     next_id: AtomicU32,
     jobs: AtomicUsize,
     sandbox: bool,
+    /// Whom QEMU runs as (qemu.conf `user`/`group`); `None`: the daemon's user.
+    identity: Option<crate::security::Identity>,
+    /// qemu.conf `dynamic_ownership`: hand QEMU's files to its user for the run.
+    dynamic_ownership: bool,
     /// The emulator's capabilities as last loaded, reused while the binary is unchanged.
     caps: Mutex<Option<Arc<crate::caps::Caps>>>,
 }
@@ -310,7 +319,17 @@ impl Driver {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(1u32);
-        let sandbox = matches!(s.mode, common::cli::Mode::System);
+        let system = matches!(s.mode, common::cli::Mode::System);
+        let conf = crate::security::QemuConf::load(&s.config_dir.join("qemu.conf"))?;
+        let identity = crate::security::identity(&conf, system)?;
+        let sandbox = conf.seccomp_sandbox.unwrap_or(true) && (system || identity.is_some());
+        if let Some(id) = &identity {
+            tracing::info!(user = %id.user, uid = id.uid, gid = id.gid, "QEMU runs unprivileged");
+            // QEMU's user must reach its own folder inside the run folder (only by name).
+            for d in [&s.runtime_dir, &paths.run] {
+                std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
+            }
+        }
         // Replays what a crash left in the journal before the configs are read.
         let configs = common::journal::Journal::open(&paths.config)?;
         let driver = Arc::new_cyclic(|this| Driver {
@@ -322,6 +341,8 @@ impl Driver {
             next_id: AtomicU32::new(next_id.max(1)),
             jobs: AtomicUsize::new(0),
             sandbox,
+            identity,
+            dynamic_ownership: conf.dynamic_ownership.unwrap_or(true),
             caps: Mutex::new(None),
         });
         driver.load_configs();
@@ -628,6 +649,33 @@ impl Driver {
         Ok(())
     }
 
+    /// Creates QEMU's own folder for a run, owned by the user QEMU runs as.
+    fn make_domain_dir(&self, dir: &Path) -> Result<(), VirError> {
+        let _ = std::fs::remove_dir_all(dir);
+        common::persist::create_dir_all(dir, 0o700).map_err(|e| io_err("create", dir, &e))?;
+        if let Some(u) = &self.identity {
+            std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid))
+                .map_err(|e| io_err("chown", dir, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Hands the files QEMU opens itself to its user (qemu.conf `dynamic_ownership`);
+    /// returns their owners before, to give them back when QEMU is gone.
+    fn take_files(
+        &self,
+        dom: &crate::xml::Domain,
+        extra: &[PathBuf],
+    ) -> Result<Vec<crate::security::Owner>, VirError> {
+        match &self.identity {
+            Some(id) if self.dynamic_ownership => {
+                crate::security::precreate_chardev_files(dom)?;
+                crate::security::take(&crate::security::files(dom, extra), id)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
     /// The domain's UEFI variable store: its `<nvram>` path or libvirt's default one.
     fn nvram_file(&self, dom: &Dom) -> PathBuf {
         let g = dom.lock();
@@ -770,26 +818,38 @@ impl Driver {
             (id + 1).to_string().as_bytes(),
             0o600,
         );
-        let qmp_path = self.paths.run.join(format!("dom-{id}.qmp"));
+        // QEMU's own folder, owned by its user: monitor socket, its pidfile, helper
+        // sockets. The daemon keeps NAME.pid beside it, as libvirt does.
+        let dom_dir = self.paths.run.join(format!("domain-{id}"));
+        let qmp_path = dom_dir.join("monitor.sock");
         let pidfile = self.pid_file(&def.name);
-        let _ = std::fs::remove_file(&qmp_path);
         let _ = std::fs::remove_file(&pidfile);
+        if let Err(e) = self.make_domain_dir(&dom_dir) {
+            drop(nics);
+            crate::nics::release(&def.dom, mode).await;
+            crate::hostdevs::reattach(&def.dom, mode).await;
+            return Err(e);
+        }
         let argv = model::argv(
             &def,
             &model::LaunchPaths {
                 qmp: &qmp_path,
-                pidfile: &pidfile,
-                runtime_dir: &self.paths.run,
+                pidfile: &dom_dir.join("qemu.pid"),
+                runtime_dir: &dom_dir,
                 tap_fds: &tap_fds,
                 volume_paths: &volume_paths,
                 tpm_socket: swtpm.as_ref().map(|t| t.socket.as_path()),
             },
             self.sandbox,
         );
-        let argv = match argv {
+        let mut extra: Vec<PathBuf> = volume_paths.iter().map(|v| v.2.clone()).collect();
+        extra.extend(swtpm.as_ref().map(|t| t.socket.clone()));
+        let argv = argv.and_then(|a| Ok((a, self.take_files(&def.dom, &extra)?)));
+        let (argv, owners) = match argv {
             Ok(a) => a,
             Err(e) => {
                 drop(nics);
+                let _ = std::fs::remove_dir_all(&dom_dir);
                 crate::nics::release(&def.dom, mode).await;
                 crate::hostdevs::reattach(&def.dom, mode).await;
                 return Err(e);
@@ -816,7 +876,7 @@ impl Driver {
                 let _ = writeln!(f, "Domain id={id} is tainted: custom-argv");
             }
         }
-        let spawned = process::spawn_keeping(&argv, &log, &keep, &env)
+        let spawned = process::spawn_keeping(&argv, &log, &keep, &env, self.identity.as_ref())
             .map_err(|e| {
                 VirError::operation_failed(format!("cannot start QEMU '{}': {e}", argv[0]))
             })
@@ -830,6 +890,8 @@ impl Driver {
         let (pid, pidfd) = match spawned {
             Ok(p) => p,
             Err(e) => {
+                crate::security::restore(&owners);
+                let _ = std::fs::remove_dir_all(&dom_dir);
                 crate::nics::release(&def.dom, mode).await;
                 crate::hostdevs::reattach(&def.dom, mode).await;
                 return Err(e);
@@ -839,7 +901,8 @@ impl Driver {
             Ok(c) => c,
             Err(e) => {
                 process::terminate(&pidfd, Duration::from_secs(1)).await;
-                let _ = std::fs::remove_file(&qmp_path);
+                crate::security::restore(&owners);
+                let _ = std::fs::remove_dir_all(&dom_dir);
                 crate::nics::release(&def.dom, mode).await;
                 crate::hostdevs::reattach(&def.dom, mode).await;
                 let tail = log_tail(&log);
@@ -852,12 +915,14 @@ impl Driver {
         // Passwords before anything can connect to a running guest (QEMU is at -S).
         if let Err(e) = crate::graphics::set_passwords(&qmp, &def.dom).await {
             process::terminate(&pidfd, Duration::from_secs(1)).await;
-            let _ = std::fs::remove_file(&qmp_path);
+            crate::security::restore(&owners);
+            let _ = std::fs::remove_dir_all(&dom_dir);
             crate::nics::release(&def.dom, mode).await;
             crate::hostdevs::reattach(&def.dom, mode).await;
             return Err(e);
         }
         crate::graphics::record_vnc_port(&qmp, &mut def.dom).await;
+        let _ = common::persist::write_atomic(&pidfile, format!("{pid}\n").as_bytes(), 0o644);
         if let Some(t) = swtpm {
             t.handed_over();
         }
@@ -868,6 +933,7 @@ impl Driver {
             g.live = Some(Live {
                 id,
                 pid,
+                owners,
                 qmp_path,
                 qmp: qmp.clone(),
                 def,
@@ -916,6 +982,7 @@ impl Driver {
             persistent: g.config.is_some(),
             state: g.state.0,
             reason: g.state.1,
+            owners: l.owners.clone(),
         };
         let data = serde_json::to_vec(&st).map_err(std::io::Error::other)?;
         common::persist::write_atomic(&self.status_file(&g.name), &data, 0o600)
@@ -1241,6 +1308,7 @@ impl Driver {
         };
         let Some((pidfd, qmp, events)) = attached else {
             tracing::warn!("domain '{}' died while the daemon was away", st.name);
+            crate::security::restore(&st.owners);
             self.cleanup_files(&st.name, &st.qmp);
             crate::nics::release(&def.dom, self.ctx.settings.mode).await;
             crate::hostdevs::reattach(&def.dom, self.ctx.settings.mode).await;
@@ -1286,6 +1354,7 @@ impl Driver {
             g.live = Some(Live {
                 id: st.id,
                 pid: st.pid,
+                owners: st.owners.clone(),
                 qmp_path: st.qmp.clone(),
                 qmp,
                 def,
@@ -1305,6 +1374,14 @@ impl Driver {
 
     fn cleanup_files(&self, name: &str, qmp: &Path) {
         let _ = std::fs::remove_file(qmp);
+        // The domain's own folder (monitor, helper sockets), never the run folder itself.
+        if let Some(dir) = qmp.parent().filter(|d| {
+            d.parent() == Some(self.paths.run.as_path())
+                && d.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("domain-"))
+        }) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         let _ = std::fs::remove_file(self.pid_file(name));
         let _ = common::persist::remove_durable(&self.status_file(name));
     }
@@ -1431,6 +1508,7 @@ impl Driver {
         };
         dom.lock().state = (state::SHUTOFF, reason);
         let name = dom.name();
+        crate::security::restore(&l.owners);
         self.cleanup_files(&name, &l.qmp_path);
         crate::nics::release(&l.def.dom, self.ctx.settings.mode).await;
         crate::hostdevs::reattach(&l.def.dom, self.ctx.settings.mode).await;

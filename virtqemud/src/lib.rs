@@ -12,6 +12,7 @@ pub mod model;
 pub mod nics;
 pub mod process;
 pub mod qmp;
+pub mod security;
 pub mod stats;
 pub mod tap;
 pub mod tpm;

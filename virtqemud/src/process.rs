@@ -15,20 +15,25 @@ use tokio::io::unix::AsyncFd;
 
 /// Starts `argv` with stdout/stderr appended to `log`; returns its PID.
 pub fn spawn(argv: &[String], log: &Path) -> std::io::Result<u32> {
-    spawn_keeping(argv, log, &[], &[])
+    spawn_keeping(argv, log, &[], &[], None)
 }
 
 /// As [`spawn`], and the child also inherits exactly the descriptors in `keep` (tap
 /// devices), under the same numbers: their close-on-exec flag is cleared in the child
 /// only, so no other process started meanwhile gets them. `env` is added to the
-/// daemon's environment (`<qemu:env>`).
+/// daemon's environment (`<qemu:env>`). With `user`, the child drops to that user, its
+/// group and supplementary groups before it runs QEMU.
 pub fn spawn_keeping(
     argv: &[String],
     log: &Path,
     keep: &[i32],
     env: &[(String, String)],
+    user: Option<&crate::security::Identity>,
 ) -> std::io::Result<u32> {
     let keep = keep.to_vec();
+    // Everything the child needs is allocated before the fork.
+    let ids: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)> =
+        user.map(|u| (u.uid, u.gid, u.groups.clone()));
     let (prog, args) = argv
         .split_first()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty argv"))?;
@@ -40,8 +45,8 @@ pub fn spawn_keeping(
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    // SAFETY: setsid and fcntl are async-signal-safe; `keep` was allocated before the
-    // fork and is only read.
+    // SAFETY: setsid, fcntl, setgroups, setgid and setuid are async-signal-safe; `keep`
+    // and `ids` were allocated before the fork and are only read.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
@@ -49,6 +54,16 @@ pub fn spawn_keeping(
             }
             for fd in &keep {
                 if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // Groups first, then the gid, the uid last: after setuid nothing else may
+            // change. Each failure stops the start rather than run QEMU as root.
+            if let Some((uid, gid, groups)) = &ids {
+                if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                    || libc::setgid(*gid) < 0
+                    || libc::setuid(*uid) < 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
             }

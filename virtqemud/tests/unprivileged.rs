@@ -1,0 +1,158 @@
+//! QEMU as an unprivileged user (qemu.conf `user`/`group`) with `-sandbox on`: the
+//! tiny guest boots as nobody:nogroup from files only root could open (the DAC hand
+//! over makes them usable), the owners come back after the run, also when the daemon
+//! was killed -9 in between, and a malformed qemu.conf stops the daemon with the file
+//! and line named. Needs root (the test machines run tests as root).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+mod support;
+
+use common::harness::{Daemon, TestBus, TestDirs};
+use common::proxies::qemu::QemuConnectProxy;
+use support::{domain, test_guest, wait_serial};
+
+const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
+const NOBODY: u32 = 65534;
+
+fn ids(pid: u32, key: &str) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find(|l| l.starts_with(key))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .expect("ids")
+}
+
+fn owner(p: &Path) -> (u32, u32, u32) {
+    let m = std::fs::metadata(p).expect("metadata");
+    (m.uid(), m.gid(), m.mode() & 0o7777)
+}
+
+fn traversable(p: &Path) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_runs_as_nobody_with_its_files_handed_over_and_back() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test starts QEMU as another user and needs root"
+    );
+    // Files only root can use, in folders nobody may pass through by name (as /var/lib
+    // and /run are), not in /root's cache.
+    let files = tempfile::Builder::new()
+        .prefix("vtpriv")
+        .tempdir_in("/tmp")
+        .expect("tmp");
+    traversable(files.path());
+    let guest = test_guest();
+    for f in ["vmlinuz", "initrd.img"] {
+        std::fs::copy(guest.join(f), files.path().join(f)).expect("copy guest");
+        std::fs::set_permissions(files.path().join(f), PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+    }
+    let disk = files.path().join("disk.img");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "raw"])
+        .arg(&disk)
+        .arg("16M")
+        .status()
+        .expect("qemu-img");
+    assert!(st.success());
+    std::fs::set_permissions(&disk, PermissionsExt::from_mode(0o600)).expect("chmod");
+    let serial = files.path().join("serial.log");
+
+    let dirs = TestDirs::new().expect("dirs");
+    traversable(dirs.root.path());
+    std::fs::create_dir_all(&dirs.config).expect("config dir");
+    std::fs::write(
+        dirs.config.join("qemu.conf"),
+        "# as libvirt's\nuser = \"nobody\"\ngroup = \"nogroup\"\n",
+    )
+    .expect("qemu.conf");
+    let bus = TestBus::start().expect("bus");
+    let mut daemon = Daemon::builder(BIN, "virtqemud")
+        .dirs(dirs.clone())
+        .spawn(&bus)
+        .await
+        .expect("daemon");
+    let conn = bus.connection().await.expect("conn");
+    let qc = QemuConnectProxy::new(&conn).await.expect("proxy");
+    let xml = format!(
+        "<domain type='kvm'><name>low</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{k}</kernel>\
+         <initrd>{i}</initrd><cmdline>console=ttyS0 panic=-1</cmdline></os><devices>\
+         <disk type='file' device='disk'><driver name='qemu' type='raw'/>\
+         <source file='{d}'/><target dev='vda' bus='virtio'/></disk>\
+         <serial type='file'><source path='{s}'/></serial></devices></domain>",
+        k = files.path().join("vmlinuz").display(),
+        i = files.path().join("initrd.img").display(),
+        d = disk.display(),
+        s = serial.display(),
+    );
+    let path = qc.domain_define_xml(&xml).await.expect("define");
+    let d = domain(&conn, &path).await;
+    d.create(0).await.expect("start as nobody");
+    wait_serial(&serial, "TINYGUEST-BOOTED", Duration::from_secs(120)).await;
+
+    let run = dirs.runtime.join("qemu");
+    let pid: u32 = std::fs::read_to_string(run.join("low.pid"))
+        .expect("pidfile")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert_eq!(ids(pid, "Uid:"), vec![NOBODY; 4], "QEMU's uids");
+    assert_eq!(ids(pid, "Gid:"), vec![NOBODY; 4], "QEMU's gids");
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    let argv = String::from_utf8_lossy(&argv).replace('\0', " ");
+    assert!(argv.contains("-sandbox on,"), "{argv}");
+    assert_eq!(owner(&disk), (NOBODY, NOBODY, 0o600), "disk handed over");
+    assert_eq!(owner(&files.path().join("vmlinuz")).0, NOBODY);
+
+    // kill -9 of the daemon: QEMU runs on as nobody; the restarted daemon still knows
+    // whose files to give back.
+    daemon.kill9();
+    let daemon = daemon.restart_builder().spawn(&bus).await.expect("restart");
+    let d = domain(&conn, &path).await;
+    assert!(d.active().await.expect("active"));
+    d.destroy(0).await.expect("destroy");
+    assert!(common::harness::wait_gone(pid, Duration::from_secs(10)));
+    assert_eq!(owner(&disk), (0, 0, 0o600), "disk given back");
+    assert_eq!(owner(&files.path().join("vmlinuz")), (0, 0, 0o600));
+    assert_eq!(owner(&serial).0, 0);
+    let leftovers: Vec<_> = std::fs::read_dir(&run)
+        .expect("run dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("domain-"))
+        .collect();
+    assert!(leftovers.is_empty(), "QEMU's folder left: {leftovers:?}");
+    drop(daemon);
+
+    // A malformed qemu.conf stops the daemon, naming the file and the line.
+    let bad = TestDirs::new().expect("dirs");
+    std::fs::create_dir_all(&bad.config).expect("config dir");
+    std::fs::write(
+        bad.config.join("qemu.conf"),
+        "user = \"nobody\"\ngroup = nogroup\n",
+    )
+    .expect("qemu.conf");
+    let e = Daemon::builder(BIN, "virtqemud")
+        .dirs(bad)
+        .spawn(&bus)
+        .await
+        .err()
+        .expect("the daemon must refuse a malformed qemu.conf");
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("qemu.conf:2") && e.contains("quoted string"),
+        "{e}"
+    );
+}
