@@ -179,12 +179,18 @@ fn encode(gen: u64, r: &Record, out: &mut Vec<u8>) {
 }
 
 /// Decodes the valid records of generation `gen` from `buf` (the part after the header).
-fn decode(gen: u64, buf: &[u8]) -> Vec<Record> {
+/// Also says whether it stopped only because `buf` ended (more may follow in the file).
+fn decode(gen: u64, buf: &[u8]) -> (Vec<Record>, bool) {
     let mut out = Vec::new();
     let mut at = 0usize;
     let le32 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     let le64 = |b: &[u8]| u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
-    while buf.len() - at >= RECORD_HEAD {
+    let mut short = false;
+    loop {
+        if buf.len() - at < RECORD_HEAD {
+            short = true;
+            break;
+        }
         let h = &buf[at..at + RECORD_HEAD];
         if le32(&h[0..4]) != RECORD_MAGIC || le64(&h[4..12]) != gen {
             break;
@@ -206,6 +212,7 @@ fn decode(gen: u64, buf: &[u8]) -> Vec<Record> {
             break;
         };
         if end > buf.len() {
+            short = true;
             break;
         }
         let (name, data) = (&buf[body..body + name_len], &buf[body + name_len..end]);
@@ -226,7 +233,7 @@ fn decode(gen: u64, buf: &[u8]) -> Vec<Record> {
         });
         at = end;
     }
-    out
+    (out, short)
 }
 
 /// The writer thread's state: the only code that touches the journal file.
@@ -257,19 +264,35 @@ impl Writer {
             stalled: false,
         };
         let path = dir.join(FILE);
-        let buf = match fs::read(&path) {
-            Ok(b) => b,
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(w),
             Err(e) => return Err(e),
         };
-        if buf.len() < HEADER_LEN as usize || &buf[..8] != HEADER_MAGIC {
+        let len = file.metadata()?.len();
+        // Read as far as the current generation's records go, not the whole file: after
+        // a clean shutdown that is the header alone.
+        const STEP: u64 = 64 << 10;
+        let mut buf = vec![0u8; len.min(HEADER_LEN + STEP) as usize];
+        file.read_exact_at(&mut buf, 0)?;
+        if len < HEADER_LEN || &buf[..8] != HEADER_MAGIC {
             // Not ours or cut short before its first sync: nothing in it was acknowledged.
             tracing::warn!("ignoring unreadable journal {}", path.display());
             fs::remove_file(&path)?;
             return Ok(w);
         }
         w.gen = u64::from_le_bytes(buf[8..16].try_into().unwrap_or([0; 8]));
-        let records = decode(w.gen, &buf[HEADER_LEN as usize..]);
+        let records = loop {
+            let (records, short) = decode(w.gen, &buf[HEADER_LEN as usize..]);
+            let have = buf.len() as u64;
+            if !short || have >= len {
+                break records;
+            }
+            buf.resize((have + STEP).min(len) as usize, 0);
+            file.read_exact_at(&mut buf[have as usize..], have)?;
+        };
+        w.file = Some(file);
+        w.size = len;
         if !records.is_empty() {
             tracing::info!(
                 "replaying {} journal records in {}",
@@ -279,10 +302,9 @@ impl Writer {
             for r in &records {
                 w.apply(r)?;
             }
+            w.dirty = true;
+            w.checkpoint()?;
         }
-        w.file = Some(OpenOptions::new().read(true).write(true).open(&path)?);
-        w.size = buf.len() as u64;
-        w.checkpoint()?;
         Ok(w)
     }
 
@@ -652,6 +674,28 @@ mod tests {
         let _w = Writer::open(dir.path(), 64 << 10).expect("replay");
         assert_eq!(fs::read(dir.path().join("a.xml")).expect("a"), b"two");
         assert_eq!(fs::read(dir.path().join("b.xml")).expect("b"), b"bee");
+    }
+
+    /// Replay reads the journal in steps until its records end: 300 KB of records
+    /// past the first 64 KiB all come back.
+    #[test]
+    fn replay_reads_past_the_first_step() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = Writer::open(dir.path(), 1 << 20).expect("writer");
+        let mut recs: Vec<Record> = (0..300)
+            .map(|i| Record {
+                op: Op::Put,
+                mode: 0o600,
+                name: format!("r{i}.xml"),
+                data: vec![b'x'; 1000],
+            })
+            .collect();
+        assert!(w.log(&mut recs).iter().all(|r| r.is_ok()));
+        drop(w);
+        let _w = Writer::open(dir.path(), 1 << 20).expect("replay");
+        for i in 0..300 {
+            assert!(dir.path().join(format!("r{i}.xml")).exists(), "r{i}.xml");
+        }
     }
 
     #[test]
