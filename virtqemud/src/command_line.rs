@@ -3,6 +3,7 @@
 //! result is an argv vector. Every user value that lands in QEMU's key=value,comma
 //! option syntax goes through [`qemu_opt_value`], the one escaping function.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -128,11 +129,45 @@ fn path_opt(what: &str, p: &Path) -> Result<String> {
     qemu_opt_value(what, s)
 }
 
-fn pci_suffix(a: &Option<Address>, q35: bool) -> String {
-    let bus = if q35 { "pcie.0" } else { "pci.0" };
-    match a.as_ref().and_then(Address::pci) {
-        Some(p) => format!(",bus={bus},addr=0x{:x}", p.slot),
-        None => String::new(),
+/// Where devices go on QEMU's PCI buses: the root bus (`pcie.0`/`pci.0`) or the bus of
+/// a bridge or root port (`pci.N`, N its controller index, as libvirt names them).
+struct PciBuses {
+    q35: bool,
+    /// Slots whose function 0 must say `multifunction=on` (other functions are used).
+    multi: BTreeSet<(u8, u8)>,
+}
+
+impl PciBuses {
+    fn of(dom: &Domain) -> PciBuses {
+        PciBuses {
+            q35: dom.is_q35(),
+            multi: dom
+                .devices
+                .pci_addresses()
+                .iter()
+                .filter(|p| p.function != 0)
+                .map(|p| (p.bus, p.slot))
+                .collect(),
+        }
+    }
+
+    /// `,bus=...,addr=...` for a device at `a`, or nothing for no address.
+    fn suffix(&self, a: &Option<Address>) -> String {
+        let Some(p) = a.as_ref().and_then(Address::pci) else {
+            return String::new();
+        };
+        let bus = match (p.bus, self.q35) {
+            (0, true) => "pcie.0".to_owned(),
+            (0, false) => "pci.0".to_owned(),
+            (b, _) => format!("pci.{b}"),
+        };
+        let mut s = format!(",bus={bus},addr=0x{:x}", p.slot);
+        if p.function != 0 {
+            s.push_str(&format!(".0x{:x}", p.function));
+        } else if self.multi.contains(&(p.bus, p.slot)) {
+            s.push_str(",multifunction=on");
+        }
+        s
     }
 }
 
@@ -412,15 +447,50 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     } else if dom.os.bootmenu == Some(true) {
         a.pair("-boot", "menu=on,strict=on");
     }
-    // Controllers.
+    // Controllers: PCI bridges and root ports first, parents before children (libvirt
+    // gives a parent a lower index), then the rest.
+    let buses = PciBuses::of(dom);
+    if let Some(c) = d.controllers.iter().find(|c| !c.unhandled.is_empty()) {
+        return Err(unsupported(
+            &format!("controller/{}", c.unhandled[0].name),
+            &c.kind,
+            "not implemented",
+        ));
+    }
+    let mut bridges: Vec<_> = d.controllers.iter().filter(|c| c.is_pci_bridge()).collect();
+    bridges.sort_by_key(|c| c.index);
+    for c in bridges {
+        let pci = buses.suffix(&c.address);
+        let (i, chassis) = (c.index, c.target_chassis.unwrap_or(c.index));
+        let dev = match c.model.as_deref().unwrap_or_default() {
+            "pcie-root-port" => {
+                let port = c.target_port.unwrap_or(0x10 + i.saturating_sub(1));
+                format!("pcie-root-port,port=0x{port:x},chassis={chassis},id=pci.{i}{pci}")
+            }
+            "pci-bridge" => format!("pci-bridge,chassis_nr={chassis},id=pci.{i}{pci}"),
+            "pcie-to-pci-bridge" => format!("pcie-pci-bridge,id=pci.{i}{pci}"),
+            _ => format!("i82801b11-bridge,id=pci.{i}{pci}"),
+        };
+        a.pair("-device", dev);
+    }
     for c in &d.controllers {
-        let pci = pci_suffix(&c.address, q35);
+        let pci = buses.suffix(&c.address);
         match (c.kind.as_str(), c.model.as_deref()) {
-            ("usb", Some("none")) | ("pci", _) | ("sata", _) | ("ide", _) => {}
-            ("usb", m) => a.pair(
-                "-device",
-                format!("{},id=usb{}{pci}", m.unwrap_or("qemu-xhci"), c.index),
-            ),
+            ("pci", Some("pci-root" | "pcie-root") | None) => {}
+            ("pci", Some(m)) if c.is_pci_bridge() || m.is_empty() => {}
+            ("pci", Some(m)) => {
+                return Err(unsupported("controller pci model", m, "not implemented"))
+            }
+            ("usb", Some("none")) | ("sata", _) | ("ide", _) => {}
+            ("usb", m) => {
+                let model = m.unwrap_or("qemu-xhci");
+                // libvirt gives an xHCI controller's port count to both its USB 2 and 3 sides.
+                let ports = match (c.ports, model) {
+                    (Some(p), "qemu-xhci" | "nec-xhci") => format!(",p2={p},p3={p}"),
+                    _ => String::new(),
+                };
+                a.pair("-device", format!("{model},id=usb{}{ports}{pci}", c.index));
+            }
             ("scsi", _) => a.pair(
                 "-device",
                 format!("virtio-scsi-pci,id=scsi{}{pci}", c.index),
@@ -520,7 +590,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
         };
         let mut dev = match (bus, disk.device) {
             (DiskBus::Virtio, DiskDevice::Disk) => {
-                format!("virtio-blk-pci{}", pci_suffix(&disk.address, q35))
+                format!("virtio-blk-pci{}", buses.suffix(&disk.address))
             }
             (DiskBus::Virtio, _) => {
                 return Err(unsupported(
@@ -668,7 +738,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
             .ok_or_else(|| unsupported("interface", "", "no MAC (fill_defaults first)"))?;
         let mut dev = format!(
             "{model},netdev={id},id=net{i},mac={mac}{}",
-            pci_suffix(&nic.address, q35)
+            buses.suffix(&nic.address)
         );
         if let Some(o) = nic.boot_order {
             dev.push_str(&format!(",bootindex={o}"));
@@ -863,7 +933,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
         if let (Some(vram), "qxl") = (v.vram_kib, v.model.as_str()) {
             s.push_str(&format!(",vram_size={}", vram * 1024));
         }
-        s.push_str(&pci_suffix(&v.address, q35));
+        s.push_str(&buses.suffix(&v.address));
         a.pair("-device", s);
     }
     // Audio backends; sound devices play through the first. Without one, libvirt's
@@ -888,7 +958,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
         None => String::new(),
     };
     for (i, s) in d.sounds.iter().enumerate() {
-        let pci = pci_suffix(&s.address, q35);
+        let pci = buses.suffix(&s.address);
         let hda = |a: &mut Argv, ctrl: &str| {
             a.pair("-device", format!("{ctrl},id=sound{i}{pci}"));
             a.pair(
@@ -939,7 +1009,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
         match w.model.as_str() {
             "i6300esb" => a.pair(
                 "-device",
-                format!("i6300esb,id=watchdog{i}{}", pci_suffix(&w.address, q35)),
+                format!("i6300esb,id=watchdog{i}{}", buses.suffix(&w.address)),
             ),
             "ib700" => a.pair("-device", format!("ib700,id=watchdog{i}")),
             "itco" if q35 => {}
@@ -981,7 +1051,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
                 s.bus,
                 s.slot,
                 s.function,
-                pci_suffix(&h.address, q35)
+                buses.suffix(&h.address)
             ),
         );
     }
@@ -997,7 +1067,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
         if let Some((bytes, period)) = r.rate {
             dev.push_str(&format!(",max-bytes={bytes},period={period}"));
         }
-        dev.push_str(&pci_suffix(&r.address, q35));
+        dev.push_str(&buses.suffix(&r.address));
         a.pair("-device", dev);
     }
     if let Some(m) = d.memballoon.as_ref().filter(|m| m.model == "virtio") {
@@ -1005,7 +1075,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
         if let Some(p) = m.stats_period {
             dev.push_str(&format!(",guest-stats-polling-interval={p}"));
         }
-        dev.push_str(&pci_suffix(&m.address, q35));
+        dev.push_str(&buses.suffix(&m.address));
         a.pair("-device", dev);
     }
     a.pair("-msg", "timestamp=on");

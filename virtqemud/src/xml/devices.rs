@@ -526,15 +526,66 @@ pub struct Controller {
     pub index: u32,
     pub model: Option<String>,
     pub address: Option<Address>,
+    /// `<target chassis=>` of a PCIe root port (`chassisNr` of a pci-bridge).
+    pub target_chassis: Option<u32>,
+    /// `<target port=>` of a PCIe root port.
+    pub target_port: Option<u32>,
+    /// `ports=` of a USB controller.
+    pub ports: Option<u32>,
+    /// Children not handled (`<driver>`, `<master>`, ...): kept, refused at start.
+    pub unhandled: Vec<Element>,
 }
 
+/// The index of a controller written without one, until it is numbered.
+const UNNUMBERED: u32 = u32::MAX;
+
+/// PCI controller models that are bridges: devices sit on the bus they make.
+pub const PCI_BRIDGES: &[&str] = &[
+    "pcie-root-port",
+    "pci-bridge",
+    "pcie-to-pci-bridge",
+    "dmi-to-pci-bridge",
+];
+
 impl Controller {
+    pub fn new(kind: &str, index: u32, model: Option<&str>) -> Controller {
+        Controller {
+            kind: kind.to_owned(),
+            index,
+            model: model.map(str::to_owned),
+            address: None,
+            target_chassis: None,
+            target_port: None,
+            ports: None,
+            unhandled: Vec::new(),
+        }
+    }
+
     fn parse(el: &Element) -> Result<Controller> {
+        let target = el.first("target");
+        let num = |key: &str| -> Result<Option<u32>> {
+            match target.filter(|t| t.get_attr(key).is_some()) {
+                Some(t) => parse_num(t, key).map(Some),
+                None => Ok(None),
+            }
+        };
         Ok(Controller {
             kind: el.req_attr("type")?.to_owned(),
-            index: el.parse_attr::<u32>("index")?.unwrap_or(0),
+            // Absent: numbered by `Devices::number_controllers` once all are read.
+            index: el.parse_attr::<u32>("index")?.unwrap_or(UNNUMBERED),
             model: el.get_attr("model").map(str::to_owned),
             address: addr_of(el)?,
+            target_chassis: match num("chassis")? {
+                Some(c) => Some(c),
+                None => num("chassisNr")?,
+            },
+            target_port: num("port")?,
+            ports: el.parse_attr::<u32>("ports")?,
+            // `<model name>` repeats what the model attribute says; libvirt fills it.
+            unhandled: unhandled(
+                el,
+                &[&["address", "target", "model"][..], REGENERATED].concat(),
+            ),
         })
     }
 
@@ -542,9 +593,33 @@ impl Controller {
         let mut el = Element::new("controller")
             .attr("type", &self.kind)
             .attr("index", self.index)
-            .attr_opt("model", self.model.as_deref());
+            .attr_opt("model", self.model.as_deref())
+            .attr_opt("ports", self.ports);
+        if self.target_chassis.is_some() || self.target_port.is_some() {
+            let key = if self.model.as_deref() == Some("pci-bridge") {
+                "chassisNr"
+            } else {
+                "chassis"
+            };
+            el.push(
+                Element::new("target")
+                    .attr_opt(key, self.target_chassis)
+                    .attr_opt("port", self.target_port.map(|p| format!("0x{p:x}"))),
+            );
+        }
+        el.children
+            .extend(self.unhandled.iter().cloned().map(Node::Element));
         push_addr(&mut el, &self.address);
         el
+    }
+
+    /// A PCI bridge or root port: it makes bus `index`.
+    pub fn is_pci_bridge(&self) -> bool {
+        self.kind == "pci"
+            && self
+                .model
+                .as_deref()
+                .is_some_and(|m| PCI_BRIDGES.contains(&m))
     }
 
     /// Whether this controller is a PCI device that needs a slot.
@@ -552,6 +627,7 @@ impl Controller {
         match self.kind.as_str() {
             "usb" => self.model.as_deref() != Some("none"),
             "scsi" | "virtio-serial" => true,
+            "pci" => self.is_pci_bridge(),
             _ => false,
         }
     }
@@ -1399,6 +1475,7 @@ impl Devices {
                 _ => d.other.push(c.clone()),
             }
         }
+        d.number_controllers()?;
         if d.consoles.len() > 1 {
             return Err(DomainXmlError::unsupported(
                 "console",
@@ -1590,41 +1667,24 @@ impl Devices {
         if !has(&self.controllers, "pci") {
             self.controllers.insert(
                 0,
-                Controller {
-                    kind: "pci".into(),
-                    index: 0,
-                    model: Some(if q35 { "pcie-root" } else { "pci-root" }.into()),
-                    address: None,
-                },
+                Controller::new("pci", 0, Some(if q35 { "pcie-root" } else { "pci-root" })),
             );
         }
         let wants_usb = self.inputs.iter().any(|i| i.bus == "usb")
             || self.disks.iter().any(|d| d.bus == Some(DiskBus::Usb));
         if !has(&self.controllers, "usb") && wants_usb {
-            self.controllers.push(Controller {
-                kind: "usb".into(),
-                index: 0,
-                model: Some("qemu-xhci".into()),
-                address: None,
-            });
+            self.controllers
+                .push(Controller::new("usb", 0, Some("qemu-xhci")));
         }
         if !has(&self.controllers, "scsi")
             && self.disks.iter().any(|d| d.bus == Some(DiskBus::Scsi))
         {
-            self.controllers.push(Controller {
-                kind: "scsi".into(),
-                index: 0,
-                model: Some("virtio-scsi".into()),
-                address: None,
-            });
+            self.controllers
+                .push(Controller::new("scsi", 0, Some("virtio-scsi")));
         }
         if !has(&self.controllers, "virtio-serial") && !self.channels.is_empty() {
-            self.controllers.push(Controller {
-                kind: "virtio-serial".into(),
-                index: 0,
-                model: None,
-                address: None,
-            });
+            self.controllers
+                .push(Controller::new("virtio-serial", 0, None));
         }
         for c in &self.controllers {
             if c.kind == "usb" {
@@ -1696,10 +1756,68 @@ impl Devices {
         self.assign_pci(q35)
     }
 
+    /// Gives controllers written without an index the next free one of their type, as
+    /// libvirt does; PCI index 0 is the root bus's. Indexes must be unique per type.
+    fn number_controllers(&mut self) -> Result<()> {
+        let mut taken: BTreeSet<(String, u32)> = BTreeSet::new();
+        for c in self.controllers.iter().filter(|c| c.index != UNNUMBERED) {
+            if !taken.insert((c.kind.clone(), c.index)) {
+                return Err(invalid(
+                    "controller",
+                    "attribute 'index'",
+                    &format!("{} {}", c.kind, c.index),
+                    "used by two controllers of this type",
+                ));
+            }
+        }
+        for c in self
+            .controllers
+            .iter_mut()
+            .filter(|c| c.index == UNNUMBERED)
+        {
+            let root =
+                c.kind == "pci" && matches!(c.model.as_deref(), Some("pcie-root" | "pci-root"));
+            let mut i = if c.kind == "pci" && !root { 1 } else { 0 };
+            while taken.contains(&(c.kind.clone(), i)) {
+                i += 1;
+            }
+            taken.insert((c.kind.clone(), i));
+            c.index = i;
+        }
+        Ok(())
+    }
+
+    /// The guest PCI addresses of every device and controller.
+    pub fn pci_addresses(&self) -> Vec<PciAddr> {
+        let addrs = self
+            .controllers
+            .iter()
+            .map(|c| &c.address)
+            .chain(self.disks.iter().map(|x| &x.address))
+            .chain(self.interfaces.iter().map(|x| &x.address))
+            .chain(self.videos.iter().map(|x| &x.address))
+            .chain(self.sounds.iter().map(|x| &x.address))
+            .chain(self.watchdogs.iter().map(|x| &x.address))
+            .chain(self.hostdevs.iter().map(|x| &x.address))
+            .chain(self.rngs.iter().map(|x| &x.address))
+            .chain(self.memballoon.iter().map(|x| &x.address));
+        addrs
+            .filter_map(|a| a.as_ref().and_then(Address::pci))
+            .collect()
+    }
+
     /// Gives every PCI device without an address a slot on bus 0. On i440fx slot 1 is
     /// the PIIX3 and slot 2 the primary video; on q35 slot 1 is the primary video and
     /// 0x1f the ICH9. Devices go straight onto the root bus (integrated endpoints on q35).
     fn assign_pci(&mut self, q35: bool) -> Result<()> {
+        // Buses made by bridges and root ports (libvirt's dumpxml puts devices there).
+        let bridges: std::collections::BTreeMap<u32, String> = self
+            .controllers
+            .iter()
+            .filter(|c| c.is_pci_bridge())
+            .map(|c| (c.index, c.model.clone().unwrap_or_default()))
+            .collect();
+        let mut used_behind: BTreeSet<(u8, u8, u8)> = BTreeSet::new();
         let mut used: BTreeSet<(u8, u8)> = BTreeSet::new();
         used.insert((0, 0));
         used.insert((if q35 { 0x1f } else { 1 }, 0));
@@ -1746,15 +1864,43 @@ impl Devices {
             .collect();
         for a in all {
             if let Some(p) = a.as_ref().and_then(Address::pci) {
-                if p.domain != 0 || p.bus != 0 {
+                let shown = format!(
+                    "{:04x}:{:02x}:{:02x}.{}",
+                    p.domain, p.bus, p.slot, p.function
+                );
+                if p.domain != 0 {
                     return Err(DomainXmlError::unsupported(
                         "address",
-                        &format!(
-                            "{:04x}:{:02x}:{:02x}.{}",
-                            p.domain, p.bus, p.slot, p.function
-                        ),
-                        "only bus 0 is used here",
+                        &shown,
+                        "only PCI domain 0 is used here",
                     ));
+                }
+                if p.bus != 0 {
+                    let Some(model) = bridges.get(&u32::from(p.bus)) else {
+                        return Err(invalid(
+                            "address",
+                            "bus",
+                            &shown,
+                            "no PCI bridge or root port controller has this index",
+                        ));
+                    };
+                    if model == "pcie-root-port" && p.slot != 0 {
+                        return Err(invalid(
+                            "address",
+                            "slot",
+                            &shown,
+                            "a pcie-root-port has one slot, 0",
+                        ));
+                    }
+                    if p.slot > 0x1f || !used_behind.insert((p.bus, p.slot, p.function)) {
+                        return Err(invalid(
+                            "address",
+                            "slot",
+                            &shown,
+                            "used by two devices or out of range",
+                        ));
+                    }
+                    continue;
                 }
                 if !used.insert((p.slot, p.function)) {
                     return Err(invalid(
