@@ -325,9 +325,15 @@ impl Driver {
         let sandbox = conf.seccomp_sandbox.unwrap_or(true) && (system || identity.is_some());
         if let Some(id) = &identity {
             tracing::info!(user = %id.user, uid = id.uid, gid = id.gid, "QEMU runs unprivileged");
-            // QEMU's user must reach its own folder inside the run folder (only by name).
-            for d in [&s.runtime_dir, &paths.run] {
-                std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
+            // QEMU's user must reach, by name only, its own folder in the run folder and
+            // the UEFI variable stores (files there stay 0600, handed over per run).
+            common::persist::create_dir_all(&paths.nvram, 0o711)?;
+            let nvram_parents = paths.nvram.ancestors().take(3);
+            for d in [s.runtime_dir.as_path(), paths.run.as_path()]
+                .into_iter()
+                .chain(nvram_parents)
+            {
+                crate::security::make_traversable(d)?;
             }
         }
         // Replays what a crash left in the journal before the configs are read.

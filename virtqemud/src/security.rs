@@ -302,6 +302,17 @@ pub fn restore(owners: &[Owner]) {
     }
 }
 
+/// Lets everyone pass through folder `d` by name (adds the x bits for group and others;
+/// nothing else changes, and a folder that allows it already is left alone).
+pub fn make_traversable(d: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d)?.permissions().mode() & 0o7777;
+    if mode & 0o011 != 0o011 {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o011))?;
+    }
+    Ok(())
+}
+
 /// Creates the file chardevs of `dom` that do not exist yet (QEMU, as another user,
 /// could not create them in a folder it cannot write).
 pub fn precreate_chardev_files(dom: &Domain) -> Result<(), VirError> {

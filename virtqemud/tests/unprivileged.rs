@@ -134,6 +134,36 @@ async fn qemu_runs_as_nobody_with_its_files_handed_over_and_back() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("domain-"))
         .collect();
     assert!(leftovers.is_empty(), "QEMU's folder left: {leftovers:?}");
+
+    // UEFI with its variable store and an emulated TPM, as nobody: the store and
+    // swtpm's socket are handed over, the firmware runs (Secure Boot refuses its
+    // unsigned shell), and the store is root's again afterwards.
+    let efi_serial = files.path().join("efi.log");
+    let path = qc
+        .domain_define_xml(&format!(
+            "<domain type='qemu'><name>lowefi</name><memory unit='MiB'>128</memory>\
+             <vcpu>1</vcpu><os firmware='efi'><type arch='x86_64' machine='q35'>hvm</type>\
+             </os><devices><serial type='file'><source path='{}'/></serial>\
+             <tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>\
+             </devices></domain>",
+            efi_serial.display()
+        ))
+        .await
+        .expect("define efi");
+    let d = domain(&conn, &path).await;
+    d.create(0).await.expect("start efi as nobody");
+    let vars = dirs.config.join("qemu/nvram/lowefi_VARS.fd");
+    assert_eq!(owner(&vars).0, NOBODY, "variable store handed over");
+    let pid: u32 = std::fs::read_to_string(run.join("lowefi.pid"))
+        .expect("pidfile")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert_eq!(ids(pid, "Uid:"), vec![NOBODY; 4]);
+    wait_serial(&efi_serial, "Security Violation", Duration::from_secs(90)).await;
+    d.destroy(0).await.expect("destroy efi");
+    assert_eq!(owner(&vars), (0, 0, 0o600), "variable store given back");
+    d.undefine(4).await.expect("undefine with its nvram");
     drop(daemon);
 
     // A malformed qemu.conf stops the daemon, naming the file and the line.
