@@ -1091,6 +1091,7 @@ impl Driver {
         qmp.execute("stop", None).await?;
         if self.transition(dom, &[state::RUNNING], (state::PAUSED, 1)) {
             self.emit(dom, event::SUSPENDED, 0).await;
+            self.save_status(dom);
         }
         Ok(())
     }
@@ -1102,25 +1103,23 @@ impl Driver {
         qmp.execute("cont", None).await?;
         if self.transition(dom, &[state::PAUSED], (state::RUNNING, 5)) {
             self.emit(dom, event::RESUMED, 0).await;
+            self.save_status(dom);
         }
         Ok(())
     }
 
-    /// Moves `dom` to `to` when its state is one of `from`; true when it did.
+    /// Moves `dom` to `to` when its state is one of `from`; true when it did. The
+    /// caller emits the event, then writes the status ([`Self::save_status`]): the
+    /// signal does not wait for the file, and a daemon that dies in between reads the
+    /// state back from QEMU when it reattaches.
     fn transition(&self, dom: &Dom, from: &[i32], to: (i32, i32)) -> bool {
-        let changed = {
-            let mut g = dom.lock();
-            if g.live.is_some() && from.contains(&g.state.0) {
-                g.state = to;
-                true
-            } else {
-                false
-            }
-        };
-        if changed {
-            self.save_status(dom);
+        let mut g = dom.lock();
+        if g.live.is_some() && from.contains(&g.state.0) {
+            g.state = to;
+            true
+        } else {
+            false
         }
-        changed
     }
 
     pub fn xml_desc(&self, dom: &Dom, flags: u32) -> Result<String, VirError> {
@@ -1416,6 +1415,7 @@ impl Driver {
         match ev.name.as_str() {
             "STOP" if self.transition(dom, &[state::RUNNING], (state::PAUSED, 0)) => {
                 self.emit(dom, event::SUSPENDED, 0).await;
+                self.save_status(dom);
             }
             "RESUME"
                 if self.transition(
@@ -1425,12 +1425,15 @@ impl Driver {
                 ) =>
             {
                 self.emit(dom, event::RESUMED, 0).await;
+                self.save_status(dom);
             }
             "SUSPEND" if self.transition(dom, &[state::RUNNING], (state::PMSUSPENDED, 0)) => {
                 self.emit(dom, event::PMSUSPENDED, 0).await;
+                self.save_status(dom);
             }
             "WAKEUP" if self.transition(dom, &[state::PMSUSPENDED], (state::RUNNING, 8)) => {
                 self.emit(dom, event::STARTED, 4).await;
+                self.save_status(dom);
             }
             "SHUTDOWN" => {
                 let guest = ev
@@ -1462,6 +1465,7 @@ impl Driver {
                 if self.transition(dom, &[state::RUNNING, state::PAUSED], (state::SHUTDOWN, 1)) {
                     self.emit(dom, event::SHUTDOWN, if guest { 1 } else { 2 })
                         .await;
+                    self.save_status(dom);
                 }
                 if action == Action::Destroy {
                     if let Some(l) = dom.lock().live.as_mut() {
@@ -1479,6 +1483,7 @@ impl Driver {
                 };
                 if self.transition(dom, &[state::RUNNING, state::PAUSED], (state::CRASHED, 1)) {
                     self.emit(dom, event::CRASHED, 0).await;
+                    self.save_status(dom);
                 }
                 match action {
                     Action::Destroy => {
@@ -1487,7 +1492,9 @@ impl Driver {
                     Action::Restart => {
                         let _ = qmp.execute("system_reset", None).await;
                         let _ = qmp.execute("cont", None).await;
-                        self.transition(dom, &[state::CRASHED], (state::RUNNING, 0));
+                        if self.transition(dom, &[state::CRASHED], (state::RUNNING, 0)) {
+                            self.save_status(dom);
+                        }
                     }
                     Action::Preserve => {}
                 }
