@@ -928,7 +928,8 @@ impl Driver {
             return Err(e);
         }
         crate::graphics::record_vnc_port(&qmp, &mut def.dom).await;
-        let _ = common::persist::write_atomic(&pidfile, format!("{pid}\n").as_bytes(), 0o644);
+        // For people and tools, like libvirt's: nothing here reads it back, so no fsync.
+        let _ = std::fs::write(&pidfile, format!("{pid}\n"));
         if let Some(t) = swtpm {
             t.handed_over();
         }
