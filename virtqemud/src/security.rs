@@ -218,6 +218,19 @@ pub struct Owner {
     pub gid: u32,
 }
 
+/// The files of `dom`'s file chardevs (serial, console, channel).
+fn chardev_files(dom: &Domain) -> impl Iterator<Item = &PathBuf> {
+    dom.devices
+        .serials
+        .iter()
+        .chain(&dom.devices.consoles)
+        .chain(&dom.devices.channels)
+        .filter_map(|c| match &c.source {
+            ChardevSource::File { path, .. } => Some(path),
+            _ => None,
+        })
+}
+
 /// The files QEMU opens itself for `dom` (live definition), with `extra` (resolved
 /// volume paths, swtpm's socket).
 pub fn files(dom: &Domain, extra: &[PathBuf]) -> Vec<PathBuf> {
@@ -234,17 +247,7 @@ pub fn files(dom: &Domain, extra: &[PathBuf]) -> Vec<PathBuf> {
     {
         v.push(p.clone());
     }
-    let chardevs = dom
-        .devices
-        .serials
-        .iter()
-        .chain(&dom.devices.consoles)
-        .chain(&dom.devices.channels);
-    for c in chardevs {
-        if let ChardevSource::File { path, .. } = &c.source {
-            v.push(path.clone());
-        }
-    }
+    v.extend(chardev_files(dom).cloned());
     v.extend(extra.iter().cloned());
     v.sort();
     v.dedup();
@@ -316,20 +319,12 @@ pub fn make_traversable(d: &Path) -> std::io::Result<()> {
 /// Creates the file chardevs of `dom` that do not exist yet (QEMU, as another user,
 /// could not create them in a folder it cannot write).
 pub fn precreate_chardev_files(dom: &Domain) -> Result<(), VirError> {
-    let chardevs = dom
-        .devices
-        .serials
-        .iter()
-        .chain(&dom.devices.consoles)
-        .chain(&dom.devices.channels);
-    for c in chardevs {
-        if let ChardevSource::File { path, .. } = &c.source {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| VirError::system(format!("cannot create '{}'", path.display()), &e))?;
-        }
+    for path in chardev_files(dom) {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| VirError::system(format!("cannot create '{}'", path.display()), &e))?;
     }
     Ok(())
 }

@@ -2,24 +2,16 @@
 //! second QMP monitor that answers), `<qemu:env>` its environment, the domain is
 //! logged as tainted, and the XML comes back with the namespace.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::time::Duration;
-
 mod support;
 
-use support::{domain, qemud, Qemud};
+use support::{domain, qemud, Probe};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_commandline_args_and_env_reach_qemu() {
-    let Qemud {
-        bus: _bus,
-        daemon,
-        conn,
-        qc,
-    } = qemud(BIN).await;
+    let q = qemud(BIN).await;
+    let (daemon, conn, qc) = (&q.daemon, &q.conn, &q.qc);
     let extra = daemon.dirs.root.path().join("extra.qmp");
     let xml = format!(
         "<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>\
@@ -32,7 +24,7 @@ async fn qemu_commandline_args_and_env_reach_qemu() {
         extra.display()
     );
     let path = qc.domain_define_xml(&xml).await.expect("define");
-    let d = domain(&conn, &path).await;
+    let d = domain(conn, &path).await;
     let back = d.get_xml_desc(2).await.expect("xml");
     assert!(
         back.contains("xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'")
@@ -43,17 +35,8 @@ async fn qemu_commandline_args_and_env_reach_qemu() {
     d.create(0).await.expect("start");
 
     // The extra monitor is QEMU's own: it greets and takes commands.
-    let s = UnixStream::connect(&extra).expect("extra monitor");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut lines = BufReader::new(s.try_clone().expect("clone")).lines();
-    let greeting = lines.next().expect("greeting").expect("read");
-    assert!(greeting.contains("\"QMP\""), "{greeting}");
-    (&s).write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"query-status\"}\n")
-        .expect("send");
-    let _ = lines.next().expect("capabilities reply").expect("read");
-    let status = lines.next().expect("status").expect("read");
-    assert!(status.contains("\"running\""), "{status}");
+    let status = Probe::connect(&extra).execute(serde_json::json!({"execute": "query-status"}));
+    assert_eq!(status["return"]["status"], "running", "{status}");
 
     let pid =
         std::fs::read_to_string(daemon.dirs.runtime.join("qemu/custom.pid")).expect("pidfile");

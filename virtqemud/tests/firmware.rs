@@ -8,7 +8,7 @@ use std::time::Duration;
 
 mod support;
 
-use support::{bus_err, domain, qemu_cmdline, qemud, wait_serial, Qemud};
+use support::{bus_err, domain, qemu_cmdline, qemud, wait_serial};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
 const UNDEFINE_NVRAM: u32 = 4;
@@ -30,13 +30,8 @@ async fn efi_firmware_is_chosen_at_start_with_its_variable_store() {
         descriptors.exists(),
         "this test needs Debian's 'ovmf' package (scripts/install-deps.sh installs it)"
     );
-    // The bus lives as long as `_bus`.
-    let Qemud {
-        bus: _bus,
-        daemon,
-        conn,
-        qc,
-    } = qemud(BIN).await;
+    let q = qemud(BIN).await;
+    let (daemon, conn, qc) = (&q.daemon, &q.conn, &q.qc);
     let root = daemon.dirs.root.path().to_owned();
     let nvram_dir = daemon.dirs.config.join("qemu").join("nvram");
 
@@ -46,7 +41,7 @@ async fn efi_firmware_is_chosen_at_start_with_its_variable_store() {
         .domain_define_xml(&efi_xml("secure", &serial, ""))
         .await
         .expect("define");
-    let d = domain(&conn, &path).await;
+    let d = domain(conn, &path).await;
     d.create(0).await.expect("create");
     let live = d.get_xml_desc(0).await.expect("live xml");
     let vars = nvram_dir.join("secure_VARS.fd");
@@ -105,7 +100,7 @@ async fn efi_firmware_is_chosen_at_start_with_its_variable_store() {
         ))
         .await
         .expect("define plain");
-    let d = domain(&conn, &path).await;
+    let d = domain(conn, &path).await;
     d.create(0).await.expect("create plain");
     let live = d.get_xml_desc(0).await.expect("live xml");
     assert!(live.contains("/usr/share/OVMF/OVMF_CODE_4M.fd"), "{live}");
@@ -135,7 +130,7 @@ async fn efi_firmware_is_chosen_at_start_with_its_variable_store() {
         ))
         .await
         .expect("define odd");
-    let d = domain(&conn, &path).await;
+    let d = domain(conn, &path).await;
     let e = bus_err(d.create(0).await);
     assert!(
         e.starts_with("unsupported configuration: os/firmware/feature") && e.contains("fancy-boot"),
@@ -150,7 +145,7 @@ async fn efi_firmware_is_chosen_at_start_with_its_variable_store() {
         ))
         .await
         .expect("define oldpc");
-    let d = domain(&conn, &path).await;
+    let d = domain(conn, &path).await;
     // Secure Boot firmware needs SMM, which the domain switched off.
     let xml = d.get_xml_desc(2).await.expect("xml");
     let xml = xml.replace("<features>", "<features><smm state='off'/>");

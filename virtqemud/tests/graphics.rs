@@ -9,7 +9,7 @@ use std::time::Duration;
 
 mod support;
 
-use support::{bus_err, domain, qemu_cmdline, qemud, Qemud};
+use support::{bus_err, domain, qemu_cmdline, qemud};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
 const XML_SECURE: u32 = 1;
@@ -48,13 +48,8 @@ fn vnc_security_types(port: u16) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spice_vnc_ports_and_passwords() {
-    // The bus lives as long as `_bus`.
-    let Qemud {
-        bus: _bus,
-        daemon,
-        conn,
-        qc,
-    } = qemud(BIN).await;
+    let q = qemud(BIN).await;
+    let (daemon, conn, qc) = (&q.daemon, &q.conn, &q.qc);
     let run = daemon.dirs.runtime.clone();
 
     // SPICE the way virt-install writes it, with a password.
@@ -68,7 +63,7 @@ async fn spice_vnc_ports_and_passwords() {
         .domain_define_xml(&xml("sp", spice))
         .await
         .expect("define spice");
-    let d = domain(&conn, &path).await;
+    let d = domain(conn, &path).await;
     let inactive = d.get_xml_desc(2).await.expect("xml");
     assert!(!inactive.contains("s3cr3t-pw"), "{inactive}");
     assert!(d
@@ -119,7 +114,7 @@ async fn spice_vnc_ports_and_passwords() {
         ))
         .await
         .expect("define sp2");
-    let d2 = domain(&conn, &path2).await;
+    let d2 = domain(conn, &path2).await;
     d2.create(0).await.expect("start sp2");
     let port2 = live_port(&d2.get_xml_desc(0).await.expect("live2"));
     assert_ne!(port, port2);
@@ -134,7 +129,7 @@ async fn spice_vnc_ports_and_passwords() {
         ))
         .await
         .expect("define vnc");
-    let d3 = domain(&conn, &path3).await;
+    let d3 = domain(conn, &path3).await;
     d3.create(0).await.expect("start vnc");
     let vport = live_port(&d3.get_xml_desc(0).await.expect("live3"));
     assert_eq!(vnc_security_types(vport), vec![2]);
@@ -147,7 +142,7 @@ async fn spice_vnc_ports_and_passwords() {
         .domain_define_xml(&xml("vo", "<graphics type='vnc' autoport='yes'/>"))
         .await
         .expect("define open vnc");
-    let d4 = domain(&conn, &path4).await;
+    let d4 = domain(conn, &path4).await;
     d4.create(0).await.expect("start open vnc");
     let oport = live_port(&d4.get_xml_desc(0).await.expect("live4"));
     assert_ne!(oport, vport);
@@ -162,7 +157,7 @@ async fn spice_vnc_ports_and_passwords() {
         ))
         .await
         .expect("define nospice");
-    let e = bus_err(domain(&conn, &path5).await.create(0).await);
+    let e = bus_err(domain(conn, &path5).await.create(0).await);
     assert!(
         e.contains("redirdev") && e.contains("needs <graphics type='spice'>"),
         "{e}"

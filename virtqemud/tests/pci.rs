@@ -2,13 +2,9 @@
 //! (buses 1..N, root ports as functions of one multifunction slot). A real QEMU is
 //! asked through a second monitor (`<qemu:commandline>`) which bus each device is on.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::time::Duration;
-
 mod support;
 
-use support::{domain, qemud, Qemud};
+use support::{domain, qemud, Probe};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
 
@@ -29,13 +25,9 @@ fn on_bus(bus: u32) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_sit_behind_root_ports_as_dumpxml_says() {
-    let Qemud {
-        bus: _bus,
-        daemon,
-        conn,
-        qc,
-    } = qemud(BIN).await;
-    let mon = daemon.dirs.root.path().join("pci.qmp");
+    let q = qemud(BIN).await;
+    let (conn, qc) = (&q.conn, &q.qc);
+    let mon = q.daemon.dirs.root.path().join("pci.qmp");
     let xml = format!(
         "<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>\
          <name>topo</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>\
@@ -44,44 +36,28 @@ async fn devices_sit_behind_root_ports_as_dumpxml_says() {
          <controller type='usb' index='0' model='qemu-xhci' ports='15'>{b1}</controller>\
          <controller type='virtio-serial' index='0'>{b2}</controller>\
          <interface type='user'><mac address='52:54:00:6b:2e:12'/><model type='virtio'/>{b3}\
-         </interface><memballoon model='none'/></devices>\
-         <qemu:commandline><qemu:arg value='-chardev'/>\
-         <qemu:arg value='socket,id=probe,path={m},server=on,wait=off'/>\
-         <qemu:arg value='-mon'/><qemu:arg value='chardev=probe,mode=control'/>\
-         </qemu:commandline></domain>",
+         </interface><memballoon model='none'/></devices>{m}</domain>",
         p1 = port(1, 0, true),
         p2 = port(2, 1, false),
         p3 = port(3, 2, false),
         b1 = on_bus(1),
         b2 = on_bus(2),
         b3 = on_bus(3),
-        m = mon.display(),
+        m = Probe::commandline(&mon),
     );
     let path = qc.domain_define_xml(&xml).await.expect("define");
-    let d = domain(&conn, &path).await;
+    let d = domain(conn, &path).await;
     d.create(0).await.expect("start");
     let live = d.get_xml_desc(0).await.expect("live");
     assert!(live.contains("<target chassis='2' port='0x11'/>"), "{live}");
 
-    let s = UnixStream::connect(&mon).expect("probe monitor");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut lines = BufReader::new(s.try_clone().expect("clone")).lines();
-    let _greeting = lines.next().expect("greeting").expect("read");
-    (&s).write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
-        .expect("send");
-    let _ = lines.next().expect("capabilities").expect("read");
     // Each device's parent bus is its root port's (QOM `parent_bus`).
+    let mut probe = Probe::connect(&mon);
     let mut parent = |id: &str| -> String {
-        (&s).write_all(
-            format!(
-                "{{\"execute\":\"qom-get\",\"arguments\":{{\"path\":\"/machine/peripheral/{id}\",\"property\":\"parent_bus\"}}}}\n"
-            )
-            .as_bytes(),
-        )
-        .expect("send");
-        let v: serde_json::Value =
-            serde_json::from_str(&lines.next().expect("reply").expect("read")).expect("json");
+        let v = probe.execute(serde_json::json!({
+            "execute": "qom-get",
+            "arguments": {"path": format!("/machine/peripheral/{id}"), "property": "parent_bus"}
+        }));
         v["return"]
             .as_str()
             .unwrap_or_else(|| panic!("{id}: {v}"))

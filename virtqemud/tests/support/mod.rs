@@ -137,3 +137,56 @@ pub fn qemu_cmdline(run_dir: &Path, name: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// A QMP monitor of QEMU's own, added by a test through `<qemu:commandline>`, to ask
+/// QEMU things the D-Bus API does not tell.
+pub struct Probe {
+    stream: std::os::unix::net::UnixStream,
+    lines: std::io::Lines<std::io::BufReader<std::os::unix::net::UnixStream>>,
+}
+
+impl Probe {
+    /// Connects to the monitor at `path` and negotiates capabilities.
+    pub fn connect(path: &Path) -> Probe {
+        use std::io::BufRead;
+        let stream = std::os::unix::net::UnixStream::connect(path).expect("probe monitor");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let lines = std::io::BufReader::new(stream.try_clone().expect("clone")).lines();
+        let mut p = Probe { stream, lines };
+        let greeting = p.line();
+        assert!(greeting["QMP"].is_object(), "{greeting}");
+        p.execute(serde_json::json!({"execute": "qmp_capabilities"}));
+        p
+    }
+
+    fn line(&mut self) -> serde_json::Value {
+        let l = self.lines.next().expect("monitor open").expect("read");
+        serde_json::from_str(&l).expect("json")
+    }
+
+    /// Sends one command; returns its reply (events in between are skipped).
+    pub fn execute(&mut self, cmd: serde_json::Value) -> serde_json::Value {
+        use std::io::Write;
+        writeln!(self.stream, "{cmd}").expect("send");
+        loop {
+            let v = self.line();
+            if v.get("event").is_none() {
+                return v;
+            }
+        }
+    }
+
+    /// The XML that adds this monitor, listening at `path`, to a domain (inside a
+    /// `<domain xmlns:qemu=...>`).
+    pub fn commandline(path: &Path) -> String {
+        format!(
+            "<qemu:commandline><qemu:arg value='-chardev'/>\
+             <qemu:arg value='socket,id=probe,path={},server=on,wait=off'/>\
+             <qemu:arg value='-mon'/><qemu:arg value='chardev=probe,mode=control'/>\
+             </qemu:commandline>",
+            path.display()
+        )
+    }
+}
