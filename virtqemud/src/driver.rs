@@ -918,8 +918,13 @@ impl Driver {
                 )));
             }
         };
-        // Passwords before anything can connect to a running guest (QEMU is at -S).
-        if let Err(e) = crate::graphics::set_passwords(&qmp, &def.dom).await {
+        // Passwords before anything can connect to a running guest (QEMU is at -S), and
+        // links that start down.
+        let prepared = match crate::graphics::set_passwords(&qmp, &def.dom).await {
+            Ok(()) => crate::graphics::set_links(&qmp, &def.dom).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = prepared {
             process::terminate(&pidfd, Duration::from_secs(1)).await;
             crate::security::restore(&owners);
             let _ = std::fs::remove_dir_all(&dom_dir);

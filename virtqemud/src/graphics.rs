@@ -78,6 +78,22 @@ pub async fn set_passwords(qmp: &Qmp, dom: &Domain) -> Result<(), VirError> {
     Ok(())
 }
 
+/// Takes down the link of every NIC whose `<link state='down'/>` says so (QEMU starts
+/// all links up; its NIC ids are `netN` in interface order).
+pub async fn set_links(qmp: &Qmp, dom: &Domain) -> Result<(), VirError> {
+    for (i, nic) in dom.devices.interfaces.iter().enumerate() {
+        if nic.link_up == Some(false) {
+            qmp.execute(
+                "set_link",
+                Some(serde_json::json!({"name": format!("net{i}"), "up": false})),
+            )
+            .await
+            .map_err(|e| VirError::operation_failed(format!("cannot set link of net{i}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
 /// Records in the live definition the port QEMU chose for an auto-port VNC display, as
 /// libvirt shows it (`query-vnc` answers `service`, the port as a string).
 pub async fn record_vnc_port(qmp: &Qmp, dom: &mut Domain) {

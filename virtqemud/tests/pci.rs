@@ -35,7 +35,8 @@ async fn devices_sit_behind_root_ports_as_dumpxml_says() {
          <controller type='pci' index='0' model='pcie-root'/>{p1}{p2}{p3}\
          <controller type='usb' index='0' model='qemu-xhci' ports='15'>{b1}</controller>\
          <controller type='virtio-serial' index='0'>{b2}</controller>\
-         <interface type='user'><mac address='52:54:00:6b:2e:12'/><model type='virtio'/>{b3}\
+         <interface type='user'><mac address='52:54:00:6b:2e:12'/><model type='virtio'/>\
+         <link state='down'/>{b3}\
          </interface><memballoon model='none'/></devices>{m}</domain>",
         p1 = port(1, 0, true),
         p2 = port(2, 1, false),
@@ -50,6 +51,9 @@ async fn devices_sit_behind_root_ports_as_dumpxml_says() {
     d.create(0).await.expect("start");
     let live = d.get_xml_desc(0).await.expect("live");
     assert!(live.contains("<target chassis='2' port='0x11'/>"), "{live}");
+    // The NIC started with its link down (QEMU's set_link found `net0`, or the start
+    // would have failed).
+    assert!(live.contains("<link state='down'/>"), "{live}");
 
     // Each device's parent bus is its root port's (QOM `parent_bus`).
     let mut probe = Probe::connect(&mon);

@@ -661,6 +661,8 @@ pub struct Interface {
     pub address: Option<Address>,
     /// `<mtu size=>`: the tap's MTU and, for virtio, the MTU the guest is offered.
     pub mtu: Option<u32>,
+    /// `<link state='up|down'>`: down starts the NIC with its link down.
+    pub link_up: Option<bool>,
     /// Children this model does not handle (`<bandwidth>`, `<link>`, `<vlan>`, ...),
     /// kept verbatim and refused at start by name.
     pub unhandled: Vec<Element>,
@@ -782,6 +784,19 @@ impl Interface {
             target_managed,
             boot_order: boot_of(el)?,
             address: addr_of(el)?,
+            link_up: match el.first("link").map(|l| l.get_attr("state")) {
+                None => None,
+                Some(Some("up")) => Some(true),
+                Some(Some("down")) => Some(false),
+                Some(other) => {
+                    return Err(invalid(
+                        "link",
+                        "attribute 'state'",
+                        other.unwrap_or(""),
+                        "expected up or down",
+                    ))
+                }
+            },
             mtu: match el.first("mtu") {
                 Some(m) => {
                     let size = m
@@ -802,7 +817,9 @@ impl Interface {
             unhandled: unhandled(
                 el,
                 &[
-                    &["source", "mac", "model", "target", "boot", "address", "mtu"][..],
+                    &[
+                        "source", "mac", "model", "target", "boot", "address", "mtu", "link",
+                    ][..],
                     REGENERATED,
                 ]
                 .concat(),
@@ -854,7 +871,11 @@ impl Interface {
                 self.boot_order
                     .map(|o| Element::new("boot").attr("order", o)),
             )
-            .child_opt(self.mtu.map(|m| Element::new("mtu").attr("size", m)));
+            .child_opt(self.mtu.map(|m| Element::new("mtu").attr("size", m)))
+            .child_opt(
+                self.link_up
+                    .map(|up| Element::new("link").attr("state", if up { "up" } else { "down" })),
+            );
         el.children
             .extend(self.unhandled.iter().cloned().map(Node::Element));
         push_addr(&mut el, &self.address);
