@@ -223,6 +223,12 @@ where
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let _pidfile = PidFile::acquire(settings.runtime_dir.join(format!("{daemon}.pid")), daemon)?;
+    // Handled from here on: a SIGTERM that comes while the daemon starts (say, right
+    // after it took its name) waits for the shutdown below instead of killing it.
+    let signals = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
     // Children (QEMU, dnsmasq) and their orphans come back to us to be reaped.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!("cannot become a child subreaper: {e}");
@@ -271,7 +277,7 @@ where
     );
     notify::ready(&format!("Serving {name}"));
 
-    wait_for_exit(&hub, driver.as_ref(), settings.timeout).await?;
+    wait_for_exit(&hub, driver.as_ref(), settings.timeout, signals).await?;
 
     notify::stopping();
     accept.abort();
@@ -284,9 +290,12 @@ where
     Ok(())
 }
 
-async fn wait_for_exit<D: Driver>(hub: &Hub, driver: &D, timeout: u64) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+async fn wait_for_exit<D: Driver>(
+    hub: &Hub,
+    driver: &D,
+    timeout: u64,
+    (mut term, mut int): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let timeout = Duration::from_secs(timeout);
     loop {
