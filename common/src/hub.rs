@@ -73,7 +73,9 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn connections(&self) -> Vec<Connection> {
+    /// Every connection objects are served on now: the bus and each peer. The D-Bus
+    /// layers emit their zbus-declared signals on each.
+    pub fn connections(&self) -> Vec<Connection> {
         self.lock()
             .conns
             .iter()

@@ -6,12 +6,15 @@ pub mod activation;
 pub mod cli;
 pub mod connect;
 pub mod error;
+pub mod event;
 pub mod hub;
+pub mod job;
 pub mod journal;
 pub mod notify;
 pub mod objpath;
 pub mod persist;
 pub mod proxies;
+pub mod publish;
 pub mod runtime;
 pub mod xml;
 
