@@ -25,6 +25,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 pub mod conformance;
+pub mod contract;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

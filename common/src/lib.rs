@@ -5,6 +5,7 @@
 pub mod activation;
 pub mod cli;
 pub mod connect;
+pub mod contract;
 pub mod error;
 pub mod event;
 pub mod hub;
@@ -16,6 +17,7 @@ pub mod persist;
 pub mod proxies;
 pub mod publish;
 pub mod runtime;
+pub mod typed_params;
 pub mod xml;
 
 #[cfg(feature = "harness")]

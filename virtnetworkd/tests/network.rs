@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use common::harness::{Daemon, NetNs, TestBus, TestDirs};
-use common::proxies::network::{NetworkConnectProxy, NetworkPortProxy, NetworkProxy};
+use common::proxies::network::{
+    NetworkConnectProxy, NetworkPortProxy, NetworkPortsProxy, NetworkProxy,
+};
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::OwnedObjectPath;
 
@@ -33,6 +35,18 @@ async fn network<'a>(
     p: &OwnedObjectPath,
 ) -> anyhow::Result<NetworkProxy<'a>> {
     Ok(NetworkProxy::builder(conn)
+        .path(p.clone())?
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?)
+}
+
+/// The same network through this project's additions (ports, bridge name).
+async fn ports<'a>(
+    conn: &zbus::Connection,
+    p: &OwnedObjectPath,
+) -> anyhow::Result<NetworkPortsProxy<'a>> {
+    Ok(NetworkPortsProxy::builder(conn)
         .path(p.clone())?
         .cache_properties(CacheProperties::No)
         .build()
@@ -213,10 +227,11 @@ async fn nat_network_serves_dhcp_forwards_and_survives_kill9() -> anyhow::Result
         .network_define_xml(&nat_xml("natnet", "vtnat0", "10.77.0"))
         .await?;
     let n = network(&s.conn, &path).await?;
+    let np = ports(&s.conn, &path).await?;
     assert!(!n.active().await?);
     n.create().await?;
     assert!(n.active().await?);
-    assert_eq!(n.bridge_name().await?, "vtnat0");
+    assert_eq!(np.bridge_name().await?, "vtnat0");
 
     // the bridge with its address, read back with ip -j
     assert_eq!(bridge_addrs(&s.ns, "vtnat0")?, vec!["10.77.0.1/24"]);
@@ -432,22 +447,23 @@ async fn ports_update_persistence_and_autostart() -> anyhow::Result<()> {
         .network_define_xml(&nat_xml("pn", "vtport0", "10.84.0"))
         .await?;
     let n = network(&s.conn, &path).await?;
+    let np = ports(&s.conn, &path).await?;
     let port_xml = "<networkport><owner><name>guest</name>\
         <uuid>06578fc1-2c30-4d94-a1ba-9ea3c2a3c1a4</uuid></owner>\
         <mac address='52:54:00:7b:35:93'/></networkport>";
-    assert!(err_text(n.port_create_xml(port_xml, 0).await).contains("not active"));
+    assert!(err_text(np.port_create_xml(port_xml, 0).await).contains("not active"));
     n.create().await?;
 
     // ports
-    let pp = n.port_create_xml(port_xml, 0).await?;
-    assert_eq!(n.list_ports(0).await?, vec![pp.clone()]);
+    let pp = np.port_create_xml(port_xml, 0).await?;
+    assert_eq!(np.list_ports(0).await?, vec![pp.clone()]);
     let port = NetworkPortProxy::builder(&s.conn)
         .path(pp.clone())?
         .cache_properties(CacheProperties::No)
         .build()
         .await?;
     let uuid = port.uuid().await?;
-    assert_eq!(n.port_lookup_by_uuid(&uuid).await?, pp);
+    assert_eq!(np.port_lookup_by_uuid(&uuid).await?, pp);
     assert_eq!(port.network().await?, path);
     let px = port.get_xml_desc(0).await?;
     assert!(
@@ -456,8 +472,8 @@ async fn ports_update_persistence_and_autostart() -> anyhow::Result<()> {
     );
     assert!(px.contains("52:54:00:7b:35:93") && px.contains("<name>guest</name>"));
     port.delete(0).await?;
-    assert!(n.list_ports(0).await?.is_empty());
-    assert!(err_text(n.port_lookup_by_uuid(&uuid).await).contains("network port not found"));
+    assert!(np.list_ports(0).await?.is_empty());
+    assert!(err_text(np.port_lookup_by_uuid(&uuid).await).contains("network port not found"));
 
     // live + config update of DHCP hosts and DNS hosts
     n.update(
@@ -590,6 +606,7 @@ async fn bridge_mode_uses_an_existing_bridge_and_creates_nothing() -> anyhow::Re
     let xml = "<network><name>hb</name><forward mode='bridge'/><bridge name='vthost0'/></network>";
     let path = c.network_define_xml(xml).await?;
     let n = network(&s.conn, &path).await?;
+    let np = ports(&s.conn, &path).await?;
     // the bridge does not exist yet: a clear error, nothing active
     let e = err_text(n.create().await);
     assert!(e.contains("bridge 'vthost0' does not exist"), "{e}");
@@ -598,11 +615,11 @@ async fn bridge_mode_uses_an_existing_bridge_and_creates_nothing() -> anyhow::Re
     s.ns.run_ok(&["ip", "link", "add", "vthost0", "type", "bridge"])?;
     n.create().await?;
     assert!(n.active().await?);
-    assert_eq!(n.bridge_name().await?, "vthost0");
+    assert_eq!(np.bridge_name().await?, "vthost0");
     let port_xml = "<networkport><owner><name>guest</name>\
         <uuid>06578fc1-2c30-4d94-a1ba-9ea3c2a3c1a5</uuid></owner>\
         <mac address='52:54:00:7b:35:94'/></networkport>";
-    let pp = n.port_create_xml(port_xml, 0).await?;
+    let pp = np.port_create_xml(port_xml, 0).await?;
     let port = NetworkPortProxy::builder(&s.conn)
         .path(pp)?
         .cache_properties(CacheProperties::No)

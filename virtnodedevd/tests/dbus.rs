@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use common::harness::{Daemon, NetNs, TestBus};
-use common::proxies::nodedev::{NodeDevConnectProxy, NodeDeviceProxy};
+use common::proxies::nodedev::{NodeDevConnectProxy, NodeDeviceProxy, NodeInfoProxy};
 use futures_util::StreamExt;
 use zbus::proxy::CacheProperties;
 
@@ -295,8 +295,9 @@ async fn node_resources_agree_with_proc_and_sys() -> anyhow::Result<()> {
     let _d = Daemon::builder(BIN, "virtnodedevd").spawn(&bus).await?;
     let conn = bus.connection().await?;
     let c = NodeDevConnectProxy::new(&conn).await?;
+    let ni = NodeInfoProxy::new(&conn).await?;
 
-    let (model, mem, cpus, mhz, nodes, sockets, cores, threads) = c.node_get_info().await?;
+    let (model, mem, cpus, mhz, nodes, sockets, cores, threads) = ni.node_get_info().await?;
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo")?;
     let processors = cpuinfo
         .lines()
@@ -335,7 +336,7 @@ async fn node_resources_agree_with_proc_and_sys() -> anyhow::Result<()> {
         free.abs_diff(want_free) < want_free / 5 + (64 << 20),
         "{free} vs {want_free}"
     );
-    let cells = c.node_get_cells_free_memory(0, 64, 0).await?;
+    let cells = ni.node_get_cells_free_memory(0, 64, 0).await?;
     assert_eq!(cells.len() as u32, nodes);
 
     let params = c.node_get_memory_parameters(0).await?;
@@ -347,7 +348,7 @@ async fn node_resources_agree_with_proc_and_sys() -> anyhow::Result<()> {
     let si = common::xml::parse_root(&sysinfo, "sysinfo")?;
     assert_eq!(si.get_attr("type"), Some("smbios"));
 
-    let host = c.node_get_host_capabilities(0).await?;
+    let host = ni.node_get_host_capabilities(0).await?;
     let h = common::xml::parse_root(&host, "host")?;
     let cpu = h.first("cpu").context("cpu")?;
     assert_eq!(cpu.child_text("arch").as_deref(), Some(model.as_str()));
@@ -375,7 +376,7 @@ async fn node_resources_agree_with_proc_and_sys() -> anyhow::Result<()> {
         err_text(c.node_get_cpu_map(8).await),
         "org.libvirt.Error: invalid argument: unsupported flags (0x8)"
     );
-    assert!(err_text(c.node_get_cells_free_memory(99, 1, 0).await).contains("out of range"));
+    assert!(err_text(ni.node_get_cells_free_memory(99, 1, 0).await).contains("out of range"));
     Ok(())
 }
 
@@ -741,6 +742,7 @@ async fn loop_device_attach_and_detach_produce_events() -> anyhow::Result<()> {
     let _d = Daemon::builder(BIN, "virtnodedevd").spawn(&bus).await?;
     let conn = bus.connection().await?;
     let c = NodeDevConnectProxy::new(&conn).await?;
+    let ni = NodeInfoProxy::new(&conn).await?;
     let mut events = c.receive_node_device_event().await?;
 
     let dev = run(&["losetup", "--find", "--show", &img.to_string_lossy()])?;
@@ -763,7 +765,7 @@ async fn loop_device_attach_and_detach_produce_events() -> anyhow::Result<()> {
     assert_eq!(d.parent().await?, "computer");
 
     // A capacity change is a "change" uevent: the description differs -> NodeDeviceUpdate.
-    let mut updates = c.receive_node_device_update().await?;
+    let mut updates = ni.receive_node_device_update().await?;
     std::fs::OpenOptions::new()
         .write(true)
         .open(&img)?

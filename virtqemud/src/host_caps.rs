@@ -43,7 +43,7 @@ pub async fn capabilities(cache_dir: &Path, mode: common::cli::Mode) -> Result<S
 async fn remote_host(mode: common::cli::Mode) -> Result<common::xml::Element, String> {
     let conn = crate::nics::bus(mode).await.map_err(|e| e.to_string())?;
     let call = async {
-        let p = common::proxies::nodedev::NodeDevConnectProxy::new(&conn).await?;
+        let p = common::proxies::nodedev::NodeInfoProxy::new(&conn).await?;
         p.node_get_host_capabilities(0).await
     };
     let text = tokio::time::timeout(std::time::Duration::from_secs(10), call)

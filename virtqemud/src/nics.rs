@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 use common::cli::Mode;
 use common::error::{ErrorCode, VirError};
-use common::proxies::network::{NetworkConnectProxy, NetworkPortProxy, NetworkProxy};
+use common::proxies::network::{NetworkConnectProxy, NetworkPortProxy, NetworkPortsProxy};
 use common::xml::Element;
 use uuid::Uuid;
 use zbus::zvariant::OwnedObjectPath;
@@ -94,7 +94,7 @@ fn remote(what: &str, e: zbus::Error) -> VirError {
 async fn network_proxy<'a>(
     conn: &zbus::Connection,
     name: &str,
-) -> Result<NetworkProxy<'a>, VirError> {
+) -> Result<NetworkPortsProxy<'a>, VirError> {
     let c = NetworkConnectProxy::new(conn)
         .await
         .map_err(|e| remote("network lookup", e))?;
@@ -102,7 +102,7 @@ async fn network_proxy<'a>(
         .network_lookup_by_name(name)
         .await
         .map_err(|e| remote("network lookup", e))?;
-    NetworkProxy::builder(conn)
+    NetworkPortsProxy::builder(conn)
         .path(path)
         .map(|b| b.cache_properties(zbus::proxy::CacheProperties::No))
         .map_err(|e| remote("network", e))?

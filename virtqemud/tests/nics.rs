@@ -7,7 +7,9 @@ mod support;
 use std::time::Duration;
 
 use common::harness::{Daemon, NetNs, TestBus, TestDirs};
-use common::proxies::network::{NetworkConnectProxy, NetworkPortProxy, NetworkProxy};
+use common::proxies::network::{
+    NetworkConnectProxy, NetworkPortProxy, NetworkPortsProxy, NetworkProxy,
+};
 use common::proxies::qemu::{DomainProxy, QemuConnectProxy};
 use support::{bus_err, domain, sibling_daemon};
 use zbus::proxy::CacheProperties;
@@ -88,6 +90,13 @@ async fn network_nic_gets_a_port_a_tap_and_a_dhcp_lease() {
         .await
         .expect("define network");
     let net = NetworkProxy::builder(&conn)
+        .path(npath.clone())
+        .expect("path")
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+        .expect("network");
+    let net_ports = NetworkPortsProxy::builder(&conn)
         .path(npath)
         .expect("path")
         .cache_properties(CacheProperties::No)
@@ -122,7 +131,7 @@ async fn network_nic_gets_a_port_a_tap_and_a_dhcp_lease() {
         .expect("define");
     let e = bus_err(domain(&conn, &p).await.create(0).await);
     assert!(e.contains("cannot use bridge 'nobr0'"), "{e}");
-    assert!(net.list_ports(0).await.expect("ports").is_empty());
+    assert!(net_ports.list_ports(0).await.expect("ports").is_empty());
     assert!(link(&ns, "vnet0").is_none(), "no tap left behind");
 
     // The real thing: the guest boots, gets a lease through the port's bridge.
@@ -140,7 +149,7 @@ async fn network_nic_gets_a_port_a_tap_and_a_dhcp_lease() {
         .expect("define guest");
     let d = domain(&conn, &path).await;
     d.create(0).await.expect("start guest");
-    let ports = net.list_ports(0).await.expect("ports");
+    let ports = net_ports.list_ports(0).await.expect("ports");
     assert_eq!(ports.len(), 1, "one port while running");
     let port = NetworkPortProxy::builder(&conn)
         .path(ports[0].clone())
@@ -210,12 +219,12 @@ async fn network_nic_gets_a_port_a_tap_and_a_dhcp_lease() {
         .spawn(&bus)
         .await
         .expect("virtqemud again");
-    assert_eq!(net.list_ports(0).await.expect("ports").len(), 1);
+    assert_eq!(net_ports.list_ports(0).await.expect("ports").len(), 1);
     assert!(link(&ns, &tap).is_some());
     let d = domain(&conn, &path).await;
     assert_eq!(qemud_pid(&d).await, pid, "same QEMU adopted");
     d.destroy(0).await.expect("destroy");
-    assert!(net.list_ports(0).await.expect("ports").is_empty());
+    assert!(net_ports.list_ports(0).await.expect("ports").is_empty());
     assert!(link(&ns, &tap).is_none(), "tap gone with QEMU");
     drop(qemud2);
 }

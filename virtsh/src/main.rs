@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand};
-use common::proxies::network::{NetworkConnectProxy, NetworkProxy};
-use common::proxies::nodedev::{NodeDevConnectProxy, NodeDeviceProxy};
+use common::proxies::network::{NetworkConnectProxy, NetworkPortsProxy, NetworkProxy};
+use common::proxies::nodedev::{NodeDevConnectProxy, NodeDeviceProxy, NodeInfoProxy};
 use common::proxies::qemu::{DomainProxy, QemuConnectProxy};
 use common::proxies::storage::{StorageConnectProxy, StoragePoolProxy, StorageVolProxy};
 use zbus::proxy::CacheProperties;
@@ -340,7 +340,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 55,
             );
             for p in n.list_networks(0).await? {
-                let net: NetworkProxy = object!(NetworkProxy, c, p, nd);
+                let net: NetworkProxy = object!(NetworkProxy, c, p.clone(), nd);
+                let ports: NetworkPortsProxy = object!(NetworkPortsProxy, c, p, nd);
                 println!(
                     " {:<20} {:<10} {:<10} {}",
                     net.name().await?,
@@ -350,7 +351,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "inactive"
                     },
                     yes_no(net.autostart().await?),
-                    net.bridge_name().await.unwrap_or_default()
+                    ports.bridge_name().await.unwrap_or_default()
                 );
             }
         }
@@ -485,7 +486,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", ensure_nl(dev.get_xml_desc(0).await?));
         }
         Cmd::Nodeinfo => {
-            let d: NodeDevConnectProxy = connect!(NodeDevConnectProxy, dd);
+            let d: NodeInfoProxy = connect!(NodeInfoProxy, dd);
             let (model, mem, cpus, mhz, nodes, sockets, cores, threads) = d.node_get_info().await?;
             let rows: [(&str, String); 8] = [
                 ("CPU model", model),

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use common::harness::{Daemon, TestBus};
-use common::proxies::storage::{StorageConnectProxy, StoragePoolProxy, StorageVolProxy};
+use common::proxies::storage::{StorageConnectProxy, StoragePoolProxy, StorageVolTransferProxy};
 use zbus::zvariant::Fd;
 
 fn rss_kib(pid: u32) -> u64 {
@@ -95,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
             0,
         )
         .await?;
-    let vol = StorageVolProxy::builder(&c)
+    let vol = StorageVolTransferProxy::builder(&c)
         .path(vp.as_ref())?
         .build()
         .await?;
@@ -190,7 +190,7 @@ impl Step {
     /// Runs the step; returns its time in seconds.
     async fn run(
         self,
-        vol: &StorageVolProxy<'_>,
+        vol: &StorageVolTransferProxy<'_>,
         src: &std::path::Path,
         root: &std::path::Path,
     ) -> anyhow::Result<f64> {

@@ -8,7 +8,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::harness::{Daemon, TestBus};
-use common::proxies::storage::{StorageConnectProxy, StoragePoolProxy, StorageVolProxy};
+use common::proxies::storage::{
+    StorageConnectProxy, StoragePoolOfVolumeProxy, StoragePoolProxy, StorageVolProxy,
+    StorageVolTransferProxy,
+};
 use futures_util::StreamExt;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::{Fd, OwnedObjectPath};
@@ -145,9 +148,13 @@ async fn dir_pool_and_volumes() -> anyhow::Result<()> {
     let bv = vol(&c, &base).await?;
     let base_path = bv.path().await?;
     assert_eq!(base_path, target.join("base.img").to_string_lossy());
-    assert_eq!(conn.storage_pool_lookup_by_volume(&base.as_ref()).await?, p);
+    let by_vol = StoragePoolOfVolumeProxy::new(&c).await?;
+    assert_eq!(
+        by_vol.storage_pool_lookup_by_volume(&base.as_ref()).await?,
+        p
+    );
     let bogus = zbus::zvariant::ObjectPath::try_from("/org/libvirt/QEMU/storagevol/_2fnope")?;
-    let e = conn
+    let e = by_vol
         .storage_pool_lookup_by_volume(&bogus)
         .await
         .expect_err("unknown volume");
@@ -210,17 +217,22 @@ async fn dir_pool_and_volumes() -> anyhow::Result<()> {
     let src = daemon.dirs.root.path().join("random.bin");
     let back = daemon.dirs.root.path().join("back.bin");
     random_file(&src, 100 << 20)?;
+    let bt = StorageVolTransferProxy::builder(&c)
+        .path(base.as_ref())?
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
     let f = File::open(&src)?;
     // 100 MiB do not fit the 96 MiB volume: only what fits is written.
-    bv.upload(Fd::from(f.as_fd()), 0, 100 << 20, 0).await?;
+    bt.upload(Fd::from(f.as_fd()), 0, 100 << 20, 0).await?;
     assert_eq!(std::fs::metadata(&base_path)?.len(), 96 << 20);
     bv.resize(100 << 20, 0).await?;
     let f = File::open(&src)?;
-    bv.upload(Fd::from(f.as_fd()), 0, 0, 0).await?;
+    bt.upload(Fd::from(f.as_fd()), 0, 0, 0).await?;
     let out = File::create(&back)?;
-    bv.download(Fd::from(out.as_fd()), 0, 0, 0).await?;
+    bt.download(Fd::from(out.as_fd()), 0, 0, 0).await?;
     assert!(same_content(&src, &back)?, "downloaded data differs");
-    assert_eq!(bv.transfer_bytes().await?, 0);
+    assert_eq!(bt.transfer_bytes().await?, 0);
 
     // Wipe zeroes the data.
     bv.wipe(0, 0).await?;

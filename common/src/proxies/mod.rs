@@ -1,22 +1,18 @@
 //! Client proxies of what the daemons serve, used by daemons to call each other and by
 //! the tests and tools.
 
-/// The part of `org.libvirt.Connect` that every daemon answers.
-#[zbus::proxy(interface = "org.libvirt.Connect", default_path = "/org/libvirt/QEMU")]
-pub trait Connect {
-    #[zbus(property)]
-    fn version(&self) -> zbus::Result<u64>;
-    #[zbus(property)]
-    fn lib_version(&self) -> zbus::Result<u64>;
-    #[zbus(property)]
-    fn hostname(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn encrypted(&self) -> zbus::Result<bool>;
-    #[zbus(property)]
-    fn secure(&self) -> zbus::Result<bool>;
-}
+/// The part of `org.libvirt.Connect` every daemon answers (its properties), with no
+/// default destination: callers name the daemon.
+pub use libvirt::ConnectProxy;
 
 pub mod network;
 pub mod nodedev;
 pub mod qemu;
 pub mod storage;
+
+/// Every libvirt-dbus interface, generated from `api/libvirt-dbus.tsv` by the build
+/// script; the per-daemon modules re-export them with the additions beside them.
+#[allow(clippy::too_many_arguments)]
+pub mod libvirt {
+    include!(concat!(env!("OUT_DIR"), "/libvirt_dbus.rs"));
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use common::connect as base;
 use common::error::{check_flags, BusError, VirError};
 use zbus::object_server::SignalEmitter;
-use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
+use zbus::zvariant::{OwnedObjectPath, Value};
 
 use crate::driver::Driver;
 use crate::node;
@@ -123,7 +123,7 @@ impl Connect {
     async fn node_get_memory_parameters(
         &self,
         flags: u32,
-    ) -> Result<HashMap<String, OwnedValue>, BusError> {
+    ) -> Result<common::typed_params::TypedParams, BusError> {
         // VIR_TYPED_PARAM_STRING_OKAY is the only flag clients pass.
         check_flags(flags, 1 << 2)?;
         let mut out = HashMap::new();
@@ -137,7 +137,7 @@ impl Connect {
                 out.insert(name.to_string(), ov);
             }
         }
-        Ok(out)
+        Ok(out.into())
     }
 
     #[zbus(name = "GetSysinfo")]

@@ -1,11 +1,10 @@
 //! virtqemud's part of `org.libvirt.Connect` at `/org/libvirt/QEMU`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::connect as base;
 use common::error::{check_flags, BusError};
-use zbus::zvariant::{OwnedObjectPath, OwnedValue};
+use zbus::zvariant::OwnedObjectPath;
 
 use crate::driver::Driver;
 
@@ -15,27 +14,27 @@ pub struct Connect {
 
 #[zbus::interface(name = "org.libvirt.Connect")]
 impl Connect {
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn version(&self) -> u64 {
         base::own_version()
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn lib_version(&self) -> u64 {
         base::LIB_VERSION
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn hostname(&self) -> String {
         base::hostname()
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn encrypted(&self) -> bool {
         base::ENCRYPTED
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn secure(&self) -> bool {
         base::SECURE
     }
@@ -104,13 +103,13 @@ impl Connect {
         &self,
         stats: u32,
         flags: u32,
-    ) -> Result<Vec<(String, HashMap<String, OwnedValue>)>, BusError> {
+    ) -> Result<Vec<(String, common::typed_params::TypedParams)>, BusError> {
         check_flags(flags, crate::stats::STATS_FLAGS)?;
         let groups = crate::stats::requested_groups(stats, flags)?;
         let doms = self.driver.list(flags & 0xff)?;
         let mut out = Vec::with_capacity(doms.len());
         for d in &doms {
-            out.push((d.name(), self.driver.stats(d, groups).await));
+            out.push((d.name(), self.driver.stats(d, groups).await.into()));
         }
         Ok(out)
     }

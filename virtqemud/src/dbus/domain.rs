@@ -4,10 +4,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::error::{BusError, VirError};
+use common::typed_params::TypedParams;
+use serde::Serialize;
 use uuid::Uuid;
-use zbus::zvariant::OwnedValue;
+use zbus::zvariant::Type;
 
 use crate::driver::{Dom, Driver};
+
+/// `GetState`'s reply: state and reason as ONE struct `(ii)`, as libvirt-dbus sends it.
+#[derive(Serialize, Type)]
+pub struct State(i32, i32);
 
 pub struct Domain {
     pub driver: Arc<Driver>,
@@ -25,32 +31,32 @@ impl Domain {
 
 #[zbus::interface(name = "org.libvirt.Domain")]
 impl Domain {
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn name(&self) -> zbus::fdo::Result<String> {
         Ok(self.prop_dom()?.name())
     }
 
-    #[zbus(property, name = "UUID")]
+    #[zbus(property(emits_changed_signal = "const"), name = "UUID")]
     fn uuid(&self) -> String {
         self.uuid.to_string()
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn id(&self) -> zbus::fdo::Result<u32> {
         Ok(self.prop_dom()?.id().unwrap_or(u32::MAX))
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn active(&self) -> zbus::fdo::Result<bool> {
         Ok(self.prop_dom()?.active())
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn persistent(&self) -> zbus::fdo::Result<bool> {
         Ok(self.prop_dom()?.persistent())
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn autostart(&self) -> zbus::fdo::Result<bool> {
         Ok(self.prop_dom()?.autostart())
     }
@@ -64,17 +70,17 @@ impl Domain {
             .map_err(|e| zbus::fdo::Error::Failed(e.message))
     }
 
-    #[zbus(property, name = "OSType")]
+    #[zbus(property(emits_changed_signal = "false"), name = "OSType")]
     fn os_type(&self) -> zbus::fdo::Result<String> {
         Ok(self.prop_dom()?.os_type())
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn updated(&self) -> bool {
         false
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn scheduler_type(&self) -> zbus::fdo::Result<(String, i32)> {
         let dom = self.prop_dom()?;
         self.driver
@@ -128,50 +134,37 @@ impl Domain {
         Ok(self.driver.xml_desc(&dom, flags)?)
     }
 
-    #[zbus(name = "GetState")]
-    async fn get_state(&self, flags: u32) -> Result<(i32, i32), BusError> {
+    #[zbus(name = "GetState", out_args("state"))]
+    async fn get_state(&self, flags: u32) -> Result<State, BusError> {
         common::error::check_flags(flags, 0)?;
-        Ok(self.dom()?.state())
+        let (state, reason) = self.dom()?.state();
+        Ok(State(state, reason))
     }
 
     #[zbus(name = "GetStats")]
-    async fn get_stats(
-        &self,
-        stats: u32,
-        flags: u32,
-    ) -> Result<HashMap<String, OwnedValue>, BusError> {
+    async fn get_stats(&self, stats: u32, flags: u32) -> Result<TypedParams, BusError> {
         common::error::check_flags(flags, crate::stats::STATS_FLAGS)?;
         let groups = crate::stats::requested_groups(stats, flags)?;
         let dom = self.dom()?;
-        Ok(self.driver.stats(&dom, groups).await)
+        Ok(self.driver.stats(&dom, groups).await.into())
     }
 
     #[zbus(name = "GetBlockIOTune")]
-    async fn get_block_io_tune(
-        &self,
-        disk: &str,
-        flags: u32,
-    ) -> Result<HashMap<String, OwnedValue>, BusError> {
+    async fn get_block_io_tune(&self, disk: &str, flags: u32) -> Result<TypedParams, BusError> {
         let dom = self.dom()?;
-        Ok(self.driver.block_io_tune(&dom, disk, flags).await?)
+        Ok(self.driver.block_io_tune(&dom, disk, flags).await?.into())
     }
 
     #[zbus(name = "GetBlockIOParameters")]
-    async fn get_block_io_parameters(
-        &self,
-        flags: u32,
-    ) -> Result<HashMap<String, OwnedValue>, BusError> {
+    async fn get_block_io_parameters(&self, flags: u32) -> Result<TypedParams, BusError> {
         let dom = self.dom()?;
-        Ok(self.driver.cgroup_parameters(&dom, "blkio", flags)?)
+        Ok(self.driver.cgroup_parameters(&dom, "blkio", flags)?.into())
     }
 
     #[zbus(name = "GetSchedulerParameters")]
-    async fn get_scheduler_parameters(
-        &self,
-        flags: u32,
-    ) -> Result<HashMap<String, OwnedValue>, BusError> {
+    async fn get_scheduler_parameters(&self, flags: u32) -> Result<TypedParams, BusError> {
         let dom = self.dom()?;
-        Ok(self.driver.cgroup_parameters(&dom, "CPU", flags)?)
+        Ok(self.driver.cgroup_parameters(&dom, "CPU", flags)?.into())
     }
 
     #[zbus(name = "GetVcpus")]

@@ -8,6 +8,10 @@ use zbus::zvariant::OwnedObjectPath;
 
 use crate::driver::{Driver, Pool};
 
+/// `GetInfo`'s reply: state, capacity, allocation, available as ONE struct `(ittt)`.
+#[derive(serde::Serialize, zbus::zvariant::Type)]
+pub struct PoolInfo(i32, u64, u64, u64);
+
 pub struct StoragePool {
     pub driver: Arc<Driver>,
     pub uuid: Uuid,
@@ -38,8 +42,10 @@ impl StoragePool {
     }
 
     #[zbus(name = "GetInfo")]
-    async fn get_info(&self) -> Result<(i32, u64, u64, u64), BusError> {
-        Ok(self.driver.info(&self.pool()?))
+    #[zbus(out_args("info"))]
+    async fn get_info(&self) -> Result<PoolInfo, BusError> {
+        let (state, capacity, allocation, available) = self.driver.info(&self.pool()?);
+        Ok(PoolInfo(state, capacity, allocation, available))
     }
 
     #[zbus(name = "GetXMLDesc")]

@@ -7,6 +7,10 @@ use zbus::zvariant::OwnedFd;
 
 use crate::driver::Driver;
 
+/// `GetInfo`'s reply: type, capacity, allocation as ONE struct `(itt)`.
+#[derive(serde::Serialize, zbus::zvariant::Type)]
+pub struct VolInfo(i32, u64, u64);
+
 pub struct StorageVol {
     pub driver: Arc<Driver>,
     pub key: String,
@@ -19,9 +23,11 @@ impl StorageVol {
     }
 
     #[zbus(name = "GetInfo")]
-    async fn get_info(&self, flags: u32) -> Result<(i32, u64, u64), BusError> {
+    #[zbus(out_args("info"))]
+    async fn get_info(&self, flags: u32) -> Result<VolInfo, BusError> {
         common::error::check_flags(flags, 0)?;
-        Ok(self.driver.vol_info(&self.key)?)
+        let (kind, capacity, allocation) = self.driver.vol_info(&self.key)?;
+        Ok(VolInfo(kind, capacity, allocation))
     }
 
     #[zbus(name = "GetXMLDesc")]
