@@ -132,73 +132,7 @@ impl Disk {
         }
         let driver = match el.first("driver") {
             None => DiskDriver::default(),
-            Some(d) => {
-                if let Some(n) = d.get_attr("name") {
-                    if n != "qemu" {
-                        return Err(DomainXmlError::unsupported(
-                            "disk driver name",
-                            n,
-                            "only 'qemu'",
-                        ));
-                    }
-                }
-                let format = d.get_attr("type").map(str::to_owned);
-                if let Some(f) = &format {
-                    if !matches!(
-                        f.as_str(),
-                        "raw" | "qcow2" | "qed" | "vmdk" | "vdi" | "vpc" | "vhdx"
-                    ) {
-                        return Err(DomainXmlError::unsupported(
-                            "disk driver type",
-                            f,
-                            "unknown image format",
-                        ));
-                    }
-                }
-                let cache = d.get_attr("cache").map(str::to_owned);
-                if let Some(c) = &cache {
-                    if !CACHE_MODES.contains(&c.as_str()) {
-                        return Err(invalid(
-                            "driver",
-                            "attribute 'cache'",
-                            c,
-                            "unknown cache mode",
-                        ));
-                    }
-                }
-                let io = d.get_attr("io").map(str::to_owned);
-                if let Some(i) = &io {
-                    if !matches!(i.as_str(), "threads" | "native" | "io_uring" | "default") {
-                        return Err(invalid("driver", "attribute 'io'", i, "unknown io mode"));
-                    }
-                }
-                let discard = d.get_attr("discard").map(str::to_owned);
-                if let Some(x) = &discard {
-                    if !matches!(x.as_str(), "unmap" | "ignore" | "default") {
-                        return Err(invalid(
-                            "driver",
-                            "attribute 'discard'",
-                            x,
-                            "expected unmap or ignore",
-                        ));
-                    }
-                }
-                DiskDriver {
-                    name: d.get_attr("name").map(str::to_owned),
-                    format,
-                    cache,
-                    io,
-                    discard,
-                    unhandled: d
-                        .attrs
-                        .iter()
-                        .filter(|(k, _)| {
-                            !matches!(k.as_str(), "name" | "type" | "cache" | "io" | "discard")
-                        })
-                        .cloned()
-                        .collect(),
-                }
-            }
+            Some(d) => DiskDriver::parse(d)?,
         };
         let target = el
             .first("target")
@@ -212,36 +146,10 @@ impl Disk {
                 "must be letters and digits",
             ));
         }
-        let bus = match target.get_attr("bus") {
-            None => None,
-            Some("virtio") => Some(DiskBus::Virtio),
-            Some("sata") => Some(DiskBus::Sata),
-            Some("scsi") => Some(DiskBus::Scsi),
-            Some("ide") => Some(DiskBus::Ide),
-            Some("usb") => Some(DiskBus::Usb),
-            Some("fdc") => Some(DiskBus::Fdc),
-            Some(b) => {
-                return Err(DomainXmlError::unsupported(
-                    "disk target bus",
-                    b,
-                    "expected virtio, sata, scsi, ide, usb or fdc",
-                ))
-            }
-        };
+        let bus = parse_bus(target.get_attr("bus"))?;
         let serial = el.child_text("serial");
         if let Some(s) = &serial {
-            if s.len() > 36
-                || !s
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
-                return Err(invalid(
-                    "disk/serial",
-                    "value",
-                    s,
-                    "at most 36 of A-Z a-z 0-9 - _ .",
-                ));
-            }
+            check_serial(s)?;
         }
         Ok(Disk {
             source,
@@ -333,6 +241,115 @@ impl Disk {
         push_addr(&mut el, &self.address);
         el
     }
+}
+
+impl DiskDriver {
+    /// `<driver>`: only QEMU's, with the formats, cache, io and discard modes it knows;
+    /// other attributes are kept and refused at start.
+    fn parse(d: &Element) -> Result<DiskDriver> {
+        if let Some(n) = d.get_attr("name") {
+            if n != "qemu" {
+                return Err(DomainXmlError::unsupported(
+                    "disk driver name",
+                    n,
+                    "only 'qemu'",
+                ));
+            }
+        }
+        let format = d.get_attr("type").map(str::to_owned);
+        if let Some(f) = &format {
+            if !matches!(
+                f.as_str(),
+                "raw" | "qcow2" | "qed" | "vmdk" | "vdi" | "vpc" | "vhdx"
+            ) {
+                return Err(DomainXmlError::unsupported(
+                    "disk driver type",
+                    f,
+                    "unknown image format",
+                ));
+            }
+        }
+        let cache = d.get_attr("cache").map(str::to_owned);
+        if let Some(c) = &cache {
+            if !CACHE_MODES.contains(&c.as_str()) {
+                return Err(invalid(
+                    "driver",
+                    "attribute 'cache'",
+                    c,
+                    "unknown cache mode",
+                ));
+            }
+        }
+        let io = d.get_attr("io").map(str::to_owned);
+        if let Some(i) = &io {
+            if !matches!(i.as_str(), "threads" | "native" | "io_uring" | "default") {
+                return Err(invalid("driver", "attribute 'io'", i, "unknown io mode"));
+            }
+        }
+        let discard = d.get_attr("discard").map(str::to_owned);
+        if let Some(x) = &discard {
+            if !matches!(x.as_str(), "unmap" | "ignore" | "default") {
+                return Err(invalid(
+                    "driver",
+                    "attribute 'discard'",
+                    x,
+                    "expected unmap or ignore",
+                ));
+            }
+        }
+        Ok(DiskDriver {
+            name: d.get_attr("name").map(str::to_owned),
+            format,
+            cache,
+            io,
+            discard,
+            unhandled: d
+                .attrs
+                .iter()
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "name" | "type" | "cache" | "io" | "discard")
+                })
+                .cloned()
+                .collect(),
+        })
+    }
+}
+
+/// `<target bus>`; `None` until `fill_defaults` guesses it from the target name.
+fn parse_bus(bus: Option<&str>) -> Result<Option<DiskBus>> {
+    Ok(match bus {
+        None => None,
+        Some("virtio") => Some(DiskBus::Virtio),
+        Some("sata") => Some(DiskBus::Sata),
+        Some("scsi") => Some(DiskBus::Scsi),
+        Some("ide") => Some(DiskBus::Ide),
+        Some("usb") => Some(DiskBus::Usb),
+        Some("fdc") => Some(DiskBus::Fdc),
+        Some(b) => {
+            return Err(DomainXmlError::unsupported(
+                "disk target bus",
+                b,
+                "expected virtio, sata, scsi, ide, usb or fdc",
+            ))
+        }
+    })
+}
+
+/// A serial QEMU and guests take as written.
+fn check_serial(s: &str) -> Result<()> {
+    if s.len() > 36
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(invalid(
+            "disk/serial",
+            "value",
+            s,
+            "at most 36 of A-Z a-z 0-9 - _ .",
+        ));
+    }
+    Ok(())
 }
 
 impl Devices {
