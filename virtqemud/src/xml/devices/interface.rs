@@ -108,35 +108,78 @@ pub(crate) fn check_ifname(element: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// How the NIC reaches the host, from `type` and `<source>`.
+fn parse_kind(ty: &str, src: Option<&Element>) -> Result<InterfaceKind> {
+    Ok(match ty {
+        "user" => InterfaceKind::User,
+        "ethernet" => InterfaceKind::Ethernet,
+        "bridge" => {
+            let b = src
+                .ok_or_else(|| missing("interface", "<source bridge>"))?
+                .req_attr("bridge")?;
+            check_ifname("interface/source", b)?;
+            InterfaceKind::Bridge(b.to_owned())
+        }
+        "network" => {
+            let src = src.ok_or_else(|| missing("interface", "<source network>"))?;
+            if let Some(b) = src.get_attr("bridge") {
+                check_ifname("interface/source", b)?;
+            }
+            InterfaceKind::Network(src.req_attr("network")?.to_owned())
+        }
+        t => {
+            return Err(DomainXmlError::unsupported(
+                "interface type",
+                t,
+                "supported types are user, ethernet, bridge and network",
+            ))
+        }
+    })
+}
+
+/// `<link state='up|down'>`.
+fn parse_link(el: &Element) -> Result<Option<bool>> {
+    Ok(match el.first("link").map(|l| l.get_attr("state")) {
+        None => None,
+        Some(Some("up")) => Some(true),
+        Some(Some("down")) => Some(false),
+        Some(other) => {
+            return Err(invalid(
+                "link",
+                "attribute 'state'",
+                other.unwrap_or(""),
+                "expected up or down",
+            ))
+        }
+    })
+}
+
+/// `<mtu size=>`: 68 (the IPv4 minimum) to 65535.
+fn parse_mtu(el: &Element) -> Result<Option<u32>> {
+    Ok(match el.first("mtu") {
+        Some(m) => {
+            let size = m
+                .parse_attr::<u32>("size")?
+                .ok_or_else(|| missing("mtu", "attribute 'size'"))?;
+            if !(68..=65535).contains(&size) {
+                return Err(invalid(
+                    "mtu",
+                    "attribute 'size'",
+                    &size.to_string(),
+                    "must be 68 to 65535",
+                ));
+            }
+            Some(size)
+        }
+        None => None,
+    })
+}
+
 impl Interface {
     pub(super) fn parse(el: &Element) -> Result<Interface> {
         let ty = el.req_attr("type")?;
         let src = el.first("source");
-        let kind = match ty {
-            "user" => InterfaceKind::User,
-            "ethernet" => InterfaceKind::Ethernet,
-            "bridge" => {
-                let b = src
-                    .ok_or_else(|| missing("interface", "<source bridge>"))?
-                    .req_attr("bridge")?;
-                check_ifname("interface/source", b)?;
-                InterfaceKind::Bridge(b.to_owned())
-            }
-            "network" => {
-                let src = src.ok_or_else(|| missing("interface", "<source network>"))?;
-                if let Some(b) = src.get_attr("bridge") {
-                    check_ifname("interface/source", b)?;
-                }
-                InterfaceKind::Network(src.req_attr("network")?.to_owned())
-            }
-            t => {
-                return Err(DomainXmlError::unsupported(
-                    "interface type",
-                    t,
-                    "supported types are user, ethernet, bridge and network",
-                ))
-            }
-        };
+        let kind = parse_kind(ty, src)?;
         let mac = match el.first("mac") {
             None => None,
             Some(m) => {
@@ -205,36 +248,8 @@ impl Interface {
             target_managed,
             boot_order: boot_of(el)?,
             address: addr_of(el)?,
-            link_up: match el.first("link").map(|l| l.get_attr("state")) {
-                None => None,
-                Some(Some("up")) => Some(true),
-                Some(Some("down")) => Some(false),
-                Some(other) => {
-                    return Err(invalid(
-                        "link",
-                        "attribute 'state'",
-                        other.unwrap_or(""),
-                        "expected up or down",
-                    ))
-                }
-            },
-            mtu: match el.first("mtu") {
-                Some(m) => {
-                    let size = m
-                        .parse_attr::<u32>("size")?
-                        .ok_or_else(|| missing("mtu", "attribute 'size'"))?;
-                    if !(68..=65535).contains(&size) {
-                        return Err(invalid(
-                            "mtu",
-                            "attribute 'size'",
-                            &size.to_string(),
-                            "must be 68 to 65535",
-                        ));
-                    }
-                    Some(size)
-                }
-                None => None,
-            },
+            link_up: parse_link(el)?,
+            mtu: parse_mtu(el)?,
             unhandled: unhandled(
                 el,
                 &[
