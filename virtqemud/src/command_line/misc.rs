@@ -1,0 +1,120 @@
+//! Small devices with one guest device each: input devices, watchdogs (with the
+//! `-action` they trigger), virtio RNGs (with their `rng-random` object) and the balloon.
+
+use crate::xml::{Domain, Input, Memballoon, Rng, Watchdog};
+
+use super::device::{DeviceProps, PciBuses};
+use super::{json_str, unsupported, Argv, Result};
+
+pub(super) fn inputs(a: &mut Argv, dom: &Domain) -> Result<()> {
+    for (i, inp) in dom.devices.inputs.iter().enumerate() {
+        if let Some(dev) = input_props(i, inp)? {
+            a.device(&dev)?;
+        }
+    }
+    Ok(())
+}
+
+/// Input device `i`; `None` for PS/2, built into the PC machines.
+fn input_props(i: usize, inp: &Input) -> Result<Option<DeviceProps>> {
+    let id = format!("input{i}");
+    let usb = |driver: &str| {
+        DeviceProps::new(driver)
+            .str("id", id.as_str())
+            .str("bus", "usb0.0")
+    };
+    let virtio = |driver: &str| DeviceProps::new(driver).str("id", id.as_str());
+    Ok(Some(match (inp.kind.as_str(), inp.bus.as_str()) {
+        (_, "ps2") => return Ok(None),
+        ("tablet", "usb") => usb("usb-tablet"),
+        ("mouse", "usb") => usb("usb-mouse"),
+        ("keyboard", "usb") => usb("usb-kbd"),
+        ("tablet", "virtio") => virtio("virtio-tablet-pci"),
+        ("mouse", "virtio") => virtio("virtio-mouse-pci"),
+        ("keyboard", "virtio") => virtio("virtio-keyboard-pci"),
+        (k, b) => return Err(unsupported("input", &format!("{k}/{b}"), "not implemented")),
+    }))
+}
+
+pub(super) fn watchdogs(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
+    let q35 = dom.is_q35();
+    for (i, w) in dom.devices.watchdogs.iter().enumerate() {
+        if let Some(dev) = watchdog_props(i, w, q35, buses)? {
+            a.device(&dev)?;
+        }
+        let action = match w.action.as_str() {
+            "dump" => return Err(unsupported("watchdog action", "dump", "not implemented")),
+            "shutdown" => "poweroff",
+            x => x,
+        };
+        a.pair("-action", format!("watchdog={action}"));
+    }
+    Ok(())
+}
+
+/// Watchdog `i`; `None` for q35's iTCO, part of the ICH9 chipset.
+fn watchdog_props(
+    i: usize,
+    w: &Watchdog,
+    q35: bool,
+    buses: &PciBuses,
+) -> Result<Option<DeviceProps>> {
+    let id = format!("watchdog{i}");
+    Ok(Some(match w.model.as_str() {
+        "i6300esb" => DeviceProps::new("i6300esb")
+            .str("id", id)
+            .pci(buses, &w.address),
+        "ib700" => DeviceProps::new("ib700").str("id", id),
+        "itco" if q35 => return Ok(None),
+        m => return Err(unsupported("watchdog model", m, "needs a q35 machine")),
+    }))
+}
+
+pub(super) fn rngs(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
+    for (i, r) in dom.devices.rngs.iter().enumerate() {
+        a.pair(
+            "-object",
+            format!(
+                "{{\"qom-type\":\"rng-random\",\"id\":\"objrng{i}\",\"filename\":{}}}",
+                json_str(&r.backend)?
+            ),
+        );
+        a.device(&rng_props(i, r, buses))?;
+    }
+    Ok(())
+}
+
+/// RNG `i`, reading object `objrngI`.
+fn rng_props(i: usize, r: &Rng, buses: &PciBuses) -> DeviceProps {
+    let mut dev = DeviceProps::new("virtio-rng-pci")
+        .str("rng", format!("objrng{i}"))
+        .str("id", format!("rng{i}"));
+    if let Some((bytes, period)) = r.rate {
+        dev = dev
+            .uint("max-bytes", bytes.into())
+            .uint("period", period.into());
+    }
+    dev.pci(buses, &r.address)
+}
+
+pub(super) fn memballoon(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
+    if let Some(m) = dom
+        .devices
+        .memballoon
+        .as_ref()
+        .filter(|m| m.model == "virtio")
+    {
+        a.device(&memballoon_props(m, buses))?;
+    }
+    Ok(())
+}
+
+fn memballoon_props(m: &Memballoon, buses: &PciBuses) -> DeviceProps {
+    DeviceProps::new("virtio-balloon-pci")
+        .str("id", "balloon0")
+        .opt_uint(
+            "guest-stats-polling-interval",
+            m.stats_period.map(u64::from),
+        )
+        .pci(buses, &m.address)
+}

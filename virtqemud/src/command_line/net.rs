@@ -1,0 +1,103 @@
+//! NICs: the host side as `-netdev` (user networking, or a tap the runtime opened or
+//! QEMU opens by name) and the guest NIC as a device bound to it.
+
+use crate::xml::{Domain, Interface, InterfaceKind};
+
+use super::device::{DeviceProps, PciBuses};
+use super::{qemu_opt_value, unsupported, Argv, LaunchContext, Result};
+
+pub(super) fn nics(
+    a: &mut Argv,
+    dom: &Domain,
+    ctx: &LaunchContext,
+    buses: &PciBuses,
+) -> Result<()> {
+    // Tap fds are handed over in the order of the tap-backed NICs only.
+    let mut tap_index = 0usize;
+    for (i, nic) in dom.devices.interfaces.iter().enumerate() {
+        if let Some(c) = nic.unhandled.first() {
+            return Err(unsupported(
+                &format!("interface/{}", c.name),
+                nic.mac.map(|m| m.to_string()).as_deref().unwrap_or(""),
+                "not implemented",
+            ));
+        }
+        let fd = match nic.kind {
+            InterfaceKind::User => None,
+            _ => {
+                tap_index += 1;
+                ctx.tap_fds.get(tap_index - 1).copied().flatten()
+            }
+        };
+        a.pair("-netdev", netdev(i, nic, fd)?);
+        a.device(&nic_props(i, nic, buses)?)?;
+    }
+    Ok(())
+}
+
+/// The `-netdev` of NIC `i` (id `hostnetI`); `fd` is the tap the runtime opened.
+fn netdev(i: usize, nic: &Interface, fd: Option<i32>) -> Result<String> {
+    let id = format!("hostnet{i}");
+    Ok(match (&nic.kind, fd, &nic.target_dev) {
+        (InterfaceKind::User, _, _) => format!("user,id={id}"),
+        (_, Some(fd), _) => format!("tap,fd={fd},id={id},vhost=off"),
+        (InterfaceKind::Ethernet, None, Some(dev)) => {
+            crate::xml::check_ifname("interface/target", dev)
+                .map_err(|e| unsupported("interface target", dev, e))?;
+            format!(
+                "tap,ifname={},script=no,downscript=no,id={id}",
+                qemu_opt_value("interface target dev", dev)?
+            )
+        }
+        (InterfaceKind::Ethernet, None, None) => {
+            return Err(unsupported(
+                "interface",
+                "ethernet",
+                "needs <target dev> or a tap fd from the runtime",
+            ))
+        }
+        (k, None, _) => {
+            return Err(unsupported(
+                "interface",
+                if matches!(k, InterfaceKind::Bridge(_)) {
+                    "bridge"
+                } else {
+                    "network"
+                },
+                "the runtime must open the tap and pass its fd",
+            ))
+        }
+    })
+}
+
+/// The guest NIC `i`, bound to netdev `hostnetI`.
+pub(super) fn nic_props(i: usize, nic: &Interface, buses: &PciBuses) -> Result<DeviceProps> {
+    let model = match nic.model.as_deref().unwrap_or("virtio") {
+        "virtio" => "virtio-net-pci",
+        "e1000" => "e1000",
+        "e1000e" => "e1000e",
+        "rtl8139" => "rtl8139",
+        m => return Err(unsupported("interface model", m, "not implemented")),
+    };
+    let mac = nic
+        .mac
+        .ok_or_else(|| unsupported("interface", "", "no MAC (fill_defaults first)"))?;
+    let mut dev = DeviceProps::new(model)
+        .str("netdev", format!("hostnet{i}"))
+        .str("id", format!("net{i}"))
+        .str("mac", mac.to_string())
+        .pci(buses, &nic.address)
+        .opt_uint("bootindex", nic.boot_order.map(u64::from));
+    match (nic.mtu, model) {
+        (Some(m), "virtio-net-pci") => dev = dev.uint("host_mtu", m.into()),
+        (Some(_), _) if matches!(nic.kind, InterfaceKind::User) => {
+            return Err(unsupported(
+                "interface/mtu",
+                "user",
+                "only tap-backed NICs have an MTU to set",
+            ))
+        }
+        _ => {}
+    }
+    Ok(dev)
+}

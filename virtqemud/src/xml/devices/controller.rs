@@ -1,0 +1,210 @@
+//! `<controller>`: PCI roots, bridges and root ports, USB, SCSI, SATA, IDE and
+//! virtio-serial controllers, with the index numbering libvirt applies.
+
+use std::collections::BTreeSet;
+
+use common::xml::{Element, Node};
+
+use super::super::{invalid, DomainXmlError, Result};
+use super::{addr_of, parse_num, push_addr, unhandled, Address, Devices, DiskBus, REGENERATED};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Controller {
+    /// `pci`, `usb`, `scsi`, `sata`, `ide`, `virtio-serial`, ...
+    pub kind: String,
+    pub index: u32,
+    pub model: Option<String>,
+    pub address: Option<Address>,
+    /// `<target chassis=>` of a PCIe root port (`chassisNr` of a pci-bridge).
+    pub target_chassis: Option<u32>,
+    /// `<target port=>` of a PCIe root port.
+    pub target_port: Option<u32>,
+    /// `ports=` of a USB controller.
+    pub ports: Option<u32>,
+    /// Children not handled (`<driver>`, `<master>`, ...): kept, refused at start.
+    pub unhandled: Vec<Element>,
+}
+
+/// The index of a controller written without one, until it is numbered.
+const UNNUMBERED: u32 = u32::MAX;
+
+/// PCI controller models that are bridges: devices sit on the bus they make.
+pub const PCI_BRIDGES: &[&str] = &[
+    "pcie-root-port",
+    "pci-bridge",
+    "pcie-to-pci-bridge",
+    "dmi-to-pci-bridge",
+];
+
+impl Controller {
+    pub fn new(kind: &str, index: u32, model: Option<&str>) -> Controller {
+        Controller {
+            kind: kind.to_owned(),
+            index,
+            model: model.map(str::to_owned),
+            address: None,
+            target_chassis: None,
+            target_port: None,
+            ports: None,
+            unhandled: Vec::new(),
+        }
+    }
+
+    pub(super) fn parse(el: &Element) -> Result<Controller> {
+        let target = el.first("target");
+        let num = |key: &str| -> Result<Option<u32>> {
+            match target.filter(|t| t.get_attr(key).is_some()) {
+                Some(t) => parse_num(t, key).map(Some),
+                None => Ok(None),
+            }
+        };
+        Ok(Controller {
+            kind: el.req_attr("type")?.to_owned(),
+            // Absent: numbered by `Devices::number_controllers` once all are read.
+            index: el.parse_attr::<u32>("index")?.unwrap_or(UNNUMBERED),
+            model: el.get_attr("model").map(str::to_owned),
+            address: addr_of(el)?,
+            target_chassis: match num("chassis")? {
+                Some(c) => Some(c),
+                None => num("chassisNr")?,
+            },
+            target_port: num("port")?,
+            ports: el.parse_attr::<u32>("ports")?,
+            // `<model name>` repeats what the model attribute says; libvirt fills it.
+            unhandled: unhandled(
+                el,
+                &[&["address", "target", "model"][..], REGENERATED].concat(),
+            ),
+        })
+    }
+
+    pub(super) fn to_element(&self) -> Element {
+        let mut el = Element::new("controller")
+            .attr("type", &self.kind)
+            .attr("index", self.index)
+            .attr_opt("model", self.model.as_deref())
+            .attr_opt("ports", self.ports);
+        if self.target_chassis.is_some() || self.target_port.is_some() {
+            let key = if self.model.as_deref() == Some("pci-bridge") {
+                "chassisNr"
+            } else {
+                "chassis"
+            };
+            el.push(
+                Element::new("target")
+                    .attr_opt(key, self.target_chassis)
+                    .attr_opt("port", self.target_port.map(|p| format!("0x{p:x}"))),
+            );
+        }
+        el.children
+            .extend(self.unhandled.iter().cloned().map(Node::Element));
+        push_addr(&mut el, &self.address);
+        el
+    }
+
+    /// A PCI bridge or root port: it makes bus `index`.
+    pub fn is_pci_bridge(&self) -> bool {
+        self.kind == "pci"
+            && self
+                .model
+                .as_deref()
+                .is_some_and(|m| PCI_BRIDGES.contains(&m))
+    }
+
+    /// Whether this controller is a PCI device that needs a slot.
+    pub fn needs_pci_slot(&self) -> bool {
+        match self.kind.as_str() {
+            "usb" => self.model.as_deref() != Some("none"),
+            "scsi" | "virtio-serial" => true,
+            "pci" => self.is_pci_bridge(),
+            _ => false,
+        }
+    }
+}
+
+impl Devices {
+    /// Gives controllers written without an index the next free one of their type, as
+    /// libvirt does; PCI index 0 is the root bus's. Indexes must be unique per type.
+    pub(super) fn number_controllers(&mut self) -> Result<()> {
+        let mut taken: BTreeSet<(String, u32)> = BTreeSet::new();
+        for c in self.controllers.iter().filter(|c| c.index != UNNUMBERED) {
+            if !taken.insert((c.kind.clone(), c.index)) {
+                return Err(invalid(
+                    "controller",
+                    "attribute 'index'",
+                    &format!("{} {}", c.kind, c.index),
+                    "used by two controllers of this type",
+                ));
+            }
+        }
+        for c in self
+            .controllers
+            .iter_mut()
+            .filter(|c| c.index == UNNUMBERED)
+        {
+            let root =
+                c.kind == "pci" && matches!(c.model.as_deref(), Some("pcie-root" | "pci-root"));
+            let mut i = if c.kind == "pci" && !root { 1 } else { 0 };
+            while taken.contains(&(c.kind.clone(), i)) {
+                i += 1;
+            }
+            taken.insert((c.kind.clone(), i));
+            c.index = i;
+        }
+        Ok(())
+    }
+}
+
+impl Devices {
+    /// Adds the controllers libvirt adds implicitly and checks the models of the
+    /// USB and SCSI ones.
+    pub(super) fn add_implicit_controllers(&mut self, q35: bool) -> Result<()> {
+        let has = |c: &[Controller], k: &str| c.iter().any(|x| x.kind == k);
+        if !has(&self.controllers, "pci") {
+            self.controllers.insert(
+                0,
+                Controller::new("pci", 0, Some(if q35 { "pcie-root" } else { "pci-root" })),
+            );
+        }
+        let wants_usb = self.inputs.iter().any(|i| i.bus == "usb")
+            || self.disks.iter().any(|d| d.bus == Some(DiskBus::Usb));
+        if !has(&self.controllers, "usb") && wants_usb {
+            self.controllers
+                .push(Controller::new("usb", 0, Some("qemu-xhci")));
+        }
+        if !has(&self.controllers, "scsi")
+            && self.disks.iter().any(|d| d.bus == Some(DiskBus::Scsi))
+        {
+            self.controllers
+                .push(Controller::new("scsi", 0, Some("virtio-scsi")));
+        }
+        if !has(&self.controllers, "virtio-serial") && !self.channels.is_empty() {
+            self.controllers
+                .push(Controller::new("virtio-serial", 0, None));
+        }
+        for c in &self.controllers {
+            if c.kind == "usb" {
+                if let Some(m) = &c.model {
+                    if !matches!(
+                        m.as_str(),
+                        "qemu-xhci" | "nec-xhci" | "ich9-ehci1" | "piix3-uhci" | "none"
+                    ) {
+                        return Err(DomainXmlError::unsupported(
+                            "controller usb model",
+                            m,
+                            "expected qemu-xhci, nec-xhci, piix3-uhci or none",
+                        ));
+                    }
+                }
+            }
+            if c.kind == "scsi" && c.model.as_deref().is_some_and(|m| m != "virtio-scsi") {
+                return Err(DomainXmlError::unsupported(
+                    "controller scsi model",
+                    c.model.as_deref().unwrap_or(""),
+                    "only virtio-scsi",
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,411 @@
+//! `<disk>`: the medium (file, block device or storage volume), its driver options,
+//! the guest target and bus, and the default bus libvirt guesses from the target name.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use common::xml::{Element, Node};
+
+use super::super::{invalid, missing, DomainXmlError, Result};
+use super::{addr_of, boot_of, path_text, push_addr, unhandled, Address, Devices, REGENERATED};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskSource {
+    File(PathBuf),
+    Block(PathBuf),
+    Volume { pool: String, volume: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskDevice {
+    Disk,
+    Cdrom,
+    Floppy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskBus {
+    Virtio,
+    Sata,
+    Scsi,
+    Ide,
+    Usb,
+    Fdc,
+}
+
+impl DiskBus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskBus::Virtio => "virtio",
+            DiskBus::Sata => "sata",
+            DiskBus::Scsi => "scsi",
+            DiskBus::Ide => "ide",
+            DiskBus::Usb => "usb",
+            DiskBus::Fdc => "fdc",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DiskDriver {
+    pub name: Option<String>,
+    /// `raw`, `qcow2`
+    pub format: Option<String>,
+    pub cache: Option<String>,
+    pub io: Option<String>,
+    pub discard: Option<String>,
+    /// Attributes not handled (`detect_zeroes`, `iothread`, `error_policy`, ...): kept,
+    /// written back and refused at start by name.
+    pub unhandled: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    /// None: an empty cdrom/floppy.
+    pub source: Option<DiskSource>,
+    /// The source type as written (`file`, `block`, `volume`), also for empty drives.
+    pub source_type: String,
+    pub device: DiskDevice,
+    pub driver: DiskDriver,
+    pub target_dev: String,
+    pub bus: Option<DiskBus>,
+    pub readonly: bool,
+    pub shareable: bool,
+    pub serial: Option<String>,
+    pub boot_order: Option<u32>,
+    pub address: Option<Address>,
+    /// Children this model does not handle (`<iotune>`, `<encryption>`, ...), kept
+    /// verbatim and refused at start by name.
+    pub unhandled: Vec<Element>,
+}
+
+const CACHE_MODES: &[&str] = &[
+    "default",
+    "none",
+    "writethrough",
+    "writeback",
+    "directsync",
+    "unsafe",
+];
+
+impl Disk {
+    pub(super) fn parse(el: &Element) -> Result<Disk> {
+        let source_type = el.get_attr("type").unwrap_or("file").to_owned();
+        let device = match el.get_attr("device").unwrap_or("disk") {
+            "disk" => DiskDevice::Disk,
+            "cdrom" => DiskDevice::Cdrom,
+            "floppy" => DiskDevice::Floppy,
+            d => {
+                return Err(DomainXmlError::unsupported(
+                    "disk device",
+                    d,
+                    "expected disk, cdrom or floppy",
+                ))
+            }
+        };
+        let src = el.first("source");
+        let source = match (source_type.as_str(), src) {
+            ("file", Some(s)) => s
+                .get_attr("file")
+                .map(|f| DiskSource::File(PathBuf::from(f))),
+            ("block", Some(s)) => s
+                .get_attr("dev")
+                .map(|f| DiskSource::Block(PathBuf::from(f))),
+            ("volume", Some(s)) => Some(DiskSource::Volume {
+                pool: s.req_attr("pool")?.to_owned(),
+                volume: s.req_attr("volume")?.to_owned(),
+            }),
+            ("file" | "block" | "volume", None) => None,
+            (t, _) => {
+                return Err(DomainXmlError::unsupported(
+                    "disk type",
+                    t,
+                    "supported disk types are file, block and volume",
+                ))
+            }
+        };
+        if source.is_none() && device == DiskDevice::Disk {
+            return Err(missing(
+                "disk",
+                "<source> (only cdrom and floppy may be empty)",
+            ));
+        }
+        let driver = match el.first("driver") {
+            None => DiskDriver::default(),
+            Some(d) => DiskDriver::parse(d)?,
+        };
+        let target = el
+            .first("target")
+            .ok_or_else(|| missing("disk", "<target>"))?;
+        let target_dev = target.req_attr("dev")?.to_owned();
+        if target_dev.is_empty() || !target_dev.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(invalid(
+                "disk/target",
+                "attribute 'dev'",
+                &target_dev,
+                "must be letters and digits",
+            ));
+        }
+        let bus = parse_bus(target.get_attr("bus"))?;
+        let serial = el.child_text("serial");
+        if let Some(s) = &serial {
+            check_serial(s)?;
+        }
+        Ok(Disk {
+            source,
+            source_type,
+            device,
+            driver,
+            target_dev,
+            bus,
+            readonly: el.first("readonly").is_some() || device == DiskDevice::Cdrom,
+            shareable: el.first("shareable").is_some(),
+            serial,
+            boot_order: boot_of(el)?,
+            address: addr_of(el)?,
+            unhandled: unhandled(
+                el,
+                &[
+                    &[
+                        "source",
+                        "driver",
+                        "target",
+                        "boot",
+                        "readonly",
+                        "shareable",
+                        "serial",
+                        "address",
+                    ][..],
+                    REGENERATED,
+                ]
+                .concat(),
+            ),
+        })
+    }
+
+    pub(super) fn to_element(&self) -> Element {
+        let mut el = Element::new("disk").attr("type", &self.source_type).attr(
+            "device",
+            match self.device {
+                DiskDevice::Disk => "disk",
+                DiskDevice::Cdrom => "cdrom",
+                DiskDevice::Floppy => "floppy",
+            },
+        );
+        let d = &self.driver;
+        if d.name.is_some()
+            || d.format.is_some()
+            || d.cache.is_some()
+            || d.io.is_some()
+            || d.discard.is_some()
+            || !d.unhandled.is_empty()
+        {
+            let mut e = Element::new("driver")
+                .attr_opt("name", d.name.as_deref())
+                .attr_opt("type", d.format.as_deref())
+                .attr_opt("cache", d.cache.as_deref())
+                .attr_opt("io", d.io.as_deref())
+                .attr_opt("discard", d.discard.as_deref());
+            e.attrs.extend(d.unhandled.iter().cloned());
+            el.push(e);
+        }
+        match &self.source {
+            Some(DiskSource::File(p)) => el.push(Element::new("source").attr("file", path_text(p))),
+            Some(DiskSource::Block(p)) => el.push(Element::new("source").attr("dev", path_text(p))),
+            Some(DiskSource::Volume { pool, volume }) => el.push(
+                Element::new("source")
+                    .attr("pool", pool)
+                    .attr("volume", volume),
+            ),
+            None => {}
+        }
+        el.push(
+            Element::new("target")
+                .attr("dev", &self.target_dev)
+                .attr_opt("bus", self.bus.map(DiskBus::as_str)),
+        );
+        if let Some(o) = self.boot_order {
+            el.push(Element::new("boot").attr("order", o));
+        }
+        if self.readonly {
+            el.push(Element::new("readonly"));
+        }
+        if self.shareable {
+            el.push(Element::new("shareable"));
+        }
+        if let Some(s) = &self.serial {
+            el.push(Element::with_text("serial", s));
+        }
+        el.children
+            .extend(self.unhandled.iter().cloned().map(Node::Element));
+        push_addr(&mut el, &self.address);
+        el
+    }
+}
+
+impl DiskDriver {
+    /// `<driver>`: only QEMU's, with the formats, cache, io and discard modes it knows;
+    /// other attributes are kept and refused at start.
+    fn parse(d: &Element) -> Result<DiskDriver> {
+        if let Some(n) = d.get_attr("name") {
+            if n != "qemu" {
+                return Err(DomainXmlError::unsupported(
+                    "disk driver name",
+                    n,
+                    "only 'qemu'",
+                ));
+            }
+        }
+        let format = d.get_attr("type").map(str::to_owned);
+        if let Some(f) = &format {
+            if !matches!(
+                f.as_str(),
+                "raw" | "qcow2" | "qed" | "vmdk" | "vdi" | "vpc" | "vhdx"
+            ) {
+                return Err(DomainXmlError::unsupported(
+                    "disk driver type",
+                    f,
+                    "unknown image format",
+                ));
+            }
+        }
+        let cache = d.get_attr("cache").map(str::to_owned);
+        if let Some(c) = &cache {
+            if !CACHE_MODES.contains(&c.as_str()) {
+                return Err(invalid(
+                    "driver",
+                    "attribute 'cache'",
+                    c,
+                    "unknown cache mode",
+                ));
+            }
+        }
+        let io = d.get_attr("io").map(str::to_owned);
+        if let Some(i) = &io {
+            if !matches!(i.as_str(), "threads" | "native" | "io_uring" | "default") {
+                return Err(invalid("driver", "attribute 'io'", i, "unknown io mode"));
+            }
+        }
+        let discard = d.get_attr("discard").map(str::to_owned);
+        if let Some(x) = &discard {
+            if !matches!(x.as_str(), "unmap" | "ignore" | "default") {
+                return Err(invalid(
+                    "driver",
+                    "attribute 'discard'",
+                    x,
+                    "expected unmap or ignore",
+                ));
+            }
+        }
+        Ok(DiskDriver {
+            name: d.get_attr("name").map(str::to_owned),
+            format,
+            cache,
+            io,
+            discard,
+            unhandled: d
+                .attrs
+                .iter()
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "name" | "type" | "cache" | "io" | "discard")
+                })
+                .cloned()
+                .collect(),
+        })
+    }
+}
+
+/// `<target bus>`; `None` until `fill_defaults` guesses it from the target name.
+fn parse_bus(bus: Option<&str>) -> Result<Option<DiskBus>> {
+    Ok(match bus {
+        None => None,
+        Some("virtio") => Some(DiskBus::Virtio),
+        Some("sata") => Some(DiskBus::Sata),
+        Some("scsi") => Some(DiskBus::Scsi),
+        Some("ide") => Some(DiskBus::Ide),
+        Some("usb") => Some(DiskBus::Usb),
+        Some("fdc") => Some(DiskBus::Fdc),
+        Some(b) => {
+            return Err(DomainXmlError::unsupported(
+                "disk target bus",
+                b,
+                "expected virtio, sata, scsi, ide, usb or fdc",
+            ))
+        }
+    })
+}
+
+/// A serial QEMU and guests take as written.
+fn check_serial(s: &str) -> Result<()> {
+    if s.len() > 36
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(invalid(
+            "disk/serial",
+            "value",
+            s,
+            "at most 36 of A-Z a-z 0-9 - _ .",
+        ));
+    }
+    Ok(())
+}
+
+impl Devices {
+    /// Disk buses from the target name, as libvirt guesses them, checked against the
+    /// machine; target names must be unique.
+    pub(super) fn fill_disk_buses(&mut self, q35: bool) -> Result<()> {
+        for d in &mut self.disks {
+            if d.bus.is_none() {
+                let t = d.target_dev.as_str();
+                d.bus = Some(if t.starts_with("vd") {
+                    DiskBus::Virtio
+                } else if t.starts_with("sd") {
+                    if q35 {
+                        DiskBus::Sata
+                    } else {
+                        DiskBus::Scsi
+                    }
+                } else if t.starts_with("fd") {
+                    DiskBus::Fdc
+                } else if t.starts_with("hd") {
+                    DiskBus::Ide
+                } else {
+                    return Err(invalid(
+                        "disk/target",
+                        "attribute 'dev'",
+                        t,
+                        "cannot guess the bus; set target bus",
+                    ));
+                });
+            }
+            if d.bus == Some(DiskBus::Ide) && q35 {
+                return Err(DomainXmlError::unsupported(
+                    "disk target bus",
+                    "ide",
+                    "q35 has no IDE bus; use sata",
+                ));
+            }
+            if d.bus == Some(DiskBus::Sata) && !q35 {
+                return Err(DomainXmlError::unsupported(
+                    "disk target bus",
+                    "sata",
+                    "i440fx machines have no SATA controller here; use virtio or ide",
+                ));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for d in &self.disks {
+            if !seen.insert(d.target_dev.clone()) {
+                return Err(invalid(
+                    "disk/target",
+                    "attribute 'dev'",
+                    &d.target_dev,
+                    "used twice",
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,247 @@
+//! What the user sees and hears: `<graphics>` (VNC, SPICE), `<video>`, `<sound>`,
+//! `<audio>` backends and SPICE `<redirdev>` USB redirection.
+
+use common::xml::Element;
+
+use super::super::{invalid, yes_no, yn, DomainXmlError, Result};
+use super::{addr_of, model_attr, push_addr, Address};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphicsKind {
+    Vnc,
+    Spice,
+}
+
+impl GraphicsKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GraphicsKind::Vnc => "vnc",
+            GraphicsKind::Spice => "spice",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Graphics {
+    pub kind: GraphicsKind,
+    /// -1 or absent with `autoport`: chosen at start (VNC by QEMU, SPICE by the runtime).
+    pub port: Option<i32>,
+    /// SPICE's TLS port; only -1 (none) is honoured.
+    pub tls_port: Option<i32>,
+    pub autoport: bool,
+    pub listen: Option<String>,
+    /// The client's password; written back only for `VIR_DOMAIN_XML_SECURE`.
+    pub passwd: Option<String>,
+}
+
+/// `<audio id='N' type='none|spice'/>`: an audio backend sound devices play through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audio {
+    pub id: u32,
+    /// `none` or `spice`; other backends are kept in [`Devices::other`](super::Devices::other).
+    pub kind: String,
+}
+
+/// `<redirdev bus='usb' type='spicevmc'/>`: a USB device redirected from a SPICE client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirdev {
+    pub address: Option<Address>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Video {
+    /// `vga`, `cirrus`, `qxl`, `virtio`, `bochs`, `none`
+    pub model: String,
+    pub vram_kib: Option<u64>,
+    pub heads: Option<u32>,
+    pub address: Option<Address>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sound {
+    /// `ich6`, `ich9`, `ac97`, `es1370`
+    pub model: String,
+    pub address: Option<Address>,
+}
+
+fn parse_graphics_port(el: &Element) -> Result<(Option<i32>, bool, Option<String>)> {
+    let port = el.parse_attr::<i32>("port")?;
+    let autoport = match yes_no(el, "autoport")? {
+        Some(a) => a,
+        None => port.is_none_or(|p| p == -1),
+    };
+    let listen = el
+        .get_attr("listen")
+        .or_else(|| el.first("listen").and_then(|l| l.get_attr("address")))
+        .map(str::to_owned);
+    if let Some(l) = &listen {
+        if l.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(
+                "graphics",
+                "listen address",
+                l,
+                "must be an IP address",
+            ));
+        }
+    }
+    if let Some(p) = port {
+        if p != -1 && !(5900..=65535).contains(&p) {
+            return Err(invalid(
+                "graphics",
+                "attribute 'port'",
+                &p.to_string(),
+                "must be -1 or 5900 to 65535",
+            ));
+        }
+    }
+    Ok((port, autoport, listen))
+}
+
+impl Graphics {
+    pub(super) fn parse(c: &Element) -> Result<Graphics> {
+        let (port, autoport, listen) = parse_graphics_port(c)?;
+        let kind = match c.req_attr("type")? {
+            "vnc" => GraphicsKind::Vnc,
+            "spice" => GraphicsKind::Spice,
+            t => {
+                return Err(DomainXmlError::unsupported(
+                    "graphics type",
+                    t,
+                    "expected vnc or spice",
+                ))
+            }
+        };
+        let passwd = c.get_attr("passwd").map(str::to_owned);
+        if passwd
+            .as_deref()
+            .is_some_and(|p| p.chars().any(char::is_control))
+        {
+            return Err(invalid(
+                "graphics",
+                "attribute 'passwd'",
+                "(hidden)",
+                "must not contain control characters",
+            ));
+        }
+        Ok(Graphics {
+            kind,
+            port,
+            tls_port: c.parse_attr::<i32>("tlsPort")?,
+            autoport,
+            listen,
+            passwd,
+        })
+    }
+
+    /// `secure`: include the password (`VIR_DOMAIN_XML_SECURE`, and our files).
+    pub(super) fn to_element(&self, secure: bool) -> Element {
+        Element::new("graphics")
+            .attr("type", self.kind.as_str())
+            .attr_opt("port", self.port)
+            .attr_opt("tlsPort", self.tls_port)
+            .attr("autoport", yn(self.autoport))
+            .attr_opt("listen", self.listen.as_deref())
+            .attr_opt("passwd", self.passwd.as_deref().filter(|_| secure))
+    }
+}
+
+impl Audio {
+    /// `taken`: the backends read so far (ids are unique).
+    pub(super) fn parse(c: &Element, taken: &[Audio]) -> Result<Audio> {
+        let id = c.parse_attr::<u32>("id")?.unwrap_or(1);
+        if id == 0 || taken.iter().any(|a| a.id == id) {
+            return Err(invalid(
+                "audio",
+                "attribute 'id'",
+                &id.to_string(),
+                "must be unique and at least 1",
+            ));
+        }
+        Ok(Audio {
+            id,
+            kind: c.req_attr("type")?.to_owned(),
+        })
+    }
+
+    pub(super) fn to_element(&self) -> Element {
+        Element::new("audio")
+            .attr("id", self.id)
+            .attr("type", &self.kind)
+    }
+}
+
+impl Redirdev {
+    pub(super) fn parse(c: &Element) -> Result<Redirdev> {
+        Ok(Redirdev {
+            address: addr_of(c)?,
+        })
+    }
+
+    pub(super) fn to_element(&self) -> Element {
+        let mut e = Element::new("redirdev")
+            .attr("bus", "usb")
+            .attr("type", "spicevmc");
+        push_addr(&mut e, &self.address);
+        e
+    }
+}
+
+impl Video {
+    pub(super) fn parse(c: &Element) -> Result<Video> {
+        let m = c.first("model");
+        let model = m.and_then(|m| m.get_attr("type")).unwrap_or("vga");
+        if !matches!(
+            model,
+            "vga" | "cirrus" | "qxl" | "virtio" | "bochs" | "none"
+        ) {
+            return Err(DomainXmlError::unsupported(
+                "video model",
+                model,
+                "expected vga, cirrus, qxl, virtio, bochs or none",
+            ));
+        }
+        Ok(Video {
+            model: model.to_owned(),
+            vram_kib: m
+                .map(|m| m.parse_attr::<u64>("vram"))
+                .transpose()?
+                .flatten(),
+            heads: m
+                .map(|m| m.parse_attr::<u32>("heads"))
+                .transpose()?
+                .flatten(),
+            address: addr_of(c)?,
+        })
+    }
+
+    pub(super) fn to_element(&self) -> Element {
+        let mut e = Element::new("video").child(
+            Element::new("model")
+                .attr("type", &self.model)
+                .attr_opt("vram", self.vram_kib)
+                .attr_opt("heads", self.heads),
+        );
+        push_addr(&mut e, &self.address);
+        e
+    }
+}
+
+impl Sound {
+    pub(super) fn parse(c: &Element) -> Result<Sound> {
+        Ok(Sound {
+            model: model_attr(
+                c,
+                "sound model",
+                &["ich6", "ich9", "ac97", "es1370"],
+                "ich6",
+            )?,
+            address: addr_of(c)?,
+        })
+    }
+
+    pub(super) fn to_element(&self) -> Element {
+        let mut e = Element::new("sound").attr("model", &self.model);
+        push_addr(&mut e, &self.address);
+        e
+    }
+}

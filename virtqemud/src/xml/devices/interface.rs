@@ -1,0 +1,320 @@
+//! `<interface>`: how a NIC reaches the host (user, ethernet tap, bridge, libvirt
+//! network), its MAC address and guest model.
+
+use std::fmt;
+use std::str::FromStr;
+
+use common::xml::{Element, Node};
+
+use super::super::{invalid, missing, DomainXmlError, Result};
+use super::{addr_of, boot_of, push_addr, unhandled, Address, REGENERATED};
+
+/// A MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// A random address in QEMU's 52:54:00 range.
+    pub fn random() -> Mac {
+        let r = uuid::Uuid::new_v4();
+        let b = r.as_bytes();
+        Mac([0x52, 0x54, 0x00, b[0], b[1], b[2]])
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Mac, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 6 {
+            return Err("expected six hex pairs separated by ':'".into());
+        }
+        let mut out = [0u8; 6];
+        for (o, p) in out.iter_mut().zip(parts) {
+            if p.is_empty() || p.len() > 2 {
+                return Err("expected six hex pairs separated by ':'".into());
+            }
+            *o = u8::from_str_radix(p, 16).map_err(|e| e.to_string())?;
+        }
+        if out[0] & 1 == 1 {
+            return Err("a multicast address cannot be a NIC address".into());
+        }
+        Ok(Mac(out))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterfaceKind {
+    User,
+    /// A tap device made by the caller or by QEMU; `target dev` names it.
+    Ethernet,
+    Bridge(String),
+    Network(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub kind: InterfaceKind,
+    pub mac: Option<Mac>,
+    /// `virtio`, `e1000`, `e1000e`, `rtl8139`
+    pub model: Option<String>,
+    pub target_dev: Option<String>,
+    /// `<target managed='no'>`: the tap exists already and QEMU opens it by name.
+    pub target_managed: Option<bool>,
+    /// `<source network portgroup=>`.
+    pub portgroup: Option<String>,
+    /// Live only: the network port made for this NIC (`<source portid=>`).
+    pub portid: Option<uuid::Uuid>,
+    /// Live only: the bridge the network's port plugs into (`<source bridge=>`).
+    pub source_bridge: Option<String>,
+    pub boot_order: Option<u32>,
+    pub address: Option<Address>,
+    /// `<mtu size=>`: the tap's MTU and, for virtio, the MTU the guest is offered.
+    pub mtu: Option<u32>,
+    /// `<link state='up|down'>`: down starts the NIC with its link down.
+    pub link_up: Option<bool>,
+    /// Children this model does not handle (`<bandwidth>`, `<link>`, `<vlan>`, ...),
+    /// kept verbatim and refused at start by name.
+    pub unhandled: Vec<Element>,
+}
+
+pub(crate) fn check_ifname(element: &str, name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(invalid(
+            element,
+            "attribute 'dev'",
+            name,
+            "not a valid interface name",
+        ));
+    }
+    Ok(())
+}
+
+/// How the NIC reaches the host, from `type` and `<source>`.
+fn parse_kind(ty: &str, src: Option<&Element>) -> Result<InterfaceKind> {
+    Ok(match ty {
+        "user" => InterfaceKind::User,
+        "ethernet" => InterfaceKind::Ethernet,
+        "bridge" => {
+            let b = src
+                .ok_or_else(|| missing("interface", "<source bridge>"))?
+                .req_attr("bridge")?;
+            check_ifname("interface/source", b)?;
+            InterfaceKind::Bridge(b.to_owned())
+        }
+        "network" => {
+            let src = src.ok_or_else(|| missing("interface", "<source network>"))?;
+            if let Some(b) = src.get_attr("bridge") {
+                check_ifname("interface/source", b)?;
+            }
+            InterfaceKind::Network(src.req_attr("network")?.to_owned())
+        }
+        t => {
+            return Err(DomainXmlError::unsupported(
+                "interface type",
+                t,
+                "supported types are user, ethernet, bridge and network",
+            ))
+        }
+    })
+}
+
+/// `<link state='up|down'>`.
+fn parse_link(el: &Element) -> Result<Option<bool>> {
+    Ok(match el.first("link").map(|l| l.get_attr("state")) {
+        None => None,
+        Some(Some("up")) => Some(true),
+        Some(Some("down")) => Some(false),
+        Some(other) => {
+            return Err(invalid(
+                "link",
+                "attribute 'state'",
+                other.unwrap_or(""),
+                "expected up or down",
+            ))
+        }
+    })
+}
+
+/// `<mtu size=>`: 68 (the IPv4 minimum) to 65535.
+fn parse_mtu(el: &Element) -> Result<Option<u32>> {
+    Ok(match el.first("mtu") {
+        Some(m) => {
+            let size = m
+                .parse_attr::<u32>("size")?
+                .ok_or_else(|| missing("mtu", "attribute 'size'"))?;
+            if !(68..=65535).contains(&size) {
+                return Err(invalid(
+                    "mtu",
+                    "attribute 'size'",
+                    &size.to_string(),
+                    "must be 68 to 65535",
+                ));
+            }
+            Some(size)
+        }
+        None => None,
+    })
+}
+
+impl Interface {
+    pub(super) fn parse(el: &Element) -> Result<Interface> {
+        let ty = el.req_attr("type")?;
+        let src = el.first("source");
+        let kind = parse_kind(ty, src)?;
+        let mac = match el.first("mac") {
+            None => None,
+            Some(m) => {
+                let a = m.req_attr("address")?;
+                Some(
+                    a.parse::<Mac>()
+                        .map_err(|e| invalid("mac", "attribute 'address'", a, e))?,
+                )
+            }
+        };
+        let model = el
+            .first("model")
+            .map(|m| m.req_attr("type"))
+            .transpose()?
+            .map(str::to_owned);
+        if let Some(m) = &model {
+            if !matches!(m.as_str(), "virtio" | "e1000" | "e1000e" | "rtl8139") {
+                return Err(DomainXmlError::unsupported(
+                    "interface model",
+                    m,
+                    "expected virtio, e1000, e1000e or rtl8139",
+                ));
+            }
+        }
+        let target_dev = el
+            .first("target")
+            .map(|t| t.req_attr("dev"))
+            .transpose()?
+            .map(str::to_owned);
+        if let Some(t) = &target_dev {
+            check_ifname("interface/target", t)?;
+        }
+        let target_managed = match el.first("target").and_then(|t| t.get_attr("managed")) {
+            None => None,
+            Some("yes") => Some(true),
+            Some("no") => Some(false),
+            Some(v) => {
+                return Err(invalid(
+                    "target",
+                    "attribute 'managed'",
+                    v,
+                    "expected yes or no",
+                ))
+            }
+        };
+        let network_src = src.filter(|_| matches!(kind, InterfaceKind::Network(_)));
+        let portid = match network_src.and_then(|s| s.get_attr("portid")) {
+            None => None,
+            Some(u) => Some(
+                uuid::Uuid::parse_str(u)
+                    .map_err(|e| invalid("source", "attribute 'portid'", u, e))?,
+            ),
+        };
+        Ok(Interface {
+            portgroup: network_src
+                .and_then(|s| s.get_attr("portgroup"))
+                .map(str::to_owned),
+            portid,
+            source_bridge: network_src
+                .and_then(|s| s.get_attr("bridge"))
+                .map(str::to_owned),
+            kind,
+            mac,
+            model,
+            target_dev,
+            target_managed,
+            boot_order: boot_of(el)?,
+            address: addr_of(el)?,
+            link_up: parse_link(el)?,
+            mtu: parse_mtu(el)?,
+            unhandled: unhandled(
+                el,
+                &[
+                    &[
+                        "source", "mac", "model", "target", "boot", "address", "mtu", "link",
+                    ][..],
+                    REGENERATED,
+                ]
+                .concat(),
+            )
+            .into_iter()
+            // QEMU's own virtio-net (no vhost) is what runs anyway.
+            .filter(|c| {
+                !(c.name == "driver"
+                    && c.attrs.len() == 1
+                    && c.get_attr("name") == Some("qemu")
+                    && c.elements().next().is_none())
+            })
+            .collect(),
+        })
+    }
+
+    pub(super) fn to_element(&self) -> Element {
+        let (ty, src) = match &self.kind {
+            InterfaceKind::User => ("user", None),
+            InterfaceKind::Ethernet => ("ethernet", None),
+            InterfaceKind::Bridge(b) => ("bridge", Some(Element::new("source").attr("bridge", b))),
+            InterfaceKind::Network(n) => (
+                "network",
+                Some(
+                    Element::new("source")
+                        .attr("network", n)
+                        .attr_opt("portgroup", self.portgroup.as_deref())
+                        .attr_opt("portid", self.portid.map(|u| u.to_string()))
+                        .attr_opt("bridge", self.source_bridge.as_deref()),
+                ),
+            ),
+        };
+        let mut el = Element::new("interface")
+            .attr("type", ty)
+            .child_opt(self.mac.map(|m| Element::new("mac").attr("address", m)))
+            .child_opt(src)
+            .child_opt(self.target_dev.as_ref().map(|t| {
+                Element::new("target").attr("dev", t).attr_opt(
+                    "managed",
+                    self.target_managed.map(|m| if m { "yes" } else { "no" }),
+                )
+            }))
+            .child_opt(
+                self.model
+                    .as_ref()
+                    .map(|m| Element::new("model").attr("type", m)),
+            )
+            .child_opt(
+                self.boot_order
+                    .map(|o| Element::new("boot").attr("order", o)),
+            )
+            .child_opt(self.mtu.map(|m| Element::new("mtu").attr("size", m)))
+            .child_opt(
+                self.link_up
+                    .map(|up| Element::new("link").attr("state", if up { "up" } else { "down" })),
+            );
+        el.children
+            .extend(self.unhandled.iter().cloned().map(Node::Element));
+        push_addr(&mut el, &self.address);
+        el
+    }
+}

@@ -1,0 +1,246 @@
+//! Small devices: `<input>`, `<rng>`, `<memballoon>`, `<watchdog>` and `<tpm>`, each
+//! read from and written back to its element.
+
+use std::path::PathBuf;
+
+use common::xml::Element;
+
+use super::super::{invalid, missing, DomainXmlError, Result};
+use super::{addr_of, model_attr, path_text, push_addr, Address};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// `tablet`, `mouse`, `keyboard`
+    pub kind: String,
+    /// `usb`, `ps2`, `virtio`
+    pub bus: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rng {
+    /// Host source, default /dev/urandom.
+    pub backend: PathBuf,
+    pub rate: Option<(u32, u32)>,
+    pub address: Option<Address>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Memballoon {
+    /// `virtio` or `none`
+    pub model: String,
+    pub stats_period: Option<u32>,
+    pub address: Option<Address>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watchdog {
+    /// `i6300esb`, `ib700`, `itco`
+    pub model: String,
+    /// `reset`, `shutdown`, `poweroff`, `pause`, `none`, `dump`, `inject-nmi`
+    pub action: String,
+    pub address: Option<Address>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tpm {
+    /// `tpm-tis`, `tpm-crb`
+    pub model: String,
+    /// `emulator` or `passthrough`
+    pub backend: String,
+    pub version: Option<String>,
+    pub device: Option<PathBuf>,
+}
+
+impl Input {
+    pub(super) fn parse(c: &Element) -> Result<Input> {
+        let kind = c.req_attr("type")?;
+        if !matches!(kind, "tablet" | "mouse" | "keyboard") {
+            return Err(DomainXmlError::unsupported(
+                "input type",
+                kind,
+                "expected tablet, mouse or keyboard",
+            ));
+        }
+        let bus = c
+            .get_attr("bus")
+            .unwrap_or(if kind == "tablet" { "usb" } else { "ps2" });
+        if !matches!(bus, "usb" | "ps2" | "virtio") {
+            return Err(DomainXmlError::unsupported(
+                "input bus",
+                bus,
+                "expected usb, ps2 or virtio",
+            ));
+        }
+        Ok(Input {
+            kind: kind.to_owned(),
+            bus: bus.to_owned(),
+        })
+    }
+
+    pub(super) fn to_element(&self) -> Element {
+        Element::new("input")
+            .attr("type", &self.kind)
+            .attr("bus", &self.bus)
+    }
+}
+
+impl Rng {
+    pub(super) fn parse(c: &Element) -> Result<Rng> {
+        model_attr(c, "rng model", &["virtio"], "virtio")?;
+        let b = c
+            .first("backend")
+            .ok_or_else(|| missing("rng", "<backend>"))?;
+        if b.get_attr("model").unwrap_or("random") != "random" {
+            return Err(DomainXmlError::unsupported(
+                "rng backend model",
+                b.get_attr("model").unwrap_or(""),
+                "only 'random'",
+            ));
+        }
+        let path = b.text();
+        let backend = if path.is_empty() {
+            PathBuf::from("/dev/urandom")
+        } else {
+            PathBuf::from(path)
+        };
+        let rate = match c.first("rate") {
+            Some(r) => Some((
+                r.parse_attr::<u32>("bytes")?
+                    .ok_or_else(|| missing("rate", "attribute 'bytes'"))?,
+                r.parse_attr::<u32>("period")?.unwrap_or(1000),
+            )),
+            None => None,
+        };
+        Ok(Rng {
+            backend,
+            rate,
+            address: addr_of(c)?,
+        })
+    }
+
+    pub(super) fn to_element(&self) -> Element {
+        let mut e = Element::new("rng")
+            .attr("model", "virtio")
+            .child(Element::with_text("backend", path_text(&self.backend)).attr("model", "random"))
+            .child_opt(
+                self.rate
+                    .map(|(b, p)| Element::new("rate").attr("bytes", b).attr("period", p)),
+            );
+        push_addr(&mut e, &self.address);
+        e
+    }
+}
+
+impl Memballoon {
+    pub(super) fn parse(c: &Element) -> Result<Memballoon> {
+        let model = c.req_attr("model")?;
+        if !matches!(model, "virtio" | "none") {
+            return Err(DomainXmlError::unsupported(
+                "memballoon model",
+                model,
+                "expected virtio or none",
+            ));
+        }
+        Ok(Memballoon {
+            model: model.to_owned(),
+            stats_period: c
+                .first("stats")
+                .map(|s| s.parse_attr::<u32>("period"))
+                .transpose()?
+                .flatten(),
+            address: addr_of(c)?,
+        })
+    }
+
+    pub(super) fn to_element(&self) -> Element {
+        let mut e = Element::new("memballoon")
+            .attr("model", &self.model)
+            .child_opt(
+                self.stats_period
+                    .map(|p| Element::new("stats").attr("period", p)),
+            );
+        push_addr(&mut e, &self.address);
+        e
+    }
+}
+
+impl Watchdog {
+    pub(super) fn parse(c: &Element) -> Result<Watchdog> {
+        let model = c.req_attr("model")?;
+        if !matches!(model, "i6300esb" | "ib700" | "itco") {
+            return Err(DomainXmlError::unsupported(
+                "watchdog model",
+                model,
+                "expected i6300esb, ib700 or itco",
+            ));
+        }
+        let action = c.get_attr("action").unwrap_or("reset");
+        if !matches!(
+            action,
+            "reset" | "shutdown" | "poweroff" | "pause" | "none" | "dump" | "inject-nmi"
+        ) {
+            return Err(invalid(
+                "watchdog",
+                "attribute 'action'",
+                action,
+                "unknown action",
+            ));
+        }
+        Ok(Watchdog {
+            model: model.to_owned(),
+            action: action.to_owned(),
+            address: addr_of(c)?,
+        })
+    }
+
+    pub(super) fn to_element(&self) -> Element {
+        let mut e = Element::new("watchdog")
+            .attr("model", &self.model)
+            .attr("action", &self.action);
+        push_addr(&mut e, &self.address);
+        e
+    }
+}
+
+impl Tpm {
+    pub(super) fn parse(c: &Element) -> Result<Tpm> {
+        let model = c.get_attr("model").unwrap_or("tpm-tis");
+        if !matches!(model, "tpm-tis" | "tpm-crb") {
+            return Err(DomainXmlError::unsupported(
+                "tpm model",
+                model,
+                "expected tpm-tis or tpm-crb",
+            ));
+        }
+        let b = c
+            .first("backend")
+            .ok_or_else(|| missing("tpm", "<backend>"))?;
+        let backend = b.req_attr("type")?;
+        if !matches!(backend, "emulator" | "passthrough") {
+            return Err(DomainXmlError::unsupported(
+                "tpm backend type",
+                backend,
+                "expected emulator or passthrough",
+            ));
+        }
+        Ok(Tpm {
+            model: model.to_owned(),
+            backend: backend.to_owned(),
+            version: b.get_attr("version").map(str::to_owned),
+            device: b
+                .first("device")
+                .and_then(|x| x.get_attr("path"))
+                .map(PathBuf::from),
+        })
+    }
+
+    pub(super) fn to_element(&self) -> Element {
+        let mut b = Element::new("backend")
+            .attr("type", &self.backend)
+            .attr_opt("version", self.version.as_deref());
+        if let Some(p) = &self.device {
+            b.push(Element::new("device").attr("path", path_text(p)));
+        }
+        Element::new("tpm").attr("model", &self.model).child(b)
+    }
+}

@@ -1,0 +1,244 @@
+//! `<devices>`: typed devices, PCI addressing and MAC defaults. Each device family
+//! has its own file (parsing, writing back, its defaults); this file holds the
+//! `Devices` list, the dispatcher from element name to family and the defaults pass.
+
+mod address;
+mod chardev;
+mod controller;
+mod disk;
+mod graphics;
+mod hostdev;
+mod interface;
+mod misc;
+mod pci;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use common::xml::Element;
+
+use super::{invalid, DomainXmlError, Result};
+
+use address::{addr_of, parse_num, push_addr};
+pub use address::{Address, PciAddr};
+pub use chardev::{Chardev, ChardevSource};
+pub use controller::{Controller, PCI_BRIDGES};
+pub use disk::{Disk, DiskBus, DiskDevice, DiskDriver, DiskSource};
+pub use graphics::{Audio, Graphics, GraphicsKind, Redirdev, Sound, Video};
+pub use hostdev::Hostdev;
+pub(crate) use interface::check_ifname;
+pub use interface::{Interface, InterfaceKind, Mac};
+pub use misc::{Input, Memballoon, Rng, Tpm, Watchdog};
+
+fn boot_of(el: &Element) -> Result<Option<u32>> {
+    match el.first("boot") {
+        None => Ok(None),
+        Some(b) => match b.parse_attr::<u32>("order")? {
+            Some(0) | None => Err(invalid(
+                "boot",
+                "attribute 'order'",
+                b.get_attr("order").unwrap_or(""),
+                "must be 1 or more",
+            )),
+            o => Ok(o),
+        },
+    }
+}
+
+fn path_text(p: &std::path::Path) -> String {
+    p.display().to_string()
+}
+
+/// The element children of `el` not named in `handled`: kept to be written back, and
+/// refused at start, so nothing in a definition is silently ignored.
+fn unhandled(el: &Element, handled: &[&str]) -> Vec<Element> {
+    el.elements()
+        .filter(|c| !handled.contains(&c.name.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// Children libvirt writes into live XML that carry nothing to honour (it makes them
+/// again): dropped on input.
+const REGENERATED: &[&str] = &["alias", "backingStore"];
+
+/// `<devices>`
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Devices {
+    pub emulator: Option<PathBuf>,
+    pub disks: Vec<Disk>,
+    pub controllers: Vec<Controller>,
+    pub interfaces: Vec<Interface>,
+    pub serials: Vec<Chardev>,
+    pub consoles: Vec<Chardev>,
+    pub channels: Vec<Chardev>,
+    pub inputs: Vec<Input>,
+    pub graphics: Vec<Graphics>,
+    pub videos: Vec<Video>,
+    pub sounds: Vec<Sound>,
+    pub audios: Vec<Audio>,
+    pub redirdevs: Vec<Redirdev>,
+    pub rngs: Vec<Rng>,
+    pub memballoon: Option<Memballoon>,
+    pub watchdogs: Vec<Watchdog>,
+    pub tpms: Vec<Tpm>,
+    pub hostdevs: Vec<Hostdev>,
+    /// Devices this model does not type, kept verbatim and NOT given to QEMU; the
+    /// command line refuses a domain that has any (see `command_line::build`).
+    pub other: Vec<Element>,
+}
+
+fn model_attr(el: &Element, element: &str, allowed: &[&str], default: &str) -> Result<String> {
+    let m = el
+        .first("model")
+        .and_then(|m| m.get_attr("type"))
+        .or_else(|| el.get_attr("model"))
+        .unwrap_or(default);
+    if !allowed.contains(&m) {
+        return Err(DomainXmlError::unsupported(
+            element,
+            m,
+            format!("expected one of {}", allowed.join(", ")),
+        ));
+    }
+    Ok(m.to_owned())
+}
+
+impl Devices {
+    pub(crate) fn parse(el: &Element) -> Result<Devices> {
+        let mut d = Devices::default();
+        for c in el.elements() {
+            match c.name.as_str() {
+                "emulator" => d.emulator = Some(PathBuf::from(c.text())),
+                "disk" => d.disks.push(Disk::parse(c)?),
+                "controller" => d.controllers.push(Controller::parse(c)?),
+                "interface" => d.interfaces.push(Interface::parse(c)?),
+                "serial" => d.serials.push(Chardev::parse(c)?),
+                "console" => d.consoles.push(Chardev::parse(c)?),
+                "channel" => d.channels.push(Chardev::parse_channel(c)?),
+                "input" => d.inputs.push(Input::parse(c)?),
+                "graphics" => d.graphics.push(Graphics::parse(c)?),
+                // Other audio backends and redirdevs stay in `other`, refused at start.
+                "audio" if matches!(c.get_attr("type"), Some("none" | "spice")) => {
+                    let a = Audio::parse(c, &d.audios)?;
+                    d.audios.push(a)
+                }
+                "redirdev"
+                    if c.get_attr("bus").unwrap_or("usb") == "usb"
+                        && c.get_attr("type") == Some("spicevmc") =>
+                {
+                    d.redirdevs.push(Redirdev::parse(c)?)
+                }
+                "video" => d.videos.push(Video::parse(c)?),
+                "sound" => d.sounds.push(Sound::parse(c)?),
+                "rng" => d.rngs.push(Rng::parse(c)?),
+                "memballoon" => d.memballoon = Some(Memballoon::parse(c)?),
+                "watchdog" => d.watchdogs.push(Watchdog::parse(c)?),
+                "tpm" => d.tpms.push(Tpm::parse(c)?),
+                "hostdev" => d.hostdevs.push(Hostdev::parse(c)?),
+                _ => d.other.push(c.clone()),
+            }
+        }
+        d.number_controllers()?;
+        if d.consoles.len() > 1 {
+            return Err(DomainXmlError::unsupported(
+                "console",
+                "",
+                "at most one console",
+            ));
+        }
+        Ok(d)
+    }
+
+    /// `secure`: include graphics passwords (`VIR_DOMAIN_XML_SECURE`, and our files).
+    pub(crate) fn to_element(&self, secure: bool) -> Element {
+        let mut el = Element::new("devices");
+        if let Some(e) = &self.emulator {
+            el.push(Element::with_text("emulator", path_text(e)));
+        }
+        for d in &self.disks {
+            el.push(d.to_element());
+        }
+        for c in &self.controllers {
+            el.push(c.to_element());
+        }
+        for i in &self.interfaces {
+            el.push(i.to_element());
+        }
+        for s in &self.serials {
+            el.push(s.to_element("serial"));
+        }
+        for s in &self.consoles {
+            el.push(s.to_element("console"));
+        }
+        for s in &self.channels {
+            el.push(s.to_element("channel"));
+        }
+        el.children.extend(
+            (self.inputs.iter().map(Input::to_element))
+                .chain(self.graphics.iter().map(|g| g.to_element(secure)))
+                .chain(self.sounds.iter().map(Sound::to_element))
+                .chain(self.audios.iter().map(Audio::to_element))
+                .chain(self.videos.iter().map(Video::to_element))
+                .chain(self.watchdogs.iter().map(Watchdog::to_element))
+                .chain(self.tpms.iter().map(Tpm::to_element))
+                .chain(self.hostdevs.iter().map(Hostdev::to_element))
+                .chain(self.redirdevs.iter().map(Redirdev::to_element))
+                .chain(self.rngs.iter().map(Rng::to_element))
+                .chain(self.memballoon.iter().map(Memballoon::to_element))
+                .chain(self.other.iter().cloned())
+                .map(common::xml::Node::Element),
+        );
+        el
+    }
+
+    pub(crate) fn fill_defaults(&mut self, q35: bool) -> Result<()> {
+        self.fill_disk_buses(q35)?;
+        self.add_implicit_controllers(q35)?;
+        // Console of a guest with a serial port: libvirt makes it the serial target.
+        for (i, s) in self.serials.iter_mut().enumerate() {
+            s.target_port.get_or_insert(i as u32);
+            s.target_type.get_or_insert_with(|| "isa-serial".into());
+        }
+        for c in &mut self.consoles {
+            c.target_type.get_or_insert_with(|| "serial".into());
+            c.target_port.get_or_insert(0);
+        }
+        for c in &mut self.channels {
+            c.target_type.get_or_insert_with(|| "virtio".into());
+        }
+        for i in &mut self.interfaces {
+            i.mac.get_or_insert_with(Mac::random);
+            i.model.get_or_insert_with(|| "virtio".into());
+        }
+        let mut macs = BTreeSet::new();
+        for i in &self.interfaces {
+            if let Some(m) = i.mac {
+                if !macs.insert(m.0) {
+                    return Err(invalid(
+                        "mac",
+                        "attribute 'address'",
+                        &m.to_string(),
+                        "used twice",
+                    ));
+                }
+            }
+        }
+        if self.memballoon.is_none() {
+            self.memballoon = Some(Memballoon {
+                model: "virtio".into(),
+                stats_period: None,
+                address: None,
+            });
+        }
+        if !self.graphics.is_empty() && self.videos.is_empty() {
+            self.videos.push(Video {
+                model: "vga".into(),
+                vram_kib: None,
+                heads: None,
+                address: None,
+            });
+        }
+        self.assign_pci(q35)
+    }
+}

@@ -1,0 +1,174 @@
+//! PCI addressing of `<devices>`: the addresses in use and the slots given to devices
+//! written without one, checked against the buses bridges and root ports make.
+
+use std::collections::BTreeSet;
+
+use super::super::{invalid, DomainXmlError, Result};
+use super::{Address, Devices, DiskBus, PciAddr};
+
+impl Devices {
+    /// The guest PCI addresses of every device and controller.
+    pub fn pci_addresses(&self) -> Vec<PciAddr> {
+        let addrs = self
+            .controllers
+            .iter()
+            .map(|c| &c.address)
+            .chain(self.disks.iter().map(|x| &x.address))
+            .chain(self.interfaces.iter().map(|x| &x.address))
+            .chain(self.videos.iter().map(|x| &x.address))
+            .chain(self.sounds.iter().map(|x| &x.address))
+            .chain(self.watchdogs.iter().map(|x| &x.address))
+            .chain(self.hostdevs.iter().map(|x| &x.address))
+            .chain(self.rngs.iter().map(|x| &x.address))
+            .chain(self.memballoon.iter().map(|x| &x.address));
+        addrs
+            .filter_map(|a| a.as_ref().and_then(Address::pci))
+            .collect()
+    }
+
+    /// Gives every PCI device without an address a slot on bus 0. On i440fx slot 1 is
+    /// the PIIX3 and slot 2 the primary video; on q35 slot 1 is the primary video and
+    /// 0x1f the ICH9. Devices go straight onto the root bus (integrated endpoints on q35).
+    pub(super) fn assign_pci(&mut self, q35: bool) -> Result<()> {
+        // Buses made by bridges and root ports (libvirt's dumpxml puts devices there).
+        let bridges: std::collections::BTreeMap<u32, String> = self
+            .controllers
+            .iter()
+            .filter(|c| c.is_pci_bridge())
+            .map(|c| (c.index, c.model.clone().unwrap_or_default()))
+            .collect();
+        let mut used_behind: BTreeSet<(u8, u8, u8)> = BTreeSet::new();
+        let mut used: BTreeSet<(u8, u8)> = BTreeSet::new();
+        used.insert((0, 0));
+        used.insert((if q35 { 0x1f } else { 1 }, 0));
+        let mut slots: Vec<&mut Option<Address>> = Vec::new();
+        let primary_video = if q35 { 1 } else { 2 };
+        let mut videos = self.videos.iter_mut().filter(|v| v.model != "none");
+        let first_video = videos.next();
+        for c in self.controllers.iter_mut().filter(|c| c.needs_pci_slot()) {
+            slots.push(&mut c.address);
+        }
+        for d in self
+            .disks
+            .iter_mut()
+            .filter(|d| d.bus == Some(DiskBus::Virtio))
+        {
+            slots.push(&mut d.address);
+        }
+        for i in self.interfaces.iter_mut() {
+            slots.push(&mut i.address);
+        }
+        for v in videos {
+            slots.push(&mut v.address);
+        }
+        for s in self.sounds.iter_mut() {
+            slots.push(&mut s.address);
+        }
+        for w in self.watchdogs.iter_mut().filter(|w| w.model == "i6300esb") {
+            slots.push(&mut w.address);
+        }
+        for h in self.hostdevs.iter_mut() {
+            slots.push(&mut h.address);
+        }
+        for r in self.rngs.iter_mut() {
+            slots.push(&mut r.address);
+        }
+        if let Some(m) = self.memballoon.as_mut().filter(|m| m.model == "virtio") {
+            slots.push(&mut m.address);
+        }
+        let mut first_video_slot = first_video.map(|v| &mut v.address);
+        let all: Vec<&Option<Address>> = slots
+            .iter()
+            .map(|a| &**a)
+            .chain(first_video_slot.iter().map(|a| &**a))
+            .collect();
+        for a in all {
+            if let Some(p) = a.as_ref().and_then(Address::pci) {
+                let shown = format!(
+                    "{:04x}:{:02x}:{:02x}.{}",
+                    p.domain, p.bus, p.slot, p.function
+                );
+                if p.domain != 0 {
+                    return Err(DomainXmlError::unsupported(
+                        "address",
+                        &shown,
+                        "only PCI domain 0 is used here",
+                    ));
+                }
+                if p.bus != 0 {
+                    let Some(model) = bridges.get(&u32::from(p.bus)) else {
+                        return Err(invalid(
+                            "address",
+                            "bus",
+                            &shown,
+                            "no PCI bridge or root port controller has this index",
+                        ));
+                    };
+                    if model == "pcie-root-port" && p.slot != 0 {
+                        return Err(invalid(
+                            "address",
+                            "slot",
+                            &shown,
+                            "a pcie-root-port has one slot, 0",
+                        ));
+                    }
+                    if p.slot > 0x1f || !used_behind.insert((p.bus, p.slot, p.function)) {
+                        return Err(invalid(
+                            "address",
+                            "slot",
+                            &shown,
+                            "used by two devices or out of range",
+                        ));
+                    }
+                    continue;
+                }
+                if !used.insert((p.slot, p.function)) {
+                    return Err(invalid(
+                        "address",
+                        "slot",
+                        &format!("0x{:02x}.{}", p.slot, p.function),
+                        "used by two devices",
+                    ));
+                }
+            }
+        }
+        if let Some(a) = first_video_slot.as_mut() {
+            if a.is_none() && used.insert((primary_video, 0)) {
+                {
+                    **a = Some(Address::Pci(PciAddr {
+                        domain: 0,
+                        bus: 0,
+                        slot: primary_video,
+                        function: 0,
+                    }));
+                }
+            }
+        }
+        // Keep the primary video slot free either way, as libvirt does.
+        used.insert((primary_video, 0));
+        let mut next = 1u8;
+        for a in slots {
+            if a.is_some() {
+                continue;
+            }
+            while used.contains(&(next, 0)) || used.iter().any(|(s, _)| *s == next) {
+                next += 1;
+            }
+            if next > 0x1e {
+                return Err(DomainXmlError::unsupported(
+                    "devices",
+                    "",
+                    "more PCI devices than slots on bus 0",
+                ));
+            }
+            used.insert((next, 0));
+            *a = Some(Address::Pci(PciAddr {
+                domain: 0,
+                bus: 0,
+                slot: next,
+                function: 0,
+            }));
+        }
+        Ok(())
+    }
+}
