@@ -150,6 +150,13 @@ pub fn check_flags(flags: u32, known: u32) -> Result<(), VirError> {
     }
 }
 
+/// Reads a method's `flags` argument into its typed set; a bit the set does not know
+/// is refused as libvirt refuses it (`unsupported flags (0x..)`).
+pub fn flags<F: bitflags::Flags<Bits = u32>>(flags: u32) -> Result<F, VirError> {
+    check_flags(flags, F::all().bits())?;
+    Ok(F::from_bits_retain(flags))
+}
+
 /// The error every D-Bus method of every daemon returns.
 #[derive(Debug, zbus::DBusError)]
 #[zbus(prefix = "org.libvirt")]

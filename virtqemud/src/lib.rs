@@ -20,3 +20,12 @@ pub mod volumes;
 pub mod xml;
 
 pub use driver::Driver;
+
+/// Opens the driver, connects its D-Bus layer, then adopts running QEMUs and starts
+/// autostart domains: every object is served before the runtime owns the bus name.
+pub async fn start(ctx: common::Context) -> anyhow::Result<std::sync::Arc<Driver>> {
+    let driver = Driver::open(ctx).await?;
+    dbus::attach(&driver).await;
+    driver.adopt_and_autostart().await;
+    Ok(driver)
+}

@@ -1,5 +1,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    common::runtime::main("virtqemud", virtqemud::Driver::start)
+    common::runtime::main("virtqemud", virtqemud::start)
 }

@@ -47,25 +47,25 @@ async fn every_object_kind_matches_libvirt_dbus() {
         .spawn(&bus)
         .await
         .expect("virtqemud");
-    let _n = Daemon::builder(&sibling_daemon("virtnetworkd"), "virtnetworkd")
+    let _n = Daemon::builder(sibling_daemon("virtnetworkd"), "virtnetworkd")
         .netns(&ns)
         .dirs(TestDirs::new().expect("dirs"))
         .spawn(&bus)
         .await
         .expect("virtnetworkd");
-    let _s = Daemon::builder(&sibling_daemon("virtstoraged"), "virtstoraged")
+    let _s = Daemon::builder(sibling_daemon("virtstoraged"), "virtstoraged")
         .dirs(TestDirs::new().expect("dirs"))
         .spawn(&bus)
         .await
         .expect("virtstoraged");
-    let _d = Daemon::builder(&sibling_daemon("virtnodedevd"), "virtnodedevd")
+    let _d = Daemon::builder(sibling_daemon("virtnodedevd"), "virtnodedevd")
         .dirs(TestDirs::new().expect("dirs"))
         .spawn(&bus)
         .await
         .expect("virtnodedevd");
     let conn = bus.connection().await.expect("conn");
-    let mut failures = Vec::new();
-    let mut check = |r: anyhow::Result<_>| {
+    let mut failures: Vec<String> = Vec::new();
+    let mut check = |r: anyhow::Result<Vec<_>>| {
         if let Err(e) = r {
             failures.push(format!("{e:#}"));
         }
@@ -196,7 +196,6 @@ async fn every_object_kind_matches_libvirt_dbus() {
     ] {
         check(check_object(&conn, "org.libvirt.virtnodedevd", &path, &[iface]).await);
     }
-    drop(check);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
     // Raw replies: one struct where libvirt-dbus returns one.

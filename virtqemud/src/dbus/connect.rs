@@ -115,7 +115,7 @@ impl Connect {
     }
 
     #[zbus(signal, name = "DomainEvent")]
-    async fn domain_event(
+    pub async fn domain_event(
         emitter: &zbus::object_server::SignalEmitter<'_>,
         domain: OwnedObjectPath,
         event: i32,

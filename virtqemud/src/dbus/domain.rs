@@ -15,6 +15,9 @@ use crate::driver::{Dom, Driver};
 #[derive(Serialize, Type)]
 pub struct State(i32, i32);
 
+/// The interface's name, for PropertiesChanged.
+pub const INTERFACE: &str = "org.libvirt.Domain";
+
 pub struct Domain {
     pub driver: Arc<Driver>,
     pub uuid: Uuid,
@@ -137,7 +140,7 @@ impl Domain {
     #[zbus(name = "GetState", out_args("state"))]
     async fn get_state(&self, flags: u32) -> Result<State, BusError> {
         common::error::check_flags(flags, 0)?;
-        let (state, reason) = self.dom()?.state();
+        let (state, reason) = self.dom()?.state().wire();
         Ok(State(state, reason))
     }
 

@@ -1,14 +1,25 @@
-//! D-Bus interfaces: translation between the wire and the driver, nothing else.
+//! D-Bus interfaces: translation between the wire and the driver, nothing else. This
+//! layer also owns publishing: it serves the objects the driver announces and emits
+//! the signals of its changes (`Publisher`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
-use crate::driver::{Dom, Driver};
+use futures_util::future::BoxFuture;
+use zbus::object_server::SignalEmitter;
+
+use crate::driver::{Change, Dom, Driver};
 
 mod connect;
 mod domain;
 
-/// Registers the connect object.
-pub async fn serve(driver: &Arc<Driver>) {
+/// Serves the connect object and every domain the driver has, and connects the
+/// driver's outbox, so every later change reaches the bus.
+pub async fn attach(driver: &Arc<Driver>) {
+    let publisher = Arc::new(Publisher {
+        hub: driver.ctx.hub.clone(),
+        driver: Arc::downgrade(driver),
+    });
+    driver.outbox.connect(publisher.clone());
     let d = driver.clone();
     driver
         .ctx
@@ -17,23 +28,77 @@ pub async fn serve(driver: &Arc<Driver>) {
             driver: d.clone(),
         })
         .await;
+    for dom in driver.list(0).unwrap_or_default() {
+        publisher.serve(&dom).await;
+    }
 }
 
-/// Registers one domain object at its path.
-pub async fn serve_domain(driver: &Arc<Driver>, dom: &Arc<Dom>) {
-    let d = driver.clone();
-    let uuid = dom.uuid;
-    driver
-        .ctx
-        .hub
-        .serve(dom.path.clone(), move || domain::Domain {
-            driver: d.clone(),
-            uuid,
+struct Publisher {
+    hub: common::Hub,
+    driver: Weak<Driver>,
+}
+
+impl Publisher {
+    async fn serve(&self, dom: &Dom) {
+        let Some(driver) = self.driver.upgrade() else {
+            return;
+        };
+        let uuid = dom.uuid;
+        self.hub
+            .serve(dom.path.clone(), move || domain::Domain {
+                driver: driver.clone(),
+                uuid,
+            })
+            .await;
+    }
+
+    async fn lifecycle(&self, dom: &Dom, event: common::event::DomainEvent) {
+        let (event, detail) = event.wire();
+        let connect = common::objpath::connect();
+        for conn in self.hub.connections() {
+            let Ok(emitter) = SignalEmitter::new(&conn, connect.clone()) else {
+                continue;
+            };
+            let sent = connect::Connect::domain_event(&emitter, dom.path.clone(), event, detail);
+            if let Err(e) = sent.await {
+                tracing::debug!("DomainEvent not sent: {e}");
+            }
+        }
+    }
+
+    /// libvirt-dbus declares these properties without PropertiesChanged
+    /// (EmitsChangedSignal false); sending it anyway spares clients a poll.
+    async fn properties(&self, dom: &Dom) {
+        let (active, id, persistent, autostart) = (
+            dom.active(),
+            dom.id().unwrap_or(u32::MAX),
+            dom.persistent(),
+            dom.autostart(),
+        );
+        self.hub
+            .properties_changed(
+                &dom.path,
+                domain::INTERFACE,
+                &[
+                    ("Active", active.into()),
+                    ("Id", id.into()),
+                    ("Persistent", persistent.into()),
+                    ("Autostart", autostart.into()),
+                ],
+            )
+            .await;
+    }
+}
+
+impl common::publish::Publisher<Change> for Publisher {
+    fn publish(&self, change: Change) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            match change {
+                Change::Added(dom) => self.serve(&dom).await,
+                Change::Removed(dom) => self.hub.unserve::<domain::Domain>(&dom.path).await,
+                Change::Lifecycle(dom, event) => self.lifecycle(&dom, event).await,
+                Change::Properties(dom) => self.properties(&dom).await,
+            }
         })
-        .await;
-}
-
-/// Removes a domain object.
-pub async fn unserve_domain(driver: &Driver, dom: &Dom) {
-    driver.ctx.hub.unserve::<domain::Domain>(&dom.path).await;
+    }
 }

@@ -1,0 +1,138 @@
+//! Operations on a running domain: destroy, shutdown, reboot, reset, suspend, resume.
+//! Each holds the domain's job lock; state changes go through [`Driver::transition`].
+
+use std::sync::Arc;
+
+use common::error::{check_flags, VirError};
+use common::event::{
+    DomainEvent, DomainState, PausedReason, ResumedDetail, RunningReason, StateReason,
+    SuspendedDetail,
+};
+use tokio::sync::watch;
+
+use super::{not_running, DestroyFlags, Dom, Driver, ShutdownFlags, DESTROY_GRACE};
+use crate::process;
+use crate::qmp::Qmp;
+
+impl Driver {
+    pub(super) fn qmp_of(&self, dom: &Dom) -> Result<Qmp, VirError> {
+        dom.lock()
+            .live
+            .as_ref()
+            .map(|l| l.qmp.clone())
+            .ok_or_else(not_running)
+    }
+
+    pub async fn destroy(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
+        common::error::flags::<DestroyFlags>(flags)?;
+        let _call = self.calls.enter();
+        let _lock = dom.job.lock().await;
+        self.destroy_locked(dom).await
+    }
+
+    pub(super) async fn destroy_locked(&self, dom: &Arc<Dom>) -> Result<(), VirError> {
+        let (pid, mut exited) = {
+            let mut g = dom.lock();
+            let l = g.live.as_mut().ok_or_else(not_running)?;
+            l.destroying = true;
+            (l.pid, l.exited.clone())
+        };
+        process::signal(pid, nix::sys::signal::Signal::SIGTERM);
+        let wait = |rx: &mut watch::Receiver<bool>| {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|e| *e).await;
+            }
+        };
+        if tokio::time::timeout(DESTROY_GRACE, wait(&mut exited))
+            .await
+            .is_err()
+        {
+            process::signal(pid, nix::sys::signal::Signal::SIGKILL);
+            if tokio::time::timeout(DESTROY_GRACE, wait(&mut exited))
+                .await
+                .is_err()
+            {
+                return Err(VirError::operation_failed(
+                    "QEMU did not exit after SIGKILL",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn shutdown(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
+        common::error::flags::<ShutdownFlags>(flags)?;
+        let _call = self.calls.enter();
+        let _lock = dom.job.lock().await;
+        let qmp = self.qmp_of(dom)?;
+        qmp.execute("system_powerdown", None).await?;
+        Ok(())
+    }
+
+    pub async fn reboot(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
+        common::error::flags::<ShutdownFlags>(flags)?;
+        let _call = self.calls.enter();
+        let _lock = dom.job.lock().await;
+        let qmp = self.qmp_of(dom)?;
+        // libvirt's "fake reboot": ACPI power-off, then reset and continue on SHUTDOWN.
+        if let Some(l) = dom.lock().live.as_mut() {
+            l.fake_reboot = true;
+        }
+        qmp.execute("system_powerdown", None).await?;
+        Ok(())
+    }
+
+    pub async fn reset(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
+        check_flags(flags, 0)?;
+        let _call = self.calls.enter();
+        let _lock = dom.job.lock().await;
+        self.qmp_of(dom)?.execute("system_reset", None).await?;
+        Ok(())
+    }
+
+    pub async fn suspend(&self, dom: &Arc<Dom>) -> Result<(), VirError> {
+        let _call = self.calls.enter();
+        let _lock = dom.job.lock().await;
+        let qmp = self.qmp_of(dom)?;
+        if dom.state().state() == DomainState::Paused {
+            return Ok(());
+        }
+        qmp.execute("stop", None).await?;
+        let paused = StateReason::Paused(PausedReason::User);
+        if self.transition(dom, &[DomainState::Running], paused) {
+            self.lifecycle(dom, DomainEvent::Suspended(SuspendedDetail::Paused))
+                .await;
+            self.save_status(dom).await;
+        }
+        Ok(())
+    }
+
+    pub async fn resume(&self, dom: &Arc<Dom>) -> Result<(), VirError> {
+        let _call = self.calls.enter();
+        let _lock = dom.job.lock().await;
+        let qmp = self.qmp_of(dom)?;
+        qmp.execute("cont", None).await?;
+        let running = StateReason::Running(RunningReason::Unpaused);
+        if self.transition(dom, &[DomainState::Paused], running) {
+            self.lifecycle(dom, DomainEvent::Resumed(ResumedDetail::Unpaused))
+                .await;
+            self.save_status(dom).await;
+        }
+        Ok(())
+    }
+
+    /// Moves `dom` to `to` when its state is one of `from`; true when it did. The
+    /// caller emits the event, then writes the status ([`Self::save_status`]): the
+    /// signal does not wait for the file, and a daemon that dies in between reads the
+    /// state back from QEMU when it reattaches.
+    pub(super) fn transition(&self, dom: &Dom, from: &[DomainState], to: StateReason) -> bool {
+        let mut g = dom.lock();
+        if g.live.is_some() && from.contains(&g.state.state()) {
+            g.state = to;
+            true
+        } else {
+            false
+        }
+    }
+}

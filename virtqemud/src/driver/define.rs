@@ -1,0 +1,147 @@
+//! Defining and undefining domains, and their autostart flag.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use common::error::VirError;
+use common::event::{DefinedDetail, DomainEvent, UndefinedDetail};
+
+use super::registry::check_conflicts;
+use super::{io_err, Change, Dom, Driver, UndefineFlags};
+use crate::model::DomainDef;
+
+impl Driver {
+    pub async fn define(&self, xml: &str) -> Result<Arc<Dom>, VirError> {
+        let caps = self.caps().await?;
+        let _call = self.calls.enter();
+        let def = DomainDef::parse_new(xml, &caps)?;
+        let text = def.to_xml(None);
+        let name = def.name.clone();
+        // libvirt's order: into the registry, then to disk; a failed write undoes the
+        // first. Definitions of different domains reach the journal together and share
+        // its sync; the domain's job lock orders those of one domain.
+        let (dom, added) = {
+            let mut reg = self.reg();
+            check_conflicts(&reg, &def)?;
+            match reg.by_uuid.get(&def.uuid).cloned() {
+                Some(dom) => (dom, false),
+                None => {
+                    let dom = Dom::new(def.uuid, name.clone(), Some(def.clone()), false);
+                    reg.insert(name.clone(), dom.clone());
+                    (dom, true)
+                }
+            }
+        };
+        let lock = dom.job.lock().await;
+        if !self.registered(&dom) {
+            return Err(VirError::operation_failed(format!(
+                "domain '{name}' was undefined while being defined"
+            )));
+        }
+        let old = dom.lock().config.replace(def);
+        let file = format!("{name}.xml");
+        if let Err(e) = self.configs.put(&file, text.as_bytes(), 0o600).await {
+            if added {
+                let mut reg = self.reg();
+                reg.remove(Some(&name), &dom.uuid);
+            } else {
+                dom.lock().config = old;
+            }
+            return Err(io_err("write", &self.config_file(&name), &e));
+        }
+        drop(lock);
+        let detail = if added {
+            self.outbox.send(Change::Added(dom.clone())).await;
+            DefinedDetail::Added
+        } else {
+            self.props_changed(&dom).await;
+            DefinedDetail::Updated
+        };
+        self.lifecycle(&dom, DomainEvent::Defined(detail)).await;
+        Ok(dom)
+    }
+
+    pub async fn undefine(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
+        let flags: UndefineFlags = common::error::flags(flags)?;
+        let _call = self.calls.enter();
+        let _lock = dom.job.lock().await;
+        let (name, active) = {
+            let g = dom.lock();
+            if g.config.is_none() {
+                return Err(VirError::operation_invalid(
+                    "cannot undefine transient domain",
+                ));
+            }
+            (g.name.clone(), g.live.is_some())
+        };
+        let nvram = self.nvram_file(dom);
+        if nvram.exists() {
+            if flags.contains(UndefineFlags::NVRAM) {
+                std::fs::remove_file(&nvram).map_err(|e| io_err("remove", &nvram, &e))?;
+            } else if !flags.contains(UndefineFlags::KEEP_NVRAM) {
+                return Err(VirError::operation_invalid(
+                    "cannot undefine domain with nvram",
+                ));
+            }
+        }
+        // libvirt removes the TPM's state unless asked to keep it.
+        let tpm_state = self.paths.swtpm.join(dom.uuid.to_string());
+        if !flags.contains(UndefineFlags::KEEP_TPM) && tpm_state.exists() {
+            std::fs::remove_dir_all(&tpm_state).map_err(|e| io_err("remove", &tpm_state, &e))?;
+        }
+        let _ = common::persist::remove_durable(&self.autostart_link(&name));
+        self.configs
+            .remove(&format!("{name}.xml"))
+            .await
+            .map_err(|e| io_err("remove", &self.config_file(&name), &e))?;
+        {
+            let mut g = dom.lock();
+            g.config = None;
+            g.autostart = false;
+        }
+        self.lifecycle(dom, DomainEvent::Undefined(UndefinedDetail::Removed))
+            .await;
+        if active {
+            self.props_changed(dom).await;
+            self.save_status(dom).await;
+        } else {
+            self.remove(dom).await;
+        }
+        Ok(())
+    }
+
+    /// The domain's UEFI variable store: its `<nvram>` path or libvirt's default one.
+    fn nvram_file(&self, dom: &Dom) -> PathBuf {
+        let g = dom.lock();
+        g.config
+            .as_ref()
+            .and_then(|c| c.dom.os.nvram.clone())
+            .unwrap_or_else(|| crate::firmware::nvram_path(&self.paths.nvram, &g.name))
+    }
+
+    pub async fn set_autostart(&self, dom: &Arc<Dom>, on: bool) -> Result<(), VirError> {
+        let _call = self.calls.enter();
+        let _lock = dom.job.lock().await;
+        let name = {
+            let g = dom.lock();
+            if g.config.is_none() {
+                return Err(VirError::operation_invalid(
+                    "cannot set autostart for transient domain",
+                ));
+            }
+            g.name.clone()
+        };
+        let link = self.autostart_link(&name);
+        if on {
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(self.config_file(&name), &link)
+                    .map_err(|e| io_err("create symlink", &link, &e))?;
+            }
+        } else if std::fs::symlink_metadata(&link).is_ok() {
+            common::persist::remove_durable(&link).map_err(|e| io_err("remove", &link, &e))?;
+        }
+        dom.lock().autostart = on;
+        self.props_changed(dom).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,118 @@
+//! One domain: its job lock (operations), its state lock (reads, held briefly) and what
+//! it is: persistent config, the live run when QEMU runs, and its state with reason.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use common::event::{ShutoffReason, StateReason};
+use tokio::sync::watch;
+use uuid::Uuid;
+use zbus::zvariant::OwnedObjectPath;
+
+use crate::model::DomainDef;
+use crate::qmp::Qmp;
+
+/// A running QEMU and what belongs to its run.
+pub(super) struct Live {
+    pub id: u32,
+    pub pid: u32,
+    /// Files handed to QEMU's user (qemu.conf), given back when QEMU is gone.
+    pub owners: Vec<crate::security::Owner>,
+    pub qmp_path: PathBuf,
+    pub qmp: Qmp,
+    pub def: DomainDef,
+    pub destroying: bool,
+    pub shutdown_seen: bool,
+    pub crashed: bool,
+    pub fake_reboot: bool,
+    pub exited: watch::Receiver<bool>,
+}
+
+pub(super) struct Inner {
+    pub name: String,
+    pub config: Option<DomainDef>,
+    pub live: Option<Live>,
+    pub state: StateReason,
+    pub autostart: bool,
+}
+
+/// One domain: its job lock and its state.
+pub struct Dom {
+    pub uuid: Uuid,
+    pub path: OwnedObjectPath,
+    /// Serialises operations on this domain (libvirt's job).
+    pub(super) job: tokio::sync::Mutex<()>,
+    /// Orders the writes of its status file, off the state lock.
+    pub(super) status_write: tokio::sync::Mutex<()>,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Dom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "domain {}", self.uuid)
+    }
+}
+
+impl Dom {
+    pub(super) fn new(
+        uuid: Uuid,
+        name: String,
+        config: Option<DomainDef>,
+        autostart: bool,
+    ) -> Arc<Dom> {
+        Arc::new(Dom {
+            uuid,
+            path: common::objpath::domain(&uuid),
+            job: tokio::sync::Mutex::new(()),
+            status_write: tokio::sync::Mutex::new(()),
+            inner: Mutex::new(Inner {
+                name,
+                config,
+                live: None,
+                state: StateReason::Shutoff(ShutoffReason::Unknown),
+                autostart,
+            }),
+        })
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn name(&self) -> String {
+        self.lock().name.clone()
+    }
+    pub fn id(&self) -> Option<u32> {
+        self.lock().live.as_ref().map(|l| l.id)
+    }
+    pub fn active(&self) -> bool {
+        self.lock().live.is_some()
+    }
+    pub fn persistent(&self) -> bool {
+        self.lock().config.is_some()
+    }
+    pub fn autostart(&self) -> bool {
+        self.lock().autostart
+    }
+    pub fn state(&self) -> StateReason {
+        self.lock().state
+    }
+    pub fn pid(&self) -> Option<u32> {
+        self.lock().live.as_ref().map(|l| l.pid)
+    }
+    pub fn os_type(&self) -> String {
+        let g = self.lock();
+        g.live
+            .as_ref()
+            .map(|l| &l.def)
+            .or(g.config.as_ref())
+            .map(|d| d.os_type.clone())
+            .unwrap_or_else(|| "hvm".into())
+    }
+    pub(super) fn def(&self) -> Option<DomainDef> {
+        let g = self.lock();
+        g.live
+            .as_ref()
+            .map(|l| l.def.clone())
+            .or_else(|| g.config.clone())
+    }
+}

@@ -1,0 +1,194 @@
+//! The state machine of a running domain: one monitor task per QEMU turns its QMP
+//! events into state changes and events, and its exit into the end of the run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::event::DomainEvent::{self, Crashed, PmSuspended, Resumed, Started, Suspended};
+use common::event::StateReason::{self, Paused, Running};
+use common::event::{
+    CrashedDetail, CrashedReason, DomainState, PausedReason, PmSuspendedDetail, ResumedDetail,
+    RunningReason, ShutdownDetail, ShutdownReason, ShutoffReason, StartedDetail, StoppedDetail,
+    SuspendedDetail,
+};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use super::start::Held;
+use super::{Dom, Driver};
+use crate::model::Action;
+use crate::process::{self, PidFd};
+use crate::qmp;
+
+impl Driver {
+    pub(super) async fn on_event(&self, dom: &Arc<Dom>, ev: &qmp::Event) {
+        match ev.name.as_str() {
+            "STOP"
+                if self.transition(dom, &[DomainState::Running], Paused(PausedReason::Unknown)) =>
+            {
+                self.lifecycle(dom, Suspended(SuspendedDetail::Paused))
+                    .await;
+                self.save_status(dom).await;
+            }
+            "RESUME"
+                if self.transition(
+                    dom,
+                    &[DomainState::Paused, DomainState::PmSuspended],
+                    Running(RunningReason::Unpaused),
+                ) =>
+            {
+                self.lifecycle(dom, Resumed(ResumedDetail::Unpaused)).await;
+                self.save_status(dom).await;
+            }
+            "SUSPEND"
+                if self.transition(dom, &[DomainState::Running], StateReason::PmSuspended) =>
+            {
+                self.lifecycle(dom, PmSuspended(PmSuspendedDetail::Memory))
+                    .await;
+                self.save_status(dom).await;
+            }
+            "WAKEUP"
+                if self.transition(
+                    dom,
+                    &[DomainState::PmSuspended],
+                    Running(RunningReason::Wakeup),
+                ) =>
+            {
+                self.lifecycle(dom, Started(StartedDetail::Wakeup)).await;
+                self.save_status(dom).await;
+            }
+            "SHUTDOWN" => {
+                let guest = ev
+                    .data
+                    .get("guest")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let reset = ev.data.get("reason").and_then(Value::as_str) == Some("guest-reset");
+                let (fake_reboot, action, qmp) = {
+                    let mut g = dom.lock();
+                    let Some(l) = g.live.as_mut() else { return };
+                    if l.destroying {
+                        // Our own SIGTERM: the exit is reported as destroyed, not shutdown.
+                        return;
+                    }
+                    let fr = std::mem::take(&mut l.fake_reboot);
+                    let action = if reset {
+                        l.def.on_reboot
+                    } else {
+                        l.def.on_poweroff
+                    };
+                    (fr, action, l.qmp.clone())
+                };
+                if fake_reboot || action == Action::Restart {
+                    let _ = qmp.execute("system_reset", None).await;
+                    let _ = qmp.execute("cont", None).await;
+                    return;
+                }
+                let both = [DomainState::Running, DomainState::Paused];
+                if self.transition(dom, &both, StateReason::Shutdown(ShutdownReason::User)) {
+                    let by = if guest {
+                        ShutdownDetail::Guest
+                    } else {
+                        ShutdownDetail::Host
+                    };
+                    self.lifecycle(dom, DomainEvent::Shutdown(by)).await;
+                    self.save_status(dom).await;
+                }
+                if action == Action::Destroy {
+                    if let Some(l) = dom.lock().live.as_mut() {
+                        l.shutdown_seen = true;
+                    }
+                    let _ = qmp.execute("quit", None).await;
+                }
+            }
+            "GUEST_PANICKED" => {
+                let (action, qmp) = {
+                    let mut g = dom.lock();
+                    let Some(l) = g.live.as_mut() else { return };
+                    l.crashed = true;
+                    (l.def.on_crash, l.qmp.clone())
+                };
+                let both = [DomainState::Running, DomainState::Paused];
+                if self.transition(dom, &both, StateReason::Crashed(CrashedReason::Panicked)) {
+                    self.lifecycle(dom, Crashed(CrashedDetail::Panicked)).await;
+                    self.save_status(dom).await;
+                }
+                match action {
+                    Action::Destroy => {
+                        let _ = qmp.execute("quit", None).await;
+                    }
+                    Action::Restart => {
+                        let _ = qmp.execute("system_reset", None).await;
+                        let _ = qmp.execute("cont", None).await;
+                        let running = Running(RunningReason::Unknown);
+                        if self.transition(dom, &[DomainState::Crashed], running) {
+                            self.save_status(dom).await;
+                        }
+                    }
+                    Action::Preserve => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_exit(&self, dom: &Arc<Dom>) {
+        let (live, persistent) = {
+            let mut g = dom.lock();
+            let live = g.live.take();
+            (live, g.config.is_some())
+        };
+        let Some(l) = live else { return };
+        let (reason, detail) = if l.destroying {
+            (ShutoffReason::Destroyed, StoppedDetail::Destroyed)
+        } else if l.shutdown_seen {
+            (ShutoffReason::Shutdown, StoppedDetail::Shutdown)
+        } else if l.crashed {
+            (ShutoffReason::Crashed, StoppedDetail::Crashed)
+        } else {
+            (ShutoffReason::Crashed, StoppedDetail::Failed)
+        };
+        dom.lock().state = StateReason::Shutoff(reason);
+        tracing::info!(domain = %dom.name(), pid = l.pid, ?reason, "QEMU exited");
+        self.release(dom, &l.def.dom, Held::all(l.qmp_path, l.owners))
+            .await;
+        self.lifecycle(dom, DomainEvent::Stopped(detail)).await;
+        if persistent {
+            self.props_changed(dom).await;
+        } else {
+            self.remove(dom).await;
+        }
+    }
+}
+
+/// One per running domain: QMP events drive the state machine; process exit ends it.
+pub(super) async fn monitor(
+    driver: Arc<Driver>,
+    dom: Arc<Dom>,
+    mut events: mpsc::UnboundedReceiver<qmp::Event>,
+    pidfd: PidFd,
+    exited: watch::Sender<bool>,
+) {
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ev) => driver.on_event(&dom, &ev).await,
+                None => {
+                    // The monitor closed: QEMU is exiting. If it lingers, it is killed.
+                    if tokio::time::timeout(Duration::from_secs(10), pidfd.wait()).await.is_err() {
+                        process::signal(pidfd.pid(), nix::sys::signal::Signal::SIGKILL);
+                        pidfd.wait().await;
+                    }
+                    break;
+                }
+            },
+            _ = pidfd.wait() => break,
+        }
+    }
+    // Events QEMU sent just before exiting still count (e.g. SHUTDOWN before quit).
+    while let Ok(ev) = events.try_recv() {
+        driver.on_event(&dom, &ev).await;
+    }
+    driver.on_exit(&dom).await;
+    let _ = exited.send(true);
+}

@@ -1,0 +1,398 @@
+//! Starting QEMU for a domain, and the one step that releases what a run held. A failed
+//! start, QEMU's exit and a reattach that finds QEMU gone all end a run through
+//! [`Driver::release`], so nothing is undone one way here and another way there.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::error::VirError;
+use common::event::{
+    DomainEvent, PausedReason, RunningReason, StartedDetail, StateReason, SuspendedDetail,
+};
+use tokio::sync::{mpsc, watch};
+
+use super::domain::Live;
+use super::registry::check_conflicts;
+use super::{firmware_dirs, io_err, no_definition, Change, Dom, Driver, StartFlags, MONITOR_WAIT};
+use crate::model::{self, DomainDef};
+use crate::process::{self, PidFd};
+use crate::qmp::{self, Qmp};
+
+/// What a run holds besides QEMU itself, to give back when it ends.
+#[derive(Default)]
+pub(super) struct Held {
+    /// Host devices detached from their host drivers.
+    pub hostdevs: bool,
+    /// Network ports and taps (recorded in the live definition).
+    pub nics: bool,
+    /// QEMU's monitor socket; its folder is the run's own (pidfile, helper sockets).
+    pub qmp: Option<PathBuf>,
+    /// Files handed to QEMU's user, with their owners before.
+    pub owners: Vec<crate::security::Owner>,
+}
+
+impl Held {
+    /// Everything a running QEMU holds.
+    pub fn all(qmp: PathBuf, owners: Vec<crate::security::Owner>) -> Held {
+        Held {
+            hostdevs: true,
+            nics: true,
+            qmp: Some(qmp),
+            owners,
+        }
+    }
+}
+
+/// A QEMU spawned and answering on its monitor, not yet running the guest.
+struct Spawned {
+    id: u32,
+    pid: u32,
+    pidfd: PidFd,
+    qmp: Qmp,
+    events: mpsc::UnboundedReceiver<qmp::Event>,
+}
+
+impl Driver {
+    /// DomainCreateXML: a transient domain, started at once.
+    pub async fn create_xml(&self, xml: &str, flags: u32) -> Result<Arc<Dom>, VirError> {
+        let flags: StartFlags = common::error::flags(flags)?;
+        let caps = self.caps().await?;
+        let _call = self.calls.enter();
+        let def = DomainDef::parse_new(xml, &caps)?;
+        let dom = {
+            let mut reg = self.reg();
+            check_conflicts(&reg, &def)?;
+            if let Some(d) = reg.by_uuid.get(&def.uuid) {
+                if d.active() {
+                    return Err(VirError::operation_invalid(format!(
+                        "domain '{}' is already active",
+                        def.name
+                    )));
+                }
+                return Err(VirError::operation_failed(format!(
+                    "domain '{}' already exists with uuid {}",
+                    def.name, def.uuid
+                )));
+            }
+            let dom = Dom::new(def.uuid, def.name.clone(), None, false);
+            reg.insert(dom.name(), dom.clone());
+            dom
+        };
+        self.outbox.send(Change::Added(dom.clone())).await;
+        let r = {
+            let _lock = dom.job.lock().await;
+            self.start_locked(&dom, def, flags).await
+        };
+        if let Err(e) = r {
+            self.remove(&dom).await;
+            return Err(e);
+        }
+        Ok(dom)
+    }
+
+    /// Domain.Create: starts a defined domain.
+    pub async fn create(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
+        let flags: StartFlags = common::error::flags(flags)?;
+        if flags.contains(StartFlags::AUTODESTROY) {
+            return Err(VirError::unsupported_flags(StartFlags::AUTODESTROY.bits()));
+        }
+        let _call = self.calls.enter();
+        let _lock = dom.job.lock().await;
+        let def = {
+            let g = dom.lock();
+            if g.live.is_some() {
+                return Err(VirError::operation_invalid("domain is already running"));
+            }
+            g.config.clone().ok_or_else(no_definition)?
+        };
+        self.start_locked(dom, def, flags).await
+    }
+
+    async fn start_locked(
+        &self,
+        dom: &Arc<Dom>,
+        mut def: DomainDef,
+        flags: StartFlags,
+    ) -> Result<(), VirError> {
+        // UEFI firmware and its variable store are chosen now, into the live definition.
+        let dirs = firmware_dirs();
+        let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+        crate::firmware::prepare(&mut def.dom, &dirs, &self.paths.nvram)?;
+        crate::graphics::assign_ports(&mut def.dom)?;
+        // swtpm before QEMU, which connects to it at once; it ends with QEMU.
+        let swtpm = crate::tpm::start(
+            &def.dom,
+            &dom.uuid.to_string(),
+            &self.paths.swtpm,
+            &self.paths.run,
+            &self.paths.log.join(format!("{}-swtpm.log", def.name)),
+        )
+        .await?;
+        let mut held = Held::default();
+        let spawned = match self.spawn(&mut def, &mut held, swtpm.as_ref()).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.release(dom, &def.dom, held).await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = Self::prepare_guest(&spawned.qmp, &mut def).await {
+            process::terminate(&spawned.pidfd, Duration::from_secs(1)).await;
+            self.release(dom, &def.dom, held).await;
+            return Err(e);
+        }
+        // For people and tools, like libvirt's: nothing here reads it back, so no fsync.
+        let _ = std::fs::write(self.pid_file(&def.name), format!("{}\n", spawned.pid));
+        if let Some(t) = swtpm {
+            t.handed_over();
+        }
+        let paused = flags.contains(StartFlags::PAUSED);
+        let qmp = spawned.qmp.clone();
+        self.go_live(dom, def, held, spawned, paused);
+        self.save_status(dom).await;
+        if !paused {
+            if let Err(e) = qmp.execute("cont", None).await {
+                drop(self.destroy_locked(dom).await);
+                return Err(e.into());
+            }
+        }
+        self.lifecycle(dom, DomainEvent::Started(StartedDetail::Booted))
+            .await;
+        if paused {
+            self.lifecycle(dom, DomainEvent::Suspended(SuspendedDetail::Paused))
+                .await;
+        }
+        self.props_changed(dom).await;
+        Ok(())
+    }
+
+    /// Takes the run's resources (volumes, host devices, network ports and taps, its
+    /// folder, files for QEMU's user) and spawns QEMU at `-S` up to an open monitor.
+    /// What it took is in `held` also when it fails; QEMU is gone then.
+    async fn spawn(
+        &self,
+        def: &mut DomainDef,
+        held: &mut Held,
+        swtpm: Option<&crate::tpm::Swtpm>,
+    ) -> Result<Spawned, VirError> {
+        let mode = self.ctx.settings.mode;
+        let volume_paths = crate::volumes::resolve(&mut def.dom, mode).await?;
+        crate::hostdevs::detach(&def.dom, mode).await?;
+        held.hostdevs = true;
+        let nics = crate::nics::prepare(&mut def.dom, mode).await?;
+        held.nics = true;
+        let tap_fds = nics.raw_fds();
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let next = self.paths.run.join("next-id");
+        // Off the async workers: it syncs.
+        let _ = tokio::task::spawn_blocking(move || {
+            common::persist::write_atomic(&next, (id + 1).to_string().as_bytes(), 0o600)
+        })
+        .await;
+        // QEMU's own folder, owned by its user: monitor socket, its pidfile, helper
+        // sockets. The daemon keeps NAME.pid beside it, as libvirt does.
+        let dom_dir = self.paths.run.join(format!("domain-{id}"));
+        let qmp_path = dom_dir.join("monitor.sock");
+        held.qmp = Some(qmp_path.clone());
+        let _ = std::fs::remove_file(self.pid_file(&def.name));
+        self.make_domain_dir(&dom_dir)?;
+        let argv = model::argv(
+            def,
+            &model::LaunchPaths {
+                qmp: &qmp_path,
+                pidfile: &dom_dir.join("qemu.pid"),
+                runtime_dir: &dom_dir,
+                tap_fds: &tap_fds,
+                volume_paths: &volume_paths,
+                tpm_socket: swtpm.map(|t| t.socket.as_path()),
+            },
+            self.sandbox,
+        )?;
+        let mut extra: Vec<PathBuf> = volume_paths.iter().map(|v| v.2.clone()).collect();
+        extra.extend(swtpm.map(|t| t.socket.clone()));
+        held.owners = self.take_files(&def.dom, &extra)?;
+        let log = self.log_file(&def.name);
+        tracing::info!(domain = %def.name, "starting: {}", argv.join(" "));
+        let keep: Vec<i32> = tap_fds.iter().flatten().copied().collect();
+        let env = def
+            .dom
+            .qemu_commandline
+            .as_ref()
+            .map(|c| c.env.clone())
+            .unwrap_or_default();
+        if def.dom.qemu_commandline.is_some() {
+            taint_custom_argv(&def.name, id, &log);
+        }
+        let spawned = process::spawn_keeping(&argv, &log, &keep, &env, self.identity.as_ref())
+            .map_err(|e| {
+                VirError::operation_failed(format!("cannot start QEMU '{}': {e}", argv[0]))
+            })
+            .and_then(|pid| {
+                PidFd::open(pid)
+                    .map(|fd| (pid, fd))
+                    .map_err(|e| VirError::system("pidfd_open", &e))
+            });
+        // QEMU holds its own copies now: a tap lives exactly as long as QEMU does.
+        drop(nics);
+        let (pid, pidfd) = spawned?;
+        match connect_monitor(&qmp_path, &pidfd).await {
+            Ok((qmp, events)) => Ok(Spawned {
+                id,
+                pid,
+                pidfd,
+                qmp,
+                events,
+            }),
+            Err(e) => {
+                process::terminate(&pidfd, Duration::from_secs(1)).await;
+                Err(VirError::operation_failed(format!(
+                    "QEMU for domain '{}' did not start: {e}{}",
+                    def.name,
+                    log_tail(&log)
+                )))
+            }
+        }
+    }
+
+    /// Passwords before anything can connect to a running guest (QEMU is at -S), links
+    /// that start down, and the VNC port QEMU picked.
+    async fn prepare_guest(qmp: &Qmp, def: &mut DomainDef) -> Result<(), VirError> {
+        crate::graphics::set_passwords(qmp, &def.dom).await?;
+        crate::graphics::set_links(qmp, &def.dom).await?;
+        crate::graphics::record_vnc_port(qmp, &mut def.dom).await;
+        Ok(())
+    }
+
+    /// Records the run in the domain and starts its monitor task.
+    fn go_live(&self, dom: &Arc<Dom>, def: DomainDef, held: Held, s: Spawned, paused: bool) {
+        let (exit_tx, exit_rx) = watch::channel(false);
+        {
+            let mut g = dom.lock();
+            g.live = Some(Live {
+                id: s.id,
+                pid: s.pid,
+                owners: held.owners,
+                qmp_path: held.qmp.unwrap_or_default(),
+                qmp: s.qmp,
+                def,
+                destroying: false,
+                shutdown_seen: false,
+                crashed: false,
+                fake_reboot: false,
+                exited: exit_rx,
+            });
+            g.state = if paused {
+                StateReason::Paused(PausedReason::User)
+            } else {
+                StateReason::Running(RunningReason::Booted)
+            };
+        }
+        if let Some(d) = self.arc() {
+            tokio::spawn(super::monitor::monitor(
+                d,
+                dom.clone(),
+                s.events,
+                s.pidfd,
+                exit_tx,
+            ));
+        }
+    }
+
+    /// Gives back what a run held: files to their owners, its folder and files, network
+    /// ports, host devices. The one way a run ends, whatever ended it.
+    pub(super) async fn release(&self, dom: &Dom, def: &crate::xml::Domain, held: Held) {
+        let mode = self.ctx.settings.mode;
+        crate::security::restore(&held.owners);
+        if let Some(qmp) = &held.qmp {
+            self.cleanup_files(dom, qmp).await;
+        }
+        if held.nics {
+            crate::nics::release(def, mode).await;
+        }
+        if held.hostdevs {
+            crate::hostdevs::reattach(def, mode).await;
+        }
+    }
+
+    /// Creates QEMU's own folder for a run, owned by the user QEMU runs as.
+    fn make_domain_dir(&self, dir: &Path) -> Result<(), VirError> {
+        let _ = std::fs::remove_dir_all(dir);
+        common::persist::create_dir_all(dir, 0o700).map_err(|e| io_err("create", dir, &e))?;
+        if let Some(u) = &self.identity {
+            std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid))
+                .map_err(|e| io_err("chown", dir, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Hands the files QEMU opens itself to its user (qemu.conf `dynamic_ownership`);
+    /// returns their owners before, to give them back when QEMU is gone.
+    fn take_files(
+        &self,
+        dom: &crate::xml::Domain,
+        extra: &[PathBuf],
+    ) -> Result<Vec<crate::security::Owner>, VirError> {
+        match &self.identity {
+            Some(id) if self.dynamic_ownership => {
+                crate::security::precreate_chardev_files(dom)?;
+                crate::security::take(&crate::security::files(dom, extra), id)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+/// As libvirt, in QEMU's log: this domain runs with arguments we did not make.
+fn taint_custom_argv(name: &str, id: u32, log: &Path) {
+    use std::io::Write;
+    tracing::warn!(domain = %name, "Domain id={id} is tainted: custom-argv");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = writeln!(f, "Domain id={id} is tainted: custom-argv");
+    }
+}
+
+async fn connect_monitor(
+    path: &Path,
+    pidfd: &PidFd,
+) -> Result<(Qmp, mpsc::UnboundedReceiver<qmp::Event>), String> {
+    let deadline = tokio::time::Instant::now() + MONITOR_WAIT;
+    let mut delay = Duration::from_millis(1);
+    loop {
+        if path.exists() {
+            match Qmp::connect(path, qmp::DEFAULT_TIMEOUT).await {
+                Ok(c) => return Ok(c),
+                Err(e) if tokio::time::Instant::now() > deadline => return Err(e.to_string()),
+                Err(_) => {}
+            }
+        }
+        if !process::alive(pidfd.pid()) {
+            return Err("QEMU exited".into());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err("timed out waiting for the monitor".into());
+        }
+        tokio::select! {
+            _ = pidfd.wait() => return Err("QEMU exited".into()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_millis(2));
+    }
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    if lines.is_empty() {
+        String::new()
+    } else {
+        let mut l = lines;
+        l.reverse();
+        format!(": {}", l.join(" | "))
+    }
+}
