@@ -3,76 +3,86 @@
 //! Each layer of a daemon has its own `thiserror` enum; each converts into [`VirError`]
 //! (a libvirt error number and libvirt's message text). [`BusError`] is what D-Bus
 //! methods return: the error name `org.libvirt.Error` carrying that message, as
-//! libvirt-dbus sends it.
+//! libvirt-dbus sends it. [`VirError::from_remote`] is the way back, for a daemon that
+//! calls another: the code is read out of the message by the same templates that wrote it.
 
 use std::fmt;
 
-/// libvirt's `virErrorNumber` values for the errors this project raises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(i32)]
-pub enum ErrorCode {
-    InternalError = 1,
-    NoSupport = 3,
-    InvalidArg = 8,
-    OperationFailed = 9,
-    XmlError = 27,
-    OperationDenied = 29,
-    ConfSyntax = 33,
-    NetworkExist = 37,
-    SystemError = 38,
-    NoDomain = 42,
-    NoNetwork = 43,
-    NoStoragePool = 49,
-    NoStorageVol = 50,
-    NoNodeDevice = 53,
-    OperationInvalid = 55,
-    ConfigUnsupported = 67,
-    OperationTimeout = 68,
-    ArgumentUnsupported = 74,
-    StoragePoolBuilt = 76,
-    OperationUnsupported = 84,
-    AgentUnresponsive = 86,
-    ResourceBusy = 87,
-    AccessDenied = 88,
-    StorageVolExist = 90,
-    DeviceMissing = 99,
-    NetworkPortExist = 106,
-    NoNetworkPort = 107,
+/// Declares [`ErrorCode`] from one table: each row is a variant, libvirt's
+/// `virErrorNumber` for it and libvirt's message template (virerror.c), `%s` being the
+/// detail. The same rows build messages ([`VirError::new`]) and read codes back out of
+/// them ([`ErrorCode::from_message`]), so the two cannot drift apart.
+macro_rules! error_codes {
+    ($($code:ident = $number:literal => $template:literal,)*) => {
+        /// libvirt's `virErrorNumber` values for the errors this project raises.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(i32)]
+        pub enum ErrorCode {
+            $($code = $number,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in the table's order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$code,)*];
+
+            /// libvirt's message template for the code, `%s` being the detail.
+            fn template(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$code => $template,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    InternalError = 1 => "internal error: %s",
+    NoSupport = 3 => "this function is not supported by the connection driver: %s",
+    InvalidArg = 8 => "invalid argument: %s",
+    OperationFailed = 9 => "operation failed: %s",
+    XmlError = 27 => "XML error: %s",
+    OperationDenied = 29 => "operation forbidden: %s",
+    ConfSyntax = 33 => "configuration file syntax error: %s",
+    NetworkExist = 37 => "network %s exists already",
+    SystemError = 38 => "%s",
+    NoDomain = 42 => "Domain not found: %s",
+    NoNetwork = 43 => "Network not found: %s",
+    NoStoragePool = 49 => "Storage pool not found: %s",
+    NoStorageVol = 50 => "Storage volume not found: %s",
+    NoNodeDevice = 53 => "Node device not found: %s",
+    OperationInvalid = 55 => "Requested operation is not valid: %s",
+    ConfigUnsupported = 67 => "unsupported configuration: %s",
+    OperationTimeout = 68 => "Timed out during operation: %s",
+    ArgumentUnsupported = 74 => "argument unsupported: %s",
+    StoragePoolBuilt = 76 => "storage pool already built: %s",
+    OperationUnsupported = 84 => "Operation not supported: %s",
+    AgentUnresponsive = 86 => "Guest agent is not responding: %s",
+    ResourceBusy = 87 => "resource busy: %s",
+    AccessDenied = 88 => "access denied: %s",
+    StorageVolExist = 90 => "storage volume %s exists already",
+    DeviceMissing = 99 => "device not found: %s",
+    NetworkPortExist = 106 => "network port %s exists already",
+    NoNetworkPort = 107 => "network port not found: %s",
 }
 
 impl ErrorCode {
-    /// libvirt's message template for the code (virerror.c), `%s` being the detail.
-    fn template(self) -> &'static str {
-        use ErrorCode::*;
-        match self {
-            InternalError => "internal error: %s",
-            NoSupport => "this function is not supported by the connection driver: %s",
-            InvalidArg => "invalid argument: %s",
-            OperationFailed => "operation failed: %s",
-            XmlError => "XML error: %s",
-            OperationDenied => "operation forbidden: %s",
-            ConfSyntax => "configuration file syntax error: %s",
-            NetworkExist => "network %s exists already",
-            SystemError => "%s",
-            NoDomain => "Domain not found: %s",
-            NoNetwork => "Network not found: %s",
-            NoStoragePool => "Storage pool not found: %s",
-            NoStorageVol => "Storage volume not found: %s",
-            NoNodeDevice => "Node device not found: %s",
-            OperationInvalid => "Requested operation is not valid: %s",
-            ConfigUnsupported => "unsupported configuration: %s",
-            OperationTimeout => "Timed out during operation: %s",
-            ArgumentUnsupported => "argument unsupported: %s",
-            StoragePoolBuilt => "storage pool already built: %s",
-            OperationUnsupported => "Operation not supported: %s",
-            AgentUnresponsive => "Guest agent is not responding: %s",
-            ResourceBusy => "resource busy: %s",
-            AccessDenied => "access denied: %s",
-            StorageVolExist => "storage volume %s exists already",
-            DeviceMissing => "device not found: %s",
-            NetworkPortExist => "network port %s exists already",
-            NoNetworkPort => "network port not found: %s",
-        }
+    /// The code whose template produced `message`: the template's text before and after
+    /// `%s` must open and close it, and where several fit ("network %s exists already"
+    /// and "network port %s exists already") the one with the most fixed text wins.
+    /// SystemError's bare `%s` fits any text, so a message no other template explains
+    /// (a libvirt error this project never raises) decodes as SystemError.
+    pub fn from_message(message: &str) -> ErrorCode {
+        ErrorCode::ALL
+            .iter()
+            .filter_map(|&code| {
+                let (before, after) = code.template().split_once("%s")?;
+                let fits = message.len() >= before.len() + after.len()
+                    && message.starts_with(before)
+                    && message.ends_with(after);
+                fits.then_some((before.len() + after.len(), code))
+            })
+            .max_by_key(|&(fixed, _)| fixed)
+            .map_or(ErrorCode::SystemError, |(_, code)| code)
     }
 }
 
@@ -126,6 +136,22 @@ impl VirError {
             format!("unsupported flags (0x{unknown:x})"),
         )
     }
+
+    /// The libvirt error another daemon replied with: an `org.libvirt.Error` carries only
+    /// the message text, so the code is read back from it by [`ErrorCode::from_message`].
+    /// None for every other failure (no reply, another error name, no message), which
+    /// the caller words itself since only it knows which daemon it was asking and why.
+    pub fn from_remote(e: &zbus::Error) -> Option<VirError> {
+        match e {
+            zbus::Error::MethodError(name, Some(message), _) if name.as_str() == BUS_ERROR_NAME => {
+                Some(VirError {
+                    code: ErrorCode::from_message(message),
+                    message: message.clone(),
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for VirError {
@@ -156,6 +182,9 @@ pub fn flags<F: bitflags::Flags<Bits = u32>>(flags: u32) -> Result<F, VirError> 
     check_flags(flags, F::all().bits())?;
     Ok(F::from_bits_retain(flags))
 }
+
+/// The D-Bus error name of [`BusError::Error`], as libvirt-dbus names it.
+const BUS_ERROR_NAME: &str = "org.libvirt.Error";
 
 /// The error every D-Bus method of every daemon returns.
 #[derive(Debug, zbus::DBusError)]
@@ -196,10 +225,71 @@ mod tests {
         assert!(check_flags(4, 3).is_err());
     }
 
+    /// A method call for replies to answer.
+    fn call() -> zbus::message::Message {
+        zbus::message::Message::method_call("/org/libvirt/Test", "Call")
+            .and_then(|b| b.build(&()))
+            .expect("method call")
+    }
+
+    /// What a caller's proxy hands back when a method fails with `e`: the reply a
+    /// daemon sends for it, through D-Bus' serialisation, as zbus turns it into an error.
+    fn over_the_wire(e: VirError) -> zbus::Error {
+        let reply = BusError::from(e)
+            .create_reply(&call().header())
+            .expect("error reply");
+        zbus::Error::from(reply)
+    }
+
+    #[test]
+    fn every_code_survives_the_wire() {
+        for &code in ErrorCode::ALL {
+            assert_eq!(code.template().matches("%s").count(), 1, "{code:?}");
+            let sent = VirError::new(code, "no object with matching name 'x: y'");
+            let received = VirError::from_remote(&over_the_wire(sent.clone()));
+            assert_eq!(received, Some(sent), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn decoding_prefers_the_most_specific_template() {
+        assert_eq!(
+            ErrorCode::from_message("network port abc exists already"),
+            ErrorCode::NetworkPortExist
+        );
+        assert_eq!(
+            ErrorCode::from_message("network default exists already"),
+            ErrorCode::NetworkExist
+        );
+        // "network " opens it and " exists already" closes it, but they would overlap.
+        assert_eq!(
+            ErrorCode::from_message("network exists already"),
+            ErrorCode::SystemError
+        );
+        assert_eq!(
+            ErrorCode::from_message("Domain snapshot not found: no snapshot 's'"),
+            ErrorCode::SystemError
+        );
+    }
+
+    #[test]
+    fn other_failures_are_not_libvirt_errors() {
+        assert_eq!(VirError::from_remote(&zbus::Error::InvalidReply), None);
+        // Text a libvirt template would explain, under another error name.
+        let reply = zbus::message::Message::error(
+            &call().header(),
+            "org.freedesktop.DBus.Error.ServiceUnknown",
+        )
+        .and_then(|b| b.build(&("internal error: not activatable",)))
+        .expect("error reply");
+        assert_eq!(VirError::from_remote(&zbus::Error::from(reply)), None);
+    }
+
     #[test]
     fn wire_name_is_org_libvirt_error() {
         let b: BusError = VirError::internal("boom").into();
         assert_eq!(b.name().as_str(), "org.libvirt.Error");
+        assert_eq!(b.name().as_str(), BUS_ERROR_NAME);
         assert_eq!(b.description(), Some("internal error: boom"));
     }
 }

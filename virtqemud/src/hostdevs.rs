@@ -4,24 +4,16 @@
 //! back. Unmanaged hostdevs are left as the administrator prepared them.
 
 use common::cli::Mode;
-use common::error::{ErrorCode, VirError};
+use common::error::VirError;
 use common::proxies::nodedev::NodeDeviceProxy;
 use zbus::proxy::CacheProperties;
 
 use crate::xml::Domain;
 
 fn remote(what: &str, e: zbus::Error) -> VirError {
-    match e {
-        zbus::Error::MethodError(name, Some(msg), _) if name.as_str() == "org.libvirt.Error" => {
-            let code = if msg.starts_with("Node device not found") {
-                ErrorCode::NoNodeDevice
-            } else {
-                ErrorCode::OperationFailed
-            };
-            VirError { code, message: msg }
-        }
-        e => VirError::operation_failed(format!("{what}: virtnodedevd did not answer: {e}")),
-    }
+    VirError::from_remote(&e).unwrap_or_else(|| {
+        VirError::operation_failed(format!("{what}: virtnodedevd did not answer: {e}"))
+    })
 }
 
 /// libvirt's node device names of the managed PCI hostdevs of `dom`.

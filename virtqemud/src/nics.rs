@@ -15,7 +15,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 
 use common::cli::Mode;
-use common::error::{ErrorCode, VirError};
+use common::error::VirError;
 use common::proxies::network::{NetworkConnectProxy, NetworkPortProxy, NetworkPortsProxy};
 use common::xml::Element;
 use uuid::Uuid;
@@ -75,20 +75,12 @@ pub(crate) async fn bus(mode: Mode) -> Result<zbus::Connection, VirError> {
     Ok(conn)
 }
 
-/// A remote call's failure: org.libvirt.Error keeps libvirt's message; anything else
+/// A remote call's failure: org.libvirt.Error keeps libvirt's message and code; anything else
 /// (virtnetworkd not running, no activation) says so.
 fn remote(what: &str, e: zbus::Error) -> VirError {
-    match e {
-        zbus::Error::MethodError(name, Some(msg), _) if name.as_str() == "org.libvirt.Error" => {
-            let code = if msg.starts_with("Network not found") {
-                ErrorCode::NoNetwork
-            } else {
-                ErrorCode::OperationFailed
-            };
-            VirError { code, message: msg }
-        }
-        e => VirError::operation_failed(format!("{what}: virtnetworkd did not answer: {e}")),
-    }
+    VirError::from_remote(&e).unwrap_or_else(|| {
+        VirError::operation_failed(format!("{what}: virtnetworkd did not answer: {e}"))
+    })
 }
 
 async fn network_proxy<'a>(

@@ -5,26 +5,16 @@
 use std::path::PathBuf;
 
 use common::cli::Mode;
-use common::error::{ErrorCode, VirError};
+use common::error::VirError;
 use common::proxies::storage::{StorageConnectProxy, StoragePoolProxy, StorageVolProxy};
 use zbus::proxy::CacheProperties;
 
 use crate::xml::{DiskSource, Domain};
 
 fn remote(what: &str, e: zbus::Error) -> VirError {
-    match e {
-        zbus::Error::MethodError(name, Some(msg), _) if name.as_str() == "org.libvirt.Error" => {
-            let code = if msg.starts_with("Storage pool not found") {
-                ErrorCode::NoStoragePool
-            } else if msg.starts_with("Storage volume not found") {
-                ErrorCode::NoStorageVol
-            } else {
-                ErrorCode::OperationFailed
-            };
-            VirError { code, message: msg }
-        }
-        e => VirError::operation_failed(format!("{what}: virtstoraged did not answer: {e}")),
-    }
+    VirError::from_remote(&e).unwrap_or_else(|| {
+        VirError::operation_failed(format!("{what}: virtstoraged did not answer: {e}"))
+    })
 }
 
 /// (pool, volume, path) of every volume disk of `dom`, for the command line; a volume
