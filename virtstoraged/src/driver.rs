@@ -2,7 +2,6 @@
 //! every operation the D-Bus interfaces translate to.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,7 +12,7 @@ use common::runtime::Context;
 use uuid::Uuid;
 use zbus::zvariant::{OwnedObjectPath, Value};
 
-use crate::backend::{self, dir, BackendError, PoolBackend, PoolSizes, WipePattern};
+use crate::backend::{self, BackendError, PoolBackend, PoolSizes, WipePattern};
 use crate::xml::{PoolDef, VolDef};
 
 /// virStoragePoolEventLifecycleType.
@@ -823,71 +822,8 @@ impl Driver {
         let path = PathBuf::from(&vol.path);
         let cap = vol.capacity;
         let res = Self::blocking(move || {
-            let io = |e| {
-                BackendError::io(
-                    if upload {
-                        "cannot upload into"
-                    } else {
-                        "cannot download from"
-                    },
-                    &path,
-                    e,
-                )
-            };
-            let file = dir::open_vol(&path, upload).map_err(io)?;
-            let size = file.metadata().map_err(io)?.len().max(cap);
-            if offset > size {
-                return Err(BackendError::Invalid(format!(
-                    "offset {offset} is past the end of the volume ({size})"
-                )));
-            }
-            let room = size - offset;
-            let limit = if length == 0 { room } else { length.min(room) };
             let mut progress = |n: u64| counter.store(n, Ordering::Relaxed);
-            use std::io::{Seek, SeekFrom};
-            let other = File::from(fd);
-            let other_is_file = other.metadata().map(|m| m.is_file()).unwrap_or(false);
-            if upload {
-                // A regular file is copied inside the kernel, extent by extent; a pipe
-                // or socket is read in chunks with zero chunks punched, not written.
-                if other_is_file {
-                    let start = (&other).stream_position().map_err(io)?;
-                    let done =
-                        dir::copy_extents(&other, start, &file, offset, limit, &mut progress)
-                            .map_err(io)?;
-                    if done.is_none() {
-                        dir::copy_sparse(&mut &other, &file, offset, Some(limit), &mut progress)
-                            .map_err(io)?;
-                    }
-                } else {
-                    dir::widen_pipe(&other);
-                    dir::copy_sparse(&mut &other, &file, offset, Some(limit), &mut progress)
-                        .map_err(io)?;
-                }
-                // The upload is answered only once the data is on the disk: a caller that
-                // is told "done" may delete its source (the cost is in docs/virtstoraged.md).
-                file.sync_data().map_err(io)?;
-            } else if other_is_file {
-                let start = (&other).stream_position().map_err(io)?;
-                let done = dir::copy_extents(&file, offset, &other, start, limit, &mut progress)
-                    .map_err(io)?;
-                if done.is_none() {
-                    let mut src = &file;
-                    src.seek(SeekFrom::Start(offset)).map_err(io)?;
-                    dir::copy_sparse(&mut src, &other, start, Some(limit), &mut progress)
-                        .map_err(io)?;
-                }
-            } else {
-                dir::widen_pipe(&other);
-                let sent =
-                    dir::send_file(&file, offset, &other, limit, &mut progress).map_err(io)?;
-                if sent.is_none() {
-                    let mut src = &file;
-                    src.seek(SeekFrom::Start(offset)).map_err(io)?;
-                    dir::copy_plain(&mut src, &mut &other, limit, &mut progress).map_err(io)?;
-                }
-            }
-            Ok(())
+            crate::transfer::stream(&path, cap, fd, offset, length, upload, &mut progress)
         })
         .await;
         self.transfers

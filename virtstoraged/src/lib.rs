@@ -5,6 +5,7 @@ pub mod dbus;
 pub mod driver;
 pub mod qcow2;
 pub mod qemu_img;
+pub mod transfer;
 pub mod xml;
 
 pub use driver::Driver;
