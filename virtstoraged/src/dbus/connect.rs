@@ -1,5 +1,9 @@
 //! virtstoraged's part of `org.libvirt.Connect` at `/org/libvirt/QEMU`.
 
+// zbus introspects a signal's arguments by their Rust names, and libvirt-dbus names
+// StoragePoolEvent's first one `storagePool`.
+#![allow(non_snake_case)]
+
 use std::sync::Arc;
 
 use common::connect as base;
@@ -86,11 +90,12 @@ impl Connect {
         ))
     }
 
-    /// Lifecycle events (virStoragePoolEventLifecycleType); emitted through the hub.
+    /// Lifecycle events (virStoragePoolEventLifecycleType), emitted by `dbus::Bus`.
+    /// The argument names are libvirt-dbus's.
     #[zbus(signal)]
-    async fn storage_pool_event(
+    pub async fn storage_pool_event(
         emitter: &zbus::object_server::SignalEmitter<'_>,
-        pool: OwnedObjectPath,
+        storagePool: ObjectPath<'_>,
         event: i32,
         detail: i32,
     ) -> zbus::Result<()>;

@@ -99,12 +99,13 @@ impl StoragePool {
     }
 
     #[zbus(property)]
-    async fn set_autostart(&mut self, value: bool) -> zbus::fdo::Result<()> {
+    async fn set_autostart(&self, value: bool) -> zbus::fdo::Result<()> {
         let pool = self
             .pool()
             .map_err(|e| zbus::fdo::Error::Failed(e.message))?;
         self.driver
             .set_autostart(&pool, value)
+            .await
             .map_err(|e| zbus::fdo::Error::Failed(e.message))
     }
 
@@ -123,7 +124,9 @@ impl StoragePool {
         self.uuid.to_string()
     }
 
-    /// Emitted after `Refresh` (sent through the hub; declared here for introspection).
+    /// Emitted after `Refresh`, by `dbus::Bus`.
     #[zbus(signal, name = "Refresh")]
-    async fn refresh_signal(emitter: &zbus::object_server::SignalEmitter<'_>) -> zbus::Result<()>;
+    pub async fn refresh_signal(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+    ) -> zbus::Result<()>;
 }
