@@ -7,7 +7,7 @@ use std::sync::Arc;
 use common::connect as base;
 use common::error::{check_flags, BusError, VirError};
 use zbus::object_server::SignalEmitter;
-use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
+use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value};
 
 use crate::driver::Driver;
 use crate::node;
@@ -185,19 +185,20 @@ impl Connect {
         Ok(node::host_capabilities_xml(&self.driver.roots))
     }
 
-    /// Lifecycle of a node device (CREATED=0, DELETED=1), emitted through the hub.
+    /// Lifecycle of a node device (virNodeDeviceEventLifecycleType), emitted by
+    /// `dbus::Bus`.
     #[zbus(signal, name = "NodeDeviceEvent")]
-    async fn node_device_event(
+    pub async fn node_device_event(
         emitter: &SignalEmitter<'_>,
-        dev: OwnedObjectPath,
+        dev: ObjectPath<'_>,
         event: i32,
         detail: i32,
     ) -> zbus::Result<()>;
 
     /// Addition: libvirt's separate UPDATE event (a device's description changed).
     #[zbus(signal, name = "NodeDeviceUpdate")]
-    async fn node_device_update(
+    pub async fn node_device_update(
         emitter: &SignalEmitter<'_>,
-        dev: OwnedObjectPath,
+        dev: ObjectPath<'_>,
     ) -> zbus::Result<()>;
 }
