@@ -775,6 +775,7 @@ impl Driver {
             )));
         }
         remove_durable(self.config_path(&obj.name), "cannot remove network config").await?;
+        // A plain unlink (no fsync), as before: short enough for an async thread.
         let _ = std::fs::remove_file(self.autostart_path(&obj.name));
         let active = {
             let mut st = obj.state();
