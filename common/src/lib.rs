@@ -3,6 +3,7 @@
 //! paths, atomic persistence, safe XML reading and the client proxies of every daemon.
 
 pub mod activation;
+pub mod child;
 pub mod cli;
 pub mod connect;
 pub mod contract;

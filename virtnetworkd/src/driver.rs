@@ -1,17 +1,20 @@
 //! The driver: the registry of networks, their job locks, and the operations the D-Bus
 //! interfaces translate to (define, start, destroy, update, ports, leases, adoption).
+//! It does not know D-Bus: what clients must see goes out as a typed [`Change`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use common::child::ChildWatch;
 use common::error::{ErrorCode, VirError};
+use common::event::NetworkEvent;
+use common::job::InFlight;
+use common::publish::Outbox;
 use common::runtime::Context;
 use common::xml::{parse, XmlError};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use uuid::Uuid;
 
 use crate::bridge::{BridgeError, Netlink};
@@ -19,12 +22,17 @@ use crate::dnsmasq::{self, DnsmasqError, Lease, Paths};
 use crate::firewall::{self, Firewall, FirewallError, FwNet};
 use crate::xml::{self, overlaps, Ip, Network, Port};
 
-/// libvirt's virNetworkEventLifecycleType.
-pub mod event {
-    pub const DEFINED: i32 = 0;
-    pub const UNDEFINED: i32 = 1;
-    pub const STARTED: i32 = 2;
-    pub const STOPPED: i32 = 3;
+/// What clients must see of a change, in the order it happened. Publishing is awaited:
+/// an added object is served before the reply that names it and before its event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    NetworkAdded(Uuid),
+    NetworkRemoved(Uuid),
+    Lifecycle(Uuid, NetworkEvent),
+    /// The network started (true) or stopped (false) and stays defined.
+    ActiveChanged(Uuid, bool),
+    PortAdded(Uuid),
+    PortRemoved(Uuid),
 }
 
 /// virNetworkUpdateCommand / virNetworkUpdateSection / flags.
@@ -116,7 +124,36 @@ fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> NetError {
     move |err| NetError::Io { what, err }
 }
 
-/// One network's mutable state, behind its job lock.
+/// Runs file work that may fsync (or fork) off the async worker threads: a slow disk
+/// must not stall every other call served by the same worker.
+async fn blocking_io<T: Send + 'static>(
+    what: impl std::fmt::Display,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T> {
+    let what = what.to_string();
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(io(what)),
+        Err(e) => Err(NetError::Io {
+            what,
+            err: std::io::Error::other(e.to_string()),
+        }),
+    }
+}
+
+/// `persist::write_atomic` (temp, fsync, rename) off the async threads.
+async fn write_durable(path: PathBuf, data: String, mode: u32, what: String) -> Result<()> {
+    blocking_io(what, move || {
+        common::persist::write_atomic(&path, data.as_bytes(), mode)
+    })
+    .await
+}
+
+/// `persist::remove_durable` (unlink, fsync of the folder) off the async threads.
+async fn remove_durable(path: PathBuf, what: &str) -> Result<()> {
+    blocking_io(what, move || common::persist::remove_durable(&path)).await
+}
+
+/// One network's mutable state, behind its short state lock.
 pub struct NetState {
     /// The persistent (or, for transient networks, the only) definition.
     pub def: Network,
@@ -124,16 +161,26 @@ pub struct NetState {
     pub live: Option<Network>,
     pub persistent: bool,
     pub autostart: bool,
-    pub dnsmasq_pid: Option<i32>,
+    pub dnsmasq: Option<Arc<ChildWatch>>,
     pub ports: BTreeMap<Uuid, Port>,
     /// Bumped on each start/stop so a supervisor of an old run stands down.
     pub generation: u64,
 }
 
+/// One network. Operations hold `job` (libvirt's job model: one at a time, held across
+/// the awaits on the kernel and dnsmasq); reads take only the state lock, held for a
+/// copy and never across an await, so a property read never waits behind a start.
 pub struct NetObj {
     pub uuid: Uuid,
     pub name: String,
-    pub st: tokio::sync::Mutex<NetState>,
+    job: tokio::sync::Mutex<()>,
+    state: Mutex<NetState>,
+}
+
+impl NetObj {
+    pub fn state(&self) -> MutexGuard<'_, NetState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// What other networks need to know about an active one.
@@ -151,7 +198,8 @@ pub struct Driver {
     fw: Arc<dyn Firewall>,
     fw_lock: tokio::sync::Mutex<()>,
     nl: Netlink,
-    jobs: AtomicUsize,
+    jobs: InFlight,
+    pub outbox: Outbox<Change>,
     /// Who dnsmasq runs as (`dnsmasq::pick_user`).
     dnsmasq_user: Option<String>,
     config_dir: PathBuf,
@@ -159,17 +207,10 @@ pub struct Driver {
     state_dir: PathBuf,
 }
 
-struct JobGuard<'a>(&'a AtomicUsize);
-impl Drop for JobGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 impl Driver {
-    /// Builds the driver, adopts running networks, starts autostart ones and
-    /// registers the objects on the hub.
-    pub async fn start(ctx: Context) -> anyhow::Result<Arc<Driver>> {
+    /// Builds the driver with nothing loaded yet. [`Driver::load`] reads the disk once
+    /// the outbox is connected, so every network it finds is published.
+    pub fn new(ctx: Context) -> anyhow::Result<Arc<Driver>> {
         let s = &ctx.settings;
         let config_dir = s.config_dir.join("network");
         let run_dir = s.runtime_dir.join("network");
@@ -193,21 +234,15 @@ impl Driver {
             active: Mutex::new(BTreeMap::new()),
             fw: firewall::backend(),
             fw_lock: tokio::sync::Mutex::new(()),
-            jobs: AtomicUsize::new(0),
+            jobs: InFlight::new(),
+            outbox: Outbox::new(),
             config_dir,
             run_dir,
             state_dir,
         });
-        crate::dbus::serve_connect(&driver).await;
         // Watch before load so a flush during adoption is not missed.
         driver.watch_firewall();
-        driver.load().await;
         Ok(driver)
-    }
-
-    fn job(&self) -> JobGuard<'_> {
-        self.jobs.fetch_add(1, Ordering::SeqCst);
-        JobGuard(&self.jobs)
     }
 
     fn config_path(&self, name: &str) -> PathBuf {
@@ -289,33 +324,39 @@ impl Driver {
         let objs = self.list();
         objs.iter()
             .filter(|o| Some(o.uuid) != except)
-            .filter_map(|o| o.st.try_lock().ok().map(|s| s.def.bridge_name().to_owned()))
+            .map(|o| o.state().def.bridge_name().to_owned())
             .chain(self.lock_active().values().map(|a| a.fw.bridge.clone()))
             .collect()
     }
 
     pub async fn define(self: &Arc<Self>, text: &str) -> Result<Arc<NetObj>> {
-        let _j = self.job();
+        let _j = self.jobs.enter();
         let (net, existing) = self.prepare(text)?;
-        let xml = net.to_xml();
-        common::persist::write_atomic(&self.config_path(&net.name), xml.as_bytes(), 0o600)
-            .map_err(io(format!("cannot write config of network '{}'", net.name)))?;
+        write_durable(
+            self.config_path(&net.name),
+            net.to_xml(),
+            0o600,
+            format!("cannot write config of network '{}'", net.name),
+        )
+        .await?;
         let obj = match existing {
             Some(o) => {
-                let mut st = o.st.lock().await;
-                st.def = net;
-                st.persistent = true;
-                drop(st);
+                {
+                    let _job = o.job.lock().await;
+                    let mut st = o.state();
+                    st.def = net;
+                    st.persistent = true;
+                }
                 o
             }
             None => self.insert(net, true, false, None).await,
         };
-        self.event(&obj, event::DEFINED).await;
+        self.lifecycle(&obj, NetworkEvent::Defined).await;
         Ok(obj)
     }
 
     async fn insert(
-        self: &Arc<Self>,
+        &self,
         def: Network,
         persistent: bool,
         autostart: bool,
@@ -324,121 +365,133 @@ impl Driver {
         let obj = Arc::new(NetObj {
             uuid: def.uuid,
             name: def.name.clone(),
-            st: tokio::sync::Mutex::new(NetState {
+            job: tokio::sync::Mutex::new(()),
+            state: Mutex::new(NetState {
                 def,
                 live,
                 persistent,
                 autostart,
-                dnsmasq_pid: None,
+                dnsmasq: None,
                 ports: BTreeMap::new(),
                 generation: 0,
             }),
         });
         self.lock_nets().insert(obj.uuid, obj.clone());
-        crate::dbus::serve_network(self, obj.uuid).await;
+        self.outbox.send(Change::NetworkAdded(obj.uuid)).await;
         obj
     }
 
     pub async fn create_xml(self: &Arc<Self>, text: &str) -> Result<Arc<NetObj>> {
-        let _j = self.job();
+        let _j = self.jobs.enter();
         let (net, existing) = self.prepare(text)?;
         if existing.is_some() {
             return Err(NetError::Exists(net.name));
         }
         let obj = self.insert(net, false, false, None).await;
         let res = {
-            let mut st = obj.st.lock().await;
-            self.start_locked(&obj, &mut st).await
+            let _job = obj.job.lock().await;
+            self.start_locked(&obj).await
         };
         if let Err(e) = res {
             self.remove(&obj).await;
             return Err(e);
         }
-        self.event(&obj, event::STARTED).await;
+        self.lifecycle(&obj, NetworkEvent::Started).await;
         Ok(obj)
     }
 
     async fn remove(&self, obj: &Arc<NetObj>) {
         self.lock_nets().remove(&obj.uuid);
-        crate::dbus::unserve_network(self, obj.uuid).await;
+        self.outbox.send(Change::NetworkRemoved(obj.uuid)).await;
     }
 
     pub async fn create(self: &Arc<Self>, obj: &Arc<NetObj>) -> Result<()> {
-        let _j = self.job();
-        let mut st = obj.st.lock().await;
-        self.start_locked(obj, &mut st).await?;
-        drop(st);
-        self.event(obj, event::STARTED).await;
-        self.active_changed(obj, true).await;
+        let _j = self.jobs.enter();
+        let job = obj.job.lock().await;
+        self.start_locked(obj).await?;
+        drop(job);
+        self.lifecycle(obj, NetworkEvent::Started).await;
+        self.outbox
+            .send(Change::ActiveChanged(obj.uuid, true))
+            .await;
         Ok(())
     }
 
-    /// Starts the network: checks, bridge, status file, rules, dnsmasq. Undoes what
-    /// it did on failure.
-    async fn start_locked(self: &Arc<Self>, obj: &Arc<NetObj>, st: &mut NetState) -> Result<()> {
-        if st.live.is_some() {
-            return Err(NetError::Active(obj.name.clone()));
-        }
-        let net = st.def.clone();
-        let br = net.bridge_name().to_owned();
-        {
-            let active = self.lock_active();
-            for a in active.values() {
-                if net.owns_bridge() && a.fw.bridge == br {
-                    return Err(NetError::BridgeInUse(br));
-                }
-                for mine in &net.ips {
-                    if a.ips.iter().any(|o| overlaps(mine, o)) {
-                        return Err(NetError::Overlap {
-                            new: net.name.clone(),
-                            subnet: format!("{}/{}", mine.network(), mine.prefix),
-                            other: a.name.clone(),
-                        });
-                    }
-                }
+    /// Starts the network (the caller holds its job): checks, bridge, status file,
+    /// rules, dnsmasq. Undoes what it did on failure.
+    async fn start_locked(self: &Arc<Self>, obj: &Arc<NetObj>) -> Result<()> {
+        let net = {
+            let st = obj.state();
+            if st.live.is_some() {
+                return Err(NetError::Active(obj.name.clone()));
             }
-        }
-        if net.owns_bridge() {
-            if self.nl.index(&br).await?.is_some() {
-                return Err(NetError::BridgeInUse(br));
-            }
-            let addrs: Vec<_> = net.ips.iter().map(|i| (i.address, i.prefix)).collect();
-            if let Err(e) = self
-                .nl
-                .create_bridge(
-                    &br,
-                    crate::bridge::BridgeOpts {
-                        mac: net.mac,
-                        mtu: net.mtu,
-                        stp: net.bridge.stp.unwrap_or(true),
-                        delay: net.bridge.delay.unwrap_or(0),
-                    },
-                    &addrs,
-                )
-                .await
-            {
-                let _ = self.nl.delete(&br).await;
-                return Err(e.into());
-            }
-        } else if self.nl.index(&br).await?.is_none() {
-            return Err(NetError::NoBridge(br));
-        }
-        let res = self.start_rest(obj, st, &net).await;
+            st.def.clone()
+        };
+        self.check_clashes(&net)?;
+        self.bring_up_bridge(&net).await?;
+        let res = self.start_rest(obj, &net).await;
         if let Err(e) = res {
-            self.stop_pieces(obj, st, &net).await;
+            self.stop_pieces(obj, &net).await;
             return Err(e);
         }
         Ok(())
     }
 
-    async fn start_rest(
-        self: &Arc<Self>,
-        obj: &Arc<NetObj>,
-        st: &mut NetState,
-        net: &Network,
-    ) -> Result<()> {
-        common::persist::write_atomic(&self.status_path(&net.name), net.to_xml().as_bytes(), 0o600)
-            .map_err(io("cannot write network status"))?;
+    /// Refuses a start whose bridge or subnets another active network has.
+    fn check_clashes(&self, net: &Network) -> Result<()> {
+        let br = net.bridge_name();
+        let active = self.lock_active();
+        for a in active.values() {
+            if net.owns_bridge() && a.fw.bridge == br {
+                return Err(NetError::BridgeInUse(br.to_owned()));
+            }
+            for mine in &net.ips {
+                if a.ips.iter().any(|o| overlaps(mine, o)) {
+                    return Err(NetError::Overlap {
+                        new: net.name.clone(),
+                        subnet: format!("{}/{}", mine.network(), mine.prefix),
+                        other: a.name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the bridge a network owns, or checks that the one it uses exists.
+    async fn bring_up_bridge(&self, net: &Network) -> Result<()> {
+        let br = net.bridge_name().to_owned();
+        if !net.owns_bridge() {
+            return match self.nl.index(&br).await? {
+                Some(_) => Ok(()),
+                None => Err(NetError::NoBridge(br)),
+            };
+        }
+        if self.nl.index(&br).await?.is_some() {
+            return Err(NetError::BridgeInUse(br));
+        }
+        let addrs: Vec<_> = net.ips.iter().map(|i| (i.address, i.prefix)).collect();
+        let opts = crate::bridge::BridgeOpts {
+            mac: net.mac,
+            mtu: net.mtu,
+            stp: net.bridge.stp.unwrap_or(true),
+            delay: net.bridge.delay.unwrap_or(0),
+        };
+        if let Err(e) = self.nl.create_bridge(&br, opts, &addrs).await {
+            let _ = self.nl.delete(&br).await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    async fn start_rest(self: &Arc<Self>, obj: &Arc<NetObj>, net: &Network) -> Result<()> {
+        write_durable(
+            self.status_path(&net.name),
+            net.to_xml(),
+            0o600,
+            "cannot write network status".into(),
+        )
+        .await?;
         self.lock_active().insert(
             obj.uuid,
             ActiveInfo {
@@ -447,10 +500,8 @@ impl Driver {
                 ips: net.ips.clone(),
             },
         );
-        st.live = Some(net.clone());
-        st.generation += 1;
         // Rules and dnsmasq are independent: set them up concurrently. On failure the
-        // caller tears down whatever did come up (the pid is recorded first).
+        // caller tears down whatever did come up (dnsmasq is recorded first).
         let dns = async {
             if dnsmasq::needed(net) {
                 self.spawn_dnsmasq(net).await.map(Some)
@@ -459,9 +510,20 @@ impl Driver {
             }
         };
         let (fw, dns) = tokio::join!(self.apply_firewall(), dns);
-        if let Ok(Some(pid)) = &dns {
-            st.dnsmasq_pid = Some(*pid);
-            self.supervise(obj.clone(), *pid, st.generation);
+        let generation = {
+            let mut st = obj.state();
+            st.generation += 1;
+            if let Ok(Some(w)) = &dns {
+                st.dnsmasq = Some(w.clone());
+            }
+            if fw.is_ok() && dns.is_ok() {
+                // Active only once everything is up: a reader never sees a half start.
+                st.live = Some(net.clone());
+            }
+            st.generation
+        };
+        if let Ok(Some(w)) = &dns {
+            self.supervise(obj.clone(), w.clone(), generation);
         }
         fw?;
         dns?;
@@ -542,69 +604,86 @@ impl Driver {
     }
 
     /// Writes dnsmasq's files and starts it; returns once it wrote its pidfile.
-    async fn spawn_dnsmasq(&self, net: &Network) -> Result<i32> {
+    async fn spawn_dnsmasq(&self, net: &Network) -> Result<Arc<ChildWatch>> {
         let p = self.paths(&net.name);
-        let write = |path: &Path, text: String| {
-            common::persist::write_atomic(path, text.as_bytes(), 0o644)
-                .map_err(io(format!("cannot write {}", path.display())))
-        };
-        write(&p.conf, dnsmasq::config(net, &p)?)?;
-        write(&p.hostsfile, dnsmasq::hostsfile(net)?)?;
-        write(&p.addnhosts, dnsmasq::addnhosts(net)?)?;
-        let _ = std::fs::remove_file(&p.pid);
-        let child = std::process::Command::new("dnsmasq")
-            .args(dnsmasq::argv(&p, self.dnsmasq_user.as_deref()))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(io("cannot start dnsmasq"))?;
-        let pid = child.id() as i32;
-        // Reaped by a thread so the supervisor can see it exit.
-        std::thread::spawn(move || {
-            let mut child = child;
-            let _ = child.wait();
-        });
-        for _ in 0..400 {
-            if read_pid(&p.pid) == Some(pid) {
-                return Ok(pid);
+        let files = [
+            (p.conf.clone(), dnsmasq::config(net, &p)?),
+            (p.hostsfile.clone(), dnsmasq::hostsfile(net)?),
+            (p.addnhosts.clone(), dnsmasq::addnhosts(net)?),
+        ];
+        let argv = dnsmasq::argv(&p, self.dnsmasq_user.as_deref());
+        let pidfile = p.pid.clone();
+        // Three fsyncs and a fork: off the async threads.
+        let watch = blocking_io("cannot start dnsmasq", move || {
+            for (path, text) in &files {
+                common::persist::write_atomic(path, text.as_bytes(), 0o644).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+                })?;
             }
-            if !alive(pid) {
+            let _ = std::fs::remove_file(&pidfile);
+            let child = std::process::Command::new("dnsmasq")
+                .args(argv)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?;
+            // The pidfd is opened while the child cannot have been reaped yet; from
+            // here on the watch reaps it.
+            let pid = i32::try_from(child.id()).map_err(std::io::Error::other)?;
+            ChildWatch::new(pid)
+        })
+        .await?;
+        let watch = Arc::new(watch);
+        let pid = watch.pid();
+        // dnsmasq writes its pidfile once it is listening; give up waiting after a
+        // while and let it run (as before), but notice at once if it exits.
+        let written = async {
+            for _ in 0..400 {
+                if read_pid(&p.pid) == Some(pid) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        tokio::select! {
+            () = written => Ok(watch),
+            () = watch.exited() => {
                 let log = std::fs::read_to_string(&p.log).unwrap_or_default();
-                return Err(NetError::Unsupported(format!(
+                Err(NetError::Unsupported(format!(
                     "dnsmasq exited at start: {}",
                     log.lines().last().unwrap_or("")
-                )));
+                )))
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        Ok(pid)
     }
 
     /// Restarts dnsmasq when it dies while its network is active.
-    fn supervise(self: &Arc<Self>, obj: Arc<NetObj>, pid: i32, generation: u64) {
+    fn supervise(self: &Arc<Self>, obj: Arc<NetObj>, watch: Arc<ChildWatch>, generation: u64) {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut pid = pid;
+            let mut watch = watch;
             loop {
-                while alive(pid) {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                watch.exited().await;
                 let Some(d) = me.upgrade() else { return };
-                let mut st = obj.st.lock().await;
-                if st.generation != generation || st.dnsmasq_pid != Some(pid) {
-                    return;
-                }
-                let Some(net) = st.live.clone() else { return };
-                tracing::warn!(network = %net.name, "dnsmasq {pid} died; restarting it");
+                let _job = obj.job.lock().await;
+                let net = {
+                    let st = obj.state();
+                    let current = st.dnsmasq.as_ref().is_some_and(|w| Arc::ptr_eq(w, &watch));
+                    if st.generation != generation || !current {
+                        return;
+                    }
+                    let Some(net) = st.live.clone() else { return };
+                    net
+                };
+                tracing::warn!(network = %net.name, "dnsmasq {} died; restarting it", watch.pid());
                 match d.spawn_dnsmasq(&net).await {
-                    Ok(p) => {
-                        st.dnsmasq_pid = Some(p);
-                        pid = p;
+                    Ok(w) => {
+                        obj.state().dnsmasq = Some(w.clone());
+                        watch = w;
                     }
                     Err(e) => {
                         tracing::error!(network = %net.name, "cannot restart dnsmasq: {e}");
-                        st.dnsmasq_pid = None;
+                        obj.state().dnsmasq = None;
                         return;
                     }
                 }
@@ -613,38 +692,48 @@ impl Driver {
     }
 
     pub async fn destroy(self: &Arc<Self>, obj: &Arc<NetObj>) -> Result<()> {
-        let _j = self.job();
-        let mut st = obj.st.lock().await;
-        let Some(net) = st.live.clone() else {
-            return Err(NetError::Inactive(obj.name.clone()));
+        let _j = self.jobs.enter();
+        let job = obj.job.lock().await;
+        let (net, persistent) = {
+            let st = obj.state();
+            let Some(net) = st.live.clone() else {
+                return Err(NetError::Inactive(obj.name.clone()));
+            };
+            (net, st.persistent)
         };
-        self.stop_pieces(obj, &mut st, &net).await;
-        let persistent = st.persistent;
-        drop(st);
-        self.event(obj, event::STOPPED).await;
+        self.stop_pieces(obj, &net).await;
+        drop(job);
+        self.lifecycle(obj, NetworkEvent::Stopped).await;
         if persistent {
-            self.active_changed(obj, false).await;
+            self.outbox
+                .send(Change::ActiveChanged(obj.uuid, false))
+                .await;
         } else {
             self.remove(obj).await;
         }
         Ok(())
     }
 
-    /// Tears down everything a start made (best effort: each piece is attempted).
-    async fn stop_pieces(&self, obj: &NetObj, st: &mut NetState, net: &Network) {
-        st.generation += 1;
-        st.live = None;
+    /// Tears down everything a start made (best effort: each piece is attempted). The
+    /// caller holds the job.
+    async fn stop_pieces(&self, obj: &NetObj, net: &Network) {
+        let dns = {
+            let mut st = obj.state();
+            st.generation += 1;
+            st.live = None;
+            st.ports.clear();
+            st.dnsmasq.take()
+        };
         self.lock_active().remove(&obj.uuid);
         // The three pieces are independent: take them down concurrently.
-        let pid = st.dnsmasq_pid.take();
         let fw = async {
             if let Err(e) = self.apply_firewall().await {
                 tracing::error!(network = %net.name, "{e}");
             }
         };
         let dns = async {
-            if let Some(pid) = pid {
-                stop_process(pid).await;
+            if let Some(w) = dns {
+                w.terminate(Duration::from_secs(2)).await;
             }
         };
         let br = async {
@@ -656,37 +745,46 @@ impl Driver {
         };
         tokio::join!(fw, dns, br);
         let p = self.paths(&net.name);
-        for f in [
-            &p.conf,
-            &p.pid,
-            &p.hostsfile,
-            &p.addnhosts,
-            &self.status_path(&net.name),
-        ] {
-            let _ = std::fs::remove_file(f);
-        }
-        let _ = std::fs::remove_dir_all(self.ports_dir(&net.name));
-        st.ports.clear();
+        let files = [
+            p.conf,
+            p.pid,
+            p.hostsfile,
+            p.addnhosts,
+            self.status_path(&net.name),
+        ];
+        let ports = self.ports_dir(&net.name);
+        // Unlinks without fsync, but a folder tree of port files: off the async threads.
+        let _ = blocking_io("cannot clean up", move || {
+            for f in &files {
+                let _ = std::fs::remove_file(f);
+            }
+            let _ = std::fs::remove_dir_all(&ports);
+            Ok(())
+        })
+        .await;
         tracing::info!(network = %net.name, "stopped");
     }
 
     pub async fn undefine(self: &Arc<Self>, obj: &Arc<NetObj>) -> Result<()> {
-        let _j = self.job();
-        let mut st = obj.st.lock().await;
-        if !st.persistent {
+        let _j = self.jobs.enter();
+        let job = obj.job.lock().await;
+        if !obj.state().persistent {
             return Err(NetError::BadArg(format!(
                 "network '{}' is not persistent",
                 obj.name
             )));
         }
-        common::persist::remove_durable(&self.config_path(&obj.name))
-            .map_err(io("cannot remove network config"))?;
+        remove_durable(self.config_path(&obj.name), "cannot remove network config").await?;
+        // A plain unlink (no fsync), as before: short enough for an async thread.
         let _ = std::fs::remove_file(self.autostart_path(&obj.name));
-        st.persistent = false;
-        st.autostart = false;
-        let active = st.live.is_some();
-        drop(st);
-        self.event(obj, event::UNDEFINED).await;
+        let active = {
+            let mut st = obj.state();
+            st.persistent = false;
+            st.autostart = false;
+            st.live.is_some()
+        };
+        drop(job);
+        self.lifecycle(obj, NetworkEvent::Undefined).await;
         if !active {
             self.remove(obj).await;
         }
@@ -694,37 +792,38 @@ impl Driver {
     }
 
     pub async fn set_autostart(&self, obj: &NetObj, on: bool) -> Result<()> {
-        let mut st = obj.st.lock().await;
-        if !st.persistent {
-            return Err(NetError::BadArg(
-                "cannot set autostart for transient network".into(),
-            ));
-        }
+        let _job = obj.job.lock().await;
+        let def = {
+            let st = obj.state();
+            if !st.persistent {
+                return Err(NetError::BadArg(
+                    "cannot set autostart for transient network".into(),
+                ));
+            }
+            st.def.to_xml()
+        };
         let path = self.autostart_path(&obj.name);
         if on {
-            common::persist::write_atomic(&path, st.def.to_xml().as_bytes(), 0o600)
-                .map_err(io("cannot write autostart marker"))?;
+            write_durable(path, def, 0o600, "cannot write autostart marker".into()).await?;
         } else {
-            let _ = common::persist::remove_durable(&path);
+            let _ = remove_durable(path, "cannot remove autostart marker").await;
         }
-        st.autostart = on;
+        obj.state().autostart = on;
         Ok(())
     }
 
-    pub async fn xml_desc(&self, obj: &NetObj, inactive: bool) -> String {
-        let st = obj.st.lock().await;
+    pub fn xml_desc(&self, obj: &NetObj, inactive: bool) -> String {
+        let st = obj.state();
         match (&st.live, inactive) {
             (Some(l), false) => l.to_xml(),
             _ => st.def.to_xml(),
         }
     }
 
-    pub async fn leases(&self, obj: &NetObj, mac: &str) -> Result<Vec<(String, Lease, u8)>> {
-        let st = obj.st.lock().await;
-        let Some(net) = st.live.clone() else {
+    pub fn leases(&self, obj: &NetObj, mac: &str) -> Result<Vec<(String, Lease, u8)>> {
+        let Some(net) = obj.state().live.clone() else {
             return Err(NetError::Inactive(obj.name.clone()));
         };
-        drop(st);
         let text = std::fs::read_to_string(self.paths(&net.name).leases).unwrap_or_default();
         let mac = mac.to_ascii_lowercase();
         Ok(dnsmasq::parse_leases(&text)
@@ -752,54 +851,21 @@ impl Driver {
         text: &str,
         flags: u32,
     ) -> Result<()> {
-        let _j = self.job();
+        let _j = self.jobs.enter();
         let el = parse(text)?;
-        let mut st = obj.st.lock().await;
+        let _job = obj.job.lock().await;
+        let (mut new_live, mut new_def, persistent) = {
+            let st = obj.state();
+            (st.live.clone(), st.def.clone(), st.persistent)
+        };
         let (live, config) = match flags & (update::AFFECT_LIVE | update::AFFECT_CONFIG) {
-            0 => (st.live.is_some(), st.persistent),
+            0 => (new_live.is_some(), persistent),
             f => (f & update::AFFECT_LIVE != 0, f & update::AFFECT_CONFIG != 0),
         };
-        if live && st.live.is_none() {
+        if live && new_live.is_none() {
             return Err(NetError::Inactive(obj.name.clone()));
         }
-        let apply = |net: &mut Network| -> Result<()> {
-            match section {
-                update::SECTION_IP_DHCP_HOST => {
-                    let host = xml::parse_dhcp_host(&el)?;
-                    let idx = if parent_index < 0 {
-                        net.ips
-                            .iter()
-                            .position(|i| i.dhcp.is_some() && i.contains(&host.ip))
-                    } else {
-                        Some(parent_index as usize)
-                    };
-                    let ip = idx.and_then(|i| net.ips.get_mut(i)).ok_or_else(|| {
-                        NetError::BadArg("no <ip> with <dhcp> for this host".into())
-                    })?;
-                    let hosts = &mut ip.dhcp.get_or_insert_with(Default::default).hosts;
-                    let same = |h: &xml::DhcpHost| {
-                        (h.mac.is_some() && h.mac == host.mac)
-                            || (h.name.is_some() && h.name == host.name)
-                    };
-                    edit(hosts, host.clone(), command, same, "DHCP host")?;
-                }
-                update::SECTION_DNS_HOST => {
-                    let host = xml::parse_dns_host(&el)?;
-                    let hosts = &mut net.dns.get_or_insert_with(Default::default).hosts;
-                    let same = |h: &xml::DnsHost| h.ip == host.ip;
-                    edit(hosts, host.clone(), command, same, "DNS host")?;
-                }
-                _ => {
-                    return Err(NetError::Unsupported(format!(
-                        "can't update section {section} of a network"
-                    )))
-                }
-            }
-            net.validate()?;
-            Ok(())
-        };
-        let mut new_live = st.live.clone();
-        let mut new_def = st.def.clone();
+        let apply = |net: &mut Network| apply_update(net, &el, command, section, parent_index);
         if live {
             if let Some(n) = new_live.as_mut() {
                 apply(n)?;
@@ -808,114 +874,115 @@ impl Driver {
         if config {
             apply(&mut new_def)?;
         }
-        if config && st.persistent {
-            common::persist::write_atomic(
-                &self.config_path(&obj.name),
-                new_def.to_xml().as_bytes(),
+        if config && persistent {
+            write_durable(
+                self.config_path(&obj.name),
+                new_def.to_xml(),
                 0o600,
+                "cannot write network config".into(),
             )
-            .map_err(io("cannot write network config"))?;
+            .await?;
         }
         if config {
-            st.def = new_def;
+            obj.state().def = new_def;
         }
         if live {
             if let Some(n) = &new_live {
-                let p = self.paths(&n.name);
-                let hf = dnsmasq::hostsfile(n)?;
-                let ah = dnsmasq::addnhosts(n)?;
-                common::persist::write_atomic(&p.hostsfile, hf.as_bytes(), 0o644)
-                    .map_err(io("cannot write hostsfile"))?;
-                common::persist::write_atomic(&p.addnhosts, ah.as_bytes(), 0o644)
-                    .map_err(io("cannot write addnhosts"))?;
-                common::persist::write_atomic(
-                    &self.status_path(&n.name),
-                    n.to_xml().as_bytes(),
-                    0o600,
-                )
-                .map_err(io("cannot write network status"))?;
-                if let Some(pid) = st.dnsmasq_pid {
+                self.write_live_files(n).await?;
+                if let Some(w) = &obj.state().dnsmasq {
                     // dnsmasq re-reads dhcp-hostsfile and addn-hosts on SIGHUP.
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGHUP);
+                    w.signal(Signal::SIGHUP);
                 }
             }
-            st.live = new_live;
+            obj.state().live = new_live;
         }
         Ok(())
     }
 
-    pub async fn port_create(&self, obj: &NetObj, text: &str) -> Result<Uuid> {
-        let _j = self.job();
-        let mut port = Port::from_xml(text)?;
-        let mut st = obj.st.lock().await;
-        let Some(net) = &st.live else {
-            return Err(NetError::Inactive(obj.name.clone()));
-        };
-        if st.ports.contains_key(&port.uuid) {
-            return Err(NetError::PortExists(port.uuid));
-        }
-        port.bridge = Some(net.bridge_name().to_owned());
-        port.mac_table_manager = net.bridge.mac_table_manager.clone();
-        let dir = self.ports_dir(&obj.name);
-        common::persist::create_dir_all(&dir, 0o755).map_err(io("cannot create ports dir"))?;
-        common::persist::write_atomic(
-            &dir.join(format!("{}.xml", port.uuid)),
-            port.to_xml().as_bytes(),
-            0o600,
+    /// dnsmasq's host files and the status file of a running network after an update.
+    async fn write_live_files(&self, n: &Network) -> Result<()> {
+        let p = self.paths(&n.name);
+        write_durable(
+            p.hostsfile,
+            dnsmasq::hostsfile(n)?,
+            0o644,
+            "cannot write hostsfile".into(),
         )
-        .map_err(io("cannot write port status"))?;
+        .await?;
+        write_durable(
+            p.addnhosts,
+            dnsmasq::addnhosts(n)?,
+            0o644,
+            "cannot write addnhosts".into(),
+        )
+        .await?;
+        write_durable(
+            self.status_path(&n.name),
+            n.to_xml(),
+            0o600,
+            "cannot write network status".into(),
+        )
+        .await
+    }
+
+    pub async fn port_create(&self, obj: &NetObj, text: &str) -> Result<Uuid> {
+        let _j = self.jobs.enter();
+        let mut port = Port::from_xml(text)?;
+        let _job = obj.job.lock().await;
+        {
+            let st = obj.state();
+            let Some(net) = &st.live else {
+                return Err(NetError::Inactive(obj.name.clone()));
+            };
+            if st.ports.contains_key(&port.uuid) {
+                return Err(NetError::PortExists(port.uuid));
+            }
+            port.bridge = Some(net.bridge_name().to_owned());
+            port.mac_table_manager = net.bridge.mac_table_manager.clone();
+        }
+        let dir = self.ports_dir(&obj.name);
+        let file = dir.join(format!("{}.xml", port.uuid));
+        let xml = port.to_xml();
+        blocking_io("cannot write port status", move || {
+            common::persist::create_dir_all(&dir, 0o755)?;
+            common::persist::write_atomic(&file, xml.as_bytes(), 0o600)
+        })
+        .await?;
         let uuid = port.uuid;
-        st.ports.insert(uuid, port);
+        obj.state().ports.insert(uuid, port);
+        self.outbox.send(Change::PortAdded(uuid)).await;
         Ok(uuid)
     }
 
     pub async fn port_delete(&self, obj: &NetObj, port: &Uuid) -> Result<()> {
-        let mut st = obj.st.lock().await;
-        if st.ports.remove(port).is_none() {
+        let _job = obj.job.lock().await;
+        if obj.state().ports.remove(port).is_none() {
             return Err(NetError::NoPort(port.to_string()));
         }
+        // A plain unlink (no fsync): short enough for an async thread.
         let _ = std::fs::remove_file(self.ports_dir(&obj.name).join(format!("{port}.xml")));
+        self.outbox.send(Change::PortRemoved(*port)).await;
         Ok(())
     }
 
     /// Finds a port across networks: (network, port).
-    pub async fn find_port(&self, port: &Uuid) -> Result<(Arc<NetObj>, Port)> {
+    pub fn find_port(&self, port: &Uuid) -> Result<(Arc<NetObj>, Port)> {
         for o in self.list() {
-            if let Some(p) = o.st.lock().await.ports.get(port) {
+            if let Some(p) = o.state().ports.get(port) {
                 return Ok((o.clone(), p.clone()));
             }
         }
         Err(NetError::NoPort(port.to_string()))
     }
 
-    async fn event(&self, obj: &NetObj, ev: i32) {
-        let path = common::objpath::network(&obj.uuid);
-        self.ctx
-            .hub
-            .emit(
-                &common::objpath::connect(),
-                "org.libvirt.Connect",
-                "NetworkEvent",
-                &(path, ev),
-            )
-            .await;
-    }
-
-    async fn active_changed(&self, obj: &NetObj, active: bool) {
-        let path = common::objpath::network(&obj.uuid);
-        self.ctx
-            .hub
-            .properties_changed(
-                &path,
-                "org.libvirt.Network",
-                &[("Active", zbus::zvariant::Value::from(active))],
-            )
-            .await;
+    async fn lifecycle(&self, obj: &NetObj, ev: NetworkEvent) {
+        self.outbox.send(Change::Lifecycle(obj.uuid, ev)).await;
     }
 
     /// Reads configs and runtime status; adopts what runs, cleans what died, puts
-    /// the rules back, starts autostart networks.
-    async fn load(self: &Arc<Self>) {
+    /// the rules back, starts autostart networks. Call it once, after the outbox is
+    /// connected: every network it finds is published.
+    pub async fn load(self: &Arc<Self>) {
         let read_dir = |d: &Path| -> Vec<(String, String)> {
             let Ok(rd) = std::fs::read_dir(d) else {
                 return vec![];
@@ -962,7 +1029,7 @@ impl Driver {
         }
         for obj in self.list() {
             let start = {
-                let st = obj.st.lock().await;
+                let st = obj.state();
                 st.autostart && st.live.is_none()
             };
             if start {
@@ -974,16 +1041,15 @@ impl Driver {
     }
 
     async fn adopt(self: &Arc<Self>, obj: &Arc<NetObj>, net: Network) {
-        let mut st = obj.st.lock().await;
+        let job = obj.job.lock().await;
         let bridge_ok =
             !net.owns_bridge() || matches!(self.nl.index(net.bridge_name()).await, Ok(Some(_)));
         if !bridge_ok {
             tracing::warn!(network = %net.name, "bridge is gone; network is stopped");
-            st.live = Some(net.clone());
-            let n = net.clone();
-            self.stop_pieces(obj, &mut st, &n).await;
-            let transient = !st.persistent;
-            drop(st);
+            obj.state().live = Some(net.clone());
+            self.stop_pieces(obj, &net).await;
+            let transient = !obj.state().persistent;
+            drop(job);
             if transient {
                 self.remove(obj).await;
             }
@@ -997,53 +1063,98 @@ impl Driver {
                 ips: net.ips.clone(),
             },
         );
-        st.live = Some(net.clone());
-        st.generation += 1;
+        let mut ports = BTreeMap::new();
         if let Ok(rd) = std::fs::read_dir(self.ports_dir(&net.name)) {
             for e in rd.flatten() {
                 if let Ok(p) = std::fs::read_to_string(e.path())
                     .map_err(drop)
                     .and_then(|t| Port::from_xml(&t).map_err(drop))
                 {
-                    st.ports.insert(p.uuid, p);
+                    ports.insert(p.uuid, p);
                 }
             }
         }
+        let generation = {
+            let mut st = obj.state();
+            st.live = Some(net.clone());
+            st.generation += 1;
+            st.ports = ports;
+            st.generation
+        };
         if dnsmasq::needed(&net) {
-            let p = self.paths(&net.name);
-            let pid = read_pid(&p.pid).filter(|pid| is_our_dnsmasq(*pid, &p.conf));
-            let pid = match pid {
-                Some(pid) => Some(pid),
-                None => match self.spawn_dnsmasq(&net).await {
-                    Ok(pid) => Some(pid),
-                    Err(e) => {
-                        tracing::error!(network = %net.name, "cannot start dnsmasq: {e}");
-                        None
-                    }
-                },
-            };
-            st.dnsmasq_pid = pid;
-            if let Some(pid) = pid {
-                self.supervise(obj.clone(), pid, st.generation);
+            let watch = self.adopt_dnsmasq(&net).await;
+            obj.state().dnsmasq = watch.clone();
+            if let Some(w) = watch {
+                self.supervise(obj.clone(), w, generation);
             }
         }
         tracing::info!(network = %net.name, "adopted running network");
     }
+
+    /// The dnsmasq of an adopted network: the one still running, or a new one.
+    async fn adopt_dnsmasq(&self, net: &Network) -> Option<Arc<ChildWatch>> {
+        let p = self.paths(&net.name);
+        let running = read_pid(&p.pid)
+            .filter(|pid| is_our_dnsmasq(*pid, &p.conf))
+            .and_then(|pid| ChildWatch::new(pid).ok());
+        if let Some(w) = running {
+            return Some(Arc::new(w));
+        }
+        match self.spawn_dnsmasq(net).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(network = %net.name, "cannot start dnsmasq: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// Applies one `Update` edit to a definition.
+fn apply_update(
+    net: &mut Network,
+    el: &common::xml::Element,
+    command: u32,
+    section: u32,
+    parent_index: i32,
+) -> Result<()> {
+    match section {
+        update::SECTION_IP_DHCP_HOST => {
+            let host = xml::parse_dhcp_host(el)?;
+            let idx = if parent_index < 0 {
+                net.ips
+                    .iter()
+                    .position(|i| i.dhcp.is_some() && i.contains(&host.ip))
+            } else {
+                Some(parent_index as usize)
+            };
+            let ip = idx
+                .and_then(|i| net.ips.get_mut(i))
+                .ok_or_else(|| NetError::BadArg("no <ip> with <dhcp> for this host".into()))?;
+            let hosts = &mut ip.dhcp.get_or_insert_with(Default::default).hosts;
+            let same = |h: &xml::DhcpHost| {
+                (h.mac.is_some() && h.mac == host.mac) || (h.name.is_some() && h.name == host.name)
+            };
+            edit(hosts, host.clone(), command, same, "DHCP host")?;
+        }
+        update::SECTION_DNS_HOST => {
+            let host = xml::parse_dns_host(el)?;
+            let hosts = &mut net.dns.get_or_insert_with(Default::default).hosts;
+            let same = |h: &xml::DnsHost| h.ip == host.ip;
+            edit(hosts, host.clone(), command, same, "DNS host")?;
+        }
+        _ => {
+            return Err(NetError::Unsupported(format!(
+                "can't update section {section} of a network"
+            )))
+        }
+    }
+    net.validate()?;
+    Ok(())
 }
 
 fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-/// Alive and not a zombie.
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(") ")
-            .map(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
-            .unwrap_or(false),
-        Err(_) => false,
-    }
 }
 
 fn is_our_dnsmasq(pid: i32, conf: &Path) -> bool {
@@ -1053,21 +1164,6 @@ fn is_our_dnsmasq(pid: i32, conf: &Path) -> bool {
             c.split(|b| *b == 0).any(|a| a == want.as_bytes())
         })
         .unwrap_or(false)
-}
-
-/// SIGTERM, then wait for it to go (SIGKILL after 2 s).
-async fn stop_process(pid: i32) {
-    let p = Pid::from_raw(pid);
-    let _ = kill(p, Signal::SIGTERM);
-    for i in 0..2000 {
-        if !alive(pid) {
-            return;
-        }
-        if i == 1000 {
-            let _ = kill(p, Signal::SIGKILL);
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 fn edit<T: Clone>(
@@ -1112,13 +1208,13 @@ fn edit<T: Clone>(
 
 impl common::Driver for Driver {
     fn busy(&self) -> bool {
-        self.jobs.load(Ordering::SeqCst) > 0 || !self.lock_active().is_empty()
+        !self.jobs.idle() || !self.lock_active().is_empty()
     }
 
     async fn shutdown(&self) {
         // Wait for running jobs; networks stay up (their status is already on disk).
         for _ in 0..500 {
-            if self.jobs.load(Ordering::SeqCst) == 0 {
+            if self.jobs.idle() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

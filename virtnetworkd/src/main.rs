@@ -1,5 +1,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    common::runtime::main("virtnetworkd", virtnetworkd::Driver::start)
+    common::runtime::main("virtnetworkd", virtnetworkd::start)
 }

@@ -678,3 +678,112 @@ async fn ipv6_network_advertises_its_prefix() -> anyhow::Result<()> {
     assert!(!link_exists(&s.ns, "vtsix0"));
     Ok(())
 }
+
+/// `nft` wrapped so that the daemon's firewall step waits for the test: `called` appears
+/// when the daemon runs it, and it goes on only once `release` exists.
+struct GatedNft {
+    dir: tempfile::TempDir,
+}
+
+impl GatedNft {
+    fn new() -> anyhow::Result<GatedNft> {
+        use std::os::unix::fs::PermissionsExt;
+        let real = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| d.join("nft"))
+            .find(|p| p.exists())
+            .context("no nft")?;
+        let dir = tempfile::tempdir()?;
+        let d = dir.path().display();
+        let script = format!(
+            "#!/bin/sh\ntouch {d}/called\nwhile [ ! -e {d}/release ]; do sleep 0.02; done\nexec {} \"$@\"\n",
+            real.display()
+        );
+        let p = dir.path().join("nft");
+        std::fs::write(&p, script)?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+        Ok(GatedNft { dir })
+    }
+
+    fn path_env(&self) -> std::ffi::OsString {
+        let mut paths = vec![self.dir.path().to_path_buf()];
+        if let Some(p) = std::env::var_os("PATH") {
+            paths.extend(std::env::split_paths(&p));
+        }
+        std::env::join_paths(paths).unwrap_or_default()
+    }
+
+    async fn wait_called(&self) -> anyhow::Result<()> {
+        for _ in 0..3000 {
+            if self.dir.path().join("called").exists() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        bail!("the daemon never ran nft")
+    }
+
+    fn release(&self) -> anyhow::Result<()> {
+        std::fs::write(self.dir.path().join("release"), "")?;
+        Ok(())
+    }
+}
+
+/// A property read or a list never waits behind a network start: the start is held
+/// inside its firewall step while Active, Name, Autostart, BridgeName, the XML and the
+/// network list are read; they all answer while the start is still running.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_do_not_wait_behind_a_start() -> anyhow::Result<()> {
+    let bus = TestBus::start()?;
+    let ns = NetNs::new()?;
+    let nft = GatedNft::new()?;
+    let _daemon = Daemon::builder(BIN, "virtnetworkd")
+        .netns(&ns)
+        .dirs(TestDirs::new()?)
+        .env("PATH", nft.path_env())
+        .spawn(&bus)
+        .await?;
+    let conn = bus.connection().await?;
+    let c = NetworkConnectProxy::new(&conn).await?;
+    let path = c
+        .network_define_xml("<network><name>slow</name><bridge name='vtslow0'/></network>")
+        .await?;
+    let n = network(&conn, &path).await?;
+    let np = ports(&conn, &path).await?;
+    let starting = {
+        let n = n.clone();
+        tokio::spawn(async move { n.create().await })
+    };
+    nft.wait_called().await?;
+    // Guards a hang only: each read is expected to answer at once.
+    let reads = async {
+        let active = n.active().await?;
+        let name = n.name().await?;
+        let autostart = n.autostart().await?;
+        let bridge = np.bridge_name().await?;
+        let xml = n.get_xml_desc(0).await?;
+        let list = c.list_networks(0).await?;
+        anyhow::Ok((active, name, autostart, bridge, xml, list))
+    };
+    let (active, name, autostart, bridge, xml, list) =
+        tokio::time::timeout(Duration::from_secs(20), reads)
+            .await
+            .context("a read waited behind the start")??;
+    assert!(
+        !starting.is_finished(),
+        "the start is still held in nft while the reads answered"
+    );
+    assert!(!active, "not active before the start has finished");
+    assert_eq!(name, "slow");
+    assert!(!autostart);
+    assert_eq!(bridge, "vtslow0");
+    assert!(xml.contains("<name>slow</name>"));
+    assert_eq!(list, vec![path.clone()]);
+    nft.release()?;
+    starting.await??;
+    assert!(n.active().await?);
+    n.destroy().await?;
+    Ok(())
+}

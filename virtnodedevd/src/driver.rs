@@ -1,21 +1,19 @@
 //! The driver: the device registry (kept current by uevents), the node-resource calls
-//! and PCI detach, which the D-Bus interfaces translate to.
+//! and PCI detach, which the D-Bus interfaces translate to. It does not know D-Bus:
+//! what clients must see goes out as a typed [`Change`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use common::error::{check_flags, ErrorCode, VirError};
+use common::publish::Outbox;
 use common::runtime::Context;
-use zbus::zvariant::OwnedObjectPath;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::create::{self, Request, VportParent};
 use crate::pci;
 use crate::sysfs::{self, flags, Cap, Device, Roots};
 use crate::uevent::Uevent;
-
-/// libvirt's node device lifecycle events (`virNodeDeviceEventLifecycleType`).
-pub const EVENT_CREATED: i32 = 0;
-pub const EVENT_DELETED: i32 = 1;
 
 #[derive(Default)]
 pub struct Registry {
@@ -42,18 +40,27 @@ impl Registry {
     }
 }
 
-/// What a change to the registry means for clients.
+/// What a change to the registry means for clients (by device name), in the order it
+/// happened. Publishing is awaited: a created device is served before its event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
+    /// A device appeared (libvirt's NodeDeviceEvent CREATED).
     Created(String),
+    /// A device went away (NodeDeviceEvent DELETED).
     Deleted(String),
+    /// A device's description changed (libvirt's separate UPDATE event).
     Updated(String),
 }
 
+/// The registry is read under a short std lock (lists, lookups and properties never
+/// wait); operations on one device (detach, reattach, reset, destroy, and a create on
+/// its parent) take that device's job lock, so two of them never interleave.
 pub struct Driver {
     pub ctx: Context,
     pub roots: Roots,
     registry: RwLock<Registry>,
+    jobs: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub outbox: Outbox<Change>,
 }
 
 fn no_device(name: &str) -> VirError {
@@ -63,35 +70,37 @@ fn no_device(name: &str) -> VirError {
     )
 }
 
-impl Driver {
-    /// Builds the driver and registers its objects on the hub.
-    pub async fn start(ctx: Context) -> anyhow::Result<Arc<Driver>> {
-        let roots = Roots::from_settings(&ctx.settings);
-        // Listen before enumerating so that nothing happening in between is missed.
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        if roots.real {
-            match crate::uevent::open() {
-                Ok(fd) => crate::uevent::spawn(fd, tx)?,
-                Err(e) => {
-                    tracing::warn!("no uevent socket, device list will not follow hotplug: {e}")
-                }
+/// Starts listening to uevents. Call it before [`Driver::new`] enumerates, so that
+/// nothing happening in between is missed; hand the receiver to [`Driver::follow`].
+pub fn listen(roots: &Roots) -> anyhow::Result<UnboundedReceiver<Uevent>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    if roots.real {
+        match crate::uevent::open() {
+            Ok(fd) => crate::uevent::spawn(fd, tx)?,
+            Err(e) => {
+                tracing::warn!("no uevent socket, device list will not follow hotplug: {e}")
             }
-        } else {
-            tracing::info!(
-                "sysfs root {} (test fixture): no hotplug",
-                roots.sys.display()
-            );
         }
-        let driver = Arc::new(Driver::new(ctx, roots));
-        crate::dbus::serve(&driver).await;
-        let d = driver.clone();
+    } else {
+        tracing::info!(
+            "sysfs root {} (test fixture): no hotplug",
+            roots.sys.display()
+        );
+    }
+    Ok(rx)
+}
+
+impl Driver {
+    /// Keeps the registry current from `uevents` and publishes what changed. Call it
+    /// once the outbox is connected.
+    pub fn follow(self: &Arc<Self>, mut uevents: UnboundedReceiver<Uevent>) {
+        let d = self.clone();
         tokio::spawn(async move {
-            while let Some(ev) = rx.recv().await {
+            while let Some(ev) = uevents.recv().await {
                 let changes = d.apply_uevent(&ev);
                 d.publish(changes).await;
             }
         });
-        Ok(driver)
     }
 
     /// The driver with its device list read from `roots` (no bus objects yet).
@@ -104,7 +113,21 @@ impl Driver {
             ctx,
             roots,
             registry: RwLock::new(reg),
+            jobs: Mutex::new(HashMap::new()),
+            outbox: Outbox::new(),
         }
+    }
+
+    /// Waits for and holds the job lock of device `name`.
+    async fn job(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
@@ -212,6 +235,7 @@ impl Driver {
     ) -> Result<(), VirError> {
         check_flags(flags, 0)?;
         let stub = pci::stub_driver(driver)?;
+        let _job = self.job(name).await;
         let (dir, addr) = self.pci_target(name)?;
         let roots = self.roots.clone();
         tracing::info!(device = name, "detaching to {stub}");
@@ -221,6 +245,7 @@ impl Driver {
     }
 
     pub async fn reattach(self: &Arc<Self>, name: &str) -> Result<(), VirError> {
+        let _job = self.job(name).await;
         let (dir, addr) = self.pci_target(name)?;
         let roots = self.roots.clone();
         tracing::info!(device = name, "reattaching to its host driver");
@@ -230,6 +255,7 @@ impl Driver {
     }
 
     pub async fn reset(&self, name: &str) -> Result<(), VirError> {
+        let _job = self.job(name).await;
         let (dir, addr) = self.pci_target(name)?;
         blocking(move || pci::reset(&dir, addr)).await
     }
@@ -238,6 +264,7 @@ impl Driver {
     /// an NPIV vport through its parent fc_host's `vport_delete` (the kernel then sends
     /// the remove uevents); nothing else can be destroyed.
     pub async fn destroy(&self, name: &str) -> Result<(), VirError> {
+        let _job = self.job(name).await;
         let d = self.lookup(name)?;
         if let Some((file, value)) = self.vport_delete_file(&d) {
             tracing::info!(device = name, "deleting NPIV vport");
@@ -277,7 +304,8 @@ impl Driver {
         // VIR_NODE_DEVICE_CREATE_XML_VALIDATE: the parser always checks strictly.
         check_flags(flags, 1)?;
         let req = create::parse(text)?;
-        let (file, value, want): (std::path::PathBuf, String, Want) = match &req {
+        // What to write where, what appears then, and on behalf of which device.
+        let (file, value, want, on): (std::path::PathBuf, String, Want, String) = match &req {
             Request::Vport { parent, wwnn, wwpn } => {
                 if let Ok(d) = self.lookup_scsi_host_by_wwn(wwnn.as_str(), wwpn.as_str(), 0) {
                     return Err(VirError::operation_invalid(format!(
@@ -293,6 +321,7 @@ impl Driver {
                     fc_dir(dir, h.host).join("vport_create"),
                     format!("{wwpn}:{wwnn}"),
                     Want::Wwn(wwnn.as_str().to_string(), wwpn.as_str().to_string()),
+                    host.name.clone(),
                 )
             }
             Request::Mdev {
@@ -325,10 +354,12 @@ impl Driver {
                         .join("create"),
                     uuid.as_str().to_string(),
                     Want::Name(name),
+                    p.name.clone(),
                 )
             }
         };
         tracing::info!("creating node device: '{value}' -> {}", file.display());
+        let _job = self.job(&on).await;
         blocking_create(move || create::write_trigger(&file, &value)).await?;
         self.wait_for(&want).await
     }
@@ -498,46 +529,19 @@ impl Driver {
         out
     }
 
-    /// Serves/unserves objects and emits the signals for `changes`.
-    pub async fn publish(self: &Arc<Self>, changes: Vec<Change>) {
+    /// Hands `changes` to the outbox, in order.
+    pub async fn publish(&self, changes: Vec<Change>) {
         for c in changes {
-            match &c {
-                Change::Created(n) => {
-                    crate::dbus::serve_device(self, n).await;
-                    self.emit_lifecycle(n, EVENT_CREATED).await;
-                }
-                Change::Deleted(n) => {
-                    self.emit_lifecycle(n, EVENT_DELETED).await;
-                    crate::dbus::unserve_device(self, n).await;
-                }
-                Change::Updated(n) => {
-                    let path = common::objpath::node_device(n);
-                    self.ctx
-                        .hub
-                        .emit(
-                            &common::objpath::connect(),
-                            "org.libvirt.Connect",
-                            "NodeDeviceUpdate",
-                            &(path,),
-                        )
-                        .await;
-                }
+            if let Change::Deleted(n) = &c {
+                // A holder keeps its own handle; the next device of that name starts afresh.
+                self.jobs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(n);
             }
             tracing::info!("node device {c:?}");
+            self.outbox.send(c).await;
         }
-    }
-
-    async fn emit_lifecycle(&self, name: &str, event: i32) {
-        let path: OwnedObjectPath = common::objpath::node_device(name);
-        self.ctx
-            .hub
-            .emit(
-                &common::objpath::connect(),
-                "org.libvirt.Connect",
-                "NodeDeviceEvent",
-                &(path, event, 0i32),
-            )
-            .await;
     }
 }
 

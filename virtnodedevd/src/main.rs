@@ -1,5 +1,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    common::runtime::main("virtnodedevd", virtnodedevd::Driver::start)
+    common::runtime::main("virtnodedevd", virtnodedevd::start)
 }

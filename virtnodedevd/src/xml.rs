@@ -3,7 +3,7 @@
 
 use common::xml::Element;
 
-use crate::sysfs::{Cap, Device, PciAddr, PciLink, Roots};
+use crate::sysfs::{Cap, Device, Pci, PciAddr, PciLink, Roots, ScsiHost};
 
 fn addr_el(a: &PciAddr) -> Element {
     Element::new("address")
@@ -33,6 +33,99 @@ fn link_el(validity: &str, l: &PciLink) -> Element {
         .attr_opt("width", l.width)
 }
 
+/// A PCI device's `<capability type='pci'>`, with its SR-IOV, mdev, IOMMU, NUMA and
+/// PCIe parts.
+fn pci_capability(cap: Element, p: &Pci) -> Element {
+    let mut c = cap
+        .attr("type", "pci")
+        .child(Element::with_text("class", format!("0x{:06x}", p.class)))
+        .child(Element::with_text("domain", p.addr.domain.to_string()))
+        .child(Element::with_text("bus", p.addr.bus.to_string()))
+        .child(Element::with_text("slot", p.addr.slot.to_string()))
+        .child(Element::with_text("function", p.addr.function.to_string()))
+        .child(id_el("product", p.product_id, p.product_name.as_ref()))
+        .child(id_el("vendor", p.vendor_id, p.vendor_name.as_ref()));
+    if let Some(pf) = &p.phys_function {
+        c.push(
+            Element::new("capability")
+                .attr("type", "phys_function")
+                .child(addr_el(pf)),
+        );
+    }
+    if p.max_vfs.is_some() || !p.virt_functions.is_empty() {
+        let mut vf = Element::new("capability")
+            .attr("type", "virt_functions")
+            .attr_opt("maxCount", p.max_vfs);
+        for a in &p.virt_functions {
+            vf.push(addr_el(a));
+        }
+        c.push(vf);
+    }
+    if !p.mdev_types.is_empty() {
+        let mut m = Element::new("capability").attr("type", "mdev_types");
+        for t in &p.mdev_types {
+            m.push(
+                Element::new("type")
+                    .attr("id", &t.id)
+                    .child_opt(text_opt("name", t.name.as_ref()))
+                    .child_opt(text_opt("deviceAPI", t.device_api.as_ref()))
+                    .child(Element::with_text(
+                        "availableInstances",
+                        t.available.to_string(),
+                    )),
+            );
+        }
+        c.push(m);
+    }
+    if let Some((g, members)) = &p.iommu_group {
+        let mut e = Element::new("iommuGroup").attr("number", g);
+        for a in members {
+            e.push(addr_el(a));
+        }
+        c.push(e);
+    }
+    if let Some(n) = p.numa_node {
+        c.push(Element::new("numa").attr("node", n));
+    }
+    if p.link_cap.is_some() || p.link_sta.is_some() {
+        c.push(
+            Element::new("pci-express")
+                .child_opt(p.link_cap.as_ref().map(|l| link_el("cap", l)))
+                .child_opt(p.link_sta.as_ref().map(|l| link_el("sta", l))),
+        );
+    }
+    c
+}
+
+/// A SCSI host's `<capability type='scsi_host'>`, with its fc_host and vport parts.
+fn scsi_host_capability(cap: Element, h: &ScsiHost) -> Element {
+    let mut c = cap
+        .attr("type", "scsi_host")
+        .child(Element::with_text("host", h.host.to_string()))
+        .child_opt(
+            h.unique_id
+                .map(|u| Element::with_text("unique_id", u.to_string())),
+        );
+    if let Some(fc) = &h.fc {
+        c.push(
+            Element::new("capability")
+                .attr("type", "fc_host")
+                .child(Element::with_text("wwnn", fc.wwnn.as_str()))
+                .child(Element::with_text("wwpn", fc.wwpn.as_str()))
+                .child_opt(text_opt("fabric_wwn", fc.fabric_wwn.as_ref())),
+        );
+    }
+    if let Some((max, used)) = h.vports {
+        c.push(
+            Element::new("capability")
+                .attr("type", "vport_ops")
+                .child(Element::with_text("max_vports", max.to_string()))
+                .child(Element::with_text("vports", used.to_string())),
+        );
+    }
+    c
+}
+
 fn capability(dev: &Device) -> Element {
     let cap = Element::new("capability");
     match &dev.cap {
@@ -51,67 +144,7 @@ fn capability(dev: &Device) -> Element {
                 .child(hw)
                 .child(fw)
         }
-        Cap::Pci(p) => {
-            let mut c = cap
-                .attr("type", "pci")
-                .child(Element::with_text("class", format!("0x{:06x}", p.class)))
-                .child(Element::with_text("domain", p.addr.domain.to_string()))
-                .child(Element::with_text("bus", p.addr.bus.to_string()))
-                .child(Element::with_text("slot", p.addr.slot.to_string()))
-                .child(Element::with_text("function", p.addr.function.to_string()))
-                .child(id_el("product", p.product_id, p.product_name.as_ref()))
-                .child(id_el("vendor", p.vendor_id, p.vendor_name.as_ref()));
-            if let Some(pf) = &p.phys_function {
-                c.push(
-                    Element::new("capability")
-                        .attr("type", "phys_function")
-                        .child(addr_el(pf)),
-                );
-            }
-            if p.max_vfs.is_some() || !p.virt_functions.is_empty() {
-                let mut vf = Element::new("capability")
-                    .attr("type", "virt_functions")
-                    .attr_opt("maxCount", p.max_vfs);
-                for a in &p.virt_functions {
-                    vf.push(addr_el(a));
-                }
-                c.push(vf);
-            }
-            if !p.mdev_types.is_empty() {
-                let mut m = Element::new("capability").attr("type", "mdev_types");
-                for t in &p.mdev_types {
-                    m.push(
-                        Element::new("type")
-                            .attr("id", &t.id)
-                            .child_opt(text_opt("name", t.name.as_ref()))
-                            .child_opt(text_opt("deviceAPI", t.device_api.as_ref()))
-                            .child(Element::with_text(
-                                "availableInstances",
-                                t.available.to_string(),
-                            )),
-                    );
-                }
-                c.push(m);
-            }
-            if let Some((g, members)) = &p.iommu_group {
-                let mut e = Element::new("iommuGroup").attr("number", g);
-                for a in members {
-                    e.push(addr_el(a));
-                }
-                c.push(e);
-            }
-            if let Some(n) = p.numa_node {
-                c.push(Element::new("numa").attr("node", n));
-            }
-            if p.link_cap.is_some() || p.link_sta.is_some() {
-                c.push(
-                    Element::new("pci-express")
-                        .child_opt(p.link_cap.as_ref().map(|l| link_el("cap", l)))
-                        .child_opt(p.link_sta.as_ref().map(|l| link_el("sta", l))),
-                );
-            }
-            c
-        }
+        Cap::Pci(p) => pci_capability(cap, p),
         Cap::UsbDevice(u) => cap
             .attr("type", "usb_device")
             .child(Element::with_text("bus", u.bus.to_string()))
@@ -143,33 +176,7 @@ fn capability(dev: &Device) -> Element {
             }
             c
         }
-        Cap::ScsiHost(h) => {
-            let mut c = cap
-                .attr("type", "scsi_host")
-                .child(Element::with_text("host", h.host.to_string()))
-                .child_opt(
-                    h.unique_id
-                        .map(|u| Element::with_text("unique_id", u.to_string())),
-                );
-            if let Some(fc) = &h.fc {
-                c.push(
-                    Element::new("capability")
-                        .attr("type", "fc_host")
-                        .child(Element::with_text("wwnn", fc.wwnn.as_str()))
-                        .child(Element::with_text("wwpn", fc.wwpn.as_str()))
-                        .child_opt(text_opt("fabric_wwn", fc.fabric_wwn.as_ref())),
-                );
-            }
-            if let Some((max, used)) = h.vports {
-                c.push(
-                    Element::new("capability")
-                        .attr("type", "vport_ops")
-                        .child(Element::with_text("max_vports", max.to_string()))
-                        .child(Element::with_text("vports", used.to_string())),
-                );
-            }
-            c
-        }
+        Cap::ScsiHost(h) => scsi_host_capability(cap, h),
         Cap::ScsiTarget { target } => cap
             .attr("type", "scsi_target")
             .child(Element::with_text("target", target.as_str())),

@@ -813,3 +813,89 @@ async fn kill9_and_restart_lists_the_same_devices() -> anyhow::Result<()> {
     assert_eq!(names(&after), names(&before));
     Ok(())
 }
+
+/// A property read or a list never waits behind an operation: an mdev create holds its
+/// parent's job while it waits for the kernel (played by the test) to add the device;
+/// the parent's properties, XML and caps and the device list answer meanwhile, and the
+/// create then completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_do_not_wait_behind_a_create() -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempfile::tempdir()?;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sysfs");
+    run(&[
+        "cp",
+        "-a",
+        &src.to_string_lossy(),
+        &tmp.path().to_string_lossy(),
+    ])?;
+    let root = tmp.path().join("sysfs");
+    let bus = TestBus::start()?;
+    let _d = Daemon::builder(BIN, "virtnodedevd")
+        .arg("--sysfs-root")
+        .arg(&root)
+        .spawn(&bus)
+        .await?;
+    let conn = bus.connection().await?;
+    let c = NodeDevConnectProxy::new(&conn).await?;
+    let parent = "pci_0000_00_02_0";
+    let gpu = device(&conn, parent).await?;
+    let gpu_dir = root.join("devices/pci0000:00/0000:00:02.0");
+    let uuid = "1c2d3e4f-5a6b-4c7d-8e9f-a0b1c2d3e4f5";
+    let mdev_xml = format!(
+        "<device><parent>{parent}</parent><capability type='mdev'>\
+         <type id='i915-GVTg_V5_4'/><uuid>{uuid}</uuid></capability></device>"
+    );
+    let trigger = gpu_dir.join("mdev_supported_types/i915-GVTg_V5_4/create");
+    let finished = AtomicBool::new(false);
+    let creating = async {
+        let r = c.node_device_create_xml(&mdev_xml, 0).await;
+        finished.store(true, Ordering::SeqCst);
+        r
+    };
+    let reads = async {
+        // The daemon wrote the trigger: the create runs, waiting for the new device.
+        while std::fs::read_to_string(&trigger)?.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let out = (
+            gpu.name().await?,
+            gpu.parent().await?,
+            gpu.get_xml_desc(0).await?,
+            gpu.list_caps().await?,
+            c.list_node_devices(0).await?,
+        );
+        let running = !finished.load(Ordering::SeqCst);
+        // Now play the kernel: the mediated device appears below its parent.
+        let mdir = gpu_dir.join(uuid);
+        write_file(&mdir.join("uevent"), "MDEV_TYPE=i915-GVTg_V5_4\n")?;
+        write_file(&mdir.join("remove"), "")?;
+        std::os::unix::fs::symlink(
+            "../mdev_supported_types/i915-GVTg_V5_4",
+            mdir.join("mdev_type"),
+        )?;
+        std::os::unix::fs::symlink(
+            format!("../../../devices/pci0000:00/0000:00:02.0/{uuid}"),
+            root.join("bus/mdev/devices").join(uuid),
+        )?;
+        anyhow::Ok((out, running))
+    };
+    // Guards a hang only: each read is expected to answer at once.
+    let (made, reads) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(creating, reads)
+    })
+    .await?;
+    let ((name, gpu_parent, xml, caps, list), running) = reads?;
+    assert!(
+        running,
+        "the create was still running while the reads answered"
+    );
+    assert_eq!(name, parent);
+    assert!(!gpu_parent.is_empty());
+    assert!(xml.contains(&format!("<name>{parent}</name>")), "{xml}");
+    assert!(caps.iter().any(|c| c == "pci"), "{caps:?}");
+    assert!(list.contains(&common::objpath::node_device(parent)));
+    let name = "mdev_1c2d3e4f_5a6b_4c7d_8e9f_a0b1c2d3e4f5_0000_00_02_0";
+    assert_eq!(made?, common::objpath::node_device(name));
+    Ok(())
+}

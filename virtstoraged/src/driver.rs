@@ -1,29 +1,38 @@
 //! The driver: the pool registry, each pool's job lock, persistence and restarts, and
-//! every operation the D-Bus interfaces translate to.
+//! every operation the D-Bus interfaces translate to. It does not know D-Bus: what
+//! clients must see goes out as a typed [`Change`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use common::error::{check_flags, ErrorCode, VirError};
+use common::event::StoragePoolEvent;
+use common::job::InFlight;
 use common::objpath;
+use common::publish::Outbox;
 use common::runtime::Context;
 use uuid::Uuid;
-use zbus::zvariant::{OwnedObjectPath, Value};
+use zbus::zvariant::OwnedObjectPath;
 
-use crate::backend::{self, dir, BackendError, PoolBackend, PoolSizes, WipePattern};
+use crate::backend::{self, BackendError, PoolBackend, PoolSizes, WipePattern};
 use crate::xml::{PoolDef, VolDef};
 
-/// virStoragePoolEventLifecycleType.
-pub mod event {
-    pub const DEFINED: i32 = 0;
-    pub const UNDEFINED: i32 = 1;
-    pub const STARTED: i32 = 2;
-    pub const STOPPED: i32 = 3;
-    pub const CREATED: i32 = 4;
-    pub const DELETED: i32 = 5;
+/// What clients must see of a change, in the order it happened. Publishing is awaited:
+/// an added object is served before the reply that names it and before its event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    PoolAdded(Uuid),
+    PoolRemoved(Uuid),
+    Lifecycle(Uuid, StoragePoolEvent),
+    /// The pool started (true) or stopped (false) and stays defined.
+    ActiveChanged(Uuid, bool),
+    /// A `Refresh` call re-read the pool.
+    Refreshed(Uuid),
+    /// A volume (by key) appeared or went away.
+    VolumeAdded(String),
+    VolumeRemoved(String),
 }
 
 /// virStoragePoolBuildFlags: NEW, REPAIR, RESIZE, NO_OVERWRITE, OVERWRITE.
@@ -59,11 +68,14 @@ struct PoolState {
     vols: BTreeMap<String, VolDef>,
 }
 
+/// One pool. Operations hold `job` (libvirt's job model: one long operation per pool
+/// at a time, held across builds, refreshes and volume transfers); reads take only the
+/// state lock, held for a copy and never across an await or a blocking call, so a
+/// property read or a list never waits behind a build or an upload.
 pub struct Pool {
     pub uuid: Uuid,
     backend: Arc<dyn PoolBackend>,
     state: Mutex<PoolState>,
-    /// libvirt's job model: one long operation per pool at a time.
     job: tokio::sync::Mutex<()>,
 }
 
@@ -91,7 +103,8 @@ impl Pool {
 pub struct Driver {
     pub ctx: Context,
     pools: Mutex<HashMap<Uuid, Arc<Pool>>>,
-    jobs: AtomicUsize,
+    jobs: InFlight,
+    pub outbox: Outbox<Change>,
     /// Bytes moved so far by the running upload/download of a volume (by key).
     transfers: Mutex<HashMap<String, Arc<AtomicU64>>>,
 }
@@ -108,21 +121,40 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> VirError {
     VirError::system(format!("{what} '{}'", path.display()), &e)
 }
 
-struct JobGuard<'a>(&'a AtomicUsize);
-impl Drop for JobGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
+/// Runs file work that may fsync off the async worker threads: a slow disk must not
+/// stall every other call served by the same worker.
+async fn blocking_io<T: Send + 'static>(
+    what: &'static str,
+    path: PathBuf,
+    f: impl FnOnce(&Path) -> std::io::Result<T> + Send + 'static,
+) -> Res<T> {
+    tokio::task::spawn_blocking(move || f(&path).map_err(|e| io_err(what, &path, e)))
+        .await
+        .map_err(|e| VirError::internal(format!("worker failed: {e}")))?
+}
+
+/// `persist::write_atomic` (temp, fsync, rename) off the async threads.
+async fn write_durable(what: &'static str, path: PathBuf, data: String) -> Res<()> {
+    blocking_io(what, path, move |p| {
+        common::persist::write_atomic(p, data.as_bytes(), 0o600)
+    })
+    .await
+}
+
+/// `persist::remove_durable` (unlink, fsync of the folder) off the async threads.
+async fn remove_durable(what: &'static str, path: PathBuf) -> Res<()> {
+    blocking_io(what, path, common::persist::remove_durable).await
 }
 
 impl Driver {
-    /// Builds the driver: loads definitions and runtime status, adopts active pools,
-    /// autostarts, then registers every object on the hub.
-    pub async fn start(ctx: Context) -> anyhow::Result<Arc<Driver>> {
+    /// Builds the driver with nothing loaded yet. [`Driver::load`] reads the disk once
+    /// the outbox is connected, so every pool and volume it finds is published.
+    pub fn new(ctx: Context) -> anyhow::Result<Arc<Driver>> {
         let driver = Arc::new(Driver {
             ctx,
             pools: Mutex::new(HashMap::new()),
-            jobs: AtomicUsize::new(0),
+            jobs: InFlight::new(),
+            outbox: Outbox::new(),
             transfers: Mutex::new(HashMap::new()),
         });
         for d in [
@@ -132,8 +164,6 @@ impl Driver {
         ] {
             common::persist::create_dir_all(&d, 0o755)?;
         }
-        driver.load().await;
-        crate::dbus::serve(&driver).await;
         Ok(driver)
     }
 
@@ -175,18 +205,24 @@ impl Driver {
         defs
     }
 
-    async fn load(self: &Arc<Self>) {
+    /// Loads definitions and runtime status, adopts active pools and autostarts. Call
+    /// it once, after the outbox is connected.
+    pub async fn load(self: &Arc<Self>) {
         for def in Self::read_defs(&self.config_dir()) {
             let autostart = Self::file(self.autostart_dir(), &def).exists();
-            if let Err(e) = self.insert(def, true, autostart) {
-                tracing::warn!("pool not loaded: {e}");
+            match self.insert(def, true, autostart) {
+                Ok(p) => self.outbox.send(Change::PoolAdded(p.uuid)).await,
+                Err(e) => tracing::warn!("pool not loaded: {e}"),
             }
         }
         for def in Self::read_defs(&self.status_dir()) {
             let pool = match self.pool_by_uuid(&def.uuid) {
                 Ok(p) => p,
                 Err(_) => match self.insert(def.clone(), false, false) {
-                    Ok(p) => p,
+                    Ok(p) => {
+                        self.outbox.send(Change::PoolAdded(p.uuid)).await;
+                        p
+                    }
                     Err(e) => {
                         tracing::warn!("pool status not loaded: {e}");
                         continue;
@@ -238,12 +274,7 @@ impl Driver {
     }
 
     pub fn busy(&self) -> bool {
-        self.jobs.load(Ordering::SeqCst) > 0
-    }
-
-    fn job(&self) -> JobGuard<'_> {
-        self.jobs.fetch_add(1, Ordering::SeqCst);
-        JobGuard(&self.jobs)
+        !self.jobs.idle()
     }
 
     pub fn pools(&self) -> Vec<Arc<Pool>> {
@@ -320,28 +351,8 @@ impl Driver {
             .collect())
     }
 
-    async fn emit(&self, pool: &Pool, ev: i32) {
-        let body = (pool.path(), ev, 0i32);
-        self.ctx
-            .hub
-            .emit(
-                &objpath::connect(),
-                "org.libvirt.Connect",
-                "StoragePoolEvent",
-                &body,
-            )
-            .await;
-    }
-
-    async fn prop(&self, pool: &Pool, name: &str, v: bool) {
-        self.ctx
-            .hub
-            .properties_changed(
-                &pool.path(),
-                "org.libvirt.StoragePool",
-                &[(name, Value::from(v))],
-            )
-            .await;
+    async fn emit(&self, pool: &Pool, ev: StoragePoolEvent) {
+        self.outbox.send(Change::Lifecycle(pool.uuid, ev)).await;
     }
 
     async fn blocking<T: Send + 'static>(
@@ -359,12 +370,12 @@ impl Driver {
         let b = pool.backend.clone();
         let d2 = def.clone();
         Self::blocking(move || b.start(&d2)).await?;
-        common::persist::write_atomic(
-            &Self::file(self.status_dir(), &def),
-            def.to_xml().as_bytes(),
-            0o600,
+        write_durable(
+            "cannot write status",
+            Self::file(self.status_dir(), &def),
+            def.to_xml(),
         )
-        .map_err(|e| io_err("cannot write status", &self.status_dir(), e))?;
+        .await?;
         pool.state().active = true;
         self.refresh_locked(pool).await?;
         Ok(())
@@ -401,10 +412,10 @@ impl Driver {
             (added, removed)
         };
         for k in removed {
-            crate::dbus::unserve_vol(self, &k).await;
+            self.outbox.send(Change::VolumeRemoved(k)).await;
         }
         for k in added {
-            crate::dbus::serve_vol(self, &k).await;
+            self.outbox.send(Change::VolumeAdded(k)).await;
         }
         Ok(())
     }
@@ -422,7 +433,7 @@ impl Driver {
                     p.uuid
                 )));
             }
-            self.write_config(&def)?;
+            self.write_config(&def).await?;
             {
                 let mut s = p.state();
                 s.persistent = true;
@@ -430,23 +441,26 @@ impl Driver {
                     s.def = def;
                 }
             }
-            self.emit(&p, event::DEFINED).await;
+            self.emit(&p, StoragePoolEvent::Defined).await;
             return Ok(p.path());
         }
         let pool = self.insert(def.clone(), true, false)?;
-        if let Err(e) = self.write_config(&def) {
+        if let Err(e) = self.write_config(&def).await {
             self.registry().remove(&pool.uuid);
             return Err(e);
         }
-        crate::dbus::serve_pool(self, pool.uuid).await;
-        self.emit(&pool, event::DEFINED).await;
+        self.outbox.send(Change::PoolAdded(pool.uuid)).await;
+        self.emit(&pool, StoragePoolEvent::Defined).await;
         Ok(pool.path())
     }
 
-    fn write_config(&self, def: &PoolDef) -> Res<()> {
-        let p = Self::file(self.config_dir(), def);
-        common::persist::write_atomic(&p, def.to_xml().as_bytes(), 0o600)
-            .map_err(|e| io_err("cannot write", &p, e))
+    async fn write_config(&self, def: &PoolDef) -> Res<()> {
+        write_durable(
+            "cannot write",
+            Self::file(self.config_dir(), def),
+            def.to_xml(),
+        )
+        .await
     }
 
     pub async fn create_xml(self: &Arc<Self>, xml: &str, flags: u32) -> Res<OwnedObjectPath> {
@@ -454,7 +468,7 @@ impl Driver {
         check_flags(flags, 7)?;
         let def = PoolDef::parse(xml)?;
         let pool = self.insert(def.clone(), false, false)?;
-        let _g = self.job();
+        let _g = self.jobs.enter();
         let res = async {
             if flags != 0 {
                 let b = pool.backend.clone();
@@ -468,27 +482,27 @@ impl Driver {
             self.registry().remove(&pool.uuid);
             return Err(e);
         }
-        crate::dbus::serve_pool(self, pool.uuid).await;
-        self.emit(&pool, event::STARTED).await;
+        self.outbox.send(Change::PoolAdded(pool.uuid)).await;
+        self.emit(&pool, StoragePoolEvent::Started).await;
         Ok(pool.path())
     }
 
     pub async fn build(self: &Arc<Self>, pool: &Arc<Pool>, flags: u32) -> Res<()> {
         check_flags(flags, BUILD_FLAGS)?;
         let _j = pool.job.lock().await;
-        let _g = self.job();
+        let _g = self.jobs.enter();
         self.require_inactive(pool)?;
         let def = pool.state().def.clone();
         let b = pool.backend.clone();
         Self::blocking(move || b.build(&def, flags)).await?;
-        self.emit(pool, event::CREATED).await;
+        self.emit(pool, StoragePoolEvent::Created).await;
         Ok(())
     }
 
     pub async fn create(self: &Arc<Self>, pool: &Arc<Pool>, flags: u32) -> Res<()> {
         check_flags(flags, 7)?;
         let _j = pool.job.lock().await;
-        let _g = self.job();
+        let _g = self.jobs.enter();
         self.require_inactive(pool)?;
         if flags != 0 {
             // virStoragePoolCreateFlags WITH_BUILD(1), _OVERWRITE(2), _NO_OVERWRITE(4)
@@ -499,20 +513,22 @@ impl Driver {
             Self::blocking(move || b.build(&def, build_flags)).await?;
         }
         self.activate(pool).await?;
-        self.emit(pool, event::STARTED).await;
-        self.prop(pool, "Active", true).await;
+        self.emit(pool, StoragePoolEvent::Started).await;
+        self.outbox
+            .send(Change::ActiveChanged(pool.uuid, true))
+            .await;
         Ok(())
     }
 
     pub async fn destroy(self: &Arc<Self>, pool: &Arc<Pool>) -> Res<()> {
         let _j = pool.job.lock().await;
-        let _g = self.job();
+        let _g = self.jobs.enter();
         self.require_active(pool)?;
         let def = pool.state().def.clone();
         let b = pool.backend.clone();
         let d2 = def.clone();
         Self::blocking(move || b.stop(&d2)).await?;
-        let _ = common::persist::remove_durable(&Self::file(self.status_dir(), &def));
+        let _ = remove_durable("cannot remove", Self::file(self.status_dir(), &def)).await;
         let (keys, transient) = {
             let mut s = pool.state();
             s.active = false;
@@ -520,14 +536,16 @@ impl Driver {
             (keys, !s.persistent)
         };
         for k in keys {
-            crate::dbus::unserve_vol(self, &k).await;
+            self.outbox.send(Change::VolumeRemoved(k)).await;
         }
-        self.emit(pool, event::STOPPED).await;
+        self.emit(pool, StoragePoolEvent::Stopped).await;
         if transient {
             self.registry().remove(&pool.uuid);
-            crate::dbus::unserve_pool(self, pool.uuid).await;
+            self.outbox.send(Change::PoolRemoved(pool.uuid)).await;
         } else {
-            self.prop(pool, "Active", false).await;
+            self.outbox
+                .send(Change::ActiveChanged(pool.uuid, false))
+                .await;
         }
         Ok(())
     }
@@ -544,7 +562,7 @@ impl Driver {
         let def = pool.state().def.clone();
         let b = pool.backend.clone();
         Self::blocking(move || b.delete(&def)).await?;
-        self.emit(pool, event::DELETED).await;
+        self.emit(pool, StoragePoolEvent::Deleted).await;
         Ok(())
     }
 
@@ -560,17 +578,16 @@ impl Driver {
             }
             (s.def.clone(), s.active)
         };
-        let cfg = Self::file(self.config_dir(), &def);
-        common::persist::remove_durable(&cfg).map_err(|e| io_err("cannot remove", &cfg, e))?;
-        let _ = common::persist::remove_durable(&Self::file(self.autostart_dir(), &def));
-        self.emit(pool, event::UNDEFINED).await;
+        remove_durable("cannot remove", Self::file(self.config_dir(), &def)).await?;
+        let _ = remove_durable("cannot remove", Self::file(self.autostart_dir(), &def)).await;
+        self.emit(pool, StoragePoolEvent::Undefined).await;
         if active {
             let mut s = pool.state();
             s.persistent = false;
             s.autostart = false;
         } else {
             self.registry().remove(&pool.uuid);
-            crate::dbus::unserve_pool(self, pool.uuid).await;
+            self.outbox.send(Change::PoolRemoved(pool.uuid)).await;
         }
         Ok(())
     }
@@ -580,10 +597,7 @@ impl Driver {
         let _j = pool.job.lock().await;
         self.require_active(pool)?;
         self.refresh_locked(pool).await?;
-        self.ctx
-            .hub
-            .emit(&pool.path(), "org.libvirt.StoragePool", "Refresh", &())
-            .await;
+        self.outbox.send(Change::Refreshed(pool.uuid)).await;
         Ok(())
     }
 
@@ -621,7 +635,7 @@ impl Driver {
         Ok(pool.state().def.to_xml())
     }
 
-    pub fn set_autostart(&self, pool: &Pool, on: bool) -> Res<()> {
+    pub async fn set_autostart(&self, pool: &Pool, on: bool) -> Res<()> {
         let def = {
             let s = pool.state();
             if !s.persistent {
@@ -633,11 +647,9 @@ impl Driver {
         };
         let link = Self::file(self.autostart_dir(), &def);
         if on {
-            common::persist::write_atomic(&link, def.name.as_str().as_bytes(), 0o600)
-                .map_err(|e| io_err("cannot write", &link, e))?;
+            write_durable("cannot write", link, def.name.as_str().to_owned()).await?;
         } else if link.exists() {
-            common::persist::remove_durable(&link)
-                .map_err(|e| io_err("cannot remove", &link, e))?;
+            remove_durable("cannot remove", link).await?;
         }
         pool.state().autostart = on;
         Ok(())
@@ -679,7 +691,7 @@ impl Driver {
             None => None,
         };
         let _j = pool.job.lock().await;
-        let _g = self.job();
+        let _g = self.jobs.enter();
         self.require_active(pool)?;
         if pool.state().vols.values().any(|v| v.name == vol.name) {
             return Err(VirError::new(ErrorCode::StorageVolExist, &vol.name));
@@ -689,7 +701,7 @@ impl Driver {
         let made = Self::blocking(move || b.create_vol(&def, &vol, from.as_ref())).await?;
         let key = made.key.clone();
         pool.state().vols.insert(key.clone(), made);
-        crate::dbus::serve_vol(self, &key).await;
+        self.outbox.send(Change::VolumeAdded(key.clone())).await;
         Ok(objpath::storage_vol(&key))
     }
 
@@ -705,7 +717,9 @@ impl Driver {
         let b = pool.backend.clone();
         Self::blocking(move || b.delete_vol(&def, &vol)).await?;
         pool.state().vols.remove(key);
-        crate::dbus::unserve_vol(self, key).await;
+        self.outbox
+            .send(Change::VolumeRemoved(key.to_owned()))
+            .await;
         Ok(())
     }
 
@@ -741,7 +755,7 @@ impl Driver {
         )?;
         let (pool, vol) = self.vol_of(key)?;
         let _j = pool.job.lock().await;
-        let _g = self.job();
+        let _g = self.jobs.enter();
         let shrink = flags & VOL_RESIZE_SHRINK != 0;
         let target = if flags & VOL_RESIZE_DELTA != 0 {
             if shrink {
@@ -770,7 +784,7 @@ impl Driver {
         let pattern = WipePattern::from_wire(pattern)?;
         let (pool, vol) = self.vol_of(key)?;
         let _j = pool.job.lock().await;
-        let _g = self.job();
+        let _g = self.jobs.enter();
         let def = pool.state().def.clone();
         let b = pool.backend.clone();
         let v2 = vol.clone();
@@ -814,7 +828,7 @@ impl Driver {
         check_flags(flags, 0)?;
         let (pool, vol) = self.vol_of(key)?;
         let _j = pool.job.lock().await;
-        let _g = self.job();
+        let _g = self.jobs.enter();
         let counter = Arc::new(AtomicU64::new(0));
         self.transfers
             .lock()
@@ -823,71 +837,8 @@ impl Driver {
         let path = PathBuf::from(&vol.path);
         let cap = vol.capacity;
         let res = Self::blocking(move || {
-            let io = |e| {
-                BackendError::io(
-                    if upload {
-                        "cannot upload into"
-                    } else {
-                        "cannot download from"
-                    },
-                    &path,
-                    e,
-                )
-            };
-            let file = dir::open_vol(&path, upload).map_err(io)?;
-            let size = file.metadata().map_err(io)?.len().max(cap);
-            if offset > size {
-                return Err(BackendError::Invalid(format!(
-                    "offset {offset} is past the end of the volume ({size})"
-                )));
-            }
-            let room = size - offset;
-            let limit = if length == 0 { room } else { length.min(room) };
             let mut progress = |n: u64| counter.store(n, Ordering::Relaxed);
-            use std::io::{Seek, SeekFrom};
-            let other = File::from(fd);
-            let other_is_file = other.metadata().map(|m| m.is_file()).unwrap_or(false);
-            if upload {
-                // A regular file is copied inside the kernel, extent by extent; a pipe
-                // or socket is read in chunks with zero chunks punched, not written.
-                if other_is_file {
-                    let start = (&other).stream_position().map_err(io)?;
-                    let done =
-                        dir::copy_extents(&other, start, &file, offset, limit, &mut progress)
-                            .map_err(io)?;
-                    if done.is_none() {
-                        dir::copy_sparse(&mut &other, &file, offset, Some(limit), &mut progress)
-                            .map_err(io)?;
-                    }
-                } else {
-                    dir::widen_pipe(&other);
-                    dir::copy_sparse(&mut &other, &file, offset, Some(limit), &mut progress)
-                        .map_err(io)?;
-                }
-                // The upload is answered only once the data is on the disk: a caller that
-                // is told "done" may delete its source (the cost is in docs/virtstoraged.md).
-                file.sync_data().map_err(io)?;
-            } else if other_is_file {
-                let start = (&other).stream_position().map_err(io)?;
-                let done = dir::copy_extents(&file, offset, &other, start, limit, &mut progress)
-                    .map_err(io)?;
-                if done.is_none() {
-                    let mut src = &file;
-                    src.seek(SeekFrom::Start(offset)).map_err(io)?;
-                    dir::copy_sparse(&mut src, &other, start, Some(limit), &mut progress)
-                        .map_err(io)?;
-                }
-            } else {
-                dir::widen_pipe(&other);
-                let sent =
-                    dir::send_file(&file, offset, &other, limit, &mut progress).map_err(io)?;
-                if sent.is_none() {
-                    let mut src = &file;
-                    src.seek(SeekFrom::Start(offset)).map_err(io)?;
-                    dir::copy_plain(&mut src, &mut &other, limit, &mut progress).map_err(io)?;
-                }
-            }
-            Ok(())
+            crate::transfer::stream(&path, cap, fd, offset, length, upload, &mut progress)
         })
         .await;
         self.transfers

@@ -1,5 +1,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    common::runtime::main("virtstoraged", virtstoraged::Driver::start)
+    common::runtime::main("virtstoraged", virtstoraged::start)
 }

@@ -359,3 +359,97 @@ async fn kill9_restart_keeps_pools_and_hides_half_made_volumes() -> anyhow::Resu
     assert!(tp.active().await? && !tp.persistent().await?);
     Ok(())
 }
+
+/// A property read or a list never waits behind a volume transfer: an Upload whose
+/// client has sent one chunk and then feeds nothing holds the pool's job while the
+/// pool's and the volume's properties, the lists and the XML are read; they all answer
+/// while the upload is still running, and the upload then completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_do_not_wait_behind_an_upload() -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const MIB: usize = 1 << 20;
+    let bus = TestBus::start()?;
+    let daemon = Daemon::builder(BIN, "virtstoraged").spawn(&bus).await?;
+    let c = bus.connection().await?;
+    let conn = StorageConnectProxy::new(&c).await?;
+    let target = daemon.dirs.root.path().join("slow");
+    let p = conn
+        .storage_pool_create_xml(&pool_xml("slow", &target), 1)
+        .await?;
+    let pp = pool(&c, &p).await?;
+    let v = pp
+        .storage_vol_create_xml(
+            "<volume><name>v.img</name><capacity unit='M'>4</capacity></volume>",
+            0,
+        )
+        .await?;
+    let vv = vol(&c, &v).await?;
+    let vt = StorageVolTransferProxy::builder(&c)
+        .path(v.as_ref())?
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+
+    let (rd, wr) = nix::unistd::pipe()?;
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    // The client: one chunk now, the second only when the test says so.
+    let feeder = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut w = File::from(wr);
+        w.write_all(&vec![0x5a; MIB])?;
+        let _ = go_rx.recv();
+        w.write_all(&vec![0xa5; MIB])
+    });
+    let finished = AtomicBool::new(false);
+    let upload = async {
+        let r = vt.upload(Fd::from(rd.as_fd()), 0, 2 * MIB as u64, 0).await;
+        finished.store(true, Ordering::SeqCst);
+        r
+    };
+    let reads = async {
+        // The daemon has the first chunk: the upload runs and waits for the second.
+        while vt.transfer_bytes().await? < MIB as u64 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let out = (
+            pp.active().await?,
+            pp.name().await?,
+            pp.autostart().await?,
+            pp.persistent().await?,
+            pp.get_xml_desc(0).await?,
+            pp.list_storage_volumes(0).await?,
+            conn.list_storage_pools(0).await?,
+            vv.name().await?,
+            vv.get_xml_desc(0).await?,
+        );
+        let running = !finished.load(Ordering::SeqCst);
+        let _ = go_tx.send(());
+        anyhow::Ok((out, running))
+    };
+    // Guards a hang only: each read is expected to answer at once.
+    let (up, reads) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(upload, reads)
+    })
+    .await?;
+    let ((active, name, autostart, persistent, xml, vols, pools, vname, vxml), running) = reads?;
+    up?;
+    feeder
+        .join()
+        .map_err(|_| anyhow::anyhow!("feeder panicked"))??;
+    assert!(
+        running,
+        "the upload was still running while the reads answered"
+    );
+    assert!(active);
+    assert_eq!(name, "slow");
+    assert!(!autostart);
+    assert!(!persistent);
+    assert!(xml.contains("<name>slow</name>"));
+    assert_eq!(vols, vec![v.clone()]);
+    assert_eq!(pools, vec![p.clone()]);
+    assert_eq!(vname, "v.img");
+    assert!(vxml.contains("<name>v.img</name>"));
+    let data = std::fs::read(target.join("v.img"))?;
+    assert!(data[..MIB].iter().all(|b| *b == 0x5a));
+    assert!(data[MIB..2 * MIB].iter().all(|b| *b == 0xa5));
+    Ok(())
+}

@@ -4,7 +4,7 @@ use std::sync::Weak;
 
 use common::connect as base;
 use common::error::{check_flags, BusError, VirError};
-use zbus::zvariant::OwnedObjectPath;
+use zbus::zvariant::{ObjectPath, OwnedObjectPath};
 
 use super::upgrade;
 use crate::driver::{Driver, NetError};
@@ -28,27 +28,27 @@ fn keep(flags: u32, yes: u32, no: u32, v: bool) -> bool {
 
 #[zbus::interface(name = "org.libvirt.Connect")]
 impl Connect {
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn version(&self) -> u64 {
         base::own_version()
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn lib_version(&self) -> u64 {
         base::LIB_VERSION
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn hostname(&self) -> String {
         base::hostname()
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn encrypted(&self) -> bool {
         base::ENCRYPTED
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn secure(&self) -> bool {
         base::SECURE
     }
@@ -58,7 +58,7 @@ impl Connect {
         let d = upgrade(&self.driver)?;
         let mut out = Vec::new();
         for o in d.list() {
-            let st = o.st.lock().await;
+            let st = o.state();
             if keep(flags, LIST_ACTIVE, LIST_INACTIVE, st.live.is_some())
                 && keep(flags, LIST_PERSISTENT, LIST_TRANSIENT, st.persistent)
                 && keep(flags, LIST_AUTOSTART, LIST_NO_AUTOSTART, st.autostart)
@@ -96,11 +96,11 @@ impl Connect {
         Ok(common::objpath::network(&d.by_uuid(&u)?.uuid))
     }
 
-    /// Emitted through the hub (see `Driver::event`); declared for introspection.
+    /// Lifecycle events (virNetworkEventLifecycleType), emitted by `dbus::Bus`.
     #[zbus(signal)]
-    async fn network_event(
+    pub async fn network_event(
         emitter: &zbus::object_server::SignalEmitter<'_>,
-        network: OwnedObjectPath,
+        network: ObjectPath<'_>,
         event: i32,
     ) -> zbus::Result<()>;
 }

@@ -1,75 +1,128 @@
-//! D-Bus interfaces: translation between the wire and the driver, nothing else.
+//! D-Bus interfaces: translation between the wire and the driver, nothing else. The
+//! driver's [`Change`]s become objects served on the hub and zbus-declared signals here;
+//! interface, property and signal names appear nowhere else.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
-use uuid::Uuid;
+use common::objpath;
+use common::publish::Publisher;
+use common::Hub;
+use futures_util::future::BoxFuture;
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::OwnedObjectPath;
 
-use crate::driver::Driver;
+use crate::driver::{Change, Driver};
 
 mod connect;
 mod network;
 mod port;
 
-/// Registers the connect object.
-pub async fn serve_connect(driver: &Arc<Driver>) {
+/// Serves the connect object and connects the driver's outbox to the bus: from here
+/// on every change the driver publishes is served/emitted before `send` returns.
+pub async fn connect(driver: &Arc<Driver>) {
+    let hub = driver.ctx.hub.clone();
     let d = Arc::downgrade(driver);
-    driver
-        .ctx
-        .hub
-        .serve(common::objpath::connect(), move || connect::Connect {
-            driver: d.clone(),
-        })
-        .await;
+    hub.serve(objpath::connect(), move || connect::Connect {
+        driver: d.clone(),
+    })
+    .await;
+    driver.outbox.connect(Arc::new(Bus {
+        hub,
+        driver: Arc::downgrade(driver),
+    }));
 }
 
-/// Registers one network object.
-pub async fn serve_network(driver: &Arc<Driver>, uuid: Uuid) {
-    let d = Arc::downgrade(driver);
-    driver
-        .ctx
-        .hub
-        .serve(common::objpath::network(&uuid), move || network::Network {
-            driver: d.clone(),
-            uuid,
-        })
-        .await;
+/// The D-Bus side of the driver's outbox.
+struct Bus {
+    hub: Hub,
+    driver: Weak<Driver>,
 }
 
-pub async fn unserve_network(driver: &Driver, uuid: Uuid) {
-    driver
-        .ctx
-        .hub
-        .unserve::<network::Network>(&common::objpath::network(&uuid))
-        .await;
+impl Publisher<Change> for Bus {
+    fn publish(&self, change: Change) -> BoxFuture<'_, ()> {
+        Box::pin(self.apply(change))
+    }
 }
 
-/// Registers one port object.
-pub async fn serve_port(driver: &Arc<Driver>, uuid: Uuid) {
-    let d = Arc::downgrade(driver);
-    driver
-        .ctx
-        .hub
-        .serve(common::objpath::network_port(&uuid), move || {
-            port::NetworkPort {
-                driver: d.clone(),
-                uuid,
+impl Bus {
+    async fn apply(&self, change: Change) {
+        match change {
+            Change::NetworkAdded(uuid) => {
+                let d = self.driver.clone();
+                self.hub
+                    .serve(objpath::network(&uuid), move || network::Network {
+                        driver: d.clone(),
+                        uuid,
+                    })
+                    .await;
             }
-        })
-        .await;
-}
+            Change::NetworkRemoved(uuid) => {
+                self.hub
+                    .unserve::<network::Network>(&objpath::network(&uuid))
+                    .await;
+            }
+            Change::Lifecycle(uuid, ev) => {
+                let path = &objpath::network(&uuid);
+                self.each(&objpath::connect(), |e| async move {
+                    connect::Connect::network_event(&e, path.as_ref(), ev.wire()).await
+                })
+                .await;
+            }
+            Change::ActiveChanged(uuid, active) => {
+                tracing::debug!(network = %uuid, active, "Active changed");
+                // libvirt-dbus declares Active without PropertiesChanged
+                // (EmitsChangedSignal false); sending it anyway spares clients a poll.
+                let iface = <network::Network as zbus::object_server::Interface>::name();
+                self.hub
+                    .properties_changed(
+                        &objpath::network(&uuid),
+                        iface.as_str(),
+                        &[("Active", active.into())],
+                    )
+                    .await;
+            }
+            Change::PortAdded(uuid) => {
+                let d = self.driver.clone();
+                self.hub
+                    .serve(objpath::network_port(&uuid), move || port::NetworkPort {
+                        driver: d.clone(),
+                        uuid,
+                    })
+                    .await;
+            }
+            Change::PortRemoved(uuid) => {
+                self.hub
+                    .unserve::<port::NetworkPort>(&objpath::network_port(&uuid))
+                    .await;
+            }
+        }
+    }
 
-pub async fn unserve_port(driver: &Driver, uuid: Uuid) {
-    driver
-        .ctx
-        .hub
-        .unserve::<port::NetworkPort>(&common::objpath::network_port(&uuid))
-        .await;
+    /// Emits through `emit` once per connection, from the object at `path`.
+    async fn each<'a, F, Fut>(&self, path: &OwnedObjectPath, emit: F)
+    where
+        F: Fn(SignalEmitter<'static>) -> Fut,
+        Fut: std::future::Future<Output = zbus::Result<()>> + 'a,
+    {
+        for conn in self.hub.connections() {
+            let e = match SignalEmitter::new(&conn, path.clone()) {
+                Ok(e) => e.into_owned(),
+                Err(err) => {
+                    tracing::debug!("no signal emitter for {path}: {err}");
+                    continue;
+                }
+            };
+            if let Err(err) = emit(e).await {
+                tracing::debug!("signal from {path} not sent: {err}");
+            }
+        }
+    }
 }
 
 fn gone() -> common::error::BusError {
     common::error::VirError::internal("the daemon is shutting down").into()
 }
 
-fn upgrade(d: &std::sync::Weak<Driver>) -> Result<Arc<Driver>, common::error::BusError> {
+fn upgrade(d: &Weak<Driver>) -> Result<Arc<Driver>, common::error::BusError> {
     d.upgrade().ok_or_else(gone)
 }

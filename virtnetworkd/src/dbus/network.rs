@@ -47,7 +47,7 @@ impl Network {
     async fn get_xml_desc(&self, flags: u32) -> Result<String, BusError> {
         check_flags(flags, XML_INACTIVE)?;
         let (d, o) = self.get()?;
-        Ok(d.xml_desc(&o, flags & XML_INACTIVE != 0).await)
+        Ok(d.xml_desc(&o, flags & XML_INACTIVE != 0))
     }
 
     /// (iface, expirytime, type, mac, iaid, ipaddr, prefix, hostname, clientid)
@@ -73,8 +73,7 @@ impl Network {
     > {
         check_flags(flags, 0)?;
         let (d, o) = self.get()?;
-        Ok(d.leases(&o, &mac)
-            .await?
+        Ok(d.leases(&o, &mac)?
             .into_iter()
             .map(|(iface, l, prefix)| {
                 let v6 = l.ip.is_ipv6();
@@ -112,14 +111,13 @@ impl Network {
         check_flags(flags, 0)?;
         let (d, o) = self.get()?;
         let u = d.port_create(&o, &xml).await?;
-        super::serve_port(&d, u).await;
         Ok(common::objpath::network_port(&u))
     }
 
     async fn list_ports(&self, flags: u32) -> Result<Vec<OwnedObjectPath>, BusError> {
         check_flags(flags, 0)?;
         let (_, o) = self.get()?;
-        let st = o.st.lock().await;
+        let st = o.state();
         Ok(st.ports.keys().map(common::objpath::network_port).collect())
     }
 
@@ -128,49 +126,49 @@ impl Network {
         let (_, o) = self.get()?;
         let u =
             Uuid::parse_str(&uuid).map_err(|_| VirError::from(NetError::NoPort(uuid.clone())))?;
-        if o.st.lock().await.ports.contains_key(&u) {
+        if o.state().ports.contains_key(&u) {
             Ok(common::objpath::network_port(&u))
         } else {
             Err(VirError::from(NetError::NoPort(uuid)).into())
         }
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     async fn name(&self) -> String {
         self.get().map(|(_, o)| o.name.clone()).unwrap_or_default()
     }
 
-    #[zbus(property, name = "UUID")]
+    #[zbus(property(emits_changed_signal = "const"), name = "UUID")]
     async fn uuid(&self) -> String {
         self.uuid.to_string()
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     async fn active(&self) -> bool {
         match self.get() {
-            Ok((_, o)) => o.st.lock().await.live.is_some(),
+            Ok((_, o)) => o.state().live.is_some(),
             Err(_) => false,
         }
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     async fn persistent(&self) -> bool {
         match self.get() {
-            Ok((_, o)) => o.st.lock().await.persistent,
+            Ok((_, o)) => o.state().persistent,
             Err(_) => false,
         }
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     async fn autostart(&self) -> bool {
         match self.get() {
-            Ok((_, o)) => o.st.lock().await.autostart,
+            Ok((_, o)) => o.state().autostart,
             Err(_) => false,
         }
     }
 
     #[zbus(property)]
-    async fn set_autostart(&mut self, value: bool) -> zbus::fdo::Result<()> {
+    async fn set_autostart(&self, value: bool) -> zbus::fdo::Result<()> {
         let (d, o) = self
             .get()
             .map_err(|e| zbus::fdo::Error::Failed(format!("{e:?}")))?;
@@ -183,7 +181,7 @@ impl Network {
     async fn bridge_name(&self) -> String {
         match self.get() {
             Ok((_, o)) => {
-                let st = o.st.lock().await;
+                let st = o.state();
                 st.live.as_ref().unwrap_or(&st.def).bridge_name().to_owned()
             }
             Err(_) => String::new(),

@@ -21,17 +21,15 @@ impl NetworkPort {
     async fn get_xml_desc(&self, flags: u32) -> Result<String, BusError> {
         check_flags(flags, 0)?;
         let d = upgrade(&self.driver)?;
-        let (_, p) = d.find_port(&self.uuid).await?;
+        let (_, p) = d.find_port(&self.uuid)?;
         Ok(p.to_xml())
     }
 
     async fn delete(&self, flags: u32) -> Result<(), BusError> {
         check_flags(flags, 0)?;
         let d = upgrade(&self.driver)?;
-        let (n, _) = d.find_port(&self.uuid).await?;
-        d.port_delete(&n, &self.uuid).await?;
-        super::unserve_port(&d, self.uuid).await;
-        Ok(())
+        let (n, _) = d.find_port(&self.uuid)?;
+        Ok(d.port_delete(&n, &self.uuid).await?)
     }
 
     #[zbus(property, name = "UUID")]
@@ -42,7 +40,7 @@ impl NetworkPort {
     #[zbus(property)]
     async fn network(&self) -> OwnedObjectPath {
         match upgrade(&self.driver) {
-            Ok(d) => match d.find_port(&self.uuid).await {
+            Ok(d) => match d.find_port(&self.uuid) {
                 Ok((n, _)) => common::objpath::network(&n.uuid),
                 Err(_) => common::objpath::connect(),
             },

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use common::connect as base;
 use common::error::{check_flags, BusError, VirError};
 use zbus::object_server::SignalEmitter;
-use zbus::zvariant::{OwnedObjectPath, Value};
+use zbus::zvariant::{ObjectPath, OwnedObjectPath, Value};
 
 use crate::driver::Driver;
 use crate::node;
@@ -22,27 +22,27 @@ fn map(pairs: Vec<(String, u64)>) -> HashMap<String, u64> {
 
 #[zbus::interface(name = "org.libvirt.Connect")]
 impl Connect {
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn version(&self) -> u64 {
         base::own_version()
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn lib_version(&self) -> u64 {
         base::LIB_VERSION
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn hostname(&self) -> String {
         base::hostname()
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn encrypted(&self) -> bool {
         base::ENCRYPTED
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn secure(&self) -> bool {
         base::SECURE
     }
@@ -185,19 +185,20 @@ impl Connect {
         Ok(node::host_capabilities_xml(&self.driver.roots))
     }
 
-    /// Lifecycle of a node device (CREATED=0, DELETED=1), emitted through the hub.
+    /// Lifecycle of a node device (virNodeDeviceEventLifecycleType), emitted by
+    /// `dbus::Bus`.
     #[zbus(signal, name = "NodeDeviceEvent")]
-    async fn node_device_event(
+    pub async fn node_device_event(
         emitter: &SignalEmitter<'_>,
-        dev: OwnedObjectPath,
+        dev: ObjectPath<'_>,
         event: i32,
         detail: i32,
     ) -> zbus::Result<()>;
 
     /// Addition: libvirt's separate UPDATE event (a device's description changed).
     #[zbus(signal, name = "NodeDeviceUpdate")]
-    async fn node_device_update(
+    pub async fn node_device_update(
         emitter: &SignalEmitter<'_>,
-        dev: OwnedObjectPath,
+        dev: ObjectPath<'_>,
     ) -> zbus::Result<()>;
 }

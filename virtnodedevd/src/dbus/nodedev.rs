@@ -43,13 +43,13 @@ impl NodeDevice {
         Ok(self.driver.reset(&self.name).await?)
     }
 
-    #[zbus(property, name = "Name")]
+    #[zbus(property(emits_changed_signal = "const"), name = "Name")]
     fn name(&self) -> String {
         self.name.clone()
     }
 
     /// libvirt-dbus answers "" for the root device (`computer`).
-    #[zbus(property, name = "Parent")]
+    #[zbus(property(emits_changed_signal = "const"), name = "Parent")]
     fn parent(&self) -> zbus::fdo::Result<String> {
         match self.driver.lookup(&self.name) {
             Ok(_) => Ok(self.driver.parent(&self.name).unwrap_or_default()),

@@ -133,6 +133,65 @@ fn base(roots: &Roots, dir: &Path, name: String, cap: Cap) -> Option<Device> {
     })
 }
 
+/// A USB device: ids and names (from usb.ids, else its own strings), bus and number.
+fn usb_device(
+    roots: &Roots,
+    dir: &Path,
+    sys: &str,
+    ue: &HashMap<String, String>,
+) -> Option<Device> {
+    let vendor_id = read_hex(&dir.join("idVendor"))?;
+    let product_id = read_hex(&dir.join("idProduct"))?;
+    let product_name = ids::name(roots, ids::Db::Usb, vendor_id, Some(product_id))
+        .or_else(|| read(&dir.join("product")));
+    let cap = UsbDevice {
+        bus: read_num(&dir.join("busnum"))?,
+        device: read_num(&dir.join("devnum"))?,
+        vendor_id,
+        vendor_name: ids::name(roots, ids::Db::Usb, vendor_id, None)
+            .or_else(|| read(&dir.join("manufacturer"))),
+        product_id,
+        product_name,
+    };
+    let mut d = base(
+        roots,
+        dir,
+        device_name("usb", sys, None),
+        Cap::UsbDevice(cap),
+    )?;
+    d.devnode = ue.get("DEVNAME").map(|n| format!("/dev/{n}"));
+    Some(d)
+}
+
+/// A SCSI host, with its FC WWNs and NPIV vport counts when it is an fc_host.
+fn scsi_host(roots: &Roots, dir: &Path, sys: &str) -> Option<Device> {
+    let host: u32 = sys.strip_prefix("host")?.parse().ok()?;
+    let fcdir = dir.join("fc_host").join(sys);
+    let wwn = |f: &str| read(&fcdir.join(f)).map(|s| s.trim_start_matches("0x").to_string());
+    let fc = match (wwn("node_name"), wwn("port_name")) {
+        (Some(wwnn), Some(wwpn)) => Some(FcHost {
+            wwnn,
+            wwpn,
+            fabric_wwn: wwn("fabric_name"),
+        }),
+        _ => None,
+    };
+    let vports = read_num(&fcdir.join("max_npiv_vports"))
+        .map(|max| (max, read_num(&fcdir.join("npiv_vports_inuse")).unwrap_or(0)));
+    let cap = ScsiHost {
+        host,
+        unique_id: read_num(&dir.join("scsi_host").join(sys).join("unique_id")),
+        fc,
+        vports,
+    };
+    base(
+        roots,
+        dir,
+        device_name("scsi", sys, None),
+        Cap::ScsiHost(cap),
+    )
+}
+
 fn probe_dir(
     roots: &Roots,
     dir: &Path,
@@ -155,29 +214,7 @@ fn probe_dir(
                 Cap::Pci(Box::new(pci)),
             )
         }
-        "usb" if devtype == "usb_device" => {
-            let vendor_id = read_hex(&dir.join("idVendor"))?;
-            let product_id = read_hex(&dir.join("idProduct"))?;
-            let product_name = ids::name(roots, ids::Db::Usb, vendor_id, Some(product_id))
-                .or_else(|| read(&dir.join("product")));
-            let cap = UsbDevice {
-                bus: read_num(&dir.join("busnum"))?,
-                device: read_num(&dir.join("devnum"))?,
-                vendor_id,
-                vendor_name: ids::name(roots, ids::Db::Usb, vendor_id, None)
-                    .or_else(|| read(&dir.join("manufacturer"))),
-                product_id,
-                product_name,
-            };
-            let mut d = base(
-                roots,
-                dir,
-                device_name("usb", &sys, None),
-                Cap::UsbDevice(cap),
-            )?;
-            d.devnode = ue.get("DEVNAME").map(|n| format!("/dev/{n}"));
-            Some(d)
-        }
+        "usb" if devtype == "usb_device" => usb_device(roots, dir, &sys, &ue),
         "usb" if devtype == "usb_interface" => {
             let cap = UsbInterface {
                 number: read_hex(&dir.join("bInterfaceNumber"))?,
@@ -192,34 +229,7 @@ fn probe_dir(
                 Cap::UsbInterface(cap),
             )
         }
-        "scsi" if devtype == "scsi_host" => {
-            let host: u32 = sys.strip_prefix("host")?.parse().ok()?;
-            let fcdir = dir.join("fc_host").join(&sys);
-            let wwn =
-                |f: &str| read(&fcdir.join(f)).map(|s| s.trim_start_matches("0x").to_string());
-            let fc = match (wwn("node_name"), wwn("port_name")) {
-                (Some(wwnn), Some(wwpn)) => Some(FcHost {
-                    wwnn,
-                    wwpn,
-                    fabric_wwn: wwn("fabric_name"),
-                }),
-                _ => None,
-            };
-            let vports = read_num(&fcdir.join("max_npiv_vports"))
-                .map(|max| (max, read_num(&fcdir.join("npiv_vports_inuse")).unwrap_or(0)));
-            let cap = ScsiHost {
-                host,
-                unique_id: read_num(&dir.join("scsi_host").join(&sys).join("unique_id")),
-                fc,
-                vports,
-            };
-            base(
-                roots,
-                dir,
-                device_name("scsi", &sys, None),
-                Cap::ScsiHost(cap),
-            )
-        }
+        "scsi" if devtype == "scsi_host" => scsi_host(roots, dir, &sys),
         "scsi" if devtype == "scsi_target" => base(
             roots,
             dir,

@@ -322,7 +322,7 @@ impl PoolBackend for LogicalBackend {
             let copy = || -> std::io::Result<()> {
                 let mut s = std::fs::File::open(&src.path)?;
                 let mut d = OpenOptions::new().write(true).open(&made.path)?;
-                super::dir::copy_plain(
+                crate::transfer::copy_plain(
                     &mut s,
                     &mut d,
                     src.capacity.min(made.capacity),
@@ -364,7 +364,7 @@ impl PoolBackend for LogicalBackend {
             if pattern == super::WipePattern::Random {
                 return super::fill_random(&f, vol.capacity);
             }
-            let buf = vec![0u8; super::dir::CHUNK];
+            let buf = vec![0u8; crate::transfer::CHUNK];
             let mut left = vol.capacity;
             while left > 0 {
                 let n = left.min(buf.len() as u64) as usize;

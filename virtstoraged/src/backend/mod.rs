@@ -96,7 +96,7 @@ impl WipePattern {
 /// Writes `len` random bytes over `file` from its start, in chunks, then syncs it.
 pub fn fill_random(file: &std::fs::File, len: u64) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; dir::CHUNK];
+    let mut buf = vec![0u8; crate::transfer::CHUNK];
     let mut at = 0u64;
     while at < len {
         let n = (len - at).min(buf.len() as u64) as usize;

@@ -1,5 +1,9 @@
 //! virtstoraged's part of `org.libvirt.Connect` at `/org/libvirt/QEMU`.
 
+// zbus introspects a signal's arguments by their Rust names, and libvirt-dbus names
+// StoragePoolEvent's first one `storagePool`.
+#![allow(non_snake_case)]
+
 use std::sync::Arc;
 
 use common::connect as base;
@@ -86,36 +90,37 @@ impl Connect {
         ))
     }
 
-    /// Lifecycle events (virStoragePoolEventLifecycleType); emitted through the hub.
+    /// Lifecycle events (virStoragePoolEventLifecycleType), emitted by `dbus::Bus`.
+    /// The argument names are libvirt-dbus's.
     #[zbus(signal)]
-    async fn storage_pool_event(
+    pub async fn storage_pool_event(
         emitter: &zbus::object_server::SignalEmitter<'_>,
-        pool: OwnedObjectPath,
+        storagePool: ObjectPath<'_>,
         event: i32,
         detail: i32,
     ) -> zbus::Result<()>;
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn version(&self) -> u64 {
         base::own_version()
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn lib_version(&self) -> u64 {
         base::LIB_VERSION
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn hostname(&self) -> String {
         base::hostname()
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn encrypted(&self) -> bool {
         base::ENCRYPTED
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn secure(&self) -> bool {
         base::SECURE
     }

@@ -1,68 +1,132 @@
-//! D-Bus interfaces: translation between the wire and the driver, nothing else.
+//! D-Bus interfaces: translation between the wire and the driver, nothing else. The
+//! driver's [`Change`]s become objects served on the hub and zbus-declared signals here;
+//! interface, property and signal names appear nowhere else.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
 
 use common::objpath;
-use uuid::Uuid;
+use common::publish::Publisher;
+use common::Hub;
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::OwnedObjectPath;
 
-use crate::driver::Driver;
+use crate::driver::{Change, Driver};
 
 mod connect;
 mod pool;
 mod vol;
 
-/// Registers the connect object and every pool and volume the driver holds.
-pub async fn serve(driver: &Arc<Driver>) {
+/// Serves the connect object and connects the driver's outbox to the bus: from here
+/// on every change the driver publishes is served/emitted before `send` returns.
+pub async fn connect(driver: &Arc<Driver>) {
+    let hub = driver.ctx.hub.clone();
     let d = driver.clone();
-    driver
-        .ctx
-        .hub
-        .serve(objpath::connect(), move || connect::Connect {
-            driver: d.clone(),
-        })
-        .await;
-    for p in driver.pools() {
-        serve_pool(driver, p.uuid).await;
+    hub.serve(objpath::connect(), move || connect::Connect {
+        driver: d.clone(),
+    })
+    .await;
+    driver.outbox.connect(Arc::new(Bus {
+        hub,
+        driver: Arc::downgrade(driver),
+    }));
+}
+
+/// The D-Bus side of the driver's outbox.
+struct Bus {
+    hub: Hub,
+    driver: Weak<Driver>,
+}
+
+impl Publisher<Change> for Bus {
+    fn publish(&self, change: Change) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.apply(change))
     }
 }
 
-pub async fn serve_pool(driver: &Arc<Driver>, uuid: Uuid) {
-    let d = driver.clone();
-    driver
-        .ctx
-        .hub
-        .serve(objpath::storage_pool(&uuid), move || pool::StoragePool {
-            driver: d.clone(),
-            uuid,
-        })
-        .await;
-}
+impl Bus {
+    async fn apply(&self, change: Change) {
+        match change {
+            Change::PoolAdded(uuid) => {
+                let Some(d) = self.driver.upgrade() else {
+                    return;
+                };
+                self.hub
+                    .serve(objpath::storage_pool(&uuid), move || pool::StoragePool {
+                        driver: d.clone(),
+                        uuid,
+                    })
+                    .await;
+            }
+            Change::PoolRemoved(uuid) => {
+                self.hub
+                    .unserve::<pool::StoragePool>(&objpath::storage_pool(&uuid))
+                    .await;
+            }
+            Change::Lifecycle(uuid, ev) => {
+                let path = &objpath::storage_pool(&uuid);
+                self.each(&objpath::connect(), |e| async move {
+                    connect::Connect::storage_pool_event(&e, path.as_ref(), ev.wire(), 0).await
+                })
+                .await;
+            }
+            Change::ActiveChanged(uuid, active) => {
+                tracing::debug!(pool = %uuid, active, "Active changed");
+                // libvirt-dbus declares Active without PropertiesChanged
+                // (EmitsChangedSignal false); sending it anyway spares clients a poll.
+                let iface = <pool::StoragePool as zbus::object_server::Interface>::name();
+                self.hub
+                    .properties_changed(
+                        &objpath::storage_pool(&uuid),
+                        iface.as_str(),
+                        &[("Active", active.into())],
+                    )
+                    .await;
+            }
+            Change::Refreshed(uuid) => {
+                self.each(&objpath::storage_pool(&uuid), |e| async move {
+                    pool::StoragePool::refresh_signal(&e).await
+                })
+                .await;
+            }
+            Change::VolumeAdded(key) => {
+                let Some(d) = self.driver.upgrade() else {
+                    return;
+                };
+                let path = objpath::storage_vol(&key);
+                self.hub
+                    .serve(path, move || vol::StorageVol {
+                        driver: d.clone(),
+                        key: key.clone(),
+                    })
+                    .await;
+            }
+            Change::VolumeRemoved(key) => {
+                self.hub
+                    .unserve::<vol::StorageVol>(&objpath::storage_vol(&key))
+                    .await;
+            }
+        }
+    }
 
-pub async fn unserve_pool(driver: &Arc<Driver>, uuid: Uuid) {
-    driver
-        .ctx
-        .hub
-        .unserve::<pool::StoragePool>(&objpath::storage_pool(&uuid))
-        .await;
-}
-
-pub async fn serve_vol(driver: &Arc<Driver>, key: &str) {
-    let d = driver.clone();
-    let k = key.to_owned();
-    driver
-        .ctx
-        .hub
-        .serve(objpath::storage_vol(key), move || vol::StorageVol {
-            driver: d.clone(),
-            key: k.clone(),
-        })
-        .await;
-}
-
-pub async fn unserve_vol(driver: &Arc<Driver>, key: &str) {
-    driver
-        .ctx
-        .hub
-        .unserve::<vol::StorageVol>(&objpath::storage_vol(key))
-        .await;
+    /// Emits through `emit` once per connection, from the object at `path`.
+    async fn each<F, Fut>(&self, path: &OwnedObjectPath, emit: F)
+    where
+        F: Fn(SignalEmitter<'static>) -> Fut,
+        Fut: Future<Output = zbus::Result<()>>,
+    {
+        for conn in self.hub.connections() {
+            let e = match SignalEmitter::new(&conn, path.clone()) {
+                Ok(e) => e.into_owned(),
+                Err(err) => {
+                    tracing::debug!("no signal emitter for {path}: {err}");
+                    continue;
+                }
+            };
+            if let Err(err) = emit(e).await {
+                tracing::debug!("signal from {path} not sent: {err}");
+            }
+        }
+    }
 }

@@ -94,42 +94,45 @@ impl StoragePool {
         Ok(self.driver.undefine(&self.pool()?).await?)
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn active(&self) -> bool {
         self.pool().map(|p| p.active()).unwrap_or(false)
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn autostart(&self) -> bool {
         self.pool().map(|p| p.autostart()).unwrap_or(false)
     }
 
     #[zbus(property)]
-    async fn set_autostart(&mut self, value: bool) -> zbus::fdo::Result<()> {
+    async fn set_autostart(&self, value: bool) -> zbus::fdo::Result<()> {
         let pool = self
             .pool()
             .map_err(|e| zbus::fdo::Error::Failed(e.message))?;
         self.driver
             .set_autostart(&pool, value)
+            .await
             .map_err(|e| zbus::fdo::Error::Failed(e.message))
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn name(&self) -> String {
         self.pool().map(|p| p.name()).unwrap_or_default()
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "false"))]
     fn persistent(&self) -> bool {
         self.pool().map(|p| p.persistent()).unwrap_or(false)
     }
 
-    #[zbus(property, name = "UUID")]
+    #[zbus(property(emits_changed_signal = "const"), name = "UUID")]
     fn uuid(&self) -> String {
         self.uuid.to_string()
     }
 
-    /// Emitted after `Refresh` (sent through the hub; declared here for introspection).
+    /// Emitted after `Refresh`, by `dbus::Bus`.
     #[zbus(signal, name = "Refresh")]
-    async fn refresh_signal(emitter: &zbus::object_server::SignalEmitter<'_>) -> zbus::Result<()>;
+    pub async fn refresh_signal(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+    ) -> zbus::Result<()>;
 }

@@ -71,17 +71,17 @@ impl StorageVol {
             .await?)
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn name(&self) -> String {
         self.driver.vol_name(&self.key)
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn key(&self) -> String {
         self.key.clone()
     }
 
-    #[zbus(property)]
+    #[zbus(property(emits_changed_signal = "const"))]
     fn path(&self) -> String {
         self.key.clone()
     }
