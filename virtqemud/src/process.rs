@@ -1,17 +1,15 @@
 //! QEMU processes: spawned from an argv (never a shell) in their own session, output to a
-//! log file, watched through a pidfd so exit is noticed at once, without polling, both
-//! for our children and for QEMUs re-adopted after a daemon restart.
+//! log file. They are watched with `common::child::ChildWatch` (a pidfd), so exit is
+//! noticed at once, without polling, both for our children and for QEMUs re-adopted
+//! after a daemon restart.
 
 use std::fs::OpenOptions;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::io::unix::AsyncFd;
 
 /// Starts `argv` with stdout/stderr appended to `log`; returns its PID.
 pub fn spawn(argv: &[String], log: &Path) -> std::io::Result<u32> {
@@ -76,58 +74,6 @@ pub fn spawn_keeping(
     Ok(child.id())
 }
 
-/// A pidfd: readable once the process has exited.
-pub struct PidFd {
-    fd: AsyncFd<OwnedFd>,
-    pid: u32,
-}
-
-impl PidFd {
-    pub fn open(pid: u32) -> std::io::Result<PidFd> {
-        // SAFETY: plain syscall with integer arguments; the result is a new fd we own.
-        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: the kernel just returned this descriptor to us.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
-        // SAFETY: we own `fd` and hand it over whole; nothing else polls or closes it.
-        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
-        Ok(PidFd { fd, pid })
-    }
-
-    /// Waits for exit and reaps the process when it is our child.
-    pub async fn wait(&self) {
-        loop {
-            match self.fd.readable().await {
-                Ok(mut g) => {
-                    g.retain_ready();
-                    break;
-                }
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    if !alive(self.pid) {
-                        break;
-                    }
-                }
-            }
-        }
-        reap(self.pid, self.fd.get_ref().as_raw_fd());
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-}
-
-fn reap(pid: u32, _fd: i32) {
-    // ECHILD for a re-adopted process (not our child) is expected and harmless.
-    let _ = nix::sys::wait::waitpid(
-        Pid::from_raw(pid as i32),
-        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-    );
-}
-
 pub fn alive(pid: u32) -> bool {
     kill(Pid::from_raw(pid as i32), None).is_ok()
 }
@@ -147,18 +93,10 @@ pub fn cmdline_mentions(pid: u32, marker: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// SIGTERM, then SIGKILL after `grace`; returns once the process is gone.
-pub async fn terminate(pidfd: &PidFd, grace: Duration) {
-    signal(pidfd.pid, Signal::SIGTERM);
-    if tokio::time::timeout(grace, pidfd.wait()).await.is_err() {
-        signal(pidfd.pid, Signal::SIGKILL);
-        pidfd.wait().await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn spawn_watch_terminate() {
@@ -175,7 +113,7 @@ mod tests {
             &log,
         )
         .expect("spawn");
-        let fd = PidFd::open(pid).expect("pidfd");
+        let qemu = common::child::ChildWatch::new(pid as i32).expect("pidfd");
         for _ in 0..200 {
             if std::fs::read_to_string(&log).is_ok_and(|t| t.contains("hello")) {
                 break;
@@ -198,7 +136,7 @@ mod tests {
             Some(Pid::from_raw(pid as i32))
         );
         let start = std::time::Instant::now();
-        terminate(&fd, Duration::from_secs(5)).await;
+        qemu.terminate(Duration::from_secs(5)).await;
         assert!(start.elapsed() < Duration::from_secs(2));
         assert!(!alive(pid), "reaped, not a zombie");
         let text = std::fs::read_to_string(&log).expect("log");

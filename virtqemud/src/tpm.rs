@@ -1,9 +1,10 @@
 //! Emulated TPMs (`<tpm><backend type='emulator'/>`), run by swtpm as libvirt does.
 //!
 //! Each start launches `swtpm socket --daemon --terminate`: swtpm sets up its control
-//! socket, detaches (so init, not this daemon, becomes its parent) and exits on its own
-//! when QEMU, its only client, disconnects. So a QEMU that dies, is destroyed or
-//! outlives a daemon restart takes its swtpm with it, with no process to track here.
+//! socket, detaches and exits on its own when QEMU, its only client, disconnects. The
+//! daemon is a child subreaper, so the detached swtpm comes back to it as its child: it
+//! is watched through a pidfd (`common::child`) and reaped when it exits, never left a
+//! zombie. After a daemon restart it belongs to init and still ends with its QEMU.
 //! Until QEMU has connected, a failed start must stop swtpm itself: [`Swtpm`] does so
 //! when dropped unless the start went through.
 //!
@@ -16,23 +17,35 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::child::ChildWatch;
 use common::error::VirError;
 
 use crate::xml::Domain;
 
 pub const SWTPM: &str = "swtpm";
 
-/// A started swtpm: its control socket, and its pidfile while it is not handed over.
+/// A started swtpm: its control socket, its pidfile while it is not handed over, and
+/// the watch that reaps it.
 pub struct Swtpm {
     pub socket: PathBuf,
     pidfile: Option<PathBuf>,
+    watch: Option<ChildWatch>,
 }
 
 impl Swtpm {
-    /// QEMU runs and has connected: from now on swtpm ends with it.
+    /// QEMU runs and has connected: from now on swtpm ends with it, and is reaped then.
     pub fn handed_over(mut self) {
         self.pidfile = None;
+        reap_when_gone(self.watch.take());
     }
+}
+
+/// Waits, in the background, for a watched swtpm to exit, which reaps it.
+fn reap_when_gone(watch: Option<ChildWatch>) {
+    let (Some(w), Ok(rt)) = (watch, tokio::runtime::Handle::try_current()) else {
+        return;
+    };
+    rt.spawn(async move { w.exited().await });
 }
 
 impl Drop for Swtpm {
@@ -40,16 +53,11 @@ impl Drop for Swtpm {
         let Some(pidfile) = self.pidfile.take() else {
             return;
         };
-        let pid = std::fs::read_to_string(&pidfile)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok());
-        if let Some(pid) = pid.filter(|p| *p > 1) {
-            // Our own swtpm, by the pidfile it wrote moments ago; it has no client yet.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+        // Our own swtpm, by the pidfd opened on the pid it wrote; it has no client yet.
+        if let Some(w) = &self.watch {
+            w.signal(nix::sys::signal::Signal::SIGTERM);
         }
+        reap_when_gone(self.watch.take());
         let _ = std::fs::remove_file(&pidfile);
         let _ = std::fs::remove_file(&self.socket);
     }
@@ -127,9 +135,10 @@ pub async fn start(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let started = Swtpm {
+    let mut started = Swtpm {
         socket: socket.clone(),
-        pidfile: Some(pidfile),
+        pidfile: Some(pidfile.clone()),
+        watch: None,
     };
     // The foreground swtpm exits once the daemon copy listens.
     let out = tokio::task::spawn_blocking(move || cmd.output())
@@ -156,6 +165,15 @@ pub async fn start(
             )));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // swtpm writes its pidfile before it listens.
+    let pid = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|p| *p > 1);
+    started.watch = pid.and_then(|p| ChildWatch::new(p).ok());
+    if started.watch.is_none() {
+        tracing::warn!("swtpm's pid is not readable from '{}'", pidfile.display());
     }
     Ok(Some(started))
 }

@@ -114,3 +114,46 @@ async fn swtpm_lives_and_dies_with_its_qemu() {
     );
     drop(daemon);
 }
+
+/// The detached swtpm comes back to virtqemud (a child subreaper) as its child: when it
+/// ends with its QEMU it is reaped, not left a zombie under the daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swtpm_is_reaped_not_left_a_zombie() {
+    assert!(
+        Path::new("/usr/bin/swtpm").exists(),
+        "this test needs the 'swtpm' package (scripts/install-deps.sh installs it)"
+    );
+    let Qemud {
+        bus: _bus,
+        daemon,
+        conn,
+        qc,
+    } = qemud(BIN).await;
+    let run = daemon.dirs.runtime.join("qemu");
+    let uuid = "6d1c0f5e-2b7a-4c39-8e41-0a9b7c3d2e16";
+    let path = qc
+        .domain_define_xml(&xml("t2", uuid))
+        .await
+        .expect("define");
+    let d = domain(&conn, &path).await;
+    d.create(0).await.expect("start");
+    let swtpm = pid_in(&run.join(format!("swtpm-{uuid}.pid")));
+    let parent = std::fs::read_to_string(format!("/proc/{swtpm}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(") ")?
+                .1
+                .split(' ')
+                .nth(1)?
+                .parse::<u32>()
+                .ok()
+        });
+    assert_eq!(parent, Some(daemon.pid), "swtpm is the daemon's child");
+    d.destroy(0).await.expect("destroy");
+    let start = std::time::Instant::now();
+    while alive(swtpm) && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!alive(swtpm), "swtpm {swtpm} is still in /proc (a zombie?)");
+    d.undefine(0).await.expect("undefine");
+}

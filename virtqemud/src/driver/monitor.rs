@@ -17,8 +17,9 @@ use tokio::sync::{mpsc, watch};
 use super::start::Held;
 use super::{Dom, Driver};
 use crate::model::Action;
-use crate::process::{self, PidFd};
 use crate::qmp;
+use common::child::ChildWatch;
+use nix::sys::signal::Signal;
 
 impl Driver {
     pub(super) async fn on_event(&self, dom: &Arc<Dom>, ev: &qmp::Event) {
@@ -166,7 +167,7 @@ pub(super) async fn monitor(
     driver: Arc<Driver>,
     dom: Arc<Dom>,
     mut events: mpsc::UnboundedReceiver<qmp::Event>,
-    pidfd: PidFd,
+    qemu: ChildWatch,
     exited: watch::Sender<bool>,
 ) {
     loop {
@@ -175,14 +176,14 @@ pub(super) async fn monitor(
                 Some(ev) => driver.on_event(&dom, &ev).await,
                 None => {
                     // The monitor closed: QEMU is exiting. If it lingers, it is killed.
-                    if tokio::time::timeout(Duration::from_secs(10), pidfd.wait()).await.is_err() {
-                        process::signal(pidfd.pid(), nix::sys::signal::Signal::SIGKILL);
-                        pidfd.wait().await;
+                    if tokio::time::timeout(Duration::from_secs(10), qemu.exited()).await.is_err() {
+                        qemu.signal(Signal::SIGKILL);
+                        qemu.exited().await;
                     }
                     break;
                 }
             },
-            _ = pidfd.wait() => break,
+            _ = qemu.exited() => break,
         }
     }
     // Events QEMU sent just before exiting still count (e.g. SHUTDOWN before quit).

@@ -19,7 +19,9 @@ use super::start::Held;
 use super::status::Status;
 use super::{Change, Dom, Driver};
 use crate::model::DomainDef;
-use crate::process::{self, PidFd};
+use common::child::ChildWatch;
+
+use crate::process;
 use crate::qmp::Qmp;
 
 impl Driver {
@@ -76,23 +78,23 @@ impl Driver {
         if added {
             self.outbox.send(Change::Added(dom.clone())).await;
         }
+        // The pidfd first: it pins the process, so the checks below are of the same
+        // one that is then watched (a recycled PID cannot slip in between).
         let marker = st.qmp.to_string_lossy().into_owned();
-        let ours = process::alive(st.pid) && process::cmdline_mentions(st.pid, &marker);
-        let attached = if ours {
-            match PidFd::open(st.pid) {
-                Ok(fd) => match Qmp::connect(&st.qmp, Duration::from_secs(5)).await {
-                    Ok((qmp, events)) => Some((fd, qmp, events)),
-                    Err(e) => {
-                        tracing::warn!("domain '{}': monitor unusable: {e}", st.name);
-                        None
-                    }
-                },
-                Err(_) => None,
-            }
-        } else {
-            None
+        let qemu = ChildWatch::new(st.pid as i32)
+            .ok()
+            .filter(|w| !w.has_exited() && process::cmdline_mentions(st.pid, &marker));
+        let attached = match qemu {
+            Some(w) => match Qmp::connect(&st.qmp, Duration::from_secs(5)).await {
+                Ok((qmp, events)) => Some((w, qmp, events)),
+                Err(e) => {
+                    tracing::warn!("domain '{}': monitor unusable: {e}", st.name);
+                    None
+                }
+            },
+            None => None,
         };
-        let Some((pidfd, qmp, events)) = attached else {
+        let Some((qemu, qmp, events)) = attached else {
             tracing::warn!("domain '{}' died while the daemon was away", st.name);
             self.release(&dom, &def.dom, Held::all(st.qmp.clone(), st.owners.clone()))
                 .await;
@@ -137,7 +139,7 @@ impl Driver {
                 d,
                 dom.clone(),
                 events,
-                pidfd,
+                qemu,
                 exit_tx,
             ));
         }

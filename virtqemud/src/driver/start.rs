@@ -17,7 +17,9 @@ use super::domain::Live;
 use super::registry::check_conflicts;
 use super::{firmware_dirs, io_err, no_definition, Change, Dom, Driver, StartFlags, MONITOR_WAIT};
 use crate::model::{self, DomainDef};
-use crate::process::{self, PidFd};
+use common::child::ChildWatch;
+
+use crate::process;
 use crate::qmp::{self, Qmp};
 
 /// What a run holds besides QEMU itself, to give back when it ends.
@@ -49,7 +51,7 @@ impl Held {
 struct Spawned {
     id: u32,
     pid: u32,
-    pidfd: PidFd,
+    qemu: ChildWatch,
     qmp: Qmp,
     events: mpsc::UnboundedReceiver<qmp::Event>,
 }
@@ -139,7 +141,7 @@ impl Driver {
             }
         };
         if let Err(e) = Self::prepare_guest(&spawned.qmp, &mut def).await {
-            process::terminate(&spawned.pidfd, Duration::from_secs(1)).await;
+            spawned.qemu.terminate(Duration::from_secs(1)).await;
             self.release(dom, &def.dom, held).await;
             return Err(e);
         }
@@ -230,23 +232,23 @@ impl Driver {
                 VirError::operation_failed(format!("cannot start QEMU '{}': {e}", argv[0]))
             })
             .and_then(|pid| {
-                PidFd::open(pid)
-                    .map(|fd| (pid, fd))
+                ChildWatch::new(pid as i32)
+                    .map(|w| (pid, w))
                     .map_err(|e| VirError::system("pidfd_open", &e))
             });
         // QEMU holds its own copies now: a tap lives exactly as long as QEMU does.
         drop(nics);
-        let (pid, pidfd) = spawned?;
-        match connect_monitor(&qmp_path, &pidfd).await {
+        let (pid, qemu) = spawned?;
+        match connect_monitor(&qmp_path, &qemu).await {
             Ok((qmp, events)) => Ok(Spawned {
                 id,
                 pid,
-                pidfd,
+                qemu,
                 qmp,
                 events,
             }),
             Err(e) => {
-                process::terminate(&pidfd, Duration::from_secs(1)).await;
+                qemu.terminate(Duration::from_secs(1)).await;
                 Err(VirError::operation_failed(format!(
                     "QEMU for domain '{}' did not start: {e}{}",
                     def.name,
@@ -294,7 +296,7 @@ impl Driver {
                 d,
                 dom.clone(),
                 s.events,
-                s.pidfd,
+                s.qemu,
                 exit_tx,
             ));
         }
@@ -359,7 +361,7 @@ fn taint_custom_argv(name: &str, id: u32, log: &Path) {
 
 async fn connect_monitor(
     path: &Path,
-    pidfd: &PidFd,
+    qemu: &ChildWatch,
 ) -> Result<(Qmp, mpsc::UnboundedReceiver<qmp::Event>), String> {
     let deadline = tokio::time::Instant::now() + MONITOR_WAIT;
     let mut delay = Duration::from_millis(1);
@@ -371,14 +373,14 @@ async fn connect_monitor(
                 Err(_) => {}
             }
         }
-        if !process::alive(pidfd.pid()) {
+        if qemu.has_exited() {
             return Err("QEMU exited".into());
         }
         if tokio::time::Instant::now() > deadline {
             return Err("timed out waiting for the monitor".into());
         }
         tokio::select! {
-            _ = pidfd.wait() => return Err("QEMU exited".into()),
+            _ = qemu.exited() => return Err("QEMU exited".into()),
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_millis(2));
