@@ -130,7 +130,7 @@ bitflags::bitflags! {
 }
 
 /// What the driver tells the outside world; the D-Bus layer turns it into objects,
-/// signals and property changes (`crate::dbus::Publisher`).
+/// signals and property changes (the `Publisher` in the dbus module).
 #[derive(Debug)]
 pub enum Change {
     /// A new domain: served before any reply or event names it.
