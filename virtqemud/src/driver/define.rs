@@ -75,21 +75,28 @@ impl Driver {
             (g.name.clone(), g.live.is_some())
         };
         let nvram = self.nvram_file(dom);
-        if nvram.exists() {
-            if flags.contains(UndefineFlags::NVRAM) {
-                std::fs::remove_file(&nvram).map_err(|e| io_err("remove", &nvram, &e))?;
-            } else if !flags.contains(UndefineFlags::KEEP_NVRAM) {
-                return Err(VirError::operation_invalid(
-                    "cannot undefine domain with nvram",
-                ));
-            }
-        }
-        // libvirt removes the TPM's state unless asked to keep it.
         let tpm_state = self.paths.swtpm.join(dom.uuid.to_string());
-        if !flags.contains(UndefineFlags::KEEP_TPM) && tpm_state.exists() {
-            std::fs::remove_dir_all(&tpm_state).map_err(|e| io_err("remove", &tpm_state, &e))?;
-        }
-        let _ = common::persist::remove_durable(&self.autostart_link(&name));
+        let link = self.autostart_link(&name);
+        // Off the async workers: removing a TPM state and the durable unlink sync.
+        blocking(move || {
+            if nvram.exists() {
+                if flags.contains(UndefineFlags::NVRAM) {
+                    std::fs::remove_file(&nvram).map_err(|e| io_err("remove", &nvram, &e))?;
+                } else if !flags.contains(UndefineFlags::KEEP_NVRAM) {
+                    return Err(VirError::operation_invalid(
+                        "cannot undefine domain with nvram",
+                    ));
+                }
+            }
+            // libvirt removes the TPM's state unless asked to keep it.
+            if !flags.contains(UndefineFlags::KEEP_TPM) && tpm_state.exists() {
+                std::fs::remove_dir_all(&tpm_state)
+                    .map_err(|e| io_err("remove", &tpm_state, &e))?;
+            }
+            let _ = common::persist::remove_durable(&link);
+            Ok(())
+        })
+        .await?;
         self.configs
             .remove(&format!("{name}.xml"))
             .await
@@ -132,16 +139,30 @@ impl Driver {
             g.name.clone()
         };
         let link = self.autostart_link(&name);
-        if on {
-            if std::fs::symlink_metadata(&link).is_err() {
-                std::os::unix::fs::symlink(self.config_file(&name), &link)
-                    .map_err(|e| io_err("create symlink", &link, &e))?;
+        let target = self.config_file(&name);
+        blocking(move || {
+            if on {
+                if std::fs::symlink_metadata(&link).is_err() {
+                    std::os::unix::fs::symlink(&target, &link)
+                        .map_err(|e| io_err("create symlink", &link, &e))?;
+                }
+            } else if std::fs::symlink_metadata(&link).is_ok() {
+                common::persist::remove_durable(&link).map_err(|e| io_err("remove", &link, &e))?;
             }
-        } else if std::fs::symlink_metadata(&link).is_ok() {
-            common::persist::remove_durable(&link).map_err(|e| io_err("remove", &link, &e))?;
-        }
+            Ok(())
+        })
+        .await?;
         dom.lock().autostart = on;
         self.props_changed(dom).await;
         Ok(())
     }
+}
+
+/// Runs file work that syncs on a blocking thread, not on an async worker.
+async fn blocking(
+    f: impl FnOnce() -> Result<(), VirError> + Send + 'static,
+) -> Result<(), VirError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| VirError::internal(format!("file task: {e}")))?
 }
