@@ -10,8 +10,8 @@ use std::process::Command;
 use common::harness::{Daemon, TestBus};
 use common::proxies::storage::StorageConnectProxy;
 
-mod util;
-use util::{events_n, pool_proxy};
+mod support;
+use support::{events_n, pool_proxy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtstoraged");
 
