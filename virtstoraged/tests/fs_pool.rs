@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::event::StoragePoolEvent;
 use common::harness::{Daemon, TestBus};
 use common::proxies::storage::StorageConnectProxy;
 
@@ -131,7 +132,17 @@ async fn fs_pool_on_a_loop_device() -> anyhow::Result<()> {
     pp.delete(0).await?;
     assert!(!target.exists());
 
-    assert_eq!(events_n(&mut events, 3).await?, [0, 4, 2]);
-    assert_eq!(events_n(&mut after, 2).await?, [3, 5], "STOPPED, DELETED");
+    assert_eq!(
+        events_n(&mut events, 3).await?,
+        [
+            StoragePoolEvent::Defined,
+            StoragePoolEvent::Created,
+            StoragePoolEvent::Started
+        ]
+    );
+    assert_eq!(
+        events_n(&mut after, 2).await?,
+        [StoragePoolEvent::Stopped, StoragePoolEvent::Deleted]
+    );
     Ok(())
 }

@@ -7,14 +7,17 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use common::event::StoragePoolEvent;
 use common::harness::{Daemon, TestBus};
 use common::proxies::storage::{
     StorageConnectProxy, StoragePoolOfVolumeProxy, StoragePoolProxy, StorageVolProxy,
     StorageVolTransferProxy,
 };
-use futures_util::StreamExt;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::{Fd, OwnedObjectPath};
+
+mod support;
+use support::events_n;
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtstoraged");
 
@@ -127,13 +130,14 @@ async fn dir_pool_and_volumes() -> anyhow::Result<()> {
     );
     pp.create(0).await?;
     assert!(pp.active().await?);
-    let mut seen = Vec::new();
-    while seen.len() < 3 {
-        let ev = tokio::time::timeout(Duration::from_secs(5), events.next()).await?;
-        let Some(ev) = ev else { break };
-        seen.push(ev.args()?.event);
-    }
-    assert_eq!(seen, [0, 4, 2], "DEFINED, CREATED (build), STARTED");
+    assert_eq!(
+        events_n(&mut events, 3).await?,
+        [
+            StoragePoolEvent::Defined,
+            StoragePoolEvent::Created, // by the build
+            StoragePoolEvent::Started
+        ]
+    );
     assert_eq!(conn.storage_pool_lookup_by_name("images").await?, p);
     assert_eq!(conn.list_storage_pools(2).await?, vec![p.clone()]);
     assert!(conn.list_storage_pools(1).await?.is_empty());

@@ -1,25 +1,35 @@
-//! Helpers shared by the pool tests that run on loop devices.
+//! Helpers shared by the storage integration tests.
+
+#![allow(dead_code)]
 
 use std::time::Duration;
 
-use common::proxies::storage::{StoragePoolEvent, StoragePoolProxy};
+use common::event::StoragePoolEvent;
+use common::proxies::storage::{StoragePoolEvent as PoolEventSignal, StoragePoolProxy};
 use futures_util::StreamExt;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::OwnedObjectPath;
 
-/// The event numbers of the next `n` StoragePoolEvent signals (fewer if 10 s pass).
+/// The next `n` StoragePoolEvent signals, typed (fewer if 10 s pass).
 pub async fn events_n(
-    s: &mut (impl futures_util::Stream<Item = StoragePoolEvent> + Unpin),
+    s: &mut (impl futures_util::Stream<Item = PoolEventSignal> + Unpin),
     n: usize,
-) -> anyhow::Result<Vec<i32>> {
+) -> anyhow::Result<Vec<StoragePoolEvent>> {
     let mut seen = Vec::new();
     while seen.len() < n {
         match tokio::time::timeout(Duration::from_secs(10), s.next()).await {
-            Ok(Some(ev)) => seen.push(ev.args()?.event),
+            Ok(Some(ev)) => seen.push(typed(ev.args()?.event)?),
             _ => break,
         }
     }
     Ok(seen)
+}
+
+/// A StoragePoolEvent signal's number as its type; a number libvirt does not define
+/// fails the test.
+fn typed(event: i32) -> anyhow::Result<StoragePoolEvent> {
+    StoragePoolEvent::from_wire(event)
+        .ok_or_else(|| anyhow::anyhow!("StoragePoolEvent {event} is not libvirt's"))
 }
 
 /// A pool proxy that reads properties afresh on every call.
