@@ -56,27 +56,45 @@ async fn next_event(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lifecycle_events_errors_and_restart() {
-    let bus = TestBus::start().expect("bus");
-    let mut daemon = Daemon::builder(BIN, "virtqemud")
-        .spawn(&bus)
-        .await
-        .expect("daemon");
-    let conn = bus.connection().await.expect("conn");
-    let qc = QemuConnectProxy::new(&conn).await.expect("proxy");
-    let mut events = qc.receive_domain_event().await.expect("subscribe");
+/// A virtqemud on a private bus, subscribed to DomainEvent, with the persistent domain
+/// `alpha` defined (its DEFINED/ADDED event already seen) but not started.
+struct Alpha {
+    q: support::Qemud,
+    events: common::proxies::qemu::DomainEventStream,
+    path: OwnedObjectPath,
+    d: common::proxies::qemu::DomainProxy<'static>,
+}
 
-    // Define, with the definition kept verbatim (metadata) and a generated uuid.
-    let path = qc
-        .domain_define_xml(&xml("alpha", None))
-        .await
-        .expect("define");
+async fn alpha() -> Alpha {
+    let q = support::qemud(BIN).await;
+    let mut events = q.qc.receive_domain_event().await.expect("subscribe");
+    let path =
+        q.qc.domain_define_xml(&xml("alpha", None))
+            .await
+            .expect("define");
     assert_eq!(
         next_event(&mut events, &path).await,
         DomainEvent::Defined(DefinedDetail::Added)
     );
-    let d = domain(&conn, &path).await;
+    let d = domain(&q.conn, &path).await;
+    Alpha { q, events, path, d }
+}
+
+/// The PID of the QEMU of the running domain `name`, from its pidfile in `run_dir`.
+fn qemu_pid(run_dir: &std::path::Path, name: &str) -> u32 {
+    std::fs::read_to_string(run_dir.join(format!("qemu/{name}.pid")))
+        .expect("pidfile")
+        .trim()
+        .parse()
+        .expect("pid")
+}
+
+/// Define keeps the definition verbatim (metadata) with a generated uuid; the domain is
+/// found by name and uuid, and listed as inactive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defined_domain_is_kept_verbatim_and_found() {
+    let Alpha { q, path, d, .. } = alpha().await;
+    let qc = &q.qc;
     assert_eq!(d.name().await.expect("name"), "alpha");
     assert!(d.persistent().await.expect("persistent"));
     assert!(!d.active().await.expect("active"));
@@ -99,8 +117,15 @@ async fn lifecycle_events_errors_and_restart() {
         vec![path.clone()]
     );
     assert!(qc.list_domains(1).await.expect("active").is_empty());
+}
 
-    // Errors: bad XML, duplicate name, duplicate uuid, unknown domain; nothing changes.
+/// Bad XML, a duplicate name, a duplicate uuid, an unknown domain and an operation on an
+/// inactive one are refused with libvirt's messages; nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_definitions_and_requests_are_refused() {
+    let Alpha { q, d, .. } = alpha().await;
+    let qc = &q.qc;
+    let uuid = d.uuid().await.expect("uuid");
     let e = bus_err(
         qc.domain_define_xml("<domain type='qemu'><name>")
             .await
@@ -130,6 +155,20 @@ async fn lifecycle_events_errors_and_restart() {
     let e = bus_err(d.suspend().await.unwrap_err());
     assert_eq!(e, "Requested operation is not valid: domain is not running");
     assert_eq!(qc.list_domains(0).await.expect("all").len(), 1);
+}
+
+/// Start (an id, a QEMU in its own session), suspend, kill -9 of the daemon: the
+/// restarted one finds the same QEMU and learns from QMP query-status that it is
+/// paused; resume and destroy then work on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_domain_survives_daemon_kill9_and_is_destroyed() {
+    let Alpha {
+        mut q,
+        mut events,
+        path,
+        d,
+    } = alpha().await;
+    let (qc, conn) = (&q.qc, &q.conn);
 
     // Start: running, STARTED/BOOTED, an id, a QEMU in its own session.
     d.create(0).await.expect("create");
@@ -152,12 +191,8 @@ async fn lifecycle_events_errors_and_restart() {
     let stats = d.memory_stats(0).await.expect("memstats");
     assert_eq!(stats.get(&6), Some(&(64 * 1024)));
     assert!(stats.get(&7).copied().unwrap_or(0) > 0);
-    let dirs = daemon.dirs.clone();
-    let pid: u32 = std::fs::read_to_string(dirs.runtime.join("qemu/alpha.pid"))
-        .expect("pidfile")
-        .trim()
-        .parse()
-        .expect("pid");
+    let dirs = q.daemon.dirs.clone();
+    let pid = qemu_pid(&dirs.runtime, "alpha");
     assert!(!wait_gone(pid, Duration::from_millis(1)), "QEMU runs");
     assert_eq!(
         nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid as i32))).expect("sid"),
@@ -173,11 +208,16 @@ async fn lifecycle_events_errors_and_restart() {
         DomainEvent::Suspended(SuspendedDetail::Paused)
     );
     assert_eq!(state(&d).await.state(), DomainState::Paused);
-    daemon.kill9();
-    let daemon = daemon.restart_builder().spawn(&bus).await.expect("restart");
-    let qc = QemuConnectProxy::new(&conn).await.expect("proxy");
+    q.daemon.kill9();
+    let daemon = q
+        .daemon
+        .restart_builder()
+        .spawn(&q.bus)
+        .await
+        .expect("restart");
+    let qc = QemuConnectProxy::new(conn).await.expect("proxy");
     let mut events = qc.receive_domain_event().await.expect("subscribe");
-    let d = domain(&conn, &path).await;
+    let d = domain(conn, &path).await;
     assert!(d.active().await.expect("active"));
     assert_eq!(d.id().await.expect("id"), id);
     assert_eq!(state(&d).await.state(), DomainState::Paused);
@@ -206,22 +246,28 @@ async fn lifecycle_events_errors_and_restart() {
     );
     assert!(wait_gone(pid, Duration::from_secs(5)));
     assert!(!d.active().await.expect("active"));
+    drop(daemon);
+}
 
-    // kill -9 of QEMU: shutoff (crashed) with STOPPED/FAILED.
-    d.create(0).await.expect("create again");
+/// kill -9 of QEMU: shutoff (crashed) with STOPPED/FAILED; the next start gets a
+/// higher id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_qemu_leaves_the_domain_shutoff_crashed() {
+    let Alpha {
+        q,
+        mut events,
+        path,
+        d,
+    } = alpha().await;
+    d.create(0).await.expect("create");
     assert_eq!(
         next_event(&mut events, &path).await,
         DomainEvent::Started(StartedDetail::Booted)
     );
-    let id2 = d.id().await.expect("id");
-    assert!(id2 > id, "ids count up: {id2} after {id}");
-    let pid2: u32 = std::fs::read_to_string(dirs.runtime.join("qemu/alpha.pid"))
-        .expect("pidfile")
-        .trim()
-        .parse()
-        .expect("pid");
+    let id = d.id().await.expect("id");
+    let pid = qemu_pid(&q.daemon.dirs.runtime, "alpha");
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid2 as i32),
+        nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill qemu");
@@ -234,7 +280,22 @@ async fn lifecycle_events_errors_and_restart() {
         StateReason::Shutoff(ShutoffReason::Crashed)
     );
 
-    // Transient domains vanish when they stop; undefining a running one makes it transient.
+    d.create(0).await.expect("create again");
+    assert_eq!(
+        next_event(&mut events, &path).await,
+        DomainEvent::Started(StartedDetail::Booted)
+    );
+    let id2 = d.id().await.expect("id");
+    assert!(id2 > id, "ids count up: {id2} after {id}");
+    d.destroy(0).await.expect("destroy");
+}
+
+/// A transient domain (created, not defined) is listed as such and vanishes when it
+/// stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_domain_vanishes_when_destroyed() {
+    let Alpha { q, mut events, .. } = alpha().await;
+    let qc = &q.qc;
     let tpath = qc
         .domain_create_xml(&xml("gamma", None), 1)
         .await
@@ -247,7 +308,7 @@ async fn lifecycle_events_errors_and_restart() {
         next_event(&mut events, &tpath).await,
         DomainEvent::Suspended(SuspendedDetail::Paused)
     );
-    let t = domain(&conn, &tpath).await;
+    let t = domain(&q.conn, &tpath).await;
     assert!(!t.persistent().await.expect("persistent"));
     assert_eq!(
         qc.list_domains(8).await.expect("transient"),
@@ -255,14 +316,21 @@ async fn lifecycle_events_errors_and_restart() {
     );
     t.destroy(0).await.expect("destroy transient");
     assert!(bus_err(qc.domain_lookup_by_name("gamma").await.unwrap_err()).contains("gamma"));
+}
 
-    d.create(0).await.expect("create 3");
+/// Undefining a running domain makes it transient: its config file goes at once and
+/// the domain itself when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undefining_a_running_domain_makes_it_transient() {
+    let Alpha { q, d, .. } = alpha().await;
+    let config = q.daemon.dirs.config.join("qemu/alpha.xml");
+    d.create(0).await.expect("create");
+    assert!(config.exists());
     d.undefine(0).await.expect("undefine running");
     assert!(!d.persistent().await.expect("persistent"));
-    assert!(!dirs.config.join("qemu/alpha.xml").exists());
+    assert!(!config.exists());
     d.destroy(0).await.expect("destroy");
-    assert!(qc.list_domains(0).await.expect("list").is_empty());
-    drop(daemon);
+    assert!(q.qc.list_domains(0).await.expect("list").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
