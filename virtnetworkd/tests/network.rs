@@ -219,18 +219,34 @@ fn dnsmasq_pid(dirs: &TestDirs, name: &str) -> Option<i32> {
         .ok()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn nat_network_serves_dhcp_forwards_and_survives_kill9() -> anyhow::Result<()> {
-    let mut s = setup().await?;
+/// A virtnetworkd in its own namespace with the NAT network `natnet` (bridge vtnat0,
+/// 10.77.0.0/24) defined and then started.
+struct Nat {
+    s: Setup,
+    c: NetworkConnectProxy<'static>,
+    path: OwnedObjectPath,
+    n: NetworkProxy<'static>,
+}
+
+async fn nat() -> anyhow::Result<Nat> {
+    let s = setup().await?;
     let c = NetworkConnectProxy::new(&s.conn).await?;
     let path = c
         .network_define_xml(&nat_xml("natnet", "vtnat0", "10.77.0"))
         .await?;
     let n = network(&s.conn, &path).await?;
-    let np = ports(&s.conn, &path).await?;
     assert!(!n.active().await?);
     n.create().await?;
     assert!(n.active().await?);
+    Ok(Nat { s, c, path, n })
+}
+
+/// The started NAT network's bridge (address, STP, MAC as in the XML) and its rules
+/// in our own tables; destroy leaves none of it, nor dnsmasq, behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn nat_network_bridge_rules_and_clean_destroy() -> anyhow::Result<()> {
+    let Nat { s, path, n, .. } = nat().await?;
+    let np = ports(&s.conn, &path).await?;
     assert_eq!(np.bridge_name().await?, "vtnat0");
 
     // the bridge with its address, read back with ip -j
@@ -264,6 +280,25 @@ async fn nat_network_serves_dhcp_forwards_and_survives_kill9() -> anyhow::Result
     assert!(rules.contains("\"10.77.0.0\""));
     assert!(rules.contains("\"established\""));
 
+    // destroy leaves nothing behind
+    let pid = dnsmasq_pid(&s.daemon.dirs, "natnet").context("no dnsmasq pid")?;
+    n.destroy().await?;
+    assert!(!n.active().await?);
+    assert!(!link_exists(&s.ns, "vtnat0"));
+    assert!(!ruleset(&s.ns)?.contains("libvirt_rs"));
+    let t = Instant::now();
+    while pid_alive(pid) && t.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!pid_alive(pid), "dnsmasq left running");
+    Ok(())
+}
+
+/// Guests get addresses in the range (or their static host entry) from an
+/// unprivileged dnsmasq, GetDHCPLeases lists them, and they are NATed to the outside.
+#[tokio::test(flavor = "multi_thread")]
+async fn nat_network_serves_dhcp_and_forwards() -> anyhow::Result<()> {
+    let Nat { s, n, .. } = nat().await?;
     // a guest gets an address in the range, and GetDHCPLeases lists it
     let tmp = tempfile::tempdir()?;
     let script = dhcp_script(tmp.path())?;
@@ -296,11 +331,10 @@ async fn nat_network_serves_dhcp_forwards_and_survives_kill9() -> anyhow::Result
     let _out = outside(&s.ns)?;
     assert!(g.ping("10.250.0.2"), "NAT to the outside failed");
 
-    // kill -9, flush our rules behind its back, restart: the network is adopted
-    let pid_before = dnsmasq_pid(&s.daemon.dirs, "natnet").context("no dnsmasq pid")?;
     // dnsmasq dropped to the unprivileged `dnsmasq` user when it exists (else nobody),
     // and the leases above were still written and read back
-    let status = std::fs::read_to_string(format!("/proc/{pid_before}/status"))?;
+    let pid = dnsmasq_pid(&s.daemon.dirs, "natnet").context("no dnsmasq pid")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let uid: u32 = status
         .lines()
         .find_map(|l| l.strip_prefix("Uid:"))
@@ -310,6 +344,26 @@ async fn nat_network_serves_dhcp_forwards_and_survives_kill9() -> anyhow::Result
         .or(nix::unistd::User::from_name("nobody")?)
         .context("neither dnsmasq nor nobody exists")?;
     assert_eq!(uid, want.uid.as_raw(), "dnsmasq runs as uid {uid}");
+    Ok(())
+}
+
+/// kill -9 of the daemon leaves the guests' network up; the restarted daemon adopts
+/// the network with its dnsmasq and puts back rules flushed meanwhile. The adopted
+/// dnsmasq, when it dies, is restarted; destroy then stops the new one. (One test:
+/// the dnsmasq part is about a dnsmasq the daemon adopted, not one it spawned.)
+#[tokio::test(flavor = "multi_thread")]
+async fn nat_network_survives_kill9_and_its_dnsmasq_is_kept_running() -> anyhow::Result<()> {
+    let Nat { mut s, c, .. } = nat().await?;
+    let tmp = tempfile::tempdir()?;
+    let script = dhcp_script(tmp.path())?;
+    let g = guest(&s.ns, "vtnat0", "a", None)?;
+    g.dhcp(&script)?;
+    let mac = g.mac()?;
+    let _out = outside(&s.ns)?;
+    assert!(g.ping("10.250.0.2"), "NAT to the outside failed");
+
+    // kill -9, flush our rules behind its back, restart: the network is adopted
+    let pid_before = dnsmasq_pid(&s.daemon.dirs, "natnet").context("no dnsmasq pid")?;
     s.daemon.kill9();
     s.ns.run_ok(&["nft", "delete", "table", "ip", "libvirt_rs_nat"])?;
     assert!(
@@ -344,7 +398,7 @@ async fn nat_network_serves_dhcp_forwards_and_survives_kill9() -> anyhow::Result
     let g2 = guest(&s.ns, "vtnat0", "c", None)?;
     assert!(g2.dhcp(&script)?.starts_with("10.77.0."));
 
-    // destroy leaves nothing behind
+    // destroy leaves nothing behind, the restarted dnsmasq included
     n.destroy().await?;
     assert!(!n.active().await?);
     assert!(!link_exists(&s.ns, "vtnat0"));

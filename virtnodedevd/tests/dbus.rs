@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
+use common::event::NodeDeviceEvent;
 use common::harness::{Daemon, NetNs, TestBus};
 use common::proxies::nodedev::{NodeDevConnectProxy, NodeDeviceProxy, NodeInfoProxy};
 use futures_util::StreamExt;
@@ -181,13 +182,15 @@ async fn device_list_agrees_with_lspci_ip_and_lsblk() -> anyhow::Result<()> {
 
 async fn next_event(
     s: &mut common::proxies::nodedev::NodeDeviceEventStream,
-) -> anyhow::Result<(String, i32)> {
+) -> anyhow::Result<(String, NodeDeviceEvent)> {
     let ev = tokio::time::timeout(Duration::from_secs(10), s.next())
         .await
         .map_err(|_| anyhow!("no NodeDeviceEvent within 10 s"))?
         .context("signal stream ended")?;
     let a = ev.args()?;
-    Ok((a.dev.to_string(), a.event))
+    let event = NodeDeviceEvent::from_wire(a.event)
+        .with_context(|| format!("NodeDeviceEvent {} is not libvirt's", a.event))?;
+    Ok((a.dev.to_string(), event))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -220,7 +223,7 @@ async fn veth_pair_produces_created_and_deleted_events() -> anyhow::Result<()> {
     let mut created = BTreeSet::new();
     while created.len() < 2 {
         let (dev, ev) = next_event(&mut events).await?;
-        assert_eq!(ev, 0, "{dev}: expected CREATED");
+        assert_eq!(ev, NodeDeviceEvent::Created, "{dev}");
         created.insert(dev);
     }
     eprintln!("veth add -> both CREATED signals: {:?}", t0.elapsed());
@@ -243,11 +246,11 @@ async fn veth_pair_produces_created_and_deleted_events() -> anyhow::Result<()> {
     ns.run_ok(&["ip", "link", "set", "vhp0", "name", "vhr0"])?;
     let new_name = name.replacen("net_vhp0_", "net_vhr0_", 1);
     let new_path = common::objpath::node_device(&new_name).to_string();
-    if let Err(e) = wait_event(&mut events, path, 1).await {
+    if let Err(e) = wait_event(&mut events, path, NodeDeviceEvent::Deleted).await {
         eprintln!("LOG: {}", _d.log_text());
         return Err(e);
     }
-    if let Err(e) = wait_event(&mut events, &new_path, 0).await {
+    if let Err(e) = wait_event(&mut events, &new_path, NodeDeviceEvent::Created).await {
         eprintln!("LOG: {}", _d.log_text());
         return Err(e);
     }
@@ -257,14 +260,14 @@ async fn veth_pair_produces_created_and_deleted_events() -> anyhow::Result<()> {
         .await?
         .contains("<interface>vhr0</interface>"));
     ns.run_ok(&["ip", "link", "set", "vhr0", "name", "vhp0"])?;
-    wait_event(&mut events, &new_path, 1).await?;
-    wait_event(&mut events, path, 0).await?;
+    wait_event(&mut events, &new_path, NodeDeviceEvent::Deleted).await?;
+    wait_event(&mut events, path, NodeDeviceEvent::Created).await?;
 
     ns.run_ok(&["ip", "link", "del", "vhp0"])?;
     let mut deleted = BTreeSet::new();
     while deleted.len() < 2 {
         let (dev, ev) = next_event(&mut events).await?;
-        assert_eq!(ev, 1, "{dev}: expected DELETED");
+        assert_eq!(ev, NodeDeviceEvent::Deleted, "{dev}");
         deleted.insert(dev);
     }
     assert_eq!(deleted, want);
@@ -582,7 +585,7 @@ async fn fixture_tree_create_and_destroy_vport_and_mdev() -> anyhow::Result<()> 
     assert_eq!(written?, "10000000c9848199:20000000c9848199");
     let path = made?;
     assert_eq!(path, common::objpath::node_device("scsi_host6"));
-    wait_event(&mut events, path.as_str(), 0).await?;
+    wait_event(&mut events, path.as_str(), NodeDeviceEvent::Created).await?;
     let vport = device(&conn, "scsi_host6").await?;
     assert_eq!(vport.parent().await?, "scsi_host5");
     assert_eq!(
@@ -722,7 +725,7 @@ async fn fixture_tree_create_and_destroy_vport_and_mdev() -> anyhow::Result<()> 
 async fn wait_event(
     s: &mut common::proxies::nodedev::NodeDeviceEventStream,
     path: &str,
-    event: i32,
+    event: NodeDeviceEvent,
 ) -> anyhow::Result<()> {
     loop {
         let (dev, ev) = next_event(s).await?;
@@ -757,7 +760,7 @@ async fn loop_device_attach_and_detach_produce_events() -> anyhow::Result<()> {
     let kname = dev.trim_start_matches("/dev/");
     let name = format!("block_{kname}");
     let path = common::objpath::node_device(&name).to_string();
-    wait_event(&mut events, &path, 0).await?;
+    wait_event(&mut events, &path, NodeDeviceEvent::Created).await?;
     let d = device(&conn, &name).await?;
     let xml = d.get_xml_desc(0).await?;
     assert!(xml.contains(&format!("<block>{dev}</block>")), "{xml}");
@@ -783,7 +786,7 @@ async fn loop_device_attach_and_detach_produce_events() -> anyhow::Result<()> {
     assert!(d.get_xml_desc(0).await?.contains("<size>16777216</size>"));
 
     drop(guard);
-    wait_event(&mut events, &path, 1).await?;
+    wait_event(&mut events, &path, NodeDeviceEvent::Deleted).await?;
     assert!(err_text(c.node_device_lookup_by_name(&name).await).contains("Node device not found"));
     Ok(())
 }

@@ -2,11 +2,12 @@
 //! from virtnodedevd (with a local fallback), `<disk type='volume'>` resolved by virtstoraged,
 //! managed PCI hostdevs detached and reattached by virtnodedevd.
 
+use common::event::DomainState;
 use common::harness::{Daemon, TestBus, TestDirs};
 
 mod support;
 use common::proxies::qemu::QemuConnectProxy;
-use support::{bus_err, domain, sibling_daemon};
+use support::{bus_err, domain, sibling_daemon, state};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
 
@@ -247,5 +248,5 @@ async fn managed_hostdev_is_detached_then_reattached_on_a_failed_start() {
         "\n",
         "reattached: the override is cleared"
     );
-    assert_eq!(d.get_state(0).await.expect("state").0, 5, "shutoff");
+    assert_eq!(state(&d).await.state(), DomainState::Shutoff);
 }

@@ -5,16 +5,17 @@ use std::time::Duration;
 
 mod support;
 
+use common::event::{
+    DefinedDetail, DomainEvent, DomainState, ResumedDetail, RunningReason, ShutdownDetail,
+    ShutoffReason, StartedDetail, StateReason, StoppedDetail, SuspendedDetail,
+};
 use common::harness::{wait_gone, Daemon, TestBus};
 use common::proxies::qemu::QemuConnectProxy;
 use futures_util::StreamExt;
-use support::{domain, test_guest};
+use support::{domain, state, test_guest};
 use zbus::zvariant::OwnedObjectPath;
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
-const RUNNING: i32 = 1;
-const PAUSED: i32 = 3;
-const SHUTOFF: i32 = 5;
 
 fn xml(name: &str, uuid: Option<&str>) -> String {
     let uuid = uuid
@@ -41,7 +42,7 @@ fn bus_err(e: zbus::Error) -> String {
 async fn next_event(
     events: &mut (impl futures_util::Stream<Item = common::proxies::qemu::DomainEvent> + Unpin),
     path: &OwnedObjectPath,
-) -> (i32, i32) {
+) -> DomainEvent {
     loop {
         let ev = tokio::time::timeout(Duration::from_secs(20), events.next())
             .await
@@ -49,29 +50,51 @@ async fn next_event(
             .expect("signal stream open");
         let a = ev.args().expect("args");
         if a.domain == *path {
-            return (a.event, a.detail);
+            return DomainEvent::from_wire(a.event, a.detail)
+                .unwrap_or_else(|| panic!("event ({}, {}) is not libvirt's", a.event, a.detail));
         }
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lifecycle_events_errors_and_restart() {
-    let bus = TestBus::start().expect("bus");
-    let mut daemon = Daemon::builder(BIN, "virtqemud")
-        .spawn(&bus)
-        .await
-        .expect("daemon");
-    let conn = bus.connection().await.expect("conn");
-    let qc = QemuConnectProxy::new(&conn).await.expect("proxy");
-    let mut events = qc.receive_domain_event().await.expect("subscribe");
+/// A virtqemud on a private bus, subscribed to DomainEvent, with the persistent domain
+/// `alpha` defined (its DEFINED/ADDED event already seen) but not started.
+struct Alpha {
+    q: support::Qemud,
+    events: common::proxies::qemu::DomainEventStream,
+    path: OwnedObjectPath,
+    d: common::proxies::qemu::DomainProxy<'static>,
+}
 
-    // Define, with the definition kept verbatim (metadata) and a generated uuid.
-    let path = qc
-        .domain_define_xml(&xml("alpha", None))
-        .await
-        .expect("define");
-    assert_eq!(next_event(&mut events, &path).await, (0, 0));
-    let d = domain(&conn, &path).await;
+async fn alpha() -> Alpha {
+    let q = support::qemud(BIN).await;
+    let mut events = q.qc.receive_domain_event().await.expect("subscribe");
+    let path =
+        q.qc.domain_define_xml(&xml("alpha", None))
+            .await
+            .expect("define");
+    assert_eq!(
+        next_event(&mut events, &path).await,
+        DomainEvent::Defined(DefinedDetail::Added)
+    );
+    let d = domain(&q.conn, &path).await;
+    Alpha { q, events, path, d }
+}
+
+/// The PID of the QEMU of the running domain `name`, from its pidfile in `run_dir`.
+fn qemu_pid(run_dir: &std::path::Path, name: &str) -> u32 {
+    std::fs::read_to_string(run_dir.join(format!("qemu/{name}.pid")))
+        .expect("pidfile")
+        .trim()
+        .parse()
+        .expect("pid")
+}
+
+/// Define keeps the definition verbatim (metadata) with a generated uuid; the domain is
+/// found by name and uuid, and listed as inactive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defined_domain_is_kept_verbatim_and_found() {
+    let Alpha { q, path, d, .. } = alpha().await;
+    let qc = &q.qc;
     assert_eq!(d.name().await.expect("name"), "alpha");
     assert!(d.persistent().await.expect("persistent"));
     assert!(!d.active().await.expect("active"));
@@ -85,14 +108,24 @@ async fn lifecycle_events_errors_and_restart() {
         qc.domain_lookup_by_uuid(&uuid).await.expect("by uuid"),
         path
     );
-    assert_eq!(d.get_state(0).await.expect("state"), (SHUTOFF, 0));
+    assert_eq!(
+        state(&d).await,
+        StateReason::Shutoff(ShutoffReason::Unknown)
+    );
     assert_eq!(
         qc.list_domains(2).await.expect("inactive"),
         vec![path.clone()]
     );
     assert!(qc.list_domains(1).await.expect("active").is_empty());
+}
 
-    // Errors: bad XML, duplicate name, duplicate uuid, unknown domain; nothing changes.
+/// Bad XML, a duplicate name, a duplicate uuid, an unknown domain and an operation on an
+/// inactive one are refused with libvirt's messages; nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_definitions_and_requests_are_refused() {
+    let Alpha { q, d, .. } = alpha().await;
+    let qc = &q.qc;
+    let uuid = d.uuid().await.expect("uuid");
     let e = bus_err(
         qc.domain_define_xml("<domain type='qemu'><name>")
             .await
@@ -122,11 +155,28 @@ async fn lifecycle_events_errors_and_restart() {
     let e = bus_err(d.suspend().await.unwrap_err());
     assert_eq!(e, "Requested operation is not valid: domain is not running");
     assert_eq!(qc.list_domains(0).await.expect("all").len(), 1);
+}
+
+/// Start (an id, a QEMU in its own session), suspend, kill -9 of the daemon: the
+/// restarted one finds the same QEMU and learns from QMP query-status that it is
+/// paused; resume and destroy then work on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_domain_survives_daemon_kill9_and_is_destroyed() {
+    let Alpha {
+        mut q,
+        mut events,
+        path,
+        d,
+    } = alpha().await;
+    let (qc, conn) = (&q.qc, &q.conn);
 
     // Start: running, STARTED/BOOTED, an id, a QEMU in its own session.
     d.create(0).await.expect("create");
-    assert_eq!(next_event(&mut events, &path).await, (2, 0));
-    assert_eq!(d.get_state(0).await.expect("state"), (RUNNING, 1));
+    assert_eq!(
+        next_event(&mut events, &path).await,
+        DomainEvent::Started(StartedDetail::Booted)
+    );
+    assert_eq!(state(&d).await, StateReason::Running(RunningReason::Booted));
     let id = d.id().await.expect("id");
     assert!(id >= 1 && id != u32::MAX);
     assert_eq!(
@@ -141,12 +191,8 @@ async fn lifecycle_events_errors_and_restart() {
     let stats = d.memory_stats(0).await.expect("memstats");
     assert_eq!(stats.get(&6), Some(&(64 * 1024)));
     assert!(stats.get(&7).copied().unwrap_or(0) > 0);
-    let dirs = daemon.dirs.clone();
-    let pid: u32 = std::fs::read_to_string(dirs.runtime.join("qemu/alpha.pid"))
-        .expect("pidfile")
-        .trim()
-        .parse()
-        .expect("pid");
+    let dirs = q.daemon.dirs.clone();
+    let pid = qemu_pid(&dirs.runtime, "alpha");
     assert!(!wait_gone(pid, Duration::from_millis(1)), "QEMU runs");
     assert_eq!(
         nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid as i32))).expect("sid"),
@@ -157,59 +203,112 @@ async fn lifecycle_events_errors_and_restart() {
     // Suspend, then kill -9 the daemon: the restarted one finds the same QEMU and learns
     // from QMP query-status that it is paused.
     d.suspend().await.expect("suspend");
-    assert_eq!(next_event(&mut events, &path).await, (3, 0));
-    assert_eq!(d.get_state(0).await.expect("state").0, PAUSED);
-    daemon.kill9();
-    let daemon = daemon.restart_builder().spawn(&bus).await.expect("restart");
-    let qc = QemuConnectProxy::new(&conn).await.expect("proxy");
+    assert_eq!(
+        next_event(&mut events, &path).await,
+        DomainEvent::Suspended(SuspendedDetail::Paused)
+    );
+    assert_eq!(state(&d).await.state(), DomainState::Paused);
+    q.daemon.kill9();
+    let daemon = q
+        .daemon
+        .restart_builder()
+        .spawn(&q.bus)
+        .await
+        .expect("restart");
+    let qc = QemuConnectProxy::new(conn).await.expect("proxy");
     let mut events = qc.receive_domain_event().await.expect("subscribe");
-    let d = domain(&conn, &path).await;
+    let d = domain(conn, &path).await;
     assert!(d.active().await.expect("active"));
     assert_eq!(d.id().await.expect("id"), id);
-    assert_eq!(d.get_state(0).await.expect("state").0, PAUSED);
+    assert_eq!(state(&d).await.state(), DomainState::Paused);
     assert!(
         !wait_gone(pid, Duration::from_millis(1)),
         "same QEMU still runs"
     );
     d.resume().await.expect("resume after restart");
-    assert_eq!(next_event(&mut events, &path).await, (4, 0));
-    assert_eq!(d.get_state(0).await.expect("state").0, RUNNING);
+    assert_eq!(
+        next_event(&mut events, &path).await,
+        DomainEvent::Resumed(ResumedDetail::Unpaused)
+    );
+    assert_eq!(state(&d).await.state(), DomainState::Running);
 
     // Destroy: shutoff (destroyed), STOPPED/DESTROYED, the process is gone.
     let t = std::time::Instant::now();
     d.destroy(0).await.expect("destroy");
     eprintln!("destroy took {:?}", t.elapsed());
-    assert_eq!(d.get_state(0).await.expect("state"), (SHUTOFF, 2));
-    assert_eq!(next_event(&mut events, &path).await, (5, 1));
+    assert_eq!(
+        state(&d).await,
+        StateReason::Shutoff(ShutoffReason::Destroyed)
+    );
+    assert_eq!(
+        next_event(&mut events, &path).await,
+        DomainEvent::Stopped(StoppedDetail::Destroyed)
+    );
     assert!(wait_gone(pid, Duration::from_secs(5)));
     assert!(!d.active().await.expect("active"));
+    drop(daemon);
+}
 
-    // kill -9 of QEMU: shutoff (crashed) with STOPPED/FAILED.
-    d.create(0).await.expect("create again");
-    assert_eq!(next_event(&mut events, &path).await, (2, 0));
-    let id2 = d.id().await.expect("id");
-    assert!(id2 > id, "ids count up: {id2} after {id}");
-    let pid2: u32 = std::fs::read_to_string(dirs.runtime.join("qemu/alpha.pid"))
-        .expect("pidfile")
-        .trim()
-        .parse()
-        .expect("pid");
+/// kill -9 of QEMU: shutoff (crashed) with STOPPED/FAILED; the next start gets a
+/// higher id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_qemu_leaves_the_domain_shutoff_crashed() {
+    let Alpha {
+        q,
+        mut events,
+        path,
+        d,
+    } = alpha().await;
+    d.create(0).await.expect("create");
+    assert_eq!(
+        next_event(&mut events, &path).await,
+        DomainEvent::Started(StartedDetail::Booted)
+    );
+    let id = d.id().await.expect("id");
+    let pid = qemu_pid(&q.daemon.dirs.runtime, "alpha");
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid2 as i32),
+        nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill qemu");
-    assert_eq!(next_event(&mut events, &path).await, (5, 5));
-    assert_eq!(d.get_state(0).await.expect("state"), (SHUTOFF, 3));
+    assert_eq!(
+        next_event(&mut events, &path).await,
+        DomainEvent::Stopped(StoppedDetail::Failed)
+    );
+    assert_eq!(
+        state(&d).await,
+        StateReason::Shutoff(ShutoffReason::Crashed)
+    );
 
-    // Transient domains vanish when they stop; undefining a running one makes it transient.
+    d.create(0).await.expect("create again");
+    assert_eq!(
+        next_event(&mut events, &path).await,
+        DomainEvent::Started(StartedDetail::Booted)
+    );
+    let id2 = d.id().await.expect("id");
+    assert!(id2 > id, "ids count up: {id2} after {id}");
+    d.destroy(0).await.expect("destroy");
+}
+
+/// A transient domain (created, not defined) is listed as such and vanishes when it
+/// stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_domain_vanishes_when_destroyed() {
+    let Alpha { q, mut events, .. } = alpha().await;
+    let qc = &q.qc;
     let tpath = qc
         .domain_create_xml(&xml("gamma", None), 1)
         .await
         .expect("create transient paused");
-    assert_eq!(next_event(&mut events, &tpath).await, (2, 0));
-    assert_eq!(next_event(&mut events, &tpath).await, (3, 0));
-    let t = domain(&conn, &tpath).await;
+    assert_eq!(
+        next_event(&mut events, &tpath).await,
+        DomainEvent::Started(StartedDetail::Booted)
+    );
+    assert_eq!(
+        next_event(&mut events, &tpath).await,
+        DomainEvent::Suspended(SuspendedDetail::Paused)
+    );
+    let t = domain(&q.conn, &tpath).await;
     assert!(!t.persistent().await.expect("persistent"));
     assert_eq!(
         qc.list_domains(8).await.expect("transient"),
@@ -217,14 +316,21 @@ async fn lifecycle_events_errors_and_restart() {
     );
     t.destroy(0).await.expect("destroy transient");
     assert!(bus_err(qc.domain_lookup_by_name("gamma").await.unwrap_err()).contains("gamma"));
+}
 
-    d.create(0).await.expect("create 3");
+/// Undefining a running domain makes it transient: its config file goes at once and
+/// the domain itself when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undefining_a_running_domain_makes_it_transient() {
+    let Alpha { q, d, .. } = alpha().await;
+    let config = q.daemon.dirs.config.join("qemu/alpha.xml");
+    d.create(0).await.expect("create");
+    assert!(config.exists());
     d.undefine(0).await.expect("undefine running");
     assert!(!d.persistent().await.expect("persistent"));
-    assert!(!dirs.config.join("qemu/alpha.xml").exists());
+    assert!(!config.exists());
     d.destroy(0).await.expect("destroy");
-    assert!(qc.list_domains(0).await.expect("list").is_empty());
-    drop(daemon);
+    assert!(q.qc.list_domains(0).await.expect("list").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,10 +353,10 @@ async fn twenty_concurrent_clients() {
             let d = domain(&conn, &path).await;
             // Paused start: a real QEMU, no guest CPU burnt.
             d.create(1).await.expect("create");
-            assert_eq!(d.get_state(0).await.expect("state").0, PAUSED);
+            assert_eq!(state(&d).await.state(), DomainState::Paused);
             if i % 2 == 0 {
                 d.destroy(0).await.expect("destroy");
-                assert_eq!(d.get_state(0).await.expect("state").0, SHUTOFF);
+                assert_eq!(state(&d).await.state(), DomainState::Shutoff);
             }
             path
         }));
@@ -313,10 +419,16 @@ async fn real_guest_boots_and_shuts_down() {
     let qc = QemuConnectProxy::new(&conn).await.expect("proxy");
     let mut events = qc.receive_domain_event().await.expect("subscribe");
     let path = qc.domain_define_xml(&xml).await.expect("define");
-    assert_eq!(next_event(&mut events, &path).await, (0, 0));
+    assert_eq!(
+        next_event(&mut events, &path).await,
+        DomainEvent::Defined(DefinedDetail::Added)
+    );
     let d = domain(&conn, &path).await;
     d.create(0).await.expect("create");
-    assert_eq!(next_event(&mut events, &path).await, (2, 0));
+    assert_eq!(
+        next_event(&mut events, &path).await,
+        DomainEvent::Started(StartedDetail::Booted)
+    );
     let start = std::time::Instant::now();
     loop {
         let text = std::fs::read(&serial).unwrap_or_default();
@@ -331,22 +443,25 @@ async fn real_guest_boots_and_shuts_down() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!("booted in {:?}", start.elapsed());
-    assert_eq!(d.get_state(0).await.expect("state").0, RUNNING);
+    assert_eq!(state(&d).await.state(), DomainState::Running);
     // ACPI shutdown: the guest powers off; QEMU (-no-shutdown) is told to quit.
     d.shutdown(0).await.expect("shutdown");
     let t = std::time::Instant::now();
     assert_eq!(
         next_event(&mut events, &path).await,
-        (6, 1),
+        DomainEvent::Shutdown(ShutdownDetail::Guest),
         "SHUTDOWN/GUEST"
     );
     assert_eq!(
         next_event(&mut events, &path).await,
-        (5, 0),
+        DomainEvent::Stopped(StoppedDetail::Shutdown),
         "STOPPED/SHUTDOWN"
     );
     eprintln!("powered off in {:?}", t.elapsed());
-    assert_eq!(d.get_state(0).await.expect("state"), (SHUTOFF, 1));
+    assert_eq!(
+        state(&d).await,
+        StateReason::Shutoff(ShutoffReason::Shutdown)
+    );
     let text = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
     assert!(text.contains("TINYGUEST-POWEROFF"), "serial:\n{text}");
 }
@@ -503,7 +618,10 @@ async fn stats_of_a_running_domain() {
 
     // Inactive: only the state group; libvirt's cgroup-less defaults.
     let s = d.get_stats(0, 0).await.expect("stats");
-    assert_eq!(val_u64(&s, "state.state"), SHUTOFF as u64);
+    assert_eq!(
+        DomainState::from_wire(val_u64(&s, "state.state") as i32),
+        Some(DomainState::Shutoff)
+    );
     assert!(!s.contains_key("cpu.time") && !s.contains_key("block.count"));
     assert_eq!(
         d.scheduler_type().await.expect("sched"),
@@ -516,7 +634,10 @@ async fn stats_of_a_running_domain() {
 
     d.create(0).await.expect("create");
     let s = d.get_stats(0, 0).await.expect("stats");
-    assert_eq!(val_u64(&s, "state.state"), RUNNING as u64);
+    assert_eq!(
+        DomainState::from_wire(val_u64(&s, "state.state") as i32),
+        Some(DomainState::Running)
+    );
     let cpu = val_u64(&s, "cpu.time");
     assert_eq!(cpu, val_u64(&s, "cpu.user") + val_u64(&s, "cpu.system"));
     assert_eq!(val_u64(&s, "balloon.maximum"), 64 * 1024);

@@ -5,11 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::event::StoragePoolEvent;
 use common::harness::{Daemon, TestBus};
 use common::proxies::storage::StorageConnectProxy;
 
-mod util;
-use util::{events_n, pool_proxy};
+mod support;
+use support::{events_n, pool_proxy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtstoraged");
 
@@ -131,7 +132,17 @@ async fn fs_pool_on_a_loop_device() -> anyhow::Result<()> {
     pp.delete(0).await?;
     assert!(!target.exists());
 
-    assert_eq!(events_n(&mut events, 3).await?, [0, 4, 2]);
-    assert_eq!(events_n(&mut after, 2).await?, [3, 5], "STOPPED, DELETED");
+    assert_eq!(
+        events_n(&mut events, 3).await?,
+        [
+            StoragePoolEvent::Defined,
+            StoragePoolEvent::Created,
+            StoragePoolEvent::Started
+        ]
+    );
+    assert_eq!(
+        events_n(&mut after, 2).await?,
+        [StoragePoolEvent::Stopped, StoragePoolEvent::Deleted]
+    );
     Ok(())
 }

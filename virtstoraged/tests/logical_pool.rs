@@ -7,11 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::event::StoragePoolEvent;
 use common::harness::{Daemon, TestBus};
 use common::proxies::storage::StorageConnectProxy;
 
-mod util;
-use util::{events_n, pool_proxy};
+mod support;
+use support::{events_n, pool_proxy};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtstoraged");
 
@@ -122,8 +123,16 @@ async fn logical_pool_on_a_loop_device() -> anyhow::Result<()> {
     assert!(cap > 32 << 20 && cap <= 64 << 20, "VG size {cap}");
     assert_eq!(alloc + avail, cap);
     let mut seen = events_n(&mut events, 5).await?;
-    seen.retain(|e| *e != 1); // the hostile pool's UNDEFINED
-    assert_eq!(seen, [0, 0, 4, 2], "DEFINED x2, CREATED, STARTED");
+    seen.retain(|e| *e != StoragePoolEvent::Undefined); // the hostile pool's
+    assert_eq!(
+        seen,
+        [
+            StoragePoolEvent::Defined,
+            StoragePoolEvent::Defined,
+            StoragePoolEvent::Created,
+            StoragePoolEvent::Started
+        ]
+    );
 
     let vol_xml = "<volume><name>lv1</name><capacity unit='M'>8</capacity></volume>";
     let dm = std::fs::read_to_string("/proc/misc").unwrap_or_default();
@@ -169,6 +178,9 @@ async fn logical_pool_on_a_loop_device() -> anyhow::Result<()> {
     assert!(!lvm(&["pvs", "--", lo.dev.to_str().unwrap_or("")])
         .status
         .success());
-    assert_eq!(events_n(&mut events, 2).await?, [3, 5], "STOPPED, DELETED");
+    assert_eq!(
+        events_n(&mut events, 2).await?,
+        [StoragePoolEvent::Stopped, StoragePoolEvent::Deleted]
+    );
     Ok(())
 }

@@ -4,17 +4,20 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::event::StoragePoolEvent;
 use common::harness::{Daemon, TestBus};
 use common::proxies::storage::{
     StorageConnectProxy, StoragePoolOfVolumeProxy, StoragePoolProxy, StorageVolProxy,
     StorageVolTransferProxy,
 };
-use futures_util::StreamExt;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::{Fd, OwnedObjectPath};
+
+mod support;
+use support::events_n;
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtstoraged");
 
@@ -43,23 +46,23 @@ fn pool_xml(name: &str, target: &Path) -> String {
     )
 }
 
-async fn pool<'a>(
+async fn pool(
     c: &zbus::Connection,
-    p: &'a OwnedObjectPath,
-) -> anyhow::Result<StoragePoolProxy<'a>> {
+    p: &OwnedObjectPath,
+) -> anyhow::Result<StoragePoolProxy<'static>> {
     Ok(StoragePoolProxy::builder(c)
-        .path(p.as_ref())?
+        .path(p.clone())?
         .cache_properties(CacheProperties::No)
         .build()
         .await?)
 }
 
-async fn vol<'a>(
+async fn vol(
     c: &zbus::Connection,
-    p: &'a OwnedObjectPath,
-) -> anyhow::Result<StorageVolProxy<'a>> {
+    p: &OwnedObjectPath,
+) -> anyhow::Result<StorageVolProxy<'static>> {
     Ok(StorageVolProxy::builder(c)
-        .path(p.as_ref())?
+        .path(p.clone())?
         .cache_properties(CacheProperties::No)
         .build()
         .await?)
@@ -107,8 +110,76 @@ fn same_content(a: &Path, b: &Path) -> anyhow::Result<bool> {
     }
 }
 
+/// A virtstoraged on a private bus with the dir pool `images` defined, built and
+/// started. Fields drop in order: proxies, then the daemon, then its bus.
+struct Images {
+    pp: StoragePoolProxy<'static>,
+    conn: StorageConnectProxy<'static>,
+    c: zbus::Connection,
+    p: OwnedObjectPath,
+    target: PathBuf,
+    daemon: Daemon,
+    _bus: TestBus,
+}
+
+async fn images() -> anyhow::Result<Images> {
+    let bus = TestBus::start()?;
+    let daemon = Daemon::builder(BIN, "virtstoraged").spawn(&bus).await?;
+    let c = bus.connection().await?;
+    let conn = StorageConnectProxy::new(&c).await?;
+    let target = daemon.dirs.root.path().join("images");
+    let p = conn
+        .storage_pool_define_xml(&pool_xml("images", &target), 0)
+        .await?;
+    let pp = pool(&c, &p).await?;
+    pp.build(0).await?;
+    pp.create(0).await?;
+    Ok(Images {
+        pp,
+        conn,
+        c,
+        p,
+        target,
+        daemon,
+        _bus: bus,
+    })
+}
+
+impl Images {
+    /// Creates the raw volume `name` of `mib` MiB; its path and proxy.
+    async fn raw(
+        &self,
+        name: &str,
+        mib: u64,
+    ) -> anyhow::Result<(OwnedObjectPath, StorageVolProxy<'static>)> {
+        let path = self
+            .pp
+            .storage_vol_create_xml(
+                &format!("<volume><name>{name}</name><capacity unit='M'>{mib}</capacity></volume>"),
+                0,
+            )
+            .await?;
+        let v = vol(&self.c, &path).await?;
+        Ok((path, v))
+    }
+
+    async fn transfer(
+        &self,
+        v: &OwnedObjectPath,
+    ) -> anyhow::Result<StorageVolTransferProxy<'static>> {
+        Ok(StorageVolTransferProxy::builder(&self.c)
+            .path(v.clone())?
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?)
+    }
+}
+
+/// A dir pool from define to undefine: build makes the target with its mode, the
+/// events say DEFINED, CREATED (by the build), STARTED; it is found and listed; a
+/// deleted volume is gone; destroy, delete (the target goes) and undefine.
 #[tokio::test(flavor = "multi_thread")]
-async fn dir_pool_and_volumes() -> anyhow::Result<()> {
+async fn dir_pool_lifecycle_with_events() -> anyhow::Result<()> {
     let bus = TestBus::start()?;
     let daemon = Daemon::builder(BIN, "virtstoraged").spawn(&bus).await?;
     let c = bus.connection().await?;
@@ -127,31 +198,54 @@ async fn dir_pool_and_volumes() -> anyhow::Result<()> {
     );
     pp.create(0).await?;
     assert!(pp.active().await?);
-    let mut seen = Vec::new();
-    while seen.len() < 3 {
-        let ev = tokio::time::timeout(Duration::from_secs(5), events.next()).await?;
-        let Some(ev) = ev else { break };
-        seen.push(ev.args()?.event);
-    }
-    assert_eq!(seen, [0, 4, 2], "DEFINED, CREATED (build), STARTED");
+    assert_eq!(
+        events_n(&mut events, 3).await?,
+        [
+            StoragePoolEvent::Defined,
+            StoragePoolEvent::Created, // by the build
+            StoragePoolEvent::Started
+        ]
+    );
     assert_eq!(conn.storage_pool_lookup_by_name("images").await?, p);
     assert_eq!(conn.list_storage_pools(2).await?, vec![p.clone()]);
     assert!(conn.list_storage_pools(1).await?.is_empty());
 
-    // raw, qcow2 with a backing store, and a clone.
-    let base = pp
-        .storage_vol_create_xml(
-            "<volume><name>base.img</name><capacity unit='M'>64</capacity></volume>",
+    // Delete a volume; destroy, delete and undefine the pool.
+    for name in ["keep.img", "gone.img"] {
+        pp.storage_vol_create_xml(
+            &format!("<volume><name>{name}</name><capacity unit='M'>1</capacity></volume>"),
             0,
         )
         .await?;
-    let bv = vol(&c, &base).await?;
+    }
+    let gone = pp.storage_vol_lookup_by_name("gone.img").await?;
+    vol(&c, &gone).await?.delete(0).await?;
+    assert!(pp.storage_vol_lookup_by_name("gone.img").await.is_err());
+    for v in pp.list_storage_volumes(0).await? {
+        vol(&c, &v).await?.delete(0).await?;
+    }
+    pp.destroy().await?;
+    assert!(!pp.active().await?);
+    pp.delete(0).await?;
+    assert!(!target.exists());
+    pp.undefine().await?;
+    assert!(conn.list_storage_pools(0).await?.is_empty());
+    Ok(())
+}
+
+/// raw, qcow2 with a backing store, an empty qcow2 (checked with qemu-img), and a
+/// clone; volumes are found by path and their pool by volume.
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_qcow2_backed_and_cloned_volumes() -> anyhow::Result<()> {
+    let s = images().await?;
+    let (c, conn, pp, p, target) = (&s.c, &s.conn, &s.pp, &s.p, &s.target);
+    let (base, bv) = s.raw("base.img", 64).await?;
     let base_path = bv.path().await?;
     assert_eq!(base_path, target.join("base.img").to_string_lossy());
-    let by_vol = StoragePoolOfVolumeProxy::new(&c).await?;
+    let by_vol = StoragePoolOfVolumeProxy::new(c).await?;
     assert_eq!(
         by_vol.storage_pool_lookup_by_volume(&base.as_ref()).await?,
-        p
+        *p
     );
     let bogus = zbus::zvariant::ObjectPath::try_from("/org/libvirt/QEMU/storagevol/_2fnope")?;
     let e = by_vol
@@ -171,7 +265,7 @@ async fn dir_pool_and_volumes() -> anyhow::Result<()> {
             0,
         )
         .await?;
-    let qv = vol(&c, &q).await?;
+    let qv = vol(c, &q).await?;
     let qxml = qv.get_xml_desc(0).await?;
     assert!(
         qxml.contains("<format type='qcow2'/>") && qxml.contains(&base_path),
@@ -188,7 +282,7 @@ async fn dir_pool_and_volumes() -> anyhow::Result<()> {
             0,
         )
         .await?;
-    let ev = vol(&c, &e).await?;
+    let ev = vol(c, &e).await?;
     let empty = qemu_img_checked(&ev.path().await?)?;
     assert_eq!(empty["virtual-size"], 3u64 << 30, "{empty}");
     assert_eq!(empty["format-specific"]["data"]["compat"], "1.1", "{empty}");
@@ -202,26 +296,37 @@ async fn dir_pool_and_volumes() -> anyhow::Result<()> {
             0,
         )
         .await?;
-    assert_eq!(vol(&c, &clone).await?.get_info(0).await?.1, 128 << 20);
+    assert_eq!(vol(c, &clone).await?.get_info(0).await?.1, 128 << 20);
     assert_eq!(conn.storage_vol_lookup_by_path(&base_path).await?, base);
+    Ok(())
+}
 
-    // Resize: down only with SHRINK.
+/// Resize: down only with SHRINK (4); up grows the file.
+#[tokio::test(flavor = "multi_thread")]
+async fn resize_shrinks_only_when_asked() -> anyhow::Result<()> {
+    let s = images().await?;
+    let (_, bv) = s.raw("base.img", 64).await?;
+    let base_path = bv.path().await?;
     assert!(bv.resize(32 << 20, 0).await.is_err());
     assert_eq!(bv.get_info(0).await?.1, 64 << 20);
     bv.resize(32 << 20, 4).await?;
     assert_eq!(bv.get_info(0).await?.1, 32 << 20);
     bv.resize(96 << 20, 0).await?;
     assert_eq!(std::fs::metadata(&base_path)?.len(), 96 << 20);
+    Ok(())
+}
 
-    // Upload 100 MiB of random data and download it again.
-    let src = daemon.dirs.root.path().join("random.bin");
-    let back = daemon.dirs.root.path().join("back.bin");
+/// Upload 100 MiB of random data and download it again; an upload larger than the
+/// volume writes only what fits.
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_then_download_gives_the_same_bytes() -> anyhow::Result<()> {
+    let s = images().await?;
+    let (base, bv) = s.raw("base.img", 96).await?;
+    let base_path = bv.path().await?;
+    let src = s.daemon.dirs.root.path().join("random.bin");
+    let back = s.daemon.dirs.root.path().join("back.bin");
     random_file(&src, 100 << 20)?;
-    let bt = StorageVolTransferProxy::builder(&c)
-        .path(base.as_ref())?
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await?;
+    let bt = s.transfer(&base).await?;
     let f = File::open(&src)?;
     // 100 MiB do not fit the 96 MiB volume: only what fits is written.
     bt.upload(Fd::from(f.as_fd()), 0, 100 << 20, 0).await?;
@@ -233,6 +338,24 @@ async fn dir_pool_and_volumes() -> anyhow::Result<()> {
     bt.download(Fd::from(out.as_fd()), 0, 0, 0).await?;
     assert!(same_content(&src, &back)?, "downloaded data differs");
     assert_eq!(bt.transfer_bytes().await?, 0);
+    Ok(())
+}
+
+/// Wipe zeroes (0) or writes random data (8) over what was uploaded; the scrub patterns,
+/// trim, and any wipe of a qcow2 volume are refused with the volume untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn wipe_zeroes_or_randomizes_and_refuses_the_rest() -> anyhow::Result<()> {
+    let s = images().await?;
+    let (base, bv) = s.raw("base.img", 100).await?;
+    let base_path = bv.path().await?;
+    let src = s.daemon.dirs.root.path().join("random.bin");
+    random_file(&src, 100 << 20)?;
+    let f = File::open(&src)?;
+    s.transfer(&base)
+        .await?
+        .upload(Fd::from(f.as_fd()), 0, 0, 0)
+        .await?;
+    assert!(same_content(&src, Path::new(&base_path))?, "upload differs");
 
     // Wipe zeroes the data.
     bv.wipe(0, 0).await?;
@@ -260,11 +383,27 @@ async fn dir_pool_and_volumes() -> anyhow::Result<()> {
     let mut again = Vec::new();
     File::open(&base_path)?.read_to_end(&mut again)?;
     assert!(again == data, "a refused wipe changed the volume");
+
+    let q =
+        s.pp.storage_vol_create_xml(
+            "<volume><name>top.qcow2</name><capacity unit='M'>128</capacity>\
+             <target><format type='qcow2'/></target></volume>",
+            0,
+        )
+        .await?;
+    let qv = vol(&s.c, &q).await?;
     let err = qv.wipe(8, 0).await.unwrap_err().to_string();
     assert!(err.contains("qcow2"), "{err}");
     qemu_img_checked(&qv.path().await?)?;
+    Ok(())
+}
 
-    // Path-escape names and bad XML are rejected with nothing changed.
+/// Path-escape names and bad XML are rejected with nothing changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_names_and_bad_xml_change_nothing() -> anyhow::Result<()> {
+    let s = images().await?;
+    let (conn, pp) = (&s.conn, &s.pp);
+    s.raw("base.img", 1).await?;
     let before = pp.list_storage_volumes(0).await?;
     for name in ["../escape", "a/b", ".hidden", ".."] {
         let xml = format!("<volume><name>{name}</name><capacity>1024</capacity></volume>");
@@ -284,22 +423,9 @@ async fn dir_pool_and_volumes() -> anyhow::Result<()> {
         assert!(conn.storage_pool_define_xml(bad, 0).await.is_err());
     }
     assert_eq!(pp.list_storage_volumes(0).await?, before);
-    assert_eq!(conn.list_storage_pools(0).await?, vec![p.clone()]);
-    assert!(!daemon.dirs.root.path().join("escape").exists());
+    assert_eq!(conn.list_storage_pools(0).await?, vec![s.p.clone()]);
+    assert!(!s.daemon.dirs.root.path().join("escape").exists());
     assert_eq!(pp.get_xml_desc(0).await?.matches("<pool").count(), 1);
-
-    // Delete a volume; destroy, delete and undefine the pool.
-    vol(&c, &clone).await?.delete(0).await?;
-    assert!(pp.storage_vol_lookup_by_name("clone.qcow2").await.is_err());
-    for v in pp.list_storage_volumes(0).await? {
-        vol(&c, &v).await?.delete(0).await?;
-    }
-    pp.destroy().await?;
-    assert!(!pp.active().await?);
-    pp.delete(0).await?;
-    assert!(!target.exists());
-    pp.undefine().await?;
-    assert!(conn.list_storage_pools(0).await?.is_empty());
     Ok(())
 }
 

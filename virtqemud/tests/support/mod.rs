@@ -98,6 +98,13 @@ pub async fn domain<'a>(
         .expect("domain proxy")
 }
 
+/// The domain's state with its reason, read with GetState and typed.
+pub async fn state(d: &common::proxies::qemu::DomainProxy<'_>) -> common::event::StateReason {
+    let (state, reason) = d.get_state(0).await.expect("state");
+    common::event::StateReason::from_wire(state, reason)
+        .unwrap_or_else(|| panic!("state {state} is not libvirt's"))
+}
+
 /// A private bus with a virtqemud on it, a client connection and its Connect proxy.
 pub struct Qemud {
     pub bus: common::harness::TestBus,
