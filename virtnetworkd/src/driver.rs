@@ -717,13 +717,16 @@ impl Driver {
     /// Tears down everything a start made (best effort: each piece is attempted). The
     /// caller holds the job.
     async fn stop_pieces(&self, obj: &NetObj, net: &Network) {
-        let dns = {
+        let (dns, ports) = {
             let mut st = obj.state();
             st.generation += 1;
             st.live = None;
-            st.ports.clear();
-            st.dnsmasq.take()
+            (st.dnsmasq.take(), std::mem::take(&mut st.ports))
         };
+        // A port lives only as long as its network runs.
+        for uuid in ports.into_keys() {
+            self.outbox.send(Change::PortRemoved(uuid)).await;
+        }
         self.lock_active().remove(&obj.uuid);
         // The three pieces are independent: take them down concurrently.
         let fw = async {
@@ -1081,6 +1084,10 @@ impl Driver {
             st.ports = ports;
             st.generation
         };
+        let adopted: Vec<Uuid> = obj.state().ports.keys().copied().collect();
+        for uuid in adopted {
+            self.outbox.send(Change::PortAdded(uuid)).await;
+        }
         if dnsmasq::needed(&net) {
             let watch = self.adopt_dnsmasq(&net).await;
             obj.state().dnsmasq = watch.clone();

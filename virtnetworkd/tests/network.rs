@@ -841,3 +841,52 @@ async fn reads_do_not_wait_behind_a_start() -> anyhow::Result<()> {
     n.destroy().await?;
     Ok(())
 }
+
+/// A port is an object as long as its network runs: a restarted daemon serves the ports
+/// it adopted (virtqemud deletes them by their object when its guest stops), and a
+/// network that stops takes its port objects with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn port_objects_follow_restarts_and_network_stops() -> anyhow::Result<()> {
+    let mut s = setup().await?;
+    let c = NetworkConnectProxy::new(&s.conn).await?;
+    let path = c
+        .network_define_xml(&isolated_xml("po", "vtpo0", "10.87.0"))
+        .await?;
+    let n = network(&s.conn, &path).await?;
+    let np = ports(&s.conn, &path).await?;
+    n.create().await?;
+    let port_xml = "<networkport><owner><name>guest</name>\
+        <uuid>06578fc1-2c30-4d94-a1ba-9ea3c2a3c1c0</uuid></owner>\
+        <mac address='52:54:00:7b:35:c0'/></networkport>";
+    let pp = np.port_create_xml(port_xml, 0).await?;
+    let uuid = {
+        let port = NetworkPortProxy::builder(&s.conn)
+            .path(pp.clone())?
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await?;
+        port.uuid().await?
+    };
+
+    s.daemon.kill9();
+    s.daemon = s.daemon.restart_builder().spawn(&s.bus).await?;
+    let np = ports(&s.conn, &path).await?;
+    assert_eq!(np.port_lookup_by_uuid(&uuid).await?, pp);
+    let port = NetworkPortProxy::builder(&s.conn)
+        .path(pp.clone())?
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    let px = port.get_xml_desc(0).await?;
+    assert!(px.contains("52:54:00:7b:35:c0"), "{px}");
+
+    network(&s.conn, &path).await?.destroy().await?;
+    let gone = port.get_xml_desc(0).await;
+    assert!(
+        matches!(&gone, Err(zbus::Error::MethodError(name, _, _))
+            if name.as_str() == "org.freedesktop.DBus.Error.UnknownObject"),
+        "the port of a stopped network still answers: {gone:?}"
+    );
+    n.undefine().await?;
+    Ok(())
+}
