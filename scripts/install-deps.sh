@@ -57,3 +57,13 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   [ -x "$HOME/.cargo/bin/cargo" ] || curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c clippy,rustfmt
 fi
+export PATH="$HOME/.cargo/bin:$PATH"
+# scripts/test.sh checks formatting and lints: a toolchain installed without them (e.g.
+# rustup's minimal profile before they were asked for) gets them added.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  command -v rustup >/dev/null 2>&1 || {
+    echo "install-deps: cargo fmt or cargo clippy missing, and no rustup to add them" >&2
+    exit 1
+  }
+  rustup component add rustfmt clippy
+fi

@@ -11,4 +11,9 @@ if [ -x scripts/build-test-guest.sh ]; then
   scripts/build-test-guest.sh
 fi
 cargo build --workspace --all-targets --locked
+# The house habits as checks (root Cargo.toml [workspace.lints], clippy.toml): rustfmt's
+# layout, no unwrap() outside tests, a SAFETY comment on every unsafe block, functions
+# under 150 lines, and no clippy warning.
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-2}"

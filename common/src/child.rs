@@ -144,5 +144,7 @@ mod tests {
             .await
             .expect("second waiter woken")
             .expect("join");
+        // Reaped through the pidfd by terminate(), not by Child::wait.
+        drop(child);
     }
 }

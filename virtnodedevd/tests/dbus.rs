@@ -3,6 +3,9 @@
 //! resources against /proc and /sys, the fixture tree for SR-IOV, WWN lookup and PCI
 //! detach, and the errors for bad input.
 
+// Scenario tests are long stories by nature; the 150-line limit is for non-test code.
+#![allow(clippy::too_many_lines)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;

@@ -30,8 +30,22 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// The commands, one enum per daemon they talk to, flattened into one list.
 #[derive(Subcommand)]
 enum Cmd {
+    #[command(flatten)]
+    Domain(DomainCmd),
+    #[command(flatten)]
+    Network(NetworkCmd),
+    #[command(flatten)]
+    Storage(StorageCmd),
+    #[command(flatten)]
+    Nodedev(NodedevCmd),
+}
+
+/// Commands of virtqemud.
+#[derive(Subcommand)]
+enum DomainCmd {
     /// List domains (running ones unless --all).
     List {
         #[arg(long)]
@@ -95,6 +109,13 @@ enum Cmd {
     },
     /// Print the capabilities XML.
     Capabilities,
+}
+
+/// Commands of virtnetworkd.
+#[derive(Subcommand)]
+// clap derives the command names from the variants: `NetList` is virsh's `net-list`.
+#[allow(clippy::enum_variant_names)]
+enum NetworkCmd {
     /// List virtual networks.
     NetList,
     NetDefine {
@@ -116,6 +137,11 @@ enum Cmd {
     NetDhcpLeases {
         network: String,
     },
+}
+
+/// Commands of virtstoraged.
+#[derive(Subcommand)]
+enum StorageCmd {
     /// List storage pools.
     PoolList,
     PoolDefine {
@@ -150,6 +176,11 @@ enum Cmd {
         pool: String,
         volume: String,
     },
+}
+
+/// Commands of virtnodedevd.
+#[derive(Subcommand)]
+enum NodedevCmd {
     /// List node devices (optionally only those with a capability, e.g. pci, net).
     NodedevList {
         #[arg(long)]
@@ -210,47 +241,48 @@ macro_rules! object {
 }
 
 /// On a peer connection there is no bus name to address.
-fn dest(cli: &Cli, name: &'static str) -> Option<&'static str> {
-    cli.address.is_none().then_some(name)
+fn dest(peer: bool, name: &'static str) -> Option<&'static str> {
+    (!peer).then_some(name)
+}
+
+/// A daemon's connect object (`/org/libvirt/QEMU`), addressed as `object!` does.
+macro_rules! connect {
+    ($ty:ident, $conn:expr, $dest:expr) => {{
+        let b = $ty::builder($conn).cache_properties(CacheProperties::No);
+        match $dest {
+            Some(d) => b.destination(d)?.build().await?,
+            None => b.build().await?,
+        }
+    }};
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let conn = connection(&cli).await.context("cannot connect")?;
     let c = &conn;
-    let qd = dest(&cli, "org.libvirt.virtqemud");
-    let nd = dest(&cli, "org.libvirt.virtnetworkd");
-    let sd = dest(&cli, "org.libvirt.virtstoraged");
-    let dd = dest(&cli, "org.libvirt.virtnodedevd");
-    macro_rules! connect {
-        ($ty:ident, $d:expr) => {{
-            let b = $ty::builder(c).cache_properties(CacheProperties::No);
-            match $d {
-                Some(d) => b.destination(d)?.build().await?,
-                None => b.build().await?,
-            }
-        }};
+    let peer = cli.address.is_some();
+    match cli.cmd {
+        Cmd::Domain(cmd) => domain_cmd(c, dest(peer, "org.libvirt.virtqemud"), cmd).await,
+        Cmd::Network(cmd) => network_cmd(c, dest(peer, "org.libvirt.virtnetworkd"), cmd).await,
+        Cmd::Storage(cmd) => storage_cmd(c, dest(peer, "org.libvirt.virtstoraged"), cmd).await,
+        Cmd::Nodedev(cmd) => nodedev_cmd(c, dest(peer, "org.libvirt.virtnodedevd"), cmd).await,
     }
+}
+
+/// Runs a command of virtqemud, at bus name `qd` (none on a peer connection).
+async fn domain_cmd(
+    c: &zbus::Connection,
+    qd: Option<&'static str>,
+    cmd: DomainCmd,
+) -> anyhow::Result<()> {
     let domain = |name: String| async move {
-        let q: QemuConnectProxy = connect!(QemuConnectProxy, qd);
+        let q: QemuConnectProxy = connect!(QemuConnectProxy, c, qd);
         let path = lookup_domain(&q, &name).await?;
         let d: DomainProxy = object!(DomainProxy, c, path, qd);
         anyhow::Ok(d)
     };
-    let network = |name: String| async move {
-        let n: NetworkConnectProxy = connect!(NetworkConnectProxy, nd);
-        let path = n.network_lookup_by_name(&name).await?;
-        let p: NetworkProxy = object!(NetworkProxy, c, path, nd);
-        anyhow::Ok(p)
-    };
-    let pool = |name: String| async move {
-        let s: StorageConnectProxy = connect!(StorageConnectProxy, sd);
-        let path = s.storage_pool_lookup_by_name(&name).await?;
-        let p: StoragePoolProxy = object!(StoragePoolProxy, c, path, sd);
-        anyhow::Ok(p)
-    };
-    match cli.cmd {
-        Cmd::List { all } => {
-            let q: QemuConnectProxy = connect!(QemuConnectProxy, qd);
+    match cmd {
+        DomainCmd::List { all } => {
+            let q: QemuConnectProxy = connect!(QemuConnectProxy, c, qd);
             // virConnectListAllDomains: ACTIVE=1, or 0 for all.
             let paths = q.list_domains(if all { 0 } else { 1 }).await?;
             header(&[("Id", 5), ("Name", 30), ("State", 0)], 50);
@@ -265,13 +297,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(" {:<5} {:<30} {}", id, d.name().await?, state_name(state));
             }
         }
-        Cmd::Define { file } => {
-            let q: QemuConnectProxy = connect!(QemuConnectProxy, qd);
+        DomainCmd::Define { file } => {
+            let q: QemuConnectProxy = connect!(QemuConnectProxy, c, qd);
             let p = q.domain_define_xml(&read(&file)?).await?;
             let d: DomainProxy = object!(DomainProxy, c, p, qd);
             println!("Domain '{}' defined from {file}", d.name().await?);
         }
-        Cmd::Undefine {
+        DomainCmd::Undefine {
             domain: n,
             nvram,
             keep_nvram,
@@ -283,35 +315,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             domain(n.clone()).await?.undefine(flags).await?;
             println!("Domain '{n}' has been undefined");
         }
-        Cmd::Start { domain: n, paused } => {
+        DomainCmd::Start { domain: n, paused } => {
             domain(n.clone()).await?.create(paused as u32).await?;
             println!("Domain '{n}' started");
         }
-        Cmd::Shutdown { domain: n } => {
+        DomainCmd::Shutdown { domain: n } => {
             domain(n.clone()).await?.shutdown(0).await?;
             println!("Domain '{n}' is being shutdown");
         }
-        Cmd::Destroy { domain: n } => {
+        DomainCmd::Destroy { domain: n } => {
             domain(n.clone()).await?.destroy(0).await?;
             println!("Domain '{n}' destroyed");
         }
-        Cmd::Suspend { domain: n } => {
+        DomainCmd::Suspend { domain: n } => {
             domain(n.clone()).await?.suspend().await?;
             println!("Domain '{n}' suspended");
         }
-        Cmd::Resume { domain: n } => {
+        DomainCmd::Resume { domain: n } => {
             domain(n.clone()).await?.resume().await?;
             println!("Domain '{n}' resumed");
         }
-        Cmd::Reboot { domain: n } => {
+        DomainCmd::Reboot { domain: n } => {
             domain(n.clone()).await?.reboot(0).await?;
             println!("Domain '{n}' is being rebooted");
         }
-        Cmd::Domstate { domain: n } => {
+        DomainCmd::Domstate { domain: n } => {
             let (s, _) = domain(n).await?.get_state(0).await?;
             println!("{}", state_name(s));
         }
-        Cmd::Dumpxml {
+        DomainCmd::Dumpxml {
             domain: n,
             inactive,
         } => {
@@ -319,17 +351,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let flags = if inactive { 2 } else { 0 };
             print!("{}", ensure_nl(domain(n).await?.get_xml_desc(flags).await?));
         }
-        Cmd::Autostart { domain: n, disable } => {
+        DomainCmd::Autostart { domain: n, disable } => {
             domain(n.clone()).await?.set_autostart(!disable).await?;
             let what = if disable { "unmarked" } else { "marked" };
             println!("Domain '{n}' {what} as autostarted");
         }
-        Cmd::Capabilities => {
-            let q: QemuConnectProxy = connect!(QemuConnectProxy, qd);
+        DomainCmd::Capabilities => {
+            let q: QemuConnectProxy = connect!(QemuConnectProxy, c, qd);
             print!("{}", ensure_nl(q.get_capabilities().await?));
         }
-        Cmd::NetList => {
-            let n: NetworkConnectProxy = connect!(NetworkConnectProxy, nd);
+    }
+    Ok(())
+}
+
+/// Runs a command of virtnetworkd, at bus name `nd` (none on a peer connection).
+async fn network_cmd(
+    c: &zbus::Connection,
+    nd: Option<&'static str>,
+    cmd: NetworkCmd,
+) -> anyhow::Result<()> {
+    let network = |name: String| async move {
+        let n: NetworkConnectProxy = connect!(NetworkConnectProxy, c, nd);
+        let path = n.network_lookup_by_name(&name).await?;
+        let p: NetworkProxy = object!(NetworkProxy, c, path, nd);
+        anyhow::Ok(p)
+    };
+    match cmd {
+        NetworkCmd::NetList => {
+            let n: NetworkConnectProxy = connect!(NetworkConnectProxy, c, nd);
             header(
                 &[
                     ("Name", 20),
@@ -355,28 +404,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Cmd::NetDefine { file } => {
-            let n: NetworkConnectProxy = connect!(NetworkConnectProxy, nd);
+        NetworkCmd::NetDefine { file } => {
+            let n: NetworkConnectProxy = connect!(NetworkConnectProxy, c, nd);
             let p = n.network_define_xml(&read(&file)?).await?;
             let net: NetworkProxy = object!(NetworkProxy, c, p, nd);
             println!("Network {} defined from {file}", net.name().await?);
         }
-        Cmd::NetStart { network: n } => {
+        NetworkCmd::NetStart { network: n } => {
             network(n.clone()).await?.create().await?;
             println!("Network {n} started");
         }
-        Cmd::NetDestroy { network: n } => {
+        NetworkCmd::NetDestroy { network: n } => {
             network(n.clone()).await?.destroy().await?;
             println!("Network {n} destroyed");
         }
-        Cmd::NetUndefine { network: n } => {
+        NetworkCmd::NetUndefine { network: n } => {
             network(n.clone()).await?.undefine().await?;
             println!("Network {n} has been undefined");
         }
-        Cmd::NetDumpxml { network: n } => {
+        NetworkCmd::NetDumpxml { network: n } => {
             print!("{}", ensure_nl(network(n).await?.get_xml_desc(0).await?));
         }
-        Cmd::NetDhcpLeases { network: n } => {
+        NetworkCmd::NetDhcpLeases { network: n } => {
             let leases = network(n).await?.get_dhcp_leases("", 0).await?;
             header(
                 &[
@@ -404,8 +453,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Cmd::PoolList => {
-            let s: StorageConnectProxy = connect!(StorageConnectProxy, sd);
+    }
+    Ok(())
+}
+
+/// Runs a command of virtstoraged, at bus name `sd` (none on a peer connection).
+async fn storage_cmd(
+    c: &zbus::Connection,
+    sd: Option<&'static str>,
+    cmd: StorageCmd,
+) -> anyhow::Result<()> {
+    let pool = |name: String| async move {
+        let s: StorageConnectProxy = connect!(StorageConnectProxy, c, sd);
+        let path = s.storage_pool_lookup_by_name(&name).await?;
+        let p: StoragePoolProxy = object!(StoragePoolProxy, c, path, sd);
+        anyhow::Ok(p)
+    };
+    match cmd {
+        StorageCmd::PoolList => {
+            let s: StorageConnectProxy = connect!(StorageConnectProxy, c, sd);
             header(&[("Name", 20), ("State", 10), ("Autostart", 0)], 42);
             for p in s.list_storage_pools(0).await? {
                 let pool: StoragePoolProxy = object!(StoragePoolProxy, c, p, sd);
@@ -421,32 +487,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Cmd::PoolDefine { file } => {
-            let s: StorageConnectProxy = connect!(StorageConnectProxy, sd);
+        StorageCmd::PoolDefine { file } => {
+            let s: StorageConnectProxy = connect!(StorageConnectProxy, c, sd);
             let p = s.storage_pool_define_xml(&read(&file)?, 0).await?;
             let pool: StoragePoolProxy = object!(StoragePoolProxy, c, p, sd);
             println!("Pool {} defined from {file}", pool.name().await?);
         }
-        Cmd::PoolBuild { pool: n } => {
+        StorageCmd::PoolBuild { pool: n } => {
             pool(n.clone()).await?.build(0).await?;
             println!("Pool {n} built");
         }
-        Cmd::PoolStart { pool: n } => {
+        StorageCmd::PoolStart { pool: n } => {
             pool(n.clone()).await?.create(0).await?;
             println!("Pool {n} started");
         }
-        Cmd::PoolDestroy { pool: n } => {
+        StorageCmd::PoolDestroy { pool: n } => {
             pool(n.clone()).await?.destroy().await?;
             println!("Pool {n} destroyed");
         }
-        Cmd::PoolUndefine { pool: n } => {
+        StorageCmd::PoolUndefine { pool: n } => {
             pool(n.clone()).await?.undefine().await?;
             println!("Pool {n} has been undefined");
         }
-        Cmd::PoolDumpxml { pool: n } => {
+        StorageCmd::PoolDumpxml { pool: n } => {
             print!("{}", ensure_nl(pool(n).await?.get_xml_desc(0).await?));
         }
-        Cmd::VolList { pool: n } => {
+        StorageCmd::VolList { pool: n } => {
             let p = pool(n).await?;
             header(&[("Name", 24), ("Path", 0)], 60);
             for v in p.list_storage_volumes(0).await? {
@@ -454,7 +520,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(" {:<24} {}", vol.name().await?, vol.path().await?);
             }
         }
-        Cmd::VolCreate { pool: n, file } => {
+        StorageCmd::VolCreate { pool: n, file } => {
             let v = pool(n)
                 .await?
                 .storage_vol_create_xml(&read(&file)?, 0)
@@ -462,14 +528,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let vol: StorageVolProxy = object!(StorageVolProxy, c, v, sd);
             println!("Vol {} created from {file}", vol.name().await?);
         }
-        Cmd::VolDelete { pool: n, volume } => {
+        StorageCmd::VolDelete { pool: n, volume } => {
             let v = pool(n).await?.storage_vol_lookup_by_name(&volume).await?;
             let vol: StorageVolProxy = object!(StorageVolProxy, c, v, sd);
             vol.delete(0).await?;
             println!("Vol {volume} deleted");
         }
-        Cmd::NodedevList { cap } => {
-            let d: NodeDevConnectProxy = connect!(NodeDevConnectProxy, dd);
+    }
+    Ok(())
+}
+
+/// Runs a command of virtnodedevd, at bus name `dd` (none on a peer connection).
+async fn nodedev_cmd(
+    c: &zbus::Connection,
+    dd: Option<&'static str>,
+    cmd: NodedevCmd,
+) -> anyhow::Result<()> {
+    match cmd {
+        NodedevCmd::NodedevList { cap } => {
+            let d: NodeDevConnectProxy = connect!(NodeDevConnectProxy, c, dd);
             let flags = match cap.as_deref() {
                 None => 0,
                 Some(c) => cap_flag(c).ok_or_else(|| anyhow!("unknown capability '{c}'"))?,
@@ -479,14 +556,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", dev.name().await?);
             }
         }
-        Cmd::NodedevDumpxml { device } => {
-            let d: NodeDevConnectProxy = connect!(NodeDevConnectProxy, dd);
+        NodedevCmd::NodedevDumpxml { device } => {
+            let d: NodeDevConnectProxy = connect!(NodeDevConnectProxy, c, dd);
             let p = d.node_device_lookup_by_name(&device).await?;
             let dev: NodeDeviceProxy = object!(NodeDeviceProxy, c, p, dd);
             print!("{}", ensure_nl(dev.get_xml_desc(0).await?));
         }
-        Cmd::Nodeinfo => {
-            let d: NodeInfoProxy = connect!(NodeInfoProxy, dd);
+        NodedevCmd::Nodeinfo => {
+            let d: NodeInfoProxy = connect!(NodeInfoProxy, c, dd);
             let (model, mem, cpus, mhz, nodes, sockets, cores, threads) = d.node_get_info().await?;
             let rows: [(&str, String); 8] = [
                 ("CPU model", model),

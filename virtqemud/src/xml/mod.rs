@@ -613,21 +613,200 @@ fn parse_cpu(el: &Element) -> Result<Cpu> {
     })
 }
 
+/// `<domain type=>`: the accelerators this daemon runs.
+fn parse_virt_type(root: &Element) -> Result<VirtType> {
+    match root.req_attr("type")? {
+        "qemu" => Ok(VirtType::Qemu),
+        "kvm" => Ok(VirtType::Kvm),
+        t => Err(DomainXmlError::unsupported(
+            "domain type",
+            t,
+            "this daemon runs 'qemu' and 'kvm' domains",
+        )),
+    }
+}
+
+/// `<memory>`, `<currentMemory>` and `<maxMemory>`, as [`Domain`] holds them.
+struct Memories {
+    memory_kib: u64,
+    current_memory_kib: u64,
+    max_memory: Option<(u64, u32)>,
+}
+
+/// `<memory>`, `<currentMemory>` and `<maxMemory>`, checked against each other.
+fn parse_memories(root: &Element) -> Result<Memories> {
+    let memory_kib = parse_memory(
+        root.first("memory")
+            .ok_or_else(|| missing("domain", "<memory>"))?,
+    )?;
+    if memory_kib < 1024 {
+        return Err(invalid(
+            "memory",
+            "value",
+            &memory_kib.to_string(),
+            "at least 1 MiB is needed",
+        ));
+    }
+    let current_memory_kib = match root.first("currentMemory") {
+        Some(c) => parse_memory(c)?,
+        None => memory_kib,
+    };
+    if current_memory_kib > memory_kib {
+        return Err(invalid(
+            "currentMemory",
+            "value",
+            &current_memory_kib.to_string(),
+            "larger than <memory>",
+        ));
+    }
+    let max_memory = match root.first("maxMemory") {
+        Some(m) => Some((parse_memory(m)?, parse_u32(m, "slots")?.unwrap_or(0))),
+        None => None,
+    };
+    Ok(Memories {
+        memory_kib,
+        current_memory_kib,
+        max_memory,
+    })
+}
+
+/// `<vcpu current= placement=>N</vcpu>`: (maximum, current, placement).
+fn parse_vcpu(v: &Element) -> Result<(u32, Option<u32>, Option<Placement>)> {
+    let text = v.text();
+    let n: u32 = text
+        .parse()
+        .map_err(|e| invalid("vcpu", "value", &text, e))?;
+    if !(1..=1024).contains(&n) {
+        return Err(invalid("vcpu", "value", &text, "must be 1 to 1024"));
+    }
+    let cur = parse_u32(v, "current")?;
+    if let Some(c) = cur {
+        if c == 0 || c > n {
+            return Err(invalid(
+                "vcpu",
+                "attribute 'current'",
+                &c.to_string(),
+                "must be 1 to the maximum",
+            ));
+        }
+    }
+    let placement = match v.get_attr("placement") {
+        None => None,
+        Some("static") => Some(Placement::Static),
+        Some("auto") => Some(Placement::Auto),
+        Some(p) => {
+            return Err(invalid(
+                "vcpu",
+                "attribute 'placement'",
+                p,
+                "expected static or auto",
+            ))
+        }
+    };
+    Ok((n, cur, placement))
+}
+
+/// A `<cpu><topology>` must account for exactly the `<vcpu>` maximum.
+fn check_topology(cpu: Option<&Cpu>, vcpus: u32) -> Result<()> {
+    if let Some(t) = cpu.and_then(|c| c.topology) {
+        let total =
+            u64::from(t.sockets) * u64::from(t.dies) * u64::from(t.cores) * u64::from(t.threads);
+        if total != u64::from(vcpus) {
+            return Err(invalid(
+                "cpu/topology",
+                "product",
+                &total.to_string(),
+                format!("sockets*dies*cores*threads must equal <vcpu> {vcpus}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `<on_poweroff>`, `<on_reboot>`, `<on_crash>`: the action, or `default` when absent.
+fn parse_lifecycle(
+    root: &Element,
+    name: &str,
+    default: LifecycleAction,
+) -> Result<LifecycleAction> {
+    match root.child_text(name) {
+        None => Ok(default),
+        Some(s) => LifecycleAction::parse(name, &s),
+    }
+}
+
+/// The top-level elements not typed here, as [`Domain`] holds them.
+struct Untyped {
+    qemu_commandline: Option<QemuCommandline>,
+    namespaces: Vec<(String, String)>,
+    other: Vec<Element>,
+}
+
+/// The top-level elements not typed here: `<qemu:commandline>` (several add up), the
+/// namespace declarations to write back, and the rest kept verbatim.
+fn parse_untyped(root: &Element) -> Result<Untyped> {
+    const TYPED: &[&str] = &[
+        "name",
+        "uuid",
+        "title",
+        "description",
+        "metadata",
+        "memory",
+        "currentMemory",
+        "maxMemory",
+        "vcpu",
+        "cpu",
+        "os",
+        "features",
+        "clock",
+        "pm",
+        "on_poweroff",
+        "on_reboot",
+        "on_crash",
+        "devices",
+    ];
+    let namespaces: Vec<(String, String)> = root
+        .attrs
+        .iter()
+        .filter(|(k, _)| k.starts_with("xmlns:"))
+        .cloned()
+        .collect();
+    let mut qemu_commandline: Option<QemuCommandline> = None;
+    let mut other = Vec::new();
+    for e in root
+        .elements()
+        .filter(|e| !TYPED.contains(&e.name.as_str()))
+    {
+        match QemuCommandline::parse(e, &namespaces)? {
+            Some(c) => {
+                // Several elements add up, as libvirt reads them.
+                let all = qemu_commandline.get_or_insert_with(QemuCommandline::default);
+                all.args.extend(c.args);
+                all.env.extend(c.env);
+            }
+            None => other.push(e.clone()),
+        }
+    }
+    // The writer declares the namespace whenever there is a commandline.
+    let namespaces = match qemu_commandline {
+        Some(_) => namespaces
+            .into_iter()
+            .filter(|(k, v)| !(k == "xmlns:qemu" && v == QEMU_NS))
+            .collect(),
+        None => namespaces,
+    };
+    Ok(Untyped {
+        qemu_commandline,
+        namespaces,
+        other,
+    })
+}
+
 impl Domain {
     /// Parses and validates libvirt domain XML.
     pub fn parse(xml: &str) -> Result<Domain> {
         let root = common::xml::parse_root(xml, "domain")?;
-        let virt_type = match root.req_attr("type")? {
-            "qemu" => VirtType::Qemu,
-            "kvm" => VirtType::Kvm,
-            t => {
-                return Err(DomainXmlError::unsupported(
-                    "domain type",
-                    t,
-                    "this daemon runs 'qemu' and 'kvm' domains",
-                ))
-            }
-        };
+        let virt_type = parse_virt_type(&root)?;
         let name = DomainName::new(
             &root
                 .child_text("name")
@@ -637,150 +816,30 @@ impl Domain {
             Some(u) => Uuid::parse_str(&u).map_err(|e| invalid("uuid", "value", &u, e))?,
             None => Uuid::new_v4(),
         };
-        let memory_kib = parse_memory(
-            root.first("memory")
-                .ok_or_else(|| missing("domain", "<memory>"))?,
-        )?;
-        if memory_kib < 1024 {
-            return Err(invalid(
-                "memory",
-                "value",
-                &memory_kib.to_string(),
-                "at least 1 MiB is needed",
-            ));
-        }
-        let current_memory_kib = match root.first("currentMemory") {
-            Some(c) => parse_memory(c)?,
-            None => memory_kib,
-        };
-        if current_memory_kib > memory_kib {
-            return Err(invalid(
-                "currentMemory",
-                "value",
-                &current_memory_kib.to_string(),
-                "larger than <memory>",
-            ));
-        }
-        let max_memory = match root.first("maxMemory") {
-            Some(m) => Some((parse_memory(m)?, parse_u32(m, "slots")?.unwrap_or(0))),
-            None => None,
-        };
+        let Memories {
+            memory_kib,
+            current_memory_kib,
+            max_memory,
+        } = parse_memories(&root)?;
         let (vcpus, current_vcpus, placement) = match root.first("vcpu") {
             None => (1, None, None),
-            Some(v) => {
-                let text = v.text();
-                let n: u32 = text
-                    .parse()
-                    .map_err(|e| invalid("vcpu", "value", &text, e))?;
-                if !(1..=1024).contains(&n) {
-                    return Err(invalid("vcpu", "value", &text, "must be 1 to 1024"));
-                }
-                let cur = parse_u32(v, "current")?;
-                if let Some(c) = cur {
-                    if c == 0 || c > n {
-                        return Err(invalid(
-                            "vcpu",
-                            "attribute 'current'",
-                            &c.to_string(),
-                            "must be 1 to the maximum",
-                        ));
-                    }
-                }
-                let placement = match v.get_attr("placement") {
-                    None => None,
-                    Some("static") => Some(Placement::Static),
-                    Some("auto") => Some(Placement::Auto),
-                    Some(p) => {
-                        return Err(invalid(
-                            "vcpu",
-                            "attribute 'placement'",
-                            p,
-                            "expected static or auto",
-                        ))
-                    }
-                };
-                (n, cur, placement)
-            }
+            Some(v) => parse_vcpu(v)?,
         };
         let cpu = root.first("cpu").map(parse_cpu).transpose()?;
-        if let Some(t) = cpu.as_ref().and_then(|c| c.topology) {
-            let total = u64::from(t.sockets)
-                * u64::from(t.dies)
-                * u64::from(t.cores)
-                * u64::from(t.threads);
-            if total != u64::from(vcpus) {
-                return Err(invalid(
-                    "cpu/topology",
-                    "product",
-                    &total.to_string(),
-                    format!("sockets*dies*cores*threads must equal <vcpu> {vcpus}"),
-                ));
-            }
-        }
+        check_topology(cpu.as_ref(), vcpus)?;
         let os = parse_os(root.first("os").ok_or_else(|| missing("domain", "<os>"))?)?;
-        let action = |n: &str, d: LifecycleAction| -> Result<LifecycleAction> {
-            match root.child_text(n) {
-                None => Ok(d),
-                Some(s) => LifecycleAction::parse(n, &s),
-            }
-        };
-        let on_poweroff = action("on_poweroff", LifecycleAction::Destroy)?;
-        let on_reboot = action("on_reboot", LifecycleAction::Restart)?;
-        let on_crash = action("on_crash", LifecycleAction::Destroy)?;
+        let on_poweroff = parse_lifecycle(&root, "on_poweroff", LifecycleAction::Destroy)?;
+        let on_reboot = parse_lifecycle(&root, "on_reboot", LifecycleAction::Restart)?;
+        let on_crash = parse_lifecycle(&root, "on_crash", LifecycleAction::Destroy)?;
         let devices = match root.first("devices") {
             Some(d) => Devices::parse(d)?,
             None => Devices::default(),
         };
-        const TYPED: &[&str] = &[
-            "name",
-            "uuid",
-            "title",
-            "description",
-            "metadata",
-            "memory",
-            "currentMemory",
-            "maxMemory",
-            "vcpu",
-            "cpu",
-            "os",
-            "features",
-            "clock",
-            "pm",
-            "on_poweroff",
-            "on_reboot",
-            "on_crash",
-            "devices",
-        ];
-        let namespaces: Vec<(String, String)> = root
-            .attrs
-            .iter()
-            .filter(|(k, _)| k.starts_with("xmlns:"))
-            .cloned()
-            .collect();
-        let mut qemu_commandline: Option<QemuCommandline> = None;
-        let mut other = Vec::new();
-        for e in root
-            .elements()
-            .filter(|e| !TYPED.contains(&e.name.as_str()))
-        {
-            match QemuCommandline::parse(e, &namespaces)? {
-                Some(c) => {
-                    // Several elements add up, as libvirt reads them.
-                    let all = qemu_commandline.get_or_insert_with(QemuCommandline::default);
-                    all.args.extend(c.args);
-                    all.env.extend(c.env);
-                }
-                None => other.push(e.clone()),
-            }
-        }
-        // The writer declares the namespace whenever there is a commandline.
-        let namespaces = match qemu_commandline {
-            Some(_) => namespaces
-                .into_iter()
-                .filter(|(k, v)| !(k == "xmlns:qemu" && v == QEMU_NS))
-                .collect(),
-            None => namespaces,
-        };
+        let Untyped {
+            qemu_commandline,
+            namespaces,
+            other,
+        } = parse_untyped(&root)?;
         let dom = Domain {
             virt_type,
             name,
