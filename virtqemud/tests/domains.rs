@@ -1,9 +1,6 @@
 //! virtqemud through its public D-Bus API, with real QEMU processes (domains without a
 //! guest OS: cheap, no kernel needed): lifecycle, events, errors, restarts, concurrency.
 
-// Scenario tests are long stories by nature; the 150-line limit is for non-test code.
-#![allow(clippy::too_many_lines)]
-
 use std::time::Duration;
 
 mod support;

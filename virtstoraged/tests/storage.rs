@@ -1,8 +1,5 @@
 //! virtstoraged through its D-Bus API, against a private dbus-daemon and real files.
 
-// Scenario tests are long stories by nature; the 150-line limit is for non-test code.
-#![allow(clippy::too_many_lines)]
-
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
