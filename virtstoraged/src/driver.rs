@@ -471,9 +471,11 @@ impl Driver {
         let _g = self.jobs.enter();
         let res = async {
             if flags != 0 {
+                // As Create: WITH_BUILD_OVERWRITE(2) is build's OVERWRITE(8), not RESIZE(2).
+                let build_flags = (flags & 2) << 2 | (flags & 4);
                 let b = pool.backend.clone();
                 let d = def.clone();
-                Self::blocking(move || b.build(&d, flags)).await?;
+                Self::blocking(move || b.build(&d, build_flags)).await?;
             }
             self.activate(&pool).await
         }
