@@ -35,16 +35,53 @@ pub enum Change {
     PortRemoved(Uuid),
 }
 
-/// virNetworkUpdateCommand / virNetworkUpdateSection / flags.
-pub mod update {
-    pub const MODIFY: u32 = 1;
-    pub const DELETE: u32 = 2;
-    pub const ADD_LAST: u32 = 3;
-    pub const ADD_FIRST: u32 = 4;
-    pub const SECTION_IP_DHCP_HOST: u32 = 4;
-    pub const SECTION_DNS_HOST: u32 = 10;
-    pub const AFFECT_LIVE: u32 = 1;
-    pub const AFFECT_CONFIG: u32 = 2;
+/// `virNetworkUpdateCommand`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateCommand {
+    Modify,
+    Delete,
+    AddLast,
+    AddFirst,
+}
+
+impl UpdateCommand {
+    /// None for NONE (0) and numbers libvirt does not define.
+    pub fn from_wire(n: u32) -> Option<Self> {
+        match n {
+            1 => Some(Self::Modify),
+            2 => Some(Self::Delete),
+            3 => Some(Self::AddLast),
+            4 => Some(Self::AddFirst),
+            _ => None,
+        }
+    }
+}
+
+/// The `virNetworkUpdateSection`s this driver can edit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateSection {
+    IpDhcpHost,
+    DnsHost,
+}
+
+impl UpdateSection {
+    /// None for every other section, which Update refuses by number.
+    pub fn from_wire(n: u32) -> Option<Self> {
+        match n {
+            4 => Some(Self::IpDhcpHost),
+            10 => Some(Self::DnsHost),
+            _ => None,
+        }
+    }
+}
+
+bitflags::bitflags! {
+    /// `virNetworkUpdateFlags` (AFFECT_CURRENT is the empty set).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct UpdateFlags: u32 {
+        const AFFECT_LIVE = 1;
+        const AFFECT_CONFIG = 2;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -852,7 +889,7 @@ impl Driver {
         section: u32,
         parent_index: i32,
         text: &str,
-        flags: u32,
+        flags: UpdateFlags,
     ) -> Result<()> {
         let _j = self.jobs.enter();
         let el = parse(text)?;
@@ -861,9 +898,13 @@ impl Driver {
             let st = obj.state();
             (st.live.clone(), st.def.clone(), st.persistent)
         };
-        let (live, config) = match flags & (update::AFFECT_LIVE | update::AFFECT_CONFIG) {
-            0 => (new_live.is_some(), persistent),
-            f => (f & update::AFFECT_LIVE != 0, f & update::AFFECT_CONFIG != 0),
+        let (live, config) = if flags.is_empty() {
+            (new_live.is_some(), persistent)
+        } else {
+            (
+                flags.contains(UpdateFlags::AFFECT_LIVE),
+                flags.contains(UpdateFlags::AFFECT_CONFIG),
+            )
         };
         if live && new_live.is_none() {
             return Err(NetError::Inactive(obj.name.clone()));
@@ -1125,8 +1166,8 @@ fn apply_update(
     section: u32,
     parent_index: i32,
 ) -> Result<()> {
-    match section {
-        update::SECTION_IP_DHCP_HOST => {
+    match UpdateSection::from_wire(section) {
+        Some(UpdateSection::IpDhcpHost) => {
             let host = xml::parse_dhcp_host(el)?;
             let idx = if parent_index < 0 {
                 net.ips
@@ -1144,13 +1185,13 @@ fn apply_update(
             };
             edit(hosts, host.clone(), command, same, "DHCP host")?;
         }
-        update::SECTION_DNS_HOST => {
+        Some(UpdateSection::DnsHost) => {
             let host = xml::parse_dns_host(el)?;
             let hosts = &mut net.dns.get_or_insert_with(Default::default).hosts;
             let same = |h: &xml::DnsHost| h.ip == host.ip;
             edit(hosts, host.clone(), command, same, "DNS host")?;
         }
-        _ => {
+        None => {
             return Err(NetError::Unsupported(format!(
                 "can't update section {section} of a network"
             )))
@@ -1181,30 +1222,30 @@ fn edit<T: Clone>(
     what: &str,
 ) -> Result<()> {
     let pos = list.iter().position(&same);
-    match command {
-        update::ADD_LAST | update::ADD_FIRST => {
+    match UpdateCommand::from_wire(command) {
+        Some(c @ (UpdateCommand::AddLast | UpdateCommand::AddFirst)) => {
             if pos.is_some() {
                 return Err(NetError::BadArg(format!(
                     "there is already a {what} entry like this"
                 )));
             }
-            if command == update::ADD_LAST {
+            if c == UpdateCommand::AddLast {
                 list.push(item);
             } else {
                 list.insert(0, item);
             }
         }
-        update::DELETE => match pos {
+        Some(UpdateCommand::Delete) => match pos {
             Some(i) => {
                 list.remove(i);
             }
             None => return Err(NetError::BadArg(format!("no matching {what} entry"))),
         },
-        update::MODIFY => match pos {
+        Some(UpdateCommand::Modify) => match pos {
             Some(i) => list[i] = item,
             None => return Err(NetError::BadArg(format!("no matching {what} entry"))),
         },
-        _ => {
+        None => {
             return Err(NetError::BadArg(format!(
                 "unknown update command {command}"
             )))

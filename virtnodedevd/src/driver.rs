@@ -5,14 +5,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
-use common::error::{check_flags, ErrorCode, VirError};
+use common::error::{check_flags, flags as read_flags, ErrorCode, VirError};
 use common::publish::Outbox;
 use common::runtime::Context;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::create::{self, Request, VportParent};
 use crate::pci;
-use crate::sysfs::{self, flags, Cap, Device, Roots};
+use crate::sysfs::{self, Cap, Device, ListFlags, Roots};
 use crate::uevent::Uevent;
 
 #[derive(Default)]
@@ -50,6 +50,20 @@ pub enum Change {
     Deleted(String),
     /// A device's description changed (libvirt's separate UPDATE event).
     Updated(String),
+}
+
+bitflags::bitflags! {
+    /// `virNodeDeviceXMLFlags`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct XmlFlags: u32 {
+        const INACTIVE = 1;
+    }
+
+    /// `virNodeDeviceCreateXMLFlags`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct CreateFlags: u32 {
+        const VALIDATE = 1;
+    }
 }
 
 /// The registry is read under a short std lock (lists, lookups and properties never
@@ -144,7 +158,7 @@ impl Driver {
 
     /// `ListNodeDevices`: names of the devices `filter` selects, sorted.
     pub fn list(&self, filter: u32) -> Result<Vec<String>, VirError> {
-        check_flags(filter, flags::ALL)?;
+        let filter: ListFlags = read_flags(filter)?;
         Ok(self
             .read()
             .devices
@@ -197,7 +211,7 @@ impl Driver {
 
     pub fn xml(&self, name: &str, flags: u32) -> Result<String, VirError> {
         // VIR_NODE_DEVICE_XML_INACTIVE: every device here is live, so the same document.
-        check_flags(flags, 1)?;
+        read_flags::<XmlFlags>(flags)?;
         let d = self.lookup(name)?;
         Ok(crate::xml::device_xml(&self.roots, &d))
     }
@@ -302,7 +316,7 @@ impl Driver {
     /// kernel's sysfs trigger and returns the new device's name once it shows up.
     pub async fn create(self: &Arc<Self>, text: &str, flags: u32) -> Result<String, VirError> {
         // VIR_NODE_DEVICE_CREATE_XML_VALIDATE: the parser always checks strictly.
-        check_flags(flags, 1)?;
+        read_flags::<CreateFlags>(flags)?;
         let req = create::parse(text)?;
         // What to write where, what appears then, and on behalf of which device.
         let (file, value, want, on): (std::path::PathBuf, String, Want, String) = match &req {

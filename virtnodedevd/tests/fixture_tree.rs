@@ -108,25 +108,25 @@ fn fc_host_has_wwns_and_vports() {
     assert_eq!(fc.wwnn, "20000000c9848140");
     assert_eq!(fc.wwpn, "10000000c9848140");
     assert_eq!(sh.vports, Some((255, 0)));
-    use sysfs::flags;
-    assert!(h.matches(flags::FC_HOST));
-    assert!(h.matches(flags::VPORTS | flags::NET));
-    assert!(!h.matches(flags::PCI_DEV));
-    assert!(get(&devs, "scsi_generic_sg1").matches(flags::SCSI_GENERIC));
-    assert!(get(&devs, "drm_renderD128").matches(flags::DRM));
+    use sysfs::ListFlags;
+    assert!(h.matches(ListFlags::FC_HOST));
+    assert!(h.matches(ListFlags::VPORTS | ListFlags::NET));
+    assert!(!h.matches(ListFlags::PCI_DEV));
+    assert!(get(&devs, "scsi_generic_sg1").matches(ListFlags::SCSI_GENERIC));
+    assert!(get(&devs, "drm_renderD128").matches(ListFlags::DRM));
     assert_eq!(
         get(&devs, "pci_0000_00_02_0").caps(),
         vec!["pci", "mdev_types"]
     );
-    assert!(get(&devs, "pci_0000_00_02_0").matches(flags::MDEV_TYPES));
+    assert!(get(&devs, "pci_0000_00_02_0").matches(ListFlags::MDEV_TYPES));
     assert!(get(
         &devs,
         "mdev_4b20d080_1b54_4048_85b3_a6a62d165c01_0000_00_02_0"
     )
-    .matches(flags::MDEV));
-    assert!(get(&devs, "usb_1_1").matches(flags::USB_DEV));
-    assert!(!get(&devs, "usb_1_1").matches(flags::USB_INTERFACE));
-    assert!(get(&devs, "usb_1_1_1_0").matches(flags::USB_INTERFACE));
+    .matches(ListFlags::MDEV));
+    assert!(get(&devs, "usb_1_1").matches(ListFlags::USB_DEV));
+    assert!(!get(&devs, "usb_1_1").matches(ListFlags::USB_INTERFACE));
+    assert!(get(&devs, "usb_1_1_1_0").matches(ListFlags::USB_INTERFACE));
 }
 
 /// Golden XML, one file per device kind: tests/golden/<name>.xml.

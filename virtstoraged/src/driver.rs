@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use common::error::{check_flags, ErrorCode, VirError};
+use common::error::{check_flags, flags as read_flags, ErrorCode, VirError};
 use common::event::StoragePoolEvent;
 use common::job::InFlight;
 use common::objpath;
@@ -16,7 +16,7 @@ use common::runtime::Context;
 use uuid::Uuid;
 use zbus::zvariant::OwnedObjectPath;
 
-use crate::backend::{self, BackendError, PoolBackend, PoolSizes, WipePattern};
+use crate::backend::{self, BackendError, BuildFlags, PoolBackend, PoolSizes, WipePattern};
 use crate::xml::{PoolDef, VolDef};
 
 /// What clients must see of a change, in the order it happened. Publishing is awaited:
@@ -35,28 +35,91 @@ pub enum Change {
     VolumeRemoved(String),
 }
 
-/// virStoragePoolBuildFlags: NEW, REPAIR, RESIZE, NO_OVERWRITE, OVERWRITE.
-const BUILD_FLAGS: u32 = 0xf;
+bitflags::bitflags! {
+    /// `virConnectListAllStoragePoolsFlags` this daemon filters on.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct ListFlags: u32 {
+        const INACTIVE = 1;
+        const ACTIVE = 2;
+        const PERSISTENT = 4;
+        const TRANSIENT = 8;
+        const AUTOSTART = 16;
+        const NO_AUTOSTART = 32;
+        const DIR = 64;
+        const FS = 128;
+        const NETFS = 256;
+        const LOGICAL = 512;
+        const DISK = 1024;
+        const ISCSI = 2048;
+        const SCSI = 4096;
+        const MPATH = 8192;
+        const RBD = 16384;
+        const SHEEPDOG = 32768;
+        const GLUSTER = 65536;
+        const ZFS = 131072;
+        const VSTORAGE = 262144;
+        /// Every type bit above (dir .. vstorage), accepted and filtered.
+        const ALL_TYPES = 0x7ffc0;
+    }
 
-/// virConnectListAllStoragePoolsFlags this daemon filters on.
-pub mod list {
-    pub const INACTIVE: u32 = 1;
-    pub const ACTIVE: u32 = 2;
-    pub const PERSISTENT: u32 = 4;
-    pub const TRANSIENT: u32 = 8;
-    pub const AUTOSTART: u32 = 16;
-    pub const NO_AUTOSTART: u32 = 32;
-    pub const DIR: u32 = 64;
-    pub const FS: u32 = 128;
-    pub const LOGICAL: u32 = 512;
-    /// Every type bit libvirt defines (netfs .. vstorage), accepted and filtered.
-    pub const ALL_TYPES: u32 = 0x7ffc0;
+    /// `virStoragePoolCreateFlags`: build (and how) before starting.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct CreateFlags: u32 {
+        const WITH_BUILD = 1;
+        const WITH_BUILD_OVERWRITE = 2;
+        const WITH_BUILD_NO_OVERWRITE = 4;
+    }
+
+    /// `virStoragePoolDeleteFlags`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct DeleteFlags: u32 {
+        const ZEROED = 1;
+    }
+
+    /// `virStorageXMLFlags`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct XmlFlags: u32 {
+        const INACTIVE = 1;
+    }
+
+    /// `virStorageVolCreateFlags`: accepted; metadata preallocation is the default.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct VolCreateFlags: u32 {
+        const PREALLOC_METADATA = 1;
+        const REFLINK = 2;
+    }
+
+    /// `virStorageVolDeleteFlags`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct VolDeleteFlags: u32 {
+        const ZEROED = 1;
+        const WITH_SNAPSHOTS = 2;
+    }
+
+    /// `virStorageVolResizeFlags`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct ResizeFlags: u32 {
+        const ALLOCATE = 1;
+        const DELTA = 2;
+        const SHRINK = 4;
+    }
 }
 
-pub const VOL_RESIZE_ALLOCATE: u32 = 1;
-pub const VOL_RESIZE_DELTA: u32 = 2;
-pub const VOL_RESIZE_SHRINK: u32 = 4;
-pub const XML_INACTIVE: u32 = 1;
+impl CreateFlags {
+    /// The build a create asks for, as libvirt's storagePoolCreate translates it.
+    fn build_flags(self) -> BuildFlags {
+        let mut b = BuildFlags::empty();
+        b.set(
+            BuildFlags::OVERWRITE,
+            self.contains(Self::WITH_BUILD_OVERWRITE),
+        );
+        b.set(
+            BuildFlags::NO_OVERWRITE,
+            self.contains(Self::WITH_BUILD_NO_OVERWRITE),
+        );
+        b
+    }
+}
 
 type Res<T> = Result<T, VirError>;
 
@@ -324,13 +387,9 @@ impl Driver {
     }
 
     pub fn list_pools(&self, flags: u32) -> Res<Vec<OwnedObjectPath>> {
-        use list::*;
-        check_flags(
-            flags,
-            INACTIVE | ACTIVE | PERSISTENT | TRANSIENT | AUTOSTART | NO_AUTOSTART | ALL_TYPES,
-        )?;
-        let pair = |yes: u32, no: u32, v: bool| {
-            flags & (yes | no) == 0 || (v && flags & yes != 0) || (!v && flags & no != 0)
+        let flags: ListFlags = read_flags(flags)?;
+        let pair = |yes: ListFlags, no: ListFlags, v: bool| {
+            !flags.intersects(yes | no) || (v && flags.contains(yes)) || (!v && flags.contains(no))
         };
         Ok(self
             .pools()
@@ -338,14 +397,14 @@ impl Driver {
             .filter(|p| {
                 let s = p.state();
                 let tbit = match s.def.kind {
-                    crate::xml::PoolType::Dir => DIR,
-                    crate::xml::PoolType::Fs => FS,
-                    crate::xml::PoolType::Logical => LOGICAL,
+                    crate::xml::PoolType::Dir => ListFlags::DIR,
+                    crate::xml::PoolType::Fs => ListFlags::FS,
+                    crate::xml::PoolType::Logical => ListFlags::LOGICAL,
                 };
-                pair(ACTIVE, INACTIVE, s.active)
-                    && pair(PERSISTENT, TRANSIENT, s.persistent)
-                    && pair(AUTOSTART, NO_AUTOSTART, s.autostart)
-                    && (flags & ALL_TYPES == 0 || flags & tbit != 0)
+                pair(ListFlags::ACTIVE, ListFlags::INACTIVE, s.active)
+                    && pair(ListFlags::PERSISTENT, ListFlags::TRANSIENT, s.persistent)
+                    && pair(ListFlags::AUTOSTART, ListFlags::NO_AUTOSTART, s.autostart)
+                    && (!flags.intersects(ListFlags::ALL_TYPES) || flags.contains(tbit))
             })
             .map(|p| p.path())
             .collect())
@@ -464,16 +523,17 @@ impl Driver {
     }
 
     pub async fn create_xml(self: &Arc<Self>, xml: &str, flags: u32) -> Res<OwnedObjectPath> {
-        // BUILD (1) and the overwrite variants build before starting.
-        check_flags(flags, 7)?;
+        // WITH_BUILD and the overwrite variants build before starting.
+        let flags: CreateFlags = read_flags(flags)?;
         let def = PoolDef::parse(xml)?;
         let pool = self.insert(def.clone(), false, false)?;
         let _g = self.jobs.enter();
         let res = async {
-            if flags != 0 {
+            if !flags.is_empty() {
+                let build_flags = flags.build_flags();
                 let b = pool.backend.clone();
                 let d = def.clone();
-                Self::blocking(move || b.build(&d, flags)).await?;
+                Self::blocking(move || b.build(&d, build_flags)).await?;
             }
             self.activate(&pool).await
         }
@@ -488,7 +548,7 @@ impl Driver {
     }
 
     pub async fn build(self: &Arc<Self>, pool: &Arc<Pool>, flags: u32) -> Res<()> {
-        check_flags(flags, BUILD_FLAGS)?;
+        let flags: BuildFlags = read_flags(flags)?;
         let _j = pool.job.lock().await;
         let _g = self.jobs.enter();
         self.require_inactive(pool)?;
@@ -500,14 +560,12 @@ impl Driver {
     }
 
     pub async fn create(self: &Arc<Self>, pool: &Arc<Pool>, flags: u32) -> Res<()> {
-        check_flags(flags, 7)?;
+        let flags: CreateFlags = read_flags(flags)?;
         let _j = pool.job.lock().await;
         let _g = self.jobs.enter();
         self.require_inactive(pool)?;
-        if flags != 0 {
-            // virStoragePoolCreateFlags WITH_BUILD(1), _OVERWRITE(2), _NO_OVERWRITE(4)
-            // map to the build flags 0, OVERWRITE(8) and NO_OVERWRITE(4).
-            let build_flags = (flags & 2) << 2 | (flags & 4);
+        if !flags.is_empty() {
+            let build_flags = flags.build_flags();
             let def = pool.state().def.clone();
             let b = pool.backend.clone();
             Self::blocking(move || b.build(&def, build_flags)).await?;
@@ -551,7 +609,7 @@ impl Driver {
     }
 
     pub async fn delete(self: &Arc<Self>, pool: &Arc<Pool>, flags: u32) -> Res<()> {
-        check_flags(flags, 1)?;
+        read_flags::<DeleteFlags>(flags)?;
         let _j = pool.job.lock().await;
         if pool.active() {
             return Err(VirError::operation_invalid(format!(
@@ -631,7 +689,7 @@ impl Driver {
     }
 
     pub fn xml_desc(&self, pool: &Arc<Pool>, flags: u32) -> Res<String> {
-        check_flags(flags, XML_INACTIVE)?;
+        read_flags::<XmlFlags>(flags)?;
         Ok(pool.state().def.to_xml())
     }
 
@@ -683,8 +741,7 @@ impl Driver {
         from_key: Option<&str>,
         flags: u32,
     ) -> Res<OwnedObjectPath> {
-        // PREALLOC_METADATA (1) and REFLINK (2) are accepted; metadata is the default.
-        check_flags(flags, 3)?;
+        read_flags::<VolCreateFlags>(flags)?;
         let vol = VolDef::parse(xml)?;
         let from = match from_key {
             Some(k) => Some(self.vol_by_key(k)?.1),
@@ -710,7 +767,7 @@ impl Driver {
     }
 
     pub async fn vol_delete(self: &Arc<Self>, key: &str, flags: u32) -> Res<()> {
-        check_flags(flags, 3)?;
+        read_flags::<VolDeleteFlags>(flags)?;
         let (pool, vol) = self.vol_of(key)?;
         let _j = pool.job.lock().await;
         let def = pool.state().def.clone();
@@ -749,15 +806,12 @@ impl Driver {
     }
 
     pub async fn vol_resize(self: &Arc<Self>, key: &str, capacity: u64, flags: u32) -> Res<()> {
-        check_flags(
-            flags,
-            VOL_RESIZE_ALLOCATE | VOL_RESIZE_DELTA | VOL_RESIZE_SHRINK,
-        )?;
+        let flags: ResizeFlags = read_flags(flags)?;
         let (pool, vol) = self.vol_of(key)?;
         let _j = pool.job.lock().await;
         let _g = self.jobs.enter();
-        let shrink = flags & VOL_RESIZE_SHRINK != 0;
-        let target = if flags & VOL_RESIZE_DELTA != 0 {
+        let shrink = flags.contains(ResizeFlags::SHRINK);
+        let target = if flags.contains(ResizeFlags::DELTA) {
             if shrink {
                 vol.capacity.saturating_sub(capacity)
             } else {
@@ -864,5 +918,28 @@ impl common::Driver for Driver {
         for p in pools {
             let _j = p.job.lock().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_flags_translate_to_build_flags() {
+        let b = |f: u32| CreateFlags::from_bits_retain(f).build_flags();
+        assert_eq!(b(1), BuildFlags::empty());
+        assert_eq!(b(2), BuildFlags::OVERWRITE);
+        assert_eq!(b(4), BuildFlags::NO_OVERWRITE);
+        assert_eq!(b(6), BuildFlags::OVERWRITE | BuildFlags::NO_OVERWRITE);
+    }
+
+    #[test]
+    fn unknown_flags_are_refused_as_before() {
+        let e = read_flags::<ListFlags>(1 << 19).unwrap_err();
+        assert_eq!(e, VirError::unsupported_flags(1 << 19));
+        assert!(read_flags::<ListFlags>(0x7ffff).is_ok());
+        assert!(read_flags::<BuildFlags>(16).is_err());
+        assert!(read_flags::<ResizeFlags>(8).is_err());
     }
 }

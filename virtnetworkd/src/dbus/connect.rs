@@ -3,7 +3,7 @@
 use std::sync::Weak;
 
 use common::connect as base;
-use common::error::{check_flags, BusError, VirError};
+use common::error::{flags as read_flags, BusError, VirError};
 use zbus::zvariant::{ObjectPath, OwnedObjectPath};
 
 use super::upgrade;
@@ -13,17 +13,23 @@ pub struct Connect {
     pub driver: Weak<Driver>,
 }
 
-/// virConnectListAllNetworksFlags.
-const LIST_INACTIVE: u32 = 1;
-const LIST_ACTIVE: u32 = 2;
-const LIST_PERSISTENT: u32 = 4;
-const LIST_TRANSIENT: u32 = 8;
-const LIST_AUTOSTART: u32 = 16;
-const LIST_NO_AUTOSTART: u32 = 32;
+bitflags::bitflags! {
+    /// `virConnectListAllNetworksFlags`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct ListFlags: u32 {
+        const INACTIVE = 1;
+        const ACTIVE = 2;
+        const PERSISTENT = 4;
+        const TRANSIENT = 8;
+        const AUTOSTART = 16;
+        const NO_AUTOSTART = 32;
+    }
+}
 
-fn keep(flags: u32, yes: u32, no: u32, v: bool) -> bool {
+/// A pair filters only when exactly one of its two bits is set.
+fn keep(flags: ListFlags, yes: ListFlags, no: ListFlags, v: bool) -> bool {
     let f = flags & (yes | no);
-    f == 0 || f == (yes | no) || (v && f == yes) || (!v && f == no)
+    f.is_empty() || f == (yes | no) || (v && f == yes) || (!v && f == no)
 }
 
 #[zbus::interface(name = "org.libvirt.Connect")]
@@ -54,15 +60,27 @@ impl Connect {
     }
 
     async fn list_networks(&self, flags: u32) -> Result<Vec<OwnedObjectPath>, BusError> {
-        check_flags(flags, 63)?;
+        let flags: ListFlags = read_flags(flags)?;
         let d = upgrade(&self.driver)?;
         let mut out = Vec::new();
         for o in d.list() {
             let st = o.state();
-            if keep(flags, LIST_ACTIVE, LIST_INACTIVE, st.live.is_some())
-                && keep(flags, LIST_PERSISTENT, LIST_TRANSIENT, st.persistent)
-                && keep(flags, LIST_AUTOSTART, LIST_NO_AUTOSTART, st.autostart)
-            {
+            if keep(
+                flags,
+                ListFlags::ACTIVE,
+                ListFlags::INACTIVE,
+                st.live.is_some(),
+            ) && keep(
+                flags,
+                ListFlags::PERSISTENT,
+                ListFlags::TRANSIENT,
+                st.persistent,
+            ) && keep(
+                flags,
+                ListFlags::AUTOSTART,
+                ListFlags::NO_AUTOSTART,
+                st.autostart,
+            ) {
                 out.push(common::objpath::network(&o.uuid));
             }
         }

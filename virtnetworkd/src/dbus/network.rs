@@ -3,12 +3,12 @@
 
 use std::sync::{Arc, Weak};
 
-use common::error::{check_flags, BusError, VirError};
+use common::error::{check_flags, flags as read_flags, BusError, VirError};
 use uuid::Uuid;
 use zbus::zvariant::OwnedObjectPath;
 
 use super::upgrade;
-use crate::driver::{Driver, NetError, NetObj};
+use crate::driver::{Driver, NetError, NetObj, UpdateFlags};
 
 pub struct Network {
     pub driver: Weak<Driver>,
@@ -23,8 +23,13 @@ impl Network {
     }
 }
 
-/// VIR_NETWORK_XML_INACTIVE.
-const XML_INACTIVE: u32 = 1;
+bitflags::bitflags! {
+    /// `virNetworkXMLFlags`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct XmlFlags: u32 {
+        const INACTIVE = 1;
+    }
+}
 
 #[zbus::interface(name = "org.libvirt.Network")]
 impl Network {
@@ -45,9 +50,9 @@ impl Network {
 
     #[zbus(name = "GetXMLDesc")]
     async fn get_xml_desc(&self, flags: u32) -> Result<String, BusError> {
-        check_flags(flags, XML_INACTIVE)?;
+        let flags: XmlFlags = read_flags(flags)?;
         let (d, o) = self.get()?;
-        Ok(d.xml_desc(&o, flags & XML_INACTIVE != 0))
+        Ok(d.xml_desc(&o, flags.contains(XmlFlags::INACTIVE)))
     }
 
     /// (iface, expirytime, type, mac, iaid, ipaddr, prefix, hostname, clientid)
@@ -100,7 +105,7 @@ impl Network {
         xml: String,
         flags: u32,
     ) -> Result<(), BusError> {
-        check_flags(flags, 3)?;
+        let flags: UpdateFlags = read_flags(flags)?;
         let (d, o) = self.get()?;
         Ok(d.update(&o, command, section, parent_index, &xml, flags)
             .await?)

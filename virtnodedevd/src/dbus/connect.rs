@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::connect as base;
-use common::error::{check_flags, BusError, VirError};
+use common::error::{check_flags, flags as read_flags, BusError, VirError};
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::{ObjectPath, OwnedObjectPath, Value};
 
@@ -14,6 +14,14 @@ use crate::node;
 
 pub struct Connect {
     pub driver: Arc<Driver>,
+}
+
+bitflags::bitflags! {
+    /// The `virTypedParameterFlags` a typed-parameter getter accepts here.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct TypedParamFlags: u32 {
+        const STRING_OKAY = 1 << 2;
+    }
 }
 
 fn map(pairs: Vec<(String, u64)>) -> HashMap<String, u64> {
@@ -125,7 +133,7 @@ impl Connect {
         flags: u32,
     ) -> Result<common::typed_params::TypedParams, BusError> {
         // VIR_TYPED_PARAM_STRING_OKAY is the only flag clients pass.
-        check_flags(flags, 1 << 2)?;
+        read_flags::<TypedParamFlags>(flags)?;
         let mut out = HashMap::new();
         for (name, v, small) in node::memory_parameters(&self.driver.roots) {
             let value = if small {

@@ -256,35 +256,37 @@ pub struct Storage {
     pub media_available: bool,
 }
 
-/// libvirt's capability bits (`virConnectListAllNodeDeviceFlags`).
-pub mod flags {
-    pub const SYSTEM: u32 = 1 << 0;
-    pub const PCI_DEV: u32 = 1 << 1;
-    pub const USB_DEV: u32 = 1 << 2;
-    pub const USB_INTERFACE: u32 = 1 << 3;
-    pub const NET: u32 = 1 << 4;
-    pub const SCSI_HOST: u32 = 1 << 5;
-    pub const SCSI_TARGET: u32 = 1 << 6;
-    pub const SCSI: u32 = 1 << 7;
-    pub const STORAGE: u32 = 1 << 8;
-    pub const FC_HOST: u32 = 1 << 9;
-    pub const VPORTS: u32 = 1 << 10;
-    pub const SCSI_GENERIC: u32 = 1 << 11;
-    pub const DRM: u32 = 1 << 12;
-    pub const MDEV_TYPES: u32 = 1 << 13;
-    pub const MDEV: u32 = 1 << 14;
-    pub const CCW_DEV: u32 = 1 << 15;
-    pub const CSS_DEV: u32 = 1 << 16;
-    pub const VDPA: u32 = 1 << 17;
-    pub const AP_CARD: u32 = 1 << 18;
-    pub const AP_QUEUE: u32 = 1 << 19;
-    pub const AP_MATRIX: u32 = 1 << 20;
-    pub const VPD: u32 = 1 << 21;
-    pub const INACTIVE: u32 = 1 << 30;
-    pub const ACTIVE: u32 = 1 << 31;
-    pub const ALL: u32 = CAPS | INACTIVE | ACTIVE;
-    /// Every capability bit (the rest only select active/inactive).
-    pub const CAPS: u32 = (1 << 22) - 1;
+bitflags::bitflags! {
+    /// libvirt's capability and state bits (`virConnectListAllNodeDeviceFlags`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct ListFlags: u32 {
+        const SYSTEM = 1 << 0;
+        const PCI_DEV = 1 << 1;
+        const USB_DEV = 1 << 2;
+        const USB_INTERFACE = 1 << 3;
+        const NET = 1 << 4;
+        const SCSI_HOST = 1 << 5;
+        const SCSI_TARGET = 1 << 6;
+        const SCSI = 1 << 7;
+        const STORAGE = 1 << 8;
+        const FC_HOST = 1 << 9;
+        const VPORTS = 1 << 10;
+        const SCSI_GENERIC = 1 << 11;
+        const DRM = 1 << 12;
+        const MDEV_TYPES = 1 << 13;
+        const MDEV = 1 << 14;
+        const CCW_DEV = 1 << 15;
+        const CSS_DEV = 1 << 16;
+        const VDPA = 1 << 17;
+        const AP_CARD = 1 << 18;
+        const AP_QUEUE = 1 << 19;
+        const AP_MATRIX = 1 << 20;
+        const VPD = 1 << 21;
+        const INACTIVE = 1 << 30;
+        const ACTIVE = 1 << 31;
+        /// Every capability bit (the rest only select active/inactive).
+        const CAPS = (1 << 22) - 1;
+    }
 }
 
 impl Device {
@@ -328,37 +330,37 @@ impl Device {
     }
 
     /// The capability bits this device answers to in `ListNodeDevices`.
-    pub fn cap_flags(&self) -> u32 {
+    pub fn cap_flags(&self) -> ListFlags {
         self.caps()
             .iter()
             .map(|c| match *c {
-                "system" => flags::SYSTEM,
-                "pci" => flags::PCI_DEV,
-                "usb_device" => flags::USB_DEV,
-                "usb" => flags::USB_INTERFACE,
-                "net" => flags::NET,
-                "scsi_host" => flags::SCSI_HOST,
-                "fc_host" => flags::FC_HOST,
-                "vports" => flags::VPORTS,
-                "scsi_target" => flags::SCSI_TARGET,
-                "scsi" => flags::SCSI,
-                "storage" => flags::STORAGE,
-                "mdev_types" => flags::MDEV_TYPES,
-                "scsi_generic" => flags::SCSI_GENERIC,
-                "drm" => flags::DRM,
-                "mdev" => flags::MDEV,
-                _ => 0,
+                "system" => ListFlags::SYSTEM,
+                "pci" => ListFlags::PCI_DEV,
+                "usb_device" => ListFlags::USB_DEV,
+                "usb" => ListFlags::USB_INTERFACE,
+                "net" => ListFlags::NET,
+                "scsi_host" => ListFlags::SCSI_HOST,
+                "fc_host" => ListFlags::FC_HOST,
+                "vports" => ListFlags::VPORTS,
+                "scsi_target" => ListFlags::SCSI_TARGET,
+                "scsi" => ListFlags::SCSI,
+                "storage" => ListFlags::STORAGE,
+                "mdev_types" => ListFlags::MDEV_TYPES,
+                "scsi_generic" => ListFlags::SCSI_GENERIC,
+                "drm" => ListFlags::DRM,
+                "mdev" => ListFlags::MDEV,
+                _ => ListFlags::empty(),
             })
-            .fold(0, |a, b| a | b)
+            .fold(ListFlags::empty(), |a, b| a | b)
     }
 
     /// True when `flags` (libvirt's list filter) selects this device.
-    pub fn matches(&self, filter: u32) -> bool {
-        let caps = filter & flags::CAPS;
+    pub fn matches(&self, filter: ListFlags) -> bool {
+        let caps = filter & ListFlags::CAPS;
         // Every device here is active (udev-discovered); none is merely defined.
-        let state_ok =
-            filter & (flags::ACTIVE | flags::INACTIVE) == 0 || filter & flags::ACTIVE != 0;
-        state_ok && (caps == 0 || self.cap_flags() & caps != 0)
+        let state_ok = !filter.intersects(ListFlags::ACTIVE | ListFlags::INACTIVE)
+            || filter.contains(ListFlags::ACTIVE);
+        state_ok && (caps.is_empty() || self.cap_flags().intersects(caps))
     }
 }
 

@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{BackendError, PoolBackend, PoolSizes, Result, WipePattern};
+use super::{BackendError, BuildFlags, PoolBackend, PoolSizes, Result, WipePattern};
 use crate::qemu_img;
 use crate::transfer::{copy_sparse, open_vol, punch_hole};
 use crate::xml::{BackingStore, Name, PoolDef, VolDef, VolFormat};
@@ -272,7 +272,7 @@ fn make_image(tmp: &Path, vol: &VolDef, from: Option<&VolDef>) -> Result<()> {
 }
 
 impl PoolBackend for DirBackend {
-    fn build(&self, def: &PoolDef, _flags: u32) -> Result<()> {
+    fn build(&self, def: &PoolDef, _flags: BuildFlags) -> Result<()> {
         let t = &def.target;
         match fs::create_dir(t) {
             Ok(()) => {}
@@ -474,7 +474,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let def = pool(tmp.path());
         let b = DirBackend;
-        b.build(&def, 0).unwrap();
+        b.build(&def, BuildFlags::empty()).unwrap();
         b.start(&def).unwrap();
         let raw = b
             .create_vol(
@@ -539,7 +539,7 @@ mod tests {
     fn symlinks_out_of_the_pool_are_not_volumes() {
         let tmp = tempfile::tempdir().unwrap();
         let def = pool(tmp.path());
-        DirBackend.build(&def, 0).unwrap();
+        DirBackend.build(&def, BuildFlags::empty()).unwrap();
         fs::write(tmp.path().join("secret"), b"x").unwrap();
         std::os::unix::fs::symlink(tmp.path().join("secret"), def.target.join("leak")).unwrap();
         fs::write(def.target.join("inside"), b"y").unwrap();

@@ -8,12 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::dir::DirBackend;
-use super::{BackendError, PoolBackend, PoolSizes, Result};
+use super::{BackendError, BuildFlags, PoolBackend, PoolSizes, Result};
 use crate::xml::{PoolDef, VolDef};
-
-/// virStoragePoolBuildFlags.
-pub const BUILD_NO_OVERWRITE: u32 = 4;
-pub const BUILD_OVERWRITE: u32 = 8;
 
 pub struct FsBackend {
     files: DirBackend,
@@ -151,16 +147,16 @@ fn mkfs(dev: &Path, kind: &str) -> Result<()> {
 impl PoolBackend for FsBackend {
     /// libvirt's build: the target directory always; the filesystem only when a flag
     /// asks for it (NO_OVERWRITE refuses a device that already has one).
-    fn build(&self, def: &PoolDef, flags: u32) -> Result<()> {
-        if flags & BUILD_OVERWRITE != 0 && flags & BUILD_NO_OVERWRITE != 0 {
+    fn build(&self, def: &PoolDef, flags: BuildFlags) -> Result<()> {
+        if flags.contains(BuildFlags::OVERWRITE | BuildFlags::NO_OVERWRITE) {
             return Err(BackendError::Invalid(
                 "Overwrite and no overwrite flags are mutually exclusive".into(),
             ));
         }
         let (dev, fmt) = source(def)?;
-        if flags & (BUILD_OVERWRITE | BUILD_NO_OVERWRITE) != 0 {
+        if flags.intersects(BuildFlags::OVERWRITE | BuildFlags::NO_OVERWRITE) {
             let kind = fmt.as_deref().unwrap_or("ext4");
-            if flags & BUILD_NO_OVERWRITE != 0 {
+            if flags.contains(BuildFlags::NO_OVERWRITE) {
                 if let Some(found) = probe(&dev)? {
                     return Err(BackendError::Invalid(format!(
                         "Storage pool already built: device '{}' has a '{found}' filesystem",
@@ -176,7 +172,7 @@ impl PoolBackend for FsBackend {
             }
             mkfs(&dev, kind)?;
         }
-        self.files.build(def, 0)
+        self.files.build(def, BuildFlags::empty())
     }
 
     /// Mounts the device at the target, or adopts the mount that is already there.
@@ -281,7 +277,7 @@ mod tests {
                  <target><path>/nonexistent/f</path></target></pool>";
         let def = PoolDef::parse(x).expect("parse");
         let e = FsBackend::new()
-            .build(&def, BUILD_OVERWRITE | BUILD_NO_OVERWRITE)
+            .build(&def, BuildFlags::OVERWRITE | BuildFlags::NO_OVERWRITE)
             .expect_err("both flags");
         assert!(e.to_string().contains("mutually exclusive"));
     }

@@ -9,8 +9,7 @@ use std::process::Command;
 
 use serde::Deserialize;
 
-use super::fs::{BUILD_NO_OVERWRITE, BUILD_OVERWRITE};
-use super::{BackendError, PoolBackend, PoolSizes, Result};
+use super::{BackendError, BuildFlags, PoolBackend, PoolSizes, Result};
 use crate::xml::{Name, Permissions, PoolDef, VolDef, VolFormat};
 use common::xml::Element;
 
@@ -236,8 +235,8 @@ fn raw_only(vol: &VolDef) -> Result<()> {
 impl PoolBackend for LogicalBackend {
     /// pvcreate on every source device, then vgcreate. NO_OVERWRITE refuses devices
     /// that carry a signature already; OVERWRITE lets pvcreate replace it.
-    fn build(&self, def: &PoolDef, flags: u32) -> Result<()> {
-        if flags & BUILD_OVERWRITE != 0 && flags & BUILD_NO_OVERWRITE != 0 {
+    fn build(&self, def: &PoolDef, flags: BuildFlags) -> Result<()> {
+        if flags.contains(BuildFlags::OVERWRITE | BuildFlags::NO_OVERWRITE) {
             return Err(BackendError::Invalid(
                 "Overwrite and no overwrite flags are mutually exclusive".into(),
             ));
@@ -251,7 +250,7 @@ impl PoolBackend for LogicalBackend {
         }
         for d in &devs {
             let mut a = argv(&["pvcreate", "-q"]);
-            if flags & BUILD_OVERWRITE != 0 {
+            if flags.contains(BuildFlags::OVERWRITE) {
                 a.extend(argv(&["-ff", "-y"]));
             }
             a.push("--".into());

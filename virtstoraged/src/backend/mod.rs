@@ -12,6 +12,17 @@ pub mod dir;
 pub mod fs;
 pub mod logical;
 
+bitflags::bitflags! {
+    /// `virStoragePoolBuildFlags` (NEW is the empty set).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct BuildFlags: u32 {
+        const REPAIR = 1;
+        const RESIZE = 2;
+        const NO_OVERWRITE = 4;
+        const OVERWRITE = 8;
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("{what} '{path}': {err}")]
@@ -131,7 +142,7 @@ pub struct PoolSizes {
 /// thread while holding the pool's job lock.
 pub trait PoolBackend: Send + Sync {
     /// Prepares the storage (creates the directory, formats, creates the VG).
-    fn build(&self, def: &PoolDef, flags: u32) -> Result<()>;
+    fn build(&self, def: &PoolDef, flags: BuildFlags) -> Result<()>;
     /// Makes the pool usable (mounts, activates); adopting what is already there.
     fn start(&self, def: &PoolDef) -> Result<()>;
     fn stop(&self, def: &PoolDef) -> Result<()>;
