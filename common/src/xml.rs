@@ -88,6 +88,11 @@ pub fn parse(text: &str) -> Result<Element, XmlError> {
             limit: MAX_DOCUMENT_BYTES,
         });
     }
+    // roxmltree recurses per nesting level: a few thousand nested elements would
+    // overflow a worker's stack before any depth check on its tree could run.
+    if nests_deeper_than(text.as_bytes(), MAX_DEPTH) {
+        return Err(XmlError::TooDeep { limit: MAX_DEPTH });
+    }
     let opts = roxmltree::ParsingOptions {
         allow_dtd: false,
         nodes_limit: MAX_NODES,
@@ -95,6 +100,62 @@ pub fn parse(text: &str) -> Result<Element, XmlError> {
     let doc = roxmltree::Document::parse_with_options(text, opts)
         .map_err(|e| XmlError::Malformed(e.to_string()))?;
     convert(doc.root_element(), 1)
+}
+
+/// Whether elements in `text` nest deeper than `limit`, by one pass over the bytes with
+/// no recursion. Comments, CDATA, processing instructions and declarations are
+/// skipped, quoted attribute values may hold `>`. On malformed input it may count too
+/// much or too little; the parser rejects such input anyway, and no count it makes can
+/// let a deeper nesting through to the parser.
+fn nests_deeper_than(text: &[u8], limit: usize) -> bool {
+    let find = |from: usize, pat: &[u8]| -> usize {
+        text[from.min(text.len())..]
+            .windows(pat.len())
+            .position(|w| w == pat)
+            .map_or(text.len(), |p| from + p + pat.len())
+    };
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] != b'<' {
+            i += 1;
+            continue;
+        }
+        let rest = &text[i..];
+        if rest.starts_with(b"<!--") {
+            i = find(i + 4, b"-->");
+        } else if rest.starts_with(b"<![CDATA[") {
+            i = find(i + 9, b"]]>");
+        } else if rest.starts_with(b"<?") {
+            i = find(i + 2, b"?>");
+        } else if rest.starts_with(b"<!") {
+            i = find(i + 2, b">");
+        } else if rest.starts_with(b"</") {
+            depth = depth.saturating_sub(1);
+            i = find(i + 2, b">");
+        } else {
+            // A start tag: to its `>` outside quotes; `/>` closes it at once.
+            let mut j = i + 1;
+            let mut quote = None;
+            while j < text.len() {
+                match (quote, text[j]) {
+                    (None, b'"' | b'\'') => quote = Some(text[j]),
+                    (Some(q), c) if c == q => quote = None,
+                    (None, b'>') => break,
+                    _ => {}
+                }
+                j += 1;
+            }
+            if j >= text.len() || text[j - 1] != b'/' {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            i = j + 1;
+        }
+    }
+    false
 }
 
 fn qualified(node: roxmltree::Node, ns: Option<&str>, local: &str) -> String {
@@ -337,6 +398,8 @@ mod tests {
         assert!(parse(xxe).is_err());
         let deep = "<a>".repeat(MAX_DEPTH + 1) + &"</a>".repeat(MAX_DEPTH + 1);
         assert_eq!(parse(&deep), Err(XmlError::TooDeep { limit: MAX_DEPTH }));
+        let just = "<a>".repeat(MAX_DEPTH) + &"</a>".repeat(MAX_DEPTH);
+        assert!(parse(&just).is_ok());
         let big = format!("<a>{}</a>", "x".repeat(MAX_DOCUMENT_BYTES));
         assert!(matches!(parse(&big), Err(XmlError::TooLarge { .. })));
         assert!(matches!(parse("<a><b></a>"), Err(XmlError::Malformed(_))));
@@ -363,5 +426,31 @@ mod tests {
             built.to_xml(),
             "<a q='it&apos;s &quot;x&quot;'>\n  <b/>\n</a>\n"
         );
+    }
+
+    /// A hostile nesting of any depth is an error, not a stack overflow, on a stack no
+    /// larger than a tokio worker's; what is not nesting does not count.
+    #[test]
+    fn any_depth_is_an_error_not_a_crash() {
+        for n in [MAX_DEPTH + 1, 5_000, 200_000] {
+            let deep = "<a x='>'>".repeat(n) + &"</a>".repeat(n);
+            let r = std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || parse(&deep))
+                .unwrap()
+                .join()
+                .unwrap();
+            assert_eq!(r, Err(XmlError::TooDeep { limit: MAX_DEPTH }), "depth {n}");
+        }
+        let unclosed = "<a>".repeat(100_000);
+        assert_eq!(
+            parse(&unclosed),
+            Err(XmlError::TooDeep { limit: MAX_DEPTH })
+        );
+        let flat = format!(
+            "<a>{}<!-- <b><b><b> --><![CDATA[<c><c>]]><?pi <d>?><e f=\">\"/></a>",
+            "<b/>".repeat(1000)
+        );
+        assert!(parse(&flat).is_ok());
     }
 }

@@ -123,7 +123,7 @@ async fn defined_domain_is_kept_verbatim_and_found() {
 /// inactive one are refused with libvirt's messages; nothing changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_definitions_and_requests_are_refused() {
-    let Alpha { q, d, .. } = alpha().await;
+    let Alpha { mut q, d, .. } = alpha().await;
     let qc = &q.qc;
     let uuid = d.uuid().await.expect("uuid");
     let e = bus_err(
@@ -155,6 +155,15 @@ async fn bad_definitions_and_requests_are_refused() {
     let e = bus_err(d.suspend().await.unwrap_err());
     assert_eq!(e, "Requested operation is not valid: domain is not running");
     assert_eq!(qc.list_domains(0).await.expect("all").len(), 1);
+    // Nesting of any depth is refused before the parser recurses, not a dead daemon.
+    let deep = format!(
+        "<domain type='qemu'><name>deep</name>{}{}</domain>",
+        "<metadata>".repeat(100_000),
+        "</metadata>".repeat(100_000)
+    );
+    let e = bus_err(q.qc.domain_define_xml(&deep).await.unwrap_err());
+    assert!(e.contains("nest deeper than 64 levels"), "{e}");
+    assert!(q.daemon.running(), "the daemon died on a deep document");
 }
 
 /// Start (an id, a QEMU in its own session), suspend, kill -9 of the daemon: the
