@@ -7,7 +7,7 @@ use common::error::VirError;
 use common::event::{DefinedDetail, DomainEvent, UndefinedDetail};
 
 use super::registry::check_conflicts;
-use super::{io_err, Change, Dom, Driver, UndefineFlags};
+use super::{io_err, Dom, Driver, UndefineFlags};
 use crate::model::DomainDef;
 
 impl Driver {
@@ -51,7 +51,7 @@ impl Driver {
         }
         drop(lock);
         let detail = if added {
-            self.outbox.send(Change::Added(dom.clone())).await;
+            self.publish_added(&dom).await;
             DefinedDetail::Added
         } else {
             self.props_changed(&dom).await;

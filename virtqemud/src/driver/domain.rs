@@ -2,6 +2,7 @@
 //! it is: persistent config, the live run when QEMU runs, and its state with reason.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use common::event::{ShutoffReason, StateReason};
@@ -44,6 +45,9 @@ pub struct Dom {
     pub(super) job: tokio::sync::Mutex<()>,
     /// Orders the writes of its status file, off the state lock.
     pub(super) status_write: tokio::sync::Mutex<()>,
+    /// Its object is served on every connection: only then do lookups and lists hand
+    /// out its path, so no client meets UnknownObject for a path it was given.
+    served: AtomicBool,
     inner: Mutex<Inner>,
 }
 
@@ -65,6 +69,7 @@ impl Dom {
             path: common::objpath::domain(&uuid),
             job: tokio::sync::Mutex::new(()),
             status_write: tokio::sync::Mutex::new(()),
+            served: AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 name,
                 config,
@@ -73,6 +78,14 @@ impl Dom {
                 autostart,
             }),
         })
+    }
+
+    pub(super) fn served(&self) -> bool {
+        self.served.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_served(&self) {
+        self.served.store(true, Ordering::Release);
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {

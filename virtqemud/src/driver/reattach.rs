@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::domain::Live;
 use super::start::Held;
 use super::status::Status;
-use super::{Change, Dom, Driver};
+use super::{Dom, Driver};
 use crate::model::DomainDef;
 use common::child::ChildWatch;
 
@@ -76,7 +76,7 @@ impl Driver {
             return;
         };
         if added {
-            self.outbox.send(Change::Added(dom.clone())).await;
+            self.publish_added(&dom).await;
         }
         // The pidfd first: it pins the process, so the checks below are of the same
         // one that is then watched (a recycled PID cannot slip in between).

@@ -46,6 +46,7 @@ impl Registry {
         let mut v: Vec<(String, Arc<Dom>)> = self
             .by_uuid
             .values()
+            .filter(|d| d.served())
             .map(|d| (d.name(), d.clone()))
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
@@ -83,6 +84,9 @@ impl Driver {
                 continue;
             }
             let dom = Dom::new(def.uuid, def.name.clone(), Some(def), autostart);
+            // Loaded before the D-Bus layer serves everything there is, and before
+            // the bus name is owned: no client can meet it unserved.
+            dom.set_served();
             reg.insert(dom.name(), dom);
         }
     }
@@ -93,6 +97,13 @@ impl Driver {
             .by_uuid
             .get(&dom.uuid)
             .is_some_and(|d| Arc::ptr_eq(d, dom))
+    }
+
+    /// Tells the world `dom` exists, then lets lookups and lists hand it out.
+    pub(super) async fn publish_added(&self, dom: &Arc<Dom>) {
+        self.outbox.send(super::Change::Added(dom.clone())).await;
+        dom.set_served();
+        self.reg().sorted = None;
     }
 
     /// Takes `dom` out of the registry and tells the world it is gone.
@@ -110,6 +121,7 @@ impl Driver {
         self.reg()
             .by_uuid
             .get(uuid)
+            .filter(|d| d.served())
             .cloned()
             .ok_or_else(|| no_domain(format!("no domain with matching uuid '{uuid}'")))
     }
@@ -125,6 +137,7 @@ impl Driver {
         reg.by_name
             .get(name)
             .and_then(|u| reg.by_uuid.get(u))
+            .filter(|d| d.served())
             .cloned()
             .ok_or_else(|| no_domain(format!("no domain with matching name '{name}'")))
     }
@@ -132,6 +145,7 @@ impl Driver {
     pub fn lookup_id(&self, id: i32) -> Result<Arc<Dom>, VirError> {
         let doms: Vec<Arc<Dom>> = self.reg().by_uuid.values().cloned().collect();
         doms.into_iter()
+            .filter(|d| d.served())
             .find(|d| d.id().map(|i| i as i64) == Some(id as i64))
             .ok_or_else(|| no_domain(format!("no domain with matching id {id}")))
     }

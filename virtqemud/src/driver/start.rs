@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::domain::Live;
 use super::registry::check_conflicts;
-use super::{firmware_dirs, io_err, no_definition, Change, Dom, Driver, StartFlags, MONITOR_WAIT};
+use super::{firmware_dirs, io_err, no_definition, Dom, Driver, StartFlags, MONITOR_WAIT};
 use crate::model::{self, DomainDef};
 use common::child::ChildWatch;
 
@@ -82,7 +82,7 @@ impl Driver {
             reg.insert(dom.name(), dom.clone());
             dom
         };
-        self.outbox.send(Change::Added(dom.clone())).await;
+        self.publish_added(&dom).await;
         let r = {
             let _lock = dom.job.lock().await;
             self.start_locked(&dom, def, flags).await
