@@ -210,11 +210,18 @@ pub struct NetState {
 pub struct NetObj {
     pub uuid: Uuid,
     pub name: String,
+    /// Its object is served on every connection: only then do lookups and lists hand
+    /// out its path (no UnknownObject for a path a client was given).
+    served: std::sync::atomic::AtomicBool,
     job: tokio::sync::Mutex<()>,
     state: Mutex<NetState>,
 }
 
 impl NetObj {
+    fn served(&self) -> bool {
+        self.served.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn state(&self) -> MutexGuard<'_, NetState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -301,7 +308,11 @@ impl Driver {
     }
 
     pub fn list(&self) -> Vec<Arc<NetObj>> {
-        self.lock_nets().values().cloned().collect()
+        self.lock_nets()
+            .values()
+            .filter(|n| n.served())
+            .cloned()
+            .collect()
     }
 
     fn lock_nets(&self) -> std::sync::MutexGuard<'_, BTreeMap<Uuid, Arc<NetObj>>> {
@@ -314,6 +325,7 @@ impl Driver {
     pub fn by_uuid(&self, uuid: &Uuid) -> Result<Arc<NetObj>> {
         self.lock_nets()
             .get(uuid)
+            .filter(|n| n.served())
             .cloned()
             .ok_or_else(|| NetError::NoNetwork(format!("uuid '{uuid}'")))
     }
@@ -321,7 +333,7 @@ impl Driver {
     pub fn by_name(&self, name: &str) -> Result<Arc<NetObj>> {
         self.lock_nets()
             .values()
-            .find(|n| n.name == name)
+            .find(|n| n.name == name && n.served())
             .cloned()
             .ok_or_else(|| NetError::NoNetwork(format!("name '{name}'")))
     }
@@ -402,6 +414,7 @@ impl Driver {
         let obj = Arc::new(NetObj {
             uuid: def.uuid,
             name: def.name.clone(),
+            served: std::sync::atomic::AtomicBool::new(false),
             job: tokio::sync::Mutex::new(()),
             state: Mutex::new(NetState {
                 def,
@@ -415,6 +428,7 @@ impl Driver {
         });
         self.lock_nets().insert(obj.uuid, obj.clone());
         self.outbox.send(Change::NetworkAdded(obj.uuid)).await;
+        obj.served.store(true, std::sync::atomic::Ordering::Release);
         obj
     }
 

@@ -890,3 +890,36 @@ async fn port_objects_follow_restarts_and_network_stops() -> anyhow::Result<()> 
     n.undefine().await?;
     Ok(())
 }
+
+/// While networks are being defined, every path ListNetworks returns answers at once
+/// (no UnknownObject for an object not yet served).
+#[tokio::test(flavor = "multi_thread")]
+async fn listed_networks_are_always_served() -> anyhow::Result<()> {
+    let s = setup().await?;
+    let c = NetworkConnectProxy::new(&s.conn).await?;
+    let definer = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            for i in 0..100 {
+                let xml = format!("<network><name>race{i}</name></network>");
+                c.network_define_xml(&xml).await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    // Each path is checked the first time it is listed, when the race is closest.
+    let mut seen = std::collections::BTreeSet::new();
+    while !definer.is_finished() {
+        for p in c.list_networks(0).await? {
+            if seen.insert(p.to_string()) {
+                let name = network(&s.conn, &p).await?.name().await;
+                assert!(name.is_ok(), "{p} listed but not served: {name:?}");
+            }
+        }
+    }
+    let checked = seen.len();
+    definer.await??;
+    assert!(checked > 0, "the race was never exercised");
+    assert_eq!(c.list_networks(0).await?.len(), 100);
+    Ok(())
+}
