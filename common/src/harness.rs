@@ -26,6 +26,7 @@ use nix::unistd::Pid;
 
 pub mod conformance;
 pub mod contract;
+pub mod fuzz;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

@@ -1,0 +1,203 @@
+//! Malformed arguments for every method of every object kind of the four daemons, on
+//! one private bus: each call gets a reply or an error and every daemon stays up and
+//! answering (common::harness::fuzz). `VIRT_FUZZ_PER_METHOD` (default 8) sets how many
+//! generated calls each method gets, `VIRT_FUZZ_SEED` the seed; docs/ARCHITECTURE.md
+//! has the figures of the long run.
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::harness::fuzz::{fuzz_object, Gen, Tally};
+use common::harness::{Daemon, NetNs, TestBus, TestDirs};
+use zbus::zvariant::OwnedObjectPath;
+
+mod support;
+use support::sibling_daemon;
+
+const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
+const CONNECT: &str = "/org/libvirt/QEMU";
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn make(
+    conn: &zbus::Connection,
+    daemon: &str,
+    path: &str,
+    iface: &str,
+    member: &str,
+    body: &(impl serde::Serialize + zbus::zvariant::DynamicType),
+) -> String {
+    let reply = conn
+        .call_method(
+            Some(format!("org.libvirt.{daemon}").as_str()),
+            path,
+            Some(iface),
+            member,
+            body,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{iface}.{member}: {e}"));
+    let p: OwnedObjectPath = reply.body().deserialize().expect("a path");
+    p.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_method_survives_malformed_arguments() {
+    let per_method = env_or("VIRT_FUZZ_PER_METHOD", 8) as usize;
+    let seed = env_or("VIRT_FUZZ_SEED", 1);
+    let bus = TestBus::start().expect("bus");
+    let ns = NetNs::new().expect("netns");
+    // virtnodedevd on a copy of its fixture tree: made-up Detach or Create calls then
+    // write into files of the test's own, never into the host's /sys.
+    let fixture = tempfile::tempdir().expect("tempdir");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../virtnodedevd/tests/fixtures/sysfs");
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(fixture.path())
+        .status()
+        .expect("cp");
+    assert!(st.success());
+    let mut daemons = vec![
+        Daemon::builder(BIN, "virtqemud")
+            .spawn(&bus)
+            .await
+            .expect("virtqemud"),
+        Daemon::builder(sibling_daemon("virtnetworkd"), "virtnetworkd")
+            .netns(&ns)
+            .dirs(TestDirs::new().expect("dirs"))
+            .spawn(&bus)
+            .await
+            .expect("virtnetworkd"),
+        Daemon::builder(sibling_daemon("virtstoraged"), "virtstoraged")
+            .dirs(TestDirs::new().expect("dirs"))
+            .spawn(&bus)
+            .await
+            .expect("virtstoraged"),
+        Daemon::builder(sibling_daemon("virtnodedevd"), "virtnodedevd")
+            .arg("--sysfs-root")
+            .arg(fixture.path().join("sysfs"))
+            .dirs(TestDirs::new().expect("dirs"))
+            .spawn(&bus)
+            .await
+            .expect("virtnodedevd"),
+    ];
+    let conn = bus.connection().await.expect("conn");
+
+    // One object of every kind, as the wire-contract test makes them.
+    let dom = make(
+        &conn,
+        "virtqemud",
+        CONNECT,
+        "org.libvirt.Connect",
+        "DomainDefineXML",
+        &(
+            "<domain type='qemu'><name>fz</name><memory unit='MiB'>64</memory>\
+           <os><type arch='x86_64'>hvm</type></os></domain>",
+        ),
+    )
+    .await;
+    let net = make(
+        &conn,
+        "virtnetworkd",
+        CONNECT,
+        "org.libvirt.Connect",
+        "NetworkDefineXML",
+        &("<network><name>fz</name><bridge name='vtfz0' stp='off'/>\
+           <ip address='10.88.0.1' prefix='24'/></network>",),
+    )
+    .await;
+    conn.call_method(
+        Some("org.libvirt.virtnetworkd"),
+        net.as_str(),
+        Some("org.libvirt.Network"),
+        "Create",
+        &(),
+    )
+    .await
+    .expect("network start");
+    let port = make(
+        &conn,
+        "virtnetworkd",
+        &net,
+        "org.libvirt.Network",
+        "PortCreateXML",
+        &(
+            "<networkport><owner><name>fz</name><uuid>06578fc1-2c30-4d94-a1ba-9ea3c2a3c1d0</uuid>\
+           </owner><mac address='52:54:00:7b:35:d0'/></networkport>",
+            0u32,
+        ),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pool_xml = format!(
+        "<pool type='dir'><name>fz</name><target><path>{}</path></target></pool>",
+        dir.path().display()
+    );
+    let pool = make(
+        &conn,
+        "virtstoraged",
+        CONNECT,
+        "org.libvirt.Connect",
+        "StoragePoolCreateXML",
+        &(pool_xml.as_str(), 0u32),
+    )
+    .await;
+    let vol = make(
+        &conn,
+        "virtstoraged",
+        &pool,
+        "org.libvirt.StoragePool",
+        "StorageVolCreateXML",
+        &(
+            "<volume><name>fz.img</name><capacity unit='MiB'>1</capacity></volume>",
+            0u32,
+        ),
+    )
+    .await;
+    let dev = common::objpath::node_device("pci_0000_03_10_0").to_string();
+
+    let objects: [(&str, &str, &str); 10] = [
+        ("virtqemud", CONNECT, "org.libvirt.Connect"),
+        ("virtqemud", &dom, "org.libvirt.Domain"),
+        ("virtnetworkd", CONNECT, "org.libvirt.Connect"),
+        ("virtnetworkd", &port, "org.libvirt.NetworkPort"),
+        ("virtnetworkd", &net, "org.libvirt.Network"),
+        ("virtstoraged", CONNECT, "org.libvirt.Connect"),
+        ("virtstoraged", &vol, "org.libvirt.StorageVol"),
+        ("virtstoraged", &pool, "org.libvirt.StoragePool"),
+        ("virtnodedevd", CONNECT, "org.libvirt.Connect"),
+        ("virtnodedevd", &dev, "org.libvirt.NodeDevice"),
+    ];
+    let paths: Vec<String> = objects.iter().map(|o| o.1.to_string()).collect();
+    let mut gen = Gen::new(seed, paths);
+    let mut total = Tally::default();
+    for (daemon, path, iface) in objects {
+        let t = fuzz_object(
+            &conn,
+            &format!("org.libvirt.{daemon}"),
+            path,
+            iface,
+            &mut gen,
+            per_method,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{daemon} {iface}: {e:#}"));
+        eprintln!("{daemon} {iface}: {t:?}");
+        total += t;
+    }
+    eprintln!("all: {total:?} (seed {seed}, {per_method} per method)");
+    for d in daemons.iter_mut() {
+        assert!(d.running(), "{} died", d.bus_name());
+    }
+    assert!(
+        total.calls > 500,
+        "too few calls to mean anything: {total:?}"
+    );
+}
