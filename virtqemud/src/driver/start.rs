@@ -1,6 +1,7 @@
 //! Starting QEMU for a domain, and the one step that releases what a run held. A failed
 //! start, QEMU's exit and a reattach that finds QEMU gone all end a run through
 //! [`Driver::release`], so nothing is undone one way here and another way there.
+//! The run is on disk (as starting) before QEMU is.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -15,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::domain::Live;
 use super::registry::check_conflicts;
+use super::status::{qemu_pidfile, Status};
 use super::{firmware_dirs, io_err, no_definition, Change, Dom, Driver, StartFlags, MONITOR_WAIT};
 use crate::model::{self, DomainDef};
 use common::child::ChildWatch;
@@ -133,7 +135,7 @@ impl Driver {
         )
         .await?;
         let mut held = Held::default();
-        let spawned = match self.spawn(&mut def, &mut held, swtpm.as_ref()).await {
+        let spawned = match self.spawn(dom, &mut def, &mut held, swtpm.as_ref()).await {
             Ok(s) => s,
             Err(e) => {
                 self.release(dom, &def.dom, held).await;
@@ -171,10 +173,12 @@ impl Driver {
     }
 
     /// Takes the run's resources (volumes, host devices, network ports and taps, its
-    /// folder, files for QEMU's user) and spawns QEMU at `-S` up to an open monitor.
-    /// What it took is in `held` also when it fails; QEMU is gone then.
+    /// folder, files for QEMU's user), records the run as starting, and spawns QEMU at
+    /// `-S` up to an open monitor. What it took is in `held` also
+    /// when it fails; QEMU is gone then.
     async fn spawn(
         &self,
+        dom: &Dom,
         def: &mut DomainDef,
         held: &mut Held,
         swtpm: Option<&crate::tpm::Swtpm>,
@@ -215,6 +219,11 @@ impl Driver {
         let mut extra: Vec<PathBuf> = volume_paths.iter().map(|v| v.2.clone()).collect();
         extra.extend(swtpm.map(|t| t.socket.clone()));
         held.owners = self.take_files(&def.dom, &extra)?;
+        // On disk before QEMU exists: a daemon killed from here on finds the run.
+        let mut record = starting_record(dom, def, id, &qmp_path, &held.owners);
+        self.save_starting(dom, &record)
+            .await
+            .map_err(|e| io_err("write the status of", &self.status_file(&def.name), &e))?;
         let log = self.log_file(&def.name);
         tracing::info!(domain = %def.name, "starting: {}", argv.join(" "));
         let keep: Vec<i32> = tap_fds.iter().flatten().copied().collect();
@@ -239,6 +248,12 @@ impl Driver {
         // QEMU holds its own copies now: a tap lives exactly as long as QEMU does.
         drop(nics);
         let (pid, qemu) = spawned?;
+        // The PID at once; without it a restart still finds QEMU by its pidfile or its
+        // command line, so a failed write does not stop the start.
+        record.pid = pid;
+        if let Err(e) = self.save_starting(dom, &record).await {
+            tracing::warn!(domain = %def.name, "status with the PID not written: {e}");
+        }
         match connect_monitor(&qmp_path, &qemu).await {
             Ok((qmp, events)) => Ok(Spawned {
                 id,
@@ -343,6 +358,32 @@ impl Driver {
             }
             _ => Ok(Vec::new()),
         }
+    }
+}
+
+/// The status of a run about to spawn QEMU: everything [`Driver::release`] needs (the
+/// live definition records the ports and host devices), no PID yet.
+fn starting_record(
+    dom: &Dom,
+    def: &DomainDef,
+    id: u32,
+    qmp: &Path,
+    owners: &[crate::security::Owner],
+) -> Status {
+    let (state, reason) = StateReason::Paused(PausedReason::StartingUp).wire();
+    Status {
+        name: def.name.clone(),
+        uuid: dom.uuid,
+        id,
+        pid: 0,
+        qmp: qmp.to_owned(),
+        pidfile: Some(qemu_pidfile(qmp)),
+        starting: true,
+        xml: def.to_xml(None),
+        persistent: dom.persistent(),
+        state,
+        reason,
+        owners: owners.to_vec(),
     }
 }
 
