@@ -93,6 +93,19 @@ pub fn cmdline_mentions(pid: u32, marker: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The processes whose cmdline holds `marker` (see [`cmdline_mentions`]): how a QEMU
+/// spawned just before the daemon died is found when its PID was never recorded.
+pub fn pids_mentioning(marker: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id() && cmdline_mentions(*pid, marker))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -335,6 +335,9 @@ impl Driver {
     fn pid_file(&self, name: &str) -> PathBuf {
         self.paths.run.join(format!("{name}.pid"))
     }
+    fn lock_file(&self, name: &str) -> PathBuf {
+        self.paths.run.join(format!("{name}.lock"))
+    }
     pub fn log_file(&self, name: &str) -> PathBuf {
         self.paths.log.join(format!("{name}.log"))
     }

@@ -1,5 +1,7 @@
 //! A restarted daemon adopts what still runs: each status file names a QEMU that is
-//! either reattached (the right process, its monitor answering) or released; then the
+//! either reattached (the right process, its monitor answering) or ended and released.
+//! A run that was still starting is always ended, as libvirt ends a domain whose start
+//! was interrupted: its QEMU, if it got that far, is found and killed. Then the
 //! autostart domains start.
 
 use std::path::{Path, PathBuf};
@@ -72,11 +74,26 @@ impl Driver {
             }
         };
         let Some((dom, added)) = dom else {
+            if st.starting {
+                // Another domain has the name now: this run is nobody's, end it quietly.
+                let orphan = Dom::new(st.uuid, st.name.clone(), None, false);
+                self.end_interrupted_start(&orphan, &st, &def).await;
+            }
             let _ = std::fs::remove_file(file);
             return;
         };
         if added {
             self.publish_added(&dom).await;
+        }
+        if st.starting {
+            self.end_interrupted_start(&dom, &st, &def).await;
+            dom.lock().state = StateReason::Shutoff(ShutoffReason::Failed);
+            self.lifecycle(&dom, DomainEvent::Stopped(StoppedDetail::Failed))
+                .await;
+            if !dom.persistent() {
+                self.remove(&dom).await;
+            }
+            return;
         }
         // The pidfd first: it pins the process, so the checks below are of the same
         // one that is then watched (a recycled PID cannot slip in between).
@@ -88,7 +105,9 @@ impl Driver {
             Some(w) => match Qmp::connect(&st.qmp, Duration::from_secs(5)).await {
                 Ok((qmp, events)) => Some((w, qmp, events)),
                 Err(e) => {
-                    tracing::warn!("domain '{}': monitor unusable: {e}", st.name);
+                    // A QEMU nobody can drive is not left running unknown.
+                    tracing::warn!("domain '{}': monitor unusable, killing it: {e}", st.name);
+                    kill_and_wait(&w).await;
                     None
                 }
             },
@@ -145,6 +164,21 @@ impl Driver {
         }
     }
 
+    /// Ends a run whose start the daemon did not see through: kills its QEMU if one got
+    /// spawned, and releases what the run took.
+    async fn end_interrupted_start(&self, dom: &Dom, st: &Status, def: &DomainDef) {
+        match find_starting_qemu(st) {
+            Some(w) => {
+                tracing::warn!(domain = %st.name, pid = w.pid(),
+                    "start was interrupted by the daemon's exit: killing its QEMU");
+                kill_and_wait(&w).await;
+            }
+            None => tracing::warn!(domain = %st.name, "start was interrupted before QEMU ran"),
+        }
+        self.release(dom, &def.dom, Held::all(st.qmp.clone(), st.owners.clone()))
+            .await;
+    }
+
     pub(super) fn autostart_all(&self) {
         let doms: Vec<Arc<Dom>> = self
             .reg()
@@ -161,6 +195,40 @@ impl Driver {
                 }
             });
         }
+    }
+}
+
+/// The QEMU of a run that was starting, if it runs: by the recorded PID, else by its
+/// own pidfile, else by a command line naming the run's monitor socket (a QEMU spawned
+/// just before the daemon died has no PID recorded and may not have written its
+/// pidfile yet). Each candidate's pidfd is opened before it is checked.
+fn find_starting_qemu(st: &Status) -> Option<ChildWatch> {
+    let marker = st.qmp.to_string_lossy().into_owned();
+    let from_pidfile = st
+        .pidfile
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    let ours = |pid: u32| {
+        ChildWatch::new(pid as i32)
+            .ok()
+            .filter(|w| !w.has_exited() && process::cmdline_mentions(pid, &marker))
+    };
+    [Some(st.pid).filter(|p| *p != 0), from_pidfile]
+        .into_iter()
+        .flatten()
+        .find_map(ours)
+        .or_else(|| process::pids_mentioning(&marker).into_iter().find_map(ours))
+}
+
+/// SIGKILL, then waits (bounded) until the process is gone.
+async fn kill_and_wait(w: &ChildWatch) {
+    w.signal(nix::sys::signal::Signal::SIGKILL);
+    if tokio::time::timeout(Duration::from_secs(10), w.exited())
+        .await
+        .is_err()
+    {
+        tracing::error!(pid = w.pid(), "QEMU did not exit after SIGKILL");
     }
 }
 

@@ -1,7 +1,11 @@
 //! Starting QEMU for a domain, and the one step that releases what a run held. A failed
 //! start, QEMU's exit and a reattach that finds QEMU gone all end a run through
 //! [`Driver::release`], so nothing is undone one way here and another way there.
+//! A start holds the domain's lock file from its first step, and QEMU inherits it, so
+//! there is never a second QEMU for one domain; the run is on disk before QEMU is.
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::domain::Live;
 use super::registry::check_conflicts;
+use super::status::{qemu_pidfile, Status};
 use super::{firmware_dirs, io_err, no_definition, Dom, Driver, StartFlags, MONITOR_WAIT};
 use crate::model::{self, DomainDef};
 use common::child::ChildWatch;
@@ -118,6 +123,8 @@ impl Driver {
         mut def: DomainDef,
         flags: StartFlags,
     ) -> Result<(), VirError> {
+        // First: nothing of the run is touched while another QEMU still holds the domain.
+        let lock = self.lock_domain(&def.name)?;
         // UEFI firmware and its variable store are chosen now, into the live definition.
         let dirs = firmware_dirs();
         let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
@@ -133,7 +140,10 @@ impl Driver {
         )
         .await?;
         let mut held = Held::default();
-        let spawned = match self.spawn(&mut def, &mut held, swtpm.as_ref()).await {
+        let spawned = match self
+            .spawn(dom, &mut def, &mut held, swtpm.as_ref(), &lock)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 self.release(dom, &def.dom, held).await;
@@ -171,13 +181,16 @@ impl Driver {
     }
 
     /// Takes the run's resources (volumes, host devices, network ports and taps, its
-    /// folder, files for QEMU's user) and spawns QEMU at `-S` up to an open monitor.
-    /// What it took is in `held` also when it fails; QEMU is gone then.
+    /// folder, files for QEMU's user), records the run as starting, and spawns QEMU at
+    /// `-S` (handing it `lock`) up to an open monitor. What it took is in `held` also
+    /// when it fails; QEMU is gone then.
     async fn spawn(
         &self,
+        dom: &Dom,
         def: &mut DomainDef,
         held: &mut Held,
         swtpm: Option<&crate::tpm::Swtpm>,
+        lock: &File,
     ) -> Result<Spawned, VirError> {
         let mode = self.ctx.settings.mode;
         let volume_paths = crate::volumes::resolve(&mut def.dom, mode).await?;
@@ -215,9 +228,15 @@ impl Driver {
         let mut extra: Vec<PathBuf> = volume_paths.iter().map(|v| v.2.clone()).collect();
         extra.extend(swtpm.map(|t| t.socket.clone()));
         held.owners = self.take_files(&def.dom, &extra)?;
+        // On disk before QEMU exists: a daemon killed from here on finds the run.
+        let mut record = starting_record(dom, def, id, &qmp_path, &held.owners);
+        self.save_starting(dom, &record)
+            .await
+            .map_err(|e| io_err("write the status of", &self.status_file(&def.name), &e))?;
         let log = self.log_file(&def.name);
         tracing::info!(domain = %def.name, "starting: {}", argv.join(" "));
-        let keep: Vec<i32> = tap_fds.iter().flatten().copied().collect();
+        let mut keep: Vec<i32> = tap_fds.iter().flatten().copied().collect();
+        keep.push(lock.as_raw_fd());
         let env = def
             .dom
             .qemu_commandline
@@ -239,6 +258,13 @@ impl Driver {
         // QEMU holds its own copies now: a tap lives exactly as long as QEMU does.
         drop(nics);
         let (pid, qemu) = spawned?;
+        // The PID at once; without it a restart still finds QEMU by its pidfile or its
+        // command line, so a failed write does not stop the start.
+        record.pid = pid;
+        if let Err(e) = self.save_starting(dom, &record).await {
+            tracing::warn!(domain = %def.name, "status with the PID not written: {e}");
+        }
+        write_holder(lock, pid);
         match connect_monitor(&qmp_path, &qemu).await {
             Ok((qmp, events)) => Ok(Spawned {
                 id,
@@ -318,6 +344,41 @@ impl Driver {
         }
     }
 
+    /// Takes the domain's lock (`<run>/NAME.lock`, an exclusive `flock`). QEMU inherits
+    /// the descriptor, so the lock lives as long as QEMU, whoever started it; the file
+    /// holds QEMU's PID for the message of a start it refuses. Never removed: a lock file
+    /// unlinked while held would let the next start lock a new one.
+    fn lock_domain(&self, name: &str) -> Result<File, VirError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.lock_file(name);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| io_err("open", &path, &e))?;
+        // SAFETY: flock on a descriptor this function owns; no memory is passed.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io_err("lock", &path, &e));
+            }
+            let holder = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok());
+            return Err(VirError::operation_invalid(match holder {
+                Some(pid) => format!("domain '{name}' is already running in process {pid}"),
+                None => format!("domain '{name}' is already being started"),
+            }));
+        }
+        // The PID of an earlier run is stale now.
+        let _ = file.set_len(0);
+        Ok(file)
+    }
+
     /// Creates QEMU's own folder for a run, owned by the user QEMU runs as.
     fn make_domain_dir(&self, dir: &Path) -> Result<(), VirError> {
         let _ = std::fs::remove_dir_all(dir);
@@ -344,6 +405,40 @@ impl Driver {
             _ => Ok(Vec::new()),
         }
     }
+}
+
+/// The status of a run about to spawn QEMU: everything [`Driver::release`] needs (the
+/// live definition records the ports and host devices), no PID yet.
+fn starting_record(
+    dom: &Dom,
+    def: &DomainDef,
+    id: u32,
+    qmp: &Path,
+    owners: &[crate::security::Owner],
+) -> Status {
+    let (state, reason) = StateReason::Paused(PausedReason::StartingUp).wire();
+    Status {
+        name: def.name.clone(),
+        uuid: dom.uuid,
+        id,
+        pid: 0,
+        qmp: qmp.to_owned(),
+        pidfile: Some(qemu_pidfile(qmp)),
+        starting: true,
+        xml: def.to_xml(None),
+        persistent: dom.persistent(),
+        state,
+        reason,
+        owners: owners.to_vec(),
+    }
+}
+
+/// Writes QEMU's PID into the domain's lock file, for people and for the message of a
+/// refused start; nothing depends on it, so no sync.
+fn write_holder(lock: &File, pid: u32) {
+    use std::os::unix::fs::FileExt;
+    let _ = lock.set_len(0);
+    let _ = lock.write_all_at(format!("{pid}\n").as_bytes(), 0);
 }
 
 /// As libvirt, in QEMU's log: this domain runs with arguments we did not make.

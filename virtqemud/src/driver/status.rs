@@ -1,7 +1,8 @@
-//! The status file of a running domain (`<run>/NAME.json`): what a daemon restarted
-//! after `kill -9` needs to reattach to its QEMU. Written after every state change, off
-//! the state lock and off the async workers; writes of one domain are ordered by its
-//! `status_write` lock, and its removal takes the same lock, so a late write never
+//! The status file of a run (`<run>/NAME.json`): what a daemon restarted after
+//! `kill -9` needs to find its QEMU and reattach or end it. Written once before QEMU is
+//! spawned (`starting`), again when its PID is known, then after every state change;
+//! off the state lock and off the async workers. Writes of one domain are ordered by
+//! its `status_write` lock, and its removal takes the same lock, so a late write never
 //! brings back the file of a run that has ended.
 
 use std::path::{Path, PathBuf};
@@ -12,14 +13,25 @@ use uuid::Uuid;
 
 use super::{Dom, Driver};
 
-/// What a restarted daemon needs to reattach to a running QEMU.
+/// What a restarted daemon needs to reattach to a running QEMU, or to find and end one
+/// whose start it did not see through.
 #[derive(Serialize, Deserialize)]
 pub(super) struct Status {
     pub name: String,
     pub uuid: Uuid,
     pub id: u32,
+    /// 0 until the spawn has returned it.
+    #[serde(default)]
     pub pid: u32,
     pub qmp: PathBuf,
+    /// QEMU's own `-pidfile`, written by QEMU early in its start.
+    #[serde(default)]
+    pub pidfile: Option<PathBuf>,
+    /// The run was still starting: QEMU not spawned yet, or spawned but not yet running
+    /// the monitor task. The held resources (ports, host devices in `xml`; `owners`)
+    /// are all taken by then.
+    #[serde(default)]
+    pub starting: bool,
     pub xml: String,
     pub persistent: bool,
     /// libvirt's numbers, as the file has always held them.
@@ -28,6 +40,11 @@ pub(super) struct Status {
     /// Files handed to QEMU's user for this run, with their owners before.
     #[serde(default)]
     pub owners: Vec<crate::security::Owner>,
+}
+
+/// QEMU's `-pidfile`, in the run's own folder beside its monitor socket.
+pub(super) fn qemu_pidfile(qmp: &Path) -> PathBuf {
+    qmp.with_file_name("qemu.pid")
 }
 
 impl Status {
@@ -50,6 +67,8 @@ impl Driver {
                     id: l.id,
                     pid: l.pid,
                     qmp: l.qmp_path.clone(),
+                    pidfile: Some(qemu_pidfile(&l.qmp_path)),
+                    starting: false,
                     xml: l.def.to_xml(None),
                     persistent: g.config.is_some(),
                     state,
@@ -59,17 +78,25 @@ impl Driver {
             })
         };
         let Some(st) = snapshot else { return };
-        let file = self.status_file(&st.name);
-        let written = tokio::task::spawn_blocking(move || {
-            let data = serde_json::to_vec(&st).map_err(std::io::Error::other)?;
-            common::persist::write_atomic(&file, &data, 0o600)
-        })
-        .await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("status not written: {e}"),
-            Err(e) => tracing::warn!("status not written: {e}"),
+        if let Err(e) = self.write_status(&st).await {
+            tracing::warn!("status not written: {e}");
         }
+    }
+
+    /// Writes the record of a run that is still starting (before QEMU is spawned, and
+    /// again once its PID is known), ordered with the domain's other status writes.
+    pub(super) async fn save_starting(&self, dom: &Dom, st: &Status) -> std::io::Result<()> {
+        let _order = dom.status_write.lock().await;
+        self.write_status(st).await
+    }
+
+    /// Durably, off the async workers: it syncs.
+    async fn write_status(&self, st: &Status) -> std::io::Result<()> {
+        let file = self.status_file(&st.name);
+        let data = serde_json::to_vec(st).map_err(std::io::Error::other)?;
+        tokio::task::spawn_blocking(move || common::persist::write_atomic(&file, &data, 0o600))
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     /// Removes the files of a run that has ended: its folder (monitor, helper sockets),

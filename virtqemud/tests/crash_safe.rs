@@ -1,0 +1,258 @@
+//! kill -9 of virtqemud at many points of Create: before QEMU is spawned, between the
+//! spawn and its monitor answering, and after. Whatever the point, the restarted daemon
+//! knows every QEMU of the domain (at most one, and the domain is active exactly when it
+//! runs), Destroy leaves none, and the next Create starts exactly one.
+//!
+//! `VIRT_CHAOS_ROUNDS` sets the number of kills (15 by default).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+mod support;
+
+use common::harness::{wait_gone, Daemon};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use support::{bus_err, domain};
+
+const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
+const NAME: &str = "crashsafe";
+
+fn xml() -> String {
+    format!(
+        "<domain type='qemu'><name>{NAME}</name><memory unit='MiB'>64</memory>\
+         <vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os></domain>"
+    )
+}
+
+/// The QEMUs of domain `NAME` started under the test folder `root` (zombies have an
+/// empty cmdline and are not counted).
+fn qemu_pids(root: &Path) -> Vec<u32> {
+    let guest = format!("guest={NAME},");
+    let root = root.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            args.iter().any(|a| a.starts_with(&guest)) && args.iter().any(|a| a.contains(&root))
+        })
+        .collect()
+}
+
+/// SIGKILL, then waits through a pidfd: it reports exit once every thread is gone (and
+/// with them QEMU's descriptors and its lock), where a zombie leader may be seen sooner.
+async fn kill_all(pids: &[u32]) {
+    for &pid in pids {
+        let watch = common::child::ChildWatch::new(pid as i32);
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        if let Ok(w) = watch {
+            let _ = tokio::time::timeout(Duration::from_secs(5), w.exited()).await;
+        }
+        wait_gone(pid, Duration::from_secs(5));
+    }
+}
+
+/// Waits (bounded) until the domain's QEMUs number `n`.
+fn wait_count(root: &Path, n: usize, within: Duration) -> Vec<u32> {
+    let start = Instant::now();
+    loop {
+        let pids = qemu_pids(root);
+        if pids.len() == n || start.elapsed() > within {
+            return pids;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn rounds() -> usize {
+    std::env::var("VIRT_CHAOS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15)
+        .max(1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_create_never_leaves_an_unknown_qemu() {
+    let q = support::qemud(BIN).await;
+    let bus = q.bus;
+    let conn = q.conn;
+    let mut daemon: Daemon = q.daemon;
+    let root = daemon.dirs.root.path().to_owned();
+    let path = q.qc.domain_define_xml(&xml()).await.expect("define");
+
+    // A warm-up start probes and caches the emulator's capabilities and tells how long
+    // a Create takes here, so the kills can be spread over the whole of it.
+    let d = domain(&conn, &path).await;
+    let t = Instant::now();
+    d.create(0).await.expect("warm-up create");
+    let create_time = t.elapsed();
+    d.destroy(0).await.expect("warm-up destroy");
+    assert!(wait_count(&root, 0, Duration::from_secs(5)).is_empty());
+    let span = create_time.max(Duration::from_millis(40)).mul_f64(1.2);
+    eprintln!("a Create takes {create_time:?} here; kills spread over 0..{span:?}");
+
+    let n = rounds();
+    let mut broken: Vec<String> = Vec::new();
+    let mut adopted = 0;
+    let mut killed = 0;
+    let mut logged = [0, 0];
+    for i in 0..n {
+        // Denser early: QEMU is spawned within the first few milliseconds, most of a
+        // Create is waiting for its monitor.
+        let delay = if n == 1 {
+            Duration::ZERO
+        } else {
+            span.mul_f64((i as f64 / (n - 1) as f64).powi(2))
+        };
+        let d = domain(&conn, &path).await;
+        let call = tokio::spawn(async move { d.create(0).await });
+        tokio::time::sleep(delay).await;
+        daemon.kill9();
+        let replied = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .ok()
+            .and_then(|j| j.ok())
+            .is_some_and(|r| r.is_ok());
+        daemon = daemon.restart_builder().spawn(&bus).await.expect("restart");
+        let d = domain(&conn, &path).await;
+        // What the restarted daemon says it found, for the figures.
+        let log = daemon.log_text();
+        let count = |what: &str| log.matches(what).count();
+        let found = [
+            count("killing its QEMU"),
+            count("interrupted before QEMU ran"),
+        ];
+        let seen = match (found[0] - logged[0], found[1] - logged[1]) {
+            (1, _) => {
+                killed += 1;
+                "a spawned QEMU killed"
+            }
+            (_, 1) => "ended before the spawn",
+            _ => "no start in progress",
+        };
+        logged = found;
+
+        let mut problems = Vec::new();
+        let pids = qemu_pids(&root);
+        let active = d.active().await.expect("active");
+        if pids.len() > 1 {
+            problems.push(format!("{} QEMUs after restart", pids.len()));
+        }
+        if active != (pids.len() == 1) {
+            problems.push(format!("active={active} while {} QEMU(s) run", pids.len()));
+        }
+        if active {
+            adopted += 1;
+            d.destroy(0).await.expect("destroy after restart");
+            let left = wait_count(&root, 0, Duration::from_secs(10));
+            if !left.is_empty() {
+                problems.push(format!("Destroy left QEMU {left:?}"));
+            }
+        }
+        // Whatever the daemon left, this round ends here: the next start must work.
+        let before = qemu_pids(&root);
+        match d.create(0).await {
+            Ok(()) => {
+                let now = qemu_pids(&root);
+                if now.len() != 1 {
+                    problems.push(format!("{} QEMUs after a new Create", now.len()));
+                }
+                if let Err(e) = d.destroy(0).await {
+                    problems.push(format!("Destroy after the new Create: {e}"));
+                }
+                let left = wait_count(&root, before.len(), Duration::from_secs(10));
+                if left.len() > before.len() {
+                    problems.push(format!("Destroy left QEMU {left:?}"));
+                }
+            }
+            Err(e) => {
+                let msg = bus_err(Err::<(), _>(e));
+                // Refusing because an unknown QEMU still holds the domain is right only
+                // if that QEMU was the problem already reported.
+                if before.is_empty() {
+                    problems.push(format!("Create after restart failed: {msg}"));
+                } else {
+                    eprintln!("round {i}: Create refused: {msg}");
+                }
+            }
+        }
+        kill_all(&qemu_pids(&root)).await;
+
+        eprintln!(
+            "round {i}: kill after {delay:?}, Create {}, restart: {seen}, {} QEMU(s), {}",
+            if replied { "replied" } else { "cut" },
+            pids.len(),
+            if problems.is_empty() {
+                "ok".to_string()
+            } else {
+                problems.join("; ")
+            }
+        );
+        if !problems.is_empty() {
+            broken.push(format!("round {i} ({delay:?}): {}", problems.join("; ")));
+        }
+    }
+    eprintln!(
+        "{n} rounds: {} broken, {adopted} adopted as active, {killed} half-started QEMUs killed",
+        broken.len()
+    );
+    assert!(
+        broken.is_empty(),
+        "{} of {n} rounds broken:\n{}",
+        broken.len(),
+        broken.join("\n")
+    );
+}
+
+/// The lock outlives a lost record: a QEMU the daemon does not know (its status file
+/// gone while the daemon was away) still holds the domain, and Create says so instead
+/// of starting a second QEMU on the same disks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_refused_while_an_unknown_qemu_holds_the_domain() {
+    let q = support::qemud(BIN).await;
+    let mut daemon = q.daemon;
+    let root = daemon.dirs.root.path().to_owned();
+    let path = q.qc.domain_define_xml(&xml()).await.expect("define");
+    let d = domain(&q.conn, &path).await;
+    d.create(0).await.expect("create");
+    let pids = qemu_pids(&root);
+    assert_eq!(pids.len(), 1);
+
+    daemon.kill9();
+    let status = daemon.dirs.runtime.join(format!("qemu/{NAME}.json"));
+    std::fs::remove_file(&status).expect("remove the status file");
+    let _daemon = daemon
+        .restart_builder()
+        .spawn(&q.bus)
+        .await
+        .expect("restart");
+    let d = domain(&q.conn, &path).await;
+    assert!(!d.active().await.expect("active"), "no record, no run");
+    let e = bus_err(d.create(0).await);
+    assert!(
+        e.contains(&format!(
+            "Requested operation is not valid: domain '{NAME}' is already running in process {}",
+            pids[0]
+        )),
+        "{e}"
+    );
+    assert_eq!(qemu_pids(&root), pids, "no second QEMU");
+
+    // Once that QEMU is gone the domain starts again.
+    kill_all(&pids).await;
+    d.create(0)
+        .await
+        .expect("create after the stray QEMU is gone");
+    assert_eq!(qemu_pids(&root).len(), 1);
+    d.destroy(0).await.expect("destroy");
+    assert!(wait_count(&root, 0, Duration::from_secs(10)).is_empty());
+}
