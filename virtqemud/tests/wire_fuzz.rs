@@ -63,7 +63,7 @@ async fn every_method_survives_malformed_arguments() {
         .status()
         .expect("cp");
     assert!(st.success());
-    let mut daemons = vec![
+    let mut daemons = [
         Daemon::builder(BIN, "virtqemud")
             .spawn(&bus)
             .await
