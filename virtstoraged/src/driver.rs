@@ -131,10 +131,11 @@ struct PoolState {
     vols: BTreeMap<String, VolDef>,
 }
 
-/// One pool. Operations hold `job` (libvirt's job model: one long operation per pool
-/// at a time, held across builds, refreshes and volume transfers); reads take only the
-/// state lock, held for a copy and never across an await or a blocking call, so a
-/// property read or a list never waits behind a build or an upload.
+/// One pool. Operations hold `job` (libvirt's job model: one operation per pool at a
+/// time, held across builds, refreshes, volume creation and deletion); reads take only
+/// the state lock, held for a copy and never across an await or a blocking call, so a
+/// property read or a list never waits behind a build. Volume transfers go at the
+/// client's pace and so hold no lock while bytes move (see [`Transfer`]).
 pub struct Pool {
     pub uuid: Uuid,
     backend: Arc<dyn PoolBackend>,
@@ -168,8 +169,74 @@ pub struct Driver {
     pools: Mutex<HashMap<Uuid, Arc<Pool>>>,
     jobs: InFlight,
     pub outbox: Outbox<Change>,
-    /// Bytes moved so far by the running upload/download of a volume (by key).
-    transfers: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// The running uploads and downloads, by volume key.
+    transfers: Mutex<HashMap<String, Vec<Arc<Transfer>>>>,
+}
+
+/// Why a transfer was stopped from outside.
+#[derive(Debug, Clone, Copy)]
+enum Abort {
+    Deleted,
+    Stopping,
+}
+
+/// A running Upload or Download of one volume. It holds no lock while bytes move, at
+/// the client's pace: Delete finds it here and cancels it; Resize and Wipe of the
+/// volume, a second Upload, and Destroy and Refresh of the pool refuse while it runs
+/// (libvirt's `in_use` and `asyncjobs`). An upload takes the pool's job only to put its
+/// finished copy in place, so a Delete comes either before (and cancels it) or after.
+struct Transfer {
+    pool: Uuid,
+    upload: bool,
+    moved: AtomicU64,
+    cancel: crate::transfer::Cancel,
+    why: Mutex<Option<Abort>>,
+}
+
+impl Transfer {
+    fn abort(&self, why: Abort) {
+        *self.why.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        self.cancel.cancel();
+    }
+
+    /// The error of a transfer that failed: the reason it was stopped, if it was.
+    fn explain(&self, vol: &VolDef, e: VirError) -> VirError {
+        let what = if self.upload { "upload" } else { "download" };
+        match *self.why.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(Abort::Deleted) => VirError::operation_failed(format!(
+                "volume '{}' was deleted during the {what}",
+                vol.name
+            )),
+            Some(Abort::Stopping) => VirError::operation_failed(format!(
+                "the {what} of volume '{}' was stopped: the daemon is shutting down",
+                vol.name
+            )),
+            None => e,
+        }
+    }
+}
+
+/// A transfer's entry in [`Driver::transfers`], removed when dropped.
+struct Registered<'a> {
+    driver: &'a Driver,
+    key: String,
+    t: Arc<Transfer>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        let mut map = self.driver.transfer_map();
+        if let Some(list) = map.get_mut(&self.key) {
+            list.retain(|t| !Arc::ptr_eq(t, &self.t));
+            if list.is_empty() {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+fn in_use(vol: &VolDef) -> VirError {
+    VirError::operation_invalid(format!("volume '{}' is still in use.", vol.name))
 }
 
 fn no_pool(what: impl std::fmt::Display) -> VirError {
@@ -245,6 +312,55 @@ impl Driver {
 
     fn registry(&self) -> MutexGuard<'_, HashMap<Uuid, Arc<Pool>>> {
         self.pools.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn transfer_map(&self) -> MutexGuard<'_, HashMap<String, Vec<Arc<Transfer>>>> {
+        self.transfers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Called with the pool's job held: the pool is still the one registered. Calls
+    /// that found it before an Undefine or a transient pool's Destroy took it away
+    /// then fail as libvirt's do, so such an operation succeeds exactly once.
+    fn require_defined(&self, pool: &Arc<Pool>) -> Res<()> {
+        match self.registry().get(&pool.uuid) {
+            Some(p) if Arc::ptr_eq(p, pool) => Ok(()),
+            _ => Err(no_pool(format!(
+                "no storage pool with matching uuid '{}'",
+                pool.uuid
+            ))),
+        }
+    }
+
+    /// Called with the pool's job held: the volume as it is now, or "not found" when a
+    /// Delete (or a Destroy) came first.
+    fn require_vol(&self, pool: &Arc<Pool>, key: &str) -> Res<VolDef> {
+        pool.state()
+            .vols
+            .get(key)
+            .cloned()
+            .ok_or_else(|| no_vol(format!("no storage vol with matching key {key}")))
+    }
+
+    fn require_no_transfer(&self, pool: &Pool) -> Res<()> {
+        if self
+            .transfer_map()
+            .values()
+            .flatten()
+            .any(|t| t.pool == pool.uuid)
+        {
+            return Err(VirError::operation_invalid(format!(
+                "pool '{}' has asynchronous jobs running.",
+                pool.name()
+            )));
+        }
+        Ok(())
+    }
+
+    fn require_vol_idle(&self, vol: &VolDef) -> Res<()> {
+        if self.transfer_map().contains_key(&vol.key) {
+            return Err(in_use(vol));
+        }
+        Ok(())
     }
 
     fn read_defs(dir: &Path) -> Vec<PoolDef> {
@@ -551,6 +667,7 @@ impl Driver {
         let flags: BuildFlags = read_flags(flags)?;
         let _j = pool.job.lock().await;
         let _g = self.jobs.enter();
+        self.require_defined(pool)?;
         self.require_inactive(pool)?;
         let def = pool.state().def.clone();
         let b = pool.backend.clone();
@@ -563,6 +680,7 @@ impl Driver {
         let flags: CreateFlags = read_flags(flags)?;
         let _j = pool.job.lock().await;
         let _g = self.jobs.enter();
+        self.require_defined(pool)?;
         self.require_inactive(pool)?;
         if !flags.is_empty() {
             let build_flags = flags.build_flags();
@@ -581,7 +699,9 @@ impl Driver {
     pub async fn destroy(self: &Arc<Self>, pool: &Arc<Pool>) -> Res<()> {
         let _j = pool.job.lock().await;
         let _g = self.jobs.enter();
+        self.require_defined(pool)?;
         self.require_active(pool)?;
+        self.require_no_transfer(pool)?;
         let def = pool.state().def.clone();
         let b = pool.backend.clone();
         let d2 = def.clone();
@@ -611,6 +731,7 @@ impl Driver {
     pub async fn delete(self: &Arc<Self>, pool: &Arc<Pool>, flags: u32) -> Res<()> {
         read_flags::<DeleteFlags>(flags)?;
         let _j = pool.job.lock().await;
+        self.require_defined(pool)?;
         if pool.active() {
             return Err(VirError::operation_invalid(format!(
                 "storage pool '{}' is still active",
@@ -626,6 +747,7 @@ impl Driver {
 
     pub async fn undefine(self: &Arc<Self>, pool: &Arc<Pool>) -> Res<()> {
         let _j = pool.job.lock().await;
+        self.require_defined(pool)?;
         let (def, active) = {
             let s = pool.state();
             if !s.persistent {
@@ -653,7 +775,10 @@ impl Driver {
     pub async fn refresh(self: &Arc<Self>, pool: &Arc<Pool>, flags: u32) -> Res<()> {
         check_flags(flags, 0)?;
         let _j = pool.job.lock().await;
+        self.require_defined(pool)?;
         self.require_active(pool)?;
+        // A refresh removes `.part` files: the copy of a running upload is one.
+        self.require_no_transfer(pool)?;
         self.refresh_locked(pool).await?;
         self.outbox.send(Change::Refreshed(pool.uuid)).await;
         Ok(())
@@ -749,6 +874,7 @@ impl Driver {
         };
         let _j = pool.job.lock().await;
         let _g = self.jobs.enter();
+        self.require_defined(pool)?;
         self.require_active(pool)?;
         if pool.state().vols.values().any(|v| v.name == vol.name) {
             return Err(VirError::new(ErrorCode::StorageVolExist, &vol.name));
@@ -768,8 +894,15 @@ impl Driver {
 
     pub async fn vol_delete(self: &Arc<Self>, key: &str, flags: u32) -> Res<()> {
         read_flags::<VolDeleteFlags>(flags)?;
-        let (pool, vol) = self.vol_of(key)?;
+        let (pool, _) = self.vol_of(key)?;
         let _j = pool.job.lock().await;
+        let vol = self.require_vol(&pool, key)?;
+        // A transfer of the volume stops now: its caller is told why, its copy goes.
+        if let Some(running) = self.transfer_map().get(key) {
+            for t in running {
+                t.abort(Abort::Deleted);
+            }
+        }
         let def = pool.state().def.clone();
         let b = pool.backend.clone();
         Self::blocking(move || b.delete_vol(&def, &vol)).await?;
@@ -807,9 +940,11 @@ impl Driver {
 
     pub async fn vol_resize(self: &Arc<Self>, key: &str, capacity: u64, flags: u32) -> Res<()> {
         let flags: ResizeFlags = read_flags(flags)?;
-        let (pool, vol) = self.vol_of(key)?;
+        let (pool, _) = self.vol_of(key)?;
         let _j = pool.job.lock().await;
         let _g = self.jobs.enter();
+        let vol = self.require_vol(&pool, key)?;
+        self.require_vol_idle(&vol)?;
         let shrink = flags.contains(ResizeFlags::SHRINK);
         let target = if flags.contains(ResizeFlags::DELTA) {
             if shrink {
@@ -836,9 +971,11 @@ impl Driver {
     pub async fn vol_wipe(self: &Arc<Self>, key: &str, pattern: u32, flags: u32) -> Res<()> {
         check_flags(flags, 0)?;
         let pattern = WipePattern::from_wire(pattern)?;
-        let (pool, vol) = self.vol_of(key)?;
+        let (pool, _) = self.vol_of(key)?;
         let _j = pool.job.lock().await;
         let _g = self.jobs.enter();
+        let vol = self.require_vol(&pool, key)?;
+        self.require_vol_idle(&vol)?;
         let def = pool.state().def.clone();
         let b = pool.backend.clone();
         let v2 = vol.clone();
@@ -860,16 +997,59 @@ impl Driver {
         Self::blocking(move || b.find_sources(spec.as_deref())).await
     }
 
+    /// Bytes moved so far by the running transfers of a volume (0 when idle).
     pub fn transfer_progress(&self, key: &str) -> u64 {
-        self.transfers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.transfer_map()
             .get(key)
-            .map(|c| c.load(Ordering::Relaxed))
+            .map(|l| l.iter().map(|t| t.moved.load(Ordering::Relaxed)).sum())
             .unwrap_or(0)
     }
 
-    /// Upload (`upload` true: fd into the volume) or download, streamed in chunks.
+    /// Where an upload into a device (an LV) is staged before it is copied in.
+    fn scratch_dir(&self) -> PathBuf {
+        self.ctx.settings.state_dir.join("storage").join("upload")
+    }
+
+    /// Registers a transfer of `key`, under the pool's job so that it is ordered with
+    /// Delete, Resize and Wipe; the job is released before any byte moves.
+    async fn begin_transfer(
+        &self,
+        pool: &Arc<Pool>,
+        key: &str,
+        upload: bool,
+    ) -> Res<(Registered<'_>, VolDef)> {
+        let _j = pool.job.lock().await;
+        self.require_defined(pool)?;
+        self.require_active(pool)?;
+        let vol = self.require_vol(pool, key)?;
+        let cancel = crate::transfer::Cancel::new()
+            .map_err(|e| VirError::system("cannot start the transfer", &e))?;
+        let t = Arc::new(Transfer {
+            pool: pool.uuid,
+            upload,
+            moved: AtomicU64::new(0),
+            cancel,
+            why: Mutex::new(None),
+        });
+        let mut map = self.transfer_map();
+        let list = map.entry(key.to_owned()).or_default();
+        // Two uploads would each stage a copy and the second would undo the first.
+        if upload && list.iter().any(|t| t.upload) {
+            return Err(in_use(&vol));
+        }
+        list.push(t.clone());
+        drop(map);
+        let reg = Registered {
+            driver: self,
+            key: key.to_owned(),
+            t,
+        };
+        Ok((reg, vol))
+    }
+
+    /// Upload (`upload` true: fd into the volume) or Download. No lock is held while
+    /// bytes move: an upload reads into a copy of the volume and takes the pool's job
+    /// only to put the finished copy in place.
     pub async fn vol_transfer(
         self: &Arc<Self>,
         key: &str,
@@ -880,30 +1060,46 @@ impl Driver {
         upload: bool,
     ) -> Res<()> {
         check_flags(flags, 0)?;
-        let (pool, vol) = self.vol_of(key)?;
-        let _j = pool.job.lock().await;
+        let (pool, _) = self.vol_of(key)?;
         let _g = self.jobs.enter();
-        let counter = Arc::new(AtomicU64::new(0));
-        self.transfers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_owned(), counter.clone());
+        let (reg, vol) = self.begin_transfer(&pool, key, upload).await?;
+        let t = reg.t.clone();
         let path = PathBuf::from(&vol.path);
         let cap = vol.capacity;
-        let res = Self::blocking(move || {
-            let mut progress = |n: u64| counter.store(n, Ordering::Relaxed);
-            crate::transfer::stream(&path, cap, fd, offset, length, upload, &mut progress)
-        })
-        .await;
-        self.transfers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
-        res?;
-        if upload {
-            self.reread(&pool, vol).await?;
+        if !upload {
+            return Self::blocking(move || {
+                let mut progress = |n: u64| t.moved.store(n, Ordering::Relaxed);
+                crate::transfer::download(&path, cap, fd, offset, length, &t.cancel, &mut progress)
+            })
+            .await
+            .map_err(|e| reg.t.explain(&vol, e));
         }
-        Ok(())
+        let scratch = self.scratch_dir();
+        let staged = Self::blocking(move || {
+            let mut progress = |n: u64| t.moved.store(n, Ordering::Relaxed);
+            crate::transfer::stage_upload(
+                &path,
+                cap,
+                fd,
+                offset,
+                length,
+                &scratch,
+                &t.cancel,
+                &mut progress,
+            )
+        })
+        .await
+        .map_err(|e| reg.t.explain(&vol, e))?;
+        let _j = pool.job.lock().await;
+        if reg.t.cancel.is_cancelled() {
+            drop(staged);
+            return Err(reg.t.explain(&vol, VirError::from(BackendError::Cancelled)));
+        }
+        let t = reg.t.clone();
+        Self::blocking(move || staged.commit(&t.cancel))
+            .await
+            .map_err(|e| reg.t.explain(&vol, e))?;
+        self.reread(&pool, vol).await
     }
 }
 
@@ -913,6 +1109,18 @@ impl common::Driver for Driver {
     }
 
     async fn shutdown(&self) {
+        // Transfers go at their clients' pace: they are stopped, not waited for (each
+        // removes its copy, the volumes stay as they were), and gone within moments.
+        let running: Vec<_> = self.transfer_map().values().flatten().cloned().collect();
+        for t in running {
+            t.abort(Abort::Stopping);
+        }
+        for _ in 0..500 {
+            if self.transfer_map().is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         // Wait for running jobs; every state change is already on disk.
         let pools: Vec<_> = self.registry().values().cloned().collect();
         for p in pools {

@@ -39,6 +39,15 @@ pub enum BackendError {
     Invalid(String),
     #[error("{0}")]
     Unsupported(String),
+    /// The caller's input is unusable (a transfer's fd that cannot be read or written).
+    #[error("{0}")]
+    InvalidArg(String),
+    /// The operation ran and did not succeed (an upload that ended early).
+    #[error("{0}")]
+    Failed(String),
+    /// A transfer was stopped from outside; the driver says why.
+    #[error("transfer cancelled")]
+    Cancelled,
 }
 
 impl BackendError {
@@ -59,6 +68,9 @@ impl From<BackendError> for VirError {
             BackendError::VolExists(n) => VirError::new(ErrorCode::StorageVolExist, n),
             BackendError::Invalid(m) => VirError::operation_invalid(m),
             BackendError::Unsupported(m) => VirError::unsupported(m),
+            BackendError::InvalidArg(m) => VirError::invalid_arg(m),
+            BackendError::Failed(m) => VirError::operation_failed(m),
+            BackendError::Cancelled => VirError::operation_failed("transfer cancelled"),
         }
     }
 }

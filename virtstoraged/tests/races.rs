@@ -1,0 +1,99 @@
+//! Racing calls on one object: 20 concurrent Undefine, Delete or Destroy succeed
+//! exactly once; the others get libvirt's error (or, once the object is off the bus,
+//! D-Bus's UnknownObject).
+
+use common::harness::{Daemon, TestBus};
+use common::proxies::storage::{StorageConnectProxy, StorageVolProxy};
+use zbus::proxy::CacheProperties;
+
+mod support;
+
+const BIN: &str = env!("CARGO_BIN_EXE_virtstoraged");
+const N: usize = 20;
+
+/// Exactly one `Ok`; every error's text contains `want` (libvirt's error), or, for
+/// a call that reached the daemon after the winner had taken the object off the bus,
+/// is D-Bus's UnknownObject (what any call on a removed object gets; `removed` says
+/// whether that can happen). Prints how the losers were answered.
+fn exactly_once(results: Vec<zbus::Result<()>>, want: &str, removed: bool) -> anyhow::Result<()> {
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    anyhow::ensure!(ok == 1, "{ok} of {N} calls succeeded");
+    let (mut libvirt, mut unknown) = (0, 0);
+    for r in results {
+        match r {
+            Ok(()) => {}
+            Err(e) if e.to_string().contains(want) => libvirt += 1,
+            Err(zbus::Error::MethodError(name, _, _))
+                if removed && name.as_str() == "org.freedesktop.DBus.Error.UnknownObject" =>
+            {
+                unknown += 1
+            }
+            Err(e) => anyhow::bail!("unexpected error: {e}"),
+        }
+    }
+    println!("1 success, {libvirt} libvirt errors, {unknown} UnknownObject (object already gone)");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_calls_succeed_exactly_once() -> anyhow::Result<()> {
+    let bus = TestBus::start()?;
+    let daemon = Daemon::builder(BIN, "virtstoraged").spawn(&bus).await?;
+    let c = bus.connection().await?;
+    let conn = StorageConnectProxy::new(&c).await?;
+    let pool_xml = |name: &str| {
+        format!(
+            "<pool type='dir'><name>{name}</name><target><path>{}</path></target></pool>",
+            daemon.dirs.root.path().join(name).display()
+        )
+    };
+
+    // Undefine of a defined, inactive pool.
+    let p = conn.storage_pool_define_xml(&pool_xml("u"), 0).await?;
+    let pp = support::pool_proxy(&c, &p).await?;
+    let uuid = pp.uuid().await?;
+    let calls = (0..N).map(|_| pp.undefine());
+    let results = futures_util::future::join_all(calls).await;
+    exactly_once(
+        results,
+        &format!("Storage pool not found: no storage pool with matching uuid '{uuid}'"),
+        true,
+    )?;
+    assert!(conn.list_storage_pools(0).await?.is_empty());
+
+    // Delete of one volume.
+    let p = conn.storage_pool_define_xml(&pool_xml("d"), 0).await?;
+    let pp = support::pool_proxy(&c, &p).await?;
+    pp.build(0).await?;
+    pp.create(0).await?;
+    let v = pp
+        .storage_vol_create_xml(
+            "<volume><name>v.img</name><capacity unit='M'>1</capacity></volume>",
+            0,
+        )
+        .await?;
+    let vv = StorageVolProxy::builder(&c)
+        .path(v.clone())?
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    let calls = (0..N).map(|_| vv.delete(0));
+    let results = futures_util::future::join_all(calls).await;
+    exactly_once(
+        results,
+        "Storage volume not found: no storage vol with matching key",
+        true,
+    )?;
+    assert!(pp.list_storage_volumes(0).await?.is_empty());
+
+    // Destroy of one active (persistent) pool.
+    let calls = (0..N).map(|_| pp.destroy());
+    let results = futures_util::future::join_all(calls).await;
+    exactly_once(
+        results,
+        "Requested operation is not valid: storage pool 'd' is not active",
+        false,
+    )?;
+    assert!(!pp.active().await?);
+    Ok(())
+}
