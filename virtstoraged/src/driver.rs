@@ -138,12 +138,19 @@ struct PoolState {
 /// client's pace and so hold no lock while bytes move (see [`Transfer`]).
 pub struct Pool {
     pub uuid: Uuid,
+    /// Its object is served on every connection: only then do lookups and lists hand
+    /// out its path (no UnknownObject for a path a client was given).
+    served: std::sync::atomic::AtomicBool,
     backend: Arc<dyn PoolBackend>,
     state: Mutex<PoolState>,
     job: tokio::sync::Mutex<()>,
 }
 
 impl Pool {
+    fn served(&self) -> bool {
+        self.served.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn state(&self) -> MutexGuard<'_, PoolState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -390,7 +397,7 @@ impl Driver {
         for def in Self::read_defs(&self.config_dir()) {
             let autostart = Self::file(self.autostart_dir(), &def).exists();
             match self.insert(def, true, autostart) {
-                Ok(p) => self.outbox.send(Change::PoolAdded(p.uuid)).await,
+                Ok(p) => self.publish_pool(&p).await,
                 Err(e) => tracing::warn!("pool not loaded: {e}"),
             }
         }
@@ -399,7 +406,7 @@ impl Driver {
                 Ok(p) => p,
                 Err(_) => match self.insert(def.clone(), false, false) {
                     Ok(p) => {
-                        self.outbox.send(Change::PoolAdded(p.uuid)).await;
+                        self.publish_pool(&p).await;
                         p
                     }
                     Err(e) => {
@@ -438,6 +445,7 @@ impl Driver {
         }
         let pool = Arc::new(Pool {
             uuid: def.uuid,
+            served: std::sync::atomic::AtomicBool::new(false),
             backend,
             state: Mutex::new(PoolState {
                 def,
@@ -457,14 +465,27 @@ impl Driver {
     }
 
     pub fn pools(&self) -> Vec<Arc<Pool>> {
-        let mut v: Vec<_> = self.registry().values().cloned().collect();
+        let mut v: Vec<_> = self
+            .registry()
+            .values()
+            .filter(|p| p.served())
+            .cloned()
+            .collect();
         v.sort_by_key(|p| p.name());
         v
+    }
+
+    /// Serves a new pool's object, then lets lookups and lists hand it out.
+    async fn publish_pool(&self, pool: &Pool) {
+        self.outbox.send(Change::PoolAdded(pool.uuid)).await;
+        pool.served
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     pub fn pool_by_uuid(&self, uuid: &Uuid) -> Res<Arc<Pool>> {
         self.registry()
             .get(uuid)
+            .filter(|p| p.served())
             .cloned()
             .ok_or_else(|| no_pool(format!("no storage pool with matching uuid '{uuid}'")))
     }
@@ -478,7 +499,7 @@ impl Driver {
     pub fn pool_by_name(&self, name: &str) -> Res<Arc<Pool>> {
         self.registry()
             .values()
-            .find(|p| p.state().def.name.as_str() == name)
+            .find(|p| p.served() && p.state().def.name.as_str() == name)
             .cloned()
             .ok_or_else(|| no_pool(format!("no storage pool with matching name '{name}'")))
     }
@@ -624,7 +645,7 @@ impl Driver {
             self.registry().remove(&pool.uuid);
             return Err(e);
         }
-        self.outbox.send(Change::PoolAdded(pool.uuid)).await;
+        self.publish_pool(&pool).await;
         self.emit(&pool, StoragePoolEvent::Defined).await;
         Ok(pool.path())
     }
@@ -658,7 +679,7 @@ impl Driver {
             self.registry().remove(&pool.uuid);
             return Err(e);
         }
-        self.outbox.send(Change::PoolAdded(pool.uuid)).await;
+        self.publish_pool(&pool).await;
         self.emit(&pool, StoragePoolEvent::Started).await;
         Ok(pool.path())
     }
@@ -883,8 +904,9 @@ impl Driver {
         let b = pool.backend.clone();
         let made = Self::blocking(move || b.create_vol(&def, &vol, from.as_ref())).await?;
         let key = made.key.clone();
-        pool.state().vols.insert(key.clone(), made);
+        // Served first: a list or lookup can only name it once it answers.
         self.outbox.send(Change::VolumeAdded(key.clone())).await;
+        pool.state().vols.insert(key.clone(), made);
         Ok(objpath::storage_vol(&key))
     }
 

@@ -97,3 +97,48 @@ async fn racing_calls_succeed_exactly_once() -> anyhow::Result<()> {
     assert!(!pp.active().await?);
     Ok(())
 }
+
+/// While pools are being defined (each definition is written to disk before its reply),
+/// every path ListStoragePools returns answers at once: no UnknownObject for a pool
+/// not yet served.
+#[tokio::test(flavor = "multi_thread")]
+async fn listed_pools_are_always_served() -> anyhow::Result<()> {
+    let bus = TestBus::start()?;
+    let daemon = Daemon::builder(BIN, "virtstoraged").spawn(&bus).await?;
+    let c = bus.connection().await?;
+    let conn = StorageConnectProxy::new(&c).await?;
+    let root = daemon.dirs.root.path().to_owned();
+    let definer = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            for i in 0..60 {
+                let xml = format!(
+                    "<pool type='dir'><name>race{i}</name><target><path>{}</path>\
+                     </target></pool>",
+                    root.join(format!("race{i}")).display()
+                );
+                conn.storage_pool_define_xml(&xml, 0).await?;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    while !definer.is_finished() {
+        for p in conn.list_storage_pools(0).await? {
+            if seen.insert(p.to_string()) {
+                let name = common::proxies::storage::StoragePoolProxy::builder(&c)
+                    .path(p.clone())?
+                    .cache_properties(CacheProperties::No)
+                    .build()
+                    .await?
+                    .name()
+                    .await;
+                anyhow::ensure!(name.is_ok(), "{p} listed but not served: {name:?}");
+            }
+        }
+    }
+    definer.await??;
+    anyhow::ensure!(!seen.is_empty(), "the race was never exercised");
+    anyhow::ensure!(conn.list_storage_pools(0).await?.len() == 60);
+    Ok(())
+}
