@@ -237,6 +237,9 @@ impl std::ops::AddAssign for Tally {
     }
 }
 
+/// Methods that end the object they are called on.
+const ENDS: &[&str] = &["Undefine", "Delete", "Destroy"];
+
 /// Methods that would act on the machine outside the test's own folders and namespaces
 /// even with made-up arguments; none of the daemons has one today, the list is where
 /// one would go.
@@ -262,7 +265,9 @@ pub async fn fuzz_object(
         .await?
         .introspect()
         .await?;
-    let members = parse_introspection(&xml, interface)?;
+    let mut members = parse_introspection(&xml, interface)?;
+    // What ends the object goes last, so every other method meets it alive.
+    members.sort_by_key(|m| ENDS.contains(&m.name.as_str()));
     let mut tally = Tally::default();
     for m in &members {
         if NEVER.contains(&m.name.as_str()) {
