@@ -8,9 +8,11 @@
 //! Until QEMU has connected, a failed start must stop swtpm itself: [`Swtpm`] does so
 //! when dropped unless the start went through.
 //!
-//! The TPM's state lives in `<swtpm>/<uuid>/tpm2` (libvirt: /var/lib/libvirt/swtpm in
-//! system mode, ~/.config/libvirt/qemu/swtpm in session mode), created by swtpm on
-//! first use (a fresh TPM is manufactured then). Undefine removes it unless
+//! swtpm runs as QEMU's user; its control socket and pidfile are in QEMU's folder of
+//! the run. The TPM's state lives in `<swtpm>/<uuid>/tpm2` (libvirt:
+//! /var/lib/libvirt/swtpm in system mode, ~/.config/libvirt/qemu/swtpm in session
+//! mode), filled by swtpm on first use (a fresh TPM is manufactured then); the driver
+//! hands `<swtpm>/<uuid>` to the run's user and takes it back afterwards. Undefine removes it unless
 //! `VIR_DOMAIN_UNDEFINE_KEEP_TPM`, as libvirt does.
 
 use std::path::{Path, PathBuf};
@@ -95,22 +97,34 @@ fn version(dom: &Domain) -> Result<Option<String>, VirError> {
     }
 }
 
-/// Starts swtpm for the domain's emulated TPM, if it has one.
-pub async fn start(
-    dom: &Domain,
-    uuid: &str,
-    state_root: &Path,
-    run_dir: &Path,
-    log: &Path,
-) -> Result<Option<Swtpm>, VirError> {
+/// Creates the state folder of the domain's emulated TPM, if it has one; returns the
+/// domain's folder above it (`<swtpm>/<uuid>`), what swtpm's user must own.
+pub fn prepare(dom: &Domain, uuid: &str, state_root: &Path) -> Result<Option<PathBuf>, VirError> {
     let Some(version) = version(dom)? else {
         return Ok(None);
     };
     let state = state_dir(state_root, uuid, &version);
     common::persist::create_dir_all(&state, 0o700)
         .map_err(|e| VirError::system(format!("cannot create '{}'", state.display()), &e))?;
-    let socket = run_dir.join(format!("swtpm-{uuid}.sock"));
-    let pidfile = run_dir.join(format!("swtpm-{uuid}.pid"));
+    Ok(Some(state_root.join(uuid)))
+}
+
+/// Starts swtpm for the domain's emulated TPM, if it has one (its state folder made by
+/// [`prepare`]), as `user`, with its socket and pidfile in `run_dir`.
+pub async fn start(
+    dom: &Domain,
+    uuid: &str,
+    state_root: &Path,
+    run_dir: &Path,
+    log: &Path,
+    user: Option<&crate::security::Identity>,
+) -> Result<Option<Swtpm>, VirError> {
+    let Some(version) = version(dom)? else {
+        return Ok(None);
+    };
+    let state = state_dir(state_root, uuid, &version);
+    let socket = run_dir.join("swtpm.sock");
+    let pidfile = run_dir.join("swtpm.pid");
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(&pidfile);
     let opt = |k: &str, p: &Path, extra: &str| -> Result<String, VirError> {
@@ -135,6 +149,11 @@ pub async fn start(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    if let Some(u) = user {
+        // std drops the supplementary groups when root switches: swtpm needs none.
+        use std::os::unix::process::CommandExt;
+        cmd.uid(u.uid).gid(u.gid);
+    }
     let mut started = Swtpm {
         socket: socket.clone(),
         pidfile: Some(pidfile.clone()),
