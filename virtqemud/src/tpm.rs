@@ -65,6 +65,29 @@ impl Drop for Swtpm {
     }
 }
 
+/// Waits until the swtpm of the run whose folder is `run_dir` has exited (it ends when
+/// QEMU disconnects), so it writes nothing into its state after that is given back;
+/// kills it when it takes longer than `grace`. A no-op when the run had no swtpm.
+pub async fn wait_gone(run_dir: &Path, grace: Duration) {
+    let pid = std::fs::read_to_string(run_dir.join("swtpm.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|p| *p > 1);
+    let Some(w) = pid.and_then(|p| ChildWatch::new(p).ok()) else {
+        return;
+    };
+    // The pidfd pins the process: check that it is this run's swtpm.
+    let socket = run_dir.join("swtpm.sock").to_string_lossy().into_owned();
+    if w.has_exited() || !crate::process::cmdline_mentions(w.pid() as u32, &socket) {
+        return;
+    }
+    if tokio::time::timeout(grace, w.exited()).await.is_err() {
+        tracing::warn!(pid = w.pid(), "swtpm outlived its QEMU: killing it");
+        w.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = tokio::time::timeout(grace, w.exited()).await;
+    }
+}
+
 /// The state folder of a domain's TPM (`version` 1.2 or 2.0).
 pub fn state_dir(root: &Path, uuid: &str, version: &str) -> PathBuf {
     root.join(uuid)

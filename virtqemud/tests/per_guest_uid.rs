@@ -55,6 +55,17 @@ fn cat_as(uid: u32, file: &Path) -> (bool, String) {
     )
 }
 
+/// `dir` and everything below it, symlinks not followed.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut all = vec![dir.to_owned()];
+    if std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+            all.extend(walk(&e.path()));
+        }
+    }
+    all
+}
+
 fn guest_xml(name: &str, disk: &Path) -> String {
     format!(
         "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
@@ -92,6 +103,45 @@ fn uid_of(r: &Run) -> u32 {
     assert!(uid.iter().all(|u| *u == uid[0]), "uids {uid:?}");
     assert_eq!(ids(r.pid, "Gid:"), vec![uid[0]; 4], "its gid is its uid");
     uid[0]
+}
+
+/// An emulated TPM: swtpm runs under the guest's uid, its socket in the run's folder;
+/// its state (manufactured now) is root's again after the run, all of it.
+async fn swtpm_runs_as_its_guest(
+    qc: &QemuConnectProxy<'_>,
+    conn: &zbus::Connection,
+    run: &Path,
+    config: &Path,
+) {
+    let tpm = qc
+        .domain_define_xml(
+            "<domain type='qemu'><name>t</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+             <os><type arch='x86_64' machine='q35'>hvm</type></os><devices>\
+             <tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>\
+             </devices></domain>",
+        )
+        .await
+        .expect("define t");
+    let t = domain(conn, &tpm).await;
+    t.create(1).await.expect("start t");
+    let tr = run_of(run, "t");
+    let ut = uid_of(&tr);
+    let swtpm: u32 = std::fs::read_to_string(tr.monitor.with_file_name("swtpm.pid"))
+        .expect("swtpm's pidfile")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert_eq!(ids(swtpm, "Uid:"), vec![ut; 4], "swtpm runs as its guest");
+    t.destroy(0).await.expect("destroy t");
+    let state = config
+        .join("qemu/swtpm")
+        .join(t.uuid().await.expect("uuid"));
+    let mut seen = 0;
+    for e in walk(&state) {
+        assert_eq!(owner(&e).0, 0, "{} given back", e.display());
+        seen += 1;
+    }
+    assert!(seen > 2, "the TPM state was made: {seen} entries");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,6 +288,8 @@ async fn each_guest_runs_under_a_uid_of_its_own() {
     for n in ["a", "b", "c", "d"] {
         assert_eq!(owner(&disk(n)), (0, 0, 0o600), "{n}'s disk given back");
     }
+
+    swtpm_runs_as_its_guest(&qc, &conn, &run, &dirs.config).await;
     drop(daemon);
 }
 

@@ -352,6 +352,10 @@ impl Driver {
     /// uid, network ports, host devices. The one way a run ends, whatever ended it.
     pub(super) async fn release(&self, dom: &Dom, def: &crate::xml::Domain, held: Held) {
         let mode = self.ctx.settings.mode;
+        // swtpm may still be saving the TPM's state as QEMU's user.
+        if let Some(dir) = held.qmp.as_deref().and_then(Path::parent) {
+            crate::tpm::wait_gone(dir, Duration::from_secs(5)).await;
+        }
         crate::security::restore(&held.owners);
         if let Some(qmp) = &held.qmp {
             self.cleanup_files(dom, qmp).await;
