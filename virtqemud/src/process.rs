@@ -20,7 +20,8 @@ pub fn spawn(argv: &[String], log: &Path) -> std::io::Result<u32> {
 /// devices), under the same numbers: their close-on-exec flag is cleared in the child
 /// only, so no other process started meanwhile gets them. `env` is added to the
 /// daemon's environment (`<qemu:env>`). With `user`, the child drops to that user, its
-/// group and supplementary groups before it runs QEMU.
+/// group and supplementary groups before it runs QEMU. The child's umask is 077 and the
+/// log is 0600.
 pub fn spawn_keeping(
     argv: &[String],
     log: &Path,
@@ -35,7 +36,17 @@ pub fn spawn_keeping(
     let (prog, args) = argv
         .split_first()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty argv"))?;
-    let out = OpenOptions::new().create(true).append(true).open(log)?;
+    // The log is the daemon's: QEMU writes it through the descriptor, nobody else reads.
+    let out = {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(log)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f
+    };
     let err = out.try_clone()?;
     let mut cmd = Command::new(prog);
     cmd.args(args)
@@ -43,10 +54,12 @@ pub fn spawn_keeping(
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    // SAFETY: setsid, fcntl, setgroups, setgid and setuid are async-signal-safe; `keep`
-    // and `ids` were allocated before the fork and are only read.
+    // SAFETY: setsid, umask, fcntl, setgroups, setgid and setuid are async-signal-safe;
+    // `keep` and `ids` were allocated before the fork and are only read.
     unsafe {
         cmd.pre_exec(move || {
+            // What QEMU creates (monitor socket, pidfile) is for its user alone.
+            libc::umask(0o077);
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -8,9 +8,11 @@
 //! Until QEMU has connected, a failed start must stop swtpm itself: [`Swtpm`] does so
 //! when dropped unless the start went through.
 //!
-//! The TPM's state lives in `<swtpm>/<uuid>/tpm2` (libvirt: /var/lib/libvirt/swtpm in
-//! system mode, ~/.config/libvirt/qemu/swtpm in session mode), created by swtpm on
-//! first use (a fresh TPM is manufactured then). Undefine removes it unless
+//! swtpm runs as QEMU's user; its control socket and pidfile are in QEMU's folder of
+//! the run. The TPM's state lives in `<swtpm>/<uuid>/tpm2` (libvirt:
+//! /var/lib/libvirt/swtpm in system mode, ~/.config/libvirt/qemu/swtpm in session
+//! mode), filled by swtpm on first use (a fresh TPM is manufactured then); the driver
+//! hands `<swtpm>/<uuid>` to the run's user and takes it back afterwards. Undefine removes it unless
 //! `VIR_DOMAIN_UNDEFINE_KEEP_TPM`, as libvirt does.
 
 use std::path::{Path, PathBuf};
@@ -63,6 +65,29 @@ impl Drop for Swtpm {
     }
 }
 
+/// Waits until the swtpm of the run whose folder is `run_dir` has exited (it ends when
+/// QEMU disconnects), so it writes nothing into its state after that is given back;
+/// kills it when it takes longer than `grace`. A no-op when the run had no swtpm.
+pub async fn wait_gone(run_dir: &Path, grace: Duration) {
+    let pid = std::fs::read_to_string(run_dir.join("swtpm.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|p| *p > 1);
+    let Some(w) = pid.and_then(|p| ChildWatch::new(p).ok()) else {
+        return;
+    };
+    // The pidfd pins the process: check that it is this run's swtpm.
+    let socket = run_dir.join("swtpm.sock").to_string_lossy().into_owned();
+    if w.has_exited() || !crate::process::cmdline_mentions(w.pid() as u32, &socket) {
+        return;
+    }
+    if tokio::time::timeout(grace, w.exited()).await.is_err() {
+        tracing::warn!(pid = w.pid(), "swtpm outlived its QEMU: killing it");
+        w.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = tokio::time::timeout(grace, w.exited()).await;
+    }
+}
+
 /// The state folder of a domain's TPM (`version` 1.2 or 2.0).
 pub fn state_dir(root: &Path, uuid: &str, version: &str) -> PathBuf {
     root.join(uuid)
@@ -95,22 +120,34 @@ fn version(dom: &Domain) -> Result<Option<String>, VirError> {
     }
 }
 
-/// Starts swtpm for the domain's emulated TPM, if it has one.
-pub async fn start(
-    dom: &Domain,
-    uuid: &str,
-    state_root: &Path,
-    run_dir: &Path,
-    log: &Path,
-) -> Result<Option<Swtpm>, VirError> {
+/// Creates the state folder of the domain's emulated TPM, if it has one; returns the
+/// domain's folder above it (`<swtpm>/<uuid>`), what swtpm's user must own.
+pub fn prepare(dom: &Domain, uuid: &str, state_root: &Path) -> Result<Option<PathBuf>, VirError> {
     let Some(version) = version(dom)? else {
         return Ok(None);
     };
     let state = state_dir(state_root, uuid, &version);
     common::persist::create_dir_all(&state, 0o700)
         .map_err(|e| VirError::system(format!("cannot create '{}'", state.display()), &e))?;
-    let socket = run_dir.join(format!("swtpm-{uuid}.sock"));
-    let pidfile = run_dir.join(format!("swtpm-{uuid}.pid"));
+    Ok(Some(state_root.join(uuid)))
+}
+
+/// Starts swtpm for the domain's emulated TPM, if it has one (its state folder made by
+/// [`prepare`]), as `user`, with its socket and pidfile in `run_dir`.
+pub async fn start(
+    dom: &Domain,
+    uuid: &str,
+    state_root: &Path,
+    run_dir: &Path,
+    log: &Path,
+    user: Option<&crate::security::Identity>,
+) -> Result<Option<Swtpm>, VirError> {
+    let Some(version) = version(dom)? else {
+        return Ok(None);
+    };
+    let state = state_dir(state_root, uuid, &version);
+    let socket = run_dir.join("swtpm.sock");
+    let pidfile = run_dir.join("swtpm.pid");
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(&pidfile);
     let opt = |k: &str, p: &Path, extra: &str| -> Result<String, VirError> {
@@ -135,6 +172,11 @@ pub async fn start(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    if let Some(u) = user {
+        // std drops the supplementary groups when root switches: swtpm needs none.
+        use std::os::unix::process::CommandExt;
+        cmd.uid(u.uid).gid(u.gid);
+    }
     let mut started = Swtpm {
         socket: socket.clone(),
         pidfile: Some(pidfile.clone()),

@@ -32,6 +32,16 @@ fn pid_in(file: &Path) -> u32 {
         .expect("pid")
 }
 
+/// swtpm's pidfile, in the folder of the one run in `run`.
+fn swtpm_pidfile(run: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(run)
+        .expect("run dir")
+        .flatten()
+        .map(|e| e.path().join("swtpm.pid"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no domain-*/swtpm.pid in {}", run.display()))
+}
+
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -58,7 +68,7 @@ async fn swtpm_lives_and_dies_with_its_qemu() {
         .expect("define");
     let d = domain(&conn, &path).await;
     d.create(0).await.expect("start");
-    let swtpm = pid_in(&run.join(format!("swtpm-{uuid}.pid")));
+    let swtpm = pid_in(&swtpm_pidfile(&run));
     let qemu = pid_in(&run.join("t1.pid"));
     assert!(alive(swtpm) && alive(qemu));
     let comm = std::fs::read_to_string(format!("/proc/{swtpm}/comm")).expect("comm");
@@ -137,7 +147,7 @@ async fn swtpm_is_reaped_not_left_a_zombie() {
         .expect("define");
     let d = domain(&conn, &path).await;
     d.create(0).await.expect("start");
-    let swtpm = pid_in(&run.join(format!("swtpm-{uuid}.pid")));
+    let swtpm = pid_in(&swtpm_pidfile(&run));
     let parent = std::fs::read_to_string(format!("/proc/{swtpm}/stat"))
         .ok()
         .and_then(|s| {

@@ -1,8 +1,9 @@
-//! QEMU as an unprivileged user (qemu.conf `user`/`group`) with `-sandbox on`: the
+//! QEMU as the one configured user (qemu.conf `user`/`group`) with `-sandbox on`: the
 //! tiny guest boots as nobody:nogroup from files only root could open (the DAC hand
 //! over makes them usable), the owners come back after the run, also when the daemon
 //! was killed -9 in between, and a malformed qemu.conf stops the daemon with the file
-//! and line named. Needs root (the test machines run tests as root).
+//! and line named. Needs root (the test machines run tests as root). Per-guest uids
+//! are tested in `per_guest_uid.rs`.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -136,8 +137,8 @@ async fn qemu_runs_as_nobody_with_its_files_handed_over_and_back() {
     assert!(leftovers.is_empty(), "QEMU's folder left: {leftovers:?}");
 
     // UEFI with its variable store and an emulated TPM, as nobody: the store and
-    // swtpm's socket are handed over, the firmware runs (Secure Boot refuses its
-    // unsigned shell), and the store is root's again afterwards.
+    // swtpm's state are handed over, swtpm runs as nobody too, the firmware runs
+    // (Secure Boot refuses its unsigned shell), and all is root's again afterwards.
     let efi_serial = files.path().join("efi.log");
     let path = qc
         .domain_define_xml(&format!(
@@ -160,9 +161,28 @@ async fn qemu_runs_as_nobody_with_its_files_handed_over_and_back() {
         .parse()
         .expect("pid");
     assert_eq!(ids(pid, "Uid:"), vec![NOBODY; 4]);
+    let swtpm: u32 = std::fs::read_dir(&run)
+        .expect("run dir")
+        .flatten()
+        .find_map(|e| std::fs::read_to_string(e.path().join("swtpm.pid")).ok())
+        .expect("swtpm's pidfile in the run's folder")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert_eq!(ids(swtpm, "Uid:"), vec![NOBODY; 4], "swtpm's uids");
+    let tpm_state = dirs.config.join("qemu/swtpm");
     wait_serial(&efi_serial, "Security Violation", Duration::from_secs(90)).await;
     d.destroy(0).await.expect("destroy efi");
     assert_eq!(owner(&vars), (0, 0, 0o600), "variable store given back");
+    for e in std::fs::read_dir(&tpm_state).expect("tpm state").flatten() {
+        for f in std::fs::read_dir(e.path().join("tpm2"))
+            .expect("tpm2")
+            .flatten()
+        {
+            assert_eq!(owner(&f.path()).0, 0, "{} given back", f.path().display());
+        }
+        assert_eq!(owner(&e.path()).0, 0);
+    }
     d.undefine(4).await.expect("undefine with its nvram");
     drop(daemon);
 

@@ -65,6 +65,18 @@ impl Driver {
         let flags: UndefineFlags = common::error::flags(flags)?;
         let _call = self.calls.enter();
         let _lock = dom.job.lock().await;
+        // A concurrent Undefine that went first has removed it while this one waited.
+        let registered = self
+            .reg()
+            .by_uuid
+            .get(&dom.uuid)
+            .is_some_and(|d| Arc::ptr_eq(d, dom));
+        if !registered {
+            return Err(super::no_domain(format!(
+                "no domain with matching uuid '{}'",
+                dom.uuid
+            )));
+        }
         let (name, active) = {
             let g = dom.lock();
             if g.config.is_none() {

@@ -19,6 +19,8 @@ pub(super) struct Live {
     pub pid: u32,
     /// Files handed to QEMU's user (qemu.conf), given back when QEMU is gone.
     pub owners: Vec<crate::security::Owner>,
+    /// The uid of its own this run has (from qemu.conf `dynamic_user_range`).
+    pub dynamic_uid: Option<u32>,
     pub qmp_path: PathBuf,
     pub qmp: Qmp,
     pub def: DomainDef,

@@ -204,8 +204,8 @@ pub struct Driver {
     next_id: AtomicU32,
     calls: InFlight,
     sandbox: bool,
-    /// Whom QEMU runs as (qemu.conf `user`/`group`); `None`: the daemon's user.
-    identity: Option<crate::security::Identity>,
+    /// Whom QEMU runs as: the daemon's user, qemu.conf's `user`, or a uid per guest.
+    run_as: crate::security::RunAs,
     /// qemu.conf `dynamic_ownership`: hand QEMU's files to its user for the run.
     dynamic_ownership: bool,
     /// The emulator's capabilities as last loaded, reused while the binary is unchanged.
@@ -243,17 +243,22 @@ impl Driver {
             .unwrap_or(1u32);
         let system = matches!(s.mode, common::cli::Mode::System);
         let conf = crate::security::QemuConf::load(&s.config_dir.join("qemu.conf"))?;
-        let identity = crate::security::identity(&conf, system)?;
-        let sandbox = conf.seccomp_sandbox.unwrap_or(true) && (system || identity.is_some());
-        if let Some(id) = &identity {
-            tracing::info!(user = %id.user, uid = id.uid, gid = id.gid, "QEMU runs unprivileged");
-            // QEMU's user must reach, by name only, its own folder in the run folder and
-            // the UEFI variable stores (files there stay 0600, handed over per run).
-            common::persist::create_dir_all(&paths.nvram, 0o711)?;
-            let nvram_parents = paths.nvram.ancestors().take(3);
+        let run_as = crate::security::RunAs::from_conf(&conf, system)?;
+        let sandbox = conf.seccomp_sandbox.unwrap_or(true) && (system || run_as.switches());
+        if run_as.switches() {
+            tracing::info!(?run_as, "QEMU runs unprivileged");
+            // QEMU's user must reach, by name only, its own folder in the run folder, the
+            // UEFI variable stores, swtpm's state and its log (files there stay 0600,
+            // handed over per run; folders become 0711, so nobody lists them).
+            for d in [&paths.nvram, &paths.swtpm] {
+                common::persist::create_dir_all(d, 0o711)?;
+            }
+            let parents = [&paths.nvram, &paths.swtpm, &paths.log]
+                .into_iter()
+                .flat_map(|d| d.ancestors().take(3));
             for d in [s.runtime_dir.as_path(), paths.run.as_path()]
                 .into_iter()
-                .chain(nvram_parents)
+                .chain(parents)
             {
                 crate::security::make_traversable(d)?;
             }
@@ -270,7 +275,7 @@ impl Driver {
             next_id: AtomicU32::new(next_id.max(1)),
             calls: InFlight::new(),
             sandbox,
-            identity,
+            run_as,
             dynamic_ownership: conf.dynamic_ownership.unwrap_or(true),
             caps: Mutex::new(None),
         });

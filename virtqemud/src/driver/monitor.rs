@@ -151,8 +151,12 @@ impl Driver {
         };
         dom.lock().state = StateReason::Shutoff(reason);
         tracing::info!(domain = %dom.name(), pid = l.pid, ?reason, "QEMU exited");
-        self.release(dom, &l.def.dom, Held::all(l.qmp_path, l.owners))
-            .await;
+        self.release(
+            dom,
+            &l.def.dom,
+            Held::all(l.qmp_path, l.owners, l.dynamic_uid),
+        )
+        .await;
         self.lifecycle(dom, DomainEvent::Stopped(detail)).await;
         if persistent {
             self.props_changed(dom).await;

@@ -115,8 +115,12 @@ impl Driver {
         };
         let Some((qemu, qmp, events)) = attached else {
             tracing::warn!("domain '{}' died while the daemon was away", st.name);
-            self.release(&dom, &def.dom, Held::all(st.qmp.clone(), st.owners.clone()))
-                .await;
+            self.release(
+                &dom,
+                &def.dom,
+                Held::all(st.qmp.clone(), st.owners.clone(), st.dynamic_uid),
+            )
+            .await;
             dom.lock().state = StateReason::Shutoff(ShutoffReason::Crashed);
             self.lifecycle(&dom, DomainEvent::Stopped(StoppedDetail::Failed))
                 .await;
@@ -141,6 +145,7 @@ impl Driver {
                 id: st.id,
                 pid: st.pid,
                 owners: st.owners.clone(),
+                dynamic_uid: st.dynamic_uid,
                 qmp_path: st.qmp.clone(),
                 qmp,
                 def,
@@ -150,6 +155,10 @@ impl Driver {
                 fake_reboot: false,
                 exited: exit_rx,
             });
+        }
+        // Its uid stays its own: no new run may get it while this QEMU runs.
+        if let (Some(uid), Some(pool)) = (st.dynamic_uid, self.run_as.pool()) {
+            pool.reserve(uid);
         }
         self.save_status(&dom).await;
         tracing::info!(domain = %st.name, pid = st.pid, "reattached ({run_state})");
@@ -175,8 +184,12 @@ impl Driver {
             }
             None => tracing::warn!(domain = %st.name, "start was interrupted before QEMU ran"),
         }
-        self.release(dom, &def.dom, Held::all(st.qmp.clone(), st.owners.clone()))
-            .await;
+        self.release(
+            dom,
+            &def.dom,
+            Held::all(st.qmp.clone(), st.owners.clone(), st.dynamic_uid),
+        )
+        .await;
     }
 
     pub(super) fn autostart_all(&self) {

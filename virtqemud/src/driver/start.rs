@@ -38,16 +38,23 @@ pub(super) struct Held {
     pub qmp: Option<PathBuf>,
     /// Files handed to QEMU's user, with their owners before.
     pub owners: Vec<crate::security::Owner>,
+    /// The uid of its own the run got, back to the pool when it ends.
+    pub dynamic_uid: Option<u32>,
 }
 
 impl Held {
     /// Everything a running QEMU holds.
-    pub fn all(qmp: PathBuf, owners: Vec<crate::security::Owner>) -> Held {
+    pub fn all(
+        qmp: PathBuf,
+        owners: Vec<crate::security::Owner>,
+        dynamic_uid: Option<u32>,
+    ) -> Held {
         Held {
             hostdevs: true,
             nics: true,
             qmp: Some(qmp),
             owners,
+            dynamic_uid,
         }
     }
 }
@@ -59,6 +66,8 @@ struct Spawned {
     qemu: ChildWatch,
     qmp: Qmp,
     events: mpsc::UnboundedReceiver<qmp::Event>,
+    /// Stopped if the start fails before QEMU runs; ends with QEMU after.
+    swtpm: Option<crate::tpm::Swtpm>,
 }
 
 impl Driver {
@@ -130,20 +139,8 @@ impl Driver {
         let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
         crate::firmware::prepare(&mut def.dom, &dirs, &self.paths.nvram)?;
         crate::graphics::assign_ports(&mut def.dom)?;
-        // swtpm before QEMU, which connects to it at once; it ends with QEMU.
-        let swtpm = crate::tpm::start(
-            &def.dom,
-            &dom.uuid.to_string(),
-            &self.paths.swtpm,
-            &self.paths.run,
-            &self.paths.log.join(format!("{}-swtpm.log", def.name)),
-        )
-        .await?;
         let mut held = Held::default();
-        let spawned = match self
-            .spawn(dom, &mut def, &mut held, swtpm.as_ref(), &lock)
-            .await
-        {
+        let mut spawned = match self.spawn(dom, &mut def, &mut held, &lock).await {
             Ok(s) => s,
             Err(e) => {
                 self.release(dom, &def.dom, held).await;
@@ -156,8 +153,12 @@ impl Driver {
             return Err(e);
         }
         // For people and tools, like libvirt's: nothing here reads it back, so no fsync.
-        let _ = std::fs::write(self.pid_file(&def.name), format!("{}\n", spawned.pid));
-        if let Some(t) = swtpm {
+        let _ = common::persist::write_atomic(
+            &self.pid_file(&def.name),
+            format!("{}\n", spawned.pid).as_bytes(),
+            0o600,
+        );
+        if let Some(t) = spawned.swtpm.take() {
             t.handed_over();
         }
         let paused = flags.contains(StartFlags::PAUSED);
@@ -180,19 +181,24 @@ impl Driver {
         Ok(())
     }
 
-    /// Takes the run's resources (volumes, host devices, network ports and taps, its
-    /// folder, files for QEMU's user), records the run as starting, and spawns QEMU at
-    /// `-S` (handing it `lock`) up to an open monitor. What it took is in `held` also
-    /// when it fails; QEMU is gone then.
+    /// Takes the run's resources (its user, volumes, host devices, network ports and
+    /// taps, its folder, files for QEMU's user, swtpm), records the run as starting,
+    /// and spawns QEMU at `-S` (handing it `lock`) up to an open monitor. What it took
+    /// is in `held` also when it fails; QEMU and swtpm are gone then.
     async fn spawn(
         &self,
         dom: &Dom,
         def: &mut DomainDef,
         held: &mut Held,
-        swtpm: Option<&crate::tpm::Swtpm>,
         lock: &File,
     ) -> Result<Spawned, VirError> {
         let mode = self.ctx.settings.mode;
+        // First the user, so a start that cannot have one touches nothing else.
+        let user = self.run_as.for_run()?;
+        held.dynamic_uid = user.as_ref().filter(|u| u.dynamic).map(|u| u.uid);
+        if let Some(u) = &user {
+            tracing::info!(domain = %def.name, uid = u.uid, gid = u.gid, "QEMU's user");
+        }
         let volume_paths = crate::volumes::resolve(&mut def.dom, mode).await?;
         crate::hostdevs::detach(&def.dom, mode).await?;
         held.hostdevs = true;
@@ -212,7 +218,22 @@ impl Driver {
         let qmp_path = dom_dir.join("monitor.sock");
         held.qmp = Some(qmp_path.clone());
         let _ = std::fs::remove_file(self.pid_file(&def.name));
-        self.make_domain_dir(&dom_dir)?;
+        make_domain_dir(&dom_dir, user.as_ref())?;
+        let extra: Vec<PathBuf> = volume_paths.iter().map(|v| v.2.clone()).collect();
+        let swtpm_log = self.paths.log.join(format!("{}-swtpm.log", def.name));
+        let tpm_dir = crate::tpm::prepare(&def.dom, &dom.uuid.to_string(), &self.paths.swtpm)?;
+        let tpm = tpm_dir.as_deref().map(|d| (d, swtpm_log.as_path()));
+        held.owners = self.take_files(&def.dom, &extra, tpm, user.as_ref())?;
+        // swtpm before QEMU, which connects to it at once; it ends with QEMU.
+        let swtpm = crate::tpm::start(
+            &def.dom,
+            &dom.uuid.to_string(),
+            &self.paths.swtpm,
+            &dom_dir,
+            &swtpm_log,
+            user.as_ref(),
+        )
+        .await?;
         let argv = model::argv(
             def,
             &model::LaunchPaths {
@@ -221,15 +242,12 @@ impl Driver {
                 runtime_dir: &dom_dir,
                 tap_fds: &tap_fds,
                 volume_paths: &volume_paths,
-                tpm_socket: swtpm.map(|t| t.socket.as_path()),
+                tpm_socket: swtpm.as_ref().map(|t| t.socket.as_path()),
             },
             self.sandbox,
         )?;
-        let mut extra: Vec<PathBuf> = volume_paths.iter().map(|v| v.2.clone()).collect();
-        extra.extend(swtpm.map(|t| t.socket.clone()));
-        held.owners = self.take_files(&def.dom, &extra)?;
         // On disk before QEMU exists: a daemon killed from here on finds the run.
-        let mut record = starting_record(dom, def, id, &qmp_path, &held.owners);
+        let mut record = starting_record(dom, def, id, &qmp_path, held);
         self.save_starting(dom, &record)
             .await
             .map_err(|e| io_err("write the status of", &self.status_file(&def.name), &e))?;
@@ -246,7 +264,7 @@ impl Driver {
         if def.dom.qemu_commandline.is_some() {
             taint_custom_argv(&def.name, id, &log);
         }
-        let spawned = process::spawn_keeping(&argv, &log, &keep, &env, self.identity.as_ref())
+        let spawned = process::spawn_keeping(&argv, &log, &keep, &env, user.as_ref())
             .map_err(|e| {
                 VirError::operation_failed(format!("cannot start QEMU '{}': {e}", argv[0]))
             })
@@ -272,6 +290,7 @@ impl Driver {
                 qemu,
                 qmp,
                 events,
+                swtpm,
             }),
             Err(e) => {
                 qemu.terminate(Duration::from_secs(1)).await;
@@ -302,6 +321,7 @@ impl Driver {
                 id: s.id,
                 pid: s.pid,
                 owners: held.owners,
+                dynamic_uid: held.dynamic_uid,
                 qmp_path: held.qmp.unwrap_or_default(),
                 qmp: s.qmp,
                 def,
@@ -328,13 +348,22 @@ impl Driver {
         }
     }
 
-    /// Gives back what a run held: files to their owners, its folder and files, network
-    /// ports, host devices. The one way a run ends, whatever ended it.
+    /// Gives back what a run held: files to their owners, its folder and files, its
+    /// uid, network ports, host devices. The one way a run ends, whatever ended it.
     pub(super) async fn release(&self, dom: &Dom, def: &crate::xml::Domain, held: Held) {
         let mode = self.ctx.settings.mode;
+        // swtpm may still be saving the TPM's state as QEMU's user.
+        if let Some(dir) = held.qmp.as_deref().and_then(Path::parent) {
+            crate::tpm::wait_gone(dir, Duration::from_secs(5)).await;
+        }
         crate::security::restore(&held.owners);
         if let Some(qmp) = &held.qmp {
             self.cleanup_files(dom, qmp).await;
+        }
+        // Last of the files: nothing of the run is its any more. A process still left
+        // with the uid (an swtpm exiting) keeps the pool from handing it out again.
+        if let (Some(uid), Some(pool)) = (held.dynamic_uid, self.run_as.pool()) {
+            pool.release(uid);
         }
         if held.nics {
             crate::nics::release(def, mode).await;
@@ -379,43 +408,68 @@ impl Driver {
         Ok(file)
     }
 
-    /// Creates QEMU's own folder for a run, owned by the user QEMU runs as.
-    fn make_domain_dir(&self, dir: &Path) -> Result<(), VirError> {
-        let _ = std::fs::remove_dir_all(dir);
-        common::persist::create_dir_all(dir, 0o700).map_err(|e| io_err("create", dir, &e))?;
-        if let Some(u) = &self.identity {
-            std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid))
-                .map_err(|e| io_err("chown", dir, &e))?;
-        }
-        Ok(())
-    }
-
-    /// Hands the files QEMU opens itself to its user (qemu.conf `dynamic_ownership`);
-    /// returns their owners before, to give them back when QEMU is gone.
+    /// Hands the files QEMU and swtpm open themselves to their user: swtpm's state
+    /// folder and log (`tpm`) always, as swtpm writes them; the others with qemu.conf
+    /// `dynamic_ownership`. Returns their owners before, to give them back when QEMU
+    /// is gone.
     fn take_files(
         &self,
         dom: &crate::xml::Domain,
         extra: &[PathBuf],
+        tpm: Option<(&Path, &Path)>,
+        user: Option<&crate::security::Identity>,
     ) -> Result<Vec<crate::security::Owner>, VirError> {
-        match &self.identity {
-            Some(id) if self.dynamic_ownership => {
-                crate::security::precreate_chardev_files(dom)?;
-                crate::security::take(&crate::security::files(dom, extra), id)
+        let Some(id) = user else {
+            return Ok(Vec::new());
+        };
+        let mut owners = Vec::new();
+        if let Some((dir, log)) = tpm {
+            owners.push(crate::security::take_tree(dir, id)?);
+            let log = crate::security::precreate(log)
+                .and_then(|()| crate::security::take(&[log.to_owned()], id));
+            match log {
+                Ok(t) => owners.extend(t),
+                Err(e) => {
+                    crate::security::restore(&owners);
+                    return Err(e);
+                }
             }
-            _ => Ok(Vec::new()),
         }
+        if self.dynamic_ownership {
+            let files = crate::security::files(dom, extra);
+            let taken = match self.run_as.pool() {
+                Some(pool) => crate::security::check_not_held(&files, pool.range(), id),
+                None => Ok(()),
+            }
+            .and_then(|()| crate::security::precreate_chardev_files(dom))
+            .and_then(|()| crate::security::take(&files, id));
+            match taken {
+                Ok(t) => owners.extend(t),
+                Err(e) => {
+                    crate::security::restore(&owners);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(owners)
     }
+}
+
+/// Creates QEMU's own folder for a run (mode 0700), owned by the user QEMU runs as:
+/// only that user and root reach its monitor socket, pidfile and helper sockets.
+fn make_domain_dir(dir: &Path, user: Option<&crate::security::Identity>) -> Result<(), VirError> {
+    let _ = std::fs::remove_dir_all(dir);
+    common::persist::create_dir_all(dir, 0o700).map_err(|e| io_err("create", dir, &e))?;
+    if let Some(u) = user {
+        std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid))
+            .map_err(|e| io_err("chown", dir, &e))?;
+    }
+    Ok(())
 }
 
 /// The status of a run about to spawn QEMU: everything [`Driver::release`] needs (the
 /// live definition records the ports and host devices), no PID yet.
-fn starting_record(
-    dom: &Dom,
-    def: &DomainDef,
-    id: u32,
-    qmp: &Path,
-    owners: &[crate::security::Owner],
-) -> Status {
+fn starting_record(dom: &Dom, def: &DomainDef, id: u32, qmp: &Path, held: &Held) -> Status {
     let (state, reason) = StateReason::Paused(PausedReason::StartingUp).wire();
     Status {
         name: def.name.clone(),
@@ -429,7 +483,8 @@ fn starting_record(
         persistent: dom.persistent(),
         state,
         reason,
-        owners: owners.to_vec(),
+        owners: held.owners.clone(),
+        dynamic_uid: held.dynamic_uid,
     }
 }
 
@@ -445,9 +500,11 @@ fn write_holder(lock: &File, pid: u32) {
 fn taint_custom_argv(name: &str, id: u32, log: &Path) {
     use std::io::Write;
     tracing::warn!(domain = %name, "Domain id={id} is tainted: custom-argv");
+    use std::os::unix::fs::OpenOptionsExt;
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(log)
     {
         let _ = writeln!(f, "Domain id={id} is tainted: custom-argv");

@@ -40,6 +40,10 @@ pub(super) struct Status {
     /// Files handed to QEMU's user for this run, with their owners before.
     #[serde(default)]
     pub owners: Vec<crate::security::Owner>,
+    /// The uid of its own QEMU runs under: reserved while the run lives, also for a
+    /// restarted daemon, and released when it ends.
+    #[serde(default)]
+    pub dynamic_uid: Option<u32>,
 }
 
 /// QEMU's `-pidfile`, in the run's own folder beside its monitor socket.
@@ -74,6 +78,7 @@ impl Driver {
                     state,
                     reason,
                     owners: l.owners.clone(),
+                    dynamic_uid: l.dynamic_uid,
                 }
             })
         };
