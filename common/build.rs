@@ -8,7 +8,7 @@ mod contract;
 
 use std::fmt::Write as _;
 
-use contract::{Arg, Kind, Member};
+use contract::{split, Arg, Kind, Member};
 
 /// Which proxies to generate: (trait name, interface, default service, default path).
 const PROXIES: &[(&str, &str, Option<&str>, Option<&str>)] = &[
@@ -118,37 +118,6 @@ fn snake(name: &str) -> String {
         }
         _ => out,
     }
-}
-
-/// Splits a signature into its complete types: `sa{sv}(ii)` -> `s`, `a{sv}`, `(ii)`.
-fn split(sig: &str) -> Vec<&str> {
-    let b = sig.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let start = i;
-        while b[i] == b'a' {
-            i += 1;
-        }
-        if b[i] == b'(' || b[i] == b'{' {
-            let mut depth = 0;
-            loop {
-                match b[i] {
-                    b'(' | b'{' => depth += 1,
-                    b')' | b'}' => depth -= 1,
-                    _ => {}
-                }
-                i += 1;
-                if depth == 0 {
-                    break;
-                }
-            }
-        } else {
-            i += 1;
-        }
-        out.push(&sig[start..i]);
-    }
-    out
 }
 
 /// The owned Rust type of a reply value. Every `a{sv}` that libvirt-dbus returns is a

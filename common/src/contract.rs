@@ -140,3 +140,34 @@ pub fn parse_additions(text: &str) -> Result<Vec<Addition>, String> {
     }
     Ok(out)
 }
+
+/// Splits a signature into its complete types: `sa{sv}(ii)` -> `s`, `a{sv}`, `(ii)`.
+pub fn split(sig: &str) -> Vec<&str> {
+    let b = sig.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let start = i;
+        while i < b.len() && b[i] == b'a' {
+            i += 1;
+        }
+        if i < b.len() && (b[i] == b'(' || b[i] == b'{') {
+            let mut depth = 0;
+            while i < b.len() {
+                match b[i] {
+                    b'(' | b'{' => depth += 1,
+                    b')' | b'}' => depth -= 1,
+                    _ => {}
+                }
+                i += 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+        } else {
+            i += 1;
+        }
+        out.push(&sig[start..i.min(b.len())]);
+    }
+    out
+}

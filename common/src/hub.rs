@@ -282,6 +282,27 @@ impl Hub {
         }
     }
 
+    /// Emits a zbus-declared signal on every connection: `emit` gets the emitter of
+    /// `path` on each one (e.g. `|e| async move { Connect::domain_event(&e, ..).await }`).
+    pub async fn signal<F, Fut>(&self, path: &OwnedObjectPath, emit: F)
+    where
+        F: Fn(zbus::object_server::SignalEmitter<'static>) -> Fut,
+        Fut: std::future::Future<Output = zbus::Result<()>>,
+    {
+        for conn in self.connections() {
+            let e = match zbus::object_server::SignalEmitter::new(&conn, path.clone()) {
+                Ok(e) => e.into_owned(),
+                Err(err) => {
+                    tracing::debug!("no signal emitter for {path}: {err}");
+                    continue;
+                }
+            };
+            if let Err(err) = emit(e).await {
+                tracing::debug!("signal from {path} not sent: {err}");
+            }
+        }
+    }
+
     /// Emits a signal on every connection.
     pub async fn emit<B>(&self, path: &OwnedObjectPath, iface: &str, member: &str, body: &B)
     where

@@ -12,7 +12,7 @@ use zbus::zvariant::{
 };
 
 use super::contract::parse_introspection;
-use crate::contract::Kind;
+use crate::contract::{split, Kind};
 use crate::mutate::{mutate, Rng};
 
 /// Strings that have broken parsers, paths and command lines elsewhere.
@@ -184,37 +184,6 @@ impl Gen {
 
 fn sig_of(s: &str) -> anyhow::Result<Signature> {
     Signature::try_from(s).map_err(|e| anyhow!("signature {s:?}: {e}"))
-}
-
-/// Splits a signature into its complete types: `sa{sv}(ii)` -> `s`, `a{sv}`, `(ii)`.
-pub fn split(sig: &str) -> Vec<&str> {
-    let b = sig.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let start = i;
-        while i < b.len() && b[i] == b'a' {
-            i += 1;
-        }
-        if i < b.len() && (b[i] == b'(' || b[i] == b'{') {
-            let mut depth = 0;
-            while i < b.len() {
-                match b[i] {
-                    b'(' | b'{' => depth += 1,
-                    b')' | b'}' => depth -= 1,
-                    _ => {}
-                }
-                i += 1;
-                if depth == 0 {
-                    break;
-                }
-            }
-        } else {
-            i += 1;
-        }
-        out.push(&sig[start..i.min(b.len())]);
-    }
-    out
 }
 
 /// How the calls on one object ended.

@@ -8,8 +8,6 @@ use common::objpath;
 use common::publish::Publisher;
 use common::Hub;
 use futures_util::future::BoxFuture;
-use zbus::object_server::SignalEmitter;
-use zbus::zvariant::OwnedObjectPath;
 
 use crate::driver::{Change, Driver};
 
@@ -63,10 +61,11 @@ impl Bus {
             }
             Change::Lifecycle(uuid, ev) => {
                 let path = &objpath::network(&uuid);
-                self.each(&objpath::connect(), |e| async move {
-                    connect::Connect::network_event(&e, path.as_ref(), ev.wire()).await
-                })
-                .await;
+                self.hub
+                    .signal(&objpath::connect(), |e| async move {
+                        connect::Connect::network_event(&e, path.as_ref(), ev.wire()).await
+                    })
+                    .await;
             }
             Change::ActiveChanged(uuid, active) => {
                 tracing::debug!(network = %uuid, active, "Active changed");
@@ -94,26 +93,6 @@ impl Bus {
                 self.hub
                     .unserve::<port::NetworkPort>(&objpath::network_port(&uuid))
                     .await;
-            }
-        }
-    }
-
-    /// Emits through `emit` once per connection, from the object at `path`.
-    async fn each<'a, F, Fut>(&self, path: &OwnedObjectPath, emit: F)
-    where
-        F: Fn(SignalEmitter<'static>) -> Fut,
-        Fut: std::future::Future<Output = zbus::Result<()>> + 'a,
-    {
-        for conn in self.hub.connections() {
-            let e = match SignalEmitter::new(&conn, path.clone()) {
-                Ok(e) => e.into_owned(),
-                Err(err) => {
-                    tracing::debug!("no signal emitter for {path}: {err}");
-                    continue;
-                }
-            };
-            if let Err(err) = emit(e).await {
-                tracing::debug!("signal from {path} not sent: {err}");
             }
         }
     }

@@ -10,7 +10,6 @@ use common::event::NodeDeviceEvent;
 use common::objpath;
 use common::publish::Publisher;
 use common::Hub;
-use zbus::object_server::SignalEmitter;
 
 use crate::driver::{Change, Driver};
 
@@ -67,10 +66,11 @@ impl Bus {
             }
             Change::Updated(name) => {
                 let path = &objpath::node_device(&name);
-                self.each(|e| async move {
-                    connect::Connect::node_device_update(&e, path.as_ref()).await
-                })
-                .await;
+                self.hub
+                    .signal(&objpath::connect(), |e| async move {
+                        connect::Connect::node_device_update(&e, path.as_ref()).await
+                    })
+                    .await;
             }
         }
     }
@@ -86,30 +86,10 @@ impl Bus {
     }
 
     async fn lifecycle(&self, path: &zbus::zvariant::OwnedObjectPath, ev: NodeDeviceEvent) {
-        self.each(|e| async move {
-            connect::Connect::node_device_event(&e, path.as_ref(), ev.wire(), 0).await
-        })
-        .await;
-    }
-
-    /// Emits through `emit` once per connection, from the connect object.
-    async fn each<F, Fut>(&self, emit: F)
-    where
-        F: Fn(SignalEmitter<'static>) -> Fut,
-        Fut: Future<Output = zbus::Result<()>>,
-    {
-        let path = objpath::connect();
-        for conn in self.hub.connections() {
-            let e = match SignalEmitter::new(&conn, path.clone()) {
-                Ok(e) => e.into_owned(),
-                Err(err) => {
-                    tracing::debug!("no signal emitter for {path}: {err}");
-                    continue;
-                }
-            };
-            if let Err(err) = emit(e).await {
-                tracing::debug!("signal from {path} not sent: {err}");
-            }
-        }
+        self.hub
+            .signal(&objpath::connect(), |e| async move {
+                connect::Connect::node_device_event(&e, path.as_ref(), ev.wire(), 0).await
+            })
+            .await;
     }
 }

@@ -5,7 +5,6 @@
 use std::sync::{Arc, Weak};
 
 use futures_util::future::BoxFuture;
-use zbus::object_server::SignalEmitter;
 
 use crate::driver::{Change, Dom, Driver};
 
@@ -54,16 +53,12 @@ impl Publisher {
 
     async fn lifecycle(&self, dom: &Dom, event: common::event::DomainEvent) {
         let (event, detail) = event.wire();
-        let connect = common::objpath::connect();
-        for conn in self.hub.connections() {
-            let Ok(emitter) = SignalEmitter::new(&conn, connect.clone()) else {
-                continue;
-            };
-            let sent = connect::Connect::domain_event(&emitter, dom.path.clone(), event, detail);
-            if let Err(e) = sent.await {
-                tracing::debug!("DomainEvent not sent: {e}");
-            }
-        }
+        let path = &dom.path;
+        self.hub
+            .signal(&common::objpath::connect(), |e| async move {
+                connect::Connect::domain_event(&e, path.clone(), event, detail).await
+            })
+            .await;
     }
 
     /// libvirt-dbus declares these properties without PropertiesChanged

@@ -9,8 +9,6 @@ use std::sync::{Arc, Weak};
 use common::objpath;
 use common::publish::Publisher;
 use common::Hub;
-use zbus::object_server::SignalEmitter;
-use zbus::zvariant::OwnedObjectPath;
 
 use crate::driver::{Change, Driver};
 
@@ -66,10 +64,11 @@ impl Bus {
             }
             Change::Lifecycle(uuid, ev) => {
                 let path = &objpath::storage_pool(&uuid);
-                self.each(&objpath::connect(), |e| async move {
-                    connect::Connect::storage_pool_event(&e, path.as_ref(), ev.wire(), 0).await
-                })
-                .await;
+                self.hub
+                    .signal(&objpath::connect(), |e| async move {
+                        connect::Connect::storage_pool_event(&e, path.as_ref(), ev.wire(), 0).await
+                    })
+                    .await;
             }
             Change::ActiveChanged(uuid, active) => {
                 tracing::debug!(pool = %uuid, active, "Active changed");
@@ -85,10 +84,11 @@ impl Bus {
                     .await;
             }
             Change::Refreshed(uuid) => {
-                self.each(&objpath::storage_pool(&uuid), |e| async move {
-                    pool::StoragePool::refresh_signal(&e).await
-                })
-                .await;
+                self.hub
+                    .signal(&objpath::storage_pool(&uuid), |e| async move {
+                        pool::StoragePool::refresh_signal(&e).await
+                    })
+                    .await;
             }
             Change::VolumeAdded(key) => {
                 let Some(d) = self.driver.upgrade() else {
@@ -106,26 +106,6 @@ impl Bus {
                 self.hub
                     .unserve::<vol::StorageVol>(&objpath::storage_vol(&key))
                     .await;
-            }
-        }
-    }
-
-    /// Emits through `emit` once per connection, from the object at `path`.
-    async fn each<F, Fut>(&self, path: &OwnedObjectPath, emit: F)
-    where
-        F: Fn(SignalEmitter<'static>) -> Fut,
-        Fut: Future<Output = zbus::Result<()>>,
-    {
-        for conn in self.hub.connections() {
-            let e = match SignalEmitter::new(&conn, path.clone()) {
-                Ok(e) => e.into_owned(),
-                Err(err) => {
-                    tracing::debug!("no signal emitter for {path}: {err}");
-                    continue;
-                }
-            };
-            if let Err(err) = emit(e).await {
-                tracing::debug!("signal from {path} not sent: {err}");
             }
         }
     }
