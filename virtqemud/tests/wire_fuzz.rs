@@ -46,6 +46,30 @@ async fn make(
     p.to_string()
 }
 
+/// A size-bounded tmpfs, unmounted when dropped (also when the test fails).
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(at: &Path) -> SmallFs {
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m,mode=0755", "fuzzpool"])
+            .arg(at)
+            .status()
+            .expect("mount");
+        assert!(st.success(), "cannot mount a tmpfs for the fuzzed pool");
+        SmallFs(at.to_owned())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_method_survives_malformed_arguments() {
     let per_method = env_or("VIRT_FUZZ_PER_METHOD", 8) as usize;
@@ -134,7 +158,11 @@ async fn every_method_survives_malformed_arguments() {
         ),
     )
     .await;
+    // The pool lives on a 64 MiB tmpfs of its own: a made-up Resize to terabytes
+    // followed by a Wipe writes the whole capacity, and must fill this, not the host's
+    // disk (a long run did fill the disk before this bound).
     let dir = tempfile::tempdir().expect("tempdir");
+    let _pool_fs = SmallFs::mount(dir.path());
     let pool_xml = format!(
         "<pool type='dir'><name>fz</name><target><path>{}</path></target></pool>",
         dir.path().display()
