@@ -12,26 +12,12 @@ mod support;
 
 use common::harness::{Daemon, TestBus, TestDirs};
 use common::proxies::qemu::QemuConnectProxy;
-use support::{bus_err, domain};
+use support::{bus_err, domain, ids};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
 /// Three uids no account on the test machines has (checked below).
 const FIRST: u32 = 66990;
 const LAST: u32 = 66992;
-
-fn ids(pid: u32, key: &str) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("status")
-        .lines()
-        .find(|l| l.starts_with(key))
-        .map(|l| {
-            l.split_whitespace()
-                .skip(1)
-                .filter_map(|v| v.parse().ok())
-                .collect()
-        })
-        .expect("ids")
-}
 
 fn owner(p: &Path) -> (u32, u32, u32) {
     let m = std::fs::symlink_metadata(p).expect("metadata");

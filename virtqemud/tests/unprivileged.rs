@@ -13,24 +13,10 @@ mod support;
 
 use common::harness::{Daemon, TestBus, TestDirs};
 use common::proxies::qemu::QemuConnectProxy;
-use support::{domain, test_guest, wait_serial};
+use support::{domain, ids, test_guest, wait_serial};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
 const NOBODY: u32 = 65534;
-
-fn ids(pid: u32, key: &str) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("status")
-        .lines()
-        .find(|l| l.starts_with(key))
-        .map(|l| {
-            l.split_whitespace()
-                .skip(1)
-                .filter_map(|v| v.parse().ok())
-                .collect()
-        })
-        .expect("ids")
-}
 
 fn owner(p: &Path) -> (u32, u32, u32) {
     let m = std::fs::metadata(p).expect("metadata");

@@ -197,3 +197,18 @@ impl Probe {
         )
     }
 }
+
+/// The ids a `/proc/PID/status` line holds (`Uid:`, `Gid:`, `Groups:`).
+pub fn ids(pid: u32, key: &str) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find(|l| l.starts_with(key))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .expect("ids")
+}
