@@ -32,6 +32,11 @@ fn managed(dom: &Domain) -> Vec<String> {
         .collect()
 }
 
+/// Whether `dom` has host devices the daemon detaches for a run.
+pub fn any_managed(dom: &Domain) -> bool {
+    dom.devices.hostdevs.iter().any(|h| h.managed)
+}
+
 async fn device<'a>(conn: &zbus::Connection, name: &str) -> zbus::Result<NodeDeviceProxy<'a>> {
     let path = common::proxies::nodedev::NodeDevConnectProxy::new(conn)
         .await?

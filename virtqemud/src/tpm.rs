@@ -69,23 +69,59 @@ impl Drop for Swtpm {
 /// QEMU disconnects), so it writes nothing into its state after that is given back;
 /// kills it when it takes longer than `grace`. A no-op when the run had no swtpm.
 pub async fn wait_gone(run_dir: &Path, grace: Duration) {
-    let pid = std::fs::read_to_string(run_dir.join("swtpm.pid"))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .filter(|p| *p > 1);
-    let Some(w) = pid.and_then(|p| ChildWatch::new(p).ok()) else {
-        return;
-    };
-    // The pidfd pins the process: check that it is this run's swtpm.
-    let socket = run_dir.join("swtpm.sock").to_string_lossy().into_owned();
-    if w.has_exited() || !crate::process::cmdline_mentions(w.pid() as u32, &socket) {
-        return;
+    for w in processes(run_dir) {
+        if tokio::time::timeout(grace, w.exited()).await.is_err() {
+            tracing::warn!(pid = w.pid(), "swtpm outlived its QEMU: killing it");
+            w.signal(nix::sys::signal::Signal::SIGKILL);
+            let _ = tokio::time::timeout(grace, w.exited()).await;
+        }
     }
-    if tokio::time::timeout(grace, w.exited()).await.is_err() {
-        tracing::warn!(pid = w.pid(), "swtpm outlived its QEMU: killing it");
+}
+
+/// Kills the swtpm of a run whose start was cut short (it has no QEMU to end with).
+pub async fn kill(run_dir: &Path) {
+    for w in processes(run_dir) {
+        tracing::warn!(pid = w.pid(), "killing the swtpm of an interrupted start");
         w.signal(nix::sys::signal::Signal::SIGKILL);
-        let _ = tokio::time::timeout(grace, w.exited()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), w.exited()).await;
     }
+}
+
+/// The swtpm processes of the run whose folder is `run_dir`: the one its pidfile names,
+/// and any other whose command line names the run's socket (a swtpm started just before
+/// the daemon died may not have written its pidfile yet). Each is pinned by its pidfd
+/// before it is checked, so a recycled PID is never signalled.
+fn processes(run_dir: &Path) -> Vec<ChildWatch> {
+    let socket = run_dir.join("swtpm.sock").to_string_lossy().into_owned();
+    let from_pidfile = std::fs::read_to_string(run_dir.join("swtpm.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|p| *p > 1);
+    let mut pids: Vec<u32> = from_pidfile
+        .into_iter()
+        .chain(crate::process::pids_mentioning(&socket))
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids.into_iter()
+        .filter_map(|pid| {
+            let w = ChildWatch::new(pid as i32).ok()?;
+            let ours =
+                !w.has_exited() && is_swtpm(pid) && crate::process::cmdline_mentions(pid, &socket);
+            ours.then_some(w)
+        })
+        .collect()
+}
+
+/// Whether the program of `pid` is swtpm (QEMU's command line names the socket too).
+fn is_swtpm(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .and_then(|raw| {
+            let argv0 = raw.split(|b| *b == 0).next()?.to_vec();
+            Some(String::from_utf8_lossy(&argv0).ends_with("swtpm"))
+        })
+        .unwrap_or(false)
 }
 
 /// The state folder of a domain's TPM (`version` 1.2 or 2.0).

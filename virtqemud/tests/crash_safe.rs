@@ -25,10 +25,32 @@ fn xml() -> String {
     )
 }
 
+/// With an emulated TPM: swtpm is started (and recorded) before QEMU.
+fn xml_with_tpm() -> String {
+    format!(
+        "<domain type='qemu'><name>{NAME}</name><memory unit='MiB'>64</memory>\
+         <vcpu>1</vcpu><os><type arch='x86_64' machine='q35'>hvm</type></os><devices>\
+         <tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>\
+         </devices></domain>"
+    )
+}
+
 /// The QEMUs of domain `NAME` started under the test folder `root` (zombies have an
 /// empty cmdline and are not counted).
 fn qemu_pids(root: &Path) -> Vec<u32> {
     let guest = format!("guest={NAME},");
+    pids_with(root, |args| args.iter().any(|a| a.starts_with(&guest)))
+}
+
+/// The swtpm processes serving a run under `root`.
+fn swtpm_pids(root: &Path) -> Vec<u32> {
+    pids_with(root, |args| {
+        args.first().is_some_and(|a| a.ends_with("swtpm"))
+    })
+}
+
+/// Processes whose arguments pass `is_it`, with one naming `root`.
+fn pids_with(root: &Path, is_it: impl Fn(&[String]) -> bool) -> Vec<u32> {
     let root = root.to_string_lossy().into_owned();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -42,7 +64,7 @@ fn qemu_pids(root: &Path) -> Vec<u32> {
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            args.iter().any(|a| a.starts_with(&guest)) && args.iter().any(|a| a.contains(&root))
+            is_it(&args) && args.iter().any(|a| a.contains(&root))
         })
         .collect()
 }
@@ -62,9 +84,14 @@ async fn kill_all(pids: &[u32]) {
 
 /// Waits (bounded) until the domain's QEMUs number `n`.
 fn wait_count(root: &Path, n: usize, within: Duration) -> Vec<u32> {
+    wait_for(root, qemu_pids, n, within)
+}
+
+/// Waits (bounded) until `find` lists `n` processes.
+fn wait_for(root: &Path, find: fn(&Path) -> Vec<u32>, n: usize, within: Duration) -> Vec<u32> {
     let start = Instant::now();
     loop {
-        let pids = qemu_pids(root);
+        let pids = find(root);
         if pids.len() == n || start.elapsed() > within {
             return pids;
         }
@@ -82,12 +109,27 @@ fn rounds() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_during_create_never_leaves_an_unknown_qemu() {
+    storm(&xml(), false).await;
+}
+
+/// The same with swtpm, which runs before QEMU: after every restart there is one swtpm
+/// exactly when the domain runs, none otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_create_never_leaves_an_unknown_swtpm() {
+    assert!(
+        Path::new("/usr/bin/swtpm").exists(),
+        "this test needs the 'swtpm' package (scripts/install-deps.sh installs it)"
+    );
+    storm(&xml_with_tpm(), true).await;
+}
+
+async fn storm(xml: &str, tpm: bool) {
     let q = support::qemud(BIN).await;
     let bus = q.bus;
     let conn = q.conn;
     let mut daemon: Daemon = q.daemon;
     let root = daemon.dirs.root.path().to_owned();
-    let path = q.qc.domain_define_xml(&xml()).await.expect("define");
+    let path = q.qc.domain_define_xml(xml).await.expect("define");
 
     // A warm-up start probes and caches the emulator's capabilities and tells how long
     // a Create takes here, so the kills can be spread over the whole of it.
@@ -150,6 +192,14 @@ async fn kill9_during_create_never_leaves_an_unknown_qemu() {
         if active != (pids.len() == 1) {
             problems.push(format!("active={active} while {} QEMU(s) run", pids.len()));
         }
+        if tpm {
+            // A run ended by the restart gives its swtpm a grace period to go.
+            let want = usize::from(active);
+            let swtpms = wait_for(&root, swtpm_pids, want, Duration::from_secs(10));
+            if swtpms.len() != want {
+                problems.push(format!("{} swtpm(s) while active={active}", swtpms.len()));
+            }
+        }
         if active {
             adopted += 1;
             d.destroy(0).await.expect("destroy after restart");
@@ -186,6 +236,7 @@ async fn kill9_during_create_never_leaves_an_unknown_qemu() {
             }
         }
         kill_all(&qemu_pids(&root)).await;
+        kill_all(&swtpm_pids(&root)).await;
 
         eprintln!(
             "round {i}: kill after {delay:?}, Create {}, restart: {seen}, {} QEMU(s), {}",

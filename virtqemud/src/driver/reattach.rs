@@ -13,6 +13,7 @@ use common::event::{
     CrashedReason, DomainEvent, PausedReason, RunningReason, ShutdownReason, ShutoffReason,
     StateReason, StoppedDetail,
 };
+use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -26,6 +27,9 @@ use common::child::ChildWatch;
 use crate::process;
 use crate::qmp::Qmp;
 
+/// How many guests are adopted at once after a restart.
+const REATTACH_AT_ONCE: usize = 16;
+
 impl Driver {
     pub(super) async fn reattach_all(&self) {
         let Ok(entries) = std::fs::read_dir(&self.paths.run) else {
@@ -36,6 +40,7 @@ impl Driver {
             .map(|e| e.path())
             .filter(|p| p.extension().and_then(|x| x.to_str()) == Some("json"))
             .collect();
+        let mut records = Vec::new();
         for f in files {
             let st: Status = match std::fs::read(&f)
                 .map_err(|e| e.to_string())
@@ -51,8 +56,15 @@ impl Driver {
             if st.id >= self.next_id.load(Ordering::SeqCst) {
                 self.next_id.store(st.id + 1, Ordering::SeqCst);
             }
-            self.reattach(st, &f).await;
+            records.push((st, f));
         }
+        // Each guest's monitor answers on its own: adopt them side by side, so a restart
+        // with many guests takes about as long as with a few.
+        futures_util::stream::iter(records)
+            .for_each_concurrent(REATTACH_AT_ONCE, |(st, f)| async move {
+                self.reattach(st, &f).await;
+            })
+            .await;
     }
 
     async fn reattach(&self, st: Status, file: &Path) {
@@ -137,6 +149,7 @@ impl Driver {
             .unwrap_or("running")
             .to_string();
         let new_state = state_after_restart(&run_state, st.state());
+        let changed = Some(new_state) != st.state();
         let (exit_tx, exit_rx) = watch::channel(false);
         {
             let mut g = dom.lock();
@@ -160,7 +173,10 @@ impl Driver {
         if let (Some(uid), Some(pool)) = (st.dynamic_uid, self.run_as.pool()) {
             pool.reserve(uid);
         }
-        self.save_status(&dom).await;
+        // The record on disk is already this run's, unless its state moved on.
+        if changed {
+            self.save_status(&dom).await;
+        }
         tracing::info!(domain = %st.name, pid = st.pid, "reattached ({run_state})");
         if let Some(d) = self.arc() {
             tokio::spawn(super::monitor::monitor(
@@ -184,12 +200,15 @@ impl Driver {
             }
             None => tracing::warn!(domain = %st.name, "start was interrupted before QEMU ran"),
         }
-        self.release(
-            dom,
-            &def.dom,
-            Held::all(st.qmp.clone(), st.owners.clone(), st.dynamic_uid),
-        )
-        .await;
+        if let Some(dir) = st.qmp.parent() {
+            crate::tpm::kill(dir).await;
+        }
+        let held = Held {
+            hostdevs: st.holds_hostdevs,
+            nics: st.holds_nics,
+            ..Held::all(st.qmp.clone(), st.owners.clone(), st.dynamic_uid)
+        };
+        self.release(dom, &def.dom, held).await;
     }
 
     pub(super) fn autostart_all(&self) {

@@ -2,7 +2,8 @@
 //! start, QEMU's exit and a reattach that finds QEMU gone all end a run through
 //! [`Driver::release`], so nothing is undone one way here and another way there.
 //! A start holds the domain's lock file from its first step, and QEMU inherits it, so
-//! there is never a second QEMU for one domain; the run is on disk before QEMU is.
+//! there is never a second QEMU for one domain; the run is on disk before it takes
+//! anything, and again after each step that takes something.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -181,9 +182,9 @@ impl Driver {
         Ok(())
     }
 
-    /// Takes the run's resources (its user, volumes, host devices, network ports and
-    /// taps, its folder, files for QEMU's user, swtpm), records the run as starting,
-    /// and spawns QEMU at `-S` (handing it `lock`) up to an open monitor. What it took
+    /// Records the run as starting, takes its resources (its user, volumes, host
+    /// devices, network ports and taps, its folder, files for QEMU's user, swtpm),
+    /// recording each, and spawns QEMU at `-S` (handing it `lock`) up to an open monitor. What it took
     /// is in `held` also when it fails; QEMU and swtpm are gone then.
     async fn spawn(
         &self,
@@ -199,12 +200,6 @@ impl Driver {
         if let Some(u) = &user {
             tracing::info!(domain = %def.name, uid = u.uid, gid = u.gid, "QEMU's user");
         }
-        let volume_paths = crate::volumes::resolve(&mut def.dom, mode).await?;
-        crate::hostdevs::detach(&def.dom, mode).await?;
-        held.hostdevs = true;
-        let nics = crate::nics::prepare(&mut def.dom, mode).await?;
-        held.nics = true;
-        let tap_fds = nics.raw_fds();
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let next = self.paths.run.join("next-id");
         // Off the async workers: it syncs.
@@ -217,6 +212,30 @@ impl Driver {
         let dom_dir = self.paths.run.join(format!("domain-{id}"));
         let qmp_path = dom_dir.join("monitor.sock");
         held.qmp = Some(qmp_path.clone());
+        // The run is on disk before it takes anything, and again after each step that
+        // takes something: a daemon killed at any point finds what to give back.
+        let mut record = starting_record(dom, def, id, &qmp_path, held);
+        self.record_starting(dom, &record).await?;
+        let volume_paths = crate::volumes::resolve(&mut def.dom, mode).await?;
+        crate::hostdevs::detach(&def.dom, mode).await?;
+        held.hostdevs = true;
+        if crate::hostdevs::any_managed(&def.dom) {
+            record = starting_record(dom, def, id, &qmp_path, held);
+            self.record_starting(dom, &record).await?;
+        }
+        let nics = crate::nics::prepare(&mut def.dom, mode).await?;
+        held.nics = true;
+        if def
+            .dom
+            .devices
+            .interfaces
+            .iter()
+            .any(|n| n.portid.is_some())
+        {
+            record = starting_record(dom, def, id, &qmp_path, held);
+            self.record_starting(dom, &record).await?;
+        }
+        let tap_fds = nics.raw_fds();
         let _ = std::fs::remove_file(self.pid_file(&def.name));
         make_domain_dir(&dom_dir, user.as_ref())?;
         let extra: Vec<PathBuf> = volume_paths.iter().map(|v| v.2.clone()).collect();
@@ -224,6 +243,11 @@ impl Driver {
         let tpm_dir = crate::tpm::prepare(&def.dom, &dom.uuid.to_string(), &self.paths.swtpm)?;
         let tpm = tpm_dir.as_deref().map(|d| (d, swtpm_log.as_path()));
         held.owners = self.take_files(&def.dom, &extra, tpm, user.as_ref())?;
+        // The final record before QEMU exists: owners, and the definition with every
+        // path, port and tap resolved. swtpm's pidfile is in the run's folder, so a
+        // daemon killed from here on finds swtpm too.
+        record = starting_record(dom, def, id, &qmp_path, held);
+        self.record_starting(dom, &record).await?;
         // swtpm before QEMU, which connects to it at once; it ends with QEMU.
         let swtpm = crate::tpm::start(
             &def.dom,
@@ -246,11 +270,6 @@ impl Driver {
             },
             self.sandbox,
         )?;
-        // On disk before QEMU exists: a daemon killed from here on finds the run.
-        let mut record = starting_record(dom, def, id, &qmp_path, held);
-        self.save_starting(dom, &record)
-            .await
-            .map_err(|e| io_err("write the status of", &self.status_file(&def.name), &e))?;
         let log = self.log_file(&def.name);
         tracing::info!(domain = %def.name, "starting: {}", argv.join(" "));
         let mut keep: Vec<i32> = tap_fds.iter().flatten().copied().collect();
@@ -301,6 +320,14 @@ impl Driver {
                 )))
             }
         }
+    }
+
+    /// Writes the record of a run that is starting; a start that cannot record itself
+    /// does not go on.
+    async fn record_starting(&self, dom: &Dom, record: &Status) -> Result<(), VirError> {
+        self.save_starting(dom, record)
+            .await
+            .map_err(|e| io_err("write the status of", &self.status_file(&record.name), &e))
     }
 
     /// Passwords before anything can connect to a running guest (QEMU is at -S), links
@@ -479,6 +506,8 @@ fn starting_record(dom: &Dom, def: &DomainDef, id: u32, qmp: &Path, held: &Held)
         qmp: qmp.to_owned(),
         pidfile: Some(qemu_pidfile(qmp)),
         starting: true,
+        holds_hostdevs: held.hostdevs,
+        holds_nics: held.nics,
         xml: def.to_xml(None),
         persistent: dom.persistent(),
         state,

@@ -28,10 +28,16 @@ pub(super) struct Status {
     #[serde(default)]
     pub pidfile: Option<PathBuf>,
     /// The run was still starting: QEMU not spawned yet, or spawned but not yet running
-    /// the monitor task. The held resources (ports, host devices in `xml`; `owners`)
-    /// are all taken by then.
+    /// the monitor task. What it held so far is in `holds_*`, `owners`, `dynamic_uid`
+    /// and `xml` (ports, host devices).
     #[serde(default)]
     pub starting: bool,
+    /// What a starting run has taken so far (a record written before this was known
+    /// was only written once everything was taken).
+    #[serde(default = "yes")]
+    pub holds_hostdevs: bool,
+    #[serde(default = "yes")]
+    pub holds_nics: bool,
     pub xml: String,
     pub persistent: bool,
     /// libvirt's numbers, as the file has always held them.
@@ -44,6 +50,10 @@ pub(super) struct Status {
     /// restarted daemon, and released when it ends.
     #[serde(default)]
     pub dynamic_uid: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// QEMU's `-pidfile`, in the run's own folder beside its monitor socket.
@@ -73,6 +83,8 @@ impl Driver {
                     qmp: l.qmp_path.clone(),
                     pidfile: Some(qemu_pidfile(&l.qmp_path)),
                     starting: false,
+                    holds_hostdevs: true,
+                    holds_nics: true,
                     xml: l.def.to_xml(None),
                     persistent: g.config.is_some(),
                     state,
