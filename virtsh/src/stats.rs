@@ -202,22 +202,71 @@ async fn dominfo(x: &Ctx<'_>, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The order libvirt fills a record in: by group, then by device index.
-fn stat_order(k: &str) -> (usize, String) {
-    let group = ["state.", "cpu.", "balloon.", "vcpu.", "net.", "block."]
+/// libvirt's field order in each group of a stats record.
+const FIELD_ORDER: [&str; 34] = [
+    "state",
+    "reason",
+    "time",
+    "user",
+    "system",
+    "current",
+    "maximum",
+    "swap_in",
+    "swap_out",
+    "major_fault",
+    "minor_fault",
+    "unused",
+    "available",
+    "usable",
+    "last-update",
+    "disk_caches",
+    "rss",
+    "count",
+    "name",
+    "backingIndex",
+    "path",
+    "wait",
+    "rx.bytes",
+    "rx.pkts",
+    "rx.errs",
+    "rx.drop",
+    "tx.bytes",
+    "tx.pkts",
+    "tx.errs",
+    "tx.drop",
+    "rd.reqs",
+    "rd.bytes",
+    "rd.times",
+    "wr.reqs",
+];
+const FIELD_ORDER_TAIL: [&str; 7] = [
+    "wr.bytes",
+    "wr.times",
+    "fl.reqs",
+    "fl.times",
+    "errors",
+    "allocation",
+    "capacity",
+];
+
+/// The order libvirt fills a record in: by group, the group's own fields, then each
+/// device's (`vcpu.N.*`, `net.N.*`, `block.N.*`) in its field order.
+fn stat_order(k: &str) -> (usize, i64, usize, String) {
+    let (group, rest) = k.split_once('.').unwrap_or((k, ""));
+    let g = ["state", "cpu", "balloon", "vcpu", "net", "block"]
         .iter()
-        .position(|g| k.starts_with(g))
+        .position(|x| *x == group)
         .unwrap_or(6);
-    // Zero-pad the numbers so that vcpu.10 follows vcpu.9.
-    let padded = k
-        .split('.')
-        .map(|p| match p.parse::<u32>() {
-            Ok(n) => format!("{n:010}"),
-            Err(_) => p.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(".");
-    (group, padded)
+    let (dev, field) = match rest.split_once('.') {
+        Some((n, f)) if n.parse::<i64>().is_ok() => (n.parse().unwrap_or(-1), f),
+        _ => (-1, rest),
+    };
+    let pos = FIELD_ORDER
+        .iter()
+        .chain(FIELD_ORDER_TAIL.iter())
+        .position(|f| *f == field)
+        .unwrap_or(usize::MAX);
+    (g, dev, pos, k.to_string())
 }
 
 async fn domstats(x: &Ctx<'_>, domains: &[String], groups: u32) -> anyhow::Result<()> {
