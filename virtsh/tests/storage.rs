@@ -86,6 +86,24 @@ async fn pools_and_volumes() {
     );
     assert!(ok(out.clone()).is_empty());
     assert!(out.stderr.is_empty(), "{out:?}");
+    // On a terminal (a pty from script(1)) the bar is drawn on stderr and ends at 100 %.
+    let line = format!(
+        "{} vol-upload v1 {} --pool p",
+        env!("CARGO_BIN_EXE_virtsh"),
+        src.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux)");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(
+        tty.contains("\rUpload: [100 %] [##############################] 1.00 MiB / 1.00 MiB"),
+        "{tty:?}"
+    );
     let back = dir.join("down.bin");
     let b = back.to_str().expect("utf-8");
     ok(virtsh(
