@@ -218,6 +218,8 @@ pub enum NetworkCmd {
 
 /// Commands of virtstoraged about pools.
 #[derive(Subcommand)]
+// `PoolList` is virsh's `pool-list`.
+#[allow(clippy::enum_variant_names)]
 pub enum StorageCmd {
     /// List storage pools (active ones unless --all).
     PoolList {
@@ -258,6 +260,8 @@ pub enum StorageCmd {
 /// Commands of virtstoraged about volumes. A volume is a name with `--pool`, a path or
 /// a key.
 #[derive(Subcommand)]
+// `VolList` is virsh's `vol-list`.
+#[allow(clippy::enum_variant_names)]
 pub enum VolCmd {
     /// List a pool's volumes with their paths.
     VolList {

@@ -51,11 +51,7 @@ impl Out {
                 .collect();
             return self.value(&Value::Array(arr));
         }
-        write_line(
-            &render_table(headers, rows)
-                .trim_end_matches('\n')
-                .to_string(),
-        )
+        write_line(render_table(headers, rows).trim_end_matches('\n'))
     }
 
     /// `Label:         value` lines (virsh's `%-15s %s`), or one JSON object with the

@@ -448,11 +448,10 @@ async fn transfer(
 
 /// `Upload: [ 45 %] [#########           ] 12.00 MiB / 27.00 MiB` on one line.
 fn progress(label: &str, done: u64, total: u64) {
-    let pct = if total == 0 {
-        100
-    } else {
-        (done.min(total) * 100 / total) as usize
-    };
+    // In u128: a percentage of any u64 size without overflow; an empty volume is done.
+    let pct = (u128::from(done.min(total)) * 100)
+        .checked_div(u128::from(total))
+        .map_or(100, |p| p as usize);
     let width = 30;
     let filled = pct * width / 100;
     let _ = write!(

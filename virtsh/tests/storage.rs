@@ -1,5 +1,6 @@
 //! virsh's pool and volume commands against a real virtstoraged with a dir pool.
 
+use std::path::Path;
 use std::process::Stdio;
 
 use common::harness::{Daemon, TestBus};
@@ -50,24 +51,29 @@ async fn pools_and_volumes() {
         "Pool p unmarked as autostarted\n"
     );
 
+    volumes(&bus, dir, &target);
+}
+
+/// Volume commands in the started pool `p` whose folder is `target`.
+fn volumes(bus: &TestBus, dir: &Path, target: &Path) {
     // vol-create-as with a scaled size, then its info and XML.
     assert_eq!(
         ok(virtsh(
-            &bus,
+            bus,
             &["vol-create-as", "p", "v1", "4M", "--format", "raw"]
         )),
         "Vol v1 created\n"
     );
-    let info = ok(virtsh(&bus, &["vol-info", "v1", "--pool", "p"]));
+    let info = ok(virtsh(bus, &["vol-info", "v1", "--pool", "p"]));
     assert_eq!(field(&info, "Name"), "v1");
     assert_eq!(field(&info, "Type"), "file");
     assert_eq!(field(&info, "Capacity"), "4.00 MiB");
     let path = target.join("v1").display().to_string();
     // By path, without --pool, as virsh takes it.
-    let j = json(virtsh(&bus, &["vol-info", &path, "--json"]));
+    let j = json(virtsh(bus, &["vol-info", &path, "--json"]));
     assert_eq!(j["capacity"], 4 << 20);
-    assert!(ok(virtsh(&bus, &["vol-dumpxml", "v1", "--pool", "p"])).contains("<name>v1</name>"));
-    let err = fails(virtsh(&bus, &["vol-create-as", "p", "v9", "4Q"]));
+    assert!(ok(virtsh(bus, &["vol-dumpxml", "v1", "--pool", "p"])).contains("<name>v1</name>"));
+    let err = fails(virtsh(bus, &["vol-create-as", "p", "v9", "4Q"]));
     assert!(err.contains("malformed"), "{err}");
 
     // Upload 1 MiB of a pattern, download it back (stderr not a terminal: no bar).
@@ -75,7 +81,7 @@ async fn pools_and_volumes() {
     let src = dir.join("up.bin");
     std::fs::write(&src, &data).expect("data");
     let out = virtsh(
-        &bus,
+        bus,
         &[
             "vol-upload",
             "v1",
@@ -107,7 +113,7 @@ async fn pools_and_volumes() {
     let back = dir.join("down.bin");
     let b = back.to_str().expect("utf-8");
     ok(virtsh(
-        &bus,
+        bus,
         &[
             "vol-download",
             "v1",
@@ -122,7 +128,7 @@ async fn pools_and_volumes() {
 
     // Clone (into the source's pool, found without --pool), then resize and wipe it.
     assert_eq!(
-        ok(virtsh(&bus, &["vol-clone", &path, "v2"])),
+        ok(virtsh(bus, &["vol-clone", &path, "v2"])),
         "Vol v2 cloned from v1\n"
     );
     let clone = target.join("v2");
@@ -131,27 +137,27 @@ async fn pools_and_volumes() {
         data[..]
     );
     assert_eq!(
-        ok(virtsh(&bus, &["vol-resize", "v2", "8M", "--pool", "p"])),
+        ok(virtsh(bus, &["vol-resize", "v2", "8M", "--pool", "p"])),
         "Size of volume 'v2' successfully changed to 8M\n"
     );
     assert_eq!(
         field(
-            &ok(virtsh(&bus, &["vol-info", "v2", "--pool", "p"])),
+            &ok(virtsh(bus, &["vol-info", "v2", "--pool", "p"])),
             "Capacity"
         ),
         "8.00 MiB"
     );
-    let err = fails(virtsh(&bus, &["vol-resize", "v2", "1M", "--pool", "p"]));
+    let err = fails(virtsh(bus, &["vol-resize", "v2", "1M", "--pool", "p"]));
     assert!(err.starts_with("error: "), "{err}");
     assert_eq!(
-        ok(virtsh(&bus, &["vol-wipe", "v2", "--pool", "p"])),
+        ok(virtsh(bus, &["vol-wipe", "v2", "--pool", "p"])),
         "Vol v2 wiped\n"
     );
     assert!(std::fs::read(&clone).expect("wiped")[..data.len()]
         .iter()
         .all(|b| *b == 0));
     let err = fails(virtsh(
-        &bus,
+        bus,
         &["vol-wipe", "v2", "--pool", "p", "--algorithm", "nope"],
     ));
     assert!(err.contains("nope"), "{err}");
@@ -159,28 +165,28 @@ async fn pools_and_volumes() {
     // A file put into the folder behind the daemon's back shows after pool-refresh.
     std::fs::write(target.join("v3"), b"x").expect("v3");
     assert_eq!(
-        ok(virtsh(&bus, &["pool-refresh", "p"])),
+        ok(virtsh(bus, &["pool-refresh", "p"])),
         "Pool p refreshed\n"
     );
-    let list = ok(virtsh(&bus, &["vol-list", "p"]));
+    let list = ok(virtsh(bus, &["vol-list", "p"]));
     for v in ["v1", "v2", "v3"] {
         assert!(list.contains(&format!(" {v} ")), "{list}");
     }
-    let j = json(virtsh(&bus, &["vol-list", "p", "--details", "--json"]));
+    let j = json(virtsh(bus, &["vol-list", "p", "--details", "--json"]));
     assert_eq!(j.as_array().map(Vec::len), Some(3));
     assert_eq!(j[0]["name"], "v1");
     assert_eq!(j[0]["type"], "file");
     assert_eq!(
-        ok(virtsh(&bus, &["vol-delete", "v3", "--pool", "p"])),
+        ok(virtsh(bus, &["vol-delete", "v3", "--pool", "p"])),
         "Vol v3 deleted\n"
     );
     assert_eq!(
-        ok(virtsh(&bus, &["vol-delete", "p", "v2"])),
+        ok(virtsh(bus, &["vol-delete", "p", "v2"])),
         "Vol v2 deleted\n"
     );
 
     // vol-list piped into a reader that has gone: no panic.
-    let mut child = command(&bus, &["vol-list", "p"])
+    let mut child = command(bus, &["vol-list", "p"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
