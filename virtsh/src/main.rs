@@ -255,7 +255,7 @@ async fn host(x: &Ctx<'_>, cmd: HostCmd) -> anyhow::Result<()> {
                 x.out.value(&json!({
                     "client": env!("CARGO_PKG_VERSION"),
                     "library": v(lib),
-                    "hypervisor": {"type": "QEMU", "version": v(hv)},
+                    "daemon": {"name": "virtqemud", "version": v(hv)},
                 }))?;
             } else {
                 outln!(
@@ -264,7 +264,8 @@ async fn host(x: &Ctx<'_>, cmd: HostCmd) -> anyhow::Result<()> {
                 );
                 outln!("Using library: libvirt {}", v(lib));
                 outln!("Using API: QEMU {}", v(lib));
-                outln!("Running hypervisor: QEMU {}", v(hv));
+                // Version is the daemon's own, not QEMU's: libvirt-dbus has no other.
+                outln!("Running against daemon: virtqemud {}", v(hv));
             }
         }
         HostCmd::Uri | HostCmd::Connect { .. } => {}

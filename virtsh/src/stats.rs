@@ -173,7 +173,8 @@ async fn dominfo(x: &Ctx<'_>, name: &str) -> anyhow::Result<()> {
         ("State", state_name(state).into(), json!(state_name(state))),
         ("CPU(s)", vcpus.to_string(), json!(vcpus)),
     ];
-    if active {
+    // virsh leaves the CPU time out when it is zero (a domain that is not running).
+    if cpu_ns != 0 {
         let secs = cpu_ns as f64 / 1e9;
         rows.push(("CPU time", format!("{secs:.1}s"), json!(secs)));
     }

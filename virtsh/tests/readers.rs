@@ -193,6 +193,26 @@ async fn shell_pipe_completion_and_man() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "s0\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("unrecognized subcommand 'nosuchverb'"));
 
+    // On a terminal (a pty from script(1)): the greeting and virsh's kind of prompt.
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", env!("CARGO_BIN_EXE_virtsh"), "/dev/null"])
+        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
+        .env_remove("LIBVIRT_DEFAULT_URI")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    // stdin stays open until virtsh has quit: script(1) would end the session at its end.
+    let mut input = child.stdin.take().expect("stdin");
+    std::io::Write::write_all(&mut input, b"domname s0\nquit\n").expect("write");
+    let out = child.wait_with_output().expect("script");
+    drop(input);
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(tty.contains("Welcome to virtsh"), "{tty:?}");
+    assert!(tty.contains("virtsh # "), "{tty:?}");
+    // The terminal echoes the typed lines first; the answer follows the prompt.
+    assert!(tty.contains("virtsh # s0\r\nvirtsh # "), "{tty:?}");
+
     // A reader that closes the pipe at once: no panic, status 0, nothing on stderr.
     let mut child = command(&bus, &["list", "--all"])
         .stdout(Stdio::piped())
