@@ -64,6 +64,8 @@ impl Uri {
             Some((h, p)) if !h.is_empty() => (h, Some(p.parse::<u16>().map_err(|_| bad())?)),
             _ => (hostport, None),
         };
+        // An IPv6 literal is bracketed in a URI, bare on ssh's command line.
+        let host = host.trim_start_matches('[').trim_end_matches(']');
         let host = (!host.is_empty()).then(|| host.to_string());
         match (transport, &host) {
             (Transport::Ssh, None) => bail!("the ssh transport needs a host: '{s}'"),
@@ -343,6 +345,8 @@ mod tests {
         assert!(Uri::parse("qemu://host/system").is_err());
         assert!(Uri::parse("qemu+ssh://h:99999/system").is_err());
         assert!(Uri::parse("%").is_err());
+        let u = Uri::parse("qemu+ssh://[::1]:22/system").unwrap();
+        assert_eq!((u.host.as_deref(), u.port), (Some("::1"), Some(22)));
         assert_eq!(decode("%4"), "%4");
         assert_eq!(shell_quote("a b'c"), "'a b'\\''c'");
     }

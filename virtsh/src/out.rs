@@ -123,7 +123,10 @@ pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
             s.push(' ');
             s.push_str(c);
             if i + 1 < cells.len() {
-                let pad = widths.get(i).copied().unwrap_or(0) - c.chars().count() + 2;
+                let pad = widths
+                    .get(i)
+                    .map_or(0, |w| w.saturating_sub(c.chars().count()))
+                    + 2;
                 s.push_str(&" ".repeat(pad));
             }
         }
@@ -183,9 +186,10 @@ pub fn parse_size(s: &str) -> Option<u64> {
     let (num, suffix) = s.split_at(split);
     let n: u64 = num.parse().ok()?;
     let suffix = suffix.trim();
-    let (letter, rest) = match suffix.chars().next() {
+    let mut chars = suffix.chars();
+    let (letter, rest) = match chars.next() {
         None => return Some(n),
-        Some(c) => (c.to_ascii_lowercase(), &suffix[1..]),
+        Some(c) => (c.to_ascii_lowercase(), chars.as_str()),
     };
     let base: u64 = match rest {
         "" | "iB" | "ib" => 1024,
@@ -211,6 +215,9 @@ mod tests {
 
     #[test]
     fn table_matches_virsh_layout() {
+        // A row longer than the header is printed, not a panic.
+        let t = render_table(&["A"], &[vec!["x".into(), "yy".into()]]);
+        assert_eq!(t, " A\n----\n x   yy\n");
         let t = render_table(
             &["Id", "Name", "State"],
             &[vec!["1".into(), "demo".into(), "running".into()]],
@@ -228,6 +235,8 @@ mod tests {
         assert_eq!(parse_size("2GiB"), Some(2 << 30));
         assert_eq!(parse_size("1KB"), Some(1000));
         assert_eq!(parse_size("1x"), None);
+        assert_eq!(parse_size("1é"), None);
+        assert_eq!(parse_size("1kéB"), None);
         assert_eq!(parse_size("99999999999999999999"), None);
         assert_eq!(parse_size("20E"), None);
         assert_eq!(pretty_capacity(1 << 30), "1.00 GiB");

@@ -151,5 +151,21 @@ async fn ssh_transport_lists_and_starts() {
         "{err}"
     );
 
+    // A printed figure, not a check: a whole `virtsh list` run over ssh and locally.
+    let median = |f: &dyn Fn() -> Output| {
+        let mut t: Vec<Duration> = (0..5)
+            .map(|_| {
+                let s = Instant::now();
+                ok(f());
+                s.elapsed()
+            })
+            .collect();
+        t.sort();
+        t[2]
+    };
+    let remote = median(&|| virtsh_in(&ns, &["-c", &uri, "list"]));
+    let local = median(&|| virtsh(&bus, &["list"]));
+    eprintln!("virtsh list, median of 5 runs: over ssh {remote:?}, on the local bus {local:?}");
+
     ok(virtsh(&bus, &["destroy", "remote1"]));
 }
