@@ -247,3 +247,65 @@ async fn shell_pipe_completion_and_man() {
         "{man}"
     );
 }
+
+/// domifstat needs a NIC with a host device: an ethernet NIC's tap, made by virtqemud
+/// inside a network namespace the test creates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domifstat_on_a_tap() {
+    let bus = TestBus::start().expect("bus");
+    let ns = common::harness::NetNs::new().expect("netns");
+    let daemon = Daemon::builder(sibling("virtqemud"), "virtqemud")
+        .netns(&ns)
+        .spawn(&bus)
+        .await
+        .expect("virtqemud");
+    let xml = daemon.dirs.root.path().join("e.xml");
+    std::fs::write(
+        &xml,
+        "<domain type='qemu'><name>e1</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+         <interface type='ethernet'><mac address='52:54:00:92:00:02'/>\
+         <target dev='vstap0'/></interface></devices></domain>",
+    )
+    .expect("xml");
+    ok(virtsh(&bus, &["define", xml.to_str().expect("utf-8")]));
+    let err = fails(virtsh(&bus, &["domifstat", "e1", "vstap0"]));
+    assert!(err.contains("domain is not running"), "{err}");
+    ok(virtsh(&bus, &["start", "e1", "--paused"]));
+
+    let fields = [
+        "rx_bytes",
+        "rx_packets",
+        "rx_errs",
+        "rx_drop",
+        "tx_bytes",
+        "tx_packets",
+        "tx_errs",
+        "tx_drop",
+    ];
+    let stat = ok(virtsh(&bus, &["domifstat", "e1", "vstap0"]));
+    let names: Vec<&str> = stat
+        .lines()
+        .map(|l| {
+            assert!(l.starts_with("vstap0 "), "{stat}");
+            l.split(' ').nth(1).unwrap_or("")
+        })
+        .collect();
+    assert_eq!(names, fields, "{stat}");
+    // By MAC address too, and as JSON with the same counters.
+    let by_mac = ok(virtsh(&bus, &["domifstat", "e1", "52:54:00:92:00:02"]));
+    assert_eq!(by_mac.lines().count(), 8, "{by_mac}");
+    let j = json(virtsh(&bus, &["domifstat", "e1", "vstap0", "--json"]));
+    for f in fields {
+        assert!(j[f].is_u64(), "{f}: {j}");
+    }
+    let ifl = ok(virtsh(&bus, &["domiflist", "e1"]));
+    assert!(
+        ifl.lines()
+            .nth(2)
+            .is_some_and(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["vstap0", "ethernet", "-", "virtio", "52:54:00:92:00:02"]),
+        "{ifl}"
+    );
+    ok(virtsh(&bus, &["destroy", "e1"]));
+}
