@@ -96,7 +96,7 @@ async fn uris_reach_the_daemon() {
             "Compiled against library",
             "Using library",
             "Using API",
-            "Running hypervisor"
+            "Running against daemon"
         ]
     );
 
