@@ -278,7 +278,9 @@ pub async fn open(choice: &Choice) -> anyhow::Result<Conn> {
 
 /// A socket is a bus if it answers the bus's Hello, else a daemon's peer socket.
 async fn socket(address: &str) -> anyhow::Result<(zbus::Connection, bool)> {
-    if let Ok(b) = zbus::connection::Builder::address(address)?.build().await {
+    // A peer that ignored Hello instead of refusing it must not hang the probe.
+    let bus = zbus::connection::Builder::address(address)?.build();
+    if let Ok(Ok(b)) = tokio::time::timeout(std::time::Duration::from_secs(5), bus).await {
         return Ok((b, false));
     }
     let b = zbus::connection::Builder::address(address)?

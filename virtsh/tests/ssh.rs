@@ -166,6 +166,26 @@ async fn ssh_transport_lists_and_starts() {
     let remote = median(&|| virtsh_in(&ns, &["-c", &uri, "list"]));
     let local = median(&|| virtsh(&bus, &["list"]));
     eprintln!("virtsh list, median of 5 runs: over ssh {remote:?}, on the local bus {local:?}");
+    // The shell keeps one ssh connection: 100 commands in one session over ssh.
+    let mut c = Command::new(env!("CARGO_BIN_EXE_virtsh"));
+    c.args(["-c", &uri])
+        .env_remove("LIBVIRT_DEFAULT_URI")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let _f = ns.enter(&mut c).expect("enter netns");
+    let start = Instant::now();
+    let mut child = c.spawn().expect("virtsh shell");
+    let mut input = child.stdin.take().expect("stdin");
+    std::io::Write::write_all(&mut input, "domname remote1\n".repeat(100).as_bytes())
+        .expect("write");
+    drop(input);
+    let out = child.wait_with_output().expect("shell");
+    let took = start.elapsed();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "remote1\n".repeat(100)
+    );
+    eprintln!("virtsh shell over ssh: 100 domname commands in {took:?} (one connection)");
 
     ok(virtsh(&bus, &["destroy", "remote1"]));
 }
