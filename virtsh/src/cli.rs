@@ -61,6 +61,18 @@ pub enum DomainCmd {
         all: bool,
         #[arg(long, conflicts_with = "all")]
         inactive: bool,
+        /// Only persistent (defined) domains.
+        #[arg(long)]
+        persistent: bool,
+        /// Only transient (created) domains.
+        #[arg(long, conflicts_with = "persistent")]
+        transient: bool,
+        /// Print only the names, one a line.
+        #[arg(long, conflicts_with = "uuid")]
+        name: bool,
+        /// Print only the UUIDs, one a line.
+        #[arg(long)]
+        uuid: bool,
     },
     /// Define a domain from an XML file.
     Define { file: String },
@@ -136,6 +148,24 @@ pub enum StatsCmd {
     /// Print statistics of domains (all of them when none is named).
     Domstats {
         domains: Vec<String>,
+        /// Only running or paused domains (VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE).
+        #[arg(long)]
+        list_active: bool,
+        #[arg(long)]
+        list_inactive: bool,
+        #[arg(long)]
+        list_persistent: bool,
+        #[arg(long)]
+        list_transient: bool,
+        #[arg(long)]
+        list_running: bool,
+        #[arg(long)]
+        list_paused: bool,
+        #[arg(long)]
+        list_shutoff: bool,
+        /// Fail on groups the daemon does not support instead of leaving them out.
+        #[arg(long)]
+        enforce: bool,
         #[arg(long)]
         state: bool,
         #[arg(long)]
@@ -193,6 +223,9 @@ pub enum NetworkCmd {
         all: bool,
         #[arg(long, conflicts_with = "all")]
         inactive: bool,
+        /// Print only the names, one a line.
+        #[arg(long)]
+        name: bool,
     },
     /// Define a network from an XML file.
     NetDefine { file: String },
@@ -227,6 +260,9 @@ pub enum StorageCmd {
         all: bool,
         #[arg(long, conflicts_with = "all")]
         inactive: bool,
+        /// Print only the names, one a line.
+        #[arg(long)]
+        name: bool,
     },
     /// Define a pool from an XML file.
     PoolDefine { file: String },

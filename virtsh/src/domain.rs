@@ -12,10 +12,40 @@ use crate::{outln, read, Ctx};
 /// virConnectListAllDomains flags.
 const LIST_ACTIVE: u32 = 1;
 const LIST_INACTIVE: u32 = 2;
+const LIST_PERSISTENT: u32 = 4;
+const LIST_TRANSIENT: u32 = 8;
+
+/// What `list` prints: virsh's table, or one column (`--name`, `--uuid`).
+enum Only {
+    Table,
+    Name,
+    Uuid,
+}
 
 pub async fn run(x: &Ctx<'_>, cmd: DomainCmd) -> anyhow::Result<()> {
     match cmd {
-        DomainCmd::List { all, inactive } => list(x, all, inactive).await?,
+        DomainCmd::List {
+            all,
+            inactive,
+            persistent,
+            transient,
+            name,
+            uuid,
+        } => {
+            let state = match (all, inactive) {
+                (true, _) => 0,
+                (_, true) => LIST_INACTIVE,
+                _ => LIST_ACTIVE,
+            };
+            let kind = if persistent { LIST_PERSISTENT } else { 0 }
+                | if transient { LIST_TRANSIENT } else { 0 };
+            let only = match (name, uuid) {
+                (true, _) => Only::Name,
+                (_, true) => Only::Uuid,
+                _ => Only::Table,
+            };
+            list(x, state | kind, only).await?
+        }
         DomainCmd::Define { file } => {
             let q = x.qemu().await?;
             let p = q.domain_define_xml(&read(&file)?).await?;
@@ -120,26 +150,32 @@ async fn ids(x: &Ctx<'_>, cmd: DomainCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// virsh's `list`: Id, Name, State in a table.
-async fn list(x: &Ctx<'_>, all: bool, inactive: bool) -> anyhow::Result<()> {
+/// virsh's `list`: Id, Name, State in a table, or only names or UUIDs.
+async fn list(x: &Ctx<'_>, flags: u32, only: Only) -> anyhow::Result<()> {
     let q = x.qemu().await?;
-    let flags = match (all, inactive) {
-        (true, _) => 0,
-        (_, true) => LIST_INACTIVE,
-        _ => LIST_ACTIVE,
-    };
     let mut rows = Vec::new();
     for p in q.list_domains(flags).await? {
         let d = x.domain_at(p).await?;
-        let id = if d.active().await? {
-            d.id().await?.to_string()
-        } else {
-            "-".into()
+        let row = match only {
+            Only::Name => vec![d.name().await?],
+            Only::Uuid => vec![d.uuid().await?],
+            Only::Table => {
+                let id = if d.active().await? {
+                    d.id().await?.to_string()
+                } else {
+                    "-".into()
+                };
+                let (state, _) = d.get_state(0).await?;
+                vec![id, d.name().await?, state_name(state).to_string()]
+            }
         };
-        let (state, _) = d.get_state(0).await?;
-        rows.push(vec![id, d.name().await?, state_name(state).to_string()]);
+        rows.push(row);
     }
-    x.out.table(&["Id", "Name", "State"], &rows)?;
+    match only {
+        Only::Table => x.out.table(&["Id", "Name", "State"], &rows)?,
+        Only::Name => x.out.column(&rows)?,
+        Only::Uuid => x.out.column(&rows)?,
+    }
     Ok(())
 }
 

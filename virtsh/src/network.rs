@@ -21,7 +21,11 @@ pub async fn run(x: &Ctx<'_>, cmd: NetworkCmd) -> anyhow::Result<()> {
         anyhow::Ok(p)
     };
     match cmd {
-        NetworkCmd::NetList { all, inactive } => {
+        NetworkCmd::NetList {
+            all,
+            inactive,
+            name,
+        } => {
             let n: NetworkConnectProxy = connect!(NetworkConnectProxy, c, nd);
             let flags = match (all, inactive) {
                 (true, _) => 0,
@@ -43,8 +47,12 @@ pub async fn run(x: &Ctx<'_>, cmd: NetworkCmd) -> anyhow::Result<()> {
                     yes_no(net.persistent().await?).into(),
                 ]);
             }
-            x.out
-                .table(&["Name", "State", "Autostart", "Persistent"], &rows)?;
+            if name {
+                x.out.column(&rows)?;
+            } else {
+                x.out
+                    .table(&["Name", "State", "Autostart", "Persistent"], &rows)?;
+            }
         }
         NetworkCmd::NetDefine { file } => {
             let n: NetworkConnectProxy = connect!(NetworkConnectProxy, c, nd);

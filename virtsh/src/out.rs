@@ -54,6 +54,21 @@ impl Out {
         write_line(render_table(headers, rows).trim_end_matches('\n'))
     }
 
+    /// One value a line (`list --name`), or a JSON array of strings.
+    pub fn column(&self, rows: &[Vec<String>]) -> io::Result<()> {
+        let vals: Vec<&str> = rows
+            .iter()
+            .filter_map(|r| r.first().map(String::as_str))
+            .collect();
+        if self.json {
+            return self.value(&json!(vals));
+        }
+        for v in vals {
+            write_line(v)?;
+        }
+        Ok(())
+    }
+
     /// `Label:         value` lines (virsh's `%-15s %s`), or one JSON object with the
     /// given keys and typed values.
     pub fn info(&self, rows: &[(&str, String, Value)]) -> io::Result<()> {

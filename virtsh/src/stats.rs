@@ -26,6 +26,14 @@ pub async fn run(x: &Ctx<'_>, cmd: StatsCmd) -> anyhow::Result<()> {
         StatsCmd::Dominfo { domain } => dominfo(x, &domain).await,
         StatsCmd::Domstats {
             domains,
+            list_active,
+            list_inactive,
+            list_persistent,
+            list_transient,
+            list_running,
+            list_paused,
+            list_shutoff,
+            enforce,
             state,
             cpu_total,
             balloon,
@@ -44,7 +52,21 @@ pub async fn run(x: &Ctx<'_>, cmd: StatsCmd) -> anyhow::Result<()> {
             .iter()
             .filter(|(on, _)| *on)
             .fold(0, |a, (_, b)| a | b);
-            domstats(x, &domains, groups).await
+            // virConnectGetAllDomainStatsFlags, the list filters of ListAllDomains.
+            let flags = [
+                (list_active, 1),
+                (list_inactive, 2),
+                (list_persistent, 4),
+                (list_transient, 8),
+                (list_running, 16),
+                (list_paused, 32),
+                (list_shutoff, 64),
+                (enforce, 1 << 31),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .fold(0u32, |a, (_, b)| a | b);
+            domstats(x, &domains, groups, flags).await
         }
         StatsCmd::Domblklist {
             domain,
@@ -270,16 +292,18 @@ fn stat_order(k: &str) -> (usize, i64, usize, String) {
     (g, dev, pos, k.to_string())
 }
 
-async fn domstats(x: &Ctx<'_>, domains: &[String], groups: u32) -> anyhow::Result<()> {
+async fn domstats(x: &Ctx<'_>, domains: &[String], groups: u32, flags: u32) -> anyhow::Result<()> {
     let mut records: Vec<(String, Record)> = Vec::new();
     if domains.is_empty() {
-        for (name, r) in x.qemu().await?.get_all_domain_stats(groups, 0).await? {
+        for (name, r) in x.qemu().await?.get_all_domain_stats(groups, flags).await? {
             records.push((name, r.0));
         }
     } else {
         for n in domains {
             let d = x.domain(n).await?;
-            records.push((d.name().await?, d.get_stats(groups, 0).await?.0));
+            // Only ENFORCE applies to one domain; the list filters are for all of them.
+            let one = flags & (1 << 31);
+            records.push((d.name().await?, d.get_stats(groups, one).await?.0));
         }
     }
     let mut all = serde_json::Map::new();

@@ -30,7 +30,11 @@ pub async fn pools(x: &Ctx<'_>, cmd: StorageCmd) -> anyhow::Result<()> {
     let sd = x.dest("org.libvirt.virtstoraged");
     let c = x.c;
     match cmd {
-        StorageCmd::PoolList { all, inactive } => {
+        StorageCmd::PoolList {
+            all,
+            inactive,
+            name,
+        } => {
             let s: StorageConnectProxy = connect!(StorageConnectProxy, c, sd);
             let flags = match (all, inactive) {
                 (true, _) => 0,
@@ -51,7 +55,11 @@ pub async fn pools(x: &Ctx<'_>, cmd: StorageCmd) -> anyhow::Result<()> {
                     yes_no(pool.autostart().await?).into(),
                 ]);
             }
-            x.out.table(&["Name", "State", "Autostart"], &rows)?;
+            if name {
+                x.out.column(&rows)?;
+            } else {
+                x.out.table(&["Name", "State", "Autostart"], &rows)?;
+            }
         }
         StorageCmd::PoolDefine { file } => {
             let s: StorageConnectProxy = connect!(StorageConnectProxy, c, sd);

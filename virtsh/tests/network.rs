@@ -64,6 +64,7 @@ async fn network_info_autostart_and_lists() {
         ok(virtsh(&bus, &["net-autostart", "n1", "--disable"])),
         "Network n1 unmarked as autostarted\n"
     );
+    assert_eq!(ok(virtsh(&bus, &["net-list", "--name"])), "n1\n");
     let leases = json(virtsh(&bus, &["net-dhcp-leases", "n1", "--json"]));
     assert_eq!(leases, serde_json::json!([]));
     ok(virtsh(&bus, &["net-destroy", "n1"]));

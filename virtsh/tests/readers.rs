@@ -153,6 +153,17 @@ async fn domain_readers_json_and_create() {
         field(&ok(virtsh(&bus, &["dominfo", "t1"])), "Persistent"),
         "no"
     );
+    // One column, and the list filters: t1 is transient, r1 persistent and shut off.
+    assert_eq!(ok(virtsh(&bus, &["list", "--all", "--name"])), "r1\nt1\n");
+    assert_eq!(ok(virtsh(&bus, &["list", "--transient", "--name"])), "t1\n");
+    assert_eq!(
+        ok(virtsh(&bus, &["list", "--all", "--persistent", "--uuid"])),
+        format!("{uuid}\n")
+    );
+    let j = json(virtsh(&bus, &["list", "--inactive", "--name", "--json"]));
+    assert_eq!(j, serde_json::json!(["r1"]));
+    let stats = ok(virtsh(&bus, &["domstats", "--state", "--list-paused"]));
+    assert_eq!(stats, "Domain: 't1'\n  state.state=3\n  state.reason=1\n\n");
     ok(virtsh(&bus, &["destroy", "t1"]));
     let err = fails(virtsh(&bus, &["dominfo", "t1"]));
     assert!(err.starts_with("error: Domain not found"), "{err}");

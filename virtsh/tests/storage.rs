@@ -33,6 +33,10 @@ async fn pools_and_volumes() {
     assert!(!info.contains("Capacity"), "{info}");
     assert!(!ok(virtsh(&bus, &["pool-list"])).contains(" p "));
     assert!(ok(virtsh(&bus, &["pool-list", "--all"])).contains(" p "));
+    assert_eq!(
+        ok(virtsh(&bus, &["pool-list", "--inactive", "--name"])),
+        "p\n"
+    );
     ok(virtsh(&bus, &["pool-build", "p"]));
     ok(virtsh(&bus, &["pool-start", "p"]));
     assert_eq!(
