@@ -2,7 +2,7 @@
 //! It connects by libvirt URI (`-c`, `LIBVIRT_DEFAULT_URI`; see [`conn`]), runs one
 //! command, or reads commands from stdin as virsh's shell does when given none.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::io::Write as _;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser as _};
@@ -298,19 +298,5 @@ pub fn yes_no(b: bool) -> &'static str {
         "yes"
     } else {
         "no"
-    }
-}
-
-/// Whether stdin is a terminal (the shell prompts only then).
-pub fn interactive() -> bool {
-    std::io::stdin().is_terminal()
-}
-
-/// One line of stdin; None at its end or when it cannot be read (a vanished terminal).
-pub fn read_line() -> Option<String> {
-    let mut line = String::new();
-    match std::io::stdin().lock().read_line(&mut line) {
-        Ok(0) | Err(_) => None,
-        Ok(_) => Some(line),
     }
 }

@@ -3,15 +3,15 @@
 //! `quit`, `exit` or the end of input. Lines are split as a shell would (quotes,
 //! backslashes, `;` between commands, `#` comments).
 
-use std::io::Write as _;
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
 
 use clap::Parser as _;
 
 use crate::cli::Cli;
-use crate::{broken_pipe, interactive, read_line, report, run_line, Flow, Session};
+use crate::{broken_pipe, report, run_line, Flow, Session};
 
 pub async fn run(s: &mut Session) -> i32 {
-    let tty = interactive();
+    let tty = std::io::stdin().is_terminal();
     if tty {
         let _ = writeln!(
             std::io::stdout(),
@@ -56,6 +56,16 @@ pub async fn run(s: &mut Session) -> i32 {
                 Err(e) => report(&e),
             }
         }
+    }
+}
+
+/// One line of stdin; None at its end or when it cannot be read (a vanished terminal).
+/// Bytes that are not UTF-8 are replaced, not taken for the end of input.
+fn read_line() -> Option<String> {
+    let mut line = Vec::new();
+    match std::io::stdin().lock().read_until(b'\n', &mut line) {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(String::from_utf8_lossy(&line).into_owned()),
     }
 }
 

@@ -224,6 +224,19 @@ async fn shell_pipe_completion_and_man() {
     // The terminal echoes the typed lines first; the answer follows the prompt.
     assert!(tty.contains("virtsh # s0\r\nvirtsh # "), "{tty:?}");
 
+    // A line that is not UTF-8 is a bad command, not the end of the session.
+    let mut child = command(&bus, &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("virtsh");
+    let mut input = child.stdin.take().expect("stdin");
+    std::io::Write::write_all(&mut input, b"dom\xffname s0\ndomname s1\n").expect("write");
+    drop(input);
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "s1\n");
+
     // A reader that closes the pipe at once: no panic, status 0, nothing on stderr.
     let mut child = command(&bus, &["list", "--all"])
         .stdout(Stdio::piped())
