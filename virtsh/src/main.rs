@@ -1,209 +1,183 @@
-//! virtsh: a small virsh-like client of the virt daemons, speaking their libvirt-dbus
-//! API. It talks to the session bus unless told `--system` or given a bus address
-//! (`--address unix:path=/run/.../virtqemud-sock` reaches one daemon peer-to-peer).
+//! virtsh: a virsh-like client of the virt daemons, speaking their libvirt-dbus API.
+//! It connects by libvirt URI (`-c`, `LIBVIRT_DEFAULT_URI`; see [`conn`]), runs one
+//! command, or reads commands from stdin as virsh's shell does when given none.
 
-use std::collections::HashMap;
+use std::io::Write as _;
 
-use anyhow::{anyhow, Context as _};
-use clap::{Parser, Subcommand};
-use common::proxies::network::{NetworkConnectProxy, NetworkPortsProxy, NetworkProxy};
-use common::proxies::nodedev::{NodeDevConnectProxy, NodeDeviceProxy, NodeInfoProxy};
+use anyhow::Context as _;
+use clap::{CommandFactory as _, Parser as _};
 use common::proxies::qemu::{DomainProxy, QemuConnectProxy};
-use common::proxies::storage::{StorageConnectProxy, StoragePoolProxy, StorageVolProxy};
-use zbus::proxy::CacheProperties;
+use serde_json::json;
 use zbus::zvariant::OwnedObjectPath;
 
-#[derive(Parser)]
-#[command(
-    name = "virtsh",
-    version,
-    about = "virsh-like client of the virt daemons"
-)]
-struct Cli {
-    /// Use the system bus (default: the session bus).
-    #[arg(long, global = true)]
-    system: bool,
-    /// A D-Bus address to use instead of a bus (e.g. a daemon's peer socket).
-    #[arg(long, global = true, value_name = "ADDRESS")]
-    address: Option<String>,
-    #[command(subcommand)]
-    cmd: Cmd,
+/// Proxies of objects other than the connect object take the same destination as
+/// the connect proxy (none on a peer connection).
+#[macro_export]
+macro_rules! object {
+    ($ty:ident, $conn:expr, $path:expr, $dest:expr) => {{
+        let b = $ty::builder($conn)
+            .path($path.clone())?
+            .cache_properties(zbus::proxy::CacheProperties::No);
+        match $dest {
+            Some(d) => b.destination(d)?.build().await?,
+            None => b.build().await?,
+        }
+    }};
 }
 
-/// The commands, one enum per daemon they talk to, flattened into one list.
-#[derive(Subcommand)]
-enum Cmd {
-    #[command(flatten)]
-    Domain(DomainCmd),
-    #[command(flatten)]
-    Network(NetworkCmd),
-    #[command(flatten)]
-    Storage(StorageCmd),
-    #[command(flatten)]
-    Nodedev(NodedevCmd),
+/// A daemon's connect object (`/org/libvirt/QEMU`), addressed as `object!` does.
+#[macro_export]
+macro_rules! connect {
+    ($ty:ident, $conn:expr, $dest:expr) => {{
+        let b = $ty::builder($conn).cache_properties(zbus::proxy::CacheProperties::No);
+        match $dest {
+            Some(d) => b.destination(d)?.build().await?,
+            None => b.build().await?,
+        }
+    }};
 }
 
-/// Commands of virtqemud.
-#[derive(Subcommand)]
-enum DomainCmd {
-    /// List domains (running ones unless --all).
-    List {
-        #[arg(long)]
-        all: bool,
-    },
-    /// Define a domain from an XML file.
-    Define {
-        file: String,
-    },
-    /// Undefine a domain.
-    Undefine {
-        domain: String,
-        /// Also remove its UEFI variable store (VIR_DOMAIN_UNDEFINE_NVRAM).
-        #[arg(long, conflicts_with = "keep_nvram")]
-        nvram: bool,
-        /// Keep its UEFI variable store (VIR_DOMAIN_UNDEFINE_KEEP_NVRAM).
-        #[arg(long)]
-        keep_nvram: bool,
-        /// Keep its emulated TPM's state (VIR_DOMAIN_UNDEFINE_KEEP_TPM).
-        #[arg(long)]
-        keep_tpm: bool,
-    },
-    /// Start a defined domain.
-    Start {
-        domain: String,
-        #[arg(long)]
-        paused: bool,
-    },
-    /// Ask the guest to power off (ACPI).
-    Shutdown {
-        domain: String,
-    },
-    /// Stop a domain at once.
-    Destroy {
-        domain: String,
-    },
-    Suspend {
-        domain: String,
-    },
-    Resume {
-        domain: String,
-    },
-    Reboot {
-        domain: String,
-    },
-    /// Print a domain's state and reason.
-    Domstate {
-        domain: String,
-    },
-    /// Print a domain's XML.
-    Dumpxml {
-        domain: String,
-        #[arg(long)]
-        inactive: bool,
-    },
-    /// Set or clear a domain's autostart flag.
-    Autostart {
-        domain: String,
-        #[arg(long)]
-        disable: bool,
-    },
-    /// Print the capabilities XML.
-    Capabilities,
+mod cli;
+mod conn;
+mod domain;
+mod network;
+mod nodedev;
+mod out;
+mod shell;
+mod stats;
+mod storage;
+
+use cli::{Cli, Cmd, HostCmd, ToolCmd};
+use conn::{Choice, Conn};
+use out::Out;
+
+/// What one command runs against.
+pub struct Ctx<'a> {
+    pub c: &'a zbus::Connection,
+    pub peer: bool,
+    pub out: Out,
 }
 
-/// Commands of virtnetworkd.
-#[derive(Subcommand)]
-// clap derives the command names from the variants: `NetList` is virsh's `net-list`.
-#[allow(clippy::enum_variant_names)]
-enum NetworkCmd {
-    /// List virtual networks.
-    NetList,
-    NetDefine {
-        file: String,
-    },
-    NetStart {
-        network: String,
-    },
-    NetDestroy {
-        network: String,
-    },
-    NetUndefine {
-        network: String,
-    },
-    NetDumpxml {
-        network: String,
-    },
-    /// Print a network's DHCP leases.
-    NetDhcpLeases {
-        network: String,
-    },
-}
+impl Ctx<'_> {
+    /// On a peer connection there is no bus name to address.
+    pub fn dest(&self, name: &'static str) -> Option<&'static str> {
+        (!self.peer).then_some(name)
+    }
 
-/// Commands of virtstoraged.
-#[derive(Subcommand)]
-enum StorageCmd {
-    /// List storage pools.
-    PoolList,
-    PoolDefine {
-        file: String,
-    },
-    /// Build a pool (creates the directory, formats, creates the VG).
-    PoolBuild {
-        pool: String,
-    },
-    PoolStart {
-        pool: String,
-    },
-    PoolDestroy {
-        pool: String,
-    },
-    PoolUndefine {
-        pool: String,
-    },
-    PoolDumpxml {
-        pool: String,
-    },
-    /// List a pool's volumes with their paths.
-    VolList {
-        pool: String,
-    },
-    /// Create a volume in a pool from an XML file.
-    VolCreate {
-        pool: String,
-        file: String,
-    },
-    VolDelete {
-        pool: String,
-        volume: String,
-    },
-}
+    pub async fn qemu(&self) -> anyhow::Result<QemuConnectProxy<'_>> {
+        Ok(connect!(
+            QemuConnectProxy,
+            self.c,
+            self.dest("org.libvirt.virtqemud")
+        ))
+    }
 
-/// Commands of virtnodedevd.
-#[derive(Subcommand)]
-enum NodedevCmd {
-    /// List node devices (optionally only those with a capability, e.g. pci, net).
-    NodedevList {
-        #[arg(long)]
-        cap: Option<String>,
-    },
-    NodedevDumpxml {
-        device: String,
-    },
-    /// Print the node's CPU and memory summary.
-    Nodeinfo,
-}
+    pub async fn domain_at(&self, path: OwnedObjectPath) -> anyhow::Result<DomainProxy<'_>> {
+        Ok(object!(
+            DomainProxy,
+            self.c,
+            path,
+            self.dest("org.libvirt.virtqemud")
+        ))
+    }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
-    let cli = Cli::parse();
-    if let Err(e) = run(cli).await {
-        eprintln!("error: {}", message(&e));
-        std::process::exit(1);
+    /// A domain by name, ID or UUID.
+    pub async fn domain(&self, name: &str) -> anyhow::Result<DomainProxy<'_>> {
+        let q = self.qemu().await?;
+        let path = domain::lookup(&q, name).await?;
+        self.domain_at(path).await
     }
 }
 
+/// The connection of a run or a shell session, opened when a command first needs it.
+pub struct Session {
+    choice: Choice,
+    conn: Option<Conn>,
+}
+
+impl Session {
+    async fn conn(&mut self) -> anyhow::Result<&Conn> {
+        if self.conn.is_none() {
+            let c = conn::open(&self.choice)
+                .await
+                .with_context(|| format!("failed to connect to '{}'", self.choice.text()))?;
+            self.conn = Some(c);
+        }
+        self.conn
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("not connected"))
+    }
+}
+
+/// Whether the shell goes on after a command.
+#[derive(PartialEq)]
+pub enum Flow {
+    Continue,
+    Quit,
+}
+
+fn main() {
+    let code = match Cli::try_parse() {
+        Ok(cli) => start(cli),
+        Err(e) => usage_error(&e),
+    };
+    std::process::exit(code);
+}
+
+/// clap's help and version go to stdout with status 0; a usage error is virsh's status 1.
+fn usage_error(e: &clap::Error) -> i32 {
+    let _ = e.print();
+    match e.kind() {
+        clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+        _ => 1,
+    }
+}
+
+fn start(cli: Cli) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            report(&anyhow::anyhow!(e));
+            return 1;
+        }
+    };
+    rt.block_on(async {
+        let mut s = Session {
+            choice: conn::choose_uri(cli.address.as_deref(), cli.connect.as_deref(), cli.system),
+            conn: None,
+        };
+        if cli.cmd.is_none() {
+            return shell::run(&mut s).await;
+        }
+        match run_line(&mut s, cli).await {
+            Ok(_) => 0,
+            Err(e) if broken_pipe(&e) => 0,
+            Err(e) => {
+                report(&e);
+                1
+            }
+        }
+    })
+}
+
+/// A reader that closed the pipe (`virtsh list | head -1`) wanted no more: not an error.
+pub fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// `error: MESSAGE` on stderr, as virsh prints it; a closed stderr is ignored.
+pub fn report(e: &anyhow::Error) {
+    let _ = writeln!(std::io::stderr(), "error: {}", message(e));
+}
+
 /// libvirt's message without the D-Bus wrapping, as virsh prints it.
-fn message(e: &anyhow::Error) -> String {
+pub fn message(e: &anyhow::Error) -> String {
     for cause in e.chain() {
         if let Some(zbus::Error::MethodError(_, Some(msg), _)) = cause.downcast_ref() {
             return msg.clone();
@@ -212,456 +186,117 @@ fn message(e: &anyhow::Error) -> String {
     format!("{e:#}")
 }
 
-async fn connection(cli: &Cli) -> anyhow::Result<zbus::Connection> {
-    let conn = match (&cli.address, cli.system) {
-        (Some(a), _) => {
-            zbus::connection::Builder::address(a.as_str())?
-                .p2p()
-                .build()
-                .await?
-        }
-        (None, true) => zbus::Connection::system().await?,
-        (None, false) => zbus::Connection::session().await?,
+/// Runs one parsed command line; a line with its own connection options gets its own
+/// connection for that line.
+pub async fn run_line(s: &mut Session, cli: Cli) -> anyhow::Result<Flow> {
+    let out = Out { json: cli.json };
+    let Some(cmd) = cli.cmd else {
+        return Ok(Flow::Continue);
     };
-    Ok(conn)
-}
-
-/// Proxies of objects other than the connect object take the same destination as
-/// the connect proxy (none on a peer connection).
-macro_rules! object {
-    ($ty:ident, $conn:expr, $path:expr, $dest:expr) => {{
-        let b = $ty::builder($conn)
-            .path($path.clone())?
-            .cache_properties(CacheProperties::No);
-        match $dest {
-            Some(d) => b.destination(d)?.build().await?,
-            None => b.build().await?,
-        }
-    }};
-}
-
-/// On a peer connection there is no bus name to address.
-fn dest(peer: bool, name: &'static str) -> Option<&'static str> {
-    (!peer).then_some(name)
-}
-
-/// A daemon's connect object (`/org/libvirt/QEMU`), addressed as `object!` does.
-macro_rules! connect {
-    ($ty:ident, $conn:expr, $dest:expr) => {{
-        let b = $ty::builder($conn).cache_properties(CacheProperties::No);
-        match $dest {
-            Some(d) => b.destination(d)?.build().await?,
-            None => b.build().await?,
-        }
-    }};
-}
-
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let conn = connection(&cli).await.context("cannot connect")?;
-    let c = &conn;
-    let peer = cli.address.is_some();
-    match cli.cmd {
-        Cmd::Domain(cmd) => domain_cmd(c, dest(peer, "org.libvirt.virtqemud"), cmd).await,
-        Cmd::Network(cmd) => network_cmd(c, dest(peer, "org.libvirt.virtnetworkd"), cmd).await,
-        Cmd::Storage(cmd) => storage_cmd(c, dest(peer, "org.libvirt.virtstoraged"), cmd).await,
-        Cmd::Nodedev(cmd) => nodedev_cmd(c, dest(peer, "org.libvirt.virtnodedevd"), cmd).await,
-    }
-}
-
-/// Runs a command of virtqemud, at bus name `qd` (none on a peer connection).
-async fn domain_cmd(
-    c: &zbus::Connection,
-    qd: Option<&'static str>,
-    cmd: DomainCmd,
-) -> anyhow::Result<()> {
-    let domain = |name: String| async move {
-        let q: QemuConnectProxy = connect!(QemuConnectProxy, c, qd);
-        let path = lookup_domain(&q, &name).await?;
-        let d: DomainProxy = object!(DomainProxy, c, path, qd);
-        anyhow::Ok(d)
+    let own = cli.connect.is_some() || cli.address.is_some() || cli.system;
+    let mut line_session;
+    let s = if own {
+        line_session = Session {
+            choice: conn::choose_uri(cli.address.as_deref(), cli.connect.as_deref(), cli.system),
+            conn: None,
+        };
+        &mut line_session
+    } else {
+        s
     };
     match cmd {
-        DomainCmd::List { all } => {
-            let q: QemuConnectProxy = connect!(QemuConnectProxy, c, qd);
-            // virConnectListAllDomains: ACTIVE=1, or 0 for all.
-            let paths = q.list_domains(if all { 0 } else { 1 }).await?;
-            header(&[("Id", 5), ("Name", 30), ("State", 0)], 50);
-            for p in paths {
-                let d: DomainProxy = object!(DomainProxy, c, p, qd);
-                let id = if d.active().await? {
-                    d.id().await?.to_string()
-                } else {
-                    "-".into()
-                };
-                let (state, _) = d.get_state(0).await?;
-                println!(" {:<5} {:<30} {}", id, d.name().await?, state_name(state));
+        Cmd::Tool(t) => return tool(t),
+        Cmd::Host(HostCmd::Connect { uri }) => {
+            if let Some(u) = uri {
+                s.choice = Choice::Uri(u);
             }
+            s.conn = None;
+            s.conn().await?;
+            return Ok(Flow::Continue);
         }
-        DomainCmd::Define { file } => {
-            let q: QemuConnectProxy = connect!(QemuConnectProxy, c, qd);
-            let p = q.domain_define_xml(&read(&file)?).await?;
-            let d: DomainProxy = object!(DomainProxy, c, p, qd);
-            println!("Domain '{}' defined from {file}", d.name().await?);
+        Cmd::Host(HostCmd::Uri) => {
+            let u = s.conn().await?.uri.clone();
+            out.scalar(&u, json!(u))?;
+            return Ok(Flow::Continue);
         }
-        DomainCmd::Undefine {
-            domain: n,
-            nvram,
-            keep_nvram,
-            keep_tpm,
-        } => {
-            let flags = if nvram { 4 } else { 0 }
-                | if keep_nvram { 8 } else { 0 }
-                | if keep_tpm { 64 } else { 0 };
-            domain(n.clone()).await?.undefine(flags).await?;
-            println!("Domain '{n}' has been undefined");
-        }
-        DomainCmd::Start { domain: n, paused } => {
-            domain(n.clone()).await?.create(paused as u32).await?;
-            println!("Domain '{n}' started");
-        }
-        DomainCmd::Shutdown { domain: n } => {
-            domain(n.clone()).await?.shutdown(0).await?;
-            println!("Domain '{n}' is being shutdown");
-        }
-        DomainCmd::Destroy { domain: n } => {
-            domain(n.clone()).await?.destroy(0).await?;
-            println!("Domain '{n}' destroyed");
-        }
-        DomainCmd::Suspend { domain: n } => {
-            domain(n.clone()).await?.suspend().await?;
-            println!("Domain '{n}' suspended");
-        }
-        DomainCmd::Resume { domain: n } => {
-            domain(n.clone()).await?.resume().await?;
-            println!("Domain '{n}' resumed");
-        }
-        DomainCmd::Reboot { domain: n } => {
-            domain(n.clone()).await?.reboot(0).await?;
-            println!("Domain '{n}' is being rebooted");
-        }
-        DomainCmd::Domstate { domain: n } => {
-            let (s, _) = domain(n).await?.get_state(0).await?;
-            println!("{}", state_name(s));
-        }
-        DomainCmd::Dumpxml {
-            domain: n,
-            inactive,
-        } => {
-            // VIR_DOMAIN_XML_INACTIVE = 2
-            let flags = if inactive { 2 } else { 0 };
-            print!("{}", ensure_nl(domain(n).await?.get_xml_desc(flags).await?));
-        }
-        DomainCmd::Autostart { domain: n, disable } => {
-            domain(n.clone()).await?.set_autostart(!disable).await?;
-            let what = if disable { "unmarked" } else { "marked" };
-            println!("Domain '{n}' {what} as autostarted");
-        }
-        DomainCmd::Capabilities => {
-            let q: QemuConnectProxy = connect!(QemuConnectProxy, c, qd);
-            print!("{}", ensure_nl(q.get_capabilities().await?));
-        }
+        _ => {}
     }
-    Ok(())
-}
-
-/// Runs a command of virtnetworkd, at bus name `nd` (none on a peer connection).
-async fn network_cmd(
-    c: &zbus::Connection,
-    nd: Option<&'static str>,
-    cmd: NetworkCmd,
-) -> anyhow::Result<()> {
-    let network = |name: String| async move {
-        let n: NetworkConnectProxy = connect!(NetworkConnectProxy, c, nd);
-        let path = n.network_lookup_by_name(&name).await?;
-        let p: NetworkProxy = object!(NetworkProxy, c, path, nd);
-        anyhow::Ok(p)
+    let c = s.conn().await?;
+    let x = Ctx {
+        c: &c.bus,
+        peer: c.peer,
+        out,
     };
     match cmd {
-        NetworkCmd::NetList => {
-            let n: NetworkConnectProxy = connect!(NetworkConnectProxy, c, nd);
-            header(
-                &[
-                    ("Name", 20),
-                    ("State", 10),
-                    ("Autostart", 10),
-                    ("Bridge", 0),
-                ],
-                55,
-            );
-            for p in n.list_networks(0).await? {
-                let net: NetworkProxy = object!(NetworkProxy, c, p.clone(), nd);
-                let ports: NetworkPortsProxy = object!(NetworkPortsProxy, c, p, nd);
-                println!(
-                    " {:<20} {:<10} {:<10} {}",
-                    net.name().await?,
-                    if net.active().await? {
-                        "active"
-                    } else {
-                        "inactive"
-                    },
-                    yes_no(net.autostart().await?),
-                    ports.bridge_name().await.unwrap_or_default()
+        Cmd::Domain(cmd) => domain::run(&x, cmd).await?,
+        Cmd::Stats(cmd) => stats::run(&x, cmd).await?,
+        Cmd::Network(cmd) => network::run(&x, cmd).await?,
+        Cmd::Storage(cmd) => storage::pools(&x, cmd).await?,
+        Cmd::Volume(cmd) => storage::vols(&x, cmd).await?,
+        Cmd::Nodedev(cmd) => nodedev::run(&x, cmd).await?,
+        Cmd::Host(cmd) => host(&x, cmd).await?,
+        Cmd::Tool(_) => {}
+    }
+    Ok(Flow::Continue)
+}
+
+/// hostname and version, answered by virtqemud's connect object.
+async fn host(x: &Ctx<'_>, cmd: HostCmd) -> anyhow::Result<()> {
+    let q = x.qemu().await?;
+    match cmd {
+        HostCmd::Hostname => {
+            let h = q.hostname().await?;
+            x.out.scalar(&h, json!(h))?;
+        }
+        HostCmd::Version => {
+            let (lib, hv) = (q.lib_version().await?, q.version().await?);
+            let v = |n: u64| format!("{}.{}.{}", n / 1_000_000, n / 1000 % 1000, n % 1000);
+            if x.out.json {
+                x.out.value(&json!({
+                    "client": env!("CARGO_PKG_VERSION"),
+                    "library": v(lib),
+                    "daemon": {"name": "virtqemud", "version": v(hv)},
+                }))?;
+            } else {
+                outln!(
+                    "Compiled against library: virtsh {}",
+                    env!("CARGO_PKG_VERSION")
                 );
+                outln!("Using library: libvirt {}", v(lib));
+                outln!("Using API: QEMU {}", v(lib));
+                // Version is the daemon's own, not QEMU's: libvirt-dbus has no other.
+                outln!("Running against daemon: virtqemud {}", v(hv));
             }
         }
-        NetworkCmd::NetDefine { file } => {
-            let n: NetworkConnectProxy = connect!(NetworkConnectProxy, c, nd);
-            let p = n.network_define_xml(&read(&file)?).await?;
-            let net: NetworkProxy = object!(NetworkProxy, c, p, nd);
-            println!("Network {} defined from {file}", net.name().await?);
-        }
-        NetworkCmd::NetStart { network: n } => {
-            network(n.clone()).await?.create().await?;
-            println!("Network {n} started");
-        }
-        NetworkCmd::NetDestroy { network: n } => {
-            network(n.clone()).await?.destroy().await?;
-            println!("Network {n} destroyed");
-        }
-        NetworkCmd::NetUndefine { network: n } => {
-            network(n.clone()).await?.undefine().await?;
-            println!("Network {n} has been undefined");
-        }
-        NetworkCmd::NetDumpxml { network: n } => {
-            print!("{}", ensure_nl(network(n).await?.get_xml_desc(0).await?));
-        }
-        NetworkCmd::NetDhcpLeases { network: n } => {
-            let leases = network(n).await?.get_dhcp_leases("", 0).await?;
-            header(
-                &[
-                    ("MAC address", 19),
-                    ("IP address", 20),
-                    ("Hostname", 18),
-                    ("Client ID", 0),
-                ],
-                75,
-            );
-            for (_iface, _exp, _kind, mac, _iaid, ip, prefix, host, client) in leases {
-                let host = if host.is_empty() {
-                    "-".to_owned()
-                } else {
-                    host
-                };
-                let client = if client.is_empty() {
-                    "-".to_owned()
-                } else {
-                    client
-                };
-                println!(
-                    " {mac:<19} {:<20} {host:<18} {client}",
-                    format!("{ip}/{prefix}")
-                );
-            }
-        }
+        HostCmd::Uri | HostCmd::Connect { .. } => {}
     }
     Ok(())
 }
 
-/// Runs a command of virtstoraged, at bus name `sd` (none on a peer connection).
-async fn storage_cmd(
-    c: &zbus::Connection,
-    sd: Option<&'static str>,
-    cmd: StorageCmd,
-) -> anyhow::Result<()> {
-    let pool = |name: String| async move {
-        let s: StorageConnectProxy = connect!(StorageConnectProxy, c, sd);
-        let path = s.storage_pool_lookup_by_name(&name).await?;
-        let p: StoragePoolProxy = object!(StoragePoolProxy, c, path, sd);
-        anyhow::Ok(p)
-    };
-    match cmd {
-        StorageCmd::PoolList => {
-            let s: StorageConnectProxy = connect!(StorageConnectProxy, c, sd);
-            header(&[("Name", 20), ("State", 10), ("Autostart", 0)], 42);
-            for p in s.list_storage_pools(0).await? {
-                let pool: StoragePoolProxy = object!(StoragePoolProxy, c, p, sd);
-                println!(
-                    " {:<20} {:<10} {}",
-                    pool.name().await?,
-                    if pool.active().await? {
-                        "active"
-                    } else {
-                        "inactive"
-                    },
-                    yes_no(pool.autostart().await?)
-                );
-            }
+/// Commands that need no daemon: completion scripts, the man page, quit.
+fn tool(t: ToolCmd) -> anyhow::Result<Flow> {
+    let mut buf = Vec::new();
+    match t {
+        ToolCmd::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "virtsh", &mut buf);
         }
-        StorageCmd::PoolDefine { file } => {
-            let s: StorageConnectProxy = connect!(StorageConnectProxy, c, sd);
-            let p = s.storage_pool_define_xml(&read(&file)?, 0).await?;
-            let pool: StoragePoolProxy = object!(StoragePoolProxy, c, p, sd);
-            println!("Pool {} defined from {file}", pool.name().await?);
-        }
-        StorageCmd::PoolBuild { pool: n } => {
-            pool(n.clone()).await?.build(0).await?;
-            println!("Pool {n} built");
-        }
-        StorageCmd::PoolStart { pool: n } => {
-            pool(n.clone()).await?.create(0).await?;
-            println!("Pool {n} started");
-        }
-        StorageCmd::PoolDestroy { pool: n } => {
-            pool(n.clone()).await?.destroy().await?;
-            println!("Pool {n} destroyed");
-        }
-        StorageCmd::PoolUndefine { pool: n } => {
-            pool(n.clone()).await?.undefine().await?;
-            println!("Pool {n} has been undefined");
-        }
-        StorageCmd::PoolDumpxml { pool: n } => {
-            print!("{}", ensure_nl(pool(n).await?.get_xml_desc(0).await?));
-        }
-        StorageCmd::VolList { pool: n } => {
-            let p = pool(n).await?;
-            header(&[("Name", 24), ("Path", 0)], 60);
-            for v in p.list_storage_volumes(0).await? {
-                let vol: StorageVolProxy = object!(StorageVolProxy, c, v, sd);
-                println!(" {:<24} {}", vol.name().await?, vol.path().await?);
-            }
-        }
-        StorageCmd::VolCreate { pool: n, file } => {
-            let v = pool(n)
-                .await?
-                .storage_vol_create_xml(&read(&file)?, 0)
-                .await?;
-            let vol: StorageVolProxy = object!(StorageVolProxy, c, v, sd);
-            println!("Vol {} created from {file}", vol.name().await?);
-        }
-        StorageCmd::VolDelete { pool: n, volume } => {
-            let v = pool(n).await?.storage_vol_lookup_by_name(&volume).await?;
-            let vol: StorageVolProxy = object!(StorageVolProxy, c, v, sd);
-            vol.delete(0).await?;
-            println!("Vol {volume} deleted");
-        }
+        ToolCmd::Man => clap_mangen::Man::new(Cli::command()).render(&mut buf)?,
+        ToolCmd::Quit => return Ok(Flow::Quit),
     }
-    Ok(())
+    let mut o = std::io::stdout().lock();
+    o.write_all(&buf)?;
+    o.flush()?;
+    Ok(Flow::Continue)
 }
 
-/// Runs a command of virtnodedevd, at bus name `dd` (none on a peer connection).
-async fn nodedev_cmd(
-    c: &zbus::Connection,
-    dd: Option<&'static str>,
-    cmd: NodedevCmd,
-) -> anyhow::Result<()> {
-    match cmd {
-        NodedevCmd::NodedevList { cap } => {
-            let d: NodeDevConnectProxy = connect!(NodeDevConnectProxy, c, dd);
-            let flags = match cap.as_deref() {
-                None => 0,
-                Some(c) => cap_flag(c).ok_or_else(|| anyhow!("unknown capability '{c}'"))?,
-            };
-            for p in d.list_node_devices(flags).await? {
-                let dev: NodeDeviceProxy = object!(NodeDeviceProxy, c, p, dd);
-                println!("{}", dev.name().await?);
-            }
-        }
-        NodedevCmd::NodedevDumpxml { device } => {
-            let d: NodeDevConnectProxy = connect!(NodeDevConnectProxy, c, dd);
-            let p = d.node_device_lookup_by_name(&device).await?;
-            let dev: NodeDeviceProxy = object!(NodeDeviceProxy, c, p, dd);
-            print!("{}", ensure_nl(dev.get_xml_desc(0).await?));
-        }
-        NodedevCmd::Nodeinfo => {
-            let d: NodeInfoProxy = connect!(NodeInfoProxy, c, dd);
-            let (model, mem, cpus, mhz, nodes, sockets, cores, threads) = d.node_get_info().await?;
-            let rows: [(&str, String); 8] = [
-                ("CPU model", model),
-                ("CPU(s)", cpus.to_string()),
-                ("CPU frequency", format!("{mhz} MHz")),
-                ("CPU socket(s)", sockets.to_string()),
-                ("Core(s) per socket", cores.to_string()),
-                ("Thread(s) per core", threads.to_string()),
-                ("NUMA cell(s)", nodes.to_string()),
-                ("Memory size", format!("{mem} KiB")),
-            ];
-            for (k, v) in rows {
-                println!("{:<20}{v}", format!("{k}:"));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A name, a UUID or a numeric ID, as virsh accepts them.
-async fn lookup_domain(q: &QemuConnectProxy<'_>, s: &str) -> anyhow::Result<OwnedObjectPath> {
-    if let Ok(p) = q.domain_lookup_by_name(s).await {
-        return Ok(p);
-    }
-    if let Ok(id) = s.parse::<i32>() {
-        if let Ok(p) = q.domain_lookup_by_id(id).await {
-            return Ok(p);
-        }
-    }
-    if s.len() == 36 {
-        if let Ok(p) = q.domain_lookup_by_uuid(s).await {
-            return Ok(p);
-        }
-    }
-    // The name lookup's own error names what was missing.
-    Ok(q.domain_lookup_by_name(s).await?)
-}
-
-/// A table header as virsh prints it: padded column names, then a rule.
-fn header(cols: &[(&str, usize)], rule: usize) {
-    let line: String = cols.iter().map(|(c, w)| format!(" {c:<w$}")).collect();
-    println!("{}", line.trim_end());
-    println!("{}", "-".repeat(rule));
-}
-
-fn read(file: &str) -> anyhow::Result<String> {
+pub fn read(file: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(file).with_context(|| format!("cannot read '{file}'"))
 }
 
-fn ensure_nl(mut s: String) -> String {
-    if !s.ends_with('\n') {
-        s.push('\n');
-    }
-    s
-}
-
-fn yes_no(b: bool) -> &'static str {
+pub fn yes_no(b: bool) -> &'static str {
     if b {
         "yes"
     } else {
         "no"
     }
-}
-
-/// virsh's words for virDomainState.
-fn state_name(s: i32) -> &'static str {
-    match s {
-        1 => "running",
-        2 => "idle",
-        3 => "paused",
-        4 => "in shutdown",
-        5 => "shut off",
-        6 => "crashed",
-        7 => "pmsuspended",
-        _ => "no state",
-    }
-}
-
-/// virConnectListAllNodeDevices capability flags by virsh's names.
-fn cap_flag(cap: &str) -> Option<u32> {
-    let table: HashMap<&str, u32> = [
-        ("system", 1),
-        ("pci", 2),
-        ("usb_device", 4),
-        ("usb", 8),
-        ("net", 16),
-        ("scsi_host", 32),
-        ("scsi_target", 64),
-        ("scsi", 128),
-        ("storage", 256),
-        ("fc_host", 512),
-        ("vports", 1024),
-        ("scsi_generic", 2048),
-        ("drm", 4096),
-        ("mdev_types", 8192),
-        ("mdev", 16384),
-    ]
-    .into_iter()
-    .collect();
-    table.get(cap).copied()
 }
