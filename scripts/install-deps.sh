@@ -20,6 +20,8 @@ PACKAGES=(
   pciutils pci.ids    # lspci, PCI names
   usbutils            # usb.ids
   kmod                # modprobe for loop and vfio modules
+  openssh-server openssh-client  # sshd and ssh for virtsh's qemu+ssh:// transport test
+  bsdutils            # script(1): a pty for virtsh's terminal tests
   gcc libc6-dev pkg-config  # for crates that build C
   ca-certificates curl
 )
