@@ -35,6 +35,13 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { echo "install-deps: missing packages (${need[*]}); run as root" >&2; exit 1; }
   echo "install-deps: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Installed for tests, which start their own sshd in a namespace: the host's ssh
+  # service is not started by the install (policy-rc.d says no while it runs).
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -q
   if ! apt-get install -y -q --no-install-recommends "${need[@]}"; then
     # A newer qemu-utils (from backports) conflicts with Debian 12's qemu-system-x86:
