@@ -14,6 +14,7 @@ pub mod job;
 pub mod journal;
 pub mod notify;
 pub mod objpath;
+pub mod peer_socket;
 pub mod persist;
 pub mod proxies;
 pub mod publish;

@@ -330,9 +330,10 @@ async fn accept_peers(listener: UnixListener, hub: Hub) {
         let hub = hub.clone();
         tokio::spawn(async move {
             let attached = async {
-                let builder = zbus::connection::Builder::unix_stream(stream)
-                    .server(zbus::Guid::generate())?
-                    .p2p();
+                let builder =
+                    zbus::connection::Builder::socket(crate::peer_socket::checked(stream))
+                        .server(zbus::Guid::generate())?
+                        .p2p();
                 hub.attach_peer(builder, |b| {
                     b.serve_at("/org/freedesktop/DBus", PeerBusShim)
                 })
