@@ -46,22 +46,25 @@ struct Activity {
     callers: Mutex<HashSet<String>>,
 }
 
-/// Counts a call in flight until dropped.
-struct InFlight<'a>(&'a Activity);
+/// Counts a call in flight until dropped (then the idle clock starts again).
+struct Busy(Front);
 
-impl<'a> InFlight<'a> {
-    fn new(a: &'a Activity) -> Self {
-        a.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(a)
+impl Busy {
+    fn new(front: &Front) -> Busy {
+        front
+            .inner
+            .activity
+            .in_flight
+            .fetch_add(1, Ordering::SeqCst);
+        Busy(front.clone())
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if let Ok(mut l) = self.0.last.lock() {
-            *l = Instant::now();
-        }
+        let a = &self.0.inner.activity;
+        a.in_flight.fetch_sub(1, Ordering::SeqCst);
+        *lock(&a.last) = Instant::now();
     }
 }
 
@@ -314,7 +317,7 @@ impl Front {
             Action::MergedIntrospect | Action::MergedGetAll => {
                 let (front, origin, path) = (self.clone(), origin.clone(), path.clone());
                 tokio::spawn(async move {
-                    let _busy = InFlight::new(&front.inner.activity);
+                    let _busy = Busy::new(&front);
                     let r = if action == Action::MergedGetAll {
                         front.merged_get_all(&origin, &msg).await
                     } else {
@@ -380,8 +383,7 @@ impl Front {
         let serial = out.primary_header().serial_num().get();
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.pending).insert(serial, tx);
-        self.inner.activity.in_flight.fetch_add(1, Ordering::SeqCst);
-        let busy = InFlightOwned(self.clone());
+        let busy = Busy::new(self);
         if let Err(e) = self.inner.bus.send(&out).await {
             lock(&self.inner.pending).remove(&serial);
             return error(
@@ -495,15 +497,6 @@ impl Front {
             }
             (false, _) => reply(origin, msg, &(merge::double_wrapped(dicts),)).await,
         }
-    }
-}
-
-/// Keeps the front busy while a forwarded call's answer is awaited.
-struct InFlightOwned(Front);
-
-impl Drop for InFlightOwned {
-    fn drop(&mut self) {
-        drop(InFlight(&self.0.inner.activity));
     }
 }
 

@@ -15,6 +15,27 @@ use zbus::zvariant::Fd;
 mod support;
 use support::*;
 
+/// A child stopped (SIGTERM, reaped) when dropped, if it was not stopped before.
+struct StopOnDrop(std::process::Child);
+
+impl StopOnDrop {
+    fn stop(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        self.0.wait()
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.stop();
+        }
+    }
+}
+
 fn pipe() -> (std::fs::File, std::fs::File) {
     let (r, w) = nix::unistd::pipe().expect("pipe");
     (r.into(), w.into())
@@ -133,7 +154,8 @@ async fn a_daemon_killed_during_a_call_is_an_error_not_a_hang() {
 }
 
 /// `--timeout 2`: alive while a caller stays on the bus (it may be waiting for
-/// signals), gone once it left and the front was idle for the timeout.
+/// signals) or a peer is connected, gone once they left and the front was idle for the
+/// timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_exit_once_its_callers_are_gone() {
     let mut s = Stack::start(&["--timeout", "2"]).await;
@@ -149,6 +171,20 @@ async fn idle_exit_once_its_callers_are_gone() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(s.front.running(), "exited while a caller was connected");
     drop(client);
+    // A peer connection keeps it too, until it closes.
+    let peer = s.front.peer_connection().await.expect("peer");
+    peer.call_method(
+        Some("org.libvirt"),
+        CONNECT,
+        Some("org.libvirt.Connect"),
+        "ListDomains",
+        &(0u32,),
+    )
+    .await
+    .expect("ListDomains over the peer socket");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(s.front.running(), "exited while a peer was connected");
+    drop(peer);
     let status = s
         .front
         .wait_exit(Duration::from_secs(15))
@@ -277,4 +313,105 @@ async fn busctl_tree_shows_the_daemons_objects() {
             );
         }
     }
+}
+
+/// READY=1 reaches systemd's notify socket once both names are owned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifies_ready_after_owning_both_names() {
+    let bus = common::harness::TestBus::start().expect("bus");
+    let dirs = TestDirs::new().expect("dirs");
+    let notify_path = dirs.root.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let d = Daemon::builder(FRONT, "virtproxyd")
+        .dirs(dirs.clone())
+        .env("NOTIFY_SOCKET", &notify_path)
+        .spawn(&bus)
+        .await
+        .expect("virtproxyd");
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).expect("no sd_notify message");
+    let msg = String::from_utf8_lossy(&buf[..n]);
+    assert!(msg.contains("READY=1"), "{msg}");
+    for name in ["org.libvirt", "org.libvirt.virtproxyd"] {
+        assert_eq!(
+            bus.owner_pid(name).await.expect("owner"),
+            Some(d.pid),
+            "{name}"
+        );
+    }
+}
+
+/// `systemd-socket-activate` holds the socket; the front starts on the first
+/// connection, serves on the socket it was handed and owns its names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_activation_starts_it() {
+    let s = Stack::start(&[]).await;
+    let mut stopped = s.front;
+    stopped.terminate().expect("stop the started one");
+    let dirs = TestDirs::new().expect("dirs");
+    let socket = dirs.runtime.join("virtproxyd-sock");
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        "-l".into(),
+        socket.clone().into_os_string(),
+        "-E".into(),
+        format!("DBUS_SESSION_BUS_ADDRESS={}", s.bus.address).into(),
+    ];
+    argv.extend(Daemon::builder(FRONT, "virtproxyd").command_line(&dirs));
+    let log = std::fs::File::create(dirs.root.path().join("activate.log")).expect("log");
+    let child = Command::new("systemd-socket-activate")
+        .args(&argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("systemd-socket-activate");
+    // Stopped by PID also when an assertion below fails.
+    let mut child = StopOnDrop(child);
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "socket never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(s
+        .bus
+        .owner_pid("org.libvirt")
+        .await
+        .expect("owner")
+        .is_none());
+    let address = format!("unix:path={}", socket.display());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("busctl")
+            .arg(format!("--address={address}"))
+            .args(["--timeout=20", "introspect", "org.libvirt", CONNECT])
+            .output()
+    })
+    .await
+    .expect("task")
+    .expect("busctl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        ".ListDomains",
+        ".ListNetworks",
+        ".ListStoragePools",
+        ".ListNodeDevices",
+    ] {
+        assert!(text.contains(want), "{want} missing:\n{text}");
+    }
+    assert_eq!(
+        s.bus.owner_pid("org.libvirt").await.expect("owner"),
+        Some(child.0.id())
+    );
+    let status = child.stop().expect("wait");
+    assert!(status.success(), "exit status {status} after SIGTERM");
 }
