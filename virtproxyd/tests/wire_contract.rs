@@ -176,20 +176,61 @@ async fn the_whole_tree_through_the_front_matches_libvirt_dbus() {
         assert!(children(&xml).contains(child), "{path}: {xml}");
     }
 
-    // Raw replies keep their shape through the front.
-    for (path, iface, member, flags, want) in [
-        (&dom, "org.libvirt.Domain", "GetState", true, "(ii)"),
-        (&pool, "org.libvirt.StoragePool", "GetInfo", false, "(ittt)"),
-        (&vol, "org.libvirt.StorageVol", "GetInfo", true, "(itt)"),
+    // Raw replies keep their shape through the front: the body's signature, read
+    // without the parentheses zvariant's Display puts around every body (so `ii` and
+    // `(ii)` differ), is the daemon's own. (The daemons of this tree answer GetState
+    // `ii` and the GetInfos `ittt`/`itt` although they introspect `(ii)`/`(ittt)`/`(itt)`
+    // as libvirt-dbus does; that is theirs to fix, and the front must not hide it.)
+    for (daemon, path, iface, member, flags) in [
+        ("virtqemud", &dom, "org.libvirt.Domain", "GetState", true),
+        (
+            "virtstoraged",
+            &pool,
+            "org.libvirt.StoragePool",
+            "GetInfo",
+            false,
+        ),
+        (
+            "virtstoraged",
+            &vol,
+            "org.libvirt.StorageVol",
+            "GetInfo",
+            true,
+        ),
     ] {
-        let reply = if flags {
-            ok(c, path, iface, member, &(0u32,)).await
+        let direct = format!("org.libvirt.{daemon}");
+        let (front, theirs) = if flags {
+            (
+                ok(c, path, iface, member, &(0u32,)).await,
+                c.call_method(
+                    Some(direct.as_str()),
+                    path.as_str(),
+                    Some(iface),
+                    member,
+                    &(0u32,),
+                )
+                .await
+                .expect("direct call"),
+            )
         } else {
-            ok(c, path, iface, member, &()).await
+            (
+                ok(c, path, iface, member, &()).await,
+                c.call_method(
+                    Some(direct.as_str()),
+                    path.as_str(),
+                    Some(iface),
+                    member,
+                    &(),
+                )
+                .await
+                .expect("direct call"),
+            )
         };
+        let shape = |m: &zbus::Message| m.body().signature().to_string_no_parens();
+        assert_eq!(shape(&front), shape(&theirs), "{iface}.{member}");
         assert_eq!(
-            reply.body().signature().to_string(),
-            want,
+            front.body().data().bytes(),
+            theirs.body().data().bytes(),
             "{iface}.{member}"
         );
     }
