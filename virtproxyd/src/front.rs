@@ -284,7 +284,12 @@ impl Front {
         }
         let front = self.clone();
         tokio::spawn(async move {
-            let _ = front.bus_call("AddMatch", &(gone_rule(&sender),)).await;
+            if let Err(e) = front.bus_call("AddMatch", &(gone_rule(&sender),)).await {
+                // Unwatched, it must not keep the front from its idle exit forever.
+                tracing::warn!("cannot watch caller {sender}: {e}");
+                lock(&front.inner.activity.callers).remove(&sender);
+                return;
+            }
             // It may have left before the rule was in place.
             let here = front
                 .bus_call("NameHasOwner", &(sender.as_str(),))
