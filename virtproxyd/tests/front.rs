@@ -189,6 +189,18 @@ async fn every_object_kind_through_org_libvirt() {
         .await,
     );
     assert!(pools.contains(&pool), "{pools:?}");
+    // An object's own signal (a pool's Refresh) comes from org.libvirt on its path.
+    let mut refreshes = signals(c, "org.libvirt.StoragePool", "Refresh").await;
+    ok(c, &pool, "org.libvirt.StoragePool", "Refresh", &(0u32,)).await;
+    let refreshed = tokio::time::timeout(Duration::from_secs(30), refreshes.next())
+        .await
+        .expect("no Refresh signal within 30 s")
+        .expect("stream")
+        .expect("message");
+    assert_eq!(
+        refreshed.header().path().map(|p| p.to_string()),
+        Some(pool.clone())
+    );
     let vol = path_of(
         &ok(
             c,
