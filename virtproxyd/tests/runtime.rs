@@ -415,3 +415,40 @@ async fn socket_activation_starts_it() {
     let status = child.stop().expect("wait");
     assert!(status.success(), "exit status {status} after SIGTERM");
 }
+
+/// On the front's own socket, calls are forwarded and the daemons' signals arrive too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_socket_forwards_calls_and_signals() {
+    use futures_util::StreamExt;
+    let s = Stack::start(&[]).await;
+    let peer = s.front.peer_connection().await.expect("peer");
+    // On a peer connection every message arrives; no match rule is needed.
+    let mut stream = zbus::MessageStream::from(&peer);
+    let dom = path_of(
+        &ok(
+            &peer,
+            CONNECT,
+            "org.libvirt.Connect",
+            "DomainDefineXML",
+            &(domain_xml("peer"),),
+        )
+        .await,
+    );
+    let wait = async {
+        while let Some(Ok(m)) = stream.next().await {
+            let h = m.header();
+            if m.message_type() == zbus::message::Type::Signal
+                && h.member().is_some_and(|n| n.as_str() == "DomainEvent")
+                && m.body()
+                    .deserialize::<(zbus::zvariant::OwnedObjectPath, i32, i32)>()
+                    .is_ok_and(|(p, _, _)| p.as_str() == dom)
+            {
+                return;
+            }
+        }
+        panic!("the peer connection closed");
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .expect("no DomainEvent on the peer socket within 30 s");
+}
