@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the daemons in release mode and runs all four on a private session bus, then
-# defines and boots the tiny test guest through virtqemud's D-Bus API and shows it.
+# Builds the daemons in release mode and runs all four, and virtproxyd (the org.libvirt
+# front for libvirt-dbus clients) before them, on a private session bus; then defines and
+# boots the tiny test guest through virtqemud's D-Bus API and shows it through org.libvirt.
 # Everything runs as session-mode daemons under one folder; Ctrl-C stops it all.
 #   RUN_DIR=/path   where the bus, configs, logs and sockets go (default: /tmp/virt-rs-demo)
 #   DEMO_ONCE=1     stop after showing the guest instead of waiting for Ctrl-C
@@ -35,12 +36,12 @@ for _ in $(seq 100); do [ -s "$RUN_DIR/bus.address" ] && break; sleep 0.05; done
 BUS="unix:path=$RUN_DIR/bus"
 export DBUS_SESSION_BUS_ADDRESS="$BUS"
 
-for d in virtqemud virtnetworkd virtstoraged virtnodedevd; do
+for d in virtqemud virtnetworkd virtstoraged virtnodedevd virtproxyd; do
   "$BIN/$d" --session --config-dir "$RUN_DIR/etc" --state-dir "$RUN_DIR/lib" \
     --runtime-dir "$RUN_DIR/run" 2>"$RUN_DIR/$d.log" &
   PIDS+=($!)
 done
-for d in virtqemud virtnetworkd virtstoraged virtnodedevd; do
+for d in virtqemud virtnetworkd virtstoraged virtnodedevd virtproxyd; do
   for _ in $(seq 200); do
     busctl --address="$BUS" status "org.libvirt.$d" >/dev/null 2>&1 && break
     sleep 0.05
@@ -74,12 +75,16 @@ if busctl --address="$BUS" introspect org.libvirt.virtqemud /org/libvirt/QEMU | 
   for _ in $(seq 600); do grep -q TINYGUEST-BOOTED "$SERIAL" 2>/dev/null && break; sleep 0.1; done
   echo "GetState: $(busctl --address="$BUS" call org.libvirt.virtqemud "$DOMAIN_PATH" org.libvirt.Domain GetState u 0)"
   echo "serial console says: $(grep -a TINYGUEST-BOOTED "$SERIAL" || echo '(no boot marker yet)')"
+  echo
+  echo "== The same guest through org.libvirt, as libvirt-dbus clients see it (busctl tree org.libvirt):"
+  busctl --address="$BUS" --list tree org.libvirt | grep -E '^/org/libvirt/QEMU(/domain|$)'
 else
   echo "(this build of virtqemud does not serve domains yet)"
 fi
 
 echo
 echo "Daemons are on the private bus: export DBUS_SESSION_BUS_ADDRESS=$BUS"
+echo "  busctl --user tree org.libvirt             # the whole tree, as libvirt-dbus clients see it"
 echo "  busctl --user tree org.libvirt.virtqemud   # or busctl --address=unix:path=$RUN_DIR/run/virtqemud-sock ..."
 [ -n "${DEMO_ONCE:-}" ] && exit 0
 echo "Ctrl-C stops everything."

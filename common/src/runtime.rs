@@ -99,7 +99,8 @@ where
     }
 }
 
-fn init_logging(verbose: u8) {
+/// The daemons' logging: the journal under systemd, stderr otherwise.
+pub fn init_logging(verbose: u8) {
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
     let level = match verbose {
@@ -140,13 +141,13 @@ fn stderr_is_journal() -> bool {
 
 /// The single-instance lock: `<runtime-dir>/<daemon>.pid`, locked for the process'
 /// lifetime and holding its PID, as libvirt's daemons keep theirs.
-struct PidFile {
+pub struct PidFile {
     path: PathBuf,
     _file: File,
 }
 
 impl PidFile {
-    fn acquire(path: PathBuf, daemon: &str) -> anyhow::Result<PidFile> {
+    pub fn acquire(path: PathBuf, daemon: &str) -> anyhow::Result<PidFile> {
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -181,7 +182,8 @@ impl Drop for PidFile {
     }
 }
 
-fn bus_address(mode: Mode) -> anyhow::Result<String> {
+/// The address of the bus `mode` uses (the activating bus first).
+pub fn bus_address(mode: Mode) -> anyhow::Result<String> {
     let want = match mode {
         Mode::System => "system",
         Mode::Session => "session",

@@ -1,0 +1,353 @@
+//! Who answers what: the one place that decides, from a call's path, interface and
+//! member, whether the front answers it itself, merges the four daemons' answers, or
+//! forwards it to the one daemon that owns the object (or the Connect member).
+
+/// One of the four daemons behind the front.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    Qemu,
+    Network,
+    Storage,
+    NodeDev,
+}
+
+impl Backend {
+    /// In the order merged answers take them: the first one's answer wins a tie.
+    pub const ALL: [Backend; 4] = [
+        Backend::Qemu,
+        Backend::Network,
+        Backend::Storage,
+        Backend::NodeDev,
+    ];
+
+    pub fn daemon(self) -> &'static str {
+        match self {
+            Backend::Qemu => "virtqemud",
+            Backend::Network => "virtnetworkd",
+            Backend::Storage => "virtstoraged",
+            Backend::NodeDev => "virtnodedevd",
+        }
+    }
+
+    pub fn bus_name(self) -> &'static str {
+        match self {
+            Backend::Qemu => "org.libvirt.virtqemud",
+            Backend::Network => "org.libvirt.virtnetworkd",
+            Backend::Storage => "org.libvirt.virtstoraged",
+            Backend::NodeDev => "org.libvirt.virtnodedevd",
+        }
+    }
+}
+
+pub const CONNECT_PATH: &str = "/org/libvirt/QEMU";
+pub const CONNECT_IFACE: &str = "org.libvirt.Connect";
+const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
+const INTROSPECTABLE: &str = "org.freedesktop.DBus.Introspectable";
+
+/// The object kinds under `/org/libvirt/QEMU/<kind>/...` and their owner. The kinds
+/// nobody serves yet (interface, nwfilter, secret, snapshot) are routed to the daemon
+/// that will own them, which answers "unknown object" until it does.
+const KINDS: &[(&str, Backend)] = &[
+    ("domain", Backend::Qemu),
+    ("snapshot", Backend::Qemu),
+    ("network", Backend::Network),
+    ("networkport", Backend::Network),
+    ("interface", Backend::Network),
+    ("nwfilter", Backend::Network),
+    ("storagepool", Backend::Storage),
+    ("storagevol", Backend::Storage),
+    ("secret", Backend::Storage),
+    ("nodedev", Backend::NodeDev),
+];
+
+/// Every member of `org.libvirt.Connect` (libvirt-dbus's and the additions) and the
+/// daemon that owns it. Methods by the daemon that serves them today, and the ones not
+/// served yet by the daemon libvirt's split daemons give them. Checked against
+/// common/api by a unit test and against the running daemons by tests/front.rs.
+pub const CONNECT_MEMBERS: &[(&str, Backend)] = &[
+    // Domains and the hypervisor: virtqemud.
+    ("BaselineCPU", Backend::Qemu),
+    ("CompareCPU", Backend::Qemu),
+    ("DomainCreateXML", Backend::Qemu),
+    ("DomainCreateXMLWithFiles", Backend::Qemu),
+    ("DomainDefineXML", Backend::Qemu),
+    ("DomainLookupByID", Backend::Qemu),
+    ("DomainLookupByName", Backend::Qemu),
+    ("DomainLookupByUUID", Backend::Qemu),
+    ("DomainRestore", Backend::Qemu),
+    ("DomainSaveImageDefineXML", Backend::Qemu),
+    ("DomainSaveImageGetXMLDesc", Backend::Qemu),
+    ("GetAllDomainStats", Backend::Qemu),
+    ("GetCapabilities", Backend::Qemu),
+    ("GetCPUModelNames", Backend::Qemu),
+    ("GetDomainCapabilities", Backend::Qemu),
+    ("ListDomains", Backend::Qemu),
+    ("NodeGetSecurityModel", Backend::Qemu),
+    ("DomainEvent", Backend::Qemu),
+    // The shared properties: every daemon serves the same values; virtqemud answers.
+    ("Encrypted", Backend::Qemu),
+    ("Hostname", Backend::Qemu),
+    ("LibVersion", Backend::Qemu),
+    ("Secure", Backend::Qemu),
+    ("Version", Backend::Qemu),
+    // Networks, host interfaces, filters: virtnetworkd.
+    ("InterfaceChangeBegin", Backend::Network),
+    ("InterfaceChangeCommit", Backend::Network),
+    ("InterfaceChangeRollback", Backend::Network),
+    ("InterfaceDefineXML", Backend::Network),
+    ("InterfaceLookupByMAC", Backend::Network),
+    ("InterfaceLookupByName", Backend::Network),
+    ("ListInterfaces", Backend::Network),
+    ("ListNetworks", Backend::Network),
+    ("ListNWFilters", Backend::Network),
+    ("NetworkCreateXML", Backend::Network),
+    ("NetworkDefineXML", Backend::Network),
+    ("NetworkLookupByName", Backend::Network),
+    ("NetworkLookupByUUID", Backend::Network),
+    ("NWFilterDefineXML", Backend::Network),
+    ("NWFilterLookupByName", Backend::Network),
+    ("NWFilterLookupByUUID", Backend::Network),
+    ("NetworkEvent", Backend::Network),
+    // Storage and secrets: virtstoraged.
+    ("FindStoragePoolSources", Backend::Storage),
+    ("ListSecrets", Backend::Storage),
+    ("ListStoragePools", Backend::Storage),
+    ("SecretDefineXML", Backend::Storage),
+    ("SecretLookupByUUID", Backend::Storage),
+    ("SecretLookupByUsage", Backend::Storage),
+    ("StoragePoolCreateXML", Backend::Storage),
+    ("StoragePoolDefineXML", Backend::Storage),
+    ("StoragePoolLookupByName", Backend::Storage),
+    ("StoragePoolLookupByUUID", Backend::Storage),
+    ("StoragePoolLookupByVolume", Backend::Storage),
+    ("StorageVolLookupByKey", Backend::Storage),
+    ("StorageVolLookupByPath", Backend::Storage),
+    ("SecretEvent", Backend::Storage),
+    ("StoragePoolEvent", Backend::Storage),
+    // Host devices and the node's resources: virtnodedevd.
+    ("GetSysinfo", Backend::NodeDev),
+    ("ListNodeDevices", Backend::NodeDev),
+    ("NodeDeviceCreateXML", Backend::NodeDev),
+    ("NodeDeviceLookupByName", Backend::NodeDev),
+    ("NodeDeviceLookupSCSIHostByWWN", Backend::NodeDev),
+    ("NodeGetCPUMap", Backend::NodeDev),
+    ("NodeGetCPUStats", Backend::NodeDev),
+    ("NodeGetCellsFreeMemory", Backend::NodeDev),
+    ("NodeGetFreeMemory", Backend::NodeDev),
+    ("NodeGetHostCapabilities", Backend::NodeDev),
+    ("NodeGetInfo", Backend::NodeDev),
+    ("NodeGetMemoryParameters", Backend::NodeDev),
+    ("NodeGetMemoryStats", Backend::NodeDev),
+    ("NodeSetMemoryParameters", Backend::NodeDev),
+    ("NodeDeviceEvent", Backend::NodeDev),
+    ("NodeDeviceUpdate", Backend::NodeDev),
+];
+
+/// The owner of a Connect member; members nobody has yet go to virtqemud, which
+/// answers D-Bus's "unknown method" as any daemon would.
+pub fn connect_member(member: &str) -> Backend {
+    CONNECT_MEMBERS
+        .iter()
+        .find(|(m, _)| *m == member)
+        .map_or(Backend::Qemu, |(_, b)| *b)
+}
+
+/// What the front does with one method call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `org.freedesktop.DBus.Hello` on a peer socket (busctl greets every connection).
+    Hello,
+    /// `org.freedesktop.DBus.Peer.Ping` / `GetMachineId`: the front's own.
+    Peer,
+    /// Introspection of `/`, `/org`, `/org/libvirt` or `/org/libvirt/QEMU`: all four.
+    MergedIntrospect,
+    /// `Properties.GetAll` of the Connect object: all four, double-wrapped.
+    MergedGetAll,
+    /// To one daemon; a `GetAll` reply is double-wrapped on its way back.
+    Forward { to: Backend, double_wrap: bool },
+    /// Nobody serves that path.
+    UnknownObject,
+}
+
+/// True for the paths every daemon serves part of.
+pub fn is_shared_node(path: &str) -> bool {
+    matches!(path, "/" | "/org" | "/org/libvirt" | CONNECT_PATH)
+}
+
+/// The owner of an object path below the Connect object, by its kind.
+pub fn object_owner(path: &str) -> Option<Backend> {
+    let rest = path.strip_prefix(CONNECT_PATH)?.strip_prefix('/')?;
+    let kind = rest.split('/').next()?;
+    KINDS.iter().find(|(k, _)| *k == kind).map(|(_, b)| *b)
+}
+
+/// Decides what to do with a call to `path` `iface`.`member`; `property` is the
+/// property a `Properties.Get`/`Set` names.
+pub fn classify(path: &str, iface: Option<&str>, member: &str, property: Option<&str>) -> Action {
+    match (iface, member) {
+        (Some("org.freedesktop.DBus"), "Hello") => return Action::Hello,
+        (Some("org.freedesktop.DBus.Peer"), _) => return Action::Peer,
+        _ => {}
+    }
+    let properties = iface == Some(PROPERTIES);
+    if is_shared_node(path) {
+        if iface == Some(INTROSPECTABLE) {
+            return Action::MergedIntrospect;
+        }
+        if path != CONNECT_PATH {
+            return Action::UnknownObject;
+        }
+        if properties && member == "GetAll" {
+            return Action::MergedGetAll;
+        }
+        // Every daemon serves the same Connect properties; the table picks one.
+        let to = if properties {
+            connect_member(property.unwrap_or_default())
+        } else {
+            connect_member(member)
+        };
+        return Action::Forward {
+            to,
+            double_wrap: false,
+        };
+    }
+    match object_owner(path) {
+        Some(to) => Action::Forward {
+            to,
+            double_wrap: properties && member == "GetAll",
+        },
+        None => Action::UnknownObject,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn every_connect_member_of_the_contract_has_one_owner() {
+        let reference = common::contract::parse(common::contract::LIBVIRT_DBUS).unwrap();
+        let additions = common::contract::parse_additions(common::contract::ADDITIONS).unwrap();
+        let mut contract: BTreeSet<&str> = reference
+            .iter()
+            .filter(|m| m.interface == CONNECT_IFACE)
+            .map(|m| m.name.as_str())
+            .collect();
+        contract.extend(
+            additions
+                .iter()
+                .filter(|a| a.interface == CONNECT_IFACE)
+                .map(|a| a.name.as_str()),
+        );
+        let table: Vec<&str> = CONNECT_MEMBERS.iter().map(|(m, _)| *m).collect();
+        let unique: BTreeSet<&str> = table.iter().copied().collect();
+        assert_eq!(unique.len(), table.len(), "a member is listed twice");
+        let missing: Vec<_> = contract.difference(&unique).collect();
+        let extra: Vec<_> = unique.difference(&contract).collect();
+        assert!(missing.is_empty(), "no owner for {missing:?}");
+        assert!(extra.is_empty(), "not in common/api: {extra:?}");
+    }
+
+    #[test]
+    fn connect_members_go_by_subsystem() {
+        for (member, want) in [
+            ("ListDomains", Backend::Qemu),
+            ("DomainDefineXML", Backend::Qemu),
+            ("NetworkDefineXML", Backend::Network),
+            ("ListInterfaces", Backend::Network),
+            ("NWFilterLookupByName", Backend::Network),
+            ("StoragePoolCreateXML", Backend::Storage),
+            ("StorageVolLookupByPath", Backend::Storage),
+            ("SecretDefineXML", Backend::Storage),
+            ("ListNodeDevices", Backend::NodeDev),
+            ("NodeGetInfo", Backend::NodeDev),
+            ("NoSuchMethod", Backend::Qemu),
+        ] {
+            assert_eq!(connect_member(member), want, "{member}");
+        }
+    }
+
+    #[test]
+    fn objects_go_by_kind() {
+        let d = "/org/libvirt/QEMU/domain/_6695eb01_f6a4_8304_79aa_97f2502e193f";
+        assert_eq!(
+            classify(d, Some("org.libvirt.Domain"), "Create", None),
+            Action::Forward {
+                to: Backend::Qemu,
+                double_wrap: false
+            }
+        );
+        assert_eq!(
+            classify(d, Some(PROPERTIES), "GetAll", None),
+            Action::Forward {
+                to: Backend::Qemu,
+                double_wrap: true
+            }
+        );
+        assert_eq!(
+            classify(d, Some(PROPERTIES), "Get", Some("Name")),
+            Action::Forward {
+                to: Backend::Qemu,
+                double_wrap: false
+            }
+        );
+        for (path, want) in [
+            ("/org/libvirt/QEMU/network/_x", Backend::Network),
+            ("/org/libvirt/QEMU/networkport/_x", Backend::Network),
+            ("/org/libvirt/QEMU/storagepool/_x", Backend::Storage),
+            ("/org/libvirt/QEMU/storagevol/_2fa", Backend::Storage),
+            ("/org/libvirt/QEMU/nodedev/computer", Backend::NodeDev),
+            ("/org/libvirt/QEMU/domain", Backend::Qemu),
+        ] {
+            assert_eq!(object_owner(path), Some(want), "{path}");
+        }
+        for path in [
+            "/org/libvirt/QEMU/cats/x",
+            "/org/libvirt/QEMUX/domain/x",
+            "/x",
+        ] {
+            assert_eq!(
+                classify(path, Some("org.libvirt.Domain"), "Create", None),
+                Action::UnknownObject,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_shared_nodes_are_merged() {
+        for path in ["/", "/org", "/org/libvirt", CONNECT_PATH] {
+            assert_eq!(
+                classify(path, Some(INTROSPECTABLE), "Introspect", None),
+                Action::MergedIntrospect
+            );
+        }
+        assert_eq!(
+            classify(CONNECT_PATH, Some(PROPERTIES), "GetAll", None),
+            Action::MergedGetAll
+        );
+        assert_eq!(
+            classify(CONNECT_PATH, Some(PROPERTIES), "Get", Some("Hostname")),
+            Action::Forward {
+                to: Backend::Qemu,
+                double_wrap: false
+            }
+        );
+        assert_eq!(
+            classify(CONNECT_PATH, None, "ListNetworks", None),
+            Action::Forward {
+                to: Backend::Network,
+                double_wrap: false
+            }
+        );
+        assert_eq!(
+            classify("/org", Some(CONNECT_IFACE), "ListDomains", None),
+            Action::UnknownObject
+        );
+        assert_eq!(
+            classify("/any", Some("org.freedesktop.DBus.Peer"), "Ping", None),
+            Action::Peer
+        );
+    }
+}
