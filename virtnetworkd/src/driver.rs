@@ -487,12 +487,18 @@ impl Driver {
         };
         self.check_clashes(&net)?;
         self.check_bridge(&net).await?;
-        write_durable(
-            self.pending_path(&net.name),
-            net.to_xml(),
-            0o600,
-            "cannot write network status".into(),
-        )
+        let ports = self.ports_dir(&net.name);
+        let pending = self.pending_path(&net.name);
+        let xml = net.to_xml();
+        blocking_io("cannot write network status", move || {
+            // A run starts with no ports: records an older run left must not come
+            // back with this one's adoption.
+            match std::fs::remove_dir_all(&ports) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            common::persist::write_atomic(&pending, xml.as_bytes(), 0o600)
+        })
         .await?;
         let mut res = self.bring_up_bridge(&net).await;
         if res.is_ok() {
@@ -1267,7 +1273,11 @@ impl Driver {
         let dir = self.ports_dir(name);
         remove_stale_temp_files(&[&dir]);
         if let Ok(rd) = std::fs::read_dir(dir) {
-            for e in rd.flatten() {
+            // Only `UUID.xml`: the temp file of a cut write must never count as a port.
+            for e in rd
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "xml"))
+            {
                 if let Ok(p) = std::fs::read_to_string(e.path())
                     .map_err(drop)
                     .and_then(|t| Port::from_xml(&t).map_err(drop))

@@ -554,6 +554,54 @@ fn judge_rules(seen: &Seen, active: &[FwNet], model: &[Net], t: &mut Tally) {
     }
 }
 
+/// The virtnetworkd processes started for the test folder `root`.
+fn daemon_pids(root: &Path) -> Vec<u32> {
+    let root = root.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let mut args = raw.split(|b| *b == 0);
+            args.next().is_some_and(|a| a.ends_with(b"virtnetworkd"))
+                && args.any(|a| String::from_utf8_lossy(a).contains(&root))
+        })
+        .collect()
+}
+
+/// Starts the daemon again and kills it `after` its process appears: in the middle of
+/// its own start (taking down cut operations, adopting, spawning dnsmasq) or, when
+/// the start is quicker, soon after it. Returns whether the kill landed before the
+/// daemon owned its name.
+async fn kill_during_restart(daemon: &Daemon, bus: &TestBus, root: &Path, after: Duration) -> bool {
+    let spawn = daemon.restart_builder().spawn(bus);
+    let killer = async {
+        let t = Instant::now();
+        let pid = loop {
+            if let Some(p) = daemon_pids(root).first() {
+                break Some(*p);
+            }
+            if t.elapsed() > Duration::from_secs(2) {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        tokio::time::sleep(after).await;
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    };
+    let (started, ()) = tokio::join!(spawn, killer);
+    // A daemon that got to own its name was killed after; dropping it reaps it.
+    started.is_err()
+}
+
 /// Starts the daemon again. A child the killed daemon was forking (dnsmasq, nft) holds
 /// its instance lock (an inherited flock, closed at exec) for a moment: the new one
 /// refuses to start as a second instance then, and is started again after 50 ms.
@@ -633,6 +681,7 @@ async fn kill9_storm_loses_duplicates_and_leaks_nothing() -> anyhow::Result<()> 
     let mut broken_rounds = Vec::new();
     let mut flights: BTreeMap<&str, usize> = BTreeMap::new();
     let mut lock_waits = 0;
+    let mut restarts_killed = 0;
     let started = Instant::now();
     for round in 0..rounds {
         let killed = Arc::new(AtomicBool::new(false));
@@ -658,6 +707,12 @@ async fn kill9_storm_loses_duplicates_and_leaks_nothing() -> anyhow::Result<()> 
             let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
         }
         let cut = cut_calls(&model.lock().expect("model"), &mut flights);
+        if rng.below(3) == 0 {
+            let after = Duration::from_millis(rng.below(25));
+            if kill_during_restart(&daemon, &bus, &root, after).await {
+                restarts_killed += 1;
+            }
+        }
         daemon = restart(&daemon, &bus, &mut lock_waits).await?;
         let seen = observe(&conn, &ns, &root).await?;
         let mut t = Tally::default();
@@ -702,9 +757,9 @@ async fn kill9_storm_loses_duplicates_and_leaks_nothing() -> anyhow::Result<()> 
     let log = daemon.log_text();
     let count = |what: &str| log.matches(what).count();
     eprintln!(
-        "restarts: {} cut starts/stops taken down ({} dnsmasqs stopped), \
-         {} networks adopted, {} second dnsmasqs stopped, {lock_waits} waits for the \
-         instance lock",
+        "restarts: {restarts_killed} killed in their own start, {} cut starts/stops \
+         taken down ({} dnsmasqs stopped), {} networks adopted, {} second dnsmasqs \
+         stopped, {lock_waits} waits for the instance lock",
         count("was cut short"),
         count("stopping dnsmasq"),
         count("adopted running network"),
@@ -729,6 +784,61 @@ async fn kill9_storm_loses_duplicates_and_leaks_nothing() -> anyhow::Result<()> 
         broken_rounds.len(),
         broken_rounds.join("\n")
     );
+    drop(daemon);
+    Ok(())
+}
+
+/// The state a kill -9 leaves when it cuts a Create after dnsmasq started but before
+/// the status file was committed (and before dnsmasq's pidfile was seen): the restart
+/// takes the bridge, dnsmasq and rules down, and the network is inactive and starts
+/// again. Made by hand, so it does not depend on where a random kill lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_create_is_taken_down_whole_at_restart() -> anyhow::Result<()> {
+    let bus = TestBus::start()?;
+    let ns = NetNs::new()?;
+    let mut daemon = Daemon::builder(BIN, "virtnetworkd")
+        .netns(&ns)
+        .dirs(TestDirs::new()?)
+        .spawn(&bus)
+        .await?;
+    let root = daemon.dirs.root.path().to_owned();
+    let run = daemon.dirs.runtime.join("network");
+    let conn = bus.connection().await?;
+    let c = NetworkConnectProxy::new(&conn).await?;
+    c.network_define_xml(&net_xml("cut", "vcut0", "10.92.0", true))
+        .await?;
+    network(&conn, "cut").await?.create().await?;
+    let pids = dnsmasqs(&root).remove("cut").unwrap_or_default();
+    assert_eq!(pids.len(), 1, "one dnsmasq: {pids:?}");
+    assert!(links(&ns).contains("vcut0"));
+
+    daemon.kill9();
+    std::fs::rename(run.join("cut.xml"), run.join("cut.pending"))?;
+    std::fs::remove_file(run.join("cut.pid"))?;
+    let daemon = daemon.restart_builder().spawn(&bus).await?;
+
+    let n = network(&conn, "cut").await?;
+    assert!(!n.active().await?, "a cut start is not adopted");
+    assert!(
+        common::harness::wait_gone(pids[0], Duration::from_secs(5)),
+        "dnsmasq {} still runs after the restart (its pidfile was gone)",
+        pids[0]
+    );
+    assert!(dnsmasqs(&root).is_empty());
+    assert!(!links(&ns).contains("vcut0"), "bridge taken down");
+    assert!(table(&ns, "inet", "libvirt_rs").is_none());
+    assert!(table(&ns, "ip", "libvirt_rs_nat").is_none());
+    let left: Vec<_> = std::fs::read_dir(&run)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with("cut.") && !f.ends_with(".dnsmasq.log"))
+        .collect();
+    assert!(left.is_empty(), "runtime files left: {left:?}");
+
+    n.create().await?;
+    assert!(n.active().await?);
+    assert_eq!(dnsmasqs(&root).remove("cut").map(|p| p.len()), Some(1));
+    n.destroy().await?;
     drop(daemon);
     Ok(())
 }
