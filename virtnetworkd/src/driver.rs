@@ -1142,33 +1142,7 @@ impl Driver {
             &self.run_dir,
         ]);
         let running = dnsmasq_processes(&self.run_dir);
-        // Starts and stops a kill -9 cut short: take down whatever they left.
-        let mut cut = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(&self.run_dir) {
-            for e in rd.flatten() {
-                let path = e.path();
-                if path.extension().is_none_or(|x| x != "pending") {
-                    continue;
-                }
-                let Some(file) = path.file_stem().map(|f| f.to_string_lossy().into_owned()) else {
-                    continue;
-                };
-                match std::fs::read_to_string(&path)
-                    .map_err(|e| e.to_string())
-                    .and_then(|t| Network::from_xml(&t).map_err(|e| e.to_string()))
-                {
-                    Ok(net) if net.name == file => {
-                        tracing::warn!(network = %file, "a start or stop was cut short; taking down what it left");
-                        self.take_down_leftovers(&net, &running).await;
-                    }
-                    _ => {
-                        tracing::warn!("unreadable {}: removed", path.display());
-                        let _ = std::fs::remove_file(&path);
-                    }
-                }
-                cut.push(file);
-            }
-        }
+        let cut = self.take_down_cut_operations(&running).await;
         for (file, text) in read_dir(&self.run_dir) {
             let net = match Network::from_xml(&text) {
                 Ok(n) if n.name == file && !cut.contains(&file) => n,
@@ -1199,6 +1173,38 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Starts and stops a kill -9 cut short (their `NAME.pending`): takes down whatever
+    /// they left. Returns the names of those networks.
+    async fn take_down_cut_operations(&self, running: &[(i32, PathBuf)]) -> Vec<String> {
+        let mut cut = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&self.run_dir) {
+            for e in rd.flatten() {
+                let path = e.path();
+                if path.extension().is_none_or(|x| x != "pending") {
+                    continue;
+                }
+                let Some(file) = path.file_stem().map(|f| f.to_string_lossy().into_owned()) else {
+                    continue;
+                };
+                match std::fs::read_to_string(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| Network::from_xml(&t).map_err(|e| e.to_string()))
+                {
+                    Ok(net) if net.name == file => {
+                        tracing::warn!(network = %file, "a start or stop was cut short; taking down what it left");
+                        self.take_down_leftovers(&net, running).await;
+                    }
+                    _ => {
+                        tracing::warn!("unreadable {}: removed", path.display());
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+                cut.push(file);
+            }
+        }
+        cut
     }
 
     /// Takes down what a network's XML names, without a live record of it: its
