@@ -300,6 +300,12 @@ impl Driver {
     fn status_path(&self, name: &str) -> PathBuf {
         self.run_dir.join(format!("{name}.xml"))
     }
+    /// A start or stop in progress: the network's XML, on disk before the first piece
+    /// is made (or taken down). Found at load, it means a kill -9 cut the operation
+    /// short, and everything the XML names is taken down.
+    fn pending_path(&self, name: &str) -> PathBuf {
+        self.run_dir.join(format!("{name}.pending"))
+    }
     fn ports_dir(&self, name: &str) -> PathBuf {
         self.run_dir.join(format!("{name}.ports"))
     }
@@ -468,8 +474,9 @@ impl Driver {
         Ok(())
     }
 
-    /// Starts the network (the caller holds its job): checks, bridge, status file,
-    /// rules, dnsmasq. Undoes what it did on failure.
+    /// Starts the network (the caller holds its job): checks, the intent on disk, bridge,
+    /// rules, dnsmasq, then the intent becomes the status file. Undoes what it did on
+    /// failure; a kill -9 on the way leaves the intent, and the next load undoes it.
     async fn start_locked(self: &Arc<Self>, obj: &Arc<NetObj>) -> Result<()> {
         let net = {
             let st = obj.state();
@@ -479,8 +486,24 @@ impl Driver {
             st.def.clone()
         };
         self.check_clashes(&net)?;
-        self.bring_up_bridge(&net).await?;
-        let res = self.start_rest(obj, &net).await;
+        self.check_bridge(&net).await?;
+        let ports = self.ports_dir(&net.name);
+        let pending = self.pending_path(&net.name);
+        let xml = net.to_xml();
+        blocking_io("cannot write network status", move || {
+            // A run starts with no ports: records an older run left must not come
+            // back with this one's adoption.
+            match std::fs::remove_dir_all(&ports) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            common::persist::write_atomic(&pending, xml.as_bytes(), 0o600)
+        })
+        .await?;
+        let mut res = self.bring_up_bridge(&net).await;
+        if res.is_ok() {
+            res = self.start_rest(obj, &net).await;
+        }
         if let Err(e) = res {
             self.stop_pieces(obj, &net).await;
             return Err(e);
@@ -509,18 +532,22 @@ impl Driver {
         Ok(())
     }
 
-    /// Creates the bridge a network owns, or checks that the one it uses exists.
+    /// Checks that the bridge a network owns is free, or that the one it uses exists.
+    async fn check_bridge(&self, net: &Network) -> Result<()> {
+        let br = net.bridge_name();
+        match (net.owns_bridge(), self.nl.index(br).await?) {
+            (true, Some(_)) => Err(NetError::BridgeInUse(br.to_owned())),
+            (false, None) => Err(NetError::NoBridge(br.to_owned())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Creates the bridge a network owns (checked free by [`Self::check_bridge`]).
     async fn bring_up_bridge(&self, net: &Network) -> Result<()> {
-        let br = net.bridge_name().to_owned();
         if !net.owns_bridge() {
-            return match self.nl.index(&br).await? {
-                Some(_) => Ok(()),
-                None => Err(NetError::NoBridge(br)),
-            };
+            return Ok(());
         }
-        if self.nl.index(&br).await?.is_some() {
-            return Err(NetError::BridgeInUse(br));
-        }
+        let br = net.bridge_name().to_owned();
         let addrs: Vec<_> = net.ips.iter().map(|i| (i.address, i.prefix)).collect();
         let opts = crate::bridge::BridgeOpts {
             mac: net.mac,
@@ -536,13 +563,6 @@ impl Driver {
     }
 
     async fn start_rest(self: &Arc<Self>, obj: &Arc<NetObj>, net: &Network) -> Result<()> {
-        write_durable(
-            self.status_path(&net.name),
-            net.to_xml(),
-            0o600,
-            "cannot write network status".into(),
-        )
-        .await?;
         self.lock_active().insert(
             obj.uuid,
             ActiveInfo {
@@ -561,13 +581,21 @@ impl Driver {
             }
         };
         let (fw, dns) = tokio::join!(self.apply_firewall(), dns);
+        // Everything is up: the intent becomes the status file, in one rename.
+        let done = match (&fw, &dns) {
+            (Ok(()), Ok(_)) => {
+                self.commit(&net.name, true, "cannot write network status")
+                    .await
+            }
+            _ => Ok(()),
+        };
         let generation = {
             let mut st = obj.state();
             st.generation += 1;
             if let Ok(Some(w)) = &dns {
                 st.dnsmasq = Some(w.clone());
             }
-            if fw.is_ok() && dns.is_ok() {
+            if fw.is_ok() && dns.is_ok() && done.is_ok() {
                 // Active only once everything is up: a reader never sees a half start.
                 st.live = Some(net.clone());
             }
@@ -578,8 +606,26 @@ impl Driver {
         }
         fw?;
         dns?;
+        done?;
         tracing::info!(network = %net.name, "started");
         Ok(())
+    }
+
+    /// Renames the intent to the status file (`started`) or the status file to the
+    /// intent (a stop begins), and makes the rename durable.
+    async fn commit(&self, name: &str, started: bool, what: &str) -> Result<()> {
+        let (pending, status) = (self.pending_path(name), self.status_path(name));
+        let (from, to) = if started {
+            (pending, status)
+        } else {
+            (status, pending)
+        };
+        let dir = self.run_dir.clone();
+        blocking_io(what, move || {
+            std::fs::rename(&from, &to)?;
+            std::fs::File::open(&dir)?.sync_all()
+        })
+        .await
     }
 
     async fn apply_firewall(&self) -> Result<()> {
@@ -752,6 +798,21 @@ impl Driver {
             };
             (net, st.persistent)
         };
+        // The status file becomes the intent before anything is taken down, so a
+        // kill -9 on the way leaves the next load the list of what is left to take down.
+        if self
+            .commit(&net.name, false, "cannot write network status")
+            .await
+            .is_err()
+        {
+            write_durable(
+                self.pending_path(&net.name),
+                net.to_xml(),
+                0o600,
+                "cannot write network status".into(),
+            )
+            .await?;
+        }
         self.stop_pieces(obj, &net).await;
         drop(job);
         self.lifecycle(obj, NetworkEvent::Stopped).await;
@@ -798,25 +859,33 @@ impl Driver {
             }
         };
         tokio::join!(fw, dns, br);
-        let p = self.paths(&net.name);
+        self.remove_run_files(&net.name).await;
+        tracing::info!(network = %net.name, "stopped");
+    }
+
+    /// Removes a network's runtime files; the intent goes last, once nothing it names
+    /// is left.
+    async fn remove_run_files(&self, name: &str) {
+        let p = self.paths(name);
         let files = [
             p.conf,
             p.pid,
             p.hostsfile,
             p.addnhosts,
-            self.status_path(&net.name),
+            self.status_path(name),
         ];
-        let ports = self.ports_dir(&net.name);
+        let ports = self.ports_dir(name);
+        let pending = self.pending_path(name);
         // Unlinks without fsync, but a folder tree of port files: off the async threads.
         let _ = blocking_io("cannot clean up", move || {
             for f in &files {
                 let _ = std::fs::remove_file(f);
             }
             let _ = std::fs::remove_dir_all(&ports);
+            let _ = std::fs::remove_file(&pending);
             Ok(())
         })
         .await;
-        tracing::info!(network = %net.name, "stopped");
     }
 
     pub async fn undefine(self: &Arc<Self>, obj: &Arc<NetObj>) -> Result<()> {
@@ -1067,20 +1136,28 @@ impl Driver {
                 Err(e) => tracing::warn!("cannot load network config {file}.xml: {e}"),
             }
         }
+        remove_stale_temp_files(&[
+            &self.config_dir,
+            &self.config_dir.join("autostart"),
+            &self.run_dir,
+        ]);
+        let running = dnsmasq_processes(&self.run_dir);
+        let cut = self.take_down_cut_operations(&running).await;
         for (file, text) in read_dir(&self.run_dir) {
             let net = match Network::from_xml(&text) {
-                Ok(n) if n.name == file => n,
+                Ok(n) if n.name == file && !cut.contains(&file) => n,
                 _ => continue,
             };
             let obj = match self.by_uuid(&net.uuid) {
                 Ok(o) => o,
                 Err(_) => self.insert(net.clone(), false, false, None).await,
             };
-            self.adopt(&obj, net).await;
+            self.adopt(&obj, net, &running).await;
         }
-        // Puts back rules flushed while the daemon was away. With nothing active there
-        // is nothing to put back, and the firewall is left alone.
-        if !self.lock_active().is_empty() {
+        // Puts back rules flushed while the daemon was away, and takes out those of a
+        // cut start or stop. With nothing active and nothing cut short the firewall is
+        // left alone.
+        if !self.lock_active().is_empty() || !cut.is_empty() {
             if let Err(e) = self.apply_firewall().await {
                 tracing::error!("{e}");
             }
@@ -1098,14 +1175,68 @@ impl Driver {
         }
     }
 
-    async fn adopt(self: &Arc<Self>, obj: &Arc<NetObj>, net: Network) {
+    /// Starts and stops a kill -9 cut short (their `NAME.pending`): takes down whatever
+    /// they left. Returns the names of those networks.
+    async fn take_down_cut_operations(&self, running: &[(i32, PathBuf)]) -> Vec<String> {
+        let mut cut = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&self.run_dir) {
+            for e in rd.flatten() {
+                let path = e.path();
+                if path.extension().is_none_or(|x| x != "pending") {
+                    continue;
+                }
+                let Some(file) = path.file_stem().map(|f| f.to_string_lossy().into_owned()) else {
+                    continue;
+                };
+                match std::fs::read_to_string(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| Network::from_xml(&t).map_err(|e| e.to_string()))
+                {
+                    Ok(net) if net.name == file => {
+                        tracing::warn!(network = %file, "a start or stop was cut short; taking down what it left");
+                        self.take_down_leftovers(&net, running).await;
+                    }
+                    _ => {
+                        tracing::warn!("unreadable {}: removed", path.display());
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+                cut.push(file);
+            }
+        }
+        cut
+    }
+
+    /// Takes down what a network's XML names, without a live record of it: its
+    /// dnsmasq (found by its `--conf-file`, so also one that had not written its pidfile
+    /// yet), its bridge, and its runtime files. Its rules go with the next apply.
+    async fn take_down_leftovers(&self, net: &Network, running: &[(i32, PathBuf)]) {
+        let conf = self.paths(&net.name).conf;
+        for (pid, _) in running.iter().filter(|(_, c)| *c == conf) {
+            // The pidfd is opened before the check, so the PID cannot be recycled
+            // between the check and the signal.
+            if let Ok(w) = ChildWatch::new(*pid) {
+                if is_our_dnsmasq(*pid, &conf) {
+                    tracing::info!(network = %net.name, "stopping dnsmasq {pid}");
+                    w.terminate(Duration::from_secs(2)).await;
+                }
+            }
+        }
+        if net.owns_bridge() {
+            if let Err(e) = self.nl.delete(net.bridge_name()).await {
+                tracing::error!(network = %net.name, "cannot delete bridge: {e}");
+            }
+        }
+        self.remove_run_files(&net.name).await;
+    }
+
+    async fn adopt(self: &Arc<Self>, obj: &Arc<NetObj>, net: Network, running: &[(i32, PathBuf)]) {
         let job = obj.job.lock().await;
         let bridge_ok =
             !net.owns_bridge() || matches!(self.nl.index(net.bridge_name()).await, Ok(Some(_)));
         if !bridge_ok {
             tracing::warn!(network = %net.name, "bridge is gone; network is stopped");
-            obj.state().live = Some(net.clone());
-            self.stop_pieces(obj, &net).await;
+            self.take_down_leftovers(&net, running).await;
             let transient = !obj.state().persistent;
             drop(job);
             if transient {
@@ -1121,17 +1252,7 @@ impl Driver {
                 ips: net.ips.clone(),
             },
         );
-        let mut ports = BTreeMap::new();
-        if let Ok(rd) = std::fs::read_dir(self.ports_dir(&net.name)) {
-            for e in rd.flatten() {
-                if let Ok(p) = std::fs::read_to_string(e.path())
-                    .map_err(drop)
-                    .and_then(|t| Port::from_xml(&t).map_err(drop))
-                {
-                    ports.insert(p.uuid, p);
-                }
-            }
-        }
+        let ports = self.read_ports(&net.name);
         let generation = {
             let mut st = obj.state();
             st.live = Some(net.clone());
@@ -1144,7 +1265,7 @@ impl Driver {
             self.outbox.send(Change::PortAdded(uuid)).await;
         }
         if dnsmasq::needed(&net) {
-            let watch = self.adopt_dnsmasq(&net).await;
+            let watch = self.adopt_dnsmasq(&net, running).await;
             obj.state().dnsmasq = watch.clone();
             if let Some(w) = watch {
                 self.supervise(obj.clone(), w, generation);
@@ -1153,14 +1274,61 @@ impl Driver {
         tracing::info!(network = %net.name, "adopted running network");
     }
 
-    /// The dnsmasq of an adopted network: the one still running, or a new one.
-    async fn adopt_dnsmasq(&self, net: &Network) -> Option<Arc<ChildWatch>> {
+    fn read_ports(&self, name: &str) -> BTreeMap<Uuid, Port> {
+        let mut ports = BTreeMap::new();
+        let dir = self.ports_dir(name);
+        remove_stale_temp_files(&[&dir]);
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            // Only `UUID.xml`: the temp file of a cut write must never count as a port.
+            for e in rd
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "xml"))
+            {
+                if let Ok(p) = std::fs::read_to_string(e.path())
+                    .map_err(drop)
+                    .and_then(|t| Port::from_xml(&t).map_err(drop))
+                {
+                    ports.insert(p.uuid, p);
+                }
+            }
+        }
+        ports
+    }
+
+    /// The dnsmasq of an adopted network: the one still running (the pidfile's, else
+    /// any with our `--conf-file`; others are stopped), or a new one.
+    async fn adopt_dnsmasq(
+        &self,
+        net: &Network,
+        running: &[(i32, PathBuf)],
+    ) -> Option<Arc<ChildWatch>> {
         let p = self.paths(&net.name);
-        let running = read_pid(&p.pid)
-            .filter(|pid| is_our_dnsmasq(*pid, &p.conf))
-            .and_then(|pid| ChildWatch::new(pid).ok());
-        if let Some(w) = running {
-            return Some(Arc::new(w));
+        let mut found: Vec<i32> = running
+            .iter()
+            .filter(|(_, c)| *c == p.conf)
+            .map(|(pid, _)| *pid)
+            .collect();
+        // The pidfile's first: that is the one clients and logs know.
+        if let Some(pos) = read_pid(&p.pid).and_then(|pid| found.iter().position(|f| *f == pid)) {
+            found.swap(0, pos);
+        }
+        let mut keep = None;
+        for pid in found {
+            let Ok(w) = ChildWatch::new(pid) else {
+                continue;
+            };
+            if !is_our_dnsmasq(pid, &p.conf) {
+                continue;
+            }
+            if keep.is_none() {
+                keep = Some(Arc::new(w));
+            } else {
+                tracing::warn!(network = %net.name, "stopping a second dnsmasq {pid}");
+                w.terminate(Duration::from_secs(2)).await;
+            }
+        }
+        if keep.is_some() {
+            return keep;
         }
         match self.spawn_dnsmasq(net).await {
             Ok(w) => Some(w),
@@ -1170,6 +1338,51 @@ impl Driver {
             }
         }
     }
+}
+
+/// Removes the temp files of atomic writes a killed daemon left (`.NAME.tmpPID`).
+fn remove_stale_temp_files(dirs: &[&Path]) {
+    for d in dirs {
+        let Ok(rd) = std::fs::read_dir(d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.contains(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Every dnsmasq whose `--conf-file` is in `run_dir`, zombies left out: (PID, conf).
+fn dnsmasq_processes(run_dir: &Path) -> Vec<(i32, PathBuf)> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for pid in rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let mut args = raw.split(|b| *b == 0);
+        if !args.next().is_some_and(|a| a.ends_with(b"dnsmasq")) {
+            continue;
+        }
+        for a in args {
+            let a = String::from_utf8_lossy(a);
+            if let Some(conf) = a.strip_prefix("--conf-file=").map(PathBuf::from) {
+                if conf.parent() == Some(run_dir) {
+                    out.push((pid, conf));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Applies one `Update` edit to a definition.
