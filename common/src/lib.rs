@@ -20,6 +20,7 @@ pub mod proxies;
 pub mod publish;
 pub mod runtime;
 pub mod typed_params;
+pub mod wire;
 pub mod xml;
 
 #[cfg(feature = "harness")]

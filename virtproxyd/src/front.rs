@@ -92,7 +92,11 @@ fn dup_fds(msg: &Message) -> zbus::Result<Vec<zbus::zvariant::OwnedFd>> {
 fn with_body_of(builder: zbus::message::Builder<'_>, from: &Message) -> zbus::Result<Message> {
     let body = from.body();
     let fds = dup_fds(from)?;
-    let signature = from.header().signature().clone();
+    // From the bytes: the parsed header signature cannot tell a body of one struct
+    // `(ii)` from two values `ii`, and would rebuild the first as the second.
+    let wire = common::wire::body_signature(from)
+        .map_err(|e| zbus::Error::Failure(format!("unreadable header: {e}")))?;
+    let signature = common::wire::signature_for(&wire)?;
     let builder = builder.endian(from.primary_header().endian_sig().into());
     // SAFETY: the bytes are a body that was valid for this signature in a message of the
     // same byte order (the body starts 8-aligned in both), and the fds are copies of the

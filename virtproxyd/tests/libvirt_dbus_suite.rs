@@ -47,7 +47,6 @@ const EXPECTED_FAILURES: &[(&str, &str)] = &[
     ("test_domain.py::TestDomain::test_domain_vcpus", "SetVcpus is not served yet"),
     ("test_domain.py::TestDomain::test_domain_vcpu_pin_info", "GetVcpuPinInfo is not served yet"),
     ("test_domain.py::TestDomain::test_api", "the Domain property SchedulerType is not served yet"),
-    ("test_storage.py::TestStoragePool::test_storage_pool_get_info", "virtstoraged answers GetInfo as four values (ittt), not libvirt-dbus's one struct (ittt) it introspects"),
     ("test_connect.py::TestConnect::test_connect_node_device_create_xml", TEST_DRIVER_NODEDEV),
     ("test_connect.py::TestConnect::test_connect_node_device_lookup_by_property[NodeDeviceLookupByName-Name]", TEST_DRIVER_NODEDEV),
     ("test_nodedev.py::TestNodeDevice::test_node_device_destroy", TEST_DRIVER_NODEDEV),

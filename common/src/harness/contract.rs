@@ -10,6 +10,8 @@ use anyhow::{anyhow, bail, Context as _};
 
 use crate::contract::{self, Addition, Arg, Kind, Member};
 
+pub use crate::wire::body_signature as wire_signature;
+
 const EMITS: &str = "org.freedesktop.DBus.Property.EmitsChangedSignal";
 
 /// What one interface of one object serves, as read from its introspection.

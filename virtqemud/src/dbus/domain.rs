@@ -11,7 +11,8 @@ use zbus::zvariant::Type;
 
 use crate::driver::{Dom, Driver};
 
-/// `GetState`'s reply: state and reason as ONE struct `(ii)`, as libvirt-dbus sends it.
+/// `GetState`'s reply: state and reason as ONE struct `(ii)`, as libvirt-dbus sends it
+/// (returned in a 1-tuple: zbus writes a returned struct's fields as the body itself).
 #[derive(Serialize, Type)]
 pub struct State(i32, i32);
 
@@ -138,10 +139,10 @@ impl Domain {
     }
 
     #[zbus(name = "GetState", out_args("state"))]
-    async fn get_state(&self, flags: u32) -> Result<State, BusError> {
+    async fn get_state(&self, flags: u32) -> Result<(State,), BusError> {
         common::error::check_flags(flags, 0)?;
         let (state, reason) = self.dom()?.state().wire();
-        Ok(State(state, reason))
+        Ok((State(state, reason),))
     }
 
     #[zbus(name = "GetStats")]

@@ -43,9 +43,9 @@ impl StoragePool {
 
     #[zbus(name = "GetInfo")]
     #[zbus(out_args("info"))]
-    async fn get_info(&self) -> Result<PoolInfo, BusError> {
+    async fn get_info(&self) -> Result<(PoolInfo,), BusError> {
         let (state, capacity, allocation, available) = self.driver.info(&self.pool()?);
-        Ok(PoolInfo(state, capacity, allocation, available))
+        Ok((PoolInfo(state, capacity, allocation, available),))
     }
 
     #[zbus(name = "GetXMLDesc")]

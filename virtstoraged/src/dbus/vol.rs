@@ -24,10 +24,10 @@ impl StorageVol {
 
     #[zbus(name = "GetInfo")]
     #[zbus(out_args("info"))]
-    async fn get_info(&self, flags: u32) -> Result<VolInfo, BusError> {
+    async fn get_info(&self, flags: u32) -> Result<(VolInfo,), BusError> {
         common::error::check_flags(flags, 0)?;
         let (kind, capacity, allocation) = self.driver.vol_info(&self.key)?;
-        Ok(VolInfo(kind, capacity, allocation))
+        Ok((VolInfo(kind, capacity, allocation),))
     }
 
     #[zbus(name = "GetXMLDesc")]
