@@ -162,7 +162,7 @@ async fn churn(
             Op::ReAttach => Some(HOST),
             Op::Reset => None,
         };
-        let mut m = model.lock().unwrap();
+        let mut m = model.lock().expect("model lock");
         match r {
             Ok(Ok(())) => {
                 if let Some(w) = want {
@@ -261,7 +261,7 @@ async fn kill9_storm_leaves_every_device_bound_and_known() -> anyhow::Result<()>
             .await?
             .list_node_devices(0)
             .await?;
-        let mut m = model.lock().unwrap().clone();
+        let mut m = model.lock().expect("model lock").clone();
         for (k, (name, addr, dir)) in DEVS.iter().enumerate() {
             let path = common::objpath::node_device(name);
             let times = listed.iter().filter(|p| **p == path).count();
@@ -290,7 +290,7 @@ async fn kill9_storm_leaves_every_device_bound_and_known() -> anyhow::Result<()>
             }
             m[k] = [if drv == STUB { STUB } else { HOST }].into();
         }
-        *model.lock().unwrap() = m;
+        *model.lock().expect("model lock") = m;
         eprintln!(
             "round {i}: kill after {delay:?}, {} rebind(s) finished at start: {}",
             left.len(),
