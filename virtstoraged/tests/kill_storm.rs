@@ -385,10 +385,10 @@ async fn churn(
 ) -> Vec<String> {
     let mut wrong = Vec::new();
     while !killed.load(Ordering::SeqCst) {
-        let op = pick(&model.lock().unwrap(), &mut rng);
+        let op = pick(&model.lock().expect("model lock"), &mut rng);
         let r = tokio::time::timeout(Duration::from_secs(30), run(&cl, &op)).await;
         let dead = killed.load(Ordering::SeqCst);
-        let mut m = model.lock().unwrap();
+        let mut m = model.lock().expect("model lock");
         match r {
             Ok(Ok(Outcome::Done)) => apply(&mut m, &op, true),
             Ok(Ok(Outcome::Read(tag))) => {
@@ -646,13 +646,13 @@ async fn kill9_storm_loses_duplicates_and_leaks_nothing() -> anyhow::Result<()> 
             .await
             .map_err(|_| anyhow::anyhow!("round {i}: the churn hung after the kill"))??;
         daemon = daemon.restart_builder().spawn(&bus).await?;
-        let mut m = model.lock().unwrap().clone();
+        let mut m = model.lock().expect("model lock").clone();
         let uncertain =
             m.vols.values().filter(|v| !v.certain()).count() + usize::from(m.f_active.len() > 1);
         cut += usize::from(uncertain > 0);
         let mut problems = wrong;
         problems.extend(check(&cl, &s, &mut m).await?);
-        *model.lock().unwrap() = m.clone();
+        *model.lock().expect("model lock") = m.clone();
         let vols = m.vols.values().filter(|v| v.surely_there()).count();
         eprintln!(
             "round {i}: kill after {delay:?}, {uncertain} uncertain, fs active={:?}, {vols} volumes: {}",
