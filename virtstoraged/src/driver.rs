@@ -144,6 +144,11 @@ pub struct Pool {
     backend: Arc<dyn PoolBackend>,
     state: Mutex<PoolState>,
     job: tokio::sync::Mutex<()>,
+    /// Orders the Autostart setter with Undefine (which takes it inside its job, for
+    /// file work only). The setter cannot wait for `job`: zbus holds its object
+    /// server's lock across a property setter, and a job that publishes (an Undefine
+    /// taking the pool off the bus) needs that lock: a deadlock.
+    autostart_lock: tokio::sync::Mutex<()>,
 }
 
 impl Pool {
@@ -478,6 +483,7 @@ impl Driver {
                 vols: BTreeMap::new(),
             }),
             job: tokio::sync::Mutex::new(()),
+            autostart_lock: tokio::sync::Mutex::new(()),
         });
         reg.insert(pool.uuid, pool.clone());
         Ok(pool)
@@ -807,13 +813,16 @@ impl Driver {
             (s.def.clone(), s.active)
         };
         remove_durable("cannot remove", Self::file(self.config_dir(), &def)).await?;
-        let _ = remove_durable("cannot remove", Self::file(self.autostart_dir(), &def)).await;
-        self.emit(pool, StoragePoolEvent::Undefined).await;
-        if active {
+        {
+            // No publishing under this lock: the setter waits for it inside zbus.
+            let _a = pool.autostart_lock.lock().await;
+            let _ = remove_durable("cannot remove", Self::file(self.autostart_dir(), &def)).await;
             let mut s = pool.state();
             s.persistent = false;
             s.autostart = false;
-        } else {
+        }
+        self.emit(pool, StoragePoolEvent::Undefined).await;
+        if !active {
             self.registry().remove(&pool.uuid);
             self.outbox.send(Change::PoolRemoved(pool.uuid)).await;
         }
@@ -867,10 +876,11 @@ impl Driver {
         Ok(pool.state().def.to_xml())
     }
 
-    /// Serialized with the pool's other changes: an Undefine running meanwhile must
-    /// not be followed by an autostart link of the pool it removed.
+    /// Serialized with Undefine through the pool's autostart lock (see [`Pool`]): an
+    /// Undefine either comes first (the pool is then transient or gone, and refused)
+    /// or removes the link this writes; it never leaves one for a pool that is gone.
     pub async fn set_autostart(&self, pool: &Arc<Pool>, on: bool) -> Res<()> {
-        let _j = pool.job.lock().await;
+        let _a = pool.autostart_lock.lock().await;
         let _g = self.jobs.enter();
         self.require_defined(pool)?;
         let def = {
