@@ -180,6 +180,7 @@ async fn autostart_and_undefine_never_leave_a_stray_link() -> anyhow::Result<()>
             Err(e)
                 if [
                     "no storage pool with matching uuid",
+                    "cannot set autostart for transient storage pool",
                     "UnknownInterface",
                     "UnknownObject",
                 ]
