@@ -1,11 +1,13 @@
 //! kill -9 storm on a copy of the fixture sysfs tree: the daemon is killed at random
-//! points while a client detaches, reattaches and resets two SR-IOV VFs. The test plays
-//! the kernel (an unbind write drops the device's driver link, a drivers_probe write
-//! binds it to its override or its host driver), as the real one does during each
-//! write. After each restart every device is bound to a driver (never left unbound
+//! points while a client detaches, reattaches and resets two SR-IOV VFs and creates
+//! and destroys mediated devices of the GPU. The test plays the kernel (an unbind write
+//! drops the device's driver link, a drivers_probe write binds it to its override or
+//! its host driver, an mdev `create` write adds the device, a `remove` write takes it
+//! away). After each restart every device is bound to a driver (never left unbound
 //! between an unbind and a probe), to the one its override names, the one the last
 //! successful call asked for (either one if the call was cut), the daemon reports that
-//! driver, and no rebind record is left.
+//! driver, no rebind record is left, and the daemon lists exactly the mediated devices
+//! that exist, each once: those a replied Create made and no replied Destroy removed.
 //!
 //! `VIRT_CHAOS_ROUNDS` sets the number of kills (10 by default), `VIRT_CHAOS_SEED` the
 //! seed of the churn and kill times.
@@ -38,6 +40,55 @@ const DEVS: [(&str, &str, &str); 2] = [
         "devices/pci0000:00/0000:00:01.0/0000:03:10.2",
     ),
 ];
+
+/// The GPU offering mdev types, its type, and the UUIDs the churn uses.
+const GPU: &str = "devices/pci0000:00/0000:00:02.0";
+const MDEV_TYPE: &str = "i915-GVTg_V5_4";
+const UUIDS: [&str; 3] = [
+    "7a0b1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d",
+    "8b1c2d3e-4f5a-4b6c-9d7e-8f9a0b1c2d3e",
+    "9c2d3e4f-5a6b-4c7d-8e8f-9a0b1c2d3e4f",
+];
+
+fn mdev_name(uuid: &str) -> String {
+    format!("mdev_{}_0000_00_02_0", uuid.replace('-', "_"))
+}
+
+/// Plays the kernel's mdev side: a UUID in the type's `create` file becomes a device
+/// below the GPU; a `1` in a device's `remove` file takes it away.
+fn settle_mdevs(root: &Path) -> anyhow::Result<()> {
+    let gpu = root.join(GPU);
+    let trigger = gpu
+        .join("mdev_supported_types")
+        .join(MDEV_TYPE)
+        .join("create");
+    let asked = read(&trigger).trim().to_owned();
+    if !asked.is_empty() {
+        let dir = gpu.join(&asked);
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("uevent"), format!("MDEV_TYPE={MDEV_TYPE}\n"))?;
+            std::fs::write(dir.join("remove"), "")?;
+            std::os::unix::fs::symlink(
+                format!("../mdev_supported_types/{MDEV_TYPE}"),
+                dir.join("mdev_type"),
+            )?;
+            std::os::unix::fs::symlink(
+                format!("../../../{GPU}/{asked}"),
+                root.join("bus/mdev/devices").join(&asked),
+            )?;
+        }
+        std::fs::write(&trigger, "")?;
+    }
+    for u in UUIDS {
+        let dir = gpu.join(u);
+        if read(&dir.join("remove")).trim() == "1" {
+            std::fs::remove_file(root.join("bus/mdev/devices").join(u))?;
+            std::fs::remove_dir_all(&dir)?;
+        }
+    }
+    Ok(())
+}
 
 /// xorshift64*: reproducible by seed.
 struct Rng(u64);
@@ -114,11 +165,13 @@ fn settle(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Op {
     Detach,
     ReAttach,
     Reset,
+    Create(usize),
+    Destroy(usize),
 }
 
 async fn device(c: &zbus::Connection, name: &str) -> zbus::Result<NodeDeviceProxy<'static>> {
@@ -129,9 +182,35 @@ async fn device(c: &zbus::Connection, name: &str) -> zbus::Result<NodeDeviceProx
         .await
 }
 
-/// Which drivers each device may be bound to: one after a call that replied, both
-/// after one the kill cut.
-type Model = Vec<BTreeSet<&'static str>>;
+/// What may be true: which drivers each VF may be bound to, whether each mdev may
+/// exist (one value after a call that replied, both after one the kill cut), and the
+/// mdevs destroyed since the daemon last read the tree (the fixture sends no uevent,
+/// so until then the daemon still lists them and refuses their UUID).
+#[derive(Clone)]
+struct Model {
+    vfs: Vec<BTreeSet<&'static str>>,
+    mdevs: Vec<BTreeSet<bool>>,
+    unseen: BTreeSet<usize>,
+    /// Replied calls: detach, reattach, reset, create, destroy (for the figures).
+    replied: [usize; 5],
+}
+
+fn pick(m: &Model, rng: &mut Rng) -> (usize, Op) {
+    loop {
+        let i = rng.below(DEVS.len() as u64) as usize;
+        let u = rng.below(UUIDS.len() as u64) as usize;
+        let certain = m.mdevs[u].len() == 1;
+        let op = match rng.below(7) {
+            0 | 1 => Op::Detach,
+            2 | 3 => Op::ReAttach,
+            4 => Op::Reset,
+            5 if certain && m.mdevs[u].contains(&false) && !m.unseen.contains(&u) => Op::Create(u),
+            6 if certain && m.mdevs[u].contains(&true) => Op::Destroy(u),
+            _ => continue,
+        };
+        return (i, op);
+    }
+}
 
 async fn churn(
     c: zbus::Connection,
@@ -142,31 +221,60 @@ async fn churn(
 ) -> Vec<String> {
     let mut wrong = Vec::new();
     while !killed.load(Ordering::SeqCst) {
-        let i = rng.below(DEVS.len() as u64) as usize;
-        let op = match rng.below(5) {
-            0 | 1 => Op::Detach,
-            2 | 3 => Op::ReAttach,
-            _ => Op::Reset,
-        };
+        let (i, op) = pick(&model.lock().expect("model lock"), &mut rng);
         let r = async {
-            let d = device(&c, DEVS[i].0).await?;
             match op {
-                Op::Detach => d.detach("vfio", 0).await,
-                Op::ReAttach => d.re_attach().await,
-                Op::Reset => d.reset().await,
+                Op::Detach => device(&c, DEVS[i].0).await?.detach("vfio", 0).await,
+                Op::ReAttach => device(&c, DEVS[i].0).await?.re_attach().await,
+                Op::Reset => device(&c, DEVS[i].0).await?.reset().await,
+                Op::Create(u) => {
+                    let xml = format!(
+                        "<device><parent>pci_0000_00_02_0</parent><capability type='mdev'>\
+                         <type id='{MDEV_TYPE}'/><uuid>{}</uuid></capability></device>",
+                        UUIDS[u]
+                    );
+                    NodeDevConnectProxy::new(&c)
+                        .await?
+                        .node_device_create_xml(&xml, 0)
+                        .await
+                        .map(drop)
+                }
+                Op::Destroy(u) => device(&c, &mdev_name(UUIDS[u])).await?.destroy().await,
             }
         };
         let r = tokio::time::timeout(Duration::from_secs(30), r).await;
         let want = match op {
             Op::Detach => Some(STUB),
             Op::ReAttach => Some(HOST),
-            Op::Reset => None,
+            _ => None,
+        };
+        let mdev = match op {
+            Op::Create(u) => Some((u, true)),
+            Op::Destroy(u) => Some((u, false)),
+            _ => None,
         };
         let mut m = model.lock().expect("model lock");
         match r {
             Ok(Ok(())) => {
+                let kind = match op {
+                    Op::Detach => 0,
+                    Op::ReAttach => 1,
+                    Op::Reset => 2,
+                    Op::Create(_) => 3,
+                    Op::Destroy(_) => 4,
+                };
+                m.replied[kind] += 1;
                 if let Some(w) = want {
-                    m[i] = [w].into();
+                    m.vfs[i] = [w].into();
+                }
+                if let Some((u, there)) = mdev {
+                    m.mdevs[u] = [there].into();
+                    if there {
+                        // A create reads the tree again while it waits.
+                        m.unseen.clear();
+                    } else {
+                        m.unseen.insert(u);
+                    }
                 }
                 if let Err(e) = settle(&root) {
                     wrong.push(format!("cannot play the kernel: {e}"));
@@ -174,10 +282,16 @@ async fn churn(
             }
             Ok(Err(e)) => {
                 if let Some(w) = want {
-                    m[i].insert(w);
+                    m.vfs[i].insert(w);
+                }
+                if let Some((u, there)) = mdev {
+                    m.mdevs[u].insert(there);
                 }
                 if !killed.load(Ordering::SeqCst) {
-                    wrong.push(format!("{} failed while the daemon ran: {e}", DEVS[i].0));
+                    wrong.push(format!(
+                        "{op:?} on {} failed while the daemon ran: {e}",
+                        DEVS[i].0
+                    ));
                 }
                 break;
             }
@@ -219,7 +333,26 @@ async fn kill9_storm_leaves_every_device_bound_and_known() -> anyhow::Result<()>
         .await?;
     let records = daemon.dirs.runtime.join("nodedev/rebind");
     let c = bus.connection().await?;
-    let model: Arc<Mutex<Model>> = Arc::new(Mutex::new(vec![[HOST].into(); DEVS.len()]));
+    let model = Arc::new(Mutex::new(Model {
+        vfs: vec![[HOST].into(); DEVS.len()],
+        mdevs: vec![[false].into(); UUIDS.len()],
+        unseen: BTreeSet::new(),
+        replied: [0; 5],
+    }));
+    // The kernel's mdev side answers while a create waits for its device.
+    let playing = Arc::new(AtomicBool::new(true));
+    let player = {
+        let (root, playing) = (root.clone(), playing.clone());
+        tokio::spawn(async move {
+            while playing.load(Ordering::SeqCst) {
+                if let Err(e) = settle_mdevs(&root) {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
     let n = rounds();
     let mut rng = Rng(seed());
     eprintln!("seed {}", seed());
@@ -243,6 +376,7 @@ async fn kill9_storm_leaves_every_device_bound_and_known() -> anyhow::Result<()>
             .map_err(|_| anyhow::anyhow!("round {i}: the churn hung after the kill"))??;
         // The kernel acts during each write: what the daemon wrote before dying is done.
         settle(&root)?;
+        settle_mdevs(&root)?;
         let left: BTreeSet<String> = std::fs::read_dir(&records)
             .map(|rd| {
                 rd.flatten()
@@ -262,6 +396,22 @@ async fn kill9_storm_leaves_every_device_bound_and_known() -> anyhow::Result<()>
             .list_node_devices(0)
             .await?;
         let mut m = model.lock().expect("model lock").clone();
+        for (k, u) in UUIDS.iter().enumerate() {
+            let exists = root.join(GPU).join(u).exists();
+            let path = common::objpath::node_device(&mdev_name(u));
+            let times = listed.iter().filter(|p| **p == path).count();
+            if times != usize::from(exists) {
+                problems.push(format!("mdev {u} exists={exists}, listed {times} times"));
+            }
+            if !m.mdevs[k].contains(&exists) {
+                problems.push(format!(
+                    "mdev {u} exists={exists}, expected {:?}",
+                    m.mdevs[k]
+                ));
+            }
+            m.mdevs[k] = [exists].into();
+        }
+        m.unseen.clear();
         for (k, (name, addr, dir)) in DEVS.iter().enumerate() {
             let path = common::objpath::node_device(name);
             let times = listed.iter().filter(|p| **p == path).count();
@@ -277,8 +427,11 @@ async fn kill9_storm_leaves_every_device_bound_and_known() -> anyhow::Result<()>
             if drv != ovr_says {
                 problems.push(format!("{name} bound to {drv} with override {ovr:?}"));
             }
-            if !m[k].contains(drv.as_str()) {
-                problems.push(format!("{name} bound to {drv}, expected one of {:?}", m[k]));
+            if !m.vfs[k].contains(drv.as_str()) {
+                problems.push(format!(
+                    "{name} bound to {drv}, expected one of {:?}",
+                    m.vfs[k]
+                ));
             }
             // A rebind finished at this start was probed after the daemon read the
             // tree (the fixture's kernel answers late): its view is checked next round.
@@ -288,7 +441,7 @@ async fn kill9_storm_leaves_every_device_bound_and_known() -> anyhow::Result<()>
                     problems.push(format!("{name} bound to {drv}, the daemon says {says:?}"));
                 }
             }
-            m[k] = [if drv == STUB { STUB } else { HOST }].into();
+            m.vfs[k] = [if drv == STUB { STUB } else { HOST }].into();
         }
         *model.lock().expect("model lock") = m;
         eprintln!(
@@ -310,9 +463,18 @@ async fn kill9_storm_leaves_every_device_bound_and_known() -> anyhow::Result<()>
             daemon = daemon.restart_builder().spawn(&bus).await?;
         }
     }
+    playing.store(false, Ordering::SeqCst);
+    player.await??;
+    let r = model.lock().expect("model lock").replied;
     eprintln!(
-        "{n} kills: {} broken, {finished} rebinds cut short and finished at start",
-        broken.len()
+        "{n} kills: {} broken, {finished} rebinds cut short and finished at start; \
+         replied: {} detach, {} reattach, {} reset, {} mdev create, {} mdev destroy",
+        broken.len(),
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        r[4]
     );
     assert!(
         broken.is_empty(),
