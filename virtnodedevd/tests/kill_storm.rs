@@ -41,6 +41,8 @@ const DEVS: [(&str, &str, &str); 2] = [
     ),
 ];
 
+static KERNEL: Mutex<()> = Mutex::new(());
+
 /// The GPU offering mdev types, its type, and the UUIDs the churn uses.
 const GPU: &str = "devices/pci0000:00/0000:00:02.0";
 const MDEV_TYPE: &str = "i915-GVTg_V5_4";
@@ -57,6 +59,8 @@ fn mdev_name(uuid: &str) -> String {
 /// Plays the kernel's mdev side: a UUID in the type's `create` file becomes a device
 /// below the GPU; a `1` in a device's `remove` file takes it away.
 fn settle_mdevs(root: &Path) -> anyhow::Result<()> {
+    // One kernel: the background player and the settle after a kill take turns.
+    let _k = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
     let gpu = root.join(GPU);
     let trigger = gpu
         .join("mdev_supported_types")
@@ -276,7 +280,8 @@ async fn churn(
                         m.unseen.insert(u);
                     }
                 }
-                if let Err(e) = settle(&root) {
+                // The kernel acts during the write: before the next call, as it would.
+                if let Err(e) = settle(&root).and_then(|()| settle_mdevs(&root)) {
                     wrong.push(format!("cannot play the kernel: {e}"));
                 }
             }
