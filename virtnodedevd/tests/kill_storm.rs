@@ -319,6 +319,70 @@ async fn reported(c: &zbus::Connection, name: &str) -> anyhow::Result<Option<Str
         .map(|(n, _)| n.to_owned()))
 }
 
+/// Checks the restarted daemon and the tree against the model, then makes the model
+/// what the tree now says. `left`: the rebinds this start finished.
+async fn check(
+    c: &zbus::Connection,
+    root: &Path,
+    left: &BTreeSet<String>,
+    model: &Mutex<Model>,
+) -> anyhow::Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let listed = NodeDevConnectProxy::new(c)
+        .await?
+        .list_node_devices(0)
+        .await?;
+    let mut m = model.lock().expect("model lock").clone();
+    for (k, u) in UUIDS.iter().enumerate() {
+        let exists = root.join(GPU).join(u).exists();
+        let path = common::objpath::node_device(&mdev_name(u));
+        let times = listed.iter().filter(|p| **p == path).count();
+        if times != usize::from(exists) {
+            problems.push(format!("mdev {u} exists={exists}, listed {times} times"));
+        }
+        if !m.mdevs[k].contains(&exists) {
+            problems.push(format!(
+                "mdev {u} exists={exists}, expected {:?}",
+                m.mdevs[k]
+            ));
+        }
+        m.mdevs[k] = [exists].into();
+    }
+    m.unseen.clear();
+    for (k, (name, addr, dir)) in DEVS.iter().enumerate() {
+        let path = common::objpath::node_device(name);
+        let times = listed.iter().filter(|p| **p == path).count();
+        if times != 1 {
+            problems.push(format!("{name} listed {times} times"));
+        }
+        let Some(drv) = bound(root, dir) else {
+            problems.push(format!("{name} is bound to no driver"));
+            continue;
+        };
+        let ovr = read(&root.join(dir).join("driver_override"));
+        let ovr_says = if ovr.trim() == STUB { STUB } else { HOST };
+        if drv != ovr_says {
+            problems.push(format!("{name} bound to {drv} with override {ovr:?}"));
+        }
+        if !m.vfs[k].contains(drv.as_str()) {
+            problems.push(format!(
+                "{name} bound to {drv}, expected one of {:?}",
+                m.vfs[k]
+            ));
+        }
+        // A rebind finished at this start was probed after the daemon read the
+        // tree (the fixture's kernel answers late): its view is checked next round.
+        if !left.contains(*addr) {
+            let says = reported(c, name).await?;
+            if says.as_deref() != Some(drv.as_str()) {
+                problems.push(format!("{name} bound to {drv}, the daemon says {says:?}"));
+            }
+        }
+        m.vfs[k] = [if drv == STUB { STUB } else { HOST }].into();
+    }
+    *model.lock().expect("model lock") = m;
+    Ok(problems)
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_storm_leaves_every_device_bound_and_known() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -350,9 +414,7 @@ async fn kill9_storm_leaves_every_device_bound_and_known() -> anyhow::Result<()>
         let (root, playing) = (root.clone(), playing.clone());
         tokio::spawn(async move {
             while playing.load(Ordering::SeqCst) {
-                if let Err(e) = settle_mdevs(&root) {
-                    return Err(e);
-                }
+                settle_mdevs(&root)?;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             anyhow::Ok(())
@@ -396,59 +458,7 @@ async fn kill9_storm_leaves_every_device_bound_and_known() -> anyhow::Result<()>
         if std::fs::read_dir(&records).is_ok_and(|mut rd| rd.next().is_some()) {
             problems.push("rebind records left after the restart".into());
         }
-        let listed = NodeDevConnectProxy::new(&c)
-            .await?
-            .list_node_devices(0)
-            .await?;
-        let mut m = model.lock().expect("model lock").clone();
-        for (k, u) in UUIDS.iter().enumerate() {
-            let exists = root.join(GPU).join(u).exists();
-            let path = common::objpath::node_device(&mdev_name(u));
-            let times = listed.iter().filter(|p| **p == path).count();
-            if times != usize::from(exists) {
-                problems.push(format!("mdev {u} exists={exists}, listed {times} times"));
-            }
-            if !m.mdevs[k].contains(&exists) {
-                problems.push(format!(
-                    "mdev {u} exists={exists}, expected {:?}",
-                    m.mdevs[k]
-                ));
-            }
-            m.mdevs[k] = [exists].into();
-        }
-        m.unseen.clear();
-        for (k, (name, addr, dir)) in DEVS.iter().enumerate() {
-            let path = common::objpath::node_device(name);
-            let times = listed.iter().filter(|p| **p == path).count();
-            if times != 1 {
-                problems.push(format!("{name} listed {times} times"));
-            }
-            let Some(drv) = bound(&root, dir) else {
-                problems.push(format!("{name} is bound to no driver"));
-                continue;
-            };
-            let ovr = read(&root.join(dir).join("driver_override"));
-            let ovr_says = if ovr.trim() == STUB { STUB } else { HOST };
-            if drv != ovr_says {
-                problems.push(format!("{name} bound to {drv} with override {ovr:?}"));
-            }
-            if !m.vfs[k].contains(drv.as_str()) {
-                problems.push(format!(
-                    "{name} bound to {drv}, expected one of {:?}",
-                    m.vfs[k]
-                ));
-            }
-            // A rebind finished at this start was probed after the daemon read the
-            // tree (the fixture's kernel answers late): its view is checked next round.
-            if !left.contains(*addr) {
-                let says = reported(&c, name).await?;
-                if says.as_deref() != Some(drv.as_str()) {
-                    problems.push(format!("{name} bound to {drv}, the daemon says {says:?}"));
-                }
-            }
-            m.vfs[k] = [if drv == STUB { STUB } else { HOST }].into();
-        }
-        *model.lock().expect("model lock") = m;
+        problems.extend(check(&c, &root, &left, &model).await?);
         eprintln!(
             "round {i}: kill after {delay:?}, {} rebind(s) finished at start: {}",
             left.len(),
