@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use common::error::{check_flags, flags as read_flags, ErrorCode, VirError};
+use common::job::InFlight;
 use common::publish::Outbox;
 use common::runtime::Context;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -74,6 +75,8 @@ pub struct Driver {
     pub roots: Roots,
     registry: RwLock<Registry>,
     jobs: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Operations running now: the daemon does not exit idle under one.
+    in_flight: InFlight,
     pub outbox: Outbox<Change>,
 }
 
@@ -120,6 +123,8 @@ impl Driver {
     /// The driver with its device list read from `roots` (no bus objects yet).
     pub fn new(ctx: Context, roots: Roots) -> Driver {
         let mut reg = Registry::default();
+        // Rebinds a kill cut short are finished before the tree is read.
+        pci::finish_rebinds(&roots, &pci::intent_dir(&ctx.settings.runtime_dir));
         for d in sysfs::enumerate(&roots) {
             reg.insert(d);
         }
@@ -128,8 +133,18 @@ impl Driver {
             roots,
             registry: RwLock::new(reg),
             jobs: Mutex::new(HashMap::new()),
+            in_flight: InFlight::new(),
             outbox: Outbox::new(),
         }
+    }
+
+    /// True while an operation runs (detach, reattach, reset, create, destroy).
+    pub fn busy(&self) -> bool {
+        !self.in_flight.idle()
+    }
+
+    fn intents(&self) -> std::path::PathBuf {
+        pci::intent_dir(&self.ctx.settings.runtime_dir)
     }
 
     /// Waits for and holds the job lock of device `name`.
@@ -249,26 +264,31 @@ impl Driver {
     ) -> Result<(), VirError> {
         check_flags(flags, 0)?;
         let stub = pci::stub_driver(driver)?;
+        let _g = self.in_flight.enter();
         let _job = self.job(name).await;
         let (dir, addr) = self.pci_target(name)?;
         let roots = self.roots.clone();
+        let intents = self.intents();
         tracing::info!(device = name, "detaching to {stub}");
-        blocking(move || pci::detach(&roots, &dir, addr, stub)).await?;
+        blocking(move || pci::detach(&roots, &intents, &dir, addr, stub)).await?;
         self.refresh(name).await;
         Ok(())
     }
 
     pub async fn reattach(self: &Arc<Self>, name: &str) -> Result<(), VirError> {
+        let _g = self.in_flight.enter();
         let _job = self.job(name).await;
         let (dir, addr) = self.pci_target(name)?;
         let roots = self.roots.clone();
+        let intents = self.intents();
         tracing::info!(device = name, "reattaching to its host driver");
-        blocking(move || pci::reattach(&roots, &dir, addr)).await?;
+        blocking(move || pci::reattach(&roots, &intents, &dir, addr)).await?;
         self.refresh(name).await;
         Ok(())
     }
 
     pub async fn reset(&self, name: &str) -> Result<(), VirError> {
+        let _g = self.in_flight.enter();
         let _job = self.job(name).await;
         let (dir, addr) = self.pci_target(name)?;
         blocking(move || pci::reset(&dir, addr)).await
@@ -278,6 +298,7 @@ impl Driver {
     /// an NPIV vport through its parent fc_host's `vport_delete` (the kernel then sends
     /// the remove uevents); nothing else can be destroyed.
     pub async fn destroy(&self, name: &str) -> Result<(), VirError> {
+        let _g = self.in_flight.enter();
         let _job = self.job(name).await;
         let d = self.lookup(name)?;
         if let Some((file, value)) = self.vport_delete_file(&d) {
@@ -373,6 +394,7 @@ impl Driver {
             }
         };
         tracing::info!("creating node device: '{value}' -> {}", file.display());
+        let _g = self.in_flight.enter();
         let _job = self.job(&on).await;
         blocking_create(move || create::write_trigger(&file, &value)).await?;
         self.wait_for(&want).await
@@ -613,4 +635,19 @@ where
         .map_err(VirError::from)
 }
 
-impl common::Driver for Driver {}
+impl common::Driver for Driver {
+    fn busy(&self) -> bool {
+        Driver::busy(self)
+    }
+
+    /// Waits for the running operations: a rebind stopped halfway would leave its
+    /// device with no driver until the next start finishes it.
+    async fn shutdown(&self) {
+        for _ in 0..1000 {
+            if self.in_flight.idle() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}

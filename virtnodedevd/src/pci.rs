@@ -95,8 +95,90 @@ fn rebind(roots: &Roots, dir: &Path, addr: PciAddr, driver: &str) -> Result<(), 
     write(&roots.sys.join("bus/pci/drivers_probe"), &addr.to_string())
 }
 
+/// Where rebinds in progress are recorded (one file per device, named by address).
+pub fn intent_dir(runtime: &Path) -> PathBuf {
+    runtime.join("nodedev").join("rebind")
+}
+
+/// What a record says: the device's folder and the driver it is being bound to
+/// (empty: its host driver).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Intent {
+    dir: PathBuf,
+    driver: String,
+}
+
+/// A rebind recorded on disk before its first write and forgotten after its last: a
+/// daemon killed between the unbind and the probe would leave the device bound to no
+/// driver at all; the next start finds the record and finishes the rebind.
+fn recorded_rebind(
+    roots: &Roots,
+    intents: &Path,
+    dir: &Path,
+    addr: PciAddr,
+    driver: &str,
+) -> Result<(), PciError> {
+    let record = intents.join(addr.to_string());
+    let io = |err| PciError::Write {
+        path: record.display().to_string(),
+        value: driver.to_string(),
+        err,
+    };
+    let intent = Intent {
+        dir: dir.to_path_buf(),
+        driver: driver.to_string(),
+    };
+    let text = serde_json::to_vec(&intent).map_err(|e| io(e.into()))?;
+    common::persist::create_dir_all(intents, 0o700).map_err(io)?;
+    common::persist::write_atomic(&record, &text, 0o600).map_err(io)?;
+    rebind(roots, dir, addr, driver)?;
+    common::persist::remove_durable(&record).map_err(io)
+}
+
+/// Finishes the rebinds a killed daemon left recorded in `intents` (at start, before
+/// the device tree is read). A device whose record cannot be acted on is logged; its
+/// record stays for the next start.
+pub fn finish_rebinds(roots: &Roots, intents: &Path) {
+    let Ok(rd) = fs::read_dir(intents) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            // A record whose write was cut short: the rebind had not begun.
+            let _ = fs::remove_file(e.path());
+            continue;
+        }
+        let parsed = fs::read(e.path())
+            .ok()
+            .and_then(|t| serde_json::from_slice::<Intent>(&t).ok());
+        let (Some(intent), Some(addr)) = (parsed, PciAddr::parse(&name)) else {
+            tracing::warn!("ignoring unreadable rebind record {}", e.path().display());
+            continue;
+        };
+        let to = if intent.driver.is_empty() {
+            "its host driver"
+        } else {
+            intent.driver.as_str()
+        };
+        tracing::info!("finishing the rebind of {addr} to {to}, cut short by a restart");
+        match rebind(roots, &intent.dir, addr, &intent.driver) {
+            Ok(()) => {
+                let _ = common::persist::remove_durable(&e.path());
+            }
+            Err(err) => tracing::warn!("cannot finish the rebind of {addr}: {err}"),
+        }
+    }
+}
+
 /// Binds the device at `dir` to the stub driver (vfio-pci), as `virNodeDeviceDetachFlags`.
-pub fn detach(roots: &Roots, dir: &Path, addr: PciAddr, stub: &str) -> Result<(), PciError> {
+pub fn detach(
+    roots: &Roots,
+    intents: &Path,
+    dir: &Path,
+    addr: PciAddr,
+    stub: &str,
+) -> Result<(), PciError> {
     if current_driver(dir).as_deref() == Some(stub) {
         return Ok(());
     }
@@ -109,7 +191,7 @@ pub fn detach(roots: &Roots, dir: &Path, addr: PciAddr, stub: &str) -> Result<()
             .stderr(std::process::Stdio::null())
             .status();
     }
-    rebind(roots, dir, addr, stub)?;
+    recorded_rebind(roots, intents, dir, addr, stub)?;
     // The kernel probes synchronously during the drivers_probe write. A fixture tree has
     // no kernel behind it, so only the machine's own sysfs is checked.
     match current_driver(dir) {
@@ -124,8 +206,8 @@ pub fn detach(roots: &Roots, dir: &Path, addr: PciAddr, stub: &str) -> Result<()
 }
 
 /// Gives the device back to its host driver (clears the override and re-probes).
-pub fn reattach(roots: &Roots, dir: &Path, addr: PciAddr) -> Result<(), PciError> {
-    rebind(roots, dir, addr, "")
+pub fn reattach(roots: &Roots, intents: &Path, dir: &Path, addr: PciAddr) -> Result<(), PciError> {
+    recorded_rebind(roots, intents, dir, addr, "")
 }
 
 /// Writes `1` to a kernel trigger file (`remove` of a mediated device).

@@ -177,8 +177,11 @@ fn detach_and_reattach_write_the_kernel_files() {
     let roots = Roots::fixture(root.clone());
     let dev = root.join("devices/pci0000:00/0000:00:01.0/0000:03:10.0");
     let addr = PciAddr::parse("0000:03:10.0").expect("addr");
+    let intents = tmp.path().join("rebind");
+    let records = || std::fs::read_dir(&intents).map_or(0, |rd| rd.count());
 
-    virtnodedevd::pci::detach(&roots, &dev, addr, "vfio-pci").expect("detach");
+    virtnodedevd::pci::detach(&roots, &intents, &dev, addr, "vfio-pci").expect("detach");
+    assert_eq!(records(), 0, "a finished rebind leaves no record");
     assert_eq!(read(&dev.join("driver_override")), "vfio-pci\n");
     assert_eq!(
         read(&root.join("bus/pci/drivers/igbvf/unbind")),
@@ -192,10 +195,11 @@ fn detach_and_reattach_write_the_kernel_files() {
         .expect("ln");
     std::fs::write(root.join("bus/pci/drivers_probe"), "").expect("clear");
     // Detaching again is a no-op.
-    virtnodedevd::pci::detach(&roots, &dev, addr, "vfio-pci").expect("detach again");
+    virtnodedevd::pci::detach(&roots, &intents, &dev, addr, "vfio-pci").expect("detach again");
     assert_eq!(read(&root.join("bus/pci/drivers_probe")), "");
 
-    virtnodedevd::pci::reattach(&roots, &dev, addr).expect("reattach");
+    virtnodedevd::pci::reattach(&roots, &intents, &dev, addr).expect("reattach");
+    assert_eq!(records(), 0);
     assert_eq!(read(&dev.join("driver_override")), "\n");
     assert_eq!(
         read(&root.join("bus/pci/drivers/vfio-pci/unbind")),
@@ -211,4 +215,26 @@ fn detach_and_reattach_write_the_kernel_files() {
         e.to_string(),
         "PCI device 0000:03:10.0 has no reset function"
     );
+}
+
+/// A rebind recorded but cut short (the daemon killed after the unbind) is finished
+/// by the next start: the probe is written and the record goes.
+#[test]
+fn a_recorded_rebind_is_finished_at_start() {
+    let tmp = copy_fixture();
+    let root = tmp.path().join("sysfs");
+    let roots = Roots::fixture(root.clone());
+    let dev = root.join("devices/pci0000:00/0000:00:01.0/0000:03:10.2");
+    let intents = tmp.path().join("rebind");
+    std::fs::create_dir_all(&intents).expect("mkdir");
+    let record = format!(
+        "{{\"dir\":{},\"driver\":\"vfio-pci\"}}",
+        serde_json::to_string(&dev).expect("json")
+    );
+    std::fs::write(intents.join("0000:03:10.2"), record).expect("record");
+    std::fs::write(intents.join(".0000:03:10.0.tmp77"), "{").expect("cut write");
+    virtnodedevd::pci::finish_rebinds(&roots, &intents);
+    assert_eq!(read(&dev.join("driver_override")), "vfio-pci\n");
+    assert_eq!(read(&root.join("bus/pci/drivers_probe")), "0000:03:10.2");
+    assert_eq!(std::fs::read_dir(&intents).expect("dir").count(), 0);
 }

@@ -144,6 +144,11 @@ pub struct Pool {
     backend: Arc<dyn PoolBackend>,
     state: Mutex<PoolState>,
     job: tokio::sync::Mutex<()>,
+    /// Orders the Autostart setter with Undefine (which takes it inside its job, for
+    /// file work only). The setter cannot wait for `job`: zbus holds its object
+    /// server's lock across a property setter, and a job that publishes (an Undefine
+    /// taking the pool off the bus) needs that lock: a deadlock.
+    autostart_lock: tokio::sync::Mutex<()>,
 }
 
 impl Pool {
@@ -283,6 +288,26 @@ async fn remove_durable(what: &'static str, path: PathBuf) -> Res<()> {
     blocking_io(what, path, common::persist::remove_durable).await
 }
 
+/// Removes the temp files of `persist::write_atomic` (`.NAME.tmpPID`) that a daemon
+/// killed mid-write left in `dir`: the file they were to replace is whole either way.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let stale = name.starts_with('.')
+            && name
+                .rsplit_once(".tmp")
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if stale && e.file_type().is_ok_and(|t| t.is_file()) {
+            tracing::info!("removing {}, left by a write cut short", e.path().display());
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 impl Driver {
     /// Builds the driver with nothing loaded yet. [`Driver::load`] reads the disk once
     /// the outbox is connected, so every pool and volume it finds is published.
@@ -394,6 +419,9 @@ impl Driver {
     /// Loads definitions and runtime status, adopts active pools and autostarts. Call
     /// it once, after the outbox is connected.
     pub async fn load(self: &Arc<Self>) {
+        for dir in [self.config_dir(), self.autostart_dir(), self.status_dir()] {
+            remove_stale_temps(&dir);
+        }
         for def in Self::read_defs(&self.config_dir()) {
             let autostart = Self::file(self.autostart_dir(), &def).exists();
             match self.insert(def, true, autostart) {
@@ -455,6 +483,7 @@ impl Driver {
                 vols: BTreeMap::new(),
             }),
             job: tokio::sync::Mutex::new(()),
+            autostart_lock: tokio::sync::Mutex::new(()),
         });
         reg.insert(pool.uuid, pool.clone());
         Ok(pool)
@@ -560,18 +589,20 @@ impl Driver {
             .map_err(VirError::from)
     }
 
-    /// Starts the backend, refreshes, records runtime status (caller holds the job).
+    /// Records runtime status, starts the backend, refreshes (caller holds the job).
+    /// The status is on disk before anything is mounted: a daemon killed in between
+    /// finds it on restart and adopts (or makes) the mount, never leaves one it does
+    /// not know. A start that fails takes its status back.
     async fn activate(self: &Arc<Self>, pool: &Arc<Pool>) -> Res<()> {
         let def = pool.state().def.clone();
         let b = pool.backend.clone();
         let d2 = def.clone();
-        Self::blocking(move || b.start(&d2)).await?;
-        write_durable(
-            "cannot write status",
-            Self::file(self.status_dir(), &def),
-            def.to_xml(),
-        )
-        .await?;
+        let status = Self::file(self.status_dir(), &def);
+        write_durable("cannot write status", status.clone(), def.to_xml()).await?;
+        if let Err(e) = Self::blocking(move || b.start(&d2)).await {
+            let _ = remove_durable("cannot remove", status).await;
+            return Err(e);
+        }
         pool.state().active = true;
         self.refresh_locked(pool).await?;
         Ok(())
@@ -752,6 +783,7 @@ impl Driver {
     pub async fn delete(self: &Arc<Self>, pool: &Arc<Pool>, flags: u32) -> Res<()> {
         read_flags::<DeleteFlags>(flags)?;
         let _j = pool.job.lock().await;
+        let _g = self.jobs.enter();
         self.require_defined(pool)?;
         if pool.active() {
             return Err(VirError::operation_invalid(format!(
@@ -768,6 +800,7 @@ impl Driver {
 
     pub async fn undefine(self: &Arc<Self>, pool: &Arc<Pool>) -> Res<()> {
         let _j = pool.job.lock().await;
+        let _g = self.jobs.enter();
         self.require_defined(pool)?;
         let (def, active) = {
             let s = pool.state();
@@ -780,13 +813,16 @@ impl Driver {
             (s.def.clone(), s.active)
         };
         remove_durable("cannot remove", Self::file(self.config_dir(), &def)).await?;
-        let _ = remove_durable("cannot remove", Self::file(self.autostart_dir(), &def)).await;
-        self.emit(pool, StoragePoolEvent::Undefined).await;
-        if active {
+        {
+            // No publishing under this lock: the setter waits for it inside zbus.
+            let _a = pool.autostart_lock.lock().await;
+            let _ = remove_durable("cannot remove", Self::file(self.autostart_dir(), &def)).await;
             let mut s = pool.state();
             s.persistent = false;
             s.autostart = false;
-        } else {
+        }
+        self.emit(pool, StoragePoolEvent::Undefined).await;
+        if !active {
             self.registry().remove(&pool.uuid);
             self.outbox.send(Change::PoolRemoved(pool.uuid)).await;
         }
@@ -796,6 +832,7 @@ impl Driver {
     pub async fn refresh(self: &Arc<Self>, pool: &Arc<Pool>, flags: u32) -> Res<()> {
         check_flags(flags, 0)?;
         let _j = pool.job.lock().await;
+        let _g = self.jobs.enter();
         self.require_defined(pool)?;
         self.require_active(pool)?;
         // A refresh removes `.part` files: the copy of a running upload is one.
@@ -839,7 +876,13 @@ impl Driver {
         Ok(pool.state().def.to_xml())
     }
 
-    pub async fn set_autostart(&self, pool: &Pool, on: bool) -> Res<()> {
+    /// Serialized with Undefine through the pool's autostart lock (see [`Pool`]): an
+    /// Undefine either comes first (the pool is then transient or gone, and refused)
+    /// or removes the link this writes; it never leaves one for a pool that is gone.
+    pub async fn set_autostart(&self, pool: &Arc<Pool>, on: bool) -> Res<()> {
+        let _a = pool.autostart_lock.lock().await;
+        let _g = self.jobs.enter();
+        self.require_defined(pool)?;
         let def = {
             let s = pool.state();
             if !s.persistent {
@@ -918,6 +961,7 @@ impl Driver {
         read_flags::<VolDeleteFlags>(flags)?;
         let (pool, _) = self.vol_of(key)?;
         let _j = pool.job.lock().await;
+        let _g = self.jobs.enter();
         let vol = self.require_vol(&pool, key)?;
         // A transfer of the volume stops now: its caller is told why, its copy goes.
         if let Some(running) = self.transfer_map().get(key) {

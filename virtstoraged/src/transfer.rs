@@ -546,6 +546,10 @@ fn receive(
         if let Some(n) = copy_extents(src, start, dst, offset, limit, &mut step)? {
             return Ok(n);
         }
+        // SEEK_DATA/SEEK_HOLE moved the file's position: the copy through user space
+        // starts where the client's bytes do (between two filesystems the kernel
+        // cannot copy, and the upload read nothing before this).
+        (&*src).seek(SeekFrom::Start(start))?;
     } else {
         widen_pipe(src);
     }

@@ -142,3 +142,60 @@ async fn listed_pools_are_always_served() -> anyhow::Result<()> {
     anyhow::ensure!(conn.list_storage_pools(0).await?.len() == 60);
     Ok(())
 }
+
+/// Autostart is set under the pool's job, like every other change of the pool: an
+/// Undefine racing a SetAutostart(true) either comes first (the setter then finds no
+/// pool) or second (and removes the link), never leaves an autostart link behind for
+/// a pool that is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn autostart_and_undefine_never_leave_a_stray_link() -> anyhow::Result<()> {
+    let bus = TestBus::start()?;
+    let daemon = Daemon::builder(BIN, "virtstoraged").spawn(&bus).await?;
+    let c = bus.connection().await?;
+    let conn = StorageConnectProxy::new(&c).await?;
+    let link = daemon.dirs.config.join("storage/autostart/a.xml");
+    let xml = format!(
+        "<pool type='dir'><name>a</name><target><path>{}</path></target></pool>",
+        daemon.dirs.root.path().join("a").display()
+    );
+    let (mut setter_first, mut undefine_first) = (0, 0);
+    for round in 0..40u64 {
+        let p = conn.storage_pool_define_xml(&xml, 0).await?;
+        let pp = support::pool_proxy(&c, &p).await?;
+        // Spread the setter over the Undefine's run (two fsyncs): sent before it,
+        // right after it, or up to ~4 ms later.
+        let set = async {
+            match round % 3 {
+                0 => {}
+                1 => tokio::task::yield_now().await,
+                _ => tokio::time::sleep(std::time::Duration::from_micros(round * 100)).await,
+            }
+            pp.set_autostart(true).await
+        };
+        let (set, undef) = tokio::join!(set, pp.undefine());
+        undef?;
+        match set {
+            Ok(()) => setter_first += 1,
+            // libvirt's error, or D-Bus's once the pool is off the bus.
+            Err(e)
+                if [
+                    "no storage pool with matching uuid",
+                    "cannot set autostart for transient storage pool",
+                    "UnknownInterface",
+                    "UnknownObject",
+                ]
+                .iter()
+                .any(|w| e.to_string().contains(w)) =>
+            {
+                undefine_first += 1
+            }
+            Err(e) => anyhow::bail!("round {round}: unexpected error: {e}"),
+        }
+        anyhow::ensure!(
+            !link.exists(),
+            "round {round}: autostart link left for an undefined pool"
+        );
+    }
+    println!("40 rounds: setter first {setter_first}, undefine first {undefine_first}");
+    Ok(())
+}

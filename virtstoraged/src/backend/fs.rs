@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::dir::DirBackend;
+use super::loopdev;
 use super::{BackendError, BuildFlags, PoolBackend, PoolSizes, Result};
 use crate::xml::{PoolDef, VolDef};
 
@@ -128,7 +129,8 @@ fn mounted(target: &Path, dev: &Path) -> Result<Option<bool>> {
         .find(|(p, _)| *p == target)
         .map(|(_, src)| {
             let src = fs::canonicalize(&src).unwrap_or_else(|_| PathBuf::from(&src));
-            src == dev
+            // An image source is mounted through the loop device attached over it.
+            src == dev || loopdev::backing_file(&src).is_some_and(|b| b == dev)
         }))
 }
 
@@ -176,6 +178,9 @@ impl PoolBackend for FsBackend {
     }
 
     /// Mounts the device at the target, or adopts the mount that is already there.
+    /// The mount is made by this process (mount(2), not a mount(8) child): a kill -9
+    /// cannot land between the kernel mounting and the daemon knowing, nor leave a
+    /// child that mounts after a restarted daemon has looked.
     fn start(&self, def: &PoolDef) -> Result<()> {
         let (dev, fmt) = source(def)?;
         match mounted(&def.target, &dev)? {
@@ -194,21 +199,49 @@ impl PoolBackend for FsBackend {
                 def.target.display()
             )));
         }
-        let mut args: Vec<OsString> = Vec::new();
-        if let Some(t) = fmt {
-            args.extend(["-t".into(), t.into()]);
-        }
+        let fstype = match fmt {
+            Some(t) => t,
+            None => probe(&dev)?.ok_or_else(|| {
+                BackendError::Invalid(format!(
+                    "no filesystem found on '{}' (build the pool with a format first)",
+                    dev.display()
+                ))
+            })?,
+        };
+        // An image file gets a loop device, held open until the mount holds it.
+        let is_file = fs::metadata(&dev)
+            .map_err(|e| BackendError::io("cannot stat", &dev, e))?
+            .is_file();
+        let attached = if is_file {
+            Some(loopdev::attach(&dev)?)
+        } else {
+            None
+        };
+        let from = attached.as_ref().map_or(dev.as_path(), |a| a.dev.as_path());
         // nodev,nosuid: guest-writable images must not become device nodes or setuid
         // programs on the host.
-        args.extend(["-o".into(), "nodev,nosuid".into()]);
-        args.extend([dev.into_os_string(), def.target.clone().into_os_string()]);
-        run("mount", &args).map(|_| ())
+        nix::mount::mount(
+            Some(from),
+            &def.target,
+            Some(fstype.as_str()),
+            nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOSUID,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            BackendError::Invalid(format!(
+                "cannot mount '{}' on '{}': {e}",
+                dev.display(),
+                def.target.display()
+            ))
+        })
     }
 
     fn stop(&self, def: &PoolDef) -> Result<()> {
         let (dev, _) = source(def)?;
         if mounted(&def.target, &dev)? == Some(true) {
-            run("umount", &[def.target.clone().into_os_string()])?;
+            nix::mount::umount(&def.target).map_err(|e| {
+                BackendError::io("cannot unmount", &def.target, std::io::Error::from(e))
+            })?;
         }
         Ok(())
     }

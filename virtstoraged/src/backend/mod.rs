@@ -11,6 +11,7 @@ use crate::xml::{PoolDef, PoolType, VolDef};
 pub mod dir;
 pub mod fs;
 pub mod logical;
+pub mod loopdev;
 
 bitflags::bitflags! {
     /// `virStoragePoolBuildFlags` (NEW is the empty set).
