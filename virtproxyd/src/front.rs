@@ -577,6 +577,11 @@ async fn relay(
         let Some(name) = hdr.error_name() else {
             return Err(zbus::Error::MissingField);
         };
+        if name.as_str() == "org.freedesktop.DBus.Error.UnknownObject" {
+            if let Some(text) = call.header().path().and_then(|p| route::not_found(p)) {
+                return error(origin, call, "org.libvirt.Error", &text).await;
+            }
+        }
         let out = with_body_of(Message::error(&call.header(), name.clone())?, answer)?;
         return origin.send(&out).await;
     }

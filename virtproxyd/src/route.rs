@@ -220,6 +220,47 @@ pub fn classify(path: &str, iface: Option<&str>, member: &str, property: Option<
     }
 }
 
+/// libvirt's lookup error for `path` when the daemon serving its kind has no such
+/// object. libvirt-dbus dispatches every path under a kind's folder and answers an
+/// object that is gone (undefined by a racing call, say) with libvirt's error; a
+/// daemon's zbus answers `UnknownObject`, which the front turns into this.
+pub fn not_found(path: &str) -> Option<String> {
+    use common::error::ErrorCode;
+    use common::objpath::{decode_str, decode_uuid};
+    let rest = path.strip_prefix(CONNECT_PATH)?.strip_prefix('/')?;
+    let (kind, tail) = rest.split_once('/')?;
+    if tail.contains('/') {
+        return None;
+    }
+    let (code, what) = match kind {
+        "domain" => (
+            ErrorCode::NoDomain,
+            format!("no domain with matching uuid '{}'", decode_uuid(tail)?),
+        ),
+        "network" => (
+            ErrorCode::NoNetwork,
+            format!("no network with matching uuid '{}'", decode_uuid(tail)?),
+        ),
+        "storagepool" => (
+            ErrorCode::NoStoragePool,
+            format!(
+                "no storage pool with matching uuid '{}'",
+                decode_uuid(tail)?
+            ),
+        ),
+        "storagevol" => (
+            ErrorCode::NoStorageVol,
+            format!("no storage vol with matching key {}", decode_str(tail)?),
+        ),
+        "nodedev" => (
+            ErrorCode::NoNodeDevice,
+            format!("no node device with matching name '{}'", decode_str(tail)?),
+        ),
+        _ => return None,
+    };
+    Some(common::VirError::new(code, what).message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,5 +390,20 @@ mod tests {
             classify("/any", Some("org.freedesktop.DBus.Peer"), "Ping", None),
             Action::Peer
         );
+    }
+
+    #[test]
+    fn a_gone_object_gets_libvirts_lookup_error() {
+        let d = "/org/libvirt/QEMU/domain/_6695eb01_f6a4_8304_79aa_97f2502e193f";
+        assert_eq!(
+            not_found(d).as_deref(),
+            Some("Domain not found: no domain with matching uuid '6695eb01-f6a4-8304-79aa-97f2502e193f'")
+        );
+        assert_eq!(
+            not_found("/org/libvirt/QEMU/nodedev/pci_5f0000_5f03").as_deref(),
+            Some("Node device not found: no node device with matching name 'pci_0000_03'")
+        );
+        assert_eq!(not_found("/org/libvirt/QEMU/domain/nonsense"), None);
+        assert_eq!(not_found("/org/libvirt/QEMU"), None);
     }
 }

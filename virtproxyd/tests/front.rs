@@ -355,3 +355,38 @@ async fn connect_get_all_is_merged_and_double_wrapped() {
         );
     }
 }
+
+/// A path whose object is gone (undefined by a racing call, or never there) gets
+/// libvirt's lookup error, as libvirt-dbus answers it, not the bus' UnknownObject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gone_object_answers_libvirts_not_found() {
+    let s = Stack::start(&[]).await;
+    let defined = ok(
+        &s.conn,
+        CONNECT,
+        "org.libvirt.Connect",
+        "DomainDefineXML",
+        &(domain_xml("gone").as_str(),),
+    )
+    .await;
+    let path = path_of(&defined);
+    ok(&s.conn, &path, "org.libvirt.Domain", "Undefine", &(0u32,)).await;
+    let uuid =
+        common::objpath::decode_uuid(path.rsplit('/').next().expect("segment")).expect("uuid path");
+    for (iface, member) in [
+        ("org.libvirt.Domain", "GetState"),
+        ("org.libvirt.Domain", "Undefine"),
+    ] {
+        match call(&s.conn, &path, iface, member, &(0u32,)).await {
+            Err(zbus::Error::MethodError(name, Some(text), _)) => {
+                assert_eq!(name.as_str(), "org.libvirt.Error", "{member}");
+                assert_eq!(
+                    text,
+                    format!("Domain not found: no domain with matching uuid '{uuid}'"),
+                    "{member}"
+                );
+            }
+            other => panic!("{member} on a gone domain: {other:?}"),
+        }
+    }
+}
