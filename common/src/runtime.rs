@@ -156,12 +156,30 @@ impl PidFile {
             .mode(0o644)
             .open(&path)
             .with_context(|| format!("cannot open pid file {}", path.display()))?;
-        if let Err(e) = nix::fcntl::Flock::lock(
-            file.try_clone()?,
-            nix::fcntl::FlockArg::LockExclusiveNonblock,
-        )
-        .map(std::mem::forget)
-        {
+        // A child the previous instance was spawning when it was killed holds the lock
+        // between its fork and its exec (the descriptor is close-on-exec): wait that out
+        // briefly rather than refuse to start.
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        let locked = loop {
+            match nix::fcntl::Flock::lock(
+                file.try_clone()?,
+                nix::fcntl::FlockArg::LockExclusiveNonblock,
+            ) {
+                Ok(lock) => {
+                    // Held for the life of the process.
+                    std::mem::forget(lock);
+                    break Ok(());
+                }
+                Err((_, e))
+                    if e == nix::errno::Errno::EWOULDBLOCK
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        if let Err(e) = locked {
             let other = std::fs::read_to_string(&path).unwrap_or_default();
             bail!(
                 "another {daemon} is already running (pid {}, lock {}): {}",
