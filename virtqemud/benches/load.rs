@@ -3,7 +3,14 @@
 //! defined domains: ListDomains, property reads, GetXMLDesc, GetState, and a define +
 //! undefine of a domain of its own now and then. Prints p50/p99/max latency per kind,
 //! errors, calls per second and the daemon's RSS before and after.
-//! Run: cargo bench -p virtqemud --bench load (LOAD_SECS, LOAD_CLIENTS to change).
+//!
+//! Two kinds of round. Paced: every client starts a call every `clients / LOAD_RATE`
+//! seconds (all together `LOAD_RATE` calls/s, 4,200 by default, the rate the issue's
+//! own measurement ran at), and a call's latency counts from when it was due, so a
+//! daemon that falls behind is charged for the wait. Closed loop: every client calls
+//! again as soon as it has its answer, which saturates the machine and measures
+//! throughput; there a call's latency is about clients / throughput by construction.
+//! Run: cargo bench -p virtqemud --bench load (LOAD_SECS, LOAD_CLIENTS, LOAD_RATE).
 
 use std::time::{Duration, Instant};
 
@@ -48,6 +55,7 @@ async fn client(
     id: usize,
     paths: Vec<zbus::zvariant::OwnedObjectPath>,
     until: Instant,
+    every: Option<Duration>,
 ) -> Samples {
     let mut s = Samples::default();
     let Ok(qc) = QemuConnectProxy::new(&conn).await else {
@@ -55,8 +63,19 @@ async fn client(
         return s;
     };
     let mut n = 0usize;
+    // Paced clients start at spread offsets, so the calls do not come in bursts.
+    let first =
+        Instant::now() + every.map_or(Duration::ZERO, |e| e.mul_f64((id % 50) as f64 / 50.0));
     while Instant::now() < until {
         n += 1;
+        let due = match every {
+            Some(e) => {
+                let due = first + e * (n as u32 - 1);
+                tokio::time::sleep_until(due.into()).await;
+                due
+            }
+            None => Instant::now(),
+        };
         let kind = match n % 20 {
             0 => 4,
             k if k % 4 == 0 => 0,
@@ -65,7 +84,7 @@ async fn client(
             _ => 3,
         };
         let path = &paths[(id * 7 + n) % paths.len()];
-        let t = Instant::now();
+        let t = due;
         let ok = match kind {
             0 => qc.list_domains(0).await.is_ok(),
             4 => {
@@ -119,6 +138,7 @@ async fn round_of(
     clients: usize,
     paths: &[zbus::zvariant::OwnedObjectPath],
     secs: u64,
+    every: Option<Duration>,
 ) -> anyhow::Result<Samples> {
     let until = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
@@ -129,7 +149,7 @@ async fn round_of(
         } else {
             daemon.peer_connection().await?
         };
-        tasks.push(tokio::spawn(client(conn, id, paths.to_vec(), until)));
+        tasks.push(tokio::spawn(client(conn, id, paths.to_vec(), until, every)));
     }
     let mut all = Samples::default();
     for t in tasks {
@@ -140,7 +160,7 @@ async fn round_of(
     Ok(all)
 }
 
-fn report(round: usize, clients: usize, secs: u64, all: Samples, before: u64, after: u64) {
+fn report(round: &str, clients: usize, secs: u64, all: Samples, before: u64, after: u64) {
     let total = all.ok.len();
     println!(
         "load round {round}: {clients} clients (half bus, half peer-to-peer) for {secs} s: \
@@ -190,14 +210,25 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..200 {
         paths.push(qc.domain_define_xml(&xml(&format!("base{i}"))).await?);
     }
+    let rate: f64 = std::env::var("LOAD_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4200.0);
+    let every = Duration::from_secs_f64(clients as f64 / rate.max(1.0));
     let before = rss_kib(daemon.pid);
-    // Two rounds: RSS after the second against after the first tells a leak (it grows
-    // again) from the allocator keeping what the first round's peak took (it does not).
-    for round in 1..=2 {
-        let all = round_of(&bus, &daemon, clients, &paths, secs).await?;
+    // Paced rounds, then closed-loop ones; RSS after the second of a kind against after
+    // the first tells a leak (it grows again) from the allocator keeping a peak.
+    let rounds = [
+        (format!("1 (paced, {rate:.0} calls/s offered)"), Some(every)),
+        (format!("2 (paced, {rate:.0} calls/s offered)"), Some(every)),
+        ("3 (closed loop)".to_string(), None),
+        ("4 (closed loop)".to_string(), None),
+    ];
+    for (round, pace) in rounds {
+        let all = round_of(&bus, &daemon, clients, &paths, secs, pace).await?;
         // Let the daemon settle, then read its RSS again.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        report(round, clients, secs, all, before, rss_kib(daemon.pid));
+        report(&round, clients, secs, all, before, rss_kib(daemon.pid));
     }
     Ok(())
 }
