@@ -78,7 +78,14 @@ class Page:
         self.js(f"document.querySelector({json.dumps(sel)}).click()")
 
     def screenshot(self, path):
+        # The whole page, not only the window: the overview's disks and NICs are below,
+        # in cockpit's own scrolling element, so the window is made as tall as it.
+        height = self.js("Math.max(...[...document.querySelectorAll('body *')].map(e => e.scrollHeight))")
+        self.call("Emulation.setDeviceMetricsOverride", width=1400, height=min(int(height), 6000),
+                  deviceScaleFactor=1, mobile=False)
+        time.sleep(0.3)  # a layout pass at the new size
         data = self.call("Page.captureScreenshot", format="png")["data"]
+        self.call("Emulation.clearDeviceMetricsOverride")
         with open(path, "wb") as f:
             f.write(base64.b64decode(data))
         print(f"screenshot {path}", flush=True)
