@@ -23,6 +23,10 @@ PACKAGES=(
   openssh-server openssh-client  # sshd and ssh for virtsh's qemu+ssh:// transport test
   bsdutils            # script(1): a pty for virtsh's terminal tests
   python3-dbus python3-gi python3-pytest  # libvirt-dbus's own test suite, run through virtproxyd
+  # cockpit-machines in a browser through virtproxyd (virtproxyd/tests/cockpit.rs):
+  # the web server and bridge, headless Chromium, and python3-websocket for the
+  # DevTools-protocol driver. cockpit-machines itself is unpacked below.
+  cockpit-ws cockpit-bridge chromium python3-websocket
   gcc libc6-dev pkg-config  # for crates that build C
   ca-certificates curl
 )
@@ -54,6 +58,22 @@ if [ ${#need[@]} -gt 0 ]; then
       "qemu-system-x86=$v" "qemu-system-common=$v" "qemu-utils=$v" "qemu-block-extra=$v" \
       "${rest[@]}"
   fi
+fi
+
+# Debian's cockpit-machines, unpacked (not installed) into /usr/local/share/cockpit, where
+# cockpit-bridge finds packages too: installing it would pull libvirt-daemon-system and
+# libvirt-dbus, i.e. libvirt's own libvirtd and a second owner of org.libvirt, which this
+# project replaces (docs/cockpit.md). It is static HTML/JS, architecture "all".
+if [ ! -e /usr/share/cockpit/machines/manifest.json ] &&
+   [ ! -e /usr/local/share/cockpit/machines/manifest.json ]; then
+  [ "$(id -u)" = 0 ] || { echo "install-deps: cockpit-machines missing; run as root" >&2; exit 1; }
+  tmp=$(mktemp -d)
+  chown _apt "$tmp" 2>/dev/null || true   # apt-get download runs as _apt where it can
+  (cd "$tmp" && apt-get download -q cockpit-machines)
+  dpkg-deb -x "$tmp"/cockpit-machines_*.deb "$tmp/x"
+  mkdir -p /usr/local/share/cockpit
+  cp -a "$tmp/x/usr/share/cockpit/machines" /usr/local/share/cockpit/
+  rm -rf "$tmp"
 fi
 
 # The test guest is built from Debian packages fetched with `apt-get download`
