@@ -577,10 +577,21 @@ async fn relay(
         let Some(name) = hdr.error_name() else {
             return Err(zbus::Error::MissingField);
         };
-        if name.as_str() == "org.freedesktop.DBus.Error.UnknownObject" {
-            if let Some(text) = call.header().path().and_then(|p| route::not_found(p)) {
-                return error(origin, call, "org.libvirt.Error", &text).await;
+        let call_hdr = call.header();
+        let libvirts = match name.as_str() {
+            "org.freedesktop.DBus.Error.UnknownObject" => {
+                call_hdr.path().and_then(|p| route::not_found(p))
             }
+            "org.freedesktop.DBus.Error.UnknownMethod" => {
+                match (call_hdr.interface(), call_hdr.member()) {
+                    (Some(i), Some(m)) => route::not_supported(i, m),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if let Some(text) = libvirts {
+            return error(origin, call, "org.libvirt.Error", &text).await;
         }
         let out = with_body_of(Message::error(&call.header(), name.clone())?, answer)?;
         return origin.send(&out).await;

@@ -220,6 +220,24 @@ pub fn classify(path: &str, iface: Option<&str>, member: &str, property: Option<
     }
 }
 
+/// libvirt's answer to a libvirt-dbus method no daemon serves yet (the daemon's zbus
+/// says `UnknownMethod`): libvirt-dbus would call into a driver that lacks it and
+/// answer VIR_ERR_NO_SUPPORT. `None` for members libvirt-dbus does not have either.
+pub fn not_supported(interface: &str, member: &str) -> Option<String> {
+    static METHODS: std::sync::LazyLock<std::collections::HashSet<(String, String)>> =
+        std::sync::LazyLock::new(|| {
+            common::contract::parse(common::contract::LIBVIRT_DBUS)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| m.kind_name() == "method")
+                .map(|m| (m.interface, m.name))
+                .collect()
+        });
+    METHODS
+        .contains(&(interface.to_owned(), member.to_owned()))
+        .then(|| common::VirError::new(common::error::ErrorCode::NoSupport, member).message)
+}
+
 /// libvirt's lookup error for `path` when the daemon serving its kind has no such
 /// object. libvirt-dbus dispatches every path under a kind's folder and answers an
 /// object that is gone (undefined by a racing call, say) with libvirt's error; a
@@ -405,5 +423,14 @@ mod tests {
         );
         assert_eq!(not_found("/org/libvirt/QEMU/domain/nonsense"), None);
         assert_eq!(not_found("/org/libvirt/QEMU"), None);
+    }
+
+    #[test]
+    fn a_method_nobody_serves_is_not_supported() {
+        assert_eq!(
+            not_supported("org.libvirt.Connect", "ListInterfaces").as_deref(),
+            Some("this function is not supported by the connection driver: ListInterfaces")
+        );
+        assert_eq!(not_supported("org.libvirt.Connect", "NoSuchThing"), None);
     }
 }
