@@ -23,6 +23,7 @@ PACKAGES=(
   openssh-server openssh-client  # sshd and ssh for virtsh's qemu+ssh:// transport test
   bsdutils            # script(1): a pty for virtsh's terminal tests
   python3-dbus python3-gi python3-pytest  # libvirt-dbus's own test suite, run through virtproxyd
+  polkitd             # polkit: who may call the daemons on the system bus (docs/access.md)
   gcc libc6-dev pkg-config  # for crates that build C
   ca-certificates curl
 )

@@ -147,6 +147,17 @@ pub async fn check(hdr: &zbus::message::Header<'_>) -> Result<(), VirError> {
     }
 }
 
+/// [`check`] for a property setter, whose header zbus gives as an `Option` (`None`
+/// when the process itself sets the property, not a call).
+pub async fn check_set(hdr: Option<&zbus::message::Header<'_>>) -> zbus::fdo::Result<()> {
+    match hdr {
+        Some(h) => check(h)
+            .await
+            .map_err(|e| zbus::fdo::Error::AccessDenied(e.message)),
+        None => Ok(()),
+    }
+}
+
 impl Access {
     pub fn new(mode: Mode) -> Access {
         Access {
@@ -165,6 +176,18 @@ impl Access {
         let _ = self.inner.bus.set(bus);
     }
 
+    /// True when the call passes without asking the bus or polkit: an open action,
+    /// session mode (the bus is the user's own), a peer-to-peer connection (`None`: the
+    /// socket is 0600 root), a caller known to be root, or a yes already given.
+    pub fn allowed_now(&self, sender: Option<&str>, action: Action) -> bool {
+        let (Some(_), Some(sender)) = (action.polkit_id(), sender) else {
+            return true;
+        };
+        self.inner.mode == Mode::Session
+            || lock(&self.inner.uids).get(sender) == Some(&0)
+            || lock(&self.inner.granted).contains(&(sender.to_owned(), action))
+    }
+
     /// Decides for a call of `member` needing `action` from `sender` (`None` on a
     /// peer-to-peer connection, where no bus stamps a sender).
     pub async fn check(
@@ -173,17 +196,13 @@ impl Access {
         action: Action,
         member: &str,
     ) -> Result<(), VirError> {
-        let Some(id) = action.polkit_id() else {
+        if self.allowed_now(sender, action) {
             return Ok(());
-        };
-        // Session mode: the bus is the user's own. Peer-to-peer: the socket is 0600 root.
-        let Some(sender) = sender.filter(|_| self.inner.mode == Mode::System) else {
+        }
+        let (Some(id), Some(sender)) = (action.polkit_id(), sender) else {
             return Ok(());
         };
         let key = (sender.to_owned(), action);
-        if lock(&self.inner.granted).contains(&key) {
-            return Ok(());
-        }
         let Some(bus) = self.inner.bus.get() else {
             return Err(auth_failed(id, member, "not connected to the bus"));
         };

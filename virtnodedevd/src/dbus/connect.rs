@@ -56,7 +56,12 @@ impl Connect {
     }
 
     #[zbus(name = "ListNodeDevices")]
-    async fn list_node_devices(&self, flags: u32) -> Result<Vec<OwnedObjectPath>, BusError> {
+    async fn list_node_devices(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<Vec<OwnedObjectPath>, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self
             .driver
             .list(flags)?
@@ -66,7 +71,12 @@ impl Connect {
     }
 
     #[zbus(name = "NodeDeviceLookupByName")]
-    async fn node_device_lookup_by_name(&self, name: &str) -> Result<OwnedObjectPath, BusError> {
+    async fn node_device_lookup_by_name(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        name: &str,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         let d = self.driver.lookup(name)?;
         Ok(common::objpath::node_device(&d.name))
     }
@@ -93,7 +103,12 @@ impl Connect {
     }
 
     #[zbus(name = "NodeGetCPUMap")]
-    async fn node_get_cpu_map(&self, flags: u32) -> Result<Vec<bool>, BusError> {
+    async fn node_get_cpu_map(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<Vec<bool>, BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         Ok(node::cpu_map(&self.driver.roots))
     }
@@ -123,8 +138,12 @@ impl Connect {
     }
 
     #[zbus(name = "NodeGetFreeMemory")]
-    async fn node_get_free_memory(&self) -> u64 {
-        node::free_memory(&self.driver.roots)
+    async fn node_get_free_memory(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<u64, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(node::free_memory(&self.driver.roots))
     }
 
     #[zbus(name = "NodeGetMemoryParameters")]
@@ -149,7 +168,12 @@ impl Connect {
     }
 
     #[zbus(name = "GetSysinfo")]
-    async fn get_sysinfo(&self, flags: u32) -> Result<String, BusError> {
+    async fn get_sysinfo(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<String, BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         Ok(node::sysinfo_xml(&self.driver.roots))
     }
@@ -157,7 +181,11 @@ impl Connect {
     /// Addition: libvirt's `virNodeGetInfo` as (model, memory KiB, cpus, mhz, nodes,
     /// sockets per node, cores per socket, threads per core).
     #[zbus(name = "NodeGetInfo")]
-    async fn node_get_info(&self) -> Result<(String, u64, u32, u32, u32, u32, u32, u32), BusError> {
+    async fn node_get_info(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<(String, u64, u32, u32, u32, u32, u32, u32), BusError> {
+        common::access::check(&hdr).await?;
         let i = node::node_info(&self.driver.roots).map_err(VirError::from)?;
         Ok((
             i.model,
@@ -188,7 +216,12 @@ impl Connect {
 
     /// Addition: the `<host>` element of the capabilities XML, for virtqemud.
     #[zbus(name = "NodeGetHostCapabilities")]
-    async fn node_get_host_capabilities(&self, flags: u32) -> Result<String, BusError> {
+    async fn node_get_host_capabilities(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<String, BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         Ok(node::host_capabilities_xml(&self.driver.roots))
     }

@@ -27,7 +27,12 @@ impl Connect {
         Ok(self.driver.find_sources(kind, src_spec, flags).await?)
     }
 
-    async fn list_storage_pools(&self, flags: u32) -> Result<Vec<OwnedObjectPath>, BusError> {
+    async fn list_storage_pools(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<Vec<OwnedObjectPath>, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.list_pools(flags)?)
     }
 
@@ -49,12 +54,22 @@ impl Connect {
         Ok(self.driver.define_xml(xml, flags).await?)
     }
 
-    async fn storage_pool_lookup_by_name(&self, name: &str) -> Result<OwnedObjectPath, BusError> {
+    async fn storage_pool_lookup_by_name(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        name: &str,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.pool_by_name(name)?.path())
     }
 
     #[zbus(name = "StoragePoolLookupByUUID")]
-    async fn storage_pool_lookup_by_uuid(&self, uuid: &str) -> Result<OwnedObjectPath, BusError> {
+    async fn storage_pool_lookup_by_uuid(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        uuid: &str,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.pool_by_uuid_str(uuid)?.path())
     }
 
@@ -78,13 +93,23 @@ impl Connect {
         Ok(self.driver.vol_by_key(&key)?.0.path())
     }
 
-    async fn storage_vol_lookup_by_key(&self, key: &str) -> Result<OwnedObjectPath, BusError> {
+    async fn storage_vol_lookup_by_key(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        key: &str,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(common::objpath::storage_vol(
             &self.driver.vol_by_key(key)?.1.key,
         ))
     }
 
-    async fn storage_vol_lookup_by_path(&self, path: &str) -> Result<OwnedObjectPath, BusError> {
+    async fn storage_vol_lookup_by_path(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        path: &str,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(common::objpath::storage_vol(
             &self.driver.vol_by_path(path)?.1.key,
         ))
