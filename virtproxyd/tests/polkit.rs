@@ -427,13 +427,14 @@ async fn start() -> Stack {
     }
 }
 
+fn list(dest: &str) -> Vec<&str> {
+    vec!["call", dest, CONNECT, CONN, "ListDomains", "u", "0"]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polkit_decides_who_manages_and_who_reads() {
     let s = start().await;
     let lab = &s.lab;
-    let list = |dest: &'static str| -> Vec<&'static str> {
-        vec!["call", dest, CONNECT, CONN, "ListDomains", "u", "0"]
-    };
 
     // Root: everything, without polkit (in-process client and busctl).
     let reply = s
@@ -451,7 +452,34 @@ async fn polkit_decides_who_manages_and_who_reads() {
     ok_as(lab, 0, &list(QEMUD));
     ok_as(lab, 0, &["get-property", QEMUD, CONNECT, CONN, "Hostname"]);
 
-    // The libvirt group manages: through org.libvirt ...
+    let (dom, pool) = admin_manages(lab);
+    viewer_reads(lab, &dom, &pool);
+    nobody_only_introspects(lab, &dom);
+
+    // Clean up as the admin (and prove Undefine through the front).
+    ok_as(
+        lab,
+        ADMIN,
+        &["call", FRONT_NAME, &dom, DOM, "Undefine", "u", "0"],
+    );
+    ok_as(
+        lab,
+        ADMIN,
+        &[
+            "call",
+            FRONT_NAME,
+            &pool,
+            "org.libvirt.StoragePool",
+            "Destroy",
+        ],
+    );
+
+    measure(&s).await;
+}
+
+/// The libvirt group manages: through org.libvirt and directly. Returns the domain
+/// and pool it leaves defined.
+fn admin_manages(lab: &Lab) -> (String, String) {
     let xml = domain_xml("pk-admin");
     let dom = path_in(&ok_as(
         lab,
@@ -531,17 +559,21 @@ async fn polkit_decides_who_manages_and_who_reads() {
         &["call", QEMUD, &dom2, DOM, "Undefine", "u", "0"],
     );
 
-    // The viewer reads, through the front and directly, and changes nothing.
+    (dom, pool)
+}
+
+/// The viewer reads, through the front and directly, and changes nothing.
+fn viewer_reads(lab: &Lab, dom: &str, pool: &str) {
     for dest in [FRONT_NAME, QEMUD] {
         let listed = ok_as(lab, VIEWER, &list(dest));
         assert!(
-            listed.contains(&dom),
+            listed.contains(dom),
             "{dest}: viewer's list lacks {dom}: {listed}"
         );
         ok_as(
             lab,
             VIEWER,
-            &["call", dest, &dom, DOM, "GetXMLDesc", "u", "0"],
+            &["call", dest, dom, DOM, "GetXMLDesc", "u", "0"],
         );
         refused_as(
             lab,
@@ -560,22 +592,18 @@ async fn polkit_decides_who_manages_and_who_reads() {
         refused_as(
             lab,
             VIEWER,
-            &["call", dest, &dom, DOM, "Create", "u", "0"],
+            &["call", dest, dom, DOM, "Create", "u", "0"],
             "access denied",
         );
     }
-    ok_as(
-        lab,
-        VIEWER,
-        &["get-property", FRONT_NAME, &dom, DOM, "Name"],
-    );
+    ok_as(lab, VIEWER, &["get-property", FRONT_NAME, dom, DOM, "Name"]);
     ok_as(
         lab,
         VIEWER,
         &[
             "call",
             FRONT_NAME,
-            &pool,
+            pool,
             "org.libvirt.StoragePool",
             "GetXMLDesc",
             "u",
@@ -588,7 +616,7 @@ async fn polkit_decides_who_manages_and_who_reads() {
         &[
             "set-property",
             FRONT_NAME,
-            &dom,
+            dom,
             DOM,
             "Autostart",
             "b",
@@ -600,11 +628,13 @@ async fn polkit_decides_who_manages_and_who_reads() {
     refused_as(
         lab,
         VIEWER,
-        &["get-property", QEMUD, &dom, DOM, "Name"],
+        &["get-property", QEMUD, dom, DOM, "Name"],
         "Access denied",
     );
+}
 
-    // The third user: introspection only.
+/// The third user: introspection only.
+fn nobody_only_introspects(lab: &Lab, dom: &str) {
     for dest in [FRONT_NAME, QEMUD] {
         let intro = ok_as(
             lab,
@@ -628,7 +658,7 @@ async fn polkit_decides_who_manages_and_who_reads() {
         refused_as(
             lab,
             NOBODY,
-            &["call", dest, &dom, DOM, "Destroy", "u", "0"],
+            &["call", dest, dom, DOM, "Destroy", "u", "0"],
             "authentication failed: 'org.libvirt.unix.manage'",
         );
     }
@@ -638,26 +668,6 @@ async fn polkit_decides_who_manages_and_who_reads() {
         &["get-property", FRONT_NAME, CONNECT, CONN, "Hostname"],
         "access denied",
     );
-
-    // Clean up as the admin (and prove Undefine through the front).
-    ok_as(
-        lab,
-        ADMIN,
-        &["call", FRONT_NAME, &dom, DOM, "Undefine", "u", "0"],
-    );
-    ok_as(
-        lab,
-        ADMIN,
-        &[
-            "call",
-            FRONT_NAME,
-            &pool,
-            "org.libvirt.StoragePool",
-            "Destroy",
-        ],
-    );
-
-    measure(&s).await;
 }
 
 /// Prints what the check costs: median latencies straight to virtqemud for a root and
