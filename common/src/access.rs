@@ -100,6 +100,19 @@ pub fn action_for(interface: &str, member: &str) -> Action {
     Action::Manage
 }
 
+/// libvirt's `VIR_DOMAIN_XML_SECURE`: the XML with secrets (graphics passwords).
+pub const DOMAIN_XML_SECURE: u32 = 1;
+
+/// [`action_for`] where a flag changes it: the domain XML with secrets needs manage,
+/// as libvirt refuses `VIR_DOMAIN_XML_SECURE` to a read-only connection.
+pub fn action_for_flags(interface: &str, member: &str, flags: u32) -> Action {
+    if interface == "org.libvirt.Domain" && member == "GetXMLDesc" && flags & DOMAIN_XML_SECURE != 0
+    {
+        return Action::Manage;
+    }
+    action_for(interface, member)
+}
+
 /// The decision for one caller: the access-control state of a daemon (or the front).
 #[derive(Clone)]
 pub struct Access {
@@ -131,9 +144,15 @@ pub fn install(access: Access) {
 /// Checks the call whose header is `hdr` with the process' access control: the
 /// daemons' interfaces call this first thing in every method and property setter.
 pub async fn check(hdr: &zbus::message::Header<'_>) -> Result<(), VirError> {
+    check_with_flags(hdr, 0).await
+}
+
+/// [`check`] for a method whose `flags` argument can raise the action it needs
+/// ([`action_for_flags`]).
+pub async fn check_with_flags(hdr: &zbus::message::Header<'_>, flags: u32) -> Result<(), VirError> {
     let interface = hdr.interface().map_or("", |i| i.as_str());
     let member = hdr.member().map_or("", |m| m.as_str());
-    let action = action_for(interface, member);
+    let action = action_for_flags(interface, member, flags);
     match GLOBAL.get() {
         Some(a) => {
             a.check(hdr.sender().map(|s| s.as_str()), action, member)
@@ -459,6 +478,21 @@ mod tests {
         ] {
             assert_eq!(action_for("org.libvirt.Domain", m), Action::Manage, "{m}");
         }
+    }
+
+    #[test]
+    fn the_domain_xml_with_secrets_needs_manage() {
+        let d = "org.libvirt.Domain";
+        assert_eq!(action_for_flags(d, "GetXMLDesc", 0), Action::Monitor);
+        assert_eq!(action_for_flags(d, "GetXMLDesc", 2), Action::Monitor);
+        assert_eq!(
+            action_for_flags(d, "GetXMLDesc", DOMAIN_XML_SECURE),
+            Action::Manage
+        );
+        assert_eq!(
+            action_for_flags("org.libvirt.Network", "GetXMLDesc", 1),
+            Action::Monitor
+        );
     }
 
     #[test]

@@ -325,7 +325,14 @@ impl Front {
         let action = route::classify(&path, iface.as_deref(), &member, property.as_deref());
         tracing::debug!(%path, ?iface, %member, ?action, "call");
         if matches!(action, Action::Forward { .. } | Action::MergedGetAll) {
-            let needs = access::action_for(iface.as_deref().unwrap_or(""), &member);
+            let iface_name = iface.as_deref().unwrap_or("");
+            // The one flag that raises an action: the domain XML with secrets.
+            let flags = if member == "GetXMLDesc" {
+                msg.body().deserialize::<u32>().unwrap_or(0)
+            } else {
+                0
+            };
+            let needs = access::action_for_flags(iface_name, &member, flags);
             let sender = hdr.sender().map(|s| s.to_string());
             if !self.inner.access.allowed_now(sender.as_deref(), needs) {
                 // Asking the bus and polkit is a bus call: never from the pump itself.

@@ -564,6 +564,12 @@ fn admin_manages(lab: &Lab) -> (String, String) {
 
 /// The viewer reads, through the front and directly, and changes nothing.
 fn viewer_reads(lab: &Lab, dom: &str, pool: &str) {
+    // The XML with secrets (VIR_DOMAIN_XML_SECURE) is not a read libvirt allows.
+    ok_as(
+        lab,
+        ADMIN,
+        &["call", FRONT_NAME, dom, DOM, "GetXMLDesc", "u", "1"],
+    );
     for dest in [FRONT_NAME, QEMUD] {
         let listed = ok_as(lab, VIEWER, &list(dest));
         assert!(
@@ -574,6 +580,12 @@ fn viewer_reads(lab: &Lab, dom: &str, pool: &str) {
             lab,
             VIEWER,
             &["call", dest, dom, DOM, "GetXMLDesc", "u", "0"],
+        );
+        refused_as(
+            lab,
+            VIEWER,
+            &["call", dest, dom, DOM, "GetXMLDesc", "u", "1"],
+            "access denied",
         );
         refused_as(
             lab,

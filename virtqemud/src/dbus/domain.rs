@@ -178,7 +178,7 @@ impl Domain {
         #[zbus(header)] hdr: zbus::message::Header<'_>,
         flags: u32,
     ) -> Result<String, BusError> {
-        common::access::check(&hdr).await?;
+        common::access::check_with_flags(&hdr, flags).await?;
         let dom = self.dom()?;
         Ok(self.driver.xml_desc(&dom, flags)?)
     }
