@@ -455,6 +455,7 @@ async fn polkit_decides_who_manages_and_who_reads() {
     let (dom, pool) = admin_manages(lab);
     viewer_reads(lab, &dom, &pool);
     nobody_only_introspects(lab, &dom);
+    every_daemon_checks(lab);
 
     // Clean up as the admin (and prove Undefine through the front).
     ok_as(
@@ -645,6 +646,70 @@ fn viewer_reads(lab: &Lab, dom: &str, pool: &str) {
     );
 }
 
+/// Each of the four daemons checks its own callers: a list and a define of each, called
+/// straight to the daemon's name, as the viewer (reads only) and the third user.
+fn every_daemon_checks(lab: &Lab) {
+    let daemons: [(&str, &str, [&str; 2], [&str; 4]); 4] = [
+        (
+            "virtqemud",
+            "ListDomains",
+            ["u", "0"],
+            ["DomainDefineXML", "s", "<domain/>", ""],
+        ),
+        (
+            "virtnetworkd",
+            "ListNetworks",
+            ["u", "0"],
+            ["NetworkDefineXML", "s", "<network/>", ""],
+        ),
+        (
+            "virtstoraged",
+            "ListStoragePools",
+            ["u", "0"],
+            ["StoragePoolDefineXML", "su", "<pool/>", "0"],
+        ),
+        (
+            "virtnodedevd",
+            "ListNodeDevices",
+            ["u", "0"],
+            ["NodeDeviceCreateXML", "su", "<device/>", "0"],
+        ),
+    ];
+    for (daemon, list, list_args, define) in daemons {
+        let dest = format!("org.libvirt.{daemon}");
+        let mut list_call = vec!["call", dest.as_str(), CONNECT, CONN, list];
+        list_call.extend(list_args);
+        let mut define_call = vec!["call", dest.as_str(), CONNECT, CONN];
+        define_call.extend(define.iter().filter(|a| !a.is_empty()));
+        ok_as(lab, VIEWER, &list_call);
+        // Refused before the (invalid) XML is even read.
+        refused_as(
+            lab,
+            VIEWER,
+            &define_call,
+            "access denied: polkit denies 'org.libvirt.unix.manage'",
+        );
+        refused_as(
+            lab,
+            NOBODY,
+            &list_call,
+            "access denied: polkit denies 'org.libvirt.unix.monitor'",
+        );
+        refused_as(
+            lab,
+            NOBODY,
+            &define_call,
+            "authentication failed: 'org.libvirt.unix.manage'",
+        );
+        // The admin's define reaches the driver, which rejects the XML itself.
+        let (ok, text) = busctl_as(lab, ADMIN, &define_call);
+        assert!(
+            !ok && !text.contains("access denied") && !text.contains("authentication failed"),
+            "{daemon}: the admin's invalid define should fail in the driver: {text}"
+        );
+    }
+}
+
 /// The third user: introspection only.
 fn nobody_only_introspects(lab: &Lab, dom: &str) {
     for dest in [FRONT_NAME, QEMUD] {
@@ -784,4 +849,78 @@ fn timed_as(
         }
         (first, rest)
     })
+}
+
+/// Every method and property setter of the four daemons' D-Bus layers starts with the
+/// access check (the runtime test above calls only some of them). A source scan:
+/// a method's first statement must be `common::access::check...`.
+#[test]
+fn every_daemon_method_checks_its_caller_first() {
+    let mut checked = 0;
+    let mut missing = Vec::new();
+    for daemon in ["virtqemud", "virtnetworkd", "virtstoraged", "virtnodedevd"] {
+        let dir = repo().join(daemon).join("src/dbus");
+        for entry in std::fs::read_dir(&dir).expect("src/dbus") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).expect("source");
+            let lines: Vec<&str> = text.lines().collect();
+            let mut in_interface = false;
+            for (i, line) in lines.iter().enumerate() {
+                if line.starts_with("#[zbus::interface") {
+                    in_interface = true;
+                } else if in_interface && line.starts_with('}') {
+                    in_interface = false;
+                }
+                let t = line.trim_start();
+                let is_fn = t.starts_with("fn ")
+                    || t.starts_with("async fn ")
+                    || t.starts_with("pub async fn ");
+                if !in_interface || !is_fn {
+                    continue;
+                }
+                // The attributes above it: signals and property getters are not calls
+                // the daemon answers itself.
+                let attrs: String = lines[..i]
+                    .iter()
+                    .rev()
+                    .take_while(|l| {
+                        l.trim_start().starts_with("#[") || l.trim_start().starts_with("///")
+                    })
+                    .copied()
+                    .collect();
+                let name = t
+                    .split("fn ")
+                    .nth(1)
+                    .unwrap_or("")
+                    .split('(')
+                    .next()
+                    .unwrap_or("");
+                if attrs.contains("signal")
+                    || (attrs.contains("property") && !name.starts_with("set_"))
+                {
+                    continue;
+                }
+                // The first statement after the signature's opening brace.
+                let open = (i..lines.len())
+                    .find(|&j| lines[j].trim_end().ends_with('{'))
+                    .expect("a body");
+                let first = lines.get(open + 1).map_or("", |l| l.trim());
+                if first.starts_with("common::access::check") {
+                    checked += 1;
+                } else {
+                    missing.push(format!("{}: {name}", path.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "methods without the access check first:\n{}",
+        missing.join("\n")
+    );
+    assert!(
+        checked > 50,
+        "only {checked} methods found: is the scan still right?"
+    );
+    println!("{checked} daemon methods and setters check their caller first");
 }

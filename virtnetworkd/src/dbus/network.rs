@@ -74,6 +74,7 @@ impl Network {
     #[allow(clippy::type_complexity)]
     async fn get_dhcp_leases(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         mac: String,
         flags: u32,
     ) -> Result<
@@ -90,6 +91,7 @@ impl Network {
         )>,
         BusError,
     > {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         let (d, o) = self.get()?;
         Ok(d.leases(&o, &mac)?
@@ -113,12 +115,14 @@ impl Network {
 
     async fn update(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         command: u32,
         section: u32,
         parent_index: i32,
         xml: String,
         flags: u32,
     ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         let flags: UpdateFlags = read_flags(flags)?;
         let (d, o) = self.get()?;
         Ok(d.update(&o, command, section, parent_index, &xml, flags)

@@ -84,10 +84,12 @@ impl Connect {
     #[zbus(name = "NodeDeviceLookupSCSIHostByWWN")]
     async fn node_device_lookup_scsi_host_by_wwn(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         wwnn: &str,
         wwpn: &str,
         flags: u32,
     ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         let d = self.driver.lookup_scsi_host_by_wwn(wwnn, wwpn, flags)?;
         Ok(common::objpath::node_device(&d.name))
     }
@@ -95,9 +97,11 @@ impl Connect {
     #[zbus(name = "NodeDeviceCreateXML")]
     async fn node_device_create_xml(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         xml: &str,
         flags: u32,
     ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         let name = self.driver.create(xml, flags).await?;
         Ok(common::objpath::node_device(&name))
     }
@@ -116,9 +120,11 @@ impl Connect {
     #[zbus(name = "NodeGetCPUStats")]
     async fn node_get_cpu_stats(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         cpu_num: i32,
         flags: u32,
     ) -> Result<HashMap<String, u64>, BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         Ok(map(
             node::cpu_stats(&self.driver.roots, cpu_num).map_err(VirError::from)?
@@ -128,9 +134,11 @@ impl Connect {
     #[zbus(name = "NodeGetMemoryStats")]
     async fn node_get_memory_stats(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         cell_num: i32,
         flags: u32,
     ) -> Result<HashMap<String, u64>, BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         Ok(map(
             node::memory_stats(&self.driver.roots, cell_num).map_err(VirError::from)?
@@ -149,8 +157,10 @@ impl Connect {
     #[zbus(name = "NodeGetMemoryParameters")]
     async fn node_get_memory_parameters(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         flags: u32,
     ) -> Result<common::typed_params::TypedParams, BusError> {
+        common::access::check(&hdr).await?;
         // VIR_TYPED_PARAM_STRING_OKAY is the only flag clients pass.
         read_flags::<TypedParamFlags>(flags)?;
         let mut out = HashMap::new();
@@ -203,10 +213,12 @@ impl Connect {
     #[zbus(name = "NodeGetCellsFreeMemory")]
     async fn node_get_cells_free_memory(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         start_cell: i32,
         max_cells: i32,
         flags: u32,
     ) -> Result<Vec<u64>, BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         Ok(
             node::cells_free_memory(&self.driver.roots, start_cell, max_cells)

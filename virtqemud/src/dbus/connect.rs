@@ -116,12 +116,14 @@ impl Connect {
     #[zbus(name = "GetDomainCapabilities")]
     async fn get_domain_capabilities(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         emulatorbin: &str,
         arch: &str,
         machine: &str,
         virttype: &str,
         flags: u32,
     ) -> Result<String, BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         Ok(crate::host_caps::domain_capabilities(
             &self.driver.caps_cache_dir(),
@@ -136,9 +138,11 @@ impl Connect {
     #[zbus(name = "GetAllDomainStats")]
     async fn get_all_domain_stats(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         stats: u32,
         flags: u32,
     ) -> Result<Vec<(String, common::typed_params::TypedParams)>, BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, crate::stats::STATS_FLAGS)?;
         let groups = crate::stats::requested_groups(stats, flags)?;
         let doms = self.driver.list(flags & 0xff)?;

@@ -20,10 +20,12 @@ pub struct Connect {
 impl Connect {
     async fn find_storage_pool_sources(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         kind: &str,
         src_spec: &str,
         flags: u32,
     ) -> Result<String, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.find_sources(kind, src_spec, flags).await?)
     }
 
@@ -39,18 +41,22 @@ impl Connect {
     #[zbus(name = "StoragePoolCreateXML")]
     async fn storage_pool_create_xml(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         xml: &str,
         flags: u32,
     ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.create_xml(xml, flags).await?)
     }
 
     #[zbus(name = "StoragePoolDefineXML")]
     async fn storage_pool_define_xml(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         xml: &str,
         flags: u32,
     ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.define_xml(xml, flags).await?)
     }
 
@@ -77,8 +83,10 @@ impl Connect {
     /// libvirt-dbus lacks): the pool that holds the volume at object path `vol`.
     async fn storage_pool_lookup_by_volume(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         vol: ObjectPath<'_>,
     ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         let key = vol
             .as_str()
             .strip_prefix(common::objpath::CONNECT_PATH)

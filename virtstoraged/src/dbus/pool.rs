@@ -102,9 +102,11 @@ impl StoragePool {
     #[zbus(name = "StorageVolCreateXML")]
     async fn storage_vol_create_xml(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         xml: &str,
         flags: u32,
     ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self
             .driver
             .vol_create(&self.pool()?, xml, None, flags)
@@ -114,10 +116,12 @@ impl StoragePool {
     #[zbus(name = "StorageVolCreateXMLFrom")]
     async fn storage_vol_create_xml_from(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         xml: &str,
         key: &str,
         flags: u32,
     ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self
             .driver
             .vol_create(&self.pool()?, xml, Some(key), flags)

@@ -73,11 +73,13 @@ impl StorageVol {
     /// Project addition: writes what is read from `fd` into the volume at `offset`.
     async fn upload(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         fd: OwnedFd,
         offset: u64,
         length: u64,
         flags: u32,
     ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self
             .driver
             .vol_transfer(&self.key, fd.into(), offset, length, flags, true)
@@ -87,11 +89,13 @@ impl StorageVol {
     /// Project addition: writes the volume from `offset` into `fd`.
     async fn download(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         fd: OwnedFd,
         offset: u64,
         length: u64,
         flags: u32,
     ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self
             .driver
             .vol_transfer(&self.key, fd.into(), offset, length, flags, false)
