@@ -712,6 +712,23 @@ fn every_daemon_checks(lab: &Lab) {
 
 /// The third user: introspection only.
 fn nobody_only_introspects(lab: &Lab, dom: &str) {
+    // The Connect properties the front merges from the four: a read.
+    let get_all = [
+        "call",
+        FRONT_NAME,
+        CONNECT,
+        "org.freedesktop.DBus.Properties",
+        "GetAll",
+        "s",
+        CONN,
+    ];
+    ok_as(lab, VIEWER, &get_all);
+    refused_as(
+        lab,
+        NOBODY,
+        &get_all,
+        "access denied: polkit denies 'org.libvirt.unix.monitor'",
+    );
     for dest in [FRONT_NAME, QEMUD] {
         let intro = ok_as(
             lab,
