@@ -134,6 +134,9 @@ struct Inner {
 /// entries only cost memory, and emptying costs one lookup per caller.
 const CACHE_LIMIT: usize = 4096;
 
+/// How long a CheckAuthorization may take (D-Bus's default reply timeout).
+const POLKIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
+
 static GLOBAL: OnceLock<Access> = OnceLock::new();
 
 /// Installs the process' access control (the runtime does, once, before serving).
@@ -300,16 +303,19 @@ impl Access {
             HashMap::from([("name", Value::from(sender))]),
         );
         let details: HashMap<&str, &str> = HashMap::new();
-        let reply = bus
-            .call_method(
-                Some("org.freedesktop.PolicyKit1"),
-                "/org/freedesktop/PolicyKit1/Authority",
-                Some("org.freedesktop.PolicyKit1.Authority"),
-                "CheckAuthorization",
-                // No AllowUserInteraction: a system service has no agent to ask.
-                &(subject, id, details, 0u32, ""),
-            )
-            .await?;
+        // No AllowUserInteraction: a system service has no agent to ask.
+        let body = (subject, id, details, 0u32, "");
+        let call = bus.call_method(
+            Some("org.freedesktop.PolicyKit1"),
+            "/org/freedesktop/PolicyKit1/Authority",
+            Some("org.freedesktop.PolicyKit1.Authority"),
+            "CheckAuthorization",
+            &body,
+        );
+        // A hung polkitd must not hang the caller: D-Bus's default reply timeout.
+        let reply = tokio::time::timeout(POLKIT_TIMEOUT, call)
+            .await
+            .map_err(|_| zbus::Error::Failure("no answer from polkit in 25 s".into()))??;
         let (authorized, challenge, _details): (bool, bool, HashMap<String, String>) =
             reply.body().deserialize()?;
         Ok((authorized, challenge))
