@@ -27,6 +27,7 @@ PACKAGES=(
   # the web server and bridge, headless Chromium, and python3-websocket for the
   # DevTools-protocol driver. cockpit-machines itself is unpacked below.
   cockpit-ws cockpit-bridge chromium python3-websocket
+  polkitd             # polkit: who may call the daemons on the system bus (docs/access.md)
   gcc libc6-dev pkg-config  # for crates that build C
   ca-certificates curl
 )

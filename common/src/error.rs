@@ -47,6 +47,7 @@ error_codes! {
     SystemError = 38 => "%s",
     NoDomain = 42 => "Domain not found: %s",
     NoNetwork = 43 => "Network not found: %s",
+    AuthFailed = 45 => "authentication failed: %s",
     NoStoragePool = 49 => "Storage pool not found: %s",
     NoStorageVol = 50 => "Storage volume not found: %s",
     NoNodeDevice = 53 => "Node device not found: %s",

@@ -2,6 +2,7 @@
 //! activation, readiness, idle exit, signals), errors and their wire mapping, object
 //! paths, atomic persistence, safe XML reading and the client proxies of every daemon.
 
+pub mod access;
 pub mod activation;
 pub mod child;
 pub mod cli;

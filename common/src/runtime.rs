@@ -46,6 +46,9 @@ pub struct Context {
     pub daemon: &'static str,
     pub settings: Settings,
     pub hub: Hub,
+    /// Who may call what (polkit on the system bus); also installed process-wide for
+    /// `common::access::check`.
+    pub access: crate::access::Access,
 }
 
 impl Context {
@@ -255,10 +258,13 @@ where
     }
 
     let hub = Hub::new();
+    let access = crate::access::Access::new(settings.mode);
+    crate::access::install(access.clone());
     let ctx = Context {
         daemon,
         settings: settings.clone(),
         hub: hub.clone(),
+        access: access.clone(),
     };
     let driver = init(ctx).await?;
 
@@ -268,6 +274,8 @@ where
         .build()
         .await
         .with_context(|| format!("cannot connect to the bus at {address}"))?;
+    // Before any object is served on the bus: a call's check asks the bus and polkit.
+    access.attach(bus.clone());
     hub.attach(bus.clone()).await;
     let reply = bus
         .request_name_with_flags(name.as_str(), RequestNameFlags::DoNotQueue.into())

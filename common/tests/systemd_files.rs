@@ -104,7 +104,8 @@ fn busctl_as(uid: Option<u32>, address: &str, args: &[&str]) -> std::process::Ou
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn system_bus_policy_allows_root_and_lets_others_only_read() -> anyhow::Result<()> {
+async fn system_bus_policy_lets_everyone_call_and_keeps_properties_for_root() -> anyhow::Result<()>
+{
     ensure!(
         nix::unistd::geteuid().is_root(),
         "this test checks root against another user and must run as root"
@@ -166,7 +167,8 @@ async fn system_bus_policy_allows_root_and_lets_others_only_read() -> anyhow::Re
                     &addr,
                     &["get-property", d, p, "org.libvirt.Connect", "Hostname"],
                 ),
-                busctl_as(nobody, &addr, &["introspect", d, p]),
+                // The XML only: a plain `busctl introspect` also reads every property.
+                busctl_as(nobody, &addr, &["introspect", "--xml-interface", d, p]),
                 busctl_as(
                     nobody,
                     &addr,
@@ -187,9 +189,15 @@ async fn system_bus_policy_allows_root_and_lets_others_only_read() -> anyhow::Re
                 String::from_utf8_lossy(&o.stderr)
             )
         };
+        // Properties are answered by zbus before a daemon could ask polkit: root's only
+        // (other users read them through org.libvirt, which checks first).
         ensure!(
-            read.status.success() && text(&read).contains("policy-test"),
-            "nobody cannot read: {}",
+            !read.status.success(),
+            "nobody could read a property directly"
+        );
+        ensure!(
+            text(&read).contains("denied") || text(&read).contains("Access"),
+            "unexpected refusal of a property read: {}",
             text(&read)
         );
         ensure!(
@@ -197,10 +205,11 @@ async fn system_bus_policy_allows_root_and_lets_others_only_read() -> anyhow::Re
             "nobody cannot introspect: {}",
             text(&introspect)
         );
-        ensure!(!call_other.status.success(), "nobody could call a method");
+        // Methods reach the daemon, whose decision is polkit's (docs/access.md); the
+        // fake here answers everyone.
         ensure!(
-            text(&call_other).contains("denied") || text(&call_other).contains("Access"),
-            "unexpected refusal: {}",
+            call_other.status.success(),
+            "the bus refused nobody's method call: {}",
             text(&call_other)
         );
         ensure!(

@@ -15,6 +15,8 @@ use zbus::message::{Flags, Type};
 use zbus::zvariant::OwnedValue;
 use zbus::{Connection, Message, MessageStream};
 
+use common::access::{self, Access};
+
 use crate::merge;
 use crate::route::{self, Action, Backend, CONNECT_PATH};
 
@@ -30,6 +32,8 @@ pub struct Front {
 
 struct Inner {
     bus: Connection,
+    /// Who may call what: the front checks the real caller, then forwards as itself.
+    access: Access,
     /// Calls sent to a daemon, by the serial of the forwarded message.
     pending: Mutex<HashMap<u32, oneshot::Sender<Message>>>,
     peers: Mutex<HashMap<u64, Connection>>,
@@ -127,10 +131,11 @@ fn bus_failure(to: Backend, call: &Message, reply: &Message) -> String {
 }
 
 impl Front {
-    pub fn new(bus: Connection) -> Front {
+    pub fn new(bus: Connection, access: Access) -> Front {
         Front {
             inner: Arc::new(Inner {
                 bus,
+                access,
                 pending: Mutex::new(HashMap::new()),
                 peers: Mutex::new(HashMap::new()),
                 next_peer: AtomicU64::new(0),
@@ -319,12 +324,57 @@ impl Front {
             .flatten();
         let action = route::classify(&path, iface.as_deref(), &member, property.as_deref());
         tracing::debug!(%path, ?iface, %member, ?action, "call");
-        let result = match action {
+        if matches!(action, Action::Forward { .. } | Action::MergedGetAll) {
+            let iface_name = iface.as_deref().unwrap_or("");
+            // The one flag that raises an action: the domain XML with secrets.
+            let flags = if member == "GetXMLDesc" {
+                msg.body().deserialize::<u32>().unwrap_or(0)
+            } else {
+                0
+            };
+            let needs = access::action_for_flags(iface_name, &member, flags);
+            let sender = hdr.sender().map(|s| s.to_string());
+            if !self.inner.access.allowed_now(sender.as_deref(), needs) {
+                // Asking the bus and polkit is a bus call: never from the pump itself.
+                let (front, origin) = (self.clone(), origin.clone());
+                let busy = Busy::new(self);
+                tokio::spawn(async move {
+                    let _busy = busy;
+                    let checked = front
+                        .inner
+                        .access
+                        .check(sender.as_deref(), needs, &member)
+                        .await;
+                    let r = match checked {
+                        Ok(()) => front.dispatch(&origin, msg, action, &path, &member).await,
+                        Err(e) => error(&origin, &msg, "org.libvirt.Error", &e.message).await,
+                    };
+                    if let Err(e) = r {
+                        tracing::debug!("{path} {member}: {e}");
+                    }
+                });
+                return;
+            }
+        }
+        if let Err(e) = self.dispatch(origin, msg, action, &path, &member).await {
+            tracing::debug!("{path} {member}: {e}");
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        origin: &Connection,
+        msg: Message,
+        action: Action,
+        path: &str,
+        member: &str,
+    ) -> zbus::Result<()> {
+        match action {
             Action::Hello => reply(origin, &msg, &(":1.1",)).await,
-            Action::Peer => self.peer(origin, &msg, &member).await,
+            Action::Peer => self.peer(origin, &msg, member).await,
             Action::Forward { to, double_wrap } => self.forward(origin, msg, to, double_wrap).await,
             Action::MergedIntrospect | Action::MergedGetAll => {
-                let (front, origin, path) = (self.clone(), origin.clone(), path.clone());
+                let (front, origin, path) = (self.clone(), origin.clone(), path.to_owned());
                 tokio::spawn(async move {
                     let _busy = Busy::new(&front);
                     let r = if action == Action::MergedGetAll {
@@ -347,9 +397,6 @@ impl Front {
                 )
                 .await
             }
-        };
-        if let Err(e) = result {
-            tracing::debug!("{path} {member}: {e}");
         }
     }
 

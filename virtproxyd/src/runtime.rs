@@ -105,7 +105,9 @@ async fn run(
         .await
         .with_context(|| format!("cannot connect to the bus at {address}"))?;
     let bus = zbus::Connection::from(&stream);
-    let front = Front::new(bus.clone());
+    let access = common::access::Access::new(settings.mode);
+    access.attach(bus.clone());
+    let front = Front::new(bus.clone(), access);
     let pump = tokio::spawn(front.clone().pump_bus(stream));
     front
         .subscribe_backends()

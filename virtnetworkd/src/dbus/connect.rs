@@ -59,7 +59,12 @@ impl Connect {
         base::SECURE
     }
 
-    async fn list_networks(&self, flags: u32) -> Result<Vec<OwnedObjectPath>, BusError> {
+    async fn list_networks(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<Vec<OwnedObjectPath>, BusError> {
+        common::access::check(&hdr).await?;
         let flags: ListFlags = read_flags(flags)?;
         let d = upgrade(&self.driver)?;
         let mut out = Vec::new();
@@ -88,26 +93,46 @@ impl Connect {
     }
 
     #[zbus(name = "NetworkCreateXML")]
-    async fn network_create_xml(&self, xml: String) -> Result<OwnedObjectPath, BusError> {
+    async fn network_create_xml(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        xml: String,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         let d = upgrade(&self.driver)?;
         let o = d.create_xml(&xml).await?;
         Ok(common::objpath::network(&o.uuid))
     }
 
     #[zbus(name = "NetworkDefineXML")]
-    async fn network_define_xml(&self, xml: String) -> Result<OwnedObjectPath, BusError> {
+    async fn network_define_xml(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        xml: String,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         let d = upgrade(&self.driver)?;
         let o = d.define(&xml).await?;
         Ok(common::objpath::network(&o.uuid))
     }
 
-    async fn network_lookup_by_name(&self, name: String) -> Result<OwnedObjectPath, BusError> {
+    async fn network_lookup_by_name(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        name: String,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         let d = upgrade(&self.driver)?;
         Ok(common::objpath::network(&d.by_name(&name)?.uuid))
     }
 
     #[zbus(name = "NetworkLookupByUUID")]
-    async fn network_lookup_by_uuid(&self, uuid: String) -> Result<OwnedObjectPath, BusError> {
+    async fn network_lookup_by_uuid(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        uuid: String,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         let d = upgrade(&self.driver)?;
         let u = uuid::Uuid::parse_str(&uuid)
             .map_err(|_| VirError::from(NetError::NoNetwork(format!("uuid '{uuid}'"))))?;

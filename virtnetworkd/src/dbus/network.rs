@@ -33,23 +33,37 @@ bitflags::bitflags! {
 
 #[zbus::interface(name = "org.libvirt.Network")]
 impl Network {
-    async fn create(&self) -> Result<(), BusError> {
+    async fn create(&self, #[zbus(header)] hdr: zbus::message::Header<'_>) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         let (d, o) = self.get()?;
         Ok(d.create(&o).await?)
     }
 
-    async fn destroy(&self) -> Result<(), BusError> {
+    async fn destroy(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         let (d, o) = self.get()?;
         Ok(d.destroy(&o).await?)
     }
 
-    async fn undefine(&self) -> Result<(), BusError> {
+    async fn undefine(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         let (d, o) = self.get()?;
         Ok(d.undefine(&o).await?)
     }
 
     #[zbus(name = "GetXMLDesc")]
-    async fn get_xml_desc(&self, flags: u32) -> Result<String, BusError> {
+    async fn get_xml_desc(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<String, BusError> {
+        common::access::check(&hdr).await?;
         let flags: XmlFlags = read_flags(flags)?;
         let (d, o) = self.get()?;
         Ok(d.xml_desc(&o, flags.contains(XmlFlags::INACTIVE)))
@@ -60,6 +74,7 @@ impl Network {
     #[allow(clippy::type_complexity)]
     async fn get_dhcp_leases(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         mac: String,
         flags: u32,
     ) -> Result<
@@ -76,6 +91,7 @@ impl Network {
         )>,
         BusError,
     > {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         let (d, o) = self.get()?;
         Ok(d.leases(&o, &mac)?
@@ -99,12 +115,14 @@ impl Network {
 
     async fn update(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         command: u32,
         section: u32,
         parent_index: i32,
         xml: String,
         flags: u32,
     ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         let flags: UpdateFlags = read_flags(flags)?;
         let (d, o) = self.get()?;
         Ok(d.update(&o, command, section, parent_index, &xml, flags)
@@ -112,14 +130,25 @@ impl Network {
     }
 
     #[zbus(name = "PortCreateXML")]
-    async fn port_create_xml(&self, xml: String, flags: u32) -> Result<OwnedObjectPath, BusError> {
+    async fn port_create_xml(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        xml: String,
+        flags: u32,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         let (d, o) = self.get()?;
         let u = d.port_create(&o, &xml).await?;
         Ok(common::objpath::network_port(&u))
     }
 
-    async fn list_ports(&self, flags: u32) -> Result<Vec<OwnedObjectPath>, BusError> {
+    async fn list_ports(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<Vec<OwnedObjectPath>, BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         let (_, o) = self.get()?;
         let st = o.state();
@@ -127,7 +156,12 @@ impl Network {
     }
 
     #[zbus(name = "PortLookupByUUID")]
-    async fn port_lookup_by_uuid(&self, uuid: String) -> Result<OwnedObjectPath, BusError> {
+    async fn port_lookup_by_uuid(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        uuid: String,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         let (_, o) = self.get()?;
         let u =
             Uuid::parse_str(&uuid).map_err(|_| VirError::from(NetError::NoPort(uuid.clone())))?;
@@ -173,7 +207,12 @@ impl Network {
     }
 
     #[zbus(property)]
-    async fn set_autostart(&self, value: bool) -> zbus::fdo::Result<()> {
+    async fn set_autostart(
+        &self,
+        #[zbus(header)] hdr: Option<zbus::message::Header<'_>>,
+        value: bool,
+    ) -> zbus::fdo::Result<()> {
+        common::access::check_set(hdr.as_ref()).await?;
         let (d, o) = self
             .get()
             .map_err(|e| zbus::fdo::Error::Failed(format!("{e:?}")))?;

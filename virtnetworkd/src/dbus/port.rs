@@ -18,14 +18,24 @@ pub struct NetworkPort {
 #[zbus::interface(name = "org.libvirt.NetworkPort")]
 impl NetworkPort {
     #[zbus(name = "GetXMLDesc")]
-    async fn get_xml_desc(&self, flags: u32) -> Result<String, BusError> {
+    async fn get_xml_desc(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<String, BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         let d = upgrade(&self.driver)?;
         let (_, p) = d.find_port(&self.uuid)?;
         Ok(p.to_xml())
     }
 
-    async fn delete(&self, flags: u32) -> Result<(), BusError> {
+    async fn delete(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         let d = upgrade(&self.driver)?;
         let (n, _) = d.find_port(&self.uuid)?;

@@ -56,7 +56,12 @@ impl Connect {
     }
 
     #[zbus(name = "ListNodeDevices")]
-    async fn list_node_devices(&self, flags: u32) -> Result<Vec<OwnedObjectPath>, BusError> {
+    async fn list_node_devices(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<Vec<OwnedObjectPath>, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self
             .driver
             .list(flags)?
@@ -66,7 +71,12 @@ impl Connect {
     }
 
     #[zbus(name = "NodeDeviceLookupByName")]
-    async fn node_device_lookup_by_name(&self, name: &str) -> Result<OwnedObjectPath, BusError> {
+    async fn node_device_lookup_by_name(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        name: &str,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         let d = self.driver.lookup(name)?;
         Ok(common::objpath::node_device(&d.name))
     }
@@ -74,10 +84,12 @@ impl Connect {
     #[zbus(name = "NodeDeviceLookupSCSIHostByWWN")]
     async fn node_device_lookup_scsi_host_by_wwn(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         wwnn: &str,
         wwpn: &str,
         flags: u32,
     ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         let d = self.driver.lookup_scsi_host_by_wwn(wwnn, wwpn, flags)?;
         Ok(common::objpath::node_device(&d.name))
     }
@@ -85,15 +97,22 @@ impl Connect {
     #[zbus(name = "NodeDeviceCreateXML")]
     async fn node_device_create_xml(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         xml: &str,
         flags: u32,
     ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         let name = self.driver.create(xml, flags).await?;
         Ok(common::objpath::node_device(&name))
     }
 
     #[zbus(name = "NodeGetCPUMap")]
-    async fn node_get_cpu_map(&self, flags: u32) -> Result<Vec<bool>, BusError> {
+    async fn node_get_cpu_map(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<Vec<bool>, BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         Ok(node::cpu_map(&self.driver.roots))
     }
@@ -101,9 +120,11 @@ impl Connect {
     #[zbus(name = "NodeGetCPUStats")]
     async fn node_get_cpu_stats(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         cpu_num: i32,
         flags: u32,
     ) -> Result<HashMap<String, u64>, BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         Ok(map(
             node::cpu_stats(&self.driver.roots, cpu_num).map_err(VirError::from)?
@@ -113,9 +134,11 @@ impl Connect {
     #[zbus(name = "NodeGetMemoryStats")]
     async fn node_get_memory_stats(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         cell_num: i32,
         flags: u32,
     ) -> Result<HashMap<String, u64>, BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         Ok(map(
             node::memory_stats(&self.driver.roots, cell_num).map_err(VirError::from)?
@@ -123,15 +146,21 @@ impl Connect {
     }
 
     #[zbus(name = "NodeGetFreeMemory")]
-    async fn node_get_free_memory(&self) -> u64 {
-        node::free_memory(&self.driver.roots)
+    async fn node_get_free_memory(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<u64, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(node::free_memory(&self.driver.roots))
     }
 
     #[zbus(name = "NodeGetMemoryParameters")]
     async fn node_get_memory_parameters(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         flags: u32,
     ) -> Result<common::typed_params::TypedParams, BusError> {
+        common::access::check(&hdr).await?;
         // VIR_TYPED_PARAM_STRING_OKAY is the only flag clients pass.
         read_flags::<TypedParamFlags>(flags)?;
         let mut out = HashMap::new();
@@ -149,7 +178,12 @@ impl Connect {
     }
 
     #[zbus(name = "GetSysinfo")]
-    async fn get_sysinfo(&self, flags: u32) -> Result<String, BusError> {
+    async fn get_sysinfo(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<String, BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         Ok(node::sysinfo_xml(&self.driver.roots))
     }
@@ -157,7 +191,11 @@ impl Connect {
     /// Addition: libvirt's `virNodeGetInfo` as (model, memory KiB, cpus, mhz, nodes,
     /// sockets per node, cores per socket, threads per core).
     #[zbus(name = "NodeGetInfo")]
-    async fn node_get_info(&self) -> Result<(String, u64, u32, u32, u32, u32, u32, u32), BusError> {
+    async fn node_get_info(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<(String, u64, u32, u32, u32, u32, u32, u32), BusError> {
+        common::access::check(&hdr).await?;
         let i = node::node_info(&self.driver.roots).map_err(VirError::from)?;
         Ok((
             i.model,
@@ -175,10 +213,12 @@ impl Connect {
     #[zbus(name = "NodeGetCellsFreeMemory")]
     async fn node_get_cells_free_memory(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         start_cell: i32,
         max_cells: i32,
         flags: u32,
     ) -> Result<Vec<u64>, BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         Ok(
             node::cells_free_memory(&self.driver.roots, start_cell, max_cells)
@@ -188,7 +228,12 @@ impl Connect {
 
     /// Addition: the `<host>` element of the capabilities XML, for virtqemud.
     #[zbus(name = "NodeGetHostCapabilities")]
-    async fn node_get_host_capabilities(&self, flags: u32) -> Result<String, BusError> {
+    async fn node_get_host_capabilities(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<String, BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         Ok(node::host_capabilities_xml(&self.driver.roots))
     }

@@ -14,32 +14,56 @@ pub struct NodeDevice {
 #[zbus::interface(name = "org.libvirt.NodeDevice")]
 impl NodeDevice {
     #[zbus(name = "Destroy")]
-    async fn destroy(&self) -> Result<(), BusError> {
+    async fn destroy(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.destroy(&self.name).await?)
     }
 
     #[zbus(name = "Detach")]
-    async fn detach(&self, driver_name: &str, flags: u32) -> Result<(), BusError> {
+    async fn detach(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        driver_name: &str,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.detach(&self.name, driver_name, flags).await?)
     }
 
     #[zbus(name = "GetXMLDesc")]
-    async fn get_xml_desc(&self, flags: u32) -> Result<String, BusError> {
+    async fn get_xml_desc(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<String, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.xml(&self.name, flags)?)
     }
 
     #[zbus(name = "ListCaps")]
-    async fn list_caps(&self) -> Result<Vec<String>, BusError> {
+    async fn list_caps(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<Vec<String>, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.caps(&self.name)?)
     }
 
     #[zbus(name = "ReAttach")]
-    async fn re_attach(&self) -> Result<(), BusError> {
+    async fn re_attach(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.reattach(&self.name).await?)
     }
 
     #[zbus(name = "Reset")]
-    async fn reset(&self) -> Result<(), BusError> {
+    async fn reset(&self, #[zbus(header)] hdr: zbus::message::Header<'_>) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.reset(&self.name).await?)
     }
 

@@ -40,37 +40,72 @@ impl Connect {
     }
 
     #[zbus(name = "ListDomains")]
-    async fn list_domains(&self, flags: u32) -> Result<Vec<OwnedObjectPath>, BusError> {
+    async fn list_domains(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<Vec<OwnedObjectPath>, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.list_paths(flags)?)
     }
 
     #[zbus(name = "DomainDefineXML")]
-    async fn domain_define_xml(&self, xml: &str) -> Result<OwnedObjectPath, BusError> {
+    async fn domain_define_xml(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        xml: &str,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.define(xml).await?.path.clone())
     }
 
     #[zbus(name = "DomainCreateXML")]
-    async fn domain_create_xml(&self, xml: &str, flags: u32) -> Result<OwnedObjectPath, BusError> {
+    async fn domain_create_xml(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        xml: &str,
+        flags: u32,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.create_xml(xml, flags).await?.path.clone())
     }
 
     #[zbus(name = "DomainLookupByName")]
-    async fn domain_lookup_by_name(&self, name: &str) -> Result<OwnedObjectPath, BusError> {
+    async fn domain_lookup_by_name(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        name: &str,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.lookup_name(name)?.path.clone())
     }
 
     #[zbus(name = "DomainLookupByUUID")]
-    async fn domain_lookup_by_uuid(&self, uuid: &str) -> Result<OwnedObjectPath, BusError> {
+    async fn domain_lookup_by_uuid(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        uuid: &str,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.lookup_uuid_str(uuid)?.path.clone())
     }
 
     #[zbus(name = "DomainLookupByID")]
-    async fn domain_lookup_by_id(&self, id: i32) -> Result<OwnedObjectPath, BusError> {
+    async fn domain_lookup_by_id(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        id: i32,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.lookup_id(id)?.path.clone())
     }
 
     #[zbus(name = "GetCapabilities")]
-    async fn get_capabilities(&self) -> Result<String, BusError> {
+    async fn get_capabilities(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<String, BusError> {
+        common::access::check(&hdr).await?;
         Ok(crate::host_caps::capabilities(
             &self.driver.caps_cache_dir(),
             self.driver.ctx.settings.mode,
@@ -81,12 +116,14 @@ impl Connect {
     #[zbus(name = "GetDomainCapabilities")]
     async fn get_domain_capabilities(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         emulatorbin: &str,
         arch: &str,
         machine: &str,
         virttype: &str,
         flags: u32,
     ) -> Result<String, BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, 0)?;
         Ok(crate::host_caps::domain_capabilities(
             &self.driver.caps_cache_dir(),
@@ -101,9 +138,11 @@ impl Connect {
     #[zbus(name = "GetAllDomainStats")]
     async fn get_all_domain_stats(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         stats: u32,
         flags: u32,
     ) -> Result<Vec<(String, common::typed_params::TypedParams)>, BusError> {
+        common::access::check(&hdr).await?;
         check_flags(flags, crate::stats::STATS_FLAGS)?;
         let groups = crate::stats::requested_groups(stats, flags)?;
         let doms = self.driver.list(flags & 0xff)?;

@@ -66,7 +66,12 @@ impl Domain {
     }
 
     #[zbus(property)]
-    async fn set_autostart(&self, value: bool) -> zbus::fdo::Result<()> {
+    async fn set_autostart(
+        &self,
+        #[zbus(header)] hdr: Option<zbus::message::Header<'_>>,
+        value: bool,
+    ) -> zbus::fdo::Result<()> {
+        common::access::check_set(hdr.as_ref()).await?;
         let dom = self.prop_dom()?;
         self.driver
             .set_autostart(&dom, value)
@@ -93,60 +98,111 @@ impl Domain {
     }
 
     #[zbus(name = "Create")]
-    async fn create(&self, flags: u32) -> Result<(), BusError> {
+    async fn create(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.create(&self.dom()?, flags).await?)
     }
 
     #[zbus(name = "Destroy")]
-    async fn destroy(&self, flags: u32) -> Result<(), BusError> {
+    async fn destroy(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.destroy(&self.dom()?, flags).await?)
     }
 
     #[zbus(name = "Shutdown")]
-    async fn shutdown(&self, flags: u32) -> Result<(), BusError> {
+    async fn shutdown(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.shutdown(&self.dom()?, flags).await?)
     }
 
     #[zbus(name = "Reboot")]
-    async fn reboot(&self, flags: u32) -> Result<(), BusError> {
+    async fn reboot(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.reboot(&self.dom()?, flags).await?)
     }
 
     #[zbus(name = "Reset")]
-    async fn reset(&self, flags: u32) -> Result<(), BusError> {
+    async fn reset(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.reset(&self.dom()?, flags).await?)
     }
 
     #[zbus(name = "Suspend")]
-    async fn suspend(&self) -> Result<(), BusError> {
+    async fn suspend(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.suspend(&self.dom()?).await?)
     }
 
     #[zbus(name = "Resume")]
-    async fn resume(&self) -> Result<(), BusError> {
+    async fn resume(&self, #[zbus(header)] hdr: zbus::message::Header<'_>) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.resume(&self.dom()?).await?)
     }
 
     #[zbus(name = "Undefine")]
-    async fn undefine(&self, flags: u32) -> Result<(), BusError> {
+    async fn undefine(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.undefine(&self.dom()?, flags).await?)
     }
 
     #[zbus(name = "GetXMLDesc")]
-    async fn get_xml_desc(&self, flags: u32) -> Result<String, BusError> {
+    async fn get_xml_desc(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<String, BusError> {
+        common::access::check_with_flags(&hdr, flags).await?;
         let dom = self.dom()?;
         Ok(self.driver.xml_desc(&dom, flags)?)
     }
 
     #[zbus(name = "GetState", out_args("state"))]
-    async fn get_state(&self, flags: u32) -> Result<(State,), BusError> {
+    async fn get_state(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(State,), BusError> {
+        common::access::check(&hdr).await?;
         common::error::check_flags(flags, 0)?;
         let (state, reason) = self.dom()?.state().wire();
         Ok((State(state, reason),))
     }
 
     #[zbus(name = "GetStats")]
-    async fn get_stats(&self, stats: u32, flags: u32) -> Result<TypedParams, BusError> {
+    async fn get_stats(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        stats: u32,
+        flags: u32,
+    ) -> Result<TypedParams, BusError> {
+        common::access::check(&hdr).await?;
         common::error::check_flags(flags, crate::stats::STATS_FLAGS)?;
         let groups = crate::stats::requested_groups(stats, flags)?;
         let dom = self.dom()?;
@@ -154,31 +210,57 @@ impl Domain {
     }
 
     #[zbus(name = "GetBlockIOTune")]
-    async fn get_block_io_tune(&self, disk: &str, flags: u32) -> Result<TypedParams, BusError> {
+    async fn get_block_io_tune(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        disk: &str,
+        flags: u32,
+    ) -> Result<TypedParams, BusError> {
+        common::access::check(&hdr).await?;
         let dom = self.dom()?;
         Ok(self.driver.block_io_tune(&dom, disk, flags).await?.into())
     }
 
     #[zbus(name = "GetBlockIOParameters")]
-    async fn get_block_io_parameters(&self, flags: u32) -> Result<TypedParams, BusError> {
+    async fn get_block_io_parameters(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<TypedParams, BusError> {
+        common::access::check(&hdr).await?;
         let dom = self.dom()?;
         Ok(self.driver.cgroup_parameters(&dom, "blkio", flags)?.into())
     }
 
     #[zbus(name = "GetSchedulerParameters")]
-    async fn get_scheduler_parameters(&self, flags: u32) -> Result<TypedParams, BusError> {
+    async fn get_scheduler_parameters(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<TypedParams, BusError> {
+        common::access::check(&hdr).await?;
         let dom = self.dom()?;
         Ok(self.driver.cgroup_parameters(&dom, "CPU", flags)?.into())
     }
 
     #[zbus(name = "GetVcpus")]
-    async fn get_vcpus(&self, flags: u32) -> Result<u32, BusError> {
+    async fn get_vcpus(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<u32, BusError> {
+        common::access::check(&hdr).await?;
         let dom = self.dom()?;
         Ok(self.driver.vcpus(&dom, flags)?)
     }
 
     #[zbus(name = "MemoryStats")]
-    async fn memory_stats(&self, flags: u32) -> Result<HashMap<i32, u64>, BusError> {
+    async fn memory_stats(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<HashMap<i32, u64>, BusError> {
+        common::access::check(&hdr).await?;
         let dom = self.dom()?;
         Ok(self.driver.memory_stats(&dom, flags)?)
     }

@@ -20,41 +20,62 @@ pub struct Connect {
 impl Connect {
     async fn find_storage_pool_sources(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         kind: &str,
         src_spec: &str,
         flags: u32,
     ) -> Result<String, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.find_sources(kind, src_spec, flags).await?)
     }
 
-    async fn list_storage_pools(&self, flags: u32) -> Result<Vec<OwnedObjectPath>, BusError> {
+    async fn list_storage_pools(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<Vec<OwnedObjectPath>, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.list_pools(flags)?)
     }
 
     #[zbus(name = "StoragePoolCreateXML")]
     async fn storage_pool_create_xml(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         xml: &str,
         flags: u32,
     ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.create_xml(xml, flags).await?)
     }
 
     #[zbus(name = "StoragePoolDefineXML")]
     async fn storage_pool_define_xml(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         xml: &str,
         flags: u32,
     ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.define_xml(xml, flags).await?)
     }
 
-    async fn storage_pool_lookup_by_name(&self, name: &str) -> Result<OwnedObjectPath, BusError> {
+    async fn storage_pool_lookup_by_name(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        name: &str,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.pool_by_name(name)?.path())
     }
 
     #[zbus(name = "StoragePoolLookupByUUID")]
-    async fn storage_pool_lookup_by_uuid(&self, uuid: &str) -> Result<OwnedObjectPath, BusError> {
+    async fn storage_pool_lookup_by_uuid(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        uuid: &str,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.pool_by_uuid_str(uuid)?.path())
     }
 
@@ -62,8 +83,10 @@ impl Connect {
     /// libvirt-dbus lacks): the pool that holds the volume at object path `vol`.
     async fn storage_pool_lookup_by_volume(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         vol: ObjectPath<'_>,
     ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         let key = vol
             .as_str()
             .strip_prefix(common::objpath::CONNECT_PATH)
@@ -78,13 +101,23 @@ impl Connect {
         Ok(self.driver.vol_by_key(&key)?.0.path())
     }
 
-    async fn storage_vol_lookup_by_key(&self, key: &str) -> Result<OwnedObjectPath, BusError> {
+    async fn storage_vol_lookup_by_key(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        key: &str,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(common::objpath::storage_vol(
             &self.driver.vol_by_key(key)?.1.key,
         ))
     }
 
-    async fn storage_vol_lookup_by_path(&self, path: &str) -> Result<OwnedObjectPath, BusError> {
+    async fn storage_vol_lookup_by_path(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        path: &str,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(common::objpath::storage_vol(
             &self.driver.vol_by_path(path)?.1.key,
         ))

@@ -25,48 +25,88 @@ impl StoragePool {
 
 #[zbus::interface(name = "org.libvirt.StoragePool")]
 impl StoragePool {
-    async fn build(&self, flags: u32) -> Result<(), BusError> {
+    async fn build(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.build(&self.pool()?, flags).await?)
     }
 
-    async fn create(&self, flags: u32) -> Result<(), BusError> {
+    async fn create(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.create(&self.pool()?, flags).await?)
     }
 
-    async fn delete(&self, flags: u32) -> Result<(), BusError> {
+    async fn delete(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.delete(&self.pool()?, flags).await?)
     }
 
-    async fn destroy(&self) -> Result<(), BusError> {
+    async fn destroy(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.destroy(&self.pool()?).await?)
     }
 
     #[zbus(name = "GetInfo")]
     #[zbus(out_args("info"))]
-    async fn get_info(&self) -> Result<(PoolInfo,), BusError> {
+    async fn get_info(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<(PoolInfo,), BusError> {
+        common::access::check(&hdr).await?;
         let (state, capacity, allocation, available) = self.driver.info(&self.pool()?);
         Ok((PoolInfo(state, capacity, allocation, available),))
     }
 
     #[zbus(name = "GetXMLDesc")]
-    async fn get_xml_desc(&self, flags: u32) -> Result<String, BusError> {
+    async fn get_xml_desc(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<String, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.xml_desc(&self.pool()?, flags)?)
     }
 
-    async fn list_storage_volumes(&self, flags: u32) -> Result<Vec<OwnedObjectPath>, BusError> {
+    async fn list_storage_volumes(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<Vec<OwnedObjectPath>, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.list_vols(&self.pool()?, flags)?)
     }
 
-    async fn refresh(&self, flags: u32) -> Result<(), BusError> {
+    async fn refresh(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.refresh(&self.pool()?, flags).await?)
     }
 
     #[zbus(name = "StorageVolCreateXML")]
     async fn storage_vol_create_xml(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         xml: &str,
         flags: u32,
     ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self
             .driver
             .vol_create(&self.pool()?, xml, None, flags)
@@ -76,21 +116,32 @@ impl StoragePool {
     #[zbus(name = "StorageVolCreateXMLFrom")]
     async fn storage_vol_create_xml_from(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         xml: &str,
         key: &str,
         flags: u32,
     ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self
             .driver
             .vol_create(&self.pool()?, xml, Some(key), flags)
             .await?)
     }
 
-    async fn storage_vol_lookup_by_name(&self, name: &str) -> Result<OwnedObjectPath, BusError> {
+    async fn storage_vol_lookup_by_name(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        name: &str,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.vol_by_name(&self.pool()?, name)?)
     }
 
-    async fn undefine(&self) -> Result<(), BusError> {
+    async fn undefine(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.undefine(&self.pool()?).await?)
     }
 
@@ -105,7 +156,12 @@ impl StoragePool {
     }
 
     #[zbus(property)]
-    async fn set_autostart(&self, value: bool) -> zbus::fdo::Result<()> {
+    async fn set_autostart(
+        &self,
+        #[zbus(header)] hdr: Option<zbus::message::Header<'_>>,
+        value: bool,
+    ) -> zbus::fdo::Result<()> {
+        common::access::check_set(hdr.as_ref()).await?;
         let pool = self
             .pool()
             .map_err(|e| zbus::fdo::Error::Failed(e.message))?;

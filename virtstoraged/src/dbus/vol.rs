@@ -18,39 +18,68 @@ pub struct StorageVol {
 
 #[zbus::interface(name = "org.libvirt.StorageVol")]
 impl StorageVol {
-    async fn delete(&self, flags: u32) -> Result<(), BusError> {
+    async fn delete(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.vol_delete(&self.key, flags).await?)
     }
 
     #[zbus(name = "GetInfo")]
     #[zbus(out_args("info"))]
-    async fn get_info(&self, flags: u32) -> Result<(VolInfo,), BusError> {
+    async fn get_info(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(VolInfo,), BusError> {
+        common::access::check(&hdr).await?;
         common::error::check_flags(flags, 0)?;
         let (kind, capacity, allocation) = self.driver.vol_info(&self.key)?;
         Ok((VolInfo(kind, capacity, allocation),))
     }
 
     #[zbus(name = "GetXMLDesc")]
-    async fn get_xml_desc(&self, flags: u32) -> Result<String, BusError> {
+    async fn get_xml_desc(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<String, BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.vol_xml(&self.key, flags)?)
     }
 
-    async fn resize(&self, capacity: u64, flags: u32) -> Result<(), BusError> {
+    async fn resize(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        capacity: u64,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.vol_resize(&self.key, capacity, flags).await?)
     }
 
-    async fn wipe(&self, pattern: u32, flags: u32) -> Result<(), BusError> {
+    async fn wipe(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        pattern: u32,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self.driver.vol_wipe(&self.key, pattern, flags).await?)
     }
 
     /// Project addition: writes what is read from `fd` into the volume at `offset`.
     async fn upload(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         fd: OwnedFd,
         offset: u64,
         length: u64,
         flags: u32,
     ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self
             .driver
             .vol_transfer(&self.key, fd.into(), offset, length, flags, true)
@@ -60,11 +89,13 @@ impl StorageVol {
     /// Project addition: writes the volume from `offset` into `fd`.
     async fn download(
         &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
         fd: OwnedFd,
         offset: u64,
         length: u64,
         flags: u32,
     ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
         Ok(self
             .driver
             .vol_transfer(&self.key, fd.into(), offset, length, flags, false)
