@@ -1,7 +1,7 @@
 //! Controllers: PCI bridges and root ports first, parents before children (libvirt
 //! gives a parent a lower index), then USB, SCSI and virtio-serial controllers.
 
-use crate::xml::{Controller, Domain};
+use crate::xml::{scsi_device, usb_device, Controller, Domain};
 
 use super::device::{DeviceProps, PciBuses};
 use super::{unsupported, Argv, Result};
@@ -59,14 +59,28 @@ fn controller_props(c: &Controller, buses: &PciBuses) -> Result<Option<DevicePro
         ("usb", Some("none")) | ("sata", _) | ("ide", _) => return Ok(None),
         ("usb", m) => {
             let model = m.unwrap_or("qemu-xhci");
-            let mut dev = DeviceProps::new(model).str("id", format!("usb{}", c.index));
+            let qemu = usb_device(model)
+                .ok_or_else(|| unsupported("controller usb model", model, "unknown"))?;
+            let mut dev = DeviceProps::new(qemu);
+            dev = match c.master_startport {
+                // A companion serves its master's USB 1 ports; it has no bus of its own.
+                Some(first) => dev
+                    .str("masterbus", format!("usb{}.0", c.index))
+                    .uint("firstport", first.into()),
+                None => dev.str("id", format!("usb{}", c.index)),
+            };
             // libvirt gives an xHCI controller's port count to both its USB 2 and 3 sides.
             if let (Some(p), "qemu-xhci" | "nec-xhci") = (c.ports, model) {
                 dev = dev.uint("p2", p.into()).uint("p3", p.into());
             }
             dev
         }
-        ("scsi", _) => DeviceProps::new("virtio-scsi-pci").str("id", format!("scsi{}", c.index)),
+        ("scsi", m) => {
+            let model = m.unwrap_or("virtio-scsi");
+            let qemu = scsi_device(model)
+                .ok_or_else(|| unsupported("controller scsi model", model, "unknown"))?;
+            DeviceProps::new(qemu).str("id", format!("scsi{}", c.index))
+        }
         ("virtio-serial", _) => {
             DeviceProps::new("virtio-serial-pci").str("id", format!("virtio-serial{}", c.index))
         }

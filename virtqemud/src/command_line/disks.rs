@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::xml::{Address, Disk, DiskBus, DiskDevice, DiskSource, Domain};
+use crate::xml::{Address, Disk, DiskBus, DiskDevice, DiskSource, Domain, NetHost};
 
 use super::device::{DeviceProps, PciBuses};
 use super::{json_str, qemu_opt_value, unsupported, Argv, LaunchContext, Result};
@@ -72,6 +72,16 @@ fn source_path(src: &DiskSource, ctx: &LaunchContext) -> Result<(&'static str, P
     Ok(match src {
         DiskSource::File(p) => ("file", p.clone()),
         DiskSource::Block(p) => ("host_device", p.clone()),
+        DiskSource::Network { protocol, .. } => {
+            return Err(unsupported("disk source protocol", protocol, "not a file"))
+        }
+        DiskSource::Other(el) => {
+            return Err(unsupported(
+                "disk type",
+                el.get_attr("type").unwrap_or("nvme, dir or vhostuser"),
+                "not implemented",
+            ))
+        }
         DiskSource::Volume { pool, volume } => (
             "file",
             ctx.volume_paths
@@ -89,10 +99,109 @@ fn source_path(src: &DiskSource, ctx: &LaunchContext) -> Result<(&'static str, P
     })
 }
 
+/// The storage node of a network disk: QEMU's own block driver for the protocol.
+fn network_storage(i: usize, src: &DiskSource) -> Result<serde_json::Value> {
+    use serde_json::json;
+    let DiskSource::Network {
+        protocol,
+        name,
+        hosts,
+        source,
+    } = src
+    else {
+        return Err(unsupported("disk source", "", "not a network disk"));
+    };
+    if let Some(c) = source.elements().find(|c| c.name != "host") {
+        return Err(unsupported(
+            &format!("disk/source/{}", c.name),
+            protocol,
+            "not implemented",
+        ));
+    }
+    let name = name.as_deref().unwrap_or("");
+    let inet = |h: &NetHost, default_port: &str| -> Result<serde_json::Value> {
+        match h.transport.as_str() {
+            "tcp" => Ok(json!({"type": "inet",
+                "host": h.name.as_deref().unwrap_or("localhost"),
+                "port": h.port.as_deref().unwrap_or(default_port)})),
+            "unix" => Ok(json!({"type": "unix", "path": h.socket.as_deref().unwrap_or("")})),
+            t => Err(unsupported(
+                "disk/source/host transport",
+                t,
+                "expected tcp or unix",
+            )),
+        }
+    };
+    let one_host = || {
+        hosts
+            .first()
+            .ok_or_else(|| unsupported("disk/source/host", protocol, "a host is required"))
+    };
+    let mut node = match protocol.as_str() {
+        "nbd" => {
+            let mut n = json!({"driver": "nbd", "server": inet(one_host()?, "10809")?});
+            if !name.is_empty() {
+                n["export"] = json!(name);
+            }
+            n
+        }
+        "http" | "https" | "ftp" | "ftps" => {
+            let h = one_host()?;
+            let host = h.name.as_deref().unwrap_or("localhost");
+            let port = h
+                .port
+                .as_deref()
+                .map(|p| format!(":{p}"))
+                .unwrap_or_default();
+            let path = name.trim_start_matches('/');
+            json!({"driver": protocol, "url": format!("{protocol}://{host}{port}/{path}")})
+        }
+        "iscsi" => {
+            let h = one_host()?;
+            let (target, lun) = name.rsplit_once('/').unwrap_or((name, "0"));
+            let lun: u64 = lun
+                .parse()
+                .map_err(|_| unsupported("disk source name", name, "expected IQN/LUN"))?;
+            json!({"driver": "iscsi", "transport": "tcp",
+                "portal": format!("{}:{}", h.name.as_deref().unwrap_or("localhost"),
+                    h.port.as_deref().unwrap_or("3260")),
+                "target": target, "lun": lun})
+        }
+        "gluster" | "rbd" => {
+            let (first, rest) = name
+                .split_once('/')
+                .ok_or_else(|| unsupported("disk source name", name, "expected POOL/IMAGE"))?;
+            let servers = hosts
+                .iter()
+                .map(|h| inet(h, if protocol == "rbd" { "6789" } else { "24007" }))
+                .collect::<Result<Vec<_>>>()?;
+            if protocol == "rbd" {
+                json!({"driver": "rbd", "pool": first, "image": rest, "server": servers})
+            } else {
+                json!({"driver": "gluster", "volume": first, "path": rest, "server": servers})
+            }
+        }
+        p => {
+            return Err(unsupported(
+                "disk source protocol",
+                p,
+                "QEMU 7.2 here has no block driver for it",
+            ))
+        }
+    };
+    node["node-name"] = json!(format!("libvirt-{i}-storage"));
+    node["auto-read-only"] = json!(true);
+    Ok(node)
+}
+
 /// The two `-blockdev` JSON objects of disk `i`: storage, then format.
 fn blockdevs(i: usize, disk: &Disk, src: &DiskSource, ctx: &LaunchContext) -> Result<[String; 2]> {
-    let (driver, path) = source_path(src, ctx)?;
     let ro = disk.readonly;
+    if let DiskSource::Network { .. } = src {
+        let storage = network_storage(i, src)?;
+        return Ok([storage.to_string(), format_node(i, disk, ro)]);
+    }
+    let (driver, path) = source_path(src, ctx)?;
     let cache_direct = matches!(
         disk.driver.cache.as_deref(),
         Some("none") | Some("directsync")
@@ -117,11 +226,14 @@ fn blockdevs(i: usize, disk: &Disk, src: &DiskSource, ctx: &LaunchContext) -> Re
     file.push_str(&format!(
         ",\"cache\":{{\"direct\":{cache_direct},\"no-flush\":{no_flush}}}}}"
     ));
+    Ok([file, format_node(i, disk, ro)])
+}
+
+fn format_node(i: usize, disk: &Disk, ro: bool) -> String {
     let format = disk.driver.format.as_deref().unwrap_or("raw");
-    let fmt = format!(
+    format!(
         "{{\"node-name\":\"libvirt-{i}-format\",\"read-only\":{ro},\"driver\":\"{format}\",\"file\":\"libvirt-{i}-storage\"}}"
-    );
-    Ok([file, fmt])
+    )
 }
 
 /// The guest device of disk `i`; `has_media`: its format node exists (`drive=`).

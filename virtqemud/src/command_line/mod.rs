@@ -219,7 +219,7 @@ fn refuse_untyped(dom: &Domain) -> Result<()> {
     if let Some(o) = dom.devices.other.first() {
         return Err(unsupported(
             &o.name,
-            "",
+            o.get_attr("type").unwrap_or_default(),
             "this device type is not implemented",
         ));
     }

@@ -22,8 +22,8 @@ use super::{invalid, DomainXmlError, Result};
 use address::{addr_of, parse_num, push_addr};
 pub use address::{Address, PciAddr};
 pub use chardev::{Chardev, ChardevSource};
-pub use controller::{Controller, PCI_BRIDGES};
-pub use disk::{Disk, DiskBus, DiskDevice, DiskDriver, DiskSource};
+pub use controller::{scsi_device, usb_device, Controller, PCI_BRIDGES};
+pub use disk::{Disk, DiskBus, DiskDevice, DiskDriver, DiskSource, NetHost};
 pub use graphics::{Audio, Graphics, GraphicsKind, Redirdev, Sound, Video};
 pub use hostdev::Hostdev;
 pub(crate) use interface::check_ifname;
@@ -104,10 +104,70 @@ fn model_attr(el: &Element, element: &str, allowed: &[&str], default: &str) -> R
     Ok(m.to_owned())
 }
 
+/// Chardev source types libvirt knows that this model does not type.
+const UNTYPED_CHARDEVS: &[&str] = &[
+    "tcp",
+    "udp",
+    "dev",
+    "pipe",
+    "stdio",
+    "vc",
+    "spiceport",
+    "dbus",
+    "nmdm",
+    "qemu-vdagent",
+];
+
+/// A device of a kind libvirt defines but this model does not type (graphics `sdl`,
+/// hostdev `usb`, interface `direct`, chardev `tcp`, ...): it is defined and written
+/// back verbatim in [`Devices::other`], and the command line refuses it by name at
+/// start. Values libvirt itself does not know stay errors of the typed parsers.
+fn untyped_kind(c: &Element, d: &Devices) -> bool {
+    let ty = c.get_attr("type").unwrap_or("");
+    match c.name.as_str() {
+        "graphics" => matches!(ty, "sdl" | "egl-headless" | "dbus" | "rdp" | "desktop"),
+        "hostdev" => {
+            c.get_attr("mode").unwrap_or("subsystem") != "subsystem"
+                || matches!(ty, "usb" | "scsi" | "scsi_host" | "mdev")
+        }
+        "interface" => matches!(
+            ty,
+            "direct"
+                | "vhostuser"
+                | "server"
+                | "client"
+                | "mcast"
+                | "udp"
+                | "hostdev"
+                | "vdpa"
+                | "null"
+                | "vds"
+                | "internal"
+        ),
+        "serial" | "console" | "channel" | "parallel" => {
+            UNTYPED_CHARDEVS.contains(&ty)
+                // A second console (virtio consoles beyond the first).
+                || (c.name == "console" && !d.consoles.is_empty())
+                || (c.name == "channel"
+                    && c.first("target").and_then(|t| t.get_attr("type")) == Some("guestfwd"))
+        }
+        "input" => matches!(ty, "passthrough" | "evdev"),
+        "rng" => c
+            .first("backend")
+            .and_then(|b| b.get_attr("model"))
+            .is_some_and(|m| matches!(m, "egd" | "builtin")),
+        _ => false,
+    }
+}
+
 impl Devices {
     pub(crate) fn parse(el: &Element) -> Result<Devices> {
         let mut d = Devices::default();
         for c in el.elements() {
+            if untyped_kind(c, &d) {
+                d.other.push(c.clone());
+                continue;
+            }
             match c.name.as_str() {
                 "emulator" => d.emulator = Some(PathBuf::from(c.text())),
                 "disk" => d.disks.push(Disk::parse(c)?),
