@@ -199,7 +199,7 @@ fn blockdevs(i: usize, disk: &Disk, src: &DiskSource, ctx: &LaunchContext) -> Re
     let ro = disk.readonly;
     if let DiskSource::Network { .. } = src {
         let storage = network_storage(i, src)?;
-        return Ok([storage.to_string(), format_node(i, disk, ro)]);
+        return Ok([storage.to_string(), format_node(i, disk, ro)?]);
     }
     let (driver, path) = source_path(src, ctx)?;
     let cache_direct = matches!(
@@ -226,14 +226,21 @@ fn blockdevs(i: usize, disk: &Disk, src: &DiskSource, ctx: &LaunchContext) -> Re
     file.push_str(&format!(
         ",\"cache\":{{\"direct\":{cache_direct},\"no-flush\":{no_flush}}}}}"
     ));
-    Ok([file, format_node(i, disk, ro)])
+    Ok([file, format_node(i, disk, ro)?])
 }
 
-fn format_node(i: usize, disk: &Disk, ro: bool) -> String {
+fn format_node(i: usize, disk: &Disk, ro: bool) -> Result<String> {
+    if disk.driver.format.as_deref() == Some("fat") {
+        return Err(unsupported(
+            "disk driver type",
+            "fat",
+            "a directory as a FAT image (vvfat) is not implemented",
+        ));
+    }
     let format = disk.driver.format.as_deref().unwrap_or("raw");
-    format!(
+    Ok(format!(
         "{{\"node-name\":\"libvirt-{i}-format\",\"read-only\":{ro},\"driver\":\"{format}\",\"file\":\"libvirt-{i}-storage\"}}"
-    )
+    ))
 }
 
 /// The guest device of disk `i`; `has_media`: its format node exists (`drive=`).
@@ -248,6 +255,30 @@ fn disk_props(
 ) -> Result<DeviceProps> {
     let cd = disk.device == DiskDevice::Cdrom;
     let mut dev = match (bus, disk.device) {
+        // SCSI commands pass through to the host's LUN.
+        (DiskBus::Scsi, DiskDevice::Lun) => {
+            if !matches!(disk.source, Some(DiskSource::Block(_))) {
+                return Err(unsupported(
+                    "disk device",
+                    "lun",
+                    "passthrough needs a host block device (type='block')",
+                ));
+            }
+            let u = drive_unit(&disk.address, units.scsi, 16384, &disk.target_dev)?;
+            units.scsi = u + 1;
+            DeviceProps::new("scsi-block")
+                .str("bus", "scsi0.0")
+                .uint("channel", 0)
+                .uint("scsi-id", 0)
+                .uint("lun", u.into())
+        }
+        (_, DiskDevice::Lun) => {
+            return Err(unsupported(
+                "disk device",
+                "lun",
+                "needs target bus 'scsi' (QEMU 7.2 has no virtio-blk SCSI passthrough)",
+            ))
+        }
         (DiskBus::Virtio, DiskDevice::Disk) => {
             DeviceProps::new("virtio-blk-pci").pci(buses, &disk.address)
         }

@@ -73,6 +73,13 @@ pub(super) fn machine(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Result
 pub(super) fn cpu(a: &mut Argv, dom: &Domain, accel: &str) -> Result<()> {
     let cpu = match &dom.cpu {
         Some(c) => {
+            if let Some(o) = c.other.first() {
+                return Err(unsupported(
+                    &format!("cpu/{}", o.name),
+                    c.mode.as_str(),
+                    "not implemented",
+                ));
+            }
             let mut s = match c.mode {
                 CpuMode::HostPassthrough | CpuMode::HostModel if accel == "kvm" => {
                     "host".to_owned()

@@ -254,6 +254,9 @@ pub struct Cpu {
     pub topology: Option<Topology>,
     /// `<feature policy name/>` as (policy, name)
     pub features: Vec<(String, String)>,
+    /// Children this model does not type (`<numa>`, `<cache>`, `<vendor>`, ...): kept,
+    /// written back and refused at start by name.
+    pub other: Vec<Element>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -612,6 +615,11 @@ fn parse_cpu(el: &Element) -> Result<Cpu> {
             .map(str::to_owned),
         topology,
         features,
+        other: el
+            .elements()
+            .filter(|c| !matches!(c.name.as_str(), "model" | "topology" | "feature"))
+            .cloned()
+            .collect(),
     })
 }
 
@@ -1021,6 +1029,8 @@ impl Domain {
                 c.push(
                     Element::with_text("model", m).attr_opt("fallback", cpu.fallback.as_deref()),
                 );
+            } else if let Some(f) = &cpu.fallback {
+                c.push(Element::new("model").attr("fallback", f));
             }
             if let Some(t) = cpu.topology {
                 c.push(
@@ -1038,6 +1048,8 @@ impl Domain {
                         .attr("name", name),
                 );
             }
+            c.children
+                .extend(cpu.other.iter().cloned().map(common::xml::Node::Element));
             root.push(c);
         }
         root = root

@@ -142,6 +142,20 @@ impl Devices {
     /// Gives controllers written without an index the next free one of their type, as
     /// libvirt does; PCI index 0 is the root bus's. Indexes must be unique per type.
     pub(super) fn number_controllers(&mut self) -> Result<()> {
+        // An ich9-uhciN written without `<master>` beside a master of its index is that
+        // master's companion on ports 2(N-1)..: libvirt's implicit startport.
+        let masters: BTreeSet<u32> = self
+            .controllers
+            .iter()
+            .filter(|c| c.kind == "usb" && !c.model.as_deref().is_some_and(is_ich9_uhci))
+            .map(|c| c.index)
+            .collect();
+        for c in &mut self.controllers {
+            let n = c.model.as_deref().and_then(|m| m.strip_prefix("ich9-uhci"));
+            if let (Some(n), None, true) = (n, c.master_startport, masters.contains(&c.index)) {
+                c.master_startport = n.parse::<u32>().ok().map(|n| 2 * n.saturating_sub(1));
+            }
+        }
         let mut taken: BTreeSet<(String, u32)> = BTreeSet::new();
         for c in self
             .controllers
@@ -270,4 +284,8 @@ pub fn usb_device(model: &str) -> Option<&'static str> {
 /// QEMU's device for a libvirt SCSI controller model.
 pub fn scsi_device(model: &str) -> Option<&'static str> {
     SCSI_MODELS.iter().find(|m| m.0 == model).map(|m| m.1)
+}
+
+fn is_ich9_uhci(model: &str) -> bool {
+    model.starts_with("ich9-uhci")
 }

@@ -79,6 +79,8 @@ pub enum DiskDevice {
     Disk,
     Cdrom,
     Floppy,
+    /// A SCSI LUN passed through (`scsi-block`).
+    Lun,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,11 +155,12 @@ impl Disk {
             "disk" => DiskDevice::Disk,
             "cdrom" => DiskDevice::Cdrom,
             "floppy" => DiskDevice::Floppy,
+            "lun" => DiskDevice::Lun,
             d => {
                 return Err(DomainXmlError::unsupported(
                     "disk device",
                     d,
-                    "expected disk, cdrom or floppy",
+                    "expected disk, cdrom, floppy or lun",
                 ))
             }
         };
@@ -182,7 +185,7 @@ impl Disk {
                 "supported disk types are file, block, volume, network, nvme, dir and vhostuser",
             )),
         };
-        if source.is_none() && device == DiskDevice::Disk {
+        if source.is_none() && matches!(device, DiskDevice::Disk | DiskDevice::Lun) {
             return Err(missing(
                 "disk",
                 &format!("<source> of type '{source_type}' (only cdrom and floppy may be empty)"),
@@ -248,6 +251,7 @@ impl Disk {
                 DiskDevice::Disk => "disk",
                 DiskDevice::Cdrom => "cdrom",
                 DiskDevice::Floppy => "floppy",
+                DiskDevice::Lun => "lun",
             },
         );
         let d = &self.driver;
@@ -321,7 +325,7 @@ impl DiskDriver {
         if let Some(f) = &format {
             if !matches!(
                 f.as_str(),
-                "raw" | "qcow2" | "qed" | "vmdk" | "vdi" | "vpc" | "vhdx"
+                "raw" | "qcow2" | "qed" | "vmdk" | "vdi" | "vpc" | "vhdx" | "fat"
             ) {
                 return Err(DomainXmlError::unsupported(
                     "disk driver type",

@@ -227,12 +227,19 @@ impl Video {
 }
 
 impl Sound {
+    /// A PCI sound card (`sb16` and `pcspk` are ISA, `usb` sits on USB).
+    pub fn is_pci(&self) -> bool {
+        !matches!(self.model.as_str(), "sb16" | "pcspk" | "usb")
+    }
+
     pub(super) fn parse(c: &Element) -> Result<Sound> {
         Ok(Sound {
             model: model_attr(
                 c,
                 "sound model",
-                &["ich6", "ich9", "ac97", "es1370"],
+                &[
+                    "ich6", "ich9", "ich7", "ac97", "es1370", "sb16", "pcspk", "usb",
+                ],
                 "ich6",
             )?,
             address: addr_of(c)?,

@@ -61,7 +61,7 @@ impl Devices {
         for v in videos {
             slots.push(&mut v.address);
         }
-        for s in self.sounds.iter_mut() {
+        for s in self.sounds.iter_mut().filter(|s| s.is_pci()) {
             slots.push(&mut s.address);
         }
         for w in self.watchdogs.iter_mut().filter(|w| w.model == "i6300esb") {
