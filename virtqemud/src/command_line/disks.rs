@@ -15,6 +15,9 @@ pub(super) struct DiskUnits {
     sata: u32,
     scsi: u32,
     fd: u32,
+    /// The SCSI controller takes one LUN per target (lsi53c895a and the other HBAs
+    /// that are not virtio-scsi): drives are numbered by `scsi-id`, not `lun`.
+    scsi_by_target: bool,
 }
 
 pub(super) fn disks(
@@ -24,7 +27,12 @@ pub(super) fn disks(
     buses: &PciBuses,
 ) -> Result<()> {
     let q35 = dom.is_q35();
-    let mut units = DiskUnits::default();
+    let mut units = DiskUnits {
+        scsi_by_target: dom.devices.controllers.iter().any(|c| {
+            c.kind == "scsi" && c.model.as_deref().is_some_and(|m| !m.starts_with("virtio"))
+        }),
+        ..DiskUnits::default()
+    };
     for (i, disk) in dom.devices.disks.iter().enumerate() {
         refuse_unhandled(disk)?;
         let bus = disk.bus.ok_or_else(|| {
@@ -176,6 +184,16 @@ fn network_storage(i: usize, src: &DiskSource) -> Result<serde_json::Value> {
                 .map(|h| inet(h, if protocol == "rbd" { "6789" } else { "24007" }))
                 .collect::<Result<Vec<_>>>()?;
             if protocol == "rbd" {
+                // rbd's servers are plain host/port pairs (InetSocketAddressBase).
+                let servers: Vec<_> = servers
+                    .into_iter()
+                    .map(|mut s| {
+                        if let Some(o) = s.as_object_mut() {
+                            o.remove("type");
+                        }
+                        s
+                    })
+                    .collect();
                 json!({"driver": "rbd", "pool": first, "image": rest, "server": servers})
             } else {
                 json!({"driver": "gluster", "volume": first, "path": rest, "server": servers})
@@ -266,11 +284,7 @@ fn disk_props(
             }
             let u = drive_unit(&disk.address, units.scsi, 16384, &disk.target_dev)?;
             units.scsi = u + 1;
-            DeviceProps::new("scsi-block")
-                .str("bus", "scsi0.0")
-                .uint("channel", 0)
-                .uint("scsi-id", 0)
-                .uint("lun", u.into())
+            scsi_place(DeviceProps::new("scsi-block"), u, units.scsi_by_target)
         }
         (_, DiskDevice::Lun) => {
             return Err(unsupported(
@@ -321,11 +335,8 @@ fn disk_props(
         (DiskBus::Scsi, _) => {
             let u = drive_unit(&disk.address, units.scsi, 16384, &disk.target_dev)?;
             units.scsi = u + 1;
-            DeviceProps::new(if cd { "scsi-cd" } else { "scsi-hd" })
-                .str("bus", "scsi0.0")
-                .uint("channel", 0)
-                .uint("scsi-id", 0)
-                .uint("lun", u.into())
+            let kind = if cd { "scsi-cd" } else { "scsi-hd" };
+            scsi_place(DeviceProps::new(kind), u, units.scsi_by_target)
         }
         (DiskBus::Usb, _) => DeviceProps::new("usb-storage").str("bus", "usb0.0"),
         (DiskBus::Fdc, _) => {
@@ -348,6 +359,16 @@ fn disk_props(
         dev = dev.on("share-rw");
     }
     Ok(dev)
+}
+
+/// A SCSI drive's place: unit `u` as the LUN of target 0 on virtio-scsi, as the
+/// target (LUN 0) on the HBAs that have one LUN per target.
+fn scsi_place(dev: DeviceProps, u: u32, by_target: bool) -> DeviceProps {
+    let (id, lun) = if by_target { (u, 0) } else { (0, u) };
+    dev.str("bus", "scsi0.0")
+        .uint("channel", 0)
+        .uint("scsi-id", id.into())
+        .uint("lun", lun.into())
 }
 
 /// The unit of a drive: from its `<address type='drive' unit=...>` when given,

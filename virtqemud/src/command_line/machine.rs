@@ -93,7 +93,12 @@ pub(super) fn cpu(a: &mut Argv, dom: &Domain, accel: &str) -> Result<()> {
                 }
                 CpuMode::Maximum => "max".to_owned(),
                 CpuMode::Custom => {
-                    qemu_opt_value("cpu model", c.model.as_deref().unwrap_or("qemu64"))?
+                    let default = if dom.os.arch.as_deref() == Some("i686") {
+                        "qemu32"
+                    } else {
+                        "qemu64"
+                    };
+                    qemu_opt_value("cpu model", c.model.as_deref().unwrap_or(default))?
                 }
             };
             for (policy, name) in &c.features {
