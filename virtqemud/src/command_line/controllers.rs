@@ -20,8 +20,9 @@ pub(super) fn controllers(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Resul
     for c in bridges {
         a.device(&bridge_props(c, buses))?;
     }
+    let q35 = dom.is_q35();
     for c in &d.controllers {
-        if let Some(dev) = controller_props(c, buses)? {
+        if let Some(dev) = controller_props(c, q35, buses)? {
             a.device(&dev)?;
         }
     }
@@ -51,11 +52,13 @@ fn bridge_props(c: &Controller, buses: &PciBuses) -> DeviceProps {
 
 /// The device of a non-PCI controller; `None` for the ones the machine has built in
 /// (PCI roots, SATA/IDE) and for bridges (made first by [`bridge_props`]).
-fn controller_props(c: &Controller, buses: &PciBuses) -> Result<Option<DeviceProps>> {
+fn controller_props(c: &Controller, q35: bool, buses: &PciBuses) -> Result<Option<DeviceProps>> {
     let dev = match (c.kind.as_str(), c.model.as_deref()) {
         ("pci", Some("pci-root" | "pcie-root") | None) => return Ok(None),
         ("pci", Some(m)) if c.is_pci_bridge() || m.is_empty() => return Ok(None),
         ("pci", Some(m)) => return Err(unsupported("controller pci model", m, "not implemented")),
+        // An AHCI card on i440fx; its ports are buses `sataN.0` to `sataN.5`.
+        ("sata", _) if !q35 => DeviceProps::new("ich9-ahci").str("id", format!("sata{}", c.index)),
         ("usb", Some("none")) | ("sata", _) | ("ide", _) => return Ok(None),
         ("usb", m) => {
             let model = m.unwrap_or("qemu-xhci");

@@ -304,16 +304,15 @@ fn disk_props(
             ))
         }
         (DiskBus::Sata, _) => {
-            if !q35 {
-                return Err(unsupported(
-                    "disk target bus",
-                    "sata",
-                    "needs a q35 machine",
-                ));
-            }
             let u = drive_unit(&disk.address, units.sata, 6, &disk.target_dev)?;
             units.sata = u + 1;
-            DeviceProps::new(if cd { "ide-cd" } else { "ide-hd" }).str("bus", format!("ide.{u}"))
+            // q35's built-in AHCI makes buses ide.N; the AHCI card on i440fx sata0.N.
+            let bus = if q35 {
+                format!("ide.{u}")
+            } else {
+                format!("sata0.{u}")
+            };
+            DeviceProps::new(if cd { "ide-cd" } else { "ide-hd" }).str("bus", bus)
         }
         (DiskBus::Ide, _) => {
             let u = match &disk.address {

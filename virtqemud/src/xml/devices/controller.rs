@@ -212,6 +212,13 @@ impl Devices {
             self.controllers
                 .push(Controller::new("scsi", 0, Some("virtio-scsi")));
         }
+        // i440fx has no SATA: libvirt adds an AHCI controller (ich9-ahci) for SATA disks.
+        if !q35
+            && !has(&self.controllers, "sata")
+            && self.disks.iter().any(|d| d.bus == Some(DiskBus::Sata))
+        {
+            self.controllers.push(Controller::new("sata", 0, None));
+        }
         if !has(&self.controllers, "virtio-serial") && !self.channels.is_empty() {
             self.controllers
                 .push(Controller::new("virtio-serial", 0, None));

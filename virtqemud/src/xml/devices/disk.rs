@@ -452,13 +452,6 @@ impl Devices {
                     "q35 has no IDE bus; use sata",
                 ));
             }
-            if d.bus == Some(DiskBus::Sata) && !q35 {
-                return Err(DomainXmlError::unsupported(
-                    "disk target bus",
-                    "sata",
-                    "i440fx machines have no SATA controller here; use virtio or ide",
-                ));
-            }
         }
         let mut seen = BTreeSet::new();
         for d in &self.disks {

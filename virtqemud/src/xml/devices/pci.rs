@@ -45,7 +45,12 @@ impl Devices {
         let primary_video = if q35 { 1 } else { 2 };
         let mut videos = self.videos.iter_mut().filter(|v| v.model != "none");
         let first_video = videos.next();
-        for c in self.controllers.iter_mut().filter(|c| c.needs_pci_slot()) {
+        // q35's first SATA controller is the ICH9's own (0x1f.2); i440fx's is an AHCI card.
+        for c in self
+            .controllers
+            .iter_mut()
+            .filter(|c| c.needs_pci_slot() || (!q35 && c.kind == "sata"))
+        {
             slots.push(&mut c.address);
         }
         for d in self
