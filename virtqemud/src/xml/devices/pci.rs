@@ -26,10 +26,71 @@ impl Devices {
             .collect()
     }
 
-    /// Gives every PCI device without an address a slot on bus 0. On i440fx slot 1 is
-    /// the PIIX3 and slot 2 the primary video; on q35 slot 1 is the primary video and
-    /// 0x1f the ICH9. Devices go straight onto the root bus (integrated endpoints on q35).
+    /// Gives every PCI device without an address a slot on bus 0, then on the buses of
+    /// `pci-bridge`s when bus 0 is full. On i440fx, as libvirt does, the bridges that
+    /// addresses name and those more devices need are added.
     pub(super) fn assign_pci(&mut self, q35: bool) -> Result<()> {
+        if !q35 {
+            self.add_named_bridges();
+        }
+        for _ in 0..8 {
+            let before = self.clone();
+            match self.assign_pci_once(q35)? {
+                None => return Ok(()),
+                Some(left) if !q35 => {
+                    // Each new bridge takes one slot of bus 0 and offers 31.
+                    *self = before;
+                    for _ in 0..left.div_ceil(30).max(1) {
+                        let index = self.free_pci_index();
+                        self.controllers.push(super::Controller::new(
+                            "pci",
+                            index,
+                            Some("pci-bridge"),
+                        ));
+                    }
+                }
+                Some(_) => break,
+            }
+        }
+        Err(DomainXmlError::unsupported(
+            "devices",
+            "",
+            "more PCI devices than slots on bus 0 and its bridges",
+        ))
+    }
+
+    fn free_pci_index(&self) -> u32 {
+        let mut i = 1;
+        while self
+            .controllers
+            .iter()
+            .any(|c| c.kind == "pci" && c.index == i)
+        {
+            i += 1;
+        }
+        i
+    }
+
+    /// A `pci-bridge` for every bus from 1 to the highest an address names, where no
+    /// controller makes it yet (libvirt's auto-added bridges on i440fx).
+    fn add_named_bridges(&mut self) {
+        let Some(max) = self.pci_addresses().iter().map(|p| u32::from(p.bus)).max() else {
+            return;
+        };
+        for index in 1..=max {
+            if !self
+                .controllers
+                .iter()
+                .any(|c| c.kind == "pci" && c.index == index)
+            {
+                self.controllers
+                    .push(super::Controller::new("pci", index, Some("pci-bridge")));
+            }
+        }
+    }
+
+    /// One pass of [`Devices::assign_pci`]; `Some(n)`: `n` devices found no slot.
+    fn assign_pci_once(&mut self, q35: bool) -> Result<Option<usize>> {
         // Buses made by bridges and root ports (libvirt's dumpxml puts devices there).
         let bridges: std::collections::BTreeMap<u32, String> = self
             .controllers
@@ -152,28 +213,41 @@ impl Devices {
         // Keep the primary video slot free either way, as libvirt does.
         used.insert((primary_video, 0));
         let mut next = 1u8;
-        for a in slots {
-            if a.is_some() {
+        // Slots 1 to 31 of each pci-bridge, for when bus 0 is full.
+        let mut behind = bridges
+            .iter()
+            .filter(|(_, m)| m.as_str() == "pci-bridge")
+            .filter_map(|(b, _)| u8::try_from(*b).ok())
+            .flat_map(|b| (1..=0x1fu8).map(move |s| (b, s)));
+        for i in 0..slots.len() {
+            if slots[i].is_some() {
                 continue;
             }
             while used.contains(&(next, 0)) || used.iter().any(|(s, _)| *s == next) {
                 next += 1;
             }
             if next > 0x1e {
-                return Err(DomainXmlError::unsupported(
-                    "devices",
-                    "",
-                    "more PCI devices than slots on bus 0",
-                ));
+                let Some((bus, slot)) = behind.find(|(b, s)| !used_behind.contains(&(*b, *s, 0)))
+                else {
+                    return Ok(Some(slots[i..].iter().filter(|a| a.is_none()).count()));
+                };
+                used_behind.insert((bus, slot, 0));
+                *slots[i] = Some(Address::Pci(PciAddr {
+                    domain: 0,
+                    bus,
+                    slot,
+                    function: 0,
+                }));
+                continue;
             }
             used.insert((next, 0));
-            *a = Some(Address::Pci(PciAddr {
+            *slots[i] = Some(Address::Pci(PciAddr {
                 domain: 0,
                 bus: 0,
                 slot: next,
                 function: 0,
             }));
         }
-        Ok(())
+        Ok(None)
     }
 }
