@@ -150,52 +150,7 @@ impl Devices {
             .collect();
         for a in all {
             if let Some(p) = a.as_ref().and_then(Address::pci) {
-                let shown = format!(
-                    "{:04x}:{:02x}:{:02x}.{}",
-                    p.domain, p.bus, p.slot, p.function
-                );
-                if p.domain != 0 {
-                    return Err(DomainXmlError::unsupported(
-                        "address",
-                        &shown,
-                        "only PCI domain 0 is used here",
-                    ));
-                }
-                if p.bus != 0 {
-                    let Some(model) = bridges.get(&u32::from(p.bus)) else {
-                        return Err(invalid(
-                            "address",
-                            "bus",
-                            &shown,
-                            "no PCI bridge or root port controller has this index",
-                        ));
-                    };
-                    if model == "pcie-root-port" && p.slot != 0 {
-                        return Err(invalid(
-                            "address",
-                            "slot",
-                            &shown,
-                            "a pcie-root-port has one slot, 0",
-                        ));
-                    }
-                    if p.slot > 0x1f || !used_behind.insert((p.bus, p.slot, p.function)) {
-                        return Err(invalid(
-                            "address",
-                            "slot",
-                            &shown,
-                            "used by two devices or out of range",
-                        ));
-                    }
-                    continue;
-                }
-                if !used.insert((p.slot, p.function)) {
-                    return Err(invalid(
-                        "address",
-                        "slot",
-                        &format!("0x{:02x}.{}", p.slot, p.function),
-                        "used by two devices",
-                    ));
-                }
+                reserve(p, &bridges, &mut used, &mut used_behind)?;
             }
         }
         if let Some(a) = first_video_slot.as_mut() {
@@ -250,4 +205,60 @@ impl Devices {
         }
         Ok(None)
     }
+}
+
+/// Marks an explicit address used, checked against the buses the bridges make.
+fn reserve(
+    p: PciAddr,
+    bridges: &std::collections::BTreeMap<u32, String>,
+    used: &mut BTreeSet<(u8, u8)>,
+    used_behind: &mut BTreeSet<(u8, u8, u8)>,
+) -> Result<()> {
+    let shown = format!(
+        "{:04x}:{:02x}:{:02x}.{}",
+        p.domain, p.bus, p.slot, p.function
+    );
+    if p.domain != 0 {
+        return Err(DomainXmlError::unsupported(
+            "address",
+            &shown,
+            "only PCI domain 0 is used here",
+        ));
+    }
+    if p.bus != 0 {
+        let Some(model) = bridges.get(&u32::from(p.bus)) else {
+            return Err(invalid(
+                "address",
+                "bus",
+                &shown,
+                "no PCI bridge or root port controller has this index",
+            ));
+        };
+        if model == "pcie-root-port" && p.slot != 0 {
+            return Err(invalid(
+                "address",
+                "slot",
+                &shown,
+                "a pcie-root-port has one slot, 0",
+            ));
+        }
+        if p.slot > 0x1f || !used_behind.insert((p.bus, p.slot, p.function)) {
+            return Err(invalid(
+                "address",
+                "slot",
+                &shown,
+                "used by two devices or out of range",
+            ));
+        }
+        return Ok(());
+    }
+    if !used.insert((p.slot, p.function)) {
+        return Err(invalid(
+            "address",
+            "slot",
+            &format!("0x{:02x}.{}", p.slot, p.function),
+            "used by two devices",
+        ));
+    }
+    Ok(())
 }
