@@ -173,6 +173,9 @@ fn isa_serial(chardev: &str, i: usize, index: u32) -> DeviceProps {
 
 /// Serial port `i` on backend `chardev`.
 fn serial_props(i: usize, s: &Chardev, chardev: &str) -> Result<DeviceProps> {
+    if let Some(m) = s.target_model.as_deref().filter(|m| *m != "isa-serial") {
+        return Err(unsupported("serial/target/model", m, "only isa-serial"));
+    }
     match s.target_type.as_deref().unwrap_or("isa-serial") {
         "isa-serial" | "serial" => Ok(isa_serial(chardev, i, s.target_port.unwrap_or(i as u32))),
         t => Err(unsupported("serial target type", t, "only isa-serial")),

@@ -60,6 +60,9 @@ pub(super) fn graphics(a: &mut Argv, dom: &Domain) -> Result<()> {
                 if g.passwd.is_none() {
                     opts.push_str(",disable-ticketing=on");
                 }
+                if let Some(m) = &g.image_compression {
+                    opts.push_str(&format!(",image-compression={m}"));
+                }
                 a.pair("-spice", opts);
             }
         }

@@ -117,6 +117,8 @@ pub struct Chardev {
     pub target_port: Option<u32>,
     /// channel: `org.qemu.guest_agent.0`
     pub target_name: Option<String>,
+    /// `<target><model name>`: the serial device (`isa-serial`), as libvirt fills it.
+    pub target_model: Option<String>,
     /// Children not handled (`<address>`, `<log>`, ...): kept, written back, refused at
     /// start by name (a virtio-serial address the command line gives anyway aside).
     pub unhandled: Vec<Element>,
@@ -205,6 +207,10 @@ impl Chardev {
                 .transpose()?
                 .flatten(),
             target_name,
+            target_model: target
+                .and_then(|t| t.first("model"))
+                .and_then(|m| m.get_attr("name"))
+                .map(str::to_owned),
             unhandled: super::unhandled(
                 el,
                 &[&["source", "target", "protocol"][..], super::REGENERATED].concat(),
@@ -307,12 +313,18 @@ impl Chardev {
         let target = if self.target_type.is_some()
             || self.target_port.is_some()
             || self.target_name.is_some()
+            || self.target_model.is_some()
         {
             Some(
                 Element::new("target")
                     .attr_opt("type", self.target_type.as_deref())
                     .attr_opt("name", self.target_name.as_deref())
-                    .attr_opt("port", self.target_port),
+                    .attr_opt("port", self.target_port)
+                    .child_opt(
+                        self.target_model
+                            .as_deref()
+                            .map(|m| Element::new("model").attr("name", m)),
+                    ),
             )
         } else {
             None

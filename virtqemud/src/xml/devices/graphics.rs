@@ -32,6 +32,8 @@ pub struct Graphics {
     pub listen: Option<String>,
     /// The client's password; written back only for `VIR_DOMAIN_XML_SECURE`.
     pub passwd: Option<String>,
+    /// SPICE `<image compression>` (virt-install writes `off`).
+    pub image_compression: Option<String>,
 }
 
 /// `<audio id='N' type='none|spice'/>`: an audio backend sound devices play through.
@@ -130,11 +132,26 @@ impl Graphics {
             autoport,
             listen,
             passwd,
+            image_compression: match c.first("image").and_then(|i| i.get_attr("compression")) {
+                Some(m @ ("auto_glz" | "auto_lz" | "quic" | "glz" | "lz" | "off")) => {
+                    Some(m.to_owned())
+                }
+                Some(m) => {
+                    return Err(invalid(
+                        "graphics/image",
+                        "attribute 'compression'",
+                        m,
+                        "expected auto_glz, auto_lz, quic, glz, lz or off",
+                    ))
+                }
+                None => None,
+            },
         })
     }
 
     /// `secure`: include the password (`VIR_DOMAIN_XML_SECURE`, and our files).
     pub(super) fn to_element(&self, secure: bool) -> Element {
+        // libvirt writes the address both ways.
         Element::new("graphics")
             .attr("type", self.kind.as_str())
             .attr_opt("port", self.port)
@@ -142,6 +159,16 @@ impl Graphics {
             .attr("autoport", yn(self.autoport))
             .attr_opt("listen", self.listen.as_deref())
             .attr_opt("passwd", self.passwd.as_deref().filter(|_| secure))
+            .child_opt(self.listen.as_deref().map(|l| {
+                Element::new("listen")
+                    .attr("type", "address")
+                    .attr("address", l)
+            }))
+            .child_opt(
+                self.image_compression
+                    .as_deref()
+                    .map(|m| Element::new("image").attr("compression", m)),
+            )
     }
 }
 

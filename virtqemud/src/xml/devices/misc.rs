@@ -14,6 +14,8 @@ pub struct Input {
     pub kind: String,
     /// `usb`, `ps2`, `virtio`
     pub bus: String,
+    /// A USB port (`Address::Other` type usb) or a PCI slot (virtio).
+    pub address: Option<Address>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,13 +76,16 @@ impl Input {
         Ok(Input {
             kind: kind.to_owned(),
             bus: bus.to_owned(),
+            address: addr_of(c)?,
         })
     }
 
     pub(super) fn to_element(&self) -> Element {
-        Element::new("input")
+        let mut e = Element::new("input")
             .attr("type", &self.kind)
-            .attr("bus", &self.bus)
+            .attr("bus", &self.bus);
+        push_addr(&mut e, &self.address);
+        e
     }
 }
 

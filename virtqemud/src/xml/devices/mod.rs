@@ -149,11 +149,87 @@ fn untyped_kind(c: &Element, d: &Devices) -> bool {
     }
 }
 
+/// The child element paths (`listen`, `model/acceleration`) of `el`, without the
+/// children libvirt makes again.
+fn child_paths(el: &Element) -> BTreeSet<String> {
+    fn walk(el: &Element, prefix: &str, out: &mut BTreeSet<String>) {
+        for c in el
+            .elements()
+            .filter(|c| !REGENERATED.contains(&c.name.as_str()))
+        {
+            let p = if prefix.is_empty() {
+                c.name.clone()
+            } else {
+                format!("{prefix}/{}", c.name)
+            };
+            walk(c, &p, out);
+            out.insert(p);
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(el, "", &mut out);
+    out
+}
+
+/// The device as its typed model writes it back; `None` for the kinds that keep what
+/// they do not type themselves (disks, NICs, controllers) or are not typed at all.
+fn typed_form(c: &Element) -> Result<Option<Element>> {
+    Ok(Some(match c.name.as_str() {
+        "graphics" => Graphics::parse(c)?.to_element(true),
+        "video" => Video::parse(c)?.to_element(),
+        "sound" => Sound::parse(c)?.to_element(),
+        "input" => Input::parse(c)?.to_element(),
+        "rng" => Rng::parse(c)?.to_element(),
+        "memballoon" => Memballoon::parse(c)?.to_element(),
+        "watchdog" => Watchdog::parse(c)?.to_element(),
+        "tpm" => Tpm::parse(c)?.to_element(),
+        "hostdev" => Hostdev::parse(c)?.to_element(),
+        "serial" | "console" => Chardev::parse(c)?.to_element(&c.name),
+        "channel" => Chardev::parse_channel(c)?.to_element("channel"),
+        _ => return Ok(None),
+    }))
+}
+
+/// The first child (path) of a device that its typed model would drop: such a device
+/// is kept verbatim instead and refused at start by that name, so that nothing in a
+/// definition is silently ignored. `<driver name='vfio'/>` on a PCI hostdev is what
+/// runs anyway.
+pub fn dropped_child(c: &Element) -> Result<Option<String>> {
+    let Some(typed) = typed_form(c)? else {
+        return Ok(None);
+    };
+    let kept = child_paths(&typed);
+    let live_pty_path = |p: &str| p == "source" && c.get_attr("type").unwrap_or("pty") == "pty";
+    // `<listen type='address'/>` without an address is the default listen address
+    // (virt-manager writes it); with one, the typed model writes it back.
+    let default_listen = |p: &str| {
+        p == "listen"
+            && c.elements()
+                .filter(|l| l.name == "listen")
+                .all(|l| l.get_attr("type").unwrap_or("address") == "address")
+    };
+    let vfio = |p: &str| {
+        c.name == "hostdev"
+            && p == "driver"
+            && c.first("driver").and_then(|d| d.get_attr("name")) == Some("vfio")
+    };
+    let chardev = matches!(c.name.as_str(), "serial" | "console" | "channel");
+    let excused = |p: &str| {
+        vfio(p)
+            // The pty a running guest got, in live XML; a new one is made at start.
+            || (chardev && live_pty_path(p))
+            || (c.name == "graphics" && default_listen(p))
+    };
+    Ok(child_paths(c)
+        .into_iter()
+        .find(|p| !kept.contains(p) && !excused(p)))
+}
+
 impl Devices {
     pub(crate) fn parse(el: &Element) -> Result<Devices> {
         let mut d = Devices::default();
         for c in el.elements() {
-            if untyped_kind(c, &d) {
+            if untyped_kind(c, &d) || dropped_child(c)?.is_some() {
                 d.other.push(c.clone());
                 continue;
             }

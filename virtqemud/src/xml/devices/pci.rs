@@ -15,6 +15,7 @@ impl Devices {
             .map(|c| &c.address)
             .chain(self.disks.iter().map(|x| &x.address))
             .chain(self.interfaces.iter().map(|x| &x.address))
+            .chain(self.inputs.iter().map(|x| &x.address))
             .chain(self.videos.iter().map(|x| &x.address))
             .chain(self.sounds.iter().map(|x| &x.address))
             .chain(self.watchdogs.iter().map(|x| &x.address))
@@ -126,6 +127,9 @@ impl Devices {
         }
         for v in videos {
             slots.push(&mut v.address);
+        }
+        for i in self.inputs.iter_mut().filter(|i| i.bus == "virtio") {
+            slots.push(&mut i.address);
         }
         for s in self.sounds.iter_mut().filter(|s| s.is_pci()) {
             slots.push(&mut s.address);
