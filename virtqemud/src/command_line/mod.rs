@@ -197,7 +197,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     net::nics(&mut a, dom, ctx, &buses)?;
     chardevs::chardevs(&mut a, dom, ctx)?;
     misc::inputs(&mut a, dom, &buses)?;
-    graphics::graphics(&mut a, dom)?;
+    graphics::graphics(&mut a, dom, ctx)?;
     graphics::videos(&mut a, dom, &buses)?;
     graphics::sounds(&mut a, dom, &buses)?;
     graphics::redirdevs(&mut a, dom)?;

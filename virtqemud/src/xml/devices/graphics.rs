@@ -1,10 +1,12 @@
 //! What the user sees and hears: `<graphics>` (VNC, SPICE), `<video>`, `<sound>`,
 //! `<audio>` backends and SPICE `<redirdev>` USB redirection.
 
+use std::path::PathBuf;
+
 use common::xml::Element;
 
 use super::super::{invalid, yes_no, yn, DomainXmlError, Result};
-use super::{addr_of, model_attr, push_addr, Address};
+use super::{addr_of, model_attr, path_text, push_addr, Address};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GraphicsKind {
@@ -34,6 +36,11 @@ pub struct Graphics {
     pub passwd: Option<String>,
     /// SPICE `<image compression>` (virt-install writes `off`).
     pub image_compression: Option<String>,
+    /// `<listen type='socket' socket=PATH>`: a UNIX socket instead of TCP (`None`
+    /// inside: one under the domain's runtime dir).
+    pub listen_socket: Option<Option<PathBuf>>,
+    /// `<listen type='none'/>`: no listener (clients through QMP only).
+    pub listen_none: bool,
 }
 
 /// `<audio id='N' type='none|spice'/>`: an audio backend sound devices play through.
@@ -132,6 +139,13 @@ impl Graphics {
             autoport,
             listen,
             passwd,
+            listen_socket: c
+                .elements()
+                .find(|l| l.name == "listen" && l.get_attr("type") == Some("socket"))
+                .map(|l| l.get_attr("socket").map(PathBuf::from)),
+            listen_none: c
+                .elements()
+                .any(|l| l.name == "listen" && l.get_attr("type") == Some("none")),
             image_compression: match c.first("image").and_then(|i| i.get_attr("compression")) {
                 Some(m @ ("auto_glz" | "auto_lz" | "quic" | "glz" | "lz" | "off")) => {
                     Some(m.to_owned())
@@ -164,6 +178,15 @@ impl Graphics {
                     .attr("type", "address")
                     .attr("address", l)
             }))
+            .child_opt(self.listen_socket.as_ref().map(|s| {
+                Element::new("listen")
+                    .attr("type", "socket")
+                    .attr_opt("socket", s.as_deref().map(path_text))
+            }))
+            .child_opt(
+                self.listen_none
+                    .then(|| Element::new("listen").attr("type", "none")),
+            )
             .child_opt(
                 self.image_compression
                     .as_deref()
