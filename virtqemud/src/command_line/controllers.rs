@@ -59,6 +59,8 @@ fn controller_props(c: &Controller, q35: bool, buses: &PciBuses) -> Result<Optio
         ("pci", Some(m)) => return Err(unsupported("controller pci model", m, "not implemented")),
         // An AHCI card on i440fx; its ports are buses `sataN.0` to `sataN.5`.
         ("sata", _) if !q35 => DeviceProps::new("ich9-ahci").str("id", format!("sata{}", c.index)),
+        // i440fx has its floppy controller built in.
+        ("fdc", _) if !q35 => return Ok(None),
         ("usb", Some("none")) | ("sata", _) | ("ide", _) => return Ok(None),
         ("usb", m) => {
             let model = m.unwrap_or("qemu-xhci");

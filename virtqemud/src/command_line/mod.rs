@@ -196,12 +196,14 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     disks::disks(&mut a, dom, ctx, &buses)?;
     net::nics(&mut a, dom, ctx, &buses)?;
     chardevs::chardevs(&mut a, dom, ctx)?;
+    misc::hubs(&mut a, dom)?;
     misc::inputs(&mut a, dom, &buses)?;
     graphics::graphics(&mut a, dom, ctx)?;
     graphics::videos(&mut a, dom, &buses)?;
     graphics::sounds(&mut a, dom, &buses)?;
     graphics::redirdevs(&mut a, dom)?;
     misc::watchdogs(&mut a, dom, &buses)?;
+    misc::panics(&mut a, dom)?;
     tpm::tpm(&mut a, dom, ctx)?;
     hostdev::hostdevs(&mut a, dom, &buses)?;
     misc::rngs(&mut a, dom, &buses)?;

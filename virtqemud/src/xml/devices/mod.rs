@@ -28,7 +28,7 @@ pub use graphics::{Audio, Graphics, GraphicsKind, Redirdev, Sound, Video};
 pub use hostdev::Hostdev;
 pub(crate) use interface::check_ifname;
 pub use interface::{Interface, InterfaceKind, Mac};
-pub use misc::{Input, Memballoon, Rng, Tpm, Watchdog};
+pub use misc::{Hub, Input, Memballoon, Panic, Rng, Tpm, Watchdog};
 
 fn boot_of(el: &Element) -> Result<Option<u32>> {
     match el.first("boot") {
@@ -81,6 +81,8 @@ pub struct Devices {
     pub rngs: Vec<Rng>,
     pub memballoon: Option<Memballoon>,
     pub watchdogs: Vec<Watchdog>,
+    pub hubs: Vec<Hub>,
+    pub panics: Vec<Panic>,
     pub tpms: Vec<Tpm>,
     pub hostdevs: Vec<Hostdev>,
     /// Devices this model does not type, kept verbatim and NOT given to QEMU; the
@@ -182,6 +184,8 @@ fn typed_form(c: &Element) -> Result<Option<Element>> {
         "rng" => Rng::parse(c)?.to_element(),
         "memballoon" => Memballoon::parse(c)?.to_element(),
         "watchdog" => Watchdog::parse(c)?.to_element(),
+        "hub" => Hub::parse(c)?.to_element(),
+        "panic" => Panic::parse(c)?.to_element(),
         "tpm" => Tpm::parse(c)?.to_element(),
         "hostdev" => Hostdev::parse(c)?.to_element(),
         "serial" | "console" => Chardev::parse(c)?.to_element(&c.name),
@@ -259,6 +263,10 @@ impl Devices {
                 "rng" => d.rngs.push(Rng::parse(c)?),
                 "memballoon" => d.memballoon = Some(Memballoon::parse(c)?),
                 "watchdog" => d.watchdogs.push(Watchdog::parse(c)?),
+                "hub" if c.get_attr("type") == Some("usb") => d.hubs.push(Hub::parse(c)?),
+                "panic" if matches!(c.get_attr("model"), None | Some("isa")) => {
+                    d.panics.push(Panic::parse(c)?)
+                }
                 "tpm" => d.tpms.push(Tpm::parse(c)?),
                 "hostdev" => d.hostdevs.push(Hostdev::parse(c)?),
                 _ => d.other.push(c.clone()),
@@ -306,6 +314,8 @@ impl Devices {
                 .chain(self.audios.iter().map(Audio::to_element))
                 .chain(self.videos.iter().map(Video::to_element))
                 .chain(self.watchdogs.iter().map(Watchdog::to_element))
+                .chain(self.hubs.iter().map(Hub::to_element))
+                .chain(self.panics.iter().map(Panic::to_element))
                 .chain(self.tpms.iter().map(Tpm::to_element))
                 .chain(self.hostdevs.iter().map(Hostdev::to_element))
                 .chain(self.redirdevs.iter().map(Redirdev::to_element))
