@@ -244,7 +244,7 @@ fn disk_path(disk: &crate::xml::Disk) -> Option<String> {
     use crate::xml::DiskSource;
     match disk.source.as_ref()? {
         DiskSource::File(p) | DiskSource::Block(p) => Some(p.display().to_string()),
-        DiskSource::Volume { .. } => None,
+        DiskSource::Volume { .. } | DiskSource::Network { .. } | DiskSource::Other(_) => None,
     }
 }
 

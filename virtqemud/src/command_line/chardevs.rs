@@ -6,8 +6,37 @@ use crate::xml::{Chardev, ChardevSource, Domain, GraphicsKind};
 use super::device::DeviceProps;
 use super::{path_opt, qemu_opt_value, unsupported, Argv, LaunchContext, Result};
 
+/// Refuses what a chardev keeps without honouring; a channel's virtio-serial address
+/// is fine when it is the port the command line gives it (`nr`, from 1).
+fn refuse_unhandled(kind: &str, c: &Chardev, port: Option<usize>) -> Result<()> {
+    for e in &c.unhandled {
+        let same_port = e.name == "address"
+            && e.get_attr("type") == Some("virtio-serial")
+            && e.get_attr("controller").unwrap_or("0") == "0"
+            && e.get_attr("bus").unwrap_or("0") == "0"
+            && port.is_some_and(|p| e.get_attr("port") == Some(p.to_string().as_str()));
+        if !same_port {
+            return Err(unsupported(
+                &format!("{kind}/{}", e.name),
+                e.get_attr("type").unwrap_or_default(),
+                "not implemented",
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn chardevs(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Result<()> {
     let d = &dom.devices;
+    for s in &d.serials {
+        refuse_unhandled("serial", s, None)?;
+    }
+    for c in &d.consoles {
+        refuse_unhandled("console", c, None)?;
+    }
+    for (i, c) in d.channels.iter().enumerate() {
+        refuse_unhandled("channel", c, Some(i + 1))?;
+    }
     let spice = d.graphics.iter().any(|g| g.kind == GraphicsKind::Spice);
     let backend = |id: &str, src: &ChardevSource| chardev(id, src, ctx, spice);
     for (i, s) in d.serials.iter().enumerate() {
@@ -83,6 +112,55 @@ fn chardev(id: &str, src: &ChardevSource, ctx: &LaunchContext, spice: bool) -> R
             }
             format!("spicevmc,id={id},name=vdagent")
         }
+        ChardevSource::Dev(p) => format!("tty,id={id},path={}", path_opt("chardev dev", p)?),
+        ChardevSource::Pipe(p) => format!("pipe,id={id},path={}", path_opt("chardev pipe", p)?),
+        ChardevSource::Tcp {
+            host,
+            service,
+            listen,
+            telnet,
+            reconnect,
+        } => {
+            let mut s = format!(
+                "socket,id={id},host={},port={}",
+                qemu_opt_value("chardev tcp host", host.as_deref().unwrap_or("localhost"))?,
+                qemu_opt_value("chardev tcp service", service)?
+            );
+            if *telnet {
+                s.push_str(",telnet=on");
+            }
+            if *listen {
+                s.push_str(",server=on,wait=off");
+            } else if let Some(t) = reconnect {
+                s.push_str(&format!(",reconnect={t}"));
+            }
+            s
+        }
+        ChardevSource::Udp {
+            host,
+            service,
+            bind_host,
+            bind_service,
+        } => {
+            let mut s = format!(
+                "udp,id={id},host={},port={}",
+                qemu_opt_value("chardev udp host", host.as_deref().unwrap_or("localhost"))?,
+                qemu_opt_value("chardev udp service", service)?
+            );
+            if let Some(h) = bind_host {
+                s.push_str(&format!(
+                    ",localaddr={}",
+                    qemu_opt_value("chardev udp bind host", h)?
+                ));
+            }
+            if let Some(p) = bind_service {
+                s.push_str(&format!(
+                    ",localport={}",
+                    qemu_opt_value("chardev udp bind service", p)?
+                ));
+            }
+            s
+        }
     })
 }
 
@@ -95,6 +173,9 @@ fn isa_serial(chardev: &str, i: usize, index: u32) -> DeviceProps {
 
 /// Serial port `i` on backend `chardev`.
 fn serial_props(i: usize, s: &Chardev, chardev: &str) -> Result<DeviceProps> {
+    if let Some(m) = s.target_model.as_deref().filter(|m| *m != "isa-serial") {
+        return Err(unsupported("serial/target/model", m, "only isa-serial"));
+    }
     match s.target_type.as_deref().unwrap_or("isa-serial") {
         "isa-serial" | "serial" => Ok(isa_serial(chardev, i, s.target_port.unwrap_or(i as u32))),
         t => Err(unsupported("serial target type", t, "only isa-serial")),

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::xml::{Address, Disk, DiskBus, DiskDevice, DiskSource, Domain};
+use crate::xml::{Address, Disk, DiskBus, DiskDevice, DiskSource, Domain, NetHost};
 
 use super::device::{DeviceProps, PciBuses};
 use super::{json_str, qemu_opt_value, unsupported, Argv, LaunchContext, Result};
@@ -15,6 +15,9 @@ pub(super) struct DiskUnits {
     sata: u32,
     scsi: u32,
     fd: u32,
+    /// The SCSI controller takes one LUN per target (lsi53c895a and the other HBAs
+    /// that are not virtio-scsi): drives are numbered by `scsi-id`, not `lun`.
+    scsi_by_target: bool,
 }
 
 pub(super) fn disks(
@@ -24,7 +27,12 @@ pub(super) fn disks(
     buses: &PciBuses,
 ) -> Result<()> {
     let q35 = dom.is_q35();
-    let mut units = DiskUnits::default();
+    let mut units = DiskUnits {
+        scsi_by_target: dom.devices.controllers.iter().any(|c| {
+            c.kind == "scsi" && c.model.as_deref().is_some_and(|m| !m.starts_with("virtio"))
+        }),
+        ..DiskUnits::default()
+    };
     for (i, disk) in dom.devices.disks.iter().enumerate() {
         refuse_unhandled(disk)?;
         let bus = disk.bus.ok_or_else(|| {
@@ -72,6 +80,16 @@ fn source_path(src: &DiskSource, ctx: &LaunchContext) -> Result<(&'static str, P
     Ok(match src {
         DiskSource::File(p) => ("file", p.clone()),
         DiskSource::Block(p) => ("host_device", p.clone()),
+        DiskSource::Network { protocol, .. } => {
+            return Err(unsupported("disk source protocol", protocol, "not a file"))
+        }
+        DiskSource::Other(el) => {
+            return Err(unsupported(
+                "disk type",
+                el.get_attr("type").unwrap_or("nvme, dir or vhostuser"),
+                "not implemented",
+            ))
+        }
         DiskSource::Volume { pool, volume } => (
             "file",
             ctx.volume_paths
@@ -89,10 +107,119 @@ fn source_path(src: &DiskSource, ctx: &LaunchContext) -> Result<(&'static str, P
     })
 }
 
+/// The storage node of a network disk: QEMU's own block driver for the protocol.
+fn network_storage(i: usize, src: &DiskSource) -> Result<serde_json::Value> {
+    use serde_json::json;
+    let DiskSource::Network {
+        protocol,
+        name,
+        hosts,
+        source,
+    } = src
+    else {
+        return Err(unsupported("disk source", "", "not a network disk"));
+    };
+    if let Some(c) = source.elements().find(|c| c.name != "host") {
+        return Err(unsupported(
+            &format!("disk/source/{}", c.name),
+            protocol,
+            "not implemented",
+        ));
+    }
+    let name = name.as_deref().unwrap_or("");
+    let inet = |h: &NetHost, default_port: &str| -> Result<serde_json::Value> {
+        match h.transport.as_str() {
+            "tcp" => Ok(json!({"type": "inet",
+                "host": h.name.as_deref().unwrap_or("localhost"),
+                "port": h.port.as_deref().unwrap_or(default_port)})),
+            "unix" => Ok(json!({"type": "unix", "path": h.socket.as_deref().unwrap_or("")})),
+            t => Err(unsupported(
+                "disk/source/host transport",
+                t,
+                "expected tcp or unix",
+            )),
+        }
+    };
+    let one_host = || {
+        hosts
+            .first()
+            .ok_or_else(|| unsupported("disk/source/host", protocol, "a host is required"))
+    };
+    let mut node = match protocol.as_str() {
+        "nbd" => {
+            let mut n = json!({"driver": "nbd", "server": inet(one_host()?, "10809")?});
+            if !name.is_empty() {
+                n["export"] = json!(name);
+            }
+            n
+        }
+        "http" | "https" | "ftp" | "ftps" => {
+            let h = one_host()?;
+            let host = h.name.as_deref().unwrap_or("localhost");
+            let port = h
+                .port
+                .as_deref()
+                .map(|p| format!(":{p}"))
+                .unwrap_or_default();
+            let path = name.trim_start_matches('/');
+            json!({"driver": protocol, "url": format!("{protocol}://{host}{port}/{path}")})
+        }
+        "iscsi" => {
+            let h = one_host()?;
+            let (target, lun) = name.rsplit_once('/').unwrap_or((name, "0"));
+            let lun: u64 = lun
+                .parse()
+                .map_err(|_| unsupported("disk source name", name, "expected IQN/LUN"))?;
+            json!({"driver": "iscsi", "transport": "tcp",
+                "portal": format!("{}:{}", h.name.as_deref().unwrap_or("localhost"),
+                    h.port.as_deref().unwrap_or("3260")),
+                "target": target, "lun": lun})
+        }
+        "gluster" | "rbd" => {
+            let (first, rest) = name
+                .split_once('/')
+                .ok_or_else(|| unsupported("disk source name", name, "expected POOL/IMAGE"))?;
+            let servers = hosts
+                .iter()
+                .map(|h| inet(h, if protocol == "rbd" { "6789" } else { "24007" }))
+                .collect::<Result<Vec<_>>>()?;
+            if protocol == "rbd" {
+                // rbd's servers are plain host/port pairs (InetSocketAddressBase).
+                let servers: Vec<_> = servers
+                    .into_iter()
+                    .map(|mut s| {
+                        if let Some(o) = s.as_object_mut() {
+                            o.remove("type");
+                        }
+                        s
+                    })
+                    .collect();
+                json!({"driver": "rbd", "pool": first, "image": rest, "server": servers})
+            } else {
+                json!({"driver": "gluster", "volume": first, "path": rest, "server": servers})
+            }
+        }
+        p => {
+            return Err(unsupported(
+                "disk source protocol",
+                p,
+                "QEMU 7.2 here has no block driver for it",
+            ))
+        }
+    };
+    node["node-name"] = json!(format!("libvirt-{i}-storage"));
+    node["auto-read-only"] = json!(true);
+    Ok(node)
+}
+
 /// The two `-blockdev` JSON objects of disk `i`: storage, then format.
 fn blockdevs(i: usize, disk: &Disk, src: &DiskSource, ctx: &LaunchContext) -> Result<[String; 2]> {
-    let (driver, path) = source_path(src, ctx)?;
     let ro = disk.readonly;
+    if let DiskSource::Network { .. } = src {
+        let storage = network_storage(i, src)?;
+        return Ok([storage.to_string(), format_node(i, disk, ro)?]);
+    }
+    let (driver, path) = source_path(src, ctx)?;
     let cache_direct = matches!(
         disk.driver.cache.as_deref(),
         Some("none") | Some("directsync")
@@ -117,11 +244,21 @@ fn blockdevs(i: usize, disk: &Disk, src: &DiskSource, ctx: &LaunchContext) -> Re
     file.push_str(&format!(
         ",\"cache\":{{\"direct\":{cache_direct},\"no-flush\":{no_flush}}}}}"
     ));
+    Ok([file, format_node(i, disk, ro)?])
+}
+
+fn format_node(i: usize, disk: &Disk, ro: bool) -> Result<String> {
+    if disk.driver.format.as_deref() == Some("fat") {
+        return Err(unsupported(
+            "disk driver type",
+            "fat",
+            "a directory as a FAT image (vvfat) is not implemented",
+        ));
+    }
     let format = disk.driver.format.as_deref().unwrap_or("raw");
-    let fmt = format!(
+    Ok(format!(
         "{{\"node-name\":\"libvirt-{i}-format\",\"read-only\":{ro},\"driver\":\"{format}\",\"file\":\"libvirt-{i}-storage\"}}"
-    );
-    Ok([file, fmt])
+    ))
 }
 
 /// The guest device of disk `i`; `has_media`: its format node exists (`drive=`).
@@ -136,6 +273,26 @@ fn disk_props(
 ) -> Result<DeviceProps> {
     let cd = disk.device == DiskDevice::Cdrom;
     let mut dev = match (bus, disk.device) {
+        // SCSI commands pass through to the host's LUN.
+        (DiskBus::Scsi, DiskDevice::Lun) => {
+            if !matches!(disk.source, Some(DiskSource::Block(_))) {
+                return Err(unsupported(
+                    "disk device",
+                    "lun",
+                    "passthrough needs a host block device (type='block')",
+                ));
+            }
+            let u = drive_unit(&disk.address, units.scsi, 16384, &disk.target_dev)?;
+            units.scsi = u + 1;
+            scsi_place(DeviceProps::new("scsi-block"), u, units.scsi_by_target)
+        }
+        (_, DiskDevice::Lun) => {
+            return Err(unsupported(
+                "disk device",
+                "lun",
+                "needs target bus 'scsi' (QEMU 7.2 has no virtio-blk SCSI passthrough)",
+            ))
+        }
         (DiskBus::Virtio, DiskDevice::Disk) => {
             DeviceProps::new("virtio-blk-pci").pci(buses, &disk.address)
         }
@@ -147,16 +304,15 @@ fn disk_props(
             ))
         }
         (DiskBus::Sata, _) => {
-            if !q35 {
-                return Err(unsupported(
-                    "disk target bus",
-                    "sata",
-                    "needs a q35 machine",
-                ));
-            }
             let u = drive_unit(&disk.address, units.sata, 6, &disk.target_dev)?;
             units.sata = u + 1;
-            DeviceProps::new(if cd { "ide-cd" } else { "ide-hd" }).str("bus", format!("ide.{u}"))
+            // q35's built-in AHCI makes buses ide.N; the AHCI card on i440fx sata0.N.
+            let bus = if q35 {
+                format!("ide.{u}")
+            } else {
+                format!("sata0.{u}")
+            };
+            DeviceProps::new(if cd { "ide-cd" } else { "ide-hd" }).str("bus", bus)
         }
         (DiskBus::Ide, _) => {
             let u = match &disk.address {
@@ -178,11 +334,8 @@ fn disk_props(
         (DiskBus::Scsi, _) => {
             let u = drive_unit(&disk.address, units.scsi, 16384, &disk.target_dev)?;
             units.scsi = u + 1;
-            DeviceProps::new(if cd { "scsi-cd" } else { "scsi-hd" })
-                .str("bus", "scsi0.0")
-                .uint("channel", 0)
-                .uint("scsi-id", 0)
-                .uint("lun", u.into())
+            let kind = if cd { "scsi-cd" } else { "scsi-hd" };
+            scsi_place(DeviceProps::new(kind), u, units.scsi_by_target)
         }
         (DiskBus::Usb, _) => DeviceProps::new("usb-storage").str("bus", "usb0.0"),
         (DiskBus::Fdc, _) => {
@@ -205,6 +358,16 @@ fn disk_props(
         dev = dev.on("share-rw");
     }
     Ok(dev)
+}
+
+/// A SCSI drive's place: unit `u` as the LUN of target 0 on virtio-scsi, as the
+/// target (LUN 0) on the HBAs that have one LUN per target.
+fn scsi_place(dev: DeviceProps, u: u32, by_target: bool) -> DeviceProps {
+    let (id, lun) = if by_target { (u, 0) } else { (0, u) };
+    dev.str("bus", "scsi0.0")
+        .uint("channel", 0)
+        .uint("scsi-id", id.into())
+        .uint("lun", lun.into())
 }
 
 /// The unit of a drive: from its `<address type='drive' unit=...>` when given,

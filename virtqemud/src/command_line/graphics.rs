@@ -4,7 +4,7 @@
 use crate::xml::{Domain, GraphicsKind, Sound, Video};
 
 use super::device::{DeviceProps, PciBuses};
-use super::{qemu_opt_value, unsupported, Argv, Result};
+use super::{path_opt, qemu_opt_value, unsupported, Argv, LaunchContext, Result};
 
 fn has_spice(dom: &Domain) -> bool {
     dom.devices
@@ -13,7 +13,7 @@ fn has_spice(dom: &Domain) -> bool {
         .any(|g| g.kind == GraphicsKind::Spice)
 }
 
-pub(super) fn graphics(a: &mut Argv, dom: &Domain) -> Result<()> {
+pub(super) fn graphics(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Result<()> {
     let d = &dom.devices;
     if d.graphics.is_empty() {
         a.pair("-display", "none");
@@ -21,6 +21,19 @@ pub(super) fn graphics(a: &mut Argv, dom: &Domain) -> Result<()> {
     for g in &d.graphics {
         let listen = g.listen.as_deref().unwrap_or("127.0.0.1");
         match g.kind {
+            GraphicsKind::Vnc if g.listen_none => a.pair("-vnc", "none"),
+            GraphicsKind::Vnc if g.listen_socket.is_some() => {
+                let auto = ctx.runtime_dir.join("vnc.sock");
+                let path = g.listen_socket.as_ref().and_then(|s| s.as_deref());
+                let mut display = format!(
+                    "unix:{}",
+                    path_opt("graphics listen socket", path.unwrap_or(&auto))?
+                );
+                if g.passwd.is_some() {
+                    display.push_str(",password=on");
+                }
+                a.pair("-vnc", display);
+            }
             GraphicsKind::Vnc => {
                 let host = if listen.contains(':') {
                     format!("[{listen}]")
@@ -39,6 +52,13 @@ pub(super) fn graphics(a: &mut Argv, dom: &Domain) -> Result<()> {
                 a.pair("-vnc", display);
             }
             GraphicsKind::Spice => {
+                if g.listen_none || g.listen_socket.is_some() {
+                    return Err(unsupported(
+                        "graphics/listen",
+                        "spice",
+                        "SPICE over a UNIX socket or without a listener is not implemented",
+                    ));
+                }
                 if g.tls_port.is_some_and(|p| p > 0) {
                     return Err(unsupported(
                         "graphics type='spice' tlsPort",
@@ -59,6 +79,9 @@ pub(super) fn graphics(a: &mut Argv, dom: &Domain) -> Result<()> {
                 );
                 if g.passwd.is_none() {
                     opts.push_str(",disable-ticketing=on");
+                }
+                if let Some(m) = &g.image_compression {
+                    opts.push_str(&format!(",image-compression={m}"));
                 }
                 a.pair("-spice", opts);
             }

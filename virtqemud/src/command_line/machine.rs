@@ -73,6 +73,13 @@ pub(super) fn machine(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Result
 pub(super) fn cpu(a: &mut Argv, dom: &Domain, accel: &str) -> Result<()> {
     let cpu = match &dom.cpu {
         Some(c) => {
+            if let Some(o) = c.other.first() {
+                return Err(unsupported(
+                    &format!("cpu/{}", o.name),
+                    c.mode.as_str(),
+                    "not implemented",
+                ));
+            }
             let mut s = match c.mode {
                 CpuMode::HostPassthrough | CpuMode::HostModel if accel == "kvm" => {
                     "host".to_owned()
@@ -86,7 +93,12 @@ pub(super) fn cpu(a: &mut Argv, dom: &Domain, accel: &str) -> Result<()> {
                 }
                 CpuMode::Maximum => "max".to_owned(),
                 CpuMode::Custom => {
-                    qemu_opt_value("cpu model", c.model.as_deref().unwrap_or("qemu64"))?
+                    let default = if dom.os.arch.as_deref() == Some("i686") {
+                        "qemu32"
+                    } else {
+                        "qemu64"
+                    };
+                    qemu_opt_value("cpu model", c.model.as_deref().unwrap_or(default))?
                 }
             };
             for (policy, name) in &c.features {

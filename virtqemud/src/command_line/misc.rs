@@ -1,14 +1,16 @@
 //! Small devices with one guest device each: input devices, watchdogs (with the
 //! `-action` they trigger), virtio RNGs (with their `rng-random` object) and the balloon.
 
-use crate::xml::{Domain, Input, Memballoon, Rng, Watchdog};
+use common::xml::Element;
+
+use crate::xml::{Address, Domain, Input, Memballoon, Rng, Watchdog};
 
 use super::device::{DeviceProps, PciBuses};
-use super::{json_str, unsupported, Argv, Result};
+use super::{json_str, qemu_opt_value, unsupported, Argv, Result};
 
-pub(super) fn inputs(a: &mut Argv, dom: &Domain) -> Result<()> {
+pub(super) fn inputs(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
     for (i, inp) in dom.devices.inputs.iter().enumerate() {
-        if let Some(dev) = input_props(i, inp)? {
+        if let Some(dev) = input_props(i, inp, buses)? {
             a.device(&dev)?;
         }
     }
@@ -16,24 +18,112 @@ pub(super) fn inputs(a: &mut Argv, dom: &Domain) -> Result<()> {
 }
 
 /// Input device `i`; `None` for PS/2, built into the PC machines.
-fn input_props(i: usize, inp: &Input) -> Result<Option<DeviceProps>> {
+fn input_props(i: usize, inp: &Input, buses: &PciBuses) -> Result<Option<DeviceProps>> {
     let id = format!("input{i}");
-    let usb = |driver: &str| {
+    // `<address type='usb' bus port>`: that controller and port.
+    let usb_addr = match &inp.address {
+        Some(Address::Other(e)) if e.get_attr("type") == Some("usb") => Some(e),
+        None => None,
+        Some(Address::Pci(_)) if inp.bus == "virtio" => None,
+        Some(_) => {
+            return Err(unsupported(
+                "input/address",
+                &inp.bus,
+                "a USB input takes a USB address, a virtio one a PCI address",
+            ))
+        }
+    };
+    if inp.bus != "usb" && usb_addr.is_some() {
+        return Err(unsupported(
+            "input/address",
+            "usb",
+            "the input is not on USB",
+        ));
+    }
+    let usb = |driver: &str| -> Result<DeviceProps> {
+        let bus = usb_addr.and_then(|e| e.get_attr("bus")).unwrap_or("0");
+        let mut dev = DeviceProps::new(driver).str("id", id.as_str()).str(
+            "bus",
+            format!("usb{}.0", qemu_opt_value("input address bus", bus)?),
+        );
+        if let Some(p) = usb_addr.and_then(|e| e.get_attr("port")) {
+            dev = dev.str("port", qemu_opt_value("input address port", p)?);
+        }
+        Ok(dev)
+    };
+    let virtio = |driver: &str| {
         DeviceProps::new(driver)
             .str("id", id.as_str())
-            .str("bus", "usb0.0")
+            .pci(buses, &inp.address)
     };
-    let virtio = |driver: &str| DeviceProps::new(driver).str("id", id.as_str());
     Ok(Some(match (inp.kind.as_str(), inp.bus.as_str()) {
         (_, "ps2") => return Ok(None),
-        ("tablet", "usb") => usb("usb-tablet"),
-        ("mouse", "usb") => usb("usb-mouse"),
-        ("keyboard", "usb") => usb("usb-kbd"),
+        ("tablet", "usb") => usb("usb-tablet")?,
+        ("mouse", "usb") => usb("usb-mouse")?,
+        ("keyboard", "usb") => usb("usb-kbd")?,
         ("tablet", "virtio") => virtio("virtio-tablet-pci"),
         ("mouse", "virtio") => virtio("virtio-mouse-pci"),
         ("keyboard", "virtio") => virtio("virtio-keyboard-pci"),
         (k, b) => return Err(unsupported("input", &format!("{k}/{b}"), "not implemented")),
     }))
+}
+
+/// A USB device on the controller and port of its `<address type='usb' bus port>`
+/// (port `1.2`: port 2 of the hub on port 1), else on `usb0` where QEMU finds room.
+fn usb_placed(dev: DeviceProps, addr: Option<&Element>) -> Result<DeviceProps> {
+    let bus = addr.and_then(|e| e.get_attr("bus")).unwrap_or("0");
+    let mut dev = dev.str(
+        "bus",
+        format!("usb{}.0", qemu_opt_value("usb address bus", bus)?),
+    );
+    if let Some(p) = addr.and_then(|e| e.get_attr("port")) {
+        dev = dev.str("port", qemu_opt_value("usb address port", p)?);
+    }
+    Ok(dev)
+}
+
+/// USB hubs, before the devices on their ports.
+pub(super) fn hubs(a: &mut Argv, dom: &Domain) -> Result<()> {
+    for (i, h) in dom.devices.hubs.iter().enumerate() {
+        let addr = match &h.address {
+            Some(Address::Other(e)) if e.get_attr("type") == Some("usb") => Some(e),
+            None => None,
+            Some(_) => return Err(unsupported("hub/address", "usb", "expected a USB address")),
+        };
+        a.device(&usb_placed(
+            DeviceProps::new("usb-hub").str("id", format!("hub{i}")),
+            addr,
+        )?)?;
+    }
+    Ok(())
+}
+
+/// pvpanic on the ISA bus (`iobase`, default 0x505).
+pub(super) fn panics(a: &mut Argv, dom: &Domain) -> Result<()> {
+    for p in &dom.devices.panics {
+        let mut dev = DeviceProps::new("pvpanic");
+        match &p.address {
+            None => {}
+            Some(Address::Other(e)) if e.get_attr("type") == Some("isa") => {
+                if let Some(io) = e.get_attr("iobase") {
+                    let v = io
+                        .strip_prefix("0x")
+                        .map_or_else(|| io.parse(), |h| u64::from_str_radix(h, 16))
+                        .map_err(|_| unsupported("panic/address iobase", io, "not a number"))?;
+                    dev = dev.hex("ioport", v);
+                }
+            }
+            Some(_) => {
+                return Err(unsupported(
+                    "panic/address",
+                    "isa",
+                    "expected an ISA address",
+                ))
+            }
+        }
+        a.device(&dev)?;
+    }
+    Ok(())
 }
 
 pub(super) fn watchdogs(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {

@@ -196,12 +196,14 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     disks::disks(&mut a, dom, ctx, &buses)?;
     net::nics(&mut a, dom, ctx, &buses)?;
     chardevs::chardevs(&mut a, dom, ctx)?;
-    misc::inputs(&mut a, dom)?;
-    graphics::graphics(&mut a, dom)?;
+    misc::hubs(&mut a, dom)?;
+    misc::inputs(&mut a, dom, &buses)?;
+    graphics::graphics(&mut a, dom, ctx)?;
     graphics::videos(&mut a, dom, &buses)?;
     graphics::sounds(&mut a, dom, &buses)?;
     graphics::redirdevs(&mut a, dom)?;
     misc::watchdogs(&mut a, dom, &buses)?;
+    misc::panics(&mut a, dom)?;
     tpm::tpm(&mut a, dom, ctx)?;
     hostdev::hostdevs(&mut a, dom, &buses)?;
     misc::rngs(&mut a, dom, &buses)?;
@@ -217,9 +219,19 @@ fn refuse_untyped(dom: &Domain) -> Result<()> {
         return Err(unsupported(&o.name, "", "not implemented"));
     }
     if let Some(o) = dom.devices.other.first() {
+        // A typed kind kept whole because of a child its model does not honour.
+        if let Ok(Some(child)) = crate::xml::dropped_child(o) {
+            return Err(unsupported(
+                &format!("{}/{child}", o.name),
+                o.get_attr("type")
+                    .or_else(|| o.get_attr("model"))
+                    .unwrap_or_default(),
+                "not implemented",
+            ));
+        }
         return Err(unsupported(
             &o.name,
-            "",
+            o.get_attr("type").unwrap_or_default(),
             "this device type is not implemented",
         ));
     }

@@ -77,6 +77,10 @@ pub(super) fn nic_props(i: usize, nic: &Interface, buses: &PciBuses) -> Result<D
         "e1000" => "e1000",
         "e1000e" => "e1000e",
         "rtl8139" => "rtl8139",
+        "virtio-transitional" => "virtio-net-pci-transitional",
+        "virtio-non-transitional" => "virtio-net-pci-non-transitional",
+        m @ ("ne2k_pci" | "pcnet" | "i82551" | "i82557b" | "i82559er" | "vmxnet3"
+        | "e1000-82544gc" | "e1000-82545em") => m,
         m => return Err(unsupported("interface model", m, "not implemented")),
     };
     let mac = nic

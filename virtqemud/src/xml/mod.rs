@@ -254,6 +254,9 @@ pub struct Cpu {
     pub topology: Option<Topology>,
     /// `<feature policy name/>` as (policy, name)
     pub features: Vec<(String, String)>,
+    /// Children this model does not type (`<numa>`, `<cache>`, `<vendor>`, ...): kept,
+    /// written back and refused at start by name.
+    pub other: Vec<Element>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -546,8 +549,10 @@ fn parse_cpu(el: &Element) -> Result<Cpu> {
             return Err(invalid("cpu/model", "value", m, "not a CPU model name"));
         }
     }
-    if mode == CpuMode::Custom && model.is_none() && el.first("topology").is_none() {
-        return Err(missing("cpu", "<model> for mode 'custom'"));
+    // A custom `<cpu>` may carry only topology or NUMA cells (the default model then);
+    // features need a model to apply to, as libvirt says.
+    if mode == CpuMode::Custom && model.is_none() && el.first("feature").is_some() {
+        return Err(missing("cpu", "<model> for the features of mode 'custom'"));
     }
     let topology = match el.first("topology") {
         None => None,
@@ -610,6 +615,11 @@ fn parse_cpu(el: &Element) -> Result<Cpu> {
             .map(str::to_owned),
         topology,
         features,
+        other: el
+            .elements()
+            .filter(|c| !matches!(c.name.as_str(), "model" | "topology" | "feature"))
+            .cloned()
+            .collect(),
     })
 }
 
@@ -787,11 +797,13 @@ fn parse_untyped(root: &Element) -> Result<Untyped> {
             None => other.push(e.clone()),
         }
     }
-    // The writer declares the namespace whenever there is a commandline.
+    // The writer declares the namespace whenever there is a commandline; the root's own
+    // `xmlns:qemu` (maybe another URI, the commandline declaring the real one on
+    // itself) would be a second declaration of the prefix. libvirt drops it too.
     let namespaces = match qemu_commandline {
         Some(_) => namespaces
             .into_iter()
-            .filter(|(k, v)| !(k == "xmlns:qemu" && v == QEMU_NS))
+            .filter(|(k, _)| k != "xmlns:qemu")
             .collect(),
         None => namespaces,
     };
@@ -899,7 +911,11 @@ impl Domain {
     /// addresses and PCI addresses. Idempotent.
     pub fn fill_defaults(&mut self, caps: &Caps) -> Result<()> {
         let arch = self.os.arch.get_or_insert_with(|| caps.arch.clone());
-        if *arch != caps.arch {
+        // qemu-system-x86_64's machines and devices are qemu-system-i386's too (one
+        // Debian package, one QEMU build): an i686 guest is defined against them and
+        // runs on the i386 emulator beside it, as libvirt's capabilities pair them.
+        let i686_on_x86_64 = arch == "i686" && caps.arch == "x86_64";
+        if *arch != caps.arch && !i686_on_x86_64 {
             return Err(DomainXmlError::unsupported(
                 "os/type arch",
                 arch,
@@ -937,7 +953,11 @@ impl Domain {
             }
         }
         if self.devices.emulator.is_none() {
-            self.devices.emulator = Some(caps.emulator.clone());
+            self.devices.emulator = Some(if i686_on_x86_64 {
+                caps.emulator.with_file_name("qemu-system-i386")
+            } else {
+                caps.emulator.clone()
+            });
         }
         if self.virt_type == VirtType::Kvm && !caps.kvm_usable {
             // Defining is allowed (libvirt checks at start); the runtime reports it then.
@@ -1009,6 +1029,8 @@ impl Domain {
                 c.push(
                     Element::with_text("model", m).attr_opt("fallback", cpu.fallback.as_deref()),
                 );
+            } else if let Some(f) = &cpu.fallback {
+                c.push(Element::new("model").attr("fallback", f));
             }
             if let Some(t) = cpu.topology {
                 c.push(
@@ -1026,6 +1048,8 @@ impl Domain {
                         .attr("name", name),
                 );
             }
+            c.children
+                .extend(cpu.other.iter().cloned().map(common::xml::Node::Element));
             root.push(c);
         }
         root = root

@@ -103,6 +103,22 @@ fn err(xml: &str) -> String {
     }
 }
 
+/// The argv builder's refusal of a document that defines.
+fn start_err(xml: &str) -> String {
+    let mut d = Domain::parse(xml).expect("defines");
+    d.fill_defaults(&fake()).expect("defaults");
+    let ctx = crate::command_line::LaunchContext::new(
+        "/usr/bin/qemu-system-x86_64".into(),
+        "/run/q.sock".into(),
+        "/run/q.pid".into(),
+        "/run".into(),
+    );
+    match crate::command_line::build(&d, &ctx) {
+        Ok(_) => panic!("started: {xml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
 #[test]
 fn errors_name_the_element_and_value() {
     let base = |body: &str| {
@@ -112,8 +128,13 @@ fn errors_name_the_element_and_value() {
     assert!(err("<domain type='qemu'><name>a/b</name><memory>1</memory></domain>").contains("a/b"));
     let e = err(&base("<vcpu>zero</vcpu>"));
     assert!(e.contains("vcpu") && e.contains("zero"), "{e}");
-    let e = err(&base("<devices><interface type='vhostuser'/></devices>"));
+    let e = err(&base("<devices><interface type='nonesuch'/></devices>"));
+    assert!(e.contains("interface") && e.contains("nonesuch"), "{e}");
+    // Kinds libvirt defines but this daemon cannot start are refused at start, by name.
+    let e = start_err(&base("<devices><interface type='vhostuser'/></devices>"));
     assert!(e.contains("interface") && e.contains("vhostuser"), "{e}");
+    let e = start_err(&base("<devices><graphics type='rdp'/></devices>"));
+    assert!(e.contains("graphics") && e.contains("rdp"), "{e}");
     let e = err(&base(
         "<devices><disk type='network'><target dev='vda'/></disk></devices>",
     ));
@@ -133,10 +154,10 @@ fn errors_name_the_element_and_value() {
     let e = err(&base("<devices><disk type='file'><source file='/a'/><target dev='vda'/></disk><disk type='file'><source file='/b'/><target dev='vda'/></disk></devices>"));
     assert!(e.contains("vda") && e.contains("twice"), "{e}");
     let v: common::error::VirError =
-        Domain::parse(&base("<devices><graphics type='rdp'/></devices>"))
+        Domain::parse(&base("<devices><graphics type='nonesuch'/></devices>"))
             .unwrap_err()
             .into();
-    assert!(v.to_string().contains("rdp"), "{v}");
+    assert!(v.to_string().contains("nonesuch"), "{v}");
 }
 
 #[test]

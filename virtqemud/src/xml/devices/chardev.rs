@@ -25,6 +25,87 @@ pub enum ChardevSource {
     },
     /// SPICE agent channel: parsed and kept, refused at launch (no SPICE here).
     SpiceVmc,
+    /// `type='tcp'`: `<source mode host service>`, `<protocol type='raw|telnet'>`,
+    /// `<reconnect enabled timeout>` on a connecting one.
+    Tcp {
+        host: Option<String>,
+        service: String,
+        listen: bool,
+        telnet: bool,
+        reconnect: Option<u32>,
+    },
+    /// `type='udp'`: the remote end (`mode='connect'`) and the optional local one.
+    Udp {
+        host: Option<String>,
+        service: String,
+        bind_host: Option<String>,
+        bind_service: Option<String>,
+    },
+    /// `type='dev'`: a host tty.
+    Dev(PathBuf),
+    /// `type='pipe'`: a named pipe (QEMU opens PATH.in/PATH.out, or PATH).
+    Pipe(PathBuf),
+}
+
+fn tcp_source(el: &Element) -> Result<ChardevSource> {
+    let s = el
+        .first("source")
+        .ok_or_else(|| missing(&el.name, "<source service> for type 'tcp'"))?;
+    let listen = match s.get_attr("mode").unwrap_or("connect") {
+        "bind" => true,
+        "connect" => false,
+        m => {
+            return Err(invalid(
+                "source",
+                "attribute 'mode'",
+                m,
+                "expected bind or connect",
+            ))
+        }
+    };
+    let telnet = match el.first("protocol").and_then(|p| p.get_attr("type")) {
+        None | Some("raw") => false,
+        Some("telnet") => true,
+        Some(p) => {
+            return Err(DomainXmlError::unsupported(
+                "protocol type",
+                p,
+                "expected raw or telnet",
+            ))
+        }
+    };
+    let reconnect = match s.first("reconnect") {
+        Some(r) if r.get_attr("enabled") == Some("yes") => {
+            Some(r.parse_attr::<u32>("timeout")?.unwrap_or(0))
+        }
+        _ => None,
+    };
+    Ok(ChardevSource::Tcp {
+        host: s.get_attr("host").map(str::to_owned),
+        service: s.req_attr("service")?.to_owned(),
+        listen,
+        telnet,
+        reconnect,
+    })
+}
+
+fn udp_source(el: &Element) -> Result<ChardevSource> {
+    let mut remote = None;
+    let mut local = None;
+    for s in el.elements().filter(|s| s.name == "source") {
+        if s.get_attr("mode") == Some("bind") {
+            local = Some(s);
+        } else {
+            remote = Some(s);
+        }
+    }
+    let r = remote.ok_or_else(|| missing(&el.name, "<source mode='connect'> for type 'udp'"))?;
+    Ok(ChardevSource::Udp {
+        host: r.get_attr("host").map(str::to_owned),
+        service: r.req_attr("service")?.to_owned(),
+        bind_host: local.and_then(|l| l.get_attr("host")).map(str::to_owned),
+        bind_service: local.and_then(|l| l.get_attr("service")).map(str::to_owned),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +117,11 @@ pub struct Chardev {
     pub target_port: Option<u32>,
     /// channel: `org.qemu.guest_agent.0`
     pub target_name: Option<String>,
+    /// `<target><model name>`: the serial device (`isa-serial`), as libvirt fills it.
+    pub target_model: Option<String>,
+    /// Children not handled (`<address>`, `<log>`, ...): kept, written back, refused at
+    /// start by name (a virtio-serial address the command line gives anyway aside).
+    pub unhandled: Vec<Element>,
 }
 
 impl Chardev {
@@ -78,11 +164,22 @@ impl Chardev {
                 }
             }
             "spicevmc" => ChardevSource::SpiceVmc,
+            "tcp" => tcp_source(el)?,
+            "udp" => udp_source(el)?,
+            "dev" | "pipe" => {
+                let s = src.ok_or_else(|| missing(&el.name, "<source path>"))?;
+                let path = PathBuf::from(s.req_attr("path")?);
+                if ty == "dev" {
+                    ChardevSource::Dev(path)
+                } else {
+                    ChardevSource::Pipe(path)
+                }
+            }
             t => {
                 return Err(DomainXmlError::unsupported(
                     &format!("{} type", el.name),
                     t,
-                    "supported types are pty, null, file and unix",
+                    "supported types are pty, null, file, unix, tcp, udp, dev and pipe",
                 ))
             }
         };
@@ -110,6 +207,14 @@ impl Chardev {
                 .transpose()?
                 .flatten(),
             target_name,
+            target_model: target
+                .and_then(|t| t.first("model"))
+                .and_then(|m| m.get_attr("name"))
+                .map(str::to_owned),
+            unhandled: super::unhandled(
+                el,
+                &[&["source", "target", "protocol"][..], super::REGENERATED].concat(),
+            ),
         })
     }
 
@@ -147,23 +252,91 @@ impl Chardev {
                 ),
             ),
             ChardevSource::SpiceVmc => ("spicevmc", None),
+            ChardevSource::Dev(p) => (
+                "dev",
+                Some(Element::new("source").attr("path", path_text(p))),
+            ),
+            ChardevSource::Pipe(p) => (
+                "pipe",
+                Some(Element::new("source").attr("path", path_text(p))),
+            ),
+            ChardevSource::Tcp {
+                host,
+                service,
+                listen,
+                telnet: _,
+                reconnect,
+            } => (
+                "tcp",
+                Some(
+                    Element::new("source")
+                        .attr("mode", if *listen { "bind" } else { "connect" })
+                        .attr_opt("host", host.as_deref())
+                        .attr("service", service)
+                        .child_opt(reconnect.map(|t| {
+                            Element::new("reconnect")
+                                .attr("enabled", "yes")
+                                .attr("timeout", t)
+                        })),
+                ),
+            ),
+            ChardevSource::Udp { .. } => ("udp", None),
         };
+        let mut extra = Vec::new();
+        match &self.source {
+            ChardevSource::Tcp { telnet, .. } => extra.push(
+                Element::new("protocol").attr("type", if *telnet { "telnet" } else { "raw" }),
+            ),
+            ChardevSource::Udp {
+                host,
+                service,
+                bind_host,
+                bind_service,
+            } => {
+                if bind_host.is_some() || bind_service.is_some() {
+                    extra.push(
+                        Element::new("source")
+                            .attr("mode", "bind")
+                            .attr_opt("host", bind_host.as_deref())
+                            .attr_opt("service", bind_service.as_deref()),
+                    );
+                }
+                extra.push(
+                    Element::new("source")
+                        .attr("mode", "connect")
+                        .attr_opt("host", host.as_deref())
+                        .attr("service", service),
+                );
+            }
+            _ => {}
+        }
         let target = if self.target_type.is_some()
             || self.target_port.is_some()
             || self.target_name.is_some()
+            || self.target_model.is_some()
         {
             Some(
                 Element::new("target")
                     .attr_opt("type", self.target_type.as_deref())
                     .attr_opt("name", self.target_name.as_deref())
-                    .attr_opt("port", self.target_port),
+                    .attr_opt("port", self.target_port)
+                    .child_opt(
+                        self.target_model
+                            .as_deref()
+                            .map(|m| Element::new("model").attr("name", m)),
+                    ),
             )
         } else {
             None
         };
-        Element::new(name)
-            .attr("type", ty)
-            .child_opt(src)
-            .child_opt(target)
+        let mut el = Element::new(name).attr("type", ty).child_opt(src);
+        for e in extra {
+            el.push(e);
+        }
+        let mut el = el.child_opt(target);
+        for e in &self.unhandled {
+            el.push(e.clone());
+        }
+        el
     }
 }

@@ -21,6 +21,9 @@ pub struct Controller {
     pub target_port: Option<u32>,
     /// `ports=` of a USB controller.
     pub ports: Option<u32>,
+    /// `<master startport=>` of a USB companion controller (`ich9-uhci1` beside its
+    /// `ich9-ehci1`): it shares its master's index.
+    pub master_startport: Option<u32>,
     /// Children not handled (`<driver>`, `<master>`, ...): kept, refused at start.
     pub unhandled: Vec<Element>,
 }
@@ -46,6 +49,7 @@ impl Controller {
             target_chassis: None,
             target_port: None,
             ports: None,
+            master_startport: None,
             unhandled: Vec::new(),
         }
     }
@@ -70,10 +74,14 @@ impl Controller {
             },
             target_port: num("port")?,
             ports: el.parse_attr::<u32>("ports")?,
+            master_startport: match el.first("master") {
+                Some(m) => Some(parse_num(m, "startport")?),
+                None => None,
+            },
             // `<model name>` repeats what the model attribute says; libvirt fills it.
             unhandled: unhandled(
                 el,
-                &[&["address", "target", "model"][..], REGENERATED].concat(),
+                &[&["address", "target", "model", "master"][..], REGENERATED].concat(),
             ),
         })
     }
@@ -96,10 +104,18 @@ impl Controller {
                     .attr_opt("port", self.target_port.map(|p| format!("0x{p:x}"))),
             );
         }
+        if let Some(p) = self.master_startport {
+            el.push(Element::new("master").attr("startport", p));
+        }
         el.children
             .extend(self.unhandled.iter().cloned().map(Node::Element));
         push_addr(&mut el, &self.address);
         el
+    }
+
+    /// A USB companion controller: it shares its master's index.
+    pub fn is_usb_companion(&self) -> bool {
+        self.kind == "usb" && self.master_startport.is_some()
     }
 
     /// A PCI bridge or root port: it makes bus `index`.
@@ -126,8 +142,26 @@ impl Devices {
     /// Gives controllers written without an index the next free one of their type, as
     /// libvirt does; PCI index 0 is the root bus's. Indexes must be unique per type.
     pub(super) fn number_controllers(&mut self) -> Result<()> {
+        // An ich9-uhciN written without `<master>` beside a master of its index is that
+        // master's companion on ports 2(N-1)..: libvirt's implicit startport.
+        let masters: BTreeSet<u32> = self
+            .controllers
+            .iter()
+            .filter(|c| c.kind == "usb" && !c.model.as_deref().is_some_and(is_ich9_uhci))
+            .map(|c| c.index)
+            .collect();
+        for c in &mut self.controllers {
+            let n = c.model.as_deref().and_then(|m| m.strip_prefix("ich9-uhci"));
+            if let (Some(n), None, true) = (n, c.master_startport, masters.contains(&c.index)) {
+                c.master_startport = n.parse::<u32>().ok().map(|n| 2 * n.saturating_sub(1));
+            }
+        }
         let mut taken: BTreeSet<(String, u32)> = BTreeSet::new();
-        for c in self.controllers.iter().filter(|c| c.index != UNNUMBERED) {
+        for c in self
+            .controllers
+            .iter()
+            .filter(|c| c.index != UNNUMBERED && !c.is_usb_companion())
+        {
             if !taken.insert((c.kind.clone(), c.index)) {
                 return Err(invalid(
                     "controller",
@@ -178,6 +212,13 @@ impl Devices {
             self.controllers
                 .push(Controller::new("scsi", 0, Some("virtio-scsi")));
         }
+        // i440fx has no SATA: libvirt adds an AHCI controller (ich9-ahci) for SATA disks.
+        if !q35
+            && !has(&self.controllers, "sata")
+            && self.disks.iter().any(|d| d.bus == Some(DiskBus::Sata))
+        {
+            self.controllers.push(Controller::new("sata", 0, None));
+        }
         if !has(&self.controllers, "virtio-serial") && !self.channels.is_empty() {
             self.controllers
                 .push(Controller::new("virtio-serial", 0, None));
@@ -185,26 +226,73 @@ impl Devices {
         for c in &self.controllers {
             if c.kind == "usb" {
                 if let Some(m) = &c.model {
-                    if !matches!(
-                        m.as_str(),
-                        "qemu-xhci" | "nec-xhci" | "ich9-ehci1" | "piix3-uhci" | "none"
-                    ) {
+                    if usb_device(m).is_none() && m != "none" {
                         return Err(DomainXmlError::unsupported(
                             "controller usb model",
                             m,
-                            "expected qemu-xhci, nec-xhci, piix3-uhci or none",
+                            format!("expected none or one of {}", model_names(USB_MODELS)),
                         ));
                     }
                 }
             }
-            if c.kind == "scsi" && c.model.as_deref().is_some_and(|m| m != "virtio-scsi") {
-                return Err(DomainXmlError::unsupported(
-                    "controller scsi model",
-                    c.model.as_deref().unwrap_or(""),
-                    "only virtio-scsi",
-                ));
+            if let Some(m) = c.model.as_deref().filter(|_| c.kind == "scsi") {
+                if scsi_device(m).is_none() {
+                    return Err(DomainXmlError::unsupported(
+                        "controller scsi model",
+                        m,
+                        format!("expected one of {}", model_names(SCSI_MODELS)),
+                    ));
+                }
             }
         }
         Ok(())
     }
+}
+
+/// libvirt's USB controller models and QEMU's device for each.
+const USB_MODELS: &[(&str, &str)] = &[
+    ("qemu-xhci", "qemu-xhci"),
+    ("nec-xhci", "nec-usb-xhci"),
+    ("piix3-uhci", "piix3-usb-uhci"),
+    ("piix4-uhci", "piix4-usb-uhci"),
+    ("ich9-ehci1", "ich9-usb-ehci1"),
+    ("ich9-uhci1", "ich9-usb-uhci1"),
+    ("ich9-uhci2", "ich9-usb-uhci2"),
+    ("ich9-uhci3", "ich9-usb-uhci3"),
+    ("vt82c686b-uhci", "vt82c686b-usb-uhci"),
+    ("pci-ohci", "pci-ohci"),
+];
+
+/// libvirt's SCSI controller models and QEMU's device for each (the x86 ones).
+const SCSI_MODELS: &[(&str, &str)] = &[
+    ("virtio-scsi", "virtio-scsi-pci"),
+    ("virtio-transitional", "virtio-scsi-pci-transitional"),
+    (
+        "virtio-non-transitional",
+        "virtio-scsi-pci-non-transitional",
+    ),
+    ("lsilogic", "lsi53c895a"),
+    ("lsisas1068", "mptsas1068"),
+    ("lsisas1078", "megasas-gen2"),
+    ("vmpvscsi", "pvscsi"),
+    ("am53c974", "am53c974"),
+    ("dc390", "dc390"),
+];
+
+fn model_names(models: &[(&str, &str)]) -> String {
+    models.iter().map(|m| m.0).collect::<Vec<_>>().join(", ")
+}
+
+/// QEMU's device for a libvirt USB controller model.
+pub fn usb_device(model: &str) -> Option<&'static str> {
+    USB_MODELS.iter().find(|m| m.0 == model).map(|m| m.1)
+}
+
+/// QEMU's device for a libvirt SCSI controller model.
+pub fn scsi_device(model: &str) -> Option<&'static str> {
+    SCSI_MODELS.iter().find(|m| m.0 == model).map(|m| m.1)
+}
+
+fn is_ich9_uhci(model: &str) -> bool {
+    model.starts_with("ich9-uhci")
 }

@@ -13,7 +13,65 @@ use super::{addr_of, boot_of, path_text, push_addr, unhandled, Address, Devices,
 pub enum DiskSource {
     File(PathBuf),
     Block(PathBuf),
-    Volume { pool: String, volume: String },
+    Volume {
+        pool: String,
+        volume: String,
+    },
+    /// `type='network'`: QEMU's own block drivers (nbd, http, iscsi, ...). The
+    /// `<source>` is kept as written (its `<auth>`, `<tls>`, ... children come back
+    /// unchanged); protocol, name and hosts are read from it.
+    Network {
+        protocol: String,
+        name: Option<String>,
+        hosts: Vec<NetHost>,
+        source: Element,
+    },
+    /// `type='nvme'`, `'dir'`, `'vhostuser'`: defined and written back as they came;
+    /// the command line builder refuses them by name.
+    Other(Element),
+}
+
+/// One `<source><host>` of a network disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetHost {
+    /// `tcp` (default), `unix`, `rdma`
+    pub transport: String,
+    pub name: Option<String>,
+    pub port: Option<String>,
+    pub socket: Option<String>,
+}
+
+/// The protocols libvirt knows for `<disk type='network'>`.
+const NET_PROTOCOLS: &[&str] = &[
+    "nbd", "rbd", "sheepdog", "gluster", "iscsi", "http", "https", "ftp", "ftps", "tftp", "ssh",
+    "vxhs", "nfs",
+];
+
+fn network_source(s: &Element) -> Result<DiskSource> {
+    let protocol = s.req_attr("protocol")?.to_owned();
+    if !NET_PROTOCOLS.contains(&protocol.as_str()) {
+        return Err(DomainXmlError::unsupported(
+            "disk source protocol",
+            &protocol,
+            format!("expected one of {}", NET_PROTOCOLS.join(", ")),
+        ));
+    }
+    let hosts = s
+        .elements()
+        .filter(|h| h.name == "host")
+        .map(|h| NetHost {
+            transport: h.get_attr("transport").unwrap_or("tcp").to_owned(),
+            name: h.get_attr("name").map(str::to_owned),
+            port: h.get_attr("port").map(str::to_owned),
+            socket: h.get_attr("socket").map(str::to_owned),
+        })
+        .collect();
+    Ok(DiskSource::Network {
+        protocol,
+        name: s.get_attr("name").map(str::to_owned),
+        hosts,
+        source: s.clone(),
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +79,8 @@ pub enum DiskDevice {
     Disk,
     Cdrom,
     Floppy,
+    /// A SCSI LUN passed through (`scsi-block`).
+    Lun,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,11 +155,12 @@ impl Disk {
             "disk" => DiskDevice::Disk,
             "cdrom" => DiskDevice::Cdrom,
             "floppy" => DiskDevice::Floppy,
+            "lun" => DiskDevice::Lun,
             d => {
                 return Err(DomainXmlError::unsupported(
                     "disk device",
                     d,
-                    "expected disk, cdrom or floppy",
+                    "expected disk, cdrom, floppy or lun",
                 ))
             }
         };
@@ -115,19 +176,19 @@ impl Disk {
                 pool: s.req_attr("pool")?.to_owned(),
                 volume: s.req_attr("volume")?.to_owned(),
             }),
-            ("file" | "block" | "volume", None) => None,
-            (t, _) => {
-                return Err(DomainXmlError::unsupported(
-                    "disk type",
-                    t,
-                    "supported disk types are file, block and volume",
-                ))
-            }
+            ("network", Some(s)) => Some(network_source(s)?),
+            ("nvme" | "dir" | "vhostuser", Some(s)) => Some(DiskSource::Other(s.clone())),
+            ("file" | "block" | "volume" | "network", None) => None,
+            (t, _) => return Err(DomainXmlError::unsupported(
+                "disk type",
+                t,
+                "supported disk types are file, block, volume, network, nvme, dir and vhostuser",
+            )),
         };
-        if source.is_none() && device == DiskDevice::Disk {
+        if source.is_none() && matches!(device, DiskDevice::Disk | DiskDevice::Lun) {
             return Err(missing(
                 "disk",
-                "<source> (only cdrom and floppy may be empty)",
+                &format!("<source> of type '{source_type}' (only cdrom and floppy may be empty)"),
             ));
         }
         let driver = match el.first("driver") {
@@ -190,6 +251,7 @@ impl Disk {
                 DiskDevice::Disk => "disk",
                 DiskDevice::Cdrom => "cdrom",
                 DiskDevice::Floppy => "floppy",
+                DiskDevice::Lun => "lun",
             },
         );
         let d = &self.driver;
@@ -217,6 +279,9 @@ impl Disk {
                     .attr("pool", pool)
                     .attr("volume", volume),
             ),
+            Some(DiskSource::Network { source, .. }) | Some(DiskSource::Other(source)) => {
+                el.push(source.clone())
+            }
             None => {}
         }
         el.push(
@@ -260,7 +325,7 @@ impl DiskDriver {
         if let Some(f) = &format {
             if !matches!(
                 f.as_str(),
-                "raw" | "qcow2" | "qed" | "vmdk" | "vdi" | "vpc" | "vhdx"
+                "raw" | "qcow2" | "qed" | "vmdk" | "vdi" | "vpc" | "vhdx" | "fat"
             ) {
                 return Err(DomainXmlError::unsupported(
                     "disk driver type",
@@ -385,13 +450,6 @@ impl Devices {
                     "disk target bus",
                     "ide",
                     "q35 has no IDE bus; use sata",
-                ));
-            }
-            if d.bus == Some(DiskBus::Sata) && !q35 {
-                return Err(DomainXmlError::unsupported(
-                    "disk target bus",
-                    "sata",
-                    "i440fx machines have no SATA controller here; use virtio or ide",
                 ));
             }
         }

@@ -1,10 +1,12 @@
 //! What the user sees and hears: `<graphics>` (VNC, SPICE), `<video>`, `<sound>`,
 //! `<audio>` backends and SPICE `<redirdev>` USB redirection.
 
+use std::path::PathBuf;
+
 use common::xml::Element;
 
 use super::super::{invalid, yes_no, yn, DomainXmlError, Result};
-use super::{addr_of, model_attr, push_addr, Address};
+use super::{addr_of, model_attr, path_text, push_addr, Address};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GraphicsKind {
@@ -32,6 +34,13 @@ pub struct Graphics {
     pub listen: Option<String>,
     /// The client's password; written back only for `VIR_DOMAIN_XML_SECURE`.
     pub passwd: Option<String>,
+    /// SPICE `<image compression>` (virt-install writes `off`).
+    pub image_compression: Option<String>,
+    /// `<listen type='socket' socket=PATH>`: a UNIX socket instead of TCP (`None`
+    /// inside: one under the domain's runtime dir).
+    pub listen_socket: Option<Option<PathBuf>>,
+    /// `<listen type='none'/>`: no listener (clients through QMP only).
+    pub listen_none: bool,
 }
 
 /// `<audio id='N' type='none|spice'/>`: an audio backend sound devices play through.
@@ -130,11 +139,33 @@ impl Graphics {
             autoport,
             listen,
             passwd,
+            listen_socket: c
+                .elements()
+                .find(|l| l.name == "listen" && l.get_attr("type") == Some("socket"))
+                .map(|l| l.get_attr("socket").map(PathBuf::from)),
+            listen_none: c
+                .elements()
+                .any(|l| l.name == "listen" && l.get_attr("type") == Some("none")),
+            image_compression: match c.first("image").and_then(|i| i.get_attr("compression")) {
+                Some(m @ ("auto_glz" | "auto_lz" | "quic" | "glz" | "lz" | "off")) => {
+                    Some(m.to_owned())
+                }
+                Some(m) => {
+                    return Err(invalid(
+                        "graphics/image",
+                        "attribute 'compression'",
+                        m,
+                        "expected auto_glz, auto_lz, quic, glz, lz or off",
+                    ))
+                }
+                None => None,
+            },
         })
     }
 
     /// `secure`: include the password (`VIR_DOMAIN_XML_SECURE`, and our files).
     pub(super) fn to_element(&self, secure: bool) -> Element {
+        // libvirt writes the address both ways.
         Element::new("graphics")
             .attr("type", self.kind.as_str())
             .attr_opt("port", self.port)
@@ -142,6 +173,25 @@ impl Graphics {
             .attr("autoport", yn(self.autoport))
             .attr_opt("listen", self.listen.as_deref())
             .attr_opt("passwd", self.passwd.as_deref().filter(|_| secure))
+            .child_opt(self.listen.as_deref().map(|l| {
+                Element::new("listen")
+                    .attr("type", "address")
+                    .attr("address", l)
+            }))
+            .child_opt(self.listen_socket.as_ref().map(|s| {
+                Element::new("listen")
+                    .attr("type", "socket")
+                    .attr_opt("socket", s.as_deref().map(path_text))
+            }))
+            .child_opt(
+                self.listen_none
+                    .then(|| Element::new("listen").attr("type", "none")),
+            )
+            .child_opt(
+                self.image_compression
+                    .as_deref()
+                    .map(|m| Element::new("image").attr("compression", m)),
+            )
     }
 }
 
@@ -227,12 +277,19 @@ impl Video {
 }
 
 impl Sound {
+    /// A PCI sound card (`sb16` and `pcspk` are ISA, `usb` sits on USB).
+    pub fn is_pci(&self) -> bool {
+        !matches!(self.model.as_str(), "sb16" | "pcspk" | "usb")
+    }
+
     pub(super) fn parse(c: &Element) -> Result<Sound> {
         Ok(Sound {
             model: model_attr(
                 c,
                 "sound model",
-                &["ich6", "ich9", "ac97", "es1370"],
+                &[
+                    "ich6", "ich9", "ich7", "ac97", "es1370", "sb16", "pcspk", "usb",
+                ],
                 "ich6",
             )?,
             address: addr_of(c)?,

@@ -14,6 +14,8 @@ pub struct Input {
     pub kind: String,
     /// `usb`, `ps2`, `virtio`
     pub bus: String,
+    /// A USB port (`Address::Other` type usb) or a PCI slot (virtio).
+    pub address: Option<Address>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,13 +76,16 @@ impl Input {
         Ok(Input {
             kind: kind.to_owned(),
             bus: bus.to_owned(),
+            address: addr_of(c)?,
         })
     }
 
     pub(super) fn to_element(&self) -> Element {
-        Element::new("input")
+        let mut e = Element::new("input")
             .attr("type", &self.kind)
-            .attr("bus", &self.bus)
+            .attr("bus", &self.bus);
+        push_addr(&mut e, &self.address);
+        e
     }
 }
 
@@ -242,5 +247,47 @@ impl Tpm {
             b.push(Element::new("device").attr("path", path_text(p)));
         }
         Element::new("tpm").attr("model", &self.model).child(b)
+    }
+}
+
+/// `<hub type='usb'>`: a USB hub, on the port its `<address type='usb'>` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hub {
+    pub address: Option<Address>,
+}
+
+impl Hub {
+    pub(super) fn parse(c: &Element) -> Result<Hub> {
+        Ok(Hub {
+            address: addr_of(c)?,
+        })
+    }
+
+    pub(super) fn to_element(&self) -> Element {
+        let mut e = Element::new("hub").attr("type", "usb");
+        push_addr(&mut e, &self.address);
+        e
+    }
+}
+
+/// `<panic model='isa'>`: the pvpanic ISA device (at its `<address type='isa' iobase>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Panic {
+    pub model: Option<String>,
+    pub address: Option<Address>,
+}
+
+impl Panic {
+    pub(super) fn parse(c: &Element) -> Result<Panic> {
+        Ok(Panic {
+            model: c.get_attr("model").map(str::to_owned),
+            address: addr_of(c)?,
+        })
+    }
+
+    pub(super) fn to_element(&self) -> Element {
+        let mut e = Element::new("panic").attr_opt("model", self.model.as_deref());
+        push_addr(&mut e, &self.address);
+        e
     }
 }

@@ -22,13 +22,13 @@ use super::{invalid, DomainXmlError, Result};
 use address::{addr_of, parse_num, push_addr};
 pub use address::{Address, PciAddr};
 pub use chardev::{Chardev, ChardevSource};
-pub use controller::{Controller, PCI_BRIDGES};
-pub use disk::{Disk, DiskBus, DiskDevice, DiskDriver, DiskSource};
+pub use controller::{scsi_device, usb_device, Controller, PCI_BRIDGES};
+pub use disk::{Disk, DiskBus, DiskDevice, DiskDriver, DiskSource, NetHost};
 pub use graphics::{Audio, Graphics, GraphicsKind, Redirdev, Sound, Video};
 pub use hostdev::Hostdev;
 pub(crate) use interface::check_ifname;
 pub use interface::{Interface, InterfaceKind, Mac};
-pub use misc::{Input, Memballoon, Rng, Tpm, Watchdog};
+pub use misc::{Hub, Input, Memballoon, Panic, Rng, Tpm, Watchdog};
 
 fn boot_of(el: &Element) -> Result<Option<u32>> {
     match el.first("boot") {
@@ -81,6 +81,8 @@ pub struct Devices {
     pub rngs: Vec<Rng>,
     pub memballoon: Option<Memballoon>,
     pub watchdogs: Vec<Watchdog>,
+    pub hubs: Vec<Hub>,
+    pub panics: Vec<Panic>,
     pub tpms: Vec<Tpm>,
     pub hostdevs: Vec<Hostdev>,
     /// Devices this model does not type, kept verbatim and NOT given to QEMU; the
@@ -104,10 +106,137 @@ fn model_attr(el: &Element, element: &str, allowed: &[&str], default: &str) -> R
     Ok(m.to_owned())
 }
 
+/// Chardev source types libvirt knows that this model does not type.
+const UNTYPED_CHARDEVS: &[&str] = &["stdio", "vc", "spiceport", "dbus", "nmdm", "qemu-vdagent"];
+
+/// A device of a kind libvirt defines but this model does not type (graphics `sdl`,
+/// hostdev `usb`, interface `direct`, chardev `tcp`, ...): it is defined and written
+/// back verbatim in [`Devices::other`], and the command line refuses it by name at
+/// start. Values libvirt itself does not know stay errors of the typed parsers.
+fn untyped_kind(c: &Element, d: &Devices) -> bool {
+    let ty = c.get_attr("type").unwrap_or("");
+    match c.name.as_str() {
+        "graphics" => matches!(ty, "sdl" | "egl-headless" | "dbus" | "rdp" | "desktop"),
+        "hostdev" => {
+            c.get_attr("mode").unwrap_or("subsystem") != "subsystem"
+                || matches!(ty, "usb" | "scsi" | "scsi_host" | "mdev")
+        }
+        "interface" => matches!(
+            ty,
+            "direct"
+                | "vhostuser"
+                | "server"
+                | "client"
+                | "mcast"
+                | "udp"
+                | "hostdev"
+                | "vdpa"
+                | "null"
+                | "vds"
+                | "internal"
+        ),
+        "serial" | "console" | "channel" | "parallel" => {
+            UNTYPED_CHARDEVS.contains(&ty)
+                // A second console (virtio consoles beyond the first).
+                || (c.name == "console" && !d.consoles.is_empty())
+                || (c.name == "channel"
+                    && c.first("target").and_then(|t| t.get_attr("type")) == Some("guestfwd"))
+        }
+        "input" => matches!(ty, "passthrough" | "evdev"),
+        "rng" => c
+            .first("backend")
+            .and_then(|b| b.get_attr("model"))
+            .is_some_and(|m| matches!(m, "egd" | "builtin")),
+        _ => false,
+    }
+}
+
+/// The child element paths (`listen`, `model/acceleration`) of `el`, without the
+/// children libvirt makes again.
+fn child_paths(el: &Element) -> BTreeSet<String> {
+    fn walk(el: &Element, prefix: &str, out: &mut BTreeSet<String>) {
+        for c in el
+            .elements()
+            .filter(|c| !REGENERATED.contains(&c.name.as_str()))
+        {
+            let p = if prefix.is_empty() {
+                c.name.clone()
+            } else {
+                format!("{prefix}/{}", c.name)
+            };
+            walk(c, &p, out);
+            out.insert(p);
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(el, "", &mut out);
+    out
+}
+
+/// The device as its typed model writes it back; `None` for the kinds that keep what
+/// they do not type themselves (disks, NICs, controllers) or are not typed at all.
+fn typed_form(c: &Element) -> Result<Option<Element>> {
+    Ok(Some(match c.name.as_str() {
+        "graphics" => Graphics::parse(c)?.to_element(true),
+        "video" => Video::parse(c)?.to_element(),
+        "sound" => Sound::parse(c)?.to_element(),
+        "input" => Input::parse(c)?.to_element(),
+        "rng" => Rng::parse(c)?.to_element(),
+        "memballoon" => Memballoon::parse(c)?.to_element(),
+        "watchdog" => Watchdog::parse(c)?.to_element(),
+        "hub" => Hub::parse(c)?.to_element(),
+        "panic" => Panic::parse(c)?.to_element(),
+        "tpm" => Tpm::parse(c)?.to_element(),
+        "hostdev" => Hostdev::parse(c)?.to_element(),
+        "serial" | "console" => Chardev::parse(c)?.to_element(&c.name),
+        "channel" => Chardev::parse_channel(c)?.to_element("channel"),
+        _ => return Ok(None),
+    }))
+}
+
+/// The first child (path) of a device that its typed model would drop: such a device
+/// is kept verbatim instead and refused at start by that name, so that nothing in a
+/// definition is silently ignored. `<driver name='vfio'/>` on a PCI hostdev is what
+/// runs anyway.
+pub fn dropped_child(c: &Element) -> Result<Option<String>> {
+    let Some(typed) = typed_form(c)? else {
+        return Ok(None);
+    };
+    let kept = child_paths(&typed);
+    let live_pty_path = |p: &str| p == "source" && c.get_attr("type").unwrap_or("pty") == "pty";
+    // `<listen type='address'/>` without an address is the default listen address
+    // (virt-manager writes it); with one, the typed model writes it back.
+    let default_listen = |p: &str| {
+        p == "listen"
+            && c.elements()
+                .filter(|l| l.name == "listen")
+                .all(|l| l.get_attr("type").unwrap_or("address") == "address")
+    };
+    let vfio = |p: &str| {
+        c.name == "hostdev"
+            && p == "driver"
+            && c.first("driver").and_then(|d| d.get_attr("name")) == Some("vfio")
+    };
+    let chardev = matches!(c.name.as_str(), "serial" | "console" | "channel");
+    let excused = |p: &str| {
+        vfio(p)
+            // The pty a running guest got, in live XML; a new one is made at start.
+            || (chardev && live_pty_path(p))
+            || (c.name == "graphics" && default_listen(p))
+    };
+    Ok(child_paths(c)
+        .into_iter()
+        .find(|p| !kept.contains(p) && !excused(p)))
+}
+
 impl Devices {
     pub(crate) fn parse(el: &Element) -> Result<Devices> {
         let mut d = Devices::default();
         for c in el.elements() {
+            if untyped_kind(c, &d) || dropped_child(c)?.is_some() {
+                d.other.push(c.clone());
+                continue;
+            }
             match c.name.as_str() {
                 "emulator" => d.emulator = Some(PathBuf::from(c.text())),
                 "disk" => d.disks.push(Disk::parse(c)?),
@@ -134,6 +263,10 @@ impl Devices {
                 "rng" => d.rngs.push(Rng::parse(c)?),
                 "memballoon" => d.memballoon = Some(Memballoon::parse(c)?),
                 "watchdog" => d.watchdogs.push(Watchdog::parse(c)?),
+                "hub" if c.get_attr("type") == Some("usb") => d.hubs.push(Hub::parse(c)?),
+                "panic" if matches!(c.get_attr("model"), None | Some("isa")) => {
+                    d.panics.push(Panic::parse(c)?)
+                }
                 "tpm" => d.tpms.push(Tpm::parse(c)?),
                 "hostdev" => d.hostdevs.push(Hostdev::parse(c)?),
                 _ => d.other.push(c.clone()),
@@ -181,6 +314,8 @@ impl Devices {
                 .chain(self.audios.iter().map(Audio::to_element))
                 .chain(self.videos.iter().map(Video::to_element))
                 .chain(self.watchdogs.iter().map(Watchdog::to_element))
+                .chain(self.hubs.iter().map(Hub::to_element))
+                .chain(self.panics.iter().map(Panic::to_element))
                 .chain(self.tpms.iter().map(Tpm::to_element))
                 .chain(self.hostdevs.iter().map(Hostdev::to_element))
                 .chain(self.redirdevs.iter().map(Redirdev::to_element))

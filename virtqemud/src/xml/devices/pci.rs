@@ -15,6 +15,7 @@ impl Devices {
             .map(|c| &c.address)
             .chain(self.disks.iter().map(|x| &x.address))
             .chain(self.interfaces.iter().map(|x| &x.address))
+            .chain(self.inputs.iter().map(|x| &x.address))
             .chain(self.videos.iter().map(|x| &x.address))
             .chain(self.sounds.iter().map(|x| &x.address))
             .chain(self.watchdogs.iter().map(|x| &x.address))
@@ -26,10 +27,71 @@ impl Devices {
             .collect()
     }
 
-    /// Gives every PCI device without an address a slot on bus 0. On i440fx slot 1 is
-    /// the PIIX3 and slot 2 the primary video; on q35 slot 1 is the primary video and
-    /// 0x1f the ICH9. Devices go straight onto the root bus (integrated endpoints on q35).
+    /// Gives every PCI device without an address a slot on bus 0, then on the buses of
+    /// `pci-bridge`s when bus 0 is full. On i440fx, as libvirt does, the bridges that
+    /// addresses name and those more devices need are added.
     pub(super) fn assign_pci(&mut self, q35: bool) -> Result<()> {
+        if !q35 {
+            self.add_named_bridges();
+        }
+        for _ in 0..8 {
+            let before = self.clone();
+            match self.assign_pci_once(q35)? {
+                None => return Ok(()),
+                Some(left) if !q35 => {
+                    // Each new bridge takes one slot of bus 0 and offers 31.
+                    *self = before;
+                    for _ in 0..left.div_ceil(30).max(1) {
+                        let index = self.free_pci_index();
+                        self.controllers.push(super::Controller::new(
+                            "pci",
+                            index,
+                            Some("pci-bridge"),
+                        ));
+                    }
+                }
+                Some(_) => break,
+            }
+        }
+        Err(DomainXmlError::unsupported(
+            "devices",
+            "",
+            "more PCI devices than slots on bus 0 and its bridges",
+        ))
+    }
+
+    fn free_pci_index(&self) -> u32 {
+        let mut i = 1;
+        while self
+            .controllers
+            .iter()
+            .any(|c| c.kind == "pci" && c.index == i)
+        {
+            i += 1;
+        }
+        i
+    }
+
+    /// A `pci-bridge` for every bus from 1 to the highest an address names, where no
+    /// controller makes it yet (libvirt's auto-added bridges on i440fx).
+    fn add_named_bridges(&mut self) {
+        let Some(max) = self.pci_addresses().iter().map(|p| u32::from(p.bus)).max() else {
+            return;
+        };
+        for index in 1..=max {
+            if !self
+                .controllers
+                .iter()
+                .any(|c| c.kind == "pci" && c.index == index)
+            {
+                self.controllers
+                    .push(super::Controller::new("pci", index, Some("pci-bridge")));
+            }
+        }
+    }
+
+    /// One pass of [`Devices::assign_pci`]; `Some(n)`: `n` devices found no slot.
+    fn assign_pci_once(&mut self, q35: bool) -> Result<Option<usize>> {
         // Buses made by bridges and root ports (libvirt's dumpxml puts devices there).
         let bridges: std::collections::BTreeMap<u32, String> = self
             .controllers
@@ -45,7 +107,12 @@ impl Devices {
         let primary_video = if q35 { 1 } else { 2 };
         let mut videos = self.videos.iter_mut().filter(|v| v.model != "none");
         let first_video = videos.next();
-        for c in self.controllers.iter_mut().filter(|c| c.needs_pci_slot()) {
+        // q35's first SATA controller is the ICH9's own (0x1f.2); i440fx's is an AHCI card.
+        for c in self
+            .controllers
+            .iter_mut()
+            .filter(|c| c.needs_pci_slot() || (!q35 && c.kind == "sata"))
+        {
             slots.push(&mut c.address);
         }
         for d in self
@@ -61,7 +128,10 @@ impl Devices {
         for v in videos {
             slots.push(&mut v.address);
         }
-        for s in self.sounds.iter_mut() {
+        for i in self.inputs.iter_mut().filter(|i| i.bus == "virtio") {
+            slots.push(&mut i.address);
+        }
+        for s in self.sounds.iter_mut().filter(|s| s.is_pci()) {
             slots.push(&mut s.address);
         }
         for w in self.watchdogs.iter_mut().filter(|w| w.model == "i6300esb") {
@@ -84,52 +154,7 @@ impl Devices {
             .collect();
         for a in all {
             if let Some(p) = a.as_ref().and_then(Address::pci) {
-                let shown = format!(
-                    "{:04x}:{:02x}:{:02x}.{}",
-                    p.domain, p.bus, p.slot, p.function
-                );
-                if p.domain != 0 {
-                    return Err(DomainXmlError::unsupported(
-                        "address",
-                        &shown,
-                        "only PCI domain 0 is used here",
-                    ));
-                }
-                if p.bus != 0 {
-                    let Some(model) = bridges.get(&u32::from(p.bus)) else {
-                        return Err(invalid(
-                            "address",
-                            "bus",
-                            &shown,
-                            "no PCI bridge or root port controller has this index",
-                        ));
-                    };
-                    if model == "pcie-root-port" && p.slot != 0 {
-                        return Err(invalid(
-                            "address",
-                            "slot",
-                            &shown,
-                            "a pcie-root-port has one slot, 0",
-                        ));
-                    }
-                    if p.slot > 0x1f || !used_behind.insert((p.bus, p.slot, p.function)) {
-                        return Err(invalid(
-                            "address",
-                            "slot",
-                            &shown,
-                            "used by two devices or out of range",
-                        ));
-                    }
-                    continue;
-                }
-                if !used.insert((p.slot, p.function)) {
-                    return Err(invalid(
-                        "address",
-                        "slot",
-                        &format!("0x{:02x}.{}", p.slot, p.function),
-                        "used by two devices",
-                    ));
-                }
+                reserve(p, &bridges, &mut used, &mut used_behind)?;
             }
         }
         if let Some(a) = first_video_slot.as_mut() {
@@ -147,28 +172,97 @@ impl Devices {
         // Keep the primary video slot free either way, as libvirt does.
         used.insert((primary_video, 0));
         let mut next = 1u8;
-        for a in slots {
-            if a.is_some() {
+        // Slots 1 to 31 of each pci-bridge, for when bus 0 is full.
+        let mut behind = bridges
+            .iter()
+            .filter(|(_, m)| m.as_str() == "pci-bridge")
+            .filter_map(|(b, _)| u8::try_from(*b).ok())
+            .flat_map(|b| (1..=0x1fu8).map(move |s| (b, s)));
+        for i in 0..slots.len() {
+            if slots[i].is_some() {
                 continue;
             }
             while used.contains(&(next, 0)) || used.iter().any(|(s, _)| *s == next) {
                 next += 1;
             }
             if next > 0x1e {
-                return Err(DomainXmlError::unsupported(
-                    "devices",
-                    "",
-                    "more PCI devices than slots on bus 0",
-                ));
+                let Some((bus, slot)) = behind.find(|(b, s)| !used_behind.contains(&(*b, *s, 0)))
+                else {
+                    return Ok(Some(slots[i..].iter().filter(|a| a.is_none()).count()));
+                };
+                used_behind.insert((bus, slot, 0));
+                *slots[i] = Some(Address::Pci(PciAddr {
+                    domain: 0,
+                    bus,
+                    slot,
+                    function: 0,
+                }));
+                continue;
             }
             used.insert((next, 0));
-            *a = Some(Address::Pci(PciAddr {
+            *slots[i] = Some(Address::Pci(PciAddr {
                 domain: 0,
                 bus: 0,
                 slot: next,
                 function: 0,
             }));
         }
-        Ok(())
+        Ok(None)
     }
+}
+
+/// Marks an explicit address used, checked against the buses the bridges make.
+fn reserve(
+    p: PciAddr,
+    bridges: &std::collections::BTreeMap<u32, String>,
+    used: &mut BTreeSet<(u8, u8)>,
+    used_behind: &mut BTreeSet<(u8, u8, u8)>,
+) -> Result<()> {
+    let shown = format!(
+        "{:04x}:{:02x}:{:02x}.{}",
+        p.domain, p.bus, p.slot, p.function
+    );
+    if p.domain != 0 {
+        return Err(DomainXmlError::unsupported(
+            "address",
+            &shown,
+            "only PCI domain 0 is used here",
+        ));
+    }
+    if p.bus != 0 {
+        let Some(model) = bridges.get(&u32::from(p.bus)) else {
+            return Err(invalid(
+                "address",
+                "bus",
+                &shown,
+                "no PCI bridge or root port controller has this index",
+            ));
+        };
+        if model == "pcie-root-port" && p.slot != 0 {
+            return Err(invalid(
+                "address",
+                "slot",
+                &shown,
+                "a pcie-root-port has one slot, 0",
+            ));
+        }
+        if p.slot > 0x1f || !used_behind.insert((p.bus, p.slot, p.function)) {
+            return Err(invalid(
+                "address",
+                "slot",
+                &shown,
+                "used by two devices or out of range",
+            ));
+        }
+        return Ok(());
+    }
+    if !used.insert((p.slot, p.function)) {
+        return Err(invalid(
+            "address",
+            "slot",
+            &format!("0x{:02x}.{}", p.slot, p.function),
+            "used by two devices",
+        ));
+    }
+    Ok(())
 }
