@@ -625,3 +625,60 @@ macro_rules! runtime_conformance_tests {
         )*
     };
 }
+
+/// The upstream tarball of Debian 12's source package `package`, downloaded into `cache`
+/// (kept there for later runs) with `apt-get source --download-only`, a private deb-src
+/// list and private apt state, so the machine's apt setup is not touched. The tarball
+/// is all the tests need, so apt's status is not the judge (some mirrors lack the
+/// Debian part): a missing tarball is the error, with apt's words.
+pub fn debian_source_tarball(package: &str, cache: &Path) -> anyhow::Result<PathBuf> {
+    let find = || -> Option<PathBuf> {
+        std::fs::read_dir(cache)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with(&format!("{package}_")) && n.contains(".orig.tar.")
+                })
+            })
+    };
+    if let Some(t) = find() {
+        return Ok(t);
+    }
+    let apt = tempfile::tempdir()?;
+    let list = apt.path().join("sources.list");
+    std::fs::write(
+        &list,
+        "deb-src http://deb.debian.org/debian bookworm main\n",
+    )?;
+    std::fs::create_dir_all(apt.path().join("lists/partial"))?;
+    let opts = [
+        format!("-o=Dir::Etc::SourceList={}", list.display()),
+        "-o=Dir::Etc::SourceParts=/nonexistent".to_owned(),
+        format!(
+            "-o=Dir::State::Lists={}",
+            apt.path().join("lists").display()
+        ),
+        format!("-o=Dir::Cache={}", apt.path().join("cache").display()),
+    ];
+    let out = Command::new("apt-get").args(&opts).arg("update").output()?;
+    if !out.status.success() {
+        bail!(
+            "apt-get update (deb-src): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::create_dir_all(cache)?;
+    let out = Command::new("apt-get")
+        .args(&opts)
+        .args(["source", "--download-only", package])
+        .current_dir(cache)
+        .output()?;
+    find().with_context(|| {
+        format!(
+            "apt-get source {package} fetched no upstream tarball: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}

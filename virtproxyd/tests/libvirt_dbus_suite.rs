@@ -71,8 +71,8 @@ fn run(cmd: &mut Command) -> std::process::Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
-/// The unpacked source of Debian's libvirt-dbus: `apt-get source` with a private
-/// deb-src list and private apt state, so the machine's apt setup is not touched.
+/// The unpacked source of Debian's libvirt-dbus (see
+/// `common::harness::debian_source_tarball`).
 fn suite_source() -> PathBuf {
     if let Some(dir) = std::env::var_os("VIRT_LIBVIRT_DBUS_SRC") {
         return PathBuf::from(dir);
@@ -81,47 +81,8 @@ fn suite_source() -> PathBuf {
     if let Some(dir) = unpacked(&cache) {
         return dir;
     }
-    let apt = tempfile::tempdir().expect("tempdir");
-    let list = apt.path().join("sources.list");
-    std::fs::write(
-        &list,
-        "deb-src http://deb.debian.org/debian bookworm main\n",
-    )
-    .expect("list");
-    std::fs::create_dir_all(apt.path().join("lists/partial")).expect("lists");
-    let opts = [
-        format!("-o=Dir::Etc::SourceList={}", list.display()),
-        "-o=Dir::Etc::SourceParts=/nonexistent".to_owned(),
-        format!(
-            "-o=Dir::State::Lists={}",
-            apt.path().join("lists").display()
-        ),
-        format!("-o=Dir::Cache={}", apt.path().join("cache").display()),
-    ];
-    let out = run(Command::new("apt-get").args(&opts).arg("update"));
-    assert!(
-        out.status.success(),
-        "apt-get update (deb-src): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::create_dir_all(&cache).expect("cache folder");
-    // The upstream tarball is all the suite needs; a missing Debian part (some mirrors
-    // lack it) does not matter, so apt's status is not the judge: the tarball is.
-    let out = run(Command::new("apt-get")
-        .args(&opts)
-        .args(["source", "--download-only", "libvirt-dbus"])
-        .current_dir(&cache));
-    let tarball = std::fs::read_dir(&cache)
-        .expect("cache")
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().contains(".orig.tar."))
-        .unwrap_or_else(|| {
-            panic!(
-                "apt-get source libvirt-dbus fetched no upstream tarball: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+    let tarball = common::harness::debian_source_tarball("libvirt-dbus", &cache)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let out = run(Command::new("tar")
         .arg("xf")
         .arg(&tarball)

@@ -41,9 +41,8 @@ fn run(cmd: &mut Command) -> std::process::Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
-/// The unpacked test data of Debian 12's libvirt: `apt-get source --download-only` with
-/// a private deb-src list and private apt state (the machine's apt setup is not
-/// touched), then only the two parts this test reads are unpacked.
+/// The unpacked test data of Debian 12's libvirt (the tarball from
+/// `common::harness::debian_source_tarball`): only the two parts this test reads.
 fn libvirt_source() -> PathBuf {
     if let Some(dir) = std::env::var_os("VIRT_LIBVIRT_SRC") {
         return PathBuf::from(dir);
@@ -54,43 +53,15 @@ fn libvirt_source() -> PathBuf {
     if tree.join("tests/qemuxml2argvtest.c").exists() {
         return tree;
     }
-    let tarball = cache.join(format!("libvirt_{VERSION}.orig.tar.xz"));
-    if !tarball.exists() {
-        let apt = tempfile::tempdir().expect("tempdir");
-        let list = apt.path().join("sources.list");
-        std::fs::write(
-            &list,
-            "deb-src http://deb.debian.org/debian bookworm main\n",
-        )
-        .expect("list");
-        std::fs::create_dir_all(apt.path().join("lists/partial")).expect("lists");
-        let opts = [
-            format!("-o=Dir::Etc::SourceList={}", list.display()),
-            "-o=Dir::Etc::SourceParts=/nonexistent".to_owned(),
-            format!(
-                "-o=Dir::State::Lists={}",
-                apt.path().join("lists").display()
-            ),
-            format!("-o=Dir::Cache={}", apt.path().join("cache").display()),
-        ];
-        let out = run(Command::new("apt-get").args(&opts).arg("update"));
-        assert!(
-            out.status.success(),
-            "apt-get update (deb-src): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::create_dir_all(&cache).expect("cache folder");
-        // The upstream tarball is all this test needs; apt's status is not the judge.
-        let out = run(Command::new("apt-get")
-            .args(&opts)
-            .args(["source", "--download-only", "libvirt"])
-            .current_dir(&cache));
-        assert!(
-            tarball.exists(),
-            "apt-get source libvirt fetched no libvirt_{VERSION}.orig.tar.xz (bookworm moved on?): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let tarball = common::harness::debian_source_tarball("libvirt", &cache)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        tarball
+            .to_string_lossy()
+            .contains(&format!("libvirt_{VERSION}.orig.tar")),
+        "Debian 12's libvirt is {VERSION}, the source fetched is {} (bookworm moved on?)",
+        tarball.display()
+    );
     let top = format!("libvirt-{VERSION}");
     let out = run(Command::new("tar")
         .arg("xf")
