@@ -68,10 +68,41 @@ pub fn create_argv(
 }
 
 pub fn run(argv: &[OsString]) -> Result<String, QemuImgError> {
-    let out = Command::new("qemu-img")
-        .args(argv)
-        .output()
-        .map_err(QemuImgError::Spawn)?;
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(argv);
+    output(cmd)
+}
+
+/// Runs qemu-img for a command that writes only into a temporary file the daemon
+/// renames into place afterwards (create, convert, resize of the `.part` file): it dies
+/// with the daemon (`PR_SET_PDEATHSIG`), so a daemon killed mid-way leaves no qemu-img
+/// it does not know, only a `.part` file that the next refresh removes. The thread
+/// that spawns it waits for it, so the signal cannot come from that thread ending.
+/// (A resize in place of a volume is left to finish: it only rewrites metadata, and
+/// killing it half-way could damage the image.)
+pub fn run_into_temp(argv: &[OsString]) -> Result<String, QemuImgError> {
+    use std::os::unix::process::CommandExt;
+    let daemon = std::process::id();
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(argv);
+    // SAFETY: prctl and getppid are async-signal-safe and touch no memory of ours.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The daemon died before the prctl: no signal will come, so do not run.
+            if libc::getppid() as u32 != daemon {
+                return Err(std::io::Error::other("the daemon is gone"));
+            }
+            Ok(())
+        });
+    }
+    output(cmd)
+}
+
+fn output(mut cmd: Command) -> Result<String, QemuImgError> {
+    let out = cmd.output().map_err(QemuImgError::Spawn)?;
     if !out.status.success() {
         return Err(QemuImgError::Failed(
             String::from_utf8_lossy(&out.stderr).trim().to_owned(),

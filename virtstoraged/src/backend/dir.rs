@@ -196,7 +196,7 @@ fn make_image(tmp: &Path, vol: &VolDef, from: Option<&VolDef>) -> Result<()> {
                 .map_err(|e| BackendError::io("cannot sync", tmp, e))?;
         }
         (VolFormat::Qcow2, Some(src)) => {
-            qemu_img::run(&[
+            qemu_img::run_into_temp(&[
                 "convert".into(),
                 "-q".into(),
                 "-f".into(),
@@ -208,7 +208,7 @@ fn make_image(tmp: &Path, vol: &VolDef, from: Option<&VolDef>) -> Result<()> {
             ])?;
             let info = qemu_img::info(tmp)?;
             if info.virtual_size < vol.capacity {
-                qemu_img::run(&[
+                qemu_img::run_into_temp(&[
                     "resize".into(),
                     "-q".into(),
                     "-f".into(),
@@ -260,7 +260,7 @@ fn make_image(tmp: &Path, vol: &VolDef, from: Option<&VolDef>) -> Result<()> {
                     vol.compat.as_deref(),
                     vol.backing.as_ref().map(|b| (b.path.as_str(), b.format)),
                 );
-                qemu_img::run(&argv)?;
+                qemu_img::run_into_temp(&argv)?;
             }
         }
     }
