@@ -487,6 +487,39 @@ fn chardev_files(dom: &Domain) -> impl Iterator<Item = &PathBuf> {
         })
 }
 
+/// What pipe and device chardevs make QEMU open, as libvirt hands them over: a pipe's
+/// `PATH.in` and `PATH.out` where both exist (QEMU then opens those), else `PATH`
+/// itself; a device's path.
+fn chardev_devices(dom: &Domain) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for c in dom
+        .devices
+        .serials
+        .iter()
+        .chain(&dom.devices.consoles)
+        .chain(&dom.devices.channels)
+    {
+        match &c.source {
+            ChardevSource::Dev(p) => v.push(p.clone()),
+            ChardevSource::Pipe(p) => {
+                let with = |ext: &str| {
+                    let mut s = p.clone().into_os_string();
+                    s.push(ext);
+                    PathBuf::from(s)
+                };
+                let (input, output) = (with(".in"), with(".out"));
+                if input.exists() && output.exists() {
+                    v.extend([input, output]);
+                } else {
+                    v.push(p.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
 /// The files QEMU opens itself for `dom` (live definition), with `extra` (resolved
 /// volume paths, swtpm's socket).
 pub fn files(dom: &Domain, extra: &[PathBuf]) -> Vec<PathBuf> {
@@ -504,6 +537,7 @@ pub fn files(dom: &Domain, extra: &[PathBuf]) -> Vec<PathBuf> {
         v.push(p.clone());
     }
     v.extend(chardev_files(dom).cloned());
+    v.extend(chardev_devices(dom));
     v.extend(extra.iter().cloned());
     v.sort();
     v.dedup();
@@ -822,5 +856,40 @@ mod tests {
             assert_eq!(uid(&tree.join(p)), 0, "{p}");
         }
         assert_eq!(uid(Path::new("/etc/passwd")), 0);
+    }
+
+    #[test]
+    fn pipes_and_devices_are_handed_over_as_libvirt_does() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pair = dir.path().join("pair");
+        let single = dir.path().join("single");
+        for p in ["pair.in", "pair.out", "single"] {
+            std::fs::write(dir.path().join(p), b"").expect("write");
+        }
+        let xml = format!(
+            "<domain type='qemu'><name>p</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64'>hvm</type></os><devices>\
+             <serial type='pipe'><source path='{}'/><target port='0'/></serial>\
+             <serial type='pipe'><source path='{}'/><target port='1'/></serial>\
+             <serial type='dev'><source path='/dev/ttyS7'/><target port='2'/></serial>\
+             </devices></domain>",
+            pair.display(),
+            single.display()
+        );
+        let dom = Domain::parse(&xml).expect("parse");
+        let got = files(&dom, &[]);
+        for want in [
+            dir.path().join("pair.in"),
+            dir.path().join("pair.out"),
+            single.clone(),
+            PathBuf::from("/dev/ttyS7"),
+        ] {
+            assert!(
+                got.contains(&want),
+                "{} missing from {got:?}",
+                want.display()
+            );
+        }
+        assert!(!got.contains(&pair), "{got:?}");
     }
 }
