@@ -70,6 +70,20 @@ where
     F: FnOnce(Context) -> Fut,
     Fut: Future<Output = anyhow::Result<Arc<D>>>,
 {
+    serve_main(daemon, |settings, activated| {
+        run(daemon, settings, activated, init)
+    })
+}
+
+/// What every daemon's `main` does before and after its own work (the four, and
+/// virtproxyd): parse the command line, take a socket-activation listener, set up
+/// logging and the settings, then run `body` on a two-thread runtime and turn its
+/// error into a message and the exit status.
+pub fn serve_main<F, Fut>(daemon: &'static str, body: F) -> ExitCode
+where
+    F: FnOnce(Settings, Option<std::os::unix::net::UnixListener>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     let args = Args::parse();
     // Before any thread exists: the environment is changed here.
     let activated = activation::take_activated();
@@ -92,7 +106,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(daemon, settings, activated, init)) {
+    match rt.block_on(body(settings, activated)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

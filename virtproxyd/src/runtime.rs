@@ -8,12 +8,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use clap::Parser;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use common::activation;
-use common::cli::{Args, Settings};
+use common::cli::Settings;
 use common::runtime::{bus_address, PidFile};
 
 use crate::front::Front;
@@ -23,36 +22,7 @@ pub const DAEMON: &str = "virtproxyd";
 pub const COMPAT_NAME: &str = "org.libvirt";
 
 pub fn main() -> ExitCode {
-    let args = Args::parse();
-    // Before any thread exists: the environment is changed here.
-    let activated = activation::take_activated();
-    common::runtime::init_logging(args.verbose);
-    let settings = match Settings::resolve(&args) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{DAEMON}: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("{DAEMON}: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(settings, activated)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("{DAEMON}: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::runtime::serve_main(DAEMON, run)
 }
 
 /// Owns `name` or fails at once if someone else does (DO_NOT_QUEUE).
