@@ -682,3 +682,22 @@ pub fn debian_source_tarball(package: &str, cache: &Path) -> anyhow::Result<Path
         )
     })
 }
+
+/// A private copy of virtnodedevd's fixture sysfs tree (hardware this machine lacks:
+/// SR-IOV, USB, an FC HBA, mdevs), for a daemon run with `--sysfs-root`: what the
+/// daemon or the test writes into it stays in the copy. Returns the folder (removed
+/// when dropped) and the copy's `sysfs` root in it.
+pub fn fixture_sysfs() -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../virtnodedevd/tests/fixtures/sysfs");
+    let tmp = tempfile::tempdir()?;
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(tmp.path())
+        .status()?;
+    if !st.success() {
+        bail!("cp -a {} failed", src.display());
+    }
+    let root = tmp.path().join("sysfs");
+    Ok((tmp, root))
+}

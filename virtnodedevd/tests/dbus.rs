@@ -426,15 +426,7 @@ async fn bad_names_and_unknown_devices_get_clear_errors() -> anyhow::Result<()> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fixture_tree_over_dbus_detach_sriov_and_wwn() -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sysfs");
-    run(&[
-        "cp",
-        "-a",
-        &src.to_string_lossy(),
-        &tmp.path().to_string_lossy(),
-    ])?;
-    let root = tmp.path().join("sysfs");
+    let (_tmp, root) = common::harness::fixture_sysfs()?;
     let bus = TestBus::start()?;
     let _d = Daemon::builder(BIN, "virtnodedevd")
         .arg("--sysfs-root")
@@ -538,15 +530,7 @@ fn write_file(p: &Path, text: &str) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fixture_tree_create_and_destroy_vport_and_mdev() -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sysfs");
-    run(&[
-        "cp",
-        "-a",
-        &src.to_string_lossy(),
-        &tmp.path().to_string_lossy(),
-    ])?;
-    let root = tmp.path().join("sysfs");
+    let (_tmp, root) = common::harness::fixture_sysfs()?;
     let bus = TestBus::start()?;
     let _d = Daemon::builder(BIN, "virtnodedevd")
         .arg("--sysfs-root")
@@ -827,15 +811,7 @@ async fn kill9_and_restart_lists_the_same_devices() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn reads_do_not_wait_behind_a_create() -> anyhow::Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let tmp = tempfile::tempdir()?;
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sysfs");
-    run(&[
-        "cp",
-        "-a",
-        &src.to_string_lossy(),
-        &tmp.path().to_string_lossy(),
-    ])?;
-    let root = tmp.path().join("sysfs");
+    let (_tmp, root) = common::harness::fixture_sysfs()?;
     let bus = TestBus::start()?;
     let _d = Daemon::builder(BIN, "virtnodedevd")
         .arg("--sysfs-root")

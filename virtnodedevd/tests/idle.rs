@@ -4,8 +4,6 @@
 //! gets libvirt's timeout error as its reply, and only then does the daemon exit idle.
 //! Before `busy()` counted operations, the daemon gave up its name 1 s into the call.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::harness::{Daemon, TestBus};
@@ -15,15 +13,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_virtnodedevd");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_exit_waits_for_an_operation_in_flight() -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sysfs");
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(&src)
-        .arg(tmp.path())
-        .status()?;
-    anyhow::ensure!(st.success(), "cp failed");
-    let root = tmp.path().join("sysfs");
+    let (_tmp, root) = common::harness::fixture_sysfs()?;
     let bus = TestBus::start()?;
     let mut daemon = Daemon::builder(BIN, "virtnodedevd")
         .arg("--sysfs-root")

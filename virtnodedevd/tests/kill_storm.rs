@@ -14,7 +14,6 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -385,15 +384,7 @@ async fn check(
 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_storm_leaves_every_device_bound_and_known() -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sysfs");
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(&src)
-        .arg(tmp.path())
-        .status()?;
-    anyhow::ensure!(st.success(), "cp failed");
-    let root = tmp.path().join("sysfs");
+    let (_tmp, root) = common::harness::fixture_sysfs()?;
     let bus = TestBus::start()?;
     let mut daemon = Daemon::builder(BIN, "virtnodedevd")
         .arg("--sysfs-root")
