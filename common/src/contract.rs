@@ -171,3 +171,45 @@ pub fn split(sig: &str) -> Vec<&str> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    /// The first five columns of every member line, as a sorted list.
+    fn members(text: &str) -> Vec<String> {
+        let mut v: Vec<String> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .map(|l| l.split('\t').take(5).collect::<Vec<_>>().join("\t"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The repository's table is the shared reference, member by member and type by
+    /// type, plus its own EmitsChangedSignal column.
+    #[test]
+    fn the_table_is_the_shared_reference() {
+        let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/api/libvirt-dbus-signatures.tsv");
+        let Ok(reference) = std::fs::read_to_string(&shared) else {
+            // The reference lives beside the repository (as in CI), not in it; a lone
+            // clone checks against its own copy only.
+            eprintln!("{} not found: the copy is not compared", shared.display());
+            return;
+        };
+        let ours = members(super::LIBVIRT_DBUS);
+        let theirs = members(&reference);
+        assert_eq!(
+            theirs.len(),
+            260,
+            "the reference has libvirt-dbus's 260 members"
+        );
+        let only_ours: Vec<_> = ours.iter().filter(|m| !theirs.contains(m)).collect();
+        let only_theirs: Vec<_> = theirs.iter().filter(|m| !ours.contains(m)).collect();
+        assert!(
+            only_ours.is_empty() && only_theirs.is_empty(),
+            "common/api/libvirt-dbus.tsv differs from {}:\nonly here: {only_ours:#?}\nonly there: {only_theirs:#?}",
+            shared.display()
+        );
+    }
+}
