@@ -358,6 +358,9 @@ async fn socket_activation_starts_it() {
         socket.clone().into_os_string(),
         "-E".into(),
         format!("DBUS_SESSION_BUS_ADDRESS={}", s.bus.address).into(),
+        // Shown only when the test fails: what the front did with the connection.
+        "-E".into(),
+        "RUST_LOG=debug,zbus=info".into(),
     ];
     argv.extend(Daemon::builder(FRONT, "virtproxyd").command_line(&dirs));
     let log = std::fs::File::create(dirs.root.path().join("activate.log")).expect("log");
@@ -395,11 +398,16 @@ async fn socket_activation_starts_it() {
     .expect("task")
     .expect("busctl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+        panic!(
+            "busctl: {}\n--- the front (activate.log):\n{}\n--- the bus and the daemons it \
+             activated (bus.log):\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            read(dirs.root.path().join("activate.log")),
+            read(s.bus.dir.path().join("bus.log")),
+        );
+    }
     for want in [
         ".ListDomains",
         ".ListNetworks",
