@@ -297,13 +297,15 @@ impl Driver {
     /// Destroys a transient device: a mediated device goes through its `remove` file,
     /// an NPIV vport through its parent fc_host's `vport_delete` (the kernel then sends
     /// the remove uevents); nothing else can be destroyed.
-    pub async fn destroy(&self, name: &str) -> Result<(), VirError> {
+    pub async fn destroy(self: &Arc<Self>, name: &str) -> Result<(), VirError> {
         let _g = self.in_flight.enter();
         let _job = self.job(name).await;
         let d = self.lookup(name)?;
         if let Some((file, value)) = self.vport_delete_file(&d) {
             tracing::info!(device = name, "deleting NPIV vport");
-            return blocking_create(move || create::write_trigger(&file, &value)).await;
+            blocking_create(move || create::write_trigger(&file, &value)).await?;
+            self.follow_removal(name);
+            return Ok(());
         }
         match (&d.cap, &d.sysfs) {
             (Cap::Mdev(_), Some(dir)) => {
@@ -455,6 +457,26 @@ impl Driver {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+    }
+
+    /// As libvirt, `Destroy` returns once the kernel has the request, and the device's
+    /// DELETED event follows its removal. The uevent listener sees that on a real sysfs;
+    /// a fixture tree has no kernel behind it, so there the tree is read again for a
+    /// while (as [`Driver::wait_for`] does for a new device).
+    fn follow_removal(self: &Arc<Self>, name: &str) {
+        if self.roots.real {
+            return;
+        }
+        let (d, name) = (Arc::clone(self), name.to_owned());
+        tokio::spawn(async move {
+            let _g = d.in_flight.enter();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while d.lookup(&name).is_ok() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                let changes = d.rescan();
+                d.publish(changes).await;
+            }
+        });
     }
 
     /// Re-reads one device (after Detach/ReAttach changed its driver).

@@ -593,6 +593,10 @@ async fn fixture_tree_create_and_destroy_vport_and_mdev() -> anyhow::Result<()> 
         std::fs::read_to_string(fc5.join("vport_delete"))?,
         "10000000c9848199:20000000c9848199"
     );
+    // The kernel removes the vport; its DELETED event follows, as on a real sysfs.
+    std::fs::remove_file(root.join("bus/scsi/devices/host6"))?;
+    std::fs::remove_dir_all(hba.join("vport-5:0-0"))?;
+    wait_event(&mut events, path.as_str(), NodeDeviceEvent::Deleted).await?;
     // Parent by fabric name, WWNs left to the daemon: random libvirt-style ones.
     std::fs::write(&vport_create, "")?;
     let host7 = hba.join("vport-5:0-1/host7");

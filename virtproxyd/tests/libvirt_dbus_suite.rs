@@ -21,8 +21,6 @@ use support::*;
 
 const HOST_INTERFACES: &str = "host interfaces (org.libvirt.Interface) are not served yet";
 const SNAPSHOTS: &str = "domain snapshots are not served yet";
-const TEST_DRIVER_NODEDEV: &str =
-    "creates a vport on the test driver's scsi_host2, which the fixtures do not have yet";
 
 /// Tests that fail today, and why. Keys are pytest node ids.
 const EXPECTED_FAILURES: &[(&str, &str)] = &[
@@ -47,12 +45,6 @@ const EXPECTED_FAILURES: &[(&str, &str)] = &[
     ("test_domain.py::TestDomain::test_domain_vcpus", "SetVcpus is not served yet"),
     ("test_domain.py::TestDomain::test_domain_vcpu_pin_info", "GetVcpuPinInfo is not served yet"),
     ("test_domain.py::TestDomain::test_api", "the Domain property SchedulerType is not served yet"),
-    ("test_connect.py::TestConnect::test_connect_node_device_create_xml", TEST_DRIVER_NODEDEV),
-    ("test_connect.py::TestConnect::test_connect_node_device_lookup_by_property[NodeDeviceLookupByName-Name]", TEST_DRIVER_NODEDEV),
-    ("test_nodedev.py::TestNodeDevice::test_node_device_destroy", TEST_DRIVER_NODEDEV),
-    ("test_nodedev.py::TestNodeDevice::test_node_device_get_xml_description", TEST_DRIVER_NODEDEV),
-    ("test_nodedev.py::TestNodeDevice::test_node_device_list_caps", TEST_DRIVER_NODEDEV),
-    ("test_nodedev.py::TestNodeDevice::test_node_device_properties_type", TEST_DRIVER_NODEDEV),
     // Only libvirt's fake test driver can pass these.
     ("test_connect.py::TestConnect::test_connect_domain_create_xml", "test driver only: its XML is <domain type='test'>, which only libvirt's test driver runs"),
     ("test_connect.py::TestConnect::test_connect_domain_define_xml", "test driver only: its XML is <domain type='test'>, which only libvirt's test driver runs"),
@@ -60,6 +52,76 @@ const EXPECTED_FAILURES: &[(&str, &str)] = &[
     ("test_connect.py::TestConnect::test_connect_storage_pool_create_xml", "test driver only: a dir pool at '/foo', which does not exist; a real driver cannot start it"),
     ("test_domain.py::TestDomain::test_shutdown", "test driver only: it expects SHUTOFF right after Shutdown; a real guest takes time, and the fixture domain has no OS to act on ACPI"),
 ];
+
+/// The HBA port of libvirt's test driver the suite creates its vports on: `scsi_host2`,
+/// an fc_host that can create NPIV vports, beside the fixture tree's own host5.
+const HOST2: &str = "devices/pci0000:00/0000:00:1f.2/host2";
+
+fn add_scsi_host2(root: &Path) -> std::io::Result<()> {
+    let host = root.join(HOST2);
+    let fc = host.join("fc_host/host2");
+    std::fs::create_dir_all(&fc)?;
+    std::fs::create_dir_all(host.join("scsi_host/host2"))?;
+    std::fs::write(host.join("uevent"), "DEVTYPE=scsi_host\n")?;
+    std::fs::write(host.join("scsi_host/host2/unique_id"), "2\n")?;
+    for (file, value) in [
+        ("node_name", "0x2000000012345678\n"),
+        ("port_name", "0x1000000012345678\n"),
+        ("fabric_name", "0x2000000043218765\n"),
+        ("max_npiv_vports", "127\n"),
+        ("npiv_vports_inuse", "0\n"),
+        ("vport_create", ""),
+        ("vport_delete", ""),
+    ] {
+        std::fs::write(fc.join(file), value)?;
+    }
+    std::os::unix::fs::symlink(
+        format!("../../../{HOST2}"),
+        root.join("bus/scsi/devices/host2"),
+    )
+}
+
+/// Plays the kernel for scsi_host2 (the fixture tree has none behind it): a
+/// `wwpn:wwnn` written to `vport_create` becomes a new scsi_host with those WWNs below
+/// a vport, one written to `vport_delete` removes that host again.
+async fn play_the_fc_kernel(root: PathBuf) {
+    let fc = root.join(HOST2).join("fc_host/host2");
+    let mut made: Vec<(String, PathBuf, PathBuf)> = Vec::new();
+    let mut next = 0u32;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let create = std::fs::read_to_string(fc.join("vport_create")).unwrap_or_default();
+        if let Some((wwpn, wwnn)) = create.trim().split_once(':') {
+            let n = 10 + next;
+            let dir = root.join(HOST2).join(format!("vport-2:0-{next}/host{n}"));
+            let link = root.join(format!("bus/scsi/devices/host{n}"));
+            next += 1;
+            let hfc = dir.join(format!("fc_host/host{n}"));
+            let made_ok = std::fs::create_dir_all(&hfc)
+                .and_then(|()| std::fs::write(dir.join("uevent"), "DEVTYPE=scsi_host\n"))
+                .and_then(|()| std::fs::write(hfc.join("node_name"), format!("0x{wwnn}\n")))
+                .and_then(|()| std::fs::write(hfc.join("port_name"), format!("0x{wwpn}\n")))
+                .and_then(|()| {
+                    std::os::unix::fs::symlink(
+                        format!("../../../{HOST2}/vport-2:0-{}/host{n}", next - 1),
+                        &link,
+                    )
+                });
+            made_ok.expect("the fake kernel's new scsi_host");
+            made.push((create.trim().to_owned(), dir, link));
+            std::fs::write(fc.join("vport_create"), "").expect("vport_create");
+        }
+        let delete = std::fs::read_to_string(fc.join("vport_delete")).unwrap_or_default();
+        if !delete.trim().is_empty() {
+            if let Some(i) = made.iter().position(|m| m.0 == delete.trim()) {
+                let (_, dir, link) = made.remove(i);
+                let _ = std::fs::remove_file(link);
+                let _ = std::fs::remove_dir_all(dir.parent().unwrap_or(&dir));
+            }
+            std::fs::write(fc.join("vport_delete"), "").expect("vport_delete");
+        }
+    }
+}
 
 fn home_cache() -> PathBuf {
     PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
@@ -129,7 +191,10 @@ async fn libvirt_dbus_own_suite_through_the_front() {
         String::from_utf8_lossy(&check.stderr)
     );
     let src = suite_source();
-    let s = Stack::start(&[]).await;
+    let (_sysfs_tmp, sysfs) = common::harness::fixture_sysfs().expect("fixture sysfs");
+    add_scsi_host2(&sysfs).expect("scsi_host2");
+    let kernel = tokio::spawn(play_the_fc_kernel(sysfs.clone()));
+    let s = Stack::start_with(&[], Some(&sysfs)).await;
     let tests = s.scratch.path().join("suite");
     let pool = s.scratch.path().join("default-pool");
     std::fs::create_dir_all(&tests).expect("suite folder");
@@ -159,6 +224,7 @@ async fn libvirt_dbus_own_suite_through_the_front() {
     })
     .await
     .expect("pytest");
+    kernel.abort();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut outcome: BTreeMap<String, (String, String)> = BTreeMap::new();
     for line in text.lines() {

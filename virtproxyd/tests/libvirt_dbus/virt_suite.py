@@ -3,12 +3,14 @@
 libvirt-dbus's tests/libvirttest.py starts libvirt-dbus on libvirt's test:///default for
 every test; this plugin replaces that fixture: before each test it puts the objects of
 test:///default back through the D-Bus API of org.libvirt (a running domain 'test', an
-active network 'default', an active dir pool 'default-pool', nothing else) and hands the
-test the Connect object at /org/libvirt/QEMU. The suite's own conftest.py (which starts
+active network 'default', an active dir pool 'default-pool', the node devices of a
+fixture sysfs tree with a vport-capable fc_host scsi_host2 as the test driver has,
+nothing else) and hands the test the Connect object at /org/libvirt/QEMU. The suite's own conftest.py (which starts
 a bus of its own) is not used; everything else of the suite runs unchanged.
 """
 
 import os
+import time
 
 import dbus
 import pytest
@@ -88,6 +90,18 @@ def reset(bus):
             pool.Destroy()
         if persistent:
             pool.Undefine()
+
+    # The vports tests made on scsi_host2 (test:///default has none): Destroy hands the
+    # request to the kernel, the device goes a moment later.
+    made = [p for p in c.ListNodeDevices(0)
+            if _prop(bus, p, 'org.libvirt.NodeDevice', 'Parent') == 'scsi_host2']
+    for path in made:
+        _iface(bus, path, 'org.libvirt.NodeDevice').Destroy()
+    deadline = time.monotonic() + 10
+    while made and time.monotonic() < deadline:
+        time.sleep(0.02)
+        made = [p for p in made if p in c.ListNodeDevices(0)]
+    assert not made, 'vports still there after Destroy: %s' % made
 
     dom = c.DomainDefineXML(DOMAIN_XML)
     _iface(bus, dom, 'org.libvirt.Domain').Create(0)

@@ -41,6 +41,11 @@ pub struct Stack {
 impl Stack {
     /// The four daemons activatable, the front started with `front_args`.
     pub async fn start(front_args: &[&str]) -> Stack {
+        Stack::start_with(front_args, None).await
+    }
+
+    /// As [`Stack::start`], virtnodedevd reading the sysfs tree at `sysfs` if given.
+    pub async fn start_with(front_args: &[&str], sysfs: Option<&Path>) -> Stack {
         let bus = TestBus::start().expect("bus");
         let ns = NetNs::new().expect("netns");
         let mut dirs = Vec::new();
@@ -57,7 +62,11 @@ impl Stack {
                 argv.push(nsenter.into());
                 argv.push(format!("--net={}", ns.path().display()).into());
             }
-            argv.extend(Daemon::builder(sibling(d), d).command_line(&dir));
+            let mut daemon = Daemon::builder(sibling(d), d);
+            if let (Some(root), "virtnodedevd") = (sysfs, d) {
+                daemon = daemon.arg("--sysfs-root").arg(root);
+            }
+            argv.extend(daemon.command_line(&dir));
             bus.add_activatable(d, &argv).expect("activation file");
             dirs.push(dir);
         }
