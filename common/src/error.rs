@@ -56,6 +56,7 @@ error_codes! {
     OperationTimeout = 68 => "Timed out during operation: %s",
     ArgumentUnsupported = 74 => "argument unsupported: %s",
     StoragePoolBuilt = 76 => "storage pool already built: %s",
+    NoDomainMetadata = 80 => "metadata not found: %s",
     OperationUnsupported = 84 => "Operation not supported: %s",
     AgentUnresponsive = 86 => "Guest agent is not responding: %s",
     ResourceBusy = 87 => "resource busy: %s",

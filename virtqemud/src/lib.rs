@@ -8,6 +8,7 @@ pub mod firmware;
 pub mod graphics;
 pub mod host_caps;
 pub mod hostdevs;
+pub mod metadata;
 pub mod model;
 pub mod nics;
 pub mod process;

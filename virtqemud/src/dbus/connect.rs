@@ -135,6 +135,17 @@ impl Connect {
         .await?)
     }
 
+    #[zbus(name = "GetCPUModelNames")]
+    async fn get_cpu_model_names(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        arch: &str,
+        flags: u32,
+    ) -> Result<Vec<String>, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.cpu_model_names(arch, flags).await?)
+    }
+
     #[zbus(name = "GetAllDomainStats")]
     async fn get_all_domain_stats(
         &self,

@@ -254,6 +254,49 @@ impl Domain {
         Ok(self.driver.vcpus(&dom, flags)?)
     }
 
+    #[zbus(name = "SetMetadata")]
+    async fn set_metadata(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        r#type: i32,
+        metadata: &str,
+        key: &str,
+        uri: &str,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        let change = crate::metadata::Change::new(
+            crate::metadata::Kind::from_wire(r#type)?,
+            metadata,
+            key,
+            uri,
+        )?;
+        Ok(self
+            .driver
+            .set_metadata(&self.dom()?, change, flags)
+            .await?)
+    }
+
+    #[zbus(name = "GetMetadata")]
+    async fn get_metadata(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        r#type: i32,
+        uri: &str,
+        flags: u32,
+    ) -> Result<String, BusError> {
+        common::access::check(&hdr).await?;
+        let kind = crate::metadata::Kind::from_wire(r#type)?;
+        Ok(self.driver.metadata(&*self.dom()?, kind, uri, flags)?)
+    }
+
+    #[zbus(signal, name = "MetadataChange")]
+    pub async fn metadata_change(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        r#type: i32,
+        nsuri: &str,
+    ) -> zbus::Result<()>;
+
     #[zbus(name = "MemoryStats")]
     async fn memory_stats(
         &self,

@@ -93,6 +93,14 @@ impl common::publish::Publisher<Change> for Publisher {
                 Change::Removed(dom) => self.hub.unserve::<domain::Domain>(&dom.path).await,
                 Change::Lifecycle(dom, event) => self.lifecycle(&dom, event).await,
                 Change::Properties(dom) => self.properties(&dom).await,
+                Change::Metadata(dom, kind, uri) => {
+                    let uri = uri.as_str();
+                    self.hub
+                        .signal(&dom.path, |e| async move {
+                            domain::Domain::metadata_change(&e, kind, uri).await
+                        })
+                        .await;
+                }
             }
         })
     }

@@ -16,6 +16,7 @@
 //! | `status.rs` | the status files a restarted daemon reattaches from |
 //! | `control.rs` | operations on a running domain |
 //! | `queries.rs` | XML, vCPUs, statistics |
+//! | `settings.rs` | changes short of a redefinition: metadata |
 //! | `monitor.rs` | QMP events and exit: the state machine |
 //! | `reattach.rs` | adopting running QEMUs after a restart, autostart |
 
@@ -37,6 +38,7 @@ mod monitor;
 mod queries;
 mod reattach;
 mod registry;
+mod settings;
 mod start;
 mod status;
 
@@ -141,6 +143,8 @@ pub enum Change {
     Lifecycle(Arc<Dom>, DomainEvent),
     /// Its Active, Id, Persistent or Autostart may have changed.
     Properties(Arc<Dom>),
+    /// Its metadata of a `virDomainMetadataType` (and namespace, for an element) changed.
+    Metadata(Arc<Dom>, i32, String),
 }
 
 /// How long Destroy waits after SIGTERM before SIGKILL.

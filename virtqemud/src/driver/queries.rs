@@ -29,6 +29,34 @@ impl Driver {
         dom.def().map(|d| d.vcpus).ok_or_else(no_definition)
     }
 
+    /// `GetCPUModelNames`: the CPU models the emulator for `arch` offers (libvirt
+    /// reads its own CPU map; here the emulator is asked, which is what a guest can get).
+    /// `host`, `max` and `base` are modes, not models, as in libvirt's list.
+    pub async fn cpu_model_names(&self, arch: &str, flags: u32) -> Result<Vec<String>, VirError> {
+        check_flags(flags, 0)?;
+        match arch {
+            "x86_64" | "i686" => {}
+            "aarch64" | "armv7l" | "ppc64" | "ppc64le" | "s390x" | "riscv64" | "mips64" => {
+                return Err(VirError::new(
+                    common::error::ErrorCode::NoSupport,
+                    format!("no emulator for architecture '{arch}' on this host"),
+                ))
+            }
+            _ => {
+                return Err(VirError::invalid_arg(format!(
+                    "cannot find architecture {arch}"
+                )))
+            }
+        }
+        let caps = self.caps().await?;
+        Ok(caps
+            .cpu_models
+            .iter()
+            .filter(|m| !matches!(m.as_str(), "host" | "max" | "base"))
+            .cloned()
+            .collect())
+    }
+
     /// Memory statistics (virDomainMemoryStatTags): actual balloon (6) and RSS (7), KiB.
     pub fn memory_stats(&self, dom: &Dom, flags: u32) -> Result<HashMap<i32, u64>, VirError> {
         check_flags(flags, 0)?;
