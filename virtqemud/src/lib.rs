@@ -8,6 +8,7 @@ pub mod firmware;
 pub mod graphics;
 pub mod host_caps;
 pub mod hostdevs;
+pub mod keys;
 pub mod metadata;
 pub mod model;
 pub mod nics;
@@ -17,6 +18,7 @@ pub mod security;
 pub mod stats;
 pub mod tap;
 pub mod tpm;
+pub mod vcpus;
 pub mod volumes;
 pub mod xml;
 

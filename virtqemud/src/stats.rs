@@ -240,6 +240,29 @@ async fn block_group(r: &mut Record, def: &DomainDef, qmp: &Qmp) {
     }
 }
 
+/// The disks whose `query-block` entry (matched by format node) reports an I/O error:
+/// (target, 1 unspecified | 2 no space).
+pub fn disk_errors(def: &DomainDef, blocks: &Json) -> Vec<(String, i32)> {
+    def.dom
+        .devices
+        .disks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, disk)| {
+            let node = format!("libvirt-{i}-format");
+            let entry = blocks.as_array()?.iter().find(|b| {
+                b.pointer("/inserted/node-name").and_then(Json::as_str) == Some(node.as_str())
+            })?;
+            let code = match entry.get("io-status").and_then(Json::as_str)? {
+                "failed" => 1,
+                "nospace" => 2,
+                _ => return None,
+            };
+            Some((disk.target_dev.clone(), code))
+        })
+        .collect()
+}
+
 fn disk_path(disk: &crate::xml::Disk) -> Option<String> {
     use crate::xml::DiskSource;
     match disk.source.as_ref()? {
@@ -417,6 +440,29 @@ pub fn proc_rss_kib(pid: u32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_errors_come_from_io_status() {
+        let def = DomainDef::from(
+            crate::xml::Domain::parse(
+                "<domain type='qemu'><name>e</name><memory>65536</memory><os><type>hvm</type></os>\
+                 <devices><disk type='file'><source file='/a'/><target dev='vda' bus='virtio'/></disk>\
+                 <disk type='file'><source file='/b'/><target dev='vdb' bus='virtio'/></disk>\
+                 <disk type='file'><source file='/c'/><target dev='vdc' bus='virtio'/></disk>\
+                 </devices></domain>",
+            )
+            .expect("domain"),
+        );
+        let blocks = serde_json::json!([
+            {"io-status": "ok", "inserted": {"node-name": "libvirt-0-format"}},
+            {"io-status": "nospace", "inserted": {"node-name": "libvirt-1-format"}},
+            {"io-status": "failed", "inserted": {"node-name": "libvirt-2-format"}},
+        ]);
+        assert_eq!(
+            disk_errors(&def, &blocks),
+            [("vdb".to_owned(), 2), ("vdc".to_owned(), 1)]
+        );
+    }
 
     #[test]
     fn proc_net_dev_counters() {

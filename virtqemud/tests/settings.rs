@@ -185,3 +185,130 @@ async fn cpu_model_names_come_from_the_emulator() {
     assert!(bus_err(q.qc.get_cpu_model_names("aarch64", 0).await).contains("aarch64"));
     assert!(bus_err(q.qc.get_cpu_model_names("x86_64", 1).await).contains("flags"));
 }
+
+/// How many vCPUs QEMU reports (`vcpu.N.state` come from query-cpus-fast, not from
+/// the definition).
+async fn vcpus_in_qemu(d: &common::proxies::qemu::DomainProxy<'_>) -> usize {
+    let s = d.get_stats(8, 0).await.expect("vcpu stats");
+    s.keys()
+        .filter(|k| k.starts_with("vcpu.") && k.ends_with(".state"))
+        .count()
+}
+
+/// vCPUs and memory of the config and of a running QEMU (hotplug, balloon), the
+/// operations on a running domain (NMI, keys, wake-up) and its control, job and disk
+/// error reports, kept across a daemon killed with -9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcpus_memory_and_control_of_a_running_domain() {
+    const MAXIMUM: u32 = 4;
+    let mut q = support::qemud(BIN).await;
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let img = scratch.path().join("disk.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg("1M")
+        .status()
+        .expect("qemu-img");
+    assert!(st.success());
+    let x = format!(
+        "<domain type='qemu'><name>tune</name><memory unit='MiB'>64</memory>\
+         <vcpu current='1'>2</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>\
+         <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+         <source file='{}'/><target dev='vda' bus='virtio'/></disk>\
+         <memballoon model='virtio'/></devices></domain>",
+        img.display()
+    );
+    let path = q.qc.domain_define_xml(&x).await.expect("define");
+    let d = domain(&q.conn, &path).await;
+
+    // The config: current 1 of at most 2; the maximum raised to 4.
+    assert_eq!(d.get_vcpus(0).await.expect("vcpus"), 1);
+    assert_eq!(d.get_vcpus(MAXIMUM).await.expect("max"), 2);
+    assert!(bus_err(d.set_vcpus(3, 0).await).contains("greater than max allowable vcpus"));
+    assert!(bus_err(d.set_vcpus(0, 0).await).contains("zero"));
+    d.set_vcpus(4, CONFIG | MAXIMUM).await.expect("maximum");
+    assert_eq!(d.get_vcpus(CONFIG | MAXIMUM).await.expect("max"), 4);
+    assert_eq!(d.get_vcpus(CONFIG).await.expect("current"), 1);
+    assert!(bus_err(d.set_vcpus(2, LIVE).await).contains("not running"));
+    d.set_memory(48 * 1024, CONFIG)
+        .await
+        .expect("config memory");
+    assert!(bus_err(d.set_memory(128 * 1024, 0).await).contains("higher than max memory"));
+    assert!(d
+        .get_xml_desc(2)
+        .await
+        .expect("xml")
+        .contains("<currentMemory unit='KiB'>49152</currentMemory>"));
+
+    // Running: QEMU starts with 1 of 4 and takes two more.
+    d.create(0).await.expect("create");
+    assert_eq!(vcpus_in_qemu(&d).await, 1);
+    d.set_vcpus(3, LIVE).await.expect("hotplug");
+    assert_eq!(vcpus_in_qemu(&d).await, 3);
+    assert_eq!(d.get_vcpus(LIVE).await.expect("live"), 3);
+    assert_eq!(d.get_vcpus(CONFIG).await.expect("config"), 1);
+    assert!(bus_err(d.set_vcpus(5, LIVE).await).contains("5 > 4"));
+    assert!(bus_err(d.set_vcpus(4, LIVE | MAXIMUM).await).contains("maximum"));
+    // No guest OS to give a vCPU back: QEMU refuses the unplug (with no guest that
+    // switched its ACPI to the modern CPU hotplug interface) or the guest never
+    // answers; either way the error says so and nothing changed.
+    let e = bus_err(d.set_vcpus(2, LIVE).await);
+    assert!(e.contains("device_del") || e.contains("timed out"), "{e}");
+    assert_eq!(vcpus_in_qemu(&d).await, 3);
+    assert_eq!(d.get_vcpus(0).await.expect("live"), 3);
+
+    // The balloon's target, and how often it reports.
+    d.set_memory(32 * 1024, LIVE).await.expect("balloon");
+    assert!(bus_err(d.set_memory(65 * 1024, LIVE).await).contains("higher than max memory"));
+    assert!(bus_err(d.set_memory(65536, LIVE | MAXIMUM).await).contains("maximum memory"));
+    d.set_memory_stats_period(5, LIVE).await.expect("period");
+    assert!(bus_err(d.set_memory_stats_period(-1, LIVE).await).contains("negative"));
+    let live = d.get_xml_desc(0).await.expect("xml");
+    assert!(
+        live.contains("<currentMemory unit='KiB'>32768</currentMemory>"),
+        "{live}"
+    );
+    assert!(live.contains("<stats period='5'/>"), "{live}");
+
+    // What a running domain answers.
+    d.inject_nmi(0).await.expect("nmi");
+    d.send_key(0, 50, vec![29, 56, 111], 0)
+        .await
+        .expect("ctrl-alt-del");
+    assert!(bus_err(d.send_key(7, 0, vec![4], 0).await).contains("usb"));
+    assert!(bus_err(d.send_key(0, 0, vec![1; 17], 0).await).contains("too many"));
+    assert!(bus_err(d.pm_wakeup(0).await).contains("not in PM suspended state"));
+    assert_eq!(d.get_control_info(0).await.expect("control"), (0, 0, 0));
+    let job = d.get_job_info().await.expect("job");
+    assert_eq!(job.0, 0, "no job");
+    assert_eq!(
+        bus_err(d.abort_job().await),
+        "Requested operation is not valid: no job is active on the domain"
+    );
+    assert_eq!(d.get_disk_errors(0).await.expect("disk errors"), vec![]);
+
+    // kill -9 and restart: the live counts come back from the status file.
+    q.daemon.kill9();
+    let daemon = q
+        .daemon
+        .restart_builder()
+        .spawn(&q.bus)
+        .await
+        .expect("restart");
+    let d = domain(&q.conn, &path).await;
+    assert_eq!(d.get_vcpus(LIVE).await.expect("live"), 3);
+    assert_eq!(vcpus_in_qemu(&d).await, 3);
+    assert!(d
+        .get_xml_desc(0)
+        .await
+        .expect("xml")
+        .contains("<currentMemory unit='KiB'>32768</currentMemory>"));
+
+    d.destroy(0).await.expect("destroy");
+    assert!(bus_err(d.get_control_info(0).await).contains("not running"));
+    assert!(bus_err(d.get_job_info().await).contains("not running"));
+    assert!(bus_err(d.inject_nmi(0).await).contains("not running"));
+    assert_eq!(d.get_vcpus(0).await.expect("config"), 1);
+    drop(daemon);
+}

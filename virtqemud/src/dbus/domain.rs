@@ -16,6 +16,15 @@ use crate::driver::{Dom, Driver};
 #[derive(Serialize, Type)]
 pub struct State(i32, i32);
 
+/// `GetControlInfo`'s reply, ONE struct `(uut)`.
+#[derive(Serialize, Type)]
+pub struct ControlInfo(u32, u32, u64);
+
+/// `GetJobInfo`'s reply, ONE struct `(ittttttttttt)`: the job type, then libvirt's
+/// eleven counters (time elapsed and remaining, data, memory and file totals).
+#[derive(Serialize, Type)]
+pub struct JobInfo(i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64);
+
 /// The interface's name, for PropertiesChanged.
 pub const INTERFACE: &str = "org.libvirt.Domain";
 
@@ -252,6 +261,118 @@ impl Domain {
         common::access::check(&hdr).await?;
         let dom = self.dom()?;
         Ok(self.driver.vcpus(&dom, flags)?)
+    }
+
+    #[zbus(name = "SetVcpus")]
+    async fn set_vcpus(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        vcpus: u32,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.set_vcpus(&self.dom()?, vcpus, flags).await?)
+    }
+
+    #[zbus(name = "SetMemory")]
+    async fn set_memory(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        memory: u64,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.set_memory(&self.dom()?, memory, flags).await?)
+    }
+
+    #[zbus(name = "SetMemoryStatsPeriod")]
+    async fn set_memory_stats_period(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        period: i32,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self
+            .driver
+            .set_memory_stats_period(&self.dom()?, period, flags)
+            .await?)
+    }
+
+    #[zbus(name = "InjectNMI")]
+    async fn inject_nmi(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.inject_nmi(&self.dom()?, flags).await?)
+    }
+
+    #[zbus(name = "PMWakeup")]
+    async fn pm_wakeup(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.pm_wakeup(&self.dom()?, flags).await?)
+    }
+
+    #[zbus(name = "SendKey")]
+    async fn send_key(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        codeset: u32,
+        holdtime: u32,
+        keycodes: Vec<u32>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self
+            .driver
+            .send_key(&self.dom()?, codeset, holdtime, &keycodes, flags)
+            .await?)
+    }
+
+    #[zbus(name = "AbortJob")]
+    async fn abort_job(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.abort_job(&self.dom()?).await?)
+    }
+
+    #[zbus(name = "GetJobInfo", out_args("jobInfo"))]
+    async fn get_job_info(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<(JobInfo,), BusError> {
+        common::access::check(&hdr).await?;
+        let [a, b, c, d, e, f, g, h, i, j, k] = self.driver.job_info(&*self.dom()?)?;
+        Ok((JobInfo(0, a, b, c, d, e, f, g, h, i, j, k),))
+    }
+
+    #[zbus(name = "GetControlInfo", out_args("controlInfo"))]
+    async fn get_control_info(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(ControlInfo,), BusError> {
+        common::access::check(&hdr).await?;
+        let c = self.driver.control_info(&*self.dom()?, flags)?;
+        Ok((ControlInfo(c.state, c.details, c.state_time_ms),))
+    }
+
+    #[zbus(name = "GetDiskErrors")]
+    async fn get_disk_errors(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<Vec<(String, i32)>, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.disk_errors(&*self.dom()?, flags).await?)
     }
 
     #[zbus(name = "SetMetadata")]

@@ -1,4 +1,5 @@
-//! Operations on a running domain: destroy, shutdown, reboot, reset, suspend, resume.
+//! Operations on a running domain: destroy, shutdown, reboot, reset, suspend, resume,
+//! NMI, wake-up, keys.
 //! Each holds the domain's job lock; state changes go through [`Driver::transition`].
 
 use std::sync::Arc;
@@ -26,7 +27,7 @@ impl Driver {
     pub async fn destroy(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
         common::error::flags::<DestroyFlags>(flags)?;
         let _call = self.calls.enter();
-        let _lock = dom.job.lock().await;
+        let _lock = dom.begin_job().await;
         self.destroy_locked(dom).await
     }
 
@@ -64,7 +65,7 @@ impl Driver {
     pub async fn shutdown(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
         common::error::flags::<ShutdownFlags>(flags)?;
         let _call = self.calls.enter();
-        let _lock = dom.job.lock().await;
+        let _lock = dom.begin_job().await;
         let qmp = self.qmp_of(dom)?;
         qmp.execute("system_powerdown", None).await?;
         Ok(())
@@ -73,7 +74,7 @@ impl Driver {
     pub async fn reboot(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
         common::error::flags::<ShutdownFlags>(flags)?;
         let _call = self.calls.enter();
-        let _lock = dom.job.lock().await;
+        let _lock = dom.begin_job().await;
         let qmp = self.qmp_of(dom)?;
         // libvirt's "fake reboot": ACPI power-off, then reset and continue on SHUTDOWN.
         if let Some(l) = dom.lock().live.as_mut() {
@@ -86,14 +87,14 @@ impl Driver {
     pub async fn reset(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
         check_flags(flags, 0)?;
         let _call = self.calls.enter();
-        let _lock = dom.job.lock().await;
+        let _lock = dom.begin_job().await;
         self.qmp_of(dom)?.execute("system_reset", None).await?;
         Ok(())
     }
 
     pub async fn suspend(&self, dom: &Arc<Dom>) -> Result<(), VirError> {
         let _call = self.calls.enter();
-        let _lock = dom.job.lock().await;
+        let _lock = dom.begin_job().await;
         let qmp = self.qmp_of(dom)?;
         if dom.state().state() == DomainState::Paused {
             return Ok(());
@@ -110,7 +111,7 @@ impl Driver {
 
     pub async fn resume(&self, dom: &Arc<Dom>) -> Result<(), VirError> {
         let _call = self.calls.enter();
-        let _lock = dom.job.lock().await;
+        let _lock = dom.begin_job().await;
         let qmp = self.qmp_of(dom)?;
         qmp.execute("cont", None).await?;
         let running = StateReason::Running(RunningReason::Unpaused);
@@ -134,5 +135,68 @@ impl Driver {
         } else {
             false
         }
+    }
+}
+
+impl Driver {
+    pub async fn inject_nmi(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
+        check_flags(flags, 0)?;
+        let _call = self.calls.enter();
+        let _lock = dom.begin_job().await;
+        self.qmp_of(dom)?.execute("inject-nmi", None).await?;
+        Ok(())
+    }
+
+    /// `PMWakeup`: a guest suspended to RAM (S3) runs again.
+    pub async fn pm_wakeup(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
+        check_flags(flags, 0)?;
+        let _call = self.calls.enter();
+        let _lock = dom.begin_job().await;
+        let qmp = self.qmp_of(dom)?;
+        if dom.state().state() != DomainState::PmSuspended {
+            return Err(VirError::operation_invalid(
+                "Unable to wake up domain not in PM suspended state",
+            ));
+        }
+        qmp.execute("system_wakeup", None).await?;
+        Ok(())
+    }
+
+    /// `SendKey`: keys pressed together for `hold_ms` (QEMU's default when 0).
+    pub async fn send_key(
+        &self,
+        dom: &Arc<Dom>,
+        codeset: u32,
+        hold_ms: u32,
+        keycodes: &[u32],
+        flags: u32,
+    ) -> Result<(), VirError> {
+        check_flags(flags, 0)?;
+        let keys = crate::keys::to_qnum(codeset, keycodes)?;
+        let _call = self.calls.enter();
+        let _lock = dom.begin_job().await;
+        let qmp = self.qmp_of(dom)?;
+        let mut args = serde_json::json!({
+            "keys": keys
+                .iter()
+                .map(|k| serde_json::json!({"type": "number", "data": k}))
+                .collect::<Vec<_>>(),
+        });
+        if hold_ms > 0 {
+            args["hold-time"] = hold_ms.into();
+        }
+        qmp.execute("send-key", Some(args)).await?;
+        Ok(())
+    }
+
+    /// `AbortJob`: no operation here runs as a job another call may abort (libvirt's
+    /// async jobs: migration, save, dump), so there is never one to abort.
+    pub async fn abort_job(&self, dom: &Arc<Dom>) -> Result<(), VirError> {
+        if !dom.active() {
+            return Err(not_running());
+        }
+        Err(VirError::operation_invalid(
+            "no job is active on the domain",
+        ))
     }
 }

@@ -32,7 +32,7 @@ impl Driver {
                 }
             }
         };
-        let lock = dom.job.lock().await;
+        let lock = dom.begin_job().await;
         if !self.registered(&dom) {
             return Err(VirError::operation_failed(format!(
                 "domain '{name}' was undefined while being defined"
@@ -64,7 +64,7 @@ impl Driver {
     pub async fn undefine(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
         let flags: UndefineFlags = common::error::flags(flags)?;
         let _call = self.calls.enter();
-        let _lock = dom.job.lock().await;
+        let _lock = dom.begin_job().await;
         // A concurrent Undefine that went first has removed it while this one waited.
         let registered = self
             .reg()
@@ -140,7 +140,7 @@ impl Driver {
 
     pub async fn set_autostart(&self, dom: &Arc<Dom>, on: bool) -> Result<(), VirError> {
         let _call = self.calls.enter();
-        let _lock = dom.job.lock().await;
+        let _lock = dom.begin_job().await;
         let name = {
             let g = dom.lock();
             if g.config.is_none() {

@@ -39,12 +39,26 @@ pub(super) struct Inner {
     pub autostart: bool,
 }
 
+/// The domain's job, held: [`Dom::begin_job`].
+pub(super) struct JobGuard<'a> {
+    _lock: tokio::sync::MutexGuard<'a, ()>,
+    since: &'a Mutex<Option<std::time::Instant>>,
+}
+
+impl Drop for JobGuard<'_> {
+    fn drop(&mut self) {
+        *self.since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 /// One domain: its job lock and its state.
 pub struct Dom {
     pub uuid: Uuid,
     pub path: OwnedObjectPath,
-    /// Serialises operations on this domain (libvirt's job).
-    pub(super) job: tokio::sync::Mutex<()>,
+    /// Serialises operations on this domain (libvirt's job); taken by [`Dom::begin_job`].
+    job: tokio::sync::Mutex<()>,
+    /// When the job in progress began (GetControlInfo's state time).
+    job_since: Mutex<Option<std::time::Instant>>,
     /// Orders the writes of its status file, off the state lock.
     pub(super) status_write: tokio::sync::Mutex<()>,
     /// Its object is served on every connection: only then do lookups and lists hand
@@ -70,6 +84,7 @@ impl Dom {
             uuid,
             path: common::objpath::domain(&uuid),
             job: tokio::sync::Mutex::new(()),
+            job_since: Mutex::new(None),
             status_write: tokio::sync::Mutex::new(()),
             served: AtomicBool::new(false),
             inner: Mutex::new(Inner {
@@ -80,6 +95,21 @@ impl Dom {
                 autostart,
             }),
         })
+    }
+
+    /// Waits for the domain's job lock and holds it until the guard is dropped.
+    pub(super) async fn begin_job(&self) -> JobGuard<'_> {
+        let lock = self.job.lock().await;
+        *self.job_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        JobGuard {
+            _lock: lock,
+            since: &self.job_since,
+        }
+    }
+
+    /// When the operation running on the domain began, if one does.
+    pub fn job_since(&self) -> Option<std::time::Instant> {
+        *self.job_since.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(super) fn served(&self) -> bool {
@@ -122,12 +152,5 @@ impl Dom {
             .or(g.config.as_ref())
             .map(|d| d.os_type.clone())
             .unwrap_or_else(|| "hvm".into())
-    }
-    pub(super) fn def(&self) -> Option<DomainDef> {
-        let g = self.lock();
-        g.live
-            .as_ref()
-            .map(|l| l.def.clone())
-            .or_else(|| g.config.clone())
     }
 }

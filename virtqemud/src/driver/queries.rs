@@ -5,7 +5,18 @@ use std::collections::HashMap;
 
 use common::error::{check_flags, VirError};
 
-use super::{no_definition, not_running, Dom, Driver, Impact, VcpuFlags, XmlFlags};
+use super::{no_definition, not_running, Dom, Driver, Impact, XmlFlags};
+
+/// `GetControlInfo`'s answer: libvirt's `virDomainControlInfo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlInfo {
+    /// `virDomainControlState`: 0 OK, 1 JOB (an operation runs), 3 ERROR.
+    pub state: u32,
+    /// `virDomainControlErrorReason` when ERROR: 2 MONITOR (its monitor is gone).
+    pub details: u32,
+    /// Milliseconds in that state, for JOB.
+    pub state_time_ms: u64,
+}
 
 impl Driver {
     pub fn xml_desc(&self, dom: &Dom, flags: u32) -> Result<String, VirError> {
@@ -22,11 +33,6 @@ impl Driver {
             (None, Some(c)) => Ok(c.to_xml_for(None, secure)),
             (None, None) => Err(no_definition()),
         }
-    }
-
-    pub fn vcpus(&self, dom: &Dom, flags: u32) -> Result<u32, VirError> {
-        common::error::flags::<VcpuFlags>(flags)?;
-        dom.def().map(|d| d.vcpus).ok_or_else(no_definition)
     }
 
     /// `GetCPUModelNames`: the CPU models the emulator for `arch` offers (libvirt
@@ -55,6 +61,54 @@ impl Driver {
             .filter(|m| !matches!(m.as_str(), "host" | "max" | "base"))
             .cloned()
             .collect())
+    }
+
+    /// `GetControlInfo`: whether the daemon can talk to the domain's QEMU now.
+    pub fn control_info(&self, dom: &Dom, flags: u32) -> Result<ControlInfo, VirError> {
+        check_flags(flags, 0)?;
+        let closed = {
+            let g = dom.lock();
+            g.live.as_ref().ok_or_else(not_running)?.qmp.is_closed()
+        };
+        Ok(match (closed, dom.job_since()) {
+            (true, _) => ControlInfo {
+                state: 3,
+                details: 2,
+                state_time_ms: 0,
+            },
+            (false, Some(since)) => ControlInfo {
+                state: 1,
+                details: 0,
+                state_time_ms: since.elapsed().as_millis() as u64,
+            },
+            (false, None) => ControlInfo {
+                state: 0,
+                details: 0,
+                state_time_ms: 0,
+            },
+        })
+    }
+
+    /// `GetJobInfo`: libvirt reports its async jobs (migration, save, dump) here; none
+    /// of this daemon's operations is one, so a running domain has none (type NONE).
+    pub fn job_info(&self, dom: &Dom) -> Result<[u64; 11], VirError> {
+        if !dom.active() {
+            return Err(not_running());
+        }
+        Ok([0; 11])
+    }
+
+    /// `GetDiskErrors`: the disks QEMU saw an I/O error on (query-block's io-status),
+    /// with `virDomainDiskErrorCode` 1 (unspecified) or 2 (no space).
+    pub async fn disk_errors(&self, dom: &Dom, flags: u32) -> Result<Vec<(String, i32)>, VirError> {
+        check_flags(flags, 0)?;
+        let (def, qmp) = {
+            let g = dom.lock();
+            let l = g.live.as_ref().ok_or_else(not_running)?;
+            (l.def.clone(), l.qmp.clone())
+        };
+        let blocks = qmp.execute("query-block", None).await?;
+        Ok(crate::stats::disk_errors(&def, &blocks))
     }
 
     /// Memory statistics (virDomainMemoryStatTags): actual balloon (6) and RSS (7), KiB.

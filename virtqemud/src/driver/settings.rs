@@ -1,12 +1,40 @@
 //! Changes to what a domain is, live and in its config, short of redefining it:
-//! metadata (title, description, applications' elements).
+//! metadata (title, description, applications' elements), vCPUs and memory.
 
 use std::sync::Arc;
 
 use common::error::VirError;
 
-use super::{io_err, no_definition, not_running, Change, Dom, Driver, Impact};
+use super::{io_err, no_definition, not_running, Change, Dom, Driver, Impact, VcpuFlags};
 use crate::metadata;
+use crate::model::DomainDef;
+
+bitflags::bitflags! {
+    /// `virDomainVcpuFlags` as SetVcpus takes them.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct SetVcpuFlags: u32 {
+        const LIVE = 1;
+        const CONFIG = 2;
+        const MAXIMUM = 4;
+        const GUEST = 8;
+        const HOTPLUGGABLE = 16;
+    }
+
+    /// `virDomainMemoryModFlags`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct MemoryFlags: u32 {
+        const LIVE = 1;
+        const CONFIG = 2;
+        const MAXIMUM = 4;
+    }
+}
+
+fn no_agent() -> VirError {
+    VirError::new(
+        common::error::ErrorCode::OperationUnsupported,
+        "the guest agent's view of vCPUs is not served yet",
+    )
+}
 
 /// Which definitions a change with `flags` (`virDomainModificationImpact`) affects:
 /// (live, config). "Current" is the live one of a running domain, else the config.
@@ -34,6 +62,23 @@ fn affected(dom: &Dom, flags: u32) -> Result<(bool, bool), VirError> {
 }
 
 impl Driver {
+    /// Writes `def` as the config of `dom`, then makes it the config (a failed write
+    /// changes nothing).
+    async fn put_config(&self, dom: &Dom, def: DomainDef) -> Result<(), VirError> {
+        let name = dom.name();
+        let text = def.to_xml(None);
+        self.configs
+            .put(&format!("{name}.xml"), text.as_bytes(), 0o600)
+            .await
+            .map_err(|e| io_err("write", &self.config_file(&name), &e))?;
+        dom.lock().config = Some(def);
+        Ok(())
+    }
+
+    fn config_of(dom: &Dom) -> Result<DomainDef, VirError> {
+        dom.lock().config.clone().ok_or_else(no_definition)
+    }
+
     /// `SetMetadata`: the config is written first (a failed write changes nothing),
     /// then the live definition, kept in the run's status file.
     pub async fn set_metadata(
@@ -43,20 +88,12 @@ impl Driver {
         flags: u32,
     ) -> Result<(), VirError> {
         let _call = self.calls.enter();
-        let _lock = dom.job.lock().await;
+        let _lock = dom.begin_job().await;
         let (live, config) = affected(dom, flags)?;
         if config {
-            let (name, mut def) = {
-                let g = dom.lock();
-                (g.name.clone(), g.config.clone().ok_or_else(no_definition)?)
-            };
+            let mut def = Self::config_of(dom)?;
             change.apply(&mut def.dom);
-            let text = def.to_xml(None);
-            self.configs
-                .put(&format!("{name}.xml"), text.as_bytes(), 0o600)
-                .await
-                .map_err(|e| io_err("write", &self.config_file(&name), &e))?;
-            dom.lock().config = Some(def);
+            self.put_config(dom, def).await?;
         }
         if live {
             if let Some(l) = dom.lock().live.as_mut() {
@@ -102,5 +139,239 @@ impl Driver {
                 .ok_or_else(no_definition)?,
         };
         metadata::get(&def.dom, kind, uri)
+    }
+}
+
+impl Driver {
+    /// `GetVcpus`: the current count (or with MAXIMUM the maximum) of the running
+    /// definition, or with CONFIG of the config.
+    pub fn vcpus(&self, dom: &Dom, flags: u32) -> Result<u32, VirError> {
+        let f: VcpuFlags = common::error::flags(flags)?;
+        if f.contains(VcpuFlags::GUEST) {
+            return Err(no_agent());
+        }
+        if f.contains(VcpuFlags::LIVE | VcpuFlags::CONFIG) {
+            return Err(VirError::invalid_arg(
+                "flags 'affect live' and 'affect config' are mutually exclusive",
+            ));
+        }
+        let g = dom.lock();
+        let def = match (f.contains(VcpuFlags::LIVE), f.contains(VcpuFlags::CONFIG)) {
+            (true, _) => g.live.as_ref().map(|l| &l.def).ok_or_else(not_running)?,
+            (_, true) => g.config.as_ref().ok_or_else(|| {
+                VirError::operation_invalid("transient domains do not have any persistent config")
+            })?,
+            _ => g
+                .live
+                .as_ref()
+                .map(|l| &l.def)
+                .or(g.config.as_ref())
+                .ok_or_else(no_definition)?,
+        };
+        Ok(if f.contains(VcpuFlags::MAXIMUM) {
+            def.dom.vcpus
+        } else {
+            def.vcpus
+        })
+    }
+
+    /// `SetVcpus`: the config's current or (MAXIMUM) maximum count, and the running
+    /// QEMU's vCPUs by hotplug up to the maximum it was started with.
+    pub async fn set_vcpus(&self, dom: &Arc<Dom>, count: u32, flags: u32) -> Result<(), VirError> {
+        let f: SetVcpuFlags = common::error::flags(flags)?;
+        if f.contains(SetVcpuFlags::GUEST) {
+            return Err(no_agent());
+        }
+        if count == 0 {
+            return Err(VirError::invalid_arg("the vCPU count must not be zero"));
+        }
+        let _call = self.calls.enter();
+        let _lock = dom.begin_job().await;
+        let (live, config) = affected(dom, flags & (Impact::all().bits()))?;
+        let maximum = f.contains(SetVcpuFlags::MAXIMUM);
+        if maximum && live {
+            return Err(VirError::invalid_arg(
+                "the maximum vCPU count of a running domain cannot change",
+            ));
+        }
+        if config {
+            let mut def = Self::config_of(dom)?;
+            let d = &mut def.dom;
+            if maximum {
+                if d.cpu.as_ref().and_then(|c| c.topology).is_some() && count != d.vcpus {
+                    return Err(VirError::new(
+                        common::error::ErrorCode::ConfigUnsupported,
+                        "the maximum vCPU count of a domain with a <cpu><topology> must match it",
+                    ));
+                }
+                let current = d.current_vcpus.unwrap_or(d.vcpus).min(count);
+                d.vcpus = count;
+                d.current_vcpus = (current != count).then_some(current);
+            } else {
+                if count > d.vcpus {
+                    return Err(VirError::invalid_arg(format!(
+                        "requested vcpus is greater than max allowable vcpus for the persistent domain: {count} > {}",
+                        d.vcpus
+                    )));
+                }
+                d.current_vcpus = (count != d.vcpus).then_some(count);
+            }
+            self.put_config(dom, DomainDef::from(def.dom)).await?;
+        }
+        if live {
+            let (qmp, max) = {
+                let g = dom.lock();
+                let l = g.live.as_ref().ok_or_else(not_running)?;
+                (l.qmp.clone(), l.def.dom.vcpus)
+            };
+            if count > max {
+                return Err(VirError::invalid_arg(format!(
+                    "requested vcpus is greater than max allowable vcpus for the live domain: {count} > {max}"
+                )));
+            }
+            let changed = crate::vcpus::set_online(&qmp, count).await;
+            // What QEMU has now, also after an unplug the guest did not finish.
+            let online = crate::vcpus::slots_online(&qmp).await?;
+            if let Some(l) = dom.lock().live.as_mut() {
+                let mut d = l.def.dom.clone();
+                d.current_vcpus = (online != d.vcpus).then_some(online);
+                l.def = DomainDef::from(d);
+            }
+            self.save_status(dom).await;
+            changed?;
+        }
+        Ok(())
+    }
+
+    /// `SetMemory`: the current memory (or with MAXIMUM the config's maximum), of the
+    /// running QEMU through its balloon.
+    pub async fn set_memory(&self, dom: &Arc<Dom>, kib: u64, flags: u32) -> Result<(), VirError> {
+        let f: MemoryFlags = common::error::flags(flags)?;
+        let _call = self.calls.enter();
+        let _lock = dom.begin_job().await;
+        let (live, config) = affected(dom, flags & (Impact::all().bits()))?;
+        let maximum = f.contains(MemoryFlags::MAXIMUM);
+        if maximum && live {
+            return Err(VirError::operation_invalid(
+                "cannot resize the maximum memory on an active domain",
+            ));
+        }
+        if kib == 0 {
+            return Err(VirError::invalid_arg("the memory size must not be zero"));
+        }
+        let too_much = |max: u64| {
+            VirError::invalid_arg(format!(
+                "cannot set memory higher than max memory: {kib} > {max} KiB"
+            ))
+        };
+        if config {
+            let mut def = Self::config_of(dom)?;
+            let d = &mut def.dom;
+            if maximum {
+                d.memory_kib = kib;
+                d.current_memory_kib = d.current_memory_kib.min(kib);
+            } else {
+                if kib > d.memory_kib {
+                    return Err(too_much(d.memory_kib));
+                }
+                d.current_memory_kib = kib;
+            }
+            self.put_config(dom, DomainDef::from(def.dom)).await?;
+        }
+        if live {
+            let (qmp, max, balloon) = {
+                let g = dom.lock();
+                let l = g.live.as_ref().ok_or_else(not_running)?;
+                let balloon = l
+                    .def
+                    .dom
+                    .devices
+                    .memballoon
+                    .as_ref()
+                    .is_some_and(|m| m.model == "virtio");
+                (l.qmp.clone(), l.def.dom.memory_kib, balloon)
+            };
+            if kib > max {
+                return Err(too_much(max));
+            }
+            if !balloon {
+                return Err(VirError::operation_invalid(
+                    "Unable to change memory of active domain without the balloon device and guest OS balloon driver",
+                ));
+            }
+            qmp.execute("balloon", Some(serde_json::json!({ "value": kib * 1024 })))
+                .await?;
+            if let Some(l) = dom.lock().live.as_mut() {
+                l.def.dom.current_memory_kib = kib;
+            }
+            self.save_status(dom).await;
+        }
+        Ok(())
+    }
+
+    /// `SetMemoryStatsPeriod`: how often the balloon driver reports the guest's memory
+    /// statistics, in seconds (0 stops them).
+    pub async fn set_memory_stats_period(
+        &self,
+        dom: &Arc<Dom>,
+        period: i32,
+        flags: u32,
+    ) -> Result<(), VirError> {
+        let _call = self.calls.enter();
+        let _lock = dom.begin_job().await;
+        let (live, config) = affected(dom, flags)?;
+        let period = u32::try_from(period)
+            .map_err(|_| VirError::invalid_arg("the statistics period must not be negative"))?;
+        let no_balloon = || {
+            VirError::operation_invalid(
+                "Unable to change balloon collection period without a balloon device",
+            )
+        };
+        let with_balloon = |def: &DomainDef| {
+            def.dom
+                .devices
+                .memballoon
+                .as_ref()
+                .is_some_and(|m| m.model == "virtio")
+        };
+        if config {
+            let mut def = Self::config_of(dom)?;
+            if !with_balloon(&def) {
+                return Err(no_balloon());
+            }
+            if let Some(m) = def.dom.devices.memballoon.as_mut() {
+                m.stats_period = (period != 0).then_some(period);
+            }
+            self.put_config(dom, def).await?;
+        }
+        if live {
+            let qmp = {
+                let g = dom.lock();
+                let l = g.live.as_ref().ok_or_else(not_running)?;
+                if !with_balloon(&l.def) {
+                    return Err(no_balloon());
+                }
+                l.qmp.clone()
+            };
+            qmp.execute(
+                "qom-set",
+                Some(serde_json::json!({
+                    "path": "/machine/peripheral/balloon0",
+                    "property": "guest-stats-polling-interval",
+                    "value": period,
+                })),
+            )
+            .await?;
+            if let Some(m) = dom
+                .lock()
+                .live
+                .as_mut()
+                .and_then(|l| l.def.dom.devices.memballoon.as_mut())
+            {
+                m.stats_period = (period != 0).then_some(period);
+            }
+            self.save_status(dom).await;
+        }
+        Ok(())
     }
 }

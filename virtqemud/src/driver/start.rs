@@ -99,7 +99,7 @@ impl Driver {
         };
         self.publish_added(&dom).await;
         let r = {
-            let _lock = dom.job.lock().await;
+            let _lock = dom.begin_job().await;
             self.start_locked(&dom, def, flags).await
         };
         if let Err(e) = r {
@@ -116,7 +116,7 @@ impl Driver {
             return Err(VirError::unsupported_flags(StartFlags::AUTODESTROY.bits()));
         }
         let _call = self.calls.enter();
-        let _lock = dom.job.lock().await;
+        let _lock = dom.begin_job().await;
         let def = {
             let g = dom.lock();
             if g.live.is_some() {
