@@ -16,7 +16,7 @@ KPKG=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
     awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
 [ -n "$KPKG" ] || { echo "cannot resolve linux-image-cloud-amd64 (run apt-get update)" >&2; exit 1; }
 KVER=${KPKG#linux-image-}
-STAMP="kernel=$KPKG qga=$WITH_QGA recipe=3"
+STAMP="kernel=$KPKG qga=$WITH_QGA recipe=4"
 
 if [ "${FORCE:-0}" != 1 ] && [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.img" ] &&
     [ "$(head -n1 "$OUT/manifest.txt" 2>/dev/null)" = "$STAMP" ]; then
@@ -47,6 +47,8 @@ for a in $("$BB" --list); do
     [ -e "$R/bin/$a" ] || ln -s busybox "$R/bin/$a"
 done
 ln -s /bin/busybox "$R/init"
+# qemu-ga's guest-set-time runs /sbin/hwclock (and refuses without it).
+ln -s /bin/busybox "$R/sbin/hwclock"
 
 # Kernel and the modules the guest needs (none of them is built in).
 cp "$X/boot/vmlinuz-$KVER" "$OUT/vmlinuz.new"

@@ -78,12 +78,14 @@ pub fn to_qnum(codeset: u32, keycodes: &[u32]) -> Result<Vec<u32>, VirError> {
                         .find(|(l, _)| *l == code)
                         .and_then(|(_, s)| set1_to_qnum(*s)),
                 },
-                _ => return Err(VirError::new(
-                    ErrorCode::ArgumentUnsupported,
-                    format!(
+                _ => {
+                    return Err(VirError::new(
+                        ErrorCode::ArgumentUnsupported,
+                        format!(
                         "keycode set '{set}' is not supported here (use linux, xt, atset1 or qnum)"
                     ),
-                )),
+                    ))
+                }
             };
             qnum.ok_or_else(|| {
                 VirError::invalid_arg(format!(

@@ -1,5 +1,6 @@
 //! virtqemud: the daemon that manages domains (QEMU/KVM).
 
+pub mod agent;
 pub mod caps;
 pub mod command_line;
 pub mod dbus;

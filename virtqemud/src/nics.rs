@@ -103,6 +103,32 @@ async fn network_proxy<'a>(
         .map_err(|e| remote("network", e))
 }
 
+/// The DHCP leases of `mac` on the network `name` (virtnetworkd's GetDHCPLeases).
+pub async fn dhcp_leases(
+    mode: Mode,
+    name: &str,
+    mac: &str,
+) -> Result<Vec<common::proxies::network::Lease>, VirError> {
+    let conn = bus(mode).await?;
+    let c = NetworkConnectProxy::new(&conn)
+        .await
+        .map_err(|e| remote("network lookup", e))?;
+    let path = c
+        .network_lookup_by_name(name)
+        .await
+        .map_err(|e| remote("network lookup", e))?;
+    let n = common::proxies::network::NetworkProxy::builder(&conn)
+        .path(path)
+        .map(|b| b.cache_properties(zbus::proxy::CacheProperties::No))
+        .map_err(|e| remote("network", e))?
+        .build()
+        .await
+        .map_err(|e| remote("network", e))?;
+    n.get_dhcp_leases(mac, 0)
+        .await
+        .map_err(|e| remote("DHCP leases", e))
+}
+
 async fn port_proxy<'a>(
     conn: &zbus::Connection,
     path: OwnedObjectPath,

@@ -210,6 +210,7 @@ async fn network_nic_gets_a_port_a_tap_and_a_dhcp_lease() {
         }
     }
     assert!(answered, "the guest answers ping at {ip} through its tap");
+    addresses_from_lease_and_arp(&d, &tap, &ip).await;
 
     // kill -9 of virtqemud: the port stays (the domain lives), and after the restart a
     // Destroy still deletes it.
@@ -227,6 +228,21 @@ async fn network_nic_gets_a_port_a_tap_and_a_dhcp_lease() {
     assert!(net_ports.list_ports(0).await.expect("ports").is_empty());
     assert!(link(&ns, &tap).is_none(), "tap gone with QEMU");
     drop(qemud2);
+}
+
+/// The guest's addresses as virtqemud reports them: from its network's DHCP leases
+/// (virtnetworkd), and from the ARP table a ping filled, both on its tap.
+async fn addresses_from_lease_and_arp(d: &DomainProxy<'_>, tap: &str, ip: &str) {
+    let by_lease = d.interface_addresses(0, 0).await.expect("lease source");
+    assert_eq!(
+        by_lease,
+        vec![(tap.to_owned(), MAC.to_owned(), vec![(0, ip.to_owned(), 24)])]
+    );
+    let by_arp = d.interface_addresses(2, 0).await.expect("arp source");
+    assert_eq!(
+        by_arp,
+        vec![(tap.to_owned(), MAC.to_owned(), vec![(0, ip.to_owned(), 0)])]
+    );
 }
 
 /// QEMU's PID as the stats report it? Not exposed: read it from the pid file folder.

@@ -25,6 +25,10 @@ pub struct ControlInfo(u32, u32, u64);
 #[derive(Serialize, Type)]
 pub struct JobInfo(i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64);
 
+/// `GetTime`'s reply, ONE struct `(tu)`: seconds and nanoseconds.
+#[derive(Serialize, Type)]
+pub struct Time(u64, u32);
+
 /// The interface's name, for PropertiesChanged.
 pub const INTERFACE: &str = "org.libvirt.Domain";
 
@@ -374,6 +378,156 @@ impl Domain {
         common::access::check(&hdr).await?;
         Ok(self.driver.disk_errors(&*self.dom()?, flags).await?)
     }
+
+    #[zbus(name = "GetHostname")]
+    async fn get_hostname(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<String, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.guest_hostname(&self.dom()?, flags).await?)
+    }
+
+    #[zbus(name = "GetTime", out_args("time"))]
+    async fn get_time(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(Time,), BusError> {
+        common::access::check(&hdr).await?;
+        let (s, ns) = self.driver.guest_time(&self.dom()?, flags).await?;
+        Ok((Time(s, ns),))
+    }
+
+    #[zbus(name = "SetTime")]
+    async fn set_time(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        seconds: u64,
+        nseconds: u32,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self
+            .driver
+            .set_guest_time(&self.dom()?, seconds, nseconds, flags)
+            .await?)
+    }
+
+    #[zbus(name = "FSFreeze")]
+    async fn fs_freeze(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        mountpoints: Vec<String>,
+        flags: u32,
+    ) -> Result<u32, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self
+            .driver
+            .fs_freeze(&self.dom()?, &mountpoints, flags)
+            .await?)
+    }
+
+    #[zbus(name = "FSThaw")]
+    async fn fs_thaw(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        mountpoints: Vec<String>,
+        flags: u32,
+    ) -> Result<u32, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self
+            .driver
+            .fs_thaw(&self.dom()?, &mountpoints, flags)
+            .await?)
+    }
+
+    #[zbus(name = "FSTrim")]
+    async fn fs_trim(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        mountpoint: &str,
+        minimum: u64,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self
+            .driver
+            .fs_trim(&self.dom()?, mountpoint, minimum, flags)
+            .await?)
+    }
+
+    #[zbus(name = "GetFSInfo")]
+    async fn get_fs_info(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<Vec<(String, String, String, Vec<String>)>, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.fs_info(&self.dom()?, flags).await?)
+    }
+
+    #[zbus(name = "GetGuestVcpus")]
+    async fn get_guest_vcpus(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<TypedParams, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.guest_vcpus(&self.dom()?, flags).await?.into())
+    }
+
+    #[zbus(name = "SetGuestVcpus")]
+    async fn set_guest_vcpus(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        vcpumap: Vec<bool>,
+        state: i32,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self
+            .driver
+            .set_guest_vcpus(&self.dom()?, &vcpumap, state, flags)
+            .await?)
+    }
+
+    #[zbus(name = "SetUserPassword")]
+    async fn set_user_password(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        user: &str,
+        password: &str,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self
+            .driver
+            .set_user_password(&self.dom()?, user, password, flags)
+            .await?)
+    }
+
+    #[zbus(name = "InterfaceAddresses")]
+    async fn interface_addresses(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        source: u32,
+        flags: u32,
+    ) -> Result<Vec<crate::driver::GuestInterface>, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self
+            .driver
+            .interface_addresses(&self.dom()?, source, flags)
+            .await?)
+    }
+
+    #[zbus(signal, name = "AgentEvent")]
+    pub async fn agent_event(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        state: i32,
+        reason: i32,
+    ) -> zbus::Result<()>;
 
     #[zbus(name = "SetMetadata")]
     async fn set_metadata(

@@ -93,6 +93,13 @@ impl common::publish::Publisher<Change> for Publisher {
                 Change::Removed(dom) => self.hub.unserve::<domain::Domain>(&dom.path).await,
                 Change::Lifecycle(dom, event) => self.lifecycle(&dom, event).await,
                 Change::Properties(dom) => self.properties(&dom).await,
+                Change::Agent(dom, state, reason) => {
+                    self.hub
+                        .signal(&dom.path, |e| async move {
+                            domain::Domain::agent_event(&e, state, reason).await
+                        })
+                        .await;
+                }
                 Change::Metadata(dom, kind, uri) => {
                     let uri = uri.as_str();
                     self.hub

@@ -62,26 +62,57 @@ impl Driver {
         Ok(())
     }
 
+    /// `Shutdown`: the guest agent first when asked for or (no flags) when the guest
+    /// has it running, else or after its failure the ACPI power button, as libvirt.
     pub async fn shutdown(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
-        common::error::flags::<ShutdownFlags>(flags)?;
         let _call = self.calls.enter();
         let _lock = dom.begin_job().await;
-        let qmp = self.qmp_of(dom)?;
-        qmp.execute("system_powerdown", None).await?;
+        if self.power_by_agent(dom, flags, "powerdown").await? {
+            return Ok(());
+        }
+        self.qmp_of(dom)?.execute("system_powerdown", None).await?;
         Ok(())
     }
 
+    /// `Reboot`: by the guest agent as [`Driver::shutdown`] chooses it, else libvirt's
+    /// "fake reboot": ACPI power-off, then reset and continue on SHUTDOWN.
     pub async fn reboot(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {
-        common::error::flags::<ShutdownFlags>(flags)?;
         let _call = self.calls.enter();
         let _lock = dom.begin_job().await;
+        if self.power_by_agent(dom, flags, "reboot").await? {
+            return Ok(());
+        }
         let qmp = self.qmp_of(dom)?;
-        // libvirt's "fake reboot": ACPI power-off, then reset and continue on SHUTDOWN.
         if let Some(l) = dom.lock().live.as_mut() {
             l.fake_reboot = true;
         }
         qmp.execute("system_powerdown", None).await?;
         Ok(())
+    }
+
+    /// Tries the guest agent for `mode` where `flags` ask for it or leave the choice;
+    /// true when the agent took it. Only the ACPI button (1) and the agent (2) exist for
+    /// QEMU guests.
+    async fn power_by_agent(&self, dom: &Dom, flags: u32, mode: &str) -> Result<bool, VirError> {
+        let f: ShutdownFlags = common::error::flags(flags)?;
+        check_flags(
+            flags,
+            (ShutdownFlags::ACPI_POWER_BTN | ShutdownFlags::GUEST_AGENT).bits(),
+        )?;
+        self.qmp_of(dom)?;
+        let agent = f.contains(ShutdownFlags::GUEST_AGENT);
+        let acpi = f.contains(ShutdownFlags::ACPI_POWER_BTN);
+        if !(agent || (f.is_empty() && self.agent_available(dom).await)) {
+            return Ok(false);
+        }
+        match self.agent_shutdown(dom, mode).await {
+            Ok(()) => Ok(true),
+            Err(e) if agent && !acpi => Err(e),
+            Err(e) => {
+                tracing::info!(domain = %dom.name(), "guest agent {mode} failed, using ACPI: {e}");
+                Ok(false)
+            }
+        }
     }
 
     pub async fn reset(&self, dom: &Arc<Dom>, flags: u32) -> Result<(), VirError> {

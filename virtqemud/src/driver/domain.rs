@@ -57,6 +57,9 @@ pub struct Dom {
     pub path: OwnedObjectPath,
     /// Serialises operations on this domain (libvirt's job); taken by [`Dom::begin_job`].
     job: tokio::sync::Mutex<()>,
+    /// Serialises guest agent exchanges (one client on its channel at a time), apart
+    /// from the job lock so that a silent guest holds up no other operation.
+    pub(super) agent: tokio::sync::Mutex<()>,
     /// When the job in progress began (GetControlInfo's state time).
     job_since: Mutex<Option<std::time::Instant>>,
     /// Orders the writes of its status file, off the state lock.
@@ -85,6 +88,7 @@ impl Dom {
             path: common::objpath::domain(&uuid),
             job: tokio::sync::Mutex::new(()),
             job_since: Mutex::new(None),
+            agent: tokio::sync::Mutex::new(()),
             status_write: tokio::sync::Mutex::new(()),
             served: AtomicBool::new(false),
             inner: Mutex::new(Inner {

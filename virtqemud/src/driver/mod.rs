@@ -16,7 +16,8 @@
 //! | `status.rs` | the status files a restarted daemon reattaches from |
 //! | `control.rs` | operations on a running domain |
 //! | `queries.rs` | XML, vCPUs, statistics |
-//! | `settings.rs` | changes short of a redefinition: metadata |
+//! | `settings.rs` | changes short of a redefinition: metadata, vCPUs, memory |
+//! | `guest.rs` | the guest agent's answers, guest addresses |
 //! | `monitor.rs` | QMP events and exit: the state machine |
 //! | `reattach.rs` | adopting running QEMUs after a restart, autostart |
 
@@ -34,6 +35,7 @@ use common::runtime::Context;
 mod control;
 mod define;
 mod domain;
+mod guest;
 mod monitor;
 mod queries;
 mod reattach;
@@ -43,6 +45,7 @@ mod start;
 mod status;
 
 pub use domain::Dom;
+pub use guest::GuestInterface;
 use registry::Registry;
 
 bitflags::bitflags! {
@@ -145,6 +148,8 @@ pub enum Change {
     Properties(Arc<Dom>),
     /// Its metadata of a `virDomainMetadataType` (and namespace, for an element) changed.
     Metadata(Arc<Dom>, i32, String),
+    /// Its guest agent connected (1) or disconnected (2), for a reason (`AgentEvent`).
+    Agent(Arc<Dom>, i32, i32),
 }
 
 /// How long Destroy waits after SIGTERM before SIGKILL.

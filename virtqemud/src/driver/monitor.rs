@@ -58,6 +58,7 @@ impl Driver {
                 self.lifecycle(dom, Started(StartedDetail::Wakeup)).await;
                 self.save_status(dom).await;
             }
+            "VSERPORT_CHANGE" => self.on_port_change(dom, &ev.data).await,
             "SHUTDOWN" => {
                 let guest = ev
                     .data
@@ -162,6 +163,30 @@ impl Driver {
             self.props_changed(dom).await;
         } else {
             self.remove(dom).await;
+        }
+    }
+}
+
+impl Driver {
+    /// A virtio-serial port opened or closed by the guest: for the agent's channel,
+    /// libvirt's agent lifecycle event (1 connected, 2 disconnected; reason 2, a
+    /// channel event).
+    async fn on_port_change(&self, dom: &Arc<Dom>, data: &Value) {
+        let (Some(id), Some(open)) = (
+            data.get("id").and_then(Value::as_str),
+            data.get("open").and_then(Value::as_bool),
+        ) else {
+            return;
+        };
+        let is_agent = dom.lock().live.as_ref().is_some_and(|l| {
+            crate::agent::channel(&l.def.dom, &l.qmp_path)
+                .is_ok_and(|(i, _)| id == format!("channel{i}"))
+        });
+        if is_agent {
+            let state = if open { 1 } else { 2 };
+            self.outbox
+                .send(super::Change::Agent(dom.clone(), state, 2))
+                .await;
         }
     }
 }
