@@ -5,6 +5,7 @@ pub mod caps;
 pub mod command_line;
 pub mod dbus;
 pub mod driver;
+pub mod events;
 pub mod firmware;
 pub mod graphics;
 pub mod host_caps;

@@ -95,8 +95,23 @@ async fn the_guest_agent_answers_and_shuts_the_guest_down() {
         .as_secs();
     assert!(secs.abs_diff(now) < 300, "guest {secs} vs host {now}");
     assert!(nsecs < 1_000_000_000);
-    d.set_time(now, 5, 0).await.expect("set time");
+    // qemu-ga writes the time it sets to the RTC too: QEMU reports the RTC's new
+    // offset from the host's clock, libvirt's RTCChange.
+    let mut rtc = d.receive_rtc_change().await.expect("subscribe");
+    d.set_time(now - 3600, 5, 0).await.expect("set time");
+    let sig = tokio::time::timeout(Duration::from_secs(10), rtc.next())
+        .await
+        .expect("RTCChange within 10 s")
+        .expect("stream");
+    let offset = sig.args().expect("args").utcoffset;
+    assert!((-3700..=-3500).contains(&offset), "RTC offset {offset}");
     d.set_time(0, 0, 1).await.expect("sync from the RTC");
+    let (back, _) = d.get_time(0).await.expect("time");
+    assert!(
+        back.abs_diff(now - 3600) < 300,
+        "guest {back} after the sync"
+    );
+    d.set_time(now, 0, 0).await.expect("set time back");
     assert!(bus_err(d.set_time(now, 1_000_000_000, 0).await).contains("nseconds"));
 
     let cpus = d.get_guest_vcpus(0).await.expect("guest vcpus");

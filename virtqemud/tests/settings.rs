@@ -186,6 +186,31 @@ async fn cpu_model_names_come_from_the_emulator() {
     assert!(bus_err(q.qc.get_cpu_model_names("x86_64", 1).await).contains("flags"));
 }
 
+/// A VNC client that gets through the RFB 3.8 handshake (no authentication) and
+/// leaves.
+async fn vnc_client(path: &std::path::Path) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(path)
+        .await
+        .expect("vnc socket");
+    let mut version = [0u8; 12];
+    s.read_exact(&mut version).await.expect("server version");
+    assert_eq!(&version, b"RFB 003.008\n");
+    s.write_all(b"RFB 003.008\n").await.expect("client version");
+    let mut n = [0u8; 1];
+    s.read_exact(&mut n).await.expect("security types");
+    let mut types = vec![0u8; usize::from(n[0])];
+    s.read_exact(&mut types).await.expect("security types");
+    assert!(types.contains(&1), "no 'None' security: {types:?}");
+    s.write_all(&[1]).await.expect("choose None");
+    let mut result = [0u8; 4];
+    s.read_exact(&mut result).await.expect("security result");
+    assert_eq!(result, [0, 0, 0, 0]);
+    s.write_all(&[1]).await.expect("ClientInit, shared");
+    let mut init = [0u8; 24];
+    s.read_exact(&mut init).await.expect("ServerInit");
+}
+
 /// How many vCPUs QEMU reports (`vcpu.N.state` come from query-cpus-fast, not from
 /// the definition).
 async fn vcpus_in_qemu(d: &common::proxies::qemu::DomainProxy<'_>) -> usize {
@@ -204,6 +229,7 @@ async fn vcpus_memory_and_control_of_a_running_domain() {
     let mut q = support::qemud(BIN).await;
     let scratch = tempfile::tempdir().expect("tempdir");
     let img = scratch.path().join("disk.qcow2");
+    let vnc = scratch.path().join("vnc.sock");
     let st = std::process::Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .arg(&img)
@@ -216,8 +242,10 @@ async fn vcpus_memory_and_control_of_a_running_domain() {
          <vcpu current='1'>2</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>\
          <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
          <source file='{}'/><target dev='vda' bus='virtio'/></disk>\
+         <graphics type='vnc'><listen type='socket' socket='{}'/></graphics>\
          <memballoon model='virtio'/></devices></domain>",
-        img.display()
+        img.display(),
+        vnc.display()
     );
     let path = q.qc.domain_define_xml(&x).await.expect("define");
     let d = domain(&q.conn, &path).await;
@@ -287,6 +315,27 @@ async fn vcpus_memory_and_control_of_a_running_domain() {
         "Requested operation is not valid: no job is active on the domain"
     );
     assert_eq!(d.get_disk_errors(0).await.expect("disk errors"), vec![]);
+
+    // Signals of the domain's own: a reset is libvirt's Reboot event, a VNC client's
+    // connection, handshake and departure are Graphics phases 0, 1 and 2.
+    let mut reboots = d.receive_reboot().await.expect("subscribe");
+    d.reset(0).await.expect("reset");
+    tokio::time::timeout(Duration::from_secs(10), reboots.next())
+        .await
+        .expect("Reboot within 10 s")
+        .expect("stream");
+    let mut graphics = d.receive_graphics().await.expect("subscribe");
+    vnc_client(&vnc).await;
+    for want in [0, 1, 2] {
+        let sig = tokio::time::timeout(Duration::from_secs(10), graphics.next())
+            .await
+            .expect("Graphics within 10 s")
+            .expect("stream");
+        let a = sig.args().expect("args");
+        assert_eq!(a.phase, want);
+        assert_eq!(a.local.0, 2, "a Unix socket: {:?}", a.local);
+        assert_eq!(a.auth_scheme, "none");
+    }
 
     // kill -9 and restart: the live counts come back from the status file.
     q.daemon.kill9();

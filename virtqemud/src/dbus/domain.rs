@@ -522,6 +522,73 @@ impl Domain {
             .await?)
     }
 
+    #[zbus(signal, name = "BalloonChange")]
+    pub async fn balloon_change(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        actual: u64,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal, name = "Reboot")]
+    pub async fn reboot_signal(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal, name = "RTCChange")]
+    pub async fn rtc_change(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        utcoffset: i64,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal, name = "Watchdog")]
+    pub async fn watchdog(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        action: i32,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal, name = "IOError")]
+    pub async fn io_error(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        src_path: &str,
+        device: &str,
+        action: i32,
+        reason: &str,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal, name = "TrayChange")]
+    pub async fn tray_change(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        device: &str,
+        reason: i32,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal, name = "PMSuspend")]
+    pub async fn pm_suspend(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        reason: i32,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal, name = "PMSuspendDisk")]
+    pub async fn pm_suspend_disk(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        reason: i32,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal, name = "PMWakeup")]
+    pub async fn pm_wakeup_signal(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        reason: i32,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal, name = "Graphics")]
+    pub async fn graphics(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        phase: i32,
+        local: crate::events::GraphicsAddress,
+        remote: crate::events::GraphicsAddress,
+        auth_scheme: &str,
+        identities: Vec<(String, String)>,
+    ) -> zbus::Result<()>;
+
     #[zbus(signal, name = "AgentEvent")]
     pub async fn agent_event(
         emitter: &zbus::object_server::SignalEmitter<'_>,

@@ -61,6 +61,43 @@ impl Publisher {
             .await;
     }
 
+    /// A domain's own signal (not lifecycle) on its object.
+    async fn signal(&self, dom: &Dom, s: crate::events::DomainSignal) {
+        use crate::events::DomainSignal as S;
+        use domain::Domain as D;
+        self.hub
+            .signal(&dom.path, |e| {
+                let s = s.clone();
+                async move {
+                    match s {
+                        S::BalloonChange(kib) => D::balloon_change(&e, kib).await,
+                        S::Reboot => D::reboot_signal(&e).await,
+                        S::RtcChange(offset) => D::rtc_change(&e, offset).await,
+                        S::Watchdog(action) => D::watchdog(&e, action).await,
+                        S::IoError {
+                            src_path,
+                            device,
+                            action,
+                            reason,
+                        } => D::io_error(&e, &src_path, &device, action, &reason).await,
+                        S::TrayChange { device, reason } => {
+                            D::tray_change(&e, &device, reason).await
+                        }
+                        S::PmSuspend => D::pm_suspend(&e, 0).await,
+                        S::PmSuspendDisk => D::pm_suspend_disk(&e, 0).await,
+                        S::PmWakeup => D::pm_wakeup_signal(&e, 0).await,
+                        S::Graphics {
+                            phase,
+                            local,
+                            remote,
+                            auth,
+                        } => D::graphics(&e, phase, local, remote, &auth, Vec::new()).await,
+                    }
+                }
+            })
+            .await;
+    }
+
     /// libvirt-dbus declares these properties without PropertiesChanged
     /// (EmitsChangedSignal false); sending it anyway spares clients a poll.
     async fn properties(&self, dom: &Dom) {
@@ -93,6 +130,7 @@ impl common::publish::Publisher<Change> for Publisher {
                 Change::Removed(dom) => self.hub.unserve::<domain::Domain>(&dom.path).await,
                 Change::Lifecycle(dom, event) => self.lifecycle(&dom, event).await,
                 Change::Properties(dom) => self.properties(&dom).await,
+                Change::Signal(dom, s) => self.signal(&dom, s).await,
                 Change::Agent(dom, state, reason) => {
                     self.hub
                         .signal(&dom.path, |e| async move {

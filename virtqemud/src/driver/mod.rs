@@ -150,6 +150,8 @@ pub enum Change {
     Metadata(Arc<Dom>, i32, String),
     /// Its guest agent connected (1) or disconnected (2), for a reason (`AgentEvent`).
     Agent(Arc<Dom>, i32, i32),
+    /// Something QEMU reported that has a signal of its own on the domain.
+    Signal(Arc<Dom>, crate::events::DomainSignal),
 }
 
 /// How long Destroy waits after SIGTERM before SIGKILL.

@@ -23,6 +23,17 @@ use nix::sys::signal::Signal;
 
 impl Driver {
     pub(super) async fn on_event(&self, dom: &Arc<Dom>, ev: &qmp::Event) {
+        let signal = {
+            let g = dom.lock();
+            g.live
+                .as_ref()
+                .and_then(|l| crate::events::signal_of(ev, &l.def))
+        };
+        if let Some(s) = signal {
+            self.outbox
+                .send(super::Change::Signal(dom.clone(), s))
+                .await;
+        }
         match ev.name.as_str() {
             "STOP"
                 if self.transition(dom, &[DomainState::Running], Paused(PausedReason::Unknown)) =>
