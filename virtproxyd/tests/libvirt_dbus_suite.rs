@@ -39,7 +39,6 @@ const EXPECTED_FAILURES: &[(&str, &str)] = &[
     ("test_snapshot.py::TestSnapshot::test_snapshot_get_is_current", SNAPSHOTS),
     ("test_snapshot.py::TestSnapshot::test_snapshot_list_children", SNAPSHOTS),
     ("test_snapshot.py::TestSnapshot::test_snapshot_revert", SNAPSHOTS),
-    ("test_domain.py::TestDomain::test_domain_managed_save", "ManagedSave is not served yet"),
     ("test_domain.py::TestDomain::test_domain_vcpu_pin_info", "GetVcpuPinInfo is not served yet (and the test expects the test driver's 8 host CPUs)"),
     ("test_domain.py::TestDomain::test_api", "SchedulerType of a running domain needs its cpu cgroup (libvirt's qemu driver errs without one too); virtqemud does not put QEMU in cgroups yet"),
     // Only libvirt's fake test driver can pass these.

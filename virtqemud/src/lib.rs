@@ -16,6 +16,7 @@ pub mod model;
 pub mod nics;
 pub mod process;
 pub mod qmp;
+pub mod save;
 pub mod security;
 pub mod stats;
 pub mod tap;

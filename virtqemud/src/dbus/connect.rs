@@ -135,6 +135,42 @@ impl Connect {
         .await?)
     }
 
+    #[zbus(name = "DomainRestore")]
+    async fn domain_restore(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        from: &str,
+        xml: &str,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        self.driver.restore(from, xml, flags).await?;
+        Ok(())
+    }
+
+    #[zbus(name = "DomainSaveImageGetXMLDesc")]
+    async fn domain_save_image_get_xml_desc(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        file: &str,
+        flags: u32,
+    ) -> Result<String, BusError> {
+        common::access::check_with_flags(&hdr, flags).await?;
+        Ok(self.driver.save_image_xml(file, flags).await?)
+    }
+
+    #[zbus(name = "DomainSaveImageDefineXML")]
+    async fn domain_save_image_define_xml(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        file: &str,
+        xml: &str,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.save_image_define(file, xml, flags).await?)
+    }
+
     #[zbus(name = "GetCPUModelNames")]
     async fn get_cpu_model_names(
         &self,

@@ -596,6 +596,48 @@ impl Domain {
         reason: i32,
     ) -> zbus::Result<()>;
 
+    #[zbus(name = "Save")]
+    async fn save(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        to: &str,
+        xml: &str,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.save(&self.dom()?, Some(to), xml, flags).await?)
+    }
+
+    #[zbus(name = "ManagedSave")]
+    async fn managed_save(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.save(&self.dom()?, None, "", flags).await?)
+    }
+
+    #[zbus(name = "HasManagedSaveImage")]
+    async fn has_managed_save_image(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<bool, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.has_managed_save(&*self.dom()?, flags)?)
+    }
+
+    #[zbus(name = "ManagedSaveRemove")]
+    async fn managed_save_remove(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.managed_save_remove(&self.dom()?, flags).await?)
+    }
+
     #[zbus(name = "SetMetadata")]
     async fn set_metadata(
         &self,

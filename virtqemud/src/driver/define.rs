@@ -86,6 +86,15 @@ impl Driver {
             }
             (g.name.clone(), g.live.is_some())
         };
+        let image = self.managed_save_path(&name);
+        if image.exists() {
+            if !flags.contains(UndefineFlags::MANAGED_SAVE) {
+                return Err(VirError::operation_invalid(
+                    "Refusing to undefine while domain managed save image exists",
+                ));
+            }
+            std::fs::remove_file(&image).map_err(|e| io_err("remove", &image, &e))?;
+        }
         let nvram = self.nvram_file(dom);
         let tpm_state = self.paths.swtpm.join(dom.uuid.to_string());
         let link = self.autostart_link(&name);

@@ -28,6 +28,8 @@ pub(super) struct Live {
     pub shutdown_seen: bool,
     pub crashed: bool,
     pub fake_reboot: bool,
+    /// Its state went to a save image: its end is STOPPED/SAVED.
+    pub saved: bool,
     pub exited: watch::Receiver<bool>,
 }
 

@@ -18,6 +18,7 @@
 //! | `queries.rs` | XML, vCPUs, statistics |
 //! | `settings.rs` | changes short of a redefinition: metadata, vCPUs, memory |
 //! | `guest.rs` | the guest agent's answers, guest addresses |
+//! | `save.rs` | save images: save, managed save, restore |
 //! | `monitor.rs` | QMP events and exit: the state machine |
 //! | `reattach.rs` | adopting running QEMUs after a restart, autostart |
 
@@ -40,6 +41,7 @@ mod monitor;
 mod queries;
 mod reattach;
 mod registry;
+mod save;
 mod settings;
 mod start;
 mod status;
@@ -60,12 +62,14 @@ bitflags::bitflags! {
         const PAUSED = 32;
         const SHUTOFF = 64;
         const OTHER = 128;
-        const AUTOSTART = 256;
-        const NO_AUTOSTART = 512;
-        const HAS_SNAPSHOT = 1024;
-        const NO_SNAPSHOT = 2048;
-        const HAS_CHECKPOINT = 4096;
-        const NO_CHECKPOINT = 8192;
+        const MANAGEDSAVE = 256;
+        const NO_MANAGEDSAVE = 512;
+        const AUTOSTART = 1024;
+        const NO_AUTOSTART = 2048;
+        const HAS_SNAPSHOT = 4096;
+        const NO_SNAPSHOT = 8192;
+        const HAS_CHECKPOINT = 16384;
+        const NO_CHECKPOINT = 32768;
     }
 
     /// `virDomainCreateFlags` this driver accepts.
@@ -178,6 +182,9 @@ struct Paths {
     nvram: PathBuf,
     /// Emulated TPM states (libvirt: /var/lib/libvirt/swtpm, ~/.config/libvirt/qemu/swtpm).
     swtpm: PathBuf,
+    /// Managed save images (libvirt: /var/lib/libvirt/qemu/save,
+    /// ~/.config/libvirt/qemu/save).
+    save: PathBuf,
 }
 
 impl Paths {
@@ -197,6 +204,11 @@ impl Paths {
                 s.state_dir.join("swtpm")
             } else {
                 s.config_dir.join("qemu").join("swtpm")
+            },
+            save: if system {
+                s.state_dir.join("qemu").join("save")
+            } else {
+                s.config_dir.join("qemu").join("save")
             },
         }
     }
@@ -291,6 +303,7 @@ impl Driver {
             caps: Mutex::new(None),
         });
         driver.load_configs();
+        driver.remove_partial_saves();
         Ok(driver)
     }
 

@@ -152,7 +152,9 @@ impl Driver {
             (live, g.config.is_some())
         };
         let Some(l) = live else { return };
-        let (reason, detail) = if l.destroying {
+        let (reason, detail) = if l.saved {
+            (ShutoffReason::Saved, StoppedDetail::Saved)
+        } else if l.destroying {
             (ShutoffReason::Destroyed, StoppedDetail::Destroyed)
         } else if l.shutdown_seen {
             (ShutoffReason::Shutdown, StoppedDetail::Shutdown)

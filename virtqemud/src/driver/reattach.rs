@@ -166,6 +166,7 @@ impl Driver {
                 shutdown_seen: run_state == "shutdown",
                 crashed: false,
                 fake_reboot: false,
+                saved: false,
                 exited: exit_rx,
             });
         }

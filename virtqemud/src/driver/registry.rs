@@ -183,7 +183,10 @@ impl Driver {
                         DomainState::Shutoff => flags.contains(ListFlags::SHUTOFF),
                         _ => flags.contains(ListFlags::OTHER),
                     };
+                let managed_save = || self.managed_save_path(&g.name).exists();
                 pick(ListFlags::ACTIVE, ListFlags::INACTIVE, g.live.is_some())
+                    && (!flags.intersects(ListFlags::MANAGEDSAVE | ListFlags::NO_MANAGEDSAVE)
+                        || pick(ListFlags::MANAGEDSAVE, ListFlags::NO_MANAGEDSAVE, managed_save()))
                     && pick(ListFlags::PERSISTENT, ListFlags::TRANSIENT, g.config.is_some())
                     && pick(ListFlags::AUTOSTART, ListFlags::NO_AUTOSTART, g.autostart)
                     // No domain here has snapshots or checkpoints yet.

@@ -100,7 +100,7 @@ impl Driver {
         self.publish_added(&dom).await;
         let r = {
             let _lock = dom.begin_job().await;
-            self.start_locked(&dom, def, flags).await
+            self.start_locked(&dom, def, flags, None).await
         };
         if let Err(e) = r {
             self.remove(&dom).await;
@@ -124,14 +124,24 @@ impl Driver {
             }
             g.config.clone().ok_or_else(no_definition)?
         };
-        self.start_locked(dom, def, flags).await
+        // A managed save image is where the domain left off: it resumes from there,
+        // unless FORCE_BOOT discards the image.
+        let image = self.managed_save_path(&def.name);
+        if image.exists() {
+            if !flags.contains(StartFlags::FORCE_BOOT) {
+                return self.start_from_managed_save(dom, &image, flags).await;
+            }
+            std::fs::remove_file(&image).map_err(|e| io_err("remove", &image, &e))?;
+        }
+        self.start_locked(dom, def, flags, None).await
     }
 
-    async fn start_locked(
+    pub(super) async fn start_locked(
         &self,
         dom: &Arc<Dom>,
         mut def: DomainDef,
         flags: StartFlags,
+        restore: Option<super::save::Restore>,
     ) -> Result<(), VirError> {
         // First: nothing of the run is touched while another QEMU still holds the domain.
         let lock = self.lock_domain(&def.name)?;
@@ -141,14 +151,29 @@ impl Driver {
         crate::firmware::prepare(&mut def.dom, &dirs, &self.paths.nvram)?;
         crate::graphics::assign_ports(&mut def.dom)?;
         let mut held = Held::default();
-        let mut spawned = match self.spawn(dom, &mut def, &mut held, &lock).await {
+        let incoming = restore.is_some();
+        let mut spawned = match self.spawn(dom, &mut def, &mut held, &lock, incoming).await {
             Ok(s) => s,
             Err(e) => {
                 self.release(dom, &def.dom, held).await;
                 return Err(e);
             }
         };
-        if let Err(e) = Self::prepare_guest(&spawned.qmp, &mut def).await {
+        let mut prepared = Self::prepare_guest(&spawned.qmp, &mut def).await;
+        let mut run_after = !flags.contains(StartFlags::PAUSED);
+        if let (Ok(()), Some(r)) = (&prepared, restore) {
+            run_after &= r.running;
+            let dom_dir = held
+                .qmp
+                .as_deref()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf);
+            prepared = match dom_dir {
+                Some(d) => super::save::migrate_in(&spawned.qmp, &d, r.file).await,
+                None => Err(VirError::internal("the run has no folder")),
+            };
+        }
+        if let Err(e) = prepared {
             spawned.qemu.terminate(Duration::from_secs(1)).await;
             self.release(dom, &def.dom, held).await;
             return Err(e);
@@ -162,9 +187,22 @@ impl Driver {
         if let Some(t) = spawned.swtpm.take() {
             t.handed_over();
         }
-        let paused = flags.contains(StartFlags::PAUSED);
+        let paused = !run_after;
         let qmp = spawned.qmp.clone();
-        self.go_live(dom, def, held, spawned, paused);
+        let (reason, started, suspended) = if incoming {
+            (
+                RunningReason::Restored,
+                StartedDetail::Restored,
+                SuspendedDetail::Restored,
+            )
+        } else {
+            (
+                RunningReason::Booted,
+                StartedDetail::Booted,
+                SuspendedDetail::Paused,
+            )
+        };
+        self.go_live(dom, def, held, spawned, paused, reason);
         self.save_status(dom).await;
         if !paused {
             if let Err(e) = qmp.execute("cont", None).await {
@@ -172,11 +210,9 @@ impl Driver {
                 return Err(e.into());
             }
         }
-        self.lifecycle(dom, DomainEvent::Started(StartedDetail::Booted))
-            .await;
+        self.lifecycle(dom, DomainEvent::Started(started)).await;
         if paused {
-            self.lifecycle(dom, DomainEvent::Suspended(SuspendedDetail::Paused))
-                .await;
+            self.lifecycle(dom, DomainEvent::Suspended(suspended)).await;
         }
         self.props_changed(dom).await;
         Ok(())
@@ -192,6 +228,7 @@ impl Driver {
         def: &mut DomainDef,
         held: &mut Held,
         lock: &File,
+        incoming: bool,
     ) -> Result<Spawned, VirError> {
         let mode = self.ctx.settings.mode;
         // First the user, so a start that cannot have one touches nothing else.
@@ -258,7 +295,7 @@ impl Driver {
             user.as_ref(),
         )
         .await?;
-        let argv = model::argv(
+        let mut argv = model::argv(
             def,
             &model::LaunchPaths {
                 qmp: &qmp_path,
@@ -270,6 +307,10 @@ impl Driver {
             },
             self.sandbox,
         )?;
+        if incoming {
+            // The guest's state comes over the monitor's migrate-incoming, not from boot.
+            argv.extend(["-incoming".to_owned(), "defer".to_owned()]);
+        }
         let log = self.log_file(&def.name);
         tracing::info!(domain = %def.name, "starting: {}", argv.join(" "));
         let mut keep: Vec<i32> = tap_fds.iter().flatten().copied().collect();
@@ -340,7 +381,15 @@ impl Driver {
     }
 
     /// Records the run in the domain and starts its monitor task.
-    fn go_live(&self, dom: &Arc<Dom>, def: DomainDef, held: Held, s: Spawned, paused: bool) {
+    fn go_live(
+        &self,
+        dom: &Arc<Dom>,
+        def: DomainDef,
+        held: Held,
+        s: Spawned,
+        paused: bool,
+        reason: RunningReason,
+    ) {
         let (exit_tx, exit_rx) = watch::channel(false);
         {
             let mut g = dom.lock();
@@ -356,12 +405,13 @@ impl Driver {
                 shutdown_seen: false,
                 crashed: false,
                 fake_reboot: false,
+                saved: false,
                 exited: exit_rx,
             });
             g.state = if paused {
                 StateReason::Paused(PausedReason::User)
             } else {
-                StateReason::Running(RunningReason::Booted)
+                StateReason::Running(reason)
             };
         }
         if let Some(d) = self.arc() {
