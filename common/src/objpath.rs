@@ -60,6 +60,14 @@ pub fn domain(uuid: &uuid::Uuid) -> OwnedObjectPath {
     path("domain", &encode_uuid(uuid))
 }
 
+/// A domain snapshot: its domain's encoded UUID, `_`, its encoded name.
+pub fn domain_snapshot(domain: &uuid::Uuid, name: &str) -> OwnedObjectPath {
+    path(
+        "domainsnapshot",
+        &format!("{}_{}", encode_uuid(domain), encode_str(name)),
+    )
+}
+
 pub fn network(uuid: &uuid::Uuid) -> OwnedObjectPath {
     path("network", &encode_uuid(uuid))
 }
@@ -102,6 +110,10 @@ mod tests {
             Some(u)
         );
         assert_eq!(decode_uuid("6695eb01"), None);
+        assert_eq!(
+            domain_snapshot(&u, "my_snapshot").as_str(),
+            "/org/libvirt/QEMU/domainsnapshot/_6695eb01_f6a4_8304_79aa_97f2502e193f_my_5fsnapshot"
+        );
     }
 
     #[test]

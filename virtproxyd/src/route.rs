@@ -49,7 +49,7 @@ const INTROSPECTABLE: &str = "org.freedesktop.DBus.Introspectable";
 /// that will own them, which answers "unknown object" until it does.
 const KINDS: &[(&str, Backend)] = &[
     ("domain", Backend::Qemu),
-    ("snapshot", Backend::Qemu),
+    ("domainsnapshot", Backend::Qemu),
     ("network", Backend::Network),
     ("networkport", Backend::Network),
     ("interface", Backend::Network),
