@@ -54,6 +54,7 @@ error_codes! {
     OperationInvalid = 55 => "Requested operation is not valid: %s",
     ConfigUnsupported = 67 => "unsupported configuration: %s",
     OperationTimeout = 68 => "Timed out during operation: %s",
+    NoDomainSnapshot = 72 => "Domain snapshot not found: %s",
     ArgumentUnsupported = 74 => "argument unsupported: %s",
     StoragePoolBuilt = 76 => "storage pool already built: %s",
     NoDomainMetadata = 80 => "metadata not found: %s",

@@ -20,7 +20,6 @@ mod support;
 use support::*;
 
 const HOST_INTERFACES: &str = "host interfaces (org.libvirt.Interface) are not served yet";
-const SNAPSHOTS: &str = "domain snapshots are not served yet";
 
 /// Tests that fail today, and why. Keys are pytest node ids.
 const EXPECTED_FAILURES: &[(&str, &str)] = &[
@@ -32,13 +31,6 @@ const EXPECTED_FAILURES: &[(&str, &str)] = &[
     ("test_interface.py::TestInterface::test_interface_create", HOST_INTERFACES),
     ("test_interface.py::TestInterface::test_interface_get_xml_description", HOST_INTERFACES),
     ("test_interface.py::TestInterface::test_interface_properties_type", HOST_INTERFACES),
-    ("test_domain.py::TestDomain::test_snapshot", SNAPSHOTS),
-    ("test_snapshot.py::TestSnapshot::test_snapshot_delete", SNAPSHOTS),
-    ("test_snapshot.py::TestSnapshot::test_snapshot_get_parent", SNAPSHOTS),
-    ("test_snapshot.py::TestSnapshot::test_snapshot_get_xml", SNAPSHOTS),
-    ("test_snapshot.py::TestSnapshot::test_snapshot_get_is_current", SNAPSHOTS),
-    ("test_snapshot.py::TestSnapshot::test_snapshot_list_children", SNAPSHOTS),
-    ("test_snapshot.py::TestSnapshot::test_snapshot_revert", SNAPSHOTS),
     ("test_domain.py::TestDomain::test_domain_vcpu_pin_info", "GetVcpuPinInfo is not served yet (and the test expects the test driver's 8 host CPUs)"),
     ("test_domain.py::TestDomain::test_api", "SchedulerType of a running domain needs its cpu cgroup (libvirt's qemu driver errs without one too); virtqemud does not put QEMU in cgroups yet"),
     // Only libvirt's fake test driver can pass these.
@@ -193,6 +185,7 @@ async fn libvirt_dbus_own_suite_through_the_front() {
     let s = Stack::start_with(&[], Some(&sysfs)).await;
     let tests = s.scratch.path().join("suite");
     let pool = s.scratch.path().join("default-pool");
+    let disk = s.scratch.path().join("test.qcow2");
     std::fs::create_dir_all(&tests).expect("suite folder");
     prepare(&src, &tests);
     let plugin_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/libvirt_dbus");
@@ -216,7 +209,8 @@ async fn libvirt_dbus_own_suite_through_the_front() {
                 format!("{}:{}", plugin_dir.display(), tests.display()),
             )
             .env("DBUS_SESSION_BUS_ADDRESS", address)
-            .env("VIRT_SUITE_POOL_DIR", pool))
+            .env("VIRT_SUITE_POOL_DIR", pool)
+            .env("VIRT_SUITE_DISK", disk))
     })
     .await
     .expect("pytest");

@@ -18,6 +18,7 @@ pub mod process;
 pub mod qmp;
 pub mod save;
 pub mod security;
+pub mod snapshot;
 pub mod stats;
 pub mod tap;
 pub mod tpm;

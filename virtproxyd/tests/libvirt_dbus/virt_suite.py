@@ -5,11 +5,14 @@ every test; this plugin replaces that fixture: before each test it puts the obje
 test:///default back through the D-Bus API of org.libvirt (a running domain 'test', an
 active network 'default', an active dir pool 'default-pool', the node devices of a
 fixture sysfs tree with a vport-capable fc_host scsi_host2 as the test driver has,
-nothing else) and hands the test the Connect object at /org/libvirt/QEMU. The suite's own conftest.py (which starts
-a bus of its own) is not used; everything else of the suite runs unchanged.
+nothing else) and hands the test the Connect object at /org/libvirt/QEMU. The domain
+has a qcow2 disk, where the QEMU driver keeps internal snapshots. The suite's own
+conftest.py (which starts a bus of its own) is not used; everything else of the suite
+runs unchanged.
 """
 
 import os
+import subprocess
 import time
 
 import dbus
@@ -20,6 +23,9 @@ import libvirttest  # noqa: E402  (the suite's module, after the variable it rea
 
 CONNECT = '/org/libvirt/QEMU'
 POOL_DIR = os.environ['VIRT_SUITE_POOL_DIR']
+# The domain's disk: a qcow2 image, so that it can hold internal snapshots (libvirt's
+# QEMU driver needs one; the test driver fakes them without disks).
+DISK = os.environ['VIRT_SUITE_DISK']
 
 DOMAIN_XML = """<domain type='qemu'>
   <name>test</name>
@@ -31,7 +37,14 @@ DOMAIN_XML = """<domain type='qemu'>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>
-</domain>"""
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='%s'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+  </devices>
+</domain>""" % DISK
 
 NETWORK_XML = """<network>
   <name>default</name>
@@ -73,8 +86,9 @@ def _clear(bus, lister, iface, stop, remove):
 def reset(bus):
     """test:///default's objects, and only those, through org.libvirt."""
     c = _iface(bus, CONNECT, 'org.libvirt.Connect')
+    # Undefine with its snapshots' metadata (2); the image is made afresh below.
     _clear(bus, c.ListDomains, 'org.libvirt.Domain',
-           lambda d: d.Destroy(0), lambda d: d.Undefine(0))
+           lambda d: d.Destroy(0), lambda d: d.Undefine(2))
     _clear(bus, c.ListNetworks, 'org.libvirt.Network',
            lambda n: n.Destroy(), lambda n: n.Undefine())
 
@@ -103,6 +117,7 @@ def reset(bus):
         made = [p for p in made if p in c.ListNodeDevices(0)]
     assert not made, 'vports still there after Destroy: %s' % made
 
+    subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', DISK, '16M'], check=True)
     dom = c.DomainDefineXML(DOMAIN_XML)
     _iface(bus, dom, 'org.libvirt.Domain').Create(0)
     net = c.NetworkDefineXML(NETWORK_XML)

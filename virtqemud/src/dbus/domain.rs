@@ -638,6 +638,58 @@ impl Domain {
         Ok(self.driver.managed_save_remove(&self.dom()?, flags).await?)
     }
 
+    #[zbus(name = "SnapshotCreateXML")]
+    async fn snapshot_create_xml(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        xml: &str,
+        flags: u32,
+    ) -> Result<zbus::zvariant::OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
+        let name = self
+            .driver
+            .snapshot_create(&self.dom()?, xml, flags)
+            .await?;
+        Ok(common::objpath::domain_snapshot(&self.uuid, &name))
+    }
+
+    #[zbus(name = "ListDomainSnapshots")]
+    async fn list_domain_snapshots(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<Vec<zbus::zvariant::OwnedObjectPath>, BusError> {
+        common::access::check(&hdr).await?;
+        let names = self.driver.snapshot_names(&*self.dom()?, flags)?;
+        Ok(names
+            .iter()
+            .map(|n| common::objpath::domain_snapshot(&self.uuid, n))
+            .collect())
+    }
+
+    #[zbus(name = "SnapshotLookupByName")]
+    async fn snapshot_lookup_by_name(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        name: &str,
+        flags: u32,
+    ) -> Result<zbus::zvariant::OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
+        self.driver.snapshot_lookup(&*self.dom()?, name, flags)?;
+        Ok(common::objpath::domain_snapshot(&self.uuid, name))
+    }
+
+    #[zbus(name = "SnapshotCurrent")]
+    async fn snapshot_current(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<zbus::zvariant::OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
+        let name = self.driver.snapshot_current(&*self.dom()?, flags)?;
+        Ok(common::objpath::domain_snapshot(&self.uuid, &name))
+    }
+
     #[zbus(name = "SetMetadata")]
     async fn set_metadata(
         &self,

@@ -10,6 +10,7 @@ use crate::driver::{Change, Dom, Driver};
 
 mod connect;
 mod domain;
+mod snapshot;
 
 /// Serves the connect object and every domain the driver has, and connects the
 /// driver's outbox, so every later change reaches the bus.
@@ -29,6 +30,9 @@ pub async fn attach(driver: &Arc<Driver>) {
         .await;
     for dom in driver.list(0).unwrap_or_default() {
         publisher.serve(&dom).await;
+        for name in dom.snapshot_names_all() {
+            publisher.serve_snapshot(&dom, name).await;
+        }
     }
 }
 
@@ -48,6 +52,23 @@ impl Publisher {
                 driver: driver.clone(),
                 uuid,
             })
+            .await;
+    }
+
+    async fn serve_snapshot(&self, dom: &Dom, name: String) {
+        let Some(driver) = self.driver.upgrade() else {
+            return;
+        };
+        let domain = dom.uuid;
+        self.hub
+            .serve(
+                common::objpath::domain_snapshot(&domain, &name),
+                move || snapshot::DomainSnapshot {
+                    driver: driver.clone(),
+                    domain,
+                    name: name.clone(),
+                },
+            )
             .await;
     }
 
@@ -131,6 +152,11 @@ impl common::publish::Publisher<Change> for Publisher {
                 Change::Lifecycle(dom, event) => self.lifecycle(&dom, event).await,
                 Change::Properties(dom) => self.properties(&dom).await,
                 Change::Signal(dom, s) => self.signal(&dom, s).await,
+                Change::SnapshotAdded(dom, name) => self.serve_snapshot(&dom, name).await,
+                Change::SnapshotRemoved(dom, name) => {
+                    let path = common::objpath::domain_snapshot(&dom.uuid, &name);
+                    self.hub.unserve::<snapshot::DomainSnapshot>(&path).await;
+                }
                 Change::Agent(dom, state, reason) => {
                     self.hub
                         .signal(&dom.path, |e| async move {

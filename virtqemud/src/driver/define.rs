@@ -86,6 +86,10 @@ impl Driver {
             }
             (g.name.clone(), g.live.is_some())
         };
+        if !active {
+            self.drop_snapshot_metadata(dom, flags.contains(UndefineFlags::SNAPSHOTS_METADATA))
+                .await?;
+        }
         let image = self.managed_save_path(&name);
         if image.exists() {
             if !flags.contains(UndefineFlags::MANAGED_SAVE) {

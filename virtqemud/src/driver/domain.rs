@@ -62,6 +62,8 @@ pub struct Dom {
     /// Serialises guest agent exchanges (one client on its channel at a time), apart
     /// from the job lock so that a silent guest holds up no other operation.
     pub(super) agent: tokio::sync::Mutex<()>,
+    /// Its snapshots' metadata (`crate::snapshot`), changed under the job lock.
+    snapshots: Mutex<crate::snapshot::Tree>,
     /// When the job in progress began (GetControlInfo's state time).
     job_since: Mutex<Option<std::time::Instant>>,
     /// Orders the writes of its status file, off the state lock.
@@ -91,6 +93,7 @@ impl Dom {
             job: tokio::sync::Mutex::new(()),
             job_since: Mutex::new(None),
             agent: tokio::sync::Mutex::new(()),
+            snapshots: Mutex::new(crate::snapshot::Tree::default()),
             status_write: tokio::sync::Mutex::new(()),
             served: AtomicBool::new(false),
             inner: Mutex::new(Inner {
@@ -111,6 +114,19 @@ impl Dom {
             _lock: lock,
             since: &self.job_since,
         }
+    }
+
+    pub(super) fn snapshots(&self) -> MutexGuard<'_, crate::snapshot::Tree> {
+        self.snapshots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The names of its snapshots.
+    pub fn snapshot_names_all(&self) -> Vec<String> {
+        self.snapshots()
+            .snapshots
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
     }
 
     /// When the operation running on the domain began, if one does.

@@ -19,6 +19,7 @@
 //! | `settings.rs` | changes short of a redefinition: metadata, vCPUs, memory |
 //! | `guest.rs` | the guest agent's answers, guest addresses |
 //! | `save.rs` | save images: save, managed save, restore |
+//! | `snapshots.rs` | internal snapshots: create, list, revert, delete |
 //! | `monitor.rs` | QMP events and exit: the state machine |
 //! | `reattach.rs` | adopting running QEMUs after a restart, autostart |
 
@@ -43,6 +44,7 @@ mod reattach;
 mod registry;
 mod save;
 mod settings;
+mod snapshots;
 mod start;
 mod status;
 
@@ -154,6 +156,9 @@ pub enum Change {
     Metadata(Arc<Dom>, i32, String),
     /// Its guest agent connected (1) or disconnected (2), for a reason (`AgentEvent`).
     Agent(Arc<Dom>, i32, i32),
+    /// A snapshot made (served at once) or gone.
+    SnapshotAdded(Arc<Dom>, String),
+    SnapshotRemoved(Arc<Dom>, String),
     /// Something QEMU reported that has a signal of its own on the domain.
     Signal(Arc<Dom>, crate::events::DomainSignal),
 }
@@ -185,6 +190,9 @@ struct Paths {
     /// Managed save images (libvirt: /var/lib/libvirt/qemu/save,
     /// ~/.config/libvirt/qemu/save).
     save: PathBuf,
+    /// Snapshot metadata, a folder per domain (libvirt: /var/lib/libvirt/qemu/snapshot,
+    /// ~/.config/libvirt/qemu/snapshot).
+    snapshot: PathBuf,
 }
 
 impl Paths {
@@ -209,6 +217,11 @@ impl Paths {
                 s.state_dir.join("qemu").join("save")
             } else {
                 s.config_dir.join("qemu").join("save")
+            },
+            snapshot: if system {
+                s.state_dir.join("qemu").join("snapshot")
+            } else {
+                s.config_dir.join("qemu").join("snapshot")
             },
         }
     }

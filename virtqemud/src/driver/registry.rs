@@ -84,6 +84,7 @@ impl Driver {
                 continue;
             }
             let dom = Dom::new(def.uuid, def.name.clone(), Some(def), autostart);
+            self.load_snapshots(&dom);
             // Loaded before the D-Bus layer serves everything there is, and before
             // the bus name is owned: no client can meet it unserved.
             dom.set_served();
@@ -189,8 +190,10 @@ impl Driver {
                         || pick(ListFlags::MANAGEDSAVE, ListFlags::NO_MANAGEDSAVE, managed_save()))
                     && pick(ListFlags::PERSISTENT, ListFlags::TRANSIENT, g.config.is_some())
                     && pick(ListFlags::AUTOSTART, ListFlags::NO_AUTOSTART, g.autostart)
-                    // No domain here has snapshots or checkpoints yet.
-                    && pick(ListFlags::NO_SNAPSHOT, ListFlags::HAS_SNAPSHOT, true)
+                    && (!flags.intersects(ListFlags::HAS_SNAPSHOT | ListFlags::NO_SNAPSHOT)
+                        || pick(ListFlags::HAS_SNAPSHOT, ListFlags::NO_SNAPSHOT,
+                            !d.snapshots().snapshots.is_empty()))
+                    // No domain here has checkpoints yet.
                     && pick(ListFlags::NO_CHECKPOINT, ListFlags::HAS_CHECKPOINT, true)
                     && state_ok
             })

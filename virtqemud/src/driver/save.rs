@@ -37,6 +37,14 @@ pub struct Restore {
     pub running: bool,
 }
 
+/// Where a start takes the guest's state from instead of booting it.
+pub enum StartFrom {
+    /// A save image, over QEMU's incoming migration.
+    Image(Restore),
+    /// An internal snapshot of the disks, by name (QEMU's `-loadvm`).
+    Snapshot(String),
+}
+
 /// How long QEMU may take to connect for a save, and a migration to finish.
 const CONNECT_WAIT: Duration = Duration::from_secs(30);
 const MIGRATION_WAIT: Duration = Duration::from_secs(600);
@@ -297,7 +305,8 @@ impl Driver {
             file,
             running: header.running,
         };
-        self.start_locked(dom, def, flags, Some(restore)).await?;
+        self.start_locked(dom, def, flags, Some(StartFrom::Image(restore)))
+            .await?;
         std::fs::remove_file(path).map_err(|e| io_err("remove", path, &e))
     }
 
@@ -346,7 +355,8 @@ impl Driver {
                 )))
             } else {
                 let restore = Restore { file, running };
-                self.start_locked(&dom, def, StartFlags::empty(), Some(restore))
+                let from = Some(StartFrom::Image(restore));
+                self.start_locked(&dom, def, StartFlags::empty(), from)
                     .await
             }
         };

@@ -141,7 +141,7 @@ impl Driver {
         dom: &Arc<Dom>,
         mut def: DomainDef,
         flags: StartFlags,
-        restore: Option<super::save::Restore>,
+        from: Option<super::save::StartFrom>,
     ) -> Result<(), VirError> {
         // First: nothing of the run is touched while another QEMU still holds the domain.
         let lock = self.lock_domain(&def.name)?;
@@ -151,8 +151,19 @@ impl Driver {
         crate::firmware::prepare(&mut def.dom, &dirs, &self.paths.nvram)?;
         crate::graphics::assign_ports(&mut def.dom)?;
         let mut held = Held::default();
-        let incoming = restore.is_some();
-        let mut spawned = match self.spawn(dom, &mut def, &mut held, &lock, incoming).await {
+        use super::save::StartFrom;
+        let extra_argv: Vec<String> = match &from {
+            // The guest's state comes over the monitor's migrate-incoming, not from boot.
+            Some(StartFrom::Image(_)) => vec!["-incoming".into(), "defer".into()],
+            Some(StartFrom::Snapshot(tag)) => vec!["-loadvm".into(), tag.clone()],
+            None => Vec::new(),
+        };
+        let restored = matches!(from, Some(StartFrom::Image(_)));
+        let boots = from.is_none();
+        let mut spawned = match self
+            .spawn(dom, &mut def, &mut held, &lock, extra_argv)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 self.release(dom, &def.dom, held).await;
@@ -161,7 +172,7 @@ impl Driver {
         };
         let mut prepared = Self::prepare_guest(&spawned.qmp, &mut def).await;
         let mut run_after = !flags.contains(StartFlags::PAUSED);
-        if let (Ok(()), Some(r)) = (&prepared, restore) {
+        if let (Ok(()), Some(StartFrom::Image(r))) = (&prepared, from) {
             run_after &= r.running;
             let dom_dir = held
                 .qmp
@@ -189,11 +200,17 @@ impl Driver {
         }
         let paused = !run_after;
         let qmp = spawned.qmp.clone();
-        let (reason, started, suspended) = if incoming {
+        let (reason, started, suspended) = if restored {
             (
                 RunningReason::Restored,
                 StartedDetail::Restored,
                 SuspendedDetail::Restored,
+            )
+        } else if !boots {
+            (
+                RunningReason::FromSnapshot,
+                StartedDetail::FromSnapshot,
+                SuspendedDetail::FromSnapshot,
             )
         } else {
             (
@@ -228,7 +245,7 @@ impl Driver {
         def: &mut DomainDef,
         held: &mut Held,
         lock: &File,
-        incoming: bool,
+        extra_argv: Vec<String>,
     ) -> Result<Spawned, VirError> {
         let mode = self.ctx.settings.mode;
         // First the user, so a start that cannot have one touches nothing else.
@@ -307,10 +324,7 @@ impl Driver {
             },
             self.sandbox,
         )?;
-        if incoming {
-            // The guest's state comes over the monitor's migrate-incoming, not from boot.
-            argv.extend(["-incoming".to_owned(), "defer".to_owned()]);
-        }
+        argv.extend(extra_argv);
         let log = self.log_file(&def.name);
         tracing::info!(domain = %def.name, "starting: {}", argv.join(" "));
         let mut keep: Vec<i32> = tap_fds.iter().flatten().copied().collect();
