@@ -6,6 +6,8 @@
 //! - `type='bridge'`: the same tap, onto the named bridge, without virtnetworkd.
 //! - `type='ethernet'`: an unattached tap; with `<target dev managed='no'>` QEMU opens
 //!   the existing device by name instead.
+//! - `type='direct'`: a macvtap on the named host link, deleted again at stop.
+//! - `type='server'|'client'|'mcast'|'udp'`: nothing on the host; QEMU opens the socket.
 //!
 //! The live definition records what was made (`<target dev>`, `<source portid bridge>`),
 //! so after a daemon restart a stop still deletes the ports. Taps need no cleanup: they
@@ -30,6 +32,8 @@ use crate::xml::{Domain, InterfaceKind};
 pub struct Prepared {
     pub taps: Vec<Option<OwnedFd>>,
     ports: Vec<OwnedObjectPath>,
+    /// Macvtap links made, deleted if the start fails.
+    macvtaps: Vec<String>,
 }
 
 impl Prepared {
@@ -122,6 +126,9 @@ pub async fn prepare(dom: &mut Domain, mode: Mode) -> Result<Prepared, VirError>
         Ok(()) => Ok(done),
         Err(e) => {
             release_paths(mode, std::mem::take(&mut done.ports)).await;
+            for m in &done.macvtaps {
+                tap::delete_link(m).await;
+            }
             Err(e)
         }
     }
@@ -132,7 +139,18 @@ async fn prepare_into(dom: &mut Domain, mode: Mode, done: &mut Prepared) -> Resu
     let owner_uuid = dom.uuid;
     for nic in dom.devices.interfaces.iter_mut() {
         let bridge = match &nic.kind {
-            InterfaceKind::User => continue,
+            InterfaceKind::User | InterfaceKind::Socket(_) => continue,
+            InterfaceKind::Direct { dev, mode } => {
+                let mac = nic
+                    .mac
+                    .ok_or_else(|| VirError::internal("NIC without a MAC"))?;
+                let t = tap::create_macvtap(dev, mode, mac.0).await?;
+                tracing::info!(macvtap = %t.name, link = %dev, mode = %mode, "macvtap ready");
+                done.macvtaps.push(t.name.clone());
+                nic.target_dev = Some(t.name);
+                done.taps.push(Some(t.fd));
+                continue;
+            }
             InterfaceKind::Ethernet if nic.target_managed == Some(false) => {
                 if nic.target_dev.is_none() {
                     return Err(VirError::unsupported(
@@ -227,6 +245,11 @@ async fn release_paths(mode: Mode, ports: Vec<OwnedObjectPath>) {
 /// Deletes the network ports a live definition records (a stop, a crash, a domain
 /// found dead after a restart). A port already gone is not an error.
 pub async fn release(dom: &Domain, mode: Mode) {
+    for nic in &dom.devices.interfaces {
+        if let (InterfaceKind::Direct { .. }, Some(t)) = (&nic.kind, &nic.target_dev) {
+            tap::delete_link(t).await;
+        }
+    }
     let ports: Vec<(String, Uuid)> = dom
         .devices
         .interfaces

@@ -1,7 +1,8 @@
-//! NICs: the host side as `-netdev` (user networking, or a tap the runtime opened or
-//! QEMU opens by name) and the guest NIC as a device bound to it.
+//! NICs: the host side as `-netdev` (user networking, a tap or macvtap the runtime
+//! opened, a tap QEMU opens by name, or a socket to another guest) and the guest NIC as
+//! a device bound to it.
 
-use crate::xml::{Domain, Interface, InterfaceKind};
+use crate::xml::{Domain, Interface, InterfaceKind, SocketNet};
 
 use super::device::{DeviceProps, PciBuses};
 use super::{qemu_opt_value, unsupported, Argv, LaunchContext, Result};
@@ -23,7 +24,7 @@ pub(super) fn nics(
             ));
         }
         let fd = match nic.kind {
-            InterfaceKind::User => None,
+            InterfaceKind::User | InterfaceKind::Socket(_) => None,
             _ => {
                 tap_index += 1;
                 ctx.tap_fds.get(tap_index - 1).copied().flatten()
@@ -40,6 +41,7 @@ fn netdev(i: usize, nic: &Interface, fd: Option<i32>) -> Result<String> {
     let id = format!("hostnet{i}");
     Ok(match (&nic.kind, fd, &nic.target_dev) {
         (InterfaceKind::User, _, _) => format!("user,id={id}"),
+        (InterfaceKind::Socket(s), _, _) => format!("socket,{},id={id}", socket(s)?),
         (_, Some(fd), _) => format!("tap,fd={fd},id={id},vhost=off"),
         (InterfaceKind::Ethernet, None, Some(dev)) => {
             crate::xml::check_ifname("interface/target", dev)
@@ -59,15 +61,46 @@ fn netdev(i: usize, nic: &Interface, fd: Option<i32>) -> Result<String> {
         (k, None, _) => {
             return Err(unsupported(
                 "interface",
-                if matches!(k, InterfaceKind::Bridge(_)) {
-                    "bridge"
-                } else {
-                    "network"
+                match k {
+                    InterfaceKind::Bridge(_) => "bridge",
+                    InterfaceKind::Direct { .. } => "direct",
+                    _ => "network",
                 },
                 "the runtime must open the tap and pass its fd",
             ))
         }
     })
+}
+
+/// The socket netdev's end points, as libvirt writes them: `listen=`, `connect=`,
+/// `mcast=` or `udp=` with `host:port`, and `localaddr=` for the local end.
+fn socket(s: &SocketNet) -> Result<String> {
+    let host = |h: Option<&str>| -> Result<String> {
+        h.map(|h| qemu_opt_value("interface source address", h))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    };
+    let key = match s.mode.as_str() {
+        "server" => "listen",
+        "client" => "connect",
+        "mcast" => "mcast",
+        "udp" => "udp",
+        m => return Err(unsupported("interface", m, "not a socket type")),
+    };
+    let mut out = format!("{key}={}:{}", host(s.address.as_deref())?, s.port);
+    match (s.mode.as_str(), &s.local_address, s.local_port) {
+        ("udp", a, p) => {
+            out.push_str(&format!(
+                ",localaddr={}:{}",
+                host(a.as_deref())?,
+                p.unwrap_or(0)
+            ));
+        }
+        // QEMU's mcast localaddr is an address without a port.
+        ("mcast", Some(a), _) => out.push_str(&format!(",localaddr={}", host(Some(a))?)),
+        _ => {}
+    }
+    Ok(out)
 }
 
 /// The guest NIC `i`, bound to netdev `hostnetI`.
@@ -94,10 +127,10 @@ pub(super) fn nic_props(i: usize, nic: &Interface, buses: &PciBuses) -> Result<D
         .opt_uint("bootindex", nic.boot_order.map(u64::from));
     match (nic.mtu, model) {
         (Some(m), "virtio-net-pci") => dev = dev.uint("host_mtu", m.into()),
-        (Some(_), _) if matches!(nic.kind, InterfaceKind::User) => {
+        (Some(_), _) if matches!(nic.kind, InterfaceKind::User | InterfaceKind::Socket(_)) => {
             return Err(unsupported(
                 "interface/mtu",
-                "user",
+                "user or socket",
                 "only tap-backed NICs have an MTU to set",
             ))
         }

@@ -1,5 +1,6 @@
 //! `<interface>`: how a NIC reaches the host (user, ethernet tap, bridge, libvirt
-//! network), its MAC address and guest model.
+//! network, a macvtap on a host link, or a socket to another guest), its MAC address
+//! and guest model.
 
 use std::fmt;
 use std::str::FromStr;
@@ -61,6 +62,76 @@ pub enum InterfaceKind {
     Ethernet,
     Bridge(String),
     Network(String),
+    /// `type='direct'`: a macvtap on host link `dev`, in `mode` (vepa, bridge,
+    /// private, passthrough).
+    Direct {
+        dev: String,
+        mode: String,
+    },
+    /// `type='server'|'client'|'mcast'|'udp'`: QEMU's socket netdev, a virtual wire to
+    /// another guest with no host device.
+    Socket(SocketNet),
+}
+
+/// The end points of a socket NIC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketNet {
+    /// `server`, `client`, `mcast` or `udp`.
+    pub mode: String,
+    pub address: Option<String>,
+    pub port: u16,
+    /// `<source><local address port/>`: the local end (udp, mcast).
+    pub local_address: Option<String>,
+    pub local_port: Option<u16>,
+}
+
+/// Direct (macvtap) modes libvirt knows.
+const DIRECT_MODES: &[&str] = &["vepa", "bridge", "private", "passthrough"];
+
+/// A host QEMU takes as `host:port`: a name or an IPv4 address (libvirt's socket NICs
+/// are IPv4; a colon or comma would change QEMU's option).
+fn check_host(element: &str, attr: &str, v: &str) -> Result<()> {
+    if v.is_empty()
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(invalid(element, attr, v, "not a host name or IPv4 address"));
+    }
+    Ok(())
+}
+
+fn socket_kind(ty: &str, src: Option<&Element>) -> Result<InterfaceKind> {
+    let src = src.ok_or_else(|| missing("interface", "<source port>"))?;
+    let address = src.get_attr("address").map(str::to_owned);
+    if let Some(a) = &address {
+        check_host("interface/source", "attribute 'address'", a)?;
+    }
+    let port = src
+        .parse_attr::<u16>("port")?
+        .ok_or_else(|| missing("interface/source", "attribute 'port'"))?;
+    if address.is_none() && ty != "server" {
+        return Err(missing("interface/source", "attribute 'address'"));
+    }
+    let local = src.first("local");
+    let local_address = local.and_then(|l| l.get_attr("address")).map(str::to_owned);
+    if let Some(a) = &local_address {
+        check_host("interface/source/local", "attribute 'address'", a)?;
+    }
+    let local_port = local
+        .map(|l| l.parse_attr::<u16>("port"))
+        .transpose()?
+        .flatten();
+    if ty == "udp" && local.is_none() {
+        return Err(missing("interface/source", "<local> for type 'udp'"));
+    }
+    Ok(InterfaceKind::Socket(SocketNet {
+        mode: ty.to_owned(),
+        address,
+        port,
+        local_address,
+        local_port,
+    }))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,11 +198,30 @@ fn parse_kind(ty: &str, src: Option<&Element>) -> Result<InterfaceKind> {
             }
             InterfaceKind::Network(src.req_attr("network")?.to_owned())
         }
+        "direct" => {
+            let src = src.ok_or_else(|| missing("interface", "<source dev>"))?;
+            let dev = src.req_attr("dev")?;
+            check_ifname("interface/source", dev)?;
+            let mode = src.get_attr("mode").unwrap_or("vepa");
+            if !DIRECT_MODES.contains(&mode) {
+                return Err(invalid(
+                    "interface/source",
+                    "attribute 'mode'",
+                    mode,
+                    "expected vepa, bridge, private or passthrough",
+                ));
+            }
+            InterfaceKind::Direct {
+                dev: dev.to_owned(),
+                mode: mode.to_owned(),
+            }
+        }
+        "server" | "client" | "mcast" | "udp" => socket_kind(ty, src)?,
         t => {
             return Err(DomainXmlError::unsupported(
                 "interface type",
                 t,
-                "supported types are user, ethernet, bridge and network",
+                "supported types are user, ethernet, bridge, network, direct, server, client, mcast and udp",
             ))
         }
     })
@@ -291,6 +381,25 @@ impl Interface {
                         .attr_opt("portgroup", self.portgroup.as_deref())
                         .attr_opt("portid", self.portid.map(|u| u.to_string()))
                         .attr_opt("bridge", self.source_bridge.as_deref()),
+                ),
+            ),
+            InterfaceKind::Direct { dev, mode } => (
+                "direct",
+                Some(Element::new("source").attr("dev", dev).attr("mode", mode)),
+            ),
+            InterfaceKind::Socket(s) => (
+                s.mode.as_str(),
+                Some(
+                    Element::new("source")
+                        .attr_opt("address", s.address.as_deref())
+                        .attr("port", s.port)
+                        .child_opt((s.local_address.is_some() || s.local_port.is_some()).then(
+                            || {
+                                Element::new("local")
+                                    .attr_opt("address", s.local_address.as_deref())
+                                    .attr_opt("port", s.local_port)
+                            },
+                        )),
                 ),
             ),
         };

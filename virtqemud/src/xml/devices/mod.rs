@@ -27,7 +27,7 @@ pub use disk::{Disk, DiskBus, DiskDevice, DiskDriver, DiskSource, NetHost};
 pub use graphics::{Audio, Graphics, GraphicsKind, Redirdev, Sound, Video};
 pub use hostdev::Hostdev;
 pub(crate) use interface::check_ifname;
-pub use interface::{Interface, InterfaceKind, Mac};
+pub use interface::{Interface, InterfaceKind, Mac, SocketNet};
 pub use misc::{Hub, Input, Memballoon, Panic, Rng, Tpm, Watchdog};
 
 fn boot_of(el: &Element) -> Result<Option<u32>> {
@@ -123,17 +123,7 @@ fn untyped_kind(c: &Element, d: &Devices) -> bool {
         }
         "interface" => matches!(
             ty,
-            "direct"
-                | "vhostuser"
-                | "server"
-                | "client"
-                | "mcast"
-                | "udp"
-                | "hostdev"
-                | "vdpa"
-                | "null"
-                | "vds"
-                | "internal"
+            "vhostuser" | "hostdev" | "vdpa" | "null" | "vds" | "internal"
         ),
         "serial" | "console" | "channel" | "parallel" => {
             UNTYPED_CHARDEVS.contains(&ty)

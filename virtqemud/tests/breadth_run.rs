@@ -1,0 +1,625 @@
+//! What libvirt's XML describes runs here, on real QEMU (TCG): network disks through
+//! QEMU's block layer, socket NICs between two guests, macvtap on a veth, chardevs of
+//! every host-side type, USB/SATA/SCSI controllers and an automatically added PCI
+//! bridge, and an i686 guest on qemu-system-i386. Each test starts its own bus and
+//! virtqemud inside a network namespace it creates, and asks QEMU itself (a second QMP
+//! monitor added with `<qemu:commandline>`) or the kernel what runs.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::harness::{Daemon, NetNs, TestBus};
+use common::proxies::qemu::QemuConnectProxy;
+use serde_json::{json, Value};
+use support::{domain, Probe};
+
+const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
+
+/// A bus and a virtqemud inside a fresh network namespace.
+struct Env {
+    // Field order is drop order: the daemon (and its QEMUs) before the namespace.
+    daemon: Daemon,
+    conn: zbus::Connection,
+    qc: QemuConnectProxy<'static>,
+    _bus: TestBus,
+    ns: NetNs,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let ns = NetNs::new().expect("netns");
+        let bus = TestBus::start().expect("bus");
+        let daemon = Daemon::builder(BIN, "virtqemud")
+            .netns(&ns)
+            .spawn(&bus)
+            .await
+            .expect("virtqemud");
+        let conn = bus.connection().await.expect("conn");
+        let qc = QemuConnectProxy::new(&conn).await.expect("proxy");
+        Env {
+            daemon,
+            conn,
+            qc,
+            _bus: bus,
+            ns,
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.daemon.dirs.root.path().to_path_buf()
+    }
+
+    /// Defines and starts a domain of `machine` (`pc`, `q35`) and `arch` with `devices`
+    /// and a probe monitor; returns the probe and the domain's path.
+    async fn run(
+        &self,
+        name: &str,
+        arch: &str,
+        machine: &str,
+        devices: &str,
+    ) -> (Probe, zbus::zvariant::OwnedObjectPath) {
+        let mon = self.dir().join(format!("{name}.qmp"));
+        let xml = format!(
+            "<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>\
+             <name>{name}</name><memory unit='MiB'>96</memory><vcpu>1</vcpu>\
+             <os><type arch='{arch}' machine='{machine}'>hvm</type></os>\
+             <devices>{devices}<memballoon model='none'/></devices>{}</domain>",
+            Probe::commandline(&mon)
+        );
+        let path = self.qc.domain_define_xml(&xml).await.expect("define");
+        let d = domain(&self.conn, &path).await;
+        if let Err(e) = d.create(0).await {
+            let log = std::fs::read_to_string(
+                self.daemon.dirs.state.join(format!("log/qemu/{name}.log")),
+            )
+            .unwrap_or_default();
+            panic!("start {name}: {e}\nQEMU log:\n{log}");
+        }
+        (Probe::connect(&mon), path)
+    }
+
+    async fn live_xml(&self, path: &zbus::zvariant::OwnedObjectPath) -> String {
+        domain(&self.conn, path)
+            .await
+            .get_xml_desc(0)
+            .await
+            .expect("xml")
+    }
+
+    /// A helper process inside the namespace, killed (by its PID) when dropped.
+    fn spawn(&self, argv: &[&str]) -> Helper {
+        let mut cmd = Command::new(argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Helper(self.ns.spawn(&mut cmd).expect("spawn helper"))
+    }
+}
+
+struct Helper(Child);
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// HMP through the probe (for what QMP does not show, such as netdev peers).
+fn hmp(p: &mut Probe, cmd: &str) -> String {
+    let r = p.execute(json!({"execute": "human-monitor-command",
+        "arguments": {"command-line": cmd}}));
+    r["return"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_owned()
+}
+
+/// Asks until `f` is true of HMP `cmd`'s answer (QEMU connects sockets asynchronously).
+fn hmp_until(p: &mut Probe, cmd: &str, f: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let out = hmp(p, cmd);
+        if f(&out) || start.elapsed() > Duration::from_secs(15) {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn qmp_return(p: &mut Probe, cmd: &str) -> Value {
+    let r = p.execute(json!({ "execute": cmd }));
+    r.get("return")
+        .cloned()
+        .unwrap_or_else(|| panic!("{cmd}: {r}"))
+}
+
+/// Waits until `addr` accepts TCP connections inside the namespace (a helper started).
+fn wait_listening(ns: &NetNs, port: u16) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let out = ns.run_ok(&["ss", "-Hltn"]).unwrap_or_default();
+        if out.contains(&format!(":{port} ")) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on port {port}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_disks_nbd_and_http_run_through_qemus_block_layer() {
+    let env = Env::start().await;
+    let dir = env.dir();
+    // An nbd export served by qemu-nbd and a cdrom image by busybox's httpd, both on
+    // the namespace's loopback.
+    let img = dir.join("nbd.raw");
+    std::fs::write(&img, vec![0u8; 1 << 20]).expect("image");
+    let web = dir.join("www");
+    std::fs::create_dir(&web).expect("www");
+    std::fs::write(web.join("install.iso"), vec![0u8; 2 << 20]).expect("iso");
+    let _nbd = env.spawn(&[
+        "qemu-nbd",
+        "--persistent",
+        "--shared=4",
+        "--format=raw",
+        "--export-name=disk0",
+        "--bind=127.0.0.1",
+        "--port=10809",
+        img.to_str().expect("utf-8"),
+    ]);
+    let _http = env.spawn(&[
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "127.0.0.1:8080",
+        "-h",
+        web.to_str().expect("utf-8"),
+    ]);
+    wait_listening(&env.ns, 10809);
+    wait_listening(&env.ns, 8080);
+
+    let devices = "<disk type='network' device='disk'><driver name='qemu' type='raw'/>\
+         <source protocol='nbd' name='disk0'><host name='127.0.0.1' port='10809'/></source>\
+         <target dev='vda' bus='virtio'/></disk>\
+         <disk type='network' device='cdrom'><driver name='qemu' type='raw'/>\
+         <source protocol='http' name='/install.iso'><host name='127.0.0.1' port='8080'/>\
+         </source><target dev='sda' bus='sata'/><readonly/></disk>";
+    let (mut probe, path) = env.run("netdisk", "x86_64", "pc", devices).await;
+    let blocks = qmp_return(&mut probe, "query-block");
+    let by_dev = |qdev: &str| -> Value {
+        blocks
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|b| b["qdev"].as_str().is_some_and(|q| q.contains(qdev)))
+            .unwrap_or_else(|| panic!("no {qdev} in {blocks}"))
+            .clone()
+    };
+    let nbd = by_dev("disk0");
+    assert_eq!(nbd["inserted"]["image"]["virtual-size"], 1 << 20, "{nbd}");
+    let file = nbd["inserted"]["file"].as_str().unwrap_or_default();
+    assert!(file.contains("nbd://127.0.0.1:10809/disk0"), "{nbd}");
+    let cd = by_dev("disk1");
+    assert_eq!(cd["inserted"]["image"]["virtual-size"], 2 << 20, "{cd}");
+    assert_eq!(cd["inserted"]["ro"], true, "{cd}");
+    let file = cd["inserted"]["file"].as_str().unwrap_or_default();
+    assert!(file.contains("http://127.0.0.1:8080/install.iso"), "{cd}");
+    // The SATA cdrom of an i440fx guest sits on the AHCI controller libvirt adds.
+    let live = env.live_xml(&path).await;
+    assert!(live.contains("<controller type='sata' index='0'"), "{live}");
+    let parent = probe.execute(json!({"execute": "qom-get", "arguments":
+        {"path": "/machine/peripheral/disk1", "property": "parent_bus"}}));
+    assert!(
+        parent["return"]
+            .as_str()
+            .is_some_and(|b| b.contains("sata0")),
+        "{parent}"
+    );
+
+    // QEMU reads the guest's blocks from the nbd server: write through QEMU, read on
+    // the host.
+    let w = hmp(
+        &mut probe,
+        "qemu-io -d /machine/peripheral/disk0/virtio-backend \"write -P 0x5a 4096 512\"",
+    );
+    // (qemu-io's report goes to QEMU's stdout; an error would come back here.)
+    assert!(!w.contains("rror"), "{w}");
+    let back = std::fs::read(&img).expect("read image");
+    assert!(
+        back[4096..4608].iter().all(|b| *b == 0x5a),
+        "nbd write lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_nics_connect_two_guests() {
+    let env = Env::start().await;
+    // Multicast needs a route: the namespace has only its loopback.
+    env.ns
+        .run_ok(&["ip", "link", "set", "lo", "multicast", "on"])
+        .expect("lo multicast");
+    env.ns
+        .run_ok(&["ip", "route", "add", "224.0.0.0/4", "dev", "lo"])
+        .expect("mcast route");
+    let a = "<interface type='server'><mac address='52:54:00:5c:00:01'/>\
+             <source address='127.0.0.1' port='5558'/><model type='e1000'/></interface>\
+             <interface type='mcast'><mac address='52:54:00:5c:00:02'/>\
+             <source address='230.0.0.1' port='5559'/></interface>\
+             <interface type='udp'><mac address='52:54:00:5c:00:03'/>\
+             <source address='127.0.0.1' port='5560'><local address='127.0.0.1' port='5561'/>\
+             </source></interface>";
+    let b = "<interface type='client'><mac address='52:54:00:5c:00:11'/>\
+             <source address='127.0.0.1' port='5558'/><model type='e1000'/></interface>\
+             <interface type='mcast'><mac address='52:54:00:5c:00:12'/>\
+             <source address='230.0.0.1' port='5559'/></interface>\
+             <interface type='udp'><mac address='52:54:00:5c:00:13'/>\
+             <source address='127.0.0.1' port='5561'><local address='127.0.0.1' port='5560'/>\
+             </source></interface>";
+    let (mut pa, path_a) = env.run("sock-a", "x86_64", "pc", a).await;
+    let (mut pb, _) = env.run("sock-b", "x86_64", "pc", b).await;
+
+    let argv = support::qemu_cmdline(&env.daemon.dirs.runtime, "sock-a");
+    assert!(
+        argv.contains("-netdev socket,listen=127.0.0.1:5558,id=hostnet0")
+            && argv.contains("-netdev socket,mcast=230.0.0.1:5559,id=hostnet1")
+            && argv
+                .contains("-netdev socket,udp=127.0.0.1:5560,localaddr=127.0.0.1:5561,id=hostnet2"),
+        "{argv}"
+    );
+    // The server took the client's connection; both ends say so.
+    let na = hmp_until(&mut pa, "info network", |o| o.contains("connection from"));
+    assert!(
+        na.contains("hostnet0: index=0,type=socket,socket: connection from 127.0.0.1:"),
+        "{na}"
+    );
+    assert!(na.contains("mcast=230.0.0.1:5559"), "{na}");
+    // QEMU shows the remote end of a udp socket.
+    assert!(na.contains("udp=127.0.0.1:5560"), "{na}");
+    let nb = hmp(&mut pb, "info network");
+    assert!(nb.contains("socket: connect to 127.0.0.1:5558"), "{nb}");
+    assert!(nb.contains("udp=127.0.0.1:5561"), "{nb}");
+    // The sockets are QEMU's, on the namespace's loopback.
+    let ss = env
+        .ns
+        .run_ok(&["ss", "-Htn", "state", "established"])
+        .expect("ss");
+    assert!(ss.contains("127.0.0.1:5558"), "{ss}");
+
+    // Written back as libvirt writes them.
+    let live = env.live_xml(&path_a).await;
+    assert!(
+        live.contains("<interface type='server'>")
+            && live.contains("<source address='127.0.0.1' port='5558'/>")
+            && live.contains("<local address='127.0.0.1' port='5561'/>"),
+        "{live}"
+    );
+    // A client must say where to connect: refused at define, naming the attribute.
+    let e = env
+        .qc
+        .domain_define_xml(
+            "<domain type='qemu'><name>lonely</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+             <interface type='client'><source port='5999'/></interface>\
+             </devices></domain>",
+        )
+        .await
+        .expect_err("no address");
+    assert!(
+        e.to_string().contains("interface/source") && e.to_string().contains("address"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_interface_is_a_macvtap_on_a_veth() {
+    let env = Env::start().await;
+    env.ns
+        .run_ok(&[
+            "ip", "link", "add", "vtup0", "type", "veth", "peer", "name", "vtpeer0",
+        ])
+        .expect("veth");
+    env.ns
+        .run_ok(&["ip", "link", "set", "vtup0", "up"])
+        .expect("up");
+    let mac = "52:54:00:d1:ec:70";
+    let nic = format!(
+        "<interface type='direct'><mac address='{mac}'/>\
+         <source dev='vtup0' mode='bridge'/><model type='virtio'/></interface>"
+    );
+    let (mut probe, path) = env.run("direct", "x86_64", "pc", &nic).await;
+    let live = env.live_xml(&path).await;
+    assert!(live.contains("<target dev='macvtap0'/>"), "{live}");
+    // The kernel has a macvtap in bridge mode on the veth, with the guest's MAC.
+    let j: Value = serde_json::from_str(
+        &env.ns
+            .run_ok(&["ip", "-j", "-d", "link", "show", "dev", "macvtap0"])
+            .expect("ip link"),
+    )
+    .expect("json");
+    let l = &j[0];
+    assert_eq!(l["link"], "vtup0", "{l}");
+    assert_eq!(l["address"], mac, "{l}");
+    assert_eq!(l["linkinfo"]["info_kind"], "macvtap", "{l}");
+    assert_eq!(l["linkinfo"]["info_data"]["mode"], "bridge", "{l}");
+    // QEMU holds its character device, and the NIC uses it.
+    let pid: u32 = std::fs::read_to_string(env.daemon.dirs.runtime.join("qemu/direct.pid"))
+        .expect("pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    let index = l["ifindex"].as_u64().expect("ifindex");
+    let tapdev = PathBuf::from(format!("/dev/tap{index}"));
+    let held = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == tapdev));
+    assert!(held, "QEMU does not hold {}", tapdev.display());
+    let net = hmp(&mut probe, "info network");
+    assert!(net.contains("hostnet0: index=0,type=tap,fd="), "{net}");
+
+    // Stopping the guest deletes the macvtap.
+    domain(&env.conn, &path)
+        .await
+        .destroy(0)
+        .await
+        .expect("destroy");
+    let out = env
+        .ns
+        .run(&["ip", "link", "show", "dev", "macvtap0"])
+        .expect("ip");
+    assert!(!out.status.success(), "macvtap0 left behind");
+
+    // A host link that does not exist: a clear error, nothing left.
+    let p = env
+        .qc
+        .domain_define_xml(
+            "<domain type='qemu'><name>nolink</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+             <interface type='direct'><source dev='nosuch0'/></interface></devices></domain>",
+        )
+        .await
+        .expect("define");
+    let e = domain(&env.conn, &p)
+        .await
+        .create(0)
+        .await
+        .expect_err("no link");
+    assert!(e.to_string().contains("'nosuch0'"), "{e}");
+}
+
+/// The `filename` QEMU reports for chardev `label`.
+fn chardev_file(list: &Value, label: &str) -> String {
+    list.as_array()
+        .expect("list")
+        .iter()
+        .find(|c| c["label"] == label)
+        .and_then(|c| c["filename"].as_str())
+        .unwrap_or_else(|| panic!("no chardev {label} in {list}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chardevs_of_every_host_type_start() {
+    let env = Env::start().await;
+    let dir = env.dir();
+    let pipe = dir.join("pipe0");
+    for end in ["in", "out"] {
+        nix::unistd::mkfifo(
+            &PathBuf::from(format!("{}.{end}", pipe.display())),
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+        )
+        .expect("mkfifo");
+    }
+    let file = dir.join("serial.log");
+    let sock = dir.join("chan.sock");
+    // serial0 listens on TCP; channel0 connects to it with <reconnect>, so QEMU shows
+    // both ends of one connection.
+    let devices = format!(
+        "<serial type='tcp'><source mode='bind' host='127.0.0.1' service='4555'/>\
+         <protocol type='raw'/><target port='0'/></serial>\
+         <serial type='udp'><source mode='bind' host='127.0.0.1' service='4556'/>\
+         <source mode='connect' host='127.0.0.1' service='4557'/><target port='1'/></serial>\
+         <serial type='file'><source path='{}'/><target port='2'/></serial>\
+         <serial type='pipe'><source path='{}'/><target port='3'/></serial>\
+         <channel type='tcp'><source mode='connect' host='127.0.0.1' service='4555'>\
+         <reconnect enabled='yes' timeout='1'/></source><protocol type='raw'/>\
+         <target type='virtio' name='org.example.tcp'/></channel>\
+         <channel type='unix'><source mode='bind' path='{}'/>\
+         <target type='virtio' name='org.example.unix'/></channel>",
+        file.display(),
+        pipe.display(),
+        sock.display()
+    );
+    let (mut probe, path) = env.run("chars", "x86_64", "pc", &devices).await;
+    let mut list = qmp_return(&mut probe, "query-chardev");
+    let start = Instant::now();
+    while chardev_file(&list, "charserial0").starts_with("disconnected")
+        && start.elapsed() < Duration::from_secs(15)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        list = qmp_return(&mut probe, "query-chardev");
+    }
+    let s0 = chardev_file(&list, "charserial0");
+    assert!(
+        s0.starts_with("tcp:127.0.0.1:4555,server=on <-> 127.0.0.1:"),
+        "{s0}"
+    );
+    let c0 = chardev_file(&list, "charchannel0");
+    assert!(
+        c0.starts_with("tcp:127.0.0.1:") && c0.ends_with("<-> 127.0.0.1:4555"),
+        "{c0}"
+    );
+    // QEMU names only its socket chardevs' ends; the others by their backend.
+    for (label, backend) in [
+        ("charserial1", "udp"),
+        ("charserial2", "file"),
+        ("charserial3", "pipe"),
+    ] {
+        assert_eq!(chardev_file(&list, label), backend, "{list}");
+    }
+    // The file and both ends of the pipe are QEMU's.
+    let pid = std::fs::read_to_string(env.daemon.dirs.runtime.join("qemu/chars.pid")).expect("pid");
+    let fds: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{}/fd", pid.trim()))
+        .expect("fds")
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .collect();
+    for f in [
+        file.clone(),
+        PathBuf::from(format!("{}.in", pipe.display())),
+        PathBuf::from(format!("{}.out", pipe.display())),
+    ] {
+        assert!(
+            fds.contains(&f),
+            "QEMU does not hold {}: {fds:?}",
+            f.display()
+        );
+    }
+    let c1 = chardev_file(&list, "charchannel1");
+    assert!(
+        c1.starts_with(&format!("disconnected:unix:{}", sock.display())),
+        "{c1}"
+    );
+    // The unix channel listens: the host connects to it.
+    std::os::unix::net::UnixStream::connect(&sock).expect("connect to the unix channel");
+    // UDP's local end is bound.
+    let ss = env.ns.run_ok(&["ss", "-Hun"]).expect("ss");
+    assert!(ss.contains("127.0.0.1:4556"), "{ss}");
+    // Written back with the reconnect options.
+    let live = env.live_xml(&path).await;
+    assert!(
+        live.contains("<reconnect enabled='yes' timeout='1'/>"),
+        "{live}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usb_sata_scsi_controllers_and_pci_bridges_are_where_libvirt_puts_them() {
+    let env = Env::start().await;
+    let dir = env.dir();
+    let mut devices = String::from(
+        "<controller type='usb' index='0' model='ich9-ehci1'/>\
+         <controller type='usb' index='0' model='ich9-uhci1'><master startport='0'/></controller>\
+         <controller type='usb' index='0' model='ich9-uhci2'><master startport='2'/></controller>\
+         <controller type='usb' index='0' model='ich9-uhci3'><master startport='4'/></controller>\
+         <controller type='usb' index='1' model='piix3-uhci'/>\
+         <controller type='scsi' index='0' model='lsilogic'/>\
+         <hub type='usb'><address type='usb' bus='0' port='1'/></hub>\
+         <input type='tablet' bus='usb'><address type='usb' bus='0' port='1.2'/></input>",
+    );
+    for (i, t) in ["sda", "sdb"].iter().enumerate() {
+        let img = dir.join(format!("{t}.raw"));
+        std::fs::write(&img, vec![0u8; 1 << 20]).expect("image");
+        let bus = if i == 0 { "sata" } else { "scsi" };
+        devices.push_str(&format!(
+            "<disk type='file' device='disk'><source file='{}'/><target dev='{t}' bus='{bus}'/></disk>",
+            img.display()
+        ));
+    }
+    // More PCI devices than bus 0 has slots: a pci-bridge is added for the rest.
+    for i in 0..32 {
+        devices.push_str(&format!(
+            "<interface type='user'><mac address='52:54:00:00:10:{i:02x}'/><model type='e1000'/></interface>"
+        ));
+    }
+    let (mut probe, path) = env.run("ctrl", "x86_64", "pc", &devices).await;
+    let live = env.live_xml(&path).await;
+    assert!(
+        live.contains("model='pci-bridge'"),
+        "no pci-bridge added: {live}"
+    );
+    assert!(live.contains("<controller type='sata' index='0'"), "{live}");
+    let mut parent = |id: &str| -> String {
+        let v = probe.execute(json!({"execute": "qom-get", "arguments":
+            {"path": format!("/machine/peripheral/{id}"), "property": "parent_bus"}}));
+        v["return"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{id}: {v}"))
+            .to_owned()
+    };
+    assert!(
+        parent("disk0").contains("sata0"),
+        "SATA disk not on the AHCI"
+    );
+    assert!(
+        parent("disk1").contains("scsi0"),
+        "SCSI disk not on lsilogic"
+    );
+    assert!(
+        parent("net31").contains("pci.1"),
+        "last NIC not behind the bridge"
+    );
+    assert!(parent("pci.1").ends_with("pci.0"), "bridge not on bus 0");
+    let pci = qmp_return(&mut probe, "query-pci");
+    let devs: Vec<String> = pci[0]["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .filter_map(|d| d["qdev_id"].as_str().map(str::to_owned))
+        .collect();
+    for id in ["usb0", "usb1", "scsi0", "sata0", "pci.1"] {
+        assert!(devs.iter().any(|d| d == id), "{id} not on bus 0: {devs:?}");
+    }
+    // The EHCI's companions: three UHCI functions without ids of their own, whose
+    // USB 1 ports belong to usb0.
+    let uhci = pci[0]["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .filter(|d| d["class_info"]["class"] == 0x0c03)
+        .count();
+    assert_eq!(uhci, 5, "EHCI + 3 companions + piix3-uhci: {pci}");
+    let usb = hmp(&mut probe, "info usb");
+    assert!(usb.contains("Product QEMU USB Hub"), "{usb}");
+    assert!(
+        usb.contains("Port 1.2") && usb.contains("QEMU USB Tablet"),
+        "{usb}"
+    );
+
+    // A SCSI model QEMU 7.2 does not have: refused at define, naming the element.
+    let e = env
+        .qc
+        .domain_define_xml(
+            "<domain type='qemu'><name>buslogic</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+             <controller type='scsi' index='0' model='buslogic'/></devices></domain>",
+        )
+        .await
+        .expect_err("buslogic");
+    assert!(
+        e.to_string().contains("<controller scsi model>")
+            || e.to_string().contains("controller scsi model"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i686_guest_runs_on_qemu_system_i386() {
+    let env = Env::start().await;
+    let (mut probe, path) = env.run("i686", "i686", "pc", "").await;
+    let target = qmp_return(&mut probe, "query-target");
+    assert_eq!(target["arch"], "i386", "{target}");
+    let argv = support::qemu_cmdline(&env.daemon.dirs.runtime, "i686");
+    let argv0 = argv.split(' ').next().unwrap_or_default();
+    assert!(
+        Path::new(argv0)
+            .file_name()
+            .is_some_and(|n| n == "qemu-system-i386"),
+        "{argv}"
+    );
+    let live = env.live_xml(&path).await;
+    assert!(
+        live.contains("<type arch='i686' machine='pc-i440fx-7.2'>hvm</type>")
+            && live.contains("qemu-system-i386</emulator>"),
+        "{live}"
+    );
+    // The guest CPU is the 32-bit default.
+    let cpus = qmp_return(&mut probe, "query-cpus-fast");
+    assert_eq!(cpus[0]["target"], "i386", "{cpus}");
+}
