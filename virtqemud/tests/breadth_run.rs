@@ -623,3 +623,102 @@ async fn i686_guest_runs_on_qemu_system_i386() {
     let cpus = qmp_return(&mut probe, "query-cpus-fast");
     assert_eq!(cpus[0]["target"], "i386", "{cpus}");
 }
+
+/// A QOM property of a device, through the probe.
+fn qom(p: &mut Probe, path: &str, prop: &str) -> Value {
+    let v = p.execute(json!({"execute": "qom-get",
+        "arguments": {"path": path, "property": prop}}));
+    v.get("return")
+        .cloned()
+        .unwrap_or_else(|| panic!("{path} {prop}: {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_options_of_disks_nics_and_controllers_reach_qemu() {
+    let env = Env::start().await;
+    let img = env.dir().join("opts.raw");
+    std::fs::write(&img, vec![0u8; 1 << 20]).expect("image");
+    let devices = format!(
+        "<controller type='pci' index='0' model='pci-root'>\
+         <pcihole64 unit='KiB'>1048576</pcihole64></controller>\
+         <controller type='scsi' index='0' model='virtio-scsi'>\
+         <driver queues='4' cmd_per_lun='50' max_sectors='512' ioeventfd='on'/></controller>\
+         <disk type='file' device='disk'><driver name='qemu' type='raw' detect_zeroes='on' \
+         copy_on_read='on' error_policy='report' rerror_policy='ignore' queues='2' \
+         queue_size='128' packed='on' event_idx='off'/><source file='{}'/>\
+         <target dev='vda' bus='virtio'/></disk>\
+         <interface type='user'><mac address='52:54:00:0d:00:01'/><model type='virtio'/>\
+         <driver txmode='iothread' rx_queue_size='512' tx_queue_size='256' packed='on'>\
+         <host csum='off' mrg_rxbuf='off'/><guest tso4='off'/></driver></interface>",
+        img.display()
+    );
+    let (mut p, path) = env.run("opts", "x86_64", "pc", &devices).await;
+    assert_eq!(
+        qom(&mut p, "/machine/i440fx", "pci-hole64-size"),
+        1u64 << 30
+    );
+    let scsi = "/machine/peripheral/scsi0";
+    assert_eq!(qom(&mut p, scsi, "num_queues"), 4);
+    assert_eq!(qom(&mut p, scsi, "cmd_per_lun"), 50);
+    assert_eq!(qom(&mut p, scsi, "max_sectors"), 512);
+    assert_eq!(qom(&mut p, scsi, "ioeventfd"), true);
+    let disk = "/machine/peripheral/disk0";
+    assert_eq!(qom(&mut p, disk, "num-queues"), 2);
+    assert_eq!(qom(&mut p, disk, "queue-size"), 128);
+    assert_eq!(qom(&mut p, disk, "werror"), "report");
+    assert_eq!(qom(&mut p, disk, "rerror"), "ignore");
+    assert_eq!(qom(&mut p, disk, "packed"), true);
+    assert_eq!(qom(&mut p, disk, "event_idx"), false);
+    let nodes = qmp_return(&mut p, "query-named-block-nodes");
+    let node = |name: &str| -> Value {
+        nodes
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["node-name"] == name)
+            .unwrap_or_else(|| panic!("no node {name}: {nodes}"))
+            .clone()
+    };
+    assert_eq!(node("libvirt-CoR-vda")["drv"], "copy-on-read");
+    assert_eq!(node("libvirt-0-format")["detect_zeroes"], "on");
+    let blocks = qmp_return(&mut p, "query-block");
+    assert!(
+        blocks
+            .to_string()
+            .contains("\"node-name\":\"libvirt-CoR-vda\""),
+        "the guest does not read through the copy-on-read node: {blocks}"
+    );
+    let nic = "/machine/peripheral/net0";
+    assert_eq!(qom(&mut p, nic, "tx"), "bh");
+    assert_eq!(qom(&mut p, nic, "rx_queue_size"), 512);
+    assert_eq!(qom(&mut p, nic, "tx_queue_size"), 256);
+    assert_eq!(qom(&mut p, nic, "packed"), true);
+    assert_eq!(qom(&mut p, nic, "csum"), false);
+    assert_eq!(qom(&mut p, nic, "mrg_rxbuf"), false);
+    assert_eq!(qom(&mut p, nic, "guest_tso4"), false);
+    // The definition comes back as written.
+    let live = env.live_xml(&path).await;
+    assert!(
+        live.contains("<host csum='off' mrg_rxbuf='off'/>")
+            && live.contains("<pcihole64 unit='KiB'>1048576</pcihole64>")
+            && live.contains("copy_on_read='on'"),
+        "{live}"
+    );
+    // vhost-net is not used here: refused at start, naming the attribute.
+    let d = env
+        .qc
+        .domain_define_xml(
+            "<domain type='qemu'><name>vhost</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+             <interface type='user'><model type='virtio'/><driver name='vhost'/></interface>\
+             </devices></domain>",
+        )
+        .await
+        .expect("define");
+    let e = domain(&env.conn, &d)
+        .await
+        .create(0)
+        .await
+        .expect_err("vhost");
+    assert!(e.to_string().contains("<interface/driver name>"), "{e}");
+}

@@ -3,18 +3,26 @@
 
 use crate::xml::{scsi_device, usb_device, Controller, Domain};
 
-use super::device::{DeviceProps, PciBuses};
+use super::device::{DeviceProps, PciBuses, PropValue};
 use super::{unsupported, Argv, Result};
 
 pub(super) fn controllers(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
     let d = &dom.devices;
-    if let Some(c) = d.controllers.iter().find(|c| !c.unhandled.is_empty()) {
-        return Err(unsupported(
-            &format!("controller/{}", c.unhandled[0].name),
-            &c.kind,
-            "not implemented",
-        ));
+    // `<driver>` of a virtio controller is read by `driver_props`; `<pcihole64>` of
+    // the PCI root by `pcihole64`.
+    let read_here = |c: &Controller, e: &common::xml::Element| {
+        (e.name == "driver" && virtio_model(c)) || (e.name == "pcihole64" && is_pci_root(c))
+    };
+    for c in &d.controllers {
+        if let Some(e) = c.unhandled.iter().find(|e| !read_here(c, e)) {
+            return Err(unsupported(
+                &format!("controller/{}", e.name),
+                &c.kind,
+                "not implemented",
+            ));
+        }
     }
+    pcihole64(a, dom)?;
     let mut bridges: Vec<_> = d.controllers.iter().filter(|c| c.is_pci_bridge()).collect();
     bridges.sort_by_key(|c| c.index);
     for c in bridges {
@@ -84,12 +92,113 @@ fn controller_props(c: &Controller, q35: bool, buses: &PciBuses) -> Result<Optio
             let model = m.unwrap_or("virtio-scsi");
             let qemu = scsi_device(model)
                 .ok_or_else(|| unsupported("controller scsi model", model, "unknown"))?;
-            DeviceProps::new(qemu).str("id", format!("scsi{}", c.index))
+            let dev = DeviceProps::new(qemu).str("id", format!("scsi{}", c.index));
+            driver_props(dev, c)?
         }
         ("virtio-serial", _) => {
-            DeviceProps::new("virtio-serial-pci").str("id", format!("virtio-serial{}", c.index))
+            let dev = DeviceProps::new("virtio-serial-pci")
+                .str("id", format!("virtio-serial{}", c.index));
+            driver_props(dev, c)?
         }
         (k, _) => return Err(unsupported("controller type", k, "not implemented")),
     };
     Ok(Some(dev.pci(buses, &c.address)))
+}
+
+fn is_pci_root(c: &Controller) -> bool {
+    c.kind == "pci" && matches!(c.model.as_deref(), Some("pci-root" | "pcie-root"))
+}
+
+/// Controllers that are virtio devices (their `<driver>` holds virtio options).
+fn virtio_model(c: &Controller) -> bool {
+    match c.kind.as_str() {
+        "virtio-serial" => true,
+        "scsi" => c
+            .model
+            .as_deref()
+            .unwrap_or("virtio-scsi")
+            .starts_with("virtio"),
+        _ => false,
+    }
+}
+
+/// A virtio controller's `<driver>` as QEMU properties (libvirt's mapping).
+/// `iothread` needs `<iothreads>`, refused by name with it.
+fn driver_props(mut dev: DeviceProps, c: &Controller) -> Result<DeviceProps> {
+    let Some(d) = c.unhandled.iter().find(|e| e.name == "driver") else {
+        return Ok(dev);
+    };
+    if let Some(child) = d.elements().next() {
+        return Err(unsupported(
+            &format!("controller/driver/{}", child.name),
+            &c.kind,
+            "not implemented",
+        ));
+    }
+    let scsi = c.kind == "scsi";
+    for (k, v) in &d.attrs {
+        let bad = |why: &str| unsupported(&format!("controller/driver {k}"), v, why);
+        let flag = || match v.as_str() {
+            "on" => Ok(PropValue::Bool(true)),
+            "off" => Ok(PropValue::Bool(false)),
+            _ => Err(bad("expected on or off")),
+        };
+        let count = || {
+            v.parse::<u64>()
+                .map(PropValue::Uint)
+                .map_err(|_| bad("not a number"))
+        };
+        let (prop, value) = match k.as_str() {
+            "ioeventfd" => ("ioeventfd", flag()?),
+            "iommu" => ("iommu_platform", flag()?),
+            "ats" => ("ats", flag()?),
+            "packed" => ("packed", flag()?),
+            "page_per_vq" => ("page-per-vq", flag()?),
+            "queues" if scsi => ("num_queues", count()?),
+            "cmd_per_lun" if scsi => ("cmd_per_lun", count()?),
+            "max_sectors" if scsi => ("max_sectors", count()?),
+            _ => return Err(bad("not implemented")),
+        };
+        dev.props.push((prop, value));
+    }
+    Ok(dev)
+}
+
+/// `<pcihole64>` of the PCI root: the 64-bit PCI hole's size, a property of the
+/// machine's host bridge (given in KiB; QEMU takes bytes).
+fn pcihole64(a: &mut Argv, dom: &Domain) -> Result<()> {
+    let Some(root) = dom.devices.controllers.iter().find(|c| is_pci_root(c)) else {
+        return Ok(());
+    };
+    let Some(h) = root.unhandled.iter().find(|e| e.name == "pcihole64") else {
+        return Ok(());
+    };
+    let text = h.text();
+    let n: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| unsupported("controller/pcihole64", &text, "not a number"))?;
+    let unit = match h.get_attr("unit").unwrap_or("KiB") {
+        "KiB" | "k" | "K" => 1024,
+        "MiB" | "M" => 1024 * 1024,
+        "GiB" | "G" => 1024 * 1024 * 1024,
+        "b" | "bytes" => 1,
+        u => {
+            return Err(unsupported(
+                "controller/pcihole64 unit",
+                u,
+                "expected b, KiB, MiB or GiB",
+            ))
+        }
+    };
+    let host = if dom.is_q35() {
+        "q35-pcihost"
+    } else {
+        "i440FX-pcihost"
+    };
+    let bytes = n
+        .checked_mul(unit)
+        .ok_or_else(|| unsupported("controller/pcihole64", &text, "too large"))?;
+    a.pair("-global", format!("{host}.pci-hole64-size={bytes}"));
+    Ok(())
 }

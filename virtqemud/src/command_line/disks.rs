@@ -42,16 +42,16 @@ pub(super) fn disks(
                 "no bus (fill_defaults first)",
             )
         })?;
-        let has_media = match &disk.source {
+        let media = match &disk.source {
             Some(src) => {
                 for b in blockdevs(i, disk, src, ctx)? {
                     a.pair("-blockdev", b);
                 }
-                true
+                Some(top_node(a, i, disk)?)
             }
-            None => false,
+            None => None,
         };
-        let dev = disk_props(i, disk, bus, has_media, q35, &mut units, buses)?;
+        let dev = disk_props(i, disk, bus, media, q35, &mut units, buses)?;
         a.device(&dev)?;
     }
     Ok(())
@@ -65,7 +65,12 @@ fn refuse_unhandled(disk: &Disk) -> Result<()> {
             "not implemented",
         ));
     }
-    if let Some((k, v)) = disk.driver.unhandled.first() {
+    if let Some((k, v)) = disk
+        .driver
+        .unhandled
+        .iter()
+        .find(|(k, _)| !DRIVER_OPTIONS.contains(&k.as_str()))
+    {
         return Err(unsupported(
             &format!("disk/driver {k}"),
             v,
@@ -73,6 +78,114 @@ fn refuse_unhandled(disk: &Disk) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// `<driver>` attributes beyond name, type, cache, io and discard that the command
+/// line honours: the format node's `detect-zeroes`, a copy-on-read filter node, and
+/// the guest device's error policies and virtio options.
+const DRIVER_OPTIONS: &[&str] = &[
+    "detect_zeroes",
+    "copy_on_read",
+    "error_policy",
+    "rerror_policy",
+    "event_idx",
+    "ioeventfd",
+    "iommu",
+    "ats",
+    "packed",
+    "page_per_vq",
+    "queues",
+    "queue_size",
+];
+
+fn driver_opt<'a>(disk: &'a Disk, key: &str) -> Option<&'a str> {
+    disk.driver
+        .unhandled
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// An on/off driver option as QEMU's boolean.
+fn on_off(disk: &Disk, key: &str) -> Result<Option<bool>> {
+    match driver_opt(disk, key) {
+        None => Ok(None),
+        Some("on") => Ok(Some(true)),
+        Some("off") => Ok(Some(false)),
+        Some(v) => Err(unsupported(
+            &format!("disk/driver {key}"),
+            v,
+            "expected on or off",
+        )),
+    }
+}
+
+/// The guest device's share of `<driver>`: error policies on every bus, the virtio
+/// options on virtio-blk only (libvirt's mapping).
+fn device_driver_options(mut dev: DeviceProps, disk: &Disk, virtio: bool) -> Result<DeviceProps> {
+    let policy = |key: &str| -> Result<Option<&str>> {
+        Ok(match driver_opt(disk, key) {
+            None => None,
+            Some("stop") => Some("stop"),
+            Some("report") => Some("report"),
+            Some("ignore") => Some("ignore"),
+            Some("enospace") if key == "error_policy" => Some("enospc"),
+            Some(v) => {
+                return Err(unsupported(
+                    &format!("disk/driver {key}"),
+                    v,
+                    "expected stop, report, ignore or enospace",
+                ))
+            }
+        })
+    };
+    let werror = policy("error_policy")?;
+    // libvirt applies error_policy to reads too, unless it is enospace (a write error).
+    let rerror = policy("rerror_policy")?.or(werror.filter(|w| *w != "enospc"));
+    if let Some(w) = werror {
+        dev = dev.str("werror", w);
+    }
+    if let Some(r) = rerror {
+        dev = dev.str("rerror", r);
+    }
+    let virtio_only = [
+        ("event_idx", "event_idx"),
+        ("ioeventfd", "ioeventfd"),
+        ("iommu", "iommu_platform"),
+        ("ats", "ats"),
+        ("packed", "packed"),
+        ("page_per_vq", "page-per-vq"),
+    ];
+    for (key, prop) in virtio_only {
+        if let Some(b) = on_off(disk, key)? {
+            if !virtio {
+                return Err(unsupported(
+                    &format!("disk/driver {key}"),
+                    &disk.target_dev,
+                    "only for virtio disks",
+                ));
+            }
+            dev.props.push((prop, super::PropValue::Bool(b)));
+        }
+    }
+    for (key, prop) in [("queues", "num-queues"), ("queue_size", "queue-size")] {
+        if let Some(v) = driver_opt(disk, key) {
+            let n: u64 = v
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| unsupported(&format!("disk/driver {key}"), v, "not a count"))?;
+            if !virtio {
+                return Err(unsupported(
+                    &format!("disk/driver {key}"),
+                    &disk.target_dev,
+                    "only for virtio disks",
+                ));
+            }
+            dev = dev.uint(prop, n);
+        }
+    }
+    Ok(dev)
 }
 
 /// The host path of a disk's medium (volumes as the storage daemon resolved them).
@@ -256,17 +369,48 @@ fn format_node(i: usize, disk: &Disk, ro: bool) -> Result<String> {
         ));
     }
     let format = disk.driver.format.as_deref().unwrap_or("raw");
+    let detect_zeroes = match driver_opt(disk, "detect_zeroes") {
+        None => String::new(),
+        // As libvirt: 'unmap' only where discards are passed down, 'on' otherwise.
+        Some(z @ ("off" | "on")) => format!(",\"detect-zeroes\":\"{z}\""),
+        Some("unmap") if disk.driver.discard.as_deref() == Some("unmap") => {
+            ",\"detect-zeroes\":\"unmap\"".to_owned()
+        }
+        Some("unmap") => ",\"detect-zeroes\":\"on\"".to_owned(),
+        Some(v) => {
+            return Err(unsupported(
+                "disk/driver detect_zeroes",
+                v,
+                "expected on, off or unmap",
+            ))
+        }
+    };
     Ok(format!(
-        "{{\"node-name\":\"libvirt-{i}-format\",\"read-only\":{ro},\"driver\":\"{format}\",\"file\":\"libvirt-{i}-storage\"}}"
+        "{{\"node-name\":\"libvirt-{i}-format\",\"read-only\":{ro}{detect_zeroes},\"driver\":\"{format}\",\"file\":\"libvirt-{i}-storage\"}}"
     ))
 }
 
-/// The guest device of disk `i`; `has_media`: its format node exists (`drive=`).
+/// The node the guest device reads: the format node, or a copy-on-read filter over it
+/// (`<driver copy_on_read='on'>`, libvirt's `libvirt-CoR-TARGET`).
+fn top_node(a: &mut Argv, i: usize, disk: &Disk) -> Result<String> {
+    let format = format!("libvirt-{i}-format");
+    if on_off(disk, "copy_on_read")? != Some(true) {
+        return Ok(format);
+    }
+    let cor = format!("libvirt-CoR-{}", disk.target_dev);
+    a.pair(
+        "-blockdev",
+        serde_json::json!({"driver": "copy-on-read", "node-name": cor, "file": format}).to_string(),
+    );
+    Ok(cor)
+}
+
+/// The guest device of disk `i`; `media`: the node it reads (`drive=`), if any.
 fn disk_props(
     i: usize,
     disk: &Disk,
     bus: DiskBus,
-    has_media: bool,
+    media: Option<String>,
     q35: bool,
     units: &mut DiskUnits,
     buses: &PciBuses,
@@ -344,8 +488,8 @@ fn disk_props(
             DeviceProps::new("floppy").uint("unit", u.into())
         }
     };
-    if has_media {
-        dev = dev.str("drive", format!("libvirt-{i}-format"));
+    if let Some(node) = media {
+        dev = dev.str("drive", node);
     }
     dev = dev.str("id", format!("disk{i}"));
     if let Some(s) = &disk.serial {
@@ -357,7 +501,7 @@ fn disk_props(
     if disk.shareable {
         dev = dev.on("share-rw");
     }
-    Ok(dev)
+    device_driver_options(dev, disk, bus == DiskBus::Virtio)
 }
 
 /// A SCSI drive's place: unit `u` as the LUN of target 0 on virtio-scsi, as the

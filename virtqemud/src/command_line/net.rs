@@ -2,6 +2,8 @@
 //! opened, a tap QEMU opens by name, or a socket to another guest) and the guest NIC as
 //! a device bound to it.
 
+use common::xml::Element;
+
 use crate::xml::{Domain, Interface, InterfaceKind, SocketNet};
 
 use super::device::{DeviceProps, PciBuses};
@@ -16,7 +18,8 @@ pub(super) fn nics(
     // Tap fds are handed over in the order of the tap-backed NICs only.
     let mut tap_index = 0usize;
     for (i, nic) in dom.devices.interfaces.iter().enumerate() {
-        if let Some(c) = nic.unhandled.first() {
+        // `<driver>` is the guest device's business (`nic_props`).
+        if let Some(c) = nic.unhandled.iter().find(|c| c.name != "driver") {
             return Err(unsupported(
                 &format!("interface/{}", c.name),
                 nic.mac.map(|m| m.to_string()).as_deref().unwrap_or(""),
@@ -125,6 +128,9 @@ pub(super) fn nic_props(i: usize, nic: &Interface, buses: &PciBuses) -> Result<D
         .str("mac", mac.to_string())
         .pci(buses, &nic.address)
         .opt_uint("bootindex", nic.boot_order.map(u64::from));
+    if let Some(d) = nic.unhandled.iter().find(|c| c.name == "driver") {
+        dev = driver_props(dev, d, model)?;
+    }
     match (nic.mtu, model) {
         (Some(m), "virtio-net-pci") => dev = dev.uint("host_mtu", m.into()),
         (Some(_), _) if matches!(nic.kind, InterfaceKind::User | InterfaceKind::Socket(_)) => {
@@ -135,6 +141,129 @@ pub(super) fn nic_props(i: usize, nic: &Interface, buses: &PciBuses) -> Result<D
             ))
         }
         _ => {}
+    }
+    Ok(dev)
+}
+
+/// A virtio NIC's `<driver>` attributes and QEMU's property for each (libvirt's
+/// mapping); `txmode` and the offload children are handled apart.
+const NIC_DRIVER_BOOLS: &[(&str, &str)] = &[
+    ("ioeventfd", "ioeventfd"),
+    ("event_idx", "event_idx"),
+    ("iommu", "iommu_platform"),
+    ("ats", "ats"),
+    ("packed", "packed"),
+    ("page_per_vq", "page-per-vq"),
+    ("rss", "rss"),
+    ("rss_hash_report", "hash"),
+];
+
+/// `<driver><host>` and `<driver><guest>` offloads: attribute, QEMU's property.
+const NIC_HOST_OFFLOADS: &[(&str, &str)] = &[
+    ("csum", "csum"),
+    ("gso", "gso"),
+    ("tso4", "host_tso4"),
+    ("tso6", "host_tso6"),
+    ("ecn", "host_ecn"),
+    ("ufo", "host_ufo"),
+    ("mrg_rxbuf", "mrg_rxbuf"),
+];
+const NIC_GUEST_OFFLOADS: &[(&str, &str)] = &[
+    ("csum", "guest_csum"),
+    ("tso4", "guest_tso4"),
+    ("tso6", "guest_tso6"),
+    ("ecn", "guest_ecn"),
+    ("ufo", "guest_ufo"),
+];
+
+fn nic_bool(key: &str, v: &str) -> Result<bool> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(unsupported(
+            &format!("interface/driver {key}"),
+            v,
+            "expected on or off",
+        )),
+    }
+}
+
+/// A NIC's `<driver>` as virtio-net properties. QEMU's own virtio-net is what runs
+/// (`name='qemu'`); vhost-net and multiqueue need descriptors this runtime does not
+/// open, and are refused by name.
+fn driver_props(mut dev: DeviceProps, d: &Element, model: &str) -> Result<DeviceProps> {
+    let virtio = model.starts_with("virtio-net-pci");
+    for (k, v) in &d.attrs {
+        let bool_prop = NIC_DRIVER_BOOLS.iter().find(|(a, _)| a == k).map(|p| p.1);
+        match (k.as_str(), v.as_str(), bool_prop) {
+            ("name", "qemu", _) => continue,
+            ("queues", "1", _) => continue,
+            (k, v, _) if !virtio => {
+                return Err(unsupported(
+                    &format!("interface/driver {k}"),
+                    v,
+                    "only for virtio NICs",
+                ))
+            }
+            (_, v, Some(prop)) => dev
+                .props
+                .push((prop, super::PropValue::Bool(nic_bool(k, v)?))),
+            ("txmode", "iothread", _) => dev = dev.str("tx", "bh"),
+            ("txmode", "timer", _) => dev = dev.str("tx", "timer"),
+            ("rx_queue_size" | "tx_queue_size", v, _) => {
+                let n: u64 = v.parse().map_err(|_| {
+                    unsupported(&format!("interface/driver {k}"), v, "not a number")
+                })?;
+                let prop = if k == "rx_queue_size" {
+                    "rx_queue_size"
+                } else {
+                    "tx_queue_size"
+                };
+                dev = dev.uint(prop, n);
+            }
+            (k, v, _) => {
+                return Err(unsupported(
+                    &format!("interface/driver {k}"),
+                    v,
+                    "not implemented",
+                ))
+            }
+        }
+    }
+    for c in d.elements() {
+        let table = match c.name.as_str() {
+            "host" => NIC_HOST_OFFLOADS,
+            "guest" => NIC_GUEST_OFFLOADS,
+            n => {
+                return Err(unsupported(
+                    &format!("interface/driver/{n}"),
+                    "",
+                    "not implemented",
+                ))
+            }
+        };
+        if !virtio {
+            return Err(unsupported(
+                &format!("interface/driver/{}", c.name),
+                model,
+                "only for virtio NICs",
+            ));
+        }
+        for (k, v) in &c.attrs {
+            let prop = table
+                .iter()
+                .find(|(a, _)| a == k)
+                .map(|p| p.1)
+                .ok_or_else(|| {
+                    unsupported(
+                        &format!("interface/driver/{} {k}", c.name),
+                        v,
+                        "not implemented",
+                    )
+                })?;
+            dev.props
+                .push((prop, super::PropValue::Bool(nic_bool(k, v)?)));
+        }
     }
     Ok(dev)
 }

@@ -114,8 +114,9 @@ pub struct DiskDriver {
     pub cache: Option<String>,
     pub io: Option<String>,
     pub discard: Option<String>,
-    /// Attributes not handled (`detect_zeroes`, `iothread`, `error_policy`, ...): kept,
-    /// written back and refused at start by name.
+    /// The other attributes (`detect_zeroes`, `error_policy`, `queues`, `iommu`, ...),
+    /// kept as written: the command line honours the ones it knows and refuses the
+    /// rest (`iothread`, ...) by name.
     pub unhandled: Vec<(String, String)>,
 }
 
