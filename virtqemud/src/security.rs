@@ -481,6 +481,7 @@ fn chardev_files(dom: &Domain) -> impl Iterator<Item = &PathBuf> {
         .iter()
         .chain(&dom.devices.consoles)
         .chain(&dom.devices.channels)
+        .chain(&dom.devices.parallels)
         .filter_map(|c| match &c.source {
             ChardevSource::File { path, .. } => Some(path),
             _ => None,
@@ -498,6 +499,7 @@ fn chardev_devices(dom: &Domain) -> Vec<PathBuf> {
         .iter()
         .chain(&dom.devices.consoles)
         .chain(&dom.devices.channels)
+        .chain(&dom.devices.parallels)
     {
         match &c.source {
             ChardevSource::Dev(p) => v.push(p.clone()),

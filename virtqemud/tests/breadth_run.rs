@@ -722,3 +722,59 @@ async fn driver_options_of_disks_nics_and_controllers_reach_qemu() {
         .expect_err("vhost");
     assert!(e.to_string().contains("<interface/driver name>"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consoles_parallel_debugcon_and_channels_on_several_controllers() {
+    let env = Env::start().await;
+    let devices = "<controller type='virtio-serial' index='1'/>\
+         <serial type='pty'><target port='0'/><address type='isa' iobase='0x2f8' irq='0x3'/></serial>\
+         <serial type='null'><target type='isa-debug'/><address type='isa' iobase='0x402'/></serial>\
+         <parallel type='tcp'><source mode='bind' host='127.0.0.1' service='9999'/>\
+         <protocol type='raw'/><target port='0'/></parallel>\
+         <console type='pty'><target type='serial' port='0'/></console>\
+         <console type='pty'><target type='virtio' port='1'/></console>\
+         <console type='null'><target type='virtio' port='2'/></console>\
+         <channel type='pty'><target type='virtio' name='org.example.a'/></channel>\
+         <channel type='pty'><target type='virtio' name='org.example.b'/>\
+         <address type='virtio-serial' controller='1' bus='0' port='3'/></channel>\
+         <channel type='pty'><target type='virtio' name='org.example.c'/>\
+         <address type='virtio-serial' controller='1' bus='0'/></channel>\
+         <channel type='pty'><target type='virtio' name='org.example.d'/>\
+         <address type='virtio-serial' controller='2' bus='0'/></channel>";
+    let (mut p, path) = env.run("chars2", "x86_64", "pc", devices).await;
+    let dev = |id: &str| format!("/machine/peripheral/{id}");
+    assert_eq!(qom(&mut p, &dev("serial0"), "iobase"), 0x2f8);
+    assert_eq!(qom(&mut p, &dev("serial0"), "irq"), 3);
+    assert_eq!(qom(&mut p, &dev("serial1"), "iobase"), 0x402);
+    assert_eq!(qom(&mut p, &dev("serial1"), "type"), "isa-debugcon");
+    assert_eq!(qom(&mut p, &dev("parallel0"), "type"), "isa-parallel");
+    // Ports as libvirt assigns them: consoles 0 and 1 on controller 0, then the
+    // channels' explicit and next free ports on the controllers they name.
+    for (id, bus, nr) in [
+        ("console1", "virtio-serial0", 0),
+        ("console2", "virtio-serial0", 1),
+        ("channel0", "virtio-serial0", 2),
+        ("channel1", "virtio-serial1", 3),
+        ("channel2", "virtio-serial1", 1),
+        ("channel3", "virtio-serial2", 1),
+    ] {
+        assert_eq!(qom(&mut p, &dev(id), "nr"), nr, "{id}");
+        let parent = qom(&mut p, &dev(id), "parent_bus");
+        assert!(
+            parent
+                .as_str()
+                .is_some_and(|b| b.contains(&format!("{bus}.0"))),
+            "{id}: {parent}"
+        );
+    }
+    // The parallel port's TCP server listens in the namespace.
+    wait_listening(&env.ns, 9999);
+    // libvirt's implicit virtio-serial controllers 0 and 2 are in the definition.
+    let live = env.live_xml(&path).await;
+    assert!(
+        live.contains("<controller type='virtio-serial' index='0'")
+            && live.contains("<controller type='virtio-serial' index='2'")
+            && live.contains("<parallel type='tcp'>"),
+        "{live}"
+    );
+}

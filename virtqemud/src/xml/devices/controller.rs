@@ -219,9 +219,29 @@ impl Devices {
         {
             self.controllers.push(Controller::new("sata", 0, None));
         }
-        if !has(&self.controllers, "virtio-serial") && !self.channels.is_empty() {
-            self.controllers
-                .push(Controller::new("virtio-serial", 0, None));
+        // Each channel's virtio-serial controller (its address's, else 0): libvirt adds
+        // the ones missing.
+        let named: BTreeSet<u32> = self
+            .channels
+            .iter()
+            .map(|c| {
+                c.unhandled
+                    .iter()
+                    .find(|e| e.name == "address" && e.get_attr("type") == Some("virtio-serial"))
+                    .and_then(|e| e.get_attr("controller"))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect();
+        for i in named {
+            let exists = self
+                .controllers
+                .iter()
+                .any(|c| c.kind == "virtio-serial" && c.index == i);
+            if !exists {
+                self.controllers
+                    .push(Controller::new("virtio-serial", i, None));
+            }
         }
         for c in &self.controllers {
             if c.kind == "usb" {
