@@ -778,3 +778,66 @@ async fn consoles_parallel_debugcon_and_channels_on_several_controllers() {
         "{live}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iotune_becomes_qemus_throttle_groups() {
+    let env = Env::start().await;
+    let mut devices = String::new();
+    for (t, tune) in [
+        (
+            "vda",
+            "<total_bytes_sec>1000000</total_bytes_sec><total_iops_sec>500</total_iops_sec>",
+        ),
+        (
+            "vdb",
+            "<read_iops_sec>300</read_iops_sec><group_name>shared</group_name>",
+        ),
+        (
+            "vdc",
+            "<read_iops_sec>300</read_iops_sec><group_name>shared</group_name>",
+        ),
+    ] {
+        let img = env.dir().join(format!("{t}.raw"));
+        std::fs::write(&img, vec![0u8; 1 << 20]).expect("image");
+        devices.push_str(&format!(
+            "<disk type='file' device='disk'><source file='{}'/><target dev='{t}' bus='virtio'/>\
+             <iotune>{tune}</iotune></disk>",
+            img.display()
+        ));
+    }
+    let (mut p, _) = env.run("iotune", "x86_64", "pc", &devices).await;
+    let limits = qom(&mut p, "/objects/throttle-libvirt-0", "limits");
+    assert_eq!(limits["bps-total"], 1000000, "{limits}");
+    assert_eq!(limits["iops-total"], 500, "{limits}");
+    let shared = qom(&mut p, "/objects/shared", "limits");
+    assert_eq!(shared["iops-read"], 300, "{shared}");
+    // Each guest disk reads through its throttle node; vdb and vdc share one group.
+    let nodes = qmp_return(&mut p, "query-named-block-nodes");
+    for i in 0..3 {
+        let name = format!("libvirt-{i}-throttle");
+        assert!(
+            nodes
+                .as_array()
+                .expect("nodes")
+                .iter()
+                .any(|n| n["node-name"] == name.as_str() && n["drv"] == "throttle"),
+            "no {name}: {nodes}"
+        );
+    }
+    let blocks = qmp_return(&mut p, "query-block").to_string();
+    for i in 0..3 {
+        assert!(
+            blocks.contains(&format!("\"node-name\":\"libvirt-{i}-throttle\"")),
+            "{blocks}"
+        );
+    }
+    let groups: Vec<Value> = p
+        .execute(json!({"execute": "qom-list", "arguments": {"path": "/objects"}}))["return"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .filter(|o| o["type"] == "child<throttle-group>")
+        .cloned()
+        .collect();
+    assert_eq!(groups.len(), 2, "{groups:?}");
+}

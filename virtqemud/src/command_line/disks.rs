@@ -33,6 +33,7 @@ pub(super) fn disks(
         }),
         ..DiskUnits::default()
     };
+    let mut groups = Vec::new();
     for (i, disk) in dom.devices.disks.iter().enumerate() {
         refuse_unhandled(disk)?;
         let bus = disk.bus.ok_or_else(|| {
@@ -47,7 +48,7 @@ pub(super) fn disks(
                 for b in blockdevs(i, disk, src, ctx)? {
                     a.pair("-blockdev", b);
                 }
-                Some(top_node(a, i, disk)?)
+                Some(top_node(a, i, disk, &mut groups)?)
             }
             None => None,
         };
@@ -58,7 +59,8 @@ pub(super) fn disks(
 }
 
 fn refuse_unhandled(disk: &Disk) -> Result<()> {
-    if let Some(c) = disk.unhandled.first() {
+    // `<iotune>` is read by `top_node`.
+    if let Some(c) = disk.unhandled.iter().find(|c| c.name != "iotune") {
         return Err(unsupported(
             &format!("disk/{}", c.name),
             &disk.target_dev,
@@ -390,19 +392,112 @@ fn format_node(i: usize, disk: &Disk, ro: bool) -> Result<String> {
     ))
 }
 
-/// The node the guest device reads: the format node, or a copy-on-read filter over it
-/// (`<driver copy_on_read='on'>`, libvirt's `libvirt-CoR-TARGET`).
-fn top_node(a: &mut Argv, i: usize, disk: &Disk) -> Result<String> {
-    let format = format!("libvirt-{i}-format");
-    if on_off(disk, "copy_on_read")? != Some(true) {
-        return Ok(format);
+/// The node the guest device reads: the format node, under a copy-on-read filter
+/// (`<driver copy_on_read='on'>`, libvirt's `libvirt-CoR-TARGET`) and a throttle
+/// filter (`<iotune>`) where asked.
+fn top_node(a: &mut Argv, i: usize, disk: &Disk, groups: &mut Vec<String>) -> Result<String> {
+    let mut top = format!("libvirt-{i}-format");
+    if on_off(disk, "copy_on_read")? == Some(true) {
+        let cor = format!("libvirt-CoR-{}", disk.target_dev);
+        a.pair(
+            "-blockdev",
+            serde_json::json!({"driver": "copy-on-read", "node-name": cor, "file": top})
+                .to_string(),
+        );
+        top = cor;
     }
-    let cor = format!("libvirt-CoR-{}", disk.target_dev);
-    a.pair(
-        "-blockdev",
-        serde_json::json!({"driver": "copy-on-read", "node-name": cor, "file": format}).to_string(),
-    );
-    Ok(cor)
+    if let Some(t) = disk.unhandled.iter().find(|c| c.name == "iotune") {
+        let group = throttle_group(a, i, t, groups)?;
+        let node = format!("libvirt-{i}-throttle");
+        a.pair(
+            "-blockdev",
+            serde_json::json!({"driver": "throttle", "node-name": node,
+                "throttle-group": group, "file": top})
+            .to_string(),
+        );
+        top = node;
+    }
+    Ok(top)
+}
+
+/// `<iotune>` children and the throttle-group limit each sets.
+const IOTUNE_LIMITS: &[(&str, &str)] = &[
+    ("total_bytes_sec", "bps-total"),
+    ("read_bytes_sec", "bps-read"),
+    ("write_bytes_sec", "bps-write"),
+    ("total_iops_sec", "iops-total"),
+    ("read_iops_sec", "iops-read"),
+    ("write_iops_sec", "iops-write"),
+    ("total_bytes_sec_max", "bps-total-max"),
+    ("read_bytes_sec_max", "bps-read-max"),
+    ("write_bytes_sec_max", "bps-write-max"),
+    ("total_iops_sec_max", "iops-total-max"),
+    ("read_iops_sec_max", "iops-read-max"),
+    ("write_iops_sec_max", "iops-write-max"),
+    ("total_bytes_sec_max_length", "bps-total-max-length"),
+    ("read_bytes_sec_max_length", "bps-read-max-length"),
+    ("write_bytes_sec_max_length", "bps-write-max-length"),
+    ("total_iops_sec_max_length", "iops-total-max-length"),
+    ("read_iops_sec_max_length", "iops-read-max-length"),
+    ("write_iops_sec_max_length", "iops-write-max-length"),
+    ("size_iops_sec", "iops-size"),
+];
+
+/// The throttle group of disk `i`'s `<iotune>`: its `<group_name>` (shared by every
+/// disk that names it; made once, with the first one's limits), else a group of its
+/// own. QEMU enforces the limits in its block layer, as for libvirt's
+/// `block_set_io_throttle`.
+fn throttle_group(
+    a: &mut Argv,
+    i: usize,
+    t: &common::xml::Element,
+    groups: &mut Vec<String>,
+) -> Result<String> {
+    let mut limits = serde_json::Map::new();
+    let mut name = None;
+    for c in t.elements() {
+        if c.name == "group_name" {
+            name = Some(c.text());
+            continue;
+        }
+        let what = format!("disk/iotune/{}", c.name);
+        let key = IOTUNE_LIMITS
+            .iter()
+            .find(|(x, _)| *x == c.name)
+            .map(|l| l.1)
+            .ok_or_else(|| unsupported(&what, "", "not implemented"))?;
+        let text = c.text();
+        let v: u64 = text
+            .trim()
+            .parse()
+            .map_err(|_| unsupported(&what, &text, "not a number"))?;
+        limits.insert(key.to_owned(), serde_json::json!(v));
+    }
+    let id = match name {
+        Some(n) => {
+            let ok = n.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+            if !ok {
+                return Err(unsupported(
+                    "disk/iotune/group_name",
+                    &n,
+                    "must start with a letter and hold only letters, digits, '-', '.' and '_'",
+                ));
+            }
+            n
+        }
+        None => format!("throttle-libvirt-{i}"),
+    };
+    if !groups.contains(&id) {
+        a.pair(
+            "-object",
+            serde_json::json!({"qom-type": "throttle-group", "id": id, "limits": limits})
+                .to_string(),
+        );
+        groups.push(id.clone());
+    }
+    Ok(id)
 }
 
 /// The guest device of disk `i`; `media`: the node it reads (`drive=`), if any.
