@@ -5,7 +5,8 @@
 //!   portgroup), and the port's `<plug bridge=>` names the bridge to enslave the tap to.
 //! - `type='bridge'`: the same tap, onto the named bridge, without virtnetworkd.
 //! - `type='ethernet'`: an unattached tap; with `<target dev managed='no'>` QEMU opens
-//!   the existing device by name instead.
+//!   the existing device by name instead. Its `<script path>` runs with the tap's name
+//!   once the tap is up, its `<downscript path>` at stop, as libvirt runs them.
 //! - `type='direct'`: a macvtap on the named host link, deleted again at stop.
 //! - `type='server'|'client'|'mcast'|'udp'`: nothing on the host; QEMU opens the socket.
 //!
@@ -221,6 +222,9 @@ async fn prepare_into(dom: &mut Domain, mode: Mode, done: &mut Prepared) -> Resu
         nic.target_dev = Some(t.name.clone());
         tap::configure(&t.name, mac.0, bridge.as_deref(), nic.mtu)?;
         tracing::info!(tap = %t.name, bridge = ?bridge, "tap ready");
+        if matches!(nic.kind, InterfaceKind::Ethernet) {
+            run_script(nic, "script", &t.name).await?;
+        }
         done.taps.push(Some(t.fd));
     }
     Ok(())
@@ -246,8 +250,14 @@ async fn release_paths(mode: Mode, ports: Vec<OwnedObjectPath>) {
 /// found dead after a restart). A port already gone is not an error.
 pub async fn release(dom: &Domain, mode: Mode) {
     for nic in &dom.devices.interfaces {
-        if let (InterfaceKind::Direct { .. }, Some(t)) = (&nic.kind, &nic.target_dev) {
-            tap::delete_link(t).await;
+        match (&nic.kind, &nic.target_dev) {
+            (InterfaceKind::Direct { .. }, Some(t)) => tap::delete_link(t).await,
+            (InterfaceKind::Ethernet, Some(t)) if nic.target_managed != Some(false) => {
+                if let Err(e) = run_script(nic, "downscript", t).await {
+                    tracing::warn!(tap = %t, "{e}");
+                }
+            }
+            _ => {}
         }
     }
     let ports: Vec<(String, Uuid)> = dom
@@ -285,4 +295,37 @@ pub async fn release(dom: &Domain, mode: Mode) {
             Err(e) => tracing::warn!(network = %net, port = %id, "network port not deleted: {e}"),
         }
     }
+}
+
+/// Runs an ethernet NIC's `<script path>` or `<downscript path>` with the tap's name
+/// as its argument and waits for it; a failure names the script and its status.
+async fn run_script(nic: &crate::xml::Interface, which: &str, tap: &str) -> Result<(), VirError> {
+    let Some(path) = nic
+        .unhandled
+        .iter()
+        .find(|c| c.name == which)
+        .and_then(|c| c.get_attr("path"))
+    else {
+        return Ok(());
+    };
+    if !path.starts_with('/') {
+        return Err(VirError::unsupported(format!(
+            "<interface/{which}> path '{path}' must be absolute"
+        )));
+    }
+    let out = tokio::process::Command::new(path)
+        .arg(tap)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| VirError::operation_failed(format!("cannot run {which} '{path}': {e}")))?;
+    if !out.status.success() {
+        return Err(VirError::operation_failed(format!(
+            "{which} '{path}' for '{tap}' failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    tracing::info!(tap, script = path, "{which} ran");
+    Ok(())
 }

@@ -841,3 +841,100 @@ async fn iotune_becomes_qemus_throttle_groups() {
         .collect();
     assert_eq!(groups.len(), 2, "{groups:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ethernet_scripts_run_and_user_networks_take_their_ip() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::start().await;
+    let log = env.dir().join("script.log");
+    let script = env.dir().join("ifup.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$(basename \"$0\") $1 $(cat /sys/class/net/$1/operstate 2>/dev/null || echo seen)\" >> {}\nip link show dev \"$1\" >/dev/null\n",
+            log.display()
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let down = env.dir().join("ifdown.sh");
+    std::fs::copy(&script, &down).expect("copy");
+    let devices = format!(
+        "<interface type='ethernet'><mac address='52:54:00:e7:00:01'/>\
+         <script path='{}'/><downscript path='{}'/><model type='e1000'/></interface>\
+         <interface type='user'><mac address='52:54:00:e7:00:02'/>\
+         <ip address='172.17.2.0' family='ipv4' prefix='24'/>\
+         <ip address='2001:db8:ac10:fd01::' family='ipv6' prefix='64'/></interface>",
+        script.display(),
+        down.display()
+    );
+    let (mut p, path) = env.run("scripts", "x86_64", "pc", &devices).await;
+    let live = env.live_xml(&path).await;
+    assert!(live.contains("<target dev='vnet0'/>"), "{live}");
+    // The script ran with the tap's name, which existed then (`ip link show` in the
+    // namespace the daemon runs in succeeded, or the start would have failed).
+    let ran = std::fs::read_to_string(&log).expect("script log");
+    assert!(ran.starts_with("ifup.sh vnet0 "), "{ran}");
+    let net = hmp(&mut p, "info network");
+    assert!(net.contains("net=172.17.2.0,"), "{net}");
+    assert!(net.contains("type=tap,fd="), "{net}");
+    domain(&env.conn, &path)
+        .await
+        .destroy(0)
+        .await
+        .expect("destroy");
+    let ran = std::fs::read_to_string(&log).expect("script log");
+    assert!(
+        ran.lines().any(|l| l.starts_with("ifdown.sh vnet0")),
+        "{ran}"
+    );
+
+    // A script that fails stops the start, naming it.
+    std::fs::write(&script, "#!/bin/sh\necho nope >&2\nexit 3\n").expect("script");
+    let e = domain(&env.conn, &path)
+        .await
+        .create(0)
+        .await
+        .expect_err("failing script");
+    assert!(
+        e.to_string().contains("ifup.sh") && e.to_string().contains("nope"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_identity_geometry_and_block_sizes_reach_qemu() {
+    let env = Env::start().await;
+    let mut devices = String::new();
+    for (t, bus, extra) in [
+        (
+            "sda",
+            "scsi",
+            "<wwn>5000c50015ea71ac</wwn><vendor>SEAGATE</vendor><product>ST3146707LC</product>",
+        ),
+        (
+            "hda",
+            "ide",
+            "<geometry cyls='1024' heads='16' secs='63' trans='lba'/>\
+             <blockio logical_block_size='512' physical_block_size='4096'/>",
+        ),
+    ] {
+        let img = env.dir().join(format!("{t}.raw"));
+        std::fs::write(&img, vec![0u8; 1 << 20]).expect("image");
+        devices.push_str(&format!(
+            "<disk type='file' device='disk'><source file='{}'/><target dev='{t}' bus='{bus}'/>{extra}</disk>",
+            img.display()
+        ));
+    }
+    let (mut p, _) = env.run("diskid", "x86_64", "pc", &devices).await;
+    let d0 = "/machine/peripheral/disk0";
+    assert_eq!(qom(&mut p, d0, "wwn"), 0x5000c50015ea71acu64);
+    assert_eq!(qom(&mut p, d0, "vendor"), "SEAGATE");
+    assert_eq!(qom(&mut p, d0, "product"), "ST3146707LC");
+    let d1 = "/machine/peripheral/disk1";
+    assert_eq!(qom(&mut p, d1, "cyls"), 1024);
+    assert_eq!(qom(&mut p, d1, "heads"), 16);
+    assert_eq!(qom(&mut p, d1, "secs"), 63);
+    assert_eq!(qom(&mut p, d1, "bios-chs-trans"), "lba");
+    assert_eq!(qom(&mut p, d1, "physical_block_size"), 4096);
+}

@@ -59,8 +59,12 @@ pub(super) fn disks(
 }
 
 fn refuse_unhandled(disk: &Disk) -> Result<()> {
-    // `<iotune>` is read by `top_node`.
-    if let Some(c) = disk.unhandled.iter().find(|c| c.name != "iotune") {
+    // `<iotune>` is read by `top_node`, the device's own children by `disk_children`.
+    if let Some(c) = disk
+        .unhandled
+        .iter()
+        .find(|c| c.name != "iotune" && !DEVICE_CHILDREN.contains(&c.name.as_str()))
+    {
         return Err(unsupported(
             &format!("disk/{}", c.name),
             &disk.target_dev,
@@ -596,7 +600,98 @@ fn disk_props(
     if disk.shareable {
         dev = dev.on("share-rw");
     }
+    let dev = disk_children(dev, disk)?;
     device_driver_options(dev, disk, bus == DiskBus::Virtio)
+}
+
+/// Disk children that are properties of the guest device.
+const DEVICE_CHILDREN: &[&str] = &["wwn", "vendor", "product", "geometry", "blockio"];
+
+/// `<wwn>`, `<vendor>`, `<product>`, `<geometry>` and `<blockio>` as the guest
+/// device's properties, on the devices QEMU gives them (libvirt's mapping).
+fn disk_children(mut dev: DeviceProps, disk: &Disk) -> Result<DeviceProps> {
+    let driver = dev.driver.clone();
+    let scsi = driver.starts_with("scsi-");
+    let ide = driver.starts_with("ide-");
+    for c in disk
+        .unhandled
+        .iter()
+        .filter(|c| DEVICE_CHILDREN.contains(&c.name.as_str()))
+    {
+        let what = format!("disk/{}", c.name);
+        let refuse = |why: &str| unsupported(&what, &disk.target_dev, why);
+        let num = |key: &str| -> Result<Option<u64>> {
+            c.get_attr(key)
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|_| unsupported(&format!("{what} {key}"), v, "not a number"))
+                })
+                .transpose()
+        };
+        match c.name.as_str() {
+            "wwn" => {
+                if !(scsi || ide) {
+                    return Err(refuse("only for IDE, SATA and SCSI disks"));
+                }
+                let text = c.text();
+                let hex = text.trim().trim_start_matches("0x");
+                let n = u64::from_str_radix(hex, 16)
+                    .ok()
+                    .filter(|_| hex.len() == 16)
+                    .ok_or_else(|| unsupported(&what, &text, "expected 16 hex digits"))?;
+                dev = dev.uint("wwn", n);
+            }
+            "vendor" | "product" => {
+                if !scsi {
+                    return Err(refuse("only for SCSI disks"));
+                }
+                let text = c.text();
+                let max = if c.name == "vendor" { 8 } else { 16 };
+                if text.is_empty()
+                    || text.len() > max
+                    || !text.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+                {
+                    return Err(unsupported(
+                        &what,
+                        &text,
+                        format!("at most {max} printable characters"),
+                    ));
+                }
+                let key = if c.name == "vendor" {
+                    "vendor"
+                } else {
+                    "product"
+                };
+                dev = dev.str(key, text);
+            }
+            "geometry" => {
+                if !(ide || driver.starts_with("virtio-blk")) {
+                    return Err(refuse("only for IDE, SATA and virtio disks"));
+                }
+                dev = dev
+                    .opt_uint("cyls", num("cyls")?)
+                    .opt_uint("heads", num("heads")?)
+                    .opt_uint("secs", num("secs")?);
+                if let Some(t) = c.get_attr("trans") {
+                    if !ide || !matches!(t, "none" | "lba" | "auto") {
+                        return Err(unsupported(
+                            &format!("{what} trans"),
+                            t,
+                            "expected none, lba or auto on IDE",
+                        ));
+                    }
+                    dev = dev.str("bios-chs-trans", t);
+                }
+            }
+            _ => {
+                dev = dev
+                    .opt_uint("logical_block_size", num("logical_block_size")?)
+                    .opt_uint("physical_block_size", num("physical_block_size")?)
+                    .opt_uint("discard_granularity", num("discard_granularity")?);
+            }
+        }
+    }
+    Ok(dev)
 }
 
 /// A SCSI drive's place: unit `u` as the LUN of target 0 on virtio-scsi, as the

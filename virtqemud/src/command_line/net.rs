@@ -18,8 +18,8 @@ pub(super) fn nics(
     // Tap fds are handed over in the order of the tap-backed NICs only.
     let mut tap_index = 0usize;
     for (i, nic) in dom.devices.interfaces.iter().enumerate() {
-        // `<driver>` is the guest device's business (`nic_props`).
-        if let Some(c) = nic.unhandled.iter().find(|c| c.name != "driver") {
+        // `<driver>` and `<rom>` are the guest device's business (`nic_props`).
+        if let Some(c) = nic.unhandled.iter().find(|c| !nic_reads(nic, c)) {
             return Err(unsupported(
                 &format!("interface/{}", c.name),
                 nic.mac.map(|m| m.to_string()).as_deref().unwrap_or(""),
@@ -43,7 +43,7 @@ pub(super) fn nics(
 fn netdev(i: usize, nic: &Interface, fd: Option<i32>) -> Result<String> {
     let id = format!("hostnet{i}");
     Ok(match (&nic.kind, fd, &nic.target_dev) {
-        (InterfaceKind::User, _, _) => format!("user,id={id}"),
+        (InterfaceKind::User, _, _) => format!("user,{}id={id}", user_ips(nic)?),
         (InterfaceKind::Socket(s), _, _) => format!("socket,{},id={id}", socket(s)?),
         (_, Some(fd), _) => format!("tap,fd={fd},id={id},vhost=off"),
         (InterfaceKind::Ethernet, None, Some(dev)) => {
@@ -73,6 +73,52 @@ fn netdev(i: usize, nic: &Interface, fd: Option<i32>) -> Result<String> {
             ))
         }
     })
+}
+
+/// Kept NIC children the command line reads: `<driver>` and `<rom>` (the guest
+/// device's), a user NIC's `<ip>` (its network) and an ethernet NIC's `<script>` and
+/// `<downscript>` (run by the runtime on the tap it made, `nics.rs`).
+fn nic_reads(nic: &Interface, c: &Element) -> bool {
+    match c.name.as_str() {
+        "driver" | "rom" => true,
+        "ip" => matches!(nic.kind, InterfaceKind::User),
+        "script" | "downscript" => {
+            matches!(nic.kind, InterfaceKind::Ethernet) && nic.target_managed != Some(false)
+        }
+        _ => false,
+    }
+}
+
+/// A user NIC's `<ip address prefix family>`: the guest network QEMU's slirp hands
+/// out (`net=` for IPv4, `ipv6-prefix=` for IPv6), as libvirt passes it.
+fn user_ips(nic: &Interface) -> Result<String> {
+    let mut out = String::new();
+    for ip in nic.unhandled.iter().filter(|c| c.name == "ip") {
+        let addr = ip.get_attr("address").unwrap_or_default();
+        let bad = |why: &str| unsupported("interface/ip address", addr, why);
+        let parsed: std::net::IpAddr = addr.parse().map_err(|_| bad("not an IP address"))?;
+        let prefix = ip
+            .get_attr("prefix")
+            .map(|p| p.parse::<u8>().map_err(|_| bad("bad prefix")))
+            .transpose()?;
+        match parsed {
+            std::net::IpAddr::V4(a) => {
+                let p = prefix.unwrap_or(24);
+                if p > 32 {
+                    return Err(bad("prefix above 32"));
+                }
+                out.push_str(&format!("net={a}/{p},"));
+            }
+            std::net::IpAddr::V6(a) => {
+                let p = prefix.unwrap_or(64);
+                if p > 128 {
+                    return Err(bad("prefix above 128"));
+                }
+                out.push_str(&format!("ipv6-prefix={a},ipv6-prefixlen={p},"));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The socket netdev's end points, as libvirt writes them: `listen=`, `connect=`,
@@ -130,6 +176,9 @@ pub(super) fn nic_props(i: usize, nic: &Interface, buses: &PciBuses) -> Result<D
         .opt_uint("bootindex", nic.boot_order.map(u64::from));
     if let Some(d) = nic.unhandled.iter().find(|c| c.name == "driver") {
         dev = driver_props(dev, d, model)?;
+    }
+    if let Some(r) = nic.unhandled.iter().find(|c| c.name == "rom") {
+        dev = rom_props(dev, r)?;
     }
     match (nic.mtu, model) {
         (Some(m), "virtio-net-pci") => dev = dev.uint("host_mtu", m.into()),
@@ -264,6 +313,28 @@ fn driver_props(mut dev: DeviceProps, d: &Element, model: &str) -> Result<Device
             dev.props
                 .push((prop, super::PropValue::Bool(nic_bool(k, v)?)));
         }
+    }
+    Ok(dev)
+}
+
+/// `<rom bar file>`: whether the option ROM is mapped in a BAR, and which image.
+/// `enabled='no'` (no ROM at all) needs an empty `romfile=`, which the option
+/// renderer does not write: refused by name.
+fn rom_props(mut dev: DeviceProps, r: &Element) -> Result<DeviceProps> {
+    for (k, v) in &r.attrs {
+        dev = match (k.as_str(), v.as_str()) {
+            ("bar", "on") => dev.uint("rombar", 1),
+            ("bar", "off") => dev.uint("rombar", 0),
+            ("file", f) if f.starts_with('/') => dev.str("romfile", f),
+            ("enabled", "yes") => dev,
+            (k, v) => {
+                return Err(unsupported(
+                    &format!("interface/rom {k}"),
+                    v,
+                    "not implemented",
+                ))
+            }
+        };
     }
     Ok(dev)
 }
