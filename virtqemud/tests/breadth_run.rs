@@ -938,3 +938,37 @@ async fn disk_identity_geometry_and_block_sizes_reach_qemu() {
     assert_eq!(qom(&mut p, d1, "bios-chs-trans"), "lba");
     assert_eq!(qom(&mut p, d1, "physical_block_size"), 4096);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q35_adds_root_ports_when_bus_0_is_full() {
+    let env = Env::start().await;
+    let mut devices = String::new();
+    for i in 0..40 {
+        devices.push_str(&format!(
+            "<interface type='user'><mac address='52:54:00:00:35:{i:02x}'/></interface>"
+        ));
+    }
+    let (mut p, path) = env.run("rootports", "x86_64", "q35", &devices).await;
+    let live = env.live_xml(&path).await;
+    let ports = live.matches("model='pcie-root-port'").count();
+    assert!(ports >= 8 && ports % 8 == 0, "{ports} root ports: {live}");
+    // Every NIC is on QEMU's root bus or alone behind a root port.
+    let mut behind = 0;
+    for i in 0..40 {
+        let parent = qom(&mut p, &format!("/machine/peripheral/net{i}"), "parent_bus");
+        let parent = parent.as_str().expect("bus").to_owned();
+        if parent.ends_with("pcie.0") {
+            continue;
+        }
+        behind += 1;
+        let port = parent.rsplit('/').next().expect("bus name").to_owned();
+        assert!(port.starts_with("pci."), "net{i} on {parent}");
+        let port_bus = qom(&mut p, &format!("/machine/peripheral/{port}"), "parent_bus");
+        assert_eq!(port_bus, "/machine/q35/pcie.0", "{port}");
+        assert_eq!(
+            qom(&mut p, &format!("/machine/peripheral/{port}"), "type"),
+            "pcie-root-port"
+        );
+    }
+    assert!(behind > 0, "no NIC behind a root port");
+}

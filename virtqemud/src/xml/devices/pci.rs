@@ -28,8 +28,9 @@ impl Devices {
     }
 
     /// Gives every PCI device without an address a slot on bus 0, then on the buses of
-    /// `pci-bridge`s when bus 0 is full. On i440fx, as libvirt does, the bridges that
-    /// addresses name and those more devices need are added.
+    /// `pci-bridge`s and root ports when bus 0 is full. On i440fx, as libvirt does, the
+    /// bridges that addresses name and those more devices need are added; on q35 the
+    /// `pcie-root-port`s more devices need, eight to a slot of bus 0 (functions 0-7).
     pub(super) fn assign_pci(&mut self, q35: bool) -> Result<()> {
         if !q35 {
             self.add_named_bridges();
@@ -50,7 +51,13 @@ impl Devices {
                         ));
                     }
                 }
-                Some(_) => break,
+                Some(left) => {
+                    // Each slot given to root ports offers eight and takes one.
+                    *self = before;
+                    if !self.add_root_ports(left.div_ceil(7)) {
+                        break;
+                    }
+                }
             }
         }
         Err(DomainXmlError::unsupported(
@@ -58,6 +65,40 @@ impl Devices {
             "",
             "more PCI devices than slots on bus 0 and its bridges",
         ))
+    }
+
+    /// Adds eight `pcie-root-port`s on each of the `slots` highest slots of bus 0 that
+    /// no address names; false when there is no such slot left.
+    fn add_root_ports(&mut self, slots: usize) -> bool {
+        let named: BTreeSet<u8> = self
+            .pci_addresses()
+            .iter()
+            .filter(|p| p.bus == 0)
+            .map(|p| p.slot)
+            .collect();
+        // 0x1f is the ICH9's, 1 the primary video's.
+        let free: Vec<u8> = (2..=0x1eu8)
+            .rev()
+            .filter(|s| !named.contains(s))
+            .take(slots)
+            .collect();
+        if free.is_empty() {
+            return false;
+        }
+        for slot in free {
+            for function in 0..8 {
+                let index = self.free_pci_index();
+                let mut port = super::Controller::new("pci", index, Some("pcie-root-port"));
+                port.address = Some(Address::Pci(PciAddr {
+                    domain: 0,
+                    bus: 0,
+                    slot,
+                    function,
+                }));
+                self.controllers.push(port);
+            }
+        }
+        true
     }
 
     fn free_pci_index(&self) -> u32 {
@@ -172,12 +213,19 @@ impl Devices {
         // Keep the primary video slot free either way, as libvirt does.
         used.insert((primary_video, 0));
         let mut next = 1u8;
-        // Slots 1 to 31 of each pci-bridge, for when bus 0 is full.
+        // Slots 1 to 31 of each pci-bridge, slot 0 of each root port, for when bus 0
+        // is full.
         let mut behind = bridges
             .iter()
-            .filter(|(_, m)| m.as_str() == "pci-bridge")
-            .filter_map(|(b, _)| u8::try_from(*b).ok())
-            .flat_map(|b| (1..=0x1fu8).map(move |s| (b, s)));
+            .filter_map(|(b, m)| Some((u8::try_from(*b).ok()?, m.as_str())))
+            .flat_map(|(b, m)| {
+                let slots = match m {
+                    "pci-bridge" => 1..=0x1fu8,
+                    "pcie-root-port" => 0..=0u8,
+                    _ => 1..=0u8,
+                };
+                slots.map(move |s| (b, s))
+            });
         for i in 0..slots.len() {
             if slots[i].is_some() {
                 continue;
