@@ -217,15 +217,15 @@ impl Devices {
         // is full.
         let mut behind = bridges
             .iter()
-            .filter_map(|(b, m)| Some((u8::try_from(*b).ok()?, m.as_str())))
-            .flat_map(|(b, m)| {
-                let slots = match m {
+            .filter_map(|(b, m)| {
+                let slots = match m.as_str() {
                     "pci-bridge" => 1..=0x1fu8,
                     "pcie-root-port" => 0..=0u8,
-                    _ => 1..=0u8,
+                    _ => return None,
                 };
-                slots.map(move |s| (b, s))
-            });
+                Some((u8::try_from(*b).ok()?, slots))
+            })
+            .flat_map(|(b, slots)| slots.map(move |s| (b, s)));
         for i in 0..slots.len() {
             if slots[i].is_some() {
                 continue;
