@@ -972,3 +972,29 @@ async fn q35_adds_root_ports_when_bus_0_is_full() {
     }
     assert!(behind > 0, "no NIC behind a root port");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guestfwd_channels_are_user_networks_of_their_own() {
+    let env = Env::start().await;
+    let sock = env.dir().join("fwd.sock");
+    let devices = format!(
+        "<channel type='unix'><source mode='bind' path='{}'/>\
+         <target type='guestfwd' address='10.0.2.1' port='4600'/></channel>\
+         <channel type='unix'><source mode='bind'/>\
+         <target type='virtio' name='org.qemu.guest_agent.0'/></channel>",
+        sock.display()
+    );
+    let (mut p, path) = env.run("fwd", "x86_64", "pc", &devices).await;
+    let net = hmp(&mut p, "info network");
+    assert!(net.contains("channel0: index=0,type=user"), "{net}");
+    let list = qmp_return(&mut p, "query-chardev");
+    let c0 = chardev_file(&list, "charchannel0");
+    assert!(c0.contains(&format!("unix:{}", sock.display())), "{c0}");
+    // The virtio channel after it still gets port 1 of virtio-serial0.
+    assert_eq!(qom(&mut p, "/machine/peripheral/channel1", "nr"), 1);
+    let live = env.live_xml(&path).await;
+    assert!(
+        live.contains("<target type='guestfwd' address='10.0.2.1' port='4600'/>"),
+        "{live}"
+    );
+}

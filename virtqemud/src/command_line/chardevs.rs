@@ -68,7 +68,7 @@ fn channel_places(d: &Devices) -> Result<Vec<(u32, u32)>> {
         .count() as u32;
     let mut used: BTreeSet<(u32, u32)> = (0..consoles).map(|p| (0, p)).collect();
     let mut wanted = Vec::new();
-    for ch in &d.channels {
+    for ch in d.channels.iter().filter(|c| !c.is_guestfwd()) {
         let a = address(ch);
         let controller = match a {
             Some(a) => addr_num(a, "controller")?.unwrap_or(0),
@@ -124,7 +124,9 @@ pub(super) fn chardevs(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Resul
         refuse_unhandled("console", c, |e| i == 0 && isa_address(e))?;
     }
     for c in &d.channels {
-        refuse_unhandled("channel", c, virtio_serial_address)?;
+        refuse_unhandled("channel", c, |e| {
+            !c.is_guestfwd() && virtio_serial_address(e)
+        })?;
     }
     for p in &d.parallels {
         refuse_unhandled("parallel", p, |_| false)?;
@@ -147,12 +149,35 @@ pub(super) fn chardevs(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Resul
         )?;
     }
     consoles(a, d, &backend)?;
-    for (i, (ch, (controller, port))) in d.channels.iter().zip(places).enumerate() {
+    let mut places = places.into_iter();
+    for (i, ch) in d.channels.iter().enumerate() {
         let id = format!("charchannel{i}");
         a.pair("-chardev", backend(&id, &ch.source)?);
+        if ch.is_guestfwd() {
+            a.pair("-netdev", guestfwd(i, ch, &id)?);
+            continue;
+        }
+        let (controller, port) = places
+            .next()
+            .ok_or_else(|| unsupported("channel", "", "no virtio-serial port"))?;
         a.device(&channel_props(i, ch, &id, controller, port)?)?;
     }
     Ok(())
+}
+
+/// A guestfwd channel: a user-networking netdev of its own (`channelI`, no NIC), whose
+/// guest-side `ADDRESS:PORT` leads to the channel's backend, as libvirt writes it.
+fn guestfwd(i: usize, ch: &Chardev, chardev: &str) -> Result<String> {
+    let (Some(addr), Some(port)) = (ch.target_address, ch.target_port) else {
+        return Err(unsupported(
+            "channel/target",
+            "guestfwd",
+            "needs address and port",
+        ));
+    };
+    Ok(format!(
+        "user,guestfwd=tcp:{addr}:{port}-chardev:{chardev},id=channel{i}"
+    ))
 }
 
 /// Consoles: the first one may be the first serial port (already on the command

@@ -117,6 +117,9 @@ pub struct Chardev {
     pub target_port: Option<u32>,
     /// channel: `org.qemu.guest_agent.0`
     pub target_name: Option<String>,
+    /// A guestfwd channel's `<target address>` (with `port`): where the guest's TCP
+    /// connections to it are forwarded to the backend, through user networking.
+    pub target_address: Option<std::net::Ipv4Addr>,
     /// `<target><model name>`: the serial device (`isa-serial`), as libvirt fills it.
     pub target_model: Option<String>,
     /// Children not handled (`<address>`, `<log>`, ...): kept, written back, refused at
@@ -207,6 +210,14 @@ impl Chardev {
                 .transpose()?
                 .flatten(),
             target_name,
+            target_address: target
+                .and_then(|t| t.get_attr("address"))
+                .map(|a| {
+                    a.parse().map_err(|_| {
+                        invalid("target", "attribute 'address'", a, "not an IPv4 address")
+                    })
+                })
+                .transpose()?,
             target_model: target
                 .and_then(|t| t.first("model"))
                 .and_then(|m| m.get_attr("name"))
@@ -218,17 +229,31 @@ impl Chardev {
         })
     }
 
-    /// A `<channel>`: only virtio channels (ports of the virtio-serial controller).
+    /// A `<channel>`: a virtio channel (a port of a virtio-serial controller) or a
+    /// guestfwd one (an address and port of user networking, both required).
     pub(super) fn parse_channel(el: &Element) -> Result<Chardev> {
         let ch = Chardev::parse(el)?;
         match ch.target_type.as_deref() {
             Some("virtio") => Ok(ch),
+            Some("guestfwd") => {
+                if ch.target_address.is_none() {
+                    return Err(missing("channel/target", "attribute 'address'"));
+                }
+                if ch.target_port.is_none() {
+                    return Err(missing("channel/target", "attribute 'port'"));
+                }
+                Ok(ch)
+            }
             t => Err(DomainXmlError::unsupported(
                 "channel target type",
                 t.unwrap_or(""),
-                "only virtio channels",
+                "expected virtio or guestfwd",
             )),
         }
+    }
+
+    pub fn is_guestfwd(&self) -> bool {
+        self.target_type.as_deref() == Some("guestfwd")
     }
 
     pub(super) fn to_element(&self, name: &str) -> Element {
@@ -313,12 +338,14 @@ impl Chardev {
         let target = if self.target_type.is_some()
             || self.target_port.is_some()
             || self.target_name.is_some()
+            || self.target_address.is_some()
             || self.target_model.is_some()
         {
             Some(
                 Element::new("target")
                     .attr_opt("type", self.target_type.as_deref())
                     .attr_opt("name", self.target_name.as_deref())
+                    .attr_opt("address", self.target_address)
                     .attr_opt("port", self.target_port)
                     .child_opt(
                         self.target_model

@@ -224,6 +224,7 @@ impl Devices {
         let named: BTreeSet<u32> = self
             .channels
             .iter()
+            .filter(|c| !c.is_guestfwd())
             .map(|c| {
                 c.unhandled
                     .iter()

@@ -126,11 +126,7 @@ fn untyped_kind(c: &Element) -> bool {
             ty,
             "vhostuser" | "hostdev" | "vdpa" | "null" | "vds" | "internal"
         ),
-        "serial" | "console" | "channel" | "parallel" => {
-            UNTYPED_CHARDEVS.contains(&ty)
-                || (c.name == "channel"
-                    && c.first("target").and_then(|t| t.get_attr("type")) == Some("guestfwd"))
-        }
+        "serial" | "console" | "channel" | "parallel" => UNTYPED_CHARDEVS.contains(&ty),
         "input" => matches!(ty, "passthrough" | "evdev"),
         "rng" => c
             .first("backend")
