@@ -998,3 +998,47 @@ async fn guestfwd_channels_are_user_networks_of_their_own() {
         "{live}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scsi_model_qemu_has_runs_with_its_disks() {
+    let env = Env::start().await;
+    let models = [
+        ("lsilogic", "lsi53c895a"),
+        ("lsisas1068", "mptsas1068"),
+        ("lsisas1078", "megasas-gen2"),
+        ("vmpvscsi", "pvscsi"),
+        ("am53c974", "am53c974"),
+        ("dc390", "dc390"),
+        ("virtio-scsi", "virtio-scsi-pci"),
+    ];
+    let mut devices = String::new();
+    for (i, (model, _)) in models.iter().enumerate() {
+        let img = env.dir().join(format!("scsi{i}.raw"));
+        std::fs::write(&img, vec![0u8; 1 << 20]).expect("image");
+        devices.push_str(&format!(
+            "<controller type='scsi' index='{i}' model='{model}'/>\
+             <disk type='file' device='disk'><source file='{}'/>\
+             <target dev='sd{}' bus='scsi'/>\
+             <address type='drive' controller='{i}' bus='0' target='0' unit='{}'/></disk>",
+            img.display(),
+            (b'a' + i as u8) as char,
+            // A second unit on the HBAs with one LUN per target is a second target.
+            if i == 0 { 2 } else { 0 },
+        ));
+    }
+    let (mut p, _) = env.run("scsis", "x86_64", "pc", &devices).await;
+    for (i, (_, qemu)) in models.iter().enumerate() {
+        let ctrl = format!("/machine/peripheral/scsi{i}");
+        assert_eq!(qom(&mut p, &ctrl, "type"), *qemu, "scsi{i}");
+        let disk = format!("/machine/peripheral/disk{i}");
+        let bus = qom(&mut p, &disk, "parent_bus");
+        assert!(
+            bus.as_str()
+                .is_some_and(|b| b.ends_with(&format!("scsi{i}.0"))),
+            "disk{i} on {bus}"
+        );
+    }
+    // lsilogic takes the unit as the target (scsi-id), virtio-scsi as the LUN.
+    assert_eq!(qom(&mut p, "/machine/peripheral/disk0", "scsi-id"), 2);
+    assert_eq!(qom(&mut p, "/machine/peripheral/disk0", "lun"), 0);
+}

@@ -1,6 +1,7 @@
 //! Disks: each medium as a `-blockdev` pair (protocol node `libvirt-N-storage`, format
 //! node `libvirt-N-format`) and the guest device on its bus, numbered per bus.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::xml::{Address, Disk, DiskBus, DiskDevice, DiskSource, Domain, NetHost};
@@ -13,11 +14,13 @@ use super::{json_str, qemu_opt_value, unsupported, Argv, LaunchContext, Result};
 pub(super) struct DiskUnits {
     ide: u32,
     sata: u32,
-    scsi: u32,
+    /// Per SCSI controller index.
+    scsi: BTreeMap<u32, u32>,
     fd: u32,
-    /// The SCSI controller takes one LUN per target (lsi53c895a and the other HBAs
-    /// that are not virtio-scsi): drives are numbered by `scsi-id`, not `lun`.
-    scsi_by_target: bool,
+    /// The SCSI controllers there are, each with whether it takes one LUN per target
+    /// (lsi53c895a and the other HBAs that are not virtio-scsi): their drives are
+    /// numbered by `scsi-id`, not `lun`.
+    scsi_by_target: BTreeMap<u32, bool>,
 }
 
 pub(super) fn disks(
@@ -28,9 +31,16 @@ pub(super) fn disks(
 ) -> Result<()> {
     let q35 = dom.is_q35();
     let mut units = DiskUnits {
-        scsi_by_target: dom.devices.controllers.iter().any(|c| {
-            c.kind == "scsi" && c.model.as_deref().is_some_and(|m| !m.starts_with("virtio"))
-        }),
+        scsi_by_target: dom
+            .devices
+            .controllers
+            .iter()
+            .filter(|c| c.kind == "scsi")
+            .map(|c| {
+                let by_target = c.model.as_deref().is_some_and(|m| !m.starts_with("virtio"));
+                (c.index, by_target)
+            })
+            .collect(),
         ..DiskUnits::default()
     };
     let mut groups = Vec::new();
@@ -525,9 +535,7 @@ fn disk_props(
                     "passthrough needs a host block device (type='block')",
                 ));
             }
-            let u = drive_unit(&disk.address, units.scsi, 16384, &disk.target_dev)?;
-            units.scsi = u + 1;
-            scsi_place(DeviceProps::new("scsi-block"), u, units.scsi_by_target)
+            scsi_place(DeviceProps::new("scsi-block"), disk, units)?
         }
         (_, DiskDevice::Lun) => {
             return Err(unsupported(
@@ -575,10 +583,8 @@ fn disk_props(
                 .uint("unit", (u % 2).into())
         }
         (DiskBus::Scsi, _) => {
-            let u = drive_unit(&disk.address, units.scsi, 16384, &disk.target_dev)?;
-            units.scsi = u + 1;
             let kind = if cd { "scsi-cd" } else { "scsi-hd" };
-            scsi_place(DeviceProps::new(kind), u, units.scsi_by_target)
+            scsi_place(DeviceProps::new(kind), disk, units)?
         }
         (DiskBus::Usb, _) => DeviceProps::new("usb-storage").str("bus", "usb0.0"),
         (DiskBus::Fdc, _) => {
@@ -694,14 +700,33 @@ fn disk_children(mut dev: DeviceProps, disk: &Disk) -> Result<DeviceProps> {
     Ok(dev)
 }
 
-/// A SCSI drive's place: unit `u` as the LUN of target 0 on virtio-scsi, as the
-/// target (LUN 0) on the HBAs that have one LUN per target.
-fn scsi_place(dev: DeviceProps, u: u32, by_target: bool) -> DeviceProps {
-    let (id, lun) = if by_target { (u, 0) } else { (0, u) };
-    dev.str("bus", "scsi0.0")
+/// A SCSI drive's place, from its `<address type='drive' controller target unit>`
+/// (else controller 0, target 0, the next unit): on the controller's bus `scsiC.0`,
+/// the unit as the LUN of its target on virtio-scsi, as the target (LUN 0) on the
+/// HBAs that have one LUN per target, as libvirt places them.
+fn scsi_place(dev: DeviceProps, disk: &Disk, units: &mut DiskUnits) -> Result<DeviceProps> {
+    let (controller, target) = match &disk.address {
+        Some(Address::Drive {
+            controller, target, ..
+        }) => (*controller, *target),
+        _ => (0, 0),
+    };
+    let by_target = *units.scsi_by_target.get(&controller).ok_or_else(|| {
+        unsupported(
+            "disk address controller",
+            &controller.to_string(),
+            "no SCSI controller has this index",
+        )
+    })?;
+    let next = units.scsi.entry(controller).or_default();
+    let u = drive_unit(&disk.address, *next, 16384, &disk.target_dev)?;
+    *next = u + 1;
+    let (id, lun) = if by_target { (u, 0) } else { (target, u) };
+    Ok(dev
+        .str("bus", format!("scsi{controller}.0"))
         .uint("channel", 0)
         .uint("scsi-id", id.into())
-        .uint("lun", lun.into())
+        .uint("lun", lun.into()))
 }
 
 /// The unit of a drive: from its `<address type='drive' unit=...>` when given,

@@ -206,11 +206,25 @@ impl Devices {
             self.controllers
                 .push(Controller::new("usb", 0, Some("qemu-xhci")));
         }
-        if !has(&self.controllers, "scsi")
-            && self.disks.iter().any(|d| d.bus == Some(DiskBus::Scsi))
-        {
-            self.controllers
-                .push(Controller::new("scsi", 0, Some("virtio-scsi")));
+        // The SCSI controller of each SCSI disk (its drive address's, else 0).
+        let scsi: BTreeSet<u32> = self
+            .disks
+            .iter()
+            .filter(|d| d.bus == Some(DiskBus::Scsi))
+            .map(|d| match &d.address {
+                Some(Address::Drive { controller, .. }) => *controller,
+                _ => 0,
+            })
+            .collect();
+        for i in scsi {
+            if !self
+                .controllers
+                .iter()
+                .any(|c| c.kind == "scsi" && c.index == i)
+            {
+                self.controllers
+                    .push(Controller::new("scsi", i, Some("virtio-scsi")));
+            }
         }
         // i440fx has no SATA: libvirt adds an AHCI controller (ich9-ahci) for SATA disks.
         if !q35
