@@ -8,7 +8,8 @@
 //!   the existing device by name instead. Its `<script path>` runs with the tap's name
 //!   once the tap is up, its `<downscript path>` at stop, as libvirt runs them.
 //! - `type='direct'`: a macvtap on the named host link, deleted again at stop.
-//! - `type='server'|'client'|'mcast'|'udp'`: nothing on the host; QEMU opens the socket.
+//! - `type='server'|'client'|'mcast'|'udp'|'vhostuser'`: nothing on the host; QEMU
+//!   opens the socket.
 //!
 //! The live definition records what was made (`<target dev>`, `<source portid bridge>`),
 //! so after a daemon restart a stop still deletes the ports. Taps need no cleanup: they
@@ -140,7 +141,9 @@ async fn prepare_into(dom: &mut Domain, mode: Mode, done: &mut Prepared) -> Resu
     let owner_uuid = dom.uuid;
     for nic in dom.devices.interfaces.iter_mut() {
         let bridge = match &nic.kind {
-            InterfaceKind::User | InterfaceKind::Socket(_) => continue,
+            InterfaceKind::User | InterfaceKind::Socket(_) | InterfaceKind::VhostUser { .. } => {
+                continue
+            }
             InterfaceKind::Direct { dev, mode } => {
                 let mac = nic
                     .mac

@@ -1042,3 +1042,42 @@ async fn every_scsi_model_qemu_has_runs_with_its_disks() {
     assert_eq!(qom(&mut p, "/machine/peripheral/disk0", "scsi-id"), 2);
     assert_eq!(qom(&mut p, "/machine/peripheral/disk0", "lun"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vhostuser_nic_reaches_qemus_vhost_user_netdev() {
+    use std::io::Read;
+    // No vhost-user backend (a DPDK switch) runs here: the test listens on the socket
+    // itself, reads the first message QEMU's vhost-user netdev sends and hangs up.
+    let env = Env::start().await;
+    let sock = env.dir().join("vhost.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("listen");
+    let backend = std::thread::spawn(move || -> std::io::Result<[u8; 12]> {
+        let (mut conn, _) = listener.accept()?;
+        conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut header = [0u8; 12];
+        conn.read_exact(&mut header)?;
+        Ok(header)
+    });
+    let xml = format!(
+        "<domain type='qemu'><name>vu</name><memory unit='MiB'>64</memory>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+         <interface type='vhostuser'><source type='unix' path='{}' mode='client'/>\
+         <model type='virtio'/><driver queues='2'/></interface></devices></domain>",
+        sock.display()
+    );
+    let path = env.qc.domain_define_xml(&xml).await.expect("define");
+    // The backend hangs up after the first message: QEMU gives up, the start fails.
+    let e = domain(&env.conn, &path)
+        .await
+        .create(0)
+        .await
+        .expect_err("the backend hung up");
+    let header = backend
+        .join()
+        .expect("backend thread")
+        .expect("a vhost-user message");
+    let request = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let flags = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    // VHOST_USER_GET_FEATURES, protocol version 1.
+    assert_eq!((request, flags & 3), (1, 1), "{header:?}; {e}");
+}

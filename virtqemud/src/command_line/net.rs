@@ -26,8 +26,18 @@ pub(super) fn nics(
                 "not implemented",
             ));
         }
+        if let InterfaceKind::VhostUser {
+            path,
+            server,
+            reconnect,
+        } = &nic.kind
+        {
+            a.pair("-chardev", vhostuser_chardev(i, path, *server, *reconnect)?);
+        }
         let fd = match nic.kind {
-            InterfaceKind::User | InterfaceKind::Socket(_) => None,
+            InterfaceKind::User | InterfaceKind::Socket(_) | InterfaceKind::VhostUser { .. } => {
+                None
+            }
             _ => {
                 tap_index += 1;
                 ctx.tap_fds.get(tap_index - 1).copied().flatten()
@@ -45,6 +55,13 @@ fn netdev(i: usize, nic: &Interface, fd: Option<i32>) -> Result<String> {
     Ok(match (&nic.kind, fd, &nic.target_dev) {
         (InterfaceKind::User, _, _) => format!("user,{}id={id}", user_ips(nic)?),
         (InterfaceKind::Socket(s), _, _) => format!("socket,{},id={id}", socket(s)?),
+        (InterfaceKind::VhostUser { .. }, _, _) => {
+            let queues = match queues(nic)? {
+                q if q > 1 => format!(",queues={q}"),
+                _ => String::new(),
+            };
+            format!("vhost-user,chardev=charnet{i}{queues},id={id}")
+        }
         (_, Some(fd), _) => format!("tap,fd={fd},id={id},vhost=off"),
         (InterfaceKind::Ethernet, None, Some(dev)) => {
             crate::xml::check_ifname("interface/target", dev)
@@ -73,6 +90,44 @@ fn netdev(i: usize, nic: &Interface, fd: Option<i32>) -> Result<String> {
             ))
         }
     })
+}
+
+/// The socket chardev of vhost-user NIC `i` (`charnetI`): QEMU listens (`server=on`,
+/// and waits for the backend before the guest starts, as libvirt asks) or connects,
+/// with `reconnect=` as `<reconnect>` says.
+fn vhostuser_chardev(
+    i: usize,
+    path: &std::path::Path,
+    server: bool,
+    reconnect: Option<Option<u32>>,
+) -> Result<String> {
+    let mut s = format!(
+        "socket,id=charnet{i},path={}",
+        super::path_opt("interface source path", path)?
+    );
+    if server {
+        s.push_str(",server=on");
+    } else if let Some(r) = reconnect {
+        s.push_str(&format!(",reconnect={}", r.unwrap_or(0)));
+    }
+    Ok(s)
+}
+
+/// `<driver queues>`: the queue pairs of a NIC (1 when not given).
+fn queues(nic: &Interface) -> Result<u32> {
+    match nic
+        .unhandled
+        .iter()
+        .find(|c| c.name == "driver")
+        .and_then(|d| d.get_attr("queues"))
+    {
+        None => Ok(1),
+        Some(q) => q
+            .parse::<u32>()
+            .ok()
+            .filter(|q| (1..=256).contains(q))
+            .ok_or_else(|| unsupported("interface/driver queues", q, "expected 1 to 256")),
+    }
 }
 
 /// Kept NIC children the command line reads: `<driver>` and `<rom>` (the guest
@@ -175,7 +230,13 @@ pub(super) fn nic_props(i: usize, nic: &Interface, buses: &PciBuses) -> Result<D
         .pci(buses, &nic.address)
         .opt_uint("bootindex", nic.boot_order.map(u64::from));
     if let Some(d) = nic.unhandled.iter().find(|c| c.name == "driver") {
-        dev = driver_props(dev, d, model)?;
+        let vhost_user = matches!(nic.kind, InterfaceKind::VhostUser { .. });
+        dev = driver_props(dev, d, model, vhost_user)?;
+        // Several queue pairs (vhost-user only): multiqueue, with 2N+2 MSI-X vectors.
+        let q = queues(nic)?;
+        if q > 1 {
+            dev = dev.on("mq").uint("vectors", 2 * u64::from(q) + 2);
+        }
     }
     if let Some(r) = nic.unhandled.iter().find(|c| c.name == "rom") {
         dev = rom_props(dev, r)?;
@@ -238,15 +299,23 @@ fn nic_bool(key: &str, v: &str) -> Result<bool> {
 }
 
 /// A NIC's `<driver>` as virtio-net properties. QEMU's own virtio-net is what runs
-/// (`name='qemu'`); vhost-net and multiqueue need descriptors this runtime does not
-/// open, and are refused by name.
-fn driver_props(mut dev: DeviceProps, d: &Element, model: &str) -> Result<DeviceProps> {
+/// (`name='qemu'`); vhost-net and multiqueue taps need descriptors this runtime does
+/// not open, and are refused by name.
+fn driver_props(
+    mut dev: DeviceProps,
+    d: &Element,
+    model: &str,
+    vhost_user: bool,
+) -> Result<DeviceProps> {
     let virtio = model.starts_with("virtio-net-pci");
     for (k, v) in &d.attrs {
         let bool_prop = NIC_DRIVER_BOOLS.iter().find(|(a, _)| a == k).map(|p| p.1);
         match (k.as_str(), v.as_str(), bool_prop) {
             ("name", "qemu", _) => continue,
+            // Read by `queues`: a vhost-user backend serves several queue pairs on one
+            // socket; taps would need one descriptor each.
             ("queues", "1", _) => continue,
+            ("queues", _, _) if vhost_user && virtio => continue,
             (k, v, _) if !virtio => {
                 return Err(unsupported(
                     &format!("interface/driver {k}"),

@@ -71,6 +71,14 @@ pub enum InterfaceKind {
     /// `type='server'|'client'|'mcast'|'udp'`: QEMU's socket netdev, a virtual wire to
     /// another guest with no host device.
     Socket(SocketNet),
+    /// `type='vhostuser'`: a vhost-user backend on a unix socket (`<source type='unix'
+    /// path mode>`; `server`: QEMU listens), with `<reconnect>` on a client
+    /// (`Some(None)`: `enabled='no'`).
+    VhostUser {
+        path: std::path::PathBuf,
+        server: bool,
+        reconnect: Option<Option<u32>>,
+    },
 }
 
 /// The end points of a socket NIC.
@@ -99,6 +107,50 @@ fn check_host(element: &str, attr: &str, v: &str) -> Result<()> {
         return Err(invalid(element, attr, v, "not a host name or IPv4 address"));
     }
     Ok(())
+}
+
+fn vhostuser_kind(src: Option<&Element>) -> Result<InterfaceKind> {
+    let src = src.ok_or_else(|| missing("interface", "<source path>"))?;
+    if let Some(t) = src.get_attr("type").filter(|t| *t != "unix") {
+        return Err(DomainXmlError::unsupported(
+            "interface/source type",
+            t,
+            "vhost-user runs over a unix socket",
+        ));
+    }
+    let path = src.req_attr("path")?;
+    if !path.starts_with('/') {
+        return Err(invalid(
+            "interface/source",
+            "attribute 'path'",
+            path,
+            "must be absolute",
+        ));
+    }
+    let server = match src.req_attr("mode")? {
+        "server" => true,
+        "client" => false,
+        m => {
+            return Err(invalid(
+                "interface/source",
+                "attribute 'mode'",
+                m,
+                "expected server or client",
+            ))
+        }
+    };
+    let reconnect = match src.first("reconnect") {
+        None => None,
+        Some(r) if r.get_attr("enabled") == Some("yes") => {
+            Some(Some(r.parse_attr::<u32>("timeout")?.unwrap_or(0)))
+        }
+        Some(_) => Some(None),
+    };
+    Ok(InterfaceKind::VhostUser {
+        path: path.into(),
+        server,
+        reconnect,
+    })
 }
 
 fn socket_kind(ty: &str, src: Option<&Element>) -> Result<InterfaceKind> {
@@ -217,11 +269,12 @@ fn parse_kind(ty: &str, src: Option<&Element>) -> Result<InterfaceKind> {
             }
         }
         "server" | "client" | "mcast" | "udp" => socket_kind(ty, src)?,
+        "vhostuser" => vhostuser_kind(src)?,
         t => {
             return Err(DomainXmlError::unsupported(
                 "interface type",
                 t,
-                "supported types are user, ethernet, bridge, network, direct, server, client, mcast and udp",
+                "supported types are user, ethernet, bridge, network, direct, server, client, mcast, udp and vhostuser",
             ))
         }
     })
@@ -381,6 +434,27 @@ impl Interface {
                         .attr_opt("portgroup", self.portgroup.as_deref())
                         .attr_opt("portid", self.portid.map(|u| u.to_string()))
                         .attr_opt("bridge", self.source_bridge.as_deref()),
+                ),
+            ),
+            InterfaceKind::VhostUser {
+                path,
+                server,
+                reconnect,
+            } => (
+                "vhostuser",
+                Some(
+                    Element::new("source")
+                        .attr("type", "unix")
+                        .attr("path", path.display())
+                        .attr("mode", if *server { "server" } else { "client" })
+                        .child_opt(reconnect.map(|r| {
+                            match r {
+                                Some(t) => Element::new("reconnect")
+                                    .attr("enabled", "yes")
+                                    .attr("timeout", t),
+                                None => Element::new("reconnect").attr("enabled", "no"),
+                            }
+                        })),
                 ),
             ),
             InterfaceKind::Direct { dev, mode } => (

@@ -122,10 +122,7 @@ fn untyped_kind(c: &Element) -> bool {
             c.get_attr("mode").unwrap_or("subsystem") != "subsystem"
                 || matches!(ty, "usb" | "scsi" | "scsi_host" | "mdev")
         }
-        "interface" => matches!(
-            ty,
-            "vhostuser" | "hostdev" | "vdpa" | "null" | "vds" | "internal"
-        ),
+        "interface" => matches!(ty, "hostdev" | "vdpa" | "null" | "vds" | "internal"),
         "serial" | "console" | "channel" | "parallel" => UNTYPED_CHARDEVS.contains(&ty),
         "input" => matches!(ty, "passthrough" | "evdev"),
         "rng" => c
