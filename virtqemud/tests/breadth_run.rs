@@ -1081,3 +1081,43 @@ async fn vhostuser_nic_reaches_qemus_vhost_user_netdev() {
     // VHOST_USER_GET_FEATURES, protocol version 1.
     assert_eq!((request, flags & 3), (1, 1), "{header:?}; {e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pcie_switch_ports_sit_where_libvirt_puts_them() {
+    let env = Env::start().await;
+    let devices = "<controller type='pci' index='0' model='pcie-root'/>\
+         <controller type='pci' index='1' model='pcie-root-port'>\
+         <model name='ioh3420'/><target hotplug='off'/></controller>\
+         <controller type='pci' index='2' model='pcie-switch-upstream-port'/>\
+         <controller type='pci' index='3' model='pcie-switch-downstream-port'>\
+         <target hotplug='off'/></controller>\
+         <controller type='pci' index='4' model='pcie-switch-downstream-port'/>\
+         <interface type='user'><mac address='52:54:00:5e:00:01'/>\
+         <address type='pci' domain='0x0000' bus='0x04' slot='0x00' function='0x0'/></interface>";
+    let (mut p, path) = env.run("switch", "x86_64", "q35", devices).await;
+    let dev = |id: &str| format!("/machine/peripheral/{id}");
+    assert_eq!(qom(&mut p, &dev("pci.1"), "type"), "ioh3420");
+    assert_eq!(qom(&mut p, &dev("pci.1"), "hotplug"), false);
+    assert_eq!(qom(&mut p, &dev("pci.2"), "type"), "x3130-upstream");
+    assert_eq!(qom(&mut p, &dev("pci.3"), "type"), "xio3130-downstream");
+    assert_eq!(qom(&mut p, &dev("pci.3"), "hotplug"), false);
+    assert_eq!(qom(&mut p, &dev("pci.4"), "hotplug"), true);
+    // upstream behind the root port, downstream ports in slots 0 and 1 of its bus,
+    // the NIC behind the second downstream port.
+    for (id, bus) in [
+        ("pci.2", "pci.1"),
+        ("pci.3", "pci.2"),
+        ("pci.4", "pci.2"),
+        ("net0", "pci.4"),
+    ] {
+        let parent = qom(&mut p, &dev(id), "parent_bus");
+        assert_eq!(parent, format!("{}/{bus}", dev(bus)), "{id}");
+    }
+    // QOM shows devfn: slot 1, function 0.
+    assert_eq!(qom(&mut p, &dev("pci.4"), "addr"), 1 << 3);
+    let live = env.live_xml(&path).await;
+    assert!(
+        live.contains("<model name='ioh3420'/>") && live.contains("hotplug='off'"),
+        "{live}"
+    );
+}

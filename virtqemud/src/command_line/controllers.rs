@@ -26,7 +26,7 @@ pub(super) fn controllers(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Resul
     let mut bridges: Vec<_> = d.controllers.iter().filter(|c| c.is_pci_bridge()).collect();
     bridges.sort_by_key(|c| c.index);
     for c in bridges {
-        a.device(&bridge_props(c, buses))?;
+        a.device(&bridge_props(c, buses)?)?;
     }
     let q35 = dom.is_q35();
     for c in &d.controllers {
@@ -37,14 +37,54 @@ pub(super) fn controllers(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Resul
     Ok(())
 }
 
+/// The QEMU devices each PCI controller model may be (`<model name>`), the default
+/// first.
+const PCI_MODEL_NAMES: &[(&str, &[&str])] = &[
+    ("pci-root", &["pci-root"]),
+    ("pcie-root", &["pcie-root"]),
+    ("pcie-root-port", &["pcie-root-port", "ioh3420"]),
+    ("pci-bridge", &["pci-bridge"]),
+    ("pcie-to-pci-bridge", &["pcie-pci-bridge"]),
+    ("dmi-to-pci-bridge", &["i82801b11-bridge"]),
+    ("pcie-switch-upstream-port", &["x3130-upstream"]),
+    ("pcie-switch-downstream-port", &["xio3130-downstream"]),
+];
+
+/// A PCI controller's `<model name>`, checked against its model.
+fn pci_model_name(c: &Controller) -> Result<Option<&str>> {
+    let Some(name) = c.model_name.as_deref() else {
+        return Ok(None);
+    };
+    let model = c.model.as_deref().unwrap_or_default();
+    match PCI_MODEL_NAMES.iter().find(|(m, _)| *m == model) {
+        Some((_, names)) if names.contains(&name) => Ok(Some(name)),
+        _ => Err(unsupported(
+            "controller/model name",
+            name,
+            format!("not a {model}"),
+        )),
+    }
+}
+
 /// A PCI bridge or root port; it makes bus `pci.N`, N its index.
-fn bridge_props(c: &Controller, buses: &PciBuses) -> DeviceProps {
+fn bridge_props(c: &Controller, buses: &PciBuses) -> Result<DeviceProps> {
     let (i, chassis) = (c.index, c.target_chassis.unwrap_or(c.index));
     let id = format!("pci.{i}");
-    let dev = match c.model.as_deref().unwrap_or_default() {
+    let name = pci_model_name(c)?;
+    let model = c.model.as_deref().unwrap_or_default();
+    if c.target_hotplug.is_some()
+        && !matches!(model, "pcie-root-port" | "pcie-switch-downstream-port")
+    {
+        return Err(unsupported(
+            "controller/target hotplug",
+            model,
+            "only root and downstream ports",
+        ));
+    }
+    let dev = match model {
         "pcie-root-port" => {
             let port = c.target_port.unwrap_or(0x10 + i.saturating_sub(1));
-            DeviceProps::new("pcie-root-port")
+            DeviceProps::new(name.unwrap_or("pcie-root-port"))
                 .hex("port", port.into())
                 .uint("chassis", chassis.into())
                 .str("id", id)
@@ -53,16 +93,42 @@ fn bridge_props(c: &Controller, buses: &PciBuses) -> DeviceProps {
             .uint("chassis_nr", chassis.into())
             .str("id", id),
         "pcie-to-pci-bridge" => DeviceProps::new("pcie-pci-bridge").str("id", id),
+        "pcie-switch-upstream-port" => DeviceProps::new("x3130-upstream").str("id", id),
+        // libvirt numbers a downstream port by its slot on the upstream port's bus.
+        "pcie-switch-downstream-port" => {
+            let slot = match &c.address {
+                Some(crate::xml::Address::Pci(p)) => u32::from(p.slot),
+                _ => 0,
+            };
+            DeviceProps::new("xio3130-downstream")
+                .uint("port", c.target_port.unwrap_or(slot).into())
+                .uint("chassis", chassis.into())
+                .str("id", id)
+        }
         _ => DeviceProps::new("i82801b11-bridge").str("id", id),
     };
-    dev.pci(buses, &c.address)
+    let mut dev = dev;
+    if let Some(h) = c.target_hotplug {
+        dev.props.push(("hotplug", PropValue::Bool(h)));
+    }
+    Ok(dev.pci(buses, &c.address))
 }
 
 /// The device of a non-PCI controller; `None` for the ones the machine has built in
 /// (PCI roots, SATA/IDE) and for bridges (made first by [`bridge_props`]).
 fn controller_props(c: &Controller, q35: bool, buses: &PciBuses) -> Result<Option<DeviceProps>> {
+    if let Some(n) = c.model_name.as_deref().filter(|_| c.kind != "pci") {
+        return Err(unsupported(
+            "controller/model name",
+            n,
+            "only for PCI controllers",
+        ));
+    }
     let dev = match (c.kind.as_str(), c.model.as_deref()) {
-        ("pci", Some("pci-root" | "pcie-root") | None) => return Ok(None),
+        ("pci", Some("pci-root" | "pcie-root") | None) => {
+            pci_model_name(c)?;
+            return Ok(None);
+        }
         ("pci", Some(m)) if c.is_pci_bridge() || m.is_empty() => return Ok(None),
         ("pci", Some(m)) => return Err(unsupported("controller pci model", m, "not implemented")),
         // An AHCI card on i440fx; its ports are buses `sataN.0` to `sataN.5`.

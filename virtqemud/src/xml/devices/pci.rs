@@ -131,8 +131,63 @@ impl Devices {
         }
     }
 
+    /// PCIe switch ports written without an address go where libvirt puts them: an
+    /// upstream port in slot 0 of the first root port or downstream port (by index)
+    /// whose slot is free, a downstream port in the first free slot of the first
+    /// upstream port that has one.
+    fn place_switch_ports(&mut self) -> Result<()> {
+        let mut used: BTreeSet<(u8, u8)> = self
+            .pci_addresses()
+            .iter()
+            .filter(|p| p.bus != 0)
+            .map(|p| (p.bus, p.slot))
+            .collect();
+        let buses: Vec<(u32, String)> = self
+            .controllers
+            .iter()
+            .filter(|c| c.is_pci_bridge())
+            .map(|c| (c.index, c.model.clone().unwrap_or_default()))
+            .collect();
+        let mut order: Vec<usize> = (0..self.controllers.len()).collect();
+        order.sort_by_key(|i| self.controllers[*i].index);
+        for i in order {
+            let c = &self.controllers[i];
+            let (parents, slots): (&[&str], u8) = match c.model.as_deref() {
+                _ if c.kind != "pci" || c.address.is_some() => continue,
+                Some("pcie-switch-upstream-port") => {
+                    (&["pcie-root-port", "pcie-switch-downstream-port"], 0)
+                }
+                Some("pcie-switch-downstream-port") => (&["pcie-switch-upstream-port"], 0x1f),
+                _ => continue,
+            };
+            let own = c.index;
+            let place = buses
+                .iter()
+                .filter(|(b, m)| *b != own && parents.contains(&m.as_str()))
+                .filter_map(|(b, _)| u8::try_from(*b).ok())
+                .flat_map(|b| (0..=slots).map(move |s| (b, s)))
+                .find(|p| !used.contains(p));
+            let Some((bus, slot)) = place else {
+                return Err(DomainXmlError::unsupported(
+                    "controller",
+                    c.model.as_deref().unwrap_or_default(),
+                    format!("no free {} slot to plug it into", parents.join(" or ")),
+                ));
+            };
+            used.insert((bus, slot));
+            self.controllers[i].address = Some(Address::Pci(PciAddr {
+                domain: 0,
+                bus,
+                slot,
+                function: 0,
+            }));
+        }
+        Ok(())
+    }
+
     /// One pass of [`Devices::assign_pci`]; `Some(n)`: `n` devices found no slot.
     fn assign_pci_once(&mut self, q35: bool) -> Result<Option<usize>> {
+        self.place_switch_ports()?;
         // Buses made by bridges and root ports (libvirt's dumpxml puts devices there).
         let bridges: std::collections::BTreeMap<u32, String> = self
             .controllers
@@ -286,12 +341,16 @@ fn reserve(
                 "no PCI bridge or root port controller has this index",
             ));
         };
-        if model == "pcie-root-port" && p.slot != 0 {
+        if matches!(
+            model.as_str(),
+            "pcie-root-port" | "pcie-switch-downstream-port"
+        ) && p.slot != 0
+        {
             return Err(invalid(
                 "address",
                 "slot",
                 &shown,
-                "a pcie-root-port has one slot, 0",
+                "a pcie-root-port or downstream port has one slot, 0",
             ));
         }
         if p.slot > 0x1f || !used_behind.insert((p.bus, p.slot, p.function)) {
