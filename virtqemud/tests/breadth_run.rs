@@ -1121,3 +1121,44 @@ async fn pcie_switch_ports_sit_where_libvirt_puts_them() {
         "{live}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floppies_boot_through_their_controller_on_q35_and_pc() {
+    let env = Env::start().await;
+    for machine in ["q35", "pc"] {
+        let img = env.dir().join(format!("fd-{machine}.img"));
+        std::fs::write(&img, vec![0u8; 1474560]).expect("image");
+        let devices = format!(
+            "<disk type='file' device='floppy'><source file='{}'/>\
+             <target dev='fda' bus='fdc'/><boot order='1'/></disk>",
+            img.display()
+        );
+        let (mut p, path) = env
+            .run(&format!("fd-{machine}"), "x86_64", machine, &devices)
+            .await;
+        // One floppy controller, ISA (q35: added, without an id; pc: built in), with
+        // drive A first to boot; the drive on it.
+        let mut fdcs = Vec::new();
+        for dir in ["/machine/peripheral-anon", "/machine/unattached"] {
+            let list = p.execute(json!({"execute": "qom-list", "arguments": {"path": dir}}));
+            for c in list["return"].as_array().expect("children") {
+                if c["type"] == "child<isa-fdc>" {
+                    fdcs.push(format!("{dir}/{}", c["name"].as_str().expect("name")));
+                }
+            }
+        }
+        assert_eq!(fdcs.len(), 1, "{machine}: {fdcs:?}");
+        assert_eq!(qom(&mut p, &fdcs[0], "bootindexA"), 1, "{machine}");
+        let qtree = hmp(&mut p, "info qtree");
+        assert!(
+            qtree.contains("dev: floppy, id \"disk0\""),
+            "{machine}: {qtree}"
+        );
+        let blocks = qmp_return(&mut p, "query-block").to_string();
+        assert!(blocks.contains(img.to_str().expect("utf-8")), "{blocks}");
+        if machine == "q35" {
+            let live = env.live_xml(&path).await;
+            assert!(live.contains("<controller type='fdc' index='0'"), "{live}");
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! Controllers: PCI bridges and root ports first, parents before children (libvirt
 //! gives a parent a lower index), then USB, SCSI and virtio-serial controllers.
 
-use crate::xml::{scsi_device, usb_device, Controller, Domain};
+use crate::xml::{scsi_device, usb_device, Controller, Disk, DiskBus, Domain};
 
 use super::device::{DeviceProps, PciBuses, PropValue};
 use super::{unsupported, Argv, Result};
@@ -23,6 +23,14 @@ pub(super) fn controllers(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Resul
         }
     }
     pcihole64(a, dom)?;
+    if !dom.is_q35() {
+        // The built-in controller's boot indexes, as libvirt sets them.
+        for (k, v) in floppy_boot(DeviceProps::new("isa-fdc"), &d.disks).props {
+            if let PropValue::Uint(n) = v {
+                a.pair("-global", format!("isa-fdc.{k}={n}"));
+            }
+        }
+    }
     let mut bridges: Vec<_> = d.controllers.iter().filter(|c| c.is_pci_bridge()).collect();
     bridges.sort_by_key(|c| c.index);
     for c in bridges {
@@ -30,7 +38,7 @@ pub(super) fn controllers(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Resul
     }
     let q35 = dom.is_q35();
     for c in &d.controllers {
-        if let Some(dev) = controller_props(c, q35, buses)? {
+        if let Some(dev) = controller_props(c, q35, buses, &d.disks)? {
             a.device(&dev)?;
         }
     }
@@ -116,7 +124,12 @@ fn bridge_props(c: &Controller, buses: &PciBuses) -> Result<DeviceProps> {
 
 /// The device of a non-PCI controller; `None` for the ones the machine has built in
 /// (PCI roots, SATA/IDE) and for bridges (made first by [`bridge_props`]).
-fn controller_props(c: &Controller, q35: bool, buses: &PciBuses) -> Result<Option<DeviceProps>> {
+fn controller_props(
+    c: &Controller,
+    q35: bool,
+    buses: &PciBuses,
+    dom_disks: &[Disk],
+) -> Result<Option<DeviceProps>> {
     if let Some(n) = c.model_name.as_deref().filter(|_| c.kind != "pci") {
         return Err(unsupported(
             "controller/model name",
@@ -133,8 +146,9 @@ fn controller_props(c: &Controller, q35: bool, buses: &PciBuses) -> Result<Optio
         ("pci", Some(m)) => return Err(unsupported("controller pci model", m, "not implemented")),
         // An AHCI card on i440fx; its ports are buses `sataN.0` to `sataN.5`.
         ("sata", _) if !q35 => DeviceProps::new("ich9-ahci").str("id", format!("sata{}", c.index)),
-        // i440fx has its floppy controller built in.
+        // i440fx has its floppy controller built in; q35 gets an ISA one.
         ("fdc", _) if !q35 => return Ok(None),
+        ("fdc", _) => floppy_boot(DeviceProps::new("isa-fdc"), dom_disks),
         ("usb", Some("none")) | ("sata", _) | ("ide", _) => return Ok(None),
         ("usb", m) => {
             let model = m.unwrap_or("qemu-xhci");
@@ -267,4 +281,14 @@ fn pcihole64(a: &mut Argv, dom: &Domain) -> Result<()> {
         .ok_or_else(|| unsupported("controller/pcihole64", &text, "too large"))?;
     a.pair("-global", format!("{host}.pci-hole64-size={bytes}"));
     Ok(())
+}
+
+/// The floppy drives' boot order as the floppy controller's `bootindexA`/`bootindexB`
+/// (QEMU's floppy device has no bootindex of its own); drives in their order, A first.
+fn floppy_boot(mut dev: DeviceProps, disks: &[Disk]) -> DeviceProps {
+    let floppies = disks.iter().filter(|d| d.bus == Some(DiskBus::Fdc));
+    for (d, key) in floppies.zip(["bootindexA", "bootindexB"]) {
+        dev = dev.opt_uint(key, d.boot_order.map(u64::from));
+    }
+    dev
 }

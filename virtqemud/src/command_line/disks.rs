@@ -602,7 +602,11 @@ fn disk_props(
         qemu_opt_value("disk serial", s)?;
         dev = dev.str("serial", s.as_str());
     }
-    dev = dev.opt_uint("bootindex", disk.boot_order.map(u64::from));
+    // A floppy drive has no bootindex: its controller's bootindexA/B say it
+    // (`controllers::floppy_boot`).
+    if bus != DiskBus::Fdc {
+        dev = dev.opt_uint("bootindex", disk.boot_order.map(u64::from));
+    }
     if disk.shareable {
         dev = dev.on("share-rw");
     }

@@ -135,7 +135,10 @@ fn errors_name_the_element_and_value() {
     assert!(e.contains("interface") && e.contains("vdpa"), "{e}");
     // A kind that runs needs what it runs on.
     let e = err(&base("<devices><interface type='vhostuser'/></devices>"));
-    assert!(e.contains("interface") && e.contains("<source path>"), "{e}");
+    assert!(
+        e.contains("interface") && e.contains("<source path>"),
+        "{e}"
+    );
     let e = start_err(&base("<devices><graphics type='rdp'/></devices>"));
     assert!(e.contains("graphics") && e.contains("rdp"), "{e}");
     let e = err(&base(

@@ -262,6 +262,13 @@ impl Devices {
                     .push(Controller::new("scsi", i, Some("virtio-scsi")));
             }
         }
+        // q35 has no floppy controller of its own: one is added for floppy drives.
+        if q35
+            && !has(&self.controllers, "fdc")
+            && self.disks.iter().any(|d| d.bus == Some(DiskBus::Fdc))
+        {
+            self.controllers.push(Controller::new("fdc", 0, None));
+        }
         // i440fx has no SATA: libvirt adds an AHCI controller (ich9-ahci) for SATA disks.
         if !q35
             && !has(&self.controllers, "sata")
