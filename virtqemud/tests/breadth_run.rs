@@ -417,6 +417,7 @@ async fn chardevs_of_every_host_type_start() {
         .expect("mkfifo");
     }
     let file = dir.join("serial.log");
+    let log = dir.join("udp-serial.log");
     let sock = dir.join("chan.sock");
     // serial0 listens on TCP; channel0 connects to it with <reconnect>, so QEMU shows
     // both ends of one connection.
@@ -424,7 +425,8 @@ async fn chardevs_of_every_host_type_start() {
         "<serial type='tcp'><source mode='bind' host='127.0.0.1' service='4555'/>\
          <protocol type='raw'/><target port='0'/></serial>\
          <serial type='udp'><source mode='bind' host='127.0.0.1' service='4556'/>\
-         <source mode='connect' host='127.0.0.1' service='4557'/><target port='1'/></serial>\
+         <source mode='connect' host='127.0.0.1' service='4557'/><target port='1'/>\
+         <log file='{}' append='on'/></serial>\
          <serial type='file'><source path='{}'/><target port='2'/></serial>\
          <serial type='pipe'><source path='{}'/><target port='3'/></serial>\
          <channel type='tcp'><source mode='connect' host='127.0.0.1' service='4555'>\
@@ -432,6 +434,7 @@ async fn chardevs_of_every_host_type_start() {
          <target type='virtio' name='org.example.tcp'/></channel>\
          <channel type='unix'><source mode='bind' path='{}'/>\
          <target type='virtio' name='org.example.unix'/></channel>",
+        log.display(),
         file.display(),
         pipe.display(),
         sock.display()
@@ -470,7 +473,9 @@ async fn chardevs_of_every_host_type_start() {
         .flatten()
         .filter_map(|e| std::fs::read_link(e.path()).ok())
         .collect();
+    // ... and so is the udp serial's <log>.
     for f in [
+        log.clone(),
         file.clone(),
         PathBuf::from(format!("{}.in", pipe.display())),
         PathBuf::from(format!("{}.out", pipe.display())),

@@ -133,15 +133,26 @@ pub(super) fn chardevs(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Resul
     }
     let places = channel_places(d)?;
     let spice = d.graphics.iter().any(|g| g.kind == GraphicsKind::Spice);
-    let backend = |id: &str, src: &ChardevSource| chardev(id, src, ctx, spice);
+    let backend = |id: &str, c: &Chardev| -> Result<String> {
+        let mut s = chardev(id, &c.source, ctx, spice)?;
+        if let Some((file, append)) = &c.log {
+            s.push_str(&format!(",logfile={}", path_opt("chardev log file", file)?));
+            s.push_str(if *append == Some(true) {
+                ",logappend=on"
+            } else {
+                ",logappend=off"
+            });
+        }
+        Ok(s)
+    };
     for (i, s) in d.serials.iter().enumerate() {
         let id = format!("charserial{i}");
-        a.pair("-chardev", backend(&id, &s.source)?);
+        a.pair("-chardev", backend(&id, s)?);
         a.device(&serial_props(i, s, &id)?)?;
     }
     for (i, p) in d.parallels.iter().enumerate() {
         let id = format!("charparallel{i}");
-        a.pair("-chardev", backend(&id, &p.source)?);
+        a.pair("-chardev", backend(&id, p)?);
         a.device(
             &DeviceProps::new("isa-parallel")
                 .str("chardev", id.as_str())
@@ -152,7 +163,7 @@ pub(super) fn chardevs(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Resul
     let mut places = places.into_iter();
     for (i, ch) in d.channels.iter().enumerate() {
         let id = format!("charchannel{i}");
-        a.pair("-chardev", backend(&id, &ch.source)?);
+        a.pair("-chardev", backend(&id, ch)?);
         if ch.is_guestfwd() {
             a.pair("-netdev", guestfwd(i, ch, &id)?);
             continue;
@@ -186,7 +197,7 @@ fn guestfwd(i: usize, ch: &Chardev, chardev: &str) -> Result<String> {
 fn consoles(
     a: &mut Argv,
     d: &Devices,
-    backend: &dyn Fn(&str, &ChardevSource) -> Result<String>,
+    backend: &dyn Fn(&str, &Chardev) -> Result<String>,
 ) -> Result<()> {
     for (i, c) in d.consoles.iter().enumerate() {
         match c.target_type.as_deref().unwrap_or("serial") {
@@ -201,7 +212,7 @@ fn consoles(
             "serial" if !d.serials.is_empty() => {}
             "serial" => {
                 let id = "charserial0";
-                a.pair("-chardev", backend(id, &c.source)?);
+                a.pair("-chardev", backend(id, c)?);
                 a.device(&isa_serial(id, 0, 0))?;
             }
             "virtio" => {
@@ -213,7 +224,7 @@ fn consoles(
                     a.device(&DeviceProps::new("virtio-serial-pci").str("id", "virtio-serial0"))?;
                 }
                 let id = format!("charconsole{i}");
-                a.pair("-chardev", backend(&id, &c.source)?);
+                a.pair("-chardev", backend(&id, c)?);
                 a.device(&virtconsole_props(i, &id))?;
             }
             t => {

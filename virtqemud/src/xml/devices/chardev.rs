@@ -122,8 +122,11 @@ pub struct Chardev {
     pub target_address: Option<std::net::Ipv4Addr>,
     /// `<target><model name>`: the serial device (`isa-serial`), as libvirt fills it.
     pub target_model: Option<String>,
-    /// Children not handled (`<address>`, `<log>`, ...): kept, written back, refused at
-    /// start by name (a virtio-serial address the command line gives anyway aside).
+    /// `<log file append>`: QEMU copies what the guest writes to this file.
+    pub log: Option<(PathBuf, Option<bool>)>,
+    /// Children not handled (`<address>`, ...): kept, written back, and refused at
+    /// start by name unless the command line reads them (ISA and virtio-serial
+    /// addresses).
     pub unhandled: Vec<Element>,
 }
 
@@ -222,9 +225,23 @@ impl Chardev {
                 .and_then(|t| t.first("model"))
                 .and_then(|m| m.get_attr("name"))
                 .map(str::to_owned),
+            log: match el.first("log") {
+                Some(l) => {
+                    let file = l.req_attr("file")?;
+                    if !file.starts_with('/') {
+                        return Err(invalid("log", "attribute 'file'", file, "must be absolute"));
+                    }
+                    Some((PathBuf::from(file), yes_no(l, "append")?))
+                }
+                None => None,
+            },
             unhandled: super::unhandled(
                 el,
-                &[&["source", "target", "protocol"][..], super::REGENERATED].concat(),
+                &[
+                    &["source", "target", "protocol", "log"][..],
+                    super::REGENERATED,
+                ]
+                .concat(),
             ),
         })
     }
@@ -360,7 +377,13 @@ impl Chardev {
         for e in extra {
             el.push(e);
         }
-        let mut el = el.child_opt(target);
+        let mut el = el
+            .child_opt(target)
+            .child_opt(self.log.as_ref().map(|(f, append)| {
+                Element::new("log")
+                    .attr("file", path_text(f))
+                    .attr_opt("append", append.map(|a| if a { "on" } else { "off" }))
+            }));
         for e in &self.unhandled {
             el.push(e.clone());
         }
