@@ -1167,3 +1167,137 @@ async fn floppies_boot_through_their_controller_on_q35_and_pc() {
         }
     }
 }
+
+/// The guest agent of a running tiny guest, on the unix socket of its channel.
+struct Agent {
+    stream: std::os::unix::net::UnixStream,
+    lines: std::io::Lines<std::io::BufReader<std::os::unix::net::UnixStream>>,
+}
+
+impl Agent {
+    /// Connects and syncs (the agent may start after the socket exists).
+    fn connect(path: &Path) -> Agent {
+        use std::io::BufRead;
+        let stream = std::os::unix::net::UnixStream::connect(path).expect("agent socket");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let lines = std::io::BufReader::new(stream.try_clone().expect("clone")).lines();
+        let mut a = Agent { stream, lines };
+        let start = Instant::now();
+        loop {
+            let id = start.elapsed().as_millis() as u64 + 1;
+            if a.call(json!({"execute": "guest-sync", "arguments": {"id": id}}))
+                .is_some_and(|r| r["return"] == id)
+            {
+                return a;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "agent silent");
+        }
+    }
+
+    /// One command; its answer, or None when none came in time.
+    fn call(&mut self, cmd: Value) -> Option<Value> {
+        use std::io::Write;
+        writeln!(self.stream, "{cmd}").ok()?;
+        loop {
+            let line = self.lines.next()?.ok()?;
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                return Some(v);
+            }
+        }
+    }
+
+    /// Runs `sh -c script` in the guest; its exit code.
+    fn sh(&mut self, script: &str) -> i64 {
+        let r = self
+            .call(json!({"execute": "guest-exec", "arguments":
+                {"path": "/bin/sh", "arg": ["-c", script], "capture-output": true}}))
+            .expect("guest-exec");
+        let pid = r["return"]["pid"].as_i64().unwrap_or_else(|| panic!("{r}"));
+        let start = Instant::now();
+        loop {
+            let s = self
+                .call(json!({"execute": "guest-exec-status", "arguments": {"pid": pid}}))
+                .expect("guest-exec-status");
+            if s["return"]["exited"] == true {
+                return s["return"]["exitcode"].as_i64().unwrap_or(-1);
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "{script}: {s}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_guests_ping_each_other_over_a_socket_nic() {
+    let env = Env::start().await;
+    let guest = support::test_guest();
+    let mut agents = Vec::new();
+    for (name, nic) in [
+        (
+            "wire-a",
+            "<interface type='server'><mac address='52:54:00:99:00:01'/>\
+                    <source address='127.0.0.1' port='5600'/><model type='virtio'/></interface>",
+        ),
+        (
+            "wire-b",
+            "<interface type='client'><mac address='52:54:00:99:00:02'/>\
+                    <source address='127.0.0.1' port='5600'/><model type='virtio'/></interface>",
+        ),
+    ] {
+        let serial = env.dir().join(format!("{name}.serial"));
+        let agent = env.dir().join(format!("{name}.agent"));
+        let xml = format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>\
+             <os><type arch='x86_64' machine='pc'>hvm</type><kernel>{}</kernel><initrd>{}</initrd>\
+             <cmdline>console=ttyS0 panic=-1</cmdline></os><devices>{nic}\
+             <serial type='file'><source path='{}'/></serial>\
+             <channel type='unix'><source mode='bind' path='{}'/>\
+             <target type='virtio' name='org.qemu.guest_agent.0'/></channel>\
+             <memballoon model='none'/></devices></domain>",
+            guest.join("vmlinuz").display(),
+            guest.join("initrd.img").display(),
+            serial.display(),
+            agent.display()
+        );
+        let path = env.qc.domain_define_xml(&xml).await.expect("define");
+        domain(&env.conn, &path)
+            .await
+            .create(0)
+            .await
+            .expect("start");
+        agents.push((serial, agent));
+    }
+    let mut ips = ["10.99.0.1", "10.99.0.2"].into_iter();
+    let mut conns = Vec::new();
+    for (serial, agent) in &agents {
+        support::wait_serial(serial, "TINYGUEST-BOOTED", Duration::from_secs(120)).await;
+        let mut a = Agent::connect(agent);
+        // No DHCP on a wire between two guests: stop udhcpc (it would flush the
+        // address) and give eth0 a static one.
+        let ip = ips.next().expect("ip");
+        let set = format!(
+            "kill $(cat /run/udhcpc.pid) 2>/dev/null; sleep 0.2; ip addr flush dev eth0; \
+             ip addr add {ip}/24 dev eth0 && ip link set eth0 up"
+        );
+        assert_eq!(a.sh(&set), 0, "address on {}", agent.display());
+        conns.push(a);
+    }
+    // Packets cross QEMU's socket netdevs: B reaches A, and nobody else.
+    assert_eq!(
+        conns[1].sh("ping -c 3 -W 3 10.99.0.1"),
+        0,
+        "B cannot ping A"
+    );
+    assert_eq!(
+        conns[0].sh("ping -c 1 -W 3 10.99.0.2"),
+        0,
+        "A cannot ping B"
+    );
+    assert_ne!(
+        conns[1].sh("ping -c 1 -W 1 10.99.0.77"),
+        0,
+        "a ghost answered"
+    );
+}
