@@ -1301,3 +1301,34 @@ async fn two_guests_ping_each_other_over_a_socket_nic() {
         "a ghost answered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vc_serial_and_qemu_vdagent_channel_start() {
+    let env = Env::start().await;
+    let devices = "<serial type='vc'><target port='0'/></serial>\
+         <channel type='qemu-vdagent'><source><clipboard copypaste='yes'/>\
+         <mouse mode='client'/></source><target type='virtio' name='com.redhat.spice.0'/>\
+         </channel><graphics type='vnc' autoport='yes' listen='127.0.0.1'/>";
+    let (mut p, path) = env.run("vdagent", "x86_64", "pc", devices).await;
+    let list = qmp_return(&mut p, "query-chardev");
+    assert_eq!(chardev_file(&list, "charserial0"), "vc", "{list}");
+    assert_eq!(
+        chardev_file(&list, "charchannel0"),
+        "qemu-vdagent",
+        "{list}"
+    );
+    let argv = support::qemu_cmdline(&env.daemon.dirs.runtime, "vdagent");
+    assert!(
+        argv.contains("qemu-vdagent,id=charchannel0,name=vdagent,clipboard=on,mouse=on"),
+        "{argv}"
+    );
+    assert_eq!(
+        qom(&mut p, "/machine/peripheral/channel0", "name"),
+        "com.redhat.spice.0"
+    );
+    let live = env.live_xml(&path).await;
+    assert!(
+        live.contains("<clipboard copypaste='yes'/>") && live.contains("<mouse mode='client'/>"),
+        "{live}"
+    );
+}

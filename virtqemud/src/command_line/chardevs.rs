@@ -272,6 +272,23 @@ fn chardev(id: &str, src: &ChardevSource, ctx: &LaunchContext, spice: bool) -> R
             format!("spicevmc,id={id},name=vdagent")
         }
         ChardevSource::Dev(p) => format!("tty,id={id},path={}", path_opt("chardev dev", p)?),
+        ChardevSource::Vc => format!("vc,id={id}"),
+        ChardevSource::QemuVdagent { clipboard, mouse } => {
+            let mut s = format!("qemu-vdagent,id={id},name=vdagent");
+            if let Some(c) = clipboard {
+                s.push_str(if *c {
+                    ",clipboard=on"
+                } else {
+                    ",clipboard=off"
+                });
+            }
+            match mouse.as_deref() {
+                Some("client") => s.push_str(",mouse=on"),
+                Some(_) => s.push_str(",mouse=off"),
+                None => {}
+            }
+            s
+        }
         ChardevSource::Pipe(p) => format!("pipe,id={id},path={}", path_opt("chardev pipe", p)?),
         ChardevSource::Tcp {
             host,

@@ -45,6 +45,38 @@ pub enum ChardevSource {
     Dev(PathBuf),
     /// `type='pipe'`: a named pipe (QEMU opens PATH.in/PATH.out, or PATH).
     Pipe(PathBuf),
+    /// `type='vc'`: a text console of QEMU's display (none here: QEMU keeps it).
+    Vc,
+    /// `type='qemu-vdagent'`: QEMU's own SPICE agent (clipboard and mouse with VNC),
+    /// `<source><clipboard copypaste>` and `<mouse mode='client|server'>`.
+    QemuVdagent {
+        clipboard: Option<bool>,
+        mouse: Option<String>,
+    },
+}
+
+fn vdagent_source(el: &Element) -> Result<ChardevSource> {
+    let src = el.first("source");
+    let clipboard = match src.and_then(|s| s.first("clipboard")) {
+        Some(c) => yes_no(c, "copypaste")?,
+        None => None,
+    };
+    let mouse = match src
+        .and_then(|s| s.first("mouse"))
+        .and_then(|m| m.get_attr("mode"))
+    {
+        None => None,
+        Some(m @ ("client" | "server")) => Some(m.to_owned()),
+        Some(m) => {
+            return Err(invalid(
+                "mouse",
+                "attribute 'mode'",
+                m,
+                "expected client or server",
+            ))
+        }
+    };
+    Ok(ChardevSource::QemuVdagent { clipboard, mouse })
 }
 
 fn tcp_source(el: &Element) -> Result<ChardevSource> {
@@ -170,6 +202,8 @@ impl Chardev {
                 }
             }
             "spicevmc" => ChardevSource::SpiceVmc,
+            "vc" => ChardevSource::Vc,
+            "qemu-vdagent" => vdagent_source(el)?,
             "tcp" => tcp_source(el)?,
             "udp" => udp_source(el)?,
             "dev" | "pipe" => {
@@ -185,7 +219,7 @@ impl Chardev {
                 return Err(DomainXmlError::unsupported(
                     &format!("{} type", el.name),
                     t,
-                    "supported types are pty, null, file, unix, tcp, udp, dev and pipe",
+                    "supported types are pty, null, file, unix, tcp, udp, dev, pipe, vc and qemu-vdagent",
                 ))
             }
         };
@@ -294,6 +328,22 @@ impl Chardev {
                 ),
             ),
             ChardevSource::SpiceVmc => ("spicevmc", None),
+            ChardevSource::Vc => ("vc", None),
+            ChardevSource::QemuVdagent { clipboard, mouse } => (
+                "qemu-vdagent",
+                (clipboard.is_some() || mouse.is_some()).then(|| {
+                    Element::new("source")
+                        .child_opt(clipboard.map(|c| {
+                            Element::new("clipboard")
+                                .attr("copypaste", if c { "yes" } else { "no" })
+                        }))
+                        .child_opt(
+                            mouse
+                                .as_deref()
+                                .map(|m| Element::new("mouse").attr("mode", m)),
+                        )
+                }),
+            ),
             ChardevSource::Dev(p) => (
                 "dev",
                 Some(Element::new("source").attr("path", path_text(p))),

@@ -108,7 +108,7 @@ fn model_attr(el: &Element, element: &str, allowed: &[&str], default: &str) -> R
 }
 
 /// Chardev source types libvirt knows that this model does not type.
-const UNTYPED_CHARDEVS: &[&str] = &["stdio", "vc", "spiceport", "dbus", "nmdm", "qemu-vdagent"];
+const UNTYPED_CHARDEVS: &[&str] = &["stdio", "spiceport", "dbus", "nmdm"];
 
 /// A device of a kind libvirt defines but this model does not type (graphics `sdl`,
 /// hostdev `usb`, interface `direct`, chardev `tcp`, ...): it is defined and written
