@@ -81,6 +81,20 @@ fn refuse_unhandled(disk: &Disk) -> Result<()> {
             "not implemented",
         ));
     }
+    if let Some(c) = disk.source_children.first() {
+        return Err(unsupported(
+            &format!("disk/source/{}", c.name),
+            &disk.target_dev,
+            "not implemented",
+        ));
+    }
+    if let Some(c) = disk.driver.children.first() {
+        return Err(unsupported(
+            &format!("disk/driver/{}", c.name),
+            &disk.target_dev,
+            "not implemented",
+        ));
+    }
     if let Some((k, v)) = disk
         .driver
         .unhandled

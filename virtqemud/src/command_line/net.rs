@@ -18,6 +18,17 @@ pub(super) fn nics(
     // Tap fds are handed over in the order of the tap-backed NICs only.
     let mut tap_index = 0usize;
     for (i, nic) in dom.devices.interfaces.iter().enumerate() {
+        if let Some(kept) = &nic.source_kept {
+            let what = match kept.elements().next() {
+                Some(c) => format!("interface/source/{}", c.name),
+                None => "interface/source".to_owned(),
+            };
+            return Err(unsupported(
+                &what,
+                nic.mac.map(|m| m.to_string()).as_deref().unwrap_or(""),
+                "not implemented",
+            ));
+        }
         // `<driver>` and `<rom>` are the guest device's business (`nic_props`).
         if let Some(c) = nic.unhandled.iter().find(|c| !nic_reads(nic, c)) {
             return Err(unsupported(

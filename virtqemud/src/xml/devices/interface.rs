@@ -207,6 +207,10 @@ pub struct Interface {
     pub mtu: Option<u32>,
     /// `<link state='up|down'>`: down starts the NIC with its link down.
     pub link_up: Option<bool>,
+    /// What of `<source>` the kind does not read: a user or ethernet NIC's whole
+    /// `<source>` (host-side `<ip>`, `<route>`, passt's `dev`), another kind's unknown
+    /// `<source>` children. Kept, written back, refused at start by name.
+    pub source_kept: Option<Element>,
     /// Children this model does not handle (`<bandwidth>`, `<link>`, `<vlan>`, ...),
     /// kept verbatim and refused at start by name.
     pub unhandled: Vec<Element>,
@@ -382,7 +386,28 @@ impl Interface {
                     .map_err(|e| invalid("source", "attribute 'portid'", u, e))?,
             ),
         };
+        let source_kept = match (&kind, src) {
+            (_, None) => None,
+            // An empty `<source/>` says nothing.
+            (InterfaceKind::User | InterfaceKind::Ethernet, Some(s)) => {
+                (!s.attrs.is_empty() || s.elements().next().is_some()).then(|| s.clone())
+            }
+            (k, Some(s)) => {
+                let known: &[&str] = match k {
+                    InterfaceKind::Socket(_) => &["local"],
+                    InterfaceKind::VhostUser { .. } => &["reconnect"],
+                    _ => &[],
+                };
+                let mut extra = Element::new("source");
+                for c in s.elements().filter(|c| !known.contains(&c.name.as_str())) {
+                    extra.push(c.clone());
+                }
+                let any = extra.elements().next().is_some();
+                any.then_some(extra)
+            }
+        };
         Ok(Interface {
+            source_kept,
             portgroup: network_src
                 .and_then(|s| s.get_attr("portgroup"))
                 .map(str::to_owned),
@@ -476,6 +501,16 @@ impl Interface {
                         )),
                 ),
             ),
+        };
+        let src = match (src, &self.source_kept) {
+            (None, kept) => kept.clone(),
+            (Some(mut s), Some(kept)) => {
+                for c in kept.elements() {
+                    s.push(c.clone());
+                }
+                Some(s)
+            }
+            (s, None) => s,
         };
         let mut el = Element::new("interface")
             .attr("type", ty)
