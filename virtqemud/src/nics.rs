@@ -5,8 +5,9 @@
 //!   portgroup), and the port's `<plug bridge=>` names the bridge to enslave the tap to.
 //! - `type='bridge'`: the same tap, onto the named bridge, without virtnetworkd.
 //! - `type='ethernet'`: an unattached tap; with `<target dev managed='no'>` QEMU opens
-//!   the existing device by name instead. Its `<script path>` runs with the tap's name
-//!   once the tap is up, its `<downscript path>` at stop, as libvirt runs them.
+//!   the existing device by name instead. Its `<source><ip>` and `<route>` are put on
+//!   the tap, its `<script path>` runs with the tap's name once the tap is up, its
+//!   `<downscript path>` at stop, as libvirt does.
 //! - `type='direct'`: a macvtap on the named host link, deleted again at stop.
 //! - `type='server'|'client'|'mcast'|'udp'|'vhostuser'`: nothing on the host; QEMU
 //!   opens the socket.
@@ -226,6 +227,10 @@ async fn prepare_into(dom: &mut Domain, mode: Mode, done: &mut Prepared) -> Resu
         tap::configure(&t.name, mac.0, bridge.as_deref(), nic.mtu)?;
         tracing::info!(tap = %t.name, bridge = ?bridge, "tap ready");
         if matches!(nic.kind, InterfaceKind::Ethernet) {
+            let (ips, routes) = ethernet_source(nic)?;
+            if !ips.is_empty() || !routes.is_empty() {
+                tap::add_ips(&t.name, &ips, &routes).await?;
+            }
             run_script(nic, "script", &t.name).await?;
         }
         done.taps.push(Some(t.fd));
@@ -331,4 +336,71 @@ async fn run_script(nic: &crate::xml::Interface, which: &str, tap: &str) -> Resu
     }
     tracing::info!(tap, script = path, "{which} ran");
     Ok(())
+}
+
+/// An ethernet NIC's `<source>`: host-side `<ip address prefix peer>` and
+/// `<route address prefix gateway>` for its tap (`family` optional, checked).
+fn ethernet_source(
+    nic: &crate::xml::Interface,
+) -> Result<(Vec<tap::HostIp>, Vec<tap::HostRoute>), VirError> {
+    let (mut ips, mut routes) = (Vec::new(), Vec::new());
+    let Some(src) = &nic.source_kept else {
+        return Ok((ips, routes));
+    };
+    let bad = |what: &str, v: &str, why: &str| {
+        VirError::unsupported(format!("invalid value '{v}' for {what}: {why}"))
+    };
+    let addr = |el: &Element, key: &str| -> Result<Option<std::net::IpAddr>, VirError> {
+        el.get_attr(key)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| bad(&format!("<{}> {key}", el.name), v, "not an IP address"))
+            })
+            .transpose()
+    };
+    for c in src.elements() {
+        let address = addr(c, "address")?
+            .ok_or_else(|| bad(&format!("<{}> address", c.name), "", "required"))?;
+        let v4 = address.is_ipv4();
+        match c.get_attr("family") {
+            None => {}
+            Some("ipv4") if v4 => {}
+            Some("ipv6") if !v4 => {}
+            Some(f) => return Err(bad(&format!("<{}> family", c.name), f, "not the address's")),
+        }
+        let max = if v4 { 32 } else { 128 };
+        let prefix = match c.get_attr("prefix") {
+            None => {
+                if v4 {
+                    24
+                } else {
+                    64
+                }
+            }
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| bad(&format!("<{}> prefix", c.name), p, "out of range"))?,
+        };
+        match c.name.as_str() {
+            "ip" => ips.push(tap::HostIp {
+                address,
+                prefix,
+                peer: addr(c, "peer")?,
+            }),
+            "route" => routes.push(tap::HostRoute {
+                address,
+                prefix,
+                gateway: addr(c, "gateway")?
+                    .ok_or_else(|| bad("<route> gateway", "", "required"))?,
+            }),
+            n => {
+                return Err(VirError::unsupported(format!(
+                    "<interface/source/{n}> is not supported on an ethernet interface"
+                )))
+            }
+        }
+    }
+    Ok((ips, routes))
 }

@@ -318,6 +318,95 @@ async fn open_macvtap(name: &str) -> Result<OwnedFd, String> {
     Err(last)
 }
 
+/// A host-side address of an ethernet NIC's tap: `<source><ip address prefix peer>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostIp {
+    pub address: std::net::IpAddr,
+    pub prefix: u8,
+    pub peer: Option<std::net::IpAddr>,
+}
+
+/// A host route through an ethernet NIC's tap: `<source><route address prefix gateway>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostRoute {
+    pub address: std::net::IpAddr,
+    pub prefix: u8,
+    pub gateway: std::net::IpAddr,
+}
+
+/// Gives tap `name` its host-side addresses, then the routes through it, as libvirt
+/// does for `<interface type='ethernet'><source><ip/><route/>`.
+pub async fn add_ips(name: &str, ips: &[HostIp], routes: &[HostRoute]) -> Result<(), TapError> {
+    use netlink_packet_route::address::AddressAttribute;
+    use std::net::IpAddr;
+    let err = |what: &'static str| {
+        move |e: String| TapError::Configure {
+            what,
+            tap: name.to_owned(),
+            err: std::io::Error::other(e),
+        }
+    };
+    let index = ifindex(name).ok_or_else(|| err("find the index")("no such link".into()))?;
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| err("open rtnetlink")(e.to_string()))?;
+    let task = tokio::spawn(conn);
+    let r = async {
+        for ip in ips {
+            let mut req = handle.address().add(index, ip.address, ip.prefix);
+            if let Some(peer) = ip.peer {
+                // A point-to-point address: IFA_ADDRESS is the peer, IFA_LOCAL ours.
+                let attrs = &mut req.message_mut().attributes;
+                attrs.retain(|a| {
+                    !matches!(
+                        a,
+                        AddressAttribute::Address(_) | AddressAttribute::Broadcast(_)
+                    )
+                });
+                attrs.push(AddressAttribute::Address(peer));
+            }
+            req.execute()
+                .await
+                .map_err(|e| err("add an address")(e.to_string()))?;
+        }
+        for r in routes {
+            let res = match (r.address, r.gateway) {
+                (IpAddr::V4(a), IpAddr::V4(g)) => {
+                    handle
+                        .route()
+                        .add()
+                        .v4()
+                        .destination_prefix(a, r.prefix)
+                        .gateway(g)
+                        .output_interface(index)
+                        .execute()
+                        .await
+                }
+                (IpAddr::V6(a), IpAddr::V6(g)) => {
+                    handle
+                        .route()
+                        .add()
+                        .v6()
+                        .destination_prefix(a, r.prefix)
+                        .gateway(g)
+                        .output_interface(index)
+                        .execute()
+                        .await
+                }
+                _ => {
+                    return Err(err("add a route")(
+                        "address and gateway families differ".into(),
+                    ))
+                }
+            };
+            res.map_err(|e| err("add a route")(e.to_string()))?;
+        }
+        Ok(())
+    }
+    .await;
+    task.abort();
+    r
+}
+
 /// Deletes link `name` (a macvtap of a stopped guest); gone already is fine.
 pub async fn delete_link(name: &str) {
     let Some(index) = ifindex(name) else { return };

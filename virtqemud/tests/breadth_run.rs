@@ -866,6 +866,8 @@ async fn ethernet_scripts_run_and_user_networks_take_their_ip() {
     std::fs::copy(&script, &down).expect("copy");
     let devices = format!(
         "<interface type='ethernet'><mac address='52:54:00:e7:00:01'/>\
+         <source><ip address='192.168.125.1' family='ipv4' prefix='24' peer='192.168.125.2'/>\
+         <route family='ipv4' address='10.20.0.0' prefix='16' gateway='192.168.125.2'/></source>\
          <script path='{}'/><downscript path='{}'/><model type='e1000'/></interface>\
          <interface type='user'><mac address='52:54:00:e7:00:02'/>\
          <ip address='172.17.2.0' family='ipv4' prefix='24'/>\
@@ -882,6 +884,21 @@ async fn ethernet_scripts_run_and_user_networks_take_their_ip() {
     assert!(ran.starts_with("ifup.sh vnet0 "), "{ran}");
     let net = hmp(&mut p, "info network");
     assert!(net.contains("net=172.17.2.0,"), "{net}");
+    // The tap has its host-side address (point to point) and the route through it.
+    let addrs = env
+        .ns
+        .run_ok(&["ip", "-4", "-j", "addr", "show", "dev", "vnet0"])
+        .expect("ip addr");
+    let a: Value = serde_json::from_str(&addrs).expect("json");
+    let info = &a[0]["addr_info"][0];
+    assert_eq!(info["local"], "192.168.125.1", "{a}");
+    assert_eq!(info["address"], "192.168.125.2", "{a}");
+    assert_eq!(info["prefixlen"], 24, "{a}");
+    let routes = env
+        .ns
+        .run_ok(&["ip", "-4", "route", "show", "10.20.0.0/16"])
+        .expect("ip route");
+    assert!(routes.contains("via 192.168.125.2 dev vnet0"), "{routes}");
     assert!(net.contains("type=tap,fd="), "{net}");
     domain(&env.conn, &path)
         .await

@@ -18,7 +18,15 @@ pub(super) fn nics(
     // Tap fds are handed over in the order of the tap-backed NICs only.
     let mut tap_index = 0usize;
     for (i, nic) in dom.devices.interfaces.iter().enumerate() {
-        if let Some(kept) = &nic.source_kept {
+        // An ethernet NIC's host-side `<ip>` and `<route>` are the runtime's
+        // (`nics.rs`, on the tap it makes).
+        let host_side = |kept: &Element| {
+            matches!(nic.kind, InterfaceKind::Ethernet)
+                && nic.target_managed != Some(false)
+                && kept.attrs.is_empty()
+                && kept.elements().all(|c| c.name == "ip" || c.name == "route")
+        };
+        if let Some(kept) = nic.source_kept.as_ref().filter(|k| !host_side(k)) {
             let what = match kept.elements().next() {
                 Some(c) => format!("interface/source/{}", c.name),
                 None => "interface/source".to_owned(),
