@@ -111,7 +111,7 @@ fn model_attr(el: &Element, element: &str, allowed: &[&str], default: &str) -> R
 const UNTYPED_CHARDEVS: &[&str] = &["stdio", "spiceport", "dbus", "nmdm"];
 
 /// A device of a kind libvirt defines but this model does not type (graphics `sdl`,
-/// hostdev `usb`, interface `direct`, chardev `tcp`, ...): it is defined and written
+/// hostdev `usb`, interface `hostdev`, chardev `spiceport`, ...): it is defined and written
 /// back verbatim in [`Devices::other`], and the command line refuses it by name at
 /// start. Values libvirt itself does not know stay errors of the typed parsers.
 fn untyped_kind(c: &Element) -> bool {
