@@ -7,7 +7,8 @@ PACKAGES=(
   dbus                # dbus-daemon for the private test/demo bus, busctl
   systemd             # systemd-socket-activate, systemd-analyze
   qemu-system-x86     # the hypervisor
-  qemu-utils          # qemu-img
+  qemu-utils          # qemu-img, qemu-nbd (the nbd server of the network-disk test)
+  qemu-block-extra    # QEMU's curl (http/https/ftp), iscsi, rbd and gluster block drivers
   ovmf                # UEFI firmware and its descriptors, for firmware='efi'
   swtpm               # emulated TPMs
   nftables            # nft, for checking rules in tests

@@ -5,7 +5,12 @@
 //!   portgroup), and the port's `<plug bridge=>` names the bridge to enslave the tap to.
 //! - `type='bridge'`: the same tap, onto the named bridge, without virtnetworkd.
 //! - `type='ethernet'`: an unattached tap; with `<target dev managed='no'>` QEMU opens
-//!   the existing device by name instead.
+//!   the existing device by name instead. Its `<source><ip>` and `<route>` are put on
+//!   the tap, its `<script path>` runs with the tap's name once the tap is up, its
+//!   `<downscript path>` at stop, as libvirt does.
+//! - `type='direct'`: a macvtap on the named host link, deleted again at stop.
+//! - `type='server'|'client'|'mcast'|'udp'|'vhostuser'`: nothing on the host; QEMU
+//!   opens the socket.
 //!
 //! The live definition records what was made (`<target dev>`, `<source portid bridge>`),
 //! so after a daemon restart a stop still deletes the ports. Taps need no cleanup: they
@@ -30,6 +35,8 @@ use crate::xml::{Domain, InterfaceKind};
 pub struct Prepared {
     pub taps: Vec<Option<OwnedFd>>,
     ports: Vec<OwnedObjectPath>,
+    /// Macvtap links made, deleted if the start fails.
+    macvtaps: Vec<String>,
 }
 
 impl Prepared {
@@ -148,6 +155,9 @@ pub async fn prepare(dom: &mut Domain, mode: Mode) -> Result<Prepared, VirError>
         Ok(()) => Ok(done),
         Err(e) => {
             release_paths(mode, std::mem::take(&mut done.ports)).await;
+            for m in &done.macvtaps {
+                tap::delete_link(m).await;
+            }
             Err(e)
         }
     }
@@ -158,7 +168,20 @@ async fn prepare_into(dom: &mut Domain, mode: Mode, done: &mut Prepared) -> Resu
     let owner_uuid = dom.uuid;
     for nic in dom.devices.interfaces.iter_mut() {
         let bridge = match &nic.kind {
-            InterfaceKind::User => continue,
+            InterfaceKind::User | InterfaceKind::Socket(_) | InterfaceKind::VhostUser { .. } => {
+                continue
+            }
+            InterfaceKind::Direct { dev, mode } => {
+                let mac = nic
+                    .mac
+                    .ok_or_else(|| VirError::internal("NIC without a MAC"))?;
+                let t = tap::create_macvtap(dev, mode, mac.0).await?;
+                tracing::info!(macvtap = %t.name, link = %dev, mode = %mode, "macvtap ready");
+                done.macvtaps.push(t.name.clone());
+                nic.target_dev = Some(t.name);
+                done.taps.push(Some(t.fd));
+                continue;
+            }
             InterfaceKind::Ethernet if nic.target_managed == Some(false) => {
                 if nic.target_dev.is_none() {
                     return Err(VirError::unsupported(
@@ -229,6 +252,13 @@ async fn prepare_into(dom: &mut Domain, mode: Mode, done: &mut Prepared) -> Resu
         nic.target_dev = Some(t.name.clone());
         tap::configure(&t.name, mac.0, bridge.as_deref(), nic.mtu)?;
         tracing::info!(tap = %t.name, bridge = ?bridge, "tap ready");
+        if matches!(nic.kind, InterfaceKind::Ethernet) {
+            let (ips, routes) = ethernet_source(nic)?;
+            if !ips.is_empty() || !routes.is_empty() {
+                tap::add_ips(&t.name, &ips, &routes).await?;
+            }
+            run_script(nic, "script", &t.name).await?;
+        }
         done.taps.push(Some(t.fd));
     }
     Ok(())
@@ -253,6 +283,17 @@ async fn release_paths(mode: Mode, ports: Vec<OwnedObjectPath>) {
 /// Deletes the network ports a live definition records (a stop, a crash, a domain
 /// found dead after a restart). A port already gone is not an error.
 pub async fn release(dom: &Domain, mode: Mode) {
+    for nic in &dom.devices.interfaces {
+        match (&nic.kind, &nic.target_dev) {
+            (InterfaceKind::Direct { .. }, Some(t)) => tap::delete_link(t).await,
+            (InterfaceKind::Ethernet, Some(t)) if nic.target_managed != Some(false) => {
+                if let Err(e) = run_script(nic, "downscript", t).await {
+                    tracing::warn!(tap = %t, "{e}");
+                }
+            }
+            _ => {}
+        }
+    }
     let ports: Vec<(String, Uuid)> = dom
         .devices
         .interfaces
@@ -288,4 +329,104 @@ pub async fn release(dom: &Domain, mode: Mode) {
             Err(e) => tracing::warn!(network = %net, port = %id, "network port not deleted: {e}"),
         }
     }
+}
+
+/// Runs an ethernet NIC's `<script path>` or `<downscript path>` with the tap's name
+/// as its argument and waits for it; a failure names the script and its status.
+async fn run_script(nic: &crate::xml::Interface, which: &str, tap: &str) -> Result<(), VirError> {
+    let Some(path) = nic
+        .unhandled
+        .iter()
+        .find(|c| c.name == which)
+        .and_then(|c| c.get_attr("path"))
+    else {
+        return Ok(());
+    };
+    if !path.starts_with('/') {
+        return Err(VirError::unsupported(format!(
+            "<interface/{which}> path '{path}' must be absolute"
+        )));
+    }
+    let out = tokio::process::Command::new(path)
+        .arg(tap)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| VirError::operation_failed(format!("cannot run {which} '{path}': {e}")))?;
+    if !out.status.success() {
+        return Err(VirError::operation_failed(format!(
+            "{which} '{path}' for '{tap}' failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    tracing::info!(tap, script = path, "{which} ran");
+    Ok(())
+}
+
+/// An ethernet NIC's `<source>`: host-side `<ip address prefix peer>` and
+/// `<route address prefix gateway>` for its tap (`family` optional, checked).
+fn ethernet_source(
+    nic: &crate::xml::Interface,
+) -> Result<(Vec<tap::HostIp>, Vec<tap::HostRoute>), VirError> {
+    let (mut ips, mut routes) = (Vec::new(), Vec::new());
+    let Some(src) = &nic.source_kept else {
+        return Ok((ips, routes));
+    };
+    let bad = |what: &str, v: &str, why: &str| {
+        VirError::unsupported(format!("invalid value '{v}' for {what}: {why}"))
+    };
+    let addr = |el: &Element, key: &str| -> Result<Option<std::net::IpAddr>, VirError> {
+        el.get_attr(key)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| bad(&format!("<{}> {key}", el.name), v, "not an IP address"))
+            })
+            .transpose()
+    };
+    for c in src.elements() {
+        let address = addr(c, "address")?
+            .ok_or_else(|| bad(&format!("<{}> address", c.name), "", "required"))?;
+        let v4 = address.is_ipv4();
+        match c.get_attr("family") {
+            None => {}
+            Some("ipv4") if v4 => {}
+            Some("ipv6") if !v4 => {}
+            Some(f) => return Err(bad(&format!("<{}> family", c.name), f, "not the address's")),
+        }
+        let max = if v4 { 32 } else { 128 };
+        let prefix = match c.get_attr("prefix") {
+            None => {
+                if v4 {
+                    24
+                } else {
+                    64
+                }
+            }
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| bad(&format!("<{}> prefix", c.name), p, "out of range"))?,
+        };
+        match c.name.as_str() {
+            "ip" => ips.push(tap::HostIp {
+                address,
+                prefix,
+                peer: addr(c, "peer")?,
+            }),
+            "route" => routes.push(tap::HostRoute {
+                address,
+                prefix,
+                gateway: addr(c, "gateway")?
+                    .ok_or_else(|| bad("<route> gateway", "", "required"))?,
+            }),
+            n => {
+                return Err(VirError::unsupported(format!(
+                    "<interface/source/{n}> is not supported on an ethernet interface"
+                )))
+            }
+        }
+    }
+    Ok((ips, routes))
 }

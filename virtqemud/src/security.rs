@@ -474,17 +474,23 @@ pub struct Owner {
     pub tree: bool,
 }
 
-/// The files of `dom`'s file chardevs (serial, console, channel).
+/// The files of `dom`'s file chardevs (serial, console, channel, parallel) and their
+/// `<log>` files.
 fn chardev_files(dom: &Domain) -> impl Iterator<Item = &PathBuf> {
-    dom.devices
-        .serials
-        .iter()
-        .chain(&dom.devices.consoles)
-        .chain(&dom.devices.channels)
+    let all = || {
+        dom.devices
+            .serials
+            .iter()
+            .chain(&dom.devices.consoles)
+            .chain(&dom.devices.channels)
+            .chain(&dom.devices.parallels)
+    };
+    all()
         .filter_map(|c| match &c.source {
             ChardevSource::File { path, .. } => Some(path),
             _ => None,
         })
+        .chain(all().filter_map(|c| c.log.as_ref().map(|l| &l.0)))
 }
 
 /// What pipe and device chardevs make QEMU open, as libvirt hands them over: a pipe's
@@ -498,6 +504,7 @@ fn chardev_devices(dom: &Domain) -> Vec<PathBuf> {
         .iter()
         .chain(&dom.devices.consoles)
         .chain(&dom.devices.channels)
+        .chain(&dom.devices.parallels)
     {
         match &c.source {
             ChardevSource::Dev(p) => v.push(p.clone()),

@@ -3,6 +3,10 @@
 //! with `fe` as first byte), the bridge's MTU, enslaved to the bridge and set up, all
 //! through ioctls. The device is not persistent: it goes away when the last descriptor
 //! (ours after the launch, then QEMU's) is closed.
+//!
+//! Macvtaps (`<interface type='direct'>`) are links made over rtnetlink on a host link;
+//! QEMU gets a descriptor of their character device `/dev/tapIFINDEX`. Unlike taps they
+//! outlive the descriptor, so a stop deletes them by name.
 
 use std::ffi::CString;
 use std::fs::OpenOptions;
@@ -28,6 +32,8 @@ pub enum TapError {
     },
     #[error("cannot use bridge '{bridge}': {err}")]
     Bridge { bridge: String, err: std::io::Error },
+    #[error("cannot create macvtap device on '{link}': {err}")]
+    Macvtap { link: String, err: String },
 }
 
 impl From<TapError> for common::error::VirError {
@@ -213,6 +219,210 @@ pub fn configure(
     sock.ioctl(libc::SIOCSIFFLAGS, &mut f)
         .map_err(cfg("bring up"))?;
     Ok(())
+}
+
+/// libvirt's `<source mode>` as the kernel's MACVLAN_MODE_* flag.
+fn macvtap_mode(mode: &str) -> u32 {
+    match mode {
+        "private" => 1,
+        "bridge" => 4,
+        "passthrough" => 8,
+        _ => 2, // vepa, libvirt's default
+    }
+}
+
+fn ifindex(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: c is a valid C string for the call.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+/// Makes a macvtap on host link `link` (`macvtapN`, the first free N, as libvirt names
+/// them) with the guest's MAC, sets it up, and opens its character device.
+pub async fn create_macvtap(link: &str, mode: &str, guest_mac: [u8; 6]) -> Result<Tap, TapError> {
+    let err = |err: String| TapError::Macvtap {
+        link: link.to_owned(),
+        err,
+    };
+    let parent = ifindex(link).ok_or_else(|| err("no such link".into()))?;
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| err(e.to_string()))?;
+    let task = tokio::spawn(conn);
+    let mut made = None;
+    for n in 0..256 {
+        let name = format!("macvtap{n}");
+        if ifindex(&name).is_some() {
+            continue;
+        }
+        let r = handle
+            .link()
+            .add()
+            .macvtap(name.clone(), parent, macvtap_mode(mode))
+            .address(guest_mac.to_vec())
+            .execute()
+            .await;
+        match r {
+            Ok(()) => {
+                made = Some(name);
+                break;
+            }
+            // Taken between the look and the add: the next one.
+            Err(rtnetlink::Error::NetlinkError(m))
+                if m.raw_code() == -libc::EEXIST || m.raw_code() == -libc::ENFILE => {}
+            Err(e) => {
+                task.abort();
+                return Err(err(e.to_string()));
+            }
+        }
+    }
+    task.abort();
+    let name = made.ok_or_else(|| err("no free macvtapN name".into()))?;
+    match open_macvtap(&name).await {
+        Ok(fd) => Ok(Tap { fd, name }),
+        Err(e) => {
+            delete_link(&name).await;
+            Err(err(e))
+        }
+    }
+}
+
+/// `/dev/tapIFINDEX` of macvtap `name`, once devtmpfs made it. The node is named by
+/// an index that another namespace may use too, so the device must say it is `name`.
+async fn open_macvtap(name: &str) -> Result<OwnedFd, String> {
+    let index = ifindex(name).ok_or_else(|| format!("'{name}' vanished"))?;
+    let dev = format!("/dev/tap{index}");
+    let mut last = String::new();
+    for _ in 0..50 {
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&dev)
+        {
+            Ok(f) => {
+                let mut r = ifreq("");
+                // SAFETY: TUNGETIFF writes one ifreq, which lives for the call.
+                let rc = unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNGETIFF as _, &mut r) };
+                if rc < 0 {
+                    return Err(format!("{dev}: {}", std::io::Error::last_os_error()));
+                }
+                if name_of(&r) != name {
+                    return Err(format!("{dev} is '{}', not '{name}'", name_of(&r)));
+                }
+                return Ok(OwnedFd::from(f));
+            }
+            Err(e) => last = format!("{dev}: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Err(last)
+}
+
+/// A host-side address of an ethernet NIC's tap: `<source><ip address prefix peer>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostIp {
+    pub address: std::net::IpAddr,
+    pub prefix: u8,
+    pub peer: Option<std::net::IpAddr>,
+}
+
+/// A host route through an ethernet NIC's tap: `<source><route address prefix gateway>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostRoute {
+    pub address: std::net::IpAddr,
+    pub prefix: u8,
+    pub gateway: std::net::IpAddr,
+}
+
+/// Gives tap `name` its host-side addresses, then the routes through it, as libvirt
+/// does for `<interface type='ethernet'><source><ip/><route/>`.
+pub async fn add_ips(name: &str, ips: &[HostIp], routes: &[HostRoute]) -> Result<(), TapError> {
+    use netlink_packet_route::address::AddressAttribute;
+    use std::net::IpAddr;
+    let err = |what: &'static str| {
+        move |e: String| TapError::Configure {
+            what,
+            tap: name.to_owned(),
+            err: std::io::Error::other(e),
+        }
+    };
+    let index = ifindex(name).ok_or_else(|| err("find the index")("no such link".into()))?;
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| err("open rtnetlink")(e.to_string()))?;
+    let task = tokio::spawn(conn);
+    let r = async {
+        for ip in ips {
+            let mut req = handle.address().add(index, ip.address, ip.prefix);
+            if let Some(peer) = ip.peer {
+                // A point-to-point address: IFA_ADDRESS is the peer, IFA_LOCAL ours.
+                let attrs = &mut req.message_mut().attributes;
+                attrs.retain(|a| {
+                    !matches!(
+                        a,
+                        AddressAttribute::Address(_) | AddressAttribute::Broadcast(_)
+                    )
+                });
+                attrs.push(AddressAttribute::Address(peer));
+            }
+            req.execute()
+                .await
+                .map_err(|e| err("add an address")(e.to_string()))?;
+        }
+        for r in routes {
+            let res = match (r.address, r.gateway) {
+                (IpAddr::V4(a), IpAddr::V4(g)) => {
+                    handle
+                        .route()
+                        .add()
+                        .v4()
+                        .destination_prefix(a, r.prefix)
+                        .gateway(g)
+                        .output_interface(index)
+                        .execute()
+                        .await
+                }
+                (IpAddr::V6(a), IpAddr::V6(g)) => {
+                    handle
+                        .route()
+                        .add()
+                        .v6()
+                        .destination_prefix(a, r.prefix)
+                        .gateway(g)
+                        .output_interface(index)
+                        .execute()
+                        .await
+                }
+                _ => {
+                    return Err(err("add a route")(
+                        "address and gateway families differ".into(),
+                    ))
+                }
+            };
+            res.map_err(|e| err("add a route")(e.to_string()))?;
+        }
+        Ok(())
+    }
+    .await;
+    task.abort();
+    r
+}
+
+/// Deletes link `name` (a macvtap of a stopped guest); gone already is fine.
+pub async fn delete_link(name: &str) {
+    let Some(index) = ifindex(name) else { return };
+    let r = match rtnetlink::new_connection() {
+        Ok((conn, handle, _)) => {
+            let task = tokio::spawn(conn);
+            let r = handle.link().del(index).execute().await;
+            task.abort();
+            r.map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    match r {
+        Ok(()) => tracing::info!(link = name, "macvtap deleted"),
+        Err(e) => tracing::warn!(link = name, "macvtap not deleted: {e}"),
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Disks: each medium as a `-blockdev` pair (protocol node `libvirt-N-storage`, format
 //! node `libvirt-N-format`) and the guest device on its bus, numbered per bus.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::xml::{Address, Disk, DiskBus, DiskDevice, DiskSource, Domain, NetHost};
@@ -13,11 +14,13 @@ use super::{json_str, qemu_opt_value, unsupported, Argv, LaunchContext, Result};
 pub(super) struct DiskUnits {
     ide: u32,
     sata: u32,
-    scsi: u32,
+    /// Per SCSI controller index.
+    scsi: BTreeMap<u32, u32>,
     fd: u32,
-    /// The SCSI controller takes one LUN per target (lsi53c895a and the other HBAs
-    /// that are not virtio-scsi): drives are numbered by `scsi-id`, not `lun`.
-    scsi_by_target: bool,
+    /// The SCSI controllers there are, each with whether it takes one LUN per target
+    /// (lsi53c895a and the other HBAs that are not virtio-scsi): their drives are
+    /// numbered by `scsi-id`, not `lun`.
+    scsi_by_target: BTreeMap<u32, bool>,
 }
 
 pub(super) fn disks(
@@ -28,11 +31,19 @@ pub(super) fn disks(
 ) -> Result<()> {
     let q35 = dom.is_q35();
     let mut units = DiskUnits {
-        scsi_by_target: dom.devices.controllers.iter().any(|c| {
-            c.kind == "scsi" && c.model.as_deref().is_some_and(|m| !m.starts_with("virtio"))
-        }),
+        scsi_by_target: dom
+            .devices
+            .controllers
+            .iter()
+            .filter(|c| c.kind == "scsi")
+            .map(|c| {
+                let by_target = c.model.as_deref().is_some_and(|m| !m.starts_with("virtio"));
+                (c.index, by_target)
+            })
+            .collect(),
         ..DiskUnits::default()
     };
+    let mut groups = Vec::new();
     for (i, disk) in dom.devices.disks.iter().enumerate() {
         refuse_unhandled(disk)?;
         let bus = disk.bus.ok_or_else(|| {
@@ -42,30 +53,54 @@ pub(super) fn disks(
                 "no bus (fill_defaults first)",
             )
         })?;
-        let has_media = match &disk.source {
+        let media = match &disk.source {
             Some(src) => {
                 for b in blockdevs(i, disk, src, ctx)? {
                     a.pair("-blockdev", b);
                 }
-                true
+                Some(top_node(a, i, disk, &mut groups)?)
             }
-            None => false,
+            None => None,
         };
-        let dev = disk_props(i, disk, bus, has_media, q35, &mut units, buses)?;
+        let dev = disk_props(i, disk, bus, media, q35, &mut units, buses)?;
         a.device(&dev)?;
     }
     Ok(())
 }
 
 fn refuse_unhandled(disk: &Disk) -> Result<()> {
-    if let Some(c) = disk.unhandled.first() {
+    // `<iotune>` is read by `top_node`, the device's own children by `disk_children`.
+    if let Some(c) = disk
+        .unhandled
+        .iter()
+        .find(|c| c.name != "iotune" && !DEVICE_CHILDREN.contains(&c.name.as_str()))
+    {
         return Err(unsupported(
             &format!("disk/{}", c.name),
             &disk.target_dev,
             "not implemented",
         ));
     }
-    if let Some((k, v)) = disk.driver.unhandled.first() {
+    if let Some(c) = disk.source_children.first() {
+        return Err(unsupported(
+            &format!("disk/source/{}", c.name),
+            &disk.target_dev,
+            "not implemented",
+        ));
+    }
+    if let Some(c) = disk.driver.children.first() {
+        return Err(unsupported(
+            &format!("disk/driver/{}", c.name),
+            &disk.target_dev,
+            "not implemented",
+        ));
+    }
+    if let Some((k, v)) = disk
+        .driver
+        .unhandled
+        .iter()
+        .find(|(k, _)| !DRIVER_OPTIONS.contains(&k.as_str()))
+    {
         return Err(unsupported(
             &format!("disk/driver {k}"),
             v,
@@ -73,6 +108,114 @@ fn refuse_unhandled(disk: &Disk) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// `<driver>` attributes beyond name, type, cache, io and discard that the command
+/// line honours: the format node's `detect-zeroes`, a copy-on-read filter node, and
+/// the guest device's error policies and virtio options.
+const DRIVER_OPTIONS: &[&str] = &[
+    "detect_zeroes",
+    "copy_on_read",
+    "error_policy",
+    "rerror_policy",
+    "event_idx",
+    "ioeventfd",
+    "iommu",
+    "ats",
+    "packed",
+    "page_per_vq",
+    "queues",
+    "queue_size",
+];
+
+fn driver_opt<'a>(disk: &'a Disk, key: &str) -> Option<&'a str> {
+    disk.driver
+        .unhandled
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// An on/off driver option as QEMU's boolean.
+fn on_off(disk: &Disk, key: &str) -> Result<Option<bool>> {
+    match driver_opt(disk, key) {
+        None => Ok(None),
+        Some("on") => Ok(Some(true)),
+        Some("off") => Ok(Some(false)),
+        Some(v) => Err(unsupported(
+            &format!("disk/driver {key}"),
+            v,
+            "expected on or off",
+        )),
+    }
+}
+
+/// The guest device's share of `<driver>`: error policies on every bus, the virtio
+/// options on virtio-blk only (libvirt's mapping).
+fn device_driver_options(mut dev: DeviceProps, disk: &Disk, virtio: bool) -> Result<DeviceProps> {
+    let policy = |key: &str| -> Result<Option<&str>> {
+        Ok(match driver_opt(disk, key) {
+            None => None,
+            Some("stop") => Some("stop"),
+            Some("report") => Some("report"),
+            Some("ignore") => Some("ignore"),
+            Some("enospace") if key == "error_policy" => Some("enospc"),
+            Some(v) => {
+                return Err(unsupported(
+                    &format!("disk/driver {key}"),
+                    v,
+                    "expected stop, report, ignore or enospace",
+                ))
+            }
+        })
+    };
+    let werror = policy("error_policy")?;
+    // libvirt applies error_policy to reads too, unless it is enospace (a write error).
+    let rerror = policy("rerror_policy")?.or(werror.filter(|w| *w != "enospc"));
+    if let Some(w) = werror {
+        dev = dev.str("werror", w);
+    }
+    if let Some(r) = rerror {
+        dev = dev.str("rerror", r);
+    }
+    let virtio_only = [
+        ("event_idx", "event_idx"),
+        ("ioeventfd", "ioeventfd"),
+        ("iommu", "iommu_platform"),
+        ("ats", "ats"),
+        ("packed", "packed"),
+        ("page_per_vq", "page-per-vq"),
+    ];
+    for (key, prop) in virtio_only {
+        if let Some(b) = on_off(disk, key)? {
+            if !virtio {
+                return Err(unsupported(
+                    &format!("disk/driver {key}"),
+                    &disk.target_dev,
+                    "only for virtio disks",
+                ));
+            }
+            dev.props.push((prop, super::PropValue::Bool(b)));
+        }
+    }
+    for (key, prop) in [("queues", "num-queues"), ("queue_size", "queue-size")] {
+        if let Some(v) = driver_opt(disk, key) {
+            let n: u64 = v
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| unsupported(&format!("disk/driver {key}"), v, "not a count"))?;
+            if !virtio {
+                return Err(unsupported(
+                    &format!("disk/driver {key}"),
+                    &disk.target_dev,
+                    "only for virtio disks",
+                ));
+            }
+            dev = dev.uint(prop, n);
+        }
+    }
+    Ok(dev)
 }
 
 /// The host path of a disk's medium (volumes as the storage daemon resolved them).
@@ -256,17 +399,141 @@ fn format_node(i: usize, disk: &Disk, ro: bool) -> Result<String> {
         ));
     }
     let format = disk.driver.format.as_deref().unwrap_or("raw");
+    let detect_zeroes = match driver_opt(disk, "detect_zeroes") {
+        None => String::new(),
+        // As libvirt: 'unmap' only where discards are passed down, 'on' otherwise.
+        Some(z @ ("off" | "on")) => format!(",\"detect-zeroes\":\"{z}\""),
+        Some("unmap") if disk.driver.discard.as_deref() == Some("unmap") => {
+            ",\"detect-zeroes\":\"unmap\"".to_owned()
+        }
+        Some("unmap") => ",\"detect-zeroes\":\"on\"".to_owned(),
+        Some(v) => {
+            return Err(unsupported(
+                "disk/driver detect_zeroes",
+                v,
+                "expected on, off or unmap",
+            ))
+        }
+    };
     Ok(format!(
-        "{{\"node-name\":\"libvirt-{i}-format\",\"read-only\":{ro},\"driver\":\"{format}\",\"file\":\"libvirt-{i}-storage\"}}"
+        "{{\"node-name\":\"libvirt-{i}-format\",\"read-only\":{ro}{detect_zeroes},\"driver\":\"{format}\",\"file\":\"libvirt-{i}-storage\"}}"
     ))
 }
 
-/// The guest device of disk `i`; `has_media`: its format node exists (`drive=`).
+/// The node the guest device reads: the format node, under a copy-on-read filter
+/// (`<driver copy_on_read='on'>`, libvirt's `libvirt-CoR-TARGET`) and a throttle
+/// filter (`<iotune>`) where asked.
+fn top_node(a: &mut Argv, i: usize, disk: &Disk, groups: &mut Vec<String>) -> Result<String> {
+    let mut top = format!("libvirt-{i}-format");
+    if on_off(disk, "copy_on_read")? == Some(true) {
+        let cor = format!("libvirt-CoR-{}", disk.target_dev);
+        a.pair(
+            "-blockdev",
+            serde_json::json!({"driver": "copy-on-read", "node-name": cor, "file": top})
+                .to_string(),
+        );
+        top = cor;
+    }
+    if let Some(t) = disk.unhandled.iter().find(|c| c.name == "iotune") {
+        let group = throttle_group(a, i, t, groups)?;
+        let node = format!("libvirt-{i}-throttle");
+        a.pair(
+            "-blockdev",
+            serde_json::json!({"driver": "throttle", "node-name": node,
+                "throttle-group": group, "file": top})
+            .to_string(),
+        );
+        top = node;
+    }
+    Ok(top)
+}
+
+/// `<iotune>` children and the throttle-group limit each sets.
+const IOTUNE_LIMITS: &[(&str, &str)] = &[
+    ("total_bytes_sec", "bps-total"),
+    ("read_bytes_sec", "bps-read"),
+    ("write_bytes_sec", "bps-write"),
+    ("total_iops_sec", "iops-total"),
+    ("read_iops_sec", "iops-read"),
+    ("write_iops_sec", "iops-write"),
+    ("total_bytes_sec_max", "bps-total-max"),
+    ("read_bytes_sec_max", "bps-read-max"),
+    ("write_bytes_sec_max", "bps-write-max"),
+    ("total_iops_sec_max", "iops-total-max"),
+    ("read_iops_sec_max", "iops-read-max"),
+    ("write_iops_sec_max", "iops-write-max"),
+    ("total_bytes_sec_max_length", "bps-total-max-length"),
+    ("read_bytes_sec_max_length", "bps-read-max-length"),
+    ("write_bytes_sec_max_length", "bps-write-max-length"),
+    ("total_iops_sec_max_length", "iops-total-max-length"),
+    ("read_iops_sec_max_length", "iops-read-max-length"),
+    ("write_iops_sec_max_length", "iops-write-max-length"),
+    ("size_iops_sec", "iops-size"),
+];
+
+/// The throttle group of disk `i`'s `<iotune>`: its `<group_name>` (shared by every
+/// disk that names it; made once, with the first one's limits), else a group of its
+/// own. QEMU enforces the limits in its block layer, as for libvirt's
+/// `block_set_io_throttle`.
+fn throttle_group(
+    a: &mut Argv,
+    i: usize,
+    t: &common::xml::Element,
+    groups: &mut Vec<String>,
+) -> Result<String> {
+    let mut limits = serde_json::Map::new();
+    let mut name = None;
+    for c in t.elements() {
+        if c.name == "group_name" {
+            name = Some(c.text());
+            continue;
+        }
+        let what = format!("disk/iotune/{}", c.name);
+        let key = IOTUNE_LIMITS
+            .iter()
+            .find(|(x, _)| *x == c.name)
+            .map(|l| l.1)
+            .ok_or_else(|| unsupported(&what, "", "not implemented"))?;
+        let text = c.text();
+        let v: u64 = text
+            .trim()
+            .parse()
+            .map_err(|_| unsupported(&what, &text, "not a number"))?;
+        limits.insert(key.to_owned(), serde_json::json!(v));
+    }
+    let id = match name {
+        Some(n) => {
+            let ok = n.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+            if !ok {
+                return Err(unsupported(
+                    "disk/iotune/group_name",
+                    &n,
+                    "must start with a letter and hold only letters, digits, '-', '.' and '_'",
+                ));
+            }
+            n
+        }
+        None => format!("throttle-libvirt-{i}"),
+    };
+    if !groups.contains(&id) {
+        a.pair(
+            "-object",
+            serde_json::json!({"qom-type": "throttle-group", "id": id, "limits": limits})
+                .to_string(),
+        );
+        groups.push(id.clone());
+    }
+    Ok(id)
+}
+
+/// The guest device of disk `i`; `media`: the node it reads (`drive=`), if any.
 fn disk_props(
     i: usize,
     disk: &Disk,
     bus: DiskBus,
-    has_media: bool,
+    media: Option<String>,
     q35: bool,
     units: &mut DiskUnits,
     buses: &PciBuses,
@@ -282,9 +549,7 @@ fn disk_props(
                     "passthrough needs a host block device (type='block')",
                 ));
             }
-            let u = drive_unit(&disk.address, units.scsi, 16384, &disk.target_dev)?;
-            units.scsi = u + 1;
-            scsi_place(DeviceProps::new("scsi-block"), u, units.scsi_by_target)
+            scsi_place(DeviceProps::new("scsi-block"), disk, units)?
         }
         (_, DiskDevice::Lun) => {
             return Err(unsupported(
@@ -332,10 +597,8 @@ fn disk_props(
                 .uint("unit", (u % 2).into())
         }
         (DiskBus::Scsi, _) => {
-            let u = drive_unit(&disk.address, units.scsi, 16384, &disk.target_dev)?;
-            units.scsi = u + 1;
             let kind = if cd { "scsi-cd" } else { "scsi-hd" };
-            scsi_place(DeviceProps::new(kind), u, units.scsi_by_target)
+            scsi_place(DeviceProps::new(kind), disk, units)?
         }
         (DiskBus::Usb, _) => DeviceProps::new("usb-storage").str("bus", "usb0.0"),
         (DiskBus::Fdc, _) => {
@@ -344,8 +607,8 @@ fn disk_props(
             DeviceProps::new("floppy").uint("unit", u.into())
         }
     };
-    if has_media {
-        dev = dev.str("drive", format!("libvirt-{i}-format"));
+    if let Some(node) = media {
+        dev = dev.str("drive", node);
     }
     dev = dev.str("id", format!("disk{i}"));
     if let Some(s) = &disk.serial {
@@ -353,21 +616,135 @@ fn disk_props(
         qemu_opt_value("disk serial", s)?;
         dev = dev.str("serial", s.as_str());
     }
-    dev = dev.opt_uint("bootindex", disk.boot_order.map(u64::from));
+    // A floppy drive has no bootindex: its controller's bootindexA/B say it
+    // (`controllers::floppy_boot`).
+    if bus != DiskBus::Fdc {
+        dev = dev.opt_uint("bootindex", disk.boot_order.map(u64::from));
+    }
     if disk.shareable {
         dev = dev.on("share-rw");
+    }
+    let dev = disk_children(dev, disk)?;
+    device_driver_options(dev, disk, bus == DiskBus::Virtio)
+}
+
+/// Disk children that are properties of the guest device.
+const DEVICE_CHILDREN: &[&str] = &["wwn", "vendor", "product", "geometry", "blockio"];
+
+/// `<wwn>`, `<vendor>`, `<product>`, `<geometry>` and `<blockio>` as the guest
+/// device's properties, on the devices QEMU gives them (libvirt's mapping).
+fn disk_children(mut dev: DeviceProps, disk: &Disk) -> Result<DeviceProps> {
+    let driver = dev.driver.clone();
+    let scsi = driver.starts_with("scsi-");
+    let ide = driver.starts_with("ide-");
+    for c in disk
+        .unhandled
+        .iter()
+        .filter(|c| DEVICE_CHILDREN.contains(&c.name.as_str()))
+    {
+        let what = format!("disk/{}", c.name);
+        let refuse = |why: &str| unsupported(&what, &disk.target_dev, why);
+        let num = |key: &str| -> Result<Option<u64>> {
+            c.get_attr(key)
+                .map(|v| {
+                    v.parse::<u64>()
+                        .map_err(|_| unsupported(&format!("{what} {key}"), v, "not a number"))
+                })
+                .transpose()
+        };
+        match c.name.as_str() {
+            "wwn" => {
+                if !(scsi || ide) {
+                    return Err(refuse("only for IDE, SATA and SCSI disks"));
+                }
+                let text = c.text();
+                let hex = text.trim().trim_start_matches("0x");
+                let n = u64::from_str_radix(hex, 16)
+                    .ok()
+                    .filter(|_| hex.len() == 16)
+                    .ok_or_else(|| unsupported(&what, &text, "expected 16 hex digits"))?;
+                dev = dev.uint("wwn", n);
+            }
+            "vendor" | "product" => {
+                if !scsi {
+                    return Err(refuse("only for SCSI disks"));
+                }
+                let text = c.text();
+                let max = if c.name == "vendor" { 8 } else { 16 };
+                if text.is_empty()
+                    || text.len() > max
+                    || !text.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+                {
+                    return Err(unsupported(
+                        &what,
+                        &text,
+                        format!("at most {max} printable characters"),
+                    ));
+                }
+                let key = if c.name == "vendor" {
+                    "vendor"
+                } else {
+                    "product"
+                };
+                dev = dev.str(key, text);
+            }
+            "geometry" => {
+                if !(ide || driver.starts_with("virtio-blk")) {
+                    return Err(refuse("only for IDE, SATA and virtio disks"));
+                }
+                dev = dev
+                    .opt_uint("cyls", num("cyls")?)
+                    .opt_uint("heads", num("heads")?)
+                    .opt_uint("secs", num("secs")?);
+                if let Some(t) = c.get_attr("trans") {
+                    if !ide || !matches!(t, "none" | "lba" | "auto") {
+                        return Err(unsupported(
+                            &format!("{what} trans"),
+                            t,
+                            "expected none, lba or auto on IDE",
+                        ));
+                    }
+                    dev = dev.str("bios-chs-trans", t);
+                }
+            }
+            _ => {
+                dev = dev
+                    .opt_uint("logical_block_size", num("logical_block_size")?)
+                    .opt_uint("physical_block_size", num("physical_block_size")?)
+                    .opt_uint("discard_granularity", num("discard_granularity")?);
+            }
+        }
     }
     Ok(dev)
 }
 
-/// A SCSI drive's place: unit `u` as the LUN of target 0 on virtio-scsi, as the
-/// target (LUN 0) on the HBAs that have one LUN per target.
-fn scsi_place(dev: DeviceProps, u: u32, by_target: bool) -> DeviceProps {
-    let (id, lun) = if by_target { (u, 0) } else { (0, u) };
-    dev.str("bus", "scsi0.0")
+/// A SCSI drive's place, from its `<address type='drive' controller target unit>`
+/// (else controller 0, target 0, the next unit): on the controller's bus `scsiC.0`,
+/// the unit as the LUN of its target on virtio-scsi, as the target (LUN 0) on the
+/// HBAs that have one LUN per target, as libvirt places them.
+fn scsi_place(dev: DeviceProps, disk: &Disk, units: &mut DiskUnits) -> Result<DeviceProps> {
+    let (controller, target) = match &disk.address {
+        Some(Address::Drive {
+            controller, target, ..
+        }) => (*controller, *target),
+        _ => (0, 0),
+    };
+    let by_target = *units.scsi_by_target.get(&controller).ok_or_else(|| {
+        unsupported(
+            "disk address controller",
+            &controller.to_string(),
+            "no SCSI controller has this index",
+        )
+    })?;
+    let next = units.scsi.entry(controller).or_default();
+    let u = drive_unit(&disk.address, *next, 16384, &disk.target_dev)?;
+    *next = u + 1;
+    let (id, lun) = if by_target { (u, 0) } else { (target, u) };
+    Ok(dev
+        .str("bus", format!("scsi{controller}.0"))
         .uint("channel", 0)
         .uint("scsi-id", id.into())
-        .uint("lun", lun.into())
+        .uint("lun", lun.into()))
 }
 
 /// The unit of a drive: from its `<address type='drive' unit=...>` when given,

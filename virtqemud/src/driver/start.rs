@@ -279,13 +279,9 @@ impl Driver {
         }
         let nics = crate::nics::prepare(&mut def.dom, mode).await?;
         held.nics = true;
-        if def
-            .dom
-            .devices
-            .interfaces
-            .iter()
-            .any(|n| n.portid.is_some())
-        {
+        if def.dom.devices.interfaces.iter().any(|n| {
+            n.portid.is_some() || matches!(n.kind, crate::xml::InterfaceKind::Direct { .. })
+        }) {
             record = starting_record(dom, def, id, &qmp_path, held);
             self.record_starting(dom, &record).await?;
         }

@@ -131,8 +131,14 @@ fn errors_name_the_element_and_value() {
     let e = err(&base("<devices><interface type='nonesuch'/></devices>"));
     assert!(e.contains("interface") && e.contains("nonesuch"), "{e}");
     // Kinds libvirt defines but this daemon cannot start are refused at start, by name.
-    let e = start_err(&base("<devices><interface type='vhostuser'/></devices>"));
-    assert!(e.contains("interface") && e.contains("vhostuser"), "{e}");
+    let e = start_err(&base("<devices><interface type='vdpa'/></devices>"));
+    assert!(e.contains("interface") && e.contains("vdpa"), "{e}");
+    // A kind that runs needs what it runs on.
+    let e = err(&base("<devices><interface type='vhostuser'/></devices>"));
+    assert!(
+        e.contains("interface") && e.contains("<source path>"),
+        "{e}"
+    );
     let e = start_err(&base("<devices><graphics type='rdp'/></devices>"));
     assert!(e.contains("graphics") && e.contains("rdp"), "{e}");
     let e = err(&base(

@@ -45,6 +45,38 @@ pub enum ChardevSource {
     Dev(PathBuf),
     /// `type='pipe'`: a named pipe (QEMU opens PATH.in/PATH.out, or PATH).
     Pipe(PathBuf),
+    /// `type='vc'`: a text console of QEMU's display (none here: QEMU keeps it).
+    Vc,
+    /// `type='qemu-vdagent'`: QEMU's own SPICE agent (clipboard and mouse with VNC),
+    /// `<source><clipboard copypaste>` and `<mouse mode='client|server'>`.
+    QemuVdagent {
+        clipboard: Option<bool>,
+        mouse: Option<String>,
+    },
+}
+
+fn vdagent_source(el: &Element) -> Result<ChardevSource> {
+    let src = el.first("source");
+    let clipboard = match src.and_then(|s| s.first("clipboard")) {
+        Some(c) => yes_no(c, "copypaste")?,
+        None => None,
+    };
+    let mouse = match src
+        .and_then(|s| s.first("mouse"))
+        .and_then(|m| m.get_attr("mode"))
+    {
+        None => None,
+        Some(m @ ("client" | "server")) => Some(m.to_owned()),
+        Some(m) => {
+            return Err(invalid(
+                "mouse",
+                "attribute 'mode'",
+                m,
+                "expected client or server",
+            ))
+        }
+    };
+    Ok(ChardevSource::QemuVdagent { clipboard, mouse })
 }
 
 fn tcp_source(el: &Element) -> Result<ChardevSource> {
@@ -117,10 +149,16 @@ pub struct Chardev {
     pub target_port: Option<u32>,
     /// channel: `org.qemu.guest_agent.0`
     pub target_name: Option<String>,
+    /// A guestfwd channel's `<target address>` (with `port`): where the guest's TCP
+    /// connections to it are forwarded to the backend, through user networking.
+    pub target_address: Option<std::net::Ipv4Addr>,
     /// `<target><model name>`: the serial device (`isa-serial`), as libvirt fills it.
     pub target_model: Option<String>,
-    /// Children not handled (`<address>`, `<log>`, ...): kept, written back, refused at
-    /// start by name (a virtio-serial address the command line gives anyway aside).
+    /// `<log file append>`: QEMU copies what the guest writes to this file.
+    pub log: Option<(PathBuf, Option<bool>)>,
+    /// Children not handled (`<address>`, ...): kept, written back, and refused at
+    /// start by name unless the command line reads them (ISA and virtio-serial
+    /// addresses).
     pub unhandled: Vec<Element>,
 }
 
@@ -164,6 +202,8 @@ impl Chardev {
                 }
             }
             "spicevmc" => ChardevSource::SpiceVmc,
+            "vc" => ChardevSource::Vc,
+            "qemu-vdagent" => vdagent_source(el)?,
             "tcp" => tcp_source(el)?,
             "udp" => udp_source(el)?,
             "dev" | "pipe" => {
@@ -179,7 +219,7 @@ impl Chardev {
                 return Err(DomainXmlError::unsupported(
                     &format!("{} type", el.name),
                     t,
-                    "supported types are pty, null, file, unix, tcp, udp, dev and pipe",
+                    "supported types are pty, null, file, unix, tcp, udp, dev, pipe, vc and qemu-vdagent",
                 ))
             }
         };
@@ -207,28 +247,64 @@ impl Chardev {
                 .transpose()?
                 .flatten(),
             target_name,
+            target_address: target
+                .and_then(|t| t.get_attr("address"))
+                .map(|a| {
+                    a.parse().map_err(|_| {
+                        invalid("target", "attribute 'address'", a, "not an IPv4 address")
+                    })
+                })
+                .transpose()?,
             target_model: target
                 .and_then(|t| t.first("model"))
                 .and_then(|m| m.get_attr("name"))
                 .map(str::to_owned),
+            log: match el.first("log") {
+                Some(l) => {
+                    let file = l.req_attr("file")?;
+                    if !file.starts_with('/') {
+                        return Err(invalid("log", "attribute 'file'", file, "must be absolute"));
+                    }
+                    Some((PathBuf::from(file), yes_no(l, "append")?))
+                }
+                None => None,
+            },
             unhandled: super::unhandled(
                 el,
-                &[&["source", "target", "protocol"][..], super::REGENERATED].concat(),
+                &[
+                    &["source", "target", "protocol", "log"][..],
+                    super::REGENERATED,
+                ]
+                .concat(),
             ),
         })
     }
 
-    /// A `<channel>`: only virtio channels (ports of the virtio-serial controller).
+    /// A `<channel>`: a virtio channel (a port of a virtio-serial controller) or a
+    /// guestfwd one (an address and port of user networking, both required).
     pub(super) fn parse_channel(el: &Element) -> Result<Chardev> {
         let ch = Chardev::parse(el)?;
         match ch.target_type.as_deref() {
             Some("virtio") => Ok(ch),
+            Some("guestfwd") => {
+                if ch.target_address.is_none() {
+                    return Err(missing("channel/target", "attribute 'address'"));
+                }
+                if ch.target_port.is_none() {
+                    return Err(missing("channel/target", "attribute 'port'"));
+                }
+                Ok(ch)
+            }
             t => Err(DomainXmlError::unsupported(
                 "channel target type",
                 t.unwrap_or(""),
-                "only virtio channels",
+                "expected virtio or guestfwd",
             )),
         }
+    }
+
+    pub fn is_guestfwd(&self) -> bool {
+        self.target_type.as_deref() == Some("guestfwd")
     }
 
     pub(super) fn to_element(&self, name: &str) -> Element {
@@ -252,6 +328,22 @@ impl Chardev {
                 ),
             ),
             ChardevSource::SpiceVmc => ("spicevmc", None),
+            ChardevSource::Vc => ("vc", None),
+            ChardevSource::QemuVdagent { clipboard, mouse } => (
+                "qemu-vdagent",
+                (clipboard.is_some() || mouse.is_some()).then(|| {
+                    Element::new("source")
+                        .child_opt(clipboard.map(|c| {
+                            Element::new("clipboard")
+                                .attr("copypaste", if c { "yes" } else { "no" })
+                        }))
+                        .child_opt(
+                            mouse
+                                .as_deref()
+                                .map(|m| Element::new("mouse").attr("mode", m)),
+                        )
+                }),
+            ),
             ChardevSource::Dev(p) => (
                 "dev",
                 Some(Element::new("source").attr("path", path_text(p))),
@@ -313,12 +405,14 @@ impl Chardev {
         let target = if self.target_type.is_some()
             || self.target_port.is_some()
             || self.target_name.is_some()
+            || self.target_address.is_some()
             || self.target_model.is_some()
         {
             Some(
                 Element::new("target")
                     .attr_opt("type", self.target_type.as_deref())
                     .attr_opt("name", self.target_name.as_deref())
+                    .attr_opt("address", self.target_address)
                     .attr_opt("port", self.target_port)
                     .child_opt(
                         self.target_model
@@ -333,7 +427,13 @@ impl Chardev {
         for e in extra {
             el.push(e);
         }
-        let mut el = el.child_opt(target);
+        let mut el = el
+            .child_opt(target)
+            .child_opt(self.log.as_ref().map(|(f, append)| {
+                Element::new("log")
+                    .attr("file", path_text(f))
+                    .attr_opt("append", append.map(|a| if a { "on" } else { "off" }))
+            }));
         for e in &self.unhandled {
             el.push(e.clone());
         }

@@ -19,6 +19,11 @@ pub struct Controller {
     pub target_chassis: Option<u32>,
     /// `<target port=>` of a PCIe root port.
     pub target_port: Option<u32>,
+    /// `<target hotplug='on|off'>` of a root or downstream port.
+    pub target_hotplug: Option<bool>,
+    /// `<model name>`: QEMU's device for a PCI controller (`ioh3420` for a root port);
+    /// libvirt fills it, the command line honours it.
+    pub model_name: Option<String>,
     /// `ports=` of a USB controller.
     pub ports: Option<u32>,
     /// `<master startport=>` of a USB companion controller (`ich9-uhci1` beside its
@@ -34,6 +39,8 @@ const UNNUMBERED: u32 = u32::MAX;
 /// PCI controller models that are bridges: devices sit on the bus they make.
 pub const PCI_BRIDGES: &[&str] = &[
     "pcie-root-port",
+    "pcie-switch-upstream-port",
+    "pcie-switch-downstream-port",
     "pci-bridge",
     "pcie-to-pci-bridge",
     "dmi-to-pci-bridge",
@@ -47,6 +54,8 @@ impl Controller {
             model: model.map(str::to_owned),
             address: None,
             target_chassis: None,
+            target_hotplug: None,
+            model_name: None,
             target_port: None,
             ports: None,
             master_startport: None,
@@ -73,12 +82,29 @@ impl Controller {
                 None => num("chassisNr")?,
             },
             target_port: num("port")?,
+            target_hotplug: match target.and_then(|t| t.get_attr("hotplug")) {
+                None => None,
+                Some("on") => Some(true),
+                Some("off") => Some(false),
+                Some(v) => {
+                    return Err(invalid(
+                        "controller/target",
+                        "attribute 'hotplug'",
+                        v,
+                        "expected on or off",
+                    ))
+                }
+            },
+            model_name: el
+                .first("model")
+                .and_then(|m| m.get_attr("name"))
+                .map(str::to_owned),
             ports: el.parse_attr::<u32>("ports")?,
             master_startport: match el.first("master") {
                 Some(m) => Some(parse_num(m, "startport")?),
                 None => None,
             },
-            // `<model name>` repeats what the model attribute says; libvirt fills it.
+            // `<model name>` is read above.
             unhandled: unhandled(
                 el,
                 &[&["address", "target", "model", "master"][..], REGENERATED].concat(),
@@ -92,7 +118,13 @@ impl Controller {
             .attr("index", self.index)
             .attr_opt("model", self.model.as_deref())
             .attr_opt("ports", self.ports);
-        if self.target_chassis.is_some() || self.target_port.is_some() {
+        if let Some(n) = &self.model_name {
+            el.push(Element::new("model").attr("name", n));
+        }
+        if self.target_chassis.is_some()
+            || self.target_port.is_some()
+            || self.target_hotplug.is_some()
+        {
             let key = if self.model.as_deref() == Some("pci-bridge") {
                 "chassisNr"
             } else {
@@ -101,7 +133,11 @@ impl Controller {
             el.push(
                 Element::new("target")
                     .attr_opt(key, self.target_chassis)
-                    .attr_opt("port", self.target_port.map(|p| format!("0x{p:x}"))),
+                    .attr_opt("port", self.target_port.map(|p| format!("0x{p:x}")))
+                    .attr_opt(
+                        "hotplug",
+                        self.target_hotplug.map(|h| if h { "on" } else { "off" }),
+                    ),
             );
         }
         if let Some(p) = self.master_startport {
@@ -206,11 +242,32 @@ impl Devices {
             self.controllers
                 .push(Controller::new("usb", 0, Some("qemu-xhci")));
         }
-        if !has(&self.controllers, "scsi")
-            && self.disks.iter().any(|d| d.bus == Some(DiskBus::Scsi))
+        // The SCSI controller of each SCSI disk (its drive address's, else 0).
+        let scsi: BTreeSet<u32> = self
+            .disks
+            .iter()
+            .filter(|d| d.bus == Some(DiskBus::Scsi))
+            .map(|d| match &d.address {
+                Some(Address::Drive { controller, .. }) => *controller,
+                _ => 0,
+            })
+            .collect();
+        for i in scsi {
+            if !self
+                .controllers
+                .iter()
+                .any(|c| c.kind == "scsi" && c.index == i)
+            {
+                self.controllers
+                    .push(Controller::new("scsi", i, Some("virtio-scsi")));
+            }
+        }
+        // q35 has no floppy controller of its own: one is added for floppy drives.
+        if q35
+            && !has(&self.controllers, "fdc")
+            && self.disks.iter().any(|d| d.bus == Some(DiskBus::Fdc))
         {
-            self.controllers
-                .push(Controller::new("scsi", 0, Some("virtio-scsi")));
+            self.controllers.push(Controller::new("fdc", 0, None));
         }
         // i440fx has no SATA: libvirt adds an AHCI controller (ich9-ahci) for SATA disks.
         if !q35
@@ -219,9 +276,30 @@ impl Devices {
         {
             self.controllers.push(Controller::new("sata", 0, None));
         }
-        if !has(&self.controllers, "virtio-serial") && !self.channels.is_empty() {
-            self.controllers
-                .push(Controller::new("virtio-serial", 0, None));
+        // Each channel's virtio-serial controller (its address's, else 0): libvirt adds
+        // the ones missing.
+        let named: BTreeSet<u32> = self
+            .channels
+            .iter()
+            .filter(|c| !c.is_guestfwd())
+            .map(|c| {
+                c.unhandled
+                    .iter()
+                    .find(|e| e.name == "address" && e.get_attr("type") == Some("virtio-serial"))
+                    .and_then(|e| e.get_attr("controller"))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect();
+        for i in named {
+            let exists = self
+                .controllers
+                .iter()
+                .any(|c| c.kind == "virtio-serial" && c.index == i);
+            if !exists {
+                self.controllers
+                    .push(Controller::new("virtio-serial", i, None));
+            }
         }
         for c in &self.controllers {
             if c.kind == "usb" {

@@ -114,8 +114,11 @@ pub struct DiskDriver {
     pub cache: Option<String>,
     pub io: Option<String>,
     pub discard: Option<String>,
-    /// Attributes not handled (`detect_zeroes`, `iothread`, `error_policy`, ...): kept,
-    /// written back and refused at start by name.
+    /// Element children (`<metadata_cache>`): kept, written back, refused at start.
+    pub children: Vec<Element>,
+    /// The other attributes (`detect_zeroes`, `error_policy`, `queues`, `iommu`, ...),
+    /// kept as written: the command line honours the ones it knows and refuses the
+    /// rest (`iothread`, ...) by name.
     pub unhandled: Vec<(String, String)>,
 }
 
@@ -137,6 +140,9 @@ pub struct Disk {
     /// Children this model does not handle (`<iotune>`, `<encryption>`, ...), kept
     /// verbatim and refused at start by name.
     pub unhandled: Vec<Element>,
+    /// Element children of a file, block or volume `<source>` (`<seclabel>`,
+    /// `<reservations>`, ...): kept, written back and refused at start by name.
+    pub source_children: Vec<Element>,
 }
 
 const CACHE_MODES: &[&str] = &[
@@ -212,6 +218,10 @@ impl Disk {
         if let Some(s) = &serial {
             check_serial(s)?;
         }
+        let source_children = match (&source, src) {
+            (Some(DiskSource::Network { .. } | DiskSource::Other(_)), _) | (_, None) => Vec::new(),
+            (_, Some(s)) => s.elements().cloned().collect(),
+        };
         Ok(Disk {
             source,
             source_type,
@@ -224,6 +234,7 @@ impl Disk {
             serial,
             boot_order: boot_of(el)?,
             address: addr_of(el)?,
+            source_children,
             unhandled: unhandled(
                 el,
                 &[
@@ -261,6 +272,7 @@ impl Disk {
             || d.io.is_some()
             || d.discard.is_some()
             || !d.unhandled.is_empty()
+            || !d.children.is_empty()
         {
             let mut e = Element::new("driver")
                 .attr_opt("name", d.name.as_deref())
@@ -269,16 +281,29 @@ impl Disk {
                 .attr_opt("io", d.io.as_deref())
                 .attr_opt("discard", d.discard.as_deref());
             e.attrs.extend(d.unhandled.iter().cloned());
+            for c in &d.children {
+                e.push(c.clone());
+            }
             el.push(e);
         }
+        let with_children = |mut e: Element| {
+            for c in &self.source_children {
+                e.push(c.clone());
+            }
+            e
+        };
         match &self.source {
-            Some(DiskSource::File(p)) => el.push(Element::new("source").attr("file", path_text(p))),
-            Some(DiskSource::Block(p)) => el.push(Element::new("source").attr("dev", path_text(p))),
-            Some(DiskSource::Volume { pool, volume }) => el.push(
+            Some(DiskSource::File(p)) => el.push(with_children(
+                Element::new("source").attr("file", path_text(p)),
+            )),
+            Some(DiskSource::Block(p)) => el.push(with_children(
+                Element::new("source").attr("dev", path_text(p)),
+            )),
+            Some(DiskSource::Volume { pool, volume }) => el.push(with_children(
                 Element::new("source")
                     .attr("pool", pool)
                     .attr("volume", volume),
-            ),
+            )),
             Some(DiskSource::Network { source, .. }) | Some(DiskSource::Other(source)) => {
                 el.push(source.clone())
             }
@@ -363,6 +388,7 @@ impl DiskDriver {
             }
         }
         Ok(DiskDriver {
+            children: d.elements().cloned().collect(),
             name: d.get_attr("name").map(str::to_owned),
             format,
             cache,

@@ -1,5 +1,6 @@
 //! `<interface>`: how a NIC reaches the host (user, ethernet tap, bridge, libvirt
-//! network), its MAC address and guest model.
+//! network, a macvtap on a host link, or a socket to another guest), its MAC address
+//! and guest model.
 
 use std::fmt;
 use std::str::FromStr;
@@ -61,6 +62,128 @@ pub enum InterfaceKind {
     Ethernet,
     Bridge(String),
     Network(String),
+    /// `type='direct'`: a macvtap on host link `dev`, in `mode` (vepa, bridge,
+    /// private, passthrough).
+    Direct {
+        dev: String,
+        mode: String,
+    },
+    /// `type='server'|'client'|'mcast'|'udp'`: QEMU's socket netdev, a virtual wire to
+    /// another guest with no host device.
+    Socket(SocketNet),
+    /// `type='vhostuser'`: a vhost-user backend on a unix socket (`<source type='unix'
+    /// path mode>`; `server`: QEMU listens), with `<reconnect>` on a client
+    /// (`Some(None)`: `enabled='no'`).
+    VhostUser {
+        path: std::path::PathBuf,
+        server: bool,
+        reconnect: Option<Option<u32>>,
+    },
+}
+
+/// The end points of a socket NIC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketNet {
+    /// `server`, `client`, `mcast` or `udp`.
+    pub mode: String,
+    pub address: Option<String>,
+    pub port: u16,
+    /// `<source><local address port/>`: the local end (udp, mcast).
+    pub local_address: Option<String>,
+    pub local_port: Option<u16>,
+}
+
+/// Direct (macvtap) modes libvirt knows.
+const DIRECT_MODES: &[&str] = &["vepa", "bridge", "private", "passthrough"];
+
+/// A host QEMU takes as `host:port`: a name or an IPv4 address (libvirt's socket NICs
+/// are IPv4; a colon or comma would change QEMU's option).
+fn check_host(element: &str, attr: &str, v: &str) -> Result<()> {
+    if v.is_empty()
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(invalid(element, attr, v, "not a host name or IPv4 address"));
+    }
+    Ok(())
+}
+
+fn vhostuser_kind(src: Option<&Element>) -> Result<InterfaceKind> {
+    let src = src.ok_or_else(|| missing("interface", "<source path>"))?;
+    if let Some(t) = src.get_attr("type").filter(|t| *t != "unix") {
+        return Err(DomainXmlError::unsupported(
+            "interface/source type",
+            t,
+            "vhost-user runs over a unix socket",
+        ));
+    }
+    let path = src.req_attr("path")?;
+    if !path.starts_with('/') {
+        return Err(invalid(
+            "interface/source",
+            "attribute 'path'",
+            path,
+            "must be absolute",
+        ));
+    }
+    let server = match src.req_attr("mode")? {
+        "server" => true,
+        "client" => false,
+        m => {
+            return Err(invalid(
+                "interface/source",
+                "attribute 'mode'",
+                m,
+                "expected server or client",
+            ))
+        }
+    };
+    let reconnect = match src.first("reconnect") {
+        None => None,
+        Some(r) if r.get_attr("enabled") == Some("yes") => {
+            Some(Some(r.parse_attr::<u32>("timeout")?.unwrap_or(0)))
+        }
+        Some(_) => Some(None),
+    };
+    Ok(InterfaceKind::VhostUser {
+        path: path.into(),
+        server,
+        reconnect,
+    })
+}
+
+fn socket_kind(ty: &str, src: Option<&Element>) -> Result<InterfaceKind> {
+    let src = src.ok_or_else(|| missing("interface", "<source port>"))?;
+    let address = src.get_attr("address").map(str::to_owned);
+    if let Some(a) = &address {
+        check_host("interface/source", "attribute 'address'", a)?;
+    }
+    let port = src
+        .parse_attr::<u16>("port")?
+        .ok_or_else(|| missing("interface/source", "attribute 'port'"))?;
+    if address.is_none() && ty != "server" {
+        return Err(missing("interface/source", "attribute 'address'"));
+    }
+    let local = src.first("local");
+    let local_address = local.and_then(|l| l.get_attr("address")).map(str::to_owned);
+    if let Some(a) = &local_address {
+        check_host("interface/source/local", "attribute 'address'", a)?;
+    }
+    let local_port = local
+        .map(|l| l.parse_attr::<u16>("port"))
+        .transpose()?
+        .flatten();
+    if ty == "udp" && local.is_none() {
+        return Err(missing("interface/source", "<local> for type 'udp'"));
+    }
+    Ok(InterfaceKind::Socket(SocketNet {
+        mode: ty.to_owned(),
+        address,
+        port,
+        local_address,
+        local_port,
+    }))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +207,10 @@ pub struct Interface {
     pub mtu: Option<u32>,
     /// `<link state='up|down'>`: down starts the NIC with its link down.
     pub link_up: Option<bool>,
+    /// What of `<source>` the kind does not read: a user or ethernet NIC's whole
+    /// `<source>` (host-side `<ip>`, `<route>`, passt's `dev`), another kind's unknown
+    /// `<source>` children. Kept, written back, refused at start by name.
+    pub source_kept: Option<Element>,
     /// Children this model does not handle (`<bandwidth>`, `<link>`, `<vlan>`, ...),
     /// kept verbatim and refused at start by name.
     pub unhandled: Vec<Element>,
@@ -127,11 +254,31 @@ fn parse_kind(ty: &str, src: Option<&Element>) -> Result<InterfaceKind> {
             }
             InterfaceKind::Network(src.req_attr("network")?.to_owned())
         }
+        "direct" => {
+            let src = src.ok_or_else(|| missing("interface", "<source dev>"))?;
+            let dev = src.req_attr("dev")?;
+            check_ifname("interface/source", dev)?;
+            let mode = src.get_attr("mode").unwrap_or("vepa");
+            if !DIRECT_MODES.contains(&mode) {
+                return Err(invalid(
+                    "interface/source",
+                    "attribute 'mode'",
+                    mode,
+                    "expected vepa, bridge, private or passthrough",
+                ));
+            }
+            InterfaceKind::Direct {
+                dev: dev.to_owned(),
+                mode: mode.to_owned(),
+            }
+        }
+        "server" | "client" | "mcast" | "udp" => socket_kind(ty, src)?,
+        "vhostuser" => vhostuser_kind(src)?,
         t => {
             return Err(DomainXmlError::unsupported(
                 "interface type",
                 t,
-                "supported types are user, ethernet, bridge and network",
+                "supported types are user, ethernet, bridge, network, direct, server, client, mcast, udp and vhostuser",
             ))
         }
     })
@@ -239,7 +386,28 @@ impl Interface {
                     .map_err(|e| invalid("source", "attribute 'portid'", u, e))?,
             ),
         };
+        let source_kept = match (&kind, src) {
+            (_, None) => None,
+            // An empty `<source/>` says nothing.
+            (InterfaceKind::User | InterfaceKind::Ethernet, Some(s)) => {
+                (!s.attrs.is_empty() || s.elements().next().is_some()).then(|| s.clone())
+            }
+            (k, Some(s)) => {
+                let known: &[&str] = match k {
+                    InterfaceKind::Socket(_) => &["local"],
+                    InterfaceKind::VhostUser { .. } => &["reconnect"],
+                    _ => &[],
+                };
+                let mut extra = Element::new("source");
+                for c in s.elements().filter(|c| !known.contains(&c.name.as_str())) {
+                    extra.push(c.clone());
+                }
+                let any = extra.elements().next().is_some();
+                any.then_some(extra)
+            }
+        };
         Ok(Interface {
+            source_kept,
             portgroup: network_src
                 .and_then(|s| s.get_attr("portgroup"))
                 .map(str::to_owned),
@@ -293,6 +461,56 @@ impl Interface {
                         .attr_opt("bridge", self.source_bridge.as_deref()),
                 ),
             ),
+            InterfaceKind::VhostUser {
+                path,
+                server,
+                reconnect,
+            } => (
+                "vhostuser",
+                Some(
+                    Element::new("source")
+                        .attr("type", "unix")
+                        .attr("path", path.display())
+                        .attr("mode", if *server { "server" } else { "client" })
+                        .child_opt(reconnect.map(|r| {
+                            match r {
+                                Some(t) => Element::new("reconnect")
+                                    .attr("enabled", "yes")
+                                    .attr("timeout", t),
+                                None => Element::new("reconnect").attr("enabled", "no"),
+                            }
+                        })),
+                ),
+            ),
+            InterfaceKind::Direct { dev, mode } => (
+                "direct",
+                Some(Element::new("source").attr("dev", dev).attr("mode", mode)),
+            ),
+            InterfaceKind::Socket(s) => (
+                s.mode.as_str(),
+                Some(
+                    Element::new("source")
+                        .attr_opt("address", s.address.as_deref())
+                        .attr("port", s.port)
+                        .child_opt((s.local_address.is_some() || s.local_port.is_some()).then(
+                            || {
+                                Element::new("local")
+                                    .attr_opt("address", s.local_address.as_deref())
+                                    .attr_opt("port", s.local_port)
+                            },
+                        )),
+                ),
+            ),
+        };
+        let src = match (src, &self.source_kept) {
+            (None, kept) => kept.clone(),
+            (Some(mut s), Some(kept)) => {
+                for c in kept.elements() {
+                    s.push(c.clone());
+                }
+                Some(s)
+            }
+            (s, None) => s,
         };
         let mut el = Element::new("interface")
             .attr("type", ty)

@@ -27,7 +27,7 @@ pub use disk::{Disk, DiskBus, DiskDevice, DiskDriver, DiskSource, NetHost};
 pub use graphics::{Audio, Graphics, GraphicsKind, Redirdev, Sound, Video};
 pub use hostdev::Hostdev;
 pub(crate) use interface::check_ifname;
-pub use interface::{Interface, InterfaceKind, Mac};
+pub use interface::{Interface, InterfaceKind, Mac, SocketNet};
 pub use misc::{Hub, Input, Memballoon, Panic, Rng, Tpm, Watchdog};
 
 fn boot_of(el: &Element) -> Result<Option<u32>> {
@@ -71,6 +71,7 @@ pub struct Devices {
     pub interfaces: Vec<Interface>,
     pub serials: Vec<Chardev>,
     pub consoles: Vec<Chardev>,
+    pub parallels: Vec<Chardev>,
     pub channels: Vec<Chardev>,
     pub inputs: Vec<Input>,
     pub graphics: Vec<Graphics>,
@@ -107,13 +108,13 @@ fn model_attr(el: &Element, element: &str, allowed: &[&str], default: &str) -> R
 }
 
 /// Chardev source types libvirt knows that this model does not type.
-const UNTYPED_CHARDEVS: &[&str] = &["stdio", "vc", "spiceport", "dbus", "nmdm", "qemu-vdagent"];
+const UNTYPED_CHARDEVS: &[&str] = &["stdio", "spiceport", "dbus", "nmdm"];
 
 /// A device of a kind libvirt defines but this model does not type (graphics `sdl`,
-/// hostdev `usb`, interface `direct`, chardev `tcp`, ...): it is defined and written
+/// hostdev `usb`, interface `hostdev`, chardev `spiceport`, ...): it is defined and written
 /// back verbatim in [`Devices::other`], and the command line refuses it by name at
 /// start. Values libvirt itself does not know stay errors of the typed parsers.
-fn untyped_kind(c: &Element, d: &Devices) -> bool {
+fn untyped_kind(c: &Element) -> bool {
     let ty = c.get_attr("type").unwrap_or("");
     match c.name.as_str() {
         "graphics" => matches!(ty, "sdl" | "egl-headless" | "dbus" | "rdp" | "desktop"),
@@ -121,27 +122,8 @@ fn untyped_kind(c: &Element, d: &Devices) -> bool {
             c.get_attr("mode").unwrap_or("subsystem") != "subsystem"
                 || matches!(ty, "usb" | "scsi" | "scsi_host" | "mdev")
         }
-        "interface" => matches!(
-            ty,
-            "direct"
-                | "vhostuser"
-                | "server"
-                | "client"
-                | "mcast"
-                | "udp"
-                | "hostdev"
-                | "vdpa"
-                | "null"
-                | "vds"
-                | "internal"
-        ),
-        "serial" | "console" | "channel" | "parallel" => {
-            UNTYPED_CHARDEVS.contains(&ty)
-                // A second console (virtio consoles beyond the first).
-                || (c.name == "console" && !d.consoles.is_empty())
-                || (c.name == "channel"
-                    && c.first("target").and_then(|t| t.get_attr("type")) == Some("guestfwd"))
-        }
+        "interface" => matches!(ty, "hostdev" | "vdpa" | "null" | "vds" | "internal"),
+        "serial" | "console" | "channel" | "parallel" => UNTYPED_CHARDEVS.contains(&ty),
         "input" => matches!(ty, "passthrough" | "evdev"),
         "rng" => c
             .first("backend")
@@ -188,7 +170,7 @@ fn typed_form(c: &Element) -> Result<Option<Element>> {
         "panic" => Panic::parse(c)?.to_element(),
         "tpm" => Tpm::parse(c)?.to_element(),
         "hostdev" => Hostdev::parse(c)?.to_element(),
-        "serial" | "console" => Chardev::parse(c)?.to_element(&c.name),
+        "serial" | "console" | "parallel" => Chardev::parse(c)?.to_element(&c.name),
         "channel" => Chardev::parse_channel(c)?.to_element("channel"),
         _ => return Ok(None),
     }))
@@ -217,7 +199,10 @@ pub fn dropped_child(c: &Element) -> Result<Option<String>> {
             && p == "driver"
             && c.first("driver").and_then(|d| d.get_attr("name")) == Some("vfio")
     };
-    let chardev = matches!(c.name.as_str(), "serial" | "console" | "channel");
+    let chardev = matches!(
+        c.name.as_str(),
+        "serial" | "console" | "channel" | "parallel"
+    );
     let excused = |p: &str| {
         vfio(p)
             // The pty a running guest got, in live XML; a new one is made at start.
@@ -233,7 +218,7 @@ impl Devices {
     pub(crate) fn parse(el: &Element) -> Result<Devices> {
         let mut d = Devices::default();
         for c in el.elements() {
-            if untyped_kind(c, &d) || dropped_child(c)?.is_some() {
+            if untyped_kind(c) || dropped_child(c)?.is_some() {
                 d.other.push(c.clone());
                 continue;
             }
@@ -244,6 +229,7 @@ impl Devices {
                 "interface" => d.interfaces.push(Interface::parse(c)?),
                 "serial" => d.serials.push(Chardev::parse(c)?),
                 "console" => d.consoles.push(Chardev::parse(c)?),
+                "parallel" => d.parallels.push(Chardev::parse(c)?),
                 "channel" => d.channels.push(Chardev::parse_channel(c)?),
                 "input" => d.inputs.push(Input::parse(c)?),
                 "graphics" => d.graphics.push(Graphics::parse(c)?),
@@ -273,13 +259,6 @@ impl Devices {
             }
         }
         d.number_controllers()?;
-        if d.consoles.len() > 1 {
-            return Err(DomainXmlError::unsupported(
-                "console",
-                "",
-                "at most one console",
-            ));
-        }
         Ok(d)
     }
 
@@ -300,6 +279,9 @@ impl Devices {
         }
         for s in &self.serials {
             el.push(s.to_element("serial"));
+        }
+        for s in &self.parallels {
+            el.push(s.to_element("parallel"));
         }
         for s in &self.consoles {
             el.push(s.to_element("console"));
@@ -335,9 +317,15 @@ impl Devices {
             s.target_port.get_or_insert(i as u32);
             s.target_type.get_or_insert_with(|| "isa-serial".into());
         }
-        for c in &mut self.consoles {
-            c.target_type.get_or_insert_with(|| "serial".into());
-            c.target_port.get_or_insert(0);
+        // The first console is the serial port's (or a virtio console); libvirt's
+        // further consoles are virtio consoles numbered by their place.
+        for (i, c) in self.consoles.iter_mut().enumerate() {
+            c.target_type
+                .get_or_insert_with(|| if i == 0 { "serial" } else { "virtio" }.into());
+            c.target_port.get_or_insert(i as u32);
+        }
+        for (i, p) in self.parallels.iter_mut().enumerate() {
+            p.target_port.get_or_insert(i as u32);
         }
         for c in &mut self.channels {
             c.target_type.get_or_insert_with(|| "virtio".into());

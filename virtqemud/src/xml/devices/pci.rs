@@ -28,8 +28,9 @@ impl Devices {
     }
 
     /// Gives every PCI device without an address a slot on bus 0, then on the buses of
-    /// `pci-bridge`s when bus 0 is full. On i440fx, as libvirt does, the bridges that
-    /// addresses name and those more devices need are added.
+    /// `pci-bridge`s and root ports when bus 0 is full. On i440fx, as libvirt does, the
+    /// bridges that addresses name and those more devices need are added; on q35 the
+    /// `pcie-root-port`s more devices need, eight to a slot of bus 0 (functions 0-7).
     pub(super) fn assign_pci(&mut self, q35: bool) -> Result<()> {
         if !q35 {
             self.add_named_bridges();
@@ -50,7 +51,13 @@ impl Devices {
                         ));
                     }
                 }
-                Some(_) => break,
+                Some(left) => {
+                    // Each slot given to root ports offers eight and takes one.
+                    *self = before;
+                    if !self.add_root_ports(left.div_ceil(7)) {
+                        break;
+                    }
+                }
             }
         }
         Err(DomainXmlError::unsupported(
@@ -58,6 +65,40 @@ impl Devices {
             "",
             "more PCI devices than slots on bus 0 and its bridges",
         ))
+    }
+
+    /// Adds eight `pcie-root-port`s on each of the `slots` highest slots of bus 0 that
+    /// no address names; false when there is no such slot left.
+    fn add_root_ports(&mut self, slots: usize) -> bool {
+        let named: BTreeSet<u8> = self
+            .pci_addresses()
+            .iter()
+            .filter(|p| p.bus == 0)
+            .map(|p| p.slot)
+            .collect();
+        // 0x1f is the ICH9's, 1 the primary video's.
+        let free: Vec<u8> = (2..=0x1eu8)
+            .rev()
+            .filter(|s| !named.contains(s))
+            .take(slots)
+            .collect();
+        if free.is_empty() {
+            return false;
+        }
+        for slot in free {
+            for function in 0..8 {
+                let index = self.free_pci_index();
+                let mut port = super::Controller::new("pci", index, Some("pcie-root-port"));
+                port.address = Some(Address::Pci(PciAddr {
+                    domain: 0,
+                    bus: 0,
+                    slot,
+                    function,
+                }));
+                self.controllers.push(port);
+            }
+        }
+        true
     }
 
     fn free_pci_index(&self) -> u32 {
@@ -90,8 +131,63 @@ impl Devices {
         }
     }
 
+    /// PCIe switch ports written without an address go where libvirt puts them: an
+    /// upstream port in slot 0 of the first root port or downstream port (by index)
+    /// whose slot is free, a downstream port in the first free slot of the first
+    /// upstream port that has one.
+    fn place_switch_ports(&mut self) -> Result<()> {
+        let mut used: BTreeSet<(u8, u8)> = self
+            .pci_addresses()
+            .iter()
+            .filter(|p| p.bus != 0)
+            .map(|p| (p.bus, p.slot))
+            .collect();
+        let buses: Vec<(u32, String)> = self
+            .controllers
+            .iter()
+            .filter(|c| c.is_pci_bridge())
+            .map(|c| (c.index, c.model.clone().unwrap_or_default()))
+            .collect();
+        let mut order: Vec<usize> = (0..self.controllers.len()).collect();
+        order.sort_by_key(|i| self.controllers[*i].index);
+        for i in order {
+            let c = &self.controllers[i];
+            let (parents, slots): (&[&str], u8) = match c.model.as_deref() {
+                _ if c.kind != "pci" || c.address.is_some() => continue,
+                Some("pcie-switch-upstream-port") => {
+                    (&["pcie-root-port", "pcie-switch-downstream-port"], 0)
+                }
+                Some("pcie-switch-downstream-port") => (&["pcie-switch-upstream-port"], 0x1f),
+                _ => continue,
+            };
+            let own = c.index;
+            let place = buses
+                .iter()
+                .filter(|(b, m)| *b != own && parents.contains(&m.as_str()))
+                .filter_map(|(b, _)| u8::try_from(*b).ok())
+                .flat_map(|b| (0..=slots).map(move |s| (b, s)))
+                .find(|p| !used.contains(p));
+            let Some((bus, slot)) = place else {
+                return Err(DomainXmlError::unsupported(
+                    "controller",
+                    c.model.as_deref().unwrap_or_default(),
+                    format!("no free {} slot to plug it into", parents.join(" or ")),
+                ));
+            };
+            used.insert((bus, slot));
+            self.controllers[i].address = Some(Address::Pci(PciAddr {
+                domain: 0,
+                bus,
+                slot,
+                function: 0,
+            }));
+        }
+        Ok(())
+    }
+
     /// One pass of [`Devices::assign_pci`]; `Some(n)`: `n` devices found no slot.
     fn assign_pci_once(&mut self, q35: bool) -> Result<Option<usize>> {
+        self.place_switch_ports()?;
         // Buses made by bridges and root ports (libvirt's dumpxml puts devices there).
         let bridges: std::collections::BTreeMap<u32, String> = self
             .controllers
@@ -172,12 +268,19 @@ impl Devices {
         // Keep the primary video slot free either way, as libvirt does.
         used.insert((primary_video, 0));
         let mut next = 1u8;
-        // Slots 1 to 31 of each pci-bridge, for when bus 0 is full.
+        // Slots 1 to 31 of each pci-bridge, slot 0 of each root port, for when bus 0
+        // is full.
         let mut behind = bridges
             .iter()
-            .filter(|(_, m)| m.as_str() == "pci-bridge")
-            .filter_map(|(b, _)| u8::try_from(*b).ok())
-            .flat_map(|b| (1..=0x1fu8).map(move |s| (b, s)));
+            .filter_map(|(b, m)| {
+                let slots = match m.as_str() {
+                    "pci-bridge" => 1..=0x1fu8,
+                    "pcie-root-port" => 0..=0u8,
+                    _ => return None,
+                };
+                Some((u8::try_from(*b).ok()?, slots))
+            })
+            .flat_map(|(b, slots)| slots.map(move |s| (b, s)));
         for i in 0..slots.len() {
             if slots[i].is_some() {
                 continue;
@@ -238,12 +341,16 @@ fn reserve(
                 "no PCI bridge or root port controller has this index",
             ));
         };
-        if model == "pcie-root-port" && p.slot != 0 {
+        if matches!(
+            model.as_str(),
+            "pcie-root-port" | "pcie-switch-downstream-port"
+        ) && p.slot != 0
+        {
             return Err(invalid(
                 "address",
                 "slot",
                 &shown,
-                "a pcie-root-port has one slot, 0",
+                "a pcie-root-port or downstream port has one slot, 0",
             ));
         }
         if p.slot > 0x1f || !used_behind.insert((p.bus, p.slot, p.function)) {
