@@ -113,8 +113,29 @@ fn video_props(i: usize, v: &Video, buses: &PciBuses) -> Result<Option<DevicePro
         m => return Err(unsupported("video model", m, "not implemented")),
     };
     let mut dev = DeviceProps::new(driver).str("id", format!("video{i}"));
-    if let (Some(vram), "qxl") = (v.vram_kib, v.model.as_str()) {
-        dev = dev.uint("vram_size", vram * 1024);
+    // As libvirt passes them: qxl's three memory sizes, VGA memory for the
+    // VGA-compatible models, the head count where the device has outputs.
+    match v.model.as_str() {
+        "qxl" => {
+            if let Some(ram) = v.ram_kib {
+                dev = dev.uint("ram_size", ram * 1024);
+            }
+            if let Some(vram) = v.vram_kib {
+                dev = dev.uint("vram_size", vram * 1024);
+            }
+            if let Some(vgamem) = v.vgamem_kib {
+                dev = dev.uint("vgamem_mb", vgamem / 1024);
+            }
+        }
+        "vga" | "bochs" => {
+            if let Some(vram) = v.vram_kib {
+                dev = dev.uint("vgamem_mb", vram / 1024);
+            }
+        }
+        _ => {}
+    }
+    if let (Some(h), "qxl" | "virtio") = (v.heads, v.model.as_str()) {
+        dev = dev.uint("max_outputs", h.into());
     }
     Ok(Some(dev.pci(buses, &v.address)))
 }

@@ -71,6 +71,15 @@ pub(super) fn machine(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Result
 
 /// `-cpu`: the model and features of `<cpu>`, then Hyper-V flags (on qemu64 without one).
 pub(super) fn cpu(a: &mut Argv, dom: &Domain, accel: &str) -> Result<()> {
+    // libvirt pins QEMU's threads to these host CPUs (sched_setaffinity); the
+    // runtime here does not yet, so it is refused rather than ignored.
+    if let Some(set) = &dom.vcpu_cpuset {
+        return Err(unsupported(
+            "vcpu cpuset",
+            set,
+            "pinning to host CPUs is not implemented",
+        ));
+    }
     let cpu = match &dom.cpu {
         Some(c) => {
             if let Some(o) = c.other.first() {

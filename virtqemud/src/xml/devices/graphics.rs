@@ -62,7 +62,12 @@ pub struct Video {
     /// `vga`, `cirrus`, `qxl`, `virtio`, `bochs`, `none`
     pub model: String,
     pub vram_kib: Option<u64>,
+    /// qxl's `ram=` and `vgamem=` (KiB).
+    pub ram_kib: Option<u64>,
+    pub vgamem_kib: Option<u64>,
     pub heads: Option<u32>,
+    /// `primary='yes'`: libvirt marks the first video so.
+    pub primary: bool,
     pub address: Option<Address>,
 }
 
@@ -237,6 +242,38 @@ impl Redirdev {
 }
 
 impl Video {
+    pub fn new(model: &str) -> Video {
+        Video {
+            model: model.to_owned(),
+            vram_kib: None,
+            ram_kib: None,
+            vgamem_kib: None,
+            heads: None,
+            primary: false,
+            address: None,
+        }
+    }
+
+    /// libvirt's defaults (virDomainVideoDefaultRAM): one head, 16 MiB of video RAM
+    /// (qxl: 64 MiB, with 64 MiB RAM and 16 MiB VGA memory); virtio has none.
+    pub(super) fn fill_defaults(&mut self) {
+        if self.model == "none" {
+            return;
+        }
+        self.heads.get_or_insert(1);
+        match self.model.as_str() {
+            "vga" | "cirrus" | "bochs" => {
+                self.vram_kib.get_or_insert(16384);
+            }
+            "qxl" => {
+                self.ram_kib.get_or_insert(65536);
+                self.vram_kib.get_or_insert(65536);
+                self.vgamem_kib.get_or_insert(16384);
+            }
+            _ => {}
+        }
+    }
+
     pub(super) fn parse(c: &Element) -> Result<Video> {
         let m = c.first("model");
         let model = m.and_then(|m| m.get_attr("type")).unwrap_or("vga");
@@ -250,16 +287,19 @@ impl Video {
                 "expected vga, cirrus, qxl, virtio, bochs or none",
             ));
         }
+        let num = |k: &str| -> Result<Option<u64>> {
+            Ok(m.map(|m| m.parse_attr::<u64>(k)).transpose()?.flatten())
+        };
         Ok(Video {
             model: model.to_owned(),
-            vram_kib: m
-                .map(|m| m.parse_attr::<u64>("vram"))
-                .transpose()?
-                .flatten(),
+            vram_kib: num("vram")?,
+            ram_kib: num("ram")?,
+            vgamem_kib: num("vgamem")?,
             heads: m
                 .map(|m| m.parse_attr::<u32>("heads"))
                 .transpose()?
                 .flatten(),
+            primary: m.and_then(|m| m.get_attr("primary")) == Some("yes"),
             address: addr_of(c)?,
         })
     }
@@ -268,8 +308,11 @@ impl Video {
         let mut e = Element::new("video").child(
             Element::new("model")
                 .attr("type", &self.model)
+                .attr_opt("ram", self.ram_kib)
                 .attr_opt("vram", self.vram_kib)
-                .attr_opt("heads", self.heads),
+                .attr_opt("vgamem", self.vgamem_kib)
+                .attr_opt("heads", self.heads)
+                .attr_opt("primary", self.primary.then_some("yes")),
         );
         push_addr(&mut e, &self.address);
         e

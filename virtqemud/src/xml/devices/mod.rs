@@ -329,7 +329,16 @@ impl Devices {
 
     pub(crate) fn fill_defaults(&mut self, q35: bool) -> Result<()> {
         self.fill_disk_buses(q35)?;
+        self.add_machine_controllers(q35);
         self.add_implicit_controllers(q35)?;
+        // libvirt's qemuDomainDeviceDiskDefPostParse: QEMU's driver, raw unless said
+        // otherwise (a volume's format is its pool's business).
+        for d in &mut self.disks {
+            d.driver.name.get_or_insert_with(|| "qemu".to_owned());
+            if d.source_type != "volume" {
+                d.driver.format.get_or_insert_with(|| "raw".to_owned());
+            }
+        }
         // Console of a guest with a serial port: libvirt makes it the serial target.
         for (i, s) in self.serials.iter_mut().enumerate() {
             s.target_port.get_or_insert(i as u32);
@@ -367,13 +376,115 @@ impl Devices {
             });
         }
         if !self.graphics.is_empty() && self.videos.is_empty() {
-            self.videos.push(Video {
-                model: "vga".into(),
-                vram_kib: None,
-                heads: None,
-                address: None,
-            });
+            self.videos.push(Video::new("vga"));
         }
+        for v in &mut self.videos {
+            v.fill_defaults();
+        }
+        if let Some(v) = self.videos.first_mut().filter(|v| v.model != "none") {
+            v.primary = true;
+        }
+        self.add_default_audio();
+        self.add_implicit_inputs();
         self.assign_pci(q35)
+    }
+
+    /// The controllers libvirt gives every PC machine (qemuDomainDefAddDefaultDevices):
+    /// a USB controller (PIIX3's UHCI at 00:01.2 on i440fx, qemu-xhci on q35) unless
+    /// one is written (`model='none'` for none), the IDE controller of i440fx's PIIX3
+    /// (00:01.1) for IDE disks, and q35's built-in AHCI (00:1f.2). USB controllers
+    /// written without a model get the machine's default one.
+    fn add_machine_controllers(&mut self, q35: bool) {
+        let usb_model = if q35 { "qemu-xhci" } else { "piix3-uhci" };
+        if !self.controllers.iter().any(|c| c.kind == "usb") {
+            self.controllers
+                .push(Controller::new("usb", 0, Some(usb_model)));
+        }
+        let ide = !q35 && self.disks.iter().any(|d| d.bus == Some(DiskBus::Ide));
+        if ide && !self.controllers.iter().any(|c| c.kind == "ide") {
+            self.controllers.push(Controller::new("ide", 0, None));
+        }
+        if q35
+            && !self
+                .controllers
+                .iter()
+                .any(|c| c.kind == "sata" && c.index == 0)
+        {
+            self.controllers.push(Controller::new("sata", 0, None));
+        }
+        let fixed = |slot, function| {
+            Some(Address::Pci(PciAddr {
+                domain: 0,
+                bus: 0,
+                slot,
+                function,
+            }))
+        };
+        for c in &mut self.controllers {
+            if c.kind == "usb" && c.model.is_none() {
+                c.model = Some(usb_model.to_owned());
+            }
+            if c.index != 0 || c.address.is_some() {
+                continue;
+            }
+            c.address = match (c.kind.as_str(), c.model.as_deref(), q35) {
+                ("usb", Some("piix3-uhci"), false) => fixed(1, 2),
+                ("ide", _, false) => fixed(1, 1),
+                ("sata", _, true) => fixed(0x1f, 2),
+                _ => None,
+            };
+        }
+    }
+
+    /// libvirt's implicit PS/2 mouse and keyboard of every x86 machine (QEMU has them
+    /// built in, so they put nothing on the command line).
+    fn add_implicit_inputs(&mut self) {
+        for kind in ["mouse", "keyboard"] {
+            if !self.inputs.iter().any(|i| i.kind == kind && i.bus == "ps2") {
+                self.inputs.push(Input {
+                    kind: kind.to_owned(),
+                    bus: "ps2".to_owned(),
+                    address: None,
+                });
+            }
+        }
+    }
+
+    /// libvirt's default audio backend (qemuDomainDefAddDefaultAudioBackend) when
+    /// none is written: SPICE's with SPICE graphics, SDL's with SDL, else `none`
+    /// (VNC, no graphics; qemu.conf's `vnc_allow_host_audio` is not read here). Other
+    /// graphics alone (egl-headless, dbus) get none.
+    fn add_default_audio(&mut self) {
+        if !self.audios.is_empty() || self.other.iter().any(|e| e.name == "audio") {
+            return;
+        }
+        let kinds = self.graphics.iter().map(|g| g.kind.as_str()).chain(
+            self.other
+                .iter()
+                .filter(|e| e.name == "graphics")
+                .filter_map(|e| e.get_attr("type")),
+        );
+        let mut audio = None;
+        let mut any = false;
+        for k in kinds {
+            any = true;
+            match k {
+                "vnc" => audio = Some("none"),
+                "spice" => audio = Some("spice"),
+                "sdl" => audio = Some("sdl"),
+                _ => {}
+            }
+        }
+        match audio.or((!any).then_some("none")) {
+            Some(kind @ ("none" | "spice")) => self.audios.push(Audio {
+                id: 1,
+                kind: kind.to_owned(),
+            }),
+            // Backends this model does not type stay in `other`, refused at start.
+            Some(kind) => self
+                .other
+                .push(Element::new("audio").attr("id", 1).attr("type", kind)),
+            None => {}
+        }
     }
 }
