@@ -22,6 +22,11 @@ fn ctx(dom: &Domain) -> LaunchContext {
     c.accel = Accel::Kvm;
     c.tpm_socket = Some("/run/virtqemud/swtpm-1.sock".into());
     c.tap_fds = vec![Some(30), Some(31), Some(32)];
+    // Fixed hugetlbfs mounts (2 MiB the default), not the host's.
+    c.hugetlbfs = vec![
+        (2048, "/dev/hugepages".into()),
+        (1048576, "/dev/hugepages1G".into()),
+    ];
     c.volume_paths = vec![(
         "default".into(),
         "data.qcow2".into(),

@@ -484,6 +484,11 @@ fn launch_ctx(dom: &Domain) -> LaunchContext {
     c.accel = Accel::Kvm;
     c.tpm_socket = Some("/run/virtqemud/swtpm-1.sock".into());
     c.tap_fds = (30..62).map(Some).collect();
+    // Fixed hugetlbfs mounts (2 MiB the default), not the host's.
+    c.hugetlbfs = vec![
+        (2048, "/dev/hugepages".into()),
+        (1048576, "/dev/hugepages1G".into()),
+    ];
     c
 }
 

@@ -3,7 +3,10 @@
 
 use crate::xml::{CpuMode, Domain, VirtType};
 
-use super::{qemu_opt_value, unsupported, Accel, Argv, LaunchContext, Result};
+use super::{memory, qemu_opt_value, unsupported, Accel, Argv, LaunchContext, Result};
+
+/// The top-level elements honoured here (the command line does not refuse them).
+pub(super) const HANDLED: &[&str] = &[];
 
 /// Whether the firmware is a pflash device (its blockdevs are named on `-machine`).
 pub(super) fn uses_pflash(dom: &Domain) -> bool {
@@ -59,6 +62,7 @@ pub(super) fn machine(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Result
     }) {
         mopts.push_str(",hpet=off");
     }
+    mopts.push_str(&memory::machine_opts(dom));
     if uses_pflash(dom) {
         mopts.push_str(",pflash0=libvirt-pflash0-format");
         if dom.os.nvram.is_some() {
@@ -82,7 +86,8 @@ pub(super) fn cpu(a: &mut Argv, dom: &Domain, accel: &str) -> Result<()> {
     }
     let cpu = match &dom.cpu {
         Some(c) => {
-            if let Some(o) = c.other.first() {
+            // NUMA cells are built with the memory (`memory.rs`).
+            if let Some(o) = c.other.iter().find(|o| o.name != "numa") {
                 return Err(unsupported(
                     &format!("cpu/{}", o.name),
                     c.mode.as_str(),
@@ -173,8 +178,14 @@ fn hyperv_flags(dom: &Domain) -> Result<String> {
 }
 
 /// `-m`, `-smp` (with `<cpu><topology>`) and `-uuid`.
-pub(super) fn memory(a: &mut Argv, dom: &Domain) {
-    a.pair("-m", format!("size={}k", dom.memory_kib));
+pub(super) fn memory(a: &mut Argv, dom: &Domain) -> Result<()> {
+    // With guest NUMA cells the RAM is what the cells add up to (as libvirt starts
+    // it; QEMU refuses nodes that do not add up to the RAM size).
+    let size = memory::numa_total_kib(dom)?.unwrap_or(dom.memory_kib);
+    match dom.max_memory {
+        Some((max, slots)) => a.pair("-m", format!("size={size}k,slots={slots},maxmem={max}k")),
+        None => a.pair("-m", format!("size={size}k")),
+    }
     let cur = dom.current_vcpus.unwrap_or(dom.vcpus);
     let mut smp = format!("{cur},maxcpus={}", dom.vcpus);
     if let Some(t) = dom.cpu.as_ref().and_then(|c| c.topology) {
@@ -185,6 +196,7 @@ pub(super) fn memory(a: &mut Argv, dom: &Domain) {
     }
     a.pair("-smp", smp);
     a.pair("-uuid", dom.uuid.to_string());
+    Ok(())
 }
 
 /// Clock: utc by default, localtime for Windows guests.

@@ -16,6 +16,7 @@ mod disks;
 mod graphics;
 mod hostdev;
 mod machine;
+mod memory;
 mod misc;
 mod net;
 mod tpm;
@@ -55,6 +56,9 @@ pub struct LaunchContext {
     pub volume_paths: Vec<(String, String, PathBuf)>,
     /// The control socket of the swtpm started for an emulated `<tpm>`.
     pub tpm_socket: Option<PathBuf>,
+    /// hugetlbfs mounts as (page size KiB, mount point), the host's default size
+    /// first: where `<memoryBacking><hugepages>` memory comes from.
+    pub hugetlbfs: Vec<(u64, PathBuf)>,
 }
 
 impl LaunchContext {
@@ -75,6 +79,7 @@ impl LaunchContext {
             tap_fds: Vec::new(),
             volume_paths: Vec::new(),
             tpm_socket: None,
+            hugetlbfs: memory::hugetlbfs_mounts(),
         }
     }
 }
@@ -169,6 +174,7 @@ impl Argv {
 fn ignorable_top_level(el: &common::xml::Element) -> bool {
     match el.name.as_str() {
         "resource" => true,
+        n if memory::HANDLED.contains(&n) || machine::HANDLED.contains(&n) => true,
         "seclabel" => {
             el.get_attr("type") == Some("none")
                 || el.get_attr("model") == Some("dac") && el.get_attr("relabel") != Some("no")
@@ -186,7 +192,8 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     let accel = machine::machine(&mut a, dom, ctx)?;
     machine::cpu(&mut a, dom, accel)?;
     boot::firmware(&mut a, dom)?;
-    machine::memory(&mut a, dom);
+    machine::memory(&mut a, dom)?;
+    memory::memory(&mut a, dom, ctx)?;
     machine::clock(&mut a, dom, accel)?;
     monitor(&mut a, ctx)?;
     boot::kernel(&mut a, dom)?;

@@ -400,7 +400,7 @@ pub struct XmlOpts {
     pub secure: bool,
 }
 
-fn unit_to_kib(element: &str, value: u64, unit: &str) -> Result<u64> {
+pub(crate) fn unit_to_kib(element: &str, value: u64, unit: &str) -> Result<u64> {
     let bytes: u128 = match unit {
         "b" | "bytes" => 1,
         "k" | "K" | "KiB" => 1 << 10,
