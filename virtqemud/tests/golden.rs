@@ -27,6 +27,9 @@ fn ctx(dom: &Domain) -> LaunchContext {
         (2048, "/dev/hugepages".into()),
         (1048576, "/dev/hugepages1G".into()),
     ];
+    // A display and a render node as on a desktop host, not this host's.
+    c.display = Some(":0".into());
+    c.render_node = Some("/dev/dri/renderD128".into());
     c.volume_paths = vec![(
         "default".into(),
         "data.qcow2".into(),

@@ -59,6 +59,11 @@ pub struct LaunchContext {
     /// hugetlbfs mounts as (page size KiB, mount point), the host's default size
     /// first: where `<memoryBacking><hugepages>` memory comes from.
     pub hugetlbfs: Vec<(u64, PathBuf)>,
+    /// The X11/Wayland display QEMU inherits (the daemon's `DISPLAY` or
+    /// `WAYLAND_DISPLAY`): `<graphics type='sdl'>` needs one.
+    pub display: Option<String>,
+    /// A GPU render node (`/dev/dri/renderD*`) for OpenGL displays without one named.
+    pub render_node: Option<PathBuf>,
 }
 
 impl LaunchContext {
@@ -80,6 +85,11 @@ impl LaunchContext {
             volume_paths: Vec::new(),
             tpm_socket: None,
             hugetlbfs: memory::hugetlbfs_mounts(),
+            display: std::env::var("DISPLAY")
+                .or_else(|_| std::env::var("WAYLAND_DISPLAY"))
+                .ok()
+                .filter(|d| !d.is_empty()),
+            render_node: graphics::first_render_node(),
         }
     }
 }
@@ -225,7 +235,7 @@ fn refuse_untyped(dom: &Domain) -> Result<()> {
     if let Some(o) = dom.other.iter().find(|o| !ignorable_top_level(o)) {
         return Err(unsupported(&o.name, "", "not implemented"));
     }
-    if let Some(o) = dom.devices.other.first() {
+    if let Some(o) = dom.devices.other.iter().find(|o| !graphics::handles(o)) {
         // A typed kind kept whole because of a child its model does not honour.
         if let Ok(Some(child)) = crate::xml::dropped_child(o) {
             return Err(unsupported(

@@ -47,9 +47,27 @@ pub struct Graphics {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Audio {
     pub id: u32,
-    /// `none` or `spice`; other backends are kept in [`Devices::other`](super::Devices::other).
+    /// libvirt's backend type: none, spice, alsa, oss, pulseaudio, sdl, jack, file,
+    /// dbus, coreaudio.
     pub kind: String,
+    /// The element as written (its settings are read by the command line and written
+    /// back unchanged).
+    pub element: Element,
 }
+
+/// The audio backend types libvirt 9.0 knows.
+pub const AUDIO_TYPES: &[&str] = &[
+    "none",
+    "spice",
+    "alsa",
+    "oss",
+    "pulseaudio",
+    "sdl",
+    "jack",
+    "file",
+    "dbus",
+    "coreaudio",
+];
 
 /// `<redirdev bus='usb' type='spicevmc'/>`: a USB device redirected from a SPICE client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,16 +230,36 @@ impl Audio {
                 "must be unique and at least 1",
             ));
         }
+        let kind = c.req_attr("type")?;
+        if !AUDIO_TYPES.contains(&kind) {
+            return Err(DomainXmlError::unsupported(
+                "audio type",
+                kind,
+                format!("expected one of {}", AUDIO_TYPES.join(", ")),
+            ));
+        }
+        let mut element = c.clone();
+        if element.get_attr("id").is_none() {
+            element = element.attr("id", id);
+        }
         Ok(Audio {
             id,
-            kind: c.req_attr("type")?.to_owned(),
+            kind: kind.to_owned(),
+            element,
         })
     }
 
+    /// A backend with no settings (libvirt's default one).
+    pub fn new(id: u32, kind: &str) -> Audio {
+        Audio {
+            id,
+            kind: kind.to_owned(),
+            element: Element::new("audio").attr("id", id).attr("type", kind),
+        }
+    }
+
     pub(super) fn to_element(&self) -> Element {
-        Element::new("audio")
-            .attr("id", self.id)
-            .attr("type", &self.kind)
+        self.element.clone()
     }
 }
 

@@ -247,8 +247,8 @@ impl Devices {
                 "channel" => d.channels.push(Chardev::parse_channel(c)?),
                 "input" => d.inputs.push(Input::parse(c)?),
                 "graphics" => d.graphics.push(Graphics::parse(c)?),
-                // Other audio backends and redirdevs stay in `other`, refused at start.
-                "audio" if matches!(c.get_attr("type"), Some("none" | "spice")) => {
+                // Redirdevs other than SPICE's stay in `other`, refused at start.
+                "audio" if c.get_attr("type").is_some() => {
                     let a = Audio::parse(c, &d.audios)?;
                     d.audios.push(a)
                 }
@@ -455,7 +455,7 @@ impl Devices {
     /// (VNC, no graphics; qemu.conf's `vnc_allow_host_audio` is not read here). Other
     /// graphics alone (egl-headless, dbus) get none.
     fn add_default_audio(&mut self) {
-        if !self.audios.is_empty() || self.other.iter().any(|e| e.name == "audio") {
+        if !self.audios.is_empty() {
             return;
         }
         let kinds = self.graphics.iter().map(|g| g.kind.as_str()).chain(
@@ -475,16 +475,8 @@ impl Devices {
                 _ => {}
             }
         }
-        match audio.or((!any).then_some("none")) {
-            Some(kind @ ("none" | "spice")) => self.audios.push(Audio {
-                id: 1,
-                kind: kind.to_owned(),
-            }),
-            // Backends this model does not type stay in `other`, refused at start.
-            Some(kind) => self
-                .other
-                .push(Element::new("audio").attr("id", 1).attr("type", kind)),
-            None => {}
+        if let Some(kind) = audio.or((!any).then_some("none")) {
+            self.audios.push(Audio::new(1, kind));
         }
     }
 }
