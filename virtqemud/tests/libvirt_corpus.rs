@@ -492,6 +492,22 @@ fn launch_ctx(dom: &Domain) -> LaunchContext {
     // A display and a render node as on a desktop host, not this host's.
     c.display = Some(":0".into());
     c.render_node = Some("/dev/dri/renderD128".into());
+    // The host's USB devices, a fixture: a hub and two devices.
+    c.usb_devices = [
+        (0x1d6b, 0x0002, 14, 6),
+        (0x1234, 0xbeef, 14, 7),
+        (0x0781, 0x5581, 15, 6),
+    ]
+    .into_iter()
+    .map(
+        |(vendor, product, bus, device)| virtqemud::command_line::UsbHostDev {
+            vendor,
+            product,
+            bus,
+            device,
+        },
+    )
+    .collect();
     c
 }
 

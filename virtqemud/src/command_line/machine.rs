@@ -1,12 +1,216 @@
 //! The machine itself: `-machine` (type, accelerator, machine-level features), `-cpu`
 //! (model, features, Hyper-V enlightenments), `-m`/`-smp`/`-uuid` and the clock.
 
+use common::xml::Element;
+use serde_json::json;
+
 use crate::xml::{CpuMode, Domain, VirtType};
 
 use super::{memory, qemu_opt_value, unsupported, Accel, Argv, LaunchContext, Result};
 
 /// The top-level elements honoured here (the command line does not refuse them).
-pub(super) const HANDLED: &[&str] = &[];
+pub(super) const HANDLED: &[&str] = &["genid", "iothreads", "iothreadids", "sysinfo"];
+
+fn top<'a>(dom: &'a Domain, name: &'a str) -> impl Iterator<Item = &'a Element> {
+    dom.other.iter().filter(move |e| e.name == name)
+}
+
+/// Machine-level objects and devices without a bus: I/O threads, the VM generation
+/// ID, SMBIOS tables and fw_cfg entries, as libvirt 9.0 writes them.
+pub(super) fn extras(a: &mut Argv, dom: &Domain) -> Result<()> {
+    iothreads(a, dom)?;
+    if let Some(g) = top(dom, "genid").next() {
+        let guid = g.text();
+        let guid =
+            uuid::Uuid::parse_str(guid.trim()).map_err(|e| unsupported("genid", &guid, e))?;
+        a.pair(
+            "-device",
+            json!({"driver": "vmgenid", "guid": guid.to_string(), "id": "vmgenid0"}).to_string(),
+        );
+    }
+    sysinfo(a, dom)
+}
+
+/// `-object iothread` per `<iothreadids>` entry, then for the rest of the
+/// `<iothreads>` count (libvirt numbers those with the lowest free ids).
+fn iothreads(a: &mut Argv, dom: &Domain) -> Result<()> {
+    let count: u32 = match top(dom, "iothreads").next() {
+        Some(e) => e
+            .text()
+            .trim()
+            .parse()
+            .map_err(|_| unsupported("iothreads", &e.text(), "not a number"))?,
+        None => 0,
+    };
+    let mut objects = Vec::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for t in top(dom, "iothreadids").flat_map(|e| e.elements()) {
+        if t.name != "iothread" {
+            return Err(unsupported(
+                &format!("iothreadids/{}", t.name),
+                "",
+                "not implemented",
+            ));
+        }
+        let id: u32 = t
+            .get_attr("id")
+            .and_then(|i| i.parse().ok())
+            .filter(|i| *i > 0)
+            .ok_or_else(|| {
+                unsupported(
+                    "iothreadids/iothread id",
+                    t.get_attr("id").unwrap_or(""),
+                    "must be 1 or more",
+                )
+            })?;
+        let mut o = serde_json::Map::new();
+        o.insert("qom-type".into(), json!("iothread"));
+        o.insert("id".into(), json!(format!("iothread{id}")));
+        for (k, v) in &t.attrs {
+            let opt = match k.as_str() {
+                "id" => continue,
+                "thread_pool_min" => "thread-pool-min",
+                "thread_pool_max" => "thread-pool-max",
+                k => {
+                    return Err(unsupported(
+                        &format!("iothreadids/iothread {k}"),
+                        v,
+                        "not implemented",
+                    ))
+                }
+            };
+            let n: i64 = v.parse().map_err(|_| {
+                unsupported(&format!("iothreadids/iothread {k}"), v, "not a number")
+            })?;
+            o.insert(opt.into(), json!(n));
+        }
+        for c in t.elements() {
+            if c.name != "poll" {
+                return Err(unsupported(
+                    &format!("iothreadids/iothread/{}", c.name),
+                    "",
+                    "not implemented",
+                ));
+            }
+            for (k, v) in &c.attrs {
+                let opt = match k.as_str() {
+                    "max" => "poll-max-ns",
+                    "grow" => "poll-grow",
+                    "shrink" => "poll-shrink",
+                    k => {
+                        return Err(unsupported(
+                            &format!("iothreadids/iothread/poll {k}"),
+                            v,
+                            "not implemented",
+                        ))
+                    }
+                };
+                let n: u64 = v
+                    .parse()
+                    .map_err(|_| unsupported("iothreadids/iothread/poll", v, "not a number"))?;
+                o.insert(opt.into(), json!(n));
+            }
+        }
+        if !ids.insert(id) {
+            return Err(unsupported(
+                "iothreadids/iothread id",
+                &id.to_string(),
+                "used twice",
+            ));
+        }
+        objects.push(serde_json::Value::Object(o));
+    }
+    let mut next = 1;
+    while (ids.len() as u32) < count {
+        while ids.contains(&next) {
+            next += 1;
+        }
+        ids.insert(next);
+        objects.push(json!({"qom-type": "iothread", "id": format!("iothread{next}")}));
+    }
+    for o in objects {
+        a.pair("-object", o.to_string());
+    }
+    Ok(())
+}
+
+/// `<sysinfo type='smbios'>` as `-smbios` tables (with `<os><smbios mode='sysinfo'/>`,
+/// as libvirt), `<sysinfo type='fwcfg'>` as `-fw_cfg` entries.
+fn sysinfo(a: &mut Argv, dom: &Domain) -> Result<()> {
+    let mode = dom
+        .os
+        .other
+        .iter()
+        .find(|e| e.name == "smbios")
+        .and_then(|e| e.get_attr("mode"));
+    for si in top(dom, "sysinfo") {
+        match si.get_attr("type") {
+            Some("smbios") if mode == Some("sysinfo") => smbios(a, si)?,
+            Some("smbios") => {}
+            Some("fwcfg") => {
+                for e in si.elements() {
+                    let name = e.get_attr("name").unwrap_or_default();
+                    let mut opt = format!("name={}", qemu_opt_value("sysinfo/entry name", name)?);
+                    match e.get_attr("file") {
+                        Some(f) => opt.push_str(&format!(
+                            ",file={}",
+                            super::path_opt("sysinfo/entry file", std::path::Path::new(f))?
+                        )),
+                        None => opt.push_str(&format!(
+                            ",string={}",
+                            qemu_opt_value("sysinfo/entry", &e.text())?
+                        )),
+                    }
+                    a.pair("-fw_cfg", opt);
+                }
+            }
+            t => {
+                return Err(unsupported(
+                    "sysinfo type",
+                    t.unwrap_or(""),
+                    "expected smbios or fwcfg",
+                ))
+            }
+        }
+    }
+    if mode == Some("host") {
+        return Err(unsupported(
+            "os/smbios mode",
+            "host",
+            "copying the host's SMBIOS tables is not implemented",
+        ));
+    }
+    Ok(())
+}
+
+fn smbios(a: &mut Argv, si: &Element) -> Result<()> {
+    for block in si.elements() {
+        let ty = match block.name.as_str() {
+            "bios" => 0,
+            "system" => 1,
+            "baseBoard" => 2,
+            "chassis" => 3,
+            "oemStrings" => 11,
+            n => return Err(unsupported(&format!("sysinfo/{n}"), "", "not implemented")),
+        };
+        let mut opt = format!("type={ty}");
+        for e in block.elements() {
+            let what = format!("sysinfo/{}/entry", block.name);
+            let key = if ty == 11 {
+                "value"
+            } else {
+                e.get_attr("name")
+                    .ok_or_else(|| unsupported(&what, "", "no name"))?
+            };
+            if !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(unsupported(&what, key, "not an SMBIOS field name"));
+            }
+            opt.push_str(&format!(",{key}={}", qemu_opt_value(&what, &e.text())?));
+        }
+        a.pair("-smbios", opt);
+    }
+    Ok(())
+}
 
 /// Whether the firmware is a pflash device (its blockdevs are named on `-machine`).
 pub(super) fn uses_pflash(dom: &Domain) -> bool {
@@ -63,6 +267,12 @@ pub(super) fn machine(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Result
         mopts.push_str(",hpet=off");
     }
     mopts.push_str(&memory::machine_opts(dom));
+    // libvirt's <ioapic driver='qemu|kvm'/>; the irqchip is KVM's business only.
+    match dom.feature("ioapic").and_then(|f| f.get_attr("driver")) {
+        Some("qemu") if accel == "kvm" => mopts.push_str(",kernel_irqchip=split"),
+        Some("kvm") if accel == "kvm" => mopts.push_str(",kernel_irqchip=on"),
+        _ => {}
+    }
     if uses_pflash(dom) {
         mopts.push_str(",pflash0=libvirt-pflash0-format");
         if dom.os.nvram.is_some() {
@@ -127,7 +337,16 @@ pub(super) fn cpu(a: &mut Argv, dom: &Domain, accel: &str) -> Result<()> {
         }
         None => None,
     };
-    let hyperv = hyperv_flags(dom)?;
+    let mut hyperv = hyperv_flags(dom)?;
+    // <panic model='hyperv'/>: the guest reports crashes through Hyper-V's MSRs.
+    if dom
+        .devices
+        .panics
+        .iter()
+        .any(|p| p.model.as_deref() == Some("hyperv"))
+    {
+        hyperv.push_str(",hv-crash");
+    }
     let cpu = match (cpu, hyperv.is_empty()) {
         (c, true) => c,
         (Some(c), false) => Some(c + &hyperv),

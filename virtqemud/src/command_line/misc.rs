@@ -99,8 +99,18 @@ pub(super) fn hubs(a: &mut Argv, dom: &Domain) -> Result<()> {
 }
 
 /// pvpanic on the ISA bus (`iobase`, default 0x505).
-pub(super) fn panics(a: &mut Argv, dom: &Domain) -> Result<()> {
-    for p in &dom.devices.panics {
+pub(super) fn panics(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
+    for (i, p) in dom.devices.panics.iter().enumerate() {
+        match p.model.as_deref() {
+            // Hyper-V's crash MSRs: `hv-crash` on -cpu (machine.rs).
+            Some("hyperv") => continue,
+            Some("pvpanic") => {
+                let dev = DeviceProps::new("pvpanic-pci").str("id", format!("panic{i}"));
+                a.device(&dev.pci(buses, &p.address))?;
+                continue;
+            }
+            _ => {}
+        }
         let mut dev = DeviceProps::new("pvpanic");
         match &p.address {
             None => {}
@@ -162,6 +172,14 @@ fn watchdog_props(
 
 pub(super) fn rngs(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
     for (i, r) in dom.devices.rngs.iter().enumerate() {
+        if r.builtin {
+            a.pair(
+                "-object",
+                format!("{{\"qom-type\":\"rng-builtin\",\"id\":\"objrng{i}\"}}"),
+            );
+            a.device(&rng_props(i, r, buses))?;
+            continue;
+        }
         a.pair(
             "-object",
             format!(
@@ -207,4 +225,123 @@ fn memballoon_props(m: &Memballoon, buses: &PciBuses) -> DeviceProps {
             m.stats_period.map(u64::from),
         )
         .pci(buses, &m.address)
+}
+
+/// Untyped devices built here: IOMMUs and vsock.
+pub(super) fn handles(el: &Element) -> bool {
+    matches!(el.name.as_str(), "iommu" | "vsock")
+}
+
+/// The `<address>` of an untyped device; `None` lets QEMU choose the slot.
+fn other_address(el: &Element) -> Result<Option<Address>> {
+    Address::of(el).map_err(|e| unsupported(&format!("{}/address", el.name), "", e))
+}
+
+/// `<iommu model='intel|virtio'>` and `<vsock>`, as libvirt 9.0 writes them.
+pub(super) fn iommu_vsock(a: &mut Argv, dom: &Domain, accel: &str, buses: &PciBuses) -> Result<()> {
+    for el in dom.devices.other.iter().filter(|e| handles(e)) {
+        let model = el.get_attr("model").unwrap_or("virtio");
+        let dev = match (el.name.as_str(), model) {
+            ("iommu", "intel") => {
+                if !dom.is_q35() {
+                    return Err(unsupported("iommu model", "intel", "needs a q35 machine"));
+                }
+                let mut dev = DeviceProps::new("intel-iommu").str("id", "iommu0");
+                for (k, v) in el
+                    .first("driver")
+                    .map(|d| d.attrs.as_slice())
+                    .unwrap_or(&[])
+                {
+                    let (opt, what) = match k.as_str() {
+                        "intremap" => ("intremap", "iommu/driver intremap"),
+                        "caching_mode" => ("caching-mode", "iommu/driver caching_mode"),
+                        "eim" => ("eim", "iommu/driver eim"),
+                        "iotlb" => ("device-iotlb", "iommu/driver iotlb"),
+                        "aw_bits" => {
+                            let n: u64 = v.parse().map_err(|_| {
+                                unsupported("iommu/driver aw_bits", v, "not a number")
+                            })?;
+                            dev = dev.uint("aw-bits", n);
+                            continue;
+                        }
+                        k => {
+                            return Err(unsupported(
+                                &format!("iommu/driver {k}"),
+                                v,
+                                "not implemented",
+                            ))
+                        }
+                    };
+                    let on = match v.as_str() {
+                        "on" => true,
+                        "off" => false,
+                        v => return Err(unsupported(what, v, "expected on or off")),
+                    };
+                    // Interrupt remapping needs QEMU's own IOAPIC (split irqchip with KVM).
+                    if opt == "intremap" && on && accel == "kvm" && !split_irqchip(dom) {
+                        return Err(unsupported(
+                            what,
+                            v,
+                            "needs <features><ioapic driver='qemu'/>",
+                        ));
+                    }
+                    // QEMU: x2APIC mode needs KVM's split irqchip.
+                    if opt == "eim" && on && (accel != "kvm" || !split_irqchip(dom)) {
+                        return Err(unsupported(
+                            what,
+                            v,
+                            "needs KVM and <features><ioapic driver='qemu'/>",
+                        ));
+                    }
+                    dev = dev.str(opt, if on { "on" } else { "off" });
+                }
+                dev
+            }
+            ("iommu", "virtio") => DeviceProps::new("virtio-iommu-pci")
+                .str("id", "iommu0")
+                .pci(buses, &other_address(el)?),
+            ("iommu", m) => return Err(unsupported("iommu model", m, "not for x86")),
+            ("vsock", m) => {
+                let driver = match m {
+                    "virtio" => "vhost-vsock-pci",
+                    "virtio-transitional" => "vhost-vsock-pci-transitional",
+                    "virtio-non-transitional" => "vhost-vsock-pci-non-transitional",
+                    m => return Err(unsupported("vsock model", m, "unknown")),
+                };
+                let cid = el.first("cid");
+                let addr = cid
+                    .and_then(|c| c.get_attr("address"))
+                    .filter(|_| cid.and_then(|c| c.get_attr("auto")) != Some("yes"))
+                    .ok_or_else(|| {
+                        unsupported(
+                            "vsock/cid",
+                            "auto",
+                            "choosing a free CID is not implemented; give an address",
+                        )
+                    })?;
+                let n: u64 = addr
+                    .parse()
+                    .map_err(|_| unsupported("vsock/cid address", addr, "not a number"))?;
+                if n < 3 {
+                    return Err(unsupported(
+                        "vsock/cid address",
+                        addr,
+                        "guest CIDs start at 3",
+                    ));
+                }
+                DeviceProps::new(driver)
+                    .str("id", "vsock0")
+                    .uint("guest-cid", n)
+                    .pci(buses, &other_address(el)?)
+            }
+            (n, _) => return Err(unsupported(n, model, "not implemented")),
+        };
+        a.device(&dev)?;
+    }
+    Ok(())
+}
+
+/// `<features><ioapic driver='qemu'/>`: the split irqchip (KVM only).
+pub(super) fn split_irqchip(dom: &Domain) -> bool {
+    dom.feature("ioapic").and_then(|f| f.get_attr("driver")) == Some("qemu")
 }

@@ -28,6 +28,7 @@ use crate::xml::Domain;
 
 use device::PciBuses;
 pub use device::{DeviceProps, PropValue};
+pub use hostdev::UsbHostDev;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -64,6 +65,8 @@ pub struct LaunchContext {
     pub display: Option<String>,
     /// A GPU render node (`/dev/dri/renderD*`) for OpenGL displays without one named.
     pub render_node: Option<PathBuf>,
+    /// The host's USB devices, where `<hostdev type='usb'>` sources are found.
+    pub usb_devices: Vec<hostdev::UsbHostDev>,
 }
 
 impl LaunchContext {
@@ -90,6 +93,7 @@ impl LaunchContext {
                 .ok()
                 .filter(|d| !d.is_empty()),
             render_node: graphics::first_render_node(),
+            usb_devices: hostdev::host_usb_devices(),
         }
     }
 }
@@ -204,10 +208,12 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     boot::firmware(&mut a, dom)?;
     machine::memory(&mut a, dom)?;
     memory::memory(&mut a, dom, ctx)?;
+    machine::extras(&mut a, dom)?;
     machine::clock(&mut a, dom, accel)?;
     monitor(&mut a, ctx)?;
     boot::kernel(&mut a, dom)?;
     boot::order(&mut a, dom);
+    boot::os_extras(&mut a, dom)?;
     let buses = PciBuses::of(dom);
     controllers::controllers(&mut a, dom, &buses)?;
     disks::disks(&mut a, dom, ctx, &buses)?;
@@ -220,9 +226,11 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     graphics::sounds(&mut a, dom, &buses)?;
     graphics::redirdevs(&mut a, dom)?;
     misc::watchdogs(&mut a, dom, &buses)?;
-    misc::panics(&mut a, dom)?;
+    misc::panics(&mut a, dom, &buses)?;
+    misc::iommu_vsock(&mut a, dom, accel, &buses)?;
     tpm::tpm(&mut a, dom, ctx)?;
     hostdev::hostdevs(&mut a, dom, &buses)?;
+    hostdev::other_hostdevs(&mut a, dom, ctx, &buses)?;
     misc::rngs(&mut a, dom, &buses)?;
     misc::memballoon(&mut a, dom, &buses)?;
     a.pair("-msg", "timestamp=on");
@@ -235,7 +243,9 @@ fn refuse_untyped(dom: &Domain) -> Result<()> {
     if let Some(o) = dom.other.iter().find(|o| !ignorable_top_level(o)) {
         return Err(unsupported(&o.name, "", "not implemented"));
     }
-    if let Some(o) = dom.devices.other.iter().find(|o| !graphics::handles(o)) {
+    let built_here =
+        |o: &&common::xml::Element| graphics::handles(o) || misc::handles(o) || hostdev::handles(o);
+    if let Some(o) = dom.devices.other.iter().find(|o| !built_here(o)) {
         // A typed kind kept whole because of a child its model does not honour.
         if let Ok(Some(child)) = crate::xml::dropped_child(o) {
             return Err(unsupported(

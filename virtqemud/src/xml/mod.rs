@@ -990,6 +990,12 @@ impl Domain {
         if self.clock.is_none() {
             self.clock = Some(Element::new("clock").attr("offset", "utc"));
         }
+        // `<genid/>`: libvirt makes the VM generation ID at define and keeps it.
+        for g in self.other.iter_mut().filter(|e| e.name == "genid") {
+            if g.text().trim().is_empty() {
+                *g = Element::with_text("genid", Uuid::new_v4().to_string());
+            }
+        }
         // libvirt's virDomainDefBootOrderPostParse: boot from the disk when neither
         // <os> nor any device says otherwise.
         let device_boot = || {

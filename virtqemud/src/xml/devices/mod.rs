@@ -146,7 +146,7 @@ fn untyped_kind(c: &Element, d: &Devices) -> bool {
         "rng" => c
             .first("backend")
             .and_then(|b| b.get_attr("model"))
-            .is_some_and(|m| matches!(m, "egd" | "builtin")),
+            .is_some_and(|m| m == "egd"),
         _ => false,
     }
 }
@@ -264,7 +264,12 @@ impl Devices {
                 "memballoon" => d.memballoon = Some(Memballoon::parse(c)?),
                 "watchdog" => d.watchdogs.push(Watchdog::parse(c)?),
                 "hub" if c.get_attr("type") == Some("usb") => d.hubs.push(Hub::parse(c)?),
-                "panic" if matches!(c.get_attr("model"), None | Some("isa")) => {
+                "panic"
+                    if matches!(
+                        c.get_attr("model"),
+                        None | Some("isa" | "hyperv" | "pvpanic")
+                    ) =>
+                {
                     d.panics.push(Panic::parse(c)?)
                 }
                 "tpm" => d.tpms.push(Tpm::parse(c)?),

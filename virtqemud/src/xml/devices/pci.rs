@@ -21,6 +21,7 @@ impl Devices {
             .chain(self.watchdogs.iter().map(|x| &x.address))
             .chain(self.hostdevs.iter().map(|x| &x.address))
             .chain(self.rngs.iter().map(|x| &x.address))
+            .chain(self.panics.iter().map(|x| &x.address))
             .chain(self.memballoon.iter().map(|x| &x.address));
         addrs
             .filter_map(|a| a.as_ref().and_then(Address::pci))
@@ -144,6 +145,12 @@ impl Devices {
                 .map(|w| &mut w.address),
         );
         slots.extend(videos.map(|v| &mut v.address));
+        slots.extend(
+            self.panics
+                .iter_mut()
+                .filter(|p| p.model.as_deref() == Some("pvpanic"))
+                .map(|p| &mut p.address),
+        );
         slots.extend(
             self.inputs
                 .iter_mut()
