@@ -6,7 +6,9 @@ use common::xml::Element;
 use crate::xml::{Address, Domain, Input, Memballoon, Rng, Watchdog};
 
 use super::device::{DeviceProps, PciBuses};
-use super::{json_str, qemu_opt_value, unsupported, Argv, Result};
+use std::path::Path;
+
+use super::{json_str, path_opt, qemu_opt_value, unsupported, Argv, Result};
 
 pub(super) fn inputs(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
     for (i, inp) in dom.devices.inputs.iter().enumerate() {
@@ -227,9 +229,9 @@ fn memballoon_props(m: &Memballoon, buses: &PciBuses) -> DeviceProps {
         .pci(buses, &m.address)
 }
 
-/// Untyped devices built here: IOMMUs and vsock.
+/// Untyped devices built here: IOMMUs, vsock and filesystems.
 pub(super) fn handles(el: &Element) -> bool {
-    matches!(el.name.as_str(), "iommu" | "vsock")
+    matches!(el.name.as_str(), "iommu" | "vsock" | "filesystem")
 }
 
 /// The `<address>` of an untyped device; `None` lets QEMU choose the slot.
@@ -239,7 +241,12 @@ fn other_address(el: &Element) -> Result<Option<Address>> {
 
 /// `<iommu model='intel|virtio'>` and `<vsock>`, as libvirt 9.0 writes them.
 pub(super) fn iommu_vsock(a: &mut Argv, dom: &Domain, accel: &str, buses: &PciBuses) -> Result<()> {
-    for el in dom.devices.other.iter().filter(|e| handles(e)) {
+    for el in dom
+        .devices
+        .other
+        .iter()
+        .filter(|e| matches!(e.name.as_str(), "iommu" | "vsock"))
+    {
         let model = el.get_attr("model").unwrap_or("virtio");
         let dev = match (el.name.as_str(), model) {
             ("iommu", "intel") => {
@@ -344,4 +351,180 @@ pub(super) fn iommu_vsock(a: &mut Argv, dom: &Domain, accel: &str, buses: &PciBu
 /// `<features><ioapic driver='qemu'/>`: the split irqchip (KVM only).
 pub(super) fn split_irqchip(dom: &Domain) -> bool {
     dom.feature("ioapic").and_then(|f| f.get_attr("driver")) == Some("qemu")
+}
+
+/// Whether the guest's memory is shared with other processes (vhost-user needs it).
+fn shared_memory(dom: &Domain) -> bool {
+    let global = dom
+        .other
+        .iter()
+        .find(|e| e.name == "memoryBacking")
+        .and_then(|m| m.first("access"))
+        .and_then(|a| a.get_attr("mode"))
+        == Some("shared");
+    let cells: Vec<&Element> = dom
+        .cpu
+        .iter()
+        .flat_map(|c| c.other.iter().filter(|e| e.name == "numa"))
+        .flat_map(|n| n.children_named("cell"))
+        .collect();
+    if cells.is_empty() {
+        return global;
+    }
+    cells.iter().all(|c| match c.get_attr("memAccess") {
+        Some(m) => m == "shared",
+        None => global,
+    })
+}
+
+/// `<filesystem type='mount'>`: a host directory through 9p (`-fsdev local` +
+/// virtio-9p-pci), or through virtio-fs from a running virtiofsd's `<source socket>`.
+pub(super) fn filesystems(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
+    let fss = dom.devices.other.iter().filter(|e| e.name == "filesystem");
+    for (i, fs) in fss.enumerate() {
+        let ty = fs.get_attr("type").unwrap_or("mount");
+        if ty != "mount" {
+            return Err(unsupported(
+                "filesystem type",
+                ty,
+                "only 'mount' (a host directory)",
+            ));
+        }
+        let driver = fs.first("driver");
+        let dtype = driver.and_then(|d| d.get_attr("type")).unwrap_or("path");
+        let tag = fs
+            .first("target")
+            .and_then(|t| t.get_attr("dir"))
+            .ok_or_else(|| unsupported("filesystem/target", "", "no dir (the mount tag)"))?;
+        // virtiofs' <binary> is refused below, with the reason.
+        let known = [
+            "driver", "source", "target", "address", "alias", "readonly", "binary",
+        ];
+        if dtype != "virtiofs" && fs.first("binary").is_some() {
+            return Err(unsupported("filesystem/binary", dtype, "only for virtiofs"));
+        }
+        if let Some(c) = fs.elements().find(|c| !known.contains(&c.name.as_str())) {
+            return Err(unsupported(
+                &format!("filesystem/{}", c.name),
+                dtype,
+                "not implemented",
+            ));
+        }
+        let addr = Address::of(fs).map_err(|e| unsupported("filesystem/address", "", e))?;
+        let id = format!("fs{i}");
+        let dev = match dtype {
+            "path" => {
+                let dir = fs
+                    .first("source")
+                    .and_then(|s| s.get_attr("dir"))
+                    .ok_or_else(|| unsupported("filesystem/source", "", "no dir"))?;
+                let model = match fs.get_attr("accessmode").unwrap_or("passthrough") {
+                    "passthrough" => "passthrough",
+                    "mapped" => "mapped",
+                    "squash" => "none",
+                    m => return Err(unsupported("filesystem accessmode", m, "unknown")),
+                };
+                let mut o = format!("local,security_model={model}");
+                if let Some(m) = fs.get_attr("multidevs") {
+                    if !matches!(m, "remap" | "forbid" | "warn" | "default") {
+                        return Err(unsupported("filesystem multidevs", m, "unknown"));
+                    }
+                    if m != "default" {
+                        o.push_str(&format!(",multidevs={m}"));
+                    }
+                }
+                for k in ["fmode", "dmode"] {
+                    if let Some(v) = fs.get_attr(k) {
+                        if !v.chars().all(|c| c.is_digit(8)) {
+                            return Err(unsupported(
+                                &format!("filesystem {k}"),
+                                v,
+                                "not an octal mode",
+                            ));
+                        }
+                        o.push_str(&format!(",{k}={v}"));
+                    }
+                }
+                match driver.and_then(|d| d.get_attr("wrpolicy")) {
+                    None => {}
+                    Some("immediate") => o.push_str(",writeout=immediate"),
+                    Some(w) => return Err(unsupported("filesystem/driver wrpolicy", w, "unknown")),
+                }
+                o.push_str(&format!(
+                    ",id=fsdev-{id},path={}",
+                    path_opt("filesystem/source dir", Path::new(dir))?
+                ));
+                if fs.first("readonly").is_some() {
+                    o.push_str(",readonly=on");
+                }
+                a.pair("-fsdev", o);
+                DeviceProps::new("virtio-9p-pci")
+                    .str("id", id.as_str())
+                    .str("fsdev", format!("fsdev-{id}"))
+                    .str("mount_tag", tag)
+            }
+            "virtiofs" => {
+                let sock = fs.first("source").and_then(|s| s.get_attr("socket"));
+                let sock = sock.filter(|_| fs.first("binary").is_none()).ok_or_else(|| {
+                    unsupported(
+                        "filesystem/driver type='virtiofs'",
+                        "",
+                        "starting virtiofsd is not implemented; name a running one's <source socket>",
+                    )
+                })?;
+                if !shared_memory(dom) {
+                    return Err(unsupported(
+                        "filesystem/driver type='virtiofs'",
+                        "",
+                        "needs shared memory (<memoryBacking><access mode='shared'/>)",
+                    ));
+                }
+                if fs.first("readonly").is_some() {
+                    return Err(unsupported(
+                        "filesystem/readonly",
+                        "virtiofs",
+                        "virtiofsd decides this",
+                    ));
+                }
+                a.pair(
+                    "-chardev",
+                    format!(
+                        "socket,id=chr-vu-{id},path={}",
+                        path_opt("filesystem/source socket", Path::new(sock))?
+                    ),
+                );
+                let mut dev = DeviceProps::new("vhost-user-fs-pci")
+                    .str("id", id.as_str())
+                    .str("chardev", format!("chr-vu-{id}"));
+                if let Some(q) = driver.and_then(|d| d.get_attr("queue")) {
+                    let n: u64 = q
+                        .parse()
+                        .map_err(|_| unsupported("filesystem/driver queue", q, "not a number"))?;
+                    dev = dev.uint("queue-size", n);
+                }
+                dev.str("tag", tag)
+            }
+            t => {
+                return Err(unsupported(
+                    "filesystem/driver type",
+                    t,
+                    "expected path or virtiofs",
+                ))
+            }
+        };
+        if let Some((k, _)) = driver
+            .map(|d| d.attrs.as_slice())
+            .unwrap_or(&[])
+            .iter()
+            .find(|(k, _)| !matches!(k.as_str(), "type" | "wrpolicy" | "queue"))
+        {
+            return Err(unsupported(
+                &format!("filesystem/driver {k}"),
+                dtype,
+                "not implemented",
+            ));
+        }
+        a.device(&dev.pci(buses, &addr))?;
+    }
+    Ok(())
 }

@@ -216,6 +216,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     boot::os_extras(&mut a, dom)?;
     let buses = PciBuses::of(dom);
     controllers::controllers(&mut a, dom, &buses)?;
+    misc::filesystems(&mut a, dom, &buses)?;
     disks::disks(&mut a, dom, ctx, &buses)?;
     net::nics(&mut a, dom, ctx, &buses)?;
     chardevs::chardevs(&mut a, dom, ctx)?;

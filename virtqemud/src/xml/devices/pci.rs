@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::super::{invalid, DomainXmlError, Result};
-use super::{Address, Devices, DiskBus, PciAddr};
+use super::{addr_of, push_addr, Address, Devices, DiskBus, PciAddr};
 
 impl Devices {
     /// The guest PCI addresses of every device and controller.
@@ -113,12 +113,26 @@ impl Devices {
         // cards, other controllers, disks, host devices, balloon, RNGs, watchdogs,
         // further videos, virtio inputs. q35's first SATA controller is the ICH9's
         // own (0x1f.2); i440fx's is an AHCI card.
+        // Devices the model keeps untyped but the command line builds on PCI
+        // (filesystems, vsock, virtio IOMMU, mediated devices) get slots too; their
+        // `<address>` is written into the kept element afterwards.
+        let mut untyped: Vec<(usize, Option<Address>)> = self
+            .other
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| untyped_on_pci(e))
+            .map(|(i, e)| Ok((i, addr_of(e)?)))
+            .collect::<Result<_>>()?;
+        let (fs, rest): (Vec<_>, Vec<_>) = untyped
+            .iter_mut()
+            .partition(|(i, _)| self.other[*i].name == "filesystem");
         let (bridge_ctrls, other_ctrls): (Vec<_>, Vec<_>) = self
             .controllers
             .iter_mut()
             .filter(|c| c.needs_pci_slot() || (!q35 && c.kind == "sata"))
             .partition(|c| c.is_pci_bridge());
         slots.extend(bridge_ctrls.into_iter().map(|c| &mut c.address));
+        slots.extend(fs.into_iter().map(|(_, a)| a));
         slots.extend(self.interfaces.iter_mut().map(|i| &mut i.address));
         slots.extend(
             self.sounds
@@ -157,6 +171,7 @@ impl Devices {
                 .filter(|i| i.bus == "virtio")
                 .map(|i| &mut i.address),
         );
+        slots.extend(rest.into_iter().map(|(_, a)| a));
         let mut first_video_slot = first_video.map(|v| &mut v.address);
         let all: Vec<&Option<Address>> = slots
             .iter()
@@ -221,7 +236,24 @@ impl Devices {
                 function: 0,
             }));
         }
+        drop(slots);
+        for (i, a) in untyped {
+            let el = &mut self.other[i];
+            el.children
+                .retain(|c| !matches!(c, common::xml::Node::Element(e) if e.name == "address"));
+            push_addr(el, &a);
+        }
         Ok(None)
+    }
+}
+
+/// An untyped device the command line puts on PCI.
+fn untyped_on_pci(e: &common::xml::Element) -> bool {
+    match e.name.as_str() {
+        "filesystem" | "vsock" => true,
+        "iommu" => e.get_attr("model") == Some("virtio"),
+        "hostdev" => e.get_attr("type") == Some("mdev"),
+        _ => false,
     }
 }
 
