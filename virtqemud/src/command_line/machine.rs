@@ -31,6 +31,44 @@ pub(super) fn extras(a: &mut Argv, dom: &Domain) -> Result<()> {
     sysinfo(a, dom)
 }
 
+/// `<seclabel>` as libvirt treats it for a QEMU it starts, with this host's only
+/// security driver, DAC: `type='none'` runs unconfined; a dynamic DAC label is QEMU
+/// running as qemu.conf's user with the domain's files handed to it, which the
+/// runtime does. SELinux/AppArmor labels, static DAC labels (QEMU as another user)
+/// and `relabel='no'` are refused by name rather than ignored.
+pub(super) fn seclabels(dom: &Domain) -> Result<()> {
+    for sl in top(dom, "seclabel") {
+        let ty = sl.get_attr("type").unwrap_or("dynamic");
+        let model = sl.get_attr("model").unwrap_or("dac");
+        match (ty, model) {
+            ("none", _) => {}
+            (_, "dac") if ty != "dynamic" => {
+                return Err(unsupported(
+                    "seclabel type",
+                    ty,
+                    "running QEMU as the label's user and group is not implemented",
+                ))
+            }
+            (_, "dac") if sl.get_attr("relabel") == Some("no") => {
+                return Err(unsupported(
+                    "seclabel relabel",
+                    "no",
+                    "the runtime always hands the domain's files to QEMU's user",
+                ))
+            }
+            (_, "dac") => {}
+            (_, m) => {
+                return Err(unsupported(
+                    "seclabel model",
+                    m,
+                    "this host's only security driver is dac (no SELinux or AppArmor labelling)",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `-object iothread` per `<iothreadids>` entry, then for the rest of the
 /// `<iothreads>` count (libvirt numbers those with the lowest free ids).
 fn iothreads(a: &mut Argv, dom: &Domain) -> Result<()> {

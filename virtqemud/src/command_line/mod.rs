@@ -189,10 +189,8 @@ fn ignorable_top_level(el: &common::xml::Element) -> bool {
     match el.name.as_str() {
         "resource" => true,
         n if memory::HANDLED.contains(&n) || machine::HANDLED.contains(&n) => true,
-        "seclabel" => {
-            el.get_attr("type") == Some("none")
-                || el.get_attr("model") == Some("dac") && el.get_attr("relabel") != Some("no")
-        }
+        // Checked with its reasons by machine::seclabels.
+        "seclabel" => true,
         _ => false,
     }
 }
@@ -209,6 +207,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     machine::memory(&mut a, dom)?;
     memory::memory(&mut a, dom, ctx)?;
     machine::extras(&mut a, dom)?;
+    machine::seclabels(dom)?;
     machine::clock(&mut a, dom, accel)?;
     monitor(&mut a, ctx)?;
     boot::kernel(&mut a, dom)?;
