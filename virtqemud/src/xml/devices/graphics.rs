@@ -314,7 +314,8 @@ impl Video {
 
     pub(super) fn parse(c: &Element) -> Result<Video> {
         let m = c.first("model");
-        let model = m.and_then(|m| m.get_attr("type")).unwrap_or("vga");
+        // libvirt's default model with a QEMU that has cirrus-vga (Debian's does).
+        let model = m.and_then(|m| m.get_attr("type")).unwrap_or("cirrus");
         if !matches!(
             model,
             "vga" | "cirrus" | "qxl" | "virtio" | "bochs" | "none"

@@ -380,8 +380,10 @@ impl Devices {
                 address: None,
             });
         }
-        if !self.graphics.is_empty() && self.videos.is_empty() {
-            self.videos.push(Video::new("vga"));
+        let any_graphics =
+            !self.graphics.is_empty() || self.other.iter().any(|e| e.name == "graphics");
+        if any_graphics && self.videos.is_empty() && !self.other.iter().any(|e| e.name == "video") {
+            self.videos.push(Video::new("cirrus"));
         }
         for v in &mut self.videos {
             v.fill_defaults();
@@ -408,6 +410,15 @@ impl Devices {
         let ide = !q35 && self.disks.iter().any(|d| d.bus == Some(DiskBus::Ide));
         if ide && !self.controllers.iter().any(|c| c.kind == "ide") {
             self.controllers.push(Controller::new("ide", 0, None));
+        }
+        // Virtio consoles sit on a virtio-serial controller, as channels do.
+        let virtio_console = self
+            .consoles
+            .iter()
+            .any(|c| c.target_type.as_deref() == Some("virtio"));
+        if virtio_console && !self.controllers.iter().any(|c| c.kind == "virtio-serial") {
+            self.controllers
+                .push(Controller::new("virtio-serial", 0, None));
         }
         if q35
             && !self

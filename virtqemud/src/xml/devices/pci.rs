@@ -126,6 +126,9 @@ impl Devices {
         let (fs, rest): (Vec<_>, Vec<_>) = untyped
             .iter_mut()
             .partition(|(i, _)| self.other[*i].name == "filesystem");
+        let (nets, rest): (Vec<_>, Vec<_>) = rest
+            .into_iter()
+            .partition(|(i, _)| self.other[*i].name == "interface");
         let (bridge_ctrls, other_ctrls): (Vec<_>, Vec<_>) = self
             .controllers
             .iter_mut()
@@ -134,6 +137,7 @@ impl Devices {
         slots.extend(bridge_ctrls.into_iter().map(|c| &mut c.address));
         slots.extend(fs.into_iter().map(|(_, a)| a));
         slots.extend(self.interfaces.iter_mut().map(|i| &mut i.address));
+        slots.extend(nets.into_iter().map(|(_, a)| a));
         slots.extend(
             self.sounds
                 .iter_mut()
@@ -250,7 +254,11 @@ impl Devices {
 /// An untyped device the command line puts on PCI.
 fn untyped_on_pci(e: &common::xml::Element) -> bool {
     match e.name.as_str() {
-        "filesystem" | "vsock" => true,
+        "filesystem" | "vsock" | "shmem" => true,
+        // NICs of the kinds the model keeps as written; a USB NIC sits on USB.
+        "interface" => e.first("model").and_then(|m| m.get_attr("type")) != Some("usb-net"),
+        "rng" => true,
+        "input" => e.get_attr("bus") == Some("virtio"),
         "iommu" => e.get_attr("model") == Some("virtio"),
         "hostdev" => e.get_attr("type") == Some("mdev"),
         _ => false,
