@@ -107,6 +107,15 @@ impl Controller {
         if let Some(p) = self.master_startport {
             el.push(Element::new("master").attr("startport", p));
         }
+        // libvirt writes the QEMU device of a PCI controller model as <model name>.
+        if let Some(name) = self
+            .model
+            .as_deref()
+            .filter(|_| self.kind == "pci")
+            .and_then(pci_model_name)
+        {
+            el.push(Element::new("model").attr("name", name));
+        }
         el.children
             .extend(self.unhandled.iter().cloned().map(Node::Element));
         push_addr(&mut el, &self.address);
@@ -247,6 +256,21 @@ impl Devices {
         }
         Ok(())
     }
+}
+
+/// libvirt's default `<model name>` of a PCI controller model.
+fn pci_model_name(model: &str) -> Option<&'static str> {
+    Some(match model {
+        "pcie-root-port" => "pcie-root-port",
+        "pci-bridge" => "pci-bridge",
+        "dmi-to-pci-bridge" => "i82801b11-bridge",
+        "pcie-switch-upstream-port" => "x3130-upstream",
+        "pcie-switch-downstream-port" => "xio3130-downstream",
+        "pcie-to-pci-bridge" => "pcie-pci-bridge",
+        "pci-expander-bus" => "pxb",
+        "pcie-expander-bus" => "pxb-pcie",
+        _ => return None,
+    })
 }
 
 /// libvirt's USB controller models and QEMU's device for each.

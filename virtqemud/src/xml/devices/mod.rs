@@ -393,7 +393,31 @@ impl Devices {
         }
         self.add_default_audio();
         self.add_implicit_inputs();
-        self.assign_pci(q35)
+        self.assign_pci(q35)?;
+        self.fill_pci_targets();
+        Ok(())
+    }
+
+    /// libvirt's `<target>` of PCI controllers: chassis = index (a pci-bridge's
+    /// chassisNr), and a root or downstream port's port number from its own slot and
+    /// function (`slot << 3 | function`).
+    fn fill_pci_targets(&mut self) {
+        for c in self.controllers.iter_mut().filter(|c| c.kind == "pci") {
+            match c.model.as_deref() {
+                Some("pcie-root-port" | "pcie-switch-downstream-port") => {
+                    c.target_chassis.get_or_insert(c.index);
+                    if let (None, Some(p)) =
+                        (c.target_port, c.address.as_ref().and_then(Address::pci))
+                    {
+                        c.target_port = Some(u32::from(p.slot) << 3 | u32::from(p.function));
+                    }
+                }
+                Some("pci-bridge") => {
+                    c.target_chassis.get_or_insert(c.index);
+                }
+                _ => {}
+            }
+        }
     }
 
     /// The controllers libvirt gives every PC machine (qemuDomainDefAddDefaultDevices):
