@@ -344,10 +344,25 @@ impl Devices {
                 d.driver.format.get_or_insert_with(|| "raw".to_owned());
             }
         }
+        // A serial console without a serial port: libvirt adds the port it stands for
+        // (virDomainDefAddConsoleCompat), the same chardev.
+        if let Some(c) = self.consoles.first().filter(|c| {
+            self.serials.is_empty() && c.target_type.as_deref().is_none_or(|t| t == "serial")
+        }) {
+            let mut serial = c.clone();
+            serial.target_type = Some("isa-serial".into());
+            serial.target_port = Some(0);
+            serial.target_model = None;
+            self.serials.push(serial);
+        }
         // Console of a guest with a serial port: libvirt makes it the serial target.
         for (i, s) in self.serials.iter_mut().enumerate() {
             s.target_port.get_or_insert(i as u32);
             s.target_type.get_or_insert_with(|| "isa-serial".into());
+            // libvirt names the device of an ISA serial port in <target><model>.
+            if s.target_type.as_deref() == Some("isa-serial") {
+                s.target_model.get_or_insert_with(|| "isa-serial".into());
+            }
         }
         for c in &mut self.consoles {
             c.target_type.get_or_insert_with(|| "serial".into());
