@@ -9,7 +9,13 @@ use crate::xml::{CpuMode, Domain, VirtType};
 use super::{memory, qemu_opt_value, unsupported, Accel, Argv, LaunchContext, Result};
 
 /// The top-level elements honoured here (the command line does not refuse them).
-pub(super) const HANDLED: &[&str] = &["genid", "iothreads", "iothreadids", "sysinfo"];
+pub(super) const HANDLED: &[&str] = &[
+    "genid",
+    "iothreads",
+    "iothreadids",
+    "defaultiothread",
+    "sysinfo",
+];
 
 fn top<'a>(dom: &'a Domain, name: &'a str) -> impl Iterator<Item = &'a Element> {
     dom.other.iter().filter(move |e| e.name == name)
@@ -29,6 +35,68 @@ pub(super) fn extras(a: &mut Argv, dom: &Domain) -> Result<()> {
         );
     }
     sysinfo(a, dom)
+}
+
+/// `<cpu><cache>` and `<cpu><maxphysaddr>` as libvirt passes them to `-cpu`: an
+/// emulated L3 cache (`l3-cache=on`), the host's cache information for passthrough
+/// CPUs (`host-cache-info`), none (`l3-cache=off`); the host's or a fixed physical
+/// address width.
+fn cache_and_phys_bits(c: &crate::xml::Cpu) -> Result<String> {
+    let passthrough = c.mode == CpuMode::HostPassthrough;
+    let mut s = String::new();
+    for e in &c.other {
+        match e.name.as_str() {
+            "cache" => {
+                let mode = e.get_attr("mode").unwrap_or("");
+                match (e.get_attr("level"), mode) {
+                    (Some("3"), "emulate") => {
+                        s.push_str(",l3-cache=on");
+                        if passthrough {
+                            s.push_str(",host-cache-info=off");
+                        }
+                    }
+                    (None, "passthrough") if passthrough => s.push_str(",host-cache-info=on"),
+                    (None, "disable") => {
+                        if passthrough {
+                            s.push_str(",host-cache-info=off");
+                        }
+                        s.push_str(",l3-cache=off");
+                    }
+                    (level, mode) => {
+                        return Err(unsupported(
+                            "cpu/cache",
+                            &format!("{} {mode}", level.unwrap_or("")),
+                            "QEMU emulates an L3 cache, passes the host's through (host-passthrough) or none",
+                        ))
+                    }
+                }
+            }
+            "maxphysaddr" => {
+                let bits = e.get_attr("bits");
+                if let Some(b) = bits {
+                    if b.parse::<u8>().map_or(true, |n| n == 0 || n > 64) {
+                        return Err(unsupported("cpu/maxphysaddr bits", b, "expected 1 to 64"));
+                    }
+                }
+                match (e.get_attr("mode"), bits) {
+                    (Some("passthrough"), None) => s.push_str(",host-phys-bits=on"),
+                    (Some("passthrough"), Some(b)) => {
+                        s.push_str(&format!(",host-phys-bits=on,host-phys-bits-limit={b}"))
+                    }
+                    (Some("emulate"), Some(b)) => s.push_str(&format!(",phys-bits={b}")),
+                    (m, _) => {
+                        return Err(unsupported(
+                            "cpu/maxphysaddr mode",
+                            m.unwrap_or(""),
+                            "expected passthrough, or emulate with bits",
+                        ))
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(s)
 }
 
 /// `<seclabel>` as libvirt treats it for a QEMU it starts, with this host's only
@@ -168,6 +236,30 @@ fn iothreads(a: &mut Argv, dom: &Domain) -> Result<()> {
     }
     for o in objects {
         a.pair("-object", o.to_string());
+    }
+    // The main loop's thread pool (libvirt's <defaultiothread>).
+    if let Some(d) = top(dom, "defaultiothread").next() {
+        let mut o = serde_json::Map::new();
+        o.insert("qom-type".into(), json!("main-loop"));
+        o.insert("id".into(), json!("main-loop"));
+        for (k, v) in &d.attrs {
+            let opt = match k.as_str() {
+                "thread_pool_min" => "thread-pool-min",
+                "thread_pool_max" => "thread-pool-max",
+                k => {
+                    return Err(unsupported(
+                        &format!("defaultiothread {k}"),
+                        v,
+                        "not implemented",
+                    ))
+                }
+            };
+            let n: i64 = v
+                .parse()
+                .map_err(|_| unsupported(&format!("defaultiothread {k}"), v, "not a number"))?;
+            o.insert(opt.into(), json!(n));
+        }
+        a.pair("-object", serde_json::Value::Object(o).to_string());
     }
     Ok(())
 }
@@ -335,7 +427,13 @@ pub(super) fn cpu(a: &mut Argv, dom: &Domain, accel: &str) -> Result<()> {
     let cpu = match &dom.cpu {
         Some(c) => {
             // NUMA cells are built with the memory (`memory.rs`).
-            if let Some(o) = c.other.iter().find(|o| o.name != "numa") {
+            // NUMA cells are built with the memory (`memory.rs`); caches and the
+            // physical address width below.
+            if let Some(o) = c
+                .other
+                .iter()
+                .find(|o| !matches!(o.name.as_str(), "numa" | "cache" | "maxphysaddr"))
+            {
                 return Err(unsupported(
                     &format!("cpu/{}", o.name),
                     c.mode.as_str(),
@@ -371,6 +469,7 @@ pub(super) fn cpu(a: &mut Argv, dom: &Domain, accel: &str) -> Result<()> {
                     _ => {}
                 }
             }
+            s.push_str(&cache_and_phys_bits(c)?);
             Some(s)
         }
         None => None,
