@@ -37,6 +37,31 @@ pub(super) fn extras(a: &mut Argv, dom: &Domain) -> Result<()> {
     sysinfo(a, dom)
 }
 
+/// The host CPUs `<vcpu cpuset>` allows (libvirt's `1-4,^3,8` syntax), for the
+/// runtime to pin QEMU to before exec; `None` without a cpuset.
+pub fn host_cpus(dom: &Domain) -> Result<Option<Vec<usize>>> {
+    let Some(set) = &dom.vcpu_cpuset else {
+        return Ok(None);
+    };
+    let mut cpus = std::collections::BTreeSet::new();
+    let mut minus = std::collections::BTreeSet::new();
+    for part in set.split(',').map(str::trim) {
+        let (target, part) = match part.strip_prefix('^') {
+            Some(p) => (&mut minus, p),
+            None => (&mut cpus, part),
+        };
+        let bad = || unsupported("vcpu cpuset", set, "expected CPU numbers and ranges");
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let lo: usize = lo.trim().parse().map_err(|_| bad())?;
+        let hi: usize = hi.trim().parse().map_err(|_| bad())?;
+        if hi < lo || hi >= 8192 {
+            return Err(bad());
+        }
+        target.extend(lo..=hi);
+    }
+    Ok(Some(cpus.difference(&minus).copied().collect()))
+}
+
 /// `<cpu><cache>` and `<cpu><maxphysaddr>` as libvirt passes them to `-cpu`: an
 /// emulated L3 cache (`l3-cache=on`), the host's cache information for passthrough
 /// CPUs (`host-cache-info`), none (`l3-cache=off`); the host's or a fixed physical
@@ -414,15 +439,18 @@ pub(super) fn machine(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Result
 }
 
 /// `-cpu`: the model and features of `<cpu>`, then Hyper-V flags (on qemu64 without one).
-pub(super) fn cpu(a: &mut Argv, dom: &Domain, accel: &str) -> Result<()> {
-    // libvirt pins QEMU's threads to these host CPUs (sched_setaffinity); the
-    // runtime here does not yet, so it is refused rather than ignored.
+pub(super) fn cpu(a: &mut Argv, dom: &Domain, accel: &str, ctx: &LaunchContext) -> Result<()> {
+    // libvirt pins QEMU's threads to these host CPUs (sched_setaffinity); unless the
+    // runtime does the same it is refused rather than ignored.
     if let Some(set) = &dom.vcpu_cpuset {
-        return Err(unsupported(
-            "vcpu cpuset",
-            set,
-            "pinning to host CPUs is not implemented",
-        ));
+        host_cpus(dom)?;
+        if !ctx.pins_cpus {
+            return Err(unsupported(
+                "vcpu cpuset",
+                set,
+                "pinning to host CPUs is not implemented",
+            ));
+        }
     }
     let cpu = match &dom.cpu {
         Some(c) => {
@@ -585,4 +613,23 @@ pub(super) fn clock(a: &mut Argv, dom: &Domain, accel: &str) -> Result<()> {
         a.pair("-global", "kvm-pit.lost_tick_policy=delay");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dom(cpuset: &str) -> Domain {
+        Domain::parse(&format!(
+            "<domain type='kvm'><name>p</name><memory>65536</memory>\
+             <vcpu cpuset='{cpuset}'>2</vcpu><os><type>hvm</type></os></domain>"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn host_cpus_follow_libvirts_cpuset_syntax() {
+        assert_eq!(host_cpus(&dom("1-4,^3,8")).unwrap(), Some(vec![1, 2, 4, 8]));
+        assert_eq!(host_cpus(&dom("0")).unwrap(), Some(vec![0]));
+    }
 }

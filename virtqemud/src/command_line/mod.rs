@@ -29,6 +29,7 @@ use crate::xml::Domain;
 use device::PciBuses;
 pub use device::{DeviceProps, PropValue};
 pub use hostdev::UsbHostDev;
+pub use machine::host_cpus;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -67,6 +68,9 @@ pub struct LaunchContext {
     pub render_node: Option<PathBuf>,
     /// The host's USB devices, where `<hostdev type='usb'>` sources are found.
     pub usb_devices: Vec<hostdev::UsbHostDev>,
+    /// The runtime pins QEMU to [`host_cpus`] (sched_setaffinity before exec, as
+    /// libvirt does for `<vcpu cpuset>`); without it such a domain is refused.
+    pub pins_cpus: bool,
 }
 
 impl LaunchContext {
@@ -94,6 +98,7 @@ impl LaunchContext {
                 .filter(|d| !d.is_empty()),
             render_node: graphics::first_render_node(),
             usb_devices: hostdev::host_usb_devices(),
+            pins_cpus: false,
         }
     }
 }
@@ -202,7 +207,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     refuse_untyped(dom)?;
     preamble(&mut a, dom, ctx)?;
     let accel = machine::machine(&mut a, dom, ctx)?;
-    machine::cpu(&mut a, dom, accel)?;
+    machine::cpu(&mut a, dom, accel, ctx)?;
     boot::firmware(&mut a, dom)?;
     machine::memory(&mut a, dom)?;
     memory::memory(&mut a, dom, ctx)?;
