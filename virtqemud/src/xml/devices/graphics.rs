@@ -210,6 +210,11 @@ impl Graphics {
                 self.listen_none
                     .then(|| Element::new("listen").attr("type", "none")),
             )
+            // libvirt writes the default listener (qemu.conf's address) this way.
+            .child_opt(
+                (self.listen.is_none() && self.listen_socket.is_none() && !self.listen_none)
+                    .then(|| Element::new("listen").attr("type", "address")),
+            )
             .child_opt(
                 self.image_compression
                     .as_deref()

@@ -403,6 +403,12 @@ impl Devices {
         for v in &mut self.videos {
             v.fill_defaults();
         }
+        // libvirt keeps an automatic VNC port as port='-1'.
+        for g in &mut self.graphics {
+            if g.kind == GraphicsKind::Vnc && g.autoport && g.port.is_none() {
+                g.port = Some(-1);
+            }
+        }
         if let Some(v) = self.videos.first_mut().filter(|v| v.model != "none") {
             v.primary = true;
         }
