@@ -62,6 +62,8 @@ fn controller_props(c: &Controller, q35: bool, buses: &PciBuses) -> Result<Optio
         // i440fx has its floppy controller built in.
         ("fdc", _) if !q35 => return Ok(None),
         ("usb", Some("none")) | ("sata", _) | ("ide", _) => return Ok(None),
+        // Built with the smart cards on it (misc.rs).
+        ("ccid", _) => return Ok(None),
         ("usb", m) => {
             let model = m.unwrap_or("qemu-xhci");
             let qemu = usb_device(model)

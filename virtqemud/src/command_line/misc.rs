@@ -229,9 +229,12 @@ fn memballoon_props(m: &Memballoon, buses: &PciBuses) -> DeviceProps {
         .pci(buses, &m.address)
 }
 
-/// Untyped devices built here: IOMMUs, vsock and filesystems.
+/// Untyped devices built here: IOMMUs, vsock, filesystems and smart cards.
 pub(super) fn handles(el: &Element) -> bool {
-    matches!(el.name.as_str(), "iommu" | "vsock" | "filesystem")
+    matches!(
+        el.name.as_str(),
+        "iommu" | "vsock" | "filesystem" | "smartcard"
+    )
 }
 
 /// The `<address>` of an untyped device; `None` lets QEMU choose the slot.
@@ -527,4 +530,164 @@ pub(super) fn filesystems(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Resul
         a.device(&dev.pci(buses, &addr))?;
     }
     Ok(())
+}
+
+/// CCID controllers (`usb-ccid`) and the smart cards on them, as libvirt 9.0 writes
+/// them: a card emulated from the host's NSS database or three of its certificates,
+/// or passed through from a SPICE client or a socket.
+pub(super) fn smartcards(a: &mut Argv, dom: &Domain) -> Result<()> {
+    for c in dom.devices.controllers.iter().filter(|c| c.kind == "ccid") {
+        a.device(&DeviceProps::new("usb-ccid").str("id", format!("ccid{}", c.index)))?;
+    }
+    let cards = dom.devices.other.iter().filter(|e| e.name == "smartcard");
+    let mut taken = std::collections::BTreeSet::new();
+    for (i, sc) in cards.enumerate() {
+        let mode = sc.get_attr("mode").unwrap_or("");
+        let ccid = match sc.first("address") {
+            Some(ad) if ad.get_attr("type") == Some("ccid") => {
+                ad.get_attr("controller").unwrap_or("0").to_owned()
+            }
+            Some(_) => {
+                return Err(unsupported(
+                    "smartcard/address",
+                    mode,
+                    "expected a CCID address",
+                ))
+            }
+            None => "0".to_owned(),
+        };
+        // QEMU's CCID reader has one slot.
+        if !taken.insert(ccid.clone()) {
+            return Err(unsupported(
+                "smartcard/address controller",
+                &ccid,
+                "a CCID controller holds one card",
+            ));
+        }
+        let bus = format!(
+            "ccid{}.0",
+            qemu_opt_value("smartcard/address controller", &ccid)?
+        );
+        let id = format!("smartcard{i}");
+        let known: &[&str] = match mode {
+            "host-certificates" => &["certificate", "database", "address", "alias"],
+            "passthrough" => &["source", "protocol", "address", "alias"],
+            _ => &["address", "alias"],
+        };
+        if let Some(c) = sc.elements().find(|c| !known.contains(&c.name.as_str())) {
+            return Err(unsupported(
+                &format!("smartcard/{}", c.name),
+                mode,
+                "not implemented",
+            ));
+        }
+        let dev = match mode {
+            "host" => DeviceProps::new("ccid-card-emulated").str("backend", "nss-emulated"),
+            "host-certificates" => {
+                let certs: Vec<String> =
+                    sc.children_named("certificate").map(|c| c.text()).collect();
+                if certs.len() != 3 {
+                    return Err(unsupported(
+                        "smartcard/certificate",
+                        mode,
+                        "exactly three are needed",
+                    ));
+                }
+                let db = sc
+                    .first("database")
+                    .map_or_else(|| "/etc/pki/nssdb".to_owned(), |d| d.text());
+                let mut dev = DeviceProps::new("ccid-card-emulated").str("backend", "certificates");
+                for (n, c) in certs.iter().enumerate() {
+                    dev = dev.str(["cert1", "cert2", "cert3"][n], c.as_str());
+                }
+                dev.str("db", path_opt("smartcard/database", Path::new(&db))?)
+            }
+            "passthrough" => {
+                let chr = format!("charsmartcard{i}");
+                a.pair("-chardev", smartcard_chardev(dom, sc, &chr)?);
+                DeviceProps::new("ccid-card-passthru").str("chardev", chr)
+            }
+            m => {
+                return Err(unsupported(
+                    "smartcard mode",
+                    m,
+                    "expected host, host-certificates or passthrough",
+                ))
+            }
+        };
+        a.device(&dev.str("id", id).str("bus", bus))?;
+    }
+    Ok(())
+}
+
+/// The chardev a passed-through smart card reads: SPICE's, or a TCP/UNIX socket.
+fn smartcard_chardev(dom: &Domain, sc: &Element, id: &str) -> Result<String> {
+    let ty = sc.get_attr("type").unwrap_or("");
+    if ty == "spicevmc" {
+        if !dom
+            .devices
+            .graphics
+            .iter()
+            .any(|g| g.kind == crate::xml::GraphicsKind::Spice)
+        {
+            return Err(unsupported(
+                "smartcard type",
+                ty,
+                "needs <graphics type='spice'>",
+            ));
+        }
+        return Ok(format!("spicevmc,id={id},name=smartcard"));
+    }
+    let src = sc
+        .first("source")
+        .ok_or_else(|| unsupported("smartcard/source", ty, "missing"))?;
+    let server = match src.get_attr("mode").unwrap_or("connect") {
+        "bind" => ",server=on,wait=off",
+        "connect" => "",
+        m => {
+            return Err(unsupported(
+                "smartcard/source mode",
+                m,
+                "expected bind or connect",
+            ))
+        }
+    };
+    let telnet = match sc.first("protocol").and_then(|p| p.get_attr("type")) {
+        None | Some("raw") => "",
+        Some("telnet") => ",telnet=on",
+        Some(p) => {
+            return Err(unsupported(
+                "smartcard/protocol type",
+                p,
+                "expected raw or telnet",
+            ))
+        }
+    };
+    match ty {
+        "tcp" => {
+            let host = src.get_attr("host").unwrap_or("localhost");
+            let port = src
+                .get_attr("service")
+                .ok_or_else(|| unsupported("smartcard/source", "tcp", "no service"))?;
+            Ok(format!(
+                "socket,id={id},host={},port={}{telnet}{server}",
+                qemu_opt_value("smartcard/source host", host)?,
+                qemu_opt_value("smartcard/source service", port)?
+            ))
+        }
+        "unix" => {
+            let path = src
+                .get_attr("path")
+                .ok_or_else(|| unsupported("smartcard/source", "unix", "no path"))?;
+            Ok(format!(
+                "socket,id={id},path={}{server}",
+                path_opt("smartcard/source path", Path::new(path))?
+            ))
+        }
+        t => Err(unsupported(
+            "smartcard type",
+            t,
+            "expected spicevmc, tcp or unix",
+        )),
+    }
 }

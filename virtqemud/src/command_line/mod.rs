@@ -225,6 +225,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     net::nics(&mut a, dom, ctx, &buses)?;
     chardevs::chardevs(&mut a, dom, ctx)?;
     misc::hubs(&mut a, dom)?;
+    misc::smartcards(&mut a, dom)?;
     misc::inputs(&mut a, dom, &buses)?;
     graphics::graphics(&mut a, dom, ctx)?;
     graphics::videos(&mut a, dom, &buses)?;

@@ -456,6 +456,11 @@ impl Devices {
         if ide && !self.controllers.iter().any(|c| c.kind == "ide") {
             self.controllers.push(Controller::new("ide", 0, None));
         }
+        // Smart cards sit on a CCID controller (a USB device).
+        let smartcard = self.other.iter().any(|e| e.name == "smartcard");
+        if smartcard && !self.controllers.iter().any(|c| c.kind == "ccid") {
+            self.controllers.push(Controller::new("ccid", 0, None));
+        }
         // Virtio consoles sit on a virtio-serial controller, as channels do.
         let virtio_console = self
             .consoles
