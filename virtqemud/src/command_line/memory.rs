@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use common::xml::Element;
 use serde_json::{json, Map, Value};
 
-use crate::xml::{unit_to_kib, Domain};
+use crate::xml::{unit_to_kib, Address, Domain};
 
+use super::device::DeviceProps;
 use super::{json_str, unsupported, Argv, LaunchContext, Result};
 
 /// A top-level element of the domain this module reads (kept verbatim by the model).
@@ -103,6 +104,9 @@ pub(super) fn machine_opts(dom: &Domain) -> String {
     }
     if numa(dom).is_none() && needs_backend(dom) {
         s.push_str(",memory-backend=pc.ram");
+    }
+    if has_nvdimm(dom) {
+        s.push_str(",nvdimm=on");
     }
     s
 }
@@ -476,6 +480,245 @@ fn parse_page_size(s: &str) -> Option<u64> {
         _ => (s, 1),
     };
     num.parse::<u64>().ok().map(|n| n * mult)
+}
+
+/// Memory devices (`<devices><memory>`) built here.
+pub(super) fn handles(el: &Element) -> bool {
+    el.name == "memory"
+        && matches!(
+            el.get_attr("model"),
+            Some("dimm" | "nvdimm" | "virtio-mem" | "virtio-pmem")
+        )
+}
+
+/// A size child (`<size unit>N</size>`) in bytes.
+fn size_bytes(el: Option<&Element>, what: &str) -> Result<Option<u64>> {
+    let Some(el) = el else {
+        return Ok(None);
+    };
+    let text = el.text();
+    let v: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| unsupported(what, &text, "not a number"))?;
+    let kib = unit_to_kib(what, v, el.get_attr("unit").unwrap_or("KiB"))
+        .map_err(|e| unsupported(what, &text, e))?;
+    Ok(Some(kib * 1024))
+}
+
+/// The backend of a memory device: a file for NVDIMMs/virtio-pmem (its path) and
+/// hugepages (the mount of its page size), else RAM; with its sharing, discard,
+/// preallocation and host NUMA policy.
+fn device_backend(
+    dom: &Domain,
+    ctx: &LaunchContext,
+    m: &Element,
+    node: Option<u32>,
+    size: u64,
+) -> Result<(&'static str, Map<String, Value>)> {
+    const MIB2: u64 = 2 << 20;
+    let model = m.get_attr("model").unwrap_or_default();
+    let src = m.first("source");
+    // The backend: a file for NVDIMMs/virtio-pmem and hugepages, else RAM.
+    let mut o = Map::new();
+    let path = src
+        .and_then(|s| s.first("path"))
+        .map(|p| PathBuf::from(p.text().trim()));
+    let page = match src.and_then(|s| s.first("pagesize")) {
+        Some(p) => Some(size_bytes(Some(p), "memory/source/pagesize")?.map(|b| b / 1024)),
+        None if path.is_none() => hugepage(top(dom, "memoryBacking"), node)?,
+        None => None,
+    };
+    let kind = if let Some(p) = &path {
+        o.insert("mem-path".into(), Value::String(json_path(p)?));
+        "memory-backend-file"
+    } else if let Some(size) = page {
+        let mount = ctx
+            .hugetlbfs
+            .iter()
+            .find(|(kib, _)| size.is_none_or(|s| s == *kib))
+            .map(|(_, p)| p.clone())
+            .ok_or_else(|| {
+                unsupported(
+                    "memory/source/pagesize",
+                    model,
+                    "no hugetlbfs is mounted for this page size",
+                )
+            })?;
+        o.insert("mem-path".into(), Value::String(json_path(&mount)?));
+        "memory-backend-file"
+    } else {
+        "memory-backend-ram"
+    };
+    match m.get_attr("access") {
+        None => {}
+        Some("shared") => {
+            o.insert("share".into(), json!(true));
+        }
+        Some("private") => {
+            o.insert("share".into(), json!(false));
+        }
+        Some(x) => {
+            return Err(unsupported(
+                "memory access",
+                x,
+                "expected shared or private",
+            ))
+        }
+    }
+    if model == "virtio-pmem" {
+        o.insert("share".into(), json!(true));
+    }
+    if let (Some(d), "memory-backend-file") = (m.get_attr("discard"), kind) {
+        o.insert("discard-data".into(), json!(d == "yes"));
+    }
+    if model == "virtio-mem" {
+        o.insert("reserve".into(), json!(false));
+    } else if page.is_some() {
+        o.insert("prealloc".into(), json!(true));
+    }
+    let aligned = if matches!(model, "dimm" | "nvdimm") {
+        size.div_ceil(MIB2) * MIB2
+    } else {
+        size
+    };
+    o.insert("size".into(), json!(aligned));
+    if let Some(mask) = src.and_then(|s| s.first("nodemask")) {
+        let nodes = parse_set("memory/source/nodemask", mask.text().trim())?;
+        o.insert(
+            "host-nodes".into(),
+            json!(nodes.into_iter().collect::<Vec<_>>()),
+        );
+        o.insert("policy".into(), json!("bind"));
+    } else if let Some((nodes, policy)) = host_policy(dom, node)? {
+        o.insert("host-nodes".into(), json!(nodes));
+        o.insert("policy".into(), json!(policy));
+    }
+    Ok((kind, o))
+}
+
+/// Whether a memory device needs `-machine nvdimm=on`.
+pub(super) fn has_nvdimm(dom: &Domain) -> bool {
+    dom.devices
+        .other
+        .iter()
+        .any(|e| e.name == "memory" && e.get_attr("model") == Some("nvdimm"))
+}
+
+/// DIMMs, NVDIMMs, virtio-mem and virtio-pmem devices with their backends, as libvirt
+/// 9.0 writes them (DIMMs named by slot, sizes aligned to 2 MiB).
+pub(super) fn memory_devices(
+    a: &mut Argv,
+    dom: &Domain,
+    ctx: &LaunchContext,
+    buses: &super::device::PciBuses,
+) -> Result<()> {
+    let mems: Vec<&Element> = dom.devices.other.iter().filter(|e| handles(e)).collect();
+    if !mems.is_empty()
+        && dom.max_memory.is_none()
+        && mems
+            .iter()
+            .any(|m| m.get_attr("model") != Some("virtio-pmem"))
+    {
+        return Err(unsupported(
+            "memory",
+            "",
+            "memory devices need <maxMemory slots>",
+        ));
+    }
+    let mut slots_taken: BTreeSet<u32> = mems
+        .iter()
+        .filter_map(|m| m.first("address").and_then(|ad| ad.get_attr("slot")))
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let mut counts = std::collections::BTreeMap::new();
+    for m in mems {
+        let model = m.get_attr("model").unwrap_or_default();
+        let n = counts.entry(model).or_insert(0u32);
+        let index = *n;
+        *n += 1;
+        let tgt = m.first("target");
+        for c in m.elements() {
+            if !matches!(c.name.as_str(), "source" | "target" | "address" | "alias") {
+                return Err(unsupported(
+                    &format!("memory/{}", c.name),
+                    model,
+                    "not implemented",
+                ));
+            }
+        }
+        let size = size_bytes(tgt.and_then(|t| t.first("size")), "memory/target/size")?
+            .ok_or_else(|| unsupported("memory/target/size", model, "missing"))?;
+        let node: Option<u32> = match tgt.and_then(|t| t.first("node")) {
+            Some(n) => Some(
+                n.text()
+                    .trim()
+                    .parse()
+                    .map_err(|_| unsupported("memory/target/node", &n.text(), "not a number"))?,
+            ),
+            None => None,
+        };
+        let addr = Address::of(m).map_err(|e| unsupported("memory/address", model, e))?;
+        let (prefix, dev_name) = match model {
+            "dimm" => ("dimm", "pc-dimm"),
+            "nvdimm" => ("nvdimm", "nvdimm"),
+            "virtio-mem" => ("virtiomem", "virtio-mem-pci"),
+            _ => ("virtiopmem", "virtio-pmem-pci"),
+        };
+        let slot = if matches!(model, "dimm" | "nvdimm") {
+            let given = m
+                .first("address")
+                .and_then(|ad| ad.get_attr("slot"))
+                .and_then(|s| s.parse::<u32>().ok());
+            Some(match given {
+                Some(s) => s,
+                None => {
+                    let s = (0..).find(|s| !slots_taken.contains(s)).unwrap_or(0);
+                    slots_taken.insert(s);
+                    s
+                }
+            })
+        } else {
+            None
+        };
+        let id = match slot {
+            Some(s) => format!("{prefix}{s}"),
+            None => format!("{prefix}{index}"),
+        };
+        let (kind, o) = device_backend(dom, ctx, m, node, size)?;
+        let mut obj = Map::new();
+        obj.insert("qom-type".into(), json!(kind));
+        obj.insert("id".into(), json!(format!("mem{id}")));
+        obj.extend(o);
+        a.pair("-object", Value::Object(obj).to_string());
+        let mut dev = DeviceProps::new(dev_name);
+        if let Some(n) = node.filter(|_| model != "virtio-pmem") {
+            dev = dev.uint("node", n.into());
+        }
+        if model == "virtio-mem" {
+            let block = size_bytes(tgt.and_then(|t| t.first("block")), "memory/target/block")?
+                .ok_or_else(|| unsupported("memory/target/block", model, "missing"))?;
+            let req = size_bytes(
+                tgt.and_then(|t| t.first("requested")),
+                "memory/target/requested",
+            )?
+            .unwrap_or(0);
+            dev = dev.uint("block-size", block).uint("requested-size", req);
+        }
+        dev = dev.str("memdev", format!("mem{id}")).str("id", id.as_str());
+        if let Some(s) = slot {
+            dev = dev.uint("slot", s.into());
+            if let Some(base) = m.first("address").and_then(|ad| ad.get_attr("base")) {
+                let b = u64::from_str_radix(base.trim_start_matches("0x"), 16)
+                    .map_err(|_| unsupported("memory/address base", base, "not a hex number"))?;
+                dev = dev.uint("addr", b);
+            }
+        } else {
+            dev = dev.pci(buses, &addr);
+        }
+        a.device(&dev)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -237,6 +237,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     tpm::tpm(&mut a, dom, ctx)?;
     hostdev::hostdevs(&mut a, dom, &buses)?;
     hostdev::other_hostdevs(&mut a, dom, ctx, &buses)?;
+    memory::memory_devices(&mut a, dom, ctx, &buses)?;
     misc::rngs(&mut a, dom, &buses)?;
     misc::memballoon(&mut a, dom, &buses)?;
     a.pair("-msg", "timestamp=on");
@@ -249,8 +250,9 @@ fn refuse_untyped(dom: &Domain) -> Result<()> {
     if let Some(o) = dom.other.iter().find(|o| !ignorable_top_level(o)) {
         return Err(unsupported(&o.name, "", "not implemented"));
     }
-    let built_here =
-        |o: &&common::xml::Element| graphics::handles(o) || misc::handles(o) || hostdev::handles(o);
+    let built_here = |o: &&common::xml::Element| {
+        graphics::handles(o) || misc::handles(o) || hostdev::handles(o) || memory::handles(o)
+    };
     if let Some(o) = dom.devices.other.iter().find(|o| !built_here(o)) {
         // A typed kind kept whole because of a child its model does not honour.
         if let Ok(Some(child)) = crate::xml::dropped_child(o) {

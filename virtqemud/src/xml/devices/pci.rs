@@ -259,6 +259,7 @@ fn untyped_on_pci(e: &common::xml::Element) -> bool {
         "interface" => e.first("model").and_then(|m| m.get_attr("type")) != Some("usb-net"),
         "rng" => true,
         "input" => e.get_attr("bus") == Some("virtio"),
+        "memory" => matches!(e.get_attr("model"), Some("virtio-mem" | "virtio-pmem")),
         "iommu" => e.get_attr("model") == Some("virtio"),
         "hostdev" => e.get_attr("type") == Some("mdev"),
         _ => false,
