@@ -229,11 +229,11 @@ fn memballoon_props(m: &Memballoon, buses: &PciBuses) -> DeviceProps {
         .pci(buses, &m.address)
 }
 
-/// Untyped devices built here: IOMMUs, vsock, filesystems and smart cards.
+/// Untyped devices built here: IOMMUs, vsock, filesystems, smart cards and EGD RNGs.
 pub(super) fn handles(el: &Element) -> bool {
     matches!(
         el.name.as_str(),
-        "iommu" | "vsock" | "filesystem" | "smartcard"
+        "iommu" | "vsock" | "filesystem" | "smartcard" | "rng"
     )
 }
 
@@ -638,26 +638,61 @@ fn smartcard_chardev(dom: &Domain, sc: &Element, id: &str) -> Result<String> {
         }
         return Ok(format!("spicevmc,id={id},name=smartcard"));
     }
-    let src = sc
+    socket_chardev("smartcard", sc, id)
+}
+
+/// A TCP or UNIX socket chardev (`type`, `<source mode host service path>` with
+/// `<reconnect>`, `<protocol type>`) of a device outside the serial family: a
+/// passed-through smart card, an EGD entropy source.
+fn socket_chardev(what: &str, el: &Element, id: &str) -> Result<String> {
+    let ty = el.get_attr("type").unwrap_or("");
+    let src = el
         .first("source")
-        .ok_or_else(|| unsupported("smartcard/source", ty, "missing"))?;
+        .ok_or_else(|| unsupported(&format!("{what}/source"), ty, "missing"))?;
+    let mut reconnect = String::new();
+    for c in src.elements() {
+        match (
+            c.name.as_str(),
+            c.get_attr("enabled"),
+            c.get_attr("timeout"),
+        ) {
+            ("reconnect", Some("yes"), Some(t)) => {
+                let t: u32 = t.parse().map_err(|_| {
+                    unsupported(
+                        &format!("{what}/source/reconnect timeout"),
+                        t,
+                        "not a number",
+                    )
+                })?;
+                reconnect = format!(",reconnect={t}");
+            }
+            ("reconnect", Some("no"), _) => {}
+            (n, _, _) => {
+                return Err(unsupported(
+                    &format!("{what}/source/{n}"),
+                    ty,
+                    "not implemented",
+                ))
+            }
+        }
+    }
     let server = match src.get_attr("mode").unwrap_or("connect") {
         "bind" => ",server=on,wait=off",
-        "connect" => "",
+        "connect" => reconnect.as_str(),
         m => {
             return Err(unsupported(
-                "smartcard/source mode",
+                &format!("{what}/source mode"),
                 m,
                 "expected bind or connect",
             ))
         }
     };
-    let telnet = match sc.first("protocol").and_then(|p| p.get_attr("type")) {
+    let telnet = match el.first("protocol").and_then(|p| p.get_attr("type")) {
         None | Some("raw") => "",
         Some("telnet") => ",telnet=on",
         Some(p) => {
             return Err(unsupported(
-                "smartcard/protocol type",
+                &format!("{what}/protocol type"),
                 p,
                 "expected raw or telnet",
             ))
@@ -668,26 +703,81 @@ fn smartcard_chardev(dom: &Domain, sc: &Element, id: &str) -> Result<String> {
             let host = src.get_attr("host").unwrap_or("localhost");
             let port = src
                 .get_attr("service")
-                .ok_or_else(|| unsupported("smartcard/source", "tcp", "no service"))?;
+                .ok_or_else(|| unsupported(&format!("{what}/source"), "tcp", "no service"))?;
             Ok(format!(
                 "socket,id={id},host={},port={}{telnet}{server}",
-                qemu_opt_value("smartcard/source host", host)?,
-                qemu_opt_value("smartcard/source service", port)?
+                qemu_opt_value("source host", host)?,
+                qemu_opt_value("source service", port)?
             ))
         }
         "unix" => {
             let path = src
                 .get_attr("path")
-                .ok_or_else(|| unsupported("smartcard/source", "unix", "no path"))?;
+                .ok_or_else(|| unsupported(&format!("{what}/source"), "unix", "no path"))?;
             Ok(format!(
                 "socket,id={id},path={}{server}",
-                path_opt("smartcard/source path", Path::new(path))?
+                path_opt("source path", Path::new(path))?
             ))
         }
         t => Err(unsupported(
-            "smartcard type",
+            &format!("{what} type"),
             t,
-            "expected spicevmc, tcp or unix",
+            "expected tcp or unix",
         )),
     }
+}
+
+/// Entropy from an EGD daemon on a socket (`<rng><backend model='egd'>`): an
+/// `rng-egd` object on the socket's chardev and a virtio-rng device, numbered after
+/// the other RNGs.
+pub(super) fn egd_rngs(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
+    let first = dom.devices.rngs.len();
+    let egds = dom.devices.other.iter().filter(|e| e.name == "rng");
+    for (k, el) in egds.enumerate() {
+        let i = first + k;
+        let model = el.get_attr("model").unwrap_or("virtio");
+        if model != "virtio" {
+            return Err(unsupported("rng model", model, "expected virtio"));
+        }
+        let backend = el
+            .first("backend")
+            .ok_or_else(|| unsupported("rng/backend", "", "missing"))?;
+        let bm = backend.get_attr("model").unwrap_or("");
+        if let Some(c) = el
+            .elements()
+            .find(|c| !matches!(c.name.as_str(), "backend" | "address" | "alias" | "rate"))
+        {
+            return Err(unsupported(
+                &format!("rng/{}", c.name),
+                bm,
+                "not implemented",
+            ));
+        }
+        if bm != "egd" {
+            return Err(unsupported("rng/backend model", bm, "not implemented"));
+        }
+        let chr = format!("charrng{i}");
+        a.pair("-chardev", socket_chardev("rng/backend", backend, &chr)?);
+        a.pair(
+            "-object",
+            format!("{{\"qom-type\":\"rng-egd\",\"id\":\"objrng{i}\",\"chardev\":\"{chr}\"}}"),
+        );
+        let mut dev = DeviceProps::new("virtio-rng-pci")
+            .str("rng", format!("objrng{i}"))
+            .str("id", format!("rng{i}"));
+        if let Some(r) = el.first("rate") {
+            let bytes: u64 = r
+                .parse_attr("bytes")
+                .map_err(|e| unsupported("rng/rate bytes", "", e))?
+                .ok_or_else(|| unsupported("rng/rate", "", "no bytes"))?;
+            let period: u64 = r
+                .parse_attr("period")
+                .map_err(|e| unsupported("rng/rate period", "", e))?
+                .unwrap_or(1000);
+            dev = dev.uint("max-bytes", bytes).uint("period", period);
+        }
+        let addr = Address::of(el).map_err(|e| unsupported("rng/address", "egd", e))?;
+        a.device(&dev.pci(buses, &addr))?;
+    }
+    Ok(())
 }

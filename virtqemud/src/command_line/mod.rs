@@ -239,6 +239,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     hostdev::other_hostdevs(&mut a, dom, ctx, &buses)?;
     memory::memory_devices(&mut a, dom, ctx, &buses)?;
     misc::rngs(&mut a, dom, &buses)?;
+    misc::egd_rngs(&mut a, dom, &buses)?;
     misc::memballoon(&mut a, dom, &buses)?;
     a.pair("-msg", "timestamp=on");
     qemu_commandline(&mut a, dom);
