@@ -15,6 +15,9 @@ pub(super) const HANDLED: &[&str] = &[
     "iothreadids",
     "defaultiothread",
     "sysinfo",
+    "cputune",
+    "memtune",
+    "blkiotune",
 ];
 
 fn top<'a>(dom: &'a Domain, name: &'a str) -> impl Iterator<Item = &'a Element> {
@@ -122,6 +125,55 @@ fn cache_and_phys_bits(c: &crate::xml::Cpu) -> Result<String> {
         }
     }
     Ok(s)
+}
+
+/// `<cputune>`, `<memtune>` and `<blkiotune>` as libvirt treats them. Their cgroup
+/// knobs (CPU shares, period and quota, memory limits, block I/O weights) are applied
+/// by libvirt's system daemon through the domain's cgroup and skipped by its session
+/// daemon, which has no cgroup to apply them to; this runtime does the same in
+/// session mode (the definition keeps them) and, placing no cgroups, refuses them in
+/// system mode (`LaunchContext::sandbox`). Pinning and scheduling (`vcpupin`,
+/// `emulatorpin`, `iothreadpin`, `*sched`), which libvirt applies in both modes
+/// without cgroups, are refused by name: not implemented.
+pub(super) fn tuning(dom: &Domain, ctx: &LaunchContext) -> Result<()> {
+    const CGROUP_ONLY: &[&str] = &[
+        "shares",
+        "period",
+        "quota",
+        "global_period",
+        "global_quota",
+        "emulator_period",
+        "emulator_quota",
+        "iothread_period",
+        "iothread_quota",
+        "hard_limit",
+        "soft_limit",
+        "swap_hard_limit",
+        "min_guarantee",
+        "weight",
+        "device",
+    ];
+    for name in ["cputune", "memtune", "blkiotune"] {
+        for el in top(dom, name) {
+            for c in el.elements() {
+                if !CGROUP_ONLY.contains(&c.name.as_str()) {
+                    return Err(unsupported(
+                        name,
+                        &c.name,
+                        "pinning and scheduling are not implemented",
+                    ));
+                }
+                if ctx.sandbox {
+                    return Err(unsupported(
+                        name,
+                        &c.name,
+                        "this runtime places no cgroups (libvirt's system daemon applies it through one)",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `<seclabel>` as libvirt treats it for a QEMU it starts, with this host's only
@@ -625,6 +677,29 @@ mod tests {
              <vcpu cpuset='{cpuset}'>2</vcpu><os><type>hvm</type></os></domain>"
         ))
         .unwrap()
+    }
+
+    /// Session mode keeps cgroup tunables as libvirt's session daemon does; system
+    /// mode, where libvirt would apply them through a cgroup, refuses them.
+    #[test]
+    fn cgroup_tunables_follow_the_mode() {
+        let mut d = Domain::parse(
+            "<domain type='kvm'><name>t</name><memory>65536</memory>\
+             <memtune><soft_limit>1024</soft_limit></memtune><os><type>hvm</type></os></domain>",
+        )
+        .unwrap();
+        d.fill_defaults(&crate::caps::tests::fake()).unwrap();
+        let mut ctx = LaunchContext::new(
+            "/usr/bin/qemu-system-x86_64".into(),
+            "/run/q".into(),
+            "/run/p".into(),
+            "/run".into(),
+        );
+        ctx.accel = Accel::Kvm;
+        assert!(super::super::build(&d, &ctx).is_ok());
+        ctx.sandbox = true;
+        let e = super::super::build(&d, &ctx).unwrap_err().to_string();
+        assert!(e.contains("<memtune> 'soft_limit'"), "{e}");
     }
 
     #[test]
