@@ -30,6 +30,10 @@ fn ctx(dom: &Domain) -> LaunchContext {
     // A display and a render node as on a desktop host, not this host's.
     c.display = Some(":0".into());
     c.render_node = Some("/dev/dri/renderD128".into());
+    // The host's SCSI generic devices, a fixture.
+    c.scsi_generic = (0..3)
+        .map(|u| (format!("0:0:0:{u}"), format!("/dev/sg{u}").into()))
+        .collect();
     // The host's USB devices, a fixture: a hub and two devices.
     c.usb_devices = [
         (0x1d6b, 0x0002, 14, 6),

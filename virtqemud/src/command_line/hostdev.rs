@@ -2,6 +2,8 @@
 //! vfio-pci before start), mediated devices by their sysfs path, and USB devices
 //! found by vendor/product or bus/device among the host's.
 
+use std::path::{Path, PathBuf};
+
 use common::xml::Element;
 
 use crate::xml::{Address, Domain, Hostdev};
@@ -61,11 +63,14 @@ pub fn host_usb_devices() -> Vec<UsbHostDev> {
     out
 }
 
-/// Untyped host devices built here: USB devices and mediated devices.
+/// Untyped host devices built here: USB, mediated and SCSI devices.
 pub(super) fn handles(el: &Element) -> bool {
     el.name == "hostdev"
         && el.get_attr("mode").unwrap_or("subsystem") == "subsystem"
-        && matches!(el.get_attr("type"), Some("usb" | "mdev"))
+        && matches!(
+            el.get_attr("type"),
+            Some("usb" | "mdev" | "scsi" | "scsi_host")
+        )
 }
 
 /// `<hostdev type='usb'|'mdev'>`, numbered after the PCI ones, as libvirt writes them.
@@ -80,7 +85,8 @@ pub(super) fn other_hostdevs(
         let id = format!("hostdev{}", first + i);
         let dev = match el.get_attr("type") {
             Some("usb") => usb_props(el, id, &ctx.usb_devices)?,
-            _ => mdev_props(el, id, buses)?,
+            Some("mdev") => mdev_props(el, id, buses)?,
+            _ => scsi_props(a, dom, el, id, ctx, buses)?,
         };
         a.device(&dev)?;
     }
@@ -262,4 +268,171 @@ fn mdev_props(el: &Element, id: String, buses: &PciBuses) -> Result<DeviceProps>
         ));
     }
     Ok(dev.pci(buses, &addr))
+}
+
+/// The host's SCSI devices as (`H:B:T:U`, its `/dev/sgN`), from sysfs: where
+/// `<hostdev type='scsi'>` sources are found.
+pub fn host_scsi_generic() -> Vec<(String, PathBuf)> {
+    let Ok(dir) = std::fs::read_dir("/sys/bus/scsi/devices") else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, PathBuf)> = dir
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let sg = std::fs::read_dir(e.path().join("scsi_generic"))
+                .ok()?
+                .filter_map(|s| s.ok())
+                .next()?;
+            Some((name, Path::new("/dev").join(sg.file_name())))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `<hostdev type='scsi'>` (a host SCSI LUN by adapter and address, or an iSCSI LUN)
+/// as a `-blockdev` and a `scsi-generic` on the guest's SCSI controller, or
+/// `type='scsi_host'` (a vhost-scsi target by WWPN), as libvirt 9.0 writes them.
+fn scsi_props(
+    a: &mut Argv,
+    dom: &Domain,
+    el: &Element,
+    id: String,
+    ctx: &LaunchContext,
+    buses: &PciBuses,
+) -> Result<DeviceProps> {
+    let ty = el.get_attr("type").unwrap_or_default();
+    if let Some(c) = el
+        .elements()
+        .find(|c| !matches!(c.name.as_str(), "source" | "address" | "alias" | "readonly"))
+    {
+        return Err(unsupported(
+            &format!("hostdev/{}", c.name),
+            ty,
+            "not implemented",
+        ));
+    }
+    if let Some((k, _)) = el
+        .attrs
+        .iter()
+        .find(|(k, _)| !matches!(k.as_str(), "mode" | "type" | "managed" | "sgio" | "rawio"))
+    {
+        return Err(unsupported(&format!("hostdev {k}"), ty, "not implemented"));
+    }
+    for k in ["sgio", "rawio"] {
+        if let Some(v) = el.get_attr(k) {
+            return Err(unsupported(&format!("hostdev {k}"), v, "not implemented"));
+        }
+    }
+    let src = el
+        .first("source")
+        .ok_or_else(|| unsupported("hostdev/source", ty, "missing"))?;
+    if ty == "scsi_host" {
+        let wwpn = match (src.get_attr("protocol"), src.get_attr("wwpn")) {
+            (Some("vhost"), Some(w)) => w,
+            _ => {
+                return Err(unsupported(
+                    "hostdev/source",
+                    ty,
+                    "expected protocol='vhost' and a wwpn",
+                ))
+            }
+        };
+        let addr = Address::of(el).map_err(|e| unsupported("hostdev/address", ty, e))?;
+        return Ok(DeviceProps::new("vhost-scsi-pci")
+            .str("wwpn", qemu_opt_value("hostdev/source wwpn", wwpn)?)
+            .str("id", id)
+            .pci(buses, &addr));
+    }
+    let node = format!("libvirt-{id}-backend");
+    let ro = el.first("readonly").is_some();
+    let backend = match src.get_attr("protocol") {
+        None => {
+            let host: u32 = src
+                .first("adapter")
+                .and_then(|ad| ad.get_attr("name"))
+                .and_then(|n| n.strip_prefix("scsi_host"))
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| {
+                    unsupported("hostdev/source/adapter", ty, "expected name='scsi_hostN'")
+                })?;
+            let sa = src
+                .first("address")
+                .ok_or_else(|| unsupported("hostdev/source/address", ty, "missing"))?;
+            let get = |k: &str| sa.get_attr(k).unwrap_or("0");
+            let hbtu = format!("{host}:{}:{}:{}", get("bus"), get("target"), get("unit"));
+            let sg = ctx
+                .scsi_generic
+                .iter()
+                .find(|(n, _)| *n == hbtu)
+                .map(|(_, p)| p.clone())
+                .ok_or_else(|| {
+                    unsupported(
+                        "hostdev type='scsi'",
+                        &hbtu,
+                        "no such SCSI device on this host",
+                    )
+                })?;
+            super::path_opt("hostdev/source", &sg)?;
+            serde_json::json!({"driver": "host_device", "filename": sg.to_string_lossy(),
+                               "node-name": node, "read-only": ro})
+        }
+        Some("iscsi") => {
+            if let Some(c) = src.elements().find(|c| c.name != "host") {
+                return Err(unsupported(
+                    &format!("hostdev/source/{}", c.name),
+                    "iscsi",
+                    "not implemented",
+                ));
+            }
+            let name = src.get_attr("name").unwrap_or_default();
+            let (target, lun) = match name.rsplit_once('/') {
+                Some((t, l)) if l.parse::<u32>().is_ok() => (t, l.parse::<u32>().unwrap_or(0)),
+                _ => (name, 0),
+            };
+            let h = src
+                .first("host")
+                .ok_or_else(|| unsupported("hostdev/source/host", "iscsi", "missing"))?;
+            let portal = format!(
+                "{}:{}",
+                h.get_attr("name").unwrap_or("localhost"),
+                h.get_attr("port").unwrap_or("3260")
+            );
+            serde_json::json!({"driver": "iscsi", "portal": portal, "target": target, "lun": lun,
+                               "transport": "tcp", "node-name": node, "read-only": ro})
+        }
+        Some(p) => return Err(unsupported("hostdev/source protocol", p, "expected iscsi")),
+    };
+    a.pair("-blockdev", backend.to_string());
+    let mut dev = DeviceProps::new("scsi-generic")
+        .str("drive", node)
+        .str("id", id);
+    if let Some(ad) = el
+        .children_named("address")
+        .find(|ad| ad.get_attr("type") == Some("drive"))
+    {
+        let num = |k: &str| -> Result<u64> {
+            let v = ad.get_attr(k).unwrap_or("0");
+            v.parse()
+                .map_err(|_| unsupported(&format!("hostdev/address {k}"), v, "not a number"))
+        };
+        let ctrl = num("controller")?;
+        let model = dom
+            .devices
+            .controllers
+            .iter()
+            .find(|c| c.kind == "scsi" && u64::from(c.index) == ctrl)
+            .and_then(|c| c.model.as_deref())
+            .unwrap_or("virtio-scsi");
+        dev = dev.str("bus", format!("scsi{ctrl}.0"));
+        dev = if model.starts_with("virtio-scsi") {
+            dev.uint("channel", num("bus")?)
+                .uint("scsi-id", num("target")?)
+                .uint("lun", num("unit")?)
+        } else {
+            dev.uint("scsi-id", num("unit")?)
+        };
+    }
+    Ok(dev)
 }

@@ -68,6 +68,9 @@ pub struct LaunchContext {
     pub render_node: Option<PathBuf>,
     /// The host's USB devices, where `<hostdev type='usb'>` sources are found.
     pub usb_devices: Vec<hostdev::UsbHostDev>,
+    /// The host's SCSI devices as (`H:B:T:U`, `/dev/sgN`), where `<hostdev
+    /// type='scsi'>` sources are found.
+    pub scsi_generic: Vec<(String, PathBuf)>,
     /// The runtime pins QEMU to [`host_cpus`] (sched_setaffinity before exec, as
     /// libvirt does for `<vcpu cpuset>`); without it such a domain is refused.
     pub pins_cpus: bool,
@@ -98,6 +101,7 @@ impl LaunchContext {
                 .filter(|d| !d.is_empty()),
             render_node: graphics::first_render_node(),
             usb_devices: hostdev::host_usb_devices(),
+            scsi_generic: hostdev::host_scsi_generic(),
             pins_cpus: false,
         }
     }

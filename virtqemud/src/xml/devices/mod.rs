@@ -456,6 +456,15 @@ impl Devices {
         if ide && !self.controllers.iter().any(|c| c.kind == "ide") {
             self.controllers.push(Controller::new("ide", 0, None));
         }
+        // SCSI host devices sit on a SCSI controller, as SCSI disks do.
+        let scsi_hostdev = self
+            .other
+            .iter()
+            .any(|e| e.name == "hostdev" && e.get_attr("type") == Some("scsi"));
+        if scsi_hostdev && !self.controllers.iter().any(|c| c.kind == "scsi") {
+            self.controllers
+                .push(Controller::new("scsi", 0, Some("virtio-scsi")));
+        }
         // Smart cards sit on a CCID controller (a USB device).
         let smartcard = self.other.iter().any(|e| e.name == "smartcard");
         if smartcard && !self.controllers.iter().any(|c| c.kind == "ccid") {

@@ -261,7 +261,7 @@ fn untyped_on_pci(e: &common::xml::Element) -> bool {
         "input" => e.get_attr("bus") == Some("virtio"),
         "memory" => matches!(e.get_attr("model"), Some("virtio-mem" | "virtio-pmem")),
         "iommu" => e.get_attr("model") == Some("virtio"),
-        "hostdev" => e.get_attr("type") == Some("mdev"),
+        "hostdev" => matches!(e.get_attr("type"), Some("mdev" | "scsi_host")),
         _ => false,
     }
 }
