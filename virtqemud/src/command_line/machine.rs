@@ -650,26 +650,88 @@ pub(super) fn clock(a: &mut Argv, dom: &Domain, accel: &str) -> Result<()> {
         .as_ref()
         .and_then(|c| c.get_attr("offset"))
         .unwrap_or("utc");
-    match offset {
-        "utc" | "localtime" => {
-            let slew = if timer("rtc", "tickpolicy").as_deref() == Some("catchup") {
-                ",driftfix=slew"
-            } else {
-                ""
-            };
-            a.pair("-rtc", format!("base={offset}{slew}"))
+    let slew = if timer("rtc", "tickpolicy").as_deref() == Some("catchup") {
+        ",driftfix=slew"
+    } else {
+        ""
+    };
+    let clock = dom.clock.as_ref();
+    let attr = |k: &str| clock.and_then(|c| c.get_attr(k));
+    // libvirt's absolute and variable offsets: the guest's RTC starts at a UTC time
+    // (a fixed one, or now shifted by `adjustment` seconds).
+    let base = match offset {
+        "utc" | "localtime" => offset.to_owned(),
+        "absolute" => {
+            let start = attr("start").unwrap_or("");
+            let t: i64 = start
+                .parse()
+                .map_err(|_| unsupported("clock start", start, "not a number of seconds"))?;
+            rtc_time(t)
         }
-        o => return Err(unsupported("clock offset", o, "expected utc or localtime")),
-    }
+        "variable" if attr("basis").unwrap_or("utc") == "utc" => {
+            let adj = attr("adjustment").unwrap_or("0");
+            let adj: i64 = adj
+                .parse()
+                .map_err(|_| unsupported("clock adjustment", adj, "not a number of seconds"))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            rtc_time(now.saturating_add(adj))
+        }
+        "variable" => {
+            return Err(unsupported(
+                "clock basis",
+                attr("basis").unwrap_or(""),
+                "only a UTC basis is implemented",
+            ))
+        }
+        o => {
+            return Err(unsupported(
+                "clock offset",
+                o,
+                "expected utc, localtime, variable or absolute (a timezone needs QEMU's TZ)",
+            ))
+        }
+    };
+    a.pair("-rtc", format!("base={base}{slew}"));
     if timer("pit", "tickpolicy").as_deref() == Some("delay") && accel == "kvm" {
         a.pair("-global", "kvm-pit.lost_tick_policy=delay");
     }
     Ok(())
 }
 
+/// Seconds since the epoch as QEMU's `-rtc base=` date (UTC, `YYYY-MM-DDTHH:MM:SS`).
+fn rtc_time(t: i64) -> String {
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rtc_dates_are_utc_calendar_dates() {
+        assert_eq!(rtc_time(0), "1970-01-01T00:00:00");
+        assert_eq!(rtc_time(253_402_300_799), "9999-12-31T23:59:59");
+        assert_eq!(rtc_time(1_234_567_890), "2009-02-13T23:31:30");
+        assert_eq!(rtc_time(951_782_400), "2000-02-29T00:00:00");
+    }
 
     fn dom(cpuset: &str) -> Domain {
         Domain::parse(&format!(
