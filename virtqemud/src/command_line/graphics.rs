@@ -166,14 +166,29 @@ pub(super) fn graphics(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Resul
                 }
                 a.pair("-vnc", display);
             }
-            GraphicsKind::Spice => {
-                if g.listen_none || g.listen_socket.is_some() {
-                    return Err(unsupported(
-                        "graphics/listen",
-                        "spice",
-                        "SPICE over a UNIX socket or without a listener is not implemented",
-                    ));
+            // SPICE without a network listener (clients come through a passed fd or
+            // QEMU's display) or on a UNIX socket, as libvirt writes them.
+            GraphicsKind::Spice if g.listen_none || g.listen_socket.is_some() => {
+                let mut opts = match &g.listen_socket {
+                    Some(path) => {
+                        let auto = ctx.runtime_dir.join("spice.sock");
+                        format!(
+                            "unix=on,addr={}",
+                            path_opt("graphics listen socket", path.as_deref().unwrap_or(&auto))?
+                        )
+                    }
+                    None => "port=0".to_owned(),
+                };
+                opts.push_str(",seamless-migration=on");
+                if g.passwd.is_none() {
+                    opts.push_str(",disable-ticketing=on");
                 }
+                if let Some(m) = &g.image_compression {
+                    opts.push_str(&format!(",image-compression={m}"));
+                }
+                a.pair("-spice", opts);
+            }
+            GraphicsKind::Spice => {
                 if g.tls_port.is_some_and(|p| p > 0) {
                     return Err(unsupported(
                         "graphics type='spice' tlsPort",
