@@ -186,9 +186,33 @@ pub(super) fn graphics(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Resul
                 if let Some(m) = &g.image_compression {
                     opts.push_str(&format!(",image-compression={m}"));
                 }
+                // OpenGL is local-only in QEMU: here, with no TCP listener.
+                if let Some((true, node)) = &g.gl {
+                    let node = node
+                        .clone()
+                        .or_else(|| ctx.render_node.clone())
+                        .ok_or_else(|| {
+                            unsupported(
+                                "graphics/gl",
+                                "spice",
+                                "this host has no GPU render node (/dev/dri/renderD*)",
+                            )
+                        })?;
+                    opts.push_str(&format!(
+                        ",gl=on,rendernode={}",
+                        path_opt("graphics/gl rendernode", &node)?
+                    ));
+                }
                 a.pair("-spice", opts);
             }
             GraphicsKind::Spice => {
+                if matches!(g.gl, Some((true, _))) {
+                    return Err(unsupported(
+                        "graphics/gl",
+                        "spice",
+                        "SPICE OpenGL is local only: needs <listen type='none'> or 'socket'",
+                    ));
+                }
                 if g.tls_port.is_some_and(|p| p > 0) {
                     return Err(unsupported(
                         "graphics type='spice' tlsPort",

@@ -41,6 +41,8 @@ pub struct Graphics {
     pub listen_socket: Option<Option<PathBuf>>,
     /// `<listen type='none'/>`: no listener (clients through QMP only).
     pub listen_none: bool,
+    /// SPICE `<gl enable rendernode>`: (enabled, the GPU render node).
+    pub gl: Option<(bool, Option<PathBuf>)>,
 }
 
 /// `<audio id='N' type='none|spice'/>`: an audio backend sound devices play through.
@@ -169,6 +171,13 @@ impl Graphics {
             listen_none: c
                 .elements()
                 .any(|l| l.name == "listen" && l.get_attr("type") == Some("none")),
+            gl: match (kind, c.first("gl")) {
+                (GraphicsKind::Spice, Some(g)) => Some((
+                    yes_no(g, "enable")?.unwrap_or(false),
+                    g.get_attr("rendernode").map(PathBuf::from),
+                )),
+                _ => None,
+            },
             image_compression: match c.first("image").and_then(|i| i.get_attr("compression")) {
                 Some(m @ ("auto_glz" | "auto_lz" | "quic" | "glz" | "lz" | "off")) => {
                     Some(m.to_owned())
@@ -220,6 +229,11 @@ impl Graphics {
                     .as_deref()
                     .map(|m| Element::new("image").attr("compression", m)),
             )
+            .child_opt(self.gl.as_ref().map(|(on, node)| {
+                Element::new("gl")
+                    .attr("enable", yn(*on))
+                    .attr_opt("rendernode", node.as_deref().map(path_text))
+            }))
     }
 }
 
