@@ -135,6 +135,8 @@ pub fn argv(def: &DomainDef, paths: &LaunchPaths, sandbox: bool) -> Result<Vec<S
     ctx.accel = accel;
     ctx.sandbox = sandbox;
     ctx.start_paused = true;
+    // The runtime pins QEMU to `<vcpu cpuset>` before exec (`process::spawn_keeping`).
+    ctx.pins_cpus = true;
     ctx.tap_fds = paths.tap_fds.to_vec();
     ctx.volume_paths = paths.volume_paths.to_vec();
     ctx.tpm_socket = paths.tpm_socket.map(Path::to_path_buf);

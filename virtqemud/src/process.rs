@@ -13,21 +13,23 @@ use nix::unistd::Pid;
 
 /// Starts `argv` with stdout/stderr appended to `log`; returns its PID.
 pub fn spawn(argv: &[String], log: &Path) -> std::io::Result<u32> {
-    spawn_keeping(argv, log, &[], &[], None)
+    spawn_keeping(argv, log, &[], &[], None, None)
 }
 
 /// As [`spawn`], and the child also inherits exactly the descriptors in `keep` (tap
 /// devices), under the same numbers: their close-on-exec flag is cleared in the child
 /// only, so no other process started meanwhile gets them. `env` is added to the
 /// daemon's environment (`<qemu:env>`). With `user`, the child drops to that user, its
-/// group and supplementary groups before it runs QEMU. The child's umask is 077 and the
-/// log is 0600.
+/// group and supplementary groups before it runs QEMU. With `cpus`, the child and so
+/// every thread QEMU starts run only on those host CPUs (`<vcpu cpuset>`). The child's
+/// umask is 077 and the log is 0600.
 pub fn spawn_keeping(
     argv: &[String],
     log: &Path,
     keep: &[i32],
     env: &[(String, String)],
     user: Option<&crate::security::Identity>,
+    cpus: Option<nix::sched::CpuSet>,
 ) -> std::io::Result<u32> {
     let keep = keep.to_vec();
     // Everything the child needs is allocated before the fork.
@@ -54,8 +56,9 @@ pub fn spawn_keeping(
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    // SAFETY: setsid, umask, fcntl, setgroups, setgid and setuid are async-signal-safe;
-    // `keep` and `ids` were allocated before the fork and are only read.
+    // SAFETY: setsid, umask, fcntl, sched_setaffinity, setgroups, setgid and setuid are
+    // async-signal-safe; `keep`, `ids` and `cpus` were made before the fork and are only
+    // read.
     unsafe {
         cmd.pre_exec(move || {
             // What QEMU creates (monitor socket, pidfile) is for its user alone.
@@ -67,6 +70,9 @@ pub fn spawn_keeping(
                 if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            if let Some(set) = &cpus {
+                nix::sched::sched_setaffinity(Pid::from_raw(0), set)?;
             }
             // Groups first, then the gid, the uid last: after setuid nothing else may
             // change. Each failure stops the start rather than run QEMU as root.

@@ -35,6 +35,13 @@ use virtqemud::xml::{Domain, GraphicsKind, XmlOpts};
 
 const VERSION: &str = "9.0.0";
 const PASS_LIST: &str = "tests/libvirt_corpus.pass";
+/// What this test reads of libvirt's source tree.
+const PARTS: [&str; 4] = [
+    "tests/qemuxml2argvdata",
+    "tests/qemuxml2argvtest.c",
+    "tests/qemuxml2xmloutdata",
+    "tests/qemuxml2xmltest.c",
+];
 
 fn run(cmd: &mut Command) -> std::process::Output {
     cmd.output()
@@ -42,7 +49,7 @@ fn run(cmd: &mut Command) -> std::process::Output {
 }
 
 /// The unpacked test data of Debian 12's libvirt (the tarball from
-/// `common::harness::debian_source_tarball`): only the two parts this test reads.
+/// `common::harness::debian_source_tarball`): only the `PARTS` this test reads.
 fn libvirt_source() -> PathBuf {
     if let Some(dir) = std::env::var_os("VIRT_LIBVIRT_SRC") {
         return PathBuf::from(dir);
@@ -50,7 +57,7 @@ fn libvirt_source() -> PathBuf {
     let cache = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
         .join(".cache/virt-rs/libvirt");
     let tree = cache.join(format!("libvirt-{VERSION}"));
-    if tree.join("tests/qemuxml2argvtest.c").exists() {
+    if PARTS.iter().all(|p| tree.join(p).exists()) {
         return tree;
     }
     let tarball = common::harness::debian_source_tarball("libvirt", &cache)
@@ -66,8 +73,7 @@ fn libvirt_source() -> PathBuf {
     let out = run(Command::new("tar")
         .arg("xf")
         .arg(&tarball)
-        .arg(format!("{top}/tests/qemuxml2argvdata"))
-        .arg(format!("{top}/tests/qemuxml2argvtest.c"))
+        .args(PARTS.iter().map(|p| format!("{top}/{p}")))
         .current_dir(&cache));
     assert!(
         out.status.success(),
@@ -100,7 +106,9 @@ struct Invocation {
     success: bool,
 }
 
-fn invocations(c: &str) -> Vec<Invocation> {
+/// Every `DO_TEST*(...)` call of a test C file: the macro's name, its argument text
+/// and the string literals in it.
+fn macro_calls(c: &str) -> Vec<(String, String, Vec<String>)> {
     let code = code_of(c);
     let mut found = Vec::new();
     let mut at = 0;
@@ -130,14 +138,27 @@ fn invocations(c: &str) -> Vec<Invocation> {
         }
         let args = &code[open_at..end];
         at = end;
-        let strings: Vec<&str> = args.split('"').skip(1).step_by(2).collect();
+        let strings = args
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        found.push((mac.to_owned(), args.to_owned(), strings));
+    }
+    found
+}
+
+fn invocations(c: &str) -> Vec<Invocation> {
+    let mut found = Vec::new();
+    for (mac, args, strings) in macro_calls(c) {
         let Some(name) = strings.first() else {
             continue;
         };
         let arch = if mac.contains("PPC64") {
             Some("ppc64".to_owned())
         } else if mac.contains("_ARCH_") || mac == "DO_TEST_CAPS_INTERNAL" {
-            strings.get(1).map(|s| (*s).to_owned())
+            strings.get(1).cloned()
         } else if mac.starts_with("DO_TEST_CAPS_") {
             Some("x86_64".to_owned())
         } else if let Some(i) = args.find("ARG_CAPS_ARCH") {
@@ -150,12 +171,205 @@ fn invocations(c: &str) -> Vec<Invocation> {
             || args.contains("FLAG_EXPECT_FAILURE")
             || args.contains("FLAG_EXPECT_PARSE_ERROR");
         found.push(Invocation {
-            name: (*name).to_owned(),
+            name: name.clone(),
             arch,
             success: !failure,
         });
     }
     found
+}
+
+/// The output file suffixes qemuxml2xmltest.c compares NAME's inactive definition
+/// with (`.x86_64-latest`, `.x86_64-7.2.0`, or none for the tests with fixed caps).
+fn xml2xml_suffixes(c: &str) -> BTreeMap<String, Vec<String>> {
+    let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (mac, args, strings) in macro_calls(c) {
+        let Some(name) = strings.first() else {
+            continue;
+        };
+        let s = |i: usize| strings.get(i).cloned().unwrap_or_default();
+        let suffix = match mac.as_str() {
+            "DO_TEST_FULL" if args.contains("WHEN_ACTIVE") => continue,
+            "DO_TEST_FULL" => s(1),
+            "DO_TEST_CAPS_LATEST" => ".x86_64-latest".to_owned(),
+            "DO_TEST_CAPS_VER" => format!(".x86_64-{}", s(1)),
+            "DO_TEST_CAPS_ARCH_LATEST" | "DO_TEST_CAPS_ARCH_LATEST_FULL" => {
+                format!(".{}-latest", s(1))
+            }
+            "DO_TEST_CAPS_ARCH_VER" | "DO_TEST_CAPS_ARCH_VER_FULL" => {
+                format!(".{}-{}", s(1), s(2))
+            }
+            "DO_TEST" | "DO_TEST_NOCAPS" => String::new(),
+            _ => continue,
+        };
+        found.entry(name.clone()).or_default().push(suffix);
+    }
+    found
+}
+
+/// libvirt's expected inactive dumpxml of NAME, as qemuxml2xmltest.c pairs them
+/// (`NAME-inactive.SUFFIX.xml`, else `NAME.SUFFIX.xml`). Of several runs, the one
+/// with the latest x86 caps (QEMU 7.2 in libvirt 9.0, as Debian 12's), else the one
+/// with fixed caps, else the newest QEMU version.
+fn expected_xml(src: &Path, name: &str, suffixes: &[String]) -> Option<PathBuf> {
+    let rank = |s: &String| -> (u8, Vec<u32>) {
+        let x86 = s.is_empty() || s.starts_with(".x86_64-") || s.starts_with(".i686-");
+        let ver: Vec<u32> = s
+            .rsplit('-')
+            .next()
+            .unwrap_or("")
+            .split('.')
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        match () {
+            _ if !x86 => (0, ver),
+            _ if s.ends_with("-latest") => (3, ver),
+            _ if s.is_empty() => (2, ver),
+            _ => (1, ver),
+        }
+    };
+    let best = suffixes
+        .iter()
+        .filter(|s| rank(s).0 > 0)
+        .max_by_key(|s| rank(s))?;
+    let dir = src.join("tests/qemuxml2xmloutdata");
+    [
+        dir.join(format!("{name}-inactive{best}.xml")),
+        dir.join(format!("{name}{best}.xml")),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+}
+
+/// A document as a multiset of elements, each written as its path, its attributes
+/// (sorted) and its text (trimmed): what "the same XML, attribute order and
+/// whitespace aside" compares. Children's order is not compared.
+fn element_facts(text: &str, norm: &Normalize) -> Vec<(String, String)> {
+    fn walk(n: roxmltree::Node, prefix: &str, norm: &Normalize, out: &mut Vec<(String, String)>) {
+        for c in n.children().filter(|c| c.is_element()) {
+            let path = format!("{prefix}/{}", c.tag_name().name());
+            let skip_attrs = norm.skipped_attrs(&path, c);
+            if skip_attrs.contains(&"*") {
+                walk(c, &path, norm, out);
+                continue;
+            }
+            let mut attrs: Vec<String> = c
+                .attributes()
+                .filter(|a| !skip_attrs.contains(&a.name()))
+                .map(|a| {
+                    let v = if path == "/domain/os/type" && a.name() == "machine" {
+                        (norm.canon_machine)(a.value())
+                    } else {
+                        a.value().to_owned()
+                    };
+                    format!("{}='{v}'", a.name())
+                })
+                .collect();
+            attrs.sort();
+            let text: String = c
+                .children()
+                .filter(|t| t.is_text())
+                .filter_map(|t| t.text())
+                .collect::<String>()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let leaf = path.rsplit('/').next().unwrap_or("").to_owned();
+            let sig = if text.is_empty() {
+                format!("<{leaf} {}>", attrs.join(" "))
+            } else {
+                format!("<{leaf} {}>{text}", attrs.join(" "))
+            };
+            out.push((path.clone(), sig));
+            walk(c, &path, norm, out);
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(doc) = roxmltree::Document::parse(text) {
+        walk(doc.root(), "", norm, &mut out);
+    }
+    out
+}
+
+/// What the comparison sets aside. Machine aliases are compared resolved (libvirt's
+/// test capabilities have no aliases; a real libvirt resolves `pc` as this daemon
+/// does). libvirt's tests with fixed capabilities (no `.x86_64-latest` suffix)
+/// describe a QEMU without a default CPU model per machine and without USB model
+/// defaults: against those, the default CPU (`qemu64`/`qemu32`, `fallback='forbid'`,
+/// with its `mode`/`match`/`check`) and the USB controller's default model are not
+/// compared. Everything else libvirt writes counts.
+struct Normalize<'a> {
+    canon_machine: &'a dyn Fn(&str) -> String,
+    fixed_caps: bool,
+}
+
+impl Normalize<'_> {
+    /// Attribute names of `node` not compared; `"*"`: the element itself is not.
+    fn skipped_attrs(&self, path: &str, node: roxmltree::Node) -> Vec<&'static str> {
+        if !self.fixed_caps {
+            return Vec::new();
+        }
+        let default_model = |m: roxmltree::Node| {
+            matches!(m.text(), Some("qemu64" | "qemu32"))
+                && m.attribute("fallback") == Some("forbid")
+        };
+        match path {
+            "/domain/cpu/model" if default_model(node) => vec!["*"],
+            "/domain/cpu" => {
+                let model = node.children().find(|m| m.has_tag_name("model"));
+                if model.is_none_or(default_model) {
+                    let others = node
+                        .children()
+                        .filter(|c| c.is_element() && !c.has_tag_name("model"))
+                        .count();
+                    if others == 0 {
+                        vec!["*"]
+                    } else {
+                        vec!["mode", "match", "check"]
+                    }
+                } else {
+                    Vec::new()
+                }
+            }
+            "/domain/devices/controller"
+                if node.attribute("type") == Some("usb")
+                    && matches!(node.attribute("model"), Some("piix3-uhci" | "qemu-xhci")) =>
+            {
+                vec!["model"]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The elements libvirt writes and we do not (`-`) and those we write and libvirt
+/// does not (`+`), as (path, "-/+ signature").
+fn xml_differences(
+    ours: &str,
+    libvirt: &str,
+    caps: &Caps,
+    fixed_caps: bool,
+) -> Vec<(String, String)> {
+    let canon = |m: &str| caps.machine_alias(m).unwrap_or(m).to_owned();
+    let norm = Normalize {
+        canon_machine: &canon,
+        fixed_caps,
+    };
+    let mut count: BTreeMap<(String, String), i32> = BTreeMap::new();
+    for f in element_facts(libvirt, &norm) {
+        *count.entry(f).or_default() += 1;
+    }
+    for f in element_facts(ours, &norm) {
+        *count.entry(f).or_default() -= 1;
+    }
+    let mut out = Vec::new();
+    for ((path, sig), n) in count {
+        let mark = if n > 0 { '-' } else { '+' };
+        for _ in 0..n.unsigned_abs() {
+            out.push((path.clone(), format!("{mark} {sig}")));
+        }
+    }
+    out
 }
 
 fn is_x86(arch: &str) -> bool {
@@ -268,8 +482,38 @@ fn launch_ctx(dom: &Domain) -> LaunchContext {
         "/run/virtqemud".into(),
     );
     c.accel = Accel::Kvm;
+    // As the daemon: it pins QEMU to <vcpu cpuset> before exec.
+    c.pins_cpus = true;
     c.tpm_socket = Some("/run/virtqemud/swtpm-1.sock".into());
     c.tap_fds = (30..62).map(Some).collect();
+    // Fixed hugetlbfs mounts (2 MiB the default), not the host's.
+    c.hugetlbfs = vec![
+        (2048, "/dev/hugepages".into()),
+        (1048576, "/dev/hugepages1G".into()),
+    ];
+    // A display and a render node as on a desktop host, not this host's.
+    c.display = Some(":0".into());
+    c.render_node = Some("/dev/dri/renderD128".into());
+    // The host's SCSI generic devices, a fixture.
+    c.scsi_generic = (0..3)
+        .map(|u| (format!("0:0:0:{u}"), format!("/dev/sg{u}").into()))
+        .collect();
+    // The host's USB devices, a fixture: a hub and two devices.
+    c.usb_devices = [
+        (0x1d6b, 0x0002, 14, 6),
+        (0x1234, 0xbeef, 14, 7),
+        (0x0781, 0x5581, 15, 6),
+    ]
+    .into_iter()
+    .map(
+        |(vendor, product, bus, device)| virtqemud::command_line::UsbHostDev {
+            vendor,
+            product,
+            bus,
+            device,
+        },
+    )
+    .collect();
     c
 }
 
@@ -347,6 +591,83 @@ fn print_groups(title: &str, refusals: &[(&str, &str)]) {
             println!("    {name}: {msg}");
         }
     }
+}
+
+/// Compares each document's dumpxml (define, then the inactive secure XML, as
+/// `GetXMLDesc` gives it for a defined domain) with libvirt's expected output, prints
+/// the share that matches and the differences grouped by element, and returns the
+/// names of the documents that match.
+fn compare_dumpxml(src: &Path, docs: &[(String, String)], caps: &Caps) -> Vec<String> {
+    let c = std::fs::read_to_string(src.join("tests/qemuxml2xmltest.c")).expect("xml2xml C file");
+    let suffixes = xml2xml_suffixes(&c);
+    let mut matched = Vec::new();
+    let mut compared = 0;
+    let mut by_path: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    for (name, _) in docs {
+        let Some(expected) = suffixes.get(name).and_then(|s| expected_xml(src, name, s)) else {
+            continue;
+        };
+        compared += 1;
+        let want = std::fs::read_to_string(&expected).expect("read libvirt's output");
+        let input = src.join(format!("tests/qemuxml2argvdata/{name}.xml"));
+        let text = std::fs::read_to_string(&input).expect("read document");
+        let ours = match define(&text, caps) {
+            Ok(dom) => dom.to_xml(XmlOpts {
+                inactive: true,
+                secure: true,
+                ..XmlOpts::default()
+            }),
+            Err(_) => {
+                by_path
+                    .entry("(define refused)".to_owned())
+                    .or_default()
+                    .entry(name.clone())
+                    .or_default();
+                continue;
+            }
+        };
+        let file = expected
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned());
+        let fixed_caps = !file.is_some_and(|f| {
+            f.ends_with("-latest.xml") || f.contains(".x86_64-") || f.contains(".i686-")
+        });
+        let diffs = xml_differences(&ours, &want, caps, fixed_caps);
+        if diffs.is_empty() {
+            matched.push(name.clone());
+        }
+        for (path, sig) in diffs {
+            by_path
+                .entry(path)
+                .or_default()
+                .entry(name.clone())
+                .or_default()
+                .push(sig);
+        }
+    }
+    println!(
+        "\n== dumpxml against libvirt's qemuxml2xmloutdata: {} of {compared} documents match ({:.1} %)",
+        matched.len(),
+        100.0 * matched.len() as f64 / compared.max(1) as f64
+    );
+    let mut groups: Vec<_> = by_path.into_iter().collect();
+    groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
+    let detail = std::env::var_os("CORPUS_XML_DETAIL").is_some();
+    for (path, docs) in groups {
+        let names: Vec<&str> = docs.keys().map(String::as_str).collect();
+        println!("  [{}] {path}: {}", docs.len(), names.join(" "));
+        let example = docs.iter().next();
+        for (doc, sigs) in docs
+            .iter()
+            .take(if detail { usize::MAX } else { 0 })
+            .chain(example.filter(|_| !detail))
+        {
+            for sig in sigs.iter().take(4) {
+                println!("      {doc}: {sig}");
+            }
+        }
+    }
+    matched
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,6 +759,8 @@ async fn libvirt_qemuxml2argv_corpus() {
         println!("  [{}] {p}: {}", names.len(), names.join(" "));
     }
 
+    let xml_matched = compare_dumpxml(&src, &docs, &caps);
+
     let unnamed: Vec<_> = refused
         .iter()
         .chain(&argv_refused)
@@ -448,7 +771,7 @@ async fn libvirt_qemuxml2argv_corpus() {
         "refusals that do not name their element: {unnamed:#?}"
     );
 
-    let got: String = results
+    let mut got: String = results
         .iter()
         .filter_map(|(n, (_, o))| match o {
             Outcome::Argv => Some(format!("argv {n}\n")),
@@ -456,6 +779,7 @@ async fn libvirt_qemuxml2argv_corpus() {
             Outcome::Refused(_) => None,
         })
         .collect();
+    got.extend(xml_matched.iter().map(|n| format!("xml {n}\n")));
     let list = Path::new(env!("CARGO_MANIFEST_DIR")).join(PASS_LIST);
     if std::env::var_os("UPDATE_CORPUS").is_some() {
         std::fs::write(&list, &got).expect("write the pass list");

@@ -361,3 +361,47 @@ async fn vcpus_memory_and_control_of_a_running_domain() {
     assert_eq!(d.get_vcpus(0).await.expect("config"), 1);
     drop(daemon);
 }
+
+/// `<vcpu cpuset>`: QEMU and every thread it starts run on those host CPUs only (as
+/// libvirt pins them); a set of CPUs this host lacks is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcpu_cpuset_pins_qemu() {
+    let q = support::qemud(BIN).await;
+    let x = |name: &str, set: &str| {
+        format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>\
+             <vcpu cpuset='{set}'>2</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>\
+             </domain>"
+        )
+    };
+    let path =
+        q.qc.domain_define_xml(&x("pinned", "0"))
+            .await
+            .expect("define");
+    let d = domain(&q.conn, &path).await;
+    d.create(0).await.expect("create");
+    let pid =
+        std::fs::read_to_string(q.daemon.dirs.runtime.join("qemu/pinned.pid")).expect("pidfile");
+    let pid = pid.trim();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    let mut n = 0;
+    for t in tasks.flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(allowed, "0", "thread {:?}", t.file_name());
+        n += 1;
+    }
+    assert!(n >= 3, "QEMU's threads: {n}");
+    d.destroy(0).await.expect("destroy");
+    let path =
+        q.qc.domain_define_xml(&x("nowhere", "4000"))
+            .await
+            .expect("define");
+    let d = domain(&q.conn, &path).await;
+    assert!(bus_err(d.create(0).await).contains("names no CPU this host"));
+}

@@ -1,6 +1,8 @@
 //! How the guest boots: firmware (pflash blockdevs or `-bios`), direct kernel boot
 //! (`-kernel`/`-initrd`/`-append`/`-dtb`) and the `-boot` order and menu.
 
+use std::path::PathBuf;
+
 use crate::xml::{BootDev, Domain};
 
 use super::machine::uses_pflash;
@@ -33,6 +35,59 @@ pub(super) fn firmware(a: &mut Argv, dom: &Domain) -> Result<()> {
         }
     } else if let Some(l) = dom.os.loader.as_ref().and_then(|l| l.path.as_ref()) {
         a.pair("-bios", path_opt("os/loader", l)?);
+    }
+    Ok(())
+}
+
+/// `<os>` children beyond the typed ones: `<smbios>` (read with `<sysinfo>`),
+/// `<firmware>` (read when the firmware is chosen), `<bios rebootTimeout
+/// useserial>` and `<acpi><table>`; anything else is refused by name.
+pub(super) fn os_extras(a: &mut Argv, dom: &Domain) -> Result<()> {
+    for e in &dom.os.other {
+        match e.name.as_str() {
+            "firmware" => {}
+            "smbios" => match e.get_attr("mode") {
+                Some("sysinfo" | "emulate" | "host") => {}
+                m => return Err(unsupported("os/smbios mode", m.unwrap_or(""), "unknown")),
+            },
+            "bios" => {
+                for (k, v) in &e.attrs {
+                    match k.as_str() {
+                        "rebootTimeout" => {
+                            let t: i32 = v.parse().map_err(|_| {
+                                unsupported("os/bios rebootTimeout", v, "not a number")
+                            })?;
+                            a.pair("-boot", format!("reboot-timeout={t}"));
+                        }
+                        // SeaBIOS' console on the first serial port.
+                        "useserial" if v == "yes" => a.pair("-device", "sga"),
+                        "useserial" => {}
+                        k => {
+                            return Err(unsupported(&format!("os/bios {k}"), v, "not implemented"))
+                        }
+                    }
+                }
+            }
+            "acpi" => {
+                for t in e.elements() {
+                    let ty = t.get_attr("type").unwrap_or("");
+                    if t.name != "table" || !matches!(ty, "slic" | "msdm") {
+                        return Err(unsupported(
+                            &format!("os/acpi/{}", t.name),
+                            ty,
+                            "expected table slic or msdm",
+                        ));
+                    }
+                    let file = PathBuf::from(t.text().trim());
+                    let sig = ty.to_ascii_uppercase();
+                    a.pair(
+                        "-acpitable",
+                        format!("sig={sig},file={}", path_opt("os/acpi/table", &file)?),
+                    );
+                }
+            }
+            n => return Err(unsupported(&format!("os/{n}"), "", "not implemented")),
+        }
     }
     Ok(())
 }

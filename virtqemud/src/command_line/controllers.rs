@@ -150,6 +150,8 @@ fn controller_props(
         ("fdc", _) if !q35 => return Ok(None),
         ("fdc", _) => floppy_boot(DeviceProps::new("isa-fdc"), dom_disks),
         ("usb", Some("none")) | ("sata", _) | ("ide", _) => return Ok(None),
+        // Built with the smart cards on it (misc.rs).
+        ("ccid", _) => return Ok(None),
         ("usb", m) => {
             let model = m.unwrap_or("qemu-xhci");
             let qemu = usb_device(model)

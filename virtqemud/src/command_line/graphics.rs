@@ -1,7 +1,11 @@
 //! What the user sees and hears: `-vnc`/`-spice` (or `-display none`), video devices,
 //! audio backends with the sound devices playing through them, and SPICE USB redirection.
 
-use crate::xml::{Domain, GraphicsKind, Sound, Video};
+use std::path::PathBuf;
+
+use common::xml::Element;
+
+use crate::xml::{Audio, Domain, GraphicsKind, Sound, Video};
 
 use super::device::{DeviceProps, PciBuses};
 use super::{path_opt, qemu_opt_value, unsupported, Argv, LaunchContext, Result};
@@ -13,10 +17,121 @@ fn has_spice(dom: &Domain) -> bool {
         .any(|g| g.kind == GraphicsKind::Spice)
 }
 
+/// Graphics kinds the model keeps untyped (in `Devices::other`) that are built here.
+const LOCAL_DISPLAYS: &[&str] = &["sdl", "egl-headless", "dbus"];
+
+/// Whether an untyped device is built here (SDL, egl-headless and D-Bus displays).
+pub(super) fn handles(el: &Element) -> bool {
+    el.name == "graphics"
+        && el
+            .get_attr("type")
+            .is_some_and(|t| LOCAL_DISPLAYS.contains(&t))
+}
+
+/// The first GPU render node of the host, for OpenGL without one named.
+pub(super) fn first_render_node() -> Option<PathBuf> {
+    let mut nodes: Vec<PathBuf> = std::fs::read_dir("/dev/dri")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("renderD"))
+        })
+        .collect();
+    nodes.sort();
+    nodes.into_iter().next()
+}
+
+/// `-display` for an SDL, egl-headless or D-Bus display, as libvirt 9.0 writes it.
+fn local_display(a: &mut Argv, el: &Element, ctx: &LaunchContext) -> Result<()> {
+    let ty = el.get_attr("type").unwrap_or_default();
+    let known: &[&str] = match ty {
+        "sdl" => &["type", "fullscreen"],
+        "dbus" => &["type", "address"],
+        _ => &["type"],
+    };
+    if let Some((k, _)) = el.attrs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        return Err(unsupported(&format!("graphics {k}"), ty, "not implemented"));
+    }
+    let mut opts = ty.to_owned();
+    let mut rendernode = None;
+    for c in el.elements() {
+        match (c.name.as_str(), ty) {
+            ("gl", _) => {
+                if c.get_attr("enable") == Some("yes") && ty != "egl-headless" {
+                    opts.push_str(",gl=on");
+                }
+                rendernode = c.get_attr("rendernode").map(PathBuf::from);
+            }
+            ("audio", "dbus") => {
+                let id = c.get_attr("id").unwrap_or("1");
+                opts.push_str(&format!(
+                    ",audiodev=audio{}",
+                    qemu_opt_value("graphics/audio id", id)?
+                ));
+            }
+            (n, _) => return Err(unsupported(&format!("graphics/{n}"), ty, "not implemented")),
+        }
+    }
+    match ty {
+        "sdl" if ctx.display.is_none() => {
+            return Err(unsupported(
+                "graphics type='sdl'",
+                "",
+                "the daemon has no X11 or Wayland display (DISPLAY) for QEMU's window",
+            ))
+        }
+        "egl-headless" => {
+            let node = rendernode
+                .or_else(|| ctx.render_node.clone())
+                .ok_or_else(|| {
+                    unsupported(
+                        "graphics type='egl-headless'",
+                        "",
+                        "this host has no GPU render node (/dev/dri/renderD*)",
+                    )
+                })?;
+            opts.push_str(&format!(
+                ",rendernode={}",
+                path_opt("graphics/gl rendernode", &node)?
+            ));
+        }
+        "dbus" => {
+            let addr = el.get_attr("address").ok_or_else(|| {
+                unsupported(
+                    "graphics type='dbus'",
+                    "",
+                    "a private D-Bus bus per domain is not implemented; give an address",
+                )
+            })?;
+            opts.push_str(&format!(
+                ",addr={}",
+                qemu_opt_value("graphics address", addr)?
+            ));
+            if let Some(n) = rendernode {
+                opts.push_str(&format!(
+                    ",rendernode={}",
+                    path_opt("graphics/gl rendernode", &n)?
+                ));
+            }
+        }
+        _ => {}
+    }
+    a.pair("-display", opts);
+    if ty == "sdl" && el.get_attr("fullscreen") == Some("yes") {
+        a.push("-full-screen");
+    }
+    Ok(())
+}
+
 pub(super) fn graphics(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Result<()> {
     let d = &dom.devices;
-    if d.graphics.is_empty() {
+    let local: Vec<&Element> = d.other.iter().filter(|o| handles(o)).collect();
+    if d.graphics.is_empty() && local.is_empty() {
         a.pair("-display", "none");
+    }
+    for el in local {
+        local_display(a, el, ctx)?;
     }
     for g in &d.graphics {
         let listen = g.listen.as_deref().unwrap_or("127.0.0.1");
@@ -51,12 +166,51 @@ pub(super) fn graphics(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Resul
                 }
                 a.pair("-vnc", display);
             }
+            // SPICE without a network listener (clients come through a passed fd or
+            // QEMU's display) or on a UNIX socket, as libvirt writes them.
+            GraphicsKind::Spice if g.listen_none || g.listen_socket.is_some() => {
+                let mut opts = match &g.listen_socket {
+                    Some(path) => {
+                        let auto = ctx.runtime_dir.join("spice.sock");
+                        format!(
+                            "unix=on,addr={}",
+                            path_opt("graphics listen socket", path.as_deref().unwrap_or(&auto))?
+                        )
+                    }
+                    None => "port=0".to_owned(),
+                };
+                opts.push_str(",seamless-migration=on");
+                if g.passwd.is_none() {
+                    opts.push_str(",disable-ticketing=on");
+                }
+                if let Some(m) = &g.image_compression {
+                    opts.push_str(&format!(",image-compression={m}"));
+                }
+                // OpenGL is local-only in QEMU: here, with no TCP listener.
+                if let Some((true, node)) = &g.gl {
+                    let node = node
+                        .clone()
+                        .or_else(|| ctx.render_node.clone())
+                        .ok_or_else(|| {
+                            unsupported(
+                                "graphics/gl",
+                                "spice",
+                                "this host has no GPU render node (/dev/dri/renderD*)",
+                            )
+                        })?;
+                    opts.push_str(&format!(
+                        ",gl=on,rendernode={}",
+                        path_opt("graphics/gl rendernode", &node)?
+                    ));
+                }
+                a.pair("-spice", opts);
+            }
             GraphicsKind::Spice => {
-                if g.listen_none || g.listen_socket.is_some() {
+                if matches!(g.gl, Some((true, _))) {
                     return Err(unsupported(
-                        "graphics/listen",
+                        "graphics/gl",
                         "spice",
-                        "SPICE over a UNIX socket or without a listener is not implemented",
+                        "SPICE OpenGL is local only: needs <listen type='none'> or 'socket'",
                     ));
                 }
                 if g.tls_port.is_some_and(|p| p > 0) {
@@ -113,8 +267,29 @@ fn video_props(i: usize, v: &Video, buses: &PciBuses) -> Result<Option<DevicePro
         m => return Err(unsupported("video model", m, "not implemented")),
     };
     let mut dev = DeviceProps::new(driver).str("id", format!("video{i}"));
-    if let (Some(vram), "qxl") = (v.vram_kib, v.model.as_str()) {
-        dev = dev.uint("vram_size", vram * 1024);
+    // As libvirt passes them: qxl's three memory sizes, VGA memory for the
+    // VGA-compatible models, the head count where the device has outputs.
+    match v.model.as_str() {
+        "qxl" => {
+            if let Some(ram) = v.ram_kib {
+                dev = dev.uint("ram_size", ram * 1024);
+            }
+            if let Some(vram) = v.vram_kib {
+                dev = dev.uint("vram_size", vram * 1024);
+            }
+            if let Some(vgamem) = v.vgamem_kib {
+                dev = dev.uint("vgamem_mb", vgamem / 1024);
+            }
+        }
+        "vga" | "bochs" => {
+            if let Some(vram) = v.vram_kib {
+                dev = dev.uint("vgamem_mb", vram / 1024);
+            }
+        }
+        _ => {}
+    }
+    if let (Some(h), "qxl" | "virtio") = (v.heads, v.model.as_str()) {
+        dev = dev.uint("max_outputs", h.into());
     }
     Ok(Some(dev.pci(buses, &v.address)))
 }
@@ -132,7 +307,18 @@ pub(super) fn sounds(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()>
                 "needs <graphics type='spice'>",
             ));
         }
-        a.pair("-audiodev", format!("id=audio{},driver={}", au.id, au.kind));
+        let dbus_display = d
+            .other
+            .iter()
+            .any(|o| handles(o) && o.get_attr("type") == Some("dbus"));
+        if au.kind == "dbus" && !dbus_display {
+            return Err(unsupported(
+                "audio type",
+                "dbus",
+                "needs <graphics type='dbus'>",
+            ));
+        }
+        a.pair("-audiodev", audiodev(au)?);
     }
     let audiodev = match d.audios.first() {
         Some(au) => format!("audio{}", au.id),
@@ -149,6 +335,137 @@ pub(super) fn sounds(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// `-audiodev` of a backend, its settings as libvirt 9.0 passes them (QEMU's
+/// `in.`/`out.` per-direction options). coreaudio exists only on macOS builds.
+fn audiodev(au: &Audio) -> Result<String> {
+    let el = &au.element;
+    let driver = match au.kind.as_str() {
+        "pulseaudio" => "pa",
+        "file" => "wav",
+        "coreaudio" => {
+            return Err(unsupported(
+                "audio type",
+                "coreaudio",
+                "QEMU has it on macOS only",
+            ))
+        }
+        k => k,
+    };
+    let mut o = format!("id=audio{},driver={driver}", au.id);
+    // Attributes of <audio> per backend: (libvirt's name, QEMU's option).
+    let own: &[(&str, &str)] = match au.kind.as_str() {
+        "pulseaudio" => &[("serverName", "server")],
+        "oss" => &[
+            ("tryMMap", "try-mmap"),
+            ("exclusive", "exclusive"),
+            ("dspPolicy", "dsp-policy"),
+        ],
+        "file" => &[("path", "path")],
+        _ => &[],
+    };
+    for (k, v) in &el.attrs {
+        let opt = match k.as_str() {
+            "id" | "type" => continue,
+            "timerPeriod" => "timer-period",
+            k => own
+                .iter()
+                .find(|(x, _)| *x == k)
+                .map(|(_, q)| *q)
+                .ok_or_else(|| unsupported(&format!("audio {k}"), &au.kind, "not implemented"))?,
+        };
+        if opt == "path" && !v.starts_with('/') {
+            return Err(unsupported("audio path", v, "must be an absolute path"));
+        }
+        o.push_str(&format!(
+            ",{opt}={}",
+            audio_value(&format!("audio {k}"), v)?
+        ));
+    }
+    for dir in el.elements() {
+        let prefix = match dir.name.as_str() {
+            "input" => "in",
+            "output" => "out",
+            n => {
+                return Err(unsupported(
+                    &format!("audio/{n}"),
+                    &au.kind,
+                    "not implemented",
+                ))
+            }
+        };
+        o.push_str(&direction(au, dir, prefix)?);
+    }
+    Ok(o)
+}
+
+/// The `in.`/`out.` options of an `<input>`/`<output>` of a backend.
+fn direction(au: &Audio, dir: &common::xml::Element, prefix: &str) -> Result<String> {
+    let own: &[(&str, &str)] = match au.kind.as_str() {
+        "alsa" => &[("dev", "dev")],
+        "oss" => &[
+            ("dev", "dev"),
+            ("bufferCount", "buffer-count"),
+            ("tryPoll", "try-poll"),
+        ],
+        "pulseaudio" => &[
+            ("name", "name"),
+            ("streamName", "stream-name"),
+            ("latency", "latency"),
+        ],
+        "sdl" => &[("bufferCount", "buffer-count")],
+        "jack" => &[
+            ("serverName", "server-name"),
+            ("clientName", "client-name"),
+            ("connectPorts", "connect-ports"),
+            ("exactName", "exact-name"),
+        ],
+        _ => &[],
+    };
+    let common: &[(&str, &str)] = &[
+        ("mixingEngine", "mixing-engine"),
+        ("fixedSettings", "fixed-settings"),
+        ("voices", "voices"),
+        ("bufferLength", "buffer-length"),
+    ];
+    let mut o = String::new();
+    for (k, v) in &dir.attrs {
+        let what = format!("audio/{} {k}", dir.name);
+        let opt = common
+            .iter()
+            .chain(own)
+            .find(|(x, _)| x == k)
+            .map(|(_, q)| *q)
+            .ok_or_else(|| unsupported(&what, &au.kind, "not implemented"))?;
+        o.push_str(&format!(",{prefix}.{opt}={}", audio_value(&what, v)?));
+    }
+    for s in dir.elements() {
+        if s.name != "settings" {
+            return Err(unsupported(
+                &format!("audio/{}/{}", dir.name, s.name),
+                &au.kind,
+                "not implemented",
+            ));
+        }
+        for (k, v) in &s.attrs {
+            let what = format!("audio/{}/settings {k}", dir.name);
+            if !matches!(k.as_str(), "frequency" | "channels" | "format") {
+                return Err(unsupported(&what, v, "not implemented"));
+            }
+            o.push_str(&format!(",{prefix}.{k}={}", audio_value(&what, v)?));
+        }
+    }
+    Ok(o)
+}
+
+/// libvirt's yes/no as QEMU's on/off; anything else escaped as an option value.
+fn audio_value(what: &str, v: &str) -> Result<String> {
+    Ok(match v {
+        "yes" => "on".to_owned(),
+        "no" => "off".to_owned(),
+        v => qemu_opt_value(what, v)?,
+    })
 }
 
 /// Sound device `i`: an HDA controller with its codec, or a single AC97/ES1370.

@@ -6,7 +6,9 @@ use common::xml::Element;
 use crate::xml::{Address, Domain, Input, Memballoon, Rng, Watchdog};
 
 use super::device::{DeviceProps, PciBuses};
-use super::{json_str, qemu_opt_value, unsupported, Argv, Result};
+use std::path::Path;
+
+use super::{json_str, path_opt, qemu_opt_value, unsupported, Argv, Result};
 
 pub(super) fn inputs(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
     for (i, inp) in dom.devices.inputs.iter().enumerate() {
@@ -99,8 +101,18 @@ pub(super) fn hubs(a: &mut Argv, dom: &Domain) -> Result<()> {
 }
 
 /// pvpanic on the ISA bus (`iobase`, default 0x505).
-pub(super) fn panics(a: &mut Argv, dom: &Domain) -> Result<()> {
-    for p in &dom.devices.panics {
+pub(super) fn panics(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
+    for (i, p) in dom.devices.panics.iter().enumerate() {
+        match p.model.as_deref() {
+            // Hyper-V's crash MSRs: `hv-crash` on -cpu (machine.rs).
+            Some("hyperv") => continue,
+            Some("pvpanic") => {
+                let dev = DeviceProps::new("pvpanic-pci").str("id", format!("panic{i}"));
+                a.device(&dev.pci(buses, &p.address))?;
+                continue;
+            }
+            _ => {}
+        }
         let mut dev = DeviceProps::new("pvpanic");
         match &p.address {
             None => {}
@@ -162,6 +174,14 @@ fn watchdog_props(
 
 pub(super) fn rngs(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
     for (i, r) in dom.devices.rngs.iter().enumerate() {
+        if r.builtin {
+            a.pair(
+                "-object",
+                format!("{{\"qom-type\":\"rng-builtin\",\"id\":\"objrng{i}\"}}"),
+            );
+            a.device(&rng_props(i, r, buses))?;
+            continue;
+        }
         a.pair(
             "-object",
             format!(
@@ -207,4 +227,557 @@ fn memballoon_props(m: &Memballoon, buses: &PciBuses) -> DeviceProps {
             m.stats_period.map(u64::from),
         )
         .pci(buses, &m.address)
+}
+
+/// Untyped devices built here: IOMMUs, vsock, filesystems, smart cards and EGD RNGs.
+pub(super) fn handles(el: &Element) -> bool {
+    matches!(
+        el.name.as_str(),
+        "iommu" | "vsock" | "filesystem" | "smartcard" | "rng"
+    )
+}
+
+/// The `<address>` of an untyped device; `None` lets QEMU choose the slot.
+fn other_address(el: &Element) -> Result<Option<Address>> {
+    Address::of(el).map_err(|e| unsupported(&format!("{}/address", el.name), "", e))
+}
+
+/// `<iommu model='intel|virtio'>` and `<vsock>`, as libvirt 9.0 writes them.
+pub(super) fn iommu_vsock(a: &mut Argv, dom: &Domain, accel: &str, buses: &PciBuses) -> Result<()> {
+    for el in dom
+        .devices
+        .other
+        .iter()
+        .filter(|e| matches!(e.name.as_str(), "iommu" | "vsock"))
+    {
+        let model = el.get_attr("model").unwrap_or("virtio");
+        let dev = match (el.name.as_str(), model) {
+            ("iommu", "intel") => {
+                if !dom.is_q35() {
+                    return Err(unsupported("iommu model", "intel", "needs a q35 machine"));
+                }
+                let mut dev = DeviceProps::new("intel-iommu").str("id", "iommu0");
+                for (k, v) in el
+                    .first("driver")
+                    .map(|d| d.attrs.as_slice())
+                    .unwrap_or(&[])
+                {
+                    let (opt, what) = match k.as_str() {
+                        "intremap" => ("intremap", "iommu/driver intremap"),
+                        "caching_mode" => ("caching-mode", "iommu/driver caching_mode"),
+                        "eim" => ("eim", "iommu/driver eim"),
+                        "iotlb" => ("device-iotlb", "iommu/driver iotlb"),
+                        "aw_bits" => {
+                            let n: u64 = v.parse().map_err(|_| {
+                                unsupported("iommu/driver aw_bits", v, "not a number")
+                            })?;
+                            dev = dev.uint("aw-bits", n);
+                            continue;
+                        }
+                        k => {
+                            return Err(unsupported(
+                                &format!("iommu/driver {k}"),
+                                v,
+                                "not implemented",
+                            ))
+                        }
+                    };
+                    let on = match v.as_str() {
+                        "on" => true,
+                        "off" => false,
+                        v => return Err(unsupported(what, v, "expected on or off")),
+                    };
+                    // Interrupt remapping needs QEMU's own IOAPIC (split irqchip with KVM).
+                    if opt == "intremap" && on && accel == "kvm" && !split_irqchip(dom) {
+                        return Err(unsupported(
+                            what,
+                            v,
+                            "needs <features><ioapic driver='qemu'/>",
+                        ));
+                    }
+                    // QEMU: x2APIC mode needs KVM's split irqchip.
+                    if opt == "eim" && on && (accel != "kvm" || !split_irqchip(dom)) {
+                        return Err(unsupported(
+                            what,
+                            v,
+                            "needs KVM and <features><ioapic driver='qemu'/>",
+                        ));
+                    }
+                    dev = dev.str(opt, if on { "on" } else { "off" });
+                }
+                dev
+            }
+            ("iommu", "virtio") => DeviceProps::new("virtio-iommu-pci")
+                .str("id", "iommu0")
+                .pci(buses, &other_address(el)?),
+            ("iommu", m) => return Err(unsupported("iommu model", m, "not for x86")),
+            ("vsock", m) => {
+                let driver = match m {
+                    "virtio" => "vhost-vsock-pci",
+                    "virtio-transitional" => "vhost-vsock-pci-transitional",
+                    "virtio-non-transitional" => "vhost-vsock-pci-non-transitional",
+                    m => return Err(unsupported("vsock model", m, "unknown")),
+                };
+                let cid = el.first("cid");
+                let addr = cid
+                    .and_then(|c| c.get_attr("address"))
+                    .filter(|_| cid.and_then(|c| c.get_attr("auto")) != Some("yes"))
+                    .ok_or_else(|| {
+                        unsupported(
+                            "vsock/cid",
+                            "auto",
+                            "choosing a free CID is not implemented; give an address",
+                        )
+                    })?;
+                let n: u64 = addr
+                    .parse()
+                    .map_err(|_| unsupported("vsock/cid address", addr, "not a number"))?;
+                if n < 3 {
+                    return Err(unsupported(
+                        "vsock/cid address",
+                        addr,
+                        "guest CIDs start at 3",
+                    ));
+                }
+                DeviceProps::new(driver)
+                    .str("id", "vsock0")
+                    .uint("guest-cid", n)
+                    .pci(buses, &other_address(el)?)
+            }
+            (n, _) => return Err(unsupported(n, model, "not implemented")),
+        };
+        a.device(&dev)?;
+    }
+    Ok(())
+}
+
+/// `<features><ioapic driver='qemu'/>`: the split irqchip (KVM only).
+pub(super) fn split_irqchip(dom: &Domain) -> bool {
+    dom.feature("ioapic").and_then(|f| f.get_attr("driver")) == Some("qemu")
+}
+
+/// Whether the guest's memory is shared with other processes (vhost-user needs it).
+fn shared_memory(dom: &Domain) -> bool {
+    let global = dom
+        .other
+        .iter()
+        .find(|e| e.name == "memoryBacking")
+        .and_then(|m| m.first("access"))
+        .and_then(|a| a.get_attr("mode"))
+        == Some("shared");
+    let cells: Vec<&Element> = dom
+        .cpu
+        .iter()
+        .flat_map(|c| c.other.iter().filter(|e| e.name == "numa"))
+        .flat_map(|n| n.children_named("cell"))
+        .collect();
+    if cells.is_empty() {
+        return global;
+    }
+    cells.iter().all(|c| match c.get_attr("memAccess") {
+        Some(m) => m == "shared",
+        None => global,
+    })
+}
+
+/// `<filesystem type='mount'>`: a host directory through 9p (`-fsdev local` +
+/// virtio-9p-pci), or through virtio-fs from a running virtiofsd's `<source socket>`.
+pub(super) fn filesystems(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
+    let fss = dom.devices.other.iter().filter(|e| e.name == "filesystem");
+    for (i, fs) in fss.enumerate() {
+        let ty = fs.get_attr("type").unwrap_or("mount");
+        if ty != "mount" {
+            return Err(unsupported(
+                "filesystem type",
+                ty,
+                "only 'mount' (a host directory)",
+            ));
+        }
+        let driver = fs.first("driver");
+        let dtype = driver.and_then(|d| d.get_attr("type")).unwrap_or("path");
+        let tag = fs
+            .first("target")
+            .and_then(|t| t.get_attr("dir"))
+            .ok_or_else(|| unsupported("filesystem/target", "", "no dir (the mount tag)"))?;
+        // virtiofs' <binary> is refused below, with the reason.
+        let known = [
+            "driver", "source", "target", "address", "alias", "readonly", "binary",
+        ];
+        if dtype != "virtiofs" && fs.first("binary").is_some() {
+            return Err(unsupported("filesystem/binary", dtype, "only for virtiofs"));
+        }
+        if let Some(c) = fs.elements().find(|c| !known.contains(&c.name.as_str())) {
+            return Err(unsupported(
+                &format!("filesystem/{}", c.name),
+                dtype,
+                "not implemented",
+            ));
+        }
+        let addr = Address::of(fs).map_err(|e| unsupported("filesystem/address", "", e))?;
+        let id = format!("fs{i}");
+        let dev = match dtype {
+            "path" => {
+                let dir = fs
+                    .first("source")
+                    .and_then(|s| s.get_attr("dir"))
+                    .ok_or_else(|| unsupported("filesystem/source", "", "no dir"))?;
+                let model = match fs.get_attr("accessmode").unwrap_or("passthrough") {
+                    "passthrough" => "passthrough",
+                    "mapped" => "mapped",
+                    "squash" => "none",
+                    m => return Err(unsupported("filesystem accessmode", m, "unknown")),
+                };
+                let mut o = format!("local,security_model={model}");
+                if let Some(m) = fs.get_attr("multidevs") {
+                    if !matches!(m, "remap" | "forbid" | "warn" | "default") {
+                        return Err(unsupported("filesystem multidevs", m, "unknown"));
+                    }
+                    if m != "default" {
+                        o.push_str(&format!(",multidevs={m}"));
+                    }
+                }
+                for k in ["fmode", "dmode"] {
+                    if let Some(v) = fs.get_attr(k) {
+                        if !v.chars().all(|c| c.is_digit(8)) {
+                            return Err(unsupported(
+                                &format!("filesystem {k}"),
+                                v,
+                                "not an octal mode",
+                            ));
+                        }
+                        o.push_str(&format!(",{k}={v}"));
+                    }
+                }
+                match driver.and_then(|d| d.get_attr("wrpolicy")) {
+                    None => {}
+                    Some("immediate") => o.push_str(",writeout=immediate"),
+                    Some(w) => return Err(unsupported("filesystem/driver wrpolicy", w, "unknown")),
+                }
+                o.push_str(&format!(
+                    ",id=fsdev-{id},path={}",
+                    path_opt("filesystem/source dir", Path::new(dir))?
+                ));
+                if fs.first("readonly").is_some() {
+                    o.push_str(",readonly=on");
+                }
+                a.pair("-fsdev", o);
+                DeviceProps::new("virtio-9p-pci")
+                    .str("id", id.as_str())
+                    .str("fsdev", format!("fsdev-{id}"))
+                    .str("mount_tag", tag)
+            }
+            "virtiofs" => {
+                let sock = fs.first("source").and_then(|s| s.get_attr("socket"));
+                let sock = sock.filter(|_| fs.first("binary").is_none()).ok_or_else(|| {
+                    unsupported(
+                        "filesystem/driver type='virtiofs'",
+                        "",
+                        "starting virtiofsd is not implemented; name a running one's <source socket>",
+                    )
+                })?;
+                if !shared_memory(dom) {
+                    return Err(unsupported(
+                        "filesystem/driver type='virtiofs'",
+                        "",
+                        "needs shared memory (<memoryBacking><access mode='shared'/>)",
+                    ));
+                }
+                if fs.first("readonly").is_some() {
+                    return Err(unsupported(
+                        "filesystem/readonly",
+                        "virtiofs",
+                        "virtiofsd decides this",
+                    ));
+                }
+                a.pair(
+                    "-chardev",
+                    format!(
+                        "socket,id=chr-vu-{id},path={}",
+                        path_opt("filesystem/source socket", Path::new(sock))?
+                    ),
+                );
+                let mut dev = DeviceProps::new("vhost-user-fs-pci")
+                    .str("id", id.as_str())
+                    .str("chardev", format!("chr-vu-{id}"));
+                if let Some(q) = driver.and_then(|d| d.get_attr("queue")) {
+                    let n: u64 = q
+                        .parse()
+                        .map_err(|_| unsupported("filesystem/driver queue", q, "not a number"))?;
+                    dev = dev.uint("queue-size", n);
+                }
+                dev.str("tag", tag)
+            }
+            t => {
+                return Err(unsupported(
+                    "filesystem/driver type",
+                    t,
+                    "expected path or virtiofs",
+                ))
+            }
+        };
+        if let Some((k, _)) = driver
+            .map(|d| d.attrs.as_slice())
+            .unwrap_or(&[])
+            .iter()
+            .find(|(k, _)| !matches!(k.as_str(), "type" | "wrpolicy" | "queue"))
+        {
+            return Err(unsupported(
+                &format!("filesystem/driver {k}"),
+                dtype,
+                "not implemented",
+            ));
+        }
+        a.device(&dev.pci(buses, &addr))?;
+    }
+    Ok(())
+}
+
+/// CCID controllers (`usb-ccid`) and the smart cards on them, as libvirt 9.0 writes
+/// them: a card emulated from the host's NSS database or three of its certificates,
+/// or passed through from a SPICE client or a socket.
+pub(super) fn smartcards(a: &mut Argv, dom: &Domain) -> Result<()> {
+    for c in dom.devices.controllers.iter().filter(|c| c.kind == "ccid") {
+        a.device(&DeviceProps::new("usb-ccid").str("id", format!("ccid{}", c.index)))?;
+    }
+    let cards = dom.devices.other.iter().filter(|e| e.name == "smartcard");
+    let mut taken = std::collections::BTreeSet::new();
+    for (i, sc) in cards.enumerate() {
+        let mode = sc.get_attr("mode").unwrap_or("");
+        let ccid = match sc.first("address") {
+            Some(ad) if ad.get_attr("type") == Some("ccid") => {
+                ad.get_attr("controller").unwrap_or("0").to_owned()
+            }
+            Some(_) => {
+                return Err(unsupported(
+                    "smartcard/address",
+                    mode,
+                    "expected a CCID address",
+                ))
+            }
+            None => "0".to_owned(),
+        };
+        // QEMU's CCID reader has one slot.
+        if !taken.insert(ccid.clone()) {
+            return Err(unsupported(
+                "smartcard/address controller",
+                &ccid,
+                "a CCID controller holds one card",
+            ));
+        }
+        let bus = format!(
+            "ccid{}.0",
+            qemu_opt_value("smartcard/address controller", &ccid)?
+        );
+        let id = format!("smartcard{i}");
+        let known: &[&str] = match mode {
+            "host-certificates" => &["certificate", "database", "address", "alias"],
+            "passthrough" => &["source", "protocol", "address", "alias"],
+            _ => &["address", "alias"],
+        };
+        if let Some(c) = sc.elements().find(|c| !known.contains(&c.name.as_str())) {
+            return Err(unsupported(
+                &format!("smartcard/{}", c.name),
+                mode,
+                "not implemented",
+            ));
+        }
+        let dev = match mode {
+            "host" => DeviceProps::new("ccid-card-emulated").str("backend", "nss-emulated"),
+            "host-certificates" => {
+                let certs: Vec<String> =
+                    sc.children_named("certificate").map(|c| c.text()).collect();
+                if certs.len() != 3 {
+                    return Err(unsupported(
+                        "smartcard/certificate",
+                        mode,
+                        "exactly three are needed",
+                    ));
+                }
+                let db = sc
+                    .first("database")
+                    .map_or_else(|| "/etc/pki/nssdb".to_owned(), |d| d.text());
+                let mut dev = DeviceProps::new("ccid-card-emulated").str("backend", "certificates");
+                for (n, c) in certs.iter().enumerate() {
+                    dev = dev.str(["cert1", "cert2", "cert3"][n], c.as_str());
+                }
+                dev.str("db", path_opt("smartcard/database", Path::new(&db))?)
+            }
+            "passthrough" => {
+                let chr = format!("charsmartcard{i}");
+                a.pair("-chardev", smartcard_chardev(dom, sc, &chr)?);
+                DeviceProps::new("ccid-card-passthru").str("chardev", chr)
+            }
+            m => {
+                return Err(unsupported(
+                    "smartcard mode",
+                    m,
+                    "expected host, host-certificates or passthrough",
+                ))
+            }
+        };
+        a.device(&dev.str("id", id).str("bus", bus))?;
+    }
+    Ok(())
+}
+
+/// The chardev a passed-through smart card reads: SPICE's, or a TCP/UNIX socket.
+fn smartcard_chardev(dom: &Domain, sc: &Element, id: &str) -> Result<String> {
+    let ty = sc.get_attr("type").unwrap_or("");
+    if ty == "spicevmc" {
+        if !dom
+            .devices
+            .graphics
+            .iter()
+            .any(|g| g.kind == crate::xml::GraphicsKind::Spice)
+        {
+            return Err(unsupported(
+                "smartcard type",
+                ty,
+                "needs <graphics type='spice'>",
+            ));
+        }
+        return Ok(format!("spicevmc,id={id},name=smartcard"));
+    }
+    socket_chardev("smartcard", sc, id)
+}
+
+/// A TCP or UNIX socket chardev (`type`, `<source mode host service path>` with
+/// `<reconnect>`, `<protocol type>`) of a device outside the serial family: a
+/// passed-through smart card, an EGD entropy source.
+fn socket_chardev(what: &str, el: &Element, id: &str) -> Result<String> {
+    let ty = el.get_attr("type").unwrap_or("");
+    let src = el
+        .first("source")
+        .ok_or_else(|| unsupported(&format!("{what}/source"), ty, "missing"))?;
+    let mut reconnect = String::new();
+    for c in src.elements() {
+        match (
+            c.name.as_str(),
+            c.get_attr("enabled"),
+            c.get_attr("timeout"),
+        ) {
+            ("reconnect", Some("yes"), Some(t)) => {
+                let t: u32 = t.parse().map_err(|_| {
+                    unsupported(
+                        &format!("{what}/source/reconnect timeout"),
+                        t,
+                        "not a number",
+                    )
+                })?;
+                reconnect = format!(",reconnect={t}");
+            }
+            ("reconnect", Some("no"), _) => {}
+            (n, _, _) => {
+                return Err(unsupported(
+                    &format!("{what}/source/{n}"),
+                    ty,
+                    "not implemented",
+                ))
+            }
+        }
+    }
+    let server = match src.get_attr("mode").unwrap_or("connect") {
+        "bind" => ",server=on,wait=off",
+        "connect" => reconnect.as_str(),
+        m => {
+            return Err(unsupported(
+                &format!("{what}/source mode"),
+                m,
+                "expected bind or connect",
+            ))
+        }
+    };
+    let telnet = match el.first("protocol").and_then(|p| p.get_attr("type")) {
+        None | Some("raw") => "",
+        Some("telnet") => ",telnet=on",
+        Some(p) => {
+            return Err(unsupported(
+                &format!("{what}/protocol type"),
+                p,
+                "expected raw or telnet",
+            ))
+        }
+    };
+    match ty {
+        "tcp" => {
+            let host = src.get_attr("host").unwrap_or("localhost");
+            let port = src
+                .get_attr("service")
+                .ok_or_else(|| unsupported(&format!("{what}/source"), "tcp", "no service"))?;
+            Ok(format!(
+                "socket,id={id},host={},port={}{telnet}{server}",
+                qemu_opt_value("source host", host)?,
+                qemu_opt_value("source service", port)?
+            ))
+        }
+        "unix" => {
+            let path = src
+                .get_attr("path")
+                .ok_or_else(|| unsupported(&format!("{what}/source"), "unix", "no path"))?;
+            Ok(format!(
+                "socket,id={id},path={}{server}",
+                path_opt("source path", Path::new(path))?
+            ))
+        }
+        t => Err(unsupported(
+            &format!("{what} type"),
+            t,
+            "expected tcp or unix",
+        )),
+    }
+}
+
+/// Entropy from an EGD daemon on a socket (`<rng><backend model='egd'>`): an
+/// `rng-egd` object on the socket's chardev and a virtio-rng device, numbered after
+/// the other RNGs.
+pub(super) fn egd_rngs(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
+    let first = dom.devices.rngs.len();
+    let egds = dom.devices.other.iter().filter(|e| e.name == "rng");
+    for (k, el) in egds.enumerate() {
+        let i = first + k;
+        let model = el.get_attr("model").unwrap_or("virtio");
+        if model != "virtio" {
+            return Err(unsupported("rng model", model, "expected virtio"));
+        }
+        let backend = el
+            .first("backend")
+            .ok_or_else(|| unsupported("rng/backend", "", "missing"))?;
+        let bm = backend.get_attr("model").unwrap_or("");
+        if let Some(c) = el
+            .elements()
+            .find(|c| !matches!(c.name.as_str(), "backend" | "address" | "alias" | "rate"))
+        {
+            return Err(unsupported(
+                &format!("rng/{}", c.name),
+                bm,
+                "not implemented",
+            ));
+        }
+        if bm != "egd" {
+            return Err(unsupported("rng/backend model", bm, "not implemented"));
+        }
+        let chr = format!("charrng{i}");
+        a.pair("-chardev", socket_chardev("rng/backend", backend, &chr)?);
+        a.pair(
+            "-object",
+            format!("{{\"qom-type\":\"rng-egd\",\"id\":\"objrng{i}\",\"chardev\":\"{chr}\"}}"),
+        );
+        let mut dev = DeviceProps::new("virtio-rng-pci")
+            .str("rng", format!("objrng{i}"))
+            .str("id", format!("rng{i}"));
+        if let Some(r) = el.first("rate") {
+            let bytes: u64 = r
+                .parse_attr("bytes")
+                .map_err(|e| unsupported("rng/rate bytes", "", e))?
+                .ok_or_else(|| unsupported("rng/rate", "", "no bytes"))?;
+            let period: u64 = r
+                .parse_attr("period")
+                .map_err(|e| unsupported("rng/rate period", "", e))?
+                .unwrap_or(1000);
+            dev = dev.uint("max-bytes", bytes).uint("period", period);
+        }
+        let addr = Address::of(el).map_err(|e| unsupported("rng/address", "egd", e))?;
+        a.device(&dev.pci(buses, &addr))?;
+    }
+    Ok(())
 }

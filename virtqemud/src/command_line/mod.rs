@@ -16,6 +16,7 @@ mod disks;
 mod graphics;
 mod hostdev;
 mod machine;
+mod memory;
 mod misc;
 mod net;
 mod tpm;
@@ -27,6 +28,8 @@ use crate::xml::Domain;
 
 use device::PciBuses;
 pub use device::{DeviceProps, PropValue};
+pub use hostdev::UsbHostDev;
+pub use machine::host_cpus;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -55,6 +58,22 @@ pub struct LaunchContext {
     pub volume_paths: Vec<(String, String, PathBuf)>,
     /// The control socket of the swtpm started for an emulated `<tpm>`.
     pub tpm_socket: Option<PathBuf>,
+    /// hugetlbfs mounts as (page size KiB, mount point), the host's default size
+    /// first: where `<memoryBacking><hugepages>` memory comes from.
+    pub hugetlbfs: Vec<(u64, PathBuf)>,
+    /// The X11/Wayland display QEMU inherits (the daemon's `DISPLAY` or
+    /// `WAYLAND_DISPLAY`): `<graphics type='sdl'>` needs one.
+    pub display: Option<String>,
+    /// A GPU render node (`/dev/dri/renderD*`) for OpenGL displays without one named.
+    pub render_node: Option<PathBuf>,
+    /// The host's USB devices, where `<hostdev type='usb'>` sources are found.
+    pub usb_devices: Vec<hostdev::UsbHostDev>,
+    /// The host's SCSI devices as (`H:B:T:U`, `/dev/sgN`), where `<hostdev
+    /// type='scsi'>` sources are found.
+    pub scsi_generic: Vec<(String, PathBuf)>,
+    /// The runtime pins QEMU to [`host_cpus`] (sched_setaffinity before exec, as
+    /// libvirt does for `<vcpu cpuset>`); without it such a domain is refused.
+    pub pins_cpus: bool,
 }
 
 impl LaunchContext {
@@ -75,6 +94,15 @@ impl LaunchContext {
             tap_fds: Vec::new(),
             volume_paths: Vec::new(),
             tpm_socket: None,
+            hugetlbfs: memory::hugetlbfs_mounts(),
+            display: std::env::var("DISPLAY")
+                .or_else(|_| std::env::var("WAYLAND_DISPLAY"))
+                .ok()
+                .filter(|d| !d.is_empty()),
+            render_node: graphics::first_render_node(),
+            usb_devices: hostdev::host_usb_devices(),
+            scsi_generic: hostdev::host_scsi_generic(),
+            pins_cpus: false,
         }
     }
 }
@@ -169,10 +197,9 @@ impl Argv {
 fn ignorable_top_level(el: &common::xml::Element) -> bool {
     match el.name.as_str() {
         "resource" => true,
-        "seclabel" => {
-            el.get_attr("type") == Some("none")
-                || el.get_attr("model") == Some("dac") && el.get_attr("relabel") != Some("no")
-        }
+        n if memory::HANDLED.contains(&n) || machine::HANDLED.contains(&n) => true,
+        // Checked with its reasons by machine::seclabels.
+        "seclabel" => true,
         _ => false,
     }
 }
@@ -184,29 +211,40 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     refuse_untyped(dom)?;
     preamble(&mut a, dom, ctx)?;
     let accel = machine::machine(&mut a, dom, ctx)?;
-    machine::cpu(&mut a, dom, accel)?;
+    machine::cpu(&mut a, dom, accel, ctx)?;
     boot::firmware(&mut a, dom)?;
-    machine::memory(&mut a, dom);
+    machine::memory(&mut a, dom)?;
+    memory::memory(&mut a, dom, ctx)?;
+    machine::extras(&mut a, dom)?;
+    machine::seclabels(dom)?;
+    machine::tuning(dom, ctx)?;
     machine::clock(&mut a, dom, accel)?;
     monitor(&mut a, ctx)?;
     boot::kernel(&mut a, dom)?;
     boot::order(&mut a, dom);
+    boot::os_extras(&mut a, dom)?;
     let buses = PciBuses::of(dom);
     controllers::controllers(&mut a, dom, &buses)?;
+    misc::filesystems(&mut a, dom, &buses)?;
     disks::disks(&mut a, dom, ctx, &buses)?;
     net::nics(&mut a, dom, ctx, &buses)?;
     chardevs::chardevs(&mut a, dom, ctx)?;
     misc::hubs(&mut a, dom)?;
+    misc::smartcards(&mut a, dom)?;
     misc::inputs(&mut a, dom, &buses)?;
     graphics::graphics(&mut a, dom, ctx)?;
     graphics::videos(&mut a, dom, &buses)?;
     graphics::sounds(&mut a, dom, &buses)?;
     graphics::redirdevs(&mut a, dom)?;
     misc::watchdogs(&mut a, dom, &buses)?;
-    misc::panics(&mut a, dom)?;
+    misc::panics(&mut a, dom, &buses)?;
+    misc::iommu_vsock(&mut a, dom, accel, &buses)?;
     tpm::tpm(&mut a, dom, ctx)?;
     hostdev::hostdevs(&mut a, dom, &buses)?;
+    hostdev::other_hostdevs(&mut a, dom, ctx, &buses)?;
+    memory::memory_devices(&mut a, dom, ctx, &buses)?;
     misc::rngs(&mut a, dom, &buses)?;
+    misc::egd_rngs(&mut a, dom, &buses)?;
     misc::memballoon(&mut a, dom, &buses)?;
     a.pair("-msg", "timestamp=on");
     qemu_commandline(&mut a, dom);
@@ -218,7 +256,10 @@ fn refuse_untyped(dom: &Domain) -> Result<()> {
     if let Some(o) = dom.other.iter().find(|o| !ignorable_top_level(o)) {
         return Err(unsupported(&o.name, "", "not implemented"));
     }
-    if let Some(o) = dom.devices.other.first() {
+    let built_here = |o: &&common::xml::Element| {
+        graphics::handles(o) || misc::handles(o) || hostdev::handles(o) || memory::handles(o)
+    };
+    if let Some(o) = dom.devices.other.iter().find(|o| !built_here(o)) {
         // A typed kind kept whole because of a child its model does not honour.
         if let Ok(Some(child)) = crate::xml::dropped_child(o) {
             return Err(unsupported(

@@ -334,7 +334,8 @@ impl Driver {
         if def.dom.qemu_commandline.is_some() {
             taint_custom_argv(&def.name, id, &log);
         }
-        let spawned = process::spawn_keeping(&argv, &log, &keep, &env, user.as_ref())
+        let cpus = pinned_cpus(&def.dom)?;
+        let spawned = process::spawn_keeping(&argv, &log, &keep, &env, user.as_ref(), cpus)
             .map_err(|e| {
                 VirError::operation_failed(format!("cannot start QEMU '{}': {e}", argv[0]))
             })
@@ -544,6 +545,34 @@ impl Driver {
 
 /// Creates QEMU's own folder for a run (mode 0700), owned by the user QEMU runs as:
 /// only that user and root reach its monitor socket, pidfile and helper sockets.
+/// The host CPUs `<vcpu cpuset>` pins QEMU to, those this host has (the daemon's own
+/// affinity): libvirt's pinning of the emulator and its vCPUs when no finer pinning
+/// is given.
+fn pinned_cpus(dom: &crate::xml::Domain) -> Result<Option<nix::sched::CpuSet>, VirError> {
+    let Some(wanted) = crate::command_line::host_cpus(dom)? else {
+        return Ok(None);
+    };
+    let ours = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map_err(|e| VirError::system("sched_getaffinity", &std::io::Error::from(e)))?;
+    let mut set = nix::sched::CpuSet::new();
+    for cpu in wanted {
+        if ours.is_set(cpu).unwrap_or(false) {
+            set.set(cpu)
+                .map_err(|e| VirError::system("CPU set", &std::io::Error::from(e)))?;
+        }
+    }
+    if (0..nix::sched::CpuSet::count()).all(|c| !set.is_set(c).unwrap_or(false)) {
+        return Err(VirError::new(
+            common::error::ErrorCode::ConfigUnsupported,
+            format!(
+                "<vcpu cpuset> '{}' names no CPU this host lets QEMU run on",
+                dom.vcpu_cpuset.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(Some(set))
+}
+
 fn make_domain_dir(dir: &Path, user: Option<&crate::security::Identity>) -> Result<(), VirError> {
     let _ = std::fs::remove_dir_all(dir);
     common::persist::create_dir_all(dir, 0o700).map_err(|e| io_err("create", dir, &e))?;

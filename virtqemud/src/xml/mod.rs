@@ -247,6 +247,8 @@ pub struct Topology {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cpu {
     pub mode: CpuMode,
+    /// `match=` minimum|exact|strict (how a custom model is compared with the host's).
+    pub match_: Option<String>,
     pub check: Option<String>,
     pub migratable: Option<String>,
     pub model: Option<String>,
@@ -282,6 +284,8 @@ pub struct Domain {
     pub vcpus: u32,
     /// `<vcpu current=>`
     pub current_vcpus: Option<u32>,
+    /// `<vcpu cpuset=>`: the host CPUs the guest may run on (libvirt's cpuset syntax).
+    pub vcpu_cpuset: Option<String>,
     pub placement: Option<Placement>,
     pub cpu: Option<Cpu>,
     pub os: Os,
@@ -396,7 +400,7 @@ pub struct XmlOpts {
     pub secure: bool,
 }
 
-fn unit_to_kib(element: &str, value: u64, unit: &str) -> Result<u64> {
+pub(crate) fn unit_to_kib(element: &str, value: u64, unit: &str) -> Result<u64> {
     let bytes: u128 = match unit {
         "b" | "bytes" => 1,
         "k" | "K" | "KiB" => 1 << 10,
@@ -605,8 +609,20 @@ fn parse_cpu(el: &Element) -> Result<Cpu> {
         }
         features.push((policy.to_owned(), name.to_owned()));
     }
+    let match_ = el.get_attr("match").map(str::to_owned);
+    if let Some(m) = match_.as_deref() {
+        if !matches!(m, "minimum" | "exact" | "strict") {
+            return Err(invalid(
+                "cpu",
+                "attribute 'match'",
+                m,
+                "expected minimum, exact or strict",
+            ));
+        }
+    }
     Ok(Cpu {
         mode,
+        match_,
         check: el.get_attr("check").map(str::to_owned),
         migratable: el.get_attr("migratable").map(str::to_owned),
         model,
@@ -714,6 +730,28 @@ fn parse_vcpu(v: &Element) -> Result<(u32, Option<u32>, Option<Placement>)> {
         }
     };
     Ok((n, cur, placement))
+}
+
+/// libvirt's cpuset syntax (`1-4,^3,8`): checked, kept as written.
+fn parse_cpuset(element: &str, v: &str) -> Result<String> {
+    let ok = !v.is_empty()
+        && v.split(',').all(|part| {
+            let part = part.trim().strip_prefix('^').unwrap_or(part.trim());
+            let mut ends = part.splitn(2, '-');
+            let n = |s: Option<&str>| s.is_some_and(|s| s.trim().parse::<u16>().is_ok());
+            let first = ends.next();
+            let second = ends.next();
+            n(first) && (second.is_none() || n(second))
+        });
+    if !ok {
+        return Err(invalid(
+            element,
+            "attribute 'cpuset'",
+            v,
+            "expected a list of CPU numbers and ranges",
+        ));
+    }
+    Ok(v.to_owned())
 }
 
 /// A `<cpu><topology>` must account for exactly the `<vcpu>` maximum.
@@ -837,6 +875,11 @@ impl Domain {
             None => (1, None, None),
             Some(v) => parse_vcpu(v)?,
         };
+        let vcpu_cpuset = root
+            .first("vcpu")
+            .and_then(|v| v.get_attr("cpuset"))
+            .map(|c| parse_cpuset("vcpu", c))
+            .transpose()?;
         let cpu = root.first("cpu").map(parse_cpu).transpose()?;
         check_topology(cpu.as_ref(), vcpus)?;
         let os = parse_os(root.first("os").ok_or_else(|| missing("domain", "<os>"))?)?;
@@ -864,6 +907,7 @@ impl Domain {
             max_memory,
             vcpus,
             current_vcpus,
+            vcpu_cpuset,
             placement,
             cpu,
             os,
@@ -943,8 +987,29 @@ impl Domain {
         }
         self.os.machine = Some(concrete);
         self.placement.get_or_insert(Placement::Static);
+        if self.clock.is_none() {
+            self.clock = Some(Element::new("clock").attr("offset", "utc"));
+        }
+        // `<genid/>`: libvirt makes the VM generation ID at define and keeps it.
+        for g in self.other.iter_mut().filter(|e| e.name == "genid") {
+            if g.text().trim().is_empty() {
+                *g = Element::with_text("genid", Uuid::new_v4().to_string());
+            }
+        }
+        // libvirt's virDomainDefBootOrderPostParse: boot from the disk when neither
+        // <os> nor any device says otherwise.
+        let device_boot = || {
+            self.devices
+                .to_element(false)
+                .elements()
+                .any(|d| d.first("boot").is_some())
+        };
+        if self.os.os_type == "hvm" && self.os.boot.is_empty() && !device_boot() {
+            self.os.boot.push(BootDev::Hd);
+        }
         if let Some(m) = self.cpu.as_ref().and_then(|c| c.model.as_deref()) {
-            if !caps.cpu_models.is_empty() && !caps.cpu_models.iter().any(|x| x == m) {
+            let builtin = matches!(m, "qemu64" | "qemu32");
+            if !builtin && !caps.cpu_models.is_empty() && !caps.cpu_models.iter().any(|x| x == m) {
                 return Err(DomainXmlError::unsupported(
                     "cpu model",
                     m,
@@ -952,6 +1017,8 @@ impl Domain {
                 ));
             }
         }
+        // After the check above: QEMU's own default model need not be listed.
+        self.fill_cpu_defaults(i686_on_x86_64 || self.os.arch.as_deref() == Some("i686"));
         if self.devices.emulator.is_none() {
             self.devices.emulator = Some(if i686_on_x86_64 {
                 caps.emulator.with_file_name("qemu-system-i386")
@@ -966,6 +1033,41 @@ impl Domain {
         let q35 = self.is_q35();
         self.devices.fill_defaults(q35)?;
         Ok(())
+    }
+
+    /// libvirt's CPU defaults (qemuDomainDefSetDefaultCPU, qemuDomainDefCPUPostParse):
+    /// a custom CPU without a model gets the machine's default model (QEMU's
+    /// `qemu64`, `qemu32` for i686) with `fallback='forbid'` and `check='none'`; a
+    /// custom model is matched exactly; `check` is `none` where nothing is compared
+    /// with the host (passthrough, maximum, custom under TCG), else `partial`.
+    fn fill_cpu_defaults(&mut self, i686: bool) {
+        let cpu = self.cpu.get_or_insert_with(|| Cpu {
+            mode: CpuMode::Custom,
+            match_: None,
+            check: None,
+            migratable: None,
+            model: None,
+            fallback: None,
+            topology: None,
+            features: Vec::new(),
+            other: Vec::new(),
+        });
+        if cpu.mode == CpuMode::Custom && cpu.model.is_none() {
+            cpu.model = Some(if i686 { "qemu32" } else { "qemu64" }.to_owned());
+            cpu.fallback = Some("forbid".to_owned());
+            cpu.check.get_or_insert_with(|| "none".to_owned());
+        }
+        if cpu.mode == CpuMode::Custom {
+            cpu.match_.get_or_insert_with(|| "exact".to_owned());
+            cpu.fallback.get_or_insert_with(|| "allow".to_owned());
+        }
+        let check = match cpu.mode {
+            CpuMode::HostPassthrough | CpuMode::Maximum => "none",
+            CpuMode::HostModel => "partial",
+            CpuMode::Custom if self.virt_type == VirtType::Qemu => "none",
+            CpuMode::Custom => "partial",
+        };
+        cpu.check.get_or_insert_with(|| check.to_owned());
     }
 
     /// Writes the definition in libvirt's layout.
@@ -1016,13 +1118,26 @@ impl Domain {
                         _ => "static",
                     },
                 )
+                .attr_opt("cpuset", self.vcpu_cpuset.as_deref())
                 .attr_opt("current", self.current_vcpus),
         );
         root.push(self.os_element());
         root = root.child_opt(self.features.clone());
         if let Some(cpu) = &self.cpu {
+            // libvirt's virCPUDefFormat: a custom CPU without a model (topology
+            // only) has no mode, and match= goes with a custom model only.
+            let custom = cpu.mode == CpuMode::Custom;
             let mut c = Element::new("cpu")
-                .attr("mode", cpu.mode.as_str())
+                .attr_opt(
+                    "mode",
+                    (!custom || cpu.model.is_some()).then(|| cpu.mode.as_str()),
+                )
+                .attr_opt(
+                    "match",
+                    cpu.match_
+                        .as_deref()
+                        .filter(|_| custom && cpu.model.is_some()),
+                )
                 .attr_opt("check", cpu.check.as_deref())
                 .attr_opt("migratable", cpu.migratable.as_deref());
             if let Some(m) = &cpu.model {

@@ -184,3 +184,39 @@ fn cpu_model_checked_against_caps() {
     let e = err(&x("Pentium9000"));
     assert!(e.contains("cpu model") && e.contains("Pentium9000"), "{e}");
 }
+
+/// What libvirt 9.0 writes into a minimal i440fx definition (its
+/// qemuxml2xmloutdata for a current QEMU): default audio, PS/2 inputs, PIIX3's USB
+/// and IDE controllers at their fixed functions, the default CPU, clock and boot.
+#[test]
+fn libvirts_define_time_defaults() {
+    let xml = "<domain type='qemu'><name>d</name><memory>65536</memory>\
+<vcpu cpuset='1-2'>1</vcpu><os><type machine='pc'>hvm</type></os><devices>\
+<disk type='file' device='cdrom'><target dev='hdc'/></disk>\
+<console type='pty'/></devices></domain>";
+    let mut d = Domain::parse(xml).unwrap();
+    d.fill_defaults(&fake()).unwrap();
+    let out = d.to_xml(XmlOpts::default());
+    for want in [
+        "<audio id='1' type='none'/>",
+        "<input type='mouse' bus='ps2'/>",
+        "<input type='keyboard' bus='ps2'/>",
+        "<controller type='usb' index='0' model='piix3-uhci'>",
+        "slot='0x01' function='0x2'",
+        "<controller type='ide' index='0'>",
+        "slot='0x01' function='0x1'",
+        "<cpu mode='custom' match='exact' check='none'>",
+        "<model fallback='forbid'>qemu64</model>",
+        "<clock offset='utc'/>",
+        "<boot dev='hd'/>",
+        "<driver name='qemu' type='raw'/>",
+        "<vcpu placement='static' cpuset='1-2'>1</vcpu>",
+        "<serial type='pty'>",
+        "<model name='isa-serial'/>",
+    ] {
+        assert!(out.contains(want), "{want} missing from {out}");
+    }
+    let mut again = Domain::parse(&out).unwrap();
+    again.fill_defaults(&fake()).unwrap();
+    assert_eq!(again, d, "defaults are stable");
+}

@@ -102,6 +102,14 @@ impl Address {
     }
 }
 
+impl Address {
+    /// The `<address>` child of a device element (for devices the model keeps
+    /// untyped and the command line builds).
+    pub fn of(el: &Element) -> Result<Option<Address>> {
+        addr_of(el)
+    }
+}
+
 pub(super) fn addr_of(el: &Element) -> Result<Option<Address>> {
     el.first("address").map(Address::parse).transpose()
 }

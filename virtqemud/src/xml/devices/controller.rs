@@ -327,6 +327,21 @@ impl Devices {
     }
 }
 
+/// libvirt's default `<model name>` of a PCI controller model.
+pub(super) fn pci_model_name(model: &str) -> Option<&'static str> {
+    Some(match model {
+        "pcie-root-port" => "pcie-root-port",
+        "pci-bridge" => "pci-bridge",
+        "dmi-to-pci-bridge" => "i82801b11-bridge",
+        "pcie-switch-upstream-port" => "x3130-upstream",
+        "pcie-switch-downstream-port" => "xio3130-downstream",
+        "pcie-to-pci-bridge" => "pcie-pci-bridge",
+        "pci-expander-bus" => "pxb",
+        "pcie-expander-bus" => "pxb-pcie",
+        _ => return None,
+    })
+}
+
 /// libvirt's USB controller models and QEMU's device for each.
 const USB_MODELS: &[(&str, &str)] = &[
     ("qemu-xhci", "qemu-xhci"),

@@ -41,15 +41,35 @@ pub struct Graphics {
     pub listen_socket: Option<Option<PathBuf>>,
     /// `<listen type='none'/>`: no listener (clients through QMP only).
     pub listen_none: bool,
+    /// SPICE `<gl enable rendernode>`: (enabled, the GPU render node).
+    pub gl: Option<(bool, Option<PathBuf>)>,
 }
 
 /// `<audio id='N' type='none|spice'/>`: an audio backend sound devices play through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Audio {
     pub id: u32,
-    /// `none` or `spice`; other backends are kept in [`Devices::other`](super::Devices::other).
+    /// libvirt's backend type: none, spice, alsa, oss, pulseaudio, sdl, jack, file,
+    /// dbus, coreaudio.
     pub kind: String,
+    /// The element as written (its settings are read by the command line and written
+    /// back unchanged).
+    pub element: Element,
 }
+
+/// The audio backend types libvirt 9.0 knows.
+pub const AUDIO_TYPES: &[&str] = &[
+    "none",
+    "spice",
+    "alsa",
+    "oss",
+    "pulseaudio",
+    "sdl",
+    "jack",
+    "file",
+    "dbus",
+    "coreaudio",
+];
 
 /// `<redirdev bus='usb' type='spicevmc'/>`: a USB device redirected from a SPICE client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +82,12 @@ pub struct Video {
     /// `vga`, `cirrus`, `qxl`, `virtio`, `bochs`, `none`
     pub model: String,
     pub vram_kib: Option<u64>,
+    /// qxl's `ram=` and `vgamem=` (KiB).
+    pub ram_kib: Option<u64>,
+    pub vgamem_kib: Option<u64>,
     pub heads: Option<u32>,
+    /// `primary='yes'`: libvirt marks the first video so.
+    pub primary: bool,
     pub address: Option<Address>,
 }
 
@@ -146,6 +171,13 @@ impl Graphics {
             listen_none: c
                 .elements()
                 .any(|l| l.name == "listen" && l.get_attr("type") == Some("none")),
+            gl: match (kind, c.first("gl")) {
+                (GraphicsKind::Spice, Some(g)) => Some((
+                    yes_no(g, "enable")?.unwrap_or(false),
+                    g.get_attr("rendernode").map(PathBuf::from),
+                )),
+                _ => None,
+            },
             image_compression: match c.first("image").and_then(|i| i.get_attr("compression")) {
                 Some(m @ ("auto_glz" | "auto_lz" | "quic" | "glz" | "lz" | "off")) => {
                     Some(m.to_owned())
@@ -187,11 +219,21 @@ impl Graphics {
                 self.listen_none
                     .then(|| Element::new("listen").attr("type", "none")),
             )
+            // libvirt writes the default listener (qemu.conf's address) this way.
+            .child_opt(
+                (self.listen.is_none() && self.listen_socket.is_none() && !self.listen_none)
+                    .then(|| Element::new("listen").attr("type", "address")),
+            )
             .child_opt(
                 self.image_compression
                     .as_deref()
                     .map(|m| Element::new("image").attr("compression", m)),
             )
+            .child_opt(self.gl.as_ref().map(|(on, node)| {
+                Element::new("gl")
+                    .attr("enable", yn(*on))
+                    .attr_opt("rendernode", node.as_deref().map(path_text))
+            }))
     }
 }
 
@@ -207,16 +249,36 @@ impl Audio {
                 "must be unique and at least 1",
             ));
         }
+        let kind = c.req_attr("type")?;
+        if !AUDIO_TYPES.contains(&kind) {
+            return Err(DomainXmlError::unsupported(
+                "audio type",
+                kind,
+                format!("expected one of {}", AUDIO_TYPES.join(", ")),
+            ));
+        }
+        let mut element = c.clone();
+        if element.get_attr("id").is_none() {
+            element = element.attr("id", id);
+        }
         Ok(Audio {
             id,
-            kind: c.req_attr("type")?.to_owned(),
+            kind: kind.to_owned(),
+            element,
         })
     }
 
+    /// A backend with no settings (libvirt's default one).
+    pub fn new(id: u32, kind: &str) -> Audio {
+        Audio {
+            id,
+            kind: kind.to_owned(),
+            element: Element::new("audio").attr("id", id).attr("type", kind),
+        }
+    }
+
     pub(super) fn to_element(&self) -> Element {
-        Element::new("audio")
-            .attr("id", self.id)
-            .attr("type", &self.kind)
+        self.element.clone()
     }
 }
 
@@ -237,9 +299,42 @@ impl Redirdev {
 }
 
 impl Video {
+    pub fn new(model: &str) -> Video {
+        Video {
+            model: model.to_owned(),
+            vram_kib: None,
+            ram_kib: None,
+            vgamem_kib: None,
+            heads: None,
+            primary: false,
+            address: None,
+        }
+    }
+
+    /// libvirt's defaults (virDomainVideoDefaultRAM): one head, 16 MiB of video RAM
+    /// (qxl: 64 MiB, with 64 MiB RAM and 16 MiB VGA memory); virtio has none.
+    pub(super) fn fill_defaults(&mut self) {
+        if self.model == "none" {
+            return;
+        }
+        self.heads.get_or_insert(1);
+        match self.model.as_str() {
+            "vga" | "cirrus" | "bochs" => {
+                self.vram_kib.get_or_insert(16384);
+            }
+            "qxl" => {
+                self.ram_kib.get_or_insert(65536);
+                self.vram_kib.get_or_insert(65536);
+                self.vgamem_kib.get_or_insert(16384);
+            }
+            _ => {}
+        }
+    }
+
     pub(super) fn parse(c: &Element) -> Result<Video> {
         let m = c.first("model");
-        let model = m.and_then(|m| m.get_attr("type")).unwrap_or("vga");
+        // libvirt's default model with a QEMU that has cirrus-vga (Debian's does).
+        let model = m.and_then(|m| m.get_attr("type")).unwrap_or("cirrus");
         if !matches!(
             model,
             "vga" | "cirrus" | "qxl" | "virtio" | "bochs" | "none"
@@ -250,16 +345,19 @@ impl Video {
                 "expected vga, cirrus, qxl, virtio, bochs or none",
             ));
         }
+        let num = |k: &str| -> Result<Option<u64>> {
+            Ok(m.map(|m| m.parse_attr::<u64>(k)).transpose()?.flatten())
+        };
         Ok(Video {
             model: model.to_owned(),
-            vram_kib: m
-                .map(|m| m.parse_attr::<u64>("vram"))
-                .transpose()?
-                .flatten(),
+            vram_kib: num("vram")?,
+            ram_kib: num("ram")?,
+            vgamem_kib: num("vgamem")?,
             heads: m
                 .map(|m| m.parse_attr::<u32>("heads"))
                 .transpose()?
                 .flatten(),
+            primary: m.and_then(|m| m.get_attr("primary")) == Some("yes"),
             address: addr_of(c)?,
         })
     }
@@ -268,8 +366,11 @@ impl Video {
         let mut e = Element::new("video").child(
             Element::new("model")
                 .attr("type", &self.model)
+                .attr_opt("ram", self.ram_kib)
                 .attr_opt("vram", self.vram_kib)
-                .attr_opt("heads", self.heads),
+                .attr_opt("vgamem", self.vgamem_kib)
+                .attr_opt("heads", self.heads)
+                .attr_opt("primary", self.primary.then_some("yes")),
         );
         push_addr(&mut e, &self.address);
         e

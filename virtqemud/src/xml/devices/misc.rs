@@ -22,6 +22,8 @@ pub struct Input {
 pub struct Rng {
     /// Host source, default /dev/urandom.
     pub backend: PathBuf,
+    /// `<backend model='builtin'/>`: QEMU's own generator (getrandom), no host file.
+    pub builtin: bool,
     pub rate: Option<(u32, u32)>,
     pub address: Option<Address>,
 }
@@ -95,13 +97,17 @@ impl Rng {
         let b = c
             .first("backend")
             .ok_or_else(|| missing("rng", "<backend>"))?;
-        if b.get_attr("model").unwrap_or("random") != "random" {
-            return Err(DomainXmlError::unsupported(
-                "rng backend model",
-                b.get_attr("model").unwrap_or(""),
-                "only 'random'",
-            ));
-        }
+        let builtin = match b.get_attr("model").unwrap_or("random") {
+            "random" => false,
+            "builtin" => true,
+            m => {
+                return Err(DomainXmlError::unsupported(
+                    "rng backend model",
+                    m,
+                    "expected random or builtin",
+                ))
+            }
+        };
         let path = b.text();
         let backend = if path.is_empty() {
             PathBuf::from("/dev/urandom")
@@ -118,6 +124,7 @@ impl Rng {
         };
         Ok(Rng {
             backend,
+            builtin,
             rate,
             address: addr_of(c)?,
         })
@@ -126,7 +133,11 @@ impl Rng {
     pub(super) fn to_element(&self) -> Element {
         let mut e = Element::new("rng")
             .attr("model", "virtio")
-            .child(Element::with_text("backend", path_text(&self.backend)).attr("model", "random"))
+            .child(if self.builtin {
+                Element::new("backend").attr("model", "builtin")
+            } else {
+                Element::with_text("backend", path_text(&self.backend)).attr("model", "random")
+            })
             .child_opt(
                 self.rate
                     .map(|(b, p)| Element::new("rate").attr("bytes", b).attr("period", p)),

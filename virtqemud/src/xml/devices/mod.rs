@@ -128,7 +128,7 @@ fn untyped_kind(c: &Element) -> bool {
         "rng" => c
             .first("backend")
             .and_then(|b| b.get_attr("model"))
-            .is_some_and(|m| matches!(m, "egd" | "builtin")),
+            .is_some_and(|m| m == "egd"),
         _ => false,
     }
 }
@@ -233,8 +233,8 @@ impl Devices {
                 "channel" => d.channels.push(Chardev::parse_channel(c)?),
                 "input" => d.inputs.push(Input::parse(c)?),
                 "graphics" => d.graphics.push(Graphics::parse(c)?),
-                // Other audio backends and redirdevs stay in `other`, refused at start.
-                "audio" if matches!(c.get_attr("type"), Some("none" | "spice")) => {
+                // Redirdevs other than SPICE's stay in `other`, refused at start.
+                "audio" if c.get_attr("type").is_some() => {
                     let a = Audio::parse(c, &d.audios)?;
                     d.audios.push(a)
                 }
@@ -250,7 +250,12 @@ impl Devices {
                 "memballoon" => d.memballoon = Some(Memballoon::parse(c)?),
                 "watchdog" => d.watchdogs.push(Watchdog::parse(c)?),
                 "hub" if c.get_attr("type") == Some("usb") => d.hubs.push(Hub::parse(c)?),
-                "panic" if matches!(c.get_attr("model"), None | Some("isa")) => {
+                "panic"
+                    if matches!(
+                        c.get_attr("model"),
+                        None | Some("isa" | "hyperv" | "pvpanic")
+                    ) =>
+                {
                     d.panics.push(Panic::parse(c)?)
                 }
                 "tpm" => d.tpms.push(Tpm::parse(c)?),
@@ -311,11 +316,35 @@ impl Devices {
 
     pub(crate) fn fill_defaults(&mut self, q35: bool) -> Result<()> {
         self.fill_disk_buses(q35)?;
+        self.add_machine_controllers(q35);
         self.add_implicit_controllers(q35)?;
+        // libvirt's qemuDomainDeviceDiskDefPostParse: QEMU's driver, raw unless said
+        // otherwise (a volume's format is its pool's business).
+        for d in &mut self.disks {
+            d.driver.name.get_or_insert_with(|| "qemu".to_owned());
+            if d.source_type != "volume" {
+                d.driver.format.get_or_insert_with(|| "raw".to_owned());
+            }
+        }
+        // A serial console without a serial port: libvirt adds the port it stands for
+        // (virDomainDefAddConsoleCompat), the same chardev.
+        if let Some(c) = self.consoles.first().filter(|c| {
+            self.serials.is_empty() && c.target_type.as_deref().is_none_or(|t| t == "serial")
+        }) {
+            let mut serial = c.clone();
+            serial.target_type = Some("isa-serial".into());
+            serial.target_port = Some(0);
+            serial.target_model = None;
+            self.serials.push(serial);
+        }
         // Console of a guest with a serial port: libvirt makes it the serial target.
         for (i, s) in self.serials.iter_mut().enumerate() {
             s.target_port.get_or_insert(i as u32);
             s.target_type.get_or_insert_with(|| "isa-serial".into());
+            // libvirt names the device of an ISA serial port in <target><model>.
+            if s.target_type.as_deref() == Some("isa-serial") {
+                s.target_model.get_or_insert_with(|| "isa-serial".into());
+            }
         }
         // The first console is the serial port's (or a virtio console); libvirt's
         // further consoles are virtio consoles numbered by their place.
@@ -354,14 +383,171 @@ impl Devices {
                 address: None,
             });
         }
-        if !self.graphics.is_empty() && self.videos.is_empty() {
-            self.videos.push(Video {
-                model: "vga".into(),
-                vram_kib: None,
-                heads: None,
-                address: None,
-            });
+        let any_graphics =
+            !self.graphics.is_empty() || self.other.iter().any(|e| e.name == "graphics");
+        if any_graphics && self.videos.is_empty() && !self.other.iter().any(|e| e.name == "video") {
+            self.videos.push(Video::new("cirrus"));
         }
-        self.assign_pci(q35)
+        for v in &mut self.videos {
+            v.fill_defaults();
+        }
+        // libvirt keeps an automatic VNC port as port='-1'.
+        for g in &mut self.graphics {
+            if g.kind == GraphicsKind::Vnc && g.autoport && g.port.is_none() {
+                g.port = Some(-1);
+            }
+        }
+        if let Some(v) = self.videos.first_mut().filter(|v| v.model != "none") {
+            v.primary = true;
+        }
+        self.add_default_audio();
+        self.add_implicit_inputs();
+        self.assign_pci(q35)?;
+        self.fill_pci_targets();
+        Ok(())
+    }
+
+    /// libvirt's `<model name>` and `<target>` of PCI controllers: chassis = index (a pci-bridge's
+    /// chassisNr), and a root or downstream port's port number from its own slot and
+    /// function (`slot << 3 | function`).
+    fn fill_pci_targets(&mut self) {
+        for c in self.controllers.iter_mut().filter(|c| c.kind == "pci") {
+            // libvirt writes the QEMU device of a PCI controller model as <model name>.
+            if c.model_name.is_none() {
+                c.model_name = c
+                    .model
+                    .as_deref()
+                    .and_then(controller::pci_model_name)
+                    .map(str::to_owned);
+            }
+            match c.model.as_deref() {
+                Some("pcie-root-port" | "pcie-switch-downstream-port") => {
+                    c.target_chassis.get_or_insert(c.index);
+                    if let (None, Some(p)) =
+                        (c.target_port, c.address.as_ref().and_then(Address::pci))
+                    {
+                        c.target_port = Some(u32::from(p.slot) << 3 | u32::from(p.function));
+                    }
+                }
+                Some("pci-bridge") => {
+                    c.target_chassis.get_or_insert(c.index);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The controllers libvirt gives every PC machine (qemuDomainDefAddDefaultDevices):
+    /// a USB controller (PIIX3's UHCI at 00:01.2 on i440fx, qemu-xhci on q35) unless
+    /// one is written (`model='none'` for none), the IDE controller of i440fx's PIIX3
+    /// (00:01.1) for IDE disks, and q35's built-in AHCI (00:1f.2). USB controllers
+    /// written without a model get the machine's default one.
+    fn add_machine_controllers(&mut self, q35: bool) {
+        let usb_model = if q35 { "qemu-xhci" } else { "piix3-uhci" };
+        if !self.controllers.iter().any(|c| c.kind == "usb") {
+            self.controllers
+                .push(Controller::new("usb", 0, Some(usb_model)));
+        }
+        let ide = !q35 && self.disks.iter().any(|d| d.bus == Some(DiskBus::Ide));
+        if ide && !self.controllers.iter().any(|c| c.kind == "ide") {
+            self.controllers.push(Controller::new("ide", 0, None));
+        }
+        // SCSI host devices sit on a SCSI controller, as SCSI disks do.
+        let scsi_hostdev = self
+            .other
+            .iter()
+            .any(|e| e.name == "hostdev" && e.get_attr("type") == Some("scsi"));
+        if scsi_hostdev && !self.controllers.iter().any(|c| c.kind == "scsi") {
+            self.controllers
+                .push(Controller::new("scsi", 0, Some("virtio-scsi")));
+        }
+        // Smart cards sit on a CCID controller (a USB device).
+        let smartcard = self.other.iter().any(|e| e.name == "smartcard");
+        if smartcard && !self.controllers.iter().any(|c| c.kind == "ccid") {
+            self.controllers.push(Controller::new("ccid", 0, None));
+        }
+        // Virtio consoles sit on a virtio-serial controller, as channels do.
+        let virtio_console = self
+            .consoles
+            .iter()
+            .any(|c| c.target_type.as_deref() == Some("virtio"));
+        if virtio_console && !self.controllers.iter().any(|c| c.kind == "virtio-serial") {
+            self.controllers
+                .push(Controller::new("virtio-serial", 0, None));
+        }
+        if q35
+            && !self
+                .controllers
+                .iter()
+                .any(|c| c.kind == "sata" && c.index == 0)
+        {
+            self.controllers.push(Controller::new("sata", 0, None));
+        }
+        let fixed = |slot, function| {
+            Some(Address::Pci(PciAddr {
+                domain: 0,
+                bus: 0,
+                slot,
+                function,
+            }))
+        };
+        for c in &mut self.controllers {
+            if c.kind == "usb" && c.model.is_none() {
+                c.model = Some(usb_model.to_owned());
+            }
+            if c.index != 0 || c.address.is_some() {
+                continue;
+            }
+            c.address = match (c.kind.as_str(), c.model.as_deref(), q35) {
+                ("usb", Some("piix3-uhci"), false) => fixed(1, 2),
+                ("ide", _, false) => fixed(1, 1),
+                ("sata", _, true) => fixed(0x1f, 2),
+                _ => None,
+            };
+        }
+    }
+
+    /// libvirt's implicit PS/2 mouse and keyboard of every x86 machine (QEMU has them
+    /// built in, so they put nothing on the command line).
+    fn add_implicit_inputs(&mut self) {
+        for kind in ["mouse", "keyboard"] {
+            if !self.inputs.iter().any(|i| i.kind == kind && i.bus == "ps2") {
+                self.inputs.push(Input {
+                    kind: kind.to_owned(),
+                    bus: "ps2".to_owned(),
+                    address: None,
+                });
+            }
+        }
+    }
+
+    /// libvirt's default audio backend (qemuDomainDefAddDefaultAudioBackend) when
+    /// none is written: SPICE's with SPICE graphics, SDL's with SDL, else `none`
+    /// (VNC, no graphics; qemu.conf's `vnc_allow_host_audio` is not read here). Other
+    /// graphics alone (egl-headless, dbus) get none.
+    fn add_default_audio(&mut self) {
+        if !self.audios.is_empty() {
+            return;
+        }
+        let kinds = self.graphics.iter().map(|g| g.kind.as_str()).chain(
+            self.other
+                .iter()
+                .filter(|e| e.name == "graphics")
+                .filter_map(|e| e.get_attr("type")),
+        );
+        let mut audio = None;
+        let mut any = false;
+        for k in kinds {
+            any = true;
+            match k {
+                "vnc" => audio = Some("none"),
+                "spice" => audio = Some("spice"),
+                "sdl" => audio = Some("sdl"),
+                _ => {}
+            }
+        }
+        if let Some(kind) = audio.or((!any).then_some("none")) {
+            self.audios.push(Audio::new(1, kind));
+        }
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::super::{invalid, DomainXmlError, Result};
-use super::{Address, Devices, DiskBus, PciAddr};
+use super::{addr_of, push_addr, Address, Devices, DiskBus, PciAddr};
 
 impl Devices {
     /// The guest PCI addresses of every device and controller.
@@ -21,6 +21,7 @@ impl Devices {
             .chain(self.watchdogs.iter().map(|x| &x.address))
             .chain(self.hostdevs.iter().map(|x| &x.address))
             .chain(self.rngs.iter().map(|x| &x.address))
+            .chain(self.panics.iter().map(|x| &x.address))
             .chain(self.memballoon.iter().map(|x| &x.address));
         addrs
             .filter_map(|a| a.as_ref().and_then(Address::pci))
@@ -203,45 +204,74 @@ impl Devices {
         let primary_video = if q35 { 1 } else { 2 };
         let mut videos = self.videos.iter_mut().filter(|v| v.model != "none");
         let first_video = videos.next();
-        // q35's first SATA controller is the ICH9's own (0x1f.2); i440fx's is an AHCI card.
-        for c in self
+        let has_video = first_video.is_some();
+        // libvirt's order (qemuDomainAssignDevicePCISlots): bridges, NICs, sound
+        // cards, other controllers, disks, host devices, balloon, RNGs, watchdogs,
+        // further videos, virtio inputs. q35's first SATA controller is the ICH9's
+        // own (0x1f.2); i440fx's is an AHCI card.
+        // Devices the model keeps untyped but the command line builds on PCI
+        // (filesystems, vsock, virtio IOMMU, mediated devices) get slots too; their
+        // `<address>` is written into the kept element afterwards.
+        let mut untyped: Vec<(usize, Option<Address>)> = self
+            .other
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| untyped_on_pci(e))
+            .map(|(i, e)| Ok((i, addr_of(e)?)))
+            .collect::<Result<_>>()?;
+        let (fs, rest): (Vec<_>, Vec<_>) = untyped
+            .iter_mut()
+            .partition(|(i, _)| self.other[*i].name == "filesystem");
+        let (nets, rest): (Vec<_>, Vec<_>) = rest
+            .into_iter()
+            .partition(|(i, _)| self.other[*i].name == "interface");
+        let (bridge_ctrls, other_ctrls): (Vec<_>, Vec<_>) = self
             .controllers
             .iter_mut()
             .filter(|c| c.needs_pci_slot() || (!q35 && c.kind == "sata"))
-        {
-            slots.push(&mut c.address);
-        }
-        for d in self
-            .disks
-            .iter_mut()
-            .filter(|d| d.bus == Some(DiskBus::Virtio))
-        {
-            slots.push(&mut d.address);
-        }
-        for i in self.interfaces.iter_mut() {
-            slots.push(&mut i.address);
-        }
-        for v in videos {
-            slots.push(&mut v.address);
-        }
-        for i in self.inputs.iter_mut().filter(|i| i.bus == "virtio") {
-            slots.push(&mut i.address);
-        }
-        for s in self.sounds.iter_mut().filter(|s| s.is_pci()) {
-            slots.push(&mut s.address);
-        }
-        for w in self.watchdogs.iter_mut().filter(|w| w.model == "i6300esb") {
-            slots.push(&mut w.address);
-        }
-        for h in self.hostdevs.iter_mut() {
-            slots.push(&mut h.address);
-        }
-        for r in self.rngs.iter_mut() {
-            slots.push(&mut r.address);
-        }
+            .partition(|c| c.is_pci_bridge());
+        slots.extend(bridge_ctrls.into_iter().map(|c| &mut c.address));
+        slots.extend(fs.into_iter().map(|(_, a)| a));
+        slots.extend(self.interfaces.iter_mut().map(|i| &mut i.address));
+        slots.extend(nets.into_iter().map(|(_, a)| a));
+        slots.extend(
+            self.sounds
+                .iter_mut()
+                .filter(|s| s.is_pci())
+                .map(|s| &mut s.address),
+        );
+        slots.extend(other_ctrls.into_iter().map(|c| &mut c.address));
+        slots.extend(
+            self.disks
+                .iter_mut()
+                .filter(|d| d.bus == Some(DiskBus::Virtio))
+                .map(|d| &mut d.address),
+        );
+        slots.extend(self.hostdevs.iter_mut().map(|h| &mut h.address));
         if let Some(m) = self.memballoon.as_mut().filter(|m| m.model == "virtio") {
             slots.push(&mut m.address);
         }
+        slots.extend(self.rngs.iter_mut().map(|r| &mut r.address));
+        slots.extend(
+            self.watchdogs
+                .iter_mut()
+                .filter(|w| w.model == "i6300esb")
+                .map(|w| &mut w.address),
+        );
+        slots.extend(videos.map(|v| &mut v.address));
+        slots.extend(
+            self.panics
+                .iter_mut()
+                .filter(|p| p.model.as_deref() == Some("pvpanic"))
+                .map(|p| &mut p.address),
+        );
+        slots.extend(
+            self.inputs
+                .iter_mut()
+                .filter(|i| i.bus == "virtio")
+                .map(|i| &mut i.address),
+        );
+        slots.extend(rest.into_iter().map(|(_, a)| a));
         let mut first_video_slot = first_video.map(|v| &mut v.address);
         let all: Vec<&Option<Address>> = slots
             .iter()
@@ -265,8 +295,11 @@ impl Devices {
                 }
             }
         }
-        // Keep the primary video slot free either way, as libvirt does.
-        used.insert((primary_video, 0));
+        // The primary video's slot stays its own; without a video it is free, as in
+        // libvirt with a current QEMU.
+        if has_video {
+            used.insert((primary_video, 0));
+        }
         let mut next = 1u8;
         // Slots 1 to 31 of each pci-bridge, slot 0 of each root port, for when bus 0
         // is full.
@@ -310,7 +343,29 @@ impl Devices {
                 function: 0,
             }));
         }
+        drop(slots);
+        for (i, a) in untyped {
+            let el = &mut self.other[i];
+            el.children
+                .retain(|c| !matches!(c, common::xml::Node::Element(e) if e.name == "address"));
+            push_addr(el, &a);
+        }
         Ok(None)
+    }
+}
+
+/// An untyped device the command line puts on PCI.
+fn untyped_on_pci(e: &common::xml::Element) -> bool {
+    match e.name.as_str() {
+        "filesystem" | "vsock" | "shmem" => true,
+        // NICs of the kinds the model keeps as written; a USB NIC sits on USB.
+        "interface" => e.first("model").and_then(|m| m.get_attr("type")) != Some("usb-net"),
+        "rng" => true,
+        "input" => e.get_attr("bus") == Some("virtio"),
+        "memory" => matches!(e.get_attr("model"), Some("virtio-mem" | "virtio-pmem")),
+        "iommu" => e.get_attr("model") == Some("virtio"),
+        "hostdev" => matches!(e.get_attr("type"), Some("mdev" | "scsi_host")),
+        _ => false,
     }
 }
 
