@@ -285,14 +285,12 @@ impl Devices {
         }
         if let Some(a) = first_video_slot.as_mut() {
             if a.is_none() && used.insert((primary_video, 0)) {
-                {
-                    **a = Some(Address::Pci(PciAddr {
-                        domain: 0,
-                        bus: 0,
-                        slot: primary_video,
-                        function: 0,
-                    }));
-                }
+                **a = Some(Address::Pci(PciAddr {
+                    domain: 0,
+                    bus: 0,
+                    slot: primary_video,
+                    function: 0,
+                }));
             }
         }
         // The primary video's slot stays its own; without a video it is free, as in
