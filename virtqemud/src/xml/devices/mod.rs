@@ -137,8 +137,9 @@ fn untyped_kind(c: &Element, d: &Devices) -> bool {
         ),
         "serial" | "console" | "channel" | "parallel" => {
             UNTYPED_CHARDEVS.contains(&ty)
-                // A second console (virtio consoles beyond the first).
-                || (c.name == "console" && !d.consoles.is_empty())
+                // A second console, unless it is the first virtio one: libvirt's dumpxml
+                // of a guest with a serial port and a virtio console lists both.
+                || (c.name == "console" && !d.consoles.is_empty() && !first_virtio_console(c, d))
                 || (c.name == "channel"
                     && c.first("target").and_then(|t| t.get_attr("type")) == Some("guestfwd"))
         }
@@ -149,6 +150,15 @@ fn untyped_kind(c: &Element, d: &Devices) -> bool {
             .is_some_and(|m| matches!(m, "egd" | "builtin")),
         _ => false,
     }
+}
+
+/// `c` is a virtio console and none of `d`'s consoles is one yet.
+fn first_virtio_console(c: &Element, d: &Devices) -> bool {
+    c.first("target").and_then(|t| t.get_attr("type")) == Some("virtio")
+        && !d
+            .consoles
+            .iter()
+            .any(|x| x.target_type.as_deref() == Some("virtio"))
 }
 
 /// The child element paths (`listen`, `model/acceleration`) of `el`, without the
@@ -273,11 +283,14 @@ impl Devices {
             }
         }
         d.number_controllers()?;
-        if d.consoles.len() > 1 {
+        let virtio = |c: &&Chardev| c.target_type.as_deref() == Some("virtio");
+        if d.consoles.iter().filter(virtio).count() > 1
+            || d.consoles.iter().filter(|c| !virtio(c)).count() > 1
+        {
             return Err(DomainXmlError::unsupported(
                 "console",
                 "",
-                "at most one console",
+                "at most one serial and one virtio console",
             ));
         }
         Ok(d)
