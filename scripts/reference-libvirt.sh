@@ -101,7 +101,8 @@ for d in /etc/libvirt /run/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/
 done
 # Nothing from the host's /run either: no host system bus, no machined.
 mkdir -p /run/dbus && mount -t tmpfs -o mode=0755 reference-libvirt /run/dbus
-mkdir -p /etc/libvirt/qemu/networks/autostart /var/lib/libvirt/qemu/nvram /var/lib/libvirt/images
+mkdir -p /etc/libvirt/qemu/networks/autostart /var/lib/libvirt/qemu/nvram /var/lib/libvirt/images \
+  /var/log/libvirt/qemu
 cat >/etc/libvirt/libvirtd.conf <<'EOF'
 # reference-libvirt sandbox: only the unix socket, no auth, nothing else.
 unix_sock_group = "root"
