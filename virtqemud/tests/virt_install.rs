@@ -1,7 +1,8 @@
 //! virt-install's XML as it really comes: every document in `data/virt-install/`
 //! (written by Debian 12's `virt-install --print-xml` against Debian's libvirtd, see its
 //! README) defines unchanged through the daemon, and then starts under TCG with its
-//! disks replaced by small empty images.
+//! disks replaced by small empty images. The same for libvirt's own host dumps
+//! (`golden/libvirt-dumpxml-*.xml`, `virsh dumpxml` of running domains).
 //!
 //! virtqemud, virtnetworkd and virtstoraged share one private bus, the first two inside
 //! a network namespace of the test: `network=default` NICs get a real port of a
@@ -30,12 +31,19 @@ const IMAGES: &str = "/var/lib/libvirt/images/";
 /// document of the matrix starts.
 const EXPECTED_START_FAILURES: &[(&str, &str)] = &[];
 
-fn documents() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/virt-install");
+/// The `.xml` files of `tests/{dir}` whose names start with `prefix`.
+fn documents(dir: &str, prefix: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(dir);
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("tests/data/virt-install")
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "xml"))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        })
         .collect();
     v.sort();
     v
@@ -69,23 +77,49 @@ fn make_image(path: &Path) {
     }
 }
 
-/// The runnable variant of a document: TCG instead of KVM, its files under `images`.
+/// libvirt's folders for chardev files and sockets in the host dumps, and where they
+/// go in the test's scratch folder.
+const HOST_DUMP_FOLDERS: &[(&str, &str)] = &[
+    ("/var/log/libvirt/qemu/", "log"),
+    ("/var/lib/libvirt/qemu/channel/target/", "channel"),
+];
+
+/// The runnable variant of a document: TCG instead of KVM, its files under `scratch`.
 /// virt-install asks for `host-passthrough`, which needs KVM (libvirt refuses it for a
 /// TCG domain too); TCG's equivalent is `maximum`, what virt-install would have written
 /// on a host without KVM.
-fn runnable(xml: &str, images: &Path) -> String {
+fn runnable(xml: &str, scratch: &Path) -> String {
+    let images = scratch.join("images");
     for f in attrs(xml, "source", "file") {
         let name = f
             .strip_prefix(IMAGES)
             .unwrap_or_else(|| panic!("a disk outside {IMAGES}: {f}"));
         make_image(&images.join(name));
     }
-    xml.replacen("<domain type=\"kvm\"", "<domain type=\"qemu\"", 1)
-        .replace(
-            "<cpu mode=\"host-passthrough\"/>",
-            "<cpu mode=\"maximum\"/>",
-        )
-        .replace(IMAGES, &format!("{}/", images.display()))
+    let mut out = xml.replace(IMAGES, &format!("{}/", images.display()));
+    for q in ["\"", "'"] {
+        out = out
+            .replacen(
+                &format!("<domain type={q}kvm{q}"),
+                &format!("<domain type={q}qemu{q}"),
+                1,
+            )
+            .replace(
+                &format!("<cpu mode={q}host-passthrough{q}"),
+                &format!("<cpu mode={q}maximum{q}"),
+            );
+    }
+    for (from, to) in HOST_DUMP_FOLDERS {
+        let to = scratch.join(to);
+        for p in attrs(xml, "source", "path") {
+            if let Some(rest) = p.strip_prefix(from) {
+                let parent = to.join(rest);
+                std::fs::create_dir_all(parent.parent().expect("a folder")).expect("mkdir");
+            }
+        }
+        out = out.replace(from, &format!("{}/", to.display()));
+    }
+    out
 }
 
 struct Stack {
@@ -186,13 +220,9 @@ async fn stack(pool_dir: &Path, volumes: &BTreeSet<String>) -> Stack {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_virt_install_document_defines_and_starts() {
-    let docs = documents();
-    assert!(
-        docs.len() >= 30,
-        "the virt-install matrix lost documents: {docs:?}"
-    );
+/// Defines every document of `docs` unchanged, redefines it runnable here and starts
+/// it: the failures (an expected start failure that starts is one), and how many ran.
+async fn define_and_start_all(docs: &[PathBuf]) -> (Vec<String>, usize) {
     let texts: Vec<(String, String)> = docs
         .iter()
         .map(|p| {
@@ -205,15 +235,14 @@ async fn every_virt_install_document_defines_and_starts() {
         .flat_map(|(_, x)| attrs(x, "source", "volume"))
         .collect();
     let scratch = tempfile::tempdir().expect("tmp");
-    let images = scratch.path().join("images");
-    std::fs::create_dir(&images).expect("images");
+    std::fs::create_dir(scratch.path().join("images")).expect("images");
     let s = stack(&scratch.path().join("pool"), &volumes).await;
     let qc = QemuConnectProxy::new(&s.conn).await.expect("proxy");
 
     let mut failures = Vec::new();
     let mut started = 0;
     for (name, xml) in &texts {
-        // As virt-install's user would: the document, unchanged.
+        // As the user would: the document, unchanged.
         let path = match qc.domain_define_xml(xml).await {
             Ok(p) => p,
             Err(e) => {
@@ -222,7 +251,7 @@ async fn every_virt_install_document_defines_and_starts() {
             }
         };
         // Then the same domain with empty images and TCG (a redefinition by UUID).
-        let again = match qc.domain_define_xml(&runnable(xml, &images)).await {
+        let again = match qc.domain_define_xml(&runnable(xml, scratch.path())).await {
             Ok(p) => p,
             Err(e) => {
                 failures.push(format!("{name}: redefine with test images: {e}"));
@@ -253,9 +282,31 @@ async fn every_virt_install_document_defines_and_starts() {
             }
         }
     }
+    (failures, started)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_virt_install_document_defines_and_starts() {
+    let docs = documents("data/virt-install", "");
+    assert!(
+        docs.len() >= 30,
+        "the virt-install matrix lost documents: {docs:?}"
+    );
+    let (failures, started) = define_and_start_all(&docs).await;
     println!(
         "{} virt-install documents defined, {started} started",
-        texts.len()
+        docs.len()
     );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// libvirt's `virsh dumpxml` of running domains (the golden test's host dumps, one per
+/// device family) define unchanged through the daemon and start here too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libvirt_host_dumps_define_and_start() {
+    let docs = documents("golden", "libvirt-dumpxml-");
+    assert!(docs.len() >= 7, "host dumps went missing: {docs:?}");
+    let (failures, started) = define_and_start_all(&docs).await;
+    println!("{} host dumps defined, {started} started", docs.len());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
