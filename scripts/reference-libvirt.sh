@@ -2,7 +2,7 @@
 # Debian 12's real libvirt (libvirtd 9.0, QEMU driver, and libvirt-dbus on a private
 # system-type bus) as a reference, in a sandbox that leaves the host untouched:
 #
-#   scripts/reference-libvirt.sh [--no-dbus] [--] COMMAND [ARGS...]
+#   scripts/reference-libvirt.sh [--no-install] [--no-dbus] [--] COMMAND [ARGS...]
 #
 # COMMAND runs inside the sandbox with LIBVIRT_DEFAULT_URI=qemu:///system and
 # DBUS_SYSTEM_BUS_ADDRESS pointing at the private bus where libvirt-dbus owns
@@ -20,6 +20,8 @@
 #
 # The packages are installed here when missing (policy-rc.d keeps their services from
 # starting); they are never dependencies of the project's daemons or install-deps.sh.
+# --no-install fails instead (exit 4): the benchmark uses it, so that running every
+# benchmark never installs libvirt.
 set -euo pipefail
 
 PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system libvirt-clients
@@ -32,6 +34,11 @@ else
   inner=0
 fi
 
+install=1
+if [[ "${1:-}" == --no-install ]]; then
+  install=0
+  shift
+fi
 with_dbus=1
 if [[ "${1:-}" == --no-dbus ]]; then
   with_dbus=0
@@ -49,6 +56,10 @@ if [[ $inner == 0 ]]; then
   for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
+  if ((${#missing[@]})) && ((install == 0)); then
+    echo "reference-libvirt: not installed: ${missing[*]} (run scripts/reference-libvirt.sh once to install them)" >&2
+    exit 4
+  fi
   if ((${#missing[@]})); then
     echo "reference-libvirt: installing ${missing[*]}" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2

@@ -3,7 +3,8 @@
 //! (a) through the project's front `org.libvirt` (virtproxyd) to virtqemud, on a private
 //!     bus;
 //! (b) through Debian 12's libvirt-dbus over its libvirtd (QEMU driver), in the sandbox
-//!     of scripts/reference-libvirt.sh (needs root; installs the packages when missing).
+//!     of scripts/reference-libvirt.sh (needs root and the packages, which the bench
+//!     never installs: `scripts/reference-libvirt.sh true` installs them once).
 //!
 //! If (b) cannot run, the bench says why and prints (a) only. Prints median and p99;
 //! asserts nothing.
@@ -82,6 +83,7 @@ impl Reference {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/reference-libvirt.sh");
         let mut child = Command::new(&script)
             .args([
+                "--no-install",
                 "--",
                 "sh",
                 "-c",
