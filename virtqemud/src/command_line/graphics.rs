@@ -281,9 +281,15 @@ fn video_props(i: usize, v: &Video, buses: &PciBuses) -> Result<Option<DevicePro
                 dev = dev.uint("vgamem_mb", vgamem / 1024);
             }
         }
-        "vga" | "bochs" => {
+        "vga" => {
             if let Some(vram) = v.vram_kib {
                 dev = dev.uint("vgamem_mb", vram / 1024);
+            }
+        }
+        // bochs-display's property is `vgamem`, a size (libvirt writes it in KiB).
+        "bochs" => {
+            if let Some(vram) = v.vram_kib {
+                dev = dev.str("vgamem", format!("{vram}k"));
             }
         }
         _ => {}

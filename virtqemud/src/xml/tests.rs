@@ -220,3 +220,37 @@ fn libvirts_define_time_defaults() {
     again.fill_defaults(&fake()).unwrap();
     assert_eq!(again, d, "defaults are stable");
 }
+
+/// virt-install's i440fx USB: `ich9-ehci1` and its `ich9-uhciN` companions, none with an
+/// index. The companions share the EHCI's index (QEMU's `masterbus=usb.0`), as in
+/// libvirt; numbering them 1..3 made QEMU refuse the missing `usb1.0` bus.
+#[test]
+fn usb_companions_without_index_share_their_masters() {
+    let xml = "<domain type='qemu'><name>c</name><memory unit='MiB'>64</memory>\
+<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+<controller type='usb' model='ich9-ehci1'/>\
+<controller type='usb' model='ich9-uhci1'><master startport='0'/></controller>\
+<controller type='usb' model='ich9-uhci2'><master startport='2'/></controller>\
+<controller type='usb' model='ich9-uhci3'><master startport='4'/></controller>\
+<controller type='usb' index='1' model='qemu-xhci'/>\
+</devices></domain>";
+    let mut d = Domain::parse(xml).unwrap();
+    d.fill_defaults(&fake()).unwrap();
+    let usb: Vec<(Option<&str>, u32)> = d
+        .devices
+        .controllers
+        .iter()
+        .filter(|c| c.kind == "usb")
+        .map(|c| (c.model.as_deref(), c.index))
+        .collect();
+    assert_eq!(
+        usb,
+        [
+            (Some("ich9-ehci1"), 0),
+            (Some("ich9-uhci1"), 0),
+            (Some("ich9-uhci2"), 0),
+            (Some("ich9-uhci3"), 0),
+            (Some("qemu-xhci"), 1),
+        ]
+    );
+}

@@ -210,7 +210,7 @@ impl Devices {
         for c in self
             .controllers
             .iter_mut()
-            .filter(|c| c.index == UNNUMBERED)
+            .filter(|c| c.index == UNNUMBERED && !c.is_usb_companion())
         {
             let root =
                 c.kind == "pci" && matches!(c.model.as_deref(), Some("pcie-root" | "pci-root"));
@@ -220,6 +220,21 @@ impl Devices {
             }
             taken.insert((c.kind.clone(), i));
             c.index = i;
+        }
+        // A companion written without an index (virt-install's `ich9-uhciN` with
+        // `<master startport>`) belongs to the USB controller before it, as in libvirt.
+        let first_master = self
+            .controllers
+            .iter()
+            .find(|c| c.kind == "usb" && !c.is_usb_companion())
+            .map_or(0, |c| c.index);
+        let mut master = first_master;
+        for c in self.controllers.iter_mut().filter(|c| c.kind == "usb") {
+            if !c.is_usb_companion() {
+                master = c.index;
+            } else if c.index == UNNUMBERED {
+                c.index = master;
+            }
         }
         Ok(())
     }
