@@ -271,6 +271,11 @@ mod tests {
         );
         assert_eq!(
             ErrorCode::from_message("Domain snapshot not found: no snapshot 's'"),
+            ErrorCode::NoDomainSnapshot
+        );
+        // A libvirt error this project never raises.
+        assert_eq!(
+            ErrorCode::from_message("Network filter not found: no nwfilter 'f'"),
             ErrorCode::SystemError
         );
     }
