@@ -129,6 +129,63 @@ impl Dom {
             .collect()
     }
 
+    /// The definition a read with `live`/`config` (virDomainModificationImpact bits,
+    /// at most one of them) is about, handed to `read`: the running one, the config,
+    /// or with neither the running one of an active domain, else the config.
+    pub(super) fn read_definition<T>(
+        &self,
+        live: bool,
+        config: bool,
+        read: impl FnOnce(&DomainDef) -> T,
+    ) -> Result<T, common::error::VirError> {
+        use common::error::VirError;
+        if live && config {
+            return Err(VirError::invalid_arg(
+                "flags 'affect live' and 'affect config' are mutually exclusive",
+            ));
+        }
+        let g = self.lock();
+        let def = match (live, config) {
+            (true, _) => g
+                .live
+                .as_ref()
+                .map(|l| &l.def)
+                .ok_or_else(|| VirError::operation_invalid("domain is not running"))?,
+            (_, true) => g.config.as_ref().ok_or_else(|| {
+                VirError::operation_invalid("transient domains do not have any persistent config")
+            })?,
+            _ => g
+                .live
+                .as_ref()
+                .map(|l| &l.def)
+                .or(g.config.as_ref())
+                .ok_or_else(|| VirError::internal("domain has no definition"))?,
+        };
+        Ok(read(def))
+    }
+
+    /// What an operation works on: the running definition (else the config), the
+    /// running QEMU's monitor and the state.
+    pub(super) fn current(
+        &self,
+    ) -> Result<
+        (
+            DomainDef,
+            Option<crate::qmp::Qmp>,
+            common::event::DomainState,
+        ),
+        common::error::VirError,
+    > {
+        let g = self.lock();
+        let def = g
+            .live
+            .as_ref()
+            .map(|l| l.def.clone())
+            .or_else(|| g.config.clone())
+            .ok_or_else(|| common::error::VirError::internal("domain has no definition"))?;
+        Ok((def, g.live.as_ref().map(|l| l.qmp.clone()), g.state.state()))
+    }
+
     /// When the operation running on the domain began, if one does.
     pub fn job_since(&self) -> Option<std::time::Instant> {
         *self.job_since.lock().unwrap_or_else(|p| p.into_inner())

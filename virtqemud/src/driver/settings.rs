@@ -117,28 +117,11 @@ impl Driver {
         flags: u32,
     ) -> Result<String, VirError> {
         let impact: Impact = common::error::flags(flags)?;
-        if impact.contains(Impact::LIVE | Impact::CONFIG) {
-            return Err(VirError::invalid_arg(
-                "flags 'affect live' and 'affect config' are mutually exclusive",
-            ));
-        }
-        let g = dom.lock();
-        let def = match (
+        dom.read_definition(
             impact.contains(Impact::LIVE),
             impact.contains(Impact::CONFIG),
-        ) {
-            (true, _) => g.live.as_ref().map(|l| &l.def).ok_or_else(not_running)?,
-            (_, true) => g.config.as_ref().ok_or_else(|| {
-                VirError::operation_invalid("transient domains do not have any persistent config")
-            })?,
-            _ => g
-                .live
-                .as_ref()
-                .map(|l| &l.def)
-                .or(g.config.as_ref())
-                .ok_or_else(no_definition)?,
-        };
-        metadata::get(&def.dom, kind, uri)
+            |def| metadata::get(&def.dom, kind, uri),
+        )?
     }
 }
 
@@ -150,29 +133,17 @@ impl Driver {
         if f.contains(VcpuFlags::GUEST) {
             return Err(no_agent());
         }
-        if f.contains(VcpuFlags::LIVE | VcpuFlags::CONFIG) {
-            return Err(VirError::invalid_arg(
-                "flags 'affect live' and 'affect config' are mutually exclusive",
-            ));
-        }
-        let g = dom.lock();
-        let def = match (f.contains(VcpuFlags::LIVE), f.contains(VcpuFlags::CONFIG)) {
-            (true, _) => g.live.as_ref().map(|l| &l.def).ok_or_else(not_running)?,
-            (_, true) => g.config.as_ref().ok_or_else(|| {
-                VirError::operation_invalid("transient domains do not have any persistent config")
-            })?,
-            _ => g
-                .live
-                .as_ref()
-                .map(|l| &l.def)
-                .or(g.config.as_ref())
-                .ok_or_else(no_definition)?,
-        };
-        Ok(if f.contains(VcpuFlags::MAXIMUM) {
-            def.dom.vcpus
-        } else {
-            def.vcpus
-        })
+        dom.read_definition(
+            f.contains(VcpuFlags::LIVE),
+            f.contains(VcpuFlags::CONFIG),
+            |def| {
+                if f.contains(VcpuFlags::MAXIMUM) {
+                    def.dom.vcpus
+                } else {
+                    def.vcpus
+                }
+            },
+        )
     }
 
     /// `SetVcpus`: the config's current or (MAXIMUM) maximum count, and the running

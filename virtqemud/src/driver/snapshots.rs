@@ -230,16 +230,7 @@ impl Driver {
         let req = Request::parse(xml)?;
         let _call = self.calls.enter();
         let _lock = dom.begin_job().await;
-        let (def, qmp, state) = {
-            let g = dom.lock();
-            let def = g
-                .live
-                .as_ref()
-                .map(|l| l.def.clone())
-                .or_else(|| g.config.clone())
-                .ok_or_else(no_definition)?;
-            (def, g.live.as_ref().map(|l| l.qmp.clone()), g.state.state())
-        };
+        let (def, qmp, state) = dom.current()?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -434,16 +425,7 @@ impl Driver {
             }
             (gone, parent)
         };
-        let (def, qmp) = {
-            let g = dom.lock();
-            let def = g
-                .live
-                .as_ref()
-                .map(|l| l.def.clone())
-                .or_else(|| g.config.clone())
-                .ok_or_else(no_definition)?;
-            (def, g.live.as_ref().map(|l| l.qmp.clone()))
-        };
+        let (def, qmp, _) = dom.current()?;
         let domain = dom.name();
         // Children first: a snapshot's state goes after everything built on it.
         for n in gone.iter().rev() {
@@ -523,16 +505,7 @@ impl Driver {
         let snap = dom.snapshots().get(name)?.clone();
         let run = f.contains(RevertFlags::RUNNING)
             || (!f.contains(RevertFlags::PAUSED) && snap.state == "running");
-        let (def, qmp, state) = {
-            let g = dom.lock();
-            let def = g
-                .live
-                .as_ref()
-                .map(|l| l.def.clone())
-                .or_else(|| g.config.clone())
-                .ok_or_else(no_definition)?;
-            (def, g.live.as_ref().map(|l| l.qmp.clone()), g.state.state())
-        };
+        let (def, qmp, state) = dom.current()?;
         let disks: Vec<Covered> = covered(&def, &[])?
             .into_iter()
             .filter(|d| snap.disks.contains(&d.target))
