@@ -14,6 +14,7 @@ pub mod keys;
 pub mod metadata;
 pub mod model;
 pub mod nics;
+pub mod pinning;
 pub mod process;
 pub mod qmp;
 pub mod save;

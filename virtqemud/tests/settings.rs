@@ -405,3 +405,93 @@ async fn vcpu_cpuset_pins_qemu() {
     let d = domain(&q.conn, &path).await;
     assert!(bus_err(d.create(0).await).contains("names no CPU this host"));
 }
+
+/// The CPUs each thread of QEMU `pid` may run on, by thread name (`CPU 0/TCG`, ...).
+fn thread_cpus(pid: &str) -> Vec<(String, String)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+        .map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            let allowed = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_owned();
+            (comm.trim().to_owned(), allowed)
+        })
+        .collect()
+}
+
+/// `<cputune>` pins applied at start, then changed through PinVcpu and PinEmulator,
+/// live and in the config, and reported by GetVcpuPinInfo and GetEmulatorPinInfo. Needs
+/// a host with two CPUs or more (these machines have two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcpu_and_emulator_pinning() {
+    let q = support::qemud(BIN).await;
+    let path =
+        q.qc.domain_define_xml(
+            "<domain type='qemu'><name>pins</name><memory unit='MiB'>64</memory>\
+             <vcpu>2</vcpu><cputune><vcpupin vcpu='1' cpuset='0'/><emulatorpin cpuset='1'/>\
+             </cputune><os><type arch='x86_64' machine='pc'>hvm</type></os></domain>",
+        )
+        .await
+        .expect("define");
+    let d = domain(&q.conn, &path).await;
+    // Inactive: what the config pins.
+    assert_eq!(
+        d.get_vcpu_pin_info(0).await.expect("pins"),
+        vec![vec![true, true], vec![true, false]]
+    );
+    assert_eq!(
+        d.get_emulator_pin_info(0).await.expect("emulator"),
+        vec![false, true]
+    );
+    d.create(0).await.expect("create");
+    let pid =
+        std::fs::read_to_string(q.daemon.dirs.runtime.join("qemu/pins.pid")).expect("pidfile");
+    let pid = pid.trim();
+    let threads = thread_cpus(pid);
+    for (name, cpus) in &threads {
+        let want = match name.as_str() {
+            "CPU 0/TCG" => "0-1",
+            "CPU 1/TCG" => "0",
+            _ => "1",
+        };
+        assert_eq!(cpus, want, "{name}: {threads:?}");
+    }
+    assert!(threads.iter().any(|t| t.0 == "CPU 1/TCG"), "{threads:?}");
+    // Running: the threads' own affinity, changed live.
+    d.pin_vcpu(0, vec![false, true], LIVE)
+        .await
+        .expect("pin vcpu 0");
+    d.pin_emulator(vec![true, false], LIVE | CONFIG)
+        .await
+        .expect("pin the emulator");
+    let threads = thread_cpus(pid);
+    for (name, cpus) in &threads {
+        let want = match name.as_str() {
+            "CPU 0/TCG" => "1",
+            "CPU 1/TCG" => "0",
+            _ => "0",
+        };
+        assert_eq!(cpus, want, "{name}: {threads:?}");
+    }
+    assert_eq!(
+        d.get_vcpu_pin_info(0).await.expect("pins"),
+        vec![vec![false, true], vec![true, false]]
+    );
+    assert_eq!(
+        d.get_emulator_pin_info(0).await.expect("emulator"),
+        vec![true, false]
+    );
+    // The config got the emulator pin only.
+    let config = d.get_xml_desc(2).await.expect("config");
+    assert!(config.contains("<emulatorpin cpuset='0'/>"), "{config}");
+    assert!(!config.contains("<vcpupin vcpu='0'"), "{config}");
+    assert!(bus_err(d.pin_vcpu(2, vec![true], LIVE).await).contains("out of range"));
+    assert!(bus_err(d.pin_vcpu(0, vec![false, false], LIVE).await).contains("no CPU"));
+    d.destroy(0).await.expect("destroy");
+}

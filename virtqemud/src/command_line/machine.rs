@@ -132,9 +132,9 @@ fn cache_and_phys_bits(c: &crate::xml::Cpu) -> Result<String> {
 /// by libvirt's system daemon through the domain's cgroup and skipped by its session
 /// daemon, which has no cgroup to apply them to; this runtime does the same in
 /// session mode (the definition keeps them) and, placing no cgroups, refuses them in
-/// system mode (`LaunchContext::sandbox`). Pinning and scheduling (`vcpupin`,
-/// `emulatorpin`, `iothreadpin`, `*sched`), which libvirt applies in both modes
-/// without cgroups, are refused by name: not implemented.
+/// system mode (`LaunchContext::sandbox`). `vcpupin` and `emulatorpin` are applied
+/// by the runtime (sched_setaffinity, `crate::pinning`), as libvirt does in both
+/// modes; `iothreadpin` and the `*sched` policies are refused by name: not implemented.
 pub(super) fn tuning(dom: &Domain, ctx: &LaunchContext) -> Result<()> {
     const CGROUP_ONLY: &[&str] = &[
         "shares",
@@ -156,6 +156,13 @@ pub(super) fn tuning(dom: &Domain, ctx: &LaunchContext) -> Result<()> {
     for name in ["cputune", "memtune", "blkiotune"] {
         for el in top(dom, name) {
             for c in el.elements() {
+                // Applied by the runtime with sched_setaffinity (crate::pinning).
+                if name == "cputune" && matches!(c.name.as_str(), "vcpupin" | "emulatorpin") {
+                    let set = c.get_attr("cpuset").unwrap_or_default();
+                    crate::pinning::parse_list(set)
+                        .map_err(|_| unsupported("cputune", &c.name, "an invalid cpuset"))?;
+                    continue;
+                }
                 if !CGROUP_ONLY.contains(&c.name.as_str()) {
                     return Err(unsupported(
                         name,

@@ -690,6 +690,52 @@ impl Domain {
         Ok(common::objpath::domain_snapshot(&self.uuid, &name))
     }
 
+    #[zbus(name = "GetVcpuPinInfo")]
+    async fn get_vcpu_pin_info(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<Vec<Vec<bool>>, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.vcpu_pin_info(&*self.dom()?, flags).await?)
+    }
+
+    #[zbus(name = "PinVcpu")]
+    async fn pin_vcpu(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        vcpu: u32,
+        cpumap: Vec<bool>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self
+            .driver
+            .pin(&self.dom()?, Some(vcpu), &cpumap, flags)
+            .await?)
+    }
+
+    #[zbus(name = "GetEmulatorPinInfo")]
+    async fn get_emulator_pin_info(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<Vec<bool>, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.emulator_pin_info(&*self.dom()?, flags)?)
+    }
+
+    #[zbus(name = "PinEmulator")]
+    async fn pin_emulator(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        cpumap: Vec<bool>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.pin(&self.dom()?, None, &cpumap, flags).await?)
+    }
+
     #[zbus(name = "SetMetadata")]
     async fn set_metadata(
         &self,

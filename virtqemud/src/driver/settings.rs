@@ -1,5 +1,6 @@
 //! Changes to what a domain is, live and in its config, short of redefining it:
-//! metadata (title, description, applications' elements), vCPUs and memory.
+//! metadata (title, description, applications' elements), vCPUs and memory, CPU
+//! pinning.
 
 use std::sync::Arc;
 
@@ -340,6 +341,171 @@ impl Driver {
                 .and_then(|l| l.def.dom.devices.memballoon.as_mut())
             {
                 m.stats_period = (period != 0).then_some(period);
+            }
+            self.save_status(dom).await;
+        }
+        Ok(())
+    }
+}
+
+/// QEMU's vCPU threads: (vCPU index, thread id), from query-cpus-fast.
+pub(super) async fn vcpu_threads(qmp: &crate::qmp::Qmp) -> Result<Vec<(u32, u32)>, VirError> {
+    let cpus = qmp.execute("query-cpus-fast", None).await?;
+    Ok(cpus
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            Some((
+                u32::try_from(c.get("cpu-index")?.as_u64()?).ok()?,
+                u32::try_from(c.get("thread-id")?.as_u64()?).ok()?,
+            ))
+        })
+        .collect())
+}
+
+/// The pins a definition gives, applied to a QEMU just started: its vCPU threads per
+/// `<vcpupin>`, its other threads per `<emulatorpin>` (`<vcpu cpuset>` was applied to
+/// the whole process before exec).
+pub(super) async fn apply_pins(
+    qmp: &crate::qmp::Qmp,
+    pid: u32,
+    def: &DomainDef,
+) -> Result<(), VirError> {
+    let tune = def.dom.other.iter().find(|e| e.name == "cputune");
+    let Some(tune) =
+        tune.filter(|t| t.first("vcpupin").is_some() || t.first("emulatorpin").is_some())
+    else {
+        return Ok(());
+    };
+    let threads = vcpu_threads(qmp).await?;
+    for p in tune.children_named("vcpupin") {
+        let (Some(vcpu), Some(set)) = (
+            p.parse_attr::<u32>("vcpu").ok().flatten(),
+            p.get_attr("cpuset"),
+        ) else {
+            continue;
+        };
+        if let Some((_, tid)) = threads.iter().find(|(i, _)| *i == vcpu) {
+            crate::pinning::pin(*tid, &crate::pinning::parse_list(set)?)?;
+        }
+    }
+    if let Some(set) = tune.first("emulatorpin").and_then(|p| p.get_attr("cpuset")) {
+        let cpus = crate::pinning::parse_list(set)?;
+        let vcpus: Vec<u32> = threads.iter().map(|t| t.1).collect();
+        for tid in crate::pinning::emulator_threads(pid, &vcpus) {
+            crate::pinning::pin(tid, &cpus)?;
+        }
+    }
+    Ok(())
+}
+
+impl Driver {
+    /// `GetVcpuPinInfo`: for each vCPU up to the maximum, the host CPUs it may run on:
+    /// of a running vCPU its thread's, else what the definition pins it to.
+    pub async fn vcpu_pin_info(&self, dom: &Dom, flags: u32) -> Result<Vec<Vec<bool>>, VirError> {
+        let impact: Impact = common::error::flags(flags)?;
+        let count = crate::pinning::host_cpu_count();
+        let live =
+            impact.contains(Impact::LIVE) || (!impact.contains(Impact::CONFIG) && dom.active());
+        let (def, qmp) = {
+            let g = dom.lock();
+            match (live, &g.live, &g.config) {
+                (true, Some(l), _) => (l.def.clone(), Some(l.qmp.clone())),
+                (true, None, _) => return Err(not_running()),
+                (false, _, Some(c)) => (c.clone(), None),
+                (false, Some(l), None) => (l.def.clone(), None),
+                (false, None, None) => return Err(no_definition()),
+            }
+        };
+        let threads = match &qmp {
+            Some(q) => vcpu_threads(q).await?,
+            None => Vec::new(),
+        };
+        let mut out = Vec::new();
+        for vcpu in 0..def.dom.vcpus {
+            let map = match threads.iter().find(|(i, _)| *i == vcpu) {
+                Some((_, tid)) => crate::pinning::affinity(*tid, count)?,
+                None => match crate::pinning::vcpu_pin(&def.dom, vcpu) {
+                    Some(set) => crate::pinning::map_of(&crate::pinning::parse_list(&set)?, count),
+                    None => vec![true; count],
+                },
+            };
+            out.push(map);
+        }
+        Ok(out)
+    }
+
+    /// `GetEmulatorPinInfo`: the host CPUs QEMU's own threads may run on.
+    pub fn emulator_pin_info(&self, dom: &Dom, flags: u32) -> Result<Vec<bool>, VirError> {
+        let impact: Impact = common::error::flags(flags)?;
+        let count = crate::pinning::host_cpu_count();
+        let live =
+            impact.contains(Impact::LIVE) || (!impact.contains(Impact::CONFIG) && dom.active());
+        if live {
+            let pid = dom.pid().ok_or_else(not_running)?;
+            return crate::pinning::affinity(pid, count);
+        }
+        let set = dom.read_definition(false, true, |d| crate::pinning::emulator_pin(&d.dom))?;
+        Ok(match set {
+            Some(s) => crate::pinning::map_of(&crate::pinning::parse_list(&s)?, count),
+            None => vec![true; count],
+        })
+    }
+
+    /// `PinVcpu` (`vcpu` set) and `PinEmulator` (`vcpu` None): the running threads
+    /// and/or the config's `<cputune>`.
+    pub async fn pin(
+        &self,
+        dom: &Arc<Dom>,
+        vcpu: Option<u32>,
+        map: &[bool],
+        flags: u32,
+    ) -> Result<(), VirError> {
+        let cpus = crate::pinning::cpus_of_map(map, crate::pinning::host_cpu_count())?;
+        let set = crate::pinning::list_of(&crate::pinning::map_of(
+            &cpus,
+            cpus.iter().max().map_or(0, |m| m + 1),
+        ));
+        let _call = self.calls.enter();
+        let _lock = dom.begin_job().await;
+        let (live, config) = affected(dom, flags)?;
+        if let Some(v) = vcpu {
+            let max = dom.read_definition(live, config && !live, |d| d.dom.vcpus)?;
+            if v >= max {
+                return Err(VirError::invalid_arg(format!(
+                    "vcpu {v} is out of range of the domain's {max} vCPUs"
+                )));
+            }
+        }
+        if config {
+            let mut def = Self::config_of(dom)?;
+            crate::pinning::set_pin(&mut def.dom, vcpu, Some(&set));
+            self.put_config(dom, def).await?;
+        }
+        if live {
+            let (qmp, pid) = {
+                let g = dom.lock();
+                let l = g.live.as_ref().ok_or_else(not_running)?;
+                (l.qmp.clone(), l.pid)
+            };
+            let threads = vcpu_threads(&qmp).await?;
+            match vcpu {
+                Some(v) => {
+                    let (_, tid) = threads.iter().find(|(i, _)| *i == v).ok_or_else(|| {
+                        VirError::operation_invalid(format!("vcpu {v} is not online"))
+                    })?;
+                    crate::pinning::pin(*tid, &cpus)?;
+                }
+                None => {
+                    let vcpus: Vec<u32> = threads.iter().map(|t| t.1).collect();
+                    for tid in crate::pinning::emulator_threads(pid, &vcpus) {
+                        crate::pinning::pin(tid, &cpus)?;
+                    }
+                }
+            }
+            if let Some(l) = dom.lock().live.as_mut() {
+                crate::pinning::set_pin(&mut l.def.dom, vcpu, Some(&set));
             }
             self.save_status(dom).await;
         }

@@ -171,6 +171,9 @@ impl Driver {
             }
         };
         let mut prepared = Self::prepare_guest(&spawned.qmp, &mut def).await;
+        if prepared.is_ok() {
+            prepared = super::settings::apply_pins(&spawned.qmp, spawned.pid, &def).await;
+        }
         let mut run_after = !flags.contains(StartFlags::PAUSED);
         if let (Ok(()), Some(StartFrom::Image(r))) = (&prepared, from) {
             run_after &= r.running;
