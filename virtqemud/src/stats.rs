@@ -263,7 +263,7 @@ pub fn disk_errors(def: &DomainDef, blocks: &Json) -> Vec<(String, i32)> {
         .collect()
 }
 
-fn disk_path(disk: &crate::xml::Disk) -> Option<String> {
+pub fn disk_path(disk: &crate::xml::Disk) -> Option<String> {
     use crate::xml::DiskSource;
     match disk.source.as_ref()? {
         DiskSource::File(p) | DiskSource::Block(p) => Some(p.display().to_string()),
@@ -340,7 +340,9 @@ pub fn block_io_tune_inactive(
     Ok(r.0)
 }
 
-fn disk_index(def: &DomainDef, disk: &str) -> Result<usize, VirError> {
+/// The index of `disk` (a target like `vda`, or its source path) in the definition:
+/// QEMU's `libvirt-N-format` node.
+pub fn disk_index(def: &DomainDef, disk: &str) -> Result<usize, VirError> {
     def.dom
         .devices
         .disks

@@ -495,3 +495,78 @@ async fn vcpu_and_emulator_pinning() {
     assert!(bus_err(d.pin_vcpu(0, vec![false, false], LIVE).await).contains("no CPU"));
     d.destroy(0).await.expect("destroy");
 }
+
+/// BlockPeek reads a raw image as the host sees it, BlockResize grows a running
+/// disk (qemu-img sees the new size), MemoryPeek reads guest memory through QEMU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_resize_and_peeks() {
+    use std::io::{Seek, SeekFrom, Write};
+    let q = support::qemud(BIN).await;
+    let scratch = tempfile::tempdir().expect("scratch");
+    let raw = scratch.path().join("a.raw");
+    let mut f = std::fs::File::create(&raw).expect("raw");
+    f.set_len(1 << 20).expect("size");
+    f.seek(SeekFrom::Start(4096)).expect("seek");
+    f.write_all(b"PEEKME").expect("write");
+    drop(f);
+    let qcow = scratch.path().join("b.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&qcow)
+        .arg("16M")
+        .status()
+        .expect("qemu-img");
+    assert!(st.success());
+    let x = format!(
+        "<domain type='qemu'><name>peek</name><memory unit='MiB'>64</memory>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+         <disk type='file' device='disk'><driver name='qemu' type='raw'/>\
+         <source file='{}'/><target dev='vda' bus='virtio'/></disk>\
+         <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+         <source file='{}'/><target dev='vdb' bus='virtio'/></disk></devices></domain>",
+        raw.display(),
+        qcow.display()
+    );
+    let path = q.qc.domain_define_xml(&x).await.expect("define");
+    let d = domain(&q.conn, &path).await;
+    assert_eq!(
+        d.block_peek("vda", 4096, 6, 0).await.expect("peek"),
+        b"PEEKME"
+    );
+    assert!(bus_err(d.block_peek("vdb", 0, 16, 0).await).contains("'raw' format"));
+    assert!(bus_err(d.block_peek("vda", (1 << 20) - 2, 6, 0).await).contains("past the end"));
+    assert!(bus_err(d.block_peek("vda", 0, 8 << 20, 0).await).contains("larger than"));
+    assert!(bus_err(d.block_peek("vdz", 0, 1, 0).await).contains("not found"));
+    assert!(bus_err(d.block_resize("vdb", 32768, 0).await).contains("not running"));
+
+    d.create(0).await.expect("create");
+    d.block_resize("vdb", 32768, 0)
+        .await
+        .expect("resize to 32 MiB");
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(&qcow)
+        .output()
+        .expect("qemu-img info");
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
+    assert_eq!(info["virtual-size"], 32 << 20, "{info}");
+    d.block_resize("vdb", (40 << 20) + 1, 1)
+        .await
+        .expect("bytes, rounded up");
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(&qcow)
+        .output()
+        .expect("qemu-img info");
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
+    assert_eq!(info["virtual-size"], (40 << 20) + 512, "{info}");
+
+    // The BIOS area of guest memory (0xf0000-0xfffff) holds SeaBIOS.
+    let bios = d.memory_peek(0xf0000, 0x10000, 2).await.expect("physical");
+    assert_eq!(bios.len(), 0x10000);
+    assert!(bios.iter().any(|b| *b != 0), "all zero");
+    let v = d.memory_peek(0, 16, 1).await.expect("virtual");
+    assert_eq!(v.len(), 16);
+    assert!(bus_err(d.memory_peek(0, 16, 3).await).contains("exactly one"));
+    d.destroy(0).await.expect("destroy");
+}

@@ -736,6 +736,52 @@ impl Domain {
         Ok(self.driver.pin(&self.dom()?, None, &cpumap, flags).await?)
     }
 
+    #[zbus(name = "BlockResize")]
+    async fn block_resize(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        disk: &str,
+        size: u64,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self
+            .driver
+            .block_resize(&self.dom()?, disk, size, flags)
+            .await?)
+    }
+
+    #[zbus(name = "BlockPeek")]
+    async fn block_peek(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        disk: &str,
+        offset: u64,
+        size: u64,
+        flags: u32,
+    ) -> Result<Vec<u8>, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self
+            .driver
+            .block_peek(&self.dom()?, disk, offset, size, flags)
+            .await?)
+    }
+
+    #[zbus(name = "MemoryPeek")]
+    async fn memory_peek(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        offset: u64,
+        size: u64,
+        flags: u32,
+    ) -> Result<Vec<u8>, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self
+            .driver
+            .memory_peek(&self.dom()?, offset, size, flags)
+            .await?)
+    }
+
     #[zbus(name = "SetMetadata")]
     async fn set_metadata(
         &self,

@@ -16,6 +16,7 @@
 //! | `status.rs` | the status files a restarted daemon reattaches from |
 //! | `control.rs` | operations on a running domain |
 //! | `queries.rs` | XML, vCPUs, statistics |
+//! | `peek.rs` | block resize, block and memory peek |
 //! | `settings.rs` | changes short of a redefinition: metadata, vCPUs, memory |
 //! | `guest.rs` | the guest agent's answers, guest addresses |
 //! | `save.rs` | save images: save, managed save, restore |
@@ -39,6 +40,7 @@ mod define;
 mod domain;
 mod guest;
 mod monitor;
+mod peek;
 mod queries;
 mod reattach;
 mod registry;
