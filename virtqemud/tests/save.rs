@@ -262,3 +262,71 @@ async fn a_transient_domain_is_restored_as_transient() {
     );
     d.destroy(0).await.expect("destroy");
 }
+
+/// CoreDump: QEMU's migration stream by default, an ELF or kdump memory image with
+/// MEMORY_ONLY; the guest runs on afterwards, or with CRASH it ends, STOPPED/CRASHED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_dumps() {
+    let q = support::qemud(BIN).await;
+    let scratch = tempfile::tempdir().expect("scratch");
+    let path =
+        q.qc.domain_define_xml(
+            "<domain type='qemu'><name>dumpee</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64' machine='pc'>hvm</type></os></domain>",
+        )
+        .await
+        .expect("define");
+    let d = domain(&q.conn, &path).await;
+    let file = |n: &str| scratch.path().join(n).display().to_string();
+    assert!(bus_err(d.core_dump(&file("x"), 0, 0).await).contains("not running"));
+    d.create(0).await.expect("create");
+
+    d.core_dump(&file("migration.dump"), 0, 0)
+        .await
+        .expect("dump");
+    let m = std::fs::read(file("migration.dump")).expect("dump file");
+    assert_eq!(&m[..4], b"QEVM", "QEMU's migration stream");
+    assert_eq!(d.get_state(0).await.expect("state").0, 1, "running again");
+
+    d.core_dump(&file("memory.elf"), 0, 16)
+        .await
+        .expect("ELF dump");
+    let elf = std::fs::read(file("memory.elf")).expect("elf");
+    assert_eq!(&elf[..4], b"\x7fELF");
+    assert!(elf.len() > 64 << 20, "the guest's 64 MiB: {}", elf.len());
+
+    d.core_dump(&file("memory.kdump"), 1, 16 | 2)
+        .await
+        .expect("kdump, live");
+    let kdump = std::fs::read(file("memory.kdump")).expect("kdump");
+    // kdump-compressed, in makedumpfile's flattened form or plain.
+    assert!(
+        kdump.starts_with(b"makedumpfile") || kdump.starts_with(b"KDUMP   "),
+        "{:?}",
+        &kdump[..16]
+    );
+    assert!(bus_err(d.core_dump(&file("y"), 1, 0).await).contains("MEMORY_ONLY"));
+    assert!(bus_err(d.core_dump(&file("y"), 0, 1 | 8).await).contains("mutually exclusive"));
+    assert!(bus_err(d.core_dump("relative", 0, 0).await).contains("absolute"));
+    // Nothing half-written is left beside the dumps.
+    let names: Vec<String> = std::fs::read_dir(scratch.path())
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains(".part-")), "{names:?}");
+
+    let mut events = q.qc.receive_domain_event().await.expect("subscribe");
+    d.core_dump(&file("last.elf"), 0, 16 | 1)
+        .await
+        .expect("dump and crash");
+    assert_eq!(
+        next_event(&mut events, &path).await,
+        DomainEvent::Stopped(StoppedDetail::Crashed)
+    );
+    assert_eq!(
+        d.get_state(0).await.expect("state"),
+        (5, 3),
+        "shut off, crashed"
+    );
+}

@@ -736,6 +736,21 @@ impl Domain {
         Ok(self.driver.pin(&self.dom()?, None, &cpumap, flags).await?)
     }
 
+    #[zbus(name = "CoreDump")]
+    async fn core_dump(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        to: &str,
+        dumpformat: u32,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self
+            .driver
+            .core_dump(&self.dom()?, to, dumpformat, flags)
+            .await?)
+    }
+
     #[zbus(name = "BlockResize")]
     async fn block_resize(
         &self,

@@ -30,6 +30,8 @@ pub(super) struct Live {
     pub fake_reboot: bool,
     /// Its state went to a save image: its end is STOPPED/SAVED.
     pub saved: bool,
+    /// Ended by a core dump with CRASH: its end is STOPPED/CRASHED.
+    pub dumped_crash: bool,
     pub exited: watch::Receiver<bool>,
 }
 

@@ -20,6 +20,7 @@
 //! | `settings.rs` | changes short of a redefinition: metadata, vCPUs, memory |
 //! | `guest.rs` | the guest agent's answers, guest addresses |
 //! | `save.rs` | save images: save, managed save, restore |
+//! | `dump.rs` | core dumps |
 //! | `snapshots.rs` | internal snapshots: create, list, revert, delete |
 //! | `monitor.rs` | QMP events and exit: the state machine |
 //! | `reattach.rs` | adopting running QEMUs after a restart, autostart |
@@ -38,6 +39,7 @@ use common::runtime::Context;
 mod control;
 mod define;
 mod domain;
+mod dump;
 mod guest;
 mod monitor;
 mod peek;

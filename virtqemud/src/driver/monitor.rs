@@ -154,6 +154,8 @@ impl Driver {
         let Some(l) = live else { return };
         let (reason, detail) = if l.saved {
             (ShutoffReason::Saved, StoppedDetail::Saved)
+        } else if l.dumped_crash {
+            (ShutoffReason::Crashed, StoppedDetail::Crashed)
         } else if l.destroying {
             (ShutoffReason::Destroyed, StoppedDetail::Destroyed)
         } else if l.shutdown_seen {

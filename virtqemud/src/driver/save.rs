@@ -92,7 +92,11 @@ async fn migration_done(qmp: &Qmp) -> Result<(), VirError> {
 }
 
 /// QEMU writes the running guest's state to `file` (past its header).
-async fn migrate_out(qmp: &Qmp, dom_dir: &Path, file: std::fs::File) -> Result<(), VirError> {
+pub(super) async fn migrate_out(
+    qmp: &Qmp,
+    dom_dir: &Path,
+    file: std::fs::File,
+) -> Result<(), VirError> {
     let sock = dom_dir.join("save.sock");
     let _ = std::fs::remove_file(&sock);
     let listener =

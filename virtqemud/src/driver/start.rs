@@ -420,6 +420,7 @@ impl Driver {
                 crashed: false,
                 fake_reboot: false,
                 saved: false,
+                dumped_crash: false,
                 exited: exit_rx,
             });
             g.state = if paused {
