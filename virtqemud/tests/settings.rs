@@ -570,3 +570,66 @@ async fn block_resize_and_peeks() {
     assert!(bus_err(d.memory_peek(0, 16, 3).await).contains("exactly one"));
     d.destroy(0).await.expect("destroy");
 }
+
+/// Rename: an inactive persistent domain takes a new name (its files and autostart
+/// follow, its object stays), with libvirt's UNDEFINED/RENAMED and DEFINED/RENAMED,
+/// kept across a kill -9; a running domain or a taken name is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_an_inactive_domain() {
+    use common::event::{DefinedDetail, DomainEvent, UndefinedDetail};
+    let mut q = support::qemud(BIN).await;
+    let mut events = q.qc.receive_domain_event().await.expect("subscribe");
+    let path =
+        q.qc.domain_define_xml(&xml("before"))
+            .await
+            .expect("define");
+    q.qc.domain_define_xml(&xml("taken")).await.expect("define");
+    let d = domain(&q.conn, &path).await;
+    d.set_autostart(true).await.expect("autostart");
+    assert!(bus_err(d.rename("taken", 0).await).contains("already exists"));
+    assert!(bus_err(d.rename("a/b", 0).await).contains("name"));
+    d.rename("after", 0).await.expect("rename");
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("event")
+            .expect("stream");
+        let a = ev.args().expect("args");
+        if a.domain == path {
+            seen.push(DomainEvent::from_wire(a.event, a.detail).expect("event"));
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            DomainEvent::Defined(DefinedDetail::Added),
+            DomainEvent::Undefined(UndefinedDetail::Renamed),
+            DomainEvent::Defined(DefinedDetail::Renamed),
+        ]
+    );
+    assert_eq!(d.name().await.expect("name"), "after");
+    assert_eq!(
+        q.qc.domain_lookup_by_name("after").await.expect("lookup"),
+        path
+    );
+    assert!(q.qc.domain_lookup_by_name("before").await.is_err());
+    let config = q.daemon.dirs.config.join("qemu");
+    assert!(config.join("after.xml").exists() && !config.join("before.xml").exists());
+    assert!(config.join("autostart/after.xml").exists());
+    assert!(!config.join("autostart/before.xml").exists());
+    d.create(0).await.expect("create");
+    assert!(bus_err(d.rename("again", 0).await).contains("active"));
+    d.destroy(0).await.expect("destroy");
+    q.daemon.kill9();
+    let daemon = q
+        .daemon
+        .restart_builder()
+        .spawn(&q.bus)
+        .await
+        .expect("restart");
+    let d = domain(&q.conn, &path).await;
+    assert_eq!(d.name().await.expect("name"), "after");
+    assert!(d.autostart().await.expect("autostart"));
+    drop(daemon);
+}

@@ -736,6 +736,17 @@ impl Domain {
         Ok(self.driver.pin(&self.dom()?, None, &cpumap, flags).await?)
     }
 
+    #[zbus(name = "Rename")]
+    async fn rename(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        name: &str,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.rename(&self.dom()?, name, flags).await?)
+    }
+
     #[zbus(name = "CoreDump")]
     async fn core_dump(
         &self,

@@ -191,3 +191,92 @@ async fn blocking(
         .await
         .map_err(|e| VirError::internal(format!("file task: {e}")))?
 }
+
+impl Driver {
+    /// `Rename`: an inactive persistent domain takes another name, as libvirt renames
+    /// it: the config file, the autostart link and a variable store at the default
+    /// place follow; its object (by UUID) stays; UNDEFINED/RENAMED then
+    /// DEFINED/RENAMED. A domain with snapshots or a managed save image keeps its name.
+    pub async fn rename(&self, dom: &Arc<Dom>, new: &str, flags: u32) -> Result<(), VirError> {
+        common::error::check_flags(flags, 0)?;
+        let new = crate::xml::DomainName::new(new)?.as_str().to_owned();
+        let _call = self.calls.enter();
+        let _lock = dom.begin_job().await;
+        let (old, mut def) = {
+            let g = dom.lock();
+            if g.live.is_some() {
+                return Err(VirError::operation_invalid("cannot rename active domain"));
+            }
+            let def = g
+                .config
+                .clone()
+                .ok_or_else(|| VirError::operation_invalid("cannot rename a transient domain"))?;
+            (g.name.clone(), def)
+        };
+        if old == new {
+            return Err(VirError::operation_invalid(format!(
+                "domain '{new}' is already called so"
+            )));
+        }
+        if !dom.snapshots().snapshots.is_empty() {
+            return Err(VirError::operation_invalid(
+                "cannot rename a domain with snapshots",
+            ));
+        }
+        if self.managed_save_path(&old).exists() {
+            return Err(VirError::operation_invalid(
+                "domain with a managed saved state can't be renamed",
+            ));
+        }
+        {
+            let reg = self.reg();
+            if reg.by_name.contains_key(&new) {
+                return Err(VirError::operation_invalid(format!(
+                    "domain with name '{new}' already exists"
+                )));
+            }
+        }
+        def.dom.name = crate::xml::DomainName::new(&new)?;
+        def.name.clone_from(&new);
+        let default_nvram = crate::firmware::nvram_path(&self.paths.nvram, &old);
+        let moves_nvram =
+            def.dom.os.nvram.as_ref() == Some(&default_nvram) && default_nvram.exists();
+        if moves_nvram {
+            def.dom.os.nvram = Some(crate::firmware::nvram_path(&self.paths.nvram, &new));
+        }
+        let def = DomainDef::from(def.dom);
+        // The new file first: a crash in between leaves both, never neither.
+        let text = def.to_xml(None);
+        self.configs
+            .put(&format!("{new}.xml"), text.as_bytes(), 0o600)
+            .await
+            .map_err(|e| io_err("write", &self.config_file(&new), &e))?;
+        if moves_nvram {
+            let to = crate::firmware::nvram_path(&self.paths.nvram, &new);
+            std::fs::rename(&default_nvram, &to).map_err(|e| io_err("rename", &to, &e))?;
+        }
+        let (old_link, new_link) = (self.autostart_link(&old), self.autostart_link(&new));
+        if std::fs::symlink_metadata(&old_link).is_ok() {
+            let _ = std::os::unix::fs::symlink(self.config_file(&new), &new_link);
+            let _ = common::persist::remove_durable(&old_link);
+        }
+        self.configs
+            .remove(&format!("{old}.xml"))
+            .await
+            .map_err(|e| io_err("remove", &self.config_file(&old), &e))?;
+        {
+            let mut reg = self.reg();
+            reg.by_name.remove(&old);
+            reg.insert(new.clone(), dom.clone());
+            let mut g = dom.lock();
+            g.name.clone_from(&new);
+            g.config = Some(def);
+        }
+        self.lifecycle(dom, DomainEvent::Undefined(UndefinedDetail::Renamed))
+            .await;
+        self.lifecycle(dom, DomainEvent::Defined(DefinedDetail::Renamed))
+            .await;
+        self.props_changed(dom).await;
+        Ok(())
+    }
+}
