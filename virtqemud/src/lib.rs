@@ -10,6 +10,7 @@ pub mod firmware;
 pub mod graphics;
 pub mod host_caps;
 pub mod hostdevs;
+pub mod iothreads;
 pub mod keys;
 pub mod metadata;
 pub mod model;

@@ -633,3 +633,56 @@ async fn rename_an_inactive_domain() {
     assert!(d.autostart().await.expect("autostart"));
     drop(daemon);
 }
+
+/// I/O threads: listed from the definition and from QEMU, added and removed live and
+/// in the config, pinned (`<iothreadpin>` at start and PinIOThread live).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iothreads_added_removed_and_pinned() {
+    let q = support::qemud(BIN).await;
+    let path =
+        q.qc.domain_define_xml(
+            "<domain type='qemu'><name>io</name><memory unit='MiB'>64</memory>\
+             <iothreads>2</iothreads><cputune><iothreadpin iothread='2' cpuset='1'/></cputune>\
+             <os><type arch='x86_64' machine='pc'>hvm</type></os></domain>",
+        )
+        .await
+        .expect("define");
+    let d = domain(&q.conn, &path).await;
+    assert_eq!(
+        d.get_io_thread_info(0).await.expect("info"),
+        vec![(1, vec![true, true]), (2, vec![false, true])]
+    );
+    d.add_io_thread(5, CONFIG).await.expect("add to the config");
+    assert!(bus_err(d.add_io_thread(5, CONFIG).await).contains("already using"));
+    d.create(0).await.expect("create");
+    // Running: QEMU's own threads, the pin applied at start.
+    let info = d.get_io_thread_info(0).await.expect("info");
+    assert_eq!(
+        info,
+        vec![
+            (1, vec![true, true]),
+            (2, vec![false, true]),
+            (5, vec![true, true])
+        ]
+    );
+    d.pin_io_thread(5, vec![true, false], LIVE)
+        .await
+        .expect("pin");
+    d.add_io_thread(7, LIVE).await.expect("add live");
+    d.del_io_thread(1, LIVE | CONFIG).await.expect("del");
+    assert!(bus_err(d.del_io_thread(9, LIVE).await).contains("cannot find IOThread"));
+    assert_eq!(
+        d.get_io_thread_info(LIVE).await.expect("info"),
+        vec![
+            (2, vec![false, true]),
+            (5, vec![true, false]),
+            (7, vec![true, true])
+        ]
+    );
+    let live = d.get_xml_desc(0).await.expect("xml");
+    assert!(live.contains("<iothreads>3</iothreads>"), "{live}");
+    let config = d.get_xml_desc(2).await.expect("config");
+    assert!(config.contains("<iothreads>2</iothreads>"), "{config}");
+    assert!(!config.contains("iothread id='1'"), "{config}");
+    d.destroy(0).await.expect("destroy");
+}

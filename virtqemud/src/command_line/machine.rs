@@ -132,9 +132,10 @@ fn cache_and_phys_bits(c: &crate::xml::Cpu) -> Result<String> {
 /// by libvirt's system daemon through the domain's cgroup and skipped by its session
 /// daemon, which has no cgroup to apply them to; this runtime does the same in
 /// session mode (the definition keeps them) and, placing no cgroups, refuses them in
-/// system mode (`LaunchContext::sandbox`). `vcpupin` and `emulatorpin` are applied
-/// by the runtime (sched_setaffinity, `crate::pinning`), as libvirt does in both
-/// modes; `iothreadpin` and the `*sched` policies are refused by name: not implemented.
+/// system mode (`LaunchContext::sandbox`). `vcpupin`, `emulatorpin` and
+/// `iothreadpin` are applied by the runtime (sched_setaffinity, `crate::pinning`), as
+/// libvirt does in both modes; the `*sched` policies are refused by name: not
+/// implemented.
 pub(super) fn tuning(dom: &Domain, ctx: &LaunchContext) -> Result<()> {
     const CGROUP_ONLY: &[&str] = &[
         "shares",
@@ -157,7 +158,9 @@ pub(super) fn tuning(dom: &Domain, ctx: &LaunchContext) -> Result<()> {
         for el in top(dom, name) {
             for c in el.elements() {
                 // Applied by the runtime with sched_setaffinity (crate::pinning).
-                if name == "cputune" && matches!(c.name.as_str(), "vcpupin" | "emulatorpin") {
+                if name == "cputune"
+                    && matches!(c.name.as_str(), "vcpupin" | "emulatorpin" | "iothreadpin")
+                {
                     let set = c.get_attr("cpuset").unwrap_or_default();
                     crate::pinning::parse_list(set)
                         .map_err(|_| unsupported("cputune", &c.name, "an invalid cpuset"))?;

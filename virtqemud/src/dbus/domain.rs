@@ -736,6 +736,59 @@ impl Domain {
         Ok(self.driver.pin(&self.dom()?, None, &cpumap, flags).await?)
     }
 
+    #[zbus(name = "GetIOThreadInfo")]
+    async fn get_io_thread_info(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<Vec<(u32, Vec<bool>)>, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.iothread_info(&*self.dom()?, flags).await?)
+    }
+
+    #[zbus(name = "AddIOThread")]
+    async fn add_io_thread(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        iothread_id: u32,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self
+            .driver
+            .change_iothread(&self.dom()?, iothread_id, true, flags)
+            .await?)
+    }
+
+    #[zbus(name = "DelIOThread")]
+    async fn del_io_thread(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        iothread_id: u32,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self
+            .driver
+            .change_iothread(&self.dom()?, iothread_id, false, flags)
+            .await?)
+    }
+
+    #[zbus(name = "PinIOThread")]
+    async fn pin_io_thread(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        iothread_id: u32,
+        cpumap: Vec<bool>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self
+            .driver
+            .pin_iothread(&self.dom()?, iothread_id, &cpumap, flags)
+            .await?)
+    }
+
     #[zbus(name = "Rename")]
     async fn rename(
         &self,

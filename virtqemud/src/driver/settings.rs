@@ -364,6 +364,26 @@ pub(super) async fn vcpu_threads(qmp: &crate::qmp::Qmp) -> Result<Vec<(u32, u32)
         .collect())
 }
 
+/// QEMU's I/O threads: (id, thread id), from query-iothreads (`iothreadN`).
+pub(super) async fn iothread_threads(qmp: &crate::qmp::Qmp) -> Result<Vec<(u32, u32)>, VirError> {
+    let list = qmp.execute("query-iothreads", None).await?;
+    Ok(list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            Some((
+                t.get("id")?
+                    .as_str()?
+                    .strip_prefix("iothread")?
+                    .parse()
+                    .ok()?,
+                u32::try_from(t.get("thread-id")?.as_u64()?).ok()?,
+            ))
+        })
+        .collect())
+}
+
 /// The pins a definition gives, applied to a QEMU just started: its vCPU threads per
 /// `<vcpupin>`, its other threads per `<emulatorpin>` (`<vcpu cpuset>` was applied to
 /// the whole process before exec).
@@ -373,12 +393,26 @@ pub(super) async fn apply_pins(
     def: &DomainDef,
 ) -> Result<(), VirError> {
     let tune = def.dom.other.iter().find(|e| e.name == "cputune");
-    let Some(tune) =
-        tune.filter(|t| t.first("vcpupin").is_some() || t.first("emulatorpin").is_some())
-    else {
+    let Some(tune) = tune.filter(|t| {
+        t.first("vcpupin").is_some()
+            || t.first("emulatorpin").is_some()
+            || t.first("iothreadpin").is_some()
+    }) else {
         return Ok(());
     };
     let threads = vcpu_threads(qmp).await?;
+    let io = iothread_threads(qmp).await?;
+    for p in tune.children_named("iothreadpin") {
+        let (Some(id), Some(set)) = (
+            p.parse_attr::<u32>("iothread").ok().flatten(),
+            p.get_attr("cpuset"),
+        ) else {
+            continue;
+        };
+        if let Some((_, tid)) = io.iter().find(|(i, _)| *i == id) {
+            crate::pinning::pin(*tid, &crate::pinning::parse_list(set)?)?;
+        }
+    }
     for p in tune.children_named("vcpupin") {
         let (Some(vcpu), Some(set)) = (
             p.parse_attr::<u32>("vcpu").ok().flatten(),
@@ -392,8 +426,9 @@ pub(super) async fn apply_pins(
     }
     if let Some(set) = tune.first("emulatorpin").and_then(|p| p.get_attr("cpuset")) {
         let cpus = crate::pinning::parse_list(set)?;
-        let vcpus: Vec<u32> = threads.iter().map(|t| t.1).collect();
-        for tid in crate::pinning::emulator_threads(pid, &vcpus) {
+        // I/O threads are not the emulator's: they keep their own pins.
+        let own: Vec<u32> = threads.iter().chain(&io).map(|t| t.1).collect();
+        for tid in crate::pinning::emulator_threads(pid, &own) {
             crate::pinning::pin(tid, &cpus)?;
         }
     }
@@ -506,6 +541,160 @@ impl Driver {
             }
             if let Some(l) = dom.lock().live.as_mut() {
                 crate::pinning::set_pin(&mut l.def.dom, vcpu, Some(&set));
+            }
+            self.save_status(dom).await;
+        }
+        Ok(())
+    }
+}
+
+impl Driver {
+    /// `GetIOThreadInfo`: each I/O thread's id and the host CPUs it may run on.
+    pub async fn iothread_info(
+        &self,
+        dom: &Dom,
+        flags: u32,
+    ) -> Result<Vec<(u32, Vec<bool>)>, VirError> {
+        let impact: Impact = common::error::flags(flags)?;
+        let count = crate::pinning::host_cpu_count();
+        let live =
+            impact.contains(Impact::LIVE) || (!impact.contains(Impact::CONFIG) && dom.active());
+        if live {
+            let qmp = {
+                let g = dom.lock();
+                g.live.as_ref().ok_or_else(not_running)?.qmp.clone()
+            };
+            let mut out = Vec::new();
+            for (id, tid) in iothread_threads(&qmp).await? {
+                out.push((id, crate::pinning::affinity(tid, count)?));
+            }
+            out.sort_by_key(|t| t.0);
+            return Ok(out);
+        }
+        let pins = dom.read_definition(false, true, |d| {
+            crate::iothreads::ids(&d.dom)
+                .into_iter()
+                .map(|id| (id, crate::iothreads::pin(&d.dom, id)))
+                .collect::<Vec<_>>()
+        })?;
+        pins.into_iter()
+            .map(|(id, set)| {
+                Ok((
+                    id,
+                    match set {
+                        Some(s) => crate::pinning::map_of(&crate::pinning::parse_list(&s)?, count),
+                        None => vec![true; count],
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// `AddIOThread` (`add`) and `DelIOThread`: an I/O thread of the running QEMU
+    /// (object-add/-del; QEMU refuses to delete one a disk uses) and/or the config.
+    pub async fn change_iothread(
+        &self,
+        dom: &Arc<Dom>,
+        id: u32,
+        add: bool,
+        flags: u32,
+    ) -> Result<(), VirError> {
+        if id == 0 {
+            return Err(VirError::invalid_arg("I/O thread ids start at 1"));
+        }
+        let _call = self.calls.enter();
+        let _lock = dom.begin_job().await;
+        let (live, config) = affected(dom, flags)?;
+        let change = |d: &mut crate::xml::Domain| -> Result<(), VirError> {
+            let mut ids = crate::iothreads::ids(d);
+            match (add, ids.contains(&id)) {
+                (true, true) => Err(VirError::invalid_arg(format!(
+                    "an IOThread is already using iothread_id '{id}'"
+                ))),
+                (false, false) => Err(VirError::invalid_arg(format!(
+                    "cannot find IOThread '{id}' in iothreadids list"
+                ))),
+                (true, false) => {
+                    ids.push(id);
+                    ids.sort_unstable();
+                    crate::iothreads::set(d, &ids);
+                    Ok(())
+                }
+                (false, true) => {
+                    ids.retain(|i| *i != id);
+                    crate::iothreads::set(d, &ids);
+                    crate::iothreads::set_pin(d, id, None);
+                    Ok(())
+                }
+            }
+        };
+        if live {
+            let (qmp, mut def) = {
+                let g = dom.lock();
+                let l = g.live.as_ref().ok_or_else(not_running)?;
+                (l.qmp.clone(), l.def.dom.clone())
+            };
+            change(&mut def)?;
+            let name = format!("iothread{id}");
+            if add {
+                let args = serde_json::json!({ "qom-type": "iothread", "id": name });
+                qmp.execute("object-add", Some(args)).await?;
+            } else {
+                qmp.execute("object-del", Some(serde_json::json!({ "id": name })))
+                    .await?;
+            }
+            if let Some(l) = dom.lock().live.as_mut() {
+                l.def = DomainDef::from(def);
+            }
+            self.save_status(dom).await;
+        }
+        if config {
+            let mut def = Self::config_of(dom)?;
+            change(&mut def.dom)?;
+            self.put_config(dom, DomainDef::from(def.dom)).await?;
+        }
+        Ok(())
+    }
+
+    /// `PinIOThread`: the running I/O thread's CPUs and/or the config's `<iothreadpin>`.
+    pub async fn pin_iothread(
+        &self,
+        dom: &Arc<Dom>,
+        id: u32,
+        map: &[bool],
+        flags: u32,
+    ) -> Result<(), VirError> {
+        let cpus = crate::pinning::cpus_of_map(map, crate::pinning::host_cpu_count())?;
+        let set = crate::pinning::list_of(&crate::pinning::map_of(
+            &cpus,
+            cpus.iter().max().map_or(0, |m| m + 1),
+        ));
+        let _call = self.calls.enter();
+        let _lock = dom.begin_job().await;
+        let (live, config) = affected(dom, flags)?;
+        let missing =
+            || VirError::invalid_arg(format!("cannot find IOThread '{id}' in iothreadids list"));
+        if config {
+            let mut def = Self::config_of(dom)?;
+            if !crate::iothreads::ids(&def.dom).contains(&id) {
+                return Err(missing());
+            }
+            crate::iothreads::set_pin(&mut def.dom, id, Some(&set));
+            self.put_config(dom, def).await?;
+        }
+        if live {
+            let qmp = {
+                let g = dom.lock();
+                g.live.as_ref().ok_or_else(not_running)?.qmp.clone()
+            };
+            let (_, tid) = iothread_threads(&qmp)
+                .await?
+                .into_iter()
+                .find(|(i, _)| *i == id)
+                .ok_or_else(missing)?;
+            crate::pinning::pin(tid, &cpus)?;
+            if let Some(l) = dom.lock().live.as_mut() {
+                crate::iothreads::set_pin(&mut l.def.dom, id, Some(&set));
             }
             self.save_status(dom).await;
         }
