@@ -34,6 +34,13 @@ pub enum DomainSignal {
         device: String,
         reason: i32,
     },
+    /// A write past a disk's threshold (`SetBlockThreshold`).
+    BlockThreshold {
+        device: String,
+        path: String,
+        threshold: u64,
+        excess: u64,
+    },
     PmSuspend,
     PmSuspendDisk,
     PmWakeup,
@@ -88,6 +95,22 @@ pub fn signal_of(ev: &Event, def: &DomainDef) -> Option<DomainSignal> {
             DomainSignal::TrayChange {
                 device: disk.target_dev.clone(),
                 reason: i32::from(!d.get("tray-open")?.as_bool()?),
+            }
+        }
+        "BLOCK_WRITE_THRESHOLD" => {
+            let node = d.get("node-name")?.as_str()?;
+            let index = disk_index(node).or_else(|| {
+                node.strip_prefix("libvirt-")?
+                    .strip_suffix("-storage")?
+                    .parse()
+                    .ok()
+            })?;
+            let disk = def.dom.devices.disks.get(index)?;
+            DomainSignal::BlockThreshold {
+                device: disk.target_dev.clone(),
+                path: source_path(&disk.source),
+                threshold: d.get("write-threshold")?.as_u64()?,
+                excess: d.get("amount-exceeded")?.as_u64()?,
             }
         }
         "SUSPEND" => DomainSignal::PmSuspend,
@@ -225,6 +248,19 @@ mod tests {
                 }),
             ),
             (ev("SUSPEND", json!({})), Some(DomainSignal::PmSuspend)),
+            (
+                ev(
+                    "BLOCK_WRITE_THRESHOLD",
+                    json!({"node-name": "libvirt-0-storage",
+                    "amount-exceeded": 512, "write-threshold": 4096}),
+                ),
+                Some(DomainSignal::BlockThreshold {
+                    device: "vda".into(),
+                    path: "/img/a.qcow2".into(),
+                    threshold: 4096,
+                    excess: 512,
+                }),
+            ),
             (ev("STOP", json!({})), None),
             (
                 ev(

@@ -188,6 +188,13 @@ async fn block_group(r: &mut Record, def: &DomainDef, qmp: &Qmp) {
         .await
         .unwrap_or(Json::Null);
     let blocks = qmp.execute("query-block", None).await.unwrap_or(Json::Null);
+    let nodes = qmp
+        .execute(
+            "query-named-block-nodes",
+            Some(serde_json::json!({"flat": true})),
+        )
+        .await
+        .unwrap_or(Json::Null);
     for (i, disk) in disks.iter().enumerate() {
         r.put(format!("block.{i}.name"), disk.target_dev.as_str());
         if let Some(path) = disk_path(disk) {
@@ -222,6 +229,16 @@ async fn block_group(r: &mut Record, def: &DomainDef, qmp: &Qmp) {
             if let Some(v) = s.get("wr_highest_offset").and_then(Json::as_u64) {
                 r.put(format!("block.{i}.allocation"), v);
             }
+        }
+        // libvirt's block.N.threshold: the write threshold set on the storage node.
+        let storage = format!("libvirt-{i}-storage");
+        let threshold = nodes.as_array().into_iter().flatten().find_map(|n| {
+            (n.get("node-name").and_then(Json::as_str) == Some(storage.as_str()))
+                .then(|| n.get("write_threshold").and_then(Json::as_u64))
+                .flatten()
+        });
+        if let Some(t) = threshold.filter(|t| *t > 0) {
+            r.put(format!("block.{i}.threshold"), t);
         }
         if let Some(b) = by_node(&blocks, "node-name") {
             if let Some(size) = b

@@ -538,6 +538,11 @@ async fn block_resize_and_peeks() {
     assert!(bus_err(d.block_peek("vda", 0, 8 << 20, 0).await).contains("larger than"));
     assert!(bus_err(d.block_peek("vdz", 0, 1, 0).await).contains("not found"));
     assert!(bus_err(d.block_resize("vdb", 32768, 0).await).contains("not running"));
+    assert_eq!(
+        d.get_security_label_list().await.expect("labels"),
+        vec![(String::new(), false)]
+    );
+    assert!(bus_err(d.get_job_stats(0).await).contains("not running"));
 
     d.create(0).await.expect("create");
     d.block_resize("vdb", 32768, 0)
@@ -560,6 +565,25 @@ async fn block_resize_and_peeks() {
         .expect("qemu-img info");
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("json");
     assert_eq!(info["virtual-size"], (40 << 20) + 512, "{info}");
+
+    // A write threshold on vda's image: QEMU keeps it (libvirt's block.N.threshold).
+    d.set_block_threshold("vda", 8192, 0)
+        .await
+        .expect("threshold");
+    let stats = d.get_stats(32, 0).await.expect("block stats");
+    let t = stats.get("block.0.threshold").expect("block.0.threshold");
+    assert_eq!(u64::try_from(t).expect("u64"), 8192);
+    assert!(bus_err(d.set_block_threshold("vda[1]", 1, 0).await).contains("backing"));
+    assert!(bus_err(d.set_block_threshold("vdz", 1, 0).await).contains("not found"));
+    // No async job, and QEMU's DAC label: its uid and gid (the daemon's, in session mode).
+    let (kind, params) = d.get_job_stats(0).await.expect("job stats");
+    assert_eq!((kind, params.len()), (0, 0));
+    let me = nix::unistd::getuid();
+    let g = nix::unistd::getgid();
+    assert_eq!(
+        d.get_security_label_list().await.expect("labels"),
+        vec![(format!("+{me}:+{g}"), false)]
+    );
 
     // The BIOS area of guest memory (0xf0000-0xfffff) holds SeaBIOS.
     let bios = d.memory_peek(0xf0000, 0x10000, 2).await.expect("physical");

@@ -358,6 +358,26 @@ impl Domain {
         Ok((JobInfo(0, a, b, c, d, e, f, g, h, i, j, k),))
     }
 
+    #[zbus(name = "GetJobStats", out_args("stats"))]
+    async fn get_job_stats(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<((i32, TypedParams),), BusError> {
+        common::access::check(&hdr).await?;
+        let kind = self.driver.job_stats(&*self.dom()?, flags)?;
+        Ok(((kind, HashMap::new().into()),))
+    }
+
+    #[zbus(name = "GetSecurityLabelList")]
+    async fn get_security_label_list(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<Vec<(String, bool)>, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.security_labels(&*self.dom()?)?)
+    }
+
     #[zbus(name = "GetControlInfo", out_args("controlInfo"))]
     async fn get_control_info(
         &self,
@@ -559,6 +579,15 @@ impl Domain {
         emitter: &zbus::object_server::SignalEmitter<'_>,
         device: &str,
         reason: i32,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal, name = "BlockThreshold")]
+    pub async fn block_threshold(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        device: &str,
+        dev_path: &str,
+        threshold: u64,
+        excess: u64,
     ) -> zbus::Result<()>;
 
     #[zbus(signal, name = "PMSuspend")]
@@ -812,6 +841,21 @@ impl Domain {
         Ok(self
             .driver
             .core_dump(&self.dom()?, to, dumpformat, flags)
+            .await?)
+    }
+
+    #[zbus(name = "SetBlockThreshold")]
+    async fn set_block_threshold(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        dev: &str,
+        threshold: u64,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self
+            .driver
+            .set_block_threshold(&self.dom()?, dev, threshold, flags)
             .await?)
     }
 

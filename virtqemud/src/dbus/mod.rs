@@ -104,6 +104,12 @@ impl Publisher {
                         S::TrayChange { device, reason } => {
                             D::tray_change(&e, &device, reason).await
                         }
+                        S::BlockThreshold {
+                            device,
+                            path,
+                            threshold,
+                            excess,
+                        } => D::block_threshold(&e, &device, &path, threshold, excess).await,
                         S::PmSuspend => D::pm_suspend(&e, 0).await,
                         S::PmSuspendDisk => D::pm_suspend_disk(&e, 0).await,
                         S::PmWakeup => D::pm_wakeup_signal(&e, 0).await,

@@ -1,5 +1,5 @@
 //! Looking at and resizing a running domain's storage and memory: `BlockResize`,
-//! `BlockPeek`, `MemoryPeek`.
+//! `BlockPeek`, `MemoryPeek`, `SetBlockThreshold`.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
@@ -147,5 +147,43 @@ impl Driver {
             .and_then(|_| std::fs::read(&dir).map_err(|e| io_err("read", &dir, &e)));
         let _ = std::fs::remove_file(&dir);
         data
+    }
+}
+
+impl Driver {
+    /// `SetBlockThreshold`: QEMU reports (BlockThreshold) when the guest writes past
+    /// `threshold` bytes of the disk's image (its storage node, as libvirt sets it);
+    /// 0 clears it. Only the top image (`vda`, not `vda[1]`).
+    pub async fn set_block_threshold(
+        &self,
+        dom: &Arc<Dom>,
+        dev: &str,
+        threshold: u64,
+        flags: u32,
+    ) -> Result<(), VirError> {
+        check_flags(flags, 0)?;
+        if dev.contains('[') {
+            return Err(VirError::new(
+                ErrorCode::OperationUnsupported,
+                format!("'{dev}': thresholds on backing images are not supported here"),
+            ));
+        }
+        let _call = self.calls.enter();
+        let _lock = dom.begin_job().await;
+        let (def, qmp) = {
+            let g = dom.lock();
+            let l = g.live.as_ref().ok_or_else(not_running)?;
+            (l.def.clone(), l.qmp.clone())
+        };
+        let index = crate::stats::disk_index(&def, dev)?;
+        qmp.execute(
+            "block-set-write-threshold",
+            Some(json!({
+                "node-name": format!("libvirt-{index}-storage"),
+                "write-threshold": threshold,
+            })),
+        )
+        .await?;
+        Ok(())
     }
 }
