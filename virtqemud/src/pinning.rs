@@ -146,6 +146,13 @@ pub fn cpus_of_map(map: &[bool], count: usize) -> Result<Vec<usize>, VirError> {
     Ok(cpus)
 }
 
+/// A client's map as the CPUs to pin to and the list the definition records.
+pub fn requested(map: &[bool]) -> Result<(Vec<usize>, String), VirError> {
+    let cpus = cpus_of_map(map, host_cpu_count())?;
+    let list = list_of(&map_of(&cpus, cpus.iter().max().map_or(0, |m| m + 1)));
+    Ok((cpus, list))
+}
+
 /// QEMU's threads other than its vCPUs'.
 pub fn emulator_threads(pid: u32, vcpu_threads: &[u32]) -> Vec<u32> {
     std::fs::read_dir(format!("/proc/{pid}/task"))

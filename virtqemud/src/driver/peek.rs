@@ -21,6 +21,14 @@ fn too_big(size: u64) -> Result<(), VirError> {
     Ok(())
 }
 
+/// The index (QEMU's `libvirt-N-*` nodes) of `disk` in a running domain, and its
+/// monitor.
+fn running_disk(dom: &Dom, disk: &str) -> Result<(usize, crate::qmp::Qmp), VirError> {
+    let g = dom.lock();
+    let l = g.live.as_ref().ok_or_else(not_running)?;
+    Ok((crate::stats::disk_index(&l.def, disk)?, l.qmp.clone()))
+}
+
 impl Driver {
     /// `BlockResize`: a running domain's disk grows (or shrinks) to `size` KiB, or
     /// bytes with BYTES (1); QEMU resizes the image (block_resize on its format node).
@@ -42,12 +50,7 @@ impl Driver {
         let bytes = bytes.div_ceil(512) * 512;
         let _call = self.calls.enter();
         let _lock = dom.begin_job().await;
-        let (def, qmp) = {
-            let g = dom.lock();
-            let l = g.live.as_ref().ok_or_else(not_running)?;
-            (l.def.clone(), l.qmp.clone())
-        };
-        let index = crate::stats::disk_index(&def, disk)?;
+        let (index, qmp) = running_disk(dom, disk)?;
         qmp.execute(
             "block_resize",
             Some(json!({ "node-name": format!("libvirt-{index}-format"), "size": bytes })),
@@ -170,12 +173,7 @@ impl Driver {
         }
         let _call = self.calls.enter();
         let _lock = dom.begin_job().await;
-        let (def, qmp) = {
-            let g = dom.lock();
-            let l = g.live.as_ref().ok_or_else(not_running)?;
-            (l.def.clone(), l.qmp.clone())
-        };
-        let index = crate::stats::disk_index(&def, dev)?;
+        let (index, qmp) = running_disk(dom, dev)?;
         qmp.execute(
             "block-set-write-threshold",
             Some(json!({

@@ -497,11 +497,7 @@ impl Driver {
         map: &[bool],
         flags: u32,
     ) -> Result<(), VirError> {
-        let cpus = crate::pinning::cpus_of_map(map, crate::pinning::host_cpu_count())?;
-        let set = crate::pinning::list_of(&crate::pinning::map_of(
-            &cpus,
-            cpus.iter().max().map_or(0, |m| m + 1),
-        ));
+        let (cpus, set) = crate::pinning::requested(map)?;
         let _call = self.calls.enter();
         let _lock = dom.begin_job().await;
         let (live, config) = affected(dom, flags)?;
@@ -664,11 +660,7 @@ impl Driver {
         map: &[bool],
         flags: u32,
     ) -> Result<(), VirError> {
-        let cpus = crate::pinning::cpus_of_map(map, crate::pinning::host_cpu_count())?;
-        let set = crate::pinning::list_of(&crate::pinning::map_of(
-            &cpus,
-            cpus.iter().max().map_or(0, |m| m + 1),
-        ));
+        let (cpus, set) = crate::pinning::requested(map)?;
         let _call = self.calls.enter();
         let _lock = dom.begin_job().await;
         let (live, config) = affected(dom, flags)?;
