@@ -5,22 +5,10 @@
 //!
 //!     cargo bench -p virtproxyd --bench overhead   (after cargo build --workspace)
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::harness::{Daemon, TestBus};
-
-const FRONT: &str = env!("CARGO_BIN_EXE_virtproxyd");
-const CONNECT: &str = "/org/libvirt/QEMU";
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
+mod support;
+use support::{ms, percentile, Stack, CONNECT};
 
 async fn list(conn: &zbus::Connection, dest: &str) -> usize {
     let reply = conn
@@ -76,21 +64,8 @@ fn report(what: &str, direct: &[Duration], front: &[Duration]) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let qemud = Path::new(FRONT).with_file_name("virtqemud");
-    assert!(
-        qemud.exists(),
-        "build virtqemud first (cargo build --workspace)"
-    );
-    let bus = TestBus::start().expect("bus");
-    let _q = Daemon::builder(&qemud, "virtqemud")
-        .spawn(&bus)
-        .await
-        .expect("virtqemud");
-    let _f = Daemon::builder(FRONT, "virtproxyd")
-        .spawn(&bus)
-        .await
-        .expect("virtproxyd");
-    let conn = bus.connection().await.expect("conn");
+    let stack = Stack::start().await;
+    let conn = stack.bus.connection().await.expect("conn");
     // Warm both paths (first calls set up match rules and caches).
     measure(&conn, 1, 200).await;
     let (direct, front) = measure(&conn, 10, 500).await;

@@ -17,20 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::harness::{Daemon, TestBus};
+mod support;
+use support::{ms, percentile, Stack, CONNECT};
 
-const FRONT: &str = env!("CARGO_BIN_EXE_virtproxyd");
-const CONNECT: &str = "/org/libvirt/QEMU";
 const DOMAINS: usize = 1000;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 async fn list(conn: &zbus::Connection) -> usize {
     let reply = conn
@@ -135,21 +125,8 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
-    let qemud = Path::new(FRONT).with_file_name("virtqemud");
-    assert!(
-        qemud.exists(),
-        "build virtqemud first (cargo build -p virtqemud)"
-    );
-    let bus = TestBus::start().expect("bus");
-    let _q = Daemon::builder(&qemud, "virtqemud")
-        .spawn(&bus)
-        .await
-        .expect("virtqemud");
-    let _f = Daemon::builder(FRONT, "virtproxyd")
-        .spawn(&bus)
-        .await
-        .expect("virtproxyd");
-    let ours = bus.connection().await.expect("conn");
+    let stack = Stack::start().await;
+    let ours = stack.bus.connection().await.expect("conn");
     define_all(&ours).await;
 
     let reference = match Reference::start() {

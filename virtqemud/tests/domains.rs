@@ -12,7 +12,7 @@ use common::event::{
 use common::harness::{wait_gone, Daemon, TestBus};
 use common::proxies::qemu::QemuConnectProxy;
 use futures_util::StreamExt;
-use support::{domain, state, test_guest};
+use support::{domain, qemu_pid, state, test_guest};
 use zbus::zvariant::OwnedObjectPath;
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
@@ -78,15 +78,6 @@ async fn alpha() -> Alpha {
     );
     let d = domain(&q.conn, &path).await;
     Alpha { q, events, path, d }
-}
-
-/// The PID of the QEMU of the running domain `name`, from its pidfile in `run_dir`.
-fn qemu_pid(run_dir: &std::path::Path, name: &str) -> u32 {
-    std::fs::read_to_string(run_dir.join(format!("qemu/{name}.pid")))
-        .expect("pidfile")
-        .trim()
-        .parse()
-        .expect("pid")
 }
 
 /// Define keeps the definition verbatim (metadata) with a generated uuid; the domain is

@@ -3,6 +3,7 @@
 //! argument per line). A `golden/NAME.err` instead holds a text the error must contain.
 //! `UPDATE_GOLDEN=1 cargo test -p virtqemud --test golden` rewrites the `.argv` files.
 
+mod support;
 use std::path::{Path, PathBuf};
 
 use virtqemud::caps::Caps;
@@ -22,34 +23,8 @@ fn ctx(dom: &Domain) -> LaunchContext {
     c.accel = Accel::Kvm;
     c.tpm_socket = Some("/run/virtqemud/swtpm-1.sock".into());
     c.tap_fds = vec![Some(30), Some(31), Some(32)];
-    // Fixed hugetlbfs mounts (2 MiB the default), not the host's.
-    c.hugetlbfs = vec![
-        (2048, "/dev/hugepages".into()),
-        (1048576, "/dev/hugepages1G".into()),
-    ];
-    // A display and a render node as on a desktop host, not this host's.
-    c.display = Some(":0".into());
-    c.render_node = Some("/dev/dri/renderD128".into());
-    // The host's SCSI generic devices, a fixture.
-    c.scsi_generic = (0..3)
-        .map(|u| (format!("0:0:0:{u}"), format!("/dev/sg{u}").into()))
-        .collect();
-    // The host's USB devices, a fixture: a hub and two devices.
-    c.usb_devices = [
-        (0x1d6b, 0x0002, 14, 6),
-        (0x1234, 0xbeef, 14, 7),
-        (0x0781, 0x5581, 15, 6),
-    ]
-    .into_iter()
-    .map(
-        |(vendor, product, bus, device)| virtqemud::command_line::UsbHostDev {
-            vendor,
-            product,
-            bus,
-            device,
-        },
-    )
-    .collect();
+    // Fixed host resources, not this host's.
+    support::fixture_host(&mut c);
     c.volume_paths = vec![(
         "default".into(),
         "data.qcow2".into(),

@@ -11,20 +11,10 @@ mod support;
 use common::harness::{Daemon, NetNs, TestBus};
 use common::proxies::qemu::QemuConnectProxy;
 use futures_util::StreamExt;
-use support::{domain, test_guest, wait_serial};
+use support::{bus_err, domain, test_guest, wait_serial};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
 const MAC: &str = "52:54:00:77:00:10";
-
-fn bus_err(r: zbus::Result<impl std::fmt::Debug>) -> String {
-    match r {
-        Err(zbus::Error::MethodError(name, msg, _)) => {
-            assert_eq!(name.as_str(), "org.libvirt.Error");
-            msg.unwrap_or_default()
-        }
-        other => panic!("expected org.libvirt.Error, got {other:?}"),
-    }
-}
 
 fn text_of(v: &zbus::zvariant::OwnedValue) -> String {
     // libvirt-dbus's typed parameters: a variant around the value.

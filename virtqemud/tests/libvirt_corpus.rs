@@ -24,6 +24,7 @@
 //! Needs network access to deb.debian.org once (the tarball is kept in
 //! ~/.cache/virt-rs/libvirt) or `VIRT_LIBVIRT_SRC` naming an unpacked libvirt 9.0 tree.
 
+mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -486,34 +487,8 @@ fn launch_ctx(dom: &Domain) -> LaunchContext {
     c.pins_cpus = true;
     c.tpm_socket = Some("/run/virtqemud/swtpm-1.sock".into());
     c.tap_fds = (30..62).map(Some).collect();
-    // Fixed hugetlbfs mounts (2 MiB the default), not the host's.
-    c.hugetlbfs = vec![
-        (2048, "/dev/hugepages".into()),
-        (1048576, "/dev/hugepages1G".into()),
-    ];
-    // A display and a render node as on a desktop host, not this host's.
-    c.display = Some(":0".into());
-    c.render_node = Some("/dev/dri/renderD128".into());
-    // The host's SCSI generic devices, a fixture.
-    c.scsi_generic = (0..3)
-        .map(|u| (format!("0:0:0:{u}"), format!("/dev/sg{u}").into()))
-        .collect();
-    // The host's USB devices, a fixture: a hub and two devices.
-    c.usb_devices = [
-        (0x1d6b, 0x0002, 14, 6),
-        (0x1234, 0xbeef, 14, 7),
-        (0x0781, 0x5581, 15, 6),
-    ]
-    .into_iter()
-    .map(
-        |(vendor, product, bus, device)| virtqemud::command_line::UsbHostDev {
-            vendor,
-            product,
-            bus,
-            device,
-        },
-    )
-    .collect();
+    // Fixed host resources, not this host's.
+    support::fixture_host(&mut c);
     c
 }
 

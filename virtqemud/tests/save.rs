@@ -11,23 +11,13 @@ use common::event::{DomainEvent, StartedDetail, StoppedDetail, SuspendedDetail};
 use common::harness::{Daemon, NetNs, TestBus};
 use common::proxies::qemu::QemuConnectProxy;
 use futures_util::StreamExt;
-use support::{domain, state, test_guest, wait_serial};
+use support::{bus_err, domain, state, test_guest, wait_serial};
 use zbus::zvariant::OwnedObjectPath;
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
 /// `VIR_CONNECT_LIST_DOMAINS_MANAGEDSAVE` / `_NO_MANAGEDSAVE`.
 const LIST_MANAGEDSAVE: u32 = 256;
 const LIST_NO_MANAGEDSAVE: u32 = 512;
-
-fn bus_err(r: zbus::Result<impl std::fmt::Debug>) -> String {
-    match r {
-        Err(zbus::Error::MethodError(name, msg, _)) => {
-            assert_eq!(name.as_str(), "org.libvirt.Error");
-            msg.unwrap_or_default()
-        }
-        other => panic!("expected org.libvirt.Error, got {other:?}"),
-    }
-}
 
 async fn next_event(
     events: &mut common::proxies::qemu::DomainEventStream,

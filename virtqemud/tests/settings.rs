@@ -8,7 +8,7 @@ use std::time::Duration;
 mod support;
 
 use futures_util::StreamExt;
-use support::domain;
+use support::{bus_err, domain, qcow2, qemu_pid};
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
 const DESCRIPTION: i32 = 0;
@@ -23,16 +23,6 @@ fn xml(name: &str) -> String {
         "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>\
          <vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os></domain>"
     )
-}
-
-fn bus_err(r: zbus::Result<impl std::fmt::Debug>) -> String {
-    match r {
-        Err(zbus::Error::MethodError(name, msg, _)) => {
-            assert_eq!(name.as_str(), "org.libvirt.Error");
-            msg.unwrap_or_default()
-        }
-        other => panic!("expected org.libvirt.Error, got {other:?}"),
-    }
 }
 
 async fn next_change(
@@ -228,15 +218,8 @@ async fn vcpus_memory_and_control_of_a_running_domain() {
     const MAXIMUM: u32 = 4;
     let mut q = support::qemud(BIN).await;
     let scratch = tempfile::tempdir().expect("tempdir");
-    let img = scratch.path().join("disk.qcow2");
+    let img = qcow2(scratch.path(), "disk.qcow2", "1M");
     let vnc = scratch.path().join("vnc.sock");
-    let st = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&img)
-        .arg("1M")
-        .status()
-        .expect("qemu-img");
-    assert!(st.success());
     let x = format!(
         "<domain type='qemu'><name>tune</name><memory unit='MiB'>64</memory>\
          <vcpu current='1'>2</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>\
@@ -380,23 +363,11 @@ async fn vcpu_cpuset_pins_qemu() {
             .expect("define");
     let d = domain(&q.conn, &path).await;
     d.create(0).await.expect("create");
-    let pid =
-        std::fs::read_to_string(q.daemon.dirs.runtime.join("qemu/pinned.pid")).expect("pidfile");
-    let pid = pid.trim();
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
-    let mut n = 0;
-    for t in tasks.flatten() {
-        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-        let allowed = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .map(str::trim)
-            .unwrap_or_default()
-            .to_owned();
-        assert_eq!(allowed, "0", "thread {:?}", t.file_name());
-        n += 1;
+    let threads = thread_cpus(qemu_pid(&q.daemon.dirs.runtime, "pinned"));
+    assert!(threads.len() >= 3, "QEMU's threads: {threads:?}");
+    for (name, cpus) in &threads {
+        assert_eq!(cpus, "0", "thread {name}");
     }
-    assert!(n >= 3, "QEMU's threads: {n}");
     d.destroy(0).await.expect("destroy");
     let path =
         q.qc.domain_define_xml(&x("nowhere", "4000"))
@@ -407,7 +378,7 @@ async fn vcpu_cpuset_pins_qemu() {
 }
 
 /// The CPUs each thread of QEMU `pid` may run on, by thread name (`CPU 0/TCG`, ...).
-fn thread_cpus(pid: &str) -> Vec<(String, String)> {
+fn thread_cpus(pid: u32) -> Vec<(String, String)> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("tasks")
         .flatten()
@@ -450,9 +421,7 @@ async fn vcpu_and_emulator_pinning() {
         vec![false, true]
     );
     d.create(0).await.expect("create");
-    let pid =
-        std::fs::read_to_string(q.daemon.dirs.runtime.join("qemu/pins.pid")).expect("pidfile");
-    let pid = pid.trim();
+    let pid = qemu_pid(&q.daemon.dirs.runtime, "pins");
     let threads = thread_cpus(pid);
     for (name, cpus) in &threads {
         let want = match name.as_str() {
@@ -509,14 +478,7 @@ async fn block_resize_and_peeks() {
     f.seek(SeekFrom::Start(4096)).expect("seek");
     f.write_all(b"PEEKME").expect("write");
     drop(f);
-    let qcow = scratch.path().join("b.qcow2");
-    let st = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&qcow)
-        .arg("16M")
-        .status()
-        .expect("qemu-img");
-    assert!(st.success());
+    let qcow = qcow2(scratch.path(), "b.qcow2", "16M");
     let x = format!(
         "<domain type='qemu'><name>peek</name><memory unit='MiB'>64</memory>\
          <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\

@@ -11,23 +11,13 @@ mod support;
 
 use common::event::DomainState;
 use futures_util::StreamExt;
-use support::{domain, state};
+use support::{bus_err, domain, qcow2, state};
 use zbus::zvariant::OwnedObjectPath;
 
 const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
 /// `VIR_CONNECT_LIST_DOMAINS_HAS_SNAPSHOT` / `_NO_SNAPSHOT`.
 const HAS_SNAPSHOT: u32 = 4096;
 const NO_SNAPSHOT: u32 = 8192;
-
-fn bus_err(r: zbus::Result<impl std::fmt::Debug>) -> String {
-    match r {
-        Err(zbus::Error::MethodError(name, msg, _)) => {
-            assert_eq!(name.as_str(), "org.libvirt.Error");
-            msg.unwrap_or_default()
-        }
-        other => panic!("expected org.libvirt.Error, got {other:?}"),
-    }
-}
 
 /// The snapshot tags in an image, by qemu-img (sharing it with a running QEMU).
 fn tags(img: &Path) -> Vec<String> {
@@ -64,24 +54,12 @@ fn snapshot_proxy<'a>(
     }
 }
 
-fn qcow2(dir: &Path, name: &str) -> std::path::PathBuf {
-    let img = dir.join(name);
-    let st = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&img)
-        .arg("16M")
-        .status()
-        .expect("qemu-img");
-    assert!(st.success());
-    img
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::too_many_lines)]
 async fn snapshots_of_inactive_and_running_domains() {
     let mut q = support::qemud(BIN).await;
     let scratch = tempfile::tempdir().expect("scratch");
-    let img = qcow2(scratch.path(), "disk.qcow2");
+    let img = qcow2(scratch.path(), "disk.qcow2", "16M");
     let x = format!(
         "<domain type='qemu'><name>snappy</name><memory unit='MiB'>64</memory>\
          <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\

@@ -384,6 +384,28 @@ pub(super) async fn iothread_threads(qmp: &crate::qmp::Qmp) -> Result<Vec<(u32, 
         .collect())
 }
 
+/// Pins the thread of each `<cputune>` child `element` (by its `key` attribute, a
+/// vCPU or I/O thread number) among `threads` (number, thread id) to its cpuset.
+fn pin_listed(
+    tune: &common::xml::Element,
+    element: &str,
+    key: &str,
+    threads: &[(u32, u32)],
+) -> Result<(), VirError> {
+    for p in tune.children_named(element) {
+        let (Some(n), Some(set)) = (
+            p.parse_attr::<u32>(key).ok().flatten(),
+            p.get_attr("cpuset"),
+        ) else {
+            continue;
+        };
+        if let Some((_, tid)) = threads.iter().find(|(i, _)| *i == n) {
+            crate::pinning::pin(*tid, &crate::pinning::parse_list(set)?)?;
+        }
+    }
+    Ok(())
+}
+
 /// The pins a definition gives, applied to a QEMU just started: its vCPU threads per
 /// `<vcpupin>`, its other threads per `<emulatorpin>` (`<vcpu cpuset>` was applied to
 /// the whole process before exec).
@@ -402,28 +424,8 @@ pub(super) async fn apply_pins(
     };
     let threads = vcpu_threads(qmp).await?;
     let io = iothread_threads(qmp).await?;
-    for p in tune.children_named("iothreadpin") {
-        let (Some(id), Some(set)) = (
-            p.parse_attr::<u32>("iothread").ok().flatten(),
-            p.get_attr("cpuset"),
-        ) else {
-            continue;
-        };
-        if let Some((_, tid)) = io.iter().find(|(i, _)| *i == id) {
-            crate::pinning::pin(*tid, &crate::pinning::parse_list(set)?)?;
-        }
-    }
-    for p in tune.children_named("vcpupin") {
-        let (Some(vcpu), Some(set)) = (
-            p.parse_attr::<u32>("vcpu").ok().flatten(),
-            p.get_attr("cpuset"),
-        ) else {
-            continue;
-        };
-        if let Some((_, tid)) = threads.iter().find(|(i, _)| *i == vcpu) {
-            crate::pinning::pin(*tid, &crate::pinning::parse_list(set)?)?;
-        }
-    }
+    pin_listed(tune, "iothreadpin", "iothread", &io)?;
+    pin_listed(tune, "vcpupin", "vcpu", &threads)?;
     if let Some(set) = tune.first("emulatorpin").and_then(|p| p.get_attr("cpuset")) {
         let cpus = crate::pinning::parse_list(set)?;
         // I/O threads are not the emulator's: they keep their own pins.

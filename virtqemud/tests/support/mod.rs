@@ -132,12 +132,62 @@ pub async fn qemud(bin: &str) -> Qemud {
     }
 }
 
+/// The PID of the QEMU of the running domain `name`, from its pidfile in `run_dir`.
+pub fn qemu_pid(run_dir: &Path, name: &str) -> u32 {
+    std::fs::read_to_string(run_dir.join("qemu").join(format!("{name}.pid")))
+        .expect("pidfile")
+        .trim()
+        .parse()
+        .expect("pid")
+}
+
+/// A new qcow2 image `name` of `size` (qemu-img's syntax, `16M`) in `dir`.
+pub fn qcow2(dir: &Path, name: &str, size: &str) -> std::path::PathBuf {
+    let img = dir.join(name);
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg(size)
+        .status()
+        .expect("qemu-img");
+    assert!(st.success(), "qemu-img create {}", img.display());
+    img
+}
+
+/// Fixed host resources for building command lines without this host's: hugetlbfs
+/// mounts (2 MiB the default), a desktop's display and render node, SCSI generic
+/// devices and USB devices (a hub and two devices).
+pub fn fixture_host(c: &mut virtqemud::command_line::LaunchContext) {
+    c.hugetlbfs = vec![
+        (2048, "/dev/hugepages".into()),
+        (1048576, "/dev/hugepages1G".into()),
+    ];
+    c.display = Some(":0".into());
+    c.render_node = Some("/dev/dri/renderD128".into());
+    c.scsi_generic = (0..3)
+        .map(|u| (format!("0:0:0:{u}"), format!("/dev/sg{u}").into()))
+        .collect();
+    c.usb_devices = [
+        (0x1d6b, 0x0002, 14, 6),
+        (0x1234, 0xbeef, 14, 7),
+        (0x0781, 0x5581, 15, 6),
+    ]
+    .into_iter()
+    .map(
+        |(vendor, product, bus, device)| virtqemud::command_line::UsbHostDev {
+            vendor,
+            product,
+            bus,
+            device,
+        },
+    )
+    .collect();
+}
+
 /// QEMU's argv of the running domain `name`, found by its pidfile in `run_dir`, joined
 /// with spaces.
 pub fn qemu_cmdline(run_dir: &Path, name: &str) -> String {
-    let pid =
-        std::fs::read_to_string(run_dir.join("qemu").join(format!("{name}.pid"))).expect("pidfile");
-    std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
+    std::fs::read(format!("/proc/{}/cmdline", qemu_pid(run_dir, name)))
         .expect("cmdline")
         .split(|b| *b == 0)
         .map(|a| String::from_utf8_lossy(a).into_owned())
