@@ -370,7 +370,13 @@ async fn wipe_zeroes_or_randomizes_and_refuses_the_rest() -> anyhow::Result<()> 
 
     // Random (8) writes every byte: fully allocated, no zero block left, not the upload.
     bv.wipe(8, 0).await?;
-    assert_eq!(bv.get_info(0).await?.2, 100 << 20);
+    // Allocation is the file's blocks (st_blocks, as libvirt): every data block, plus
+    // the extent-tree block a fragmented file can take on ext4 (seen once in CI: 4 KiB).
+    let allocation = bv.get_info(0).await?.2;
+    assert!(
+        (100 << 20..=(100 << 20) + (64 << 10)).contains(&allocation),
+        "allocation {allocation} is not the whole volume"
+    );
     let mut data = Vec::new();
     File::open(&base_path)?.read_to_end(&mut data)?;
     assert!(data.chunks(4096).all(|b| b.iter().any(|x| *x != 0)));
