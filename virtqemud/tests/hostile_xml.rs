@@ -84,3 +84,98 @@ fn mutated_domain_xml_never_panics() {
         }],
     );
 }
+
+/// Snapshot requests (`SnapshotCreateXML`), and the metadata files the daemon reads back
+/// at start: a request that parses must have a usable name; a stored file that parses
+/// is written again and read back the same.
+fn exercise_snapshot(text: &str) -> usize {
+    use virtqemud::snapshot::{Request, Snapshot};
+    let request = Request::parse(text);
+    if let Ok(Request { name: Some(n), .. }) = &request {
+        virtqemud::snapshot::check_name(n).expect("a parsed name is a valid name");
+    }
+    let Ok(stored) = Snapshot::from_file(text) else {
+        return usize::from(request.is_ok());
+    };
+    let written = stored.to_file();
+    if let Ok(w) = written {
+        let again = Snapshot::from_file(&w).expect("a written snapshot file reads back");
+        assert_eq!(again.name, stored.name);
+        assert_eq!(again.disks, stored.disks);
+    }
+    2
+}
+
+const SNAPSHOT_SPLICES: &[&str] = &[
+    "<name>../../etc</name>",
+    "<name>.hidden</name>",
+    "<memory snapshot='external' file='/etc/passwd'/>",
+    "<disks><disk name='vda' snapshot='external'><source file='/x'/></disk></disks>",
+    "<parent><name>p</name></parent>",
+    "<creationTime>-9223372036854775808</creationTime>",
+    "<domain type='qemu'><name>d</name></domain>",
+];
+
+#[test]
+fn mutated_snapshot_xml_never_panics() {
+    let domain = "<domain type='qemu'><name>d</name><memory>65536</memory>\
+                  <os><type arch='x86_64'>hvm</type></os><devices><disk type='file' device='disk'><source file='/var/lib/d.qcow2'/>\
+                  <target dev='vda' bus='virtio'/></disk></devices></domain>";
+    let stored = format!(
+        "<domainsnapshot><name>s1</name><description>before</description>\
+         <state>running</state><parent><name>s0</name></parent>\
+         <creationTime>1764579600</creationTime><memory snapshot='internal'/>\
+         <disks><disk name='vda' snapshot='internal'/></disks>{domain}</domainsnapshot>"
+    );
+    let bases = [
+        "<domainsnapshot><name>before-upgrade</name><description>d</description>\
+         <memory snapshot='internal'/><disks><disk name='vda'/>\
+         <disk name='vdb' snapshot='no'/></disks></domainsnapshot>",
+        "<domainsnapshot/>",
+        stored.as_str(),
+    ];
+    assert_no_panics(
+        0x5eed_5a95_0000_0001,
+        3000,
+        2,
+        &[Target {
+            bases: &bases,
+            splices: SNAPSHOT_SPLICES,
+            check: &exercise_snapshot,
+        }],
+    );
+}
+
+const BASE_DOMAIN: &str = "<domain type='qemu'><name>m</name><memory>65536</memory>\
+                           <os><type arch='x86_64'>hvm</type></os></domain>";
+
+/// `SetMetadata` element fragments: whatever parses is put in the domain's namespace
+/// and written into the definition, which must still parse.
+#[test]
+fn mutated_metadata_never_panics() {
+    use virtqemud::metadata::{Change, Kind};
+    let check = |text: &str| -> usize {
+        let Ok(change) = Change::new(Kind::Element, text, "app", "http://example.org/app/1") else {
+            return 0;
+        };
+        let mut dom = Domain::parse(BASE_DOMAIN).expect("base domain");
+        change.apply(&mut dom);
+        let xml = dom.to_xml(XmlOpts::default());
+        Domain::parse(&xml).expect("a definition with metadata parses again");
+        let _ = virtqemud::metadata::get(&dom, Kind::Element, "http://example.org/app/1");
+        2
+    };
+    assert_no_panics(
+        0x5eed_0e7a_0000_0001,
+        3000,
+        2,
+        &[Target {
+            bases: &[
+                "<instance><flavor id='3'>m1.small</flavor><owner/></instance>",
+                "<a xmlns:b='urn:b'><b:c d='e'>text</b:c><![CDATA[<x>]]></a>",
+            ],
+            splices: &["<app:x xmlns:app='urn:other'/>", "<?pi x?>", "&amp;&lt;"],
+            check: &check,
+        }],
+    );
+}

@@ -32,6 +32,8 @@ pub(super) struct Live {
     pub saved: bool,
     /// Ended by a core dump with CRASH: its end is STOPPED/CRASHED.
     pub dumped_crash: bool,
+    /// A save in progress (recorded in the status file).
+    pub saving: Option<super::save::SaveIntent>,
     pub exited: watch::Receiver<bool>,
 }
 

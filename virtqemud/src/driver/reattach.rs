@@ -133,9 +133,28 @@ impl Driver {
                 Held::all(st.qmp.clone(), st.owners.clone(), st.dynamic_uid),
             )
             .await;
-            dom.lock().state = StateReason::Shutoff(ShutoffReason::Crashed);
-            self.lifecycle(&dom, DomainEvent::Stopped(StoppedDetail::Failed))
-                .await;
+            // A save whose image is whole ended the run as a save does.
+            let saved = match &st.saving {
+                Some(i) if i.image.exists() => {
+                    tracing::warn!(domain = %st.name, "its save had finished: the image is whole");
+                    true
+                }
+                Some(i) => {
+                    let _ = std::fs::remove_file(&i.temp);
+                    false
+                }
+                None => {
+                    self.drop_consumed_managed_save(&dom);
+                    false
+                }
+            };
+            let (reason, event) = if saved {
+                (ShutoffReason::Saved, StoppedDetail::Saved)
+            } else {
+                (ShutoffReason::Crashed, StoppedDetail::Failed)
+            };
+            dom.lock().state = StateReason::Shutoff(reason);
+            self.lifecycle(&dom, DomainEvent::Stopped(event)).await;
             if !dom.persistent() {
                 self.remove(&dom).await;
             }
@@ -168,6 +187,7 @@ impl Driver {
                 fake_reboot: false,
                 saved: false,
                 dumped_crash: false,
+                saving: st.saving.clone(),
                 exited: exit_rx,
             });
         }
@@ -188,6 +208,10 @@ impl Driver {
                 qemu,
                 exit_tx,
             ));
+        }
+        match st.saving {
+            Some(intent) => self.finish_interrupted_save(&dom, intent).await,
+            None => self.drop_consumed_managed_save(&dom),
         }
     }
 

@@ -45,6 +45,20 @@ pub enum StartFrom {
     Snapshot(String),
 }
 
+/// A save in progress, recorded in the run's status before the guest is paused: a
+/// daemon killed during the save finishes it at restart (the image is whole: QEMU ends,
+/// STOPPED/SAVED) or undoes it (no image: the partial file goes, the guest resumes), so
+/// a guest is never lost between its QEMU and its image.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct SaveIntent {
+    /// Where the image appears, whole, by a rename.
+    pub image: PathBuf,
+    /// The file being written.
+    pub temp: PathBuf,
+    /// The guest ran before the save paused it.
+    pub resume: bool,
+}
+
 /// How long QEMU may take to connect for a save, and a migration to finish.
 const CONNECT_WAIT: Duration = Duration::from_secs(30);
 const MIGRATION_WAIT: Duration = Duration::from_secs(600);
@@ -206,6 +220,21 @@ impl Driver {
             other.to_xml_for(None, true)
         };
         let was_running = state == DomainState::Running;
+        let tmp = image::temp_beside(&target);
+        let intent = SaveIntent {
+            image: target.clone(),
+            temp: tmp.clone(),
+            resume: was_running,
+        };
+        self.record_save(dom, Some(intent)).await;
+        // An image already there is replaced, as libvirt truncates it: from here on
+        // the image's presence means that this save finished.
+        if let Err(e) = std::fs::remove_file(&target) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                self.record_save(dom, None).await;
+                return Err(io_err("remove", &target, &e));
+            }
+        }
         let header = Header {
             xml,
             running: if f.contains(SaveFlags::RUNNING) {
@@ -230,12 +259,12 @@ impl Driver {
                     &[DomainState::Paused],
                     StateReason::Running(RunningReason::SaveCanceled),
                 );
+                self.record_save(dom, None).await;
                 return Err(e.into());
             }
             self.lifecycle(dom, DomainEvent::Suspended(SuspendedDetail::Paused))
                 .await;
         }
-        let tmp = image::temp_beside(&target);
         let r = async {
             let (t, h) = (tmp.clone(), header.clone());
             let file = tokio::task::spawn_blocking(move || {
@@ -263,13 +292,69 @@ impl Driver {
                     );
                 }
             }
-            self.save_status(dom).await;
+            self.record_save(dom, None).await;
             return Err(e);
         }
         if let Some(l) = dom.lock().live.as_mut() {
             l.saved = true;
         }
         self.destroy_locked(dom).await
+    }
+
+    /// Sets (or clears) the run's save in progress, on disk before anything depends on it.
+    async fn record_save(&self, dom: &Dom, intent: Option<SaveIntent>) {
+        if let Some(l) = dom.lock().live.as_mut() {
+            l.saving = intent;
+        }
+        self.save_status(dom).await;
+    }
+
+    /// At re-adoption, a save the daemon's death cut short: finished if its image is
+    /// whole (QEMU has nothing more to give; it ends as a save ends), else undone.
+    pub(super) async fn finish_interrupted_save(&self, dom: &Arc<Dom>, intent: SaveIntent) {
+        let _lock = dom.begin_job().await;
+        if intent.image.exists() {
+            tracing::warn!(domain = %dom.name(), "finishing a save cut short: its image is whole");
+            if let Some(l) = dom.lock().live.as_mut() {
+                l.saved = true;
+            }
+            if let Err(e) = self.destroy_locked(dom).await {
+                tracing::error!(domain = %dom.name(), "ending the saved QEMU: {e}");
+            }
+            return;
+        }
+        tracing::warn!(domain = %dom.name(), "undoing a save cut short: no image was made");
+        let _ = std::fs::remove_file(&intent.temp);
+        let qmp = dom.lock().live.as_ref().map(|l| l.qmp.clone());
+        if let Some(qmp) = qmp {
+            // The outgoing stream lost its reader with the daemon; make sure QEMU gave up.
+            let _ = qmp.execute("migrate_cancel", None).await;
+            if intent.resume && qmp.execute("cont", None).await.is_ok() {
+                self.transition(
+                    dom,
+                    &[DomainState::Paused],
+                    StateReason::Running(RunningReason::SaveCanceled),
+                );
+            }
+        }
+        self.record_save(dom, None).await;
+    }
+
+    /// At re-adoption of a run with no save in progress: a managed save image of the
+    /// domain is stale (the run was restored from it and the daemon died before it
+    /// removed it). Left, a later Create would resume the guest from the past over
+    /// disks that have moved on.
+    pub(super) fn drop_consumed_managed_save(&self, dom: &Dom) {
+        if !dom.persistent() {
+            return;
+        }
+        let path = self.managed_save_path(&dom.name());
+        if path.exists() {
+            tracing::warn!(domain = %dom.name(), "removing the managed save image it was restored from");
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::error!("{}: {e}", path.display());
+            }
+        }
     }
 
     pub fn has_managed_save(&self, dom: &Dom, flags: u32) -> Result<bool, VirError> {

@@ -412,6 +412,7 @@ impl Driver {
                 pid: s.pid,
                 owners: held.owners,
                 dynamic_uid: held.dynamic_uid,
+                saving: None,
                 qmp_path: held.qmp.unwrap_or_default(),
                 qmp: s.qmp,
                 def,
@@ -607,6 +608,7 @@ fn starting_record(dom: &Dom, def: &DomainDef, id: u32, qmp: &Path, held: &Held)
         reason,
         owners: held.owners.clone(),
         dynamic_uid: held.dynamic_uid,
+        saving: None,
     }
 }
 

@@ -50,6 +50,9 @@ pub(super) struct Status {
     /// restarted daemon, and released when it ends.
     #[serde(default)]
     pub dynamic_uid: Option<u32>,
+    /// A save in progress, to be finished or undone by a restarted daemon.
+    #[serde(default)]
+    pub saving: Option<super::save::SaveIntent>,
 }
 
 fn yes() -> bool {
@@ -91,6 +94,7 @@ impl Driver {
                     reason,
                     owners: l.owners.clone(),
                     dynamic_uid: l.dynamic_uid,
+                    saving: l.saving.clone(),
                 }
             })
         };
