@@ -501,9 +501,16 @@ async fn a_restart_settles_a_save_or_restore_it_did_not_see_through() {
     // Restored, killed before the image was removed.
     daemon.kill9();
     std::fs::write(&image, &kept).expect("put the image back");
-    daemon = daemon.restart_builder().spawn(&q.bus).await.expect("restart");
+    daemon = daemon
+        .restart_builder()
+        .spawn(&q.bus)
+        .await
+        .expect("restart");
     let d = domain(&q.conn, &path).await;
-    assert!(d.active().await.expect("active"), "the restored run is adopted");
+    assert!(
+        d.active().await.expect("active"),
+        "the restored run is adopted"
+    );
     assert!(!image.exists(), "the consumed image is removed at adoption");
     assert_eq!(qemu_pids(&root).len(), 1);
 
@@ -511,10 +518,18 @@ async fn a_restart_settles_a_save_or_restore_it_did_not_see_through() {
     daemon.kill9();
     record_save(true);
     std::fs::write(&image, &kept).expect("the image of the save");
-    daemon = daemon.restart_builder().spawn(&q.bus).await.expect("restart");
+    daemon = daemon
+        .restart_builder()
+        .spawn(&q.bus)
+        .await
+        .expect("restart");
     let d = domain(&q.conn, &path).await;
     assert!(!d.active().await.expect("active"), "the save is finished");
-    assert_eq!(d.get_state(0).await.expect("state"), (5, 5), "shut off, saved");
+    assert_eq!(
+        d.get_state(0).await.expect("state"),
+        (5, 5),
+        "shut off, saved"
+    );
     assert!(d.has_managed_save_image(0).await.expect("has image"));
     assert!(wait_count(&root, 0, Duration::from_secs(10)).is_empty());
 
@@ -524,7 +539,11 @@ async fn a_restart_settles_a_save_or_restore_it_did_not_see_through() {
     daemon.kill9();
     record_save(true);
     std::fs::write(&temp, b"half an image").expect("partial file");
-    daemon = daemon.restart_builder().spawn(&q.bus).await.expect("restart");
+    daemon = daemon
+        .restart_builder()
+        .spawn(&q.bus)
+        .await
+        .expect("restart");
     let d = domain(&q.conn, &path).await;
     assert_eq!(d.get_state(0).await.expect("state").0, 1, "running again");
     assert!(!temp.exists(), "the partial file is removed");

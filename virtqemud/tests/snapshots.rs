@@ -253,3 +253,154 @@ async fn only_qcow2_disks_hold_internal_snapshots() {
     .expect("no disk");
     assert!(d.list_domain_snapshots(0).await.expect("list").len() == 1);
 }
+
+/// The names of a domain's snapshots by its metadata (sorted).
+async fn metadata_names(
+    conn: &zbus::Connection,
+    d: &common::proxies::qemu::DomainProxy<'_>,
+) -> Vec<String> {
+    let mut names = Vec::new();
+    for p in d.list_domain_snapshots(0).await.expect("list") {
+        let xml = snapshot_proxy(conn, &p)
+            .await
+            .get_xml_desc(0)
+            .await
+            .expect("snapshot xml");
+        let name = xml
+            .split_once("<name>")
+            .and_then(|(_, r)| r.split_once("</name>"))
+            .map(|(n, _)| n.to_owned())
+            .expect("a snapshot has a name");
+        names.push(name);
+    }
+    names.sort();
+    names
+}
+
+/// kill -9 of virtqemud during SnapshotCreateXML, Revert and Delete of a running domain,
+/// at spread points. After every restart the metadata names exactly the snapshots the
+/// image holds, the guest runs (no operation leaves it paused) and the next operation
+/// works. `VIRT_CHAOS_ROUNDS` sets the number of kills (12 by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_snapshot_operations_keeps_metadata_and_images_in_step() {
+    let q = support::qemud(BIN).await;
+    let mut daemon = q.daemon;
+    let scratch = tempfile::tempdir().expect("scratch");
+    let img = qcow2(scratch.path(), "disk.qcow2", "16M");
+    let x = format!(
+        "<domain type='qemu'><name>snapstorm</name><memory unit='MiB'>64</memory>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+         <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+         <source file='{}'/><target dev='vda' bus='virtio'/></disk></devices></domain>",
+        img.display()
+    );
+    let path = q.qc.domain_define_xml(&x).await.expect("define");
+    let d = domain(&q.conn, &path).await;
+    let uuid = uuid::Uuid::parse_str(&d.uuid().await.expect("uuid")).expect("uuid");
+    d.create(0).await.expect("create");
+    let snap = |n: &str| common::objpath::domain_snapshot(&uuid, n);
+    let create_xml = |n: &str| format!("<domainsnapshot><name>{n}</name></domainsnapshot>");
+
+    // Warm-up: how long each operation takes here.
+    let t = std::time::Instant::now();
+    d.snapshot_create_xml(&create_xml("w"), 0)
+        .await
+        .expect("warm-up create");
+    let span = t.elapsed().mul_f64(1.3);
+    eprintln!("a snapshot of the running domain takes about {span:?} here (kills spread over it)");
+
+    let n: usize = std::env::var("VIRT_CHAOS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12)
+        .max(1);
+    let mut broken = Vec::new();
+    let mut next = 0;
+    for i in 0..n {
+        let d = domain(&q.conn, &path).await;
+        let have = metadata_names(&q.conn, &d).await;
+        let op = i % 3;
+        let delay = span.mul_f64(((i / 3) as f64 + 0.5) / n.div_ceil(3) as f64);
+        let (what, call) = match (op, have.last()) {
+            (1, Some(last)) => {
+                let p = snapshot_proxy(&q.conn, &snap(last)).await;
+                ("revert", tokio::spawn(async move { p.revert(0).await }))
+            }
+            (2, Some(last)) => {
+                let p = snapshot_proxy(&q.conn, &snap(last)).await;
+                ("delete", tokio::spawn(async move { p.delete(0).await }))
+            }
+            _ => {
+                next += 1;
+                let xml = create_xml(&format!("s{next}"));
+                let d2 = domain(&q.conn, &path).await;
+                (
+                    "create",
+                    tokio::spawn(async move { d2.snapshot_create_xml(&xml, 0).await.map(|_| ()) }),
+                )
+            }
+        };
+        tokio::time::sleep(delay).await;
+        daemon.kill9();
+        let replied = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .ok()
+            .and_then(|j| j.ok())
+            .is_some_and(|r| r.is_ok());
+        daemon = daemon
+            .restart_builder()
+            .spawn(&q.bus)
+            .await
+            .expect("restart");
+        let d = domain(&q.conn, &path).await;
+        let mut problems = Vec::new();
+        let meta = metadata_names(&q.conn, &d).await;
+        let mut held = tags(&img);
+        held.sort();
+        if meta != held {
+            problems.push(format!("metadata {meta:?}, image {held:?}"));
+        }
+        let st = state(&d).await;
+        if st.state() != DomainState::Running {
+            problems.push(format!("left {st:?}"));
+        }
+        eprintln!(
+            "round {i}: kill {delay:?} into {what} ({}): snapshots {meta:?}: {}",
+            if replied { "replied" } else { "cut" },
+            if problems.is_empty() {
+                "ok".into()
+            } else {
+                problems.join("; ")
+            }
+        );
+        if !problems.is_empty() {
+            broken.push(format!(
+                "round {i} ({what}, {delay:?}): {}",
+                problems.join("; ")
+            ));
+            let _ = d.resume().await;
+        }
+        // The next operation must work: a job a killed daemon left in QEMU is no obstacle.
+        let probe = format!("probe{i}");
+        match d.snapshot_create_xml(&create_xml(&probe), 0).await {
+            Ok(p) => {
+                let del = snapshot_proxy(&q.conn, &p).await.delete(0).await;
+                if let Err(e) = del {
+                    broken.push(format!("round {i}: delete after restart: {e}"));
+                }
+            }
+            Err(e) => broken.push(format!("round {i}: create after restart: {e}")),
+        }
+    }
+    let log = daemon.log_text();
+    let mended = [
+        "adopting snapshot",
+        "undoing snapshot",
+        "finishing the deletion",
+        "loading snapshot",
+    ]
+    .map(|m| format!("{m}: {}", log.matches(m).count()));
+    eprintln!("{n} rounds: {} broken; {}", broken.len(), mended.join(", "));
+    d.destroy(0).await.expect("destroy");
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}

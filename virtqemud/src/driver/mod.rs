@@ -327,6 +327,7 @@ impl Driver {
     /// Adopts the QEMUs still running and starts the autostart domains.
     pub async fn adopt_and_autostart(&self) {
         self.reattach_all().await;
+        self.settle_snapshots_all().await;
         self.autostart_all();
     }
 

@@ -96,9 +96,14 @@ fn node(index: usize) -> String {
     format!("libvirt-{index}-format")
 }
 
-/// Runs a QMP job command (`snapshot-save`, `-load`, `-delete`) to its end.
+/// Runs a QMP job command (`snapshot-save`, `-load`, `-delete`) to its end. The job's
+/// id names this daemon process: one a killed daemon left in QEMU never collides.
 async fn run_job(qmp: &Qmp, command: &str, mut args: Value) -> Result<(), VirError> {
-    let id = format!("{command}-{}", JOB_ID.fetch_add(1, Ordering::Relaxed));
+    let id = format!(
+        "{command}-{}-{}",
+        std::process::id(),
+        JOB_ID.fetch_add(1, Ordering::Relaxed)
+    );
     args["job-id"] = json!(id);
     qmp.execute(command, Some(args)).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -167,6 +172,170 @@ async fn qemu_img_snapshot(op: &str, name: &str, disks: &[Covered]) -> Result<()
     .map_err(|e| VirError::internal(format!("qemu-img task: {e}")))?
 }
 
+/// A snapshot operation under way, on disk before it touches an image: a daemon killed
+/// during it finishes or undoes it at restart ([`Driver::settle_snapshots`]), so the
+/// metadata and the images' snapshots always agree and no guest stays paused.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Pending {
+    op: PendingOp,
+    name: String,
+    /// The guest ran, and the operation paused it.
+    resume: bool,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum PendingOp {
+    /// Creating it: the metadata to adopt if every image got the snapshot.
+    Create { file: String },
+    /// Deleting it (and its state in the images).
+    Delete,
+    /// Loading its state into the running guest.
+    Revert { run: bool },
+}
+
+const PENDING: &str = ".pending.json";
+
+/// The snapshot names an image holds, from its own header (shared: QEMU may hold it).
+fn image_snapshots(path: &std::path::Path) -> Result<Vec<String>, VirError> {
+    let out = Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(path)
+        .output()
+        .map_err(|e| VirError::operation_failed(format!("cannot run qemu-img: {e}")))?;
+    if !out.status.success() {
+        return Err(VirError::operation_failed(format!(
+            "qemu-img info '{}': {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let info: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| VirError::internal(format!("qemu-img info: {e}")))?;
+    Ok(names_in(&info))
+}
+
+/// `snapshots[].name` of an image's info (qemu-img's or a QMP block node's `image`).
+fn names_in(image: &Value) -> Vec<String> {
+    image
+        .get("snapshots")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect()
+}
+
+/// Which of `disks` hold snapshot `name`: from QEMU's block nodes while it runs (after
+/// its snapshot jobs ended), else from the images.
+async fn holding(qmp: Option<&Qmp>, disks: &[Covered], name: &str) -> Result<Vec<bool>, VirError> {
+    let Some(qmp) = qmp else {
+        let paths: Vec<Option<PathBuf>> = disks.iter().map(|d| d.path.clone()).collect();
+        let name = name.to_owned();
+        return tokio::task::spawn_blocking(move || {
+            paths
+                .iter()
+                .map(|p| match p {
+                    Some(p) => Ok(image_snapshots(p)?.contains(&name)),
+                    None => Ok(false),
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| VirError::internal(format!("qemu-img task: {e}")))?;
+    };
+    let nodes = qmp
+        .execute("query-named-block-nodes", Some(json!({ "flat": true })))
+        .await?;
+    Ok(disks
+        .iter()
+        .map(|d| {
+            nodes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|n| n.get("node-name").and_then(Value::as_str) == Some(&node(d.index)))
+                .and_then(|n| n.get("image"))
+                .is_some_and(|i| names_in(i).iter().any(|t| t == name))
+        })
+        .collect())
+}
+
+/// Waits (bounded) for the snapshot jobs a killed daemon left in QEMU, and dismisses them.
+async fn end_left_jobs(qmp: &Qmp) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let Ok(jobs) = qmp.execute("query-jobs", None).await else {
+            return;
+        };
+        let ours: Vec<(String, String)> = jobs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|j| {
+                let id = j.get("id").and_then(Value::as_str)?;
+                let status = j.get("status").and_then(Value::as_str)?;
+                id.starts_with("snapshot-")
+                    .then(|| (id.to_owned(), status.to_owned()))
+            })
+            .collect();
+        let mut running = false;
+        for (id, status) in ours {
+            if status == "concluded" {
+                let _ = qmp.execute("job-dismiss", Some(json!({ "id": id }))).await;
+            } else {
+                running = true;
+            }
+        }
+        if !running || Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The disks of `def` that hold snapshot `snap`.
+fn snapshot_disks(def: &DomainDef, snap: &Snapshot) -> Result<Vec<Covered>, VirError> {
+    Ok(covered(def, &[])?
+        .into_iter()
+        .filter(|d| snap.disks.contains(&d.target))
+        .collect())
+}
+
+/// Deletes snapshot `name` from those of `disks` that hold it (a delete cut short may
+/// have done part of them already).
+async fn delete_tags(qmp: Option<&Qmp>, disks: &[Covered], name: &str) -> Result<(), VirError> {
+    let held = holding(qmp, disks, name).await?;
+    let disks: Vec<&Covered> = disks
+        .iter()
+        .zip(held)
+        .filter_map(|(d, h)| h.then_some(d))
+        .collect();
+    if disks.is_empty() {
+        return Ok(());
+    }
+    match qmp {
+        Some(qmp) => {
+            let args = json!({
+                "tag": name,
+                "devices": disks.iter().map(|d| node(d.index)).collect::<Vec<_>>(),
+            });
+            run_job(qmp, "snapshot-delete", args).await
+        }
+        None => {
+            let owned: Vec<Covered> = disks
+                .iter()
+                .map(|d| Covered {
+                    index: d.index,
+                    target: d.target.clone(),
+                    path: d.path.clone(),
+                })
+                .collect();
+            qemu_img_snapshot("-d", name, &owned).await
+        }
+    }
+}
+
 impl Driver {
     fn snapshot_dir(&self, domain: &str) -> PathBuf {
         self.paths.snapshot.join(domain)
@@ -219,6 +388,179 @@ impl Driver {
         }
     }
 
+    /// Records an operation on snapshot `name` before it touches an image.
+    fn record_pending(
+        &self,
+        domain: &str,
+        op: PendingOp,
+        name: &str,
+        resume: bool,
+    ) -> Result<(), VirError> {
+        let dir = self.snapshot_dir(domain);
+        common::persist::create_dir_all(&dir, 0o700).map_err(|e| io_err("create", &dir, &e))?;
+        let p = Pending {
+            op,
+            name: name.to_owned(),
+            resume,
+        };
+        let data = serde_json::to_vec(&p).map_err(|e| VirError::internal(e.to_string()))?;
+        let file = dir.join(PENDING);
+        common::persist::write_atomic(&file, &data, 0o600).map_err(|e| io_err("write", &file, &e))
+    }
+
+    fn clear_pending(&self, domain: &str) {
+        let file = self.snapshot_dir(domain).join(PENDING);
+        if let Err(e) = common::persist::remove_durable(&file) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::error!("{}: {e}", file.display());
+            }
+        }
+    }
+
+    /// After a restart (the runs adopted): every domain's snapshot operation that a
+    /// kill cut short is finished or undone.
+    pub(super) async fn settle_snapshots_all(&self) {
+        let doms: Vec<Arc<Dom>> = self.reg().by_uuid.values().cloned().collect();
+        for dom in doms {
+            if self.snapshot_dir(&dom.name()).join(PENDING).exists() {
+                self.settle_snapshots(&dom).await;
+            }
+        }
+    }
+
+    /// A create is adopted if every image got the snapshot, else its parts are deleted;
+    /// a delete is finished; a revert is loaded again. A guest the operation paused runs
+    /// again.
+    async fn settle_snapshots(&self, dom: &Arc<Dom>) {
+        let domain = dom.name();
+        let file = self.snapshot_dir(&domain).join(PENDING);
+        let pending: Pending = match std::fs::read(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("ignoring {}: {e}", file.display());
+                self.clear_pending(&domain);
+                return;
+            }
+        };
+        let _lock = dom.begin_job().await;
+        let Ok((def, qmp, _)) = dom.current() else {
+            self.clear_pending(&domain);
+            return;
+        };
+        if let Some(q) = &qmp {
+            end_left_jobs(q).await;
+        }
+        let name = pending.name.clone();
+        let mut resume = pending.resume;
+        let r = match pending.op {
+            PendingOp::Create { file } => self.settle_create(dom, &def, qmp.as_ref(), &file).await,
+            PendingOp::Delete => {
+                // Bound first: the tree's guard must not live through the match.
+                let snap = dom.snapshots().get(&name).cloned();
+                self.settle_delete(dom, &def, qmp.as_ref(), snap).await
+            }
+            PendingOp::Revert { run } => {
+                tracing::warn!(domain = %domain, "loading snapshot '{name}' again: its revert was cut short");
+                resume = run;
+                let snap = dom.snapshots().get(&name).cloned();
+                match (&qmp, snap) {
+                    (Some(qmp), Ok(snap)) => {
+                        let r = async {
+                            let disks = snapshot_disks(&def, &snap)?;
+                            let first = disks.first().ok_or_else(|| {
+                                VirError::operation_failed(
+                                    "the snapshot's disks are not in the domain",
+                                )
+                            })?;
+                            let args = json!({
+                                "tag": name,
+                                "vmstate": node(first.index),
+                                "devices": disks.iter().map(|d| node(d.index)).collect::<Vec<_>>(),
+                            });
+                            let _ = qmp.execute("stop", None).await;
+                            run_job(qmp, "snapshot-load", args).await?;
+                            dom.snapshots().current = Some(name.clone());
+                            self.write_current(&domain, Some(&name))
+                        };
+                        r.await
+                    }
+                    _ => Ok(()),
+                }
+            }
+        };
+        if let Err(e) = r {
+            tracing::error!(domain = %domain, "settling snapshot '{name}': {e}");
+        }
+        if let (Some(qmp), true) = (&qmp, resume) {
+            if qmp.execute("cont", None).await.is_ok() {
+                self.transition(
+                    dom,
+                    &[DomainState::Paused],
+                    StateReason::Running(RunningReason::Unpaused),
+                );
+                self.save_status(dom).await;
+            }
+        }
+        self.clear_pending(&domain);
+    }
+
+    /// A delete cut short is finished: the snapshot's state goes from the images that
+    /// still hold it, then its metadata.
+    async fn settle_delete(
+        &self,
+        dom: &Arc<Dom>,
+        def: &DomainDef,
+        qmp: Option<&Qmp>,
+        snap: Result<Snapshot, VirError>,
+    ) -> Result<(), VirError> {
+        let Ok(snap) = snap else {
+            return Ok(());
+        };
+        let name = snap.name.clone();
+        tracing::warn!(domain = %dom.name(), "finishing the deletion of snapshot '{name}'");
+        let disks = snapshot_disks(def, &snap)?;
+        delete_tags(qmp, &disks, &name).await?;
+        self.forget_snapshot(dom, &name).await?;
+        self.reparent_children(dom, &name, snap.parent.as_deref())?;
+        let current = dom.snapshots().current.clone();
+        self.write_current(&dom.name(), current.as_deref())
+    }
+
+    /// A create cut short: adopted when every disk holds the snapshot, else undone.
+    async fn settle_create(
+        &self,
+        dom: &Arc<Dom>,
+        def: &DomainDef,
+        qmp: Option<&Qmp>,
+        file: &str,
+    ) -> Result<(), VirError> {
+        let snap = Snapshot::from_file(file)?;
+        let disks = snapshot_disks(def, &snap)?;
+        let held = holding(qmp, &disks, &snap.name).await?;
+        let domain = dom.name();
+        if !disks.is_empty() && held.iter().all(|h| *h) {
+            tracing::warn!(domain = %domain, "adopting snapshot '{}': its images hold it", snap.name);
+            self.write_snapshot(&domain, &snap)?;
+            self.write_current(&domain, Some(&snap.name))?;
+            let name = snap.name.clone();
+            {
+                let mut t = dom.snapshots();
+                t.snapshots.retain(|s| s.name != name);
+                t.snapshots.push(snap);
+                t.current = Some(name.clone());
+            }
+            self.outbox
+                .send(Change::SnapshotAdded(dom.clone(), name))
+                .await;
+            return Ok(());
+        }
+        tracing::warn!(domain = %domain, "undoing snapshot '{}': not every image holds it", snap.name);
+        delete_tags(qmp, &disks, &snap.name).await
+    }
+
     /// `SnapshotCreateXML`: the new snapshot's name.
     pub async fn snapshot_create(
         &self,
@@ -242,31 +584,6 @@ impl Driver {
         }
         let disks = covered(&def, &req.skip)?;
         let memory = qmp.is_some();
-        if let Some(qmp) = &qmp {
-            if req.no_memory {
-                return Err(VirError::new(
-                    ErrorCode::ConfigUnsupported,
-                    "a disk-only snapshot of a running domain is an external snapshot: not supported here",
-                ));
-            }
-            let first = disks.first().ok_or_else(|| {
-                VirError::new(
-                    ErrorCode::OperationUnsupported,
-                    "an internal snapshot of a running domain needs a qcow2 disk to hold the memory state",
-                )
-            })?;
-            let args = json!({
-                "tag": name,
-                "vmstate": node(first.index),
-                "devices": disks.iter().map(|d| node(d.index)).collect::<Vec<_>>(),
-            });
-            self.quietly_paused(dom, qmp, state, async {
-                run_job(qmp, "snapshot-save", args).await
-            })
-            .await?;
-        } else {
-            qemu_img_snapshot("-c", &name, &disks).await?;
-        }
         let snap = Snapshot {
             name: name.clone(),
             description: req.description,
@@ -288,8 +605,48 @@ impl Driver {
                 .to_xml_for(None, true),
         };
         let domain = dom.name();
+        let resume = memory && state == DomainState::Running;
+        let op = PendingOp::Create {
+            file: snap.to_file()?,
+        };
+        if let Some(qmp) = &qmp {
+            if req.no_memory {
+                return Err(VirError::new(
+                    ErrorCode::ConfigUnsupported,
+                    "a disk-only snapshot of a running domain is an external snapshot: not supported here",
+                ));
+            }
+            let first = disks.first().ok_or_else(|| {
+                VirError::new(
+                    ErrorCode::OperationUnsupported,
+                    "an internal snapshot of a running domain needs a qcow2 disk to hold the memory state",
+                )
+            })?;
+            let args = json!({
+                "tag": name,
+                "vmstate": node(first.index),
+                "devices": disks.iter().map(|d| node(d.index)).collect::<Vec<_>>(),
+            });
+            self.record_pending(&domain, op, &name, resume)?;
+            let r = self
+                .quietly_paused(dom, qmp, state, async {
+                    run_job(qmp, "snapshot-save", args).await
+                })
+                .await;
+            if let Err(e) = r {
+                self.clear_pending(&domain);
+                return Err(e);
+            }
+        } else {
+            self.record_pending(&domain, op, &name, false)?;
+            if let Err(e) = qemu_img_snapshot("-c", &name, &disks).await {
+                self.clear_pending(&domain);
+                return Err(e);
+            }
+        }
         self.write_snapshot(&domain, &snap)?;
         self.write_current(&domain, Some(&name))?;
+        self.clear_pending(&domain);
         {
             let mut t = dom.snapshots();
             t.snapshots.push(snap);
@@ -430,60 +787,66 @@ impl Driver {
         // Children first: a snapshot's state goes after everything built on it.
         for n in gone.iter().rev() {
             if !f.contains(DeleteFlags::METADATA_ONLY) {
-                let snap = dom.snapshots().get(n)?.clone();
-                let disks: Vec<Covered> = covered(&def, &[])?
-                    .into_iter()
-                    .filter(|d| snap.disks.contains(&d.target))
-                    .collect();
-                match &qmp {
-                    Some(qmp) if !disks.is_empty() => {
-                        let args = json!({
-                            "tag": n,
-                            "devices": disks.iter().map(|d| node(d.index)).collect::<Vec<_>>(),
-                        });
-                        run_job(qmp, "snapshot-delete", args).await?;
-                    }
-                    Some(_) => {}
-                    None => qemu_img_snapshot("-d", n, &disks).await?,
+                self.record_pending(&domain, PendingOp::Delete, n, false)?;
+                let disks = snapshot_disks(&def, &dom.snapshots().get(n)?.clone())?;
+                if let Err(e) = delete_tags(qmp.as_ref(), &disks, n).await {
+                    self.clear_pending(&domain);
+                    return Err(e);
                 }
             }
-            let file = self.snapshot_dir(&domain).join(format!("{n}.xml"));
-            common::persist::remove_durable(&file).map_err(|e| io_err("remove", &file, &e))?;
-            {
-                let mut t = dom.snapshots();
-                let new_parent = t.get(n).ok().and_then(|s| s.parent.clone());
-                t.snapshots.retain(|s| &s.name != n);
-                if t.current.as_deref() == Some(n.as_str()) {
-                    t.current = new_parent;
-                }
-            }
-            self.outbox
-                .send(Change::SnapshotRemoved(dom.clone(), n.clone()))
-                .await;
+            self.forget_snapshot(dom, n).await?;
+            self.clear_pending(&domain);
         }
         // The children of a snapshot deleted alone hang off its parent now.
         if gone.len() == 1 && gone[0] == name {
-            let kids: Vec<Snapshot> = {
-                let mut t = dom.snapshots();
-                for s in t
-                    .snapshots
-                    .iter_mut()
-                    .filter(|s| s.parent.as_deref() == Some(name))
-                {
-                    s.parent.clone_from(&parent);
-                }
-                t.snapshots
-                    .iter()
-                    .filter(|s| s.parent == parent)
-                    .cloned()
-                    .collect()
-            };
-            for k in kids {
-                self.write_snapshot(&domain, &k)?;
-            }
+            self.reparent_children(dom, name, parent.as_deref())?;
         }
         let current = dom.snapshots().current.clone();
         self.write_current(&domain, current.as_deref())
+    }
+
+    /// The metadata of snapshot `n` gone, on disk and in the tree.
+    async fn forget_snapshot(&self, dom: &Arc<Dom>, n: &str) -> Result<(), VirError> {
+        let file = self.snapshot_dir(&dom.name()).join(format!("{n}.xml"));
+        common::persist::remove_durable(&file).map_err(|e| io_err("remove", &file, &e))?;
+        {
+            let mut t = dom.snapshots();
+            let new_parent = t.get(n).ok().and_then(|s| s.parent.clone());
+            t.snapshots.retain(|s| s.name != n);
+            if t.current.as_deref() == Some(n) {
+                t.current = new_parent;
+            }
+        }
+        self.outbox
+            .send(Change::SnapshotRemoved(dom.clone(), n.to_owned()))
+            .await;
+        Ok(())
+    }
+
+    /// The children of snapshot `name` (gone) take `parent` as theirs.
+    fn reparent_children(
+        &self,
+        dom: &Dom,
+        name: &str,
+        parent: Option<&str>,
+    ) -> Result<(), VirError> {
+        let kids: Vec<Snapshot> = {
+            let mut t = dom.snapshots();
+            let mut kids = Vec::new();
+            for s in t
+                .snapshots
+                .iter_mut()
+                .filter(|s| s.parent.as_deref() == Some(name))
+            {
+                s.parent = parent.map(str::to_owned);
+                kids.push(s.clone());
+            }
+            kids
+        };
+        for k in kids {
+            self.write_snapshot(&dom.name(), &k)?;
+        }
+        Ok(())
     }
 
     /// `DomainSnapshot.Revert`: the disks (and the memory, for a snapshot of a running
@@ -521,15 +884,25 @@ impl Driver {
                     "devices": disks.iter().map(|d| node(d.index)).collect::<Vec<_>>(),
                 });
                 let was_running = state == DomainState::Running;
+                self.record_pending(&dom.name(), PendingOp::Revert { run }, name, was_running)?;
                 if was_running {
                     self.transition(
                         dom,
                         &[DomainState::Running],
                         StateReason::Paused(PausedReason::FromSnapshot),
                     );
-                    qmp.execute("stop", None).await?;
                 }
-                run_job(qmp, "snapshot-load", args).await?;
+                let loaded = async {
+                    if was_running {
+                        qmp.execute("stop", None).await?;
+                    }
+                    run_job(qmp, "snapshot-load", args).await
+                }
+                .await;
+                if let Err(e) = loaded {
+                    self.clear_pending(&dom.name());
+                    return Err(e);
+                }
                 if run {
                     self.transition(
                         dom,
@@ -545,6 +918,7 @@ impl Driver {
                     self.lifecycle(dom, DomainEvent::Suspended(SuspendedDetail::FromSnapshot))
                         .await;
                 }
+                self.clear_pending(&dom.name());
                 self.save_status(dom).await;
             }
             (None, true) => {
