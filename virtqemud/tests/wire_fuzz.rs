@@ -113,17 +113,41 @@ async fn every_method_survives_malformed_arguments() {
     ];
     let conn = bus.connection().await.expect("conn");
 
-    // One object of every kind, as the wire-contract test makes them.
+    // One object of every kind, as the wire-contract test makes them. The domain has a
+    // qcow2 disk, to hold an internal snapshot.
+    let images = tempfile::tempdir().expect("tempdir");
+    let _images_fs = SmallFs::mount(images.path());
+    let disk = images.path().join("fz.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("16M")
+        .status()
+        .expect("qemu-img");
+    assert!(made.success(), "qemu-img create");
+    let dom_xml = format!(
+        "<domain type='qemu'><name>fz</name><memory unit='MiB'>64</memory>\
+         <os><type arch='x86_64'>hvm</type></os><devices><disk type='file' device='disk'>\
+         <driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vda'/></disk>\
+         </devices></domain>",
+        disk.display()
+    );
     let dom = make(
         &conn,
         "virtqemud",
         CONNECT,
         "org.libvirt.Connect",
         "DomainDefineXML",
-        &(
-            "<domain type='qemu'><name>fz</name><memory unit='MiB'>64</memory>\
-           <os><type arch='x86_64'>hvm</type></os></domain>",
-        ),
+        &(dom_xml.as_str(),),
+    )
+    .await;
+    let snap = make(
+        &conn,
+        "virtqemud",
+        &dom,
+        "org.libvirt.Domain",
+        "SnapshotCreateXML",
+        &("<domainsnapshot><name>fz</name></domainsnapshot>", 0u32),
     )
     .await;
     let net = make(
@@ -190,8 +214,10 @@ async fn every_method_survives_malformed_arguments() {
     .await;
     let dev = common::objpath::node_device("pci_0000_03_10_0").to_string();
 
-    let objects: [(&str, &str, &str); 10] = [
+    let objects: [(&str, &str, &str); 11] = [
         ("virtqemud", CONNECT, "org.libvirt.Connect"),
+        // Before its domain, whose Undefine comes last of the domain's methods.
+        ("virtqemud", &snap, "org.libvirt.DomainSnapshot"),
         ("virtqemud", &dom, "org.libvirt.Domain"),
         ("virtnetworkd", CONNECT, "org.libvirt.Connect"),
         ("virtnetworkd", &port, "org.libvirt.NetworkPort"),
