@@ -169,6 +169,31 @@ pub async fn check_with_flags(hdr: &zbus::message::Header<'_>, flags: u32) -> Re
     }
 }
 
+/// True when the caller is this project's daemon `daemon` (e.g. `virtqemud`): the
+/// current owner of its bus name. Such a caller may read what libvirt lets only its own
+/// drivers read (a private secret's value, for a disk QEMU opens). False on a
+/// peer-to-peer connection, where no bus vouches for the caller.
+pub async fn caller_is_daemon(hdr: &zbus::message::Header<'_>, daemon: &str) -> bool {
+    let (Some(sender), Some(access)) = (hdr.sender(), GLOBAL.get()) else {
+        return false;
+    };
+    let Some(bus) = access.inner.bus.get() else {
+        return false;
+    };
+    let owner = bus
+        .call_method(
+            Some("org.freedesktop.DBus"),
+            "/org/freedesktop/DBus",
+            Some("org.freedesktop.DBus"),
+            "GetNameOwner",
+            &(crate::runtime::bus_name(daemon),),
+        )
+        .await
+        .ok()
+        .and_then(|r| r.body().deserialize::<String>().ok());
+    owner.as_deref() == Some(sender.as_str())
+}
+
 /// [`check`] for a property setter, whose header zbus gives as an `Option` (`None`
 /// when the process itself sets the property, not a call).
 pub async fn check_set(hdr: Option<&zbus::message::Header<'_>>) -> zbus::fdo::Result<()> {

@@ -242,6 +242,11 @@ wire_enum! {
 }
 
 wire_enum! {
+    /// `virSecretEventLifecycleType` (`SecretEvent`; detail is always 0).
+    pub enum SecretEvent { Defined = 0, Undefined = 1 }
+}
+
+wire_enum! {
     /// `virNodeDeviceEventLifecycleType` (`NodeDeviceEvent`; detail is always 0).
     pub enum NodeDeviceEvent { Created = 0, Deleted = 1, Defined = 2, Undefined = 3 }
 }

@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod activation;
+pub mod base64;
 pub mod child;
 pub mod cli;
 pub mod connect;

@@ -60,6 +60,11 @@ pub fn domain(uuid: &uuid::Uuid) -> OwnedObjectPath {
     path("domain", &encode_uuid(uuid))
 }
 
+/// Secrets are keyed by UUID, as domains are.
+pub fn secret(uuid: &uuid::Uuid) -> OwnedObjectPath {
+    path("secret", &encode_uuid(uuid))
+}
+
 /// A domain snapshot: its domain's encoded UUID, `_`, its encoded name.
 pub fn domain_snapshot(domain: &uuid::Uuid, name: &str) -> OwnedObjectPath {
     path(

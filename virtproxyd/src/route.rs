@@ -45,7 +45,7 @@ const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
 const INTROSPECTABLE: &str = "org.freedesktop.DBus.Introspectable";
 
 /// The object kinds under `/org/libvirt/QEMU/<kind>/...` and their owner. The kinds
-/// nobody serves yet (interface, nwfilter, secret, snapshot) are routed to the daemon
+/// nobody serves yet (interface, nwfilter) are routed to the daemon
 /// that will own them, which answers "unknown object" until it does.
 const KINDS: &[(&str, Backend)] = &[
     ("domain", Backend::Qemu),
@@ -269,6 +269,10 @@ pub fn not_found(path: &str) -> Option<String> {
         "storagevol" => (
             ErrorCode::NoStorageVol,
             format!("no storage vol with matching key {}", decode_str(tail)?),
+        ),
+        "secret" => (
+            ErrorCode::NoSecret,
+            format!("no secret with matching uuid '{}'", decode_uuid(tail)?),
         ),
         "nodedev" => (
             ErrorCode::NoNodeDevice,

@@ -19,6 +19,7 @@ pub mod pinning;
 pub mod process;
 pub mod qmp;
 pub mod save;
+pub mod secrets;
 pub mod security;
 pub mod snapshot;
 pub mod stats;

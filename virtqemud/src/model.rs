@@ -104,6 +104,8 @@ pub struct LaunchPaths<'a> {
     pub volume_paths: &'a [(String, String, PathBuf)],
     /// swtpm's control socket (`crate::tpm::start`).
     pub tpm_socket: Option<&'a Path>,
+    /// LUKS passphrase files by disk index (`crate::secrets::prepare`).
+    pub disk_secrets: &'a [(usize, PathBuf)],
 }
 
 /// The argv (program first) that launches `def` stopped (`-S`, resumed over QMP) with
@@ -140,6 +142,7 @@ pub fn argv(def: &DomainDef, paths: &LaunchPaths, sandbox: bool) -> Result<Vec<S
     ctx.tap_fds = paths.tap_fds.to_vec();
     ctx.volume_paths = paths.volume_paths.to_vec();
     ctx.tpm_socket = paths.tpm_socket.map(Path::to_path_buf);
+    ctx.disk_secrets = paths.disk_secrets.to_vec();
     let argv = command_line::build(&dom, &ctx)?;
     argv.into_iter()
         .map(|a: OsString| {
@@ -174,6 +177,7 @@ mod tests {
                 tap_fds: &[],
                 volume_paths: &[],
                 tpm_socket: None,
+                disk_secrets: &[],
             },
             false,
         )

@@ -173,10 +173,25 @@ async fn every_object_kind_matches_libvirt_dbus() {
         )
         .await,
     );
+    let secret = path_of(
+        &call(
+            &conn,
+            "virtstoraged",
+            CONNECT,
+            "org.libvirt.Connect",
+            "SecretDefineXML",
+            &(
+                "<secret ephemeral='no' private='yes'><usage type='ceph'><name>wire</name></usage></secret>",
+                0u32,
+            ),
+        )
+        .await,
+    );
     for (path, iface) in [
         (CONNECT.to_string(), "org.libvirt.Connect"),
         (pool.clone(), "org.libvirt.StoragePool"),
         (vol.clone(), "org.libvirt.StorageVol"),
+        (secret, "org.libvirt.Secret"),
     ] {
         check(check_object(&conn, "org.libvirt.virtstoraged", &path, &[iface]).await);
     }

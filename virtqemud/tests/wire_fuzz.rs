@@ -113,43 +113,10 @@ async fn every_method_survives_malformed_arguments() {
     ];
     let conn = bus.connection().await.expect("conn");
 
-    // One object of every kind, as the wire-contract test makes them. The domain has a
-    // qcow2 disk, to hold an internal snapshot.
+    // One object of every kind, as the wire-contract test makes them.
     let images = tempfile::tempdir().expect("tempdir");
     let _images_fs = SmallFs::mount(images.path());
-    let disk = images.path().join("fz.qcow2");
-    let made = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&disk)
-        .arg("16M")
-        .status()
-        .expect("qemu-img");
-    assert!(made.success(), "qemu-img create");
-    let dom_xml = format!(
-        "<domain type='qemu'><name>fz</name><memory unit='MiB'>64</memory>\
-         <os><type arch='x86_64'>hvm</type></os><devices><disk type='file' device='disk'>\
-         <driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vda'/></disk>\
-         </devices></domain>",
-        disk.display()
-    );
-    let dom = make(
-        &conn,
-        "virtqemud",
-        CONNECT,
-        "org.libvirt.Connect",
-        "DomainDefineXML",
-        &(dom_xml.as_str(),),
-    )
-    .await;
-    let snap = make(
-        &conn,
-        "virtqemud",
-        &dom,
-        "org.libvirt.Domain",
-        "SnapshotCreateXML",
-        &("<domainsnapshot><name>fz</name></domainsnapshot>", 0u32),
-    )
-    .await;
+    let (dom, snap) = domain_with_snapshot(&conn, images.path()).await;
     let net = make(
         &conn,
         "virtnetworkd",
@@ -254,4 +221,43 @@ async fn every_method_survives_malformed_arguments() {
         total.calls > 500,
         "too few calls to mean anything: {total:?}"
     );
+}
+
+/// The fuzzed domain, with a qcow2 disk in `dir` to hold its internal snapshot, and
+/// that snapshot: their paths.
+async fn domain_with_snapshot(conn: &zbus::Connection, dir: &Path) -> (String, String) {
+    let disk = dir.join("fz.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("16M")
+        .status()
+        .expect("qemu-img");
+    assert!(made.success(), "qemu-img create");
+    let dom_xml = format!(
+        "<domain type='qemu'><name>fz</name><memory unit='MiB'>64</memory>\
+         <os><type arch='x86_64'>hvm</type></os><devices><disk type='file' device='disk'>\
+         <driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vda'/></disk>\
+         </devices></domain>",
+        disk.display()
+    );
+    let dom = make(
+        conn,
+        "virtqemud",
+        CONNECT,
+        "org.libvirt.Connect",
+        "DomainDefineXML",
+        &(dom_xml.as_str(),),
+    )
+    .await;
+    let snap = make(
+        conn,
+        "virtqemud",
+        &dom,
+        "org.libvirt.Domain",
+        "SnapshotCreateXML",
+        &("<domainsnapshot><name>fz</name></domainsnapshot>", 0u32),
+    )
+    .await;
+    (dom, snap)
 }

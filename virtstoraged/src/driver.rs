@@ -33,6 +33,10 @@ pub enum Change {
     /// A volume (by key) appeared or went away.
     VolumeAdded(String),
     VolumeRemoved(String),
+    /// A secret appeared or went away, and its lifecycle event.
+    SecretAdded(Uuid),
+    SecretRemoved(Uuid),
+    SecretLifecycle(Uuid, common::event::SecretEvent),
 }
 
 bitflags::bitflags! {
@@ -183,6 +187,7 @@ pub struct Driver {
     pub outbox: Outbox<Change>,
     /// The running uploads and downloads, by volume key.
     transfers: Mutex<HashMap<String, Vec<Arc<Transfer>>>>,
+    pub secrets: crate::secrets::Secrets,
 }
 
 /// Why a transfer was stopped from outside.
@@ -312,12 +317,15 @@ impl Driver {
     /// Builds the driver with nothing loaded yet. [`Driver::load`] reads the disk once
     /// the outbox is connected, so every pool and volume it finds is published.
     pub fn new(ctx: Context) -> anyhow::Result<Arc<Driver>> {
+        // libvirt's place: /etc/libvirt/secrets, ~/.config/libvirt/secrets.
+        let ctx_secrets_dir = ctx.settings.config_dir.join("secrets");
         let driver = Arc::new(Driver {
             ctx,
             pools: Mutex::new(HashMap::new()),
             jobs: InFlight::new(),
             outbox: Outbox::new(),
             transfers: Mutex::new(HashMap::new()),
+            secrets: crate::secrets::Secrets::new(ctx_secrets_dir),
         });
         for d in [
             driver.config_dir(),
@@ -422,6 +430,9 @@ impl Driver {
         for dir in [self.config_dir(), self.autostart_dir(), self.status_dir()] {
             remove_stale_temps(&dir);
         }
+        for uuid in self.secrets.load() {
+            self.outbox.send(Change::SecretAdded(uuid)).await;
+        }
         for def in Self::read_defs(&self.config_dir()) {
             let autostart = Self::file(self.autostart_dir(), &def).exists();
             match self.insert(def, true, autostart) {
@@ -456,6 +467,29 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// `SecretDefineXML`: the secret's path, served before the reply and the event.
+    pub async fn define_secret(&self, xml: &str, flags: u32) -> Res<OwnedObjectPath> {
+        use common::event::SecretEvent;
+        let (def, how) = self.secrets.define(xml, flags).await?;
+        if matches!(how, crate::secrets::Defined::New) {
+            self.outbox.send(Change::SecretAdded(def.uuid)).await;
+        }
+        self.outbox
+            .send(Change::SecretLifecycle(def.uuid, SecretEvent::Defined))
+            .await;
+        Ok(objpath::secret(&def.uuid))
+    }
+
+    pub async fn undefine_secret(&self, uuid: &Uuid) -> Res<()> {
+        use common::event::SecretEvent;
+        self.secrets.undefine(uuid).await?;
+        self.outbox.send(Change::SecretRemoved(*uuid)).await;
+        self.outbox
+            .send(Change::SecretLifecycle(*uuid, SecretEvent::Undefined))
+            .await;
+        Ok(())
     }
 
     /// Adds a pool to the registry, refusing a duplicate name or UUID.

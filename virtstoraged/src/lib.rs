@@ -5,6 +5,8 @@ pub mod dbus;
 pub mod driver;
 pub mod qcow2;
 pub mod qemu_img;
+pub mod secret;
+pub mod secrets;
 pub mod transfer;
 pub mod xml;
 

@@ -5,7 +5,8 @@
 use zbus::zvariant::{Fd, OwnedObjectPath};
 
 pub use super::libvirt::storage_connect::{
-    StoragePoolEvent, StoragePoolEventArgs, StoragePoolEventStream,
+    SecretEvent, SecretEventArgs, SecretEventStream, StoragePoolEvent, StoragePoolEventArgs,
+    StoragePoolEventStream,
 };
 pub use super::libvirt::storage_pool::{Refresh, RefreshStream};
 pub use super::libvirt::{SecretProxy, StorageConnectProxy, StoragePoolProxy, StorageVolProxy};

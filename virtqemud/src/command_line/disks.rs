@@ -46,6 +46,33 @@ pub(super) fn disks(
     let mut groups = Vec::new();
     for (i, disk) in dom.devices.disks.iter().enumerate() {
         refuse_unhandled(disk)?;
+        if let Some(enc) = crate::secrets::encryption(disk) {
+            crate::secrets::luks_secret(disk).map_err(|e| {
+                unsupported(&format!("disk/{}", enc.name), &disk.target_dev, e.message)
+            })?;
+            let file = ctx
+                .disk_secrets
+                .iter()
+                .find(|(d, _)| *d == i)
+                .map(|(_, f)| f)
+                .ok_or_else(|| {
+                    unsupported(
+                        "disk/encryption",
+                        &disk.target_dev,
+                        "its secret was not resolved (virtstoraged serves secrets)",
+                    )
+                })?;
+            a.pair(
+                "-object",
+                serde_json::json!({
+                    "qom-type": "secret",
+                    "id": luks_secret_id(i),
+                    "format": "raw",
+                    "file": file,
+                })
+                .to_string(),
+            );
+        }
         let bus = disk.bus.ok_or_else(|| {
             unsupported(
                 "disk target",
@@ -68,20 +95,24 @@ pub(super) fn disks(
     Ok(())
 }
 
+/// The `secret` object holding the passphrase of LUKS disk `i` (libvirt's name).
+fn luks_secret_id(i: usize) -> String {
+    format!("libvirt-{i}-format-encryption-secret0")
+}
+
 fn refuse_unhandled(disk: &Disk) -> Result<()> {
-    // `<iotune>` is read by `top_node`, the device's own children by `disk_children`.
-    if let Some(c) = disk
-        .unhandled
-        .iter()
-        .find(|c| c.name != "iotune" && !DEVICE_CHILDREN.contains(&c.name.as_str()))
-    {
+    // `<iotune>` is read by `top_node`, the device's own children by `disk_children`,
+    // `<encryption>` by `disks`.
+    if let Some(c) = disk.unhandled.iter().find(|c| {
+        c.name != "iotune" && c.name != "encryption" && !DEVICE_CHILDREN.contains(&c.name.as_str())
+    }) {
         return Err(unsupported(
             &format!("disk/{}", c.name),
             &disk.target_dev,
             "not implemented",
         ));
     }
-    if let Some(c) = disk.source_children.first() {
+    if let Some(c) = disk.source_children.iter().find(|c| c.name != "encryption") {
         return Err(unsupported(
             &format!("disk/source/{}", c.name),
             &disk.target_dev,
@@ -358,9 +389,10 @@ fn network_storage(i: usize, src: &DiskSource) -> Result<serde_json::Value> {
 /// The two `-blockdev` JSON objects of disk `i`: storage, then format.
 fn blockdevs(i: usize, disk: &Disk, src: &DiskSource, ctx: &LaunchContext) -> Result<[String; 2]> {
     let ro = disk.readonly;
+    let luks = crate::secrets::encryption(disk).is_some();
     if let DiskSource::Network { .. } = src {
         let storage = network_storage(i, src)?;
-        return Ok([storage.to_string(), format_node(i, disk, ro)?]);
+        return Ok([storage.to_string(), format_node(i, disk, ro, luks)?]);
     }
     let (driver, path) = source_path(src, ctx)?;
     let cache_direct = matches!(
@@ -387,10 +419,12 @@ fn blockdevs(i: usize, disk: &Disk, src: &DiskSource, ctx: &LaunchContext) -> Re
     file.push_str(&format!(
         ",\"cache\":{{\"direct\":{cache_direct},\"no-flush\":{no_flush}}}}}"
     ));
-    Ok([file, format_node(i, disk, ro)?])
+    Ok([file, format_node(i, disk, ro, luks)?])
 }
 
-fn format_node(i: usize, disk: &Disk, ro: bool) -> Result<String> {
+/// The format node; a LUKS disk's opens its encryption with its `secret` object: a raw
+/// image is QEMU's `luks` format, a qcow2 one carries it inside (`encrypt`).
+fn format_node(i: usize, disk: &Disk, ro: bool, luks: bool) -> Result<String> {
     if disk.driver.format.as_deref() == Some("fat") {
         return Err(unsupported(
             "disk driver type",
@@ -415,8 +449,26 @@ fn format_node(i: usize, disk: &Disk, ro: bool) -> Result<String> {
             ))
         }
     };
+    let (format, encrypt) = match (format, luks) {
+        (_, false) => (format, String::new()),
+        ("raw", true) => ("luks", format!(",\"key-secret\":\"{}\"", luks_secret_id(i))),
+        ("qcow2", true) => (
+            format,
+            format!(
+                ",\"encrypt\":{{\"format\":\"luks\",\"key-secret\":\"{}\"}}",
+                luks_secret_id(i)
+            ),
+        ),
+        (f, true) => {
+            return Err(unsupported(
+                "disk/encryption",
+                &disk.target_dev,
+                format!("LUKS on a '{f}' image: only raw and qcow2 images"),
+            ))
+        }
+    };
     Ok(format!(
-        "{{\"node-name\":\"libvirt-{i}-format\",\"read-only\":{ro}{detect_zeroes},\"driver\":\"{format}\",\"file\":\"libvirt-{i}-storage\"}}"
+        "{{\"node-name\":\"libvirt-{i}-format\",\"read-only\":{ro}{detect_zeroes},\"driver\":\"{format}\"{encrypt},\"file\":\"libvirt-{i}-storage\"}}"
     ))
 }
 

@@ -74,6 +74,9 @@ pub struct LaunchContext {
     /// The runtime pins QEMU to [`host_cpus`] (sched_setaffinity before exec, as
     /// libvirt does for `<vcpu cpuset>`); without it such a domain is refused.
     pub pins_cpus: bool,
+    /// The passphrase file of each LUKS-encrypted disk, by disk index
+    /// (`crate::secrets::prepare`).
+    pub disk_secrets: Vec<(usize, PathBuf)>,
 }
 
 impl LaunchContext {
@@ -103,6 +106,7 @@ impl LaunchContext {
             usb_devices: hostdev::host_usb_devices(),
             scsi_generic: hostdev::host_scsi_generic(),
             pins_cpus: false,
+            disk_secrets: Vec::new(),
         }
     }
 }

@@ -355,7 +355,7 @@ impl Driver {
         }
         let args = json!({
             "username": user,
-            "password": agent::base64(password.as_bytes()),
+            "password": common::base64::encode(password.as_bytes()),
             "crypted": flags & 1 != 0,
         });
         self.agent(dom, "guest-set-user-password", Some(args))

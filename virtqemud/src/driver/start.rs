@@ -311,6 +311,14 @@ impl Driver {
             user.as_ref(),
         )
         .await?;
+        let bus = self
+            .ctx
+            .hub
+            .connections()
+            .into_iter()
+            .find(|c| c.unique_name().is_some());
+        let disk_secrets =
+            crate::secrets::prepare(&def.dom, &dom_dir, user.as_ref(), bus.as_ref()).await?;
         let mut argv = model::argv(
             def,
             &model::LaunchPaths {
@@ -320,6 +328,7 @@ impl Driver {
                 tap_fds: &tap_fds,
                 volume_paths: &volume_paths,
                 tpm_socket: swtpm.as_ref().map(|t| t.socket.as_path()),
+                disk_secrets: &disk_secrets,
             },
             self.sandbox,
         )?;
@@ -357,7 +366,9 @@ impl Driver {
             tracing::warn!(domain = %def.name, "status with the PID not written: {e}");
         }
         write_holder(lock, pid);
-        match connect_monitor(&qmp_path, &qemu).await {
+        let monitor = connect_monitor(&qmp_path, &qemu).await;
+        crate::secrets::remove(&disk_secrets);
+        match monitor {
             Ok((qmp, events)) => Ok(Spawned {
                 id,
                 pid,

@@ -123,6 +123,59 @@ impl Connect {
         ))
     }
 
+    async fn list_secrets(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<Vec<OwnedObjectPath>, BusError> {
+        common::access::check(&hdr).await?;
+        let uuids = self.driver.secrets.list(flags)?;
+        Ok(uuids.iter().map(common::objpath::secret).collect())
+    }
+
+    #[zbus(name = "SecretDefineXML")]
+    async fn secret_define_xml(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        xml: &str,
+        flags: u32,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.define_secret(xml, flags).await?)
+    }
+
+    #[zbus(name = "SecretLookupByUUID")]
+    async fn secret_lookup_by_uuid(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        uuid: &str,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
+        let def = self.driver.secrets.by_uuid_str(uuid)?;
+        Ok(common::objpath::secret(&def.uuid))
+    }
+
+    async fn secret_lookup_by_usage(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        usageType: i32,
+        usageID: &str,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
+        let usage = crate::secret::Usage::from_wire(usageType, usageID)?;
+        let def = self.driver.secrets.by_usage(&usage)?;
+        Ok(common::objpath::secret(&def.uuid))
+    }
+
+    /// `virSecretEventLifecycleType`, emitted by `dbus::Bus`; libvirt-dbus's names.
+    #[zbus(signal)]
+    pub async fn secret_event(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        secret: ObjectPath<'_>,
+        event: i32,
+        detail: i32,
+    ) -> zbus::Result<()>;
+
     /// Lifecycle events (virStoragePoolEventLifecycleType), emitted by `dbus::Bus`.
     /// The argument names are libvirt-dbus's.
     #[zbus(signal)]

@@ -14,6 +14,7 @@ use crate::driver::{Change, Driver};
 
 mod connect;
 mod pool;
+mod secret;
 mod vol;
 
 /// Serves the connect object and connects the driver's outbox to the bus: from here
@@ -105,6 +106,30 @@ impl Bus {
             Change::VolumeRemoved(key) => {
                 self.hub
                     .unserve::<vol::StorageVol>(&objpath::storage_vol(&key))
+                    .await;
+            }
+            Change::SecretAdded(uuid) => {
+                let Some(d) = self.driver.upgrade() else {
+                    return;
+                };
+                self.hub
+                    .serve(objpath::secret(&uuid), move || secret::Secret {
+                        driver: d.clone(),
+                        uuid,
+                    })
+                    .await;
+            }
+            Change::SecretRemoved(uuid) => {
+                self.hub
+                    .unserve::<secret::Secret>(&objpath::secret(&uuid))
+                    .await;
+            }
+            Change::SecretLifecycle(uuid, ev) => {
+                let path = &objpath::secret(&uuid);
+                self.hub
+                    .signal(&objpath::connect(), |e| async move {
+                        connect::Connect::secret_event(&e, path.as_ref(), ev.wire(), 0).await
+                    })
                     .await;
             }
         }
