@@ -45,6 +45,8 @@ pub enum Cmd {
     #[command(flatten)]
     Volume(VolCmd),
     #[command(flatten)]
+    Secret(SecretCmd),
+    #[command(flatten)]
     Nodedev(NodedevCmd),
     #[command(flatten)]
     Host(HostCmd),
@@ -247,6 +249,42 @@ pub enum NetworkCmd {
     },
     /// Print a network's basic information.
     NetInfo { network: String },
+}
+
+/// Commands of virtstoraged about secrets (libvirt's virtsecretd).
+#[derive(Subcommand)]
+// `SecretList` is virsh's `secret-list`.
+#[allow(clippy::enum_variant_names)]
+pub enum SecretCmd {
+    /// List secrets.
+    SecretList {
+        #[arg(long)]
+        ephemeral: bool,
+        #[arg(long, conflicts_with = "ephemeral")]
+        no_ephemeral: bool,
+        #[arg(long)]
+        private: bool,
+        #[arg(long, conflicts_with = "private")]
+        no_private: bool,
+    },
+    /// Define or modify a secret from an XML file.
+    SecretDefine { file: String },
+    /// Print a secret's XML.
+    SecretDumpxml { secret: String },
+    /// Set a secret's value: from a file (raw bytes), or base64 text as virsh takes it.
+    SecretSetValue {
+        secret: String,
+        /// The value, base64-encoded.
+        #[arg(long, conflicts_with = "file")]
+        base64: Option<String>,
+        /// A file with the value's bytes.
+        #[arg(long)]
+        file: Option<String>,
+    },
+    /// Print a secret's value, base64-encoded.
+    SecretGetValue { secret: String },
+    /// Undefine a secret.
+    SecretUndefine { secret: String },
 }
 
 /// Commands of virtstoraged about pools.

@@ -43,6 +43,7 @@ mod domain;
 mod network;
 mod nodedev;
 mod out;
+mod secret;
 mod shell;
 mod stats;
 mod storage;
@@ -233,6 +234,7 @@ pub async fn run_line(s: &mut Session, cli: Cli) -> anyhow::Result<Flow> {
         Cmd::Network(cmd) => network::run(&x, cmd).await?,
         Cmd::Storage(cmd) => storage::pools(&x, cmd).await?,
         Cmd::Volume(cmd) => storage::vols(&x, cmd).await?,
+        Cmd::Secret(cmd) => secret::run(&x, cmd).await?,
         Cmd::Nodedev(cmd) => nodedev::run(&x, cmd).await?,
         Cmd::Host(cmd) => host(&x, cmd).await?,
         Cmd::Tool(_) => {}

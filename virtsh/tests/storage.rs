@@ -199,3 +199,65 @@ fn volumes(bus: &TestBus, dir: &Path, target: &Path) {
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
+
+/// virsh's secret-* commands against virtstoraged, which serves libvirt's secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets() {
+    let bus = TestBus::start().expect("bus");
+    let daemon = Daemon::builder(sibling("virtstoraged"), "virtstoraged")
+        .spawn(&bus)
+        .await
+        .expect("virtstoraged");
+    let dir = daemon.dirs.root.path();
+    let xml = dir.join("s.xml");
+    let uuid = "c6b4b3a2-0f6d-4e4b-9b4f-2f1c3d4e5f60";
+    std::fs::write(
+        &xml,
+        format!(
+            "<secret ephemeral='no' private='no'><uuid>{uuid}</uuid>\
+             <usage type='ceph'><name>client.admin</name></usage></secret>"
+        ),
+    )
+    .expect("xml");
+    assert_eq!(
+        ok(virtsh(
+            &bus,
+            &["secret-define", xml.to_str().expect("utf-8")]
+        )),
+        format!("Secret {uuid} created\n")
+    );
+    let list = ok(virtsh(&bus, &["secret-list"]));
+    assert!(
+        list.contains(uuid) && list.contains("ceph client.admin"),
+        "{list}"
+    );
+    assert!(!ok(virtsh(&bus, &["secret-list", "--private"])).contains(uuid));
+    assert!(ok(virtsh(&bus, &["secret-dumpxml", uuid])).contains("<name>client.admin</name>"));
+    ok(virtsh(
+        &bus,
+        &["secret-set-value", uuid, "--base64", "c2VjcmV0IGtleQ=="],
+    ));
+    assert_eq!(
+        ok(virtsh(&bus, &["secret-get-value", uuid])),
+        "c2VjcmV0IGtleQ==\n"
+    );
+    let value = dir.join("v.bin");
+    std::fs::write(&value, [0u8, 1, 254, 255]).expect("value");
+    ok(virtsh(
+        &bus,
+        &[
+            "secret-set-value",
+            uuid,
+            "--file",
+            value.to_str().expect("utf-8"),
+        ],
+    ));
+    assert_eq!(ok(virtsh(&bus, &["secret-get-value", uuid])), "AAH+/w==\n");
+    assert!(fails(virtsh(&bus, &["secret-set-value", uuid, "--base64", "%%%"])).contains("base64"));
+    assert_eq!(
+        ok(virtsh(&bus, &["secret-undefine", uuid])),
+        format!("Secret {uuid} deleted\n")
+    );
+    let e = fails(virtsh(&bus, &["secret-dumpxml", uuid]));
+    assert!(e.contains("Secret not found"), "{e}");
+}
