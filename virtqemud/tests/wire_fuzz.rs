@@ -261,3 +261,99 @@ async fn domain_with_snapshot(conn: &zbus::Connection, dir: &Path) -> (String, S
     .await;
     (dom, snap)
 }
+
+/// The same for a running domain (QEMU up, no guest kernel, a qcow2 disk on a small
+/// tmpfs), so that methods which only say "not running" to an inactive domain get past
+/// that: peeks, keys, vCPUs and memory, block and snapshot calls, the guest agent (none
+/// here: each call must fail, not hang), state changes. Ends with no QEMU left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_domain_survives_malformed_arguments() {
+    let per_method = env_or("VIRT_FUZZ_PER_METHOD", 8) as usize;
+    let seed = env_or("VIRT_FUZZ_SEED", 1);
+    let bus = TestBus::start().expect("bus");
+    let mut daemon = Daemon::builder(BIN, "virtqemud")
+        .spawn(&bus)
+        .await
+        .expect("virtqemud");
+    let conn = bus.connection().await.expect("conn");
+    let images = tempfile::tempdir().expect("tempdir");
+    let _images_fs = SmallFs::mount(images.path());
+    let (dom, _snap) = domain_with_snapshot(&conn, images.path()).await;
+    conn.call_method(
+        Some("org.libvirt.virtqemud"),
+        dom.as_str(),
+        Some("org.libvirt.Domain"),
+        "Create",
+        &(0u32,),
+    )
+    .await
+    .expect("start the fuzzed domain");
+    let mut gen = Gen::new(seed, vec![dom.clone()]);
+    let t = fuzz_object(
+        &conn,
+        "org.libvirt.virtqemud",
+        &dom,
+        "org.libvirt.Domain",
+        &mut gen,
+        per_method,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("running domain: {e:#}"));
+    eprintln!("running org.libvirt.Domain: {t:?} (seed {seed}, {per_method} per method)");
+    for l in daemon
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("domain event"))
+    {
+        eprintln!("  {}", l.split_once(" INFO ").map_or(l, |(_, r)| r));
+    }
+    assert!(daemon.running(), "virtqemud died");
+    assert!(t.calls > 300, "too few calls to mean anything: {t:?}");
+    // Whatever the calls did to it, Destroy (or an Undefine that followed) ends it.
+    let _ = conn
+        .call_method(
+            Some("org.libvirt.virtqemud"),
+            dom.as_str(),
+            Some("org.libvirt.Domain"),
+            "Destroy",
+            &(0u32,),
+        )
+        .await;
+    let root = daemon.dirs.root.path().to_string_lossy().into_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<u32> = std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                *pid != daemon.pid
+                    && std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .map(|c| String::from_utf8_lossy(&c).contains(&root))
+                        .unwrap_or(false)
+            })
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let cmd = left
+                .iter()
+                .map(|p| {
+                    String::from_utf8_lossy(
+                        &std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default(),
+                    )
+                    .replace('\0', " ")
+                })
+                .collect::<Vec<_>>();
+            let log = daemon.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            panic!(
+                "left running: {cmd:?}\nlog:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
