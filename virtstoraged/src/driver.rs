@@ -190,6 +190,17 @@ pub struct Driver {
     pub secrets: crate::secrets::Secrets,
 }
 
+/// A LUKS passphrase file for qemu-img, removed when dropped.
+struct KeyFile {
+    path: PathBuf,
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Why a transfer was stopped from outside.
 #[derive(Debug, Clone, Copy)]
 enum Abort {
@@ -965,7 +976,10 @@ impl Driver {
         flags: u32,
     ) -> Res<OwnedObjectPath> {
         read_flags::<VolCreateFlags>(flags)?;
-        let vol = VolDef::parse(xml)?;
+        let mut vol = VolDef::parse(xml)?;
+        // Held to the end: the passphrase file goes once the volume is made.
+        let passphrase = self.luks_key_file(&vol)?;
+        vol.key_file = passphrase.as_ref().map(|k| k.path.clone());
         let from = match from_key {
             Some(k) => Some(self.vol_by_key(k)?.1),
             None => None,
@@ -979,12 +993,45 @@ impl Driver {
         }
         let def = pool.state().def.clone();
         let b = pool.backend.clone();
-        let made = Self::blocking(move || b.create_vol(&def, &vol, from.as_ref())).await?;
+        let secret = vol.encryption.as_ref().and_then(|e| e.secret.clone());
+        let mut made = Self::blocking(move || b.create_vol(&def, &vol, from.as_ref())).await?;
+        if let Some(e) = made.encryption.as_mut() {
+            e.secret = secret;
+        }
         let key = made.key.clone();
         // Served first: a list or lookup can only name it once it answers.
         self.outbox.send(Change::VolumeAdded(key.clone())).await;
         pool.state().vols.insert(key.clone(), made);
         Ok(objpath::storage_vol(&key))
+    }
+
+    /// For a LUKS volume to create: its passphrase (the secret the XML names) in a file
+    /// of the daemon's own for qemu-img, removed when the returned guard drops.
+    fn luks_key_file(&self, vol: &VolDef) -> Res<Option<KeyFile>> {
+        let Some(enc) = &vol.encryption else {
+            return Ok(None);
+        };
+        let uuid = enc
+            .secret
+            .as_deref()
+            .ok_or_else(|| VirError::invalid_arg("no secret provided for luks encryption"))?;
+        let uuid = Uuid::parse_str(uuid).map_err(|_| crate::secrets::no_secret(&Uuid::nil()))?;
+        let value = self.secrets.value(&uuid, 0, true)?;
+        let path = self
+            .status_dir()
+            .join(format!(".luks-{}.key", Uuid::new_v4().simple()));
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            f.write_all(&value)
+        };
+        write().map_err(|e| io_err("write", &path, e))?;
+        Ok(Some(KeyFile { path }))
     }
 
     fn vol_of(&self, key: &str) -> Res<(Arc<Pool>, VolDef)> {
@@ -1021,7 +1068,17 @@ impl Driver {
 
     pub fn vol_xml(&self, key: &str, flags: u32) -> Res<String> {
         check_flags(flags, 0)?;
-        Ok(self.vol_of(key)?.1.to_xml())
+        let mut vol = self.vol_of(key)?.1;
+        // A LUKS volume found on disk names its secret by the volume's path (usage).
+        if let Some(enc) = vol.encryption.as_mut().filter(|e| e.secret.is_none()) {
+            let usage = crate::secret::Usage::Volume(vol.path.clone());
+            enc.secret = self
+                .secrets
+                .by_usage(&usage)
+                .ok()
+                .map(|s| s.uuid.to_string());
+        }
+        Ok(vol.to_xml())
     }
 
     pub fn vol_name(&self, key: &str) -> String {

@@ -20,6 +20,8 @@ pub struct Header {
     pub virtual_size: u64,
     pub backing_file: Option<String>,
     pub backing_format: Option<String>,
+    /// `crypt_method` 2: LUKS inside.
+    pub encrypted: bool,
 }
 
 fn be32(b: &[u8], at: usize) -> Option<u32> {
@@ -72,6 +74,12 @@ fn parse(b: &[u8]) -> Option<Header> {
     };
     let (bf_off, bf_len) = (be64(b, 8)? as usize, be32(b, 16)? as usize);
     let virtual_size = be64(b, 24)?;
+    let encrypted = match be32(b, 32)? {
+        0 => false,
+        2 => true,
+        // AES (1): QEMU's old encryption, which it no longer opens: ask qemu-img.
+        _ => return None,
+    };
     let backing_file = if bf_off == 0 || bf_len == 0 {
         None
     } else if bf_len > 1023 {
@@ -98,6 +106,7 @@ fn parse(b: &[u8]) -> Option<Header> {
         virtual_size,
         backing_file,
         backing_format,
+        encrypted,
     })
 }
 

@@ -28,6 +28,8 @@ pub struct ImageInfo {
     pub backing_filename: Option<String>,
     #[serde(rename = "backing-filename-format", default)]
     pub backing_format: Option<String>,
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 /// Options of `-o`: values must not carry qemu-img's separator, so they are checked here.

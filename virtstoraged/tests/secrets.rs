@@ -211,3 +211,145 @@ async fn refuses_what_libvirt_refuses(conn: &StorageConnectProxy<'_>, xml: &str)
         err_text(conn.secret_lookup_by_usage(9, "x").await).contains("unknown secret usage type 9")
     );
 }
+
+/// LUKS volumes: created by qemu-img with the passphrase of the secret the XML names
+/// (raw: QEMU's luks format; qcow2: LUKS inside), shown encrypted with their secret,
+/// opened by QEMU's tools with that passphrase only; no passphrase file stays behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn luks_volumes_are_made_with_their_secret() {
+    let bus = TestBus::start().expect("bus");
+    let daemon = Daemon::builder(BIN, "virtstoraged")
+        .spawn(&bus)
+        .await
+        .expect("virtstoraged");
+    let c = bus.connection().await.expect("conn");
+    let conn = StorageConnectProxy::new(&c).await.expect("proxy");
+    let target = daemon.dirs.root.path().join("pool");
+    let pool = conn
+        .storage_pool_create_xml(
+            &format!(
+                "<pool type='dir'><name>p</name><target><path>{}</path></target></pool>",
+                target.display()
+            ),
+            1,
+        )
+        .await
+        .expect("pool");
+    let pp = common::proxies::storage::StoragePoolProxy::builder(&c)
+        .path(pool)
+        .expect("path")
+        .build()
+        .await
+        .expect("pool proxy");
+    let sp = conn
+        .secret_define_xml(
+            &format!("<secret private='yes'><uuid>{UUID}</uuid><usage type='volume'><volume>{}</volume></usage></secret>",
+                target.join("enc.img").display()),
+            0,
+        )
+        .await
+        .expect("secret");
+    let vol_xml = |name: &str, format: &str| {
+        format!(
+            "<volume><name>{name}</name><capacity unit='MiB'>8</capacity><target>\
+             <format type='{format}'/><encryption format='luks'>\
+             <secret type='passphrase' uuid='{UUID}'/></encryption></target></volume>"
+        )
+    };
+    // No value yet: refused, nothing made.
+    let e = err_text(
+        pp.storage_vol_create_xml(&vol_xml("enc.img", "raw"), 0)
+            .await,
+    );
+    assert!(e.contains("does not have a value"), "{e}");
+    assert!(!target.join("enc.img").exists());
+    secret(&c, &sp)
+        .await
+        .set_value(b"volume pass", 0)
+        .await
+        .expect("value");
+    for (name, format) in [("enc.img", "raw"), ("enc.qcow2", "qcow2")] {
+        let v = pp
+            .storage_vol_create_xml(&vol_xml(name, format), 0)
+            .await
+            .expect(name);
+        let vp = common::proxies::storage::StorageVolProxy::builder(&c)
+            .path(v)
+            .expect("path")
+            .build()
+            .await
+            .expect("vol proxy");
+        let xml = vp.get_xml_desc(0).await.expect("xml");
+        for want in [
+            format!("<format type='{format}'/>"),
+            "<encryption format='luks'>".to_owned(),
+            format!("<secret type='passphrase' uuid='{UUID}'/>"),
+            "<mode>0600</mode>".to_owned(),
+        ] {
+            assert!(xml.contains(&want), "{want} missing:\n{xml}");
+        }
+        // QEMU's tools read it with the passphrase, and not without.
+        let img = target.join(name);
+        let out = daemon.dirs.root.path().join("plain.raw");
+        let open = |pass: &str| {
+            std::process::Command::new("qemu-img")
+                .args(["convert", "--object"])
+                .arg(format!("secret,id=s,data={pass}"))
+                .arg("--image-opts")
+                .arg(match format {
+                    "raw" => format!("driver=luks,key-secret=s,file.filename={}", img.display()),
+                    _ => format!(
+                        "driver=qcow2,encrypt.format=luks,encrypt.key-secret=s,file.filename={}",
+                        img.display()
+                    ),
+                })
+                .args(["-O", "raw"])
+                .arg(&out)
+                .output()
+                .expect("qemu-img")
+        };
+        let good = open("volume pass");
+        assert!(
+            good.status.success(),
+            "{}",
+            String::from_utf8_lossy(&good.stderr)
+        );
+        assert_eq!(std::fs::metadata(&out).expect("plain").len(), 8 << 20);
+        let bad = open("wrong");
+        assert!(
+            String::from_utf8_lossy(&bad.stderr).contains("Invalid password"),
+            "a wrong passphrase opens {name}"
+        );
+    }
+    // After a refresh (read from disk) the raw one is still LUKS, its secret by usage,
+    // and its capacity the guest's 8 MiB, not the file's.
+    pp.refresh(0).await.expect("refresh");
+    let v = pp
+        .storage_vol_lookup_by_name("enc.img")
+        .await
+        .expect("lookup");
+    let vp = common::proxies::storage::StorageVolProxy::builder(&c)
+        .path(v)
+        .expect("path")
+        .build()
+        .await
+        .expect("proxy");
+    let xml = vp.get_xml_desc(0).await.expect("xml");
+    assert!(
+        xml.contains(&format!("uuid='{UUID}'"))
+            && xml.contains("<capacity unit='bytes'>8388608</capacity>"),
+        "{xml}"
+    );
+    let left: Vec<_> = std::fs::read_dir(daemon.dirs.runtime.join("storage"))
+        .expect("runtime")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("luks"))
+        .collect();
+    assert!(left.is_empty(), "passphrase files left: {left:?}");
+    // Bad encryption requests change nothing.
+    let no_secret = "<volume><name>x.img</name><capacity>1024</capacity><target><encryption format='luks'/></target></volume>";
+    assert!(err_text(pp.storage_vol_create_xml(no_secret, 0).await).contains("no secret provided"));
+    let qcow_enc = "<volume><name>x.img</name><capacity>1024</capacity><target><encryption format='qcow'/></target></volume>";
+    assert!(err_text(pp.storage_vol_create_xml(qcow_enc, 0).await).contains("only luks"));
+    assert!(!target.join("x.img").exists());
+}

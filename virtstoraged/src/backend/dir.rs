@@ -15,6 +15,8 @@ use crate::xml::{BackingStore, Name, PoolDef, VolDef, VolFormat};
 pub struct DirBackend;
 
 const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+/// A LUKS container's first bytes (LUKS1 and LUKS2).
+const LUKS_MAGIC: &[u8; 6] = b"LUKS\xba\xbe";
 /// Half-made volumes live under this name until complete (a leading dot, which no
 /// valid volume name has, so they are never listed).
 fn temp_path(target: &Path, name: &Name) -> PathBuf {
@@ -116,7 +118,26 @@ fn read_vol_in(def: &PoolDef, dir: &File, name: &str) -> Result<Option<VolDef>> 
         },
         compat: None,
         backing: None,
+        encryption: None,
+        key_file: None,
     };
+    if !is_qcow2 {
+        // A raw file that is a LUKS container: libvirt shows it as raw, encrypted.
+        let mut luks = [0u8; 6];
+        if std::os::unix::fs::FileExt::read_exact_at(&file, &mut luks, 0).is_ok()
+            && &luks == LUKS_MAGIC
+        {
+            vol.encryption = Some(crate::xml::VolEncryption { secret: None });
+            // The guest sees what follows the header (LUKS1: payload offset in sectors).
+            let mut hdr = [0u8; 108];
+            if std::os::unix::fs::FileExt::read_exact_at(&file, &mut hdr, 0).is_ok()
+                && hdr[6..8] == [0, 1]
+            {
+                let sectors = u32::from_be_bytes([hdr[104], hdr[105], hdr[106], hdr[107]]);
+                vol.capacity = vol.capacity.saturating_sub(u64::from(sectors) * 512);
+            }
+        }
+    }
     if is_qcow2 {
         // The header says it all for ordinary images; qemu-img for the rest.
         let native = crate::qcow2::read_header(&file);
@@ -127,11 +148,15 @@ fn read_vol_in(def: &PoolDef, dir: &File, name: &str) -> Result<Option<VolDef>> 
                 format: "qcow2".into(),
                 backing_filename: h.backing_file,
                 backing_format: h.backing_format,
+                encrypted: h.encrypted,
             },
             None => qemu_img::info(&path)?,
         };
         vol.format = VolFormat::Qcow2;
         vol.capacity = info.virtual_size;
+        if info.encrypted {
+            vol.encryption = Some(crate::xml::VolEncryption { secret: None });
+        }
         vol.backing = match info.backing_filename {
             Some(p) => Some(BackingStore {
                 path: p,
@@ -160,8 +185,66 @@ fn pool_sizes(target: &Path) -> Result<PoolSizes> {
 }
 
 /// Builds the image under `tmp` (the caller renames it into place).
+/// A LUKS volume, by qemu-img with the passphrase file the driver made
+/// (`VolDef::key_file`): QEMU's `luks` format for raw, LUKS inside for qcow2.
+fn make_luks_image(tmp: &Path, vol: &VolDef, from: Option<&VolDef>, prealloc: bool) -> Result<()> {
+    if from.is_some() {
+        return Err(BackendError::Unsupported(
+            "cloning into an encrypted volume".into(),
+        ));
+    }
+    let key = vol
+        .key_file
+        .as_ref()
+        .and_then(|k| k.to_str())
+        .and_then(qemu_img::option_value)
+        .ok_or_else(|| BackendError::Invalid("no usable passphrase for the LUKS volume".into()))?;
+    let mut opts = vec![match vol.format {
+        VolFormat::Raw => "key-secret=sec0".to_owned(),
+        VolFormat::Qcow2 => "encrypt.format=luks,encrypt.key-secret=sec0".to_owned(),
+    }];
+    if prealloc {
+        opts.push("preallocation=falloc".into());
+    }
+    if let Some(c) = vol.compat.as_deref().and_then(qemu_img::option_value) {
+        opts.push(format!("compat={c}"));
+    }
+    let format = match vol.format {
+        VolFormat::Raw => "luks",
+        VolFormat::Qcow2 => "qcow2",
+    };
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        "create".into(),
+        "-q".into(),
+        "--object".into(),
+        format!("secret,id=sec0,file={key}").into(),
+        "-f".into(),
+        format.into(),
+        "-o".into(),
+        opts.join(",").into(),
+    ];
+    if let Some(b) = &vol.backing {
+        argv.extend([
+            "-b".into(),
+            b.path.clone().into(),
+            "-F".into(),
+            b.format.as_str().into(),
+        ]);
+    }
+    argv.extend([tmp.into(), vol.capacity.to_string().into()]);
+    qemu_img::run_into_temp(&argv)?;
+    // 0600 unless asked, as the volumes made here without qemu-img.
+    let mode = vol.permissions.mode.unwrap_or(0o600);
+    fs::set_permissions(tmp, fs::Permissions::from_mode(mode))
+        .map_err(|e| BackendError::io("cannot chmod", tmp, e))?;
+    chown(tmp, &vol.permissions)
+}
+
 fn make_image(tmp: &Path, vol: &VolDef, from: Option<&VolDef>) -> Result<()> {
     let prealloc = vol.allocation.is_some_and(|a| a >= vol.capacity && a > 0);
+    if vol.encryption.is_some() {
+        return make_luks_image(tmp, vol, from, prealloc);
+    }
     match (vol.format, from) {
         (VolFormat::Raw, src) => {
             let file = OpenOptions::new()

@@ -179,6 +179,8 @@ fn parse_lvs(vg: &str, json: &str) -> Result<Vec<VolDef>> {
             permissions: Permissions::default(),
             compat: None,
             backing: None,
+            encryption: None,
+            key_file: None,
         });
     }
     vols.sort_by(|a, b| a.name.cmp(&b.name));

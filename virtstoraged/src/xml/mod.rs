@@ -345,6 +345,56 @@ pub struct VolDef {
     pub permissions: Permissions,
     pub compat: Option<String>,
     pub backing: Option<BackingStore>,
+    /// `<target><encryption format='luks'>`: a LUKS volume, raw (QEMU's luks format)
+    /// or qcow2 (LUKS inside).
+    pub encryption: Option<VolEncryption>,
+    /// While a LUKS volume is created: the daemon's file holding its passphrase for
+    /// qemu-img (never the passphrase itself, never in XML).
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+/// A volume's encryption: always LUKS here, with the secret that holds its passphrase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolEncryption {
+    /// The secret's UUID (`<secret type='passphrase' uuid=...>`), if known.
+    pub secret: Option<String>,
+}
+
+impl VolEncryption {
+    fn parse(el: &Element) -> Result<VolEncryption, XmlError> {
+        match el.get_attr("format") {
+            Some("luks") => {}
+            Some(f) => {
+                return Err(XmlError::invalid(
+                    "encryption",
+                    "format",
+                    f,
+                    "only luks volumes can be created",
+                ))
+            }
+            None => return Err(XmlError::missing("encryption", "format")),
+        }
+        let secret = el
+            .children_named("secret")
+            .find(|s| s.get_attr("type") == Some("passphrase"))
+            .map(|s| s.req_attr("uuid").map(str::to_owned))
+            .transpose()?;
+        if let Some(u) = &secret {
+            uuid::Uuid::parse_str(u)
+                .map_err(|_| XmlError::invalid("secret", "uuid", u, "not a UUID"))?;
+        }
+        Ok(VolEncryption { secret })
+    }
+
+    fn to_element(&self) -> Element {
+        Element::new("encryption")
+            .attr("format", "luks")
+            .child_opt(self.secret.as_ref().map(|u| {
+                Element::new("secret")
+                    .attr("type", "passphrase")
+                    .attr("uuid", u)
+            }))
+    }
 }
 
 impl VolDef {
@@ -380,6 +430,10 @@ impl VolDef {
             .map(Permissions::parse)
             .transpose()?
             .unwrap_or_default();
+        let encryption = target
+            .and_then(|t| t.first("encryption"))
+            .map(VolEncryption::parse)
+            .transpose()?;
         let compat = target.and_then(|t| t.child_text("compat"));
         if let Some(c) = &compat {
             if c != "0.10" && c != "1.1" {
@@ -425,6 +479,8 @@ impl VolDef {
             permissions,
             compat,
             backing,
+            encryption,
+            key_file: None,
         })
     }
 
@@ -435,6 +491,9 @@ impl VolDef {
             .child_opt(self.permissions.to_element());
         if let Some(c) = &self.compat {
             target.push(Element::with_text("compat", c.clone()));
+        }
+        if let Some(e) = &self.encryption {
+            target.push(e.to_element());
         }
         Element::new("volume")
             .attr("type", "file")
