@@ -16,4 +16,6 @@ cargo build --workspace --all-targets --locked
 # under 150 lines, and no clippy warning.
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-2}"
+# Each test binary under a time limit (scripts/test-runner.sh): a hang fails fast.
+CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/scripts/test-runner.sh" \
+  cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-2}"
