@@ -234,6 +234,22 @@ impl Domain {
         Ok(self.driver.block_io_tune(&dom, disk, flags).await?.into())
     }
 
+    #[zbus(name = "SetBlockIOTune")]
+    async fn set_block_io_tune(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        disk: &str,
+        params: TypedParams,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self
+            .driver
+            .set_block_io_tune(&dom, disk, &params, flags)
+            .await?)
+    }
+
     #[zbus(name = "GetBlockIOParameters")]
     async fn get_block_io_parameters(
         &self,

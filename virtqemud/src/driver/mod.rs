@@ -17,6 +17,7 @@
 //! | `control.rs` | operations on a running domain |
 //! | `queries.rs` | XML, vCPUs, statistics |
 //! | `peek.rs` | block resize, block and memory peek |
+//! | `iotune.rs` | disk I/O limits: GetBlockIOTune, SetBlockIOTune |
 //! | `settings.rs` | changes short of a redefinition: metadata, vCPUs, memory |
 //! | `guest.rs` | the guest agent's answers, guest addresses |
 //! | `save.rs` | save images: save, managed save, restore |
@@ -41,6 +42,7 @@ mod define;
 mod domain;
 mod dump;
 mod guest;
+mod iotune;
 mod monitor;
 mod peek;
 mod queries;

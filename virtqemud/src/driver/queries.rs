@@ -184,31 +184,6 @@ impl Driver {
         crate::stats::record(&src, groups).await
     }
 
-    /// GetBlockIOTune: QEMU's throttle settings of one disk.
-    pub async fn block_io_tune(
-        &self,
-        dom: &Dom,
-        disk: &str,
-        flags: u32,
-    ) -> Result<HashMap<String, zbus::zvariant::OwnedValue>, VirError> {
-        let impact: Impact = common::error::flags(flags)?;
-        let (live, config) = {
-            let g = dom.lock();
-            (
-                g.live.as_ref().map(|l| (l.def.clone(), l.qmp.clone())),
-                g.config.clone(),
-            )
-        };
-        match (live, config) {
-            (Some((def, qmp)), _) if !impact.contains(Impact::CONFIG) => {
-                crate::stats::block_io_tune(&def, &qmp, disk).await
-            }
-            (_, Some(def)) => crate::stats::block_io_tune_inactive(&def, disk),
-            (Some((def, _)), None) => crate::stats::block_io_tune_inactive(&def, disk),
-            (None, None) => Err(no_definition()),
-        }
-    }
-
     /// GetBlockIOParameters / GetSchedulerParameters: cgroup readers. QEMU runs in no
     /// cgroup of this daemon's, so a running domain gets libvirt's "not mounted" answer
     /// and an inactive one the unset defaults of its config.

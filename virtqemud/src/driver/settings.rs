@@ -39,7 +39,7 @@ fn no_agent() -> VirError {
 
 /// Which definitions a change with `flags` (`virDomainModificationImpact`) affects:
 /// (live, config). "Current" is the live one of a running domain, else the config.
-fn affected(dom: &Dom, flags: u32) -> Result<(bool, bool), VirError> {
+pub(super) fn affected(dom: &Dom, flags: u32) -> Result<(bool, bool), VirError> {
     let impact: Impact = common::error::flags(flags)?;
     let g = dom.lock();
     let (active, persistent) = (g.live.is_some(), g.config.is_some());
@@ -65,7 +65,7 @@ fn affected(dom: &Dom, flags: u32) -> Result<(bool, bool), VirError> {
 impl Driver {
     /// Writes `def` as the config of `dom`, then makes it the config (a failed write
     /// changes nothing).
-    async fn put_config(&self, dom: &Dom, def: DomainDef) -> Result<(), VirError> {
+    pub(super) async fn put_config(&self, dom: &Dom, def: DomainDef) -> Result<(), VirError> {
         let name = dom.name();
         let text = def.to_xml(None);
         self.configs
