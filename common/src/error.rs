@@ -52,6 +52,8 @@ error_codes! {
     NoStorageVol = 50 => "Storage volume not found: %s",
     NoNodeDevice = 53 => "Node device not found: %s",
     OperationInvalid = 55 => "Requested operation is not valid: %s",
+    NoInterface = 57 => "Interface not found: %s",
+    MultipleInterfaces = 59 => "multiple matching interfaces found: %s",
     ConfigUnsupported = 67 => "unsupported configuration: %s",
     OperationTimeout = 68 => "Timed out during operation: %s",
     NoDomainSnapshot = 72 => "Domain snapshot not found: %s",

@@ -85,6 +85,13 @@ pub fn node_device(name: &str) -> OwnedObjectPath {
     path("nodedev", &encode_str(name))
 }
 
+/// Host interfaces: libvirt-dbus keys them by MAC, which several links share (a
+/// bridge and its first port, a vlan and its device, a bond and its ports) and some
+/// lack; this project keys them by name, encoded as node devices are (docs/virtnetworkd.md).
+pub fn interface(name: &str) -> OwnedObjectPath {
+    path("interface", &encode_str(name))
+}
+
 /// Network ports are this project's addition; they follow the UUID scheme.
 pub fn network_port(uuid: &uuid::Uuid) -> OwnedObjectPath {
     path("networkport", &encode_uuid(uuid))
