@@ -121,6 +121,16 @@ async fn the_whole_tree_through_the_front_matches_libvirt_dbus() {
         )
         .await,
     );
+    let lo = path_of(
+        &ok(
+            c,
+            CONNECT,
+            "org.libvirt.Connect",
+            "InterfaceLookupByName",
+            &("lo",),
+        )
+        .await,
+    );
 
     let mut failures = Vec::new();
     for (path, iface) in [
@@ -131,6 +141,7 @@ async fn the_whole_tree_through_the_front_matches_libvirt_dbus() {
         (pool.clone(), "org.libvirt.StoragePool"),
         (vol.clone(), "org.libvirt.StorageVol"),
         (computer, "org.libvirt.NodeDevice"),
+        (lo, "org.libvirt.Interface"),
     ] {
         if let Err(e) = check_object(c, "org.libvirt", &path, &[iface]).await {
             failures.push(format!("{e:#}"));
@@ -167,6 +178,7 @@ async fn the_whole_tree_through_the_front_matches_libvirt_dbus() {
         "storagepool",
         "storagevol",
         "nodedev",
+        "interface",
     ] {
         assert!(kids.contains(k), "no {k} node under {CONNECT}: {kids:?}");
     }
