@@ -243,6 +243,7 @@ async fn a_defined_bridge_starts_with_its_ports_and_stops_cleanly() {
         "{live}"
     );
     assert!(live.contains("<start mode='onboot'/>"), "{live}");
+    assert!(live.contains("<bridge stp='off' delay='0'>"), "{live}");
     // Create again is ifup again: not an error, nothing doubled.
     i.create(0).await.expect("create again");
     assert_eq!(

@@ -220,10 +220,9 @@ impl Ifaces {
             Kind::Ethernet => {
                 return Err(LinkError::Netlink(format!("no link named '{name}'")));
             }
-            Kind::Bridge { stp, delay, .. } => {
-                let cs = delay.map_or(0, |d| (d * 100.0).round() as u32);
+            Kind::Bridge { stp, delay_cs, .. } => {
                 self.links
-                    .add_bridge(name, stp.unwrap_or(false), cs)
+                    .add_bridge(name, stp.unwrap_or(false), delay_cs.unwrap_or(0))
                     .await?
             }
             Kind::Bond { mode, miimon, .. } => self.links.add_bond(name, *mode, *miimon).await?,

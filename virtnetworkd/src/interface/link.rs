@@ -58,6 +58,8 @@ pub struct Link {
     pub vlan: Option<(u16, u32)>,
     /// A bond's mode number.
     pub bond_mode: Option<u8>,
+    /// A bridge's STP state and forward delay (centiseconds).
+    pub bridge: Option<(bool, u32)>,
     pub loopback: bool,
 }
 
@@ -85,6 +87,7 @@ fn from_message(m: &LinkMessage) -> Option<Link> {
         controller: None,
         vlan: None,
         bond_mode: None,
+        bridge: None,
         loopback: m.header.flags.contains(&LinkFlag::Loopback),
     };
     let mut link_parent = None;
@@ -120,6 +123,17 @@ fn read_info(infos: &[LinkInfo], l: &mut Link) {
                         l.vlan = Some((*id, 0));
                     }
                 }
+            }
+            LinkInfo::Data(InfoData::Bridge(b)) => {
+                let (mut stp, mut delay) = (false, 0);
+                for x in b {
+                    match x {
+                        InfoBridge::StpState(v) => stp = *v != 0,
+                        InfoBridge::ForwardDelay(v) => delay = *v,
+                        _ => {}
+                    }
+                }
+                l.bridge = Some((stp, delay));
             }
             LinkInfo::Data(InfoData::Bond(b)) => {
                 for x in b {

@@ -287,8 +287,8 @@ pub fn describe(l: &Link, k: &Snapshot, def: Option<&Iface>, depth: u8) -> Iface
     };
     let kind = match l.kind.as_deref() {
         Some("bridge") => Kind::Bridge {
-            stp: None,
-            delay: None,
+            stp: l.bridge.map(|b| b.0),
+            delay_cs: l.bridge.map(|b| b.1),
             ports: ports(),
         },
         Some("bond") => Kind::Bond {

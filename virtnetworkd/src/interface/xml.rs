@@ -95,8 +95,9 @@ pub enum Kind {
     Ethernet,
     Bridge {
         stp: Option<bool>,
-        /// Forward delay in seconds (libvirt allows fractions).
-        delay: Option<f64>,
+        /// Forward delay in centiseconds, the kernel's unit (libvirt writes seconds
+        /// with fractions).
+        delay_cs: Option<u32>,
         ports: Vec<Iface>,
     },
     Bond {
@@ -206,10 +207,14 @@ impl Iface {
         }
         match &self.kind {
             Kind::Ethernet => {}
-            Kind::Bridge { stp, delay, ports } => {
+            Kind::Bridge {
+                stp,
+                delay_cs,
+                ports,
+            } => {
                 let mut b = Element::new("bridge")
                     .attr_opt("stp", stp.map(|s| if s { "on" } else { "off" }))
-                    .attr_opt("delay", delay.map(fmt_delay));
+                    .attr_opt("delay", delay_cs.map(fmt_delay));
                 for p in ports {
                     b.push(p.to_element());
                 }
@@ -254,13 +259,12 @@ impl Iface {
     }
 }
 
-fn fmt_delay(d: f64) -> String {
-    let s = format!("{d:.3}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s.is_empty() {
-        "0".to_owned()
-    } else {
-        s.to_owned()
+/// Centiseconds as seconds: `0`, `2`, `0.01`, `1.5`.
+fn fmt_delay(cs: u32) -> String {
+    match cs % 100 {
+        0 => (cs / 100).to_string(),
+        f if f % 10 == 0 => format!("{}.{}", cs / 100, f / 10),
+        f => format!("{}.{f:02}", cs / 100),
     }
 }
 
@@ -399,19 +403,26 @@ fn parse_bridge(el: &Element, depth: u8) -> Result<Kind, XmlError> {
         }
     };
     let delay: Option<f64> = b.parse_attr("delay")?;
-    if let Some(d) = delay {
-        // The kernel keeps the delay in centiseconds in a u32; STP limits it to 30 s.
-        if !d.is_finite() || !(0.0..=30.0).contains(&d) {
+    let delay_cs = match delay {
+        // STP limits the forward delay to 30 s; the kernel keeps centiseconds.
+        Some(d) if !d.is_finite() || !(0.0..=30.0).contains(&d) => {
             return Err(XmlError::invalid(
                 "bridge",
                 "attribute 'delay'",
                 &d.to_string(),
                 "expected 0 to 30 seconds",
-            ));
+            ))
         }
-    }
+        // In range, so the rounded value fits.
+        Some(d) => Some((d * 100.0).round() as u32),
+        None => None,
+    };
     let ports = parse_ports(b, depth)?;
-    Ok(Kind::Bridge { stp, delay, ports })
+    Ok(Kind::Bridge {
+        stp,
+        delay_cs,
+        ports,
+    })
 }
 
 fn parse_bond(el: &Element, depth: u8) -> Result<Kind, XmlError> {
@@ -596,6 +607,17 @@ mod tests {
             ["br0", "eth0", "eth1.42", "bond1", "eth2"]
         );
         assert!(b.to_xml().contains("delay='0.01'"));
+        for (d, want) in [
+            ("0", "0"),
+            ("2", "2"),
+            ("1.5", "1.5"),
+            ("0.004", "0"),
+            ("29.99", "29.99"),
+        ] {
+            let x = format!("<interface type='bridge' name='b'><bridge delay='{d}'/></interface>");
+            let w = Iface::from_xml(&x).unwrap().to_xml();
+            assert!(w.contains(&format!("delay='{want}'")), "{d}: {w}");
+        }
     }
 
     #[test]
