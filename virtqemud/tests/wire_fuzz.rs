@@ -158,6 +158,21 @@ async fn every_method_survives_malformed_arguments() {
         ),
     )
     .await;
+    // A defined bridge (in virtnetworkd's namespace): fuzzed Create makes it,
+    // Destroy deletes it.
+    let iface = make(
+        &conn,
+        "virtnetworkd",
+        CONNECT,
+        "org.libvirt.Connect",
+        "InterfaceDefineXML",
+        &(
+            "<interface type='bridge' name='vtfzbr0'><bridge stp='off'/>\
+           <protocol family='ipv4'><ip address='10.89.0.1' prefix='24'/></protocol></interface>",
+            0u32,
+        ),
+    )
+    .await;
     // The pool lives on a 64 MiB tmpfs of its own: a made-up Resize to terabytes
     // followed by a Wipe writes the whole capacity, and must fill this, not the host's
     // disk (a long run did fill the disk before this bound).
@@ -190,12 +205,13 @@ async fn every_method_survives_malformed_arguments() {
     .await;
     let dev = common::objpath::node_device("pci_0000_03_10_0").to_string();
 
-    let objects: [(&str, &str, &str); 10] = [
+    let objects: [(&str, &str, &str); 11] = [
         ("virtqemud", CONNECT, "org.libvirt.Connect"),
         ("virtqemud", &dom, "org.libvirt.Domain"),
         ("virtnetworkd", CONNECT, "org.libvirt.Connect"),
         ("virtnetworkd", &port, "org.libvirt.NetworkPort"),
         ("virtnetworkd", &net, "org.libvirt.Network"),
+        ("virtnetworkd", &iface, "org.libvirt.Interface"),
         ("virtstoraged", CONNECT, "org.libvirt.Connect"),
         ("virtstoraged", &vol, "org.libvirt.StorageVol"),
         ("virtstoraged", &pool, "org.libvirt.StoragePool"),
