@@ -428,7 +428,7 @@ async fn kill9_mid_create_or_destroy_leaves_it_whole_or_undone() {
     let c = s.connect().await;
     let p = c.interface_define_xml(BRIDGE, 0).await.expect("define");
     let run = s.daemon.dirs.runtime.join("interface");
-    let (mut up, mut down) = (0, 0);
+    let (mut up, mut down, mut cut) = (0, 0, 0);
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     for round in 0..rounds {
         seed ^= seed << 13;
@@ -446,6 +446,8 @@ async fn kill9_mid_create_or_destroy_leaves_it_whole_or_undone() {
         let wait = Duration::from_micros(seed % 30_000);
         let _ = tokio::time::timeout(wait, call).await;
         s.daemon.kill9();
+        // A record still pending: the kill cut a Create or Destroy half-way.
+        cut += usize::from(run.join("dbr0.pending").exists());
         s.daemon = s
             .daemon
             .restart_builder()
@@ -492,7 +494,9 @@ async fn kill9_mid_create_or_destroy_leaves_it_whole_or_undone() {
         let i = s.iface(&p).await;
         assert_eq!(i.active().await.expect("Active"), exists, "round {round}");
     }
-    eprintln!("{rounds} kills: {up} rounds ended up, {down} down");
+    eprintln!(
+        "{rounds} kills: {cut} cut a Create or Destroy half-way; {up} rounds ended up, {down} down"
+    );
     let i = s.iface(&p).await;
     i.create(0).await.expect("create after the storm");
     i.destroy(0).await.expect("destroy after the storm");

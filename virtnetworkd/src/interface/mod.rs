@@ -162,6 +162,10 @@ impl Ifaces {
     /// Called before any reply that names interfaces, so a listed path is served.
     pub async fn sync(&self) -> Result<Vec<String>> {
         let k = self.kernel().await?;
+        Ok(self.sync_with(&k).await)
+    }
+
+    async fn sync_with(&self, k: &Snapshot) -> Vec<String> {
         let mut names: BTreeSet<String> = k.links.iter().map(|l| l.name.clone()).collect();
         names.extend(self.lock_defs().keys().cloned());
         let mut served = self.served.lock().await;
@@ -175,13 +179,13 @@ impl Ifaces {
             served.insert(n.clone());
             self.outbox.send(IfaceChange::Added(n)).await;
         }
-        Ok(served.iter().cloned().collect())
+        served.iter().cloned().collect()
     }
 
     /// Names and whether each is active (its link exists and is up), for a list.
     pub async fn list(&self) -> Result<Vec<(String, bool)>> {
-        let names = self.sync().await?;
         let k = self.kernel().await?;
+        let names = self.sync_with(&k).await;
         Ok(names
             .into_iter()
             .map(|n| {
@@ -204,8 +208,8 @@ impl Ifaces {
     /// whose link does not exist. libvirt's udev backend refuses an ambiguous MAC.
     pub async fn by_mac(&self, mac: &str) -> Result<String> {
         let m = Mac::parse("mac", mac.trim()).map_err(|_| IfaceError::NoMac(mac.to_owned()))?;
-        self.sync().await?;
         let k = self.kernel().await?;
+        self.sync_with(&k).await;
         let mut found: BTreeSet<String> = k
             .links
             .iter()
@@ -225,27 +229,25 @@ impl Ifaces {
         }
     }
 
-    /// Whether the interface exists at all (for calls on a served object).
-    async fn exists(&self, name: &str, k: &Snapshot) -> Result<()> {
-        if k.link(name).is_some() || self.lock_defs().contains_key(name) {
-            Ok(())
-        } else {
-            Err(IfaceError::NoName(name.to_owned()))
+    /// The link of that name, if any; an error when neither a link nor a definition
+    /// has the name (a call on an object whose interface went).
+    async fn link_of(&self, name: &str) -> Result<Option<Link>> {
+        let l = self.links.by_name(name).await?;
+        if l.is_none() && !self.lock_defs().contains_key(name) {
+            return Err(IfaceError::NoName(name.to_owned()));
         }
+        Ok(l)
     }
 
     pub async fn active(&self, name: &str) -> Result<bool> {
-        let k = self.kernel().await?;
-        self.exists(name, &k).await?;
-        Ok(k.link(name).is_some_and(|l| l.up))
+        Ok(self.link_of(name).await?.is_some_and(|l| l.up))
     }
 
     /// The link's MAC when the link exists, else the definition's, else "".
     pub async fn mac(&self, name: &str) -> Result<String> {
-        let k = self.kernel().await?;
-        self.exists(name, &k).await?;
-        let mac = k
-            .link(name)
+        let mac = self
+            .link_of(name)
+            .await?
             .and_then(|l| l.mac)
             .or_else(|| self.definition(name).and_then(|d| d.mac));
         Ok(mac.map(|m| m.to_string()).unwrap_or_default())
@@ -256,7 +258,6 @@ impl Ifaces {
     /// always described as it is.
     pub async fn xml(&self, name: &str, inactive: bool) -> Result<String> {
         let k = self.kernel().await?;
-        self.exists(name, &k).await?;
         let def = self.definition(name);
         let link = k.link(name);
         let live = match (link, &def) {
@@ -267,6 +268,7 @@ impl Ifaces {
         match (live, link, def) {
             (true, Some(l), def) => Ok(describe(l, &k, def.as_ref(), 0).to_xml()),
             (_, _, Some(d)) => Ok(d.to_xml()),
+            // Neither a link nor a definition: the interface went.
             _ => Err(IfaceError::NoName(name.to_owned())),
         }
     }
