@@ -343,3 +343,86 @@ pub fn describe(l: &Link, k: &Snapshot, def: Option<&Iface>, depth: u8) -> Iface
         protocols,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(index: u32, name: &str, kind: Option<&str>) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            kind: kind.map(Into::into),
+            mac: Some(Mac([0x52, 0x54, 0, 0, 0, index as u8])),
+            mtu: Some(1500),
+            up: true,
+            oper: "down",
+            controller: None,
+            vlan: None,
+            bond_mode: None,
+            bridge: None,
+            loopback: false,
+        }
+    }
+
+    /// Bonds and vlans as the kernel reports them (this machine's kernel cannot make
+    /// them, so their description is checked on made-up links).
+    #[test]
+    fn bonds_vlans_and_bridges_are_described_with_their_ports() {
+        let mut bond = link(3, "bond0", Some("bond"));
+        bond.bond_mode = Some(1);
+        bond.controller = Some(5);
+        let mut e1 = link(1, "eth1", None);
+        e1.controller = Some(3);
+        let mut e2 = link(2, "eth2", None);
+        e2.controller = Some(3);
+        let mut vlan = link(4, "eth1.42", Some("vlan"));
+        vlan.vlan = Some((42, 1));
+        let mut br = link(5, "br0", Some("bridge"));
+        br.bridge = Some((true, 150));
+        let k = Snapshot {
+            links: vec![e1, e2, bond.clone(), vlan.clone(), br.clone()],
+            addrs: vec![
+                (5, "10.1.0.1".parse().unwrap(), 24),
+                (5, "fd00::1".parse().unwrap(), 64),
+            ],
+        };
+        let b = describe(&bond, &k, None, 0);
+        assert_eq!(
+            b.to_xml(),
+            "<interface type='bond' name='bond0'>\n  <mac address='52:54:00:00:00:03'/>\n  \
+             <mtu size='1500'/>\n  <link state='down'/>\n  <bond mode='active-backup'>\n    \
+             <interface type='ethernet' name='eth1'>\n      <mac address='52:54:00:00:00:01'/>\n      \
+             <mtu size='1500'/>\n      <link state='down'/>\n    </interface>\n    \
+             <interface type='ethernet' name='eth2'>\n      <mac address='52:54:00:00:00:02'/>\n      \
+             <mtu size='1500'/>\n      <link state='down'/>\n    </interface>\n  </bond>\n</interface>\n"
+        );
+        let v = describe(&vlan, &k, None, 0).to_xml();
+        assert!(
+            v.contains("<vlan tag='42'>\n    <interface name='eth1'/>"),
+            "{v}"
+        );
+        let def = Iface::from_xml(
+            "<interface type='bridge' name='br0'><start mode='onboot'/><bridge/></interface>",
+        )
+        .unwrap();
+        let x = describe(&br, &k, Some(&def), 0);
+        let text = x.to_xml();
+        assert!(text.contains("<start mode='onboot'/>"), "{text}");
+        assert!(text.contains("<bridge stp='on' delay='1.5'>"), "{text}");
+        assert!(
+            text.contains("<interface type='bond' name='bond0'>"),
+            "{text}"
+        );
+        assert!(
+            text.contains("<protocol family='ipv4'>\n    <ip address='10.1.0.1' prefix='24'/>"),
+            "{text}"
+        );
+        assert!(
+            text.contains("<protocol family='ipv6'>\n    <ip address='fd00::1' prefix='64'/>"),
+            "{text}"
+        );
+        // What is described defines again.
+        assert_eq!(Iface::from_xml(&text).unwrap().name.as_str(), "br0");
+    }
+}
