@@ -132,6 +132,10 @@ mod tests {
             storage_vol("/var/lib/libvirt/images/a.qcow2").as_str(),
             "/org/libvirt/QEMU/storagevol/_2fvar_2flib_2flibvirt_2fimages_2fa_2eqcow2"
         );
+        assert_eq!(
+            interface("eth0.7").as_str(),
+            "/org/libvirt/QEMU/interface/eth0_2e7"
+        );
         for s in ["a-b.c/d", "é ü", "pci_0000_00_01_0", "x"] {
             assert_eq!(decode_str(&encode_str(s)).as_deref(), Some(s));
         }
