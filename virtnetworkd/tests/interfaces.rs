@@ -366,6 +366,28 @@ async fn bad_definitions_and_failed_starts_change_nothing() {
     }
     assert!(!s.exists("fbr0") && !s.exists("q0.7"), "a link left behind");
     assert!(s.exists("q0"));
+    // A bridge definition named after an existing NIC: refused, the NIC untouched.
+    let xml = "<interface type='bridge' name='q0'><bridge/>\
+        <protocol family='ipv4'><ip address='10.66.0.1' prefix='24'/></protocol></interface>";
+    let q = s
+        .iface(&c.interface_define_xml(xml, 0).await.expect("define"))
+        .await;
+    let e = err_text(q.create(0).await);
+    assert!(e.contains("link 'q0' exists and is not a bridge"), "{e}");
+    assert!(s.exists("q0") && !s.ip(&["addr", "show", "q0"]).contains("10.66.0.1"));
+    // A failed start leaves a NIC that was up, up: only what the call made is undone.
+    s.ip(&["link", "set", "q0", "up"]);
+    let xml = "<interface type='bridge' name='fbr1'><bridge>\
+        <interface type='ethernet' name='q0'/><interface type='ethernet' name='nosuch0'/>\
+        </bridge></interface>";
+    let f1 = s
+        .iface(&c.interface_define_xml(xml, 0).await.expect("define"))
+        .await;
+    let e = err_text(f1.create(0).await);
+    assert!(e.contains("no link named 'nosuch0'"), "{e}");
+    assert!(!s.exists("fbr1"), "the bridge this start made is deleted");
+    let l = s.ip(&["link", "show", "q0"]);
+    assert!(l.contains(",UP") && !l.contains("master"), "{l}");
     let run = s.daemon.dirs.runtime.join("interface");
     assert_eq!(
         std::fs::read_dir(&run).expect("run dir").count(),

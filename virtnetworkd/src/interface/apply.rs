@@ -73,10 +73,16 @@ impl Ifaces {
             .ok_or_else(|| IfaceError::NotDefined(name.to_owned()))?;
         let k = self.kernel().await?;
         let previous = Self::read_record(&self.status_path(name));
+        let was_active = previous.is_some();
         let mut created: Vec<String> = previous.map(|r| r.created).unwrap_or_default();
-        for n in links_made_by(&def) {
-            if k.link(n).is_none() && !created.iter().any(|c| c == n) {
-                created.push(n.to_owned());
+        let new_links: Vec<String> = links_made_by(&def)
+            .into_iter()
+            .filter(|n| k.link(n).is_none())
+            .map(str::to_owned)
+            .collect();
+        for n in &new_links {
+            if !created.contains(n) {
+                created.push(n.clone());
             }
         }
         let rec = Record {
@@ -86,9 +92,16 @@ impl Ifaces {
         self.write_record(self.pending_path(name), &rec).await?;
         let _ = std::fs::remove_file(self.status_path(name));
         if let Err(e) = self.bring_up(&def).await {
-            // Undo what this call made; links that were there before stay.
-            self.take_down(&def, &rec.created).await;
-            let _ = common::persist::remove_durable(&self.pending_path(name));
+            // Undo what this call made (its links, the addresses it added); links that
+            // were there before keep their state, and an interface that was up before
+            // keeps its record.
+            self.undo_start(&def, &new_links, &k).await;
+            if was_active {
+                self.rename_durable(self.pending_path(name), self.status_path(name))
+                    .await?;
+            } else {
+                let _ = common::persist::remove_durable(&self.pending_path(name));
+            }
             return Err(IfaceError::Start(name.to_owned(), e.to_string()));
         }
         self.rename_durable(self.pending_path(name), self.status_path(name))
@@ -240,6 +253,31 @@ impl Ifaces {
             .await?
             .map(|l| l.index)
             .ok_or_else(|| LinkError::Netlink(format!("link '{name}' vanished")))
+    }
+
+    /// After a failed start: deletes the links this start made and removes the
+    /// addresses it added (those the kernel did not have in `before`).
+    async fn undo_start(&self, def: &Iface, new_links: &[String], before: &super::Snapshot) {
+        for n in new_links {
+            if let Err(e) = self.links.delete(n).await {
+                tracing::warn!(interface = %def.name, "cannot delete {n}: {e}");
+            }
+        }
+        let Ok(Some(l)) = self.links.by_name(def.name.as_str()).await else {
+            return;
+        };
+        let had = |a: &IpAddr, p: u8| {
+            before
+                .link(def.name.as_str())
+                .is_some_and(|old| before.addrs.contains(&(old.index, *a, p)))
+        };
+        for (a, p) in def.protocols.iter().flat_map(|p| p.ips.iter()) {
+            if !had(a, *p) {
+                if let Err(e) = self.links.del_address(l.index, *a, *p).await {
+                    tracing::warn!(interface = %def.name, "cannot remove {a}/{p}: {e}");
+                }
+            }
+        }
     }
 
     /// Removes the definition's addresses, deletes the links in `created`, sets the
