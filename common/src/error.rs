@@ -52,6 +52,8 @@ error_codes! {
     NoStorageVol = 50 => "Storage volume not found: %s",
     NoNodeDevice = 53 => "Node device not found: %s",
     OperationInvalid = 55 => "Requested operation is not valid: %s",
+    NoInterface = 57 => "Interface not found: %s",
+    MultipleInterfaces = 59 => "multiple matching interfaces found: %s",
     InvalidSecret = 65 => "Invalid secret: %s",
     NoSecret = 66 => "Secret not found: %s",
     ConfigUnsupported = 67 => "unsupported configuration: %s",

@@ -90,6 +90,13 @@ pub fn node_device(name: &str) -> OwnedObjectPath {
     path("nodedev", &encode_str(name))
 }
 
+/// Host interfaces: libvirt-dbus keys them by MAC, which several links share (a
+/// bridge and its first port, a vlan and its device, a bond and its ports) and some
+/// lack; this project keys them by name, encoded as node devices are (docs/virtnetworkd.md).
+pub fn interface(name: &str) -> OwnedObjectPath {
+    path("interface", &encode_str(name))
+}
+
 /// Network ports are this project's addition; they follow the UUID scheme.
 pub fn network_port(uuid: &uuid::Uuid) -> OwnedObjectPath {
     path("networkport", &encode_uuid(uuid))
@@ -129,6 +136,10 @@ mod tests {
         assert_eq!(
             storage_vol("/var/lib/libvirt/images/a.qcow2").as_str(),
             "/org/libvirt/QEMU/storagevol/_2fvar_2flib_2flibvirt_2fimages_2fa_2eqcow2"
+        );
+        assert_eq!(
+            interface("eth0.7").as_str(),
+            "/org/libvirt/QEMU/interface/eth0_2e7"
         );
         for s in ["a-b.c/d", "é ü", "pci_0000_00_01_0", "x"] {
             assert_eq!(decode_str(&encode_str(s)).as_deref(), Some(s));

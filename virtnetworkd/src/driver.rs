@@ -244,6 +244,8 @@ pub struct Driver {
     nl: Netlink,
     jobs: InFlight,
     pub outbox: Outbox<Change>,
+    /// Host interfaces (libvirt's virtinterfaced), a subsystem of their own.
+    pub ifaces: Arc<crate::interface::Ifaces>,
     /// Who dnsmasq runs as (`dnsmasq::pick_user`).
     dnsmasq_user: Option<String>,
     config_dir: PathBuf,
@@ -270,6 +272,7 @@ impl Driver {
         let configured = std::env::var(dnsmasq::USER_ENV).ok();
         let dnsmasq_user =
             dnsmasq::pick_user(s.mode == common::cli::Mode::System, configured.as_deref())?;
+        let ifaces = crate::interface::Ifaces::new(&s.config_dir, &s.runtime_dir)?;
         let driver = Arc::new(Driver {
             dnsmasq_user,
             nl: Netlink::new()?,
@@ -280,6 +283,7 @@ impl Driver {
             fw_lock: tokio::sync::Mutex::new(()),
             jobs: InFlight::new(),
             outbox: Outbox::new(),
+            ifaces,
             config_dir,
             run_dir,
             state_dir,
@@ -1483,13 +1487,13 @@ fn edit<T: Clone>(
 
 impl common::Driver for Driver {
     fn busy(&self) -> bool {
-        !self.jobs.idle() || !self.lock_active().is_empty()
+        !self.jobs.idle() || !self.ifaces.idle() || !self.lock_active().is_empty()
     }
 
     async fn shutdown(&self) {
         // Wait for running jobs; networks stay up (their status is already on disk).
         for _ in 0..500 {
-            if self.jobs.idle() {
+            if self.jobs.idle() && self.ifaces.idle() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

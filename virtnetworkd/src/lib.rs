@@ -5,6 +5,7 @@ pub mod dbus;
 pub mod dnsmasq;
 pub mod driver;
 pub mod firewall;
+pub mod interface;
 pub mod xml;
 
 use std::sync::Arc;
@@ -17,5 +18,6 @@ pub async fn start(ctx: common::Context) -> anyhow::Result<Arc<Driver>> {
     let driver = Driver::new(ctx)?;
     dbus::connect(&driver).await;
     driver.load().await;
+    driver.ifaces.load().await;
     Ok(driver)
 }

@@ -128,3 +128,71 @@ fn mutated_network_and_port_xml_never_panics() {
         ],
     );
 }
+
+/// Host interface definitions of every type, as formatinterface writes them.
+const IFACE_BASES: &[&str] = &[
+    "<interface type='ethernet' name='eth0'><start mode='onboot'/>\
+     <mac address='52:54:00:0a:0b:0c'/><mtu size='1492'/>\
+     <protocol family='ipv4'><ip address='192.168.15.5' prefix='24'/>\
+     <route gateway='192.168.15.1'/></protocol>\
+     <protocol family='ipv6'><autoconf/><dhcp/><ip address='fd00::5' prefix='64'/>\
+     <route gateway='fd00::1'/></protocol></interface>",
+    "<interface type='bridge' name='br0'><start mode='none'/><mtu size='1500'/>\
+     <protocol family='ipv4'><dhcp/></protocol>\
+     <bridge stp='off' delay='0.01'>\
+     <interface type='ethernet' name='eth0'><mac address='ab:bb:cc:dd:ee:ff'/></interface>\
+     <interface type='vlan' name='eth1.42'><vlan tag='42'><interface name='eth1'/></vlan></interface>\
+     <interface type='bond' name='bond1'><bond mode='802.3ad'><miimon freq='100'/>\
+     <interface type='ethernet' name='eth2'/><interface type='ethernet' name='eth3'/></bond>\
+     </interface></bridge></interface>",
+    "<interface type='bond' name='bond0'><start mode='hotplug'/>\
+     <bond mode='active-backup'><miimon freq='100' updelay='10' carrier='ioctl'/>\
+     <interface type='ethernet' name='eth1'><mac address='ab:bb:cc:dd:ee:fe'/></interface>\
+     <interface type='ethernet' name='eth2'/></bond></interface>",
+    "<interface type='vlan' name='eth0.7'><vlan tag='7'><interface name='eth0'/></vlan>\
+     <protocol family='ipv4'><ip address='10.0.7.2'/></protocol></interface>",
+];
+
+const IFACE_SPLICES: &[&str] = &[
+    "<ip address='10.0.0.1' prefix='33'/>",
+    "<ip address='fd00::1' prefix='129'/>",
+    "<vlan tag='4095'><interface name='x'/></vlan>",
+    "<interface type='bridge' name='inner'><bridge/></interface>",
+    "<interface type='ethernet' name='a/b'/>",
+    "<interface type='ethernet' name='abcdefghijklmnopq'/>",
+    "<bond mode='balance-fast'/>",
+    "<mtu size='4294967296'/>",
+    "<bridge delay='NaN'/>",
+    "<route gateway='::1'/>",
+    "<protocol family='ipx'/>",
+];
+
+/// Interface XML: parsed, written, parsed again to the same definition (stage 1).
+fn exercise_iface(text: &str) -> usize {
+    use virtnetworkd::interface::xml::Iface;
+    let Ok(i) = Iface::from_xml(text) else {
+        return 0;
+    };
+    let again = Iface::from_xml(&i.to_xml()).expect("written interface XML parses again");
+    assert_eq!(again, i, "the round trip changed the definition");
+    assert!(!i.names().is_empty());
+    1
+}
+
+#[test]
+fn mutated_interface_xml_never_panics() {
+    let per_base = std::env::var("VIRT_MUTATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    assert_no_panics(
+        0x6966_6163_6521,
+        per_base,
+        1,
+        &[Target {
+            bases: IFACE_BASES,
+            splices: IFACE_SPLICES,
+            check: &exercise_iface,
+        }],
+    );
+}

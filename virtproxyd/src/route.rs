@@ -45,7 +45,7 @@ const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
 const INTROSPECTABLE: &str = "org.freedesktop.DBus.Introspectable";
 
 /// The object kinds under `/org/libvirt/QEMU/<kind>/...` and their owner. The kinds
-/// nobody serves yet (interface, nwfilter) are routed to the daemon
+/// nobody serves yet (nwfilter) are routed to the daemon
 /// that will own them, which answers "unknown object" until it does.
 const KINDS: &[(&str, Backend)] = &[
     ("domain", Backend::Qemu),
@@ -278,6 +278,10 @@ pub fn not_found(path: &str) -> Option<String> {
             ErrorCode::NoNodeDevice,
             format!("no node device with matching name '{}'", decode_str(tail)?),
         ),
+        "interface" => (
+            ErrorCode::NoInterface,
+            format!("couldn't find interface named '{}'", decode_str(tail)?),
+        ),
         _ => return None,
     };
     Some(common::VirError::new(code, what).message)
@@ -425,6 +429,10 @@ mod tests {
             not_found("/org/libvirt/QEMU/nodedev/pci_5f0000_5f03").as_deref(),
             Some("Node device not found: no node device with matching name 'pci_0000_03'")
         );
+        assert_eq!(
+            not_found("/org/libvirt/QEMU/interface/eth0_2e7").as_deref(),
+            Some("Interface not found: couldn't find interface named 'eth0.7'")
+        );
         assert_eq!(not_found("/org/libvirt/QEMU/domain/nonsense"), None);
         assert_eq!(not_found("/org/libvirt/QEMU"), None);
     }
@@ -432,8 +440,8 @@ mod tests {
     #[test]
     fn a_method_nobody_serves_is_not_supported() {
         assert_eq!(
-            not_supported("org.libvirt.Connect", "ListInterfaces").as_deref(),
-            Some("this function is not supported by the connection driver: ListInterfaces")
+            not_supported("org.libvirt.Connect", "ListNWFilters").as_deref(),
+            Some("this function is not supported by the connection driver: ListNWFilters")
         );
         assert_eq!(not_supported("org.libvirt.Connect", "NoSuchThing"), None);
     }

@@ -389,4 +389,28 @@ async fn a_gone_object_answers_libvirts_not_found() {
             other => panic!("{member} on a gone domain: {other:?}"),
         }
     }
+    // A host interface defined and undefined (no link of that name): its path answers
+    // libvirt's interface error.
+    let xml = "<interface type='ethernet' name='gone0'/>";
+    let p = path_of(
+        &ok(
+            &s.conn,
+            CONNECT,
+            "org.libvirt.Connect",
+            "InterfaceDefineXML",
+            &(xml, 0u32),
+        )
+        .await,
+    );
+    ok(&s.conn, &p, "org.libvirt.Interface", "Undefine", &()).await;
+    match call(&s.conn, &p, "org.libvirt.Interface", "GetXMLDesc", &(0u32,)).await {
+        Err(zbus::Error::MethodError(name, Some(text), _)) => {
+            assert_eq!(name.as_str(), "org.libvirt.Error");
+            assert_eq!(
+                text,
+                "Interface not found: couldn't find interface named 'gone0'"
+            );
+        }
+        other => panic!("GetXMLDesc on a gone interface: {other:?}"),
+    }
 }

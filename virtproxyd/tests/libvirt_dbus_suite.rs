@@ -19,8 +19,6 @@ use std::process::Command;
 mod support;
 use support::*;
 
-const HOST_INTERFACES: &str = "host interfaces (org.libvirt.Interface) are not served yet";
-
 /// The test driver's fake host has 8 CPUs; GetVcpuPinInfo answers with this host's.
 const PIN_INFO: &str = "test_domain.py::TestDomain::test_domain_vcpu_pin_info";
 
@@ -33,14 +31,6 @@ fn expected_failure(id: &str) -> bool {
 
 /// Tests that fail today, and why. Keys are pytest node ids.
 const EXPECTED_FAILURES: &[(&str, &str)] = &[
-    ("test_connect.py::TestConnect::test_connect_interface_define_xml", HOST_INTERFACES),
-    ("test_connect.py::TestConnect::test_connect_interface_lookup_by_property[InterfaceLookupByName-Name]", HOST_INTERFACES),
-    ("test_connect.py::TestConnect::test_connect_interface_lookup_by_property[InterfaceLookupByMAC-MAC]", HOST_INTERFACES),
-    ("test_interface.py::TestInterface::test_interface_undefine", HOST_INTERFACES),
-    ("test_interface.py::TestInterface::test_interface_destroy", HOST_INTERFACES),
-    ("test_interface.py::TestInterface::test_interface_create", HOST_INTERFACES),
-    ("test_interface.py::TestInterface::test_interface_get_xml_description", HOST_INTERFACES),
-    ("test_interface.py::TestInterface::test_interface_properties_type", HOST_INTERFACES),
     ("test_domain.py::TestDomain::test_api", "test driver only: after Shutdown it calls Create at once, which a guest still running refuses (the test driver is shut off at once); its SchedulerType of a running domain also needs the domain's cpu cgroup, which virtqemud does not set up yet"),
     // Only libvirt's fake test driver can pass these.
     ("test_connect.py::TestConnect::test_connect_domain_create_xml", "test driver only: its XML is <domain type='test'>, which only libvirt's test driver runs"),
@@ -192,6 +182,22 @@ async fn libvirt_dbus_own_suite_through_the_front() {
     add_scsi_host2(&sysfs).expect("scsi_host2");
     let kernel = tokio::spawn(play_the_fc_kernel(sysfs.clone()));
     let s = Stack::start_with(&[], Some(&sysfs)).await;
+    // The NIC the suite's interface definition configures (test:///default's host has
+    // NICs; this namespace gets one): a veth whose peer is up.
+    s.ns.run_ok(&[
+        "ip",
+        "link",
+        "add",
+        "test-iface",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "test-iface-p",
+    ])
+    .expect("test-iface");
+    s.ns.run_ok(&["ip", "link", "set", "test-iface-p", "up"])
+        .expect("test-iface-p up");
     let tests = s.scratch.path().join("suite");
     let pool = s.scratch.path().join("default-pool");
     let disk = s.scratch.path().join("test.qcow2");

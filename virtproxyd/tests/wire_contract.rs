@@ -121,16 +121,41 @@ async fn the_whole_tree_through_the_front_matches_libvirt_dbus() {
         )
         .await,
     );
+    let lo = path_of(
+        &ok(
+            c,
+            CONNECT,
+            "org.libvirt.Connect",
+            "InterfaceLookupByName",
+            &("lo",),
+        )
+        .await,
+    );
+    let secret = path_of(
+        &ok(
+            c,
+            CONNECT,
+            "org.libvirt.Connect",
+            "SecretDefineXML",
+            &(
+                "<secret private='yes'><usage type='tls'><name>front</name></usage></secret>",
+                0u32,
+            ),
+        )
+        .await,
+    );
 
     let mut failures = Vec::new();
     for (path, iface) in [
         (CONNECT.to_owned(), "org.libvirt.Connect"),
+        (secret, "org.libvirt.Secret"),
         (dom.clone(), "org.libvirt.Domain"),
         (net.clone(), "org.libvirt.Network"),
         (port, "org.libvirt.NetworkPort"),
         (pool.clone(), "org.libvirt.StoragePool"),
         (vol.clone(), "org.libvirt.StorageVol"),
         (computer, "org.libvirt.NodeDevice"),
+        (lo, "org.libvirt.Interface"),
     ] {
         if let Err(e) = check_object(c, "org.libvirt", &path, &[iface]).await {
             failures.push(format!("{e:#}"));
@@ -167,6 +192,7 @@ async fn the_whole_tree_through_the_front_matches_libvirt_dbus() {
         "storagepool",
         "storagevol",
         "nodedev",
+        "interface",
     ] {
         assert!(kids.contains(k), "no {k} node under {CONNECT}: {kids:?}");
     }

@@ -136,10 +136,23 @@ async fn every_object_kind_matches_libvirt_dbus() {
         )
         .await,
     );
+    // A host interface: the namespace's loopback link, always there.
+    let lo = path_of(
+        &call(
+            &conn,
+            "virtnetworkd",
+            CONNECT,
+            "org.libvirt.Connect",
+            "InterfaceLookupByName",
+            &("lo",),
+        )
+        .await,
+    );
     for (path, iface) in [
         (CONNECT.to_string(), "org.libvirt.Connect"),
         (net.clone(), "org.libvirt.Network"),
         (port.clone(), "org.libvirt.NetworkPort"),
+        (lo, "org.libvirt.Interface"),
     ] {
         check(check_object(&conn, "org.libvirt.virtnetworkd", &path, &[iface]).await);
     }

@@ -70,6 +70,57 @@ impl Drop for SmallFs {
     }
 }
 
+/// virtnetworkd's objects: an active network, one of its ports, and a defined bridge
+/// (in virtnetworkd's namespace: fuzzed Create makes it, Destroy deletes it).
+async fn network_objects(conn: &zbus::Connection) -> (String, String, String) {
+    let net = make(
+        conn,
+        "virtnetworkd",
+        CONNECT,
+        "org.libvirt.Connect",
+        "NetworkDefineXML",
+        &("<network><name>fz</name><bridge name='vtfz0' stp='off'/>\
+           <ip address='10.88.0.1' prefix='24'/></network>",),
+    )
+    .await;
+    conn.call_method(
+        Some("org.libvirt.virtnetworkd"),
+        net.as_str(),
+        Some("org.libvirt.Network"),
+        "Create",
+        &(),
+    )
+    .await
+    .expect("network start");
+    let port = make(
+        conn,
+        "virtnetworkd",
+        &net,
+        "org.libvirt.Network",
+        "PortCreateXML",
+        &(
+            "<networkport><owner><name>fz</name><uuid>06578fc1-2c30-4d94-a1ba-9ea3c2a3c1d0</uuid>\
+           </owner><mac address='52:54:00:7b:35:d0'/></networkport>",
+            0u32,
+        ),
+    )
+    .await;
+    let iface = make(
+        conn,
+        "virtnetworkd",
+        CONNECT,
+        "org.libvirt.Connect",
+        "InterfaceDefineXML",
+        &(
+            "<interface type='bridge' name='vtfzbr0'><bridge stp='off'/>\
+           <protocol family='ipv4'><ip address='10.89.0.1' prefix='24'/></protocol></interface>",
+            0u32,
+        ),
+    )
+    .await;
+    (net, port, iface)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_method_survives_malformed_arguments() {
     let per_method = env_or("VIRT_FUZZ_PER_METHOD", 8) as usize;
@@ -117,38 +168,7 @@ async fn every_method_survives_malformed_arguments() {
     let images = tempfile::tempdir().expect("tempdir");
     let _images_fs = SmallFs::mount(images.path());
     let (dom, snap) = domain_with_snapshot(&conn, images.path()).await;
-    let net = make(
-        &conn,
-        "virtnetworkd",
-        CONNECT,
-        "org.libvirt.Connect",
-        "NetworkDefineXML",
-        &("<network><name>fz</name><bridge name='vtfz0' stp='off'/>\
-           <ip address='10.88.0.1' prefix='24'/></network>",),
-    )
-    .await;
-    conn.call_method(
-        Some("org.libvirt.virtnetworkd"),
-        net.as_str(),
-        Some("org.libvirt.Network"),
-        "Create",
-        &(),
-    )
-    .await
-    .expect("network start");
-    let port = make(
-        &conn,
-        "virtnetworkd",
-        &net,
-        "org.libvirt.Network",
-        "PortCreateXML",
-        &(
-            "<networkport><owner><name>fz</name><uuid>06578fc1-2c30-4d94-a1ba-9ea3c2a3c1d0</uuid>\
-           </owner><mac address='52:54:00:7b:35:d0'/></networkport>",
-            0u32,
-        ),
-    )
-    .await;
+    let (net, port, iface) = network_objects(&conn).await;
     // The pool lives on a 64 MiB tmpfs of its own: a made-up Resize to terabytes
     // followed by a Wipe writes the whole capacity, and must fill this, not the host's
     // disk (a long run did fill the disk before this bound).
@@ -181,7 +201,19 @@ async fn every_method_survives_malformed_arguments() {
     .await;
     let dev = common::objpath::node_device("pci_0000_03_10_0").to_string();
 
-    let objects: [(&str, &str, &str); 11] = [
+    let secret = make(
+        &conn,
+        "virtstoraged",
+        CONNECT,
+        "org.libvirt.Connect",
+        "SecretDefineXML",
+        &(
+            "<secret ephemeral='no' private='no'><usage type='ceph'><name>fz</name></usage></secret>",
+            0u32,
+        ),
+    )
+    .await;
+    let objects: [(&str, &str, &str); 13] = [
         ("virtqemud", CONNECT, "org.libvirt.Connect"),
         // Before its domain, whose Undefine comes last of the domain's methods.
         ("virtqemud", &snap, "org.libvirt.DomainSnapshot"),
@@ -189,9 +221,11 @@ async fn every_method_survives_malformed_arguments() {
         ("virtnetworkd", CONNECT, "org.libvirt.Connect"),
         ("virtnetworkd", &port, "org.libvirt.NetworkPort"),
         ("virtnetworkd", &net, "org.libvirt.Network"),
+        ("virtnetworkd", &iface, "org.libvirt.Interface"),
         ("virtstoraged", CONNECT, "org.libvirt.Connect"),
         ("virtstoraged", &vol, "org.libvirt.StorageVol"),
         ("virtstoraged", &pool, "org.libvirt.StoragePool"),
+        ("virtstoraged", &secret, "org.libvirt.Secret"),
         ("virtnodedevd", CONNECT, "org.libvirt.Connect"),
         ("virtnodedevd", &dev, "org.libvirt.NodeDevice"),
     ];

@@ -41,6 +41,8 @@ pub enum Cmd {
     #[command(flatten)]
     Network(NetworkCmd),
     #[command(flatten)]
+    Interface(InterfaceCmd),
+    #[command(flatten)]
     Storage(StorageCmd),
     #[command(flatten)]
     Volume(VolCmd),
@@ -285,6 +287,45 @@ pub enum SecretCmd {
     SecretGetValue { secret: String },
     /// Undefine a secret.
     SecretUndefine { secret: String },
+}
+
+/// Commands about host interfaces (virtnetworkd). An interface is a name or a MAC.
+#[derive(Subcommand)]
+// `IfaceList` is virsh's `iface-list`.
+#[allow(clippy::enum_variant_names)]
+pub enum InterfaceCmd {
+    /// List host interfaces (active ones unless --all).
+    IfaceList {
+        #[arg(long)]
+        all: bool,
+        #[arg(long, conflicts_with = "all")]
+        inactive: bool,
+    },
+    /// Define (or redefine) a host interface from an XML file.
+    IfaceDefine { file: String },
+    /// Bring a defined interface up.
+    IfaceStart { interface: String },
+    /// Take a defined interface down.
+    IfaceDestroy { interface: String },
+    /// Remove an interface's stored definition.
+    IfaceUndefine { interface: String },
+    /// Print an interface's XML.
+    IfaceDumpxml {
+        interface: String,
+        /// The stored definition rather than the live state.
+        #[arg(long)]
+        inactive: bool,
+    },
+    /// Print an interface's MAC address.
+    IfaceMac { interface: String },
+    /// Print the name of the interface with a MAC address.
+    IfaceName { interface: String },
+    /// Snapshot the interface definitions (netcf's transaction).
+    IfaceBegin,
+    /// Keep the changes made since iface-begin.
+    IfaceCommit,
+    /// Put back the definitions of iface-begin.
+    IfaceRollback,
 }
 
 /// Commands of virtstoraged about pools.

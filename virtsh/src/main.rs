@@ -40,6 +40,7 @@ macro_rules! connect {
 mod cli;
 mod conn;
 mod domain;
+mod interface;
 mod network;
 mod nodedev;
 mod out;
@@ -232,6 +233,7 @@ pub async fn run_line(s: &mut Session, cli: Cli) -> anyhow::Result<Flow> {
         Cmd::Domain(cmd) => domain::run(&x, cmd).await?,
         Cmd::Stats(cmd) => stats::run(&x, cmd).await?,
         Cmd::Network(cmd) => network::run(&x, cmd).await?,
+        Cmd::Interface(cmd) => interface::run(&x, cmd).await?,
         Cmd::Storage(cmd) => storage::pools(&x, cmd).await?,
         Cmd::Volume(cmd) => storage::vols(&x, cmd).await?,
         Cmd::Secret(cmd) => secret::run(&x, cmd).await?,

@@ -3,7 +3,7 @@
 use std::sync::Weak;
 
 use common::connect as base;
-use common::error::{flags as read_flags, BusError, VirError};
+use common::error::{check_flags, flags as read_flags, BusError, VirError};
 use zbus::zvariant::{ObjectPath, OwnedObjectPath};
 
 use super::upgrade;
@@ -137,6 +137,90 @@ impl Connect {
         let u = uuid::Uuid::parse_str(&uuid)
             .map_err(|_| VirError::from(NetError::NoNetwork(format!("uuid '{uuid}'"))))?;
         Ok(common::objpath::network(&d.by_uuid(&u)?.uuid))
+    }
+
+    /// `virConnectListAllInterfacesFlags`: INACTIVE 1, ACTIVE 2.
+    async fn list_interfaces(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<Vec<OwnedObjectPath>, BusError> {
+        common::access::check(&hdr).await?;
+        check_flags(flags, 3)?;
+        let d = upgrade(&self.driver)?;
+        let (inactive, active) = (flags & 1 != 0, flags & 2 != 0);
+        Ok(d.ifaces
+            .list()
+            .await?
+            .into_iter()
+            .filter(|(_, up)| inactive == active || (*up && active) || (!*up && inactive))
+            .map(|(n, _)| common::objpath::interface(&n))
+            .collect())
+    }
+
+    #[zbus(name = "InterfaceDefineXML")]
+    async fn interface_define_xml(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        xml: String,
+        flags: u32,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
+        // VIR_INTERFACE_DEFINE_VALIDATE (1): the document is checked either way.
+        check_flags(flags, 1)?;
+        let d = upgrade(&self.driver)?;
+        Ok(common::objpath::interface(&d.ifaces.define(&xml).await?))
+    }
+
+    async fn interface_lookup_by_name(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        name: String,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
+        let d = upgrade(&self.driver)?;
+        Ok(common::objpath::interface(&d.ifaces.by_name(&name).await?))
+    }
+
+    #[zbus(name = "InterfaceLookupByMAC")]
+    async fn interface_lookup_by_mac(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        mac: String,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
+        let d = upgrade(&self.driver)?;
+        Ok(common::objpath::interface(&d.ifaces.by_mac(&mac).await?))
+    }
+
+    async fn interface_change_begin(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        check_flags(flags, 0)?;
+        Ok(upgrade(&self.driver)?.ifaces.change_begin().await?)
+    }
+
+    async fn interface_change_commit(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        check_flags(flags, 0)?;
+        Ok(upgrade(&self.driver)?.ifaces.change_commit().await?)
+    }
+
+    async fn interface_change_rollback(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        check_flags(flags, 0)?;
+        Ok(upgrade(&self.driver)?.ifaces.change_rollback().await?)
     }
 
     /// Lifecycle events (virNetworkEventLifecycleType), emitted by `dbus::Bus`.

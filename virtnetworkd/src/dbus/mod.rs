@@ -10,8 +10,10 @@ use common::Hub;
 use futures_util::future::BoxFuture;
 
 use crate::driver::{Change, Driver};
+use crate::interface::{IfaceChange, Ifaces};
 
 mod connect;
+mod interface;
 mod network;
 mod port;
 
@@ -24,10 +26,44 @@ pub async fn connect(driver: &Arc<Driver>) {
         driver: d.clone(),
     })
     .await;
+    driver.ifaces.outbox.connect(Arc::new(IfaceBus {
+        hub: hub.clone(),
+        ifaces: Arc::downgrade(&driver.ifaces),
+    }));
     driver.outbox.connect(Arc::new(Bus {
         hub,
         driver: Arc::downgrade(driver),
     }));
+}
+
+/// The D-Bus side of the host interfaces' outbox.
+struct IfaceBus {
+    hub: Hub,
+    ifaces: Weak<Ifaces>,
+}
+
+impl Publisher<IfaceChange> for IfaceBus {
+    fn publish(&self, change: IfaceChange) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            match change {
+                IfaceChange::Added(name) => {
+                    let i = self.ifaces.clone();
+                    let path = objpath::interface(&name);
+                    self.hub
+                        .serve(path, move || interface::Interface {
+                            ifaces: i.clone(),
+                            name: name.clone(),
+                        })
+                        .await;
+                }
+                IfaceChange::Removed(name) => {
+                    self.hub
+                        .unserve::<interface::Interface>(&objpath::interface(&name))
+                        .await;
+                }
+            }
+        })
+    }
 }
 
 /// The D-Bus side of the driver's outbox.
