@@ -176,19 +176,15 @@ impl Controller {
 
 impl Devices {
     /// Gives controllers written without an index the next free one of their type, as
-    /// libvirt does; PCI index 0 is the root bus's. Indexes must be unique per type.
+    /// libvirt does (virDomainDefPostParseControllers); PCI index 0 is the root bus's.
+    /// A USB2 controller (EHCI or an ICH9 UHCI) right after another USB2 one joins its
+    /// index unless that index has one of its model already. Every `ich9-uhciN` is a
+    /// companion on ports 2(N-1).. (libvirt's implicit `<master startport>`). Indexes
+    /// must be unique per type, companions aside.
     pub(super) fn number_controllers(&mut self) -> Result<()> {
-        // An ich9-uhciN written without `<master>` beside a master of its index is that
-        // master's companion on ports 2(N-1)..: libvirt's implicit startport.
-        let masters: BTreeSet<u32> = self
-            .controllers
-            .iter()
-            .filter(|c| c.kind == "usb" && !c.model.as_deref().is_some_and(is_ich9_uhci))
-            .map(|c| c.index)
-            .collect();
         for c in &mut self.controllers {
             let n = c.model.as_deref().and_then(|m| m.strip_prefix("ich9-uhci"));
-            if let (Some(n), None, true) = (n, c.master_startport, masters.contains(&c.index)) {
+            if let (Some(n), None) = (n, c.master_startport) {
                 c.master_startport = n.parse::<u32>().ok().map(|n| 2 * n.saturating_sub(1));
             }
         }
@@ -207,37 +203,51 @@ impl Devices {
                 ));
             }
         }
-        for c in self
-            .controllers
-            .iter_mut()
-            .filter(|c| c.index == UNNUMBERED && !c.is_usb_companion())
-        {
-            let root =
-                c.kind == "pci" && matches!(c.model.as_deref(), Some("pcie-root" | "pci-root"));
-            let mut i = if c.kind == "pci" && !root { 1 } else { 0 };
-            while taken.contains(&(c.kind.clone(), i)) {
-                i += 1;
+        for i in 0..self.controllers.len() {
+            if self.controllers[i].index != UNNUMBERED {
+                continue;
             }
-            taken.insert((c.kind.clone(), i));
-            c.index = i;
-        }
-        // A companion written without an index (virt-install's `ich9-uhciN` with
-        // `<master startport>`) belongs to the USB controller before it, as in libvirt.
-        let first_master = self
-            .controllers
-            .iter()
-            .find(|c| c.kind == "usb" && !c.is_usb_companion())
-            .map_or(0, |c| c.index);
-        let mut master = first_master;
-        for c in self.controllers.iter_mut().filter(|c| c.kind == "usb") {
-            if !c.is_usb_companion() {
-                master = c.index;
-            } else if c.index == UNNUMBERED {
-                c.index = master;
-            }
+            let c = &self.controllers[i];
+            let joined = (is_usb2(c)).then(|| {
+                let prev = self.controllers[..i]
+                    .iter()
+                    .rev()
+                    .find(|p| p.kind == "usb")?;
+                let clash = self
+                    .controllers
+                    .iter()
+                    .any(|o| o.kind == "usb" && o.index == prev.index && o.model == c.model);
+                (is_usb2(prev) && !clash).then_some(prev.index)
+            });
+            let index = match joined.flatten() {
+                Some(index) => index,
+                None => {
+                    let root = c.kind == "pci"
+                        && matches!(c.model.as_deref(), Some("pcie-root" | "pci-root"));
+                    let mut n = if c.kind == "pci" && !root { 1 } else { 0 };
+                    while self
+                        .controllers
+                        .iter()
+                        .any(|o| o.kind == c.kind && o.index == n)
+                    {
+                        n += 1;
+                    }
+                    n
+                }
+            };
+            self.controllers[i].index = index;
         }
         Ok(())
     }
+}
+
+/// libvirt's IS_USB2_CONTROLLER.
+fn is_usb2(c: &Controller) -> bool {
+    c.kind == "usb"
+        && matches!(
+            c.model.as_deref(),
+            Some("ehci" | "ich9-ehci1" | "ich9-uhci1" | "ich9-uhci2" | "ich9-uhci3")
+        )
 }
 
 impl Devices {
@@ -399,8 +409,4 @@ pub fn usb_device(model: &str) -> Option<&'static str> {
 /// QEMU's device for a libvirt SCSI controller model.
 pub fn scsi_device(model: &str) -> Option<&'static str> {
     SCSI_MODELS.iter().find(|m| m.0 == model).map(|m| m.1)
-}
-
-fn is_ich9_uhci(model: &str) -> bool {
-    model.starts_with("ich9-uhci")
 }

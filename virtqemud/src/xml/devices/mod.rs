@@ -399,42 +399,26 @@ impl Devices {
         }
         if let Some(v) = self.videos.first_mut().filter(|v| v.model != "none") {
             v.primary = true;
+        } else if self.videos.is_empty() {
+            // A video kept whole (for a child the model does not type) is libvirt's
+            // primary one all the same.
+            let model = (self.other.iter_mut())
+                .find(|e| e.name == "video")
+                .and_then(|v| {
+                    v.children.iter_mut().find_map(|c| match c {
+                        common::xml::Node::Element(m) if m.name == "model" => Some(m),
+                        _ => None,
+                    })
+                });
+            if let Some(m) = model
+                .filter(|m| m.get_attr("type") != Some("none") && m.get_attr("primary").is_none())
+            {
+                m.attrs.push(("primary".into(), "yes".into()));
+            }
         }
         self.add_default_audio();
         self.add_implicit_inputs();
-        self.assign_pci(q35)?;
-        self.fill_pci_targets();
-        Ok(())
-    }
-
-    /// libvirt's `<model name>` and `<target>` of PCI controllers: chassis = index (a pci-bridge's
-    /// chassisNr), and a root or downstream port's port number from its own slot and
-    /// function (`slot << 3 | function`).
-    fn fill_pci_targets(&mut self) {
-        for c in self.controllers.iter_mut().filter(|c| c.kind == "pci") {
-            // libvirt writes the QEMU device of a PCI controller model as <model name>.
-            if c.model_name.is_none() {
-                c.model_name = c
-                    .model
-                    .as_deref()
-                    .and_then(controller::pci_model_name)
-                    .map(str::to_owned);
-            }
-            match c.model.as_deref() {
-                Some("pcie-root-port" | "pcie-switch-downstream-port") => {
-                    c.target_chassis.get_or_insert(c.index);
-                    if let (None, Some(p)) =
-                        (c.target_port, c.address.as_ref().and_then(Address::pci))
-                    {
-                        c.target_port = Some(u32::from(p.slot) << 3 | u32::from(p.function));
-                    }
-                }
-                Some("pci-bridge") => {
-                    c.target_chassis.get_or_insert(c.index);
-                }
-                _ => {}
-            }
-        }
+        self.assign_pci(q35)
     }
 
     /// The controllers libvirt gives every PC machine (qemuDomainDefAddDefaultDevices):
@@ -489,6 +473,7 @@ impl Devices {
                 bus: 0,
                 slot,
                 function,
+                multi: None,
             }))
         };
         for c in &mut self.controllers {
