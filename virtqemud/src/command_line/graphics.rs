@@ -164,6 +164,17 @@ pub(super) fn graphics(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Resul
                 if g.passwd.is_some() {
                     display.push_str(",password=on");
                 }
+                match g.websocket {
+                    Some(w) if w > 0 => display.push_str(&format!(",websocket={w}")),
+                    Some(w) => {
+                        return Err(unsupported(
+                            "graphics websocket",
+                            &w.to_string(),
+                            "an automatic WebSocket port is not implemented",
+                        ))
+                    }
+                    None => {}
+                }
                 a.pair("-vnc", display);
             }
             // SPICE without a network listener (clients come through a passed fd or

@@ -1017,8 +1017,6 @@ impl Domain {
                 ));
             }
         }
-        // After the check above: QEMU's own default model need not be listed.
-        self.fill_cpu_defaults(i686_on_x86_64 || self.os.arch.as_deref() == Some("i686"));
         if self.devices.emulator.is_none() {
             self.devices.emulator = Some(if i686_on_x86_64 {
                 caps.emulator.with_file_name("qemu-system-i386")
@@ -1026,6 +1024,14 @@ impl Domain {
                 caps.emulator.clone()
             });
         }
+        // After the check above: QEMU's own default model need not be listed. It is
+        // the emulator's machine default: an i686 guest run by qemu-system-x86_64 (as
+        // libvirt runs one under KVM) gets qemu64, by qemu-system-i386 qemu32.
+        let emulator_64 = (self.devices.emulator.as_ref())
+            .and_then(|e| e.file_name())
+            .is_some_and(|n| n == "qemu-system-x86_64");
+        let i686 = i686_on_x86_64 || self.os.arch.as_deref() == Some("i686");
+        self.fill_cpu_defaults(i686 && !emulator_64);
         if self.virt_type == VirtType::Kvm && !caps.kvm_usable {
             // Defining is allowed (libvirt checks at start); the runtime reports it then.
             tracing::debug!(domain = %self.name, "kvm domain defined while KVM is unusable");

@@ -143,6 +143,27 @@ pub struct Disk {
     /// Element children of a file, block or volume `<source>` (`<seclabel>`,
     /// `<reservations>`, ...): kept, written back and refused at start by name.
     pub source_children: Vec<Element>,
+    /// Attributes this model does not type, as (element, name, value) with element
+    /// `disk`, `source` (file, block, volume) or `target`: `startupPolicy`, `snapshot`,
+    /// `rawio`, `rotation_rate`... Kept and written back; the command line refuses
+    /// those it does not honour by name.
+    pub extra_attrs: Vec<(String, String, String)>,
+}
+
+/// The attributes of `el` not named in `typed`, tagged with `element`.
+fn extra_attrs(
+    el: Option<&Element>,
+    element: &str,
+    typed: &[&str],
+) -> Vec<(String, String, String)> {
+    el.map(|e| {
+        e.attrs
+            .iter()
+            .filter(|(k, _)| !typed.contains(&k.as_str()))
+            .map(|(k, v)| (element.to_owned(), k.clone(), v.clone()))
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 const CACHE_MODES: &[&str] = &[
@@ -222,7 +243,22 @@ impl Disk {
             (Some(DiskSource::Network { .. } | DiskSource::Other(_)), _) | (_, None) => Vec::new(),
             (_, Some(s)) => s.elements().cloned().collect(),
         };
+        let mut extra = extra_attrs(Some(el), "disk", &["type", "device"]);
+        if matches!(
+            source,
+            Some(DiskSource::File(_) | DiskSource::Block(_) | DiskSource::Volume { .. })
+        ) {
+            // `index` numbers the node of a running disk (live XML); libvirt reads it
+            // only from status XML and makes it again at start.
+            extra.extend(extra_attrs(
+                src,
+                "source",
+                &["file", "dev", "pool", "volume", "index"],
+            ));
+        }
+        extra.extend(extra_attrs(Some(target), "target", &["dev", "bus"]));
         Ok(Disk {
+            extra_attrs: extra,
             source,
             source_type,
             device,
@@ -256,6 +292,14 @@ impl Disk {
     }
 
     pub(super) fn to_element(&self) -> Element {
+        let extra = |el: &mut Element, which: &str| {
+            el.attrs.extend(
+                self.extra_attrs
+                    .iter()
+                    .filter(|(e, _, _)| e == which)
+                    .map(|(_, k, v)| (k.clone(), v.clone())),
+            );
+        };
         let mut el = Element::new("disk").attr("type", &self.source_type).attr(
             "device",
             match self.device {
@@ -286,7 +330,9 @@ impl Disk {
             }
             el.push(e);
         }
+        extra(&mut el, "disk");
         let with_children = |mut e: Element| {
+            extra(&mut e, "source");
             for c in &self.source_children {
                 e.push(c.clone());
             }
@@ -309,11 +355,11 @@ impl Disk {
             }
             None => {}
         }
-        el.push(
-            Element::new("target")
-                .attr("dev", &self.target_dev)
-                .attr_opt("bus", self.bus.map(DiskBus::as_str)),
-        );
+        let mut target = Element::new("target")
+            .attr("dev", &self.target_dev)
+            .attr_opt("bus", self.bus.map(DiskBus::as_str));
+        extra(&mut target, "target");
+        el.push(target);
         if let Some(o) = self.boot_order {
             el.push(Element::new("boot").attr("order", o));
         }
@@ -479,6 +525,21 @@ impl Devices {
                 ));
             }
         }
+        for d in &mut self.disks {
+            // vhost-user disks cannot be snapshotted: libvirt says so by default.
+            if d.source_type == "vhostuser"
+                && !d
+                    .extra_attrs
+                    .iter()
+                    .any(|(e, k, _)| e == "disk" && k == "snapshot")
+            {
+                d.extra_attrs
+                    .push(("disk".into(), "snapshot".into(), "no".into()));
+            }
+            if d.address.is_none() {
+                d.address = drive_address(d.bus, &d.target_dev);
+            }
+        }
         let mut seen = BTreeSet::new();
         for d in &self.disks {
             if !seen.insert(d.target_dev.clone()) {
@@ -492,4 +553,46 @@ impl Devices {
         }
         Ok(())
     }
+}
+
+/// libvirt's virDiskNameToIndex: `sda` 0, `sdz` 25, `sdaa` 26 (a partition number
+/// after the letters is allowed).
+pub(crate) fn disk_index(name: &str) -> Option<u32> {
+    let rest = ["hd", "sd", "vd", "xvd", "ubd", "fd"]
+        .iter()
+        .find_map(|p| name.strip_prefix(p))?;
+    let letters: Vec<u8> = rest.bytes().take_while(u8::is_ascii_lowercase).collect();
+    if letters.is_empty() || !rest[letters.len()..].bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut idx: u32 = 0;
+    for (i, c) in letters.iter().enumerate() {
+        idx = idx.checked_add(u32::from(i > 0))?.checked_mul(26)?;
+        idx = idx.checked_add(u32::from(c - b'a'))?;
+    }
+    Some(idx)
+}
+
+/// libvirt's virDomainDiskDefAssignAddress: the drive address a disk written without
+/// one gets from its target name (QEMU's wide SCSI bus: 15 units per controller, unit
+/// 7 being the controller's own; IDE 2 units on 2 buses per controller; SATA 6 units;
+/// floppy 2).
+fn drive_address(bus: Option<DiskBus>, target: &str) -> Option<Address> {
+    let idx = disk_index(target)?;
+    let (controller, bus, unit) = match bus? {
+        DiskBus::Scsi => {
+            let unit = idx % 15;
+            (idx / 15, 0, if unit >= 7 { unit + 1 } else { unit })
+        }
+        DiskBus::Ide => (idx / 4, (idx % 4) / 2, idx % 2),
+        DiskBus::Sata => (idx / 6, 0, idx % 6),
+        DiskBus::Fdc => (idx / 2, 0, idx % 2),
+        _ => return None,
+    };
+    Some(Address::Drive {
+        controller,
+        bus,
+        target: 0,
+        unit,
+    })
 }

@@ -391,10 +391,25 @@ impl Devices {
         for v in &mut self.videos {
             v.fill_defaults();
         }
-        // libvirt keeps an automatic VNC port as port='-1'.
+        // libvirt keeps an automatic VNC port as port='-1'. A SPICE with neither port
+        // nor autoport listens nowhere (virDomainDefPostParseGraphics).
         for g in &mut self.graphics {
-            if g.kind == GraphicsKind::Vnc && g.autoport && g.port.is_none() {
+            if g.kind == GraphicsKind::Vnc && g.autoport {
                 g.port = Some(-1);
+            }
+            let no_port = g.port.is_none_or(|p| p <= 0) && g.tls_port.is_none_or(|p| p <= 0);
+            if g.kind == GraphicsKind::Spice && g.listen_socket.is_none() && !g.autoport && no_port
+            {
+                g.listen_none = true;
+                g.listen = None;
+            }
+        }
+        // The video written primary='yes' is libvirt's first one.
+        if let Some(i) = self.videos.iter().position(|v| v.primary) {
+            let v = self.videos.remove(i);
+            self.videos.insert(0, v);
+            for v in &mut self.videos {
+                v.primary = false;
             }
         }
         if let Some(v) = self.videos.first_mut().filter(|v| v.model != "none") {
@@ -520,19 +535,26 @@ impl Devices {
                 .filter(|e| e.name == "graphics")
                 .filter_map(|e| e.get_attr("type")),
         );
-        let mut audio = None;
+        // (add, passthrough, backend) as qemuDomainDefSuggestDefaultAudioBackend: the
+        // last graphics decides; SDL passes the host's audio through, which libvirt
+        // only configures from its QEMU_AUDIO_DRV environment (not read here), so it
+        // gets none written.
+        let (mut add, mut passthrough, mut backend) = (false, false, "none");
         let mut any = false;
         for k in kinds {
             any = true;
             match k {
-                "vnc" => audio = Some("none"),
-                "spice" => audio = Some("spice"),
-                "sdl" => audio = Some("sdl"),
+                "vnc" => (add, passthrough, backend) = (true, false, "none"),
+                "spice" => (add, passthrough, backend) = (true, false, "spice"),
+                "sdl" => (add, passthrough) = (true, true),
                 _ => {}
             }
         }
-        if let Some(kind) = audio.or((!any).then_some("none")) {
-            self.audios.push(Audio::new(1, kind));
+        if !any {
+            (add, passthrough, backend) = (true, false, "none");
+        }
+        if add && !passthrough {
+            self.audios.push(Audio::new(1, backend));
         }
     }
 }
