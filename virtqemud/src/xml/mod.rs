@@ -213,6 +213,8 @@ pub struct Os {
     pub dtb: Option<PathBuf>,
     pub boot: Vec<BootDev>,
     pub bootmenu: Option<bool>,
+    /// `<bootmenu timeout>` in ms: how long the menu waits (QEMU's splash-time).
+    pub bootmenu_timeout: Option<u32>,
     /// Elements of `<os>` not typed here (`<smbios>`, `<bios>`, ...), kept verbatim.
     pub other: Vec<Element>,
 }
@@ -528,7 +530,10 @@ fn parse_os(el: &Element) -> Result<Os> {
                     }
                 });
             }
-            "bootmenu" => os.bootmenu = yes_no(c, "enable")?,
+            "bootmenu" => {
+                os.bootmenu = yes_no(c, "enable")?;
+                os.bootmenu_timeout = c.parse_attr::<u32>("timeout")?;
+            }
             _ => os.other.push(c.clone()),
         }
     }
@@ -1036,6 +1041,13 @@ impl Domain {
             // Defining is allowed (libvirt checks at start); the runtime reports it then.
             tracing::debug!(domain = %self.name, "kvm domain defined while KVM is unusable");
         }
+        if let Some(f) = self.features.as_mut() {
+            fill_feature_defaults(f);
+        }
+        // A loader given by path alone is a ROM image (libvirt writes type='rom').
+        if let Some(l) = self.os.loader.as_mut().filter(|l| l.path.is_some()) {
+            l.kind.get_or_insert_with(|| "rom".to_owned());
+        }
         let q35 = self.is_q35();
         self.devices.fill_defaults(q35)?;
         Ok(())
@@ -1234,7 +1246,11 @@ impl Domain {
             el.push(Element::new("boot").attr("dev", b.as_str()));
         }
         if let Some(m) = os.bootmenu {
-            el.push(Element::new("bootmenu").attr("enable", yn(m)));
+            el.push(
+                Element::new("bootmenu")
+                    .attr("enable", yn(m))
+                    .attr_opt("timeout", os.bootmenu_timeout),
+            );
         }
         for o in &os.other {
             el.push(o.clone());
@@ -1245,3 +1261,40 @@ impl Domain {
 
 #[cfg(test)]
 mod tests;
+
+/// What libvirt writes for `<features>` children given bare (virDomainDefFormatFeatures):
+/// `state='on'` for the switches it always spells out, `<hyperv mode='custom'>`, and
+/// the TSEG size's unit (MiB when none is written).
+fn fill_feature_defaults(features: &mut Element) {
+    const STATEFUL: &[&str] = &[
+        "vmcoreinfo",
+        "hap",
+        "pmu",
+        "pvspinlock",
+        "vmport",
+        "htm",
+        "nested-hv",
+        "ccf-assist",
+        "smm",
+    ];
+    for c in features.children.iter_mut() {
+        let common::xml::Node::Element(e) = c else {
+            continue;
+        };
+        if STATEFUL.contains(&e.name.as_str()) && e.get_attr("state").is_none() {
+            e.attrs.push(("state".into(), "on".into()));
+        }
+        if e.name == "hyperv" && e.get_attr("mode").is_none() {
+            e.attrs.push(("mode".into(), "custom".into()));
+        }
+        if e.name == "smm" {
+            for t in e.children.iter_mut() {
+                if let common::xml::Node::Element(t) = t {
+                    if t.name == "tseg" && t.get_attr("unit").is_none() {
+                        t.attrs.push(("unit".into(), "MiB".into()));
+                    }
+                }
+            }
+        }
+    }
+}

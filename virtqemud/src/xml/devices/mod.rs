@@ -359,9 +359,19 @@ impl Devices {
         for c in &mut self.channels {
             c.target_type.get_or_insert_with(|| "virtio".into());
         }
+        self.fill_untyped_defaults();
+        // libvirt's default NIC model on x86 (qemuDomainDefaultNetModel) is rtl8139,
+        // and it writes it down; a vDPA NIC can only be virtio.
         for i in &mut self.interfaces {
             i.mac.get_or_insert_with(Mac::random);
-            i.model.get_or_insert_with(|| "virtio".into());
+            i.model.get_or_insert_with(|| "rtl8139".into());
+        }
+        for e in self.other.iter_mut().filter(|e| {
+            e.name == "interface"
+                && e.get_attr("type") == Some("vdpa")
+                && e.first("model").is_none()
+        }) {
+            e.push(common::xml::Element::new("model").attr("type", "virtio"));
         }
         let mut macs = BTreeSet::new();
         for i in &self.interfaces {
@@ -504,6 +514,40 @@ impl Devices {
                 ("sata", _, true) => fixed(0x1f, 2),
                 _ => None,
             };
+        }
+    }
+
+    /// The defaults libvirt writes into devices this model keeps whole: a vsock's
+    /// virtio model, a filesystem's `accessmode='passthrough'` (not for a virtiofs
+    /// on a given socket) and its modes as four octal digits; an x86 panic device is
+    /// ISA's.
+    fn fill_untyped_defaults(&mut self) {
+        for p in &mut self.panics {
+            p.model.get_or_insert_with(|| "isa".to_owned());
+        }
+        for e in &mut self.other {
+            let has = |e: &Element, k: &str| e.get_attr(k).is_some();
+            match e.name.as_str() {
+                "vsock" if !has(e, "model") => e.attrs.push(("model".into(), "virtio".into())),
+                "filesystem" => {
+                    let socket = e
+                        .first("source")
+                        .is_some_and(|s| s.get_attr("socket").is_some());
+                    let virtiofs =
+                        e.first("driver").and_then(|d| d.get_attr("type")) == Some("virtiofs");
+                    if !has(e, "accessmode") && !(virtiofs && socket) {
+                        e.attrs.push(("accessmode".into(), "passthrough".into()));
+                    }
+                    for (k, v) in e.attrs.iter_mut() {
+                        if k == "fmode" || k == "dmode" {
+                            if let Ok(m) = u32::from_str_radix(v, 8) {
+                                *v = format!("{m:04o}");
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
         }
     }
 
