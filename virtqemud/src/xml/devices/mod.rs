@@ -535,7 +535,7 @@ impl Devices {
                         .is_some_and(|s| s.get_attr("socket").is_some());
                     let virtiofs =
                         e.first("driver").and_then(|d| d.get_attr("type")) == Some("virtiofs");
-                    if !has(e, "accessmode") && !(virtiofs && socket) {
+                    if !(has(e, "accessmode") || (virtiofs && socket)) {
                         e.attrs.push(("accessmode".into(), "passthrough".into()));
                     }
                     for (k, v) in e.attrs.iter_mut() {
