@@ -319,6 +319,12 @@ impl Chardev {
                         .attr_opt("append", append.map(|a| if a { "on" } else { "off" })),
                 ),
             ),
+            // A listening socket without a path is made at start: libvirt writes no
+            // source for it.
+            ChardevSource::Unix {
+                path: None,
+                listen: true,
+            } => ("unix", None),
             ChardevSource::Unix { path, listen } => (
                 "unix",
                 Some(

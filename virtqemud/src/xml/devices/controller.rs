@@ -284,7 +284,7 @@ impl Devices {
                 .any(|c| c.kind == "scsi" && c.index == i)
             {
                 self.controllers
-                    .push(Controller::new("scsi", i, Some("virtio-scsi")));
+                    .push(Controller::new("scsi", i, Some(SCSI_DEFAULT)));
             }
         }
         // q35 has no floppy controller of its own: one is added for floppy drives.
@@ -326,6 +326,11 @@ impl Devices {
                     .push(Controller::new("virtio-serial", i, None));
             }
         }
+        // libvirt's SCSI controller model when none is written
+        // (qemuDomainGetSCSIControllerModel: LSI's when QEMU has it, as Debian's does).
+        for c in self.controllers.iter_mut().filter(|c| c.kind == "scsi") {
+            c.model.get_or_insert_with(|| SCSI_DEFAULT.to_owned());
+        }
         for c in &self.controllers {
             if c.kind == "usb" {
                 if let Some(m) = &c.model {
@@ -366,6 +371,9 @@ pub(super) fn pci_model_name(model: &str) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+/// libvirt's default SCSI controller model on x86 with a QEMU that has LSI's HBA.
+pub(super) const SCSI_DEFAULT: &str = "lsilogic";
 
 /// libvirt's USB controller models and QEMU's device for each.
 const USB_MODELS: &[(&str, &str)] = &[

@@ -539,6 +539,30 @@ impl Devices {
             if d.address.is_none() {
                 d.address = drive_address(d.bus, &d.target_dev);
             }
+            if let Some(DiskSource::Network { source, .. }) = &d.source {
+                let mut s = source.clone();
+                net_source_defaults(&mut s);
+                d.source = Some(network_source(&s)?);
+            }
+            // An empty drive has no source to be of a type: libvirt calls it a file.
+            if d.source.is_none() {
+                d.source_type = "file".to_owned();
+            }
+            // libvirt's encryption engine is QEMU's (the only one it has for disks).
+            for e in d.unhandled.iter_mut().chain(d.source_children.iter_mut()) {
+                if e.name == "encryption" && e.get_attr("engine").is_none() {
+                    e.attrs.push(("engine".into(), "qemu".into()));
+                }
+            }
+            if let Some(DiskSource::Network { source, .. }) = &mut d.source {
+                for c in source.children.iter_mut() {
+                    if let Node::Element(e) = c {
+                        if e.name == "encryption" && e.get_attr("engine").is_none() {
+                            e.attrs.push(("engine".into(), "qemu".into()));
+                        }
+                    }
+                }
+            }
         }
         let mut seen = BTreeSet::new();
         for d in &self.disks {
@@ -595,4 +619,43 @@ fn drive_address(bus: Option<DiskBus>, target: &str) -> Option<Address> {
         target: 0,
         unit,
     })
+}
+
+/// libvirt's defaults in a network disk's `<source>`: each TCP host's port from its
+/// protocol (virStorageSourceNetworkDefaultPort), and an iSCSI target without a LUN
+/// gets LUN 0 (virDomainPostParseCheckISCSIPath).
+pub(super) fn net_source_defaults(s: &mut Element) {
+    let protocol = s.get_attr("protocol").unwrap_or("").to_owned();
+    let port = match protocol.as_str() {
+        "http" => 80,
+        "https" => 443,
+        "ftp" => 21,
+        "ftps" => 990,
+        "tftp" => 69,
+        "sheepdog" => 7000,
+        "nbd" => 10809,
+        "ssh" => 22,
+        "iscsi" => 3260,
+        "gluster" => 24007,
+        "vxhs" => 9999,
+        _ => 0,
+    };
+    if protocol == "iscsi" {
+        for (k, v) in s.attrs.iter_mut() {
+            if k == "name" && !v.contains('/') {
+                v.push_str("/0");
+            }
+        }
+    }
+    if port == 0 {
+        return;
+    }
+    for c in s.children.iter_mut() {
+        if let Node::Element(h) = c {
+            let tcp = h.get_attr("transport").unwrap_or("tcp") == "tcp";
+            if h.name == "host" && tcp && h.get_attr("port").is_none() {
+                h.attrs.push(("port".into(), port.to_string()));
+            }
+        }
+    }
 }

@@ -33,6 +33,16 @@ impl Hostdev {
             Address::Pci(p) => p,
             _ => return Err(missing("hostdev", "PCI source address")),
         };
+        // libvirt 9.0 assigns PCI devices through VFIO only (and writes so).
+        if let Some(d) = c.first("driver").and_then(|d| d.get_attr("name")) {
+            if d != "vfio" {
+                return Err(DomainXmlError::unsupported(
+                    "hostdev driver name",
+                    d,
+                    "only 'vfio' (legacy KVM assignment is gone from libvirt too)",
+                ));
+            }
+        }
         Ok(Hostdev {
             source,
             managed: yes_no(c, "managed")?.unwrap_or(false),
@@ -51,6 +61,7 @@ impl Hostdev {
             .attr("mode", "subsystem")
             .attr("type", "pci")
             .attr("managed", yn(self.managed))
+            .child(Element::new("driver").attr("name", "vfio"))
             .child(Element::new("source").child(a));
         push_addr(&mut e, &self.address);
         e

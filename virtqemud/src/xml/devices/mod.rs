@@ -207,6 +207,11 @@ pub fn dropped_child(c: &Element) -> Result<Option<String>> {
         vfio(p)
             // The pty a running guest got, in live XML; a new one is made at start.
             || (chardev && live_pty_path(p))
+            // A listening UNIX socket without a path: made at start, not written.
+            || (chardev && p == "source" && c.get_attr("type") == Some("unix")
+                && c.first("source").is_some_and(|s| {
+                    s.get_attr("path").is_none() && s.get_attr("mode").unwrap_or("bind") == "bind"
+                }))
             || (c.name == "graphics" && default_listen(p))
     };
     Ok(child_paths(c)
@@ -341,9 +346,9 @@ impl Devices {
         for (i, s) in self.serials.iter_mut().enumerate() {
             s.target_port.get_or_insert(i as u32);
             s.target_type.get_or_insert_with(|| "isa-serial".into());
-            // libvirt names the device of an ISA serial port in <target><model>.
-            if s.target_type.as_deref() == Some("isa-serial") {
-                s.target_model.get_or_insert_with(|| "isa-serial".into());
+            // libvirt names the device of a serial port in <target><model>.
+            if let Some(m) = s.target_type.as_deref().and_then(serial_model) {
+                s.target_model.get_or_insert_with(|| m.into());
             }
         }
         // The first console is the serial port's (or a virtio console); libvirt's
@@ -359,6 +364,7 @@ impl Devices {
         for c in &mut self.channels {
             c.target_type.get_or_insert_with(|| "virtio".into());
         }
+        self.assign_channel_ports();
         self.fill_untyped_defaults();
         // libvirt's default NIC model on x86 (qemuDomainDefaultNetModel) is rtl8139,
         // and it writes it down; a vDPA NIC can only be virtio.
@@ -386,7 +392,7 @@ impl Devices {
                 }
             }
         }
-        if self.memballoon.is_none() {
+        if self.memballoon.is_none() && !self.other.iter().any(|e| e.name == "memballoon") {
             self.memballoon = Some(Memballoon {
                 model: "virtio".into(),
                 stats_period: None,
@@ -468,7 +474,7 @@ impl Devices {
             .any(|e| e.name == "hostdev" && e.get_attr("type") == Some("scsi"));
         if scsi_hostdev && !self.controllers.iter().any(|c| c.kind == "scsi") {
             self.controllers
-                .push(Controller::new("scsi", 0, Some("virtio-scsi")));
+                .push(Controller::new("scsi", 0, Some(controller::SCSI_DEFAULT)));
         }
         // Smart cards sit on a CCID controller (a USB device).
         let smartcard = self.other.iter().any(|e| e.name == "smartcard");
@@ -517,6 +523,60 @@ impl Devices {
         }
     }
 
+    /// libvirt's virtio-serial addresses of channels (qemuDomainAssignVirtioSerialAddresses):
+    /// the channel's controller (0 unless its address names one), the next free port
+    /// from 1; virtio consoles hold ports 0.. of controller 0. The command line reads
+    /// them back (`channel_places`).
+    fn assign_channel_ports(&mut self) {
+        fn num(e: &Element, k: &str) -> Option<u32> {
+            let v = e.get_attr(k)?;
+            match v.strip_prefix("0x") {
+                Some(h) => u32::from_str_radix(h, 16).ok(),
+                None => v.parse().ok(),
+            }
+        }
+        let is_addr = |e: &Element| {
+            e.name == "address"
+                && e.get_attr("type") == Some("virtio-serial")
+                && e.get_attr("bus").unwrap_or("0") == "0"
+        };
+        let consoles = self
+            .consoles
+            .iter()
+            .filter(|c| c.target_type.as_deref() == Some("virtio"))
+            .count() as u32;
+        let mut used: BTreeSet<(u32, u32)> = (0..consoles).map(|p| (0, p)).collect();
+        for ch in self.channels.iter().filter(|c| !c.is_guestfwd()) {
+            if let Some(a) = ch.unhandled.iter().find(|e| is_addr(e)) {
+                if let Some(p) = num(a, "port") {
+                    used.insert((num(a, "controller").unwrap_or(0), p));
+                }
+            }
+        }
+        for ch in self.channels.iter_mut().filter(|c| !c.is_guestfwd()) {
+            let at = ch.unhandled.iter().position(|e| e.name == "address");
+            let controller = match at.map(|i| &ch.unhandled[i]) {
+                Some(a) if !is_addr(a) || num(a, "port").is_some() => continue,
+                Some(a) => num(a, "controller").unwrap_or(0),
+                None => 0,
+            };
+            let mut port = 1;
+            while used.contains(&(controller, port)) {
+                port += 1;
+            }
+            used.insert((controller, port));
+            let el = Element::new("address")
+                .attr("type", "virtio-serial")
+                .attr("controller", controller)
+                .attr("bus", 0)
+                .attr("port", port);
+            match at {
+                Some(i) => ch.unhandled[i] = el,
+                None => ch.unhandled.push(el),
+            }
+        }
+    }
+
     /// The defaults libvirt writes into devices this model keeps whole: a vsock's
     /// virtio model, a filesystem's `accessmode='passthrough'` (not for a virtiofs
     /// on a given socket) and its modes as four octal digits; an x86 panic device is
@@ -525,9 +585,82 @@ impl Devices {
         for p in &mut self.panics {
             p.model.get_or_insert_with(|| "isa".to_owned());
         }
+        let mut ccid_slots: BTreeSet<(String, String)> = self
+            .other
+            .iter()
+            .filter(|e| e.name == "smartcard")
+            .filter_map(|e| e.first("address"))
+            .filter(|a| a.get_attr("type") == Some("ccid"))
+            .map(|a| {
+                let v = |k| a.get_attr(k).unwrap_or("0").to_owned();
+                (v("controller"), v("slot"))
+            })
+            .collect();
         for e in &mut self.other {
             let has = |e: &Element, k: &str| e.get_attr(k).is_some();
             match e.name.as_str() {
+                // A smart card's place on its CCID controller (the first free slot).
+                "smartcard" if e.first("address").is_none() => {
+                    let slot = (0u32..)
+                        .find(|s| !ccid_slots.contains(&("0".to_owned(), s.to_string())))
+                        .unwrap_or(0);
+                    ccid_slots.insert(("0".to_owned(), slot.to_string()));
+                    e.push(
+                        Element::new("address")
+                            .attr("type", "ccid")
+                            .attr("controller", 0)
+                            .attr("slot", slot),
+                    );
+                }
+                // A serial port kept whole (a spiceport, ...) is ISA's as typed ones.
+                "serial" => {
+                    if e.first("target").is_none() {
+                        e.push(Element::new("target"));
+                    }
+                    for c in e.children.iter_mut() {
+                        if let common::xml::Node::Element(t) = c {
+                            if t.name != "target" {
+                                continue;
+                            }
+                            if t.get_attr("type").is_none() {
+                                t.attrs.push(("type".into(), "isa-serial".into()));
+                            }
+                            if t.get_attr("port").is_none() {
+                                t.attrs.push(("port".into(), "0".into()));
+                            }
+                            let m = t.get_attr("type").and_then(serial_model);
+                            if let (Some(m), None) = (m, t.first("model")) {
+                                t.push(Element::new("model").attr("name", m));
+                            }
+                        }
+                    }
+                }
+                // An iSCSI host device's target without a LUN is LUN 0.
+                "hostdev" if e.get_attr("type") == Some("scsi") => {
+                    for c in e.children.iter_mut() {
+                        if let common::xml::Node::Element(src) = c {
+                            if src.name == "source" && src.get_attr("protocol") == Some("iscsi") {
+                                for (k, v) in src.attrs.iter_mut() {
+                                    if k == "name" && !v.contains('/') {
+                                        v.push_str("/0");
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                // Mediated devices are never managed by libvirt; PCI ones go through
+                // VFIO.
+                "hostdev" if e.get_attr("type") == Some("mdev") && !has(e, "managed") => {
+                    e.attrs.push(("managed".into(), "no".into()))
+                }
+                "hostdev"
+                    if e.get_attr("type") == Some("pci")
+                        && e.get_attr("mode").unwrap_or("subsystem") == "subsystem"
+                        && e.first("driver").is_none() =>
+                {
+                    e.push(Element::new("driver").attr("name", "vfio"))
+                }
                 "vsock" if !has(e, "model") => e.attrs.push(("model".into(), "virtio".into())),
                 "filesystem" => {
                     let socket = e
@@ -601,4 +734,15 @@ impl Devices {
             self.audios.push(Audio::new(1, backend));
         }
     }
+}
+
+/// The device libvirt names in a serial port's `<target><model>` for its target type.
+fn serial_model(target: &str) -> Option<&'static str> {
+    Some(match target {
+        "isa-serial" => "isa-serial",
+        "usb-serial" => "usb-serial",
+        "pci-serial" => "pci-serial",
+        "isa-debug" => "isa-debugcon",
+        _ => return None,
+    })
 }
