@@ -73,7 +73,13 @@ fn refuse_unhandled(disk: &Disk) -> Result<()> {
     if let Some(c) = disk
         .unhandled
         .iter()
-        .find(|c| c.name != "iotune" && !DEVICE_CHILDREN.contains(&c.name.as_str()))
+        // A written `<backingStore>` chain is the image's own: QEMU opens the backing
+        // files its header names (libvirt builds one node per layer from the XML).
+        .find(|c| {
+            !matches!(c.name.as_str(), "iotune" | "backingStore")
+                && !crate::xml::user_alias(c)
+                && !DEVICE_CHILDREN.contains(&c.name.as_str())
+        })
     {
         return Err(unsupported(
             &format!("disk/{}", c.name),

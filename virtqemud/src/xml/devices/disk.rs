@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use common::xml::{Element, Node};
 
 use super::super::{invalid, missing, DomainXmlError, Result};
-use super::{addr_of, boot_of, path_text, push_addr, unhandled, Address, Devices, REGENERATED};
+use super::{addr_of, boot_of, path_text, push_addr, unhandled, Address, Devices};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskSource {
@@ -284,7 +284,9 @@ impl Disk {
                         "serial",
                         "address",
                     ][..],
-                    REGENERATED,
+                    // `<backingStore>` is kept: libvirt keeps a written chain in the
+                    // definition.
+                    &["alias"],
                 ]
                 .concat(),
             ),
@@ -548,20 +550,31 @@ impl Devices {
             if d.source.is_none() {
                 d.source_type = "file".to_owned();
             }
-            // libvirt's encryption engine is QEMU's (the only one it has for disks).
-            for e in d.unhandled.iter_mut().chain(d.source_children.iter_mut()) {
+            // libvirt's encryption engine is QEMU's (the only one it has for disks),
+            // also in a backing chain; a chain's `index`es number the nodes of a
+            // running disk and are not part of a definition.
+            let fix = &mut |e: &mut Element| {
                 if e.name == "encryption" && e.get_attr("engine").is_none() {
                     e.attrs.push(("engine".into(), "qemu".into()));
                 }
-            }
-            if let Some(DiskSource::Network { source, .. }) = &mut d.source {
-                for c in source.children.iter_mut() {
-                    if let Node::Element(e) = c {
-                        if e.name == "encryption" && e.get_attr("engine").is_none() {
-                            e.attrs.push(("engine".into(), "qemu".into()));
+                if e.name == "backingStore" {
+                    e.attrs.retain(|(k, _)| k != "index");
+                    for c in e.children.iter_mut() {
+                        if let Node::Element(s) = c {
+                            if s.name == "source" {
+                                s.attrs.retain(|(k, _)| k != "index");
+                            }
                         }
                     }
                 }
+            };
+            for e in d.unhandled.iter_mut().chain(d.source_children.iter_mut()) {
+                walk_mut(e, fix);
+            }
+            if let Some(DiskSource::Network { source, .. } | DiskSource::Other(source)) =
+                &mut d.source
+            {
+                walk_mut(source, fix);
             }
         }
         let mut seen = BTreeSet::new();
@@ -656,6 +669,16 @@ pub(super) fn net_source_defaults(s: &mut Element) {
             if h.name == "host" && tcp && h.get_attr("port").is_none() {
                 h.attrs.push(("port".into(), port.to_string()));
             }
+        }
+    }
+}
+
+/// Calls `f` on `e` and every element below it.
+fn walk_mut(e: &mut Element, f: &mut impl FnMut(&mut Element)) {
+    f(e);
+    for c in e.children.iter_mut() {
+        if let Node::Element(c) = c {
+            walk_mut(c, f);
         }
     }
 }

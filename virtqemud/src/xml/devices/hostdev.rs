@@ -12,6 +12,9 @@ pub struct Hostdev {
     pub source: PciAddr,
     pub managed: bool,
     pub address: Option<Address>,
+    /// `<driver name='vfio'/>` as written: libvirt 9.0 picks VFIO at start and
+    /// writes it into the definition only when it was given.
+    pub driver_vfio: bool,
 }
 
 impl Hostdev {
@@ -44,6 +47,7 @@ impl Hostdev {
             }
         }
         Ok(Hostdev {
+            driver_vfio: c.first("driver").is_some(),
             source,
             managed: yes_no(c, "managed")?.unwrap_or(false),
             address: addr_of(c)?,
@@ -61,7 +65,10 @@ impl Hostdev {
             .attr("mode", "subsystem")
             .attr("type", "pci")
             .attr("managed", yn(self.managed))
-            .child(Element::new("driver").attr("name", "vfio"))
+            .child_opt(
+                self.driver_vfio
+                    .then(|| Element::new("driver").attr("name", "vfio")),
+            )
             .child(Element::new("source").child(a));
         push_addr(&mut e, &self.address);
         e

@@ -53,9 +53,15 @@ fn path_text(p: &std::path::Path) -> String {
 /// refused at start, so nothing in a definition is silently ignored.
 fn unhandled(el: &Element, handled: &[&str]) -> Vec<Element> {
     el.elements()
-        .filter(|c| !handled.contains(&c.name.as_str()))
+        .filter(|c| !handled.contains(&c.name.as_str()) || user_alias(c))
         .cloned()
         .collect()
+}
+
+/// An `<alias name='ua-...'>`: a name the user gave the device, which libvirt keeps
+/// in the definition (other aliases are its own, made again at start).
+pub(crate) fn user_alias(c: &Element) -> bool {
+    c.name == "alias" && c.get_attr("name").is_some_and(|n| n.starts_with("ua-"))
 }
 
 /// Children libvirt writes into live XML that carry nothing to honour (it makes them
@@ -649,17 +655,9 @@ impl Devices {
                         }
                     }
                 }
-                // Mediated devices are never managed by libvirt; PCI ones go through
-                // VFIO.
+                // Mediated devices are never managed by libvirt.
                 "hostdev" if e.get_attr("type") == Some("mdev") && !has(e, "managed") => {
                     e.attrs.push(("managed".into(), "no".into()))
-                }
-                "hostdev"
-                    if e.get_attr("type") == Some("pci")
-                        && e.get_attr("mode").unwrap_or("subsystem") == "subsystem"
-                        && e.first("driver").is_none() =>
-                {
-                    e.push(Element::new("driver").attr("name", "vfio"))
                 }
                 "vsock" if !has(e, "model") => e.attrs.push(("model".into(), "virtio".into())),
                 "filesystem" => {
