@@ -377,6 +377,12 @@ impl Devices {
         for i in &mut self.interfaces {
             i.mac.get_or_insert_with(Mac::random);
             i.model.get_or_insert_with(|| "rtl8139".into());
+            // libvirt knows its model names in any case and writes its own spelling.
+            if let Some(m) = i.model.as_mut() {
+                if let Some(k) = NET_MODELS.iter().find(|k| k.eq_ignore_ascii_case(m)) {
+                    *m = (*k).to_owned();
+                }
+            }
         }
         for e in self.other.iter_mut().filter(|e| {
             e.name == "interface"
@@ -385,19 +391,8 @@ impl Devices {
         }) {
             e.push(common::xml::Element::new("model").attr("type", "virtio"));
         }
-        let mut macs = BTreeSet::new();
-        for i in &self.interfaces {
-            if let Some(m) = i.mac {
-                if !macs.insert(m.0) {
-                    return Err(invalid(
-                        "mac",
-                        "attribute 'address'",
-                        &m.to_string(),
-                        "used twice",
-                    ));
-                }
-            }
-        }
+        // Two NICs may share a MAC address: libvirt defines such a domain (the
+        // guest decides what to make of it).
         if self.memballoon.is_none() && !self.other.iter().any(|e| e.name == "memballoon") {
             self.memballoon = Some(Memballoon {
                 model: "virtio".into(),
@@ -744,3 +739,27 @@ fn serial_model(target: &str) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+/// The NIC models libvirt 9.0 knows by name (virDomainNetModel).
+const NET_MODELS: &[&str] = &[
+    "netfront",
+    "rtl8139",
+    "virtio",
+    "e1000",
+    "e1000e",
+    "virtio-transitional",
+    "virtio-non-transitional",
+    "usb-net",
+    "spapr-vlan",
+    "lan9118",
+    "scm91c111",
+    "vlance",
+    "vmxnet",
+    "vmxnet2",
+    "vmxnet3",
+    "Am79C970A",
+    "Am79C973",
+    "82540EM",
+    "82545EM",
+    "82543GC",
+];

@@ -430,10 +430,18 @@ impl Devices {
                     _ => 0,
                 }
             }
-            Dev::Disk(i) => match self.disks[i].bus {
-                Some(DiskBus::Virtio) => pcie,
-                _ => 0,
-            },
+            Dev::Disk(i) => {
+                let d = &self.disks[i];
+                let model = d
+                    .extra_attrs
+                    .iter()
+                    .find(|(e, k, _)| e == "disk" && k == "model")
+                    .map(|(_, _, v)| v.as_str());
+                match d.bus {
+                    Some(DiskBus::Virtio) => virtio(model),
+                    _ => 0,
+                }
+            }
             Dev::Interface(i) => match self.interfaces[i].model.as_deref() {
                 Some("usb-net") => 0,
                 Some("virtio" | "virtio-non-transitional") => pcie,
@@ -459,7 +467,7 @@ impl Devices {
                 Some("none") | None => 0,
                 _ => pcie,
             },
-            Dev::Rng(_) => pcie,
+            Dev::Rng(i) => virtio(Some(self.rngs[i].model.as_str())),
             Dev::Watchdog(i) => {
                 if self.watchdogs[i].model == "i6300esb" {
                     pci
