@@ -551,6 +551,13 @@ pub(super) fn cpu(a: &mut Argv, dom: &Domain, accel: &str, ctx: &LaunchContext) 
                     qemu_opt_value("cpu model", c.model.as_deref().unwrap_or(default))?
                 }
             };
+            // libvirt passes host-passthrough's migratable on or off to QEMU.
+            if let (CpuMode::HostPassthrough, Some(m)) = (c.mode, c.migratable.as_deref()) {
+                if !matches!(m, "on" | "off") {
+                    return Err(unsupported("cpu migratable", m, "expected on or off"));
+                }
+                s.push_str(&format!(",migratable={m}"));
+            }
             for (policy, name) in &c.features {
                 let name = qemu_opt_value("cpu feature", name)?;
                 match policy.as_str() {

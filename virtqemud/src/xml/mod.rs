@@ -384,7 +384,12 @@ impl QemuCommandline {
             el.push(Element::new("qemu:arg").attr("value", a));
         }
         for (k, v) in &self.env {
-            el.push(Element::new("qemu:env").attr("name", k).attr("value", v));
+            // libvirt writes an empty value as none at all.
+            el.push(
+                Element::new("qemu:env")
+                    .attr("name", k)
+                    .attr_opt("value", Some(v).filter(|v| !v.is_empty())),
+            );
         }
         el
     }
@@ -1044,6 +1049,7 @@ impl Domain {
         if let Some(f) = self.features.as_mut() {
             fill_feature_defaults(f);
         }
+        self.fill_top_level_defaults();
         // A loader given by path alone is a ROM image (libvirt writes type='rom').
         if let Some(l) = self.os.loader.as_mut().filter(|l| l.path.is_some()) {
             l.kind.get_or_insert_with(|| "rom".to_owned());
@@ -1086,6 +1092,75 @@ impl Domain {
             CpuMode::Custom => "partial",
         };
         cpu.check.get_or_insert_with(|| check.to_owned());
+        // QEMU 7.2 knows `migratable`: libvirt turns it on for host-passthrough.
+        if cpu.mode == CpuMode::HostPassthrough {
+            cpu.migratable.get_or_insert_with(|| "on".to_owned());
+        }
+        // NUMA cells are numbered by their place when the ids are not written.
+        for numa in cpu.other.iter_mut().filter(|e| e.name == "numa") {
+            let mut i = 0;
+            for c in numa.children.iter_mut() {
+                if let common::xml::Node::Element(cell) = c {
+                    if cell.name == "cell" {
+                        if cell.get_attr("id").is_none() {
+                            cell.attrs.insert(0, ("id".into(), i.to_string()));
+                        }
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// libvirt's defaults in top-level parts this model keeps as written: vCPU
+    /// placement follows a numatune placed by numad when nothing pins CPUs; a
+    /// `<seclabel type='none'>` is the 'none' model's; an `enrolled-keys` firmware
+    /// implies `secure-boot`; memtune limits are in KiB, unlimited ones left out.
+    fn fill_top_level_defaults(&mut self) {
+        let find = |name: &str| self.other.iter().find(|e| e.name == name);
+        let numad = find("numatune")
+            .and_then(|n| n.first("memory"))
+            .is_some_and(|m| m.get_attr("placement") == Some("auto"));
+        let pinned = find("cputune").is_some_and(|c| {
+            c.elements()
+                .any(|p| matches!(p.name.as_str(), "vcpupin" | "emulatorpin" | "iothreadpin"))
+        });
+        if numad && self.vcpu_cpuset.is_none() && !pinned {
+            self.placement = Some(Placement::Auto);
+        }
+        for e in self.other.iter_mut() {
+            match e.name.as_str() {
+                "seclabel"
+                    if e.get_attr("type") == Some("none") && e.get_attr("model").is_none() =>
+                {
+                    e.attrs.push(("model".into(), "none".into()))
+                }
+                "memtune" => normalize_memtune(e),
+                _ => {}
+            }
+        }
+        self.other
+            .retain(|e| !(e.name == "memtune" && e.elements().next().is_none()));
+        if let Some(fw) = self.os.other.iter_mut().find(|e| e.name == "firmware") {
+            let on = |fw: &Element, n: &str| {
+                fw.elements().any(|f| {
+                    f.name == "feature"
+                        && f.get_attr("name") == Some(n)
+                        && f.get_attr("enabled") == Some("yes")
+                })
+            };
+            let named = |fw: &Element, n: &str| {
+                fw.elements()
+                    .any(|f| f.name == "feature" && f.get_attr("name") == Some(n))
+            };
+            if on(fw, "enrolled-keys") && !named(fw, "secure-boot") {
+                fw.push(
+                    Element::new("feature")
+                        .attr("enabled", "yes")
+                        .attr("name", "secure-boot"),
+                );
+            }
+        }
     }
 
     /// Writes the definition in libvirt's layout.
@@ -1297,4 +1372,37 @@ fn fill_feature_defaults(features: &mut Element) {
             }
         }
     }
+}
+
+/// `<memtune>` limits as libvirt writes them: in KiB (rounded up), and left out when
+/// unlimited (2^53-1 KiB, VIR_DOMAIN_MEMORY_PARAM_UNLIMITED, or more).
+fn normalize_memtune(m: &mut Element) {
+    const UNLIMITED_KIB: u64 = 9_007_199_254_740_991;
+    m.children.retain_mut(|c| {
+        let common::xml::Node::Element(e) = c else {
+            return true;
+        };
+        let Ok(n) = e.text().trim().parse::<u64>() else {
+            return true;
+        };
+        let unit = e.get_attr("unit").unwrap_or("KiB");
+        let bytes_per: u64 = match unit {
+            "b" | "bytes" => 1,
+            "k" | "KiB" => 1 << 10,
+            "KB" => 1000,
+            "M" | "MiB" => 1 << 20,
+            "MB" => 1_000_000,
+            "G" | "GiB" => 1 << 30,
+            "GB" => 1_000_000_000,
+            "T" | "TiB" => 1 << 40,
+            "TB" => 1_000_000_000_000,
+            _ => return true,
+        };
+        let kib = (u128::from(n) * u128::from(bytes_per)).div_ceil(1024);
+        if kib >= u128::from(UNLIMITED_KIB) {
+            return false;
+        }
+        *e = Element::with_text(e.name.clone(), kib.to_string()).attr("unit", "KiB");
+        true
+    });
 }

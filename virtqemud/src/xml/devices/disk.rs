@@ -569,6 +569,9 @@ impl Devices {
             for e in d.unhandled.iter_mut().chain(d.source_children.iter_mut()) {
                 walk_mut(e, fix);
             }
+            // `labelskip` records that a running disk was not relabelled: status only.
+            d.source_children
+                .retain(|e| !(e.name == "seclabel" && e.get_attr("labelskip") == Some("yes")));
             if let Some(DiskSource::Network { source, .. } | DiskSource::Other(source)) =
                 &mut d.source
             {

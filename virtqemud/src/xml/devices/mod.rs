@@ -597,9 +597,39 @@ impl Devices {
                 (v("controller"), v("slot"))
             })
             .collect();
+        // DIMMs take the first free memory slot (qemuDomainAssignMemorySlots).
+        let dimm = |e: &Element| {
+            e.name == "memory" && matches!(e.get_attr("model"), Some("dimm" | "nvdimm"))
+        };
+        let mut slots: BTreeSet<u32> = self
+            .other
+            .iter()
+            .filter(|e| dimm(e))
+            .filter_map(|e| e.first("address"))
+            .filter_map(|a| a.get_attr("slot").and_then(|s| s.parse().ok()))
+            .collect();
         for e in &mut self.other {
             let has = |e: &Element, k: &str| e.get_attr(k).is_some();
+            if dimm(e) && e.first("address").is_none() {
+                let slot = (0u32..).find(|s| !slots.contains(s)).unwrap_or(0);
+                slots.insert(slot);
+                e.push(
+                    Element::new("address")
+                        .attr("type", "dimm")
+                        .attr("slot", slot),
+                );
+                continue;
+            }
             match e.name.as_str() {
+                // A USB redirection filter's -1s are its wildcards, which libvirt
+                // writes by leaving the attribute out.
+                "redirfilter" => {
+                    for c in e.children.iter_mut() {
+                        if let common::xml::Node::Element(u) = c {
+                            u.attrs.retain(|(k, v)| k == "allow" || v != "-1");
+                        }
+                    }
+                }
                 // A smart card's place on its CCID controller (the first free slot).
                 "smartcard" if e.first("address").is_none() => {
                     let slot = (0u32..)
