@@ -181,7 +181,9 @@ fn controller_props(
         }
         ("virtio-serial", _) => {
             let dev = DeviceProps::new("virtio-serial-pci")
-                .str("id", format!("virtio-serial{}", c.index));
+                .str("id", format!("virtio-serial{}", c.index))
+                .opt_uint("max_ports", c.ports.map(u64::from))
+                .opt_uint("vectors", c.vectors.map(u64::from));
             driver_props(dev, c)?
         }
         (k, _) => return Err(unsupported("controller type", k, "not implemented")),

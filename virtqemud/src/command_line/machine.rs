@@ -456,8 +456,15 @@ pub(super) fn machine(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Result
         }
         (VirtType::Qemu, _) => "tcg",
     };
+    // Guest RAM stays out of QEMU's core dumps unless <memory dumpCore='on'> (qemu.conf's
+    // dump_guest_core default, off).
+    let dump = if dom.dump_core == Some(true) {
+        "on"
+    } else {
+        "off"
+    };
     let mut mopts = format!(
-        "{},accel={accel},usb=off,dump-guest-core=off",
+        "{},accel={accel},usb=off,dump-guest-core={dump}",
         qemu_opt_value("machine", machine)?
     );
     if dom.feature("smm").is_some() {

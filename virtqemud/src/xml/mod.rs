@@ -280,6 +280,8 @@ pub struct Domain {
     /// `<metadata>` verbatim.
     pub metadata: Option<Element>,
     pub memory_kib: u64,
+    /// `<memory dumpCore='on|off'>`: whether guest RAM goes into QEMU's core dumps.
+    pub dump_core: Option<bool>,
     pub current_memory_kib: u64,
     pub max_memory: Option<(u64, u32)>,
     /// `<vcpu>` maximum
@@ -906,6 +908,10 @@ impl Domain {
             other,
         } = parse_untyped(&root)?;
         let dom = Domain {
+            dump_core: match root.first("memory") {
+                Some(m) => yes_no_on_off(m, "dumpCore")?,
+                None => None,
+            },
             virt_type,
             name,
             uuid,
@@ -1128,14 +1134,20 @@ impl Domain {
         if numad && self.vcpu_cpuset.is_none() && !pinned {
             self.placement = Some(Placement::Auto);
         }
+        let vcpu_auto = self.placement == Some(Placement::Auto);
+        let iothreads: u32 = find("iothreads")
+            .and_then(|e| e.text().trim().parse().ok())
+            .unwrap_or(0);
         for e in self.other.iter_mut() {
             match e.name.as_str() {
+                "numatune" => normalize_numatune(e, vcpu_auto),
                 "seclabel"
                     if e.get_attr("type") == Some("none") && e.get_attr("model").is_none() =>
                 {
                     e.attrs.push(("model".into(), "none".into()))
                 }
                 "memtune" => normalize_memtune(e),
+                "iothreadids" => iothread_ids(e, iothreads),
                 _ => {}
             }
         }
@@ -1197,7 +1209,14 @@ impl Domain {
                     .attr("unit", "KiB"),
             );
         }
-        root.push(Element::with_text("memory", self.memory_kib.to_string()).attr("unit", "KiB"));
+        root.push(
+            Element::with_text("memory", self.memory_kib.to_string())
+                .attr("unit", "KiB")
+                .attr_opt(
+                    "dumpCore",
+                    self.dump_core.map(|d| if d { "on" } else { "off" }),
+                ),
+        );
         root.push(
             Element::with_text("currentMemory", self.current_memory_kib.to_string())
                 .attr("unit", "KiB"),
@@ -1405,4 +1424,125 @@ fn normalize_memtune(m: &mut Element) {
         *e = Element::with_text(e.name.clone(), kib.to_string()).attr("unit", "KiB");
         true
     });
+}
+
+/// An `on`/`off` attribute.
+fn yes_no_on_off(el: &Element, key: &str) -> Result<Option<bool>> {
+    match el.get_attr(key) {
+        None => Ok(None),
+        Some("on") => Ok(Some(true)),
+        Some("off") => Ok(Some(false)),
+        Some(v) => Err(invalid(
+            &el.name,
+            &format!("attribute '{key}'"),
+            v,
+            "expected on or off",
+        )),
+    }
+}
+
+/// `<numatune>` as libvirt writes it (virDomainNumatuneFormatXML): the memory's mode
+/// (strict by default) with either its nodeset, written canonically, or
+/// `placement='auto'` (also when a nodeless memory follows an automatic vCPU
+/// placement); memnode nodesets canonical too.
+fn normalize_numatune(n: &mut Element, vcpu_auto: bool) {
+    for c in n.children.iter_mut() {
+        let common::xml::Node::Element(e) = c else {
+            continue;
+        };
+        if let Some(set) = e.get_attr("nodeset").and_then(canonical_cpuset) {
+            e.attrs.retain(|(k, _)| k != "nodeset");
+            e.attrs.push(("nodeset".into(), set));
+        }
+        if e.name != "memory" {
+            continue;
+        }
+        if e.get_attr("mode").is_none() {
+            e.attrs.push(("mode".into(), "strict".into()));
+        }
+        if e.get_attr("nodeset").is_some() {
+            e.attrs
+                .retain(|(k, v)| !(k == "placement" && v == "static"));
+        } else if e.get_attr("placement").is_none() && vcpu_auto {
+            e.attrs.push(("placement".into(), "auto".into()));
+        }
+    }
+}
+
+/// A CPU or node list (`0-3,^2,7`) written as libvirt's virBitmapFormat does
+/// (`0-1,3,7`); None when it does not parse.
+pub(crate) fn canonical_cpuset(s: &str) -> Option<String> {
+    let mut set = std::collections::BTreeSet::new();
+    let mut minus = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (neg, part) = match part.strip_prefix('^') {
+            Some(p) => (true, p),
+            None => (false, part),
+        };
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?),
+            None => {
+                let n = part.parse::<u32>().ok()?;
+                (n, n)
+            }
+        };
+        if a > b || b > 65535 {
+            return None;
+        }
+        if neg {
+            minus.extend(a..=b);
+        } else {
+            set.extend(a..=b);
+        }
+    }
+    for m in minus {
+        set.remove(&m);
+    }
+    let v: Vec<u32> = set.into_iter().collect();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        out.push(if j > i {
+            format!("{}-{}", v[i], v[j])
+        } else {
+            v[i].to_string()
+        });
+        i = j + 1;
+    }
+    Some(out.join(","))
+}
+
+/// Bytes per unit of libvirt's size units (`b`, `KiB`, `M`, `GB`, ...).
+pub(crate) fn parse_memory_bytes(unit: &str) -> std::result::Result<u64, ()> {
+    Ok(match unit {
+        "b" | "bytes" => 1,
+        "k" | "KiB" | "kiB" => 1 << 10,
+        "KB" => 1000,
+        "M" | "MiB" => 1 << 20,
+        "MB" => 1_000_000,
+        "G" | "GiB" => 1 << 30,
+        "GB" => 1_000_000_000,
+        "T" | "TiB" => 1 << 40,
+        "TB" => 1_000_000_000_000,
+        _ => return Err(()),
+    })
+}
+
+/// `<iothreadids>` listing fewer threads than `<iothreads>` says: libvirt adds the
+/// rest with the lowest free ids.
+fn iothread_ids(e: &mut Element, count: u32) {
+    let used: std::collections::BTreeSet<u32> = e
+        .elements()
+        .filter(|t| t.name == "iothread")
+        .filter_map(|t| t.get_attr("id").and_then(|i| i.parse().ok()))
+        .collect();
+    let missing = (count as usize).saturating_sub(used.len());
+    let ids: Vec<u32> = (1..).filter(|i| !used.contains(i)).take(missing).collect();
+    for id in ids {
+        e.push(Element::new("iothread").attr("id", id));
+    }
 }

@@ -24,8 +24,10 @@ pub struct Controller {
     /// `<model name>`: QEMU's device for a PCI controller (`ioh3420` for a root port);
     /// libvirt fills it, the command line honours it.
     pub model_name: Option<String>,
-    /// `ports=` of a USB controller.
+    /// `ports=` of a USB or virtio-serial controller.
     pub ports: Option<u32>,
+    /// `vectors=` of a virtio-serial controller (its MSI-X vectors).
+    pub vectors: Option<u32>,
     /// `<master startport=>` of a USB companion controller (`ich9-uhci1` beside its
     /// `ich9-ehci1`): it shares its master's index.
     pub master_startport: Option<u32>,
@@ -58,6 +60,7 @@ impl Controller {
             model_name: None,
             target_port: None,
             ports: None,
+            vectors: None,
             master_startport: None,
             unhandled: Vec::new(),
         }
@@ -100,6 +103,7 @@ impl Controller {
                 .and_then(|m| m.get_attr("name"))
                 .map(str::to_owned),
             ports: el.parse_attr::<u32>("ports")?,
+            vectors: el.parse_attr::<u32>("vectors")?,
             master_startport: match el.first("master") {
                 Some(m) => Some(parse_num(m, "startport")?),
                 None => None,
@@ -117,7 +121,8 @@ impl Controller {
             .attr("type", &self.kind)
             .attr("index", self.index)
             .attr_opt("model", self.model.as_deref())
-            .attr_opt("ports", self.ports);
+            .attr_opt("ports", self.ports)
+            .attr_opt("vectors", self.vectors);
         if let Some(n) = &self.model_name {
             el.push(Element::new("model").attr("name", n));
         }

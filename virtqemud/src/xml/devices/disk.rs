@@ -552,6 +552,24 @@ impl Devices {
             // also in a backing chain; a chain's `index`es number the nodes of a
             // running disk and are not part of a definition.
             let fix = &mut |e: &mut Element| {
+                // A qcow2 metadata cache's size is written in bytes.
+                if e.name == "metadata_cache" {
+                    for c in e.children.iter_mut() {
+                        if let Node::Element(m) = c {
+                            let unit = m.get_attr("unit").unwrap_or("bytes");
+                            let per = super::super::parse_memory_bytes(unit);
+                            if let (true, Ok(n), Ok(per)) =
+                                (m.name == "max_size", m.text().trim().parse::<u64>(), per)
+                            {
+                                *m = Element::with_text(
+                                    "max_size",
+                                    n.saturating_mul(per).to_string(),
+                                )
+                                .attr("unit", "bytes");
+                            }
+                        }
+                    }
+                }
                 if e.name == "encryption" && e.get_attr("engine").is_none() {
                     e.attrs.push(("engine".into(), "qemu".into()));
                 }
@@ -566,7 +584,10 @@ impl Devices {
                     }
                 }
             };
-            for e in d.unhandled.iter_mut().chain(d.source_children.iter_mut()) {
+            for e in (d.unhandled.iter_mut())
+                .chain(d.source_children.iter_mut())
+                .chain(d.driver.children.iter_mut())
+            {
                 walk_mut(e, fix);
             }
             // `labelskip` records that a running disk was not relabelled: status only.
@@ -639,6 +660,8 @@ fn drive_address(bus: Option<DiskBus>, target: &str) -> Option<Address> {
 /// protocol (virStorageSourceNetworkDefaultPort), and an iSCSI target without a LUN
 /// gets LUN 0 (virDomainPostParseCheckISCSIPath).
 pub(super) fn net_source_defaults(s: &mut Element) {
+    // The node index of a running disk's source: status only.
+    s.attrs.retain(|(k, _)| k != "index");
     let protocol = s.get_attr("protocol").unwrap_or("").to_owned();
     let port = match protocol.as_str() {
         "http" => 80,

@@ -621,6 +621,7 @@ impl Devices {
                 continue;
             }
             match e.name.as_str() {
+                "shmem" => shmem_defaults(e),
                 // A USB redirection filter's -1s are its wildcards, which libvirt
                 // writes by leaving the attribute out.
                 "redirfilter" => {
@@ -793,3 +794,48 @@ const NET_MODELS: &[&str] = &[
     "82545EM",
     "82543GC",
 ];
+
+/// qemuDomainShmemDefPostParse: the `ivshmem` model unless written, 4 MiB for the
+/// models that have a size (written in MiB, as libvirt does), and MSI with
+/// `ioeventfd='on'` for a plain or doorbell device on a server.
+fn shmem_defaults(e: &mut Element) {
+    use common::xml::Node;
+    if e.first("model").is_none() {
+        e.push(Element::new("model").attr("type", "ivshmem"));
+    }
+    let model = e
+        .first("model")
+        .and_then(|m| m.get_attr("type"))
+        .unwrap_or("ivshmem")
+        .to_owned();
+    if model != "ivshmem-doorbell" && e.first("size").is_none() {
+        e.push(Element::with_text("size", "4").attr("unit", "M"));
+    }
+    for c in e.children.iter_mut() {
+        if let Node::Element(sz) = c {
+            if sz.name != "size" {
+                continue;
+            }
+            let unit = sz.get_attr("unit").unwrap_or("b");
+            if let (Ok(n), Ok(bytes)) = (
+                sz.text().trim().parse::<u64>(),
+                super::parse_memory_bytes(unit),
+            ) {
+                *sz = Element::with_text("size", (n.saturating_mul(bytes) >> 20).to_string())
+                    .attr("unit", "M");
+            }
+        }
+    }
+    if model != "ivshmem" && e.first("server").is_some() {
+        if e.first("msi").is_none() {
+            e.push(Element::new("msi"));
+        }
+        for c in e.children.iter_mut() {
+            if let Node::Element(m) = c {
+                if m.name == "msi" && m.get_attr("ioeventfd").is_none() {
+                    m.attrs.push(("ioeventfd".into(), "on".into()));
+                }
+            }
+        }
+    }
+}
