@@ -23,6 +23,7 @@ use address::{addr_of, parse_num, push_addr};
 pub use address::{Address, PciAddr};
 pub use chardev::{Chardev, ChardevSource};
 pub use controller::{scsi_device, usb_device, Controller, PCI_BRIDGES};
+#[cfg(test)]
 pub(crate) use disk::disk_index;
 pub use disk::{Disk, DiskBus, DiskDevice, DiskDriver, DiskSource, NetHost};
 pub use graphics::{Audio, Graphics, GraphicsKind, Redirdev, Sound, Video};
