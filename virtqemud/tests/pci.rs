@@ -74,14 +74,15 @@ async fn devices_sit_behind_root_ports_as_dumpxml_says() {
     d.destroy(0).await.expect("destroy");
 
     // A bus no controller makes gets the controllers libvirt adds for it (root ports
-    // on q35); a slot a root port does not have is refused at define, naming the
-    // address.
+    // for a PCIe device on q35); a slot a root port does not have is refused at
+    // define, naming the address.
     let e = qc
         .domain_define_xml(
             "<domain type='qemu'><name>noslot</name><memory unit='MiB'>64</memory>\
              <os><type arch='x86_64' machine='q35'>hvm</type></os><devices>\
-             <interface type='user'><address type='pci' domain='0x0000' bus='0x07' \
-             slot='0x03' function='0x0'/></interface></devices></domain>",
+             <interface type='user'><model type='virtio'/><address type='pci' \
+             domain='0x0000' bus='0x07' slot='0x03' function='0x0'/></interface>\
+             </devices></domain>",
         )
         .await
         .expect_err("a root port has one slot");
@@ -90,7 +91,7 @@ async fn devices_sit_behind_root_ports_as_dumpxml_says() {
         .domain_define_xml(&format!(
             "<domain type='qemu'><name>autobus</name><memory unit='MiB'>64</memory>\
              <os><type arch='x86_64' machine='q35'>hvm</type></os><devices>\
-             <interface type='user'>{}</interface></devices></domain>",
+             <interface type='user'><model type='virtio'/>{}</interface></devices></domain>",
             on_bus(7)
         ))
         .await
