@@ -133,6 +133,10 @@ pub(super) fn graphics(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Resul
     for el in local {
         local_display(a, el, ctx)?;
     }
+    // libvirt passes a VNC or SPICE keymap as QEMU's global -k.
+    if let Some(k) = d.graphics.iter().find_map(|g| g.keymap.as_deref()) {
+        a.pair("-k", k);
+    }
     for g in &d.graphics {
         let listen = g.listen.as_deref().unwrap_or("127.0.0.1");
         match g.kind {

@@ -45,6 +45,8 @@ pub struct Graphics {
     pub gl: Option<(bool, Option<PathBuf>)>,
     /// VNC `websocket=PORT`: QEMU's WebSocket listener beside the VNC one.
     pub websocket: Option<i32>,
+    /// `keymap` (`en-us`, ...): the keyboard layout QEMU translates for (`-k`).
+    pub keymap: Option<String>,
 }
 
 /// `<audio id='N' type='none|spice'/>`: an audio backend sound devices play through.
@@ -185,6 +187,20 @@ impl Graphics {
                         .map(|s| Some(PathBuf::from(s)))
                 }),
             websocket: c.parse_attr::<i32>("websocket")?.filter(|_| vnc),
+            keymap: match c.get_attr("keymap") {
+                Some(k)
+                    if k.is_empty()
+                        || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+                {
+                    return Err(invalid(
+                        "graphics",
+                        "attribute 'keymap'",
+                        k,
+                        "expected a layout such as en-us",
+                    ))
+                }
+                k => k.map(str::to_owned),
+            },
             listen_none: c
                 .elements()
                 .any(|l| l.name == "listen" && l.get_attr("type") == Some("none")),
@@ -238,6 +254,7 @@ impl Graphics {
             .attr_opt("autoport", tcp.then(|| yn(self.autoport)))
             .attr_opt("websocket", self.websocket.filter(|_| tcp))
             .attr_opt("socket", vnc_socket)
+            .attr_opt("keymap", self.keymap.as_deref())
             .attr_opt("listen", self.listen.as_deref().filter(|_| tcp))
             .attr_opt("passwd", self.passwd.as_deref().filter(|_| secure))
             .child_opt(self.listen.as_deref().filter(|_| tcp).map(|l| {
