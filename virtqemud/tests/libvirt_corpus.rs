@@ -608,6 +608,17 @@ fn compare_dumpxml(src: &Path, docs: &[(String, String)], caps: &Caps) -> Vec<St
             f.ends_with("-latest.xml") || f.contains(".x86_64-") || f.contains(".i686-")
         });
         let diffs = xml_differences(&ours, &want, caps, fixed_caps);
+        // One file per differing document (ours, libvirt's, the differences), for
+        // working through them.
+        if let Some(dir) = std::env::var_os("CORPUS_XML_DIFF_DIR").filter(|_| !diffs.is_empty()) {
+            let dir = PathBuf::from(dir);
+            std::fs::create_dir_all(&dir).expect("diff dir");
+            let lines: Vec<String> = diffs.iter().map(|(p, s)| format!("{p}: {s}")).collect();
+            std::fs::write(dir.join(format!("{name}.diff")), lines.join("\n") + "\n")
+                .expect("write diff");
+            std::fs::write(dir.join(format!("{name}.ours.xml")), &ours).expect("write ours");
+            std::fs::copy(&expected, dir.join(format!("{name}.libvirt.xml"))).expect("copy");
+        }
         if diffs.is_empty() {
             matched.push(name.clone());
         }

@@ -296,7 +296,7 @@ async fn bridge_and_ethernet_nics_get_taps() {
              <interface type='bridge'><mac address='52:54:00:92:00:01'/>\
              <source bridge='tbr0'/></interface>\
              <interface type='ethernet'><mac address='52:54:00:92:00:02'/>\
-             <target dev='mytap0'/><mtu size='1300'/><alias name='net1'/></interface>\
+             <target dev='mytap0'/><mtu size='1300'/><model type='virtio'/><alias name='net1'/></interface>\
              <interface type='user'/></devices></domain>",
         )
         .await

@@ -73,15 +73,36 @@ async fn devices_sit_behind_root_ports_as_dumpxml_says() {
     assert_eq!(parent("pci.2"), "/machine/q35/pcie.0");
     d.destroy(0).await.expect("destroy");
 
-    // A device on a bus no controller makes is refused at define, naming the address.
+    // A bus no controller makes gets the controllers libvirt adds for it (root ports
+    // for a PCIe device on q35); a slot a root port does not have is refused at
+    // define, naming the address.
     let e = qc
-        .domain_define_xml(&format!(
-            "<domain type='qemu'><name>nobus</name><memory unit='MiB'>64</memory>\
+        .domain_define_xml(
+            "<domain type='qemu'><name>noslot</name><memory unit='MiB'>64</memory>\
              <os><type arch='x86_64' machine='q35'>hvm</type></os><devices>\
-             <interface type='user'>{}</interface></devices></domain>",
+             <interface type='user'><model type='virtio'/><address type='pci' \
+             domain='0x0000' bus='0x07' slot='0x03' function='0x0'/></interface>\
+             </devices></domain>",
+        )
+        .await
+        .expect_err("a root port has one slot");
+    assert!(e.to_string().contains("0000:07:03.0"), "{e}");
+    let auto = qc
+        .domain_define_xml(&format!(
+            "<domain type='qemu'><name>autobus</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64' machine='q35'>hvm</type></os><devices>\
+             <interface type='user'><model type='virtio'/>{}</interface></devices></domain>",
             on_bus(7)
         ))
         .await
-        .expect_err("bus 7 does not exist");
-    assert!(e.to_string().contains("0000:07:00.0"), "{e}");
+        .expect("libvirt adds the root ports bus 7 needs");
+    let xml = domain(conn, &auto)
+        .await
+        .get_xml_desc(0)
+        .await
+        .expect("xml");
+    assert!(
+        xml.contains("<controller type='pci' index='7' model='pcie-root-port'>"),
+        "{xml}"
+    );
 }

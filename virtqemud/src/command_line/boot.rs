@@ -137,11 +137,19 @@ pub(super) fn order(a: &mut Argv, dom: &Domain) {
             })
             .collect();
         let menu = match dom.os.bootmenu {
-            Some(true) => ",menu=on",
-            _ => "",
+            Some(true) => ",menu=on".to_owned() + &splash(dom),
+            _ => String::new(),
         };
         a.pair("-boot", format!("order={order}{menu},strict=on"));
     } else if dom.os.bootmenu == Some(true) {
-        a.pair("-boot", "menu=on,strict=on");
+        a.pair("-boot", format!("menu=on{},strict=on", splash(dom)));
     }
+}
+
+/// `<bootmenu timeout>` as QEMU's `splash-time` (ms), as libvirt passes it.
+fn splash(dom: &Domain) -> String {
+    dom.os
+        .bootmenu_timeout
+        .map(|t| format!(",splash-time={t}"))
+        .unwrap_or_default()
 }

@@ -291,11 +291,21 @@ fn chardev(id: &str, src: &ChardevSource, ctx: &LaunchContext, spice: bool) -> R
         }
         ChardevSource::Pipe(p) => format!("pipe,id={id},path={}", path_opt("chardev pipe", p)?),
         ChardevSource::Tcp {
+            tls: Some(true), ..
+        } => {
+            return Err(unsupported(
+                "chardev source tls",
+                "yes",
+                "TLS chardevs need certificates, not configured here",
+            ))
+        }
+        ChardevSource::Tcp {
             host,
             service,
             listen,
             telnet,
             reconnect,
+            tls: _,
         } => {
             let mut s = format!(
                 "socket,id={id},host={},port={}",

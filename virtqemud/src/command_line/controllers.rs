@@ -11,7 +11,9 @@ pub(super) fn controllers(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Resul
     // `<driver>` of a virtio controller is read by `driver_props`; `<pcihole64>` of
     // the PCI root by `pcihole64`.
     let read_here = |c: &Controller, e: &common::xml::Element| {
-        (e.name == "driver" && virtio_model(c)) || (e.name == "pcihole64" && is_pci_root(c))
+        (e.name == "driver" && virtio_model(c))
+            || (e.name == "pcihole64" && is_pci_root(c))
+            || crate::xml::user_alias(e)
     };
     for c in &d.controllers {
         if let Some(e) = c.unhandled.iter().find(|e| !read_here(c, e)) {
@@ -179,7 +181,9 @@ fn controller_props(
         }
         ("virtio-serial", _) => {
             let dev = DeviceProps::new("virtio-serial-pci")
-                .str("id", format!("virtio-serial{}", c.index));
+                .str("id", format!("virtio-serial{}", c.index))
+                .opt_uint("max_ports", c.ports.map(u64::from))
+                .opt_uint("vectors", c.vectors.map(u64::from));
             driver_props(dev, c)?
         }
         (k, _) => return Err(unsupported("controller type", k, "not implemented")),

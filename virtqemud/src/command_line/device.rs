@@ -148,7 +148,11 @@ impl PciBuses {
         }
         out.push(("bus", PropValue::Str(bus)));
         out.push(("addr", PropValue::Str(addr)));
-        if p.function == 0 && self.multi.contains(&(p.bus, p.slot)) {
+        // Written (or set by libvirt's defaults) on function 0, or implied by others.
+        let multi = p
+            .multi
+            .unwrap_or_else(|| self.multi.contains(&(p.bus, p.slot)));
+        if p.function == 0 && multi {
             out.push(("multifunction", PropValue::Bool(true)));
         }
         out

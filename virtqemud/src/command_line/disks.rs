@@ -103,14 +103,41 @@ fn luks_secret_id(i: usize) -> String {
 fn refuse_unhandled(disk: &Disk) -> Result<()> {
     // `<iotune>` is read by `top_node`, the device's own children by `disk_children`,
     // `<encryption>` by `disks`.
-    if let Some(c) = disk.unhandled.iter().find(|c| {
-        c.name != "iotune" && c.name != "encryption" && !DEVICE_CHILDREN.contains(&c.name.as_str())
-    }) {
+    if let Some(c) = disk
+        .unhandled
+        .iter()
+        // A written `<backingStore>` chain is the image's own: QEMU opens the backing
+        // files its header names (libvirt builds one node per layer from the XML).
+        .find(|c| {
+            !matches!(c.name.as_str(), "iotune" | "backingStore" | "encryption")
+                && !crate::xml::user_alias(c)
+                && !DEVICE_CHILDREN.contains(&c.name.as_str())
+        })
+    {
         return Err(unsupported(
             &format!("disk/{}", c.name),
             &disk.target_dev,
             "not implemented",
         ));
+    }
+    // `snapshot` says how snapshots treat the disk and a cdrom's `tray` is status
+    // (libvirt passes neither to QEMU); `startupPolicy` only matters for a missing
+    // source, which QEMU then refuses as with 'mandatory'. `rotation_rate` and
+    // `removable` are device properties (`disk_props`).
+    if let Some((e, k, v)) = disk.extra_attrs.iter().find(|(e, k, _)| {
+        !matches!(
+            (e.as_str(), k.as_str()),
+            ("disk", "snapshot")
+                | ("source", "startupPolicy")
+                | ("target", "tray" | "rotation_rate" | "removable")
+        )
+    }) {
+        let at = if e == "disk" {
+            "disk".to_owned()
+        } else {
+            format!("disk/{e}")
+        };
+        return Err(unsupported(&format!("{at} {k}"), v, "not implemented"));
     }
     if let Some(c) = disk.source_children.iter().find(|c| c.name != "encryption") {
         return Err(unsupported(
@@ -621,6 +648,7 @@ fn disk_props(
             ))
         }
         (DiskBus::Sata, _) => {
+            only_controller_0(disk)?;
             let u = drive_unit(&disk.address, units.sata, 6, &disk.target_dev)?;
             units.sata = u + 1;
             // q35's built-in AHCI makes buses ide.N; the AHCI card on i440fx sata0.N.
@@ -632,6 +660,7 @@ fn disk_props(
             DeviceProps::new(if cd { "ide-cd" } else { "ide-hd" }).str("bus", bus)
         }
         (DiskBus::Ide, _) => {
+            only_controller_0(disk)?;
             let u = match &disk.address {
                 Some(Address::Drive { bus, unit, .. }) => bus * 2 + unit,
                 _ => units.ide,
@@ -654,13 +683,42 @@ fn disk_props(
         }
         (DiskBus::Usb, _) => DeviceProps::new("usb-storage").str("bus", "usb0.0"),
         (DiskBus::Fdc, _) => {
-            let u = units.fd;
-            units.fd += 1;
+            only_controller_0(disk)?;
+            let u = drive_unit(&disk.address, units.fd, 2, &disk.target_dev)?;
+            units.fd = u + 1;
             DeviceProps::new("floppy").uint("unit", u.into())
         }
     };
     if let Some(node) = media {
         dev = dev.str("drive", node);
+    }
+    let target_attr = |key: &str| {
+        disk.extra_attrs
+            .iter()
+            .find(|(e, k, _)| e == "target" && k == key)
+            .map(|(_, _, v)| v.as_str())
+    };
+    if let Some(r) = target_attr("rotation_rate") {
+        let r = r
+            .parse::<u64>()
+            .map_err(|_| unsupported("disk/target rotation_rate", r, "not a number"))?;
+        dev = dev.uint("rotation_rate", r);
+    }
+    // libvirt says removable=off for USB disks unless the target says on.
+    if bus == DiskBus::Usb {
+        let on = match target_attr("removable") {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some(v) => {
+                return Err(unsupported(
+                    "disk/target removable",
+                    v,
+                    "expected on or off",
+                ))
+            }
+        };
+        dev.props
+            .push(("removable", super::device::PropValue::Bool(on)));
     }
     dev = dev.str("id", format!("disk{i}"));
     if let Some(s) = &disk.serial {
@@ -797,6 +855,22 @@ fn scsi_place(dev: DeviceProps, disk: &Disk, units: &mut DiskUnits) -> Result<De
         .uint("channel", 0)
         .uint("scsi-id", id.into())
         .uint("lun", lun.into()))
+}
+
+/// IDE, SATA and floppy drives go on the machine's one controller of their kind
+/// (libvirt would add a second AHCI or IDE card; not done here).
+fn only_controller_0(disk: &Disk) -> Result<()> {
+    match &disk.address {
+        Some(Address::Drive { controller, .. }) if *controller != 0 => Err(unsupported(
+            "disk address controller",
+            &controller.to_string(),
+            format!(
+                "{} sits on a second controller, which is not implemented",
+                disk.target_dev
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The unit of a drive: from its `<address type='drive' unit=...>` when given,

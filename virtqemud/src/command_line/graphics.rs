@@ -133,6 +133,10 @@ pub(super) fn graphics(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Resul
     for el in local {
         local_display(a, el, ctx)?;
     }
+    // libvirt passes a VNC or SPICE keymap as QEMU's global -k.
+    if let Some(k) = d.graphics.iter().find_map(|g| g.keymap.as_deref()) {
+        a.pair("-k", k);
+    }
     for g in &d.graphics {
         let listen = g.listen.as_deref().unwrap_or("127.0.0.1");
         match g.kind {
@@ -163,6 +167,17 @@ pub(super) fn graphics(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Resul
                 // The password itself goes over QMP (set_password), never on argv.
                 if g.passwd.is_some() {
                     display.push_str(",password=on");
+                }
+                match g.websocket {
+                    Some(w) if w > 0 => display.push_str(&format!(",websocket={w}")),
+                    Some(w) => {
+                        return Err(unsupported(
+                            "graphics websocket",
+                            &w.to_string(),
+                            "an automatic WebSocket port is not implemented",
+                        ))
+                    }
+                    None => {}
                 }
                 a.pair("-vnc", display);
             }

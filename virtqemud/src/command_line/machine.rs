@@ -456,8 +456,15 @@ pub(super) fn machine(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Result
         }
         (VirtType::Qemu, _) => "tcg",
     };
+    // Guest RAM stays out of QEMU's core dumps unless <memory dumpCore='on'> (qemu.conf's
+    // dump_guest_core default, off).
+    let dump = if dom.dump_core == Some(true) {
+        "on"
+    } else {
+        "off"
+    };
     let mut mopts = format!(
-        "{},accel={accel},usb=off,dump-guest-core=off",
+        "{},accel={accel},usb=off,dump-guest-core={dump}",
         qemu_opt_value("machine", machine)?
     );
     if dom.feature("smm").is_some() {
@@ -551,6 +558,13 @@ pub(super) fn cpu(a: &mut Argv, dom: &Domain, accel: &str, ctx: &LaunchContext) 
                     qemu_opt_value("cpu model", c.model.as_deref().unwrap_or(default))?
                 }
             };
+            // libvirt passes host-passthrough's migratable on or off to QEMU.
+            if let (CpuMode::HostPassthrough, Some(m)) = (c.mode, c.migratable.as_deref()) {
+                if !matches!(m, "on" | "off") {
+                    return Err(unsupported("cpu migratable", m, "expected on or off"));
+                }
+                s.push_str(&format!(",migratable={m}"));
+            }
             for (policy, name) in &c.features {
                 let name = qemu_opt_value("cpu feature", name)?;
                 match policy.as_str() {

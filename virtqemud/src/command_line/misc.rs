@@ -196,7 +196,12 @@ pub(super) fn rngs(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
 
 /// RNG `i`, reading object `objrngI`.
 fn rng_props(i: usize, r: &Rng, buses: &PciBuses) -> DeviceProps {
-    let mut dev = DeviceProps::new("virtio-rng-pci")
+    let driver = match r.model.as_str() {
+        "virtio-transitional" => "virtio-rng-pci-transitional",
+        "virtio-non-transitional" => "virtio-rng-pci-non-transitional",
+        _ => "virtio-rng-pci",
+    };
+    let mut dev = DeviceProps::new(driver)
         .str("rng", format!("objrng{i}"))
         .str("id", format!("rng{i}"));
     if let Some((bytes, period)) = r.rate {
@@ -212,7 +217,7 @@ pub(super) fn memballoon(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result
         .devices
         .memballoon
         .as_ref()
-        .filter(|m| m.model == "virtio")
+        .filter(|m| m.model != "none")
     {
         a.device(&memballoon_props(m, buses))?;
     }
@@ -220,7 +225,12 @@ pub(super) fn memballoon(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result
 }
 
 fn memballoon_props(m: &Memballoon, buses: &PciBuses) -> DeviceProps {
-    DeviceProps::new("virtio-balloon-pci")
+    let driver = match m.model.as_str() {
+        "virtio-transitional" => "virtio-balloon-pci-transitional",
+        "virtio-non-transitional" => "virtio-balloon-pci-non-transitional",
+        _ => "virtio-balloon-pci",
+    };
+    DeviceProps::new(driver)
         .str("id", "balloon0")
         .opt_uint(
             "guest-stats-polling-interval",

@@ -445,7 +445,7 @@ mod props_tests {
     /// hotplugged NIC matches one given at start.
     #[test]
     fn nic_qmp_json_matches_device_arg() {
-        let mut dom = Domain::parse("<domain type='qemu'><name>n</name><memory>65536</memory><os><type>hvm</type></os><devices><interface type='user'><mac address='52:54:00:aa:bb:cc'/><boot order='1'/></interface></devices></domain>").unwrap();
+        let mut dom = Domain::parse("<domain type='qemu'><name>n</name><memory>65536</memory><os><type>hvm</type></os><devices><interface type='user'><mac address='52:54:00:aa:bb:cc'/><model type='virtio'/><boot order='1'/></interface></devices></domain>").unwrap();
         dom.fill_defaults(&crate::caps::tests::fake()).unwrap();
         let ctx = LaunchContext::new("/q".into(), "/r/q".into(), "/r/p".into(), "/r".into());
         let argv: Vec<String> = build(&dom, &ctx)

@@ -155,6 +155,8 @@ fn queues(nic: &Interface) -> Result<u32> {
 fn nic_reads(nic: &Interface, c: &Element) -> bool {
     match c.name.as_str() {
         "driver" | "rom" => true,
+        // A user's alias names the device in the definition; QEMU's id is ours.
+        "alias" => crate::xml::user_alias(c),
         "ip" => matches!(nic.kind, InterfaceKind::User),
         "script" | "downscript" => {
             matches!(nic.kind, InterfaceKind::Ethernet) && nic.target_managed != Some(false)

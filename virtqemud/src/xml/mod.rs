@@ -213,6 +213,8 @@ pub struct Os {
     pub dtb: Option<PathBuf>,
     pub boot: Vec<BootDev>,
     pub bootmenu: Option<bool>,
+    /// `<bootmenu timeout>` in ms: how long the menu waits (QEMU's splash-time).
+    pub bootmenu_timeout: Option<u32>,
     /// Elements of `<os>` not typed here (`<smbios>`, `<bios>`, ...), kept verbatim.
     pub other: Vec<Element>,
 }
@@ -278,6 +280,8 @@ pub struct Domain {
     /// `<metadata>` verbatim.
     pub metadata: Option<Element>,
     pub memory_kib: u64,
+    /// `<memory dumpCore='on|off'>`: whether guest RAM goes into QEMU's core dumps.
+    pub dump_core: Option<bool>,
     pub current_memory_kib: u64,
     pub max_memory: Option<(u64, u32)>,
     /// `<vcpu>` maximum
@@ -382,7 +386,12 @@ impl QemuCommandline {
             el.push(Element::new("qemu:arg").attr("value", a));
         }
         for (k, v) in &self.env {
-            el.push(Element::new("qemu:env").attr("name", k).attr("value", v));
+            // libvirt writes an empty value as none at all.
+            el.push(
+                Element::new("qemu:env")
+                    .attr("name", k)
+                    .attr_opt("value", Some(v).filter(|v| !v.is_empty())),
+            );
         }
         el
     }
@@ -528,7 +537,10 @@ fn parse_os(el: &Element) -> Result<Os> {
                     }
                 });
             }
-            "bootmenu" => os.bootmenu = yes_no(c, "enable")?,
+            "bootmenu" => {
+                os.bootmenu = yes_no(c, "enable")?;
+                os.bootmenu_timeout = c.parse_attr::<u32>("timeout")?;
+            }
             _ => os.other.push(c.clone()),
         }
     }
@@ -896,6 +908,10 @@ impl Domain {
             other,
         } = parse_untyped(&root)?;
         let dom = Domain {
+            dump_core: match root.first("memory") {
+                Some(m) => yes_no_on_off(m, "dumpCore")?,
+                None => None,
+            },
             virt_type,
             name,
             uuid,
@@ -1017,8 +1033,6 @@ impl Domain {
                 ));
             }
         }
-        // After the check above: QEMU's own default model need not be listed.
-        self.fill_cpu_defaults(i686_on_x86_64 || self.os.arch.as_deref() == Some("i686"));
         if self.devices.emulator.is_none() {
             self.devices.emulator = Some(if i686_on_x86_64 {
                 caps.emulator.with_file_name("qemu-system-i386")
@@ -1026,9 +1040,25 @@ impl Domain {
                 caps.emulator.clone()
             });
         }
+        // After the check above: QEMU's own default model need not be listed. It is
+        // the emulator's machine default: an i686 guest run by qemu-system-x86_64 (as
+        // libvirt runs one under KVM) gets qemu64, by qemu-system-i386 qemu32.
+        let emulator_64 = (self.devices.emulator.as_ref())
+            .and_then(|e| e.file_name())
+            .is_some_and(|n| n == "qemu-system-x86_64");
+        let i686 = i686_on_x86_64 || self.os.arch.as_deref() == Some("i686");
+        self.fill_cpu_defaults(i686 && !emulator_64);
         if self.virt_type == VirtType::Kvm && !caps.kvm_usable {
             // Defining is allowed (libvirt checks at start); the runtime reports it then.
             tracing::debug!(domain = %self.name, "kvm domain defined while KVM is unusable");
+        }
+        if let Some(f) = self.features.as_mut() {
+            fill_feature_defaults(f);
+        }
+        self.fill_top_level_defaults();
+        // A loader given by path alone is a ROM image (libvirt writes type='rom').
+        if let Some(l) = self.os.loader.as_mut().filter(|l| l.path.is_some()) {
+            l.kind.get_or_insert_with(|| "rom".to_owned());
         }
         let q35 = self.is_q35();
         self.devices.fill_defaults(q35)?;
@@ -1068,6 +1098,81 @@ impl Domain {
             CpuMode::Custom => "partial",
         };
         cpu.check.get_or_insert_with(|| check.to_owned());
+        // QEMU 7.2 knows `migratable`: libvirt turns it on for host-passthrough.
+        if cpu.mode == CpuMode::HostPassthrough {
+            cpu.migratable.get_or_insert_with(|| "on".to_owned());
+        }
+        // NUMA cells are numbered by their place when the ids are not written.
+        for numa in cpu.other.iter_mut().filter(|e| e.name == "numa") {
+            let mut i = 0;
+            for c in numa.children.iter_mut() {
+                if let common::xml::Node::Element(cell) = c {
+                    if cell.name == "cell" {
+                        if cell.get_attr("id").is_none() {
+                            cell.attrs.insert(0, ("id".into(), i.to_string()));
+                        }
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// libvirt's defaults in top-level parts this model keeps as written: vCPU
+    /// placement follows a numatune placed by numad when nothing pins CPUs; a
+    /// `<seclabel type='none'>` is the 'none' model's; an `enrolled-keys` firmware
+    /// implies `secure-boot`; memtune limits are in KiB, unlimited ones left out.
+    fn fill_top_level_defaults(&mut self) {
+        let find = |name: &str| self.other.iter().find(|e| e.name == name);
+        let numad = find("numatune")
+            .and_then(|n| n.first("memory"))
+            .is_some_and(|m| m.get_attr("placement") == Some("auto"));
+        let pinned = find("cputune").is_some_and(|c| {
+            c.elements()
+                .any(|p| matches!(p.name.as_str(), "vcpupin" | "emulatorpin" | "iothreadpin"))
+        });
+        if numad && self.vcpu_cpuset.is_none() && !pinned {
+            self.placement = Some(Placement::Auto);
+        }
+        let vcpu_auto = self.placement == Some(Placement::Auto);
+        let iothreads: u32 = find("iothreads")
+            .and_then(|e| e.text().trim().parse().ok())
+            .unwrap_or(0);
+        for e in self.other.iter_mut() {
+            match e.name.as_str() {
+                "numatune" => normalize_numatune(e, vcpu_auto),
+                "seclabel"
+                    if e.get_attr("type") == Some("none") && e.get_attr("model").is_none() =>
+                {
+                    e.attrs.push(("model".into(), "none".into()))
+                }
+                "memtune" => normalize_memtune(e),
+                "iothreadids" => iothread_ids(e, iothreads),
+                _ => {}
+            }
+        }
+        self.other
+            .retain(|e| !(e.name == "memtune" && e.elements().next().is_none()));
+        if let Some(fw) = self.os.other.iter_mut().find(|e| e.name == "firmware") {
+            let on = |fw: &Element, n: &str| {
+                fw.elements().any(|f| {
+                    f.name == "feature"
+                        && f.get_attr("name") == Some(n)
+                        && f.get_attr("enabled") == Some("yes")
+                })
+            };
+            let named = |fw: &Element, n: &str| {
+                fw.elements()
+                    .any(|f| f.name == "feature" && f.get_attr("name") == Some(n))
+            };
+            if on(fw, "enrolled-keys") && !named(fw, "secure-boot") {
+                fw.push(
+                    Element::new("feature")
+                        .attr("enabled", "yes")
+                        .attr("name", "secure-boot"),
+                );
+            }
+        }
     }
 
     /// Writes the definition in libvirt's layout.
@@ -1104,7 +1209,14 @@ impl Domain {
                     .attr("unit", "KiB"),
             );
         }
-        root.push(Element::with_text("memory", self.memory_kib.to_string()).attr("unit", "KiB"));
+        root.push(
+            Element::with_text("memory", self.memory_kib.to_string())
+                .attr("unit", "KiB")
+                .attr_opt(
+                    "dumpCore",
+                    self.dump_core.map(|d| if d { "on" } else { "off" }),
+                ),
+        );
         root.push(
             Element::with_text("currentMemory", self.current_memory_kib.to_string())
                 .attr("unit", "KiB"),
@@ -1228,7 +1340,11 @@ impl Domain {
             el.push(Element::new("boot").attr("dev", b.as_str()));
         }
         if let Some(m) = os.bootmenu {
-            el.push(Element::new("bootmenu").attr("enable", yn(m)));
+            el.push(
+                Element::new("bootmenu")
+                    .attr("enable", yn(m))
+                    .attr_opt("timeout", os.bootmenu_timeout),
+            );
         }
         for o in &os.other {
             el.push(o.clone());
@@ -1239,3 +1355,194 @@ impl Domain {
 
 #[cfg(test)]
 mod tests;
+
+/// What libvirt writes for `<features>` children given bare (virDomainDefFormatFeatures):
+/// `state='on'` for the switches it always spells out, `<hyperv mode='custom'>`, and
+/// the TSEG size's unit (MiB when none is written).
+fn fill_feature_defaults(features: &mut Element) {
+    const STATEFUL: &[&str] = &[
+        "vmcoreinfo",
+        "hap",
+        "pmu",
+        "pvspinlock",
+        "vmport",
+        "htm",
+        "nested-hv",
+        "ccf-assist",
+        "smm",
+    ];
+    for c in features.children.iter_mut() {
+        let common::xml::Node::Element(e) = c else {
+            continue;
+        };
+        if STATEFUL.contains(&e.name.as_str()) && e.get_attr("state").is_none() {
+            e.attrs.push(("state".into(), "on".into()));
+        }
+        if e.name == "hyperv" && e.get_attr("mode").is_none() {
+            e.attrs.push(("mode".into(), "custom".into()));
+        }
+        if e.name == "smm" {
+            for t in e.children.iter_mut() {
+                if let common::xml::Node::Element(t) = t {
+                    if t.name == "tseg" && t.get_attr("unit").is_none() {
+                        t.attrs.push(("unit".into(), "MiB".into()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `<memtune>` limits as libvirt writes them: in KiB (rounded up), and left out when
+/// unlimited (2^53-1 KiB, VIR_DOMAIN_MEMORY_PARAM_UNLIMITED, or more).
+fn normalize_memtune(m: &mut Element) {
+    const UNLIMITED_KIB: u64 = 9_007_199_254_740_991;
+    m.children.retain_mut(|c| {
+        let common::xml::Node::Element(e) = c else {
+            return true;
+        };
+        let Ok(n) = e.text().trim().parse::<u64>() else {
+            return true;
+        };
+        let unit = e.get_attr("unit").unwrap_or("KiB");
+        let bytes_per: u64 = match unit {
+            "b" | "bytes" => 1,
+            "k" | "KiB" => 1 << 10,
+            "KB" => 1000,
+            "M" | "MiB" => 1 << 20,
+            "MB" => 1_000_000,
+            "G" | "GiB" => 1 << 30,
+            "GB" => 1_000_000_000,
+            "T" | "TiB" => 1 << 40,
+            "TB" => 1_000_000_000_000,
+            _ => return true,
+        };
+        let kib = (u128::from(n) * u128::from(bytes_per)).div_ceil(1024);
+        if kib >= u128::from(UNLIMITED_KIB) {
+            return false;
+        }
+        *e = Element::with_text(e.name.clone(), kib.to_string()).attr("unit", "KiB");
+        true
+    });
+}
+
+/// An `on`/`off` attribute.
+fn yes_no_on_off(el: &Element, key: &str) -> Result<Option<bool>> {
+    match el.get_attr(key) {
+        None => Ok(None),
+        Some("on") => Ok(Some(true)),
+        Some("off") => Ok(Some(false)),
+        Some(v) => Err(invalid(
+            &el.name,
+            &format!("attribute '{key}'"),
+            v,
+            "expected on or off",
+        )),
+    }
+}
+
+/// `<numatune>` as libvirt writes it (virDomainNumatuneFormatXML): the memory's mode
+/// (strict by default) with either its nodeset, written canonically, or
+/// `placement='auto'` (also when a nodeless memory follows an automatic vCPU
+/// placement); memnode nodesets canonical too.
+fn normalize_numatune(n: &mut Element, vcpu_auto: bool) {
+    for c in n.children.iter_mut() {
+        let common::xml::Node::Element(e) = c else {
+            continue;
+        };
+        if let Some(set) = e.get_attr("nodeset").and_then(canonical_cpuset) {
+            e.attrs.retain(|(k, _)| k != "nodeset");
+            e.attrs.push(("nodeset".into(), set));
+        }
+        if e.name != "memory" {
+            continue;
+        }
+        if e.get_attr("mode").is_none() {
+            e.attrs.push(("mode".into(), "strict".into()));
+        }
+        if e.get_attr("nodeset").is_some() {
+            e.attrs
+                .retain(|(k, v)| !(k == "placement" && v == "static"));
+        } else if e.get_attr("placement").is_none() && vcpu_auto {
+            e.attrs.push(("placement".into(), "auto".into()));
+        }
+    }
+}
+
+/// A CPU or node list (`0-3,^2,7`) written as libvirt's virBitmapFormat does
+/// (`0-1,3,7`); None when it does not parse.
+pub(crate) fn canonical_cpuset(s: &str) -> Option<String> {
+    let mut set = std::collections::BTreeSet::new();
+    let mut minus = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (neg, part) = match part.strip_prefix('^') {
+            Some(p) => (true, p),
+            None => (false, part),
+        };
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?),
+            None => {
+                let n = part.parse::<u32>().ok()?;
+                (n, n)
+            }
+        };
+        if a > b || b > 65535 {
+            return None;
+        }
+        if neg {
+            minus.extend(a..=b);
+        } else {
+            set.extend(a..=b);
+        }
+    }
+    for m in minus {
+        set.remove(&m);
+    }
+    let v: Vec<u32> = set.into_iter().collect();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        out.push(if j > i {
+            format!("{}-{}", v[i], v[j])
+        } else {
+            v[i].to_string()
+        });
+        i = j + 1;
+    }
+    Some(out.join(","))
+}
+
+/// Bytes per unit of libvirt's size units (`b`, `KiB`, `M`, `GB`, ...).
+pub(crate) fn parse_memory_bytes(unit: &str) -> std::result::Result<u64, ()> {
+    Ok(match unit {
+        "b" | "bytes" => 1,
+        "k" | "KiB" | "kiB" => 1 << 10,
+        "KB" => 1000,
+        "M" | "MiB" => 1 << 20,
+        "MB" => 1_000_000,
+        "G" | "GiB" => 1 << 30,
+        "GB" => 1_000_000_000,
+        "T" | "TiB" => 1 << 40,
+        "TB" => 1_000_000_000_000,
+        _ => return Err(()),
+    })
+}
+
+/// `<iothreadids>` listing fewer threads than `<iothreads>` says: libvirt adds the
+/// rest with the lowest free ids.
+fn iothread_ids(e: &mut Element, count: u32) {
+    let used: std::collections::BTreeSet<u32> = e
+        .elements()
+        .filter(|t| t.name == "iothread")
+        .filter_map(|t| t.get_attr("id").and_then(|i| i.parse().ok()))
+        .collect();
+    let missing = (count as usize).saturating_sub(used.len());
+    let ids: Vec<u32> = (1..).filter(|i| !used.contains(i)).take(missing).collect();
+    for id in ids {
+        e.push(Element::new("iothread").attr("id", id));
+    }
+}

@@ -40,7 +40,11 @@ fn round_trip_is_stable_and_keeps_metadata() {
     let out = d.to_xml(XmlOpts::default());
     assert!(out.contains("urn:x"), "{out}");
     assert!(out.contains("<weird foo='1'/>"), "{out}");
-    assert!(out.contains("<seclabel type='none'/>"), "{out}");
+    // libvirt names the 'none' model of an unlabelled domain.
+    assert!(
+        out.contains("<seclabel type='none' model='none'/>"),
+        "{out}"
+    );
     assert!(out.contains("machine='pc-q35-7.2'"), "{out}");
     let mut again = Domain::parse(&out).unwrap();
     again.fill_defaults(&fake()).unwrap();
@@ -253,4 +257,267 @@ fn usb_companions_without_index_share_their_masters() {
             (Some("qemu-xhci"), 1),
         ]
     );
+}
+
+/// A domain with `devices` (and `extra` top-level elements) on `machine`, defined:
+/// its inactive XML.
+fn defined_with(machine: &str, devices: &str, extra: &str) -> String {
+    let xml = format!(
+        "<domain type='qemu'><name>d</name><memory unit='MiB'>64</memory>{extra}\
+         <os><type arch='x86_64' machine='{machine}'>hvm</type></os>\
+         <devices>{devices}</devices></domain>"
+    );
+    let mut d = Domain::parse(&xml).unwrap();
+    d.fill_defaults(&fake()).unwrap();
+    let out = d.to_xml(XmlOpts::default());
+    // Defaults are stable: defining the result again changes nothing.
+    let mut again = Domain::parse(&out).unwrap();
+    again.fill_defaults(&fake()).unwrap();
+    assert_eq!(again.to_xml(XmlOpts::default()), out, "defaults not stable");
+    out
+}
+
+fn defined(machine: &str, devices: &str) -> String {
+    defined_with(machine, devices, "")
+}
+
+#[test]
+fn q35_endpoints_get_root_ports_of_their_own_and_a_spare() {
+    let x = defined(
+        "q35",
+        "<interface type='user'><model type='virtio'/></interface><memballoon model='none'/>",
+    );
+    // The NIC, USB (qemu-xhci) and one spare for hot-plug: three root ports on slot
+    // 1 (no video holds it), functions 0-2, numbered as libvirt numbers them.
+    for (i, f) in [(1, 0), (2, 1), (3, 2)] {
+        assert!(
+            x.contains(&format!(
+                "<controller type='pci' index='{i}' model='pcie-root-port'>"
+            )),
+            "{x}"
+        );
+        assert!(
+            x.contains(&format!("<target chassis='{i}' port='0x{:x}'/>", 8 + f)),
+            "{x}"
+        );
+    }
+    assert!(x.contains("<model name='pcie-root-port'/>"), "{x}");
+    assert!(!x.contains("index='4' model='pcie-root-port'"), "{x}");
+    assert!(
+        x.contains("slot='0x01' function='0x0' multifunction='on'/>"),
+        "{x}"
+    );
+    // NICs come before controllers: the NIC is behind root port 1, USB behind 2.
+    let nic = &x[x.find("<interface").unwrap()..];
+    assert!(
+        nic.contains("<address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>"),
+        "{x}"
+    );
+}
+
+#[test]
+fn q35_pci_only_devices_go_behind_a_pcie_to_pci_bridge() {
+    let x = defined(
+        "q35",
+        "<interface type='user'><model type='e1000'/></interface><memballoon model='none'/>",
+    );
+    assert!(x.contains("model='pcie-to-pci-bridge'"), "{x}");
+    assert!(x.contains("<model name='pcie-pci-bridge'/>"), "{x}");
+}
+
+#[test]
+fn i440fx_bus_0_full_adds_a_pci_bridge() {
+    let nics: String = (0..32)
+        .map(|i| {
+            format!("<interface type='user'><mac address='52:54:00:00:00:{i:02x}'/></interface>")
+        })
+        .collect();
+    let x = defined("pc", &nics);
+    assert!(
+        x.contains("<controller type='pci' index='1' model='pci-bridge'>"),
+        "{x}"
+    );
+    assert!(x.contains("<target chassisNr='1'/>"), "{x}");
+    assert!(x.contains("bus='0x01' slot='0x01'"), "{x}");
+}
+
+#[test]
+fn ich9_usb2_shares_one_slot_as_on_real_q35() {
+    let x = defined(
+        "q35",
+        "<controller type='usb' model='ich9-ehci1'/><controller type='usb' model='ich9-uhci1'/>\
+         <controller type='usb' model='ich9-uhci2'/><controller type='usb' model='ich9-uhci3'/>",
+    );
+    assert!(
+        x.contains("slot='0x1d' function='0x0' multifunction='on'/>"),
+        "{x}"
+    );
+    assert!(x.contains("slot='0x1d' function='0x7'/>"), "{x}");
+    assert!(x.contains("<master startport='4'/>"), "{x}");
+}
+
+#[test]
+fn usb2_controllers_without_index_join_the_previous_usb2_set() {
+    let x = defined(
+        "q35",
+        "<controller type='usb' model='ich9-ehci1'/><controller type='usb' model='ich9-uhci1'/>\
+         <controller type='usb' model='ich9-uhci1'/><controller type='usb' model='nec-xhci'/>",
+    );
+    assert!(
+        x.contains("<controller type='usb' index='0' model='ich9-uhci1'>"),
+        "{x}"
+    );
+    // A second uhci1 cannot join index 0 (it has one): a new index.
+    assert!(
+        x.contains("<controller type='usb' index='1' model='ich9-uhci1'>"),
+        "{x}"
+    );
+    assert!(
+        x.contains("<controller type='usb' index='2' model='nec-xhci'"),
+        "{x}"
+    );
+}
+
+#[test]
+fn drive_addresses_follow_the_target_name() {
+    assert_eq!(devices::disk_index("sda"), Some(0));
+    assert_eq!(devices::disk_index("hdc"), Some(2));
+    assert_eq!(devices::disk_index("sdaa"), Some(26));
+    assert_eq!(devices::disk_index("vdb1"), Some(1));
+    assert_eq!(devices::disk_index("xyz"), None);
+    let x = defined(
+        "pc",
+        "<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/></disk>\
+         <disk type='file'><source file='/a'/><target dev='sdi' bus='scsi'/></disk>",
+    );
+    assert!(
+        x.contains("<address type='drive' controller='0' bus='1' target='0' unit='0'/>"),
+        "{x}"
+    );
+    // Wide SCSI bus: unit 7 is the controller's, so sdi (8) is unit 9... of 15.
+    assert!(
+        x.contains("<address type='drive' controller='0' bus='0' target='0' unit='9'/>"),
+        "{x}"
+    );
+    // The SCSI controller libvirt adds is LSI's.
+    assert!(
+        x.contains("<controller type='scsi' index='0' model='lsilogic'>"),
+        "{x}"
+    );
+}
+
+#[test]
+fn nic_model_defaults_to_rtl8139_and_takes_libvirts_spelling() {
+    let x = defined(
+        "pc",
+        "<interface type='user'/><interface type='user'><model type='ViRtIo'/></interface>",
+    );
+    assert!(x.contains("<model type='rtl8139'/>"), "{x}");
+    assert!(x.contains("<model type='virtio'/>"), "{x}");
+}
+
+#[test]
+fn graphics_ports_and_default_audio_as_libvirt() {
+    // SPICE without port or autoport listens nowhere; VNC's automatic port is -1.
+    let x = defined("pc", "<graphics type='spice'/>");
+    assert!(x.contains("<graphics type='spice'>"), "{x}");
+    assert!(x.contains("<listen type='none'/>"), "{x}");
+    assert!(x.contains("<audio id='1' type='spice'/>"), "{x}");
+    let x = defined("pc", "<graphics type='vnc' port='5901' autoport='yes'/>");
+    assert!(x.contains("port='-1' autoport='yes'"), "{x}");
+    assert!(x.contains("<audio id='1' type='none'/>"), "{x}");
+    // SDL passes the host's audio through: libvirt writes no backend.
+    let x = defined("pc", "<graphics type='sdl'/>");
+    assert!(!x.contains("<audio"), "{x}");
+}
+
+#[test]
+fn channels_get_virtio_serial_ports_and_pathless_sockets_no_source() {
+    let x = defined(
+        "pc",
+        "<channel type='unix'><source mode='bind'/><target type='virtio' name='a.0'/></channel>\
+         <channel type='unix'><target type='virtio' name='b.0'/>\
+         <address type='virtio-serial' controller='0' bus='0' port='1'/></channel>",
+    );
+    assert!(!x.contains("<source mode='bind'/>"), "{x}");
+    assert!(x.contains("controller='0' bus='0' port='2'/>"), "{x}");
+}
+
+#[test]
+fn network_disk_hosts_get_default_ports_and_iscsi_a_lun() {
+    let x = defined(
+        "pc",
+        "<disk type='network'><source protocol='nbd' name='x'><host name='h'/></source>\
+         <target dev='vda' bus='virtio'/></disk>\
+         <disk type='network'><source protocol='iscsi' name='iqn.2000-01.x:t'>\
+         <host name='h'/></source><target dev='vdb' bus='virtio'/></disk>",
+    );
+    assert!(x.contains("<host name='h' port='10809'/>"), "{x}");
+    assert!(x.contains("name='iqn.2000-01.x:t/0'"), "{x}");
+    assert!(x.contains("<host name='h' port='3260'/>"), "{x}");
+}
+
+#[test]
+fn cpu_features_and_top_level_defaults() {
+    let x = defined_with(
+        "pc",
+        "",
+        "<features><pmu/><hyperv><relaxed state='on'/></hyperv></features>\
+         <cpu mode='host-passthrough'><numa><cell cpus='0' memory='65536'/></numa></cpu>\
+         <numatune><memnode cellid='0' mode='strict' nodeset='0-3,^2'/></numatune>\
+         <memtune><hard_limit unit='M'>1</hard_limit><soft_limit>9007199254740991</soft_limit></memtune>",
+    );
+    assert!(x.contains("<pmu state='on'/>"), "{x}");
+    assert!(x.contains("<hyperv mode='custom'>"), "{x}");
+    assert!(x.contains("migratable='on'"), "{x}");
+    assert!(x.contains("<cell id='0' cpus='0'"), "{x}");
+    assert!(x.contains("nodeset='0-1,3'"), "{x}");
+    assert!(
+        x.contains("<hard_limit unit='KiB'>1024</hard_limit>"),
+        "{x}"
+    );
+    assert!(!x.contains("soft_limit"), "{x}");
+    assert_eq!(canonical_cpuset("1-2,5-7,^6").as_deref(), Some("1-2,5,7"));
+    assert_eq!(canonical_cpuset("3,1,2").as_deref(), Some("1-3"));
+    assert_eq!(canonical_cpuset("x"), None);
+}
+
+#[test]
+fn i686_guest_under_the_x86_64_emulator_gets_qemu64() {
+    let xml = "<domain type='qemu'><name>d</name><memory unit='MiB'>64</memory>\
+<os><type arch='i686' machine='pc'>hvm</type></os>\
+<devices><emulator>/usr/bin/qemu-system-x86_64</emulator></devices></domain>";
+    let mut d = Domain::parse(xml).unwrap();
+    d.fill_defaults(&fake()).unwrap();
+    assert_eq!(
+        d.cpu.as_ref().and_then(|c| c.model.as_deref()),
+        Some("qemu64")
+    );
+    let mut d = Domain::parse(&xml.replace("<emulator>/usr/bin/qemu-system-x86_64</emulator>", ""))
+        .unwrap();
+    d.fill_defaults(&fake()).unwrap();
+    assert_eq!(
+        d.cpu.as_ref().and_then(|c| c.model.as_deref()),
+        Some("qemu32")
+    );
+}
+
+#[test]
+fn kept_devices_get_libvirts_defaults() {
+    let x = defined_with(
+        "pc",
+        "<shmem name='s'/><smartcard mode='passthrough' type='spicevmc'/>\
+         <memory model='dimm'><target><size unit='MiB'>128</size><node>0</node></target></memory>\
+         <vsock><cid auto='no' address='4'/></vsock><panic/>",
+        "<maxMemory slots='4' unit='GiB'>4</maxMemory>",
+    );
+    assert!(x.contains("<model type='ivshmem'/>"), "{x}");
+    assert!(x.contains("<size unit='M'>4</size>"), "{x}");
+    assert!(
+        x.contains("<address type='ccid' controller='0' slot='0'/>"),
+        "{x}"
+    );
+    assert!(x.contains("<address type='dimm' slot='0'/>"), "{x}");
+    assert!(x.contains("<vsock model='virtio'>"), "{x}");
+    assert!(x.contains("<panic model='isa'/>"), "{x}");
 }

@@ -12,6 +12,9 @@ pub struct PciAddr {
     pub bus: u8,
     pub slot: u8,
     pub function: u8,
+    /// `multifunction='on'|'off'`: libvirt sets it on function 0 of a slot whose
+    /// other functions are used too.
+    pub multi: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,11 +57,25 @@ impl Address {
                         "out of range",
                     ));
                 }
+                let multi = match el.get_attr("multifunction") {
+                    None => None,
+                    Some("on") => Some(true),
+                    Some("off") => Some(false),
+                    Some(v) => {
+                        return Err(invalid(
+                            "address",
+                            "attribute 'multifunction'",
+                            v,
+                            "expected on or off",
+                        ))
+                    }
+                };
                 Ok(Address::Pci(PciAddr {
                     domain: d as u16,
                     bus: b as u8,
                     slot: s as u8,
                     function: f as u8,
+                    multi,
                 }))
             }
             Some("drive") => Ok(Address::Drive {
@@ -78,7 +95,11 @@ impl Address {
                 .attr("domain", format!("0x{:04x}", p.domain))
                 .attr("bus", format!("0x{:02x}", p.bus))
                 .attr("slot", format!("0x{:02x}", p.slot))
-                .attr("function", format!("0x{:x}", p.function)),
+                .attr("function", format!("0x{:x}", p.function))
+                .attr_opt(
+                    "multifunction",
+                    p.multi.map(|m| if m { "on" } else { "off" }),
+                ),
             Address::Drive {
                 controller,
                 bus,

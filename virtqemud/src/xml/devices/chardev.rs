@@ -33,6 +33,8 @@ pub enum ChardevSource {
         listen: bool,
         telnet: bool,
         reconnect: Option<u32>,
+        /// `tls='yes|no'`: TLS over the socket (libvirt's chardev_tls certificates).
+        tls: Option<bool>,
     },
     /// `type='udp'`: the remote end (`mode='connect'`) and the optional local one.
     Udp {
@@ -118,6 +120,7 @@ fn tcp_source(el: &Element) -> Result<ChardevSource> {
         listen,
         telnet,
         reconnect,
+        tls: yes_no(s, "tls")?,
     })
 }
 
@@ -319,6 +322,12 @@ impl Chardev {
                         .attr_opt("append", append.map(|a| if a { "on" } else { "off" })),
                 ),
             ),
+            // A listening socket without a path is made at start: libvirt writes no
+            // source for it.
+            ChardevSource::Unix {
+                path: None,
+                listen: true,
+            } => ("unix", None),
             ChardevSource::Unix { path, listen } => (
                 "unix",
                 Some(
@@ -358,6 +367,7 @@ impl Chardev {
                 listen,
                 telnet: _,
                 reconnect,
+                tls,
             } => (
                 "tcp",
                 Some(
@@ -365,6 +375,7 @@ impl Chardev {
                         .attr("mode", if *listen { "bind" } else { "connect" })
                         .attr_opt("host", host.as_deref())
                         .attr("service", service)
+                        .attr_opt("tls", tls.map(|t| if t { "yes" } else { "no" }))
                         .child_opt(reconnect.map(|t| {
                             Element::new("reconnect")
                                 .attr("enabled", "yes")

@@ -24,8 +24,10 @@ pub struct Controller {
     /// `<model name>`: QEMU's device for a PCI controller (`ioh3420` for a root port);
     /// libvirt fills it, the command line honours it.
     pub model_name: Option<String>,
-    /// `ports=` of a USB controller.
+    /// `ports=` of a USB or virtio-serial controller.
     pub ports: Option<u32>,
+    /// `vectors=` of a virtio-serial controller (its MSI-X vectors).
+    pub vectors: Option<u32>,
     /// `<master startport=>` of a USB companion controller (`ich9-uhci1` beside its
     /// `ich9-ehci1`): it shares its master's index.
     pub master_startport: Option<u32>,
@@ -58,6 +60,7 @@ impl Controller {
             model_name: None,
             target_port: None,
             ports: None,
+            vectors: None,
             master_startport: None,
             unhandled: Vec::new(),
         }
@@ -100,6 +103,7 @@ impl Controller {
                 .and_then(|m| m.get_attr("name"))
                 .map(str::to_owned),
             ports: el.parse_attr::<u32>("ports")?,
+            vectors: el.parse_attr::<u32>("vectors")?,
             master_startport: match el.first("master") {
                 Some(m) => Some(parse_num(m, "startport")?),
                 None => None,
@@ -117,7 +121,8 @@ impl Controller {
             .attr("type", &self.kind)
             .attr("index", self.index)
             .attr_opt("model", self.model.as_deref())
-            .attr_opt("ports", self.ports);
+            .attr_opt("ports", self.ports)
+            .attr_opt("vectors", self.vectors);
         if let Some(n) = &self.model_name {
             el.push(Element::new("model").attr("name", n));
         }
@@ -176,19 +181,15 @@ impl Controller {
 
 impl Devices {
     /// Gives controllers written without an index the next free one of their type, as
-    /// libvirt does; PCI index 0 is the root bus's. Indexes must be unique per type.
+    /// libvirt does (virDomainDefPostParseControllers); PCI index 0 is the root bus's.
+    /// A USB2 controller (EHCI or an ICH9 UHCI) right after another USB2 one joins its
+    /// index unless that index has one of its model already. Every `ich9-uhciN` is a
+    /// companion on ports 2(N-1).. (libvirt's implicit `<master startport>`). Indexes
+    /// must be unique per type, companions aside.
     pub(super) fn number_controllers(&mut self) -> Result<()> {
-        // An ich9-uhciN written without `<master>` beside a master of its index is that
-        // master's companion on ports 2(N-1)..: libvirt's implicit startport.
-        let masters: BTreeSet<u32> = self
-            .controllers
-            .iter()
-            .filter(|c| c.kind == "usb" && !c.model.as_deref().is_some_and(is_ich9_uhci))
-            .map(|c| c.index)
-            .collect();
         for c in &mut self.controllers {
             let n = c.model.as_deref().and_then(|m| m.strip_prefix("ich9-uhci"));
-            if let (Some(n), None, true) = (n, c.master_startport, masters.contains(&c.index)) {
+            if let (Some(n), None) = (n, c.master_startport) {
                 c.master_startport = n.parse::<u32>().ok().map(|n| 2 * n.saturating_sub(1));
             }
         }
@@ -207,37 +208,51 @@ impl Devices {
                 ));
             }
         }
-        for c in self
-            .controllers
-            .iter_mut()
-            .filter(|c| c.index == UNNUMBERED && !c.is_usb_companion())
-        {
-            let root =
-                c.kind == "pci" && matches!(c.model.as_deref(), Some("pcie-root" | "pci-root"));
-            let mut i = if c.kind == "pci" && !root { 1 } else { 0 };
-            while taken.contains(&(c.kind.clone(), i)) {
-                i += 1;
+        for i in 0..self.controllers.len() {
+            if self.controllers[i].index != UNNUMBERED {
+                continue;
             }
-            taken.insert((c.kind.clone(), i));
-            c.index = i;
-        }
-        // A companion written without an index (virt-install's `ich9-uhciN` with
-        // `<master startport>`) belongs to the USB controller before it, as in libvirt.
-        let first_master = self
-            .controllers
-            .iter()
-            .find(|c| c.kind == "usb" && !c.is_usb_companion())
-            .map_or(0, |c| c.index);
-        let mut master = first_master;
-        for c in self.controllers.iter_mut().filter(|c| c.kind == "usb") {
-            if !c.is_usb_companion() {
-                master = c.index;
-            } else if c.index == UNNUMBERED {
-                c.index = master;
-            }
+            let c = &self.controllers[i];
+            let joined = (is_usb2(c)).then(|| {
+                let prev = self.controllers[..i]
+                    .iter()
+                    .rev()
+                    .find(|p| p.kind == "usb")?;
+                let clash = self
+                    .controllers
+                    .iter()
+                    .any(|o| o.kind == "usb" && o.index == prev.index && o.model == c.model);
+                (is_usb2(prev) && !clash).then_some(prev.index)
+            });
+            let index = match joined.flatten() {
+                Some(index) => index,
+                None => {
+                    let root = c.kind == "pci"
+                        && matches!(c.model.as_deref(), Some("pcie-root" | "pci-root"));
+                    let mut n = if c.kind == "pci" && !root { 1 } else { 0 };
+                    while self
+                        .controllers
+                        .iter()
+                        .any(|o| o.kind == c.kind && o.index == n)
+                    {
+                        n += 1;
+                    }
+                    n
+                }
+            };
+            self.controllers[i].index = index;
         }
         Ok(())
     }
+}
+
+/// libvirt's IS_USB2_CONTROLLER.
+fn is_usb2(c: &Controller) -> bool {
+    c.kind == "usb"
+        && matches!(
+            c.model.as_deref(),
+            Some("ehci" | "ich9-ehci1" | "ich9-uhci1" | "ich9-uhci2" | "ich9-uhci3")
+        )
 }
 
 impl Devices {
@@ -274,7 +289,7 @@ impl Devices {
                 .any(|c| c.kind == "scsi" && c.index == i)
             {
                 self.controllers
-                    .push(Controller::new("scsi", i, Some("virtio-scsi")));
+                    .push(Controller::new("scsi", i, Some(SCSI_DEFAULT)));
             }
         }
         // q35 has no floppy controller of its own: one is added for floppy drives.
@@ -316,6 +331,11 @@ impl Devices {
                     .push(Controller::new("virtio-serial", i, None));
             }
         }
+        // libvirt's SCSI controller model when none is written
+        // (qemuDomainGetSCSIControllerModel: LSI's when QEMU has it, as Debian's does).
+        for c in self.controllers.iter_mut().filter(|c| c.kind == "scsi") {
+            c.model.get_or_insert_with(|| SCSI_DEFAULT.to_owned());
+        }
         for c in &self.controllers {
             if c.kind == "usb" {
                 if let Some(m) = &c.model {
@@ -356,6 +376,9 @@ pub(super) fn pci_model_name(model: &str) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+/// libvirt's default SCSI controller model on x86 with a QEMU that has LSI's HBA.
+pub(super) const SCSI_DEFAULT: &str = "lsilogic";
 
 /// libvirt's USB controller models and QEMU's device for each.
 const USB_MODELS: &[(&str, &str)] = &[
@@ -399,8 +422,4 @@ pub fn usb_device(model: &str) -> Option<&'static str> {
 /// QEMU's device for a libvirt SCSI controller model.
 pub fn scsi_device(model: &str) -> Option<&'static str> {
     SCSI_MODELS.iter().find(|m| m.0 == model).map(|m| m.1)
-}
-
-fn is_ich9_uhci(model: &str) -> bool {
-    model.starts_with("ich9-uhci")
 }

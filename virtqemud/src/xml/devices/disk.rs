@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use common::xml::{Element, Node};
 
 use super::super::{invalid, missing, DomainXmlError, Result};
-use super::{addr_of, boot_of, path_text, push_addr, unhandled, Address, Devices, REGENERATED};
+use super::{addr_of, boot_of, path_text, push_addr, unhandled, Address, Devices};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskSource {
@@ -143,6 +143,27 @@ pub struct Disk {
     /// Element children of a file, block or volume `<source>` (`<seclabel>`,
     /// `<reservations>`, ...): kept, written back and refused at start by name.
     pub source_children: Vec<Element>,
+    /// Attributes this model does not type, as (element, name, value) with element
+    /// `disk`, `source` (file, block, volume) or `target`: `startupPolicy`, `snapshot`,
+    /// `rawio`, `rotation_rate`... Kept and written back; the command line refuses
+    /// those it does not honour by name.
+    pub extra_attrs: Vec<(String, String, String)>,
+}
+
+/// The attributes of `el` not named in `typed`, tagged with `element`.
+fn extra_attrs(
+    el: Option<&Element>,
+    element: &str,
+    typed: &[&str],
+) -> Vec<(String, String, String)> {
+    el.map(|e| {
+        e.attrs
+            .iter()
+            .filter(|(k, _)| !typed.contains(&k.as_str()))
+            .map(|(k, v)| (element.to_owned(), k.clone(), v.clone()))
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 const CACHE_MODES: &[&str] = &[
@@ -222,7 +243,22 @@ impl Disk {
             (Some(DiskSource::Network { .. } | DiskSource::Other(_)), _) | (_, None) => Vec::new(),
             (_, Some(s)) => s.elements().cloned().collect(),
         };
+        let mut extra = extra_attrs(Some(el), "disk", &["type", "device"]);
+        if matches!(
+            source,
+            Some(DiskSource::File(_) | DiskSource::Block(_) | DiskSource::Volume { .. })
+        ) {
+            // `index` numbers the node of a running disk (live XML); libvirt reads it
+            // only from status XML and makes it again at start.
+            extra.extend(extra_attrs(
+                src,
+                "source",
+                &["file", "dev", "pool", "volume", "index"],
+            ));
+        }
+        extra.extend(extra_attrs(Some(target), "target", &["dev", "bus"]));
         Ok(Disk {
+            extra_attrs: extra,
             source,
             source_type,
             device,
@@ -248,7 +284,9 @@ impl Disk {
                         "serial",
                         "address",
                     ][..],
-                    REGENERATED,
+                    // `<backingStore>` is kept: libvirt keeps a written chain in the
+                    // definition.
+                    &["alias"],
                 ]
                 .concat(),
             ),
@@ -256,6 +294,14 @@ impl Disk {
     }
 
     pub(super) fn to_element(&self) -> Element {
+        let extra = |el: &mut Element, which: &str| {
+            el.attrs.extend(
+                self.extra_attrs
+                    .iter()
+                    .filter(|(e, _, _)| e == which)
+                    .map(|(_, k, v)| (k.clone(), v.clone())),
+            );
+        };
         let mut el = Element::new("disk").attr("type", &self.source_type).attr(
             "device",
             match self.device {
@@ -286,7 +332,9 @@ impl Disk {
             }
             el.push(e);
         }
+        extra(&mut el, "disk");
         let with_children = |mut e: Element| {
+            extra(&mut e, "source");
             for c in &self.source_children {
                 e.push(c.clone());
             }
@@ -309,11 +357,11 @@ impl Disk {
             }
             None => {}
         }
-        el.push(
-            Element::new("target")
-                .attr("dev", &self.target_dev)
-                .attr_opt("bus", self.bus.map(DiskBus::as_str)),
-        );
+        let mut target = Element::new("target")
+            .attr("dev", &self.target_dev)
+            .attr_opt("bus", self.bus.map(DiskBus::as_str));
+        extra(&mut target, "target");
+        el.push(target);
         if let Some(o) = self.boot_order {
             el.push(Element::new("boot").attr("order", o));
         }
@@ -427,17 +475,15 @@ fn parse_bus(bus: Option<&str>) -> Result<Option<DiskBus>> {
 }
 
 /// A serial QEMU and guests take as written.
+/// libvirt takes any serial (QEMU checks the length its device allows at start);
+/// control characters are refused, as they cannot reach QEMU's option syntax.
 fn check_serial(s: &str) -> Result<()> {
-    if s.len() > 36
-        || !s
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
+    if s.len() > 256 || s.chars().any(char::is_control) {
         return Err(invalid(
             "disk/serial",
             "value",
             s,
-            "at most 36 of A-Z a-z 0-9 - _ .",
+            "at most 256 characters, no control characters",
         ));
     }
     Ok(())
@@ -479,6 +525,80 @@ impl Devices {
                 ));
             }
         }
+        for d in &mut self.disks {
+            // vhost-user disks cannot be snapshotted: libvirt says so by default.
+            if d.source_type == "vhostuser"
+                && !d
+                    .extra_attrs
+                    .iter()
+                    .any(|(e, k, _)| e == "disk" && k == "snapshot")
+            {
+                d.extra_attrs
+                    .push(("disk".into(), "snapshot".into(), "no".into()));
+            }
+            if d.address.is_none() {
+                d.address = drive_address(d.bus, &d.target_dev);
+            }
+            if let Some(DiskSource::Network { source, .. }) = &d.source {
+                let mut s = source.clone();
+                net_source_defaults(&mut s);
+                d.source = Some(network_source(&s)?);
+            }
+            // An empty drive has no source to be of a type: libvirt calls it a file.
+            if d.source.is_none() {
+                d.source_type = "file".to_owned();
+            }
+            // libvirt's encryption engine is QEMU's (the only one it has for disks),
+            // also in a backing chain; a chain's `index`es number the nodes of a
+            // running disk and are not part of a definition.
+            let fix = &mut |e: &mut Element| {
+                // A qcow2 metadata cache's size is written in bytes.
+                if e.name == "metadata_cache" {
+                    for c in e.children.iter_mut() {
+                        if let Node::Element(m) = c {
+                            let unit = m.get_attr("unit").unwrap_or("bytes");
+                            let per = super::super::parse_memory_bytes(unit);
+                            if let (true, Ok(n), Ok(per)) =
+                                (m.name == "max_size", m.text().trim().parse::<u64>(), per)
+                            {
+                                *m = Element::with_text(
+                                    "max_size",
+                                    n.saturating_mul(per).to_string(),
+                                )
+                                .attr("unit", "bytes");
+                            }
+                        }
+                    }
+                }
+                if e.name == "encryption" && e.get_attr("engine").is_none() {
+                    e.attrs.push(("engine".into(), "qemu".into()));
+                }
+                if e.name == "backingStore" {
+                    e.attrs.retain(|(k, _)| k != "index");
+                    for c in e.children.iter_mut() {
+                        if let Node::Element(s) = c {
+                            if s.name == "source" {
+                                s.attrs.retain(|(k, _)| k != "index");
+                            }
+                        }
+                    }
+                }
+            };
+            for e in (d.unhandled.iter_mut())
+                .chain(d.source_children.iter_mut())
+                .chain(d.driver.children.iter_mut())
+            {
+                walk_mut(e, fix);
+            }
+            // `labelskip` records that a running disk was not relabelled: status only.
+            d.source_children
+                .retain(|e| !(e.name == "seclabel" && e.get_attr("labelskip") == Some("yes")));
+            if let Some(DiskSource::Network { source, .. } | DiskSource::Other(source)) =
+                &mut d.source
+            {
+                walk_mut(source, fix);
+            }
+        }
         let mut seen = BTreeSet::new();
         for d in &self.disks {
             if !seen.insert(d.target_dev.clone()) {
@@ -491,5 +611,98 @@ impl Devices {
             }
         }
         Ok(())
+    }
+}
+
+/// libvirt's virDiskNameToIndex: `sda` 0, `sdz` 25, `sdaa` 26 (a partition number
+/// after the letters is allowed).
+pub(crate) fn disk_index(name: &str) -> Option<u32> {
+    let rest = ["hd", "sd", "vd", "xvd", "ubd", "fd"]
+        .iter()
+        .find_map(|p| name.strip_prefix(p))?;
+    let letters: Vec<u8> = rest.bytes().take_while(u8::is_ascii_lowercase).collect();
+    if letters.is_empty() || !rest[letters.len()..].bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut idx: u32 = 0;
+    for (i, c) in letters.iter().enumerate() {
+        idx = idx.checked_add(u32::from(i > 0))?.checked_mul(26)?;
+        idx = idx.checked_add(u32::from(c - b'a'))?;
+    }
+    Some(idx)
+}
+
+/// libvirt's virDomainDiskDefAssignAddress: the drive address a disk written without
+/// one gets from its target name (QEMU's wide SCSI bus: 15 units per controller, unit
+/// 7 being the controller's own; IDE 2 units on 2 buses per controller; SATA 6 units;
+/// floppy 2).
+fn drive_address(bus: Option<DiskBus>, target: &str) -> Option<Address> {
+    let idx = disk_index(target)?;
+    let (controller, bus, unit) = match bus? {
+        DiskBus::Scsi => {
+            let unit = idx % 15;
+            (idx / 15, 0, if unit >= 7 { unit + 1 } else { unit })
+        }
+        DiskBus::Ide => (idx / 4, (idx % 4) / 2, idx % 2),
+        DiskBus::Sata => (idx / 6, 0, idx % 6),
+        DiskBus::Fdc => (idx / 2, 0, idx % 2),
+        _ => return None,
+    };
+    Some(Address::Drive {
+        controller,
+        bus,
+        target: 0,
+        unit,
+    })
+}
+
+/// libvirt's defaults in a network disk's `<source>`: each TCP host's port from its
+/// protocol (virStorageSourceNetworkDefaultPort), and an iSCSI target without a LUN
+/// gets LUN 0 (virDomainPostParseCheckISCSIPath).
+pub(super) fn net_source_defaults(s: &mut Element) {
+    // The node index of a running disk's source: status only.
+    s.attrs.retain(|(k, _)| k != "index");
+    let protocol = s.get_attr("protocol").unwrap_or("").to_owned();
+    let port = match protocol.as_str() {
+        "http" => 80,
+        "https" => 443,
+        "ftp" => 21,
+        "ftps" => 990,
+        "tftp" => 69,
+        "sheepdog" => 7000,
+        "nbd" => 10809,
+        "ssh" => 22,
+        "iscsi" => 3260,
+        "gluster" => 24007,
+        "vxhs" => 9999,
+        _ => 0,
+    };
+    if protocol == "iscsi" {
+        for (k, v) in s.attrs.iter_mut() {
+            if k == "name" && !v.contains('/') {
+                v.push_str("/0");
+            }
+        }
+    }
+    if port == 0 {
+        return;
+    }
+    for c in s.children.iter_mut() {
+        if let Node::Element(h) = c {
+            let tcp = h.get_attr("transport").unwrap_or("tcp") == "tcp";
+            if h.name == "host" && tcp && h.get_attr("port").is_none() {
+                h.attrs.push(("port".into(), port.to_string()));
+            }
+        }
+    }
+}
+
+/// Calls `f` on `e` and every element below it.
+fn walk_mut(e: &mut Element, f: &mut impl FnMut(&mut Element)) {
+    f(e);
+    for c in e.children.iter_mut() {
+        if let Node::Element(c) = c {
+            walk_mut(c, f);
+        }
     }
 }

@@ -43,6 +43,10 @@ pub struct Graphics {
     pub listen_none: bool,
     /// SPICE `<gl enable rendernode>`: (enabled, the GPU render node).
     pub gl: Option<(bool, Option<PathBuf>)>,
+    /// VNC `websocket=PORT`: QEMU's WebSocket listener beside the VNC one.
+    pub websocket: Option<i32>,
+    /// `keymap` (`en-us`, ...): the keyboard layout QEMU translates for (`-k`).
+    pub keymap: Option<String>,
 }
 
 /// `<audio id='N' type='none|spice'/>`: an audio backend sound devices play through.
@@ -98,11 +102,16 @@ pub struct Sound {
     pub address: Option<Address>,
 }
 
-fn parse_graphics_port(el: &Element) -> Result<(Option<i32>, bool, Option<String>)> {
+/// The port, autoport and listen address of `<graphics>`. As in libvirt, VNC ports
+/// are automatic unless one is written; SPICE's only with `autoport='yes'` or a port
+/// (or TLS port) of -1.
+fn parse_graphics_port(el: &Element, vnc: bool) -> Result<(Option<i32>, bool, Option<String>)> {
     let port = el.parse_attr::<i32>("port")?;
+    let tls_auto = el.parse_attr::<i32>("tlsPort")? == Some(-1);
     let autoport = match yes_no(el, "autoport")? {
-        Some(a) => a,
-        None => port.is_none_or(|p| p == -1),
+        Some(a) => a || port == Some(-1) || tls_auto,
+        None if vnc => port.is_none_or(|p| p == -1),
+        None => port == Some(-1) || tls_auto,
     };
     let listen = el
         .get_attr("listen")
@@ -133,7 +142,8 @@ fn parse_graphics_port(el: &Element) -> Result<(Option<i32>, bool, Option<String
 
 impl Graphics {
     pub(super) fn parse(c: &Element) -> Result<Graphics> {
-        let (port, autoport, listen) = parse_graphics_port(c)?;
+        let vnc = c.get_attr("type") == Some("vnc");
+        let (port, autoport, listen) = parse_graphics_port(c, vnc)?;
         let kind = match c.req_attr("type")? {
             "vnc" => GraphicsKind::Vnc,
             "spice" => GraphicsKind::Spice,
@@ -157,17 +167,40 @@ impl Graphics {
                 "must not contain control characters",
             ));
         }
+        // SPICE's -1 ports mean autoport (set above); libvirt keeps them as 0.
+        let spice_port = |p: Option<i32>| if vnc { p } else { p.filter(|p| *p > 0) };
         Ok(Graphics {
             kind,
-            port,
-            tls_port: c.parse_attr::<i32>("tlsPort")?,
+            port: spice_port(port),
+            tls_port: spice_port(c.parse_attr::<i32>("tlsPort")?),
             autoport,
             listen,
             passwd,
+            // VNC's `socket` attribute is the old spelling of a socket listener.
             listen_socket: c
                 .elements()
                 .find(|l| l.name == "listen" && l.get_attr("type") == Some("socket"))
-                .map(|l| l.get_attr("socket").map(PathBuf::from)),
+                .map(|l| l.get_attr("socket").map(PathBuf::from))
+                .or_else(|| {
+                    c.get_attr("socket")
+                        .filter(|_| vnc)
+                        .map(|s| Some(PathBuf::from(s)))
+                }),
+            websocket: c.parse_attr::<i32>("websocket")?.filter(|_| vnc),
+            keymap: match c.get_attr("keymap") {
+                Some(k)
+                    if k.is_empty()
+                        || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+                {
+                    return Err(invalid(
+                        "graphics",
+                        "attribute 'keymap'",
+                        k,
+                        "expected a layout such as en-us",
+                    ))
+                }
+                k => k.map(str::to_owned),
+            },
             listen_none: c
                 .elements()
                 .any(|l| l.name == "listen" && l.get_attr("type") == Some("none")),
@@ -197,15 +230,34 @@ impl Graphics {
 
     /// `secure`: include the password (`VIR_DOMAIN_XML_SECURE`, and our files).
     pub(super) fn to_element(&self, secure: bool) -> Element {
-        // libvirt writes the address both ways.
+        // libvirt writes the address both ways; ports only for a TCP listener (VNC's
+        // automatic one as -1, SPICE's when set).
+        let tcp = self.listen_socket.is_none() && !self.listen_none;
+        let vnc = self.kind == GraphicsKind::Vnc;
+        // A running VNC shows the port QEMU took (the runtime sets it); a defined one
+        // with autoport shows -1 (`Devices::fill_defaults` drops a written port).
+        let port = match (vnc, self.port) {
+            (_, Some(p)) if p > 0 => Some(p),
+            (true, _) if self.autoport => Some(-1),
+            _ => None,
+        };
+        let vnc_socket = self
+            .listen_socket
+            .as_ref()
+            .and_then(|s| s.as_deref())
+            .filter(|_| vnc)
+            .map(path_text);
         Element::new("graphics")
             .attr("type", self.kind.as_str())
-            .attr_opt("port", self.port)
-            .attr_opt("tlsPort", self.tls_port)
-            .attr("autoport", yn(self.autoport))
-            .attr_opt("listen", self.listen.as_deref())
+            .attr_opt("port", port.filter(|_| tcp))
+            .attr_opt("tlsPort", self.tls_port.filter(|p| *p > 0 && tcp))
+            .attr_opt("autoport", tcp.then(|| yn(self.autoport)))
+            .attr_opt("websocket", self.websocket.filter(|_| tcp))
+            .attr_opt("socket", vnc_socket)
+            .attr_opt("keymap", self.keymap.as_deref())
+            .attr_opt("listen", self.listen.as_deref().filter(|_| tcp))
             .attr_opt("passwd", self.passwd.as_deref().filter(|_| secure))
-            .child_opt(self.listen.as_deref().map(|l| {
+            .child_opt(self.listen.as_deref().filter(|_| tcp).map(|l| {
                 Element::new("listen")
                     .attr("type", "address")
                     .attr("address", l)

@@ -12,6 +12,9 @@ pub struct Hostdev {
     pub source: PciAddr,
     pub managed: bool,
     pub address: Option<Address>,
+    /// `<driver name='vfio'/>` as written: libvirt 9.0 picks VFIO at start and
+    /// writes it into the definition only when it was given.
+    pub driver_vfio: bool,
 }
 
 impl Hostdev {
@@ -33,7 +36,18 @@ impl Hostdev {
             Address::Pci(p) => p,
             _ => return Err(missing("hostdev", "PCI source address")),
         };
+        // libvirt 9.0 assigns PCI devices through VFIO only (and writes so).
+        if let Some(d) = c.first("driver").and_then(|d| d.get_attr("name")) {
+            if d != "vfio" {
+                return Err(DomainXmlError::unsupported(
+                    "hostdev driver name",
+                    d,
+                    "only 'vfio' (legacy KVM assignment is gone from libvirt too)",
+                ));
+            }
+        }
         Ok(Hostdev {
+            driver_vfio: c.first("driver").is_some(),
             source,
             managed: yes_no(c, "managed")?.unwrap_or(false),
             address: addr_of(c)?,
@@ -51,6 +65,10 @@ impl Hostdev {
             .attr("mode", "subsystem")
             .attr("type", "pci")
             .attr("managed", yn(self.managed))
+            .child_opt(
+                self.driver_vfio
+                    .then(|| Element::new("driver").attr("name", "vfio")),
+            )
             .child(Element::new("source").child(a));
         push_addr(&mut e, &self.address);
         e

@@ -20,6 +20,8 @@ pub struct Input {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rng {
+    /// `virtio`, or its (non-)transitional variant.
+    pub model: String,
     /// Host source, default /dev/urandom.
     pub backend: PathBuf,
     /// `<backend model='builtin'/>`: QEMU's own generator (getrandom), no host file.
@@ -93,7 +95,12 @@ impl Input {
 
 impl Rng {
     pub(super) fn parse(c: &Element) -> Result<Rng> {
-        model_attr(c, "rng model", &["virtio"], "virtio")?;
+        let model = model_attr(
+            c,
+            "rng model",
+            &["virtio", "virtio-transitional", "virtio-non-transitional"],
+            "virtio",
+        )?;
         let b = c
             .first("backend")
             .ok_or_else(|| missing("rng", "<backend>"))?;
@@ -123,6 +130,7 @@ impl Rng {
             None => None,
         };
         Ok(Rng {
+            model,
             backend,
             builtin,
             rate,
@@ -132,7 +140,7 @@ impl Rng {
 
     pub(super) fn to_element(&self) -> Element {
         let mut e = Element::new("rng")
-            .attr("model", "virtio")
+            .attr("model", &self.model)
             .child(if self.builtin {
                 Element::new("backend").attr("model", "builtin")
             } else {
@@ -150,11 +158,14 @@ impl Rng {
 impl Memballoon {
     pub(super) fn parse(c: &Element) -> Result<Memballoon> {
         let model = c.req_attr("model")?;
-        if !matches!(model, "virtio" | "none") {
+        if !matches!(
+            model,
+            "virtio" | "virtio-transitional" | "virtio-non-transitional" | "none"
+        ) {
             return Err(DomainXmlError::unsupported(
                 "memballoon model",
                 model,
-                "expected virtio or none",
+                "expected virtio, virtio-transitional, virtio-non-transitional or none",
             ));
         }
         Ok(Memballoon {

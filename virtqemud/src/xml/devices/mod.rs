@@ -23,6 +23,8 @@ use address::{addr_of, parse_num, push_addr};
 pub use address::{Address, PciAddr};
 pub use chardev::{Chardev, ChardevSource};
 pub use controller::{scsi_device, usb_device, Controller, PCI_BRIDGES};
+#[cfg(test)]
+pub(crate) use disk::disk_index;
 pub use disk::{Disk, DiskBus, DiskDevice, DiskDriver, DiskSource, NetHost};
 pub use graphics::{Audio, Graphics, GraphicsKind, Redirdev, Sound, Video};
 pub use hostdev::Hostdev;
@@ -53,9 +55,15 @@ fn path_text(p: &std::path::Path) -> String {
 /// refused at start, so nothing in a definition is silently ignored.
 fn unhandled(el: &Element, handled: &[&str]) -> Vec<Element> {
     el.elements()
-        .filter(|c| !handled.contains(&c.name.as_str()))
+        .filter(|c| !handled.contains(&c.name.as_str()) || user_alias(c))
         .cloned()
         .collect()
+}
+
+/// An `<alias name='ua-...'>`: a name the user gave the device, which libvirt keeps
+/// in the definition (other aliases are its own, made again at start).
+pub(crate) fn user_alias(c: &Element) -> bool {
+    c.name == "alias" && c.get_attr("name").is_some_and(|n| n.starts_with("ua-"))
 }
 
 /// Children libvirt writes into live XML that carry nothing to honour (it makes them
@@ -207,6 +215,11 @@ pub fn dropped_child(c: &Element) -> Result<Option<String>> {
         vfio(p)
             // The pty a running guest got, in live XML; a new one is made at start.
             || (chardev && live_pty_path(p))
+            // A listening UNIX socket without a path: made at start, not written.
+            || (chardev && p == "source" && c.get_attr("type") == Some("unix")
+                && c.first("source").is_some_and(|s| {
+                    s.get_attr("path").is_none() && s.get_attr("mode").unwrap_or("bind") == "bind"
+                }))
             || (c.name == "graphics" && default_listen(p))
     };
     Ok(child_paths(c)
@@ -341,9 +354,9 @@ impl Devices {
         for (i, s) in self.serials.iter_mut().enumerate() {
             s.target_port.get_or_insert(i as u32);
             s.target_type.get_or_insert_with(|| "isa-serial".into());
-            // libvirt names the device of an ISA serial port in <target><model>.
-            if s.target_type.as_deref() == Some("isa-serial") {
-                s.target_model.get_or_insert_with(|| "isa-serial".into());
+            // libvirt names the device of a serial port in <target><model>.
+            if let Some(m) = s.target_type.as_deref().and_then(serial_model) {
+                s.target_model.get_or_insert_with(|| m.into());
             }
         }
         // The first console is the serial port's (or a virtio console); libvirt's
@@ -359,24 +372,30 @@ impl Devices {
         for c in &mut self.channels {
             c.target_type.get_or_insert_with(|| "virtio".into());
         }
+        self.assign_channel_ports();
+        self.fill_untyped_defaults();
+        // libvirt's default NIC model on x86 (qemuDomainDefaultNetModel) is rtl8139,
+        // and it writes it down; a vDPA NIC can only be virtio.
         for i in &mut self.interfaces {
             i.mac.get_or_insert_with(Mac::random);
-            i.model.get_or_insert_with(|| "virtio".into());
-        }
-        let mut macs = BTreeSet::new();
-        for i in &self.interfaces {
-            if let Some(m) = i.mac {
-                if !macs.insert(m.0) {
-                    return Err(invalid(
-                        "mac",
-                        "attribute 'address'",
-                        &m.to_string(),
-                        "used twice",
-                    ));
+            i.model.get_or_insert_with(|| "rtl8139".into());
+            // libvirt knows its model names in any case and writes its own spelling.
+            if let Some(m) = i.model.as_mut() {
+                if let Some(k) = NET_MODELS.iter().find(|k| k.eq_ignore_ascii_case(m)) {
+                    *m = (*k).to_owned();
                 }
             }
         }
-        if self.memballoon.is_none() {
+        for e in self.other.iter_mut().filter(|e| {
+            e.name == "interface"
+                && e.get_attr("type") == Some("vdpa")
+                && e.first("model").is_none()
+        }) {
+            e.push(common::xml::Element::new("model").attr("type", "virtio"));
+        }
+        // Two NICs may share a MAC address: libvirt defines such a domain (the
+        // guest decides what to make of it).
+        if self.memballoon.is_none() && !self.other.iter().any(|e| e.name == "memballoon") {
             self.memballoon = Some(Memballoon {
                 model: "virtio".into(),
                 stats_period: None,
@@ -391,50 +410,49 @@ impl Devices {
         for v in &mut self.videos {
             v.fill_defaults();
         }
-        // libvirt keeps an automatic VNC port as port='-1'.
+        // libvirt keeps an automatic VNC port as port='-1'. A SPICE with neither port
+        // nor autoport listens nowhere (virDomainDefPostParseGraphics).
         for g in &mut self.graphics {
-            if g.kind == GraphicsKind::Vnc && g.autoport && g.port.is_none() {
+            if g.kind == GraphicsKind::Vnc && g.autoport {
                 g.port = Some(-1);
+            }
+            let no_port = g.port.is_none_or(|p| p <= 0) && g.tls_port.is_none_or(|p| p <= 0);
+            if g.kind == GraphicsKind::Spice && g.listen_socket.is_none() && !g.autoport && no_port
+            {
+                g.listen_none = true;
+                g.listen = None;
+            }
+        }
+        // The video written primary='yes' is libvirt's first one.
+        if let Some(i) = self.videos.iter().position(|v| v.primary) {
+            let v = self.videos.remove(i);
+            self.videos.insert(0, v);
+            for v in &mut self.videos {
+                v.primary = false;
             }
         }
         if let Some(v) = self.videos.first_mut().filter(|v| v.model != "none") {
             v.primary = true;
+        } else if self.videos.is_empty() {
+            // A video kept whole (for a child the model does not type) is libvirt's
+            // primary one all the same.
+            let model = (self.other.iter_mut())
+                .find(|e| e.name == "video")
+                .and_then(|v| {
+                    v.children.iter_mut().find_map(|c| match c {
+                        common::xml::Node::Element(m) if m.name == "model" => Some(m),
+                        _ => None,
+                    })
+                });
+            if let Some(m) = model
+                .filter(|m| m.get_attr("type") != Some("none") && m.get_attr("primary").is_none())
+            {
+                m.attrs.push(("primary".into(), "yes".into()));
+            }
         }
         self.add_default_audio();
         self.add_implicit_inputs();
-        self.assign_pci(q35)?;
-        self.fill_pci_targets();
-        Ok(())
-    }
-
-    /// libvirt's `<model name>` and `<target>` of PCI controllers: chassis = index (a pci-bridge's
-    /// chassisNr), and a root or downstream port's port number from its own slot and
-    /// function (`slot << 3 | function`).
-    fn fill_pci_targets(&mut self) {
-        for c in self.controllers.iter_mut().filter(|c| c.kind == "pci") {
-            // libvirt writes the QEMU device of a PCI controller model as <model name>.
-            if c.model_name.is_none() {
-                c.model_name = c
-                    .model
-                    .as_deref()
-                    .and_then(controller::pci_model_name)
-                    .map(str::to_owned);
-            }
-            match c.model.as_deref() {
-                Some("pcie-root-port" | "pcie-switch-downstream-port") => {
-                    c.target_chassis.get_or_insert(c.index);
-                    if let (None, Some(p)) =
-                        (c.target_port, c.address.as_ref().and_then(Address::pci))
-                    {
-                        c.target_port = Some(u32::from(p.slot) << 3 | u32::from(p.function));
-                    }
-                }
-                Some("pci-bridge") => {
-                    c.target_chassis.get_or_insert(c.index);
-                }
-                _ => {}
-            }
-        }
+        self.assign_pci(q35)
     }
 
     /// The controllers libvirt gives every PC machine (qemuDomainDefAddDefaultDevices):
@@ -459,7 +477,7 @@ impl Devices {
             .any(|e| e.name == "hostdev" && e.get_attr("type") == Some("scsi"));
         if scsi_hostdev && !self.controllers.iter().any(|c| c.kind == "scsi") {
             self.controllers
-                .push(Controller::new("scsi", 0, Some("virtio-scsi")));
+                .push(Controller::new("scsi", 0, Some(controller::SCSI_DEFAULT)));
         }
         // Smart cards sit on a CCID controller (a USB device).
         let smartcard = self.other.iter().any(|e| e.name == "smartcard");
@@ -489,6 +507,7 @@ impl Devices {
                 bus: 0,
                 slot,
                 function,
+                multi: None,
             }))
         };
         for c in &mut self.controllers {
@@ -504,6 +523,190 @@ impl Devices {
                 ("sata", _, true) => fixed(0x1f, 2),
                 _ => None,
             };
+        }
+    }
+
+    /// libvirt's virtio-serial addresses of channels (qemuDomainAssignVirtioSerialAddresses):
+    /// the channel's controller (0 unless its address names one), the next free port
+    /// from 1; virtio consoles hold ports 0.. of controller 0. The command line reads
+    /// them back (`channel_places`).
+    fn assign_channel_ports(&mut self) {
+        fn num(e: &Element, k: &str) -> Option<u32> {
+            let v = e.get_attr(k)?;
+            match v.strip_prefix("0x") {
+                Some(h) => u32::from_str_radix(h, 16).ok(),
+                None => v.parse().ok(),
+            }
+        }
+        let is_addr = |e: &Element| {
+            e.name == "address"
+                && e.get_attr("type") == Some("virtio-serial")
+                && e.get_attr("bus").unwrap_or("0") == "0"
+        };
+        let consoles = self
+            .consoles
+            .iter()
+            .filter(|c| c.target_type.as_deref() == Some("virtio"))
+            .count() as u32;
+        let mut used: BTreeSet<(u32, u32)> = (0..consoles).map(|p| (0, p)).collect();
+        for ch in self.channels.iter().filter(|c| !c.is_guestfwd()) {
+            if let Some(a) = ch.unhandled.iter().find(|e| is_addr(e)) {
+                if let Some(p) = num(a, "port") {
+                    used.insert((num(a, "controller").unwrap_or(0), p));
+                }
+            }
+        }
+        for ch in self.channels.iter_mut().filter(|c| !c.is_guestfwd()) {
+            let at = ch.unhandled.iter().position(|e| e.name == "address");
+            let controller = match at.map(|i| &ch.unhandled[i]) {
+                Some(a) if !is_addr(a) || num(a, "port").is_some() => continue,
+                Some(a) => num(a, "controller").unwrap_or(0),
+                None => 0,
+            };
+            let mut port = 1;
+            while used.contains(&(controller, port)) {
+                port += 1;
+            }
+            used.insert((controller, port));
+            let el = Element::new("address")
+                .attr("type", "virtio-serial")
+                .attr("controller", controller)
+                .attr("bus", 0)
+                .attr("port", port);
+            match at {
+                Some(i) => ch.unhandled[i] = el,
+                None => ch.unhandled.push(el),
+            }
+        }
+    }
+
+    /// The defaults libvirt writes into devices this model keeps whole: a vsock's
+    /// virtio model, a filesystem's `accessmode='passthrough'` (not for a virtiofs
+    /// on a given socket) and its modes as four octal digits; an x86 panic device is
+    /// ISA's.
+    fn fill_untyped_defaults(&mut self) {
+        for p in &mut self.panics {
+            p.model.get_or_insert_with(|| "isa".to_owned());
+        }
+        let mut ccid_slots: BTreeSet<(String, String)> = self
+            .other
+            .iter()
+            .filter(|e| e.name == "smartcard")
+            .filter_map(|e| e.first("address"))
+            .filter(|a| a.get_attr("type") == Some("ccid"))
+            .map(|a| {
+                let v = |k| a.get_attr(k).unwrap_or("0").to_owned();
+                (v("controller"), v("slot"))
+            })
+            .collect();
+        // DIMMs take the first free memory slot (qemuDomainAssignMemorySlots).
+        let dimm = |e: &Element| {
+            e.name == "memory" && matches!(e.get_attr("model"), Some("dimm" | "nvdimm"))
+        };
+        let mut slots: BTreeSet<u32> = self
+            .other
+            .iter()
+            .filter(|e| dimm(e))
+            .filter_map(|e| e.first("address"))
+            .filter_map(|a| a.get_attr("slot").and_then(|s| s.parse().ok()))
+            .collect();
+        for e in &mut self.other {
+            let has = |e: &Element, k: &str| e.get_attr(k).is_some();
+            if dimm(e) && e.first("address").is_none() {
+                let slot = (0u32..).find(|s| !slots.contains(s)).unwrap_or(0);
+                slots.insert(slot);
+                e.push(
+                    Element::new("address")
+                        .attr("type", "dimm")
+                        .attr("slot", slot),
+                );
+                continue;
+            }
+            match e.name.as_str() {
+                "shmem" => shmem_defaults(e),
+                // A USB redirection filter's -1s are its wildcards, which libvirt
+                // writes by leaving the attribute out.
+                "redirfilter" => {
+                    for c in e.children.iter_mut() {
+                        if let common::xml::Node::Element(u) = c {
+                            u.attrs.retain(|(k, v)| k == "allow" || v != "-1");
+                        }
+                    }
+                }
+                // A smart card's place on its CCID controller (the first free slot).
+                "smartcard" if e.first("address").is_none() => {
+                    let slot = (0u32..)
+                        .find(|s| !ccid_slots.contains(&("0".to_owned(), s.to_string())))
+                        .unwrap_or(0);
+                    ccid_slots.insert(("0".to_owned(), slot.to_string()));
+                    e.push(
+                        Element::new("address")
+                            .attr("type", "ccid")
+                            .attr("controller", 0)
+                            .attr("slot", slot),
+                    );
+                }
+                // A serial port kept whole (a spiceport, ...) is ISA's as typed ones.
+                "serial" => {
+                    if e.first("target").is_none() {
+                        e.push(Element::new("target"));
+                    }
+                    for c in e.children.iter_mut() {
+                        if let common::xml::Node::Element(t) = c {
+                            if t.name != "target" {
+                                continue;
+                            }
+                            if t.get_attr("type").is_none() {
+                                t.attrs.push(("type".into(), "isa-serial".into()));
+                            }
+                            if t.get_attr("port").is_none() {
+                                t.attrs.push(("port".into(), "0".into()));
+                            }
+                            let m = t.get_attr("type").and_then(serial_model);
+                            if let (Some(m), None) = (m, t.first("model")) {
+                                t.push(Element::new("model").attr("name", m));
+                            }
+                        }
+                    }
+                }
+                // An iSCSI host device's target without a LUN is LUN 0.
+                "hostdev" if e.get_attr("type") == Some("scsi") => {
+                    for c in e.children.iter_mut() {
+                        if let common::xml::Node::Element(src) = c {
+                            if src.name == "source" && src.get_attr("protocol") == Some("iscsi") {
+                                for (k, v) in src.attrs.iter_mut() {
+                                    if k == "name" && !v.contains('/') {
+                                        v.push_str("/0");
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                // Mediated devices are never managed by libvirt.
+                "hostdev" if e.get_attr("type") == Some("mdev") && !has(e, "managed") => {
+                    e.attrs.push(("managed".into(), "no".into()))
+                }
+                "vsock" if !has(e, "model") => e.attrs.push(("model".into(), "virtio".into())),
+                "filesystem" => {
+                    let socket = e
+                        .first("source")
+                        .is_some_and(|s| s.get_attr("socket").is_some());
+                    let virtiofs =
+                        e.first("driver").and_then(|d| d.get_attr("type")) == Some("virtiofs");
+                    if !(has(e, "accessmode") || (virtiofs && socket)) {
+                        e.attrs.push(("accessmode".into(), "passthrough".into()));
+                    }
+                    for (k, v) in e.attrs.iter_mut() {
+                        if k == "fmode" || k == "dmode" {
+                            if let Ok(m) = u32::from_str_radix(v, 8) {
+                                *v = format!("{m:04o}");
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
         }
     }
 
@@ -535,19 +738,106 @@ impl Devices {
                 .filter(|e| e.name == "graphics")
                 .filter_map(|e| e.get_attr("type")),
         );
-        let mut audio = None;
+        // (add, passthrough, backend) as qemuDomainDefSuggestDefaultAudioBackend: the
+        // last graphics decides; SDL passes the host's audio through, which libvirt
+        // only configures from its QEMU_AUDIO_DRV environment (not read here), so it
+        // gets none written.
+        let (mut add, mut passthrough, mut backend) = (false, false, "none");
         let mut any = false;
         for k in kinds {
             any = true;
             match k {
-                "vnc" => audio = Some("none"),
-                "spice" => audio = Some("spice"),
-                "sdl" => audio = Some("sdl"),
+                "vnc" => (add, passthrough, backend) = (true, false, "none"),
+                "spice" => (add, passthrough, backend) = (true, false, "spice"),
+                "sdl" => (add, passthrough) = (true, true),
                 _ => {}
             }
         }
-        if let Some(kind) = audio.or((!any).then_some("none")) {
-            self.audios.push(Audio::new(1, kind));
+        if !any {
+            (add, passthrough, backend) = (true, false, "none");
+        }
+        if add && !passthrough {
+            self.audios.push(Audio::new(1, backend));
+        }
+    }
+}
+
+/// The device libvirt names in a serial port's `<target><model>` for its target type.
+fn serial_model(target: &str) -> Option<&'static str> {
+    Some(match target {
+        "isa-serial" => "isa-serial",
+        "usb-serial" => "usb-serial",
+        "pci-serial" => "pci-serial",
+        "isa-debug" => "isa-debugcon",
+        _ => return None,
+    })
+}
+
+/// The NIC models libvirt 9.0 knows by name (virDomainNetModel).
+const NET_MODELS: &[&str] = &[
+    "netfront",
+    "rtl8139",
+    "virtio",
+    "e1000",
+    "e1000e",
+    "virtio-transitional",
+    "virtio-non-transitional",
+    "usb-net",
+    "spapr-vlan",
+    "lan9118",
+    "scm91c111",
+    "vlance",
+    "vmxnet",
+    "vmxnet2",
+    "vmxnet3",
+    "Am79C970A",
+    "Am79C973",
+    "82540EM",
+    "82545EM",
+    "82543GC",
+];
+
+/// qemuDomainShmemDefPostParse: the `ivshmem` model unless written, 4 MiB for the
+/// models that have a size (written in MiB, as libvirt does), and MSI with
+/// `ioeventfd='on'` for a plain or doorbell device on a server.
+fn shmem_defaults(e: &mut Element) {
+    use common::xml::Node;
+    if e.first("model").is_none() {
+        e.push(Element::new("model").attr("type", "ivshmem"));
+    }
+    let model = e
+        .first("model")
+        .and_then(|m| m.get_attr("type"))
+        .unwrap_or("ivshmem")
+        .to_owned();
+    if model != "ivshmem-doorbell" && e.first("size").is_none() {
+        e.push(Element::with_text("size", "4").attr("unit", "M"));
+    }
+    for c in e.children.iter_mut() {
+        if let Node::Element(sz) = c {
+            if sz.name != "size" {
+                continue;
+            }
+            let unit = sz.get_attr("unit").unwrap_or("b");
+            if let (Ok(n), Ok(bytes)) = (
+                sz.text().trim().parse::<u64>(),
+                super::parse_memory_bytes(unit),
+            ) {
+                *sz = Element::with_text("size", (n.saturating_mul(bytes) >> 20).to_string())
+                    .attr("unit", "M");
+            }
+        }
+    }
+    if model != "ivshmem" && e.first("server").is_some() {
+        if e.first("msi").is_none() {
+            e.push(Element::new("msi"));
+        }
+        for c in e.children.iter_mut() {
+            if let Node::Element(m) = c {
+                if m.name == "msi" && m.get_attr("ioeventfd").is_none() {
+                    m.attrs.push(("ioeventfd".into(), "on".into()));
+                }
+            }
         }
     }
 }
