@@ -160,14 +160,8 @@ async fn storm(xml: &str, tpm: bool) {
         };
         let d = domain(&conn, &path).await;
         let call = tokio::spawn(async move { d.create(0).await });
-        tokio::time::sleep(delay).await;
-        daemon.kill9();
-        let replied = tokio::time::timeout(Duration::from_secs(10), call)
-            .await
-            .ok()
-            .and_then(|j| j.ok())
-            .is_some_and(|r| r.is_ok());
-        daemon = daemon.restart_builder().spawn(&bus).await.expect("restart");
+        let replied;
+        (replied, daemon) = support::kill_during(daemon, &bus, delay, call).await;
         let d = domain(&conn, &path).await;
         // What the restarted daemon says it found, for the figures.
         let log = daemon.log_text();
@@ -385,14 +379,8 @@ async fn kill9_during_save_or_restore_keeps_the_guest_in_one_place() {
                     _ => d.create(0).await,
                 }
             });
-            tokio::time::sleep(delay).await;
-            daemon.kill9();
-            let replied = tokio::time::timeout(Duration::from_secs(10), call)
-                .await
-                .ok()
-                .and_then(|j| j.ok())
-                .is_some_and(|r| r.is_ok());
-            daemon = daemon.restart_builder().spawn(&bus).await.expect("restart");
+            let replied;
+            (replied, daemon) = support::kill_during(daemon, &bus, delay, call).await;
             let d = domain(&conn, &path).await;
             let pids = wait_count(&root, 1, Duration::from_millis(200));
             let active = d.active().await.expect("active");
@@ -421,11 +409,7 @@ async fn kill9_during_save_or_restore_keeps_the_guest_in_one_place() {
             *outcomes.entry(outcome.clone()).or_default() += 1;
             eprintln!(
                 "round {i}: kill {delay:?} into {outcome}: {}",
-                if problems.is_empty() {
-                    "ok".to_string()
-                } else {
-                    problems.join("; ")
-                }
+                support::verdict(&problems)
             );
             if !problems.is_empty() {
                 broken.push(format!(

@@ -20,6 +20,17 @@ const HAS_SNAPSHOT: u32 = 4096;
 const NO_SNAPSHOT: u32 = 8192;
 
 /// The snapshot tags in an image, by qemu-img (sharing it with a running QEMU).
+/// A domain of 64 MiB with one virtio disk of `format` at `img`.
+fn one_disk_domain(name: &str, format: &str, img: &Path) -> String {
+    format!(
+        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>\
+         <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+         <disk type='file' device='disk'><driver name='qemu' type='{format}'/>\
+         <source file='{}'/><target dev='vda' bus='virtio'/></disk></devices></domain>",
+        img.display()
+    )
+}
+
 fn tags(img: &Path) -> Vec<String> {
     let out = std::process::Command::new("qemu-img")
         .args(["snapshot", "-l", "-U"])
@@ -60,13 +71,7 @@ async fn snapshots_of_inactive_and_running_domains() {
     let mut q = support::qemud(BIN).await;
     let scratch = tempfile::tempdir().expect("scratch");
     let img = qcow2(scratch.path(), "disk.qcow2", "16M");
-    let x = format!(
-        "<domain type='qemu'><name>snappy</name><memory unit='MiB'>64</memory>\
-         <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
-         <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
-         <source file='{}'/><target dev='vda' bus='virtio'/></disk></devices></domain>",
-        img.display()
-    );
+    let x = one_disk_domain("snappy", "qcow2", &img);
     let path = q.qc.domain_define_xml(&x).await.expect("define");
     let d = domain(&q.conn, &path).await;
     let uuid = d.uuid().await.expect("uuid");
@@ -222,13 +227,7 @@ async fn only_qcow2_disks_hold_internal_snapshots() {
         .expect("raw")
         .set_len(1 << 20)
         .expect("size");
-    let x = format!(
-        "<domain type='qemu'><name>rawdisk</name><memory unit='MiB'>64</memory>\
-         <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
-         <disk type='file' device='disk'><driver name='qemu' type='raw'/>\
-         <source file='{}'/><target dev='vda' bus='virtio'/></disk></devices></domain>",
-        raw.display()
-    );
+    let x = one_disk_domain("rawdisk", "raw", &raw);
     let path = q.qc.domain_define_xml(&x).await.expect("define");
     let d = domain(&q.conn, &path).await;
     assert_eq!(
@@ -287,13 +286,7 @@ async fn kill9_during_snapshot_operations_keeps_metadata_and_images_in_step() {
     let mut daemon = q.daemon;
     let scratch = tempfile::tempdir().expect("scratch");
     let img = qcow2(scratch.path(), "disk.qcow2", "16M");
-    let x = format!(
-        "<domain type='qemu'><name>snapstorm</name><memory unit='MiB'>64</memory>\
-         <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
-         <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
-         <source file='{}'/><target dev='vda' bus='virtio'/></disk></devices></domain>",
-        img.display()
-    );
+    let x = one_disk_domain("snapstorm", "qcow2", &img);
     let path = q.qc.domain_define_xml(&x).await.expect("define");
     let d = domain(&q.conn, &path).await;
     let uuid = uuid::Uuid::parse_str(&d.uuid().await.expect("uuid")).expect("uuid");
@@ -340,18 +333,8 @@ async fn kill9_during_snapshot_operations_keeps_metadata_and_images_in_step() {
                 )
             }
         };
-        tokio::time::sleep(delay).await;
-        daemon.kill9();
-        let replied = tokio::time::timeout(Duration::from_secs(10), call)
-            .await
-            .ok()
-            .and_then(|j| j.ok())
-            .is_some_and(|r| r.is_ok());
-        daemon = daemon
-            .restart_builder()
-            .spawn(&q.bus)
-            .await
-            .expect("restart");
+        let replied;
+        (replied, daemon) = support::kill_during(daemon, &q.bus, delay, call).await;
         let d = domain(&q.conn, &path).await;
         let mut problems = Vec::new();
         let meta = metadata_names(&q.conn, &d).await;
@@ -367,11 +350,7 @@ async fn kill9_during_snapshot_operations_keeps_metadata_and_images_in_step() {
         eprintln!(
             "round {i}: kill {delay:?} into {what} ({}): snapshots {meta:?}: {}",
             if replied { "replied" } else { "cut" },
-            if problems.is_empty() {
-                "ok".into()
-            } else {
-                problems.join("; ")
-            }
+            support::verdict(&problems)
         );
         if !problems.is_empty() {
             broken.push(format!(

@@ -262,3 +262,31 @@ pub fn ids(pid: u32, key: &str) -> Vec<u32> {
         })
         .expect("ids")
 }
+
+/// One kill of a storm: `call` runs, the daemon is killed `delay` into it and started
+/// again. Whether the call got a successful reply, and the new daemon.
+pub async fn kill_during<T: Send + 'static>(
+    mut daemon: common::harness::Daemon,
+    bus: &common::harness::TestBus,
+    delay: Duration,
+    call: tokio::task::JoinHandle<zbus::Result<T>>,
+) -> (bool, common::harness::Daemon) {
+    tokio::time::sleep(delay).await;
+    daemon.kill9();
+    let replied = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .ok()
+        .and_then(|j| j.ok())
+        .is_some_and(|r| r.is_ok());
+    let daemon = daemon.restart_builder().spawn(bus).await.expect("restart");
+    (replied, daemon)
+}
+
+/// A storm round's verdict for its log line: "ok", or what broke.
+pub fn verdict(problems: &[String]) -> String {
+    if problems.is_empty() {
+        "ok".to_owned()
+    } else {
+        problems.join("; ")
+    }
+}
