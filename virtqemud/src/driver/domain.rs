@@ -32,6 +32,9 @@ pub(super) struct Live {
     pub saved: bool,
     /// Ended by a core dump with CRASH: its end is STOPPED/CRASHED.
     pub dumped_crash: bool,
+    /// A device being plugged in (or a medium changed): recorded in the status file
+    /// before QEMU is asked, so a restarted daemon can finish or undo it.
+    pub plugging: Option<super::hotplug::Pending>,
     pub exited: watch::Receiver<bool>,
 }
 

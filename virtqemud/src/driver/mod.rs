@@ -22,6 +22,7 @@
 //! | `save.rs` | save images: save, managed save, restore |
 //! | `dump.rs` | core dumps |
 //! | `snapshots.rs` | internal snapshots: create, list, revert, delete |
+//! | `hotplug.rs` | devices plugged in and out: attach, detach, update, and what a restart finds |
 //! | `monitor.rs` | QMP events and exit: the state machine |
 //! | `reattach.rs` | adopting running QEMUs after a restart, autostart |
 
@@ -41,6 +42,7 @@ mod define;
 mod domain;
 mod dump;
 mod guest;
+mod hotplug;
 mod monitor;
 mod peek;
 mod queries;

@@ -39,7 +39,7 @@ fn no_agent() -> VirError {
 
 /// Which definitions a change with `flags` (`virDomainModificationImpact`) affects:
 /// (live, config). "Current" is the live one of a running domain, else the config.
-fn affected(dom: &Dom, flags: u32) -> Result<(bool, bool), VirError> {
+pub(super) fn affected(dom: &Dom, flags: u32) -> Result<(bool, bool), VirError> {
     let impact: Impact = common::error::flags(flags)?;
     let g = dom.lock();
     let (active, persistent) = (g.live.is_some(), g.config.is_some());
@@ -65,7 +65,7 @@ fn affected(dom: &Dom, flags: u32) -> Result<(bool, bool), VirError> {
 impl Driver {
     /// Writes `def` as the config of `dom`, then makes it the config (a failed write
     /// changes nothing).
-    async fn put_config(&self, dom: &Dom, def: DomainDef) -> Result<(), VirError> {
+    pub(super) async fn put_config(&self, dom: &Dom, def: DomainDef) -> Result<(), VirError> {
         let name = dom.name();
         let text = def.to_xml(None);
         self.configs
@@ -76,7 +76,7 @@ impl Driver {
         Ok(())
     }
 
-    fn config_of(dom: &Dom) -> Result<DomainDef, VirError> {
+    pub(super) fn config_of(dom: &Dom) -> Result<DomainDef, VirError> {
         dom.lock().config.clone().ok_or_else(no_definition)
     }
 
@@ -207,7 +207,9 @@ impl Driver {
             if let Some(l) = dom.lock().live.as_mut() {
                 let mut d = l.def.dom.clone();
                 d.current_vcpus = (online != d.vcpus).then_some(online);
+                let ids = std::mem::take(&mut l.def.ids);
                 l.def = DomainDef::from(d);
+                l.def.ids = ids;
             }
             self.save_status(dom).await;
             changed?;
@@ -642,7 +644,9 @@ impl Driver {
                     .await?;
             }
             if let Some(l) = dom.lock().live.as_mut() {
+                let ids = std::mem::take(&mut l.def.ids);
                 l.def = DomainDef::from(def);
+                l.def.ids = ids;
             }
             self.save_status(dom).await;
         }

@@ -421,6 +421,7 @@ impl Driver {
                 fake_reboot: false,
                 saved: false,
                 dumped_crash: false,
+                plugging: None,
                 exited: exit_rx,
             });
             g.state = if paused {
@@ -607,6 +608,8 @@ fn starting_record(dom: &Dom, def: &DomainDef, id: u32, qmp: &Path, held: &Held)
         reason,
         owners: held.owners.clone(),
         dynamic_uid: held.dynamic_uid,
+        ids: Default::default(),
+        plugging: None,
     }
 }
 

@@ -50,6 +50,12 @@ pub(super) struct Status {
     /// restarted daemon, and released when it ends.
     #[serde(default)]
     pub dynamic_uid: Option<u32>,
+    /// QEMU's names for the disks and NICs, once hotplug made them differ from places.
+    #[serde(default)]
+    pub ids: crate::model::QemuIds,
+    /// A device being plugged in when the record was written (`super::hotplug`).
+    #[serde(default)]
+    pub plugging: Option<super::hotplug::Pending>,
 }
 
 fn yes() -> bool {
@@ -91,6 +97,8 @@ impl Driver {
                     reason,
                     owners: l.owners.clone(),
                     dynamic_uid: l.dynamic_uid,
+                    ids: l.def.ids.clone(),
+                    plugging: l.plugging.clone(),
                 }
             })
         };

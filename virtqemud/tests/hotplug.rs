@@ -1,0 +1,564 @@
+//! Device hotplug through virtqemud's D-Bus API (AttachDevice, DetachDevice,
+//! UpdateDevice) on the tiny guest under real QEMU: the guest's kernel sees a disk and a
+//! NIC appear and go (its device watcher prints `TINYGUEST-DEV add|remove ...` on the
+//! serial console), DeviceAdded and DeviceRemoved carry libvirt's aliases, the config
+//! keeps what CONFIG attaches across a restart, and a daemon killed with -9 in the
+//! middle of a plug or unplug comes back knowing exactly the devices QEMU has.
+//!
+//! `VIRT_CHAOS_ROUNDS` sets the kills of the storm (8 by default).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+mod support;
+
+use futures_util::StreamExt;
+use support::{bus_err, domain, wait_serial, Probe};
+
+const BIN: &str = env!("CARGO_BIN_EXE_virtqemud");
+const LIVE: u32 = 1;
+const CONFIG: u32 = 2;
+const INACTIVE_XML: u32 = 2;
+
+/// A raw image of `mib` MiB.
+fn image(dir: &Path, name: &str, mib: u64) -> std::path::PathBuf {
+    let p = dir.join(name);
+    let f = std::fs::File::create(&p).expect("image");
+    f.set_len(mib << 20).expect("size");
+    p
+}
+
+fn disk(img: &Path, target: &str, bus: &str) -> String {
+    format!(
+        "<disk type='file' device='disk'><driver name='qemu' type='raw'/>\
+         <source file='{}'/><target dev='{target}' bus='{bus}'/></disk>",
+        img.display()
+    )
+}
+
+/// The guest of recipe 5 or later watches its devices; an older cached one does not.
+fn check_recipe() {
+    let r = support::guest_recipe();
+    assert!(
+        r >= 5,
+        "the cached test guest is recipe {r}: scripts/build-test-guest.sh must rebuild it \
+         (recipe 5 loads virtio_blk and watches devices)"
+    );
+}
+
+async fn next_alias<S, M>(s: &mut S, what: &str) -> String
+where
+    S: futures_util::Stream<Item = M> + Unpin,
+    M: AliasOf,
+{
+    let sig = tokio::time::timeout(Duration::from_secs(20), s.next())
+        .await
+        .unwrap_or_else(|_| panic!("{what} within 20 s"))
+        .expect("stream open");
+    sig.alias()
+}
+
+trait AliasOf {
+    fn alias(&self) -> String;
+}
+impl AliasOf for common::proxies::libvirt::domain::DeviceAdded {
+    fn alias(&self) -> String {
+        self.args().expect("args").device.to_owned()
+    }
+}
+impl AliasOf for common::proxies::libvirt::domain::DeviceRemoved {
+    fn alias(&self) -> String {
+        self.args().expect("args").device.to_owned()
+    }
+}
+
+/// Waits until the serial log holds `marker` `n` times.
+async fn wait_count(serial: &Path, marker: &str, n: usize, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(serial).unwrap_or_default();
+        if text.matches(marker).count() >= n {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "'{marker}' not seen {n} times within {within:?}; serial:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disks_and_nics_plug_in_and_out_of_a_running_guest() {
+    check_recipe();
+    let mut q = support::qemud(BIN).await;
+    let dir = q.daemon.dirs.root.path().to_owned();
+    let serial = dir.join("serial.log");
+    let (b, c) = (image(&dir, "b.img", 16), image(&dir, "c.img", 16));
+    let iso = image(&dir, "media.iso", 1);
+    let cdrom = "<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>";
+    let path =
+        q.qc.domain_define_xml(&support::guest_xml("hp", &serial, cdrom))
+            .await
+            .expect("define");
+    let d = domain(&q.conn, &path).await;
+    let mut added = d.receive_device_added().await.expect("subscribe");
+    let mut removed = d.receive_device_removed().await.expect("subscribe");
+    d.create(0).await.expect("create");
+    wait_serial(&serial, "TINYGUEST-DEVWATCH", Duration::from_secs(90)).await;
+
+    // A virtio disk, live ("current" of a running domain). The guest's kernel names
+    // virtio disks in the order they come (the target is libvirt's name): vda.
+    d.attach_device(&disk(&b, "vdb", "virtio"), 0)
+        .await
+        .expect("attach vdb");
+    assert_eq!(next_alias(&mut added, "DeviceAdded").await, "virtio-disk1");
+    wait_serial(
+        &serial,
+        "TINYGUEST-DEV add block/vda",
+        Duration::from_secs(30),
+    )
+    .await;
+    let live = d.get_xml_desc(0).await.expect("xml");
+    assert!(live.contains("dev='vdb'"), "{live}");
+    let config = d.get_xml_desc(INACTIVE_XML).await.expect("xml");
+    assert!(!config.contains("dev='vdb'"), "{config}");
+    refusals(&d, &c).await;
+    assert_eq!(d.get_xml_desc(0).await.expect("xml"), live);
+
+    // Live and config at once.
+    d.attach_device(&disk(&c, "vdc", "virtio"), LIVE | CONFIG)
+        .await
+        .expect("attach vdc");
+    assert_eq!(next_alias(&mut added, "DeviceAdded").await, "virtio-disk2");
+    wait_serial(
+        &serial,
+        "TINYGUEST-DEV add block/vdb",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(d
+        .get_xml_desc(INACTIVE_XML)
+        .await
+        .expect("xml")
+        .contains("dev='vdc'"));
+
+    user_nic(&d, &serial, &mut added, &mut removed).await;
+
+    // Unplug: the guest lets vdb go.
+    d.detach_device(&disk(&b, "vdb", "virtio"), 0)
+        .await
+        .expect("detach vdb");
+    assert_eq!(
+        next_alias(&mut removed, "DeviceRemoved").await,
+        "virtio-disk1"
+    );
+    wait_serial(
+        &serial,
+        "TINYGUEST-DEV remove block/vda",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(!d.get_xml_desc(0).await.expect("xml").contains("dev='vdb'"));
+    assert_eq!(
+        bus_err(d.detach_device(&disk(&b, "vdb", "virtio"), 0).await),
+        "device not found: disk vdb not found"
+    );
+    // Plugged again, it gets a fresh block node and the same alias.
+    d.attach_device(&disk(&b, "vdb", "virtio"), 0)
+        .await
+        .expect("attach vdb again");
+    assert_eq!(next_alias(&mut added, "DeviceAdded").await, "virtio-disk1");
+    wait_count(
+        &serial,
+        "TINYGUEST-DEV add block/vda",
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // A cdrom's medium: inserted, then ejected (IDE is not hot-unpluggable).
+    let medium = format!(
+        "<disk type='file' device='cdrom'><source file='{}'/><target dev='hdc' bus='ide'/><readonly/></disk>",
+        iso.display()
+    );
+    d.update_device(&medium, 0).await.expect("insert medium");
+    assert!(d
+        .get_xml_desc(0)
+        .await
+        .expect("xml")
+        .contains(&iso.display().to_string()));
+    assert_eq!(
+        bus_err(d.detach_device(&medium, LIVE).await),
+        "Operation not supported: disk bus 'ide' cannot be hotunplugged."
+    );
+
+    // kill -9 and restart: the live definition (vdb, vdc, the medium) comes back, and
+    // the adopted QEMU still unplugs.
+    let before = d.get_xml_desc(0).await.expect("xml");
+    q.daemon.kill9();
+    q.daemon = q
+        .daemon
+        .restart_builder()
+        .spawn(&q.bus)
+        .await
+        .expect("restart");
+    let d = domain(&q.conn, &path).await;
+    assert_eq!(d.get_xml_desc(0).await.expect("xml"), before);
+    let mut removed = d.receive_device_removed().await.expect("subscribe");
+    d.update_device(
+        "<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>",
+        0,
+    )
+    .await
+    .expect("eject");
+    assert!(!d
+        .get_xml_desc(0)
+        .await
+        .expect("xml")
+        .contains(&iso.display().to_string()));
+    d.detach_device(&disk(&c, "vdc", "virtio"), LIVE | CONFIG)
+        .await
+        .expect("detach vdc");
+    assert_eq!(
+        next_alias(&mut removed, "DeviceRemoved").await,
+        "virtio-disk2"
+    );
+    wait_serial(
+        &serial,
+        "TINYGUEST-DEV remove block/vdb",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(!d
+        .get_xml_desc(INACTIVE_XML)
+        .await
+        .expect("xml")
+        .contains("dev='vdc'"));
+    d.destroy(0).await.expect("destroy");
+}
+
+/// The same target twice, bad fragments and a kind that does not plug in live: libvirt's
+/// errors.
+async fn refusals(d: &common::proxies::qemu::DomainProxy<'_>, c: &Path) {
+    // The same target twice, and bad fragments: libvirt's errors, nothing changed.
+    assert_eq!(
+        bus_err(d.attach_device(&disk(c, "vdb", "virtio"), 0).await),
+        "operation failed: target vdb already exists"
+    );
+    for bad in [
+        "<disk",
+        "<domain/>",
+        "<disk type='file'><target dev='vdz'/></disk>",
+    ] {
+        bus_err(d.attach_device(bad, 0).await);
+    }
+    assert_eq!(
+        bus_err(
+            d.attach_device(
+                "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>",
+                LIVE
+            )
+            .await
+        ),
+        "Operation not supported: live attach of device 'rng' is not supported"
+    );
+}
+
+/// A user-mode NIC: the guest's eth0 appears and goes.
+async fn user_nic(
+    d: &common::proxies::qemu::DomainProxy<'_>,
+    serial: &Path,
+    added: &mut common::proxies::libvirt::domain::DeviceAddedStream,
+    removed: &mut common::proxies::libvirt::domain::DeviceRemovedStream,
+) {
+    d.attach_device(
+        "<interface type='user'><model type='virtio'/></interface>",
+        0,
+    )
+    .await
+    .expect("attach nic");
+    assert_eq!(next_alias(added, "DeviceAdded").await, "net0");
+    wait_serial(
+        serial,
+        "TINYGUEST-DEV add class/net/eth0",
+        Duration::from_secs(30),
+    )
+    .await;
+    d.detach_device("<interface type='user'/>", 0)
+        .await
+        .expect("detach nic");
+    assert_eq!(next_alias(removed, "DeviceRemoved").await, "net0");
+    wait_serial(
+        serial,
+        "TINYGUEST-DEV remove class/net/eth0",
+        Duration::from_secs(30),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_attach_of_an_inactive_domain_is_kept() {
+    let mut q = support::qemud(BIN).await;
+    let dir = q.daemon.dirs.root.path().to_owned();
+    let b = image(&dir, "b.img", 1);
+    let path =
+        q.qc.domain_define_xml(
+            "<domain type='qemu'><name>cfg</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64' machine='q35'>hvm</type></os></domain>",
+        )
+        .await
+        .expect("define");
+    let d = domain(&q.conn, &path).await;
+    assert_eq!(
+        bus_err(d.attach_device(&disk(&b, "vdb", "virtio"), LIVE).await),
+        "Requested operation is not valid: domain is not running"
+    );
+    d.attach_device(&disk(&b, "vdb", "virtio"), 0)
+        .await
+        .expect("attach to config");
+    d.attach_device(
+        "<interface type='user'><mac address='52:54:00:00:00:42'/></interface>",
+        CONFIG,
+    )
+    .await
+    .expect("nic to config");
+    // libvirt's defaults are filled in: the disk's driver, PCI addresses.
+    let xml = d.get_xml_desc(0).await.expect("xml");
+    assert!(
+        xml.contains("dev='vdb'") && xml.contains("type='raw'"),
+        "{xml}"
+    );
+    assert!(xml.contains("52:54:00:00:00:42"), "{xml}");
+    assert!(xml.matches("<address type='pci'").count() >= 2, "{xml}");
+    q.daemon.kill9();
+    q.daemon = q
+        .daemon
+        .restart_builder()
+        .spawn(&q.bus)
+        .await
+        .expect("restart");
+    let d = domain(&q.conn, &path).await;
+    assert_eq!(d.get_xml_desc(0).await.expect("xml"), xml);
+    d.detach_device(&disk(&b, "vdb", "virtio"), CONFIG)
+        .await
+        .expect("detach from config");
+    assert_eq!(
+        bus_err(d.detach_device(&disk(&b, "vdb", "virtio"), CONFIG).await),
+        "device not found: no target device vdb"
+    );
+    assert_eq!(
+        bus_err(
+            d.detach_device(
+                "<interface type='user'><mac address='52:54:00:00:00:43'/></interface>",
+                0
+            )
+            .await
+        ),
+        "device not found: no device matching MAC address 52:54:00:00:00:43 found"
+    );
+    d.detach_device("<interface type='user'/>", 0)
+        .await
+        .expect("detach the only nic");
+    let xml = d.get_xml_desc(0).await.expect("xml");
+    assert!(
+        !xml.contains("dev='vdb'") && !xml.contains("<interface"),
+        "{xml}"
+    );
+}
+
+/// q35: a hotplugged device goes behind a free pcie-root-port; with none free the
+/// attach is libvirt's error and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn q35_hotplug_needs_a_free_root_port() {
+    let q = support::qemud(BIN).await;
+    let dir = q.daemon.dirs.root.path().to_owned();
+    let (b, c) = (image(&dir, "b.img", 1), image(&dir, "c.img", 1));
+    let path =
+        q.qc.domain_define_xml(
+            "<domain type='qemu'><name>q</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64' machine='q35'>hvm</type></os><devices>\
+             <controller type='pci' model='pcie-root-port'/></devices></domain>",
+        )
+        .await
+        .expect("define");
+    let d = domain(&q.conn, &path).await;
+    d.create(0).await.expect("create");
+    d.attach_device(&disk(&b, "vdb", "virtio"), 0)
+        .await
+        .expect("attach behind the root port");
+    let xml = d.get_xml_desc(0).await.expect("xml");
+    let vdb = &xml[xml.find("dev='vdb'").expect("vdb")..];
+    assert!(vdb.contains("bus='0x01' slot='0x00'"), "{xml}");
+    assert_eq!(
+        bus_err(d.attach_device(&disk(&c, "vdc", "virtio"), 0).await),
+        "internal error: No more available PCI slots"
+    );
+    assert_eq!(d.get_xml_desc(0).await.expect("xml"), xml);
+    d.destroy(0).await.expect("destroy");
+}
+
+fn rounds() -> usize {
+    std::env::var("VIRT_CHAOS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8)
+        .max(1)
+}
+
+/// What QEMU has, asked on a monitor of its own: device ids and `libvirt-*` nodes.
+fn qemu_devices(probe: &mut Probe) -> (Vec<String>, Vec<String>) {
+    let list = probe.execute(serde_json::json!({"execute": "qom-list",
+        "arguments": {"path": "/machine/peripheral"}}));
+    let mut ids: Vec<String> = list["return"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["type"].as_str().is_some_and(|t| t.starts_with("child<")))
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .filter(|n| n.contains("disk"))
+        .collect();
+    ids.sort();
+    let nodes = probe.execute(serde_json::json!({"execute": "query-named-block-nodes",
+        "arguments": {"flat": true}}));
+    let mut names: Vec<String> = nodes["return"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["node-name"].as_str().map(str::to_owned))
+        .filter(|n| n.starts_with("libvirt-"))
+        .collect();
+    names.sort();
+    (ids, names)
+}
+
+fn cpus_plugged(probe: &mut Probe) -> usize {
+    let r = probe.execute(serde_json::json!({"execute": "query-hotpluggable-cpus"}));
+    r["return"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c.get("qom-path").is_some())
+        .count()
+}
+
+/// kill -9 of virtqemud at spread points of AttachDevice, DetachDevice and SetVcpus on
+/// a running guest: after every restart, the disks the live XML lists are exactly the
+/// disk devices QEMU has, every `libvirt-N-*` node belongs to one of them, and the live
+/// vCPU count is QEMU's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_hotplug_never_leaves_an_unknown_device() {
+    check_recipe();
+    let q = support::qemud(BIN).await;
+    let bus = q.bus;
+    let conn = q.conn;
+    let mut daemon = q.daemon;
+    let dir = daemon.dirs.root.path().to_owned();
+    let serial = dir.join("serial.log");
+    let probe_sock = dir.join("probe.sock");
+    let img = image(&dir, "b.img", 4);
+    let xml = support::guest_xml("storm", &serial, "")
+        .replace(
+            "<domain type='kvm'>",
+            "<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>",
+        )
+        .replace("<vcpu>1</vcpu>", "<vcpu current='1'>8</vcpu>")
+        .replace(
+            "</devices>",
+            &format!("</devices>{}", Probe::commandline(&probe_sock)),
+        );
+    let path = q.qc.domain_define_xml(&xml).await.expect("define");
+    let d = domain(&conn, &path).await;
+    d.create(0).await.expect("create");
+    wait_serial(&serial, "TINYGUEST-DEVWATCH", Duration::from_secs(90)).await;
+    let mut probe = Probe::connect(&probe_sock);
+
+    // How long a plug, an unplug and a vCPU plug take here, to spread the kills over
+    // each of them.
+    let t = Instant::now();
+    d.attach_device(&disk(&img, "vdb", "virtio"), 0)
+        .await
+        .expect("warm-up attach");
+    let t_attach = t.elapsed();
+    let t = Instant::now();
+    d.detach_device(&disk(&img, "vdb", "virtio"), 0)
+        .await
+        .expect("warm-up detach");
+    let t_detach = t.elapsed();
+    let t = Instant::now();
+    d.set_vcpus(2, 0).await.expect("warm-up vCPU");
+    let t_vcpu = t.elapsed();
+    eprintln!("attach {t_attach:?}, detach {t_detach:?}, vCPU plug {t_vcpu:?} here");
+
+    let n = rounds();
+    let mut broken = Vec::new();
+    let (mut cut, mut vcpus) = (0, 2u32);
+    for i in 0..n {
+        let d = domain(&conn, &path).await;
+        let listed = d.get_xml_desc(0).await.expect("xml").contains("dev='vdb'");
+        // Spread evenly over the call and the vCPU plug after it (a golden-ratio
+        // sequence, so that every count of rounds covers the whole span).
+        let span = if listed { t_detach } else { t_attach } + t_vcpu;
+        let delay = span.mul_f64(1.1 * (i as f64 * 0.618_034).fract());
+        let plug = disk(&img, "vdb", "virtio");
+        let want_vcpus = (vcpus + 1).min(8);
+        let call = tokio::spawn(async move {
+            let r = if listed {
+                d.detach_device(&plug, 0).await
+            } else {
+                d.attach_device(&plug, 0).await
+            };
+            let v = d.set_vcpus(want_vcpus, 0).await;
+            (r.is_ok(), v.is_ok())
+        });
+        tokio::time::sleep(delay).await;
+        daemon.kill9();
+        let done = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .ok()
+            .and_then(|j| j.ok());
+        if !matches!(done, Some((true, true))) {
+            cut += 1;
+        }
+        daemon = daemon.restart_builder().spawn(&bus).await.expect("restart");
+        let d = domain(&conn, &path).await;
+        // A detach the guest finishes after the restart is the adopted monitor's: let it.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let live = d.get_xml_desc(0).await.expect("xml");
+        let (ids, nodes) = qemu_devices(&mut probe);
+        let has_vdb = live.contains("dev='vdb'");
+        let qemu_has = ids.iter().any(|id| id.starts_with("virtio-disk"));
+        if has_vdb != qemu_has {
+            broken.push(format!(
+                "round {i}: XML lists vdb={has_vdb}, QEMU has {ids:?}"
+            ));
+        }
+        // Each disk QEMU has keeps its two nodes; nothing else.
+        if nodes.len() != 2 * ids.len() {
+            broken.push(format!("round {i}: nodes {nodes:?} for devices {ids:?}"));
+        }
+        let plugged = cpus_plugged(&mut probe);
+        vcpus = d.get_vcpus(LIVE).await.expect("vcpus");
+        if vcpus as usize != plugged {
+            broken.push(format!(
+                "round {i}: GetVcpus says {vcpus}, QEMU has {plugged}"
+            ));
+        }
+        eprintln!("round {i}: delay {delay:?}, vdb={has_vdb}, vcpus={vcpus}");
+    }
+    // What the restarted daemons found and fixed, for the figures.
+    let log = daemon.log_text();
+    let count = |what: &str| log.matches(what).count();
+    eprintln!(
+        "{n} kills, {cut} calls cut, {} broken; restarts: {} attaches finished, {} devices \
+         found gone, {} stray node sets deleted, {} vCPU counts taken from QEMU",
+        broken.len(),
+        count("finishing a disk attach"),
+        count("device gone from QEMU"),
+        count("deleting block nodes"),
+        count("vCPU count taken from QEMU"),
+    );
+    assert!(broken.is_empty(), "{broken:#?}");
+    let d = domain(&conn, &path).await;
+    d.destroy(0).await.expect("destroy");
+}
