@@ -124,7 +124,12 @@ echo "TINYGUEST-DEVWATCH $(echo $old)" > /dev/console
 while sleep 0.3; do
   new=$(list)
   [ "$new" = "$old" ] && continue
-  for d in $new; do case " $(echo $old) " in *" $d "*) ;; *) echo "TINYGUEST-DEV add $d" > /dev/console;; esac; done
+  for d in $new; do case " $(echo $old) " in *" $d "*) ;; *)
+    echo "TINYGUEST-DEV add $d" > /dev/console
+    # A NIC plugged in later asks for an address as eth0 does at boot.
+    case "$d" in class/net/eth*) i=${d#class/net/}; ip link set "$i" up
+      udhcpc -f -i "$i" -s /etc/udhcpc.hook -t 5 -T 1 -A 1 >/dev/null 2>&1 &;; esac;;
+  esac; done
   for d in $old; do case " $(echo $new) " in *" $d "*) ;; *) echo "TINYGUEST-DEV remove $d" > /dev/console;; esac; done
   old=$new
 done

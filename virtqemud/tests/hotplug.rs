@@ -562,3 +562,179 @@ async fn kill9_during_hotplug_never_leaves_an_unknown_device() {
     let d = domain(&conn, &path).await;
     d.destroy(0).await.expect("destroy");
 }
+
+/// A NIC of a virtual network plugged into a running guest, as start makes it: a port
+/// from virtnetworkd, a tap on the port's bridge handed to QEMU (`getfd`), and the
+/// guest's new eth0 gets a DHCP lease through it; unplugged, port and tap go. All
+/// inside a network namespace of the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_nic_plugs_in_with_its_port_and_tap() {
+    use common::harness::{Daemon, NetNs, TestBus, TestDirs};
+    use common::proxies::network::{NetworkConnectProxy, NetworkPortsProxy, NetworkProxy};
+    check_recipe();
+    let netd = support::sibling_daemon("virtnetworkd");
+    let bus = TestBus::start().expect("bus");
+    let ns = NetNs::new().expect("netns");
+    let _net = Daemon::builder(&netd, "virtnetworkd")
+        .netns(&ns)
+        .dirs(TestDirs::new().expect("dirs"))
+        .spawn(&bus)
+        .await
+        .expect("virtnetworkd");
+    let qemud = Daemon::builder(BIN, "virtqemud")
+        .netns(&ns)
+        .spawn(&bus)
+        .await
+        .expect("virtqemud");
+    let conn = bus.connection().await.expect("conn");
+    let nc = NetworkConnectProxy::new(&conn).await.expect("proxy");
+    let npath = nc
+        .network_define_xml(
+            "<network><name>hpn</name><bridge name='hpbr0'/>\
+             <ip address='10.92.0.1' prefix='24'><dhcp><range start='10.92.0.100' \
+             end='10.92.0.150'/></dhcp></ip></network>",
+        )
+        .await
+        .expect("define network");
+    let builder = |p: zbus::zvariant::OwnedObjectPath| {
+        NetworkPortsProxy::builder(&conn)
+            .path(p)
+            .expect("path")
+            .cache_properties(zbus::proxy::CacheProperties::No)
+    };
+    let ports = builder(npath.clone()).build().await.expect("ports");
+    NetworkProxy::builder(&conn)
+        .path(npath)
+        .expect("path")
+        .build()
+        .await
+        .expect("network")
+        .create()
+        .await
+        .expect("start network");
+    let qc = common::proxies::qemu::QemuConnectProxy::new(&conn)
+        .await
+        .expect("proxy");
+    let serial = qemud.dirs.state.join("n.serial");
+    let path = qc
+        .domain_define_xml(&support::guest_xml("hpnet", &serial, ""))
+        .await
+        .expect("define");
+    let d = domain(&conn, &path).await;
+    let mut added = d.receive_device_added().await.expect("subscribe");
+    let mut removed = d.receive_device_removed().await.expect("subscribe");
+    d.create(0).await.expect("create");
+    wait_serial(&serial, "TINYGUEST-DEVWATCH", Duration::from_secs(90)).await;
+
+    let nic = "<interface type='network'><mac address='52:54:00:92:00:05'/>\
+               <source network='hpn'/><model type='virtio'/></interface>";
+    d.attach_device(nic, 0).await.expect("attach");
+    assert_eq!(next_alias(&mut added, "DeviceAdded").await, "net0");
+    assert_eq!(ports.list_ports(0).await.expect("ports").len(), 1);
+    let live = d.get_xml_desc(0).await.expect("xml");
+    let tap = live
+        .split("<target dev='")
+        .nth(1)
+        .and_then(|r| r.split('\'').next())
+        .expect("the live XML names the tap")
+        .to_owned();
+    let master = ns
+        .run(&["ip", "-j", "link", "show", "dev", &tap])
+        .expect("ip");
+    assert!(
+        String::from_utf8_lossy(&master.stdout).contains("\"master\":\"hpbr0\""),
+        "{tap} is on the network's bridge"
+    );
+    wait_serial(
+        &serial,
+        "TINYGUEST-DEV add class/net/eth0",
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_serial(
+        &serial,
+        "TINYGUEST-DHCP bound 10.92.0.",
+        Duration::from_secs(60),
+    )
+    .await;
+
+    d.detach_device(nic, 0).await.expect("detach");
+    assert_eq!(next_alias(&mut removed, "DeviceRemoved").await, "net0");
+    wait_serial(
+        &serial,
+        "TINYGUEST-DEV remove class/net/eth0",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(ports.list_ports(0).await.expect("ports").is_empty());
+    let start = Instant::now();
+    while ns
+        .run(&["ip", "link", "show", "dev", &tap])
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "tap {tap} left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.destroy(0).await.expect("destroy");
+}
+
+/// A SCSI disk onto the domain's virtio-scsi controller and a USB disk onto its USB
+/// controller: libvirt's aliases, and the guest's SCSI layer sees the disk come and go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scsi_and_usb_disks_plug_into_existing_controllers() {
+    check_recipe();
+    let q = support::qemud(BIN).await;
+    let dir = q.daemon.dirs.root.path().to_owned();
+    let serial = dir.join("serial.log");
+    let (a, b) = (image(&dir, "a.img", 8), image(&dir, "b.img", 8));
+    let path =
+        q.qc.domain_define_xml(&support::guest_xml(
+            "hpscsi",
+            &serial,
+            "<controller type='scsi' model='virtio-scsi'/>",
+        ))
+        .await
+        .expect("define");
+    let d = domain(&q.conn, &path).await;
+    let mut added = d.receive_device_added().await.expect("subscribe");
+    let mut removed = d.receive_device_removed().await.expect("subscribe");
+    d.create(0).await.expect("create");
+    wait_serial(&serial, "TINYGUEST-DEVWATCH", Duration::from_secs(90)).await;
+    d.attach_device(&disk(&a, "sdb", "scsi"), 0)
+        .await
+        .expect("attach scsi");
+    assert_eq!(next_alias(&mut added, "DeviceAdded").await, "scsi0-0-0-0");
+    wait_serial(
+        &serial,
+        "TINYGUEST-DEV add block/sda",
+        Duration::from_secs(30),
+    )
+    .await;
+    d.attach_device(&disk(&b, "sdc", "usb"), 0)
+        .await
+        .expect("attach usb");
+    assert_eq!(next_alias(&mut added, "DeviceAdded").await, "usb-disk2");
+    d.detach_device(&disk(&a, "sdb", "scsi"), 0)
+        .await
+        .expect("detach scsi");
+    assert_eq!(
+        next_alias(&mut removed, "DeviceRemoved").await,
+        "scsi0-0-0-0"
+    );
+    wait_serial(
+        &serial,
+        "TINYGUEST-DEV remove block/sda",
+        Duration::from_secs(30),
+    )
+    .await;
+    d.detach_device(&disk(&b, "sdc", "usb"), 0)
+        .await
+        .expect("detach usb");
+    assert_eq!(next_alias(&mut removed, "DeviceRemoved").await, "usb-disk2");
+    let xml = d.get_xml_desc(0).await.expect("xml");
+    assert!(
+        !xml.contains("dev='sdb'") && !xml.contains("dev='sdc'"),
+        "{xml}"
+    );
+    d.destroy(0).await.expect("destroy");
+}

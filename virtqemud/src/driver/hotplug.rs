@@ -97,6 +97,20 @@ fn parse_device(xml: &str) -> Result<(String, Devices), VirError> {
     Ok((kind, devices))
 }
 
+/// The disk of a parsed fragment.
+fn first_disk(d: &Devices) -> Result<&Disk, VirError> {
+    d.disks
+        .first()
+        .ok_or_else(|| unsupported_kind("this operation", "disk"))
+}
+
+/// The NIC of a parsed fragment (a kind the model keeps untyped has none).
+fn first_nic(d: &Devices) -> Result<&Interface, VirError> {
+    d.interfaces
+        .first()
+        .ok_or_else(|| unsupported_kind("this operation", "interface"))
+}
+
 fn unsupported_kind(what: &str, kind: &str) -> VirError {
     VirError::new(
         ErrorCode::OperationUnsupported,
@@ -467,8 +481,7 @@ impl Driver {
             }
         }
         disk.address = def.dom.devices.disks[i].address.clone();
-        let paths: Vec<std::path::PathBuf> = volumes.iter().map(|v| v.2.clone()).collect();
-        let owners = self.hand_to_qemu(pid, &crate::security::files(&one, &paths))?;
+        let owners = self.hand_to_qemu(pid, &disk_files(&disk, &volumes))?;
         self.set_plugging(
             dom,
             Some(Pending {
@@ -630,7 +643,7 @@ impl Driver {
                 let devs = &mut def.dom.devices;
                 match kind.as_str() {
                     "disk" => {
-                        let d = &want.disks[0];
+                        let d = first_disk(&want)?;
                         let i = disk_place(devs, d).ok_or_else(|| {
                             VirError::new(
                                 ErrorCode::DeviceMissing,
@@ -640,7 +653,7 @@ impl Driver {
                         devs.disks.remove(i);
                     }
                     "interface" => {
-                        let i = nic_place(devs, &want.interfaces[0])?;
+                        let i = nic_place(devs, first_nic(&want)?)?;
                         devs.interfaces.remove(i);
                     }
                     _ => return Err(unsupported_kind("persistent detach", &kind)),
@@ -670,7 +683,7 @@ impl Driver {
             let devs = &l.def.dom.devices;
             let qdev = match kind {
                 "disk" => {
-                    let d = &want.disks[0];
+                    let d = first_disk(want)?;
                     let i = disk_place(devs, d).ok_or_else(|| {
                         VirError::new(
                             ErrorCode::DeviceMissing,
@@ -689,7 +702,7 @@ impl Driver {
                     }
                     l.def.disk_qdev(i)
                 }
-                "interface" => format!("net{}", l.def.nic_n(nic_place(devs, &want.interfaces[0])?)),
+                "interface" => format!("net{}", l.def.nic_n(nic_place(devs, first_nic(want)?)?)),
                 _ => return Err(unsupported_kind("live detach", kind)),
             };
             (qdev, l.qmp.clone())
@@ -778,7 +791,7 @@ impl Driver {
             };
             return Err(unsupported_kind(what, &kind));
         }
-        let want = &want.disks[0];
+        let want = first_disk(&want)?;
         if !matches!(want.device, DiskDevice::Cdrom | DiskDevice::Floppy) {
             return Err(VirError::new(
                 ErrorCode::OperationUnsupported,
@@ -839,8 +852,7 @@ impl Driver {
         one.devices.disks = vec![new.clone()];
         let volumes = crate::volumes::resolve(&mut one, self.ctx.settings.mode).await?;
         let nodes = crate::command_line::medium_nodes(&new, n, &hotplug_ctx(volumes.clone()))?;
-        let paths: Vec<std::path::PathBuf> = volumes.iter().map(|v| v.2.clone()).collect();
-        let owners = self.hand_to_qemu(pid, &crate::security::files(&one, &paths))?;
+        let owners = self.hand_to_qemu(pid, &disk_files(&new, &volumes))?;
         self.set_plugging(
             dom,
             Some(Pending {
@@ -881,6 +893,20 @@ impl Driver {
         self.save_status(dom).await;
         tracing::info!(domain = %dom.name(), device = %qdev, "medium changed");
         Ok(())
+    }
+}
+
+/// The host files of `disk`'s medium, to hand to QEMU's user: its image or device, or
+/// the path virtstoraged resolved its volume to.
+fn disk_files(
+    disk: &Disk,
+    volumes: &[(String, String, std::path::PathBuf)],
+) -> Vec<std::path::PathBuf> {
+    use crate::xml::DiskSource;
+    match &disk.source {
+        Some(DiskSource::File(p) | DiskSource::Block(p)) => vec![p.clone()],
+        Some(DiskSource::Volume { .. }) => volumes.iter().map(|v| v.2.clone()).collect(),
+        _ => Vec::new(),
     }
 }
 
