@@ -324,15 +324,29 @@ fn only_nic(n: &Interface) -> Devices {
 }
 
 /// Deletes block nodes, format (or filter) nodes before the storage nodes under them.
+/// A node still in use is tried again for a while: a device QEMU has just taken out of
+/// its tree may hold its medium until it is finalized.
 async fn del_nodes(qmp: &Qmp, names: &[String]) {
     let (storage, top): (Vec<&String>, Vec<&String>) =
         names.iter().partition(|n| n.ends_with("-storage"));
     for n in top.into_iter().chain(storage) {
-        if let Err(e) = qmp
-            .execute("blockdev-del", Some(json!({ "node-name": n })))
-            .await
-        {
-            tracing::debug!(node = %n, "blockdev-del: {e}");
+        for attempt in 0..40 {
+            match qmp
+                .execute("blockdev-del", Some(json!({ "node-name": n })))
+                .await
+            {
+                Ok(_) => break,
+                Err(crate::qmp::QmpError::Command { desc, .. }) if desc.contains("in use") => {
+                    if attempt == 39 {
+                        tracing::warn!(node = %n, "block node still in use: {desc}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    tracing::debug!(node = %n, "blockdev-del: {e}");
+                    break;
+                }
+            }
         }
     }
 }
