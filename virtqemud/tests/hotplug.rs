@@ -360,6 +360,30 @@ async fn config_attach_of_an_inactive_domain_is_kept() {
     d.detach_device("<interface type='user'/>", 0)
         .await
         .expect("detach the only nic");
+    // A cdrom's medium in the config: inserted, then a disk's update refused.
+    let cd = |src: &str| {
+        format!(
+            "<disk type='file' device='cdrom'>{src}<target dev='sdb' bus='sata'/><readonly/></disk>"
+        )
+    };
+    d.attach_device(&cd(""), CONFIG).await.expect("empty cdrom");
+    let src = format!("<source file='{}'/>", b.display());
+    d.update_device(&cd(&src), 0).await.expect("insert");
+    assert!(d.get_xml_desc(0).await.expect("xml").contains(&src));
+    assert_eq!(
+        bus_err(
+            d.update_device(&cd(&src).replace("dev='sdb'", "dev='sdc'"), 0)
+                .await
+        ),
+        "device not found: target sdc doesn't exist."
+    );
+    assert!(
+        bus_err(d.update_device(&disk(&b, "vdz", "virtio"), 0).await)
+            .contains("only the medium of a cdrom or floppy")
+    );
+    d.update_device(&cd(""), CONFIG).await.expect("eject");
+    assert!(!d.get_xml_desc(0).await.expect("xml").contains(&src));
+    d.detach_device(&cd(""), 0).await.expect("detach cdrom");
     let xml = d.get_xml_desc(0).await.expect("xml");
     assert!(
         !xml.contains("dev='vdb'") && !xml.contains("<interface"),
