@@ -10,6 +10,10 @@ OUT=${1:-${VIRT_TEST_GUEST_DIR:-$HOME/.cache/virt-rs/guest}}
 WITH_QGA=${WITH_QGA:-1}
 DEBS="$OUT/debs"
 mkdir -p "$OUT" "$DEBS"
+# Test processes of several sessions may call this at once: one builds, the others
+# wait and then find the guest up to date.
+exec 9>"$OUT/.build.lock"
+flock 9
 
 # The kernel ABI in the package name changes with security updates: resolve it now.
 KPKG=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |

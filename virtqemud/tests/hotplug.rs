@@ -430,8 +430,10 @@ fn rounds() -> usize {
         .max(1)
 }
 
-/// What QEMU has, asked on a monitor of its own: device ids and `libvirt-*` nodes.
-fn qemu_devices(probe: &mut Probe) -> (Vec<String>, Vec<String>) {
+/// What QEMU has, asked on a monitor of its own: device ids, `libvirt-*` nodes and
+/// the lines of `info network` (NICs and their backends; a backend without a NIC is a
+/// top-level line of its own).
+fn qemu_devices(probe: &mut Probe) -> (Vec<String>, Vec<String>, String) {
     let list = probe.execute(serde_json::json!({"execute": "qom-list",
         "arguments": {"path": "/machine/peripheral"}}));
     let mut ids: Vec<String> = list["return"]
@@ -440,7 +442,7 @@ fn qemu_devices(probe: &mut Probe) -> (Vec<String>, Vec<String>) {
         .flatten()
         .filter(|p| p["type"].as_str().is_some_and(|t| t.starts_with("child<")))
         .filter_map(|p| p["name"].as_str().map(str::to_owned))
-        .filter(|n| n.contains("disk"))
+        .filter(|n| n.contains("disk") || n.starts_with("net"))
         .collect();
     ids.sort();
     let nodes = probe.execute(serde_json::json!({"execute": "query-named-block-nodes",
@@ -453,7 +455,10 @@ fn qemu_devices(probe: &mut Probe) -> (Vec<String>, Vec<String>) {
         .filter(|n| n.starts_with("libvirt-"))
         .collect();
     names.sort();
-    (ids, names)
+    let net = probe.execute(serde_json::json!({"execute": "human-monitor-command",
+        "arguments": {"command-line": "info network"}}));
+    let net = net["return"].as_str().unwrap_or_default().to_owned();
+    (ids, names, net)
 }
 
 fn cpus_plugged(probe: &mut Probe) -> usize {
@@ -466,17 +471,83 @@ fn cpus_plugged(probe: &mut Probe) -> usize {
         .count()
 }
 
-/// kill -9 of virtqemud at spread points of AttachDevice, DetachDevice and SetVcpus on
-/// a running guest: after every restart, the disks the live XML lists are exactly the
-/// disk devices QEMU has, every `libvirt-N-*` node belongs to one of them, and the live
-/// vCPU count is QEMU's.
+const STORM_MAC: &str = "52:54:00:00:00:77";
+
+fn storm_nic() -> String {
+    format!("<interface type='user'><mac address='{STORM_MAC}'/><model type='virtio'/></interface>")
+}
+
+/// After a restart: what the daemon says against what QEMU has.
+async fn check_round(
+    i: usize,
+    d: &common::proxies::qemu::DomainProxy<'_>,
+    probe: &mut Probe,
+) -> (Vec<String>, u32) {
+    let mut broken = Vec::new();
+    let live = d.get_xml_desc(0).await.expect("xml");
+    let (ids, nodes, net) = qemu_devices(probe);
+    let disks = ids.iter().filter(|id| id.contains("disk")).count();
+    let nics = ids.iter().filter(|id| id.starts_with("net")).count();
+    if live.contains("dev='vdb'") != (disks == 1) {
+        broken.push(format!(
+            "round {i}: XML lists vdb={}, QEMU has {ids:?}",
+            live.contains("dev='vdb'")
+        ));
+    }
+    if live.contains(STORM_MAC) != (nics == 1) {
+        broken.push(format!(
+            "round {i}: XML lists the NIC={}, QEMU has {ids:?}",
+            live.contains(STORM_MAC)
+        ));
+    }
+    // Each disk QEMU has keeps its two nodes, each NIC its backend; nothing else.
+    if nodes.len() != 2 * disks {
+        broken.push(format!("round {i}: nodes {nodes:?} for devices {ids:?}"));
+    }
+    if net.matches("hostnet").count() != nics {
+        broken.push(format!("round {i}: backends {net:?} for devices {ids:?}"));
+    }
+    let plugged = cpus_plugged(probe);
+    let vcpus = d.get_vcpus(LIVE).await.expect("vcpus");
+    if vcpus as usize != plugged {
+        broken.push(format!(
+            "round {i}: GetVcpus says {vcpus}, QEMU has {plugged}"
+        ));
+    }
+    (broken, vcpus)
+}
+
+/// One round's calls: the disk plugged in or out, the NIC likewise, one more vCPU.
+async fn round_calls(
+    d: common::proxies::qemu::DomainProxy<'static>,
+    img: std::path::PathBuf,
+    vcpus: u32,
+) -> bool {
+    let live = d.get_xml_desc(0).await.unwrap_or_default();
+    let plug = disk(&img, "vdb", "virtio");
+    let r = if live.contains("dev='vdb'") {
+        d.detach_device(&plug, 0).await
+    } else {
+        d.attach_device(&plug, 0).await
+    };
+    let n = if live.contains(STORM_MAC) {
+        d.detach_device(&storm_nic(), 0).await
+    } else {
+        d.attach_device(&storm_nic(), 0).await
+    };
+    let v = d.set_vcpus((vcpus + 1).min(8), 0).await;
+    r.is_ok() && n.is_ok() && v.is_ok()
+}
+
+/// kill -9 of virtqemud at spread points of AttachDevice and DetachDevice of a disk and
+/// a NIC, and of SetVcpus, on a running guest: after every restart, the disk and the NIC
+/// are in the live XML exactly when QEMU has them, QEMU has exactly the block nodes and
+/// backends of the devices it has, and the live vCPU count is QEMU's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_during_hotplug_never_leaves_an_unknown_device() {
     check_recipe();
     let q = support::qemud(BIN).await;
-    let bus = q.bus;
-    let conn = q.conn;
-    let mut daemon = q.daemon;
+    let (bus, conn, mut daemon) = (q.bus, q.conn, q.daemon);
     let dir = daemon.dirs.root.path().to_owned();
     let serial = dir.join("serial.log");
     let probe_sock = dir.join("probe.sock");
@@ -497,94 +568,65 @@ async fn kill9_during_hotplug_never_leaves_an_unknown_device() {
     wait_serial(&serial, "TINYGUEST-DEVWATCH", Duration::from_secs(90)).await;
     let mut probe = Probe::connect(&probe_sock);
 
-    // How long a plug, an unplug and a vCPU plug take here, to spread the kills over
-    // each of them.
+    // How long one round's calls take here (plugging in, then out), to spread the
+    // kills over them.
     let t = Instant::now();
-    d.attach_device(&disk(&img, "vdb", "virtio"), 0)
-        .await
-        .expect("warm-up attach");
-    let t_attach = t.elapsed();
+    assert!(round_calls(domain(&conn, &path).await, img.clone(), 1).await);
+    let t_in = t.elapsed();
     let t = Instant::now();
-    d.detach_device(&disk(&img, "vdb", "virtio"), 0)
-        .await
-        .expect("warm-up detach");
-    let t_detach = t.elapsed();
-    let t = Instant::now();
-    d.set_vcpus(2, 0).await.expect("warm-up vCPU");
-    let t_vcpu = t.elapsed();
-    eprintln!("attach {t_attach:?}, detach {t_detach:?}, vCPU plug {t_vcpu:?} here");
+    assert!(round_calls(domain(&conn, &path).await, img.clone(), 2).await);
+    let t_out = t.elapsed();
+    eprintln!("a round plugging in takes {t_in:?}, plugging out {t_out:?} here");
 
     let n = rounds();
     let mut broken = Vec::new();
-    let (mut cut, mut vcpus) = (0, 2u32);
+    let (mut cut, mut vcpus) = (0, 3u32);
     for i in 0..n {
         let d = domain(&conn, &path).await;
-        let listed = d.get_xml_desc(0).await.expect("xml").contains("dev='vdb'");
-        // Spread evenly over the call and the vCPU plug after it (a golden-ratio
-        // sequence, so that every count of rounds covers the whole span).
-        let span = if listed { t_detach } else { t_attach } + t_vcpu;
+        let out = d.get_xml_desc(0).await.expect("xml").contains("dev='vdb'");
+        // Spread evenly over the calls (a golden-ratio sequence, so that every count
+        // of rounds covers the whole span).
+        let span = if out { t_out } else { t_in };
         let delay = span.mul_f64(1.1 * (i as f64 * 0.618_034).fract());
-        let plug = disk(&img, "vdb", "virtio");
-        let want_vcpus = (vcpus + 1).min(8);
-        let call = tokio::spawn(async move {
-            let r = if listed {
-                d.detach_device(&plug, 0).await
-            } else {
-                d.attach_device(&plug, 0).await
-            };
-            let v = d.set_vcpus(want_vcpus, 0).await;
-            (r.is_ok(), v.is_ok())
-        });
+        let call = tokio::spawn(round_calls(d, img.clone(), vcpus));
         tokio::time::sleep(delay).await;
         daemon.kill9();
-        let done = tokio::time::timeout(Duration::from_secs(10), call)
-            .await
-            .ok()
-            .and_then(|j| j.ok());
-        if !matches!(done, Some((true, true))) {
+        let done = tokio::time::timeout(Duration::from_secs(10), call).await;
+        if !matches!(done, Ok(Ok(true))) {
             cut += 1;
         }
         daemon = daemon.restart_builder().spawn(&bus).await.expect("restart");
-        let d = domain(&conn, &path).await;
-        // A detach the guest finishes after the restart is the adopted monitor's: let it.
+        // An unplug the guest finishes after the restart is the adopted monitor's: let it.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let live = d.get_xml_desc(0).await.expect("xml");
-        let (ids, nodes) = qemu_devices(&mut probe);
-        let has_vdb = live.contains("dev='vdb'");
-        let qemu_has = ids.iter().any(|id| id.starts_with("virtio-disk"));
-        if has_vdb != qemu_has {
-            broken.push(format!(
-                "round {i}: XML lists vdb={has_vdb}, QEMU has {ids:?}"
-            ));
-        }
-        // Each disk QEMU has keeps its two nodes; nothing else.
-        if nodes.len() != 2 * ids.len() {
-            broken.push(format!("round {i}: nodes {nodes:?} for devices {ids:?}"));
-        }
-        let plugged = cpus_plugged(&mut probe);
-        vcpus = d.get_vcpus(LIVE).await.expect("vcpus");
-        if vcpus as usize != plugged {
-            broken.push(format!(
-                "round {i}: GetVcpus says {vcpus}, QEMU has {plugged}"
-            ));
-        }
-        eprintln!("round {i}: delay {delay:?}, vdb={has_vdb}, vcpus={vcpus}");
+        let (found, v) = check_round(i, &domain(&conn, &path).await, &mut probe).await;
+        eprintln!(
+            "round {i}: delay {delay:?}, vcpus={v}, {} problems",
+            found.len()
+        );
+        broken.extend(found);
+        vcpus = v;
     }
     // What the restarted daemons found and fixed, for the figures.
     let log = daemon.log_text();
     let count = |what: &str| log.matches(what).count();
     eprintln!(
-        "{n} kills, {cut} calls cut, {} broken; restarts: {} attaches finished, {} devices \
-         found gone, {} stray node sets deleted, {} vCPU counts taken from QEMU",
+        "{n} kills, {cut} rounds cut, {} broken; restarts: {} disk and {} NIC attaches \
+         finished, {} NIC attaches undone, {} devices found gone, {} stray node sets \
+         deleted, {} vCPU counts taken from QEMU",
         broken.len(),
         count("finishing a disk attach"),
+        count("finishing an interface attach"),
+        count("undoing an interface attach"),
         count("device gone from QEMU"),
         count("deleting block nodes"),
         count("vCPU count taken from QEMU"),
     );
     assert!(broken.is_empty(), "{broken:#?}");
-    let d = domain(&conn, &path).await;
-    d.destroy(0).await.expect("destroy");
+    domain(&conn, &path)
+        .await
+        .destroy(0)
+        .await
+        .expect("destroy");
 }
 
 /// A NIC of a virtual network plugged into a running guest, as start makes it: a port
