@@ -804,3 +804,69 @@ async fn scsi_and_usb_disks_plug_into_existing_controllers() {
     );
     d.destroy(0).await.expect("destroy");
 }
+
+/// With a uid per guest (qemu.conf `dynamic_user_range`), a plugged disk's image (root's,
+/// 0600) is handed to the guest's uid, so that its QEMU opens it, and given back to
+/// root when the run ends. Needs root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugged_disk_is_handed_to_the_guests_uid() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test starts QEMU as another user and needs root"
+    );
+    let (first, last) = (66980u32, 66982u32);
+    for id in first..=last {
+        assert!(
+            nix::unistd::User::from_uid(id.into())
+                .ok()
+                .flatten()
+                .is_none(),
+            "uid {id} exists on this machine; the test needs it free"
+        );
+    }
+    let files = tempfile::Builder::new()
+        .prefix("vthp")
+        .tempdir_in("/tmp")
+        .expect("tmp");
+    std::fs::set_permissions(files.path(), PermissionsExt::from_mode(0o711)).expect("chmod");
+    let img = image(files.path(), "p.img", 1);
+    std::fs::set_permissions(&img, PermissionsExt::from_mode(0o600)).expect("chmod");
+    let dirs = common::harness::TestDirs::new().expect("dirs");
+    std::fs::create_dir_all(&dirs.config).expect("config dir");
+    std::fs::write(
+        dirs.config.join("qemu.conf"),
+        format!("dynamic_user_range = \"{first}-{last}\"\n"),
+    )
+    .expect("qemu.conf");
+    let bus = common::harness::TestBus::start().expect("bus");
+    let _daemon = common::harness::Daemon::builder(BIN, "virtqemud")
+        .dirs(dirs.clone())
+        .spawn(&bus)
+        .await
+        .expect("daemon");
+    let conn = bus.connection().await.expect("conn");
+    let qc = common::proxies::qemu::QemuConnectProxy::new(&conn)
+        .await
+        .expect("proxy");
+    let path = qc
+        .domain_define_xml(
+            "<domain type='qemu'><name>u</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64' machine='pc'>hvm</type></os></domain>",
+        )
+        .await
+        .expect("define");
+    let d = domain(&conn, &path).await;
+    d.create(1).await.expect("start paused");
+    let pid = support::qemu_pid(&dirs.runtime, "u");
+    let uid = support::ids(pid, "Uid:")[0];
+    assert!((first..=last).contains(&uid), "QEMU runs as {uid}");
+    d.attach_device(&disk(&img, "vdb", "virtio"), 0)
+        .await
+        .expect("QEMU opens the image handed to its uid");
+    let m = std::fs::metadata(&img).expect("metadata");
+    assert_eq!((m.uid(), m.mode() & 0o777), (uid, 0o600), "the guest's now");
+    d.destroy(0).await.expect("destroy");
+    let m = std::fs::metadata(&img).expect("metadata");
+    assert_eq!((m.uid(), m.gid()), (0, 0), "root's again after the run");
+}
