@@ -780,6 +780,13 @@ async fn scsi_and_usb_disks_plug_into_existing_controllers() {
         .await
         .expect("attach usb");
     assert_eq!(next_alias(&mut added, "DeviceAdded").await, "usb-disk2");
+    // A second SCSI disk takes the next unit; once the first is gone, a third one
+    // takes neither of theirs.
+    let c = image(&dir, "c.img", 8);
+    d.attach_device(&disk(&c, "sdd", "scsi"), 0)
+        .await
+        .expect("attach scsi 2");
+    assert_eq!(next_alias(&mut added, "DeviceAdded").await, "scsi0-0-0-1");
     d.detach_device(&disk(&a, "sdb", "scsi"), 0)
         .await
         .expect("detach scsi");
@@ -793,6 +800,21 @@ async fn scsi_and_usb_disks_plug_into_existing_controllers() {
         Duration::from_secs(30),
     )
     .await;
+    d.attach_device(&disk(&a, "sde", "scsi"), 0)
+        .await
+        .expect("attach scsi 3");
+    assert_eq!(next_alias(&mut added, "DeviceAdded").await, "scsi0-0-0-2");
+    let xml = d.get_xml_desc(0).await.expect("xml");
+    assert!(
+        xml.contains("<address type='drive' controller='0' bus='0' target='0' unit='1'/>"),
+        "{xml}"
+    );
+    for (img, t) in [(&c, "sdd"), (&a, "sde")] {
+        d.detach_device(&disk(img, t, "scsi"), 0)
+            .await
+            .expect("detach scsi");
+        next_alias(&mut removed, "DeviceRemoved").await;
+    }
     d.detach_device(&disk(&b, "sdc", "usb"), 0)
         .await
         .expect("detach usb");

@@ -287,6 +287,37 @@ fn q35_slot(devs: &Devices, current: &Option<Address>) -> Result<Option<Address>
     })))
 }
 
+/// The `<address type='drive'>` of a SCSI disk from the properties it was plugged with
+/// (`bus=scsiC.0`, `scsi-id`, `lun`): virtio-scsi numbers drives by LUN, the other HBAs
+/// by target.
+fn scsi_address(devs: &Devices, dev: &crate::command_line::DeviceProps) -> Option<Address> {
+    use crate::command_line::PropValue;
+    let num = |k: &str| {
+        dev.props.iter().find_map(|(key, v)| match v {
+            PropValue::Uint(n) if *key == k => u32::try_from(*n).ok(),
+            _ => None,
+        })
+    };
+    let controller: u32 = dev.props.iter().find_map(|(key, v)| match v {
+        PropValue::Str(b) if *key == "bus" => {
+            b.strip_prefix("scsi")?.strip_suffix(".0")?.parse().ok()
+        }
+        _ => None,
+    })?;
+    let by_target = devs.controllers.iter().any(|c| {
+        c.kind == "scsi"
+            && c.index == controller
+            && c.model.as_deref().is_some_and(|m| !m.starts_with("virtio"))
+    });
+    let (id, lun) = (num("scsi-id")?, num("lun")?);
+    Some(Address::Drive {
+        controller,
+        bus: 0,
+        target: if by_target { 0 } else { id },
+        unit: if by_target { id } else { lun },
+    })
+}
+
 /// A fresh N for `libvirt-N-*` nodes: above every node the first `disks` disks of the
 /// definition name.
 fn next_node(def: &DomainDef, disks: usize) -> usize {
@@ -495,6 +526,11 @@ impl Driver {
             }
         }
         disk.address = def.dom.devices.disks[i].address.clone();
+        if disk.bus == Some(DiskBus::Scsi) && disk.address.is_none() {
+            // Where it went, kept (as libvirt shows it): the units of later plugs are
+            // counted from the disks before them, whatever left in between.
+            disk.address = scsi_address(&def.dom.devices, &dev);
+        }
         let owners = self.hand_to_qemu(pid, &disk_files(&disk, &volumes))?;
         self.set_plugging(
             dom,
