@@ -62,6 +62,9 @@ pub struct QemuIds {
     /// Per NIC: the N of its `netN` device and `hostnetN` backend.
     #[serde(default)]
     pub nics: Vec<u32>,
+    /// Per RNG: the N of its `rngN` device and `objrngN` backend.
+    #[serde(default)]
+    pub rngs: Vec<u32>,
 }
 
 impl From<Domain> for DomainDef {
@@ -100,6 +103,11 @@ impl DomainDef {
         self.ids.nics.get(i).map_or(i, |n| *n as usize)
     }
 
+    /// The N of RNG `i`'s `rngN` device and `objrngN` backend.
+    pub fn rng_n(&self, i: usize) -> usize {
+        self.ids.rngs.get(i).map_or(i, |n| *n as usize)
+    }
+
     /// The disk whose block nodes are `libvirt-N-*`.
     pub fn disk_of_node(&self, n: usize) -> Option<usize> {
         (0..self.dom.devices.disks.len()).find(|i| self.disk_node(*i) == n)
@@ -122,6 +130,10 @@ impl DomainDef {
         let nics = self.dom.devices.interfaces.len();
         if self.ids.nics.len() != nics {
             self.ids.nics = (0..nics).map(|i| self.nic_n(i) as u32).collect();
+        }
+        let rngs = self.dom.devices.rngs.len();
+        if self.ids.rngs.len() != rngs {
+            self.ids.rngs = (0..rngs).map(|i| self.rng_n(i) as u32).collect();
         }
     }
 }

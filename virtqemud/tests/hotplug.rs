@@ -145,6 +145,8 @@ async fn disks_and_nics_plug_in_and_out_of_a_running_guest() {
 
     user_nic(&d, &serial, &mut added, &mut removed).await;
 
+    virtio_rng(&d, &mut added, &mut removed).await;
+
     // Unplug: the guest lets vdb go.
     d.detach_device(&disk(&b, "vdb", "virtio"), 0)
         .await
@@ -255,14 +257,40 @@ async fn refusals(d: &common::proxies::qemu::DomainProxy<'_>, c: &Path) {
     }
     assert_eq!(
         bus_err(
-            d.attach_device(
-                "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>",
-                LIVE
+            d.attach_device("<watchdog model='i6300esb' action='reset'/>", LIVE)
+                .await
+        ),
+        "Operation not supported: live attach of device 'watchdog' is not supported"
+    );
+}
+
+/// A virtio RNG, plugged in and out (the guest lets it go: DEVICE_DELETED).
+async fn virtio_rng(
+    d: &common::proxies::qemu::DomainProxy<'_>,
+    added: &mut common::proxies::libvirt::domain::DeviceAddedStream,
+    removed: &mut common::proxies::libvirt::domain::DeviceRemovedStream,
+) {
+    let rng = "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>";
+    d.attach_device(rng, 0).await.expect("attach rng");
+    assert_eq!(next_alias(added, "DeviceAdded").await, "rng0");
+    assert!(d
+        .get_xml_desc(0)
+        .await
+        .expect("xml")
+        .contains("<rng model='virtio'>"));
+    assert_eq!(
+        bus_err(
+            d.detach_device(
+                "<rng model='virtio'><backend model='random'>/dev/hwrng</backend></rng>",
+                0
             )
             .await
         ),
-        "Operation not supported: live attach of device 'rng' is not supported"
+        "device not found: matching rng device not found"
     );
+    d.detach_device(rng, 0).await.expect("detach rng");
+    assert_eq!(next_alias(removed, "DeviceRemoved").await, "rng0");
+    assert!(!d.get_xml_desc(0).await.expect("xml").contains("<rng"));
 }
 
 /// A user-mode NIC: the guest's eth0 appears and goes.

@@ -22,7 +22,9 @@ use super::{not_running, Change, Dom, Driver, Impact};
 use crate::events::DomainSignal;
 use crate::model::DomainDef;
 use crate::qmp::Qmp;
-use crate::xml::{Address, Devices, Disk, DiskBus, DiskDevice, Interface, InterfaceKind, PciAddr};
+use crate::xml::{
+    Address, Devices, Disk, DiskBus, DiskDevice, Interface, InterfaceKind, PciAddr, Rng,
+};
 
 /// How long DetachDevice waits for the guest to let a device go before it returns
 /// (libvirt's 5 s); the removal still finishes later, with DeviceRemoved.
@@ -47,6 +49,7 @@ pub(crate) struct Pending {
 pub(crate) enum PendingKind {
     Disk,
     Nic,
+    Rng,
     /// A new medium for the cdrom or floppy `qdev`.
     Medium,
 }
@@ -202,6 +205,19 @@ fn nic_place(devs: &Devices, want: &Interface) -> Result<usize, VirError> {
             "multiple devices matching MAC address found",
         )),
     }
+}
+
+/// The place of the RNG `want` names: the one with the same backend (libvirt compares
+/// the whole device; model, backend and rate are what this model has).
+fn rng_place(devs: &Devices, want: &Devices) -> Result<usize, VirError> {
+    let w = want
+        .rngs
+        .first()
+        .ok_or_else(|| unsupported_kind("this operation", "rng"))?;
+    devs.rngs
+        .iter()
+        .position(|r| r.builtin == w.builtin && r.backend == w.backend && r.rate == w.rate)
+        .ok_or_else(|| VirError::new(ErrorCode::DeviceMissing, "matching rng device not found"))
 }
 
 /// The index libvirt reads from a disk target (`vda` 0, `vdb` 1, `sdaa` 26).
@@ -437,6 +453,14 @@ impl Driver {
                         .ok_or_else(|| unsupported_kind("live attach", &kind))?;
                     self.attach_nic(dom, nic, &caps).await?;
                 }
+                "rng" => {
+                    let rng = new
+                        .rngs
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| unsupported_kind("live attach", &kind))?;
+                    self.attach_rng(dom, rng, &caps).await?;
+                }
                 _ => return Err(unsupported_kind("live attach", &kind)),
             }
         }
@@ -640,6 +664,70 @@ impl Driver {
         Ok(())
     }
 
+    async fn attach_rng(
+        &self,
+        dom: &Arc<Dom>,
+        rng: Rng,
+        caps: &crate::caps::Caps,
+    ) -> Result<(), VirError> {
+        let (mut def, qmp, _) = Self::live_with(
+            dom,
+            |devs| {
+                devs.rngs.push(rng);
+                Ok(())
+            },
+            caps,
+        )?;
+        let i = def.dom.devices.rngs.len() - 1;
+        if def.dom.is_q35() {
+            let a = q35_slot(&def.dom.devices, &def.dom.devices.rngs[i].address)?;
+            def.dom.devices.rngs[i].address = a;
+        }
+        let n = (0..i).map(|j| def.rng_n(j) + 1).max().unwrap_or(0);
+        let rng = def.dom.devices.rngs[i].clone();
+        let (object, dev) = crate::command_line::hotplug_rng(&def.dom, i, n)?;
+        let qdev = format!("rng{n}");
+        self.set_plugging(
+            dom,
+            Some(Pending {
+                kind: PendingKind::Rng,
+                xml: device_xml(Devices {
+                    rngs: vec![rng.clone()],
+                    ..Devices::default()
+                }),
+                qdev: qdev.clone(),
+                n: n as u32,
+            }),
+        )
+        .await;
+        let plugged = async {
+            qmp.execute("object-add", Some(object)).await?;
+            if let Err(e) = qmp.execute("device_add", Some(dev.to_qmp_json())).await {
+                let _ = qmp
+                    .execute("object-del", Some(json!({ "id": format!("objrng{n}") })))
+                    .await;
+                return Err(e);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = plugged {
+            self.set_plugging(dom, None).await;
+            return Err(e.into());
+        }
+        if let Some(l) = dom.lock().live.as_mut() {
+            l.def.pin_ids();
+            l.def.dom.devices.rngs.push(rng);
+            l.def.ids.rngs.push(n as u32);
+            l.plugging = None;
+        }
+        self.save_status(dom).await;
+        tracing::info!(domain = %dom.name(), device = %qdev, "rng attached");
+        self.device_signal(dom, DomainSignal::DeviceAdded(qdev))
+            .await;
+        Ok(())
+    }
+
     /// Records (or clears) the device being plugged in, in the status file.
     async fn set_plugging(&self, dom: &Dom, p: Option<Pending>) {
         if let Some(l) = dom.lock().live.as_mut() {
@@ -706,6 +794,10 @@ impl Driver {
                         let i = nic_place(devs, first_nic(&want)?)?;
                         devs.interfaces.remove(i);
                     }
+                    "rng" => {
+                        let i = rng_place(devs, &want)?;
+                        devs.rngs.remove(i);
+                    }
                     _ => return Err(unsupported_kind("persistent detach", &kind)),
                 }
                 Some(DomainDef::from(def.dom))
@@ -752,6 +844,7 @@ impl Driver {
                     }
                     l.def.disk_qdev(i)
                 }
+                "rng" => format!("rng{}", l.def.rng_n(rng_place(devs, want)?)),
                 "interface" => format!("net{}", l.def.nic_n(nic_place(devs, first_nic(want)?)?)),
                 _ => return Err(unsupported_kind("live detach", kind)),
             };
@@ -795,6 +888,14 @@ impl Driver {
     /// Gives back what an unplugged device held: block nodes, files, backend, port.
     async fn release_device(&self, dom: &Dom, qmp: &Qmp, gone: Gone) {
         match gone {
+            Gone::Rng { n } => {
+                if let Err(e) = qmp
+                    .execute("object-del", Some(json!({ "id": format!("objrng{n}") })))
+                    .await
+                {
+                    tracing::debug!("object-del: {e}");
+                }
+            }
             Gone::Disk { n, owners, .. } => {
                 del_nodes(qmp, &nodes_of(n)).await;
                 crate::security::restore(&owners);
@@ -1074,10 +1175,14 @@ pub(super) enum Gone {
         n: usize,
         nic: Box<Interface>,
     },
+    Rng {
+        n: usize,
+    },
 }
 
 fn has_qdev(def: &DomainDef, qdev: &str) -> bool {
     def.disk_of_qdev(qdev).is_some()
+        || (0..def.dom.devices.rngs.len()).any(|i| format!("rng{}", def.rng_n(i)) == qdev)
         || (0..def.dom.devices.interfaces.len()).any(|i| format!("net{}", def.nic_n(i)) == qdev)
 }
 
@@ -1090,6 +1195,15 @@ fn take_device(l: &mut super::domain::Live, qdev: &str) -> Option<Gone> {
         l.def.ids.disks.remove(i);
         let owners = take_owners(&mut l.owners, &disk);
         return Some(Gone::Disk { n, owners });
+    }
+    if let Some(i) =
+        (0..l.def.dom.devices.rngs.len()).find(|i| format!("rng{}", l.def.rng_n(*i)) == qdev)
+    {
+        l.def.pin_ids();
+        let n = l.def.rng_n(i);
+        l.def.dom.devices.rngs.remove(i);
+        l.def.ids.rngs.remove(i);
+        return Some(Gone::Rng { n });
     }
     let i = (0..l.def.dom.devices.interfaces.len())
         .find(|i| format!("net{}", l.def.nic_n(*i)) == qdev)?;
@@ -1204,6 +1318,8 @@ async fn our_nodes(qmp: &Qmp) -> Vec<String> {
 struct Fixes {
     gone: Vec<(String, Gone)>,
     netdevs: Vec<String>,
+    /// Backends (`objrngN`) of a plug undone.
+    objects: Vec<String>,
     nics_to_release: Vec<Interface>,
     changed: bool,
 }
@@ -1238,6 +1354,9 @@ impl Driver {
         }
         for id in &fixes.netdevs {
             let _ = qmp.execute("netdev_del", Some(json!({ "id": id }))).await;
+        }
+        for id in &fixes.objects {
+            let _ = qmp.execute("object-del", Some(json!({ "id": id }))).await;
         }
         if !fixes.nics_to_release.is_empty() {
             if let Ok(mut one) = dom_of(dom) {
@@ -1307,6 +1426,7 @@ fn reconcile_live(
     let listed: Vec<String> = (0..l.def.dom.devices.disks.len())
         .map(|i| l.def.disk_qdev(i))
         .chain((0..l.def.dom.devices.interfaces.len()).map(|i| format!("net{}", l.def.nic_n(i))))
+        .chain((0..l.def.dom.devices.rngs.len()).map(|i| format!("rng{}", l.def.rng_n(i))))
         .collect();
     for qdev in listed.into_iter().filter(|q| !ids.contains(q)) {
         if let Some(gone) = take_device(l, &qdev) {
@@ -1379,6 +1499,18 @@ fn finish_or_undo(
                     fixes.netdevs.push(format!("hostnet{}", p.n));
                     fixes.nics_to_release.push(n);
                 }
+                _ => {}
+            }
+        }
+        PendingKind::Rng => {
+            let listed = has_qdev(&l.def, &p.qdev);
+            match (ids.contains(&p.qdev), listed, devs.rngs.into_iter().next()) {
+                (true, false, Some(r)) => {
+                    tracing::warn!(device = %p.qdev, "finishing an rng attach the daemon's exit cut");
+                    l.def.dom.devices.rngs.push(r);
+                    l.def.ids.rngs.push(p.n);
+                }
+                (false, false, _) => fixes.objects.push(format!("objrng{}", p.n)),
                 _ => {}
             }
         }
