@@ -470,7 +470,7 @@ fn qemu_devices(probe: &mut Probe) -> (Vec<String>, Vec<String>, String) {
         .flatten()
         .filter(|p| p["type"].as_str().is_some_and(|t| t.starts_with("child<")))
         .filter_map(|p| p["name"].as_str().map(str::to_owned))
-        .filter(|n| n.contains("disk") || n.starts_with("net"))
+        .filter(|n| n.contains("disk") || n.starts_with("net") || n.starts_with("rng"))
         .collect();
     ids.sort();
     let nodes = probe.execute(serde_json::json!({"execute": "query-named-block-nodes",
@@ -485,7 +485,15 @@ fn qemu_devices(probe: &mut Probe) -> (Vec<String>, Vec<String>, String) {
     names.sort();
     let net = probe.execute(serde_json::json!({"execute": "human-monitor-command",
         "arguments": {"command-line": "info network"}}));
-    let net = net["return"].as_str().unwrap_or_default().to_owned();
+    let mut net = net["return"].as_str().unwrap_or_default().to_owned();
+    // RNG backends are objects: one line each, beside the network's.
+    let objects = probe.execute(serde_json::json!({"execute": "qom-list",
+        "arguments": {"path": "/objects"}}));
+    for o in objects["return"].as_array().into_iter().flatten() {
+        if let Some(name) = o["name"].as_str().filter(|n| n.starts_with("objrng")) {
+            net.push_str(&format!("\n{name}"));
+        }
+    }
     (ids, names, net)
 }
 
@@ -500,6 +508,7 @@ fn cpus_plugged(probe: &mut Probe) -> usize {
 }
 
 const STORM_MAC: &str = "52:54:00:00:00:77";
+const STORM_RNG: &str = "<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>";
 
 fn storm_nic() -> String {
     format!("<interface type='user'><mac address='{STORM_MAC}'/><model type='virtio'/></interface>")
@@ -516,6 +525,18 @@ async fn check_round(
     let (ids, nodes, net) = qemu_devices(probe);
     let disks = ids.iter().filter(|id| id.contains("disk")).count();
     let nics = ids.iter().filter(|id| id.starts_with("net")).count();
+    let rngs = ids.iter().filter(|id| id.starts_with("rng")).count();
+    if live.contains("<rng") != (rngs == 1) {
+        broken.push(format!(
+            "round {i}: XML lists the RNG={}, QEMU has {ids:?}",
+            live.contains("<rng")
+        ));
+    }
+    if net.matches("objrng").count() != rngs {
+        broken.push(format!(
+            "round {i}: RNG backends {net:?} for devices {ids:?}"
+        ));
+    }
     if live.contains("dev='vdb'") != (disks == 1) {
         broken.push(format!(
             "round {i}: XML lists vdb={}, QEMU has {ids:?}",
@@ -545,7 +566,8 @@ async fn check_round(
     (broken, vcpus)
 }
 
-/// One round's calls: the disk plugged in or out, the NIC likewise, one more vCPU.
+/// One round's calls: the disk plugged in or out, the NIC and the RNG likewise, one more
+/// vCPU.
 async fn round_calls(
     d: common::proxies::qemu::DomainProxy<'static>,
     img: std::path::PathBuf,
@@ -563,14 +585,19 @@ async fn round_calls(
     } else {
         d.attach_device(&storm_nic(), 0).await
     };
+    let g = if live.contains("<rng") {
+        d.detach_device(STORM_RNG, 0).await
+    } else {
+        d.attach_device(STORM_RNG, 0).await
+    };
     let v = d.set_vcpus((vcpus + 1).min(8), 0).await;
-    r.is_ok() && n.is_ok() && v.is_ok()
+    r.is_ok() && n.is_ok() && g.is_ok() && v.is_ok()
 }
 
-/// kill -9 of virtqemud at spread points of AttachDevice and DetachDevice of a disk and
-/// a NIC, and of SetVcpus, on a running guest: after every restart, the disk and the NIC
-/// are in the live XML exactly when QEMU has them, QEMU has exactly the block nodes and
-/// backends of the devices it has, and the live vCPU count is QEMU's.
+/// kill -9 of virtqemud at spread points of AttachDevice and DetachDevice of a disk, a
+/// NIC and an RNG, and of SetVcpus, on a running guest: after every restart, each is in
+/// the live XML exactly when QEMU has it, QEMU has exactly the block nodes and backends
+/// of the devices it has, and the live vCPU count is QEMU's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_during_hotplug_never_leaves_an_unknown_device() {
     check_recipe();
@@ -638,12 +665,13 @@ async fn kill9_during_hotplug_never_leaves_an_unknown_device() {
     let log = daemon.log_text();
     let count = |what: &str| log.matches(what).count();
     eprintln!(
-        "{n} kills, {cut} rounds cut, {} broken; restarts: {} disk and {} NIC attaches \
-         finished, {} NIC attaches undone, {} devices found gone, {} stray node sets \
-         deleted, {} vCPU counts taken from QEMU",
+        "{n} kills, {cut} rounds cut, {} broken; restarts: {} disk, {} NIC and {} RNG \
+         attaches finished, {} NIC attaches undone, {} devices found gone, {} stray node \
+         sets deleted, {} vCPU counts taken from QEMU",
         broken.len(),
         count("finishing a disk attach"),
         count("finishing an interface attach"),
+        count("finishing an rng attach"),
         count("undoing an interface attach"),
         count("device gone from QEMU"),
         count("deleting block nodes"),
