@@ -22,7 +22,8 @@
 //! | `save.rs` | save images: save, managed save, restore |
 //! | `dump.rs` | core dumps |
 //! | `snapshots.rs` | internal snapshots: create, list, revert, delete |
-//! | `hotplug.rs` | devices plugged in and out: attach, detach, update, and what a restart finds |
+//! | `hotplug.rs` | devices plugged in and out: attach, detach, update |
+//! | `reconcile.rs` | the devices and vCPUs of an adopted QEMU, as QEMU has them |
 //! | `monitor.rs` | QMP events and exit: the state machine |
 //! | `reattach.rs` | adopting running QEMUs after a restart, autostart |
 
@@ -47,6 +48,7 @@ mod monitor;
 mod peek;
 mod queries;
 mod reattach;
+mod reconcile;
 mod registry;
 mod save;
 mod settings;
