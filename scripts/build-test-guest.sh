@@ -10,13 +10,17 @@ OUT=${1:-${VIRT_TEST_GUEST_DIR:-$HOME/.cache/virt-rs/guest}}
 WITH_QGA=${WITH_QGA:-1}
 DEBS="$OUT/debs"
 mkdir -p "$OUT" "$DEBS"
+# Test processes of several sessions may call this at once: one builds, the others
+# wait and then find the guest up to date.
+exec 9>"$OUT/.build.lock"
+flock 9
 
 # The kernel ABI in the package name changes with security updates: resolve it now.
 KPKG=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null |
     awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
 [ -n "$KPKG" ] || { echo "cannot resolve linux-image-cloud-amd64 (run apt-get update)" >&2; exit 1; }
 KVER=${KPKG#linux-image-}
-STAMP="kernel=$KPKG qga=$WITH_QGA recipe=4"
+STAMP="kernel=$KPKG qga=$WITH_QGA recipe=5"
 
 if [ "${FORCE:-0}" != 1 ] && [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.img" ] &&
     [ "$(head -n1 "$OUT/manifest.txt" 2>/dev/null)" = "$STAMP" ]; then
@@ -53,7 +57,8 @@ ln -s /bin/busybox "$R/sbin/hwclock"
 # Kernel and the modules the guest needs (none of them is built in).
 cp "$X/boot/vmlinuz-$KVER" "$OUT/vmlinuz.new"
 for m in virtio virtio_ring virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev virtio_net \
-    net_failover failover virtio_console virtio-rng button evdev; do
+    net_failover failover virtio_console virtio-rng button evdev \
+    virtio_blk scsi_common scsi_mod virtio_scsi sd_mod; do
     f=$(find "$X/lib/modules/$KVER" -name "$m.ko*" | head -n1)
     [ -n "$f" ] || continue
     d="$R/lib/modules/$KVER/${f#"$X/lib/modules/$KVER/"}"
@@ -108,6 +113,30 @@ if [ -x /usr/sbin/qemu-ga ] && [ -e /dev/virtio-ports/org.qemu.guest_agent.0 ]; 
   qemu-ga -d -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -f /run/qemu-ga.pid -t /run/qga
 fi
 echo "TINYGUEST-BOOTED uptime=$(cut -d' ' -f1 /proc/uptime)"
+# Disks and NICs come and go by hotplug: their modules load after the marker (they
+# cost boot time no other test needs), then a watcher reports every block device and
+# network interface that appears or goes as a line on the console.
+(modprobe -a virtio_blk virtio_scsi sd_mod 2>/dev/null; exec /etc/devwatch) &
+EOF
+cat > "$R/etc/devwatch" <<'EOF'
+#!/bin/sh
+# Polls with shell builtins (one sleep a round): the guest has no udev and this kernel
+# no uevent helper.
+list() { for d in /sys/block/* /sys/class/net/*; do [ -e "$d" ] && echo "${d#/sys/}"; done; }
+old=$(list)
+echo "TINYGUEST-DEVWATCH $(echo $old)" > /dev/console
+while sleep 0.3; do
+  new=$(list)
+  [ "$new" = "$old" ] && continue
+  for d in $new; do case " $(echo $old) " in *" $d "*) ;; *)
+    echo "TINYGUEST-DEV add $d" > /dev/console
+    # A NIC plugged in later asks for an address as eth0 does at boot.
+    case "$d" in class/net/eth*) i=${d#class/net/}; ip link set "$i" up
+      udhcpc -f -i "$i" -s /etc/udhcpc.hook -t 5 -T 1 -A 1 >/dev/null 2>&1 &;; esac;;
+  esac; done
+  for d in $old; do case " $(echo $new) " in *" $d "*) ;; *) echo "TINYGUEST-DEV remove $d" > /dev/console;; esac; done
+  old=$new
+done
 EOF
 cat > "$R/etc/init.d/rcK" <<'EOF'
 #!/bin/sh
@@ -143,7 +172,7 @@ cat > "$R/sbin/shutdown" <<'EOF'
 /etc/init.d/rcK > /dev/console 2>&1
 case "$*" in *-r*) reboot -f;; *-H*) halt -f;; *) poweroff -f;; esac
 EOF
-chmod 755 "$R/etc/init.d/rcS" "$R/etc/init.d/rcK" "$R/etc/udhcpc.hook" \
+chmod 755 "$R/etc/init.d/rcS" "$R/etc/init.d/rcK" "$R/etc/devwatch" "$R/etc/udhcpc.hook" \
     "$R/etc/acpi/PWRF/00000080" "$R/sbin/shutdown"
 
 (cd "$R" && find . | "$BB" cpio -o -H newc -R 0:0 2>/dev/null) | gzip -9 > "$OUT/initrd.img.new"

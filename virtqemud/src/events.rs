@@ -1,7 +1,8 @@
 //! QMP events that become libvirt's per-domain signals on `org.libvirt.Domain`
 //! (libvirt's `VIR_DOMAIN_EVENT_ID_*` other than lifecycle): what QEMU said, in
 //! libvirt's numbers. Disks are named by their target (`vda`): the live definition
-//! carries no device aliases.
+//! carries no device aliases. Hotplug's signals name the device by its alias, QEMU's
+//! device id (`virtio-disk1`, `net1`), as libvirt's do.
 
 use serde_json::Value;
 
@@ -44,6 +45,12 @@ pub enum DomainSignal {
     PmSuspend,
     PmSuspendDisk,
     PmWakeup,
+    /// A device plugged in (AttachDevice), by its alias.
+    DeviceAdded(String),
+    /// A device the guest let go of (DetachDevice, or later), by its alias.
+    DeviceRemoved(String),
+    /// The guest refused to let the device go.
+    DeviceRemovalFailed(String),
     Graphics {
         /// 0 connect, 1 initialize, 2 disconnect.
         phase: i32,
@@ -71,7 +78,7 @@ pub fn signal_of(ev: &Event, def: &DomainDef) -> Option<DomainSignal> {
             _ => 0,
         }),
         "BLOCK_IO_ERROR" => {
-            let index = disk_index(d.get("node-name")?.as_str()?)?;
+            let index = def.disk_of_node(disk_index(d.get("node-name")?.as_str()?)?)?;
             let disk = def.dom.devices.disks.get(index)?;
             let nospace = d.get("nospace").and_then(Value::as_bool) == Some(true);
             DomainSignal::IoError {
@@ -90,7 +97,7 @@ pub fn signal_of(ev: &Event, def: &DomainDef) -> Option<DomainSignal> {
             }
         }
         "DEVICE_TRAY_MOVED" => {
-            let index: usize = d.get("id")?.as_str()?.strip_prefix("disk")?.parse().ok()?;
+            let index = def.disk_of_qdev(d.get("id")?.as_str()?)?;
             let disk = def.dom.devices.disks.get(index)?;
             DomainSignal::TrayChange {
                 device: disk.target_dev.clone(),
@@ -99,12 +106,12 @@ pub fn signal_of(ev: &Event, def: &DomainDef) -> Option<DomainSignal> {
         }
         "BLOCK_WRITE_THRESHOLD" => {
             let node = d.get("node-name")?.as_str()?;
-            let index = disk_index(node).or_else(|| {
+            let index = def.disk_of_node(disk_index(node).or_else(|| {
                 node.strip_prefix("libvirt-")?
                     .strip_suffix("-storage")?
                     .parse()
                     .ok()
-            })?;
+            })?)?;
             let disk = def.dom.devices.disks.get(index)?;
             DomainSignal::BlockThreshold {
                 device: disk.target_dev.clone(),
@@ -112,6 +119,9 @@ pub fn signal_of(ev: &Event, def: &DomainDef) -> Option<DomainSignal> {
                 threshold: d.get("write-threshold")?.as_u64()?,
                 excess: d.get("amount-exceeded")?.as_u64()?,
             }
+        }
+        "DEVICE_UNPLUG_GUEST_ERROR" => {
+            DomainSignal::DeviceRemovalFailed(d.get("device")?.as_str()?.to_owned())
         }
         "SUSPEND" => DomainSignal::PmSuspend,
         "SUSPEND_DISK" => DomainSignal::PmSuspendDisk,

@@ -45,6 +45,26 @@ pub struct DomainDef {
     pub on_poweroff: Action,
     pub on_reboot: Action,
     pub on_crash: Action,
+    /// QEMU's names for the disks and NICs of a running definition (see [`QemuIds`]).
+    pub ids: QemuIds,
+}
+
+/// QEMU's names for the disks and NICs of a running domain. At start they follow the
+/// devices' places (disk `i` is device `diskI` on nodes `libvirt-I-*`, NIC `i` is
+/// `netI` on `hostnetI`) and the lists stay empty; once a device is plugged in or out
+/// they are recorded per device, in device order, since places shift and QEMU's names
+/// do not. A hotplugged device gets libvirt's alias as its id (`virtio-disk1`, `net2`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QemuIds {
+    /// Per disk: its device id and the N of its `libvirt-N-*` block nodes.
+    #[serde(default)]
+    pub disks: Vec<(String, u32)>,
+    /// Per NIC: the N of its `netN` device and `hostnetN` backend.
+    #[serde(default)]
+    pub nics: Vec<u32>,
+    /// Per RNG: the N of its `rngN` device and `objrngN` backend.
+    #[serde(default)]
+    pub rngs: Vec<u32>,
 }
 
 impl From<Domain> for DomainDef {
@@ -58,7 +78,62 @@ impl From<Domain> for DomainDef {
             on_poweroff: dom.on_poweroff.into(),
             on_reboot: dom.on_reboot.into(),
             on_crash: dom.on_crash.into(),
+            ids: QemuIds::default(),
             dom,
+        }
+    }
+}
+
+impl DomainDef {
+    /// The N of disk `i`'s `libvirt-N-*` block nodes in QEMU.
+    pub fn disk_node(&self, i: usize) -> usize {
+        self.ids.disks.get(i).map_or(i, |d| d.1 as usize)
+    }
+
+    /// QEMU's device id of disk `i`: its alias.
+    pub fn disk_qdev(&self, i: usize) -> String {
+        self.ids
+            .disks
+            .get(i)
+            .map_or_else(|| format!("disk{i}"), |d| d.0.clone())
+    }
+
+    /// The N of NIC `i`'s `netN` device and `hostnetN` backend.
+    pub fn nic_n(&self, i: usize) -> usize {
+        self.ids.nics.get(i).map_or(i, |n| *n as usize)
+    }
+
+    /// The N of RNG `i`'s `rngN` device and `objrngN` backend.
+    pub fn rng_n(&self, i: usize) -> usize {
+        self.ids.rngs.get(i).map_or(i, |n| *n as usize)
+    }
+
+    /// The disk whose block nodes are `libvirt-N-*`.
+    pub fn disk_of_node(&self, n: usize) -> Option<usize> {
+        (0..self.dom.devices.disks.len()).find(|i| self.disk_node(*i) == n)
+    }
+
+    /// The disk whose QEMU device id is `qdev`.
+    pub fn disk_of_qdev(&self, qdev: &str) -> Option<usize> {
+        (0..self.dom.devices.disks.len()).find(|i| self.disk_qdev(*i) == qdev)
+    }
+
+    /// Records every disk's and NIC's QEMU names explicitly (as they are now), before
+    /// a device is added or removed and places shift.
+    pub fn pin_ids(&mut self) {
+        let disks = self.dom.devices.disks.len();
+        if self.ids.disks.len() != disks {
+            self.ids.disks = (0..disks)
+                .map(|i| (self.disk_qdev(i), self.disk_node(i) as u32))
+                .collect();
+        }
+        let nics = self.dom.devices.interfaces.len();
+        if self.ids.nics.len() != nics {
+            self.ids.nics = (0..nics).map(|i| self.nic_n(i) as u32).collect();
+        }
+        let rngs = self.dom.devices.rngs.len();
+        if self.ids.rngs.len() != rngs {
+            self.ids.rngs = (0..rngs).map(|i| self.rng_n(i) as u32).collect();
         }
     }
 }

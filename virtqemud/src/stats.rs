@@ -200,7 +200,8 @@ async fn block_group(r: &mut Record, def: &DomainDef, qmp: &Qmp) {
         if let Some(path) = disk_path(disk) {
             r.put(format!("block.{i}.path"), path);
         }
-        let node = format!("libvirt-{i}-format");
+        let n = def.disk_node(i);
+        let node = format!("libvirt-{n}-format");
         let by_node = |list: &Json, key: &str| -> Option<Json> {
             list.as_array()?
                 .iter()
@@ -231,7 +232,7 @@ async fn block_group(r: &mut Record, def: &DomainDef, qmp: &Qmp) {
             }
         }
         // libvirt's block.N.threshold: the write threshold set on the storage node.
-        let storage = format!("libvirt-{i}-storage");
+        let storage = format!("libvirt-{n}-storage");
         let threshold = nodes.as_array().into_iter().flatten().find_map(|n| {
             (n.get("node-name").and_then(Json::as_str) == Some(storage.as_str()))
                 .then(|| n.get("write_threshold").and_then(Json::as_u64))
@@ -266,7 +267,7 @@ pub fn disk_errors(def: &DomainDef, blocks: &Json) -> Vec<(String, i32)> {
         .iter()
         .enumerate()
         .filter_map(|(i, disk)| {
-            let node = format!("libvirt-{i}-format");
+            let node = format!("libvirt-{}-format", def.disk_node(i));
             let entry = blocks.as_array()?.iter().find(|b| {
                 b.pointer("/inserted/node-name").and_then(Json::as_str) == Some(node.as_str())
             })?;

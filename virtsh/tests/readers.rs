@@ -328,7 +328,7 @@ async fn domifstat_on_a_tap() {
         ifl.lines()
             .nth(2)
             .is_some_and(|l| l.split_whitespace().collect::<Vec<_>>()
-                == ["vstap0", "ethernet", "-", "virtio", "52:54:00:92:00:02"]),
+                == ["vstap0", "ethernet", "-", "rtl8139", "52:54:00:92:00:02"]),
         "{ifl}"
     );
     ok(virtsh(&bus, &["destroy", "e1"]));

@@ -889,3 +889,102 @@ fn drive_unit(a: &Option<Address>, next: u32, max: u32, target: &str) -> Result<
     }
     Ok(u)
 }
+
+/// For hotplug (`device_add` on a running QEMU): the `blockdev-add` arguments of disk
+/// `i` of `dom` (storage node, then format node; none for an empty drive) on nodes
+/// `libvirt-NODE-*`, and its guest device with id `qdev`, built by the same functions
+/// as at start. Units on buses that number their drives continue after the disks
+/// before it. Throttling and copy-on-read filters are refused: their nodes are made
+/// at start only.
+pub fn hotplug_disk(
+    dom: &Domain,
+    i: usize,
+    node: usize,
+    qdev: &str,
+    ctx: &LaunchContext,
+) -> Result<(Vec<serde_json::Value>, DeviceProps)> {
+    let q35 = dom.is_q35();
+    let disks = &dom.devices.disks;
+    let disk = disks
+        .get(i)
+        .ok_or_else(|| unsupported("disk", "", "no such disk"))?;
+    refuse_unhandled(disk)?;
+    if disk.unhandled.iter().any(|c| c.name == "iotune") {
+        return Err(unsupported(
+            "disk/iotune",
+            &disk.target_dev,
+            "not on hotplug",
+        ));
+    }
+    if on_off(disk, "copy_on_read")? == Some(true) {
+        return Err(unsupported(
+            "disk/driver copy_on_read",
+            &disk.target_dev,
+            "not on hotplug",
+        ));
+    }
+    let buses = PciBuses::of(dom);
+    let mut units = DiskUnits {
+        scsi_by_target: dom
+            .devices
+            .controllers
+            .iter()
+            .filter(|c| c.kind == "scsi")
+            .map(|c| {
+                (
+                    c.index,
+                    c.model.as_deref().is_some_and(|m| !m.starts_with("virtio")),
+                )
+            })
+            .collect(),
+        ..DiskUnits::default()
+    };
+    for (j, before) in disks.iter().enumerate().take(i) {
+        if let Some(bus) = before.bus {
+            // Only the units they take count; they were accepted at their start.
+            let _ = disk_props(j, before, bus, None, q35, &mut units, &buses);
+        }
+    }
+    let bus = disk.bus.ok_or_else(|| {
+        unsupported(
+            "disk target",
+            &disk.target_dev,
+            "no bus (fill_defaults first)",
+        )
+    })?;
+    let mut nodes = Vec::new();
+    let media = match &disk.source {
+        Some(src) => {
+            for b in blockdevs(node, disk, src, ctx)? {
+                let v: serde_json::Value = serde_json::from_str(&b)
+                    .map_err(|e| unsupported("disk", &disk.target_dev, e))?;
+                nodes.push(v);
+            }
+            Some(format!("libvirt-{node}-format"))
+        }
+        None => None,
+    };
+    let mut dev = disk_props(node, disk, bus, media, q35, &mut units, &buses)?;
+    for (k, v) in dev.props.iter_mut() {
+        if *k == "id" {
+            *v = super::PropValue::Str(qdev.to_owned());
+        }
+    }
+    Ok((nodes, dev))
+}
+
+/// For a media change (UpdateDevice of a cdrom or floppy): the `blockdev-add`
+/// arguments of `disk`'s new medium on nodes `libvirt-NODE-*`.
+pub fn medium_nodes(
+    disk: &Disk,
+    node: usize,
+    ctx: &LaunchContext,
+) -> Result<Vec<serde_json::Value>> {
+    let Some(src) = &disk.source else {
+        return Ok(Vec::new());
+    };
+    blockdevs(node, disk, src, ctx)?
+        .iter()
+        .map(|b| serde_json::from_str(b).map_err(|e| unsupported("disk", &disk.target_dev, e)))
+        .collect()
+}

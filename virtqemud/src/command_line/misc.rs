@@ -791,3 +791,21 @@ pub(super) fn egd_rngs(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<(
     }
     Ok(())
 }
+
+/// For hotplug: the QMP `object-add` arguments of RNG `i` of `dom` as backend
+/// `objrngN` (`n`) and its device `rngN`, as start builds them.
+pub fn hotplug_rng(dom: &Domain, i: usize, n: usize) -> Result<(serde_json::Value, DeviceProps)> {
+    let r = dom
+        .devices
+        .rngs
+        .get(i)
+        .ok_or_else(|| unsupported("rng", "", "no such RNG"))?;
+    let object = if r.builtin {
+        serde_json::json!({"qom-type": "rng-builtin", "id": format!("objrng{n}")})
+    } else {
+        let file: serde_json::Value = serde_json::from_str(&json_str(&r.backend)?)
+            .map_err(|e| unsupported("rng backend", "", e))?;
+        serde_json::json!({"qom-type": "rng-random", "id": format!("objrng{n}"), "filename": file})
+    };
+    Ok((object, rng_props(n, r, &PciBuses::of(dom))))
+}

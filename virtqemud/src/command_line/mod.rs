@@ -28,8 +28,11 @@ use crate::xml::Domain;
 
 use device::PciBuses;
 pub use device::{DeviceProps, PropValue};
+pub use disks::{hotplug_disk, medium_nodes};
 pub use hostdev::UsbHostDev;
 pub use machine::host_cpus;
+pub use misc::hotplug_rng;
+pub use net::hotplug_nic;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {

@@ -428,3 +428,58 @@ fn rom_props(mut dev: DeviceProps, r: &Element) -> Result<DeviceProps> {
     }
     Ok(dev)
 }
+
+/// For hotplug: the QMP `netdev_add` arguments of NIC `i` of `dom` as backend
+/// `hostnetN` (`n`), a tap passed beforehand under the name `fd` (QMP `getfd`), and its
+/// guest device `netN`, from the same functions as at start. Only user networking and
+/// taps the runtime opened plug in live.
+pub fn hotplug_nic(
+    dom: &Domain,
+    i: usize,
+    n: usize,
+    fd: Option<&str>,
+) -> Result<(serde_json::Value, DeviceProps)> {
+    let nic = dom
+        .devices
+        .interfaces
+        .get(i)
+        .ok_or_else(|| unsupported("interface", "", "no such NIC"))?;
+    if let Some(c) = nic.unhandled.iter().find(|c| !nic_reads(nic, c)) {
+        return Err(unsupported(
+            &format!("interface/{}", c.name),
+            nic.mac.map(|m| m.to_string()).as_deref().unwrap_or(""),
+            "not implemented",
+        ));
+    }
+    let id = format!("hostnet{n}");
+    let netdev = match (&nic.kind, fd) {
+        (InterfaceKind::User, _) => {
+            let mut args = serde_json::json!({"type": "user", "id": id});
+            // `user_ips` gives `net=A/P,` and `ipv6-net=A/P,` options.
+            for opt in user_ips(nic)?.split(',').filter(|o| !o.is_empty()) {
+                if let Some((k, v)) = opt.split_once('=') {
+                    args[k] = serde_json::Value::from(v);
+                }
+            }
+            args
+        }
+        (
+            InterfaceKind::Bridge(_) | InterfaceKind::Network(_) | InterfaceKind::Ethernet,
+            Some(fd),
+        ) => serde_json::json!({"type": "tap", "fd": fd, "id": id, "vhost": false}),
+        (k, _) => {
+            return Err(unsupported(
+                "interface",
+                match k {
+                    InterfaceKind::Direct { .. } => "direct",
+                    InterfaceKind::Socket(_) => "socket",
+                    InterfaceKind::VhostUser { .. } => "vhostuser",
+                    _ => "ethernet",
+                },
+                "not on hotplug",
+            ))
+        }
+    };
+    // Named by `n`, at the PCI address the defaults gave this NIC in `dom`.
+    Ok((netdev, nic_props(n, nic, &PciBuses::of(dom))?))
+}

@@ -634,6 +634,57 @@ impl Domain {
         identities: Vec<(String, String)>,
     ) -> zbus::Result<()>;
 
+    #[zbus(signal, name = "DeviceAdded")]
+    pub async fn device_added(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        device: &str,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal, name = "DeviceRemoved")]
+    pub async fn device_removed(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        device: &str,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal, name = "DeviceRemovalFailed")]
+    pub async fn device_removal_failed(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        device: &str,
+    ) -> zbus::Result<()>;
+
+    #[zbus(name = "AttachDevice")]
+    async fn attach_device(
+        &self,
+        xml: &str,
+        flags: u32,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.attach_device(&self.dom()?, xml, flags).await?)
+    }
+
+    #[zbus(name = "DetachDevice")]
+    async fn detach_device(
+        &self,
+        xml: &str,
+        flags: u32,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.detach_device(&self.dom()?, xml, flags).await?)
+    }
+
+    #[zbus(name = "UpdateDevice")]
+    async fn update_device(
+        &self,
+        xml: &str,
+        flags: u32,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.update_device(&self.dom()?, xml, flags).await?)
+    }
+
     #[zbus(signal, name = "AgentEvent")]
     pub async fn agent_event(
         emitter: &zbus::object_server::SignalEmitter<'_>,

@@ -119,6 +119,9 @@ impl Publisher {
                             remote,
                             auth,
                         } => D::graphics(&e, phase, local, remote, &auth, Vec::new()).await,
+                        S::DeviceAdded(alias) => D::device_added(&e, &alias).await,
+                        S::DeviceRemoved(alias) => D::device_removed(&e, &alias).await,
+                        S::DeviceRemovalFailed(alias) => D::device_removal_failed(&e, &alias).await,
                     }
                 }
             })

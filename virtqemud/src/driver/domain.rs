@@ -34,6 +34,9 @@ pub(super) struct Live {
     pub dumped_crash: bool,
     /// A save in progress (recorded in the status file).
     pub saving: Option<super::save::SaveIntent>,
+    /// A device being plugged in (or a medium changed): recorded in the status file
+    /// before QEMU is asked, so a restarted daemon can finish or undo it.
+    pub plugging: Option<super::hotplug::Pending>,
     pub exited: watch::Receiver<bool>,
 }
 

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use zbus::zvariant::OwnedValue;
 
 use super::{no_definition, not_running, Dom, Driver, Impact};
+use crate::model::DomainDef;
 use crate::qmp::Qmp;
 use crate::xml::Disk;
 
@@ -200,9 +201,11 @@ fn group_id(i: usize, t: &Tune) -> String {
 }
 
 /// The live limits of disk `i`: its throttle group's if it has one, else the device's.
-async fn live_tune(qmp: &Qmp, i: usize, disk: &Disk) -> Result<Tune, VirError> {
+async fn live_tune(qmp: &Qmp, def: &DomainDef, i: usize) -> Result<Tune, VirError> {
+    let disk = &def.dom.devices.disks[i];
+    let n = def.disk_node(i);
     let xml = Tune::of(disk);
-    let group = group_id(i, &xml);
+    let group = group_id(n, &xml);
     if let Ok(limits) = qmp
         .execute(
             "qom-get",
@@ -220,7 +223,7 @@ async fn live_tune(qmp: &Qmp, i: usize, disk: &Disk) -> Result<Tune, VirError> {
         }
         return Ok(t);
     }
-    let node = format!("libvirt-{i}-format");
+    let node = format!("libvirt-{n}-format");
     let blocks = qmp.execute("query-block", None).await?;
     let inserted = blocks
         .as_array()
@@ -251,8 +254,9 @@ async fn live_tune(qmp: &Qmp, i: usize, disk: &Disk) -> Result<Tune, VirError> {
 }
 
 /// Applies `t` to running disk `i`: to its throttle group, else to its device.
-async fn apply(qmp: &Qmp, i: usize, disk: &Disk, t: &Tune) -> Result<(), VirError> {
-    let group = group_id(i, &Tune::of(disk));
+async fn apply(qmp: &Qmp, def: &DomainDef, i: usize, t: &Tune) -> Result<(), VirError> {
+    let disk = &def.dom.devices.disks[i];
+    let group = group_id(def.disk_node(i), &Tune::of(disk));
     let exists = qmp
         .execute(
             "qom-get",
@@ -276,9 +280,10 @@ async fn apply(qmp: &Qmp, i: usize, disk: &Disk, t: &Tune) -> Result<(), VirErro
     }
     let mut args = serde_json::Map::new();
     // The guest device's block backend: a virtio-blk-pci proxy keeps it on its child.
+    let qdev = def.disk_qdev(i);
     let id = match disk.bus {
-        Some(crate::xml::DiskBus::Virtio) => format!("/machine/peripheral/disk{i}/virtio-backend"),
-        _ => format!("disk{i}"),
+        Some(crate::xml::DiskBus::Virtio) => format!("/machine/peripheral/{qdev}/virtio-backend"),
+        _ => qdev,
     };
     args.insert("id".into(), json!(id));
     for (n, _, key) in FIELDS {
@@ -301,7 +306,7 @@ fn burst_or_limit(t: &Tune, n: &str) -> Option<u64> {
     (!n.ends_with("_max_length") || v > 0).then_some(v)
 }
 
-fn disk_of(def: &crate::model::DomainDef, disk: &str) -> Result<usize, VirError> {
+fn disk_of(def: &DomainDef, disk: &str) -> Result<usize, VirError> {
     crate::stats::disk_index(def, disk)
 }
 
@@ -325,9 +330,7 @@ impl Driver {
         match (live, config) {
             (Some((def, qmp)), _) if !impact.contains(Impact::CONFIG) => {
                 let i = disk_of(&def, disk)?;
-                Ok(live_tune(&qmp, i, &def.dom.devices.disks[i])
-                    .await?
-                    .record())
+                Ok(live_tune(&qmp, &def, i).await?.record())
             }
             (_, Some(def)) | (Some((def, _)), None) => {
                 let i = disk_of(&def, disk)?;
@@ -363,9 +366,8 @@ impl Driver {
                 (l.qmp.clone(), l.def.clone())
             };
             let i = disk_of(&def, disk)?;
-            let d = &def.dom.devices.disks[i];
-            let t = live_tune(&qmp, i, d).await?.merged(params)?;
-            apply(&qmp, i, d, &t).await?;
+            let t = live_tune(&qmp, &def, i).await?.merged(params)?;
+            apply(&qmp, &def, i, &t).await?;
             if let Some(l) = dom.lock().live.as_mut() {
                 if let Some(d) = l.def.dom.devices.disks.get_mut(i) {
                     t.put(d);

@@ -23,6 +23,8 @@
 //! | `save.rs` | save images: save, managed save, restore |
 //! | `dump.rs` | core dumps |
 //! | `snapshots.rs` | internal snapshots: create, list, revert, delete |
+//! | `hotplug.rs` | devices plugged in and out: attach, detach, update |
+//! | `reconcile.rs` | the devices and vCPUs of an adopted QEMU, as QEMU has them |
 //! | `monitor.rs` | QMP events and exit: the state machine |
 //! | `reattach.rs` | adopting running QEMUs after a restart, autostart |
 
@@ -42,11 +44,13 @@ mod define;
 mod domain;
 mod dump;
 mod guest;
+mod hotplug;
 mod iotune;
 mod monitor;
 mod peek;
 mod queries;
 mod reattach;
+mod reconcile;
 mod registry;
 mod save;
 mod settings;

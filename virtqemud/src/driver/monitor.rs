@@ -70,6 +70,12 @@ impl Driver {
                 self.save_status(dom).await;
             }
             "VSERPORT_CHANGE" => self.on_port_change(dom, &ev.data).await,
+            // A device the guest let go of (its virtio backend's event has no id).
+            "DEVICE_DELETED" => {
+                if let Some(id) = ev.data.get("device").and_then(Value::as_str) {
+                    self.device_deleted(dom, id).await;
+                }
+            }
             "SHUTDOWN" => {
                 let guest = ev
                     .data

@@ -26,7 +26,8 @@ fn too_big(size: u64) -> Result<(), VirError> {
 fn running_disk(dom: &Dom, disk: &str) -> Result<(usize, crate::qmp::Qmp), VirError> {
     let g = dom.lock();
     let l = g.live.as_ref().ok_or_else(not_running)?;
-    Ok((crate::stats::disk_index(&l.def, disk)?, l.qmp.clone()))
+    let i = crate::stats::disk_index(&l.def, disk)?;
+    Ok((l.def.disk_node(i), l.qmp.clone()))
 }
 
 impl Driver {

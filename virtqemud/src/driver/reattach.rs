@@ -68,7 +68,7 @@ impl Driver {
     }
 
     async fn reattach(&self, st: Status, file: &Path) {
-        let Ok(def) = DomainDef::parse(&st.xml) else {
+        let Ok(mut def) = DomainDef::parse(&st.xml) else {
             tracing::warn!("status of '{}' holds an unusable definition", st.name);
             let _ = std::fs::remove_file(file);
             return;
@@ -167,6 +167,7 @@ impl Driver {
             .and_then(Value::as_str)
             .unwrap_or("running")
             .to_string();
+        def.ids = st.ids.clone();
         let new_state = state_after_restart(&run_state, st.state());
         let changed = Some(new_state) != st.state();
         let (exit_tx, exit_rx) = watch::channel(false);
@@ -188,15 +189,19 @@ impl Driver {
                 saved: false,
                 dumped_crash: false,
                 saving: st.saving.clone(),
+                plugging: st.plugging.clone(),
                 exited: exit_rx,
             });
         }
+        // Devices and vCPUs as QEMU has them: a hotplug the kill cut is finished or
+        // undone here, before any event or call can read the definition.
+        let reconciled = self.reconcile_devices(&dom).await;
         // Its uid stays its own: no new run may get it while this QEMU runs.
         if let (Some(uid), Some(pool)) = (st.dynamic_uid, self.run_as.pool()) {
             pool.reserve(uid);
         }
         // The record on disk is already this run's, unless its state moved on.
-        if changed {
+        if changed || reconciled {
             self.save_status(&dom).await;
         }
         tracing::info!(domain = %st.name, pid = st.pid, "reattached ({run_state})");

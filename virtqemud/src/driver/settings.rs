@@ -76,7 +76,7 @@ impl Driver {
         Ok(())
     }
 
-    fn config_of(dom: &Dom) -> Result<DomainDef, VirError> {
+    pub(super) fn config_of(dom: &Dom) -> Result<DomainDef, VirError> {
         dom.lock().config.clone().ok_or_else(no_definition)
     }
 
@@ -207,7 +207,9 @@ impl Driver {
             if let Some(l) = dom.lock().live.as_mut() {
                 let mut d = l.def.dom.clone();
                 d.current_vcpus = (online != d.vcpus).then_some(online);
+                let ids = std::mem::take(&mut l.def.ids);
                 l.def = DomainDef::from(d);
+                l.def.ids = ids;
             }
             self.save_status(dom).await;
             changed?;
@@ -642,7 +644,9 @@ impl Driver {
                     .await?;
             }
             if let Some(l) = dom.lock().live.as_mut() {
+                let ids = std::mem::take(&mut l.def.ids);
                 l.def = DomainDef::from(def);
+                l.def.ids = ids;
             }
             self.save_status(dom).await;
         }

@@ -84,7 +84,7 @@ fn covered(def: &DomainDef, skip: &[String]) -> Result<Vec<Covered>, VirError> {
             _ => None,
         };
         out.push(Covered {
-            index,
+            index: def.disk_node(index),
             target: d.target_dev.clone(),
             path,
         });

@@ -433,6 +433,7 @@ impl Driver {
                 fake_reboot: false,
                 saved: false,
                 dumped_crash: false,
+                plugging: None,
                 exited: exit_rx,
             });
             g.state = if paused {
@@ -620,6 +621,8 @@ fn starting_record(dom: &Dom, def: &DomainDef, id: u32, qmp: &Path, held: &Held)
         owners: held.owners.clone(),
         dynamic_uid: held.dynamic_uid,
         saving: None,
+        ids: Default::default(),
+        plugging: None,
     }
 }
 

@@ -53,6 +53,12 @@ pub(super) struct Status {
     /// A save in progress, to be finished or undone by a restarted daemon.
     #[serde(default)]
     pub saving: Option<super::save::SaveIntent>,
+    /// QEMU's names for the disks and NICs, once hotplug made them differ from places.
+    #[serde(default)]
+    pub ids: crate::model::QemuIds,
+    /// A device being plugged in when the record was written (`super::hotplug`).
+    #[serde(default)]
+    pub plugging: Option<super::hotplug::Pending>,
 }
 
 fn yes() -> bool {
@@ -95,6 +101,8 @@ impl Driver {
                     owners: l.owners.clone(),
                     dynamic_uid: l.dynamic_uid,
                     saving: l.saving.clone(),
+                    ids: l.def.ids.clone(),
+                    plugging: l.plugging.clone(),
                 }
             })
         };

@@ -164,6 +164,85 @@ impl Qmp {
         }
     }
 
+    /// Runs one command with a descriptor passed alongside (SCM_RIGHTS), as `getfd`
+    /// and `add-fd` want it; returns its `return` value.
+    pub async fn execute_with_fd(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<Value, QmpError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut guard = self
+                .pending
+                .lock()
+                .map_err(|_| QmpError::Protocol("poisoned".into()))?;
+            guard.as_mut().ok_or(QmpError::Closed)?.insert(id, tx);
+        }
+        let mut msg = json!({ "execute": command, "id": id });
+        if let Some(args) = arguments {
+            msg["arguments"] = args;
+        }
+        let line = format!("{msg}\n");
+        let sent = tokio::time::timeout(self.timeout, async {
+            let w = self.writer.lock().await;
+            let stream: &UnixStream = w.as_ref();
+            let mut done = 0;
+            // The descriptor rides on the first byte(s) sent; the rest follows plainly.
+            while done == 0 {
+                stream.writable().await?;
+                match stream.try_io(tokio::io::Interest::WRITABLE, || {
+                    use std::os::fd::AsRawFd;
+                    let fds = [fd.as_raw_fd()];
+                    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+                    let iov = [std::io::IoSlice::new(line.as_bytes())];
+                    nix::sys::socket::sendmsg::<()>(
+                        stream.as_raw_fd(),
+                        &iov,
+                        &cmsg,
+                        nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+                        None,
+                    )
+                    .map_err(std::io::Error::from)
+                }) {
+                    Ok(n) => done = n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(QmpError::Io(e)),
+                }
+            }
+            let mut rest = &line.as_bytes()[done..];
+            while !rest.is_empty() {
+                stream.writable().await?;
+                match stream.try_write(rest) {
+                    Ok(n) => rest = &rest[n..],
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(QmpError::Io(e)),
+                }
+            }
+            drop(w);
+            rx.await.map_err(|_| QmpError::Closed)?
+        })
+        .await;
+        match sent {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(QmpError::Command { class, desc, .. })) => Err(QmpError::Command {
+                command: command.to_string(),
+                class,
+                desc,
+            }),
+            Ok(Err(e)) => {
+                self.forget(id);
+                Err(e)
+            }
+            Err(_) => {
+                self.forget(id);
+                Err(QmpError::Timeout(command.to_string()))
+            }
+        }
+    }
+
     fn forget(&self, id: u64) {
         if let Ok(mut g) = self.pending.lock() {
             if let Some(map) = g.as_mut() {
