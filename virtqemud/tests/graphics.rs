@@ -32,9 +32,11 @@ fn live_port(live: &str) -> u16 {
 
 /// The security types a VNC server offers (RFB 3.8 handshake).
 fn vnc_security_types(port: u16) -> Vec<u8> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to VNC");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    rfb_security_types(TcpStream::connect(("127.0.0.1", port)).expect("connect to VNC"))
+}
+
+/// The same over any stream to the server.
+fn rfb_security_types<S: Read + Write>(mut s: S) -> Vec<u8> {
     let mut version = [0u8; 12];
     s.read_exact(&mut version).expect("RFB version");
     assert_eq!(&version[..4], b"RFB ");
@@ -165,4 +167,43 @@ async fn spice_vnc_ports_and_passwords() {
     for d in [&d, &d2, &d3, &d4] {
         d.destroy(0).await.expect("destroy");
     }
+}
+
+/// OpenGraphicsFD: a connection to the VNC server through a socket pair, no listener
+/// needed (`<listen type='none'/>`); the password holds unless SKIPAUTH.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_graphics_fd_connects_to_vnc_without_a_listener() {
+    let q = qemud(BIN).await;
+    let path =
+        q.qc.domain_define_xml(&xml(
+            "fdvnc",
+            "<graphics type='vnc' passwd='fd-pass-1'><listen type='none'/></graphics>",
+        ))
+        .await
+        .expect("define");
+    let d = domain(&q.conn, &path).await;
+    assert!(bus_err(d.open_graphics_fd(0, 0).await).contains("not running"));
+    d.create(0).await.expect("start");
+    let stream = |fd: zbus::zvariant::OwnedFd| {
+        let s = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(fd));
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s
+    };
+    let fd = d.open_graphics_fd(0, 0).await.expect("open");
+    assert_eq!(
+        rfb_security_types(stream(fd)),
+        vec![2],
+        "VNC auth, as the password asks"
+    );
+    let fd = d.open_graphics_fd(0, 1).await.expect("open with SKIPAUTH");
+    assert_eq!(
+        rfb_security_types(stream(fd)),
+        vec![1],
+        "no auth with SKIPAUTH"
+    );
+    let e = bus_err(d.open_graphics_fd(1, 0).await);
+    assert!(e.contains("No graphics backend with index 1"), "{e}");
+    assert!(bus_err(d.open_graphics_fd(0, 2).await).contains("unsupported flags"));
+    d.destroy(0).await.expect("destroy");
 }

@@ -140,7 +140,16 @@ pub(super) fn graphics(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Resul
     for g in &d.graphics {
         let listen = g.listen.as_deref().unwrap_or("127.0.0.1");
         match g.kind {
-            GraphicsKind::Vnc if g.listen_none => a.pair("-vnc", "none"),
+            // No listener, yet clients come through QMP (OpenGraphicsFD): the password
+            // still holds for them.
+            GraphicsKind::Vnc if g.listen_none => a.pair(
+                "-vnc",
+                if g.passwd.is_some() {
+                    "none,password=on"
+                } else {
+                    "none"
+                },
+            ),
             GraphicsKind::Vnc if g.listen_socket.is_some() => {
                 let auto = ctx.runtime_dir.join("vnc.sock");
                 let path = g.listen_socket.as_ref().and_then(|s| s.as_deref());

@@ -234,6 +234,18 @@ impl Domain {
         Ok(self.driver.block_io_tune(&dom, disk, flags).await?.into())
     }
 
+    #[zbus(name = "OpenGraphicsFD")]
+    async fn open_graphics_fd(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        idx: u32,
+        flags: u32,
+    ) -> Result<zbus::zvariant::OwnedFd, BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self.driver.open_graphics_fd(&dom, idx, flags).await?.into())
+    }
+
     #[zbus(name = "SetBlockIOTune")]
     async fn set_block_io_tune(
         &self,

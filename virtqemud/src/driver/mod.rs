@@ -18,6 +18,7 @@
 //! | `queries.rs` | XML, vCPUs, statistics |
 //! | `peek.rs` | block resize, block and memory peek |
 //! | `iotune.rs` | disk I/O limits: GetBlockIOTune, SetBlockIOTune |
+//! | `graphics_fd.rs` | OpenGraphicsFD: a VNC/SPICE connection through a socket pair |
 //! | `settings.rs` | changes short of a redefinition: metadata, vCPUs, memory |
 //! | `guest.rs` | the guest agent's answers, guest addresses |
 //! | `save.rs` | save images: save, managed save, restore |
@@ -43,6 +44,7 @@ mod control;
 mod define;
 mod domain;
 mod dump;
+mod graphics_fd;
 mod guest;
 mod hotplug;
 mod iotune;
