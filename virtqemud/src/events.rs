@@ -51,6 +51,13 @@ pub enum DomainSignal {
     DeviceRemoved(String),
     /// The guest refused to let the device go.
     DeviceRemovalFailed(String),
+    /// A block job's end or readiness: disk target, `virDomainBlockJobType`,
+    /// `virConnectDomainEventBlockJobStatus` (0 completed, 1 failed, 2 canceled, 3 ready).
+    BlockJob {
+        disk: String,
+        kind: i32,
+        status: i32,
+    },
     Graphics {
         /// 0 connect, 1 initialize, 2 disconnect.
         phase: i32,
@@ -122,6 +129,20 @@ pub fn signal_of(ev: &Event, def: &DomainDef) -> Option<DomainSignal> {
         }
         "DEVICE_UNPLUG_GUEST_ERROR" => {
             DomainSignal::DeviceRemovalFailed(d.get("device")?.as_str()?.to_owned())
+        }
+        "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_CANCELLED" | "BLOCK_JOB_READY" => {
+            let (kind, target) = crate::driver::block_job_of(d.get("device")?.as_str()?)?;
+            let status = match ev.name.as_str() {
+                "BLOCK_JOB_COMPLETED" if d.get("error").is_some() => 1,
+                "BLOCK_JOB_COMPLETED" => 0,
+                "BLOCK_JOB_CANCELLED" => 2,
+                _ => 3,
+            };
+            DomainSignal::BlockJob {
+                disk: target.to_owned(),
+                kind,
+                status,
+            }
         }
         "SUSPEND" => DomainSignal::PmSuspend,
         "SUSPEND_DISK" => DomainSignal::PmSuspendDisk,

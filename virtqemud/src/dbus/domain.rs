@@ -16,6 +16,10 @@ use crate::driver::{Dom, Driver};
 #[derive(Serialize, Type)]
 pub struct State(i32, i32);
 
+/// `GetBlockJobInfo`'s reply: type, bandwidth, cur, end as ONE struct `(ittt)`.
+#[derive(serde::Serialize, zbus::zvariant::Type)]
+pub struct BlockJobInfo(i32, u64, u64, u64);
+
 /// `GetControlInfo`'s reply, ONE struct `(uut)`.
 #[derive(Serialize, Type)]
 pub struct ControlInfo(u32, u32, u64);
@@ -233,6 +237,83 @@ impl Domain {
         let dom = self.dom()?;
         Ok(self.driver.block_io_tune(&dom, disk, flags).await?.into())
     }
+
+    async fn block_pull(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        disk: &str,
+        bandwidth: u64,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self.driver.block_pull(&dom, disk, bandwidth, flags).await?)
+    }
+
+    async fn block_commit(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        disk: &str,
+        base: &str,
+        top: &str,
+        bandwidth: u64,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self
+            .driver
+            .block_commit(&dom, disk, base, top, bandwidth, flags)
+            .await?)
+    }
+
+    #[zbus(out_args("blockJobInfo"))]
+    async fn get_block_job_info(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        disk: &str,
+        flags: u32,
+    ) -> Result<(BlockJobInfo,), BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        let (kind, bw, cur, end) = self.driver.block_job_info(&dom, disk, flags).await?;
+        Ok((BlockJobInfo(kind, bw, cur, end),))
+    }
+
+    async fn block_job_abort(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        disk: &str,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self.driver.block_job_abort(&dom, disk, flags).await?)
+    }
+
+    async fn block_job_set_speed(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        disk: &str,
+        bandwidth: u64,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self
+            .driver
+            .block_job_set_speed(&dom, disk, bandwidth, flags)
+            .await?)
+    }
+
+    /// A block job ended or is ready (libvirt-dbus's names).
+    #[zbus(signal)]
+    pub async fn block_job(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        disk: &str,
+        r#type: i32,
+        status: i32,
+    ) -> zbus::Result<()>;
 
     #[zbus(name = "OpenGraphicsFD")]
     async fn open_graphics_fd(

@@ -122,6 +122,9 @@ impl Publisher {
                         S::DeviceAdded(alias) => D::device_added(&e, &alias).await,
                         S::DeviceRemoved(alias) => D::device_removed(&e, &alias).await,
                         S::DeviceRemovalFailed(alias) => D::device_removal_failed(&e, &alias).await,
+                        S::BlockJob { disk, kind, status } => {
+                            D::block_job(&e, &disk, kind, status).await
+                        }
                     }
                 }
             })

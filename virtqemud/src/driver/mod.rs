@@ -18,6 +18,7 @@
 //! | `queries.rs` | XML, vCPUs, statistics |
 //! | `peek.rs` | block resize, block and memory peek |
 //! | `iotune.rs` | disk I/O limits: GetBlockIOTune, SetBlockIOTune |
+//! | `blockjobs.rs` | BlockPull, BlockCommit (below the top), job info, abort, speed |
 //! | `graphics_fd.rs` | OpenGraphicsFD: a VNC/SPICE connection through a socket pair |
 //! | `settings.rs` | changes short of a redefinition: metadata, vCPUs, memory |
 //! | `guest.rs` | the guest agent's answers, guest addresses |
@@ -40,6 +41,7 @@ use common::job::InFlight;
 use common::publish::Outbox;
 use common::runtime::Context;
 
+mod blockjobs;
 mod control;
 mod define;
 mod domain;
@@ -60,6 +62,7 @@ mod snapshots;
 mod start;
 mod status;
 
+pub use blockjobs::parse_job_id as block_job_of;
 pub use domain::Dom;
 pub use guest::GuestInterface;
 use registry::Registry;
