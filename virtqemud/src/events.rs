@@ -51,6 +51,9 @@ pub enum DomainSignal {
     DeviceRemoved(String),
     /// The guest refused to let the device go.
     DeviceRemovalFailed(String),
+    /// Tuning changed on the running domain (libvirt's `VIR_DOMAIN_EVENT_ID_TUNABLE`):
+    /// libvirt's typed-parameter names (`cputune.vcpupin0`, `blkdeviotune.disk`, ...).
+    Tunable(Vec<(String, Tuned)>),
     /// A block job's end or readiness: disk target, `virDomainBlockJobType`,
     /// `virConnectDomainEventBlockJobStatus` (0 completed, 1 failed, 2 canceled, 3 ready).
     BlockJob {
@@ -65,6 +68,13 @@ pub enum DomainSignal {
         remote: GraphicsAddress,
         auth: String,
     },
+}
+
+/// One tunable's new value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tuned {
+    Text(String),
+    Number(u64),
 }
 
 /// The signal `ev` stands for in a domain running `def`, if any.

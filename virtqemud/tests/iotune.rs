@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use futures_util::StreamExt;
 use zbus::zvariant::Value;
 
 mod support;
@@ -50,6 +51,7 @@ async fn io_limits_live_and_in_the_config() {
     assert_eq!(get(&t, "total_bytes_sec"), 1048576);
     assert_eq!(get(&t, "read_iops_sec"), 0);
 
+    let mut tunables = d.receive_tunable().await.expect("subscribe");
     d.create(0).await.expect("create");
     // Live, from QEMU: vda's throttle group, vdb's device (nothing yet).
     assert_eq!(
@@ -69,6 +71,21 @@ async fn io_limits_live_and_in_the_config() {
     d.set_block_io_tune("vda", &set(&[("read_iops_sec", 100)]), LIVE)
         .await
         .expect("set vda");
+    // libvirt's Tunable signal for a live change: the disk and its limits.
+    let sig = tokio::time::timeout(std::time::Duration::from_secs(10), tunables.next())
+        .await
+        .expect("a Tunable signal")
+        .expect("stream");
+    let args = sig.args().expect("args");
+    let params = args.params();
+    assert_eq!(
+        params
+            .get("blkdeviotune.disk")
+            .and_then(|v| String::try_from(v.try_clone().ok()?).ok())
+            .as_deref(),
+        Some("vda")
+    );
+    assert_eq!(get(params, "blkdeviotune.read_iops_sec"), 100);
     let t = d.get_block_io_tune("vda", 0).await.expect("get");
     assert_eq!(
         (get(&t, "read_iops_sec"), get(&t, "total_bytes_sec")),

@@ -432,10 +432,24 @@ async fn vcpu_and_emulator_pinning() {
         assert_eq!(cpus, want, "{name}: {threads:?}");
     }
     assert!(threads.iter().any(|t| t.0 == "CPU 1/TCG"), "{threads:?}");
-    // Running: the threads' own affinity, changed live.
+    // Running: the threads' own affinity, changed live, told by the Tunable signal.
+    let mut tunables = d.receive_tunable().await.expect("subscribe");
     d.pin_vcpu(0, vec![false, true], LIVE)
         .await
         .expect("pin vcpu 0");
+    let sig = tokio::time::timeout(Duration::from_secs(10), tunables.next())
+        .await
+        .expect("a Tunable signal")
+        .expect("stream");
+    let args = sig.args().expect("args");
+    let pin = args
+        .params()
+        .get("cputune.vcpupin0")
+        .expect("cputune.vcpupin0");
+    assert_eq!(
+        String::try_from(pin.try_clone().expect("clone")).expect("text"),
+        "1"
+    );
     d.pin_emulator(vec![true, false], LIVE | CONFIG)
         .await
         .expect("pin the emulator");

@@ -306,6 +306,14 @@ impl Domain {
             .await?)
     }
 
+    /// Tuning changed on the running domain; typed parameters, double-wrapped as
+    /// libvirt-dbus sends them.
+    #[zbus(signal)]
+    pub async fn tunable(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        params: TypedParams,
+    ) -> zbus::Result<()>;
+
     /// A block job ended or is ready (libvirt-dbus's names).
     #[zbus(signal)]
     pub async fn block_job(

@@ -3,6 +3,7 @@
 //! the signals of its changes (`Publisher`).
 
 use std::sync::{Arc, Weak};
+use zbus::zvariant;
 
 use futures_util::future::BoxFuture;
 
@@ -124,6 +125,22 @@ impl Publisher {
                         S::DeviceRemovalFailed(alias) => D::device_removal_failed(&e, &alias).await,
                         S::BlockJob { disk, kind, status } => {
                             D::block_job(&e, &disk, kind, status).await
+                        }
+                        S::Tunable(params) => {
+                            use crate::events::Tuned;
+                            let map = params
+                                .into_iter()
+                                .map(|(k, v)| {
+                                    let v = match v {
+                                        Tuned::Text(t) => {
+                                            zvariant::OwnedValue::from(zvariant::Str::from(t))
+                                        }
+                                        Tuned::Number(n) => zvariant::OwnedValue::from(n),
+                                    };
+                                    (k, v)
+                                })
+                                .collect::<std::collections::HashMap<_, _>>();
+                            D::tunable(&e, common::typed_params::TypedParams(map)).await
                         }
                     }
                 }

@@ -128,6 +128,23 @@ impl Tune {
         out
     }
 
+    /// libvirt's Tunable parameters for disk `target` with these limits.
+    fn tunable(&self, target: &str) -> Vec<(String, crate::events::Tuned)> {
+        use crate::events::Tuned;
+        let mut out = vec![(
+            "blkdeviotune.disk".to_owned(),
+            Tuned::Text(target.to_owned()),
+        )];
+        for (name, _, _) in FIELDS {
+            let v = self.limits.get(name).copied().unwrap_or(0);
+            out.push((format!("blkdeviotune.{name}"), Tuned::Number(v)));
+        }
+        if let Some(g) = &self.group {
+            out.push(("blkdeviotune.group_name".to_owned(), Tuned::Text(g.clone())));
+        }
+        out
+    }
+
     /// `params` over these limits, with libvirt's checks.
     fn merged(&self, params: &HashMap<String, OwnedValue>) -> Result<Tune, VirError> {
         let mut t = self.clone();
@@ -374,6 +391,8 @@ impl Driver {
                 }
             }
             self.save_status(dom).await;
+            self.tuned(dom, t.tunable(&def.dom.devices.disks[i].target_dev))
+                .await;
         }
         Ok(())
     }

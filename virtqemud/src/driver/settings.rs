@@ -7,6 +7,7 @@ use std::sync::Arc;
 use common::error::VirError;
 
 use super::{io_err, no_definition, not_running, Change, Dom, Driver, Impact, VcpuFlags};
+use crate::events::{DomainSignal, Tuned};
 use crate::metadata;
 use crate::model::DomainDef;
 
@@ -543,8 +544,23 @@ impl Driver {
                 crate::pinning::set_pin(&mut l.def.dom, vcpu, Some(&set));
             }
             self.save_status(dom).await;
+            let name = vcpu.map_or_else(
+                || "cputune.emulatorpin".to_owned(),
+                |v| format!("cputune.vcpupin{v}"),
+            );
+            self.tuned(dom, vec![(name, Tuned::Text(set))]).await;
         }
         Ok(())
+    }
+
+    /// libvirt's Tunable signal for a change to the running domain.
+    pub(super) async fn tuned(&self, dom: &Arc<Dom>, params: Vec<(String, Tuned)>) {
+        self.outbox
+            .send(super::Change::Signal(
+                dom.clone(),
+                DomainSignal::Tunable(params),
+            ))
+            .await;
     }
 }
 
@@ -695,6 +711,11 @@ impl Driver {
                 crate::iothreads::set_pin(&mut l.def.dom, id, Some(&set));
             }
             self.save_status(dom).await;
+            self.tuned(
+                dom,
+                vec![(format!("cputune.iothreadpin{id}"), Tuned::Text(set))],
+            )
+            .await;
         }
         Ok(())
     }
