@@ -54,6 +54,14 @@ pub enum DomainSignal {
     /// Tuning changed on the running domain (libvirt's `VIR_DOMAIN_EVENT_ID_TUNABLE`):
     /// libvirt's typed-parameter names (`cputune.vcpupin0`, `blkdeviotune.disk`, ...).
     Tunable(Vec<(String, Tuned)>),
+    /// A disk's medium changed without the guest asking: dropped at start because its
+    /// file is missing and its `startupPolicy` is `optional` (reason 0).
+    DiskChange {
+        old_src: String,
+        new_src: String,
+        device: String,
+        reason: i32,
+    },
     /// A block job's end or readiness: disk target, `virDomainBlockJobType`,
     /// `virConnectDomainEventBlockJobStatus` (0 completed, 1 failed, 2 canceled, 3 ready).
     BlockJob {

@@ -314,6 +314,16 @@ impl Domain {
         params: TypedParams,
     ) -> zbus::Result<()>;
 
+    /// A medium dropped at start.
+    #[zbus(signal)]
+    pub async fn disk_change(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        old_src_path: &str,
+        new_src_path: &str,
+        device: &str,
+        reason: i32,
+    ) -> zbus::Result<()>;
+
     /// A block job ended or is ready (libvirt-dbus's names).
     #[zbus(signal)]
     pub async fn block_job(

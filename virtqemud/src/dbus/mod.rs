@@ -126,6 +126,12 @@ impl Publisher {
                         S::BlockJob { disk, kind, status } => {
                             D::block_job(&e, &disk, kind, status).await
                         }
+                        S::DiskChange {
+                            old_src,
+                            new_src,
+                            device,
+                            reason,
+                        } => D::disk_change(&e, &old_src, &new_src, &device, reason).await,
                         S::Tunable(params) => {
                             use crate::events::Tuned;
                             let map = params

@@ -145,6 +145,7 @@ impl Driver {
     ) -> Result<(), VirError> {
         // First: nothing of the run is touched while another QEMU still holds the domain.
         let lock = self.lock_domain(&def.name)?;
+        let dropped = drop_missing_optional(&mut def);
         // UEFI firmware and its variable store are chosen now, into the live definition.
         let dirs = firmware_dirs();
         let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
@@ -231,6 +232,11 @@ impl Driver {
             }
         }
         self.lifecycle(dom, DomainEvent::Started(started)).await;
+        for s in dropped {
+            self.outbox
+                .send(super::Change::Signal(dom.clone(), s))
+                .await;
+        }
         if paused {
             self.lifecycle(dom, DomainEvent::Suspended(suspended)).await;
         }
@@ -687,4 +693,43 @@ fn log_tail(log: &Path) -> String {
         l.reverse();
         format!(": {}", l.join(" | "))
     }
+}
+
+/// libvirt's `startupPolicy` at start: a file medium that is missing with policy
+/// `optional` is dropped from the run (a cdrom or floppy stays, empty; a disk goes), each
+/// told by DiskChange. `mandatory` and `requisite` keep it, and QEMU refuses the start
+/// naming the file.
+fn drop_missing_optional(def: &mut DomainDef) -> Vec<crate::events::DomainSignal> {
+    use crate::xml::{DiskDevice, DiskSource};
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < def.dom.devices.disks.len() {
+        let d = &def.dom.devices.disks[i];
+        let optional = d
+            .extra_attrs
+            .iter()
+            .any(|(e, k, v)| e == "source" && k == "startupPolicy" && v == "optional");
+        let missing = match &d.source {
+            Some(DiskSource::File(p)) => (!p.exists()).then(|| p.display().to_string()),
+            _ => None,
+        };
+        let (Some(path), true) = (missing, optional) else {
+            i += 1;
+            continue;
+        };
+        tracing::warn!(domain = %def.name, disk = %d.target_dev, "dropping the missing optional medium '{path}'");
+        out.push(crate::events::DomainSignal::DiskChange {
+            old_src: path,
+            new_src: String::new(),
+            device: def.disk_qdev(i),
+            reason: 0,
+        });
+        if matches!(d.device, DiskDevice::Cdrom | DiskDevice::Floppy) {
+            def.dom.devices.disks[i].source = None;
+            i += 1;
+        } else {
+            def.dom.devices.disks.remove(i);
+        }
+    }
+    out
 }
