@@ -372,6 +372,22 @@ impl Front {
         match action {
             Action::Hello => reply(origin, &msg, &(":1.1",)).await,
             Action::Peer => self.peer(origin, &msg, member).await,
+            // A node's own introspection, flattened: zbus inlines the interfaces of child
+            // nodes, which busctl misreads ("Unexpected signal <arg> direction");
+            // libvirt-dbus lists children by name only.
+            Action::Forward { to, .. }
+                if msg.header().interface().map(|i| i.as_str()) == Some(INTROSPECTABLE)
+                    && member == "Introspect" =>
+            {
+                let (front, origin, path) = (self.clone(), origin.clone(), path.to_owned());
+                tokio::spawn(async move {
+                    let _busy = Busy::new(&front);
+                    if let Err(e) = front.introspect_of(&origin, &msg, &path, &[to]).await {
+                        tracing::debug!("introspection of {path}: {e}");
+                    }
+                });
+                Ok(())
+            }
             Action::Forward { to, double_wrap } => self.forward(origin, msg, to, double_wrap).await,
             Action::MergedIntrospect | Action::MergedGetAll => {
                 let (front, origin, path) = (self.clone(), origin.clone(), path.to_owned());
@@ -479,7 +495,19 @@ impl Front {
         msg: &Message,
         path: &str,
     ) -> zbus::Result<()> {
-        let answers = futures_util::future::join_all(Backend::ALL.iter().map(|b| {
+        self.introspect_of(origin, msg, path, &Backend::ALL).await
+    }
+
+    /// The introspection of `path` from `backends`, merged into one document whose
+    /// child nodes are listed by name.
+    async fn introspect_of(
+        &self,
+        origin: &Connection,
+        msg: &Message,
+        path: &str,
+        backends: &[Backend],
+    ) -> zbus::Result<()> {
+        let answers = futures_util::future::join_all(backends.iter().map(|b| {
             self.inner.bus.call_method(
                 Some(b.bus_name()),
                 path,
@@ -490,11 +518,19 @@ impl Front {
         }))
         .await;
         let mut docs = Vec::new();
-        for (b, a) in Backend::ALL.iter().zip(answers) {
+        let mut refused = None;
+        for (b, a) in backends.iter().zip(answers) {
             match a.and_then(|m| m.body().deserialize::<String>()) {
                 Ok(xml) => docs.push(xml),
+                // The one daemon's own answer (an object that is gone) goes back as is.
+                Err(zbus::Error::MethodError(name, text, _)) if backends.len() == 1 => {
+                    refused = Some((name.to_string(), text.unwrap_or_default()));
+                }
                 Err(e) => tracing::warn!("{} left out of {path}'s introspection: {e}", b.daemon()),
             }
+        }
+        if let Some((name, text)) = refused {
+            return error(origin, msg, &name, &text).await;
         }
         if docs.is_empty() {
             let text = common::VirError::internal("no daemon answered the introspection").message;

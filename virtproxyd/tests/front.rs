@@ -414,3 +414,46 @@ async fn a_gone_object_answers_libvirts_not_found() {
         other => panic!("GetXMLDesc on a gone interface: {other:?}"),
     }
 }
+
+/// A folder's introspection lists its children by name only, as libvirt-dbus's does:
+/// zbus inlines their interfaces, which busctl misreads ("Unexpected signal <arg>
+/// direction value 'in'") when it walks the tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folders_list_children_by_name() {
+    let s = Stack::start(&[]).await;
+    let dom = ok(
+        &s.conn,
+        CONNECT,
+        "org.libvirt.Connect",
+        "DomainDefineXML",
+        &(
+            "<domain type='qemu'><name>kids</name><memory>65536</memory>\
+           <os><type arch='x86_64'>hvm</type></os></domain>",
+        ),
+    )
+    .await;
+    let path: zbus::zvariant::OwnedObjectPath = dom.body().deserialize().expect("path");
+    let reply = ok(
+        &s.conn,
+        "/org/libvirt/QEMU/domain",
+        "org.freedesktop.DBus.Introspectable",
+        "Introspect",
+        &(),
+    )
+    .await;
+    let xml: String = reply.body().deserialize().expect("xml");
+    let child = path.as_str().rsplit('/').next().expect("last segment");
+    assert!(xml.contains(&format!("<node name=\"{child}\"/>")), "{xml}");
+    assert!(
+        !xml.contains("org.libvirt.Domain"),
+        "a child's interfaces inlined:\n{xml}"
+    );
+    let out = std::process::Command::new("busctl")
+        .arg(format!("--address={}", s.bus.address))
+        .args(["--list", "tree", "org.libvirt"])
+        .output()
+        .expect("busctl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("Unexpected"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(path.as_str()));
+}
