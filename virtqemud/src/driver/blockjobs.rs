@@ -94,6 +94,18 @@ async fn job_of(qmp: &Qmp, target: &str) -> Result<Option<Value>, VirError> {
         .cloned())
 }
 
+/// The id of the disk's running job, or libvirt's error that it has none.
+async fn running_job(qmp: &Qmp, target: &str) -> Result<String, VirError> {
+    job_of(qmp, target)
+        .await?
+        .and_then(|j| j.get("device").and_then(Value::as_str).map(str::to_owned))
+        .ok_or_else(|| {
+            VirError::operation_invalid(format!(
+                "disk '{target}' does not have an active block job"
+            ))
+        })
+}
+
 impl Driver {
     /// The running domain's QMP and the `libvirt-N-format` node and target of `disk`.
     fn job_disk(&self, dom: &Dom, disk: &str) -> Result<(Qmp, String, String), VirError> {
@@ -211,21 +223,12 @@ impl Driver {
     pub async fn block_job_abort(&self, dom: &Dom, disk: &str, flags: u32) -> Result<(), VirError> {
         let f: AbortFlags = common::error::flags(flags)?;
         let (qmp, _, target) = self.job_disk(dom, disk)?;
-        let Some(j) = job_of(&qmp, &target).await? else {
-            return Err(VirError::operation_invalid(format!(
-                "disk '{target}' does not have an active block job"
-            )));
-        };
+        let id = running_job(&qmp, &target).await?;
         if f.contains(AbortFlags::PIVOT) {
             return Err(VirError::operation_invalid(format!(
                 "disk '{target}' has no copy or active commit to pivot to"
             )));
         }
-        let id = j
-            .get("device")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
         qmp.execute(
             "block-job-cancel",
             Some(json!({ "device": id, "force": true })),
@@ -250,16 +253,7 @@ impl Driver {
     ) -> Result<(), VirError> {
         let f: SpeedFlags = common::error::flags(flags)?;
         let (qmp, _, target) = self.job_disk(dom, disk)?;
-        let Some(j) = job_of(&qmp, &target).await? else {
-            return Err(VirError::operation_invalid(format!(
-                "disk '{target}' does not have an active block job"
-            )));
-        };
-        let id = j
-            .get("device")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
+        let id = running_job(&qmp, &target).await?;
         let bps = speed(bandwidth, f.contains(SpeedFlags::BANDWIDTH_BYTES))?;
         qmp.execute(
             "block-job-set-speed",

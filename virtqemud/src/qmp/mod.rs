@@ -121,16 +121,7 @@ impl Qmp {
         command: &str,
         arguments: Option<Value>,
     ) -> Result<Value, QmpError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut guard = self
-                .pending
-                .lock()
-                .map_err(|_| QmpError::Protocol("poisoned".into()))?;
-            let map = guard.as_mut().ok_or(QmpError::Closed)?;
-            map.insert(id, tx);
-        }
+        let (id, rx) = self.register()?;
         let mut msg = json!({ "execute": command, "id": id });
         if let Some(args) = arguments {
             msg["arguments"] = args;
@@ -146,22 +137,7 @@ impl Qmp {
             rx.await.map_err(|_| QmpError::Closed)?
         })
         .await;
-        match result {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(QmpError::Command { class, desc, .. })) => Err(QmpError::Command {
-                command: command.to_string(),
-                class,
-                desc,
-            }),
-            Ok(Err(e)) => {
-                self.forget(id);
-                Err(e)
-            }
-            Err(_) => {
-                self.forget(id);
-                Err(QmpError::Timeout(command.to_string()))
-            }
-        }
+        self.outcome(id, command, result)
     }
 
     /// Runs one command with a descriptor passed alongside (SCM_RIGHTS), as `getfd`
@@ -172,15 +148,7 @@ impl Qmp {
         arguments: Option<Value>,
         fd: std::os::fd::BorrowedFd<'_>,
     ) -> Result<Value, QmpError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut guard = self
-                .pending
-                .lock()
-                .map_err(|_| QmpError::Protocol("poisoned".into()))?;
-            guard.as_mut().ok_or(QmpError::Closed)?.insert(id, tx);
-        }
+        let (id, rx) = self.register()?;
         let mut msg = json!({ "execute": command, "id": id });
         if let Some(args) = arguments {
             msg["arguments"] = args;
@@ -225,7 +193,30 @@ impl Qmp {
             rx.await.map_err(|_| QmpError::Closed)?
         })
         .await;
-        match sent {
+        self.outcome(id, command, sent)
+    }
+
+    /// A new command id, and the channel its reply comes on.
+    fn register(&self) -> Result<(u64, oneshot::Receiver<Result<Value, QmpError>>), QmpError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let mut guard = self
+            .pending
+            .lock()
+            .map_err(|_| QmpError::Protocol("poisoned".into()))?;
+        guard.as_mut().ok_or(QmpError::Closed)?.insert(id, tx);
+        Ok((id, rx))
+    }
+
+    /// What command `id` came to: QEMU's error names the command; one that got no
+    /// reply (cut, or timed out) is forgotten.
+    fn outcome(
+        &self,
+        id: u64,
+        command: &str,
+        r: Result<Result<Value, QmpError>, tokio::time::error::Elapsed>,
+    ) -> Result<Value, QmpError> {
+        match r {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(QmpError::Command { class, desc, .. })) => Err(QmpError::Command {
                 command: command.to_string(),
