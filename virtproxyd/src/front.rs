@@ -23,6 +23,8 @@ use crate::route::{self, Action, Backend, CONNECT_PATH};
 const DBUS: &str = "org.freedesktop.DBus";
 const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
 const INTROSPECTABLE: &str = "org.freedesktop.DBus.Introspectable";
+/// How long the front waits for a backend's answer to a call of its own.
+const ASK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The front: cheap to clone, one per process.
 #[derive(Clone)]
@@ -507,15 +509,11 @@ impl Front {
         path: &str,
         backends: &[Backend],
     ) -> zbus::Result<()> {
-        let answers = futures_util::future::join_all(backends.iter().map(|b| {
-            self.inner.bus.call_method(
-                Some(b.bus_name()),
-                path,
-                Some(INTROSPECTABLE),
-                "Introspect",
-                &(),
-            )
-        }))
+        let answers = futures_util::future::join_all(
+            backends
+                .iter()
+                .map(|b| self.ask(*b, path, INTROSPECTABLE, "Introspect", &())),
+        )
         .await;
         let mut docs = Vec::new();
         let mut refused = None;
@@ -545,19 +543,70 @@ impl Front {
         }
     }
 
+    /// A call of the front's own to a backend (merged introspection, `GetAll`): its
+    /// reply is matched by the bus loop, as forwarded calls' replies are, and waited
+    /// for a bounded time, so a backend that never answers is an error, not a hang.
+    /// (zbus's own `call_method` here lost a reply now and then while the backends
+    /// were being activated, and the caller waited forever.)
+    async fn ask<B>(
+        &self,
+        to: Backend,
+        path: &str,
+        iface: &str,
+        member: &str,
+        body: &B,
+    ) -> zbus::Result<Message>
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        let call = Message::method_call(path, member)?
+            .destination(to.bus_name())?
+            .interface(iface)?
+            .build(body)?;
+        let serial = call.primary_header().serial_num().get();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner.pending).insert(serial, tx);
+        if let Err(e) = self.inner.bus.send(&call).await {
+            lock(&self.inner.pending).remove(&serial);
+            return Err(e);
+        }
+        let answer = match tokio::time::timeout(ASK_WAIT, rx).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(_)) => {
+                return Err(zbus::Error::Failure(format!(
+                    "the connection to {} closed during the call",
+                    to.daemon()
+                )))
+            }
+            Err(_) => {
+                lock(&self.inner.pending).remove(&serial);
+                return Err(zbus::Error::Failure(format!(
+                    "{} did not answer {member} within {ASK_WAIT:?}",
+                    to.daemon()
+                )));
+            }
+        };
+        if answer.message_type() == Type::Error {
+            let name = answer
+                .header()
+                .error_name()
+                .map(|n| n.to_owned().into())
+                .ok_or(zbus::Error::MissingField)?;
+            let text = answer.body().deserialize::<String>().ok();
+            return Err(zbus::Error::MethodError(name, text, answer));
+        }
+        Ok(answer)
+    }
+
     /// `GetAll` of the Connect object from all four, merged and double-wrapped.
     async fn merged_get_all(&self, origin: &Connection, msg: &Message) -> zbus::Result<()> {
         let iface: String = msg.body().deserialize().unwrap_or_default();
         let body = (iface.as_str(),);
-        let answers = futures_util::future::join_all(Backend::ALL.iter().map(|b| {
-            self.inner.bus.call_method(
-                Some(b.bus_name()),
-                CONNECT_PATH,
-                Some(PROPERTIES),
-                "GetAll",
-                &body,
-            )
-        }))
+        let answers = futures_util::future::join_all(
+            Backend::ALL
+                .iter()
+                .map(|b| self.ask(*b, CONNECT_PATH, PROPERTIES, "GetAll", &body)),
+        )
         .await;
         let mut dicts = Vec::new();
         let mut first_error = None;
