@@ -88,6 +88,31 @@ async fn wait_count(serial: &Path, marker: &str, n: usize, within: Duration) {
     }
 }
 
+/// The tiny guest `name` with `devices`, defined through `qc` and booted until it watches
+/// for devices; its DeviceAdded and DeviceRemoved streams, subscribed before the start.
+async fn watching_guest<'a>(
+    conn: &'a zbus::Connection,
+    qc: &common::proxies::qemu::QemuConnectProxy<'_>,
+    name: &str,
+    serial: &Path,
+    devices: &str,
+) -> (
+    common::proxies::qemu::DomainProxy<'a>,
+    common::proxies::libvirt::domain::DeviceAddedStream,
+    common::proxies::libvirt::domain::DeviceRemovedStream,
+) {
+    let path = qc
+        .domain_define_xml(&support::guest_xml(name, serial, devices))
+        .await
+        .expect("define");
+    let d = domain(conn, &path).await;
+    let added = d.receive_device_added().await.expect("subscribe");
+    let removed = d.receive_device_removed().await.expect("subscribe");
+    d.create(0).await.expect("create");
+    wait_serial(serial, "TINYGUEST-DEVWATCH", Duration::from_secs(90)).await;
+    (d, added, removed)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disks_and_nics_plug_in_and_out_of_a_running_guest() {
     check_recipe();
@@ -97,15 +122,7 @@ async fn disks_and_nics_plug_in_and_out_of_a_running_guest() {
     let (b, c) = (image(&dir, "b.img", 16), image(&dir, "c.img", 16));
     let iso = image(&dir, "media.iso", 1);
     let cdrom = "<disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>";
-    let path =
-        q.qc.domain_define_xml(&support::guest_xml("hp", &serial, cdrom))
-            .await
-            .expect("define");
-    let d = domain(&q.conn, &path).await;
-    let mut added = d.receive_device_added().await.expect("subscribe");
-    let mut removed = d.receive_device_removed().await.expect("subscribe");
-    d.create(0).await.expect("create");
-    wait_serial(&serial, "TINYGUEST-DEVWATCH", Duration::from_secs(90)).await;
+    let (d, mut added, mut removed) = watching_guest(&q.conn, &q.qc, "hp", &serial, cdrom).await;
 
     // A virtio disk, live ("current" of a running domain). The guest's kernel names
     // virtio disks in the order they come (the target is libvirt's name): vda.
@@ -198,6 +215,7 @@ async fn disks_and_nics_plug_in_and_out_of_a_running_guest() {
     // kill -9 and restart: the live definition (vdb, vdc, the medium) comes back, and
     // the adopted QEMU still unplugs.
     let before = d.get_xml_desc(0).await.expect("xml");
+    let path = zbus::zvariant::OwnedObjectPath::from(d.inner().path().to_owned());
     q.daemon.kill9();
     q.daemon = q
         .daemon
@@ -739,15 +757,7 @@ async fn network_nic_plugs_in_with_its_port_and_tap() {
         .await
         .expect("proxy");
     let serial = qemud.dirs.state.join("n.serial");
-    let path = qc
-        .domain_define_xml(&support::guest_xml("hpnet", &serial, ""))
-        .await
-        .expect("define");
-    let d = domain(&conn, &path).await;
-    let mut added = d.receive_device_added().await.expect("subscribe");
-    let mut removed = d.receive_device_removed().await.expect("subscribe");
-    d.create(0).await.expect("create");
-    wait_serial(&serial, "TINYGUEST-DEVWATCH", Duration::from_secs(90)).await;
+    let (d, mut added, mut removed) = watching_guest(&conn, &qc, "hpnet", &serial, "").await;
 
     let nic = "<interface type='network'><mac address='52:54:00:92:00:05'/>\
                <source network='hpn'/><model type='virtio'/></interface>";
@@ -810,19 +820,8 @@ async fn scsi_and_usb_disks_plug_into_existing_controllers() {
     let dir = q.daemon.dirs.root.path().to_owned();
     let serial = dir.join("serial.log");
     let (a, b) = (image(&dir, "a.img", 8), image(&dir, "b.img", 8));
-    let path =
-        q.qc.domain_define_xml(&support::guest_xml(
-            "hpscsi",
-            &serial,
-            "<controller type='scsi' model='virtio-scsi'/>",
-        ))
-        .await
-        .expect("define");
-    let d = domain(&q.conn, &path).await;
-    let mut added = d.receive_device_added().await.expect("subscribe");
-    let mut removed = d.receive_device_removed().await.expect("subscribe");
-    d.create(0).await.expect("create");
-    wait_serial(&serial, "TINYGUEST-DEVWATCH", Duration::from_secs(90)).await;
+    let scsi = "<controller type='scsi' model='virtio-scsi'/>";
+    let (d, mut added, mut removed) = watching_guest(&q.conn, &q.qc, "hpscsi", &serial, scsi).await;
     d.attach_device(&disk(&a, "sdb", "scsi"), 0)
         .await
         .expect("attach scsi");

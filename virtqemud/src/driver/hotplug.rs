@@ -416,6 +416,14 @@ fn hotplug_ctx(
     ctx
 }
 
+/// The one device a fragment of `kind` holds, for a live attach.
+fn only<T>(devices: Vec<T>, kind: &str) -> Result<T, VirError> {
+    devices
+        .into_iter()
+        .next()
+        .ok_or_else(|| unsupported_kind("live attach", kind))
+}
+
 impl Driver {
     /// `AttachDevice`.
     pub async fn attach_device(
@@ -439,29 +447,14 @@ impl Driver {
         if live {
             match kind.as_str() {
                 "disk" => {
-                    let disk = new
-                        .disks
-                        .into_iter()
-                        .next()
-                        .ok_or_else(|| unsupported_kind("live attach", &kind))?;
-                    self.attach_disk(dom, disk, &caps).await?;
+                    self.attach_disk(dom, only(new.disks, &kind)?, &caps)
+                        .await?
                 }
                 "interface" => {
-                    let nic = new
-                        .interfaces
-                        .into_iter()
-                        .next()
-                        .ok_or_else(|| unsupported_kind("live attach", &kind))?;
-                    self.attach_nic(dom, nic, &caps).await?;
+                    self.attach_nic(dom, only(new.interfaces, &kind)?, &caps)
+                        .await?
                 }
-                "rng" => {
-                    let rng = new
-                        .rngs
-                        .into_iter()
-                        .next()
-                        .ok_or_else(|| unsupported_kind("live attach", &kind))?;
-                    self.attach_rng(dom, rng, &caps).await?;
-                }
+                "rng" => self.attach_rng(dom, only(new.rngs, &kind)?, &caps).await?,
                 _ => return Err(unsupported_kind("live attach", &kind)),
             }
         }
