@@ -67,6 +67,7 @@ error_codes! {
     ResourceBusy = 87 => "resource busy: %s",
     AccessDenied = 88 => "access denied: %s",
     StorageVolExist = 90 => "storage volume %s exists already",
+    CpuIncompatible = 91 => "the CPU is incompatible with host CPU: %s",
     DeviceMissing = 99 => "device not found: %s",
     NetworkPortExist = 106 => "network port %s exists already",
     NoNetworkPort = 107 => "network port not found: %s",

@@ -22,6 +22,8 @@ pub enum CapsError {
     Spawn(PathBuf, std::io::Error),
     #[error("emulator '{0}' probe failed: {1}")]
     Probe(PathBuf, String),
+    #[error("{0}: {1}")]
+    Command(String, String),
     #[error("emulator '{0}' did not answer QMP within {1:?}")]
     Timeout(PathBuf, Duration),
 }
@@ -91,6 +93,107 @@ pub fn host_kvm_usable() -> bool {
         .write(true)
         .open("/dev/kvm")
         .is_ok()
+}
+
+/// An emulator with no guest (`-machine none`), spoken to through QMP on its stdio:
+/// the capability probe and the CPU model questions (`crate::cpu_model`) use it.
+pub struct StdioQmp {
+    emulator: PathBuf,
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    next_id: u64,
+}
+
+impl StdioQmp {
+    /// Starts `emulator` with `extra` arguments and negotiates QMP.
+    pub async fn spawn(emulator: &Path, extra: &[&str]) -> Result<StdioQmp, CapsError> {
+        let err = |m: String| CapsError::Probe(emulator.to_path_buf(), m);
+        let mut child = tokio::process::Command::new(emulator)
+            .args([
+                "-S",
+                "-nodefaults",
+                "-nographic",
+                "-machine",
+                "none",
+                "-qmp",
+                "stdio",
+            ])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| CapsError::Spawn(emulator.to_path_buf(), e))?;
+        let stdin = child.stdin.take().ok_or_else(|| err("no stdin".into()))?;
+        let stdout = child.stdout.take().ok_or_else(|| err("no stdout".into()))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let greeting = lines.next_line().await.map_err(|e| err(e.to_string()))?;
+        let greeting: Value = serde_json::from_str(greeting.as_deref().unwrap_or(""))
+            .map_err(|e| err(format!("bad QMP greeting: {e}")))?;
+        if greeting.get("QMP").is_none() {
+            return Err(err("no QMP greeting".into()));
+        }
+        let mut qmp = StdioQmp {
+            emulator: emulator.to_path_buf(),
+            child,
+            stdin,
+            lines,
+            next_id: 0,
+        };
+        qmp.exec("qmp_capabilities", Value::Null).await?;
+        Ok(qmp)
+    }
+
+    /// Runs one command and returns its `return` value; events in between are skipped.
+    pub async fn exec(&mut self, cmd: &str, args: Value) -> Result<Value, CapsError> {
+        let err = |m: String| CapsError::Probe(self.emulator.clone(), m);
+        self.next_id += 1;
+        let mut msg = json!({"execute": cmd, "id": self.next_id});
+        if !args.is_null() {
+            msg["arguments"] = args;
+        }
+        let mut line = msg.to_string();
+        line.push('\n');
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        loop {
+            let Some(l) = self
+                .lines
+                .next_line()
+                .await
+                .map_err(|e| err(e.to_string()))?
+            else {
+                return Err(err(format!("emulator exited during {cmd}")));
+            };
+            let v: Value =
+                serde_json::from_str(&l).map_err(|e| err(format!("bad QMP reply: {e}")))?;
+            if v.get("id").and_then(Value::as_u64) != Some(self.next_id) {
+                continue; // an event
+            }
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            return Err(CapsError::Command(
+                cmd.to_owned(),
+                v.get("error")
+                    .and_then(|e| e.get("desc"))
+                    .and_then(Value::as_str)
+                    .map_or_else(|| v.to_string(), str::to_owned),
+            ));
+        }
+    }
+
+    /// Asks the emulator to quit and waits a little for it; `kill_on_drop` ends it
+    /// otherwise.
+    pub async fn quit(mut self) {
+        let _ = self.exec("quit", Value::Null).await;
+        drop(self.stdin);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await;
+    }
 }
 
 fn arch_of(emulator: &Path) -> String {
@@ -199,62 +302,8 @@ impl Caps {
     }
 
     async fn probe_inner(emulator: &Path) -> Result<Caps, CapsError> {
-        let err = |m: String| CapsError::Probe(emulator.to_path_buf(), m);
-        let mut child = tokio::process::Command::new(emulator)
-            .args([
-                "-S",
-                "-nodefaults",
-                "-nographic",
-                "-machine",
-                "none",
-                "-qmp",
-                "stdio",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| CapsError::Spawn(emulator.to_path_buf(), e))?;
-        let mut stdin = child.stdin.take().ok_or_else(|| err("no stdin".into()))?;
-        let stdout = child.stdout.take().ok_or_else(|| err("no stdout".into()))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let greeting = lines.next_line().await.map_err(|e| err(e.to_string()))?;
-        let greeting: Value = serde_json::from_str(greeting.as_deref().unwrap_or(""))
-            .map_err(|e| err(format!("bad QMP greeting: {e}")))?;
-        if greeting.get("QMP").is_none() {
-            return Err(err("no QMP greeting".into()));
-        }
-        let mut next_id = 0u32;
-        let mut exec = async |cmd: &str, args: Value| -> Result<Value, CapsError> {
-            next_id += 1;
-            let mut msg = json!({"execute": cmd, "id": next_id});
-            if !args.is_null() {
-                msg["arguments"] = args;
-            }
-            let mut line = msg.to_string();
-            line.push('\n');
-            stdin
-                .write_all(line.as_bytes())
-                .await
-                .map_err(|e| err(e.to_string()))?;
-            loop {
-                let Some(l) = lines.next_line().await.map_err(|e| err(e.to_string()))? else {
-                    return Err(err(format!("emulator exited during {cmd}")));
-                };
-                let v: Value =
-                    serde_json::from_str(&l).map_err(|e| err(format!("bad QMP reply: {e}")))?;
-                if v.get("id").and_then(Value::as_u64) != Some(u64::from(next_id)) {
-                    continue; // an event
-                }
-                if let Some(r) = v.get("return") {
-                    return Ok(r.clone());
-                }
-                return Err(err(format!("{cmd}: {}", v.get("error").unwrap_or(&v))));
-            }
-        };
-        exec("qmp_capabilities", Value::Null).await?;
-        let ver = exec("query-version", Value::Null).await?;
+        let mut qmp = StdioQmp::spawn(emulator, &[]).await?;
+        let ver = qmp.exec("query-version", Value::Null).await?;
         let q = &ver["qemu"];
         let n = |k: &str| {
             q[k].as_u64()
@@ -262,7 +311,7 @@ impl Caps {
                 .unwrap_or(0)
         };
         let version = (n("major"), n("minor"), n("micro"));
-        let machines = exec("query-machines", Value::Null).await?;
+        let machines = qmp.exec("query-machines", Value::Null).await?;
         let mut machines: Vec<Machine> = machines
             .as_array()
             .map(|a| {
@@ -283,10 +332,11 @@ impl Caps {
             })
             .unwrap_or_default();
         machines.sort_by(|a, b| a.name.cmp(&b.name));
-        let kvm = exec("query-kvm", Value::Null).await?;
+        let kvm = qmp.exec("query-kvm", Value::Null).await?;
         let kvm_present = kvm["present"].as_bool().unwrap_or(false);
         // -machine none has no CPU; query-cpu-definitions still lists the models.
-        let cpus = exec("query-cpu-definitions", Value::Null)
+        let cpus = qmp
+            .exec("query-cpu-definitions", Value::Null)
             .await
             .unwrap_or(Value::Null);
         let mut cpu_models: Vec<String> = cpus
@@ -298,11 +348,12 @@ impl Caps {
             })
             .unwrap_or_default();
         cpu_models.sort();
-        let types = exec(
-            "qom-list-types",
-            json!({"implements": "device", "abstract": false}),
-        )
-        .await?;
+        let types = qmp
+            .exec(
+                "qom-list-types",
+                json!({"implements": "device", "abstract": false}),
+            )
+            .await?;
         let mut device_types: Vec<String> = types
             .as_array()
             .map(|a| {
@@ -312,9 +363,7 @@ impl Caps {
             })
             .unwrap_or_default();
         device_types.sort();
-        let _ = exec("quit", Value::Null).await;
-        drop(stdin);
-        let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+        qmp.quit().await;
         Ok(Caps {
             emulator: emulator.to_path_buf(),
             binary: None,

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod caps;
 pub mod command_line;
+pub mod cpu_model;
 pub mod dbus;
 pub mod driver;
 pub mod events;

@@ -136,6 +136,25 @@ pub enum DomainCmd {
     },
     /// Print the capabilities XML.
     Capabilities,
+    /// Compare a CPU description (a <cpu>, a domain's or capabilities' XML) with the
+    /// CPU guests of this host get.
+    CpuCompare {
+        file: String,
+        /// Fail with the reason when the CPU is incompatible.
+        #[arg(long)]
+        error: bool,
+    },
+    /// The CPU model every CPU described in the file (one or more <cpu> elements, or
+    /// capabilities documents) can run.
+    CpuBaseline {
+        file: String,
+        /// List every feature, not only those beyond the model.
+        #[arg(long)]
+        features: bool,
+        /// Leave out features that block migration.
+        #[arg(long)]
+        migratable: bool,
+    },
     /// Print a domain's ID ("-" when it is not running).
     Domid { domain: String },
     /// Print a domain's name.

@@ -109,6 +109,31 @@ pub async fn run(x: &Ctx<'_>, cmd: DomainCmd) -> anyhow::Result<()> {
             outln!("Domain '{n}' {what} as autostarted");
         }
         DomainCmd::Capabilities => write_text(&x.qemu().await?.get_capabilities().await?)?,
+        DomainCmd::CpuCompare { file, error } => {
+            let text = crate::read(&file)?;
+            let cpu = cpu_elements(&text)?
+                .into_iter()
+                .next()
+                .with_context(|| format!("no CPU definition found in '{file}'"))?;
+            match x.qemu().await?.compare_cpu(&cpu, u32::from(error)).await? {
+                1 => outln!("CPU described in {file} is identical to host CPU"),
+                2 => outln!("Host CPU is a superset of CPU described in {file}"),
+                _ => anyhow::bail!("CPU described in {file} is incompatible with host CPU"),
+            }
+        }
+        DomainCmd::CpuBaseline {
+            file,
+            features,
+            migratable,
+        } => {
+            let cpus = cpu_elements(&crate::read(&file)?)?;
+            if cpus.is_empty() {
+                anyhow::bail!("no CPU definitions found in '{file}'");
+            }
+            let refs: Vec<&str> = cpus.iter().map(String::as_str).collect();
+            let flags = u32::from(features) | (u32::from(migratable) << 1);
+            write_text(&x.qemu().await?.baseline_cpu(&refs, flags).await?)?;
+        }
         cmd => ids(x, cmd).await?,
     }
     Ok(())
@@ -274,4 +299,29 @@ pub async fn xml(d: &DomainProxy<'_>, inactive: bool) -> anyhow::Result<String> 
     d.get_xml_desc(if inactive { 2 } else { 0 })
         .await
         .context("cannot read the domain XML")
+}
+
+/// Every `<cpu>` in `text` (not those inside a `<cpus>` list), each as its own
+/// document: the file may hold several `<cpu>` elements one after another, a domain,
+/// or capabilities documents, as virsh accepts for cpu-compare and cpu-baseline.
+fn cpu_elements(text: &str) -> anyhow::Result<Vec<String>> {
+    let body: String = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("<?xml"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let root = common::xml::parse(&format!("<virtsh-cpus>{body}</virtsh-cpus>"))
+        .context("the file is not XML")?;
+    fn walk(el: &common::xml::Element, out: &mut Vec<String>) {
+        for c in el.elements() {
+            match c.name.as_str() {
+                "cpu" => out.push(c.to_xml()),
+                "cpus" => {}
+                _ => walk(c, out),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&root, &mut out);
+    Ok(out)
 }

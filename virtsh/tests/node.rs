@@ -105,3 +105,50 @@ async fn node_devices_and_resources() {
         field(&info, "Memory size").trim_end_matches(" KiB")
     );
 }
+
+/// cpu-compare and cpu-baseline against a real virtqemud, which asks its emulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_compare_and_baseline() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bus = TestBus::start().expect("bus");
+    let _q = Daemon::builder(sibling("virtqemud"), "virtqemud")
+        .spawn(&bus)
+        .await
+        .expect("virtqemud");
+    let write = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p.display().to_string()
+    };
+    let old = write("old.xml", "<cpu match='exact'><model>qemu64</model></cpu>");
+    assert_eq!(
+        ok(virtsh(&bus, &["cpu-compare", &old])),
+        format!("Host CPU is a superset of CPU described in {old}\n")
+    );
+    let dom = write(
+        "dom.xml",
+        "<?xml version='1.0'?>\n<domain type='qemu'><name>d</name><cpu mode='host-passthrough'/></domain>",
+    );
+    assert_eq!(
+        ok(virtsh(&bus, &["cpu-compare", &dom])),
+        format!("CPU described in {dom} is identical to host CPU\n")
+    );
+    let big = write(
+        "big.xml",
+        "<cpu match='exact'><model>qemu64</model><feature name='avx512f'/></cpu>",
+    );
+    assert!(fails(virtsh(&bus, &["cpu-compare", &big])).contains("incompatible"));
+    assert!(fails(virtsh(&bus, &["cpu-compare", "--error", &big])).contains("avx512f"));
+    // Two hosts in one file, one <cpu> after the other, as virsh reads them.
+    let hosts = write(
+        "hosts.xml",
+        "<cpu><arch>x86_64</arch><model>Skylake-Client</model><vendor>Intel</vendor></cpu>\n\
+         <cpu><arch>x86_64</arch><model>Westmere</model><vendor>Intel</vendor>\
+         <feature name='avx'/></cpu>",
+    );
+    let b = ok(virtsh(&bus, &["cpu-baseline", &hosts]));
+    assert!(b.starts_with("<cpu mode='custom' match='exact'>"), "{b}");
+    assert!(b.contains("<feature policy='require' name='avx'/>"), "{b}");
+    let empty = write("empty.xml", "<domain/>");
+    assert!(fails(virtsh(&bus, &["cpu-baseline", &empty])).contains("no CPU definitions"));
+}

@@ -171,6 +171,59 @@ impl Connect {
         Ok(self.driver.save_image_define(file, xml, flags).await?)
     }
 
+    #[zbus(name = "CompareCPU")]
+    async fn compare_cpu(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        xml_desc: &str,
+        flags: u32,
+    ) -> Result<i32, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(crate::cpu_model::compare(&self.driver.caps_cache_dir(), xml_desc, flags).await?)
+    }
+
+    #[zbus(name = "BaselineCPU")]
+    async fn baseline_cpu(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        xml_cpus: Vec<String>,
+        flags: u32,
+    ) -> Result<String, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(crate::cpu_model::baseline(&self.driver.caps_cache_dir(), &xml_cpus, flags).await?)
+    }
+
+    /// libvirt's primary security driver: none is confining here (no SELinux or
+    /// AppArmor labels; DAC, which only picks QEMU's user, is stacked below it), which
+    /// libvirt reports as model `none`, DOI `0`.
+    #[zbus(name = "NodeGetSecurityModel", out_args("secModel"))]
+    async fn node_get_security_model(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) -> Result<((String, String),), BusError> {
+        common::access::check(&hdr).await?;
+        // One `(ss)` struct on the wire, not two strings.
+        Ok((("none".to_owned(), "0".to_owned()),))
+    }
+
+    /// libvirt's QEMU driver has no `domainCreateXMLWithFiles` (only LXC hands files to
+    /// a guest's init): its answer is "not supported", and so is this one's.
+    #[zbus(name = "DomainCreateXMLWithFiles")]
+    async fn domain_create_xml_with_files(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        _xml: &str,
+        _files: Vec<zbus::zvariant::OwnedFd>,
+        _flags: u32,
+    ) -> Result<OwnedObjectPath, BusError> {
+        common::access::check(&hdr).await?;
+        Err(common::error::VirError::new(
+            common::error::ErrorCode::NoSupport,
+            "virDomainCreateXMLWithFiles",
+        )
+        .into())
+    }
+
     #[zbus(name = "GetCPUModelNames")]
     async fn get_cpu_model_names(
         &self,

@@ -430,6 +430,34 @@ impl Domain {
             .await?)
     }
 
+    /// As libvirt's QEMU driver: files for a guest's init are an LXC notion.
+    #[zbus(name = "CreateWithFiles")]
+    async fn create_with_files(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        _files: Vec<zbus::zvariant::OwnedFd>,
+        _flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        self.dom()?;
+        Err(no_support("virDomainCreateWithFiles"))
+    }
+
+    /// As libvirt's QEMU driver: signalling processes inside the guest is an LXC
+    /// notion (a QEMU guest's processes are not the host's).
+    #[zbus(name = "SendProcessSignal")]
+    async fn send_process_signal(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        _pid_value: i64,
+        _sig_num: u32,
+        _flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        self.dom()?;
+        Err(no_support("virDomainSendProcessSignal"))
+    }
+
     #[zbus(name = "InjectNMI")]
     async fn inject_nmi(
         &self,
@@ -1136,4 +1164,9 @@ impl Domain {
         let dom = self.dom()?;
         Ok(self.driver.memory_stats(&dom, flags)?)
     }
+}
+
+/// libvirt's "this function is not supported by the connection driver: API".
+fn no_support(api: &str) -> BusError {
+    common::error::VirError::new(common::error::ErrorCode::NoSupport, api).into()
 }
