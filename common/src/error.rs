@@ -62,6 +62,7 @@ error_codes! {
     ArgumentUnsupported = 74 => "argument unsupported: %s",
     StoragePoolBuilt = 76 => "storage pool already built: %s",
     NoDomainMetadata = 80 => "metadata not found: %s",
+    BlockCopyActive = 83 => "block copy still active: %s",
     OperationUnsupported = 84 => "Operation not supported: %s",
     AgentUnresponsive = 86 => "Guest agent is not responding: %s",
     ResourceBusy = 87 => "resource busy: %s",

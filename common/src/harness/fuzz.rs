@@ -211,9 +211,17 @@ const ENDS: &[&str] = &["Undefine", "Delete", "Destroy", "ManagedSave"];
 
 /// Methods that would act on the machine outside the test's own folders and namespaces
 /// even with made-up arguments: a running domain's Save and CoreDump write a file at
-/// the path they are given, as root, and a made-up path may name any host file. Their
-/// arguments are checked by their own tests (tests/save.rs, dump paths in settings.rs).
-const NEVER: &[&str] = &["Save", "CoreDump", "CoreDumpWithFormat"];
+/// the path they are given, as root, and a made-up path may name any host file;
+/// BlockCopy and BlockRebase (with COPY) create their destination image. Their
+/// arguments are checked by their own tests (tests/save.rs, dump paths in settings.rs,
+/// tests/blockjobs.rs).
+const NEVER: &[&str] = &[
+    "Save",
+    "CoreDump",
+    "CoreDumpWithFormat",
+    "BlockCopy",
+    "BlockRebase",
+];
 
 /// Calls every method `interface` serves at `path` of `destination` `per_method` times
 /// with generated arguments, plus once with a body that does not match its signature,

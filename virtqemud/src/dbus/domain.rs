@@ -250,6 +250,40 @@ impl Domain {
         Ok(self.driver.block_pull(&dom, disk, bandwidth, flags).await?)
     }
 
+    #[zbus(name = "BlockCopy")]
+    async fn block_copy(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        disk: &str,
+        destxml: &str,
+        params: TypedParams,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self
+            .driver
+            .block_copy(&dom, disk, destxml, &params, flags)
+            .await?)
+    }
+
+    #[zbus(name = "BlockRebase")]
+    async fn block_rebase(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        disk: &str,
+        base: &str,
+        bandwidth: u64,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self
+            .driver
+            .block_rebase(&dom, disk, base, bandwidth, flags)
+            .await?)
+    }
+
     async fn block_commit(
         &self,
         #[zbus(header)] hdr: zbus::message::Header<'_>,

@@ -4,7 +4,8 @@
 //! layer's data merged down into its base). One job per disk, named for it
 //! (`libvirt-pull-vda`), so its QMP events become libvirt's BlockJob signal
 //! (`events.rs`). QEMU runs the job; a restarted daemon finds it in `query-block-jobs`.
-//! Active-layer commit and copy (which move the disk to another node) are not served.
+//! Copies (BlockCopy, BlockRebase with COPY) are `super::blockcopy`'s; active-layer
+//! commit (which moves the disk to a node QEMU opened and named itself) is not served.
 
 use common::error::{ErrorCode, VirError};
 use serde_json::{json, Value};
@@ -53,6 +54,7 @@ pub fn parse_job_id(id: &str) -> Option<(i32, &str)> {
     let (kind, target) = rest.split_once('-')?;
     let t = match kind {
         "pull" => PULL,
+        "copy" => super::blockcopy::COPY,
         "commit" => COMMIT,
         _ => return None,
     };
@@ -92,6 +94,11 @@ async fn job_of(qmp: &Qmp, target: &str) -> Result<Option<Value>, VirError> {
                 .is_some_and(|(_, t)| t == target)
         })
         .cloned())
+}
+
+/// Whether the disk has a job in QEMU.
+pub(super) async fn has_job(qmp: &Qmp, target: &str) -> Result<bool, VirError> {
+    Ok(job_of(qmp, target).await?.is_some())
 }
 
 /// The id of the disk's running job, or libvirt's error that it has none.
@@ -138,11 +145,33 @@ impl Driver {
         flags: u32,
     ) -> Result<(), VirError> {
         let f: PullFlags = common::error::flags(flags)?;
+        self.block_stream(
+            dom,
+            disk,
+            None,
+            bandwidth,
+            f.contains(PullFlags::BANDWIDTH_BYTES),
+        )
+        .await
+    }
+
+    /// `block-stream` of the chain above `base` (all of it when none) into the top.
+    pub(super) async fn block_stream(
+        &self,
+        dom: &Dom,
+        disk: &str,
+        base: Option<&str>,
+        bandwidth: u64,
+        bytes: bool,
+    ) -> Result<(), VirError> {
         let (qmp, node, target) = self.job_disk(dom, disk)?;
         Self::refuse_second_job(&qmp, &target).await?;
         let mut args = json!({ "job-id": job_id("pull", &target), "device": node });
+        if let Some(b) = base {
+            args["base"] = json!(b);
+        }
         if bandwidth > 0 {
-            args["speed"] = json!(speed(bandwidth, f.contains(PullFlags::BANDWIDTH_BYTES))?);
+            args["speed"] = json!(speed(bandwidth, bytes)?);
         }
         qmp.execute("block-stream", Some(args)).await?;
         Ok(())
@@ -223,6 +252,16 @@ impl Driver {
     pub async fn block_job_abort(&self, dom: &Dom, disk: &str, flags: u32) -> Result<(), VirError> {
         let f: AbortFlags = common::error::flags(flags)?;
         let (qmp, _, target) = self.job_disk(dom, disk)?;
+        if self.copying(dom, &target) {
+            return self
+                .copy_abort(
+                    dom,
+                    &target,
+                    f.contains(AbortFlags::PIVOT),
+                    !f.contains(AbortFlags::ASYNC),
+                )
+                .await;
+        }
         let id = running_job(&qmp, &target).await?;
         if f.contains(AbortFlags::PIVOT) {
             return Err(VirError::operation_invalid(format!(

@@ -37,6 +37,9 @@ pub(super) struct Live {
     /// A device being plugged in (or a medium changed): recorded in the status file
     /// before QEMU is asked, so a restarted daemon can finish or undo it.
     pub plugging: Option<super::hotplug::Pending>,
+    /// A block copy in progress: the disk as it will be after the pivot and the N of
+    /// the copy's nodes (`super::blockcopy`), recorded in the status file.
+    pub copying: Option<super::hotplug::Pending>,
     pub exited: watch::Receiver<bool>,
 }
 

@@ -34,7 +34,7 @@ const UNPLUG_WAIT: Duration = Duration::from_secs(5);
 const FORCE: u32 = 4;
 
 /// What is being plugged in, as the status file records it before QEMU is asked.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Pending {
     pub kind: PendingKind,
     /// The device element as the live definition will hold it.
@@ -337,7 +337,7 @@ fn scsi_address(devs: &Devices, dev: &crate::command_line::DeviceProps) -> Optio
 
 /// A fresh N for `libvirt-N-*` nodes: above every node the first `disks` disks of the
 /// definition name.
-fn next_node(def: &DomainDef, disks: usize) -> usize {
+pub(super) fn next_node(def: &DomainDef, disks: usize) -> usize {
     (0..disks).map(|i| def.disk_node(i) + 1).max().unwrap_or(0)
 }
 
@@ -348,7 +348,7 @@ fn next_nic(def: &DomainDef, nics: usize) -> usize {
 }
 
 /// The element of one device as a definition writes it, for the status file.
-fn device_xml(devices: Devices) -> String {
+pub(super) fn device_xml(devices: Devices) -> String {
     devices
         .to_element(true)
         .elements()
@@ -357,7 +357,7 @@ fn device_xml(devices: Devices) -> String {
         .unwrap_or_default()
 }
 
-fn only_disk(d: &Disk) -> Devices {
+pub(super) fn only_disk(d: &Disk) -> Devices {
     Devices {
         disks: vec![d.clone()],
         ..Devices::default()
@@ -407,7 +407,7 @@ pub(super) fn nodes_of(n: usize) -> Vec<String> {
 }
 
 /// A launch context for the block nodes and devices of a hotplug.
-fn hotplug_ctx(
+pub(super) fn hotplug_ctx(
     volume_paths: Vec<(String, String, std::path::PathBuf)>,
 ) -> crate::command_line::LaunchContext {
     let mut ctx =
@@ -736,7 +736,7 @@ impl Driver {
 
     /// Hands `paths` to the user QEMU `pid` runs as (qemu.conf `dynamic_ownership`),
     /// returning their owners before.
-    fn hand_to_qemu(
+    pub(super) fn hand_to_qemu(
         &self,
         pid: u32,
         paths: &[std::path::PathBuf],
@@ -1212,7 +1212,7 @@ pub(super) fn take_device(l: &mut super::domain::Live, qdev: &str) -> Option<Gon
 }
 
 /// The owners recorded for `disk`'s image, taken out of the run's list.
-fn take_owners(
+pub(super) fn take_owners(
     owners: &mut Vec<crate::security::Owner>,
     disk: &Disk,
 ) -> Vec<crate::security::Owner> {

@@ -41,6 +41,7 @@ use common::job::InFlight;
 use common::publish::Outbox;
 use common::runtime::Context;
 
+mod blockcopy;
 mod blockjobs;
 mod control;
 mod define;

@@ -70,6 +70,16 @@ impl Driver {
                 self.save_status(dom).await;
             }
             "VSERPORT_CHANGE" => self.on_port_change(dom, &ev.data).await,
+            // A copy's job ended (pivoted, cancelled or failed): the disk is settled.
+            "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_CANCELLED"
+                if ev
+                    .data
+                    .get("device")
+                    .and_then(Value::as_str)
+                    .is_some_and(|d| d.starts_with("libvirt-copy-")) =>
+            {
+                self.settle_copy(dom).await;
+            }
             // A device the guest let go of (its virtio backend's event has no id).
             "DEVICE_DELETED" => {
                 if let Some(id) = ev.data.get("device").and_then(Value::as_str) {

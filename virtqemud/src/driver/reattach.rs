@@ -190,6 +190,7 @@ impl Driver {
                 dumped_crash: false,
                 saving: st.saving.clone(),
                 plugging: st.plugging.clone(),
+                copying: st.copying.clone(),
                 exited: exit_rx,
             });
         }

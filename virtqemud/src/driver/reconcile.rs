@@ -133,14 +133,19 @@ impl Driver {
                 crate::nics::release(&one, self.ctx.settings.mode).await;
             }
         }
+        // A block copy whose job ended while the daemon was away: pivoted or not.
+        let copied = self.settle_copy(dom).await;
         // Block nodes no disk of the definition uses: a plug undone, an unplug finished.
+        // A copy still running keeps its own.
         let used: BTreeSet<String> = {
             let g = dom.lock();
             g.live
                 .as_ref()
                 .map(|l| {
                     (0..l.def.dom.devices.disks.len())
-                        .flat_map(|i| nodes_of(l.def.disk_node(i)))
+                        .map(|i| l.def.disk_node(i))
+                        .chain(l.copying.as_ref().map(|p| p.n as usize))
+                        .flat_map(nodes_of)
                         .collect()
                 })
                 .unwrap_or_default()
@@ -154,7 +159,7 @@ impl Driver {
             tracing::warn!(domain = %dom.name(), nodes = ?stray, "deleting block nodes no disk uses");
             del_nodes(&qmp, &stray).await;
         }
-        fixes.changed | self.reconcile_vcpus(dom, &qmp).await
+        fixes.changed | copied | self.reconcile_vcpus(dom, &qmp).await
     }
 
     /// The live vCPU count from `query-hotpluggable-cpus`: a SetVcpus cut between

@@ -440,6 +440,7 @@ impl Driver {
                 saved: false,
                 dumped_crash: false,
                 plugging: None,
+                copying: None,
                 exited: exit_rx,
             });
             g.state = if paused {
@@ -629,6 +630,7 @@ fn starting_record(dom: &Dom, def: &DomainDef, id: u32, qmp: &Path, held: &Held)
         saving: None,
         ids: Default::default(),
         plugging: None,
+        copying: None,
     }
 }
 

@@ -59,6 +59,9 @@ pub(super) struct Status {
     /// A device being plugged in when the record was written (`super::hotplug`).
     #[serde(default)]
     pub plugging: Option<super::hotplug::Pending>,
+    /// A block copy in progress (`super::blockcopy`).
+    #[serde(default)]
+    pub copying: Option<super::hotplug::Pending>,
 }
 
 fn yes() -> bool {
@@ -103,6 +106,7 @@ impl Driver {
                     saving: l.saving.clone(),
                     ids: l.def.ids.clone(),
                     plugging: l.plugging.clone(),
+                    copying: l.copying.clone(),
                 }
             })
         };
