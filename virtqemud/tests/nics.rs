@@ -368,6 +368,22 @@ async fn bridge_and_ethernet_nics_get_taps() {
     let e = bus_err(domain(&conn, &p2).await.create(1).await);
     assert!(e.contains("cannot create tap device 'mytap0'"), "{e}");
 
+    // A bridge name no kernel can have defines, as libvirt lets oVirt's ';vdsmdummy;'
+    // define; starting on it is refused by name, before any tap is made.
+    let p4 = qc
+        .domain_define_xml(
+            "<domain type='qemu'><name>br4</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+             <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+             <interface type='bridge'><source bridge=';vdsmdummy;'/></interface></devices></domain>",
+        )
+        .await
+        .expect("define with an odd bridge name");
+    let e = bus_err(domain(&conn, &p4).await.create(1).await);
+    assert!(
+        e.contains(";vdsmdummy;") && e.contains("not a valid interface name"),
+        "{e}"
+    );
+
     d.destroy(0).await.expect("destroy");
     assert!(link(&ns, &taps[0]).is_none());
     assert!(link(&ns, "mytap0").is_none());

@@ -874,8 +874,9 @@ impl Domain {
                 .child_text("name")
                 .ok_or_else(|| missing("domain", "<name>"))?,
         )?;
-        let uuid = match root.child_text("uuid") {
-            Some(u) => Uuid::parse_str(&u).map_err(|e| invalid("uuid", "value", &u, e))?,
+        // An empty <uuid/> is no UUID, as libvirt reads it (vagrant-libvirt sends one).
+        let uuid = match root.child_text("uuid").filter(|u| !u.trim().is_empty()) {
+            Some(u) => Uuid::parse_str(u.trim()).map_err(|e| invalid("uuid", "value", &u, e))?,
             None => Uuid::new_v4(),
         };
         let Memories {

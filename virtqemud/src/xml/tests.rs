@@ -521,3 +521,52 @@ fn kept_devices_get_libvirts_defaults() {
     assert!(x.contains("<vsock model='virtio'>"), "{x}");
     assert!(x.contains("<panic model='isa'/>"), "{x}");
 }
+
+/// What other tools send and libvirt defines: an empty <uuid/> (vagrant-libvirt), a
+/// bridge name no kernel can have (oVirt parks NICs on ';vdsmdummy;'), a listen
+/// address QEMU resolves ("0", a host name).
+#[test]
+fn other_tools_xml_that_libvirt_defines() {
+    let base = |extra: &str, devices: &str| {
+        format!(
+            "<domain type='kvm'><name>t</name><uuid></uuid>{extra}<memory>65536</memory>\
+             <os><type>hvm</type></os><devices>{devices}</devices></domain>"
+        )
+    };
+    let d = Domain::parse(&base("", "")).expect("empty uuid");
+    assert!(!d.uuid.is_nil());
+    let d = Domain::parse(&base(
+        "",
+        "<interface type='bridge'><source bridge=';vdsmdummy;'/></interface>",
+    ))
+    .expect("any bridge name defines");
+    assert_eq!(d.devices.interfaces.len(), 1);
+    for listen in ["0", "vnc.example.org", "::1", "192.0.2.1"] {
+        Domain::parse(&base(
+            "",
+            &format!("<graphics type='vnc' port='-1' listen='{listen}'/>"),
+        ))
+        .unwrap_or_else(|e| panic!("{listen}: {e}"));
+    }
+    // What would end QEMU's option is still refused, by name.
+    for listen in ["0,password=on", "a b", ""] {
+        let e = Domain::parse(&base(
+            "",
+            &format!("<graphics type='vnc' port='-1' listen='{listen}'/>"),
+        ))
+        .expect_err(listen)
+        .to_string();
+        assert!(e.contains("listen address"), "{listen}: {e}");
+    }
+    let e = Domain::parse(&base(
+        "",
+        "<interface type='bridge'><source bridge=''/></interface>",
+    ))
+    .expect_err("empty bridge")
+    .to_string();
+    assert!(e.contains("<source bridge>"), "{e}");
+    let e = Domain::parse(&base("", "").replace("<uuid></uuid>", "<uuid>nope</uuid>"))
+        .expect_err("bad uuid")
+        .to_string();
+    assert!(e.contains("uuid"), "{e}");
+}

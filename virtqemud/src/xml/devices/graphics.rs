@@ -118,12 +118,18 @@ fn parse_graphics_port(el: &Element, vnc: bool) -> Result<(Option<i32>, bool, Op
         .or_else(|| el.first("listen").and_then(|l| l.get_attr("address")))
         .map(str::to_owned);
     if let Some(l) = &listen {
-        if l.parse::<std::net::IpAddr>().is_err() {
+        // An address, or a name QEMU resolves ("0" is 0.0.0.0 to it, as oVirt writes);
+        // nothing that could end QEMU's option.
+        let name = !l.is_empty()
+            && l.len() <= 253
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-".contains(c));
+        if l.parse::<std::net::IpAddr>().is_err() && !name {
             return Err(invalid(
                 "graphics",
                 "listen address",
                 l,
-                "must be an IP address",
+                "must be an IP address or a host name",
             ));
         }
     }
