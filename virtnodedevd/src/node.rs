@@ -356,6 +356,57 @@ pub fn memory_parameters(roots: &Roots) -> Vec<(&'static str, u64, bool)> {
         .collect()
 }
 
+/// The KSM tunables `NodeSetMemoryParameters` may set, as libvirt's: (name, sysfs file).
+const KSM_SETTABLE: &[(&str, &str)] = &[
+    ("shm_pages_to_scan", "pages_to_scan"),
+    ("shm_sleep_millisecs", "sleep_millisecs"),
+    ("shm_merge_across_nodes", "merge_across_nodes"),
+];
+
+/// `NodeSetMemoryParameters`: every parameter is checked before any is written, so a
+/// bad one changes nothing; then each is written to its KSM file.
+pub fn set_memory_parameters(
+    roots: &Roots,
+    params: &[(String, Option<u32>)],
+) -> Result<(), common::error::VirError> {
+    use common::error::{ErrorCode, VirError};
+    let dir = roots.sys.join("kernel/mm/ksm");
+    if !dir.is_dir() {
+        return Err(VirError::new(
+            ErrorCode::NoSupport,
+            "node memory parameters (this kernel has no KSM)",
+        ));
+    }
+    let mut writes = Vec::with_capacity(params.len());
+    for (name, value) in params {
+        let file = KSM_SETTABLE
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, f)| *f)
+            .ok_or_else(|| {
+                VirError::new(
+                    ErrorCode::ArgumentUnsupported,
+                    format!("parameter '{name}' not supported"),
+                )
+            })?;
+        let v = value.ok_or_else(|| {
+            VirError::invalid_arg(format!("parameter '{name}' must be an unsigned int"))
+        })?;
+        if name == "shm_merge_across_nodes" && v > 1 {
+            return Err(VirError::invalid_arg(format!(
+                "parameter '{name}' must be 0 or 1, not {v}"
+            )));
+        }
+        writes.push((name, dir.join(file), v));
+    }
+    for (name, path, v) in writes {
+        // The kernel refuses merge_across_nodes with EBUSY while pages are shared.
+        fs::write(&path, v.to_string())
+            .map_err(|e| VirError::system(format!("unable to set {name}"), &e))?;
+    }
+    Ok(())
+}
+
 fn entries(name: &str, dir: &Path, pairs: &[(&str, &str)]) -> Option<Element> {
     let mut e = Element::new(name);
     let mut any = false;

@@ -885,3 +885,94 @@ async fn reads_do_not_wait_behind_a_create() -> anyhow::Result<()> {
     assert_eq!(made?, common::objpath::node_device(name));
     Ok(())
 }
+
+/// NodeSetMemoryParameters writes KSM's tunables: here into the fixture tree's own
+/// `kernel/mm/ksm` (never the host's), all checked before any is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_memory_parameters_are_set_in_ksm() -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    use zbus::zvariant::Value;
+    let (_tmp, root) = common::harness::fixture_sysfs()?;
+    let ksm = root.join("kernel/mm/ksm");
+    std::fs::create_dir_all(&ksm)?;
+    for (f, v) in [
+        ("pages_to_scan", "100"),
+        ("sleep_millisecs", "20"),
+        ("merge_across_nodes", "1"),
+        ("pages_shared", "0"),
+    ] {
+        std::fs::write(ksm.join(f), format!("{v}\n"))?;
+    }
+    let read = |f: &str| std::fs::read_to_string(ksm.join(f)).map(|s| s.trim().to_owned());
+    let bus = TestBus::start()?;
+    let _d = Daemon::builder(BIN, "virtnodedevd")
+        .arg("--sysfs-root")
+        .arg(&root)
+        .spawn(&bus)
+        .await?;
+    let conn = bus.connection().await?;
+    let c = NodeDevConnectProxy::new(&conn).await?;
+    let set = |pairs: Vec<(&'static str, Value<'static>)>, flags: u32| {
+        let c = c.clone();
+        async move {
+            let m: HashMap<&str, Value> = pairs.into_iter().collect();
+            c.node_set_memory_parameters(&m, flags).await
+        }
+    };
+    set(
+        vec![
+            ("shm_pages_to_scan", Value::from(250u32)),
+            ("shm_sleep_millisecs", Value::from(50u32)),
+            ("shm_merge_across_nodes", Value::from(0u32)),
+        ],
+        0,
+    )
+    .await?;
+    assert_eq!(read("pages_to_scan")?, "250");
+    assert_eq!(read("sleep_millisecs")?, "50");
+    assert_eq!(read("merge_across_nodes")?, "0");
+    let got = c.node_get_memory_parameters(0).await?;
+    assert_eq!(u32::try_from(&got["shm_pages_to_scan"])?, 250);
+
+    // One bad parameter and nothing is written.
+    for (pairs, flags, says) in [
+        (
+            vec![
+                ("shm_pages_to_scan", Value::from(1u32)),
+                ("shm_pages_shared", Value::from(5u32)),
+            ],
+            0,
+            "parameter 'shm_pages_shared' not supported",
+        ),
+        (
+            vec![
+                ("shm_pages_to_scan", Value::from(1u32)),
+                ("shm_merge_across_nodes", Value::from(2u32)),
+            ],
+            0,
+            "must be 0 or 1",
+        ),
+        (
+            vec![("shm_pages_to_scan", Value::from(1u64))],
+            0,
+            "must be an unsigned int",
+        ),
+        (
+            vec![("shm_pages_to_scan", Value::from(1u32))],
+            1,
+            "unsupported flags",
+        ),
+    ] {
+        let e = set(pairs, flags).await.expect_err(says).to_string();
+        assert!(e.contains(says), "{e}");
+        assert_eq!(read("pages_to_scan")?, "250");
+    }
+    // A kernel without KSM.
+    std::fs::remove_dir_all(&ksm)?;
+    let e = set(vec![("shm_pages_to_scan", Value::from(1u32))], 0)
+        .await
+        .expect_err("no KSM")
+        .to_string();
+    assert!(e.contains("no KSM"), "{e}");
+    Ok(())
+}

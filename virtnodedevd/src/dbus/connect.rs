@@ -154,6 +154,23 @@ impl Connect {
         Ok(node::free_memory(&self.driver.roots))
     }
 
+    #[zbus(name = "NodeSetMemoryParameters")]
+    async fn node_set_memory_parameters(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        params: common::typed_params::TypedParams,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        check_flags(flags, 0)?;
+        let params: Vec<(String, Option<u32>)> = params
+            .iter()
+            .map(|(k, v)| (k.clone(), u32::try_from(v).ok()))
+            .collect();
+        node::set_memory_parameters(&self.driver.roots, &params)?;
+        Ok(())
+    }
+
     #[zbus(name = "NodeGetMemoryParameters")]
     async fn node_get_memory_parameters(
         &self,
