@@ -106,19 +106,9 @@ fn job_id(target: &str) -> String {
 
 /// The copy job of `target` as QEMU lists it, unless it has ended.
 async fn copy_job(qmp: &Qmp, target: &str) -> Result<Option<Value>, VirError> {
-    let jobs = qmp.execute("query-block-jobs", None).await?;
-    Ok(jobs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|j| {
-            j.get("device").and_then(Value::as_str) == Some(job_id(target).as_str())
-                && !matches!(
-                    j.get("status").and_then(Value::as_str),
-                    Some("concluded" | "null")
-                )
-        })
-        .cloned())
+    Ok(super::blockjobs::job_of(qmp, target)
+        .await?
+        .filter(|j| j.get("device").and_then(Value::as_str) == Some(job_id(target).as_str())))
 }
 
 /// The node QEMU's device `qdev` reads (`query-block`'s inserted node), if any.

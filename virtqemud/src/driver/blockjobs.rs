@@ -80,8 +80,9 @@ fn speed(bandwidth: u64, bytes: bool) -> Result<u64, VirError> {
         })
 }
 
-/// The disk's running job (from QEMU), if any.
-async fn job_of(qmp: &Qmp, target: &str) -> Result<Option<Value>, VirError> {
+/// The disk's running job (from QEMU), if any; one that has ended and waits to be
+/// dismissed does not count.
+pub(super) async fn job_of(qmp: &Qmp, target: &str) -> Result<Option<Value>, VirError> {
     let jobs = qmp.execute("query-block-jobs", None).await?;
     Ok(jobs
         .as_array()
@@ -92,6 +93,10 @@ async fn job_of(qmp: &Qmp, target: &str) -> Result<Option<Value>, VirError> {
                 .and_then(Value::as_str)
                 .and_then(parse_job_id)
                 .is_some_and(|(_, t)| t == target)
+                && !matches!(
+                    j.get("status").and_then(Value::as_str),
+                    Some("concluded" | "null")
+                )
         })
         .cloned())
 }
