@@ -41,6 +41,8 @@ pub(super) struct Held {
     pub owners: Vec<crate::security::Owner>,
     /// The uid of its own the run got, back to the pool when it ends.
     pub dynamic_uid: Option<u32>,
+    /// Its cgroup, removed when it ends.
+    pub cgroup: Option<crate::cgroup::DomainGroup>,
 }
 
 impl Held {
@@ -56,7 +58,14 @@ impl Held {
             qmp: Some(qmp),
             owners,
             dynamic_uid,
+            cgroup: None,
         }
+    }
+
+    /// With the run's cgroup (named by its id and the domain's name).
+    pub fn with_cgroup(mut self, g: Option<crate::cgroup::DomainGroup>) -> Held {
+        self.cgroup = g;
+        self
     }
 }
 
@@ -174,6 +183,9 @@ impl Driver {
         let mut prepared = Self::prepare_guest(&spawned.qmp, &mut def).await;
         if prepared.is_ok() {
             prepared = super::settings::apply_pins(&spawned.qmp, spawned.pid, &def).await;
+        }
+        if let (Ok(()), Some(g)) = (&prepared, &held.cgroup) {
+            prepared = super::tuning::place_threads(g, &spawned.qmp, spawned.pid, &def).await;
         }
         let mut run_after = !flags.contains(StartFlags::PAUSED);
         if let (Ok(()), Some(StartFrom::Image(r))) = (&prepared, from) {
@@ -353,7 +365,15 @@ impl Driver {
             taint_custom_argv(&def.name, id, &log);
         }
         let cpus = pinned_cpus(&def.dom)?;
-        let spawned = process::spawn_keeping(&argv, &log, &keep, &env, user.as_ref(), cpus)
+        // Its cgroup, with the domain-wide knobs, before QEMU exists; QEMU joins it
+        // before exec. The record has the id, so a restart finds the group by name.
+        self.make_group(&def.dom, id, &def.name, &mut held.cgroup)?;
+        let mut join = Vec::new();
+        if let Some(g) = &held.cgroup {
+            Self::tune_group(g, &def.dom)?;
+            join = g.join_files();
+        }
+        let spawned = process::spawn_keeping(&argv, &log, &keep, &env, user.as_ref(), cpus, &join)
             .map_err(|e| {
                 VirError::operation_failed(format!("cannot start QEMU '{}': {e}", argv[0]))
             })
@@ -481,6 +501,10 @@ impl Driver {
         }
         if held.hostdevs {
             crate::hostdevs::reattach(def, mode).await;
+        }
+        // QEMU's threads have left it by now (a few tries while they exit).
+        if let Some(g) = held.cgroup {
+            let _ = tokio::task::spawn_blocking(move || g.remove()).await;
         }
     }
 
