@@ -342,7 +342,24 @@ async fn started(
         .await
         .expect("define");
     let d = domain(conn, &path).await;
+    let t = Instant::now();
     d.create(0).await.expect("create");
+    // Figures, not checks: Create with the group made, tuned and filled.
+    println!(
+        "figure: Create with a cgroup (system mode): {:?}",
+        t.elapsed()
+    );
+    let log =
+        std::fs::read_to_string(sys.dirs.root.path().join("virtqemud.log")).unwrap_or_default();
+    for l in log
+        .lines()
+        .filter(|l| l.contains("cgroup made") || l.contains("threads placed"))
+    {
+        println!(
+            "figure: daemon log: {}",
+            l.split("INFO").last().unwrap_or(l).trim()
+        );
+    }
     let id = d.id().await.expect("id");
     sys.groups.push(format!("qemu-{id}-{name}.libvirt-qemu"));
     (d, path)
@@ -403,9 +420,12 @@ async fn group_values_and_live_changes() {
         .expect("config after restart");
     assert_eq!(u(&m, "soft_limit"), 262_144);
 
-    // Destroy removes the group from every controller.
+    // Destroy removes the group from every controller before it returns (QEMU's end
+    // is released before Destroy's wait ends).
+    let t = Instant::now();
     d.destroy(0).await.expect("destroy");
-    assert!(k.wait_gone().await, "group left after destroy");
+    println!("figure: Destroy, group removed: {:?}", t.elapsed());
+    assert!(k.gone(), "group left after destroy");
 }
 
 /// QEMU in its group, its threads in theirs, the definition's values in the files.
@@ -527,6 +547,7 @@ async fn gets_read_the_files(d: &DomainProxy<'_>, k: &Knobs, disk: &str) {
 async fn live_changes(d: &DomainProxy<'_>, k: &Knobs, disk: &str, dev: &str) {
     // Set, live: the files change, Get reads them, the config stays.
     let mut tunables = d.receive_tunable().await.expect("subscribe");
+    let t = Instant::now();
     d.set_scheduler_parameters(
         &params(vec![
             ("cpu_shares", Value::from(1024u64)),
@@ -536,6 +557,10 @@ async fn live_changes(d: &DomainProxy<'_>, k: &Knobs, disk: &str, dev: &str) {
     )
     .await
     .expect("set sched");
+    println!(
+        "figure: SetSchedulerParameters (shares, quota of 2 vCPUs), live: {:?}",
+        t.elapsed()
+    );
     assert_eq!(
         (k.shares(), k.bw("vcpu0").1, k.bw("vcpu1").1),
         (1024, 20_000, 20_000)
@@ -713,14 +738,19 @@ async fn group_of_a_qemu_that_died_meanwhile_is_removed_at_restart() {
         "QEMU gone"
     );
     assert!(!k.gone(), "the group outlives QEMU while nobody watches");
+    let t = Instant::now();
     sys.spawn().await;
     assert!(
         k.wait_gone().await,
         "the restart removes the group of the dead QEMU"
     );
+    println!(
+        "figure: restart to the dead QEMU's group removed: {:?}",
+        t.elapsed()
+    );
     let d = domain(&conn, &path).await;
     assert!(!d.active().await.expect("active"));
-    // A new run makes a new group; an inactive domain answers from its config.
+    // An inactive domain answers from its config.
     let p = d.get_scheduler_parameters(0).await.expect("sched inactive");
     assert_eq!(u(&p, "cpu_shares"), 300);
     let e = bus_err(d.get_scheduler_parameters(LIVE).await);
@@ -739,7 +769,12 @@ async fn session_mode_places_no_group() {
         .await
         .expect("define");
     let d = domain(&q.conn, &path).await;
+    let t = Instant::now();
     d.create(0).await.expect("create (tunables skipped)");
+    println!(
+        "figure: Create without a cgroup (session mode): {:?}",
+        t.elapsed()
+    );
     let id = d.id().await.expect("id");
     assert!(Knobs(format!("qemu-{id}-{name}.libvirt-qemu")).gone());
     assert_eq!(

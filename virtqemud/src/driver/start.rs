@@ -185,7 +185,9 @@ impl Driver {
             prepared = super::settings::apply_pins(&spawned.qmp, spawned.pid, &def).await;
         }
         if let (Ok(()), Some(g)) = (&prepared, &held.cgroup) {
+            let t = std::time::Instant::now();
             prepared = super::tuning::place_threads(g, &spawned.qmp, spawned.pid, &def).await;
+            tracing::info!(domain = %def.name, "threads placed in {:?}", t.elapsed());
         }
         let mut run_after = !flags.contains(StartFlags::PAUSED);
         if let (Ok(()), Some(StartFrom::Image(r))) = (&prepared, from) {
@@ -367,11 +369,13 @@ impl Driver {
         let cpus = pinned_cpus(&def.dom)?;
         // Its cgroup, with the domain-wide knobs, before QEMU exists; QEMU joins it
         // before exec. The record has the id, so a restart finds the group by name.
+        let t = std::time::Instant::now();
         self.make_group(&def.dom, id, &def.name, &mut held.cgroup)?;
         let mut join = Vec::new();
         if let Some(g) = &held.cgroup {
             Self::tune_group(g, &def.dom)?;
             join = g.join_files();
+            tracing::info!(domain = %def.name, "cgroup made and tuned in {:?}", t.elapsed());
         }
         let spawned = process::spawn_keeping(&argv, &log, &keep, &env, user.as_ref(), cpus, &join)
             .map_err(|e| {
