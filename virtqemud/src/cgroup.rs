@@ -195,6 +195,13 @@ impl DomainGroup {
     pub fn join_files(&self) -> Vec<PathBuf> {
         self.b().join_files(&self.rel)
     }
+    /// Removes thread group `sub` (a vCPU unplugged), if its thread has left it.
+    pub fn remove_sub(&self, sub: Sub) {
+        if let Some(d) = sub.dir() {
+            self.b().remove(&format!("{}/{d}", self.rel));
+        }
+    }
+
     /// Removes the group once QEMU's threads have left it (they leave as QEMU exits:
     /// a few tries, 50 ms apart).
     pub fn remove(&self) {

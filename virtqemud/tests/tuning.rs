@@ -757,6 +757,41 @@ async fn group_of_a_qemu_that_died_meanwhile_is_removed_at_restart() {
     assert_eq!(e, "Requested operation is not valid: domain is not running");
 }
 
+/// A vCPU plugged into the running domain gets its own group, tuned as the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hotplugged_vcpu_gets_its_group() {
+    let mut sys = System::start().await;
+    let (conn, qc) = sys.client().await;
+    let name = unique("plug");
+    let path = qc
+        .domain_define_xml(&format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>\
+             <vcpu current='1'>2</vcpu><cputune><period>100000</period><quota>40000</quota></cputune>\
+             <os><type arch='x86_64' machine='pc'>hvm</type></os></domain>"
+        ))
+        .await
+        .expect("define");
+    let d = domain(&conn, &path).await;
+    d.create(0).await.expect("create");
+    let id = d.id().await.expect("id");
+    sys.groups.push(format!("qemu-{id}-{name}.libvirt-qemu"));
+    let k = Knobs(sys.groups[0].clone());
+    assert_eq!(k.procs("cpu", "vcpu0").len(), 1);
+    assert!(
+        !dir(&k.0, "cpu", "vcpu1").exists(),
+        "no group for an offline vCPU"
+    );
+    d.set_vcpus(2, LIVE).await.expect("plug a vCPU");
+    let pid = sys.qemu_pid(&name);
+    let v1 = k.procs("cpu", "vcpu1");
+    assert_eq!(v1.len(), 1, "the new vCPU's thread in vcpu1");
+    assert!(std::path::Path::new(&format!("/proc/{pid}/task/{}", v1[0])).exists());
+    assert!(!k.procs("cpu", "emulator").contains(&v1[0]));
+    assert_eq!(k.bw("vcpu1"), (100_000, 40_000));
+    d.destroy(0).await.expect("destroy");
+    assert!(k.gone());
+}
+
 /// Session mode: no group, the tunables kept in the definition and skipped at start,
 /// the cgroup calls refused as libvirt's session daemon refuses them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

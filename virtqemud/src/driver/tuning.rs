@@ -604,6 +604,50 @@ pub(super) async fn place_threads(
 }
 
 impl Driver {
+    /// After a vCPU hotplug or unplug: each online vCPU's thread in its own group with
+    /// the definition's period and quota (and nodes), the groups of vCPUs gone removed,
+    /// as libvirt's qemuProcessSetupVcpu and its unplug do. Best effort: the vCPUs run
+    /// either way, a failure is logged.
+    pub(super) async fn regroup_vcpus(&self, dom: &Dom) {
+        let found = {
+            let g = dom.lock();
+            g.live.as_ref().and_then(|l| {
+                let grp = self.cgroup_of(l.id, &l.def.name)?;
+                Some((grp, l.qmp.clone(), l.def.clone()))
+            })
+        };
+        let Some((g, qmp, def)) = found.filter(|(g, _, _)| g.exists()) else {
+            return;
+        };
+        let online = vcpu_threads(&qmp).await;
+        let r = (|| -> Result<(), VirError> {
+            let t = Tuning::of(&def.dom)?;
+            let (b, rel) = (g.b(), g.rel());
+            let subs: Vec<Sub> = online.iter().map(|(i, _)| Sub::Vcpu(*i)).collect();
+            g.create(&subs)?;
+            for (i, tid) in &online {
+                b.move_thread(rel, Sub::Vcpu(*i), *tid)?;
+                set_bw(&g, Sub::Vcpu(*i), t.cpu.vcpu)?;
+                if let (Some(nodes), true) = (&t.nodeset, matches!(t.numa_mode, 0 | 3)) {
+                    if b.has(Ctl::Cpuset) {
+                        b.set_mems(rel, Sub::Vcpu(*i), nodes)?;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            tracing::warn!(domain = %def.name, "vCPU cgroups: {e}");
+        }
+        let (vcpus, _) = thread_subs(&g);
+        for s in vcpus
+            .into_iter()
+            .filter(|s| !online.iter().any(|(i, _)| Sub::Vcpu(*i) == *s))
+        {
+            g.remove_sub(s);
+        }
+    }
+
     /// The group of run `id` of domain `name`: None in session mode and on a host
     /// without cgroups.
     pub(super) fn cgroup_of(&self, id: u32, name: &str) -> Option<DomainGroup> {
