@@ -22,6 +22,21 @@ pub const PERIOD_MAX: u64 = 1_000_000;
 pub const QUOTA_MIN: i64 = 1000;
 pub const QUOTA_MAX: i64 = 18_446_744_073_709_551;
 
+/// qemu.conf `cgroup_controllers` names libvirt knows; those this daemon does not use
+/// (devices, freezer, net_cls, perf_event, name=systemd) are accepted and have no effect.
+pub const LIBVIRT_CONTROLLERS: [&str; 10] = [
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "blkio",
+    "devices",
+    "freezer",
+    "net_cls",
+    "perf_event",
+    "name=systemd",
+];
+
 /// A controller libvirt uses for QEMU (v2 names `blkio` `io`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ctl {
@@ -130,12 +145,25 @@ pub struct Cgroups(Arc<dyn Backend>);
 impl Cgroups {
     /// From `/proc/self/mountinfo`: v2 when `/sys/fs/cgroup` is cgroup2, else the v1
     /// mounts of the controllers libvirt uses; None without either.
-    pub fn detect() -> Option<Cgroups> {
+    /// `allowed` is qemu.conf's `cgroup_controllers` (None: all).
+    pub fn detect(allowed: Option<&[String]>) -> Option<Cgroups> {
         let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        Self::from_mountinfo(&info)
+        Self::from_mountinfo(&info, allowed)
     }
 
-    pub fn from_mountinfo(info: &str) -> Option<Cgroups> {
+    pub fn from_mountinfo(info: &str, allowed: Option<&[String]>) -> Option<Cgroups> {
+        Self::parse(info, allowed, &|root| {
+            std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default()
+        })
+    }
+
+    /// `v2_controllers` reads a v2 root's `cgroup.controllers`.
+    fn parse(
+        info: &str,
+        allowed: Option<&[String]>,
+        v2_controllers: &dyn Fn(&Path) -> String,
+    ) -> Option<Cgroups> {
+        let ok = |c: Ctl| allowed.is_none_or(|a| a.iter().any(|n| n == c.v1_name()));
         let mut v1 = V1::default();
         for line in info.lines() {
             let (left, right) = line.split_once(" - ")?;
@@ -144,10 +172,20 @@ impl Cgroups {
             let (fstype, opts) = (r.next()?, r.nth(1).unwrap_or(""));
             match fstype {
                 "cgroup2" if point == "/sys/fs/cgroup" => {
-                    return Some(Cgroups(Arc::new(V2::new(PathBuf::from(point)))))
+                    let root = PathBuf::from(point);
+                    let mut v2 = V2 {
+                        controllers: v2_controllers(&root)
+                            .split_whitespace()
+                            .map(str::to_owned)
+                            .collect(),
+                        root,
+                    };
+                    v2.controllers
+                        .retain(|n| Ctl::ALL.iter().any(|c| V2::name(*c) == n && ok(*c)));
+                    return (!v2.controllers.is_empty()).then(|| Cgroups(Arc::new(v2)));
                 }
                 "cgroup" => {
-                    for c in Ctl::ALL {
+                    for c in Ctl::ALL.into_iter().filter(|c| ok(*c)) {
                         if opts.split(',').any(|o| o == c.v1_name()) {
                             v1.mounts.push((c, PathBuf::from(&point)));
                         }
@@ -603,15 +641,6 @@ struct V2 {
 }
 
 impl V2 {
-    fn new(root: PathBuf) -> V2 {
-        let controllers = std::fs::read_to_string(root.join("cgroup.controllers"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        V2 { root, controllers }
-    }
-
     fn name(c: Ctl) -> &'static str {
         match c {
             Ctl::Cpu | Ctl::Cpuacct => "cpu",
@@ -920,7 +949,7 @@ mod tests {
                   32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
                   34 31 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
                   35 31 0:32 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
-        let c = Cgroups::from_mountinfo(v1).unwrap();
+        let c = Cgroups::from_mountinfo(v1, None).unwrap();
         assert_eq!(c.backend().kind(), "v1");
         assert!(c.backend().has(Ctl::Cpuacct) && c.backend().has(Ctl::Memory));
         assert!(!c.backend().has(Ctl::Blkio));
@@ -934,8 +963,26 @@ mod tests {
             ]
         );
         let v2 = "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(Cgroups::from_mountinfo(v2).unwrap().backend().kind(), "v2");
-        assert!(Cgroups::from_mountinfo("1 0 0:1 / / rw - ext4 /dev/vda rw\n").is_none());
+        let all = |_: &Path| "cpuset cpu io memory pids".to_owned();
+        let c = Cgroups::parse(v2, None, &all).unwrap();
+        assert_eq!(c.backend().kind(), "v2");
+        assert!(c.backend().has(Ctl::Blkio) && c.backend().has(Ctl::Cpuacct));
+        assert_eq!(
+            c.domain(1, "a").join_files(),
+            vec![PathBuf::from(
+                "/sys/fs/cgroup/machine/qemu-1-a.libvirt-qemu/cgroup.procs"
+            )]
+        );
+        let only = ["cpu".to_owned()];
+        let c = Cgroups::parse(v2, Some(&only), &all).unwrap();
+        assert!(c.backend().has(Ctl::Cpu) && !c.backend().has(Ctl::Memory));
+        assert!(Cgroups::parse(v2, None, &|_: &Path| String::new()).is_none());
+        assert!(Cgroups::from_mountinfo("1 0 0:1 / / rw - ext4 /dev/vda rw\n", None).is_none());
+        // qemu.conf cgroup_controllers: only those; none at all with an empty list.
+        let only = ["memory".to_owned(), "devices".to_owned()];
+        let c = Cgroups::from_mountinfo(v1, Some(&only)).unwrap();
+        assert!(c.backend().has(Ctl::Memory) && !c.backend().has(Ctl::Cpu));
+        assert!(Cgroups::from_mountinfo(v1, Some(&[])).is_none());
     }
 
     #[test]

@@ -194,8 +194,14 @@ struct System {
 
 impl System {
     async fn start() -> System {
+        Self::start_with("").await
+    }
+
+    /// With `qemu_conf` as the daemon's qemu.conf.
+    async fn start_with(qemu_conf: &str) -> System {
         let bus = TestBus::start().expect("bus");
         let dirs = TestDirs::new().expect("dirs");
+        std::fs::write(dirs.config.join("qemu.conf"), qemu_conf).expect("qemu.conf");
         let mut s = System {
             bus,
             dirs,
@@ -790,6 +796,58 @@ async fn hotplugged_vcpu_gets_its_group() {
     assert_eq!(k.bw("vcpu1"), (100_000, 40_000));
     d.destroy(0).await.expect("destroy");
     assert!(k.gone());
+}
+
+/// qemu.conf `cgroup_controllers`: the group only where listed; a tunable of a
+/// controller left out is refused with libvirt's message; none at all with `[ ]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_conf_chooses_the_controllers() {
+    let mut sys =
+        System::start_with("cgroup_controllers = [ \"cpu\", \"cpuacct\", \"cpuset\" ]\n").await;
+    let (conn, qc) = sys.client().await;
+    let name = unique("ctl");
+    let path = qc
+        .domain_define_xml(&xml(
+            &name,
+            "<memtune><hard_limit unit='MiB'>512</hard_limit></memtune>",
+        ))
+        .await
+        .expect("define");
+    let d = domain(&conn, &path).await;
+    assert_eq!(
+        bus_err(d.create(0).await),
+        "unsupported configuration: Memory cgroup is not available on this host"
+    );
+    let (_, path) = started(
+        &mut sys,
+        &conn,
+        &qc,
+        &unique("ctl2"),
+        "<cputune><shares>600</shares></cputune>",
+    )
+    .await;
+    let k = Knobs(sys.groups[0].clone());
+    assert_eq!(k.shares(), 600);
+    if kind() == Kind::V1 {
+        assert!(!dir(&k.0, "memory", "").exists() && !dir(&k.0, "blkio", "").exists());
+    }
+    let d = domain(&conn, &path).await;
+    assert_eq!(
+        bus_err(d.get_memory_parameters(0).await),
+        "Requested operation is not valid: cgroup memory controller is not mounted"
+    );
+    d.destroy(0).await.expect("destroy");
+    assert!(k.gone());
+    drop(sys);
+
+    let mut sys = System::start_with("cgroup_controllers = [ ]\n").await;
+    let (conn, qc) = sys.client().await;
+    let (d, _) = started(&mut sys, &conn, &qc, &unique("none"), "").await;
+    assert!(
+        Knobs(sys.groups[0].clone()).gone(),
+        "no controller, no group"
+    );
+    d.destroy(0).await.expect("destroy");
 }
 
 /// Session mode: no group, the tunables kept in the definition and skipped at start,

@@ -318,7 +318,9 @@ impl Driver {
                 crate::security::make_traversable(d)?;
             }
         }
-        let cgroups = system.then(crate::cgroup::Cgroups::detect).flatten();
+        let cgroups = system
+            .then(|| crate::cgroup::Cgroups::detect(conf.cgroup_controllers.as_deref()))
+            .flatten();
         match &cgroups {
             Some(c) => tracing::info!(kind = c.backend().kind(), "cgroups"),
             None if system => tracing::warn!("no cgroup controllers mounted: no domain cgroups"),
