@@ -401,24 +401,24 @@ impl V1 {
         let Some(parent) = dir.parent() else {
             return Ok(());
         };
-        for f in ["cpuset.cpus", "cpuset.mems", "cpuset.memory_migrate"] {
-            let v = read(&parent.join(f))?;
-            if read(&dir.join(f))?.is_empty() || f == "cpuset.memory_migrate" {
-                write(&dir.join(f), &v)?;
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            if read(&dir.join(f))?.is_empty() {
+                write(&dir.join(f), &read(&parent.join(f))?)?;
             }
         }
         Ok(())
     }
 
+    /// Makes one folder of the path; a cpuset folder left empty (also one another start
+    /// made a moment ago and has not filled yet) gets its parent's CPUs and nodes.
     fn make(c: Ctl, dir: &Path) -> Result<(), VirError> {
-        let fresh = !dir.exists();
         mkdir(dir).map_err(|e| {
             VirError::system(
                 format!("Failed to create v1 controller {} for group", c.v1_name()),
                 &e,
             )
         })?;
-        if c == Ctl::Cpuset && fresh {
+        if c == Ctl::Cpuset {
             Self::inherit_cpuset(dir)?;
         }
         Ok(())

@@ -818,6 +818,17 @@ async fn qemu_conf_chooses_the_controllers() {
         bus_err(d.create(0).await),
         "unsupported configuration: Memory cgroup is not available on this host"
     );
+    // The refused start made its group first: gone with the run.
+    assert!(Knobs(format!("qemu-1-{name}.libvirt-qemu")).gone());
+    // A value the cgroup layer refuses at start: libvirt's message, nothing left.
+    let bad = unique("bad");
+    let path = qc
+        .domain_define_xml(&xml(&bad, "<cputune><shares>1</shares></cputune>"))
+        .await
+        .expect("define");
+    let e = bus_err(domain(&conn, &path).await.create(0).await);
+    assert!(e.contains("shares '1' must be in range"), "{e}");
+    assert!(Knobs(format!("qemu-2-{bad}.libvirt-qemu")).gone());
     let (_, path) = started(
         &mut sys,
         &conn,
