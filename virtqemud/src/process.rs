@@ -80,14 +80,15 @@ pub fn spawn_keeping(
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            if let Some(set) = &cpus {
-                nix::sched::sched_setaffinity(Pid::from_raw(0), set)?;
-            }
-            // "0" is the writer itself; as root, before the user changes.
+            // "0" is the writer itself; as root, before the user changes, and before
+            // the affinity, which joining a cpuset group would reset.
             for fd in &join_fds {
                 if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            if let Some(set) = &cpus {
+                nix::sched::sched_setaffinity(Pid::from_raw(0), set)?;
             }
             // Groups first, then the gid, the uid last: after setuid nothing else may
             // change. Each failure stops the start rather than run QEMU as root.

@@ -798,6 +798,50 @@ async fn hotplugged_vcpu_gets_its_group() {
     assert!(k.gone());
 }
 
+/// The cpuset groups do not undo pinning: a move into a cpuset group resets a thread's
+/// affinity, so `<vcpu cpuset>` and `vcpupin` must hold after the threads are placed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinning_survives_the_groups() {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let last = cpus - 1;
+    let mut sys = System::start().await;
+    let (conn, qc) = sys.client().await;
+    let name = unique("pin");
+    let path = qc
+        .domain_define_xml(&format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>\
+             <vcpu cpuset='{last}'>2</vcpu><cputune><vcpupin vcpu='0' cpuset='0'/></cputune>\
+             <os><type arch='x86_64' machine='pc'>hvm</type></os></domain>"
+        ))
+        .await
+        .expect("define");
+    let d = domain(&conn, &path).await;
+    d.create(0).await.expect("create");
+    let id = d.id().await.expect("id");
+    sys.groups.push(format!("qemu-{id}-{name}.libvirt-qemu"));
+    let k = Knobs(sys.groups[0].clone());
+    let pid = sys.qemu_pid(&name);
+    let allowed = |tid: u32| {
+        read(Path::new(&format!("/proc/{pid}/task/{tid}/status")))
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Cpus_allowed_list:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .expect("Cpus_allowed_list")
+    };
+    assert_eq!(allowed(k.procs("cpu", "vcpu0")[0]), "0", "vcpupin");
+    assert_eq!(
+        allowed(k.procs("cpu", "vcpu1")[0]),
+        last.to_string(),
+        "<vcpu cpuset>"
+    );
+    for t in k.procs("cpu", "emulator") {
+        assert_eq!(allowed(t), last.to_string(), "emulator thread {t}");
+    }
+    d.destroy(0).await.expect("destroy");
+}
+
 /// qemu.conf `cgroup_controllers`: the group only where listed; a tunable of a
 /// controller left out is refused with libvirt's message; none at all with `[ ]`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -181,13 +181,15 @@ impl Driver {
             }
         };
         let mut prepared = Self::prepare_guest(&spawned.qmp, &mut def).await;
-        if prepared.is_ok() {
-            prepared = super::settings::apply_pins(&spawned.qmp, spawned.pid, &def).await;
-        }
+        // Threads to their groups first: a move into a cpuset group resets a thread's
+        // affinity, the pins after it stay.
         if let (Ok(()), Some(g)) = (&prepared, &held.cgroup) {
             let t = std::time::Instant::now();
             prepared = super::tuning::place_threads(g, &spawned.qmp, spawned.pid, &def).await;
             tracing::info!(domain = %def.name, "threads placed in {:?}", t.elapsed());
+        }
+        if prepared.is_ok() {
+            prepared = super::settings::apply_pins(&spawned.qmp, spawned.pid, &def).await;
         }
         let mut run_after = !flags.contains(StartFlags::PAUSED);
         if let (Ok(()), Some(StartFrom::Image(r))) = (&prepared, from) {

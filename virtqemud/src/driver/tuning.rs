@@ -491,6 +491,19 @@ async fn iothread_threads(qmp: &Qmp) -> Vec<(u32, u32)> {
         .collect()
 }
 
+/// Moves thread `tid` to group `sub`, keeping its CPU affinity: the kernel resets it
+/// to the cpuset group's CPUs on the move, which would undo `<vcpu cpuset>` and pins.
+fn move_thread(g: &DomainGroup, sub: Sub, tid: u32) -> Result<(), VirError> {
+    let t = nix::unistd::Pid::from_raw(tid as i32);
+    let before = nix::sched::sched_getaffinity(t).ok();
+    g.b().move_thread(g.rel(), sub, tid)?;
+    if let Some(set) = before {
+        // A thread that exited meanwhile has nothing to keep.
+        let _ = nix::sched::sched_setaffinity(t, &set);
+    }
+    Ok(())
+}
+
 fn set_bw(g: &DomainGroup, sub: Sub, bw: Bw) -> Result<(), VirError> {
     if bw.0 != 0 {
         g.b().set_period(g.rel(), sub, bw.0)?;
@@ -572,7 +585,7 @@ pub(super) async fn place_threads(
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
         {
-            let _ = b.move_thread(rel, Sub::Emulator, tid);
+            let _ = move_thread(g, Sub::Emulator, tid);
         }
     }
     let vcpus = vcpu_threads(qmp).await;
@@ -584,11 +597,11 @@ pub(super) async fn place_threads(
         .collect();
     g.create(&subs)?;
     for (i, tid) in &vcpus {
-        b.move_thread(rel, Sub::Vcpu(*i), *tid)?;
+        move_thread(g, Sub::Vcpu(*i), *tid)?;
         set_bw(g, Sub::Vcpu(*i), t.cpu.vcpu)?;
     }
     for (i, tid) in &iothreads {
-        b.move_thread(rel, Sub::IoThread(*i), *tid)?;
+        move_thread(g, Sub::IoThread(*i), *tid)?;
         set_bw(g, Sub::IoThread(*i), t.cpu.iothread)?;
     }
     set_bw(g, Sub::Emulator, t.cpu.emulator)?;
@@ -626,7 +639,7 @@ impl Driver {
             let subs: Vec<Sub> = online.iter().map(|(i, _)| Sub::Vcpu(*i)).collect();
             g.create(&subs)?;
             for (i, tid) in &online {
-                b.move_thread(rel, Sub::Vcpu(*i), *tid)?;
+                move_thread(&g, Sub::Vcpu(*i), *tid)?;
                 set_bw(&g, Sub::Vcpu(*i), t.cpu.vcpu)?;
                 if let (Some(nodes), true) = (&t.nodeset, matches!(t.numa_mode, 0 | 3)) {
                     if b.has(Ctl::Cpuset) {
