@@ -1027,7 +1027,14 @@ impl Driver {
                 |g, t| {
                     let (b, rel) = (g.b(), g.rel());
                     let (vsubs, iosubs) = thread_subs(g);
-                    let mut n = merge(t, &vals);
+                    // A period or quota of 0 changes nothing live (libvirt), not even
+                    // the live definition.
+                    let set: Vec<(String, Val)> = vals
+                        .iter()
+                        .filter(|(k, v)| k == "cpu_shares" || u(v) != 0)
+                        .cloned()
+                        .collect();
+                    let mut n = merge(t, &set);
                     for (k, v) in &vals {
                         let subs: Vec<Sub> = match k.split('_').next() {
                             Some("vcpu") => vsubs.clone(),
