@@ -83,6 +83,8 @@ pub enum DomainSignal {
 pub enum Tuned {
     Text(String),
     Number(u64),
+    /// A signed value (`cputune.*_quota`).
+    Signed(i64),
 }
 
 /// The signal `ev` stands for in a domain running `def`, if any.

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod caps;
+pub mod cgroup;
 pub mod command_line;
 pub mod cpu_model;
 pub mod dbus;

@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 
 /// Starts `argv` with stdout/stderr appended to `log`; returns its PID.
 pub fn spawn(argv: &[String], log: &Path) -> std::io::Result<u32> {
-    spawn_keeping(argv, log, &[], &[], None, None)
+    spawn_keeping(argv, log, &[], &[], None, None, &[])
 }
 
 /// As [`spawn`], and the child also inherits exactly the descriptors in `keep` (tap
@@ -21,7 +21,9 @@ pub fn spawn(argv: &[String], log: &Path) -> std::io::Result<u32> {
 /// only, so no other process started meanwhile gets them. `env` is added to the
 /// daemon's environment (`<qemu:env>`). With `user`, the child drops to that user, its
 /// group and supplementary groups before it runs QEMU. With `cpus`, the child and so
-/// every thread QEMU starts run only on those host CPUs (`<vcpu cpuset>`). The child's
+/// every thread QEMU starts run only on those host CPUs (`<vcpu cpuset>`). The child
+/// writes itself into each `cgroup.procs` file of `cgroup` while still root, before
+/// exec: QEMU runs no instruction outside its cgroup (libvirt's order). The child's
 /// umask is 077 and the log is 0600.
 pub fn spawn_keeping(
     argv: &[String],
@@ -30,8 +32,15 @@ pub fn spawn_keeping(
     env: &[(String, String)],
     user: Option<&crate::security::Identity>,
     cpus: Option<nix::sched::CpuSet>,
+    cgroup: &[std::path::PathBuf],
 ) -> std::io::Result<u32> {
     let keep = keep.to_vec();
+    // Opened here (close-on-exec): the child only writes to them.
+    let joins = cgroup
+        .iter()
+        .map(|p| OpenOptions::new().write(true).open(p))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let join_fds: Vec<i32> = joins.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
     // Everything the child needs is allocated before the fork.
     let ids: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)> =
         user.map(|u| (u.uid, u.gid, u.groups.clone()));
@@ -56,9 +65,9 @@ pub fn spawn_keeping(
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
-    // SAFETY: setsid, umask, fcntl, sched_setaffinity, setgroups, setgid and setuid are
-    // async-signal-safe; `keep`, `ids` and `cpus` were made before the fork and are only
-    // read.
+    // SAFETY: setsid, umask, fcntl, sched_setaffinity, write, setgroups, setgid and setuid
+    // are async-signal-safe; `keep`, `ids`, `cpus` and `join_fds` were made before the fork
+    // and are only read.
     unsafe {
         cmd.pre_exec(move || {
             // What QEMU creates (monitor socket, pidfile) is for its user alone.
@@ -68,6 +77,13 @@ pub fn spawn_keeping(
             }
             for fd in &keep {
                 if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // "0" is the writer itself; as root, before the user changes, and before
+            // the affinity, which joining a cpuset group would reset.
+            for fd in &join_fds {
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -90,6 +106,7 @@ pub fn spawn_keeping(
     // std opens every descriptor with O_CLOEXEC, so QEMU inherits only 0, 1, 2 and `keep`. The
     // Child handle is dropped: the pidfd watcher reaps it.
     let child = cmd.spawn()?;
+    drop(joins);
     Ok(child.id())
 }
 

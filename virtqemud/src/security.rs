@@ -35,6 +35,9 @@ pub struct QemuConf {
     pub seccomp_sandbox: Option<bool>,
     /// `dynamic_user_range = "FIRST-LAST"`: the uids (and gids) of per-guest users.
     pub dynamic_user_range: Option<UidRange>,
+    /// `cgroup_controllers = [ "cpu", ... ]`: the controllers domains' cgroups use
+    /// (libvirt's names; all when unset, none with an empty list).
+    pub cgroup_controllers: Option<Vec<String>>,
 }
 
 /// A range of uids reserved for QEMU's per-guest users; each one is used as a gid too.
@@ -152,6 +155,30 @@ impl QemuConf {
                 "group" => c.group = Some(string()?),
                 "dynamic_ownership" => c.dynamic_ownership = Some(flag()?),
                 "seccomp_sandbox" => c.seccomp_sandbox = Some(flag()?),
+                "cgroup_controllers" => {
+                    let list = value
+                        .strip_prefix('[')
+                        .and_then(|v| v.strip_suffix(']'))
+                        .ok_or_else(|| conf_err(file, n, format!("{key} must be a list")))?;
+                    let mut names = Vec::new();
+                    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                        let name = item
+                            .strip_prefix('"')
+                            .and_then(|v| v.strip_suffix('"'))
+                            .ok_or_else(|| {
+                                conf_err(file, n, format!("bad item {item} in {key}"))
+                            })?;
+                        if !crate::cgroup::LIBVIRT_CONTROLLERS.contains(&name) {
+                            return Err(conf_err(
+                                file,
+                                n,
+                                format!("Unknown cgroup controller '{name}'"),
+                            ));
+                        }
+                        names.push(name.to_owned());
+                    }
+                    c.cgroup_controllers = Some(names);
+                }
                 "dynamic_user_range" => {
                     let r = UidRange::parse(&string()?).map_err(|e| conf_err(file, n, e))?;
                     c.dynamic_user_range = Some(r);
@@ -720,6 +747,14 @@ mod tests {
         assert_eq!(c.group.as_deref(), Some("+65534"));
         assert_eq!(c.dynamic_ownership, Some(true));
         assert_eq!(c.seccomp_sandbox, Some(false));
+        assert_eq!(c.cgroup_controllers, Some(vec!["cpu".to_owned()]));
+        let c = conf("cgroup_controllers = [ ]\n").expect("empty list");
+        assert_eq!(c.cgroup_controllers, Some(Vec::new()));
+        let e = conf("cgroup_controllers = [ \"gpu\" ]\n").expect_err("unknown");
+        assert!(
+            e.to_string().contains("Unknown cgroup controller 'gpu'"),
+            "{e}"
+        );
         let e = conf("user = \"nobody\"\nthis is not a setting\n").expect_err("bad line");
         assert!(e.to_string().contains("qemu.conf:2"), "{e}");
         let e = conf("seccomp_sandbox = yes\n").expect_err("bad flag");

@@ -1,7 +1,6 @@
 //! Statistics readers: the records of `GetStats`/`GetAllDomainStats` (libvirt's group and
-//! field names), `GetBlockIOTune` from QMP `query-block`, and what libvirt answers for
-//! the cgroup-backed readers (`GetBlockIOParameters`, `GetSchedulerParameters`,
-//! `SchedulerType`) where this daemon keeps no cgroup of its own.
+//! field names) and `GetBlockIOTune` from QMP `query-block`. The cgroup-backed readers
+//! (`GetBlockIOParameters`, `GetSchedulerParameters`, ...) are `driver::tuning`'s.
 //!
 //! Sources: QMP (`query-blockstats`, `query-block`, `query-cpus-fast`, `query-balloon`)
 //! for what only QEMU knows; `/proc/PID/stat` and `/proc/PID/task/TID/stat` for CPU time;
@@ -298,52 +297,6 @@ pub fn disk_index(def: &DomainDef, disk: &str) -> Result<usize, VirError> {
         .iter()
         .position(|d| d.target_dev == disk || disk_path(d).as_deref() == Some(disk))
         .ok_or_else(|| VirError::invalid_arg(format!("disk '{disk}' was not found in the domain")))
-}
-
-/// libvirt's answer for a cgroup reader of a running domain when the controller is not
-/// available: this daemon places QEMU in no cgroup of its own.
-pub fn no_cgroup(controller: &str) -> VirError {
-    VirError::operation_invalid(format!("cgroup {controller} controller is not mounted"))
-}
-
-/// GetBlockIOParameters of an inactive domain without `<blkiotune>`: libvirt's fields,
-/// all unset.
-pub fn blkio_inactive() -> HashMap<String, OwnedValue> {
-    let mut r = Record::default();
-    r.put("weight", 0u32);
-    for k in [
-        "device_weight",
-        "device_read_iops_sec",
-        "device_write_iops_sec",
-        "device_read_bytes_sec",
-        "device_write_bytes_sec",
-    ] {
-        r.put(k, "");
-    }
-    r.0
-}
-
-/// GetSchedulerParameters of an inactive domain without `<cputune>`: libvirt's fields.
-pub fn sched_inactive() -> HashMap<String, OwnedValue> {
-    let mut r = Record::default();
-    r.put("cpu_shares", 0u64);
-    for k in [
-        "global_period",
-        "vcpu_period",
-        "emulator_period",
-        "iothread_period",
-    ] {
-        r.put(k, 0u64);
-    }
-    for k in [
-        "global_quota",
-        "vcpu_quota",
-        "emulator_quota",
-        "iothread_quota",
-    ] {
-        r.put(k, 0i64);
-    }
-    r.0
 }
 
 /// The counters of `ifname` in `/proc/net/dev` text: rx bytes, packets, errs, drop, then

@@ -128,16 +128,15 @@ fn cache_and_phys_bits(c: &crate::xml::Cpu) -> Result<String> {
 }
 
 /// `<cputune>`, `<memtune>` and `<blkiotune>` as libvirt treats them. Their cgroup
-/// knobs (CPU shares, period and quota, memory limits, block I/O weights) are applied
-/// by libvirt's system daemon through the domain's cgroup and skipped by its session
-/// daemon, which has no cgroup to apply them to; this runtime does the same in
-/// session mode (the definition keeps them) and, placing no cgroups, refuses them in
-/// system mode (`LaunchContext::sandbox`). `vcpupin`, `emulatorpin` and
-/// `iothreadpin` are applied by the runtime (sched_setaffinity, `crate::pinning`), as
-/// libvirt does in both modes; the `*sched` policies are refused by name: not
-/// implemented.
-pub(super) fn tuning(dom: &Domain, ctx: &LaunchContext) -> Result<()> {
-    const CGROUP_ONLY: &[&str] = &[
+/// knobs (CPU shares, periods and quotas, memory limits, block I/O weights) are the
+/// runtime's: applied through the domain's cgroup in system mode (`driver::tuning`),
+/// skipped in session mode, where libvirt's session daemon has no cgroup either.
+/// `min_guarantee` is refused in both, as libvirt refuses it for QEMU. `vcpupin`,
+/// `emulatorpin` and `iothreadpin` are applied by the runtime (sched_setaffinity,
+/// `crate::pinning`), as libvirt does in both modes; the `*sched` policies are refused
+/// by name: not implemented.
+pub(super) fn tuning(dom: &Domain) -> Result<()> {
+    const CGROUP: &[&str] = &[
         "shares",
         "period",
         "quota",
@@ -150,7 +149,6 @@ pub(super) fn tuning(dom: &Domain, ctx: &LaunchContext) -> Result<()> {
         "hard_limit",
         "soft_limit",
         "swap_hard_limit",
-        "min_guarantee",
         "weight",
         "device",
     ];
@@ -166,18 +164,18 @@ pub(super) fn tuning(dom: &Domain, ctx: &LaunchContext) -> Result<()> {
                         .map_err(|_| unsupported("cputune", &c.name, "an invalid cpuset"))?;
                     continue;
                 }
-                if !CGROUP_ONLY.contains(&c.name.as_str()) {
+                if name == "memtune" && c.name == "min_guarantee" {
+                    return Err(unsupported(
+                        "memtune",
+                        "min_guarantee",
+                        "Parameter 'min_guarantee' not supported by QEMU.",
+                    ));
+                }
+                if !CGROUP.contains(&c.name.as_str()) {
                     return Err(unsupported(
                         name,
                         &c.name,
                         "pinning and scheduling are not implemented",
-                    ));
-                }
-                if ctx.sandbox {
-                    return Err(unsupported(
-                        name,
-                        &c.name,
-                        "this runtime places no cgroups (libvirt's system daemon applies it through one)",
                     ));
                 }
             }
@@ -765,8 +763,9 @@ mod tests {
         .unwrap()
     }
 
-    /// Session mode keeps cgroup tunables as libvirt's session daemon does; system
-    /// mode, where libvirt would apply them through a cgroup, refuses them.
+    /// Cgroup tunables pass the command line in both modes (the runtime applies them
+    /// through the domain's cgroup in system mode, skips them in session mode);
+    /// `min_guarantee` is refused in both, as libvirt refuses it for QEMU.
     #[test]
     fn cgroup_tunables_follow_the_mode() {
         let mut d = Domain::parse(
@@ -784,8 +783,19 @@ mod tests {
         ctx.accel = Accel::Kvm;
         assert!(super::super::build(&d, &ctx).is_ok());
         ctx.sandbox = true;
-        let e = super::super::build(&d, &ctx).unwrap_err().to_string();
-        assert!(e.contains("<memtune> 'soft_limit'"), "{e}");
+        assert!(super::super::build(&d, &ctx).is_ok());
+        let mut m = d.clone();
+        for e in m.other.iter_mut().filter(|e| e.name == "memtune") {
+            e.push(common::xml::Element::with_text("min_guarantee", "512"));
+        }
+        for sandbox in [false, true] {
+            ctx.sandbox = sandbox;
+            let e = super::super::build(&m, &ctx).unwrap_err().to_string();
+            assert!(
+                e.contains("Parameter 'min_guarantee' not supported by QEMU."),
+                "{e}"
+            );
+        }
     }
 
     #[test]

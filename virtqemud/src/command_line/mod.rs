@@ -224,7 +224,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     memory::memory(&mut a, dom, ctx)?;
     machine::extras(&mut a, dom)?;
     machine::seclabels(dom)?;
-    machine::tuning(dom, ctx)?;
+    machine::tuning(dom)?;
     machine::clock(&mut a, dom, accel)?;
     monitor(&mut a, ctx)?;
     boot::kernel(&mut a, dom)?;

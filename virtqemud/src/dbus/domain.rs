@@ -403,7 +403,89 @@ impl Domain {
     ) -> Result<TypedParams, BusError> {
         common::access::check(&hdr).await?;
         let dom = self.dom()?;
-        Ok(self.driver.cgroup_parameters(&dom, "blkio", flags)?.into())
+        Ok(self.driver.blkio_parameters(&dom, flags)?.into())
+    }
+
+    #[zbus(name = "SetBlockIOParameters")]
+    async fn set_block_io_parameters(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        params: TypedParams,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self
+            .driver
+            .set_blkio_parameters(&dom, &params, flags)
+            .await?)
+    }
+
+    #[zbus(name = "GetMemoryParameters")]
+    async fn get_memory_parameters(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<TypedParams, BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self.driver.memory_parameters(&dom, flags)?.into())
+    }
+
+    #[zbus(name = "SetMemoryParameters")]
+    async fn set_memory_parameters(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        params: TypedParams,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self
+            .driver
+            .set_memory_parameters(&dom, &params, flags)
+            .await?)
+    }
+
+    #[zbus(name = "SetSchedulerParameters")]
+    async fn set_scheduler_parameters(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        params: TypedParams,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self
+            .driver
+            .set_scheduler_parameters(&dom, &params, flags)
+            .await?)
+    }
+
+    #[zbus(name = "GetNumaParameters")]
+    async fn get_numa_parameters(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<TypedParams, BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self.driver.numa_parameters(&dom, flags)?.into())
+    }
+
+    #[zbus(name = "SetNumaParameters")]
+    async fn set_numa_parameters(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        params: TypedParams,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self
+            .driver
+            .set_numa_parameters(&dom, &params, flags)
+            .await?)
     }
 
     #[zbus(name = "GetSchedulerParameters")]
@@ -414,7 +496,7 @@ impl Domain {
     ) -> Result<TypedParams, BusError> {
         common::access::check(&hdr).await?;
         let dom = self.dom()?;
-        Ok(self.driver.cgroup_parameters(&dom, "CPU", flags)?.into())
+        Ok(self.driver.scheduler_parameters(&dom, flags)?.into())
     }
 
     #[zbus(name = "GetVcpus")]

@@ -142,6 +142,7 @@ impl Publisher {
                                             zvariant::OwnedValue::from(zvariant::Str::from(t))
                                         }
                                         Tuned::Number(n) => zvariant::OwnedValue::from(n),
+                                        Tuned::Signed(n) => zvariant::OwnedValue::from(n),
                                     };
                                     (k, v)
                                 })

@@ -62,6 +62,7 @@ mod settings;
 mod snapshots;
 mod start;
 mod status;
+mod tuning;
 
 pub use blockjobs::parse_job_id as block_job_of;
 pub use domain::Dom;
@@ -262,6 +263,9 @@ pub struct Driver {
     dynamic_ownership: bool,
     /// The emulator's capabilities as last loaded, reused while the binary is unchanged.
     caps: Mutex<Option<Arc<crate::caps::Caps>>>,
+    /// The host's cgroup hierarchy, in system mode (libvirt's session daemon places no
+    /// cgroups).
+    cgroups: Option<crate::cgroup::Cgroups>,
 }
 
 fn io_err(what: &str, path: &Path, e: &std::io::Error) -> VirError {
@@ -315,6 +319,14 @@ impl Driver {
                 crate::security::make_traversable(d)?;
             }
         }
+        let cgroups = system
+            .then(|| crate::cgroup::Cgroups::detect(conf.cgroup_controllers.as_deref()))
+            .flatten();
+        match &cgroups {
+            Some(c) => tracing::info!(kind = c.backend().kind(), "cgroups"),
+            None if system => tracing::warn!("no cgroup controllers mounted: no domain cgroups"),
+            None => {}
+        }
         // Replays what a crash left in the journal before the configs are read.
         let configs = common::journal::Journal::open(&paths.config)?;
         let driver = Arc::new_cyclic(|this| Driver {
@@ -330,6 +342,7 @@ impl Driver {
             run_as,
             dynamic_ownership: conf.dynamic_ownership.unwrap_or(true),
             caps: Mutex::new(None),
+            cgroups,
         });
         driver.load_configs();
         driver.remove_partial_saves();

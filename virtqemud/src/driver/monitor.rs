@@ -186,7 +186,8 @@ impl Driver {
         self.release(
             dom,
             &l.def.dom,
-            Held::all(l.qmp_path, l.owners, l.dynamic_uid),
+            Held::all(l.qmp_path, l.owners, l.dynamic_uid)
+                .with_cgroup(self.cgroup_of(l.id, &l.def.name)),
         )
         .await;
         self.lifecycle(dom, DomainEvent::Stopped(detail)).await;

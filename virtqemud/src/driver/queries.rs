@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use common::error::{check_flags, VirError};
 
-use super::{no_definition, not_running, Dom, Driver, Impact, XmlFlags};
+use super::{no_definition, not_running, Dom, Driver, XmlFlags};
 
 /// `GetControlInfo`'s answer: libvirt's `virDomainControlInfo`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,34 +182,5 @@ impl Driver {
             live: live.as_ref().map(|(pid, q)| (*pid, q)),
         };
         crate::stats::record(&src, groups).await
-    }
-
-    /// GetBlockIOParameters / GetSchedulerParameters: cgroup readers. QEMU runs in no
-    /// cgroup of this daemon's, so a running domain gets libvirt's "not mounted" answer
-    /// and an inactive one the unset defaults of its config.
-    pub fn cgroup_parameters(
-        &self,
-        dom: &Dom,
-        controller: &str,
-        flags: u32,
-    ) -> Result<HashMap<String, zbus::zvariant::OwnedValue>, VirError> {
-        let impact: Impact = common::error::flags(flags)?;
-        if dom.active() && !impact.contains(Impact::CONFIG) {
-            return Err(crate::stats::no_cgroup(controller));
-        }
-        Ok(if controller == "blkio" {
-            crate::stats::blkio_inactive()
-        } else {
-            crate::stats::sched_inactive()
-        })
-    }
-
-    /// The SchedulerType property: libvirt answers ("posix", 9) for an inactive domain
-    /// and needs the cpu cgroup controller for a running one.
-    pub fn scheduler_type(&self, dom: &Dom) -> Result<(String, i32), VirError> {
-        if dom.active() {
-            return Err(crate::stats::no_cgroup("CPU"));
-        }
-        Ok(("posix".into(), 9))
     }
 }

@@ -130,7 +130,8 @@ impl Driver {
             self.release(
                 &dom,
                 &def.dom,
-                Held::all(st.qmp.clone(), st.owners.clone(), st.dynamic_uid),
+                Held::all(st.qmp.clone(), st.owners.clone(), st.dynamic_uid)
+                    .with_cgroup(self.cgroup_of(st.id, &st.name)),
             )
             .await;
             // A save whose image is whole ended the run as a save does.
@@ -239,6 +240,7 @@ impl Driver {
             hostdevs: st.holds_hostdevs,
             nics: st.holds_nics,
             ..Held::all(st.qmp.clone(), st.owners.clone(), st.dynamic_uid)
+                .with_cgroup(self.cgroup_of(st.id, &st.name))
         };
         self.release(dom, &def.dom, held).await;
     }

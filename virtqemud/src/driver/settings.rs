@@ -213,6 +213,8 @@ impl Driver {
                 l.def.ids = ids;
             }
             self.save_status(dom).await;
+            // New vCPU threads start in the emulator group: each to its own.
+            self.regroup_vcpus(dom).await;
             changed?;
         }
         Ok(())

@@ -41,6 +41,8 @@ pub(super) struct Held {
     pub owners: Vec<crate::security::Owner>,
     /// The uid of its own the run got, back to the pool when it ends.
     pub dynamic_uid: Option<u32>,
+    /// Its cgroup, removed when it ends.
+    pub cgroup: Option<crate::cgroup::DomainGroup>,
 }
 
 impl Held {
@@ -56,7 +58,14 @@ impl Held {
             qmp: Some(qmp),
             owners,
             dynamic_uid,
+            cgroup: None,
         }
+    }
+
+    /// With the run's cgroup (named by its id and the domain's name).
+    pub fn with_cgroup(mut self, g: Option<crate::cgroup::DomainGroup>) -> Held {
+        self.cgroup = g;
+        self
     }
 }
 
@@ -172,6 +181,13 @@ impl Driver {
             }
         };
         let mut prepared = Self::prepare_guest(&spawned.qmp, &mut def).await;
+        // Threads to their groups first: a move into a cpuset group resets a thread's
+        // affinity, the pins after it stay.
+        if let (Ok(()), Some(g)) = (&prepared, &held.cgroup) {
+            let t = std::time::Instant::now();
+            prepared = super::tuning::place_threads(g, &spawned.qmp, spawned.pid, &def).await;
+            tracing::info!(domain = %def.name, "threads placed in {:?}", t.elapsed());
+        }
         if prepared.is_ok() {
             prepared = super::settings::apply_pins(&spawned.qmp, spawned.pid, &def).await;
         }
@@ -353,7 +369,17 @@ impl Driver {
             taint_custom_argv(&def.name, id, &log);
         }
         let cpus = pinned_cpus(&def.dom)?;
-        let spawned = process::spawn_keeping(&argv, &log, &keep, &env, user.as_ref(), cpus)
+        // Its cgroup, with the domain-wide knobs, before QEMU exists; QEMU joins it
+        // before exec. The record has the id, so a restart finds the group by name.
+        let t = std::time::Instant::now();
+        self.make_group(&def.dom, id, &def.name, &mut held.cgroup)?;
+        let mut join = Vec::new();
+        if let Some(g) = &held.cgroup {
+            Self::tune_group(g, &def.dom)?;
+            join = g.join_files();
+            tracing::info!(domain = %def.name, "cgroup made and tuned in {:?}", t.elapsed());
+        }
+        let spawned = process::spawn_keeping(&argv, &log, &keep, &env, user.as_ref(), cpus, &join)
             .map_err(|e| {
                 VirError::operation_failed(format!("cannot start QEMU '{}': {e}", argv[0]))
             })
@@ -482,6 +508,10 @@ impl Driver {
         }
         if held.hostdevs {
             crate::hostdevs::reattach(def, mode).await;
+        }
+        // QEMU's threads have left it by now (a few tries while they exit).
+        if let Some(g) = held.cgroup {
+            let _ = tokio::task::spawn_blocking(move || g.remove()).await;
         }
     }
 
