@@ -184,9 +184,17 @@ async fn filters_are_defined_looked_up_listed_and_checked() {
     let p = c.nw_filter_define_xml(NO_PING).await.expect("define");
     let f = s.filter(&p).await;
     let uuid = f.uuid().await.expect("UUID");
-    assert_eq!(p.as_str(), common::objpath::nwfilter(&uuid.parse().expect("uuid")).as_str());
+    assert_eq!(
+        p.as_str(),
+        common::objpath::nwfilter(&uuid.parse().expect("uuid")).as_str()
+    );
     assert_eq!(f.name().await.expect("Name"), "no-ping");
-    assert_eq!(c.nw_filter_lookup_by_name("no-ping").await.expect("by name"), p);
+    assert_eq!(
+        c.nw_filter_lookup_by_name("no-ping")
+            .await
+            .expect("by name"),
+        p
+    );
     assert_eq!(c.nw_filter_lookup_by_uuid(&uuid).await.expect("by uuid"), p);
     let xml = f.get_xml_desc(0).await.expect("xml");
     assert!(xml.contains("<icmp type='8'/>"), "{xml}");
@@ -201,7 +209,9 @@ async fn filters_are_defined_looked_up_listed_and_checked() {
     );
     assert_eq!(
         err_text(c.nw_filter_define_xml(&other).await),
-        format!("org.libvirt.Error: operation failed: filter 'no-ping' already exists with uuid {uuid}")
+        format!(
+            "org.libvirt.Error: operation failed: filter 'no-ping' already exists with uuid {uuid}"
+        )
     );
 
     // Every bad attribute is named.
@@ -250,7 +260,10 @@ async fn a_bound_filter_drops_what_it_says_until_redefined_or_unbound() {
     let s = setup().await;
     let guest = NetNs::new().expect("guest netns");
     s.topology(&guest, "vm0");
-    assert!(ping_passes(&guest), "no filter yet: the guest reaches the host");
+    assert!(
+        ping_passes(&guest),
+        "no filter yet: the guest reaches the host"
+    );
 
     let c = s.connect().await;
     let b = s.bindings().await;
@@ -261,7 +274,12 @@ async fn a_bound_filter_drops_what_it_says_until_redefined_or_unbound() {
         .expect("bind");
     assert_eq!(bp.as_str(), "/org/libvirt/QEMU/nwfilterbinding/vm0");
     let table = s.table();
-    for chain in ["chain I-vm0 ", "chain O-vm0 ", "chain FI-vm0 ", "chain FO-vm0 "] {
+    for chain in [
+        "chain I-vm0 ",
+        "chain O-vm0 ",
+        "chain FI-vm0 ",
+        "chain FO-vm0 ",
+    ] {
         assert!(table.contains(chain), "{chain} missing:\n{table}");
     }
     assert!(table.contains("icmp type echo-request drop"), "{table}");
@@ -275,7 +293,10 @@ async fn a_bound_filter_drops_what_it_says_until_redefined_or_unbound() {
         .await
         .expect("binding xml")
         .contains("<filterref filter='no-ping'/>"));
-    assert_eq!(b.list_nwfilter_bindings(0).await.expect("list"), vec![bp.clone()]);
+    assert_eq!(
+        b.list_nwfilter_bindings(0).await.expect("list"),
+        vec![bp.clone()]
+    );
     assert_eq!(
         err_text(
             b.nwfilter_binding_create_xml(&binding_xml("vm0", GUEST_MAC, "no-ping", &[]), 0)
@@ -294,7 +315,9 @@ async fn a_bound_filter_drops_what_it_says_until_redefined_or_unbound() {
     );
     c.nw_filter_define_xml(PING_OK).await.expect("redefine");
     assert!(ping_passes(&guest), "the redefined filter accepts the ping");
-    c.nw_filter_define_xml(NO_PING).await.expect("redefine back");
+    c.nw_filter_define_xml(NO_PING)
+        .await
+        .expect("redefine back");
     assert!(!ping(&guest), "and drops it again");
 
     binding.delete().await.expect("unbind");
@@ -319,7 +342,9 @@ async fn clean_traffic_drops_a_spoofed_source_ip_and_mac() {
         b.nwfilter_binding_create_xml(&binding_xml("vm0", GUEST_MAC, "clean-traffic", &[]), 0)
             .await
     )
-    .contains("Cannot instantiate filter due to unresolvable variables or unavailable list elements: IP"));
+    .contains(
+        "Cannot instantiate filter due to unresolvable variables or unavailable list elements: IP"
+    ));
     let xml = binding_xml("vm0", GUEST_MAC, "clean-traffic", &[("IP", "10.77.0.2")]);
     b.nwfilter_binding_create_xml(&xml, 0).await.expect("bind");
     let table = s.table();
@@ -328,12 +353,16 @@ async fn clean_traffic_drops_a_spoofed_source_ip_and_mac() {
     assert!(ping_passes(&guest), "clean traffic passes");
 
     let peer = "vm0g";
-    guest.run_ok(&["ip", "addr", "flush", "dev", peer]).expect("flush");
+    guest
+        .run_ok(&["ip", "addr", "flush", "dev", peer])
+        .expect("flush");
     guest
         .run_ok(&["ip", "addr", "add", "10.77.0.3/24", "dev", peer])
         .expect("spoof ip");
     assert!(!ping(&guest), "a spoofed source IP is dropped");
-    guest.run_ok(&["ip", "addr", "flush", "dev", peer]).expect("flush");
+    guest
+        .run_ok(&["ip", "addr", "flush", "dev", peer])
+        .expect("flush");
     guest
         .run_ok(&["ip", "addr", "add", "10.77.0.2/24", "dev", peer])
         .expect("own ip");
@@ -370,7 +399,10 @@ async fn a_restart_after_kill9_rebuilds_live_taps_and_drops_gone_ones() {
     s.ip(&["link", "del", "vm1"]);
     s.ns.run_ok(&["nft", "delete", "table", "bridge", TABLE])
         .expect("flush");
-    assert!(ping_passes(&guest), "nothing filters while the table is gone");
+    assert!(
+        ping_passes(&guest),
+        "nothing filters while the table is gone"
+    );
     // A new tap takes the gone one's name: it must not inherit its filter.
     let third = NetNs::new().expect("third guest");
     s.port(&third, "vm1", "52:54:00:aa:bb:03", "10.77.0.5/24");
@@ -382,13 +414,21 @@ async fn a_restart_after_kill9_rebuilds_live_taps_and_drops_gone_ones() {
         .await
         .expect("restart");
     let table = s.table();
-    assert!(table.contains("chain I-vm0 "), "vm0 is filtered again:\n{table}");
-    assert!(!table.contains("I-vm1"), "no rule for the gone vm1:\n{table}");
+    assert!(
+        table.contains("chain I-vm0 "),
+        "vm0 is filtered again:\n{table}"
+    );
+    assert!(
+        !table.contains("I-vm1"),
+        "no rule for the gone vm1:\n{table}"
+    );
     assert!(!ping(&guest), "vm0's filter holds after the restart");
     let b = s.bindings().await;
     let left = b.list_nwfilter_bindings(0).await.expect("list");
     assert_eq!(
-        left.iter().map(|p| p.as_str().to_owned()).collect::<Vec<_>>(),
+        left.iter()
+            .map(|p| p.as_str().to_owned())
+            .collect::<Vec<_>>(),
         ["/org/libvirt/QEMU/nwfilterbinding/vm0"]
     );
     let ping3 = third
