@@ -436,3 +436,143 @@ async fn a_restart_after_kill9_rebuilds_live_taps_and_drops_gone_ones() {
         .expect("ping");
     assert!(ping3.status.success(), "the new vm1 is not filtered");
 }
+
+/// The daemon killed at a random point while a worker binds, unbinds and redefines,
+/// and sometimes a tap replaced (same name, new ifindex) while it is dead: after every
+/// restart the table has chains exactly for the bindings listed, every listed tap is
+/// the link it was bound to, and a replaced tap is bound no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_storm_leaves_rules_exactly_for_live_bound_taps() {
+    let rounds: u64 = std::env::var("VIRT_CHAOS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let mut s = setup().await;
+    let taps = ["st0", "st1", "st2", "st3"];
+    for t in taps {
+        s.ip(&[
+            "link",
+            "add",
+            t,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{t}p"),
+        ]);
+    }
+    s.connect()
+        .await
+        .nw_filter_define_xml(NO_PING)
+        .await
+        .expect("define");
+    let mut seed: u64 = 0x6e77_6b39;
+    let mut next = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let (mut cut, mut replaced) = (0, 0);
+    for round in 0..rounds {
+        let conn = s.conn.clone();
+        let ops: Vec<u64> = (0..64).map(|_| next(8)).collect();
+        let worker = tokio::spawn(async move {
+            let c = NetworkConnectProxy::new(&conn).await.ok()?;
+            let b = NWFilterBindingsProxy::new(&conn).await.ok()?;
+            for op in ops {
+                let tap = ["st0", "st1", "st2", "st3"][(op % 4) as usize];
+                let _ = match op {
+                    0..=3 => b
+                        .nwfilter_binding_create_xml(
+                            &binding_xml(tap, GUEST_MAC, "no-ping", &[]),
+                            0,
+                        )
+                        .await
+                        .map(|_| ()),
+                    4..=6 => match b.nwfilter_binding_lookup_by_port_dev(tap).await {
+                        Ok(p) => match NWFilterBindingProxy::builder(&conn).path(p) {
+                            Ok(pb) => match pb.build().await {
+                                Ok(px) => px.delete().await,
+                                Err(e) => Err(e),
+                            },
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(e),
+                    },
+                    _ => c
+                        .nw_filter_define_xml(if round % 2 == 0 { NO_PING } else { PING_OK })
+                        .await
+                        .map(|_| ()),
+                };
+            }
+            Some(())
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(next(30))).await;
+        s.daemon.kill9();
+        if !worker.is_finished() {
+            cut += 1;
+        }
+        worker.abort();
+        let gone = if next(3) == 0 {
+            let t = taps[next(4) as usize];
+            s.ip(&["link", "del", t]);
+            s.ip(&[
+                "link",
+                "add",
+                t,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("{t}p"),
+            ]);
+            replaced += 1;
+            Some(t)
+        } else {
+            None
+        };
+        let mut tries = 0;
+        s.daemon = loop {
+            match s.daemon.restart_builder().spawn(&s.bus).await {
+                Ok(d) => break d,
+                Err(e) if tries < 40 && e.to_string().contains("already running") => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("restart: {e}"),
+            }
+        };
+        let listed: Vec<String> = s
+            .bindings()
+            .await
+            .list_nwfilter_bindings(0)
+            .await
+            .expect("list")
+            .iter()
+            .filter_map(|p| p.as_str().rsplit('/').next())
+            .filter_map(common::objpath::decode_str)
+            .collect();
+        let table = s.table();
+        for t in taps {
+            assert_eq!(
+                table.contains(&format!("chain I-{t} ")),
+                listed.iter().any(|l| l == t),
+                "round {round}: {t} listed {listed:?}, table:\n{table}"
+            );
+        }
+        let jumps = table.matches("jump I-").count();
+        assert_eq!(
+            jumps,
+            listed.len(),
+            "round {round}: one jump per binding:\n{table}"
+        );
+        if let Some(t) = gone {
+            assert!(
+                !listed.iter().any(|l| l == t),
+                "round {round}: replaced {t} still bound"
+            );
+        }
+    }
+    eprintln!("{rounds} kills, {cut} cut the worker mid-way, {replaced} taps replaced while dead");
+}
