@@ -21,5 +21,6 @@ pub async fn start(ctx: common::Context) -> anyhow::Result<Arc<Driver>> {
     driver.load().await;
     driver.ifaces.load().await;
     driver.nwfilters.load().await;
+    driver.nwfilters.watch();
     Ok(driver)
 }

@@ -284,6 +284,19 @@ async fn a_bound_filter_drops_what_it_says_until_redefined_or_unbound() {
     }
     assert!(table.contains("icmp type echo-request drop"), "{table}");
     assert!(!ping(&guest), "the icmp drop rule stops the ping");
+    // Someone deletes our table while the daemon runs: it is put back at once.
+    s.ns.run_ok(&["nft", "delete", "table", "bridge", TABLE])
+        .expect("delete table");
+    let mut healed = false;
+    for _ in 0..100 {
+        if s.table().contains("chain I-vm0 ") {
+            healed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    assert!(healed, "the table comes back:\n{}", s.table());
+    assert!(!ping(&guest), "and drops the ping again");
 
     let binding = s.binding(&bp).await;
     assert_eq!(binding.port_dev().await.expect("PortDev"), "vm0");

@@ -233,15 +233,73 @@ impl NwFilters {
             .ok_or_else(|| FilterError::NoUuid(uuid.to_owned()))
     }
 
-    /// Applies the rules of `bindings` with `filters`; nothing is kept unless it
-    /// applies.
-    fn apply(
+    /// Applies the rules of `bindings` with `filters` (nft off the async threads).
+    async fn apply(
         &self,
         filters: &BTreeMap<String, Filter>,
         bindings: &BTreeMap<String, Bound>,
     ) -> Result<()> {
         let insts = instances(filters, bindings)?;
-        rules::apply(&insts).map_err(FilterError::Firewall)
+        match tokio::task::spawn_blocking(move || rules::apply(&insts)).await {
+            Ok(r) => r.map_err(FilterError::Firewall),
+            Err(e) => Err(FilterError::Firewall(e.to_string())),
+        }
+    }
+
+    /// Puts the table back when someone flushed or deleted any of it: the watcher's
+    /// answer to a deletion in our table. Our own transactions (which delete and re-add
+    /// the table) find it intact and change nothing, so this never loops.
+    pub async fn heal(&self) -> Result<()> {
+        let _job = self.job.lock().await;
+        let bindings = self.live_bindings().await;
+        let filters = lock(&self.filters).clone();
+        let insts = instances(&filters, &bindings)?;
+        let intact = match tokio::task::spawn_blocking(move || rules::intact(&insts)).await {
+            Ok(r) => r.map_err(FilterError::Firewall)?,
+            Err(e) => return Err(FilterError::Firewall(e.to_string())),
+        };
+        if !intact {
+            tracing::warn!("network filter rules were changed behind our back; putting them back");
+            self.apply(&filters, &bindings).await?;
+        }
+        Ok(())
+    }
+
+    /// Watches our table (firewall::watch, as the network tables are watched) and
+    /// heals it after a deletion, once changes settle.
+    pub fn watch(self: &Arc<Self>) {
+        const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
+        const TABLES: &[&str] = &[rules::TABLE];
+        let mut watch = match crate::firewall::watch::NftWatch::open() {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("cannot watch nftables changes ({e}); flushed filter rules are only put back at the next change or start");
+                return;
+            }
+        };
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                match watch.next(TABLES).await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::error!("nftables watch failed: {e}");
+                        return;
+                    }
+                }
+                while let Ok(r) = tokio::time::timeout(SETTLE, watch.next(TABLES)).await {
+                    if let Err(e) = r {
+                        tracing::error!("nftables watch failed: {e}");
+                        return;
+                    }
+                }
+                let Some(f) = me.upgrade() else { return };
+                if let Err(e) = f.heal().await {
+                    tracing::error!("cannot put network filter rules back: {e}");
+                }
+            }
+        });
     }
 
     /// Stores a definition (replacing the one of that name). A redefinition that
@@ -271,7 +329,7 @@ impl NwFilters {
         filters.insert(def.name.clone(), def.clone());
         let bindings = self.live_bindings().await;
         if !bindings.is_empty() {
-            self.apply(&filters, &bindings)?;
+            self.apply(&filters, &bindings).await?;
         }
         let (path, data) = (self.def_path(&def.name), def.to_xml());
         blocking(
@@ -377,7 +435,7 @@ impl NwFilters {
             common::persist::write_atomic(&path, &data, 0o600)
         })
         .await?;
-        if let Err(e) = self.apply(&filters, &bindings) {
+        if let Err(e) = self.apply(&filters, &bindings).await {
             let path = self.binding_path(&tap);
             let _ = blocking(String::new(), move || {
                 common::persist::remove_durable(&path)
@@ -404,7 +462,7 @@ impl NwFilters {
         let mut bindings = self.live_bindings().await;
         bindings.remove(tap);
         let filters = lock(&self.filters).clone();
-        self.apply(&filters, &bindings)?;
+        self.apply(&filters, &bindings).await?;
         if lock(&self.bindings).remove(tap).is_some() {
             let path = self.binding_path(tap);
             blocking(format!("cannot remove the binding of '{tap}'"), move || {
@@ -461,7 +519,7 @@ impl NwFilters {
                 .send(FilterChange::BindingAdded(tap.clone()))
                 .await;
         }
-        if let Err(e) = self.apply(&filters, &live) {
+        if let Err(e) = self.apply(&filters, &live).await {
             tracing::error!("cannot rebuild the network filter rules: {e}");
         }
     }

@@ -711,6 +711,34 @@ pub fn batch(insts: &[Instance]) -> Result<nftables::schema::Nftables<'static>, 
     Ok(b.to_nftables())
 }
 
+/// (chains, rules) `commands(insts)` makes in our table; (0, 0) when it makes none.
+pub fn expected_counts(insts: &[Instance]) -> (usize, usize) {
+    let cmds = commands(insts);
+    let of = |kind: &str| {
+        cmds.iter()
+            .filter(|c| c.get("add").and_then(|a| a.get(kind)).is_some())
+            .count()
+    };
+    (of("chain"), of("rule"))
+}
+
+/// True when the kernel's table is still what `apply(insts)` made (nothing of it
+/// flushed or deleted by someone else).
+pub fn intact(insts: &[Instance]) -> Result<bool, String> {
+    let want = expected_counts(insts);
+    let args = ["list", "table", "bridge", TABLE];
+    let text =
+        match nftables::helper::get_current_ruleset_raw(nftables::helper::DEFAULT_NFT, args.iter())
+        {
+            Ok(t) => t,
+            // nft fails when the table does not exist.
+            Err(nftables::helper::NftablesError::NftFailed { .. }) => return Ok(want == (0, 0)),
+            Err(e) => return Err(e.to_string()),
+        };
+    let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    Ok(crate::firewall::nft::counts(&v) == want)
+}
+
 /// Applies `commands(insts)` as one nft transaction.
 pub fn apply(insts: &[Instance]) -> Result<(), String> {
     let b = batch(insts)?;
