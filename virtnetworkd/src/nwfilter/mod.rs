@@ -381,6 +381,12 @@ impl NwFilters {
     /// The bindings whose tap is still the one they were made for; the others are
     /// dropped (their files removed, their objects unserved). Called under the job.
     async fn live_bindings(&self) -> BTreeMap<String, Bound> {
+        self.prune().await.0
+    }
+
+    /// [`live_bindings`](Self::live_bindings), and whether any was dropped (its
+    /// chains may then still be in the table: only a rebuild takes them out).
+    async fn prune(&self) -> (BTreeMap<String, Bound>, bool) {
         let all = lock(&self.bindings).clone();
         let (live, gone): (BTreeMap<_, _>, BTreeMap<_, _>) = all
             .into_iter()
@@ -400,7 +406,39 @@ impl NwFilters {
                 .send(FilterChange::BindingRemoved(tap.clone()))
                 .await;
         }
-        live
+        (live, !gone.is_empty())
+    }
+
+    /// One tap's rules added to (or taken from) the table in a transaction of its own
+    /// when the table holds exactly the other bindings; else, or when that fails (the
+    /// table flushed meanwhile), the whole table rebuilt.
+    async fn apply_one(
+        &self,
+        filters: &BTreeMap<String, Filter>,
+        bindings: &BTreeMap<String, Bound>,
+        tap: &Bound,
+        add: bool,
+        incremental: bool,
+    ) -> Result<()> {
+        if incremental {
+            let lookup = |n: &str| filters.get(n).cloned();
+            let mut inst = rules::instantiate(&tap.def, &lookup)?;
+            inst.ifindex = tap.ifindex;
+            let r = tokio::task::spawn_blocking(move || {
+                if add {
+                    rules::apply_add(&inst)
+                } else {
+                    rules::apply_remove(&inst)
+                }
+            })
+            .await;
+            match r {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => tracing::warn!("rebuilding the filter table: {e}"),
+                Err(e) => tracing::warn!("rebuilding the filter table: {e}"),
+            }
+        }
+        self.apply(filters, bindings).await
     }
 
     /// Binds a filter to a tap: the runtime file first (so a restart knows the tap
@@ -410,10 +448,11 @@ impl NwFilters {
         let def = Binding::from_xml(text)?;
         let tap = def.portdev.clone();
         let _job = self.job.lock().await;
-        let mut bindings = self.live_bindings().await;
+        let (mut bindings, pruned) = self.prune().await;
         if bindings.contains_key(&tap) {
             return Err(FilterError::BindingExists(tap));
         }
+        let incremental = !pruned && !bindings.is_empty();
         let idx = ifindex(&tap).ok_or_else(|| FilterError::NoTap(tap.clone()))?;
         let filters = lock(&self.filters).clone();
         bindings.insert(
@@ -435,7 +474,14 @@ impl NwFilters {
             common::persist::write_atomic(&path, &data, 0o600)
         })
         .await?;
-        if let Err(e) = self.apply(&filters, &bindings).await {
+        let bound = Bound {
+            ifindex: idx,
+            def: def.clone(),
+        };
+        if let Err(e) = self
+            .apply_one(&filters, &bindings, &bound, true, incremental)
+            .await
+        {
             let path = self.binding_path(&tap);
             let _ = blocking(String::new(), move || {
                 common::persist::remove_durable(&path)
@@ -459,10 +505,17 @@ impl NwFilters {
         if !lock(&self.bindings).contains_key(tap) {
             return Err(FilterError::NoBinding(tap.to_owned()));
         }
-        let mut bindings = self.live_bindings().await;
-        bindings.remove(tap);
+        let (mut bindings, pruned) = self.prune().await;
         let filters = lock(&self.filters).clone();
-        self.apply(&filters, &bindings).await?;
+        match bindings.remove(tap) {
+            Some(b) => {
+                let incremental = !pruned && !bindings.is_empty();
+                self.apply_one(&filters, &bindings, &b, false, incremental)
+                    .await?
+            }
+            // Its tap went: dropped with its rules already by the rebuild below.
+            None => self.apply(&filters, &bindings).await?,
+        }
         if lock(&self.bindings).remove(tap).is_some() {
             let path = self.binding_path(tap);
             blocking(format!("cannot remove the binding of '{tap}'"), move || {
@@ -508,6 +561,9 @@ impl NwFilters {
             }
         };
         *lock(&self.filters) = filters.clone();
+        // No binding on disk: nothing of ours can be in the kernel worth an nft run
+        // (a start stays free of nft, as a daemon without networks is).
+        let any = !bindings.is_empty();
         *lock(&self.bindings) = bindings;
         for f in filters.values() {
             self.outbox.send(FilterChange::Added(f.uuid)).await;
@@ -518,6 +574,9 @@ impl NwFilters {
             self.outbox
                 .send(FilterChange::BindingAdded(tap.clone()))
                 .await;
+        }
+        if !any {
+            return;
         }
         if let Err(e) = self.apply(&filters, &live).await {
             tracing::error!("cannot rebuild the network filter rules: {e}");

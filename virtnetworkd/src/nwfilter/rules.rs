@@ -643,7 +643,86 @@ pub fn chain_names(tap: &str) -> [(String, String); 2] {
     ]
 }
 
-/// The commands of one transaction that makes our table exactly `insts`' rules.
+fn map_name(base: &str) -> String {
+    format!("{base}-map")
+}
+
+/// A tap's root chains by base chain: (base, chain, layer-2 side or None for 3/4).
+fn roots(i: &Instance) -> [(&'static str, String, &Side, bool); 4] {
+    let [(l2_in, ip_in), (l2_out, ip_out)] = chain_names(&i.tap);
+    [
+        ("l2-in", l2_in, &i.from_vm, true),
+        ("l2-out", l2_out, &i.to_vm, true),
+        ("ip-in", ip_in, &i.from_vm, false),
+        ("ip-out", ip_out, &i.to_vm, false),
+    ]
+}
+
+fn element(op: &str, base: &str, elem: Value) -> Value {
+    json!({op: {"element": {"family": "bridge", "table": TABLE, "name": map_name(base),
+        "elem": [elem]}}})
+}
+
+/// Adds one tap's chains and rules, then its entries in the base chains' verdict maps
+/// (ifindex -> jump to its root chain), which make them live.
+pub fn tap_add(i: &Instance) -> Vec<Value> {
+    let mut cmds = Vec::new();
+    for (base, root, side, layer2) in roots(i) {
+        cmds.push(add_chain(&root));
+        if layer2 {
+            for (sub, rules) in &side.subs {
+                let name = format!("{root}-{sub}");
+                cmds.push(add_chain(&name));
+                for (_, e) in rules {
+                    cmds.push(add_rule(&name, e.clone()));
+                }
+            }
+            for (_, item) in &side.root {
+                cmds.push(match item {
+                    Item::Rule(e) => add_rule(&root, e.clone()),
+                    Item::Jump(sub) => {
+                        let mut e: Vec<Value> =
+                            chain_kind(sub).and_then(chain_match).into_iter().collect();
+                        e.push(json!({"jump": {"target": format!("{root}-{sub}")}}));
+                        add_rule(&root, e)
+                    }
+                });
+            }
+        } else {
+            for (_, e) in &side.ip {
+                cmds.push(add_rule(&root, e.clone()));
+            }
+        }
+        cmds.push(element(
+            "add",
+            base,
+            json!([i.ifindex, {"jump": {"target": root}}]),
+        ));
+    }
+    cmds
+}
+
+/// Takes one tap's rules out: its map entries first (nothing jumps to its chains any
+/// more), then its chains emptied and deleted.
+pub fn tap_remove(i: &Instance) -> Vec<Value> {
+    let mut cmds = Vec::new();
+    let mut chains = Vec::new();
+    for (base, root, side, layer2) in roots(i) {
+        cmds.push(element("delete", base, json!(i.ifindex)));
+        if layer2 {
+            chains.extend(side.subs.keys().map(|sub| format!("{root}-{sub}")));
+        }
+        chains.push(root);
+    }
+    let chain = |op: &str, name: &str| json!({op: {"chain": {"family": "bridge", "table": TABLE, "name": name}}});
+    cmds.extend(chains.iter().map(|c| chain("flush", c)));
+    cmds.extend(chains.iter().map(|c| chain("delete", c)));
+    cmds
+}
+
+/// The commands of one transaction that makes our table exactly `insts`' rules: the
+/// base chains, each with one verdict-map rule (`meta iif vmap @BASE-map`), and every
+/// tap's chains and map entries.
 pub fn commands(insts: &[Instance]) -> Vec<Value> {
     // add-then-delete: removes the table whether or not it exists, atomically.
     let mut cmds = vec![
@@ -655,71 +734,57 @@ pub fn commands(insts: &[Instance]) -> Vec<Value> {
     }
     cmds.push(json!({"add": {"table": {"family": "bridge", "name": TABLE}}}));
     for (name, hook, prio) in BASES {
+        cmds.push(json!({"add": {"map": {"family": "bridge", "table": TABLE,
+            "name": map_name(name), "type": "iface_index", "map": "verdict"}}}));
         cmds.push(
             json!({"add": {"chain": {"family": "bridge", "table": TABLE, "name": name,
             "type": "filter", "hook": hook, "prio": prio, "policy": "accept"}}}),
         );
+        let key = if hook == &"prerouting" { "iif" } else { "oif" };
+        cmds.push(add_rule(
+            name,
+            vec![json!({"vmap": {"key": {"meta": {"key": key}}, "data": format!("@{}", map_name(name))}})],
+        ));
     }
     for i in insts {
-        let [(l2_in, ip_in), (l2_out, ip_out)] = chain_names(&i.tap);
-        for (side, key, (l2base, l2), (ipbase, ip)) in [
-            (&i.from_vm, "iif", ("l2-in", l2_in), ("ip-in", ip_in)),
-            (&i.to_vm, "oif", ("l2-out", l2_out), ("ip-out", ip_out)),
-        ] {
-            let dev = m(json!({"meta": {"key": key}}), "==", json!(i.ifindex));
-            cmds.push(add_chain(&l2));
-            for (sub, rules) in &side.subs {
-                let name = format!("{l2}-{sub}");
-                cmds.push(add_chain(&name));
-                for (_, e) in rules {
-                    cmds.push(add_rule(&name, e.clone()));
-                }
-            }
-            for (_, item) in &side.root {
-                cmds.push(match item {
-                    Item::Rule(e) => add_rule(&l2, e.clone()),
-                    Item::Jump(sub) => {
-                        let mut e: Vec<Value> =
-                            chain_kind(sub).and_then(chain_match).into_iter().collect();
-                        e.push(json!({"jump": {"target": format!("{l2}-{sub}")}}));
-                        add_rule(&l2, e)
-                    }
-                });
-            }
-            cmds.push(add_rule(
-                l2base,
-                vec![dev.clone(), json!({"jump": {"target": l2}})],
-            ));
-            cmds.push(add_chain(&ip));
-            for (_, e) in &side.ip {
-                cmds.push(add_rule(&ip, e.clone()));
-            }
-            cmds.push(add_rule(ipbase, vec![dev, json!({"jump": {"target": ip}})]));
-        }
+        cmds.extend(tap_add(i));
     }
     cmds
 }
 
-/// The batch for `insts`, typed by the nftables crate's schema.
-pub fn batch(insts: &[Instance]) -> Result<nftables::schema::Nftables<'static>, String> {
-    let mut b = nftables::batch::Batch::new();
-    for c in commands(insts) {
-        let cmd: nftables::schema::NfCmd<'static> =
-            serde_json::from_value(c.clone()).map_err(|e| format!("{e}: {c}"))?;
-        b.add_cmd(cmd);
-    }
-    Ok(b.to_nftables())
+/// Verdict maps and their elements: nftables 0.6's schema has no `verdict` or
+/// `iface_index` set types, so these commands go to nft as JSON unchecked by it.
+fn is_map_cmd(c: &Value) -> bool {
+    ["add", "delete"].iter().any(|op| {
+        c.get(op)
+            .is_some_and(|o| o.get("map").is_some() || o.get("element").is_some())
+    })
 }
 
-/// (chains, rules) `commands(insts)` makes in our table; (0, 0) when it makes none.
-pub fn expected_counts(insts: &[Instance]) -> (usize, usize) {
+/// The JSON of one transaction, every command but the map ones checked by the
+/// nftables crate's schema.
+pub fn payload(cmds: Vec<Value>) -> Result<String, String> {
+    for c in cmds.iter().filter(|c| !is_map_cmd(c)) {
+        serde_json::from_value::<nftables::schema::NfCmd<'static>>(c.clone())
+            .map_err(|e| format!("{e}: {c}"))?;
+    }
+    Ok(json!({ "nftables": cmds }).to_string())
+}
+
+/// The transaction for `insts`, checked.
+pub fn batch(insts: &[Instance]) -> Result<String, String> {
+    payload(commands(insts))
+}
+
+/// (chains, rules, map entries) `commands(insts)` makes; all 0 when it makes none.
+pub fn expected_counts(insts: &[Instance]) -> (usize, usize, usize) {
     let cmds = commands(insts);
     let of = |kind: &str| {
         cmds.iter()
             .filter(|c| c.get("add").and_then(|a| a.get(kind)).is_some())
             .count()
     };
-    (of("chain"), of("rule"))
+    (of("chain"), of("rule"), of("element"))
 }
 
 /// True when the kernel's table is still what `apply(insts)` made (nothing of it
@@ -732,18 +797,47 @@ pub fn intact(insts: &[Instance]) -> Result<bool, String> {
         {
             Ok(t) => t,
             // nft fails when the table does not exist.
-            Err(nftables::helper::NftablesError::NftFailed { .. }) => return Ok(want == (0, 0)),
+            Err(nftables::helper::NftablesError::NftFailed { .. }) => return Ok(want == (0, 0, 0)),
             Err(e) => return Err(e.to_string()),
         };
     let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    Ok(crate::firewall::nft::counts(&v) == want)
+    let (chains, rules) = crate::firewall::nft::counts(&v);
+    let elems: usize = v
+        .get("nftables")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.get("map")?.get("elem")?.as_array().map(Vec::len))
+                .sum()
+        })
+        .unwrap_or(0);
+    Ok((chains, rules, elems) == want)
 }
 
-/// Applies `commands(insts)` as one nft transaction.
+fn run(payload: &str) -> Result<(), String> {
+    nftables::helper::apply_ruleset_raw(
+        payload,
+        nftables::helper::DEFAULT_NFT,
+        std::iter::empty::<&str>(),
+    )
+    .map(|_| ())
+    .map_err(|e| format!("cannot apply network filter rules: {e}"))
+}
+
+/// Rebuilds the whole table for `insts` as one nft transaction.
 pub fn apply(insts: &[Instance]) -> Result<(), String> {
-    let b = batch(insts)?;
-    nftables::helper::apply_ruleset(&b)
-        .map_err(|e| format!("cannot apply network filter rules: {e}"))
+    run(&batch(insts)?)
+}
+
+/// Adds one tap to a table that holds the others already (one transaction).
+pub fn apply_add(i: &Instance) -> Result<(), String> {
+    run(&payload(tap_add(i))?)
+}
+
+/// Takes one tap out of the table (one transaction).
+pub fn apply_remove(i: &Instance) -> Result<(), String> {
+    run(&payload(tap_remove(i))?)
 }
 
 #[cfg(test)]
@@ -879,6 +973,43 @@ mod tests {
             e.to_string(),
             "attribute 'state' of <tcp> is not supported by the nftables backend"
         );
+    }
+
+    #[test]
+    fn a_tap_is_removed_exactly_as_it_was_added() {
+        let f = standard();
+        let mut i = inst(&f, &binding("clean-traffic", &[("IP", "10.0.0.2")])).unwrap();
+        i.ifindex = 7;
+        let names = |cmds: &[Value], op: &str, kind: &str| -> Vec<String> {
+            let mut v: Vec<String> = cmds
+                .iter()
+                .filter_map(|c| c.get(op)?.get(kind))
+                .map(|o| o.get("name").map_or_else(String::new, |n| n.to_string()))
+                .collect();
+            v.sort();
+            v
+        };
+        let (add, remove) = (tap_add(&i), tap_remove(&i));
+        assert_eq!(
+            names(&add, "add", "chain"),
+            names(&remove, "delete", "chain")
+        );
+        assert_eq!(
+            names(&add, "add", "chain"),
+            names(&remove, "flush", "chain")
+        );
+        assert_eq!(names(&add, "add", "element").len(), 4);
+        assert_eq!(names(&remove, "delete", "element").len(), 4);
+        // Nothing jumps to a chain once it is deleted: the map entries go first.
+        let first_chain_op = remove
+            .iter()
+            .position(|c| c.get("flush").is_some())
+            .unwrap();
+        assert!(remove[..first_chain_op].iter().all(is_map_cmd));
+        payload(add).unwrap();
+        payload(remove).unwrap();
+        assert_eq!(expected_counts(&[i.clone()]).2, 4);
+        assert_eq!(expected_counts(&[]), (0, 0, 0));
     }
 
     #[test]
