@@ -1,5 +1,6 @@
 //! A guest NIC's `<filterref>`: virtqemud binds the filter to the NIC's tap through
-//! virtnetworkd when the domain starts and unbinds it when it stops. A tiny guest on a
+//! virtnetworkd when the domain starts or the NIC is plugged, and unbinds it when the
+//! domain stops or the NIC is unplugged. A tiny guest on a
 //! NAT network (its lease from dnsmasq) is pinged from the host's namespace; the filter
 //! decides whether the ping reaches it. Everything runs in a namespace the test makes.
 
@@ -36,7 +37,7 @@ fn table(ns: &NetNs) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nic_filter_is_bound_at_start_follows_redefinition_and_goes_at_stop() {
+async fn a_nic_filter_is_bound_at_start_and_hotplug_follows_redefinition_and_goes_at_stop() {
     let bus = TestBus::start().expect("bus");
     let ns = NetNs::new().expect("netns");
     let _net = Daemon::builder(sibling_daemon("virtnetworkd"), "virtnetworkd")
@@ -151,6 +152,43 @@ async fn a_nic_filter_is_bound_at_start_follows_redefinition_and_goes_at_stop() 
         .await
         .expect("redefine back");
     assert!((0..5).any(|_| ping(&ns, &ip)), "accepted again");
+
+    // Hotplug: a second NIC with a filter is bound when attached, unbound when the
+    // guest lets it go.
+    let nic = "<interface type='bridge'><mac address='52:54:00:93:00:08'/>\
+               <source bridge='vfbr0'/><model type='virtio'/>\
+               <filterref filter='guard'/></interface>";
+    d.attach_device(nic, 0).await.expect("attach");
+    assert_eq!(
+        bindings
+            .list_nwfilter_bindings(0)
+            .await
+            .expect("list")
+            .len(),
+        2,
+        "the plugged NIC's tap is bound"
+    );
+    d.detach_device(nic, 0).await.expect("detach");
+    let mut left = 2;
+    for _ in 0..300 {
+        left = bindings
+            .list_nwfilter_bindings(0)
+            .await
+            .expect("list")
+            .len();
+        if left == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 1, "the unplugged NIC's binding goes");
+    assert!(
+        bindings
+            .nwfilter_binding_lookup_by_port_dev(&tap)
+            .await
+            .is_ok(),
+        "the first NIC keeps its own"
+    );
 
     d.destroy(0).await.expect("destroy");
     assert!(
