@@ -153,8 +153,27 @@ async fn a_nic_filter_is_bound_at_start_and_hotplug_follows_redefinition_and_goe
         .expect("redefine back");
     assert!((0..5).any(|_| ping(&ns, &ip)), "accepted again");
 
-    // Hotplug: a second NIC with a filter is bound when attached, unbound when the
-    // guest lets it go.
+    hotplug_filtered_nic(&d, &bindings, &tap).await;
+
+    d.destroy(0).await.expect("destroy");
+    assert!(
+        bindings
+            .list_nwfilter_bindings(0)
+            .await
+            .expect("list")
+            .is_empty(),
+        "the binding goes with the domain"
+    );
+    assert!(!table(&ns).contains(&tap), "{}", table(&ns));
+}
+
+/// A second NIC with a filter is bound when plugged into the running guest, unbound
+/// when the guest lets it go; the first NIC (on `tap`) keeps its binding.
+async fn hotplug_filtered_nic(
+    d: &common::proxies::qemu::DomainProxy<'_>,
+    bindings: &NWFilterBindingsProxy<'_>,
+    tap: &str,
+) {
     let nic = "<interface type='bridge'><mac address='52:54:00:93:00:08'/>\
                <source bridge='vfbr0'/><model type='virtio'/>\
                <filterref filter='guard'/></interface>";
@@ -184,20 +203,9 @@ async fn a_nic_filter_is_bound_at_start_and_hotplug_follows_redefinition_and_goe
     assert_eq!(left, 1, "the unplugged NIC's binding goes");
     assert!(
         bindings
-            .nwfilter_binding_lookup_by_port_dev(&tap)
+            .nwfilter_binding_lookup_by_port_dev(tap)
             .await
             .is_ok(),
         "the first NIC keeps its own"
     );
-
-    d.destroy(0).await.expect("destroy");
-    assert!(
-        bindings
-            .list_nwfilter_bindings(0)
-            .await
-            .expect("list")
-            .is_empty(),
-        "the binding goes with the domain"
-    );
-    assert!(!table(&ns).contains(&tap), "{}", table(&ns));
 }
