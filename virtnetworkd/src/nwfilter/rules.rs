@@ -25,6 +25,9 @@ pub const TABLE: &str = "libvirt_rs_nwfilter";
 const MAX_DEPTH: usize = 32;
 /// Variable lists multiply rules; past this a binding is refused, not instantiated.
 const MAX_RULES: usize = 20_000;
+/// A tree may hold a filter many times (a DAG, not a loop): past this many filters
+/// walked a binding is refused, so a tree wide at every level cannot hang the daemon.
+const MAX_VISITS: usize = 10_000;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InstError {
@@ -43,7 +46,7 @@ pub enum InstError {
     },
     #[error("filter '{0}' nests references deeper than {MAX_DEPTH} levels")]
     TooDeep(String),
-    #[error("filter '{0}' expands to more than {MAX_RULES} rules")]
+    #[error("filter '{0}' expands to more than {MAX_RULES} rules or {MAX_VISITS} filters")]
     TooMany(String),
     #[error("attribute '{attr}' of <{proto}> is not supported by the nftables backend")]
     Unsupported {
@@ -509,12 +512,17 @@ struct Walk<'a> {
     lookup: &'a dyn Fn(&str) -> Option<Filter>,
     inst: Instance,
     count: usize,
+    visits: usize,
 }
 
 impl Walk<'_> {
     fn filter(&mut self, f: &Filter, vars: &Vars, depth: usize) -> Result<(), InstError> {
         if depth > MAX_DEPTH {
             return Err(InstError::TooDeep(f.name.clone()));
+        }
+        self.visits += 1;
+        if self.visits > MAX_VISITS {
+            return Err(InstError::TooMany(f.name.clone()));
         }
         let sub = (f.chain != "root").then(|| f.chain.clone());
         if let Some(s) = &sub {
@@ -604,6 +612,7 @@ pub fn instantiate(
             to_vm: Side::default(),
         },
         count: 0,
+        visits: 0,
     };
     w.filter(&top, &vars, 0)?;
     let mut inst = w.inst;
@@ -1010,6 +1019,26 @@ mod tests {
         payload(remove).unwrap();
         assert_eq!(expected_counts(&[i.clone()]).2, 4);
         assert_eq!(expected_counts(&[]), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_tree_wide_at_every_level_is_refused_not_walked() {
+        let mut f = BTreeMap::new();
+        for level in 0..8 {
+            let refs: String = (0..100)
+                .map(|_| format!("<filterref filter='w{}'/>", level + 1))
+                .collect();
+            f.insert(
+                format!("w{level}"),
+                Filter::from_xml(&format!("<filter name='w{level}'>{refs}</filter>")).unwrap(),
+            );
+        }
+        f.insert(
+            "w8".into(),
+            Filter::from_xml("<filter name='w8'/>").unwrap(),
+        );
+        let e = inst(&f, &binding("w0", &[])).unwrap_err();
+        assert!(matches!(e, InstError::TooMany(_)), "{e}");
     }
 
     #[test]
