@@ -165,6 +165,14 @@ fn reaches(filters: &BTreeMap<String, Filter>, from: &Filter, target: &str) -> b
     false
 }
 
+/// Whether binding `b`'s filter tree holds the filter `name`.
+fn uses(filters: &BTreeMap<String, Filter>, b: &Binding, name: &str) -> bool {
+    b.filter.filter == name
+        || filters
+            .get(&b.filter.filter)
+            .is_some_and(|top| reaches(filters, top, name))
+}
+
 /// Every binding's rules, with `filters` as the definitions.
 fn instances(
     filters: &BTreeMap<String, Filter>,
@@ -326,9 +334,12 @@ impl NwFilters {
             return Err(FilterError::Loop);
         }
         let new = !filters.contains_key(&def.name);
+        let (bindings, pruned) = self.prune().await;
+        // Only trees that held the name change (a binding cannot use a filter that
+        // did not exist: its instantiation needed all of them).
+        let used = bindings.values().any(|b| uses(&filters, &b.def, &def.name));
         filters.insert(def.name.clone(), def.clone());
-        let bindings = self.live_bindings().await;
-        if !bindings.is_empty() {
+        if used || pruned {
             self.apply(&filters, &bindings).await?;
         }
         let (path, data) = (self.def_path(&def.name), def.to_xml());
@@ -356,12 +367,11 @@ impl NwFilters {
             .find(|f| f.uuid == *uuid)
             .cloned()
             .ok_or_else(|| FilterError::NoUuid(uuid.to_string()))?;
-        let in_use = self.live_bindings().await.values().any(|b| {
-            b.def.filter.filter == def.name
-                || filters
-                    .get(&b.def.filter.filter)
-                    .is_some_and(|top| reaches(&filters, top, &def.name))
-        });
+        let in_use = self
+            .live_bindings()
+            .await
+            .values()
+            .any(|b| uses(&filters, &b.def, &def.name));
         if in_use {
             return Err(FilterError::InUse);
         }
