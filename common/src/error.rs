@@ -54,6 +54,8 @@ error_codes! {
     OperationInvalid = 55 => "Requested operation is not valid: %s",
     NoInterface = 57 => "Interface not found: %s",
     MultipleInterfaces = 59 => "multiple matching interfaces found: %s",
+    NoNwfilter = 62 => "Network filter not found: %s",
+    BuildFirewall = 63 => "Error while building firewall: %s",
     InvalidSecret = 65 => "Invalid secret: %s",
     NoSecret = 66 => "Secret not found: %s",
     ConfigUnsupported = 67 => "unsupported configuration: %s",
@@ -71,6 +73,7 @@ error_codes! {
     CpuIncompatible = 91 => "the CPU is incompatible with host CPU: %s",
     DeviceMissing = 99 => "device not found: %s",
     NetworkPortExist = 106 => "network port %s exists already",
+    NoNwfilterBinding = 101 => "Network filter binding not found: %s",
     NoNetworkPort = 107 => "network port not found: %s",
 }
 
@@ -279,9 +282,13 @@ mod tests {
             ErrorCode::from_message("Domain snapshot not found: no snapshot 's'"),
             ErrorCode::NoDomainSnapshot
         );
+        assert_eq!(
+            ErrorCode::from_message("Network filter not found: no nwfilter with matching name 'f'"),
+            ErrorCode::NoNwfilter
+        );
         // A libvirt error this project never raises.
         assert_eq!(
-            ErrorCode::from_message("Network filter not found: no nwfilter 'f'"),
+            ErrorCode::from_message("Domain checkpoint not found: no checkpoint 'c'"),
             ErrorCode::SystemError
         );
     }

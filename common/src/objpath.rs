@@ -97,6 +97,17 @@ pub fn interface(name: &str) -> OwnedObjectPath {
     path("interface", &encode_str(name))
 }
 
+/// Network filters are keyed by UUID (libvirt-dbus's nwfilter paths).
+pub fn nwfilter(uuid: &uuid::Uuid) -> OwnedObjectPath {
+    path("nwfilter", &encode_uuid(uuid))
+}
+
+/// Filter bindings are this project's addition (libvirt's virNWFilterBinding, which
+/// libvirt-dbus does not wrap), keyed by their tap's name as interfaces are.
+pub fn nwfilter_binding(portdev: &str) -> OwnedObjectPath {
+    path("nwfilterbinding", &encode_str(portdev))
+}
+
 /// Network ports are this project's addition; they follow the UUID scheme.
 pub fn network_port(uuid: &uuid::Uuid) -> OwnedObjectPath {
     path("networkport", &encode_uuid(uuid))
@@ -123,6 +134,10 @@ mod tests {
         );
         assert_eq!(decode_uuid("6695eb01"), None);
         assert_eq!(
+            nwfilter(&u).as_str(),
+            "/org/libvirt/QEMU/nwfilter/_6695eb01_f6a4_8304_79aa_97f2502e193f"
+        );
+        assert_eq!(
             domain_snapshot(&u, "my_snapshot").as_str(),
             "/org/libvirt/QEMU/domainsnapshot/_6695eb01_f6a4_8304_79aa_97f2502e193f_my_5fsnapshot"
         );
@@ -140,6 +155,10 @@ mod tests {
         assert_eq!(
             interface("eth0.7").as_str(),
             "/org/libvirt/QEMU/interface/eth0_2e7"
+        );
+        assert_eq!(
+            nwfilter_binding("vnet0").as_str(),
+            "/org/libvirt/QEMU/nwfilterbinding/vnet0"
         );
         for s in ["a-b.c/d", "é ü", "pci_0000_00_01_0", "x"] {
             assert_eq!(decode_str(&encode_str(s)).as_deref(), Some(s));

@@ -246,6 +246,8 @@ pub struct Driver {
     pub outbox: Outbox<Change>,
     /// Host interfaces (libvirt's virtinterfaced), a subsystem of their own.
     pub ifaces: Arc<crate::interface::Ifaces>,
+    /// Network filters and their bindings (libvirt's virtnwfilterd).
+    pub nwfilters: Arc<crate::nwfilter::NwFilters>,
     /// Who dnsmasq runs as (`dnsmasq::pick_user`).
     dnsmasq_user: Option<String>,
     config_dir: PathBuf,
@@ -273,6 +275,7 @@ impl Driver {
         let dnsmasq_user =
             dnsmasq::pick_user(s.mode == common::cli::Mode::System, configured.as_deref())?;
         let ifaces = crate::interface::Ifaces::new(&s.config_dir, &s.runtime_dir)?;
+        let nwfilters = crate::nwfilter::NwFilters::new(&s.config_dir, &s.runtime_dir)?;
         let driver = Arc::new(Driver {
             dnsmasq_user,
             nl: Netlink::new()?,
@@ -284,6 +287,7 @@ impl Driver {
             jobs: InFlight::new(),
             outbox: Outbox::new(),
             ifaces,
+            nwfilters,
             config_dir,
             run_dir,
             state_dir,
@@ -1487,13 +1491,16 @@ fn edit<T: Clone>(
 
 impl common::Driver for Driver {
     fn busy(&self) -> bool {
-        !self.jobs.idle() || !self.ifaces.idle() || !self.lock_active().is_empty()
+        !self.jobs.idle()
+            || !self.ifaces.idle()
+            || !self.nwfilters.idle()
+            || !self.lock_active().is_empty()
     }
 
     async fn shutdown(&self) {
         // Wait for running jobs; networks stay up (their status is already on disk).
         for _ in 0..500 {
-            if self.jobs.idle() && self.ifaces.idle() {
+            if self.jobs.idle() && self.ifaces.idle() && self.nwfilters.idle() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

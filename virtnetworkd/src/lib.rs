@@ -6,6 +6,7 @@ pub mod dnsmasq;
 pub mod driver;
 pub mod firewall;
 pub mod interface;
+pub mod nwfilter;
 pub mod xml;
 
 use std::sync::Arc;
@@ -19,5 +20,7 @@ pub async fn start(ctx: common::Context) -> anyhow::Result<Arc<Driver>> {
     dbus::connect(&driver).await;
     driver.load().await;
     driver.ifaces.load().await;
+    driver.nwfilters.load().await;
+    driver.nwfilters.watch();
     Ok(driver)
 }

@@ -44,9 +44,7 @@ pub const CONNECT_IFACE: &str = "org.libvirt.Connect";
 const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
 const INTROSPECTABLE: &str = "org.freedesktop.DBus.Introspectable";
 
-/// The object kinds under `/org/libvirt/QEMU/<kind>/...` and their owner. The kinds
-/// nobody serves yet (nwfilter) are routed to the daemon
-/// that will own them, which answers "unknown object" until it does.
+/// The object kinds under `/org/libvirt/QEMU/<kind>/...` and their owner.
 const KINDS: &[(&str, Backend)] = &[
     ("domain", Backend::Qemu),
     ("domainsnapshot", Backend::Qemu),
@@ -54,6 +52,7 @@ const KINDS: &[(&str, Backend)] = &[
     ("networkport", Backend::Network),
     ("interface", Backend::Network),
     ("nwfilter", Backend::Network),
+    ("nwfilterbinding", Backend::Network),
     ("storagepool", Backend::Storage),
     ("storagevol", Backend::Storage),
     ("secret", Backend::Storage),
@@ -105,6 +104,9 @@ pub const CONNECT_MEMBERS: &[(&str, Backend)] = &[
     ("NetworkLookupByName", Backend::Network),
     ("NetworkLookupByUUID", Backend::Network),
     ("NWFilterDefineXML", Backend::Network),
+    ("NWFilterBindingCreateXML", Backend::Network),
+    ("NWFilterBindingLookupByPortDev", Backend::Network),
+    ("ListNWFilterBindings", Backend::Network),
     ("NWFilterLookupByName", Backend::Network),
     ("NWFilterLookupByUUID", Backend::Network),
     ("NetworkEvent", Backend::Network),
@@ -282,6 +284,14 @@ pub fn not_found(path: &str) -> Option<String> {
             ErrorCode::NoInterface,
             format!("couldn't find interface named '{}'", decode_str(tail)?),
         ),
+        "nwfilter" => (
+            ErrorCode::NoNwfilter,
+            format!("no nwfilter with matching uuid '{}'", decode_uuid(tail)?),
+        ),
+        "nwfilterbinding" => (
+            ErrorCode::NoNwfilterBinding,
+            format!("no nwfilter binding for port dev '{}'", decode_str(tail)?),
+        ),
         _ => return None,
     };
     Some(common::VirError::new(code, what).message)
@@ -432,6 +442,10 @@ mod tests {
         assert_eq!(
             not_found("/org/libvirt/QEMU/interface/eth0_2e7").as_deref(),
             Some("Interface not found: couldn't find interface named 'eth0.7'")
+        );
+        assert_eq!(
+            not_found("/org/libvirt/QEMU/nwfilterbinding/vnet0").as_deref(),
+            Some("Network filter binding not found: no nwfilter binding for port dev 'vnet0'")
         );
         assert_eq!(not_found("/org/libvirt/QEMU/domain/nonsense"), None);
         assert_eq!(not_found("/org/libvirt/QEMU"), None);

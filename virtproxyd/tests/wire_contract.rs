@@ -144,10 +144,38 @@ async fn the_whole_tree_through_the_front_matches_libvirt_dbus() {
         )
         .await,
     );
+    let nwfilter = path_of(
+        &ok(
+            c,
+            CONNECT,
+            "org.libvirt.Connect",
+            "NWFilterDefineXML",
+            &("<filter name='front'><rule action='accept' direction='in'><all/></rule></filter>",),
+        )
+        .await,
+    );
+    let binding = path_of(
+        &ok(
+            c,
+            CONNECT,
+            "org.libvirt.Connect",
+            "NWFilterBindingCreateXML",
+            &(
+                "<filterbinding><owner><name>front</name>\
+                 <uuid>06578fc1-2c30-4d94-a1ba-9ea3c2a3c1b0</uuid></owner>\
+                 <portdev name='lo'/><mac address='52:54:00:7b:35:b0'/>\
+                 <filterref filter='front'/></filterbinding>",
+                0u32,
+            ),
+        )
+        .await,
+    );
 
     let mut failures = Vec::new();
     for (path, iface) in [
         (CONNECT.to_owned(), "org.libvirt.Connect"),
+        (nwfilter, "org.libvirt.NWFilter"),
+        (binding, "org.libvirt.NWFilterBinding"),
         (secret, "org.libvirt.Secret"),
         (dom.clone(), "org.libvirt.Domain"),
         (net.clone(), "org.libvirt.Network"),
@@ -193,6 +221,8 @@ async fn the_whole_tree_through_the_front_matches_libvirt_dbus() {
         "storagevol",
         "nodedev",
         "interface",
+        "nwfilter",
+        "nwfilterbinding",
     ] {
         assert!(kids.contains(k), "no {k} node under {CONNECT}: {kids:?}");
     }

@@ -12,6 +12,11 @@
 //! - `type='server'|'client'|'mcast'|'udp'|'vhostuser'`: nothing on the host; QEMU
 //!   opens the socket.
 //!
+//! - `<filterref filter=...>` on a tap-backed NIC: once the tap exists, virtnetworkd
+//!   is asked to bind the filter to it (`NWFilterBindingCreateXML`, libvirt's
+//!   virNWFilterBindingCreateXML, owner = the domain), and the binding is deleted at
+//!   stop, as libvirt's qemu driver does with virtnwfilterd.
+//!
 //! The live definition records what was made (`<target dev>`, `<source portid bridge>`),
 //! so after a daemon restart a stop still deletes the ports. Taps need no cleanup: they
 //! vanish with the last descriptor, QEMU's.
@@ -21,7 +26,10 @@ use std::sync::Mutex;
 
 use common::cli::Mode;
 use common::error::VirError;
-use common::proxies::network::{NetworkConnectProxy, NetworkPortProxy, NetworkPortsProxy};
+use common::proxies::network::{
+    NWFilterBindingProxy, NWFilterBindingsProxy, NetworkConnectProxy, NetworkPortProxy,
+    NetworkPortsProxy,
+};
 use common::xml::Element;
 use uuid::Uuid;
 use zbus::zvariant::OwnedObjectPath;
@@ -37,6 +45,8 @@ pub struct Prepared {
     ports: Vec<OwnedObjectPath>,
     /// Macvtap links made, deleted if the start fails.
     macvtaps: Vec<String>,
+    /// Taps a filter was bound to, unbound if the start fails.
+    filtered: Vec<String>,
 }
 
 impl Prepared {
@@ -154,6 +164,9 @@ pub async fn prepare(dom: &mut Domain, mode: Mode) -> Result<Prepared, VirError>
     match prepare_into(dom, mode, &mut done).await {
         Ok(()) => Ok(done),
         Err(e) => {
+            for tap in &done.filtered {
+                unbind_filter(mode, tap, dom.uuid).await;
+            }
             release_paths(mode, std::mem::take(&mut done.ports)).await;
             for m in &done.macvtaps {
                 tap::delete_link(m).await;
@@ -259,7 +272,12 @@ async fn prepare_into(dom: &mut Domain, mode: Mode, done: &mut Prepared) -> Resu
             }
             run_script(nic, "script", &t.name).await?;
         }
-        done.taps.push(Some(t.fd));
+        let fd = t.fd;
+        if let Some(f) = nic.unhandled.iter().find(|c| c.name == "filterref") {
+            bind_filter(mode, f, &t.name, &owner_name, owner_uuid, &mac.to_string()).await?;
+            done.filtered.push(t.name);
+        }
+        done.taps.push(Some(fd));
     }
     Ok(())
 }
@@ -280,9 +298,85 @@ async fn release_paths(mode: Mode, ports: Vec<OwnedObjectPath>) {
     }
 }
 
+/// Asks virtnetworkd to bind the NIC's `<filterref>` (as written, parameters and
+/// all) to its tap.
+async fn bind_filter(
+    mode: Mode,
+    filterref: &Element,
+    tap: &str,
+    owner_name: &str,
+    owner_uuid: Uuid,
+    mac: &str,
+) -> Result<(), VirError> {
+    let xml = Element::new("filterbinding")
+        .child(
+            Element::new("owner")
+                .child(Element::with_text("name", owner_name))
+                .child(Element::with_text("uuid", owner_uuid.to_string())),
+        )
+        .child(Element::new("portdev").attr("name", tap))
+        .child(Element::new("mac").attr("address", mac))
+        .child(filterref.clone())
+        .to_xml();
+    let conn = bus(mode).await?;
+    let b = NWFilterBindingsProxy::new(&conn)
+        .await
+        .map_err(|e| remote("filter binding", e))?;
+    b.nwfilter_binding_create_xml(&xml, 0)
+        .await
+        .map_err(|e| remote("filter binding", e))?;
+    tracing::info!(tap, "network filter bound");
+    Ok(())
+}
+
+/// Deletes the filter binding of `tap` if it is this domain's (a tap name may have
+/// been reused by another guest since). Gone already is not an error.
+async fn unbind_filter(mode: Mode, tap: &str, owner: Uuid) {
+    let r = async {
+        let conn = bus(mode).await?;
+        let b = NWFilterBindingsProxy::new(&conn)
+            .await
+            .map_err(|e| remote("filter binding", e))?;
+        let Ok(path) = b.nwfilter_binding_lookup_by_port_dev(tap).await else {
+            return Ok(());
+        };
+        let p = NWFilterBindingProxy::builder(&conn)
+            .path(path)
+            .map_err(|e| remote("filter binding", e))?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(|e| remote("filter binding", e))?;
+        let xml = p
+            .get_xml_desc(0)
+            .await
+            .map_err(|e| remote("filter binding", e))?;
+        if !xml.contains(&format!("<uuid>{owner}</uuid>")) {
+            return Ok(());
+        }
+        p.delete().await.map_err(|e| remote("filter binding", e))
+    }
+    .await;
+    match r {
+        Ok(()) => tracing::info!(tap, "network filter unbound"),
+        Err(e) => tracing::warn!(tap, "network filter binding not deleted: {e}"),
+    }
+}
+
 /// Deletes the network ports a live definition records (a stop, a crash, a domain
 /// found dead after a restart). A port already gone is not an error.
 pub async fn release(dom: &Domain, mode: Mode) {
+    for nic in &dom.devices.interfaces {
+        let tap_backed = matches!(
+            nic.kind,
+            InterfaceKind::Network(_) | InterfaceKind::Bridge(_) | InterfaceKind::Ethernet
+        ) && nic.target_managed != Some(false);
+        if let (true, Some(t)) = (tap_backed, &nic.target_dev) {
+            if nic.unhandled.iter().any(|c| c.name == "filterref") {
+                unbind_filter(mode, t, dom.uuid).await;
+            }
+        }
+    }
     for nic in &dom.devices.interfaces {
         match (&nic.kind, &nic.target_dev) {
             (InterfaceKind::Direct { .. }, Some(t)) => tap::delete_link(t).await,

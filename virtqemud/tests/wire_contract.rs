@@ -148,11 +148,40 @@ async fn every_object_kind_matches_libvirt_dbus() {
         )
         .await,
     );
+    // A network filter, and a binding of it to the loopback link.
+    let nwfilter = path_of(
+        &call(
+            &conn,
+            "virtnetworkd",
+            CONNECT,
+            "org.libvirt.Connect",
+            "NWFilterDefineXML",
+            &("<filter name='wire'><rule action='accept' direction='in'><all/></rule></filter>",),
+        )
+        .await,
+    );
+    let binding_xml = "<filterbinding><owner><name>wire</name>\
+                       <uuid>06578fc1-2c30-4d94-a1ba-9ea3c2a3c1b0</uuid></owner>\
+                       <portdev name='lo'/><mac address='52:54:00:7b:35:b0'/>\
+                       <filterref filter='wire'/></filterbinding>";
+    let binding = path_of(
+        &call(
+            &conn,
+            "virtnetworkd",
+            CONNECT,
+            "org.libvirt.Connect",
+            "NWFilterBindingCreateXML",
+            &(binding_xml, 0u32),
+        )
+        .await,
+    );
     for (path, iface) in [
         (CONNECT.to_string(), "org.libvirt.Connect"),
         (net.clone(), "org.libvirt.Network"),
         (port.clone(), "org.libvirt.NetworkPort"),
         (lo, "org.libvirt.Interface"),
+        (nwfilter, "org.libvirt.NWFilter"),
+        (binding, "org.libvirt.NWFilterBinding"),
     ] {
         check(check_object(&conn, "org.libvirt.virtnetworkd", &path, &[iface]).await);
     }

@@ -71,8 +71,9 @@ impl Drop for SmallFs {
 }
 
 /// virtnetworkd's objects: an active network, one of its ports, and a defined bridge
-/// (in virtnetworkd's namespace: fuzzed Create makes it, Destroy deletes it).
-async fn network_objects(conn: &zbus::Connection) -> (String, String, String) {
+/// (in virtnetworkd's namespace: fuzzed Create makes it, Destroy deletes it), a
+/// network filter and its binding to the namespace's loopback link.
+async fn network_objects(conn: &zbus::Connection) -> (String, String, String, String, String) {
     let net = make(
         conn,
         "virtnetworkd",
@@ -118,7 +119,30 @@ async fn network_objects(conn: &zbus::Connection) -> (String, String, String) {
         ),
     )
     .await;
-    (net, port, iface)
+    let filter = make(
+        conn,
+        "virtnetworkd",
+        CONNECT,
+        "org.libvirt.Connect",
+        "NWFilterDefineXML",
+        &("<filter name='fz'><rule action='drop' direction='in'><icmp type='8'/></rule></filter>",),
+    )
+    .await;
+    let binding = make(
+        conn,
+        "virtnetworkd",
+        CONNECT,
+        "org.libvirt.Connect",
+        "NWFilterBindingCreateXML",
+        &(
+            "<filterbinding><owner><name>fz</name><uuid>06578fc1-2c30-4d94-a1ba-9ea3c2a3c1d0</uuid>\
+           </owner><portdev name='lo'/><mac address='52:54:00:7b:35:d0'/>\
+           <filterref filter='fz'/></filterbinding>",
+            0u32,
+        ),
+    )
+    .await;
+    (net, port, iface, filter, binding)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,7 +192,7 @@ async fn every_method_survives_malformed_arguments() {
     let images = tempfile::tempdir().expect("tempdir");
     let _images_fs = SmallFs::mount(images.path());
     let (dom, snap) = domain_with_snapshot(&conn, images.path()).await;
-    let (net, port, iface) = network_objects(&conn).await;
+    let (net, port, iface, filter, binding) = network_objects(&conn).await;
     // The pool lives on a 64 MiB tmpfs of its own: a made-up Resize to terabytes
     // followed by a Wipe writes the whole capacity, and must fill this, not the host's
     // disk (a long run did fill the disk before this bound).
@@ -213,7 +237,7 @@ async fn every_method_survives_malformed_arguments() {
         ),
     )
     .await;
-    let objects: [(&str, &str, &str); 13] = [
+    let objects: [(&str, &str, &str); 15] = [
         ("virtqemud", CONNECT, "org.libvirt.Connect"),
         // Before its domain, whose Undefine comes last of the domain's methods.
         ("virtqemud", &snap, "org.libvirt.DomainSnapshot"),
@@ -222,6 +246,9 @@ async fn every_method_survives_malformed_arguments() {
         ("virtnetworkd", &port, "org.libvirt.NetworkPort"),
         ("virtnetworkd", &net, "org.libvirt.Network"),
         ("virtnetworkd", &iface, "org.libvirt.Interface"),
+        // Before its filter, which it keeps in use.
+        ("virtnetworkd", &binding, "org.libvirt.NWFilterBinding"),
+        ("virtnetworkd", &filter, "org.libvirt.NWFilter"),
         ("virtstoraged", CONNECT, "org.libvirt.Connect"),
         ("virtstoraged", &vol, "org.libvirt.StorageVol"),
         ("virtstoraged", &pool, "org.libvirt.StoragePool"),

@@ -43,6 +43,8 @@ pub enum Cmd {
     #[command(flatten)]
     Interface(InterfaceCmd),
     #[command(flatten)]
+    Nwfilter(NwfilterCmd),
+    #[command(flatten)]
     Storage(StorageCmd),
     #[command(flatten)]
     Volume(VolCmd),
@@ -345,6 +347,30 @@ pub enum InterfaceCmd {
     IfaceCommit,
     /// Put back the definitions of iface-begin.
     IfaceRollback,
+}
+
+/// Commands about network filters and their bindings (virtnetworkd). A filter is a
+/// name or a UUID; a binding is its tap's name.
+#[derive(Subcommand)]
+// `NwfilterList` is virsh's `nwfilter-list`.
+#[allow(clippy::enum_variant_names)]
+pub enum NwfilterCmd {
+    /// List network filters.
+    NwfilterList,
+    /// Define (or redefine) a network filter from an XML file.
+    NwfilterDefine { file: String },
+    /// Undefine a network filter.
+    NwfilterUndefine { nwfilter: String },
+    /// Print a network filter's XML.
+    NwfilterDumpxml { nwfilter: String },
+    /// List the filter bindings (a filter on a tap).
+    NwfilterBindingList,
+    /// Bind a filter to a tap from a <filterbinding> XML file.
+    NwfilterBindingCreate { file: String },
+    /// Delete the binding of a tap.
+    NwfilterBindingDelete { binding: String },
+    /// Print the binding of a tap.
+    NwfilterBindingDumpxml { binding: String },
 }
 
 /// Commands of virtstoraged about pools.

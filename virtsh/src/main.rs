@@ -43,6 +43,7 @@ mod domain;
 mod interface;
 mod network;
 mod nodedev;
+mod nwfilter;
 mod out;
 mod secret;
 mod shell;
@@ -234,6 +235,7 @@ pub async fn run_line(s: &mut Session, cli: Cli) -> anyhow::Result<Flow> {
         Cmd::Stats(cmd) => stats::run(&x, cmd).await?,
         Cmd::Network(cmd) => network::run(&x, cmd).await?,
         Cmd::Interface(cmd) => interface::run(&x, cmd).await?,
+        Cmd::Nwfilter(cmd) => nwfilter::run(&x, cmd).await?,
         Cmd::Storage(cmd) => storage::pools(&x, cmd).await?,
         Cmd::Volume(cmd) => storage::vols(&x, cmd).await?,
         Cmd::Secret(cmd) => secret::run(&x, cmd).await?,

@@ -52,3 +52,35 @@ pub trait NetworkPort {
     #[zbus(property, name = "Network")]
     fn network(&self) -> zbus::Result<OwnedObjectPath>;
 }
+
+/// This project's additions to `org.libvirt.Connect` on virtnetworkd: libvirt's
+/// virNWFilterBinding calls.
+#[zbus::proxy(
+    interface = "org.libvirt.Connect",
+    default_service = "org.libvirt.virtnetworkd",
+    default_path = "/org/libvirt/QEMU"
+)]
+pub trait NWFilterBindings {
+    #[zbus(name = "NWFilterBindingCreateXML")]
+    fn nwfilter_binding_create_xml(&self, xml: &str, flags: u32) -> zbus::Result<OwnedObjectPath>;
+    #[zbus(name = "ListNWFilterBindings")]
+    fn list_nwfilter_bindings(&self, flags: u32) -> zbus::Result<Vec<OwnedObjectPath>>;
+    #[zbus(name = "NWFilterBindingLookupByPortDev")]
+    fn nwfilter_binding_lookup_by_port_dev(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+}
+
+/// `org.libvirt.NWFilterBinding`: this project's addition.
+#[zbus::proxy(
+    interface = "org.libvirt.NWFilterBinding",
+    default_service = "org.libvirt.virtnetworkd"
+)]
+pub trait NWFilterBinding {
+    #[zbus(name = "GetXMLDesc")]
+    fn get_xml_desc(&self, flags: u32) -> zbus::Result<String>;
+    #[zbus(name = "Delete")]
+    fn delete(&self) -> zbus::Result<()>;
+    #[zbus(property, name = "PortDev")]
+    fn port_dev(&self) -> zbus::Result<String>;
+    #[zbus(property, name = "FilterName")]
+    fn filter_name(&self) -> zbus::Result<String>;
+}

@@ -11,10 +11,12 @@ use futures_util::future::BoxFuture;
 
 use crate::driver::{Change, Driver};
 use crate::interface::{IfaceChange, Ifaces};
+use crate::nwfilter::{FilterChange, NwFilters};
 
 mod connect;
 mod interface;
 mod network;
+mod nwfilter;
 mod port;
 
 /// Serves the connect object and connects the driver's outbox to the bus: from here
@@ -29,6 +31,10 @@ pub async fn connect(driver: &Arc<Driver>) {
     driver.ifaces.outbox.connect(Arc::new(IfaceBus {
         hub: hub.clone(),
         ifaces: Arc::downgrade(&driver.ifaces),
+    }));
+    driver.nwfilters.outbox.connect(Arc::new(FilterBus {
+        hub: hub.clone(),
+        filters: Arc::downgrade(&driver.nwfilters),
     }));
     driver.outbox.connect(Arc::new(Bus {
         hub,
@@ -59,6 +65,50 @@ impl Publisher<IfaceChange> for IfaceBus {
                 IfaceChange::Removed(name) => {
                     self.hub
                         .unserve::<interface::Interface>(&objpath::interface(&name))
+                        .await;
+                }
+            }
+        })
+    }
+}
+
+/// The D-Bus side of the network filters' outbox (libvirt-dbus has no nwfilter
+/// signals: objects are only served and unserved).
+struct FilterBus {
+    hub: Hub,
+    filters: Weak<NwFilters>,
+}
+
+impl Publisher<FilterChange> for FilterBus {
+    fn publish(&self, change: FilterChange) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let f = self.filters.clone();
+            match change {
+                FilterChange::Added(uuid) => {
+                    self.hub
+                        .serve(objpath::nwfilter(&uuid), move || nwfilter::NWFilter {
+                            filters: f.clone(),
+                            uuid,
+                        })
+                        .await;
+                }
+                FilterChange::Removed(uuid) => {
+                    self.hub
+                        .unserve::<nwfilter::NWFilter>(&objpath::nwfilter(&uuid))
+                        .await;
+                }
+                FilterChange::BindingAdded(tap) => {
+                    let path = objpath::nwfilter_binding(&tap);
+                    self.hub
+                        .serve(path, move || nwfilter::NWFilterBinding {
+                            filters: f.clone(),
+                            portdev: tap.clone(),
+                        })
+                        .await;
+                }
+                FilterChange::BindingRemoved(tap) => {
+                    self.hub
+                        .unserve::<nwfilter::NWFilterBinding>(&objpath::nwfilter_binding(&tap))
                         .await;
                 }
             }

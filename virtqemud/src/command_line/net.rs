@@ -151,7 +151,8 @@ fn queues(nic: &Interface) -> Result<u32> {
 
 /// Kept NIC children the command line reads: `<driver>` and `<rom>` (the guest
 /// device's), a user NIC's `<ip>` (its network) and an ethernet NIC's `<script>` and
-/// `<downscript>` (run by the runtime on the tap it made, `nics.rs`).
+/// `<downscript>` (run by the runtime on the tap it made, `nics.rs`); a tap-backed
+/// NIC's `<filterref>` (bound to its tap by virtnetworkd, `nics.rs`).
 fn nic_reads(nic: &Interface, c: &Element) -> bool {
     match c.name.as_str() {
         "driver" | "rom" => true,
@@ -160,6 +161,12 @@ fn nic_reads(nic: &Interface, c: &Element) -> bool {
         "ip" => matches!(nic.kind, InterfaceKind::User),
         "script" | "downscript" => {
             matches!(nic.kind, InterfaceKind::Ethernet) && nic.target_managed != Some(false)
+        }
+        "filterref" => {
+            matches!(
+                nic.kind,
+                InterfaceKind::Network(_) | InterfaceKind::Bridge(_) | InterfaceKind::Ethernet
+            ) && nic.target_managed != Some(false)
         }
         _ => false,
     }
