@@ -17,6 +17,7 @@ pub mod keys;
 pub mod metadata;
 pub mod model;
 pub mod nics;
+pub mod perf;
 pub mod pinning;
 pub mod process;
 pub mod qmp;

@@ -25,8 +25,10 @@ pub mod group {
     pub const VCPU: u32 = 8;
     pub const INTERFACE: u32 = 16;
     pub const BLOCK: u32 = 32;
+    /// `perf.<event>`: the counters `<perf>`/SetPerfEvents opened (`crate::perf`).
+    pub const PERF: u32 = 64;
     /// The groups this daemon fills.
-    pub const SUPPORTED: u32 = STATE | CPU_TOTAL | BALLOON | VCPU | INTERFACE | BLOCK;
+    pub const SUPPORTED: u32 = STATE | CPU_TOTAL | BALLOON | VCPU | INTERFACE | BLOCK | PERF;
 }
 
 /// VIR_CONNECT_GET_ALL_DOMAINS_STATS_ENFORCE_STATS.

@@ -18,6 +18,8 @@ pub(super) const HANDLED: &[&str] = &[
     "cputune",
     "memtune",
     "blkiotune",
+    // Opened by the runtime on QEMU's process (crate::perf).
+    "perf",
 ];
 
 fn top<'a>(dom: &'a Domain, name: &'a str) -> impl Iterator<Item = &'a Element> {

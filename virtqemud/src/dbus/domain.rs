@@ -574,6 +574,29 @@ impl Domain {
         Err(no_support("virDomainSendProcessSignal"))
     }
 
+    #[zbus(name = "GetPerfEvents")]
+    async fn get_perf_events(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<TypedParams, BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(TypedParams(self.driver.perf_events(&dom, flags)?))
+    }
+
+    #[zbus(name = "SetPerfEvents")]
+    async fn set_perf_events(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        params: TypedParams,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self.driver.set_perf_events(&dom, &params, flags).await?)
+    }
+
     #[zbus(name = "InjectNMI")]
     async fn inject_nmi(
         &self,

@@ -40,6 +40,9 @@ pub(super) struct Live {
     /// A block copy in progress: the disk as it will be after the pivot and the N of
     /// the copy's nodes (`super::blockcopy`), recorded in the status file.
     pub copying: Option<super::hotplug::Pending>,
+    /// The perf counters its `<perf>` enables, open on QEMU (not persisted: a restarted
+    /// daemon opens them again).
+    pub perf: crate::perf::Counters,
     pub exited: watch::Receiver<bool>,
 }
 

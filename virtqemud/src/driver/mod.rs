@@ -53,6 +53,7 @@ mod hotplug;
 mod iotune;
 mod monitor;
 mod peek;
+mod perf;
 mod queries;
 mod reattach;
 mod reconcile;

@@ -181,6 +181,15 @@ impl Driver {
             def: def.as_ref(),
             live: live.as_ref().map(|(pid, q)| (*pid, q)),
         };
-        crate::stats::record(&src, groups).await
+        let mut record = crate::stats::record(&src, groups).await;
+        if groups & crate::stats::group::PERF != 0 {
+            for (name, v) in self.perf_stats(dom) {
+                if let Ok(v) = zbus::zvariant::OwnedValue::try_from(zbus::zvariant::Value::from(v))
+                {
+                    record.insert(format!("perf.{name}"), v);
+                }
+            }
+        }
+        record
     }
 }

@@ -171,6 +171,7 @@ impl Driver {
         def.ids = st.ids.clone();
         let new_state = state_after_restart(&run_state, st.state());
         let changed = Some(new_state) != st.state();
+        let perf = crate::perf::Counters::reopen(&def.dom.other, st.pid, &st.name);
         let (exit_tx, exit_rx) = watch::channel(false);
         {
             let mut g = dom.lock();
@@ -192,6 +193,7 @@ impl Driver {
                 saving: st.saving.clone(),
                 plugging: st.plugging.clone(),
                 copying: st.copying.clone(),
+                perf,
                 exited: exit_rx,
             });
         }

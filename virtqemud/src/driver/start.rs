@@ -191,6 +191,13 @@ impl Driver {
         if prepared.is_ok() {
             prepared = super::settings::apply_pins(&spawned.qmp, spawned.pid, &def).await;
         }
+        // libvirt fails a start whose perf events cannot be opened.
+        let mut perf = crate::perf::Counters::default();
+        if prepared.is_ok() {
+            prepared = crate::perf::enabled_in(&def.dom.other)
+                .iter()
+                .try_for_each(|e| perf.enable(e, spawned.pid));
+        }
         let mut run_after = !flags.contains(StartFlags::PAUSED);
         if let (Ok(()), Some(StartFrom::Image(r))) = (&prepared, from) {
             run_after &= r.running;
@@ -240,6 +247,9 @@ impl Driver {
             )
         };
         self.go_live(dom, def, held, spawned, paused, reason);
+        if let Some(l) = dom.lock().live.as_mut() {
+            l.perf = perf;
+        }
         self.save_status(dom).await;
         if !paused {
             if let Err(e) = qmp.execute("cont", None).await {
@@ -467,6 +477,7 @@ impl Driver {
                 dumped_crash: false,
                 plugging: None,
                 copying: None,
+                perf: crate::perf::Counters::default(),
                 exited: exit_rx,
             });
             g.state = if paused {

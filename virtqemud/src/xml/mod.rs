@@ -847,6 +847,7 @@ fn parse_untyped(root: &Element) -> Result<Untyped> {
             None => other.push(e.clone()),
         }
     }
+    crate::perf::check(&other).map_err(|why| invalid("perf", "event", "", why))?;
     // The writer declares the namespace whenever there is a commandline; the root's own
     // `xmlns:qemu` (maybe another URI, the commandline declaring the real one on
     // itself) would be a second declaration of the prefix. libvirt drops it too.
