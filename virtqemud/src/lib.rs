@@ -1,6 +1,7 @@
 //! virtqemud: the daemon that manages domains (QEMU/KVM).
 
 pub mod agent;
+pub mod bandwidth;
 pub mod caps;
 pub mod cgroup;
 pub mod command_line;

@@ -275,7 +275,10 @@ async fn prepare_into(dom: &mut Domain, mode: Mode, done: &mut Prepared) -> Resu
         let fd = t.fd;
         if let Some(f) = nic.unhandled.iter().find(|c| c.name == "filterref") {
             bind_filter(mode, f, &t.name, &owner_name, owner_uuid, &mac.to_string()).await?;
-            done.filtered.push(t.name);
+            done.filtered.push(t.name.clone());
+        }
+        if let Some(bw) = crate::bandwidth::Bandwidth::of(&nic.unhandled)? {
+            crate::bandwidth::apply(&t.name, &bw).await?;
         }
         done.taps.push(Some(fd));
     }
@@ -374,6 +377,10 @@ pub async fn release(dom: &Domain, mode: Mode) {
         if let (true, Some(t)) = (tap_backed, &nic.target_dev) {
             if nic.unhandled.iter().any(|c| c.name == "filterref") {
                 unbind_filter(mode, t, dom.uuid).await;
+            }
+            // The tap's policer chain outlives the tap in nftables.
+            if nic.unhandled.iter().any(|c| c.name == "bandwidth") {
+                crate::bandwidth::clear(t).await;
             }
         }
     }

@@ -337,25 +337,6 @@ async fn bridge_and_ethernet_nics_get_taps() {
     );
     assert!(live.contains("<mtu size='1300'/>"), "{live}");
 
-    // What a NIC asks for that is not implemented is refused by name, not ignored.
-    let p3 = qc
-        .domain_define_xml(
-            "<domain type='qemu'><name>bw</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
-             <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
-             <interface type='bridge'><source bridge='tbr0'/>\
-             <bandwidth><inbound average='1000'/></bandwidth></interface></devices></domain>",
-        )
-        .await
-        .expect("define bw");
-    let d3 = domain(&conn, &p3).await;
-    assert!(d3
-        .get_xml_desc(2)
-        .await
-        .expect("xml")
-        .contains("<inbound average='1000'/>"));
-    let e = bus_err(d3.create(1).await);
-    assert!(e.contains("<interface/bandwidth>"), "{e}");
-
     // A second domain may not take a tap name that is in use.
     let p2 = qc
         .domain_define_xml(
@@ -389,4 +370,124 @@ async fn bridge_and_ethernet_nics_get_taps() {
     assert!(link(&ns, "mytap0").is_none());
     // The bridge itself is the test's and stays.
     assert!(link(&ns, "tbr0").is_some());
+}
+
+/// `<bandwidth>` and Get/SetInterfaceParameters on a bridge NIC's tap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_shapes_the_tap() {
+    let bus = TestBus::start().expect("bus");
+    let ns = NetNs::new().expect("netns");
+    ns.run_ok(&["ip", "link", "add", "tbr0", "type", "bridge"])
+        .expect("bridge");
+    ns.run_ok(&["ip", "link", "set", "tbr0", "up"])
+        .expect("bridge up");
+    let _qemud = Daemon::builder(BIN, "virtqemud")
+        .netns(&ns)
+        .spawn(&bus)
+        .await
+        .expect("virtqemud");
+    let conn = bus.connection().await.expect("conn");
+    let qc = QemuConnectProxy::new(&conn).await.expect("proxy");
+    // <bandwidth> shapes the tap as libvirt's tc rules do: an htb class for traffic
+    // to the guest, a policer for traffic from it (kilobytes per second: 1000 is 8Mbit).
+    let p3 = qc
+        .domain_define_xml(
+            "<domain type='qemu'><name>bw</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
+             <os><type arch='x86_64' machine='pc'>hvm</type></os><devices>\
+             <interface type='bridge'><mac address='52:54:00:92:00:31'/><source bridge='tbr0'/>\
+             <bandwidth><inbound average='1000' peak='2000'/><outbound average='500'/></bandwidth>\
+             </interface><interface type='user'/></devices></domain>",
+        )
+        .await
+        .expect("define bw");
+    let d3 = domain(&conn, &p3).await;
+    d3.create(1).await.expect("start with bandwidth");
+    let bw_tap = attr_of(&d3.get_xml_desc(0).await.expect("xml"), "target", "dev").expect("tap");
+    let class = ns
+        .run_ok(&["tc", "class", "show", "dev", &bw_tap])
+        .expect("tc class");
+    assert!(
+        class.contains("rate 8Mbit") && class.contains("ceil 16Mbit"),
+        "{class}"
+    );
+    let police = ns
+        .run_ok(&["nft", "list", "chain", "netdev", "virtqemud_bw", &bw_tap])
+        .expect("nft policer");
+    assert!(
+        police.contains(&format!("device \"{bw_tap}\""))
+            && police.contains("limit rate over 500000 bytes/second"),
+        "{police}"
+    );
+    let get = |flags: u32| {
+        let d3 = d3.clone();
+        async move {
+            let p = d3
+                .get_interface_parameters("52:54:00:92:00:31", flags)
+                .await
+                .expect("get");
+            let n = |k: &str| u32::try_from(&p[k]).expect(k);
+            (
+                n("inbound.average"),
+                n("inbound.peak"),
+                n("outbound.average"),
+            )
+        }
+    };
+    assert_eq!(get(1).await, (1000, 2000, 500));
+    // Live: the inbound rate doubled, the outbound limit lifted; the config keeps its own.
+    let set: std::collections::HashMap<&str, zbus::zvariant::Value> = [
+        ("inbound.average", zbus::zvariant::Value::from(2000u32)),
+        ("outbound.average", zbus::zvariant::Value::from(0u32)),
+    ]
+    .into();
+    d3.set_interface_parameters(&bw_tap, &set, 1)
+        .await
+        .expect("set live");
+    let class = ns
+        .run_ok(&["tc", "class", "show", "dev", &bw_tap])
+        .expect("tc class");
+    assert!(class.contains("rate 16Mbit"), "{class}");
+    assert!(ns
+        .run(&["nft", "list", "chain", "netdev", "virtqemud_bw", &bw_tap])
+        .expect("nft")
+        .stdout
+        .is_empty());
+    assert_eq!(get(1).await, (2000, 2000, 0));
+    assert_eq!(get(2).await, (1000, 2000, 500));
+    // Bad requests change nothing.
+    for (k, v, says) in [
+        ("inbound.floor", zbus::zvariant::Value::from(10u32), "floor"),
+        (
+            "outbound.floor",
+            zbus::zvariant::Value::from(10u32),
+            "not supported",
+        ),
+        (
+            "inbound.average",
+            zbus::zvariant::Value::from(10u64),
+            "unsigned int",
+        ),
+    ] {
+        let m: std::collections::HashMap<&str, zbus::zvariant::Value> = [(k, v)].into();
+        let e = bus_err(d3.set_interface_parameters(&bw_tap, &m, 1).await);
+        assert!(e.contains(says), "{k}: {e}");
+    }
+    assert_eq!(get(1).await, (2000, 2000, 0));
+    let e = bus_err(d3.get_interface_parameters("vnet999", 0).await);
+    assert!(e.contains("Can't find interface: vnet999"), "{e}");
+    // Back to an outbound limit, then the end of the run takes the policer with the tap.
+    let set: std::collections::HashMap<&str, zbus::zvariant::Value> =
+        [("outbound.average", zbus::zvariant::Value::from(100u32))].into();
+    d3.set_interface_parameters(&bw_tap, &set, 1)
+        .await
+        .expect("set outbound");
+    assert!(ns
+        .run_ok(&["nft", "list", "chain", "netdev", "virtqemud_bw", &bw_tap])
+        .expect("policer")
+        .contains("100000 bytes/second"));
+    d3.destroy(0).await.expect("destroy bw");
+    assert!(!ns
+        .run_ok(&["nft", "list", "table", "netdev", "virtqemud_bw"])
+        .expect("table")
+        .contains(&bw_tap));
 }

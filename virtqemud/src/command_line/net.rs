@@ -162,7 +162,7 @@ fn nic_reads(nic: &Interface, c: &Element) -> bool {
         "script" | "downscript" => {
             matches!(nic.kind, InterfaceKind::Ethernet) && nic.target_managed != Some(false)
         }
-        "filterref" => {
+        "filterref" | "bandwidth" => {
             matches!(
                 nic.kind,
                 InterfaceKind::Network(_) | InterfaceKind::Bridge(_) | InterfaceKind::Ethernet

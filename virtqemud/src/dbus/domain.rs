@@ -574,6 +574,36 @@ impl Domain {
         Err(no_support("virDomainSendProcessSignal"))
     }
 
+    #[zbus(name = "GetInterfaceParameters")]
+    async fn get_interface_parameters(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        device: &str,
+        flags: u32,
+    ) -> Result<TypedParams, BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(TypedParams(
+            self.driver.interface_parameters(&dom, device, flags)?,
+        ))
+    }
+
+    #[zbus(name = "SetInterfaceParameters")]
+    async fn set_interface_parameters(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        device: &str,
+        params: TypedParams,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self
+            .driver
+            .set_interface_parameters(&dom, device, &params, flags)
+            .await?)
+    }
+
     #[zbus(name = "GetPerfEvents")]
     async fn get_perf_events(
         &self,

@@ -52,6 +52,7 @@ mod guest;
 mod hotplug;
 mod iotune;
 mod monitor;
+mod netparams;
 mod peek;
 mod perf;
 mod queries;
