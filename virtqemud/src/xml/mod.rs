@@ -1047,7 +1047,7 @@ impl Domain {
             .and_then(|e| e.file_name())
             .is_some_and(|n| n == "qemu-system-x86_64");
         let i686 = i686_on_x86_64 || self.os.arch.as_deref() == Some("i686");
-        self.fill_cpu_defaults(i686 && !emulator_64);
+        self.fill_cpu_defaults(i686 && !emulator_64, caps.defaults.cpu_migratable);
         if self.virt_type == VirtType::Kvm && !caps.kvm_usable {
             // Defining is allowed (libvirt checks at start); the runtime reports it then.
             tracing::debug!(domain = %self.name, "kvm domain defined while KVM is unusable");
@@ -1061,7 +1061,7 @@ impl Domain {
             l.kind.get_or_insert_with(|| "rom".to_owned());
         }
         let q35 = self.is_q35();
-        self.devices.fill_defaults(q35)?;
+        self.devices.fill_defaults(q35, &caps.defaults)?;
         Ok(())
     }
 
@@ -1070,7 +1070,7 @@ impl Domain {
     /// `qemu64`, `qemu32` for i686) with `fallback='forbid'` and `check='none'`; a
     /// custom model is matched exactly; `check` is `none` where nothing is compared
     /// with the host (passthrough, maximum, custom under TCG), else `partial`.
-    fn fill_cpu_defaults(&mut self, i686: bool) {
+    fn fill_cpu_defaults(&mut self, i686: bool, migratable: bool) {
         let cpu = self.cpu.get_or_insert_with(|| Cpu {
             mode: CpuMode::Custom,
             match_: None,
@@ -1098,9 +1098,11 @@ impl Domain {
             CpuMode::Custom => "partial",
         };
         cpu.check.get_or_insert_with(|| check.to_owned());
-        // QEMU 7.2 knows `migratable`: libvirt turns it on for host-passthrough.
+        // libvirt turns `migratable` on for host-passthrough when QEMU knows it (2.12
+        // on), else off on x86.
         if cpu.mode == CpuMode::HostPassthrough {
-            cpu.migratable.get_or_insert_with(|| "on".to_owned());
+            let on = if migratable { "on" } else { "off" };
+            cpu.migratable.get_or_insert_with(|| on.to_owned());
         }
         // NUMA cells are numbered by their place when the ids are not written.
         for numa in cpu.other.iter_mut().filter(|e| e.name == "numa") {

@@ -1,5 +1,6 @@
 use super::*;
 use crate::caps::tests::fake;
+use crate::caps::DefaultCaps;
 
 const MINIMAL: &str = "<domain type='qemu'><name>t1</name><memory unit='MiB'>64</memory>\
 <os><type>hvm</type><kernel>/k</kernel></os></domain>";
@@ -275,6 +276,117 @@ fn defined_with(machine: &str, devices: &str, extra: &str) -> String {
     again.fill_defaults(&fake()).unwrap();
     assert_eq!(again.to_xml(XmlOpts::default()), out, "defaults not stable");
     out
+}
+
+/// Defined (twice, to check stability) against the fixture with `qemu` as what
+/// libvirt's defaults read of QEMU.
+fn defined_with_caps(machine: &str, devices: &str, extra: &str, qemu: DefaultCaps) -> String {
+    let xml = format!(
+        "<domain type='qemu'><name>d</name><memory unit='MiB'>64</memory>{extra}\
+         <os><type arch='x86_64' machine='{machine}'>hvm</type></os>\
+         <devices>{devices}</devices></domain>"
+    );
+    let mut caps = fake();
+    caps.defaults = qemu;
+    let mut d = Domain::parse(&xml).unwrap();
+    d.fill_defaults(&caps).unwrap();
+    let out = d.to_xml(XmlOpts::default());
+    let mut again = Domain::parse(&out).unwrap();
+    again.fill_defaults(&caps).unwrap();
+    assert_eq!(again.to_xml(XmlOpts::default()), out, "defaults not stable");
+    out
+}
+
+#[test]
+fn q35_usb_default_follows_what_qemu_has() {
+    let none = DefaultCaps::none();
+    let nec = DefaultCaps {
+        nec_usb_xhci: true,
+        ..none.clone()
+    };
+    let x = defined_with_caps("q35", "", "", nec);
+    assert!(
+        x.contains("<controller type='usb' index='0' model='nec-xhci'>"),
+        "{x}"
+    );
+    // USB2: EHCI and its three companions on ports 0, 2 and 4, in ICH9's slot.
+    let ehci = DefaultCaps {
+        ich9_usb_ehci1: true,
+        ..none.clone()
+    };
+    let x = defined_with_caps("q35", "", "", ehci);
+    for (n, port) in [(1, 0), (2, 2), (3, 4)] {
+        let c = format!("<controller type='usb' index='0' model='ich9-uhci{n}'>");
+        let at = x.find(&c).unwrap_or_else(|| panic!("{c} missing: {x}"));
+        assert!(
+            x[at..].contains(&format!("<master startport='{port}'/>")),
+            "{x}"
+        );
+    }
+    assert!(x.contains("model='ich9-ehci1'"), "{x}");
+    assert!(x.contains("slot='0x1d' function='0x7'/>"), "{x}");
+    // Neither: no USB controller, so no root port for one either.
+    let x = defined_with_caps("q35", "<memballoon model='none'/>", "", none);
+    assert!(!x.contains("type='usb'"), "{x}");
+    assert!(!x.contains("pcie-root-port"), "{x}");
+    // QEMU 7.2: qemu-xhci.
+    let x = defined_with_caps("q35", "", "", DefaultCaps::default());
+    assert!(x.contains("model='qemu-xhci'"), "{x}");
+}
+
+#[test]
+fn usb_controller_without_model_is_piix3_uhci_on_every_machine() {
+    for machine in ["pc", "q35"] {
+        let x = defined(machine, "<controller type='usb' index='0'/>");
+        assert!(
+            x.contains("<controller type='usb' index='0' model='piix3-uhci'>"),
+            "{machine}: {x}"
+        );
+    }
+    // A QEMU without PIIX3's UHCI: the model stays unwritten (QEMU's default).
+    let x = defined_with_caps(
+        "pc",
+        "<controller type='usb' index='0'/>",
+        "",
+        DefaultCaps::none(),
+    );
+    assert!(x.contains("<controller type='usb' index='0'>"), "{x}");
+}
+
+#[test]
+fn root_ports_are_ioh3420_without_the_generic_port() {
+    let x = defined_with_caps(
+        "q35",
+        "<interface type='user'><model type='virtio'/></interface>",
+        "",
+        DefaultCaps {
+            qemu_xhci: true,
+            ..DefaultCaps::none()
+        },
+    );
+    assert!(x.contains("model='pcie-root-port'>"), "{x}");
+    assert!(x.contains("<model name='ioh3420'/>"), "{x}");
+    assert!(!x.contains("<model name='pcie-root-port'/>"), "{x}");
+    // A written model name is kept.
+    let x = defined_with_caps(
+        "q35",
+        "<controller type='pci' index='1' model='pcie-root-port'><model name='pcie-root-port'/></controller>",
+        "",
+        DefaultCaps::none(),
+    );
+    assert!(x.contains("<model name='pcie-root-port'/>"), "{x}");
+}
+
+#[test]
+fn host_passthrough_is_migratable_when_qemu_knows_it() {
+    let cpu = "<cpu mode='host-passthrough'/>";
+    let x = defined_with_caps("pc", "", cpu, DefaultCaps::default());
+    assert!(x.contains("migratable='on'"), "{x}");
+    let x = defined_with_caps("pc", "", cpu, DefaultCaps::none());
+    assert!(x.contains("migratable='off'"), "{x}");
+    let written = "<cpu mode='host-passthrough' migratable='off'/>";
+    let x = defined_with_caps("pc", "", written, DefaultCaps::default());
+    assert!(x.contains("migratable='off'"), "{x}");
 }
 
 fn defined(machine: &str, devices: &str) -> String {

@@ -12,6 +12,7 @@ mod interface;
 mod misc;
 mod pci;
 
+use crate::caps::DefaultCaps;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -327,9 +328,9 @@ impl Devices {
         el
     }
 
-    pub(crate) fn fill_defaults(&mut self, q35: bool) -> Result<()> {
+    pub(crate) fn fill_defaults(&mut self, q35: bool, qemu: &DefaultCaps) -> Result<()> {
         self.fill_disk_buses(q35)?;
-        self.add_machine_controllers(q35);
+        self.add_machine_controllers(q35, qemu);
         self.add_implicit_controllers(q35)?;
         // libvirt's qemuDomainDeviceDiskDefPostParse: QEMU's driver, raw unless said
         // otherwise (a volume's format is its pool's business).
@@ -452,19 +453,33 @@ impl Devices {
         }
         self.add_default_audio();
         self.add_implicit_inputs();
-        self.assign_pci(q35)
+        self.assign_pci(q35, qemu.pcie_root_port)
     }
 
     /// The controllers libvirt gives every PC machine (qemuDomainDefAddDefaultDevices):
-    /// a USB controller (PIIX3's UHCI at 00:01.2 on i440fx, qemu-xhci on q35) unless
-    /// one is written (`model='none'` for none), the IDE controller of i440fx's PIIX3
-    /// (00:01.1) for IDE disks, and q35's built-in AHCI (00:1f.2). USB controllers
-    /// written without a model get the machine's default one.
-    fn add_machine_controllers(&mut self, q35: bool) {
-        let usb_model = if q35 { "qemu-xhci" } else { "piix3-uhci" };
-        if !self.controllers.iter().any(|c| c.kind == "usb") {
-            self.controllers
-                .push(Controller::new("usb", 0, Some(usb_model)));
+    /// a USB controller (PIIX3's UHCI at 00:01.2 on i440fx; on q35 the first QEMU has
+    /// of qemu-xhci, nec-xhci and ICH9's USB2 set, or none) unless one is written
+    /// (`model='none'` for none), the IDE controller of i440fx's PIIX3 (00:01.1) for IDE
+    /// disks, and q35's built-in AHCI (00:1f.2). USB controllers written without a model
+    /// are PIIX3's UHCI, as in libvirt, also on q35.
+    fn add_machine_controllers(&mut self, q35: bool, qemu: &DefaultCaps) {
+        let usb_model = match () {
+            _ if !q35 => Some("piix3-uhci"),
+            _ if qemu.qemu_xhci => Some("qemu-xhci"),
+            _ if qemu.nec_usb_xhci => Some("nec-xhci"),
+            _ if qemu.ich9_usb_ehci1 => Some("ich9-ehci1"),
+            _ => None,
+        };
+        if let Some(m) = usb_model.filter(|_| !self.controllers.iter().any(|c| c.kind == "usb")) {
+            self.controllers.push(Controller::new("usb", 0, Some(m)));
+            // virDomainDefAddUSBController: EHCI comes with its three companions.
+            if m == "ich9-ehci1" {
+                for (n, port) in [(1, 0), (2, 2), (3, 4)] {
+                    let mut c = Controller::new("usb", 0, Some(&format!("ich9-uhci{n}")));
+                    c.master_startport = Some(port);
+                    self.controllers.push(c);
+                }
+            }
         }
         let ide = !q35 && self.disks.iter().any(|d| d.bus == Some(DiskBus::Ide));
         if ide && !self.controllers.iter().any(|c| c.kind == "ide") {
@@ -511,8 +526,10 @@ impl Devices {
             }))
         };
         for c in &mut self.controllers {
-            if c.kind == "usb" && c.model.is_none() {
-                c.model = Some(usb_model.to_owned());
+            // qemuDomainControllerDefPostParse: a USB controller written without a
+            // model is PIIX3's UHCI on x86, whatever the machine.
+            if c.kind == "usb" && c.model.is_none() && qemu.piix3_usb_uhci {
+                c.model = Some("piix3-uhci".to_owned());
             }
             if c.index != 0 || c.address.is_some() {
                 continue;

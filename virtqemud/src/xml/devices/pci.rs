@@ -673,7 +673,8 @@ impl Devices {
     /// spare root port for hot-plug), then the real assignment, `multifunction='on'`
     /// where a slot has several functions, and the controllers' model names and
     /// targets.
-    pub(super) fn assign_pci(&mut self, q35: bool) -> Result<()> {
+    /// `generic_root_port`: QEMU has `pcie-root-port`; else root ports are `ioh3420`s.
+    pub(super) fn assign_pci(&mut self, q35: bool, generic_root_port: bool) -> Result<()> {
         let mut others = Others {
             addrs: self
                 .other
@@ -742,7 +743,7 @@ impl Devices {
                 .retain(|c| !matches!(c, common::xml::Node::Element(e) if e.name == "address"));
             push_addr(el, &a);
         }
-        self.fill_pci_targets()
+        self.fill_pci_targets(generic_root_port)
     }
 
     /// A fixed address for `d`, reserved (qemuDomainValidateDevicePCISlots*).
@@ -1016,8 +1017,17 @@ impl Devices {
     /// pci-bridge's chassisNr), a root port's port from its own slot and function
     /// (`slot << 3 | function`), a downstream port's from its slot; a pci-bridge must
     /// have a higher index than the bus it sits on.
-    fn fill_pci_targets(&mut self) -> Result<()> {
+    fn fill_pci_targets(&mut self, generic_root_port: bool) -> Result<()> {
         for c in self.controllers.iter_mut().filter(|c| c.kind == "pci") {
+            if c.model_name.is_none() && c.model.as_deref() == Some("pcie-root-port") {
+                // qemuDomainPCIControllerSetDefaultModelName: Intel's port before QEMU 2.9.
+                let name = if generic_root_port {
+                    "pcie-root-port"
+                } else {
+                    "ioh3420"
+                };
+                c.model_name = Some(name.to_owned());
+            }
             if c.model_name.is_none() {
                 c.model_name = c
                     .model
