@@ -172,6 +172,14 @@ fn controller_props(
             }
             dev
         }
+        // libvirt accepts it anywhere and passes spapr-vscsi, which is PowerPC's only.
+        ("scsi", Some("ibmvscsi")) => {
+            return Err(unsupported(
+                "controller scsi model",
+                "ibmvscsi",
+                "spapr-vscsi is a PowerPC (pSeries) device that QEMU's x86 emulator lacks",
+            ))
+        }
         ("scsi", m) => {
             let model = m.unwrap_or("virtio-scsi");
             let qemu = scsi_device(model)

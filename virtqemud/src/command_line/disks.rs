@@ -309,7 +309,7 @@ fn source_path(src: &DiskSource, ctx: &LaunchContext) -> Result<(&'static str, P
 }
 
 /// The storage node of a network disk: QEMU's own block driver for the protocol.
-fn network_storage(i: usize, src: &DiskSource) -> Result<serde_json::Value> {
+pub(super) fn network_storage(i: usize, src: &DiskSource) -> Result<serde_json::Value> {
     use serde_json::json;
     let DiskSource::Network {
         protocol,
@@ -682,6 +682,14 @@ fn disk_props(
             scsi_place(DeviceProps::new(kind), disk, units)?
         }
         (DiskBus::Usb, _) => DeviceProps::new("usb-storage").str("bus", "usb0.0"),
+        // libvirt passes `-drive if=sd`, which QEMU's PC machines leave unconnected.
+        (DiskBus::Sd, _) => {
+            return Err(unsupported(
+                "disk target bus",
+                "sd",
+                "QEMU's x86 machines have no SD card controller",
+            ))
+        }
         (DiskBus::Fdc, _) => {
             only_controller_0(disk)?;
             let u = drive_unit(&disk.address, units.fd, 2, &disk.target_dev)?;

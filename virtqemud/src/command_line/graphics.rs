@@ -288,6 +288,12 @@ fn video_props(i: usize, v: &Video, buses: &PciBuses) -> Result<Option<DevicePro
         "virtio" if i == 0 => "virtio-vga",
         "virtio" => "virtio-gpu-pci",
         "bochs" => "bochs-display",
+        // A framebuffer in guest RAM the firmware finds through fw_cfg, on no bus.
+        "ramfb" => {
+            return Ok(Some(
+                DeviceProps::new("ramfb").str("id", format!("video{i}")),
+            ))
+        }
         m => return Err(unsupported("video model", m, "not implemented")),
     };
     let mut dev = DeviceProps::new(driver).str("id", format!("video{i}"));

@@ -633,3 +633,205 @@ fn kept_devices_get_libvirts_defaults() {
     assert!(x.contains("<vsock model='virtio'>"), "{x}");
     assert!(x.contains("<panic model='isa'/>"), "{x}");
 }
+
+/// A whole document of `body` (after `<name>`) defined twice, as the daemon stores it.
+fn defined_doc(body: &str) -> String {
+    let xml = format!("<domain type='qemu'><name>c</name>{body}</domain>");
+    let mut d = Domain::parse(&xml).unwrap();
+    d.fill_defaults(&fake()).unwrap();
+    let out = d.to_xml(XmlOpts::default());
+    let mut again = Domain::parse(&out).unwrap();
+    again.fill_defaults(&fake()).unwrap();
+    assert_eq!(again, d, "not stable: {out}");
+    out
+}
+
+#[test]
+fn usb_redirection_filter_versions_as_libvirt_writes_them() {
+    assert_eq!(devices::usb_version("9.4").as_deref(), Some("9.40"));
+    assert_eq!(devices::usb_version("1.09").as_deref(), Some("1.09"));
+    assert_eq!(devices::usb_version("2.0").as_deref(), Some("2.00"));
+    for bad in ["100.1", "1.100", "x.1", "1", "1.", ".5", "-1.2"] {
+        assert_eq!(devices::usb_version(bad), None, "{bad}");
+    }
+    let x = defined(
+        "pc",
+        "<redirfilter><usbdev version='9.4' allow='yes'/></redirfilter>",
+    );
+    assert!(x.contains("version='9.40'"), "{x}");
+    let e = err("<domain type='qemu'><name>e</name><memory>65536</memory><os><type>hvm</type></os>\
+        <devices><redirfilter><usbdev version='nine' allow='yes'/></redirfilter></devices></domain>");
+    assert!(
+        e.contains("redirfilter/usbdev") && e.contains("nine"),
+        "{e}"
+    );
+}
+
+#[test]
+fn user_alias_of_a_video_is_kept() {
+    let x = defined(
+        "pc",
+        "<graphics type='vnc'/><video><model type='vga'/><alias name='ua-v'/></video>",
+    );
+    assert!(x.contains("<alias name='ua-v'/>"), "{x}");
+    // libvirt's own aliases are made again at start.
+    let x = defined(
+        "pc",
+        "<graphics type='vnc'/><video><model type='vga'/><alias name='video0'/></video>",
+    );
+    assert!(!x.contains("<alias"), "{x}");
+}
+
+#[test]
+fn nvram_source_forms_and_stateless_loader_round_trip() {
+    let os = |nvram: &str| {
+        format!(
+            "<memory unit='MiB'>64</memory><os><type arch='x86_64' machine='pc'>hvm</type>\
+             <loader readonly='yes' type='pflash'>/c.fd</loader>{nvram}</os>"
+        )
+    };
+    let x = defined_doc(&os(
+        "<nvram type='file'><source file='/v/guest_VARS.fd'/></nvram>",
+    ));
+    assert!(
+        x.contains("<nvram type='file'><source file='/v/guest_VARS.fd'/></nvram>")
+            || x.contains("<nvram type='file'>\n      <source file='/v/guest_VARS.fd'/>"),
+        "{x}"
+    );
+    let d = Domain::parse(&format!(
+        "<domain type='qemu'><name>c</name>{}</domain>",
+        os("<nvram type='file'><source file='/v/guest_VARS.fd'/></nvram>")
+    ))
+    .unwrap();
+    assert_eq!(
+        d.os.nvram.as_deref(),
+        Some(std::path::Path::new("/v/guest_VARS.fd"))
+    );
+    let x = defined_doc(&os(
+        "<nvram type='network'><source protocol='nbd' name='bar'><host name='h' port='6000'/></source></nvram>",
+    ));
+    assert!(x.contains("<nvram type='network'>"), "{x}");
+    assert!(x.contains("<host name='h' port='6000'/>"), "{x}");
+    let body = "<memory unit='MiB'>64</memory><os firmware='bios'><type>hvm</type>\
+                <loader stateless='yes'/></os>";
+    assert!(defined_doc(body).contains("<loader stateless='yes'/>"));
+    for (nvram, want) in [
+        ("<nvram type='file'/>", "<source>"),
+        (
+            "<nvram type='block'><source dev='/d'/></nvram>",
+            "nvram type",
+        ),
+        (
+            "<nvram type='network'><source protocol='gopher'/></nvram>",
+            "gopher",
+        ),
+    ] {
+        let e = err(&format!(
+            "<domain type='qemu'><name>e</name>{}</domain>",
+            os(nvram)
+        ));
+        assert!(e.contains(want), "{nvram}: {e}");
+    }
+}
+
+#[test]
+fn external_tpm_and_persistent_state() {
+    let x = defined(
+        "q35",
+        "<tpm model='tpm-tis'><backend type='external'>\
+         <source type='unix' mode='connect' path='/run/t.sock'/></backend></tpm>",
+    );
+    assert!(
+        x.contains("<source type='unix' mode='connect' path='/run/t.sock'/>"),
+        "{x}"
+    );
+    let x = defined(
+        "q35",
+        "<tpm model='tpm-crb'><backend type='emulator' version='2.0' persistent_state='yes'/></tpm>",
+    );
+    assert!(x.contains("persistent_state='yes'"), "{x}");
+    let doc = |backend: &str| {
+        format!(
+            "<domain type='qemu'><name>e</name><memory>65536</memory><os><type>hvm</type></os>\
+            <devices><tpm>{backend}</tpm></devices></domain>"
+        )
+    };
+    let e = err(&doc("<backend type='external'/>"));
+    assert!(e.contains("tpm/backend") && e.contains("<source>"), "{e}");
+    let e = err(&doc(
+        "<backend type='external'><source type='tcp' path='/x'/></backend>",
+    ));
+    assert!(
+        e.contains("tpm/backend/source type") && e.contains("tcp"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sd_disks_ramfb_and_vio_scsi_define_as_in_libvirt() {
+    let x = defined(
+        "pc",
+        "<disk type='file'><source file='/c.img'/><target dev='sda' bus='sd'/></disk>",
+    );
+    assert!(x.contains("bus='sd'"), "{x}");
+    let e = start_err(
+        "<domain type='qemu'><name>e</name><memory>65536</memory><os><type>hvm</type></os>\
+         <devices><disk type='file'><source file='/c.img'/><target dev='sda' bus='sd'/></disk></devices></domain>",
+    );
+    assert!(e.contains("<disk target bus> 'sd'"), "{e}");
+    // ramfb sits on no PCI bus.
+    let x = defined(
+        "q35",
+        "<graphics type='vnc'/><video><model type='ramfb'/></video>",
+    );
+    let video = &x[x.find("<video>").unwrap()..x.find("</video>").unwrap()];
+    assert!(!video.contains("<address"), "{x}");
+    let e = err("<domain type='qemu'><name>e</name><memory>65536</memory><os><type>hvm</type></os>\
+        <devices><video><model type='ramfb'/><address type='pci' slot='3'/></video></devices></domain>");
+    assert!(e.contains("video/address"), "{e}");
+    // libvirt gives VIO SCSI controllers spapr-vio registers from 0x2000, no PCI slot.
+    let x = defined(
+        "pc",
+        "<controller type='scsi' index='0' model='ibmvscsi'/><controller type='scsi' index='1' model='ibmvscsi'/>",
+    );
+    assert!(
+        x.contains("<address type='spapr-vio' reg='0x00002000'/>"),
+        "{x}"
+    );
+    assert!(
+        x.contains("<address type='spapr-vio' reg='0x00003000'/>"),
+        "{x}"
+    );
+}
+
+#[test]
+fn empty_pci_address_asks_for_one() {
+    let x = defined(
+        "pc",
+        "<graphics type='vnc'/><video><model type='cirrus'/><address type='pci'/></video>\
+         <memballoon model='virtio'><address type='pci'/></memballoon>",
+    );
+    assert!(x.contains("slot='0x02'"), "{x}");
+    assert!(!x.contains("<address type='pci'/>"), "{x}");
+}
+
+#[test]
+fn memory_from_numa_cells_and_namespaced_commandline() {
+    let x = defined_doc(
+        "<vcpu>2</vcpu><cpu><numa><cell id='0' cpus='0' memory='65536' unit='KiB'/>\
+         <cell id='1' cpus='1' memory='64' unit='MiB'/></numa></cpu><os><type>hvm</type></os>",
+    );
+    assert!(x.contains("<memory unit='KiB'>131072</memory>"), "{x}");
+    let e = err("<domain type='qemu'><name>e</name><os><type>hvm</type></os></domain>");
+    assert!(e.contains("<memory>"), "{e}");
+    let x = defined_doc(
+        "<memory unit='MiB'>64</memory><os><type>hvm</type></os>\
+         <ns0:commandline xmlns:ns0='http://libvirt.org/schemas/domain/qemu/1.0'>\
+         <ns1:arg value='-S' xmlns:ns1='http://libvirt.org/schemas/domain/qemu/1.0'/></ns0:commandline>",
+    );
+    assert!(x.contains("<qemu:arg value='-S'/>"), "{x}");
+    let e = err(
+        "<domain type='hvf'><name>e</name><memory>65536</memory><os><type>hvm</type></os></domain>",
+    );
+    assert!(e.contains("'hvf'") && e.contains("macOS"), "{e}");
+}

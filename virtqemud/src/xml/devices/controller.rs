@@ -172,7 +172,8 @@ impl Controller {
     pub fn needs_pci_slot(&self) -> bool {
         match self.kind.as_str() {
             "usb" => self.model.as_deref() != Some("none"),
-            "scsi" | "virtio-serial" => true,
+            "scsi" => self.model.as_deref() != Some("ibmvscsi"),
+            "virtio-serial" => true,
             "pci" => self.is_pci_bridge(),
             _ => false,
         }
@@ -336,6 +337,29 @@ impl Devices {
         for c in self.controllers.iter_mut().filter(|c| c.kind == "scsi") {
             c.model.get_or_insert_with(|| SCSI_DEFAULT.to_owned());
         }
+        // qemuDomainAssignSpaprVIOAddresses: VIO SCSI controllers get the next free
+        // `reg` from 0x2000, in steps of 0x1000, whatever the machine.
+        let vio_reg = |c: &Controller| match &c.address {
+            Some(Address::Other(a)) if a.get_attr("type") == Some("spapr-vio") => a
+                .get_attr("reg")
+                .and_then(|r| u64::from_str_radix(r.trim_start_matches("0x"), 16).ok()),
+            _ => None,
+        };
+        let mut taken: BTreeSet<u64> = self.controllers.iter().filter_map(vio_reg).collect();
+        for c in self.controllers.iter_mut().filter(|c| {
+            c.kind == "scsi" && c.model.as_deref() == Some("ibmvscsi") && c.address.is_none()
+        }) {
+            let reg = (0x2000u64..)
+                .step_by(0x1000)
+                .find(|r| !taken.contains(r))
+                .unwrap_or(0x2000);
+            taken.insert(reg);
+            c.address = Some(Address::Other(
+                Element::new("address")
+                    .attr("type", "spapr-vio")
+                    .attr("reg", format!("0x{reg:08x}")),
+            ));
+        }
         for c in &self.controllers {
             if c.kind == "usb" {
                 if let Some(m) = &c.model {
@@ -408,6 +432,8 @@ const SCSI_MODELS: &[(&str, &str)] = &[
     ("vmpvscsi", "pvscsi"),
     ("am53c974", "am53c974"),
     ("dc390", "dc390"),
+    // pSeries' VIO SCSI: defined as libvirt does (with a spapr-vio address), never run.
+    ("ibmvscsi", "spapr-vscsi"),
 ];
 
 fn model_names(models: &[(&str, &str)]) -> String {

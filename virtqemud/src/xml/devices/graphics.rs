@@ -93,6 +93,8 @@ pub struct Video {
     /// `primary='yes'`: libvirt marks the first video so.
     pub primary: bool,
     pub address: Option<Address>,
+    /// A user's `<alias name='ua-...'>`, kept in the definition (QEMU's id is ours).
+    pub user_alias: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,6 +362,7 @@ impl Video {
             heads: None,
             primary: false,
             address: None,
+            user_alias: None,
         }
     }
 
@@ -389,12 +392,22 @@ impl Video {
         let model = m.and_then(|m| m.get_attr("type")).unwrap_or("cirrus");
         if !matches!(
             model,
-            "vga" | "cirrus" | "qxl" | "virtio" | "bochs" | "none"
+            "vga" | "cirrus" | "qxl" | "virtio" | "bochs" | "ramfb" | "none"
         ) {
             return Err(DomainXmlError::unsupported(
                 "video model",
                 model,
-                "expected vga, cirrus, qxl, virtio, bochs or none",
+                "expected vga, cirrus, qxl, virtio, bochs, ramfb or none",
+            ));
+        }
+        let address = addr_of(c)?;
+        // ramfb is a system bus device: libvirt refuses a PCI address for it.
+        if let (Some(Address::Pci(_)), "ramfb") = (&address, model) {
+            return Err(invalid(
+                "video/address",
+                "type",
+                "pci",
+                "a ramfb display sits on no PCI bus",
             ));
         }
         let num = |k: &str| -> Result<Option<u64>> {
@@ -410,7 +423,12 @@ impl Video {
                 .transpose()?
                 .flatten(),
             primary: m.and_then(|m| m.get_attr("primary")) == Some("yes"),
-            address: addr_of(c)?,
+            address,
+            user_alias: c
+                .elements()
+                .find(|e| super::user_alias(e))
+                .and_then(|e| e.get_attr("name"))
+                .map(str::to_owned),
         })
     }
 
@@ -424,6 +442,9 @@ impl Video {
                 .attr_opt("heads", self.heads)
                 .attr_opt("primary", self.primary.then_some("yes")),
         );
+        if let Some(a) = &self.user_alias {
+            e.push(Element::new("alias").attr("name", a));
+        }
         push_addr(&mut e, &self.address);
         e
     }

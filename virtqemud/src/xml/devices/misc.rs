@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use common::xml::Element;
 
-use super::super::{invalid, missing, DomainXmlError, Result};
+use super::super::{invalid, missing, yes_no, yn, DomainXmlError, Result};
 use super::{addr_of, model_attr, path_text, push_addr, Address};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,10 +51,14 @@ pub struct Watchdog {
 pub struct Tpm {
     /// `tpm-tis`, `tpm-crb`
     pub model: String,
-    /// `emulator` or `passthrough`
+    /// `emulator`, `passthrough` or `external` (a swtpm someone else runs)
     pub backend: String,
     pub version: Option<String>,
     pub device: Option<PathBuf>,
+    /// `external`: the UNIX socket of that swtpm (`<source type='unix' mode='connect'>`).
+    pub socket: Option<PathBuf>,
+    /// `<backend persistent_state>`: keep the state when a transient domain ends.
+    pub persistent_state: Option<bool>,
 }
 
 impl Input {
@@ -243,13 +247,36 @@ impl Tpm {
             .first("backend")
             .ok_or_else(|| missing("tpm", "<backend>"))?;
         let backend = b.req_attr("type")?;
-        if !matches!(backend, "emulator" | "passthrough") {
+        if !matches!(backend, "emulator" | "passthrough" | "external") {
             return Err(DomainXmlError::unsupported(
                 "tpm backend type",
                 backend,
-                "expected emulator or passthrough",
+                "expected emulator, passthrough or external",
             ));
         }
+        let socket = match b.first("source").filter(|_| backend == "external") {
+            None if backend == "external" => return Err(missing("tpm/backend", "<source>")),
+            None => None,
+            Some(src) => {
+                let ty = src.get_attr("type").unwrap_or("");
+                if ty != "unix" {
+                    return Err(DomainXmlError::unsupported(
+                        "tpm/backend/source type",
+                        ty,
+                        "an external TPM is reached over a UNIX socket: expected unix",
+                    ));
+                }
+                let mode = src.get_attr("mode").unwrap_or("connect");
+                if mode != "connect" {
+                    return Err(DomainXmlError::unsupported(
+                        "tpm/backend/source mode",
+                        mode,
+                        "QEMU connects to an external TPM: expected connect",
+                    ));
+                }
+                Some(PathBuf::from(src.req_attr("path")?))
+            }
+        };
         Ok(Tpm {
             model: model.to_owned(),
             backend: backend.to_owned(),
@@ -258,15 +285,26 @@ impl Tpm {
                 .first("device")
                 .and_then(|x| x.get_attr("path"))
                 .map(PathBuf::from),
+            socket,
+            persistent_state: yes_no(b, "persistent_state")?,
         })
     }
 
     pub(super) fn to_element(&self) -> Element {
         let mut b = Element::new("backend")
             .attr("type", &self.backend)
-            .attr_opt("version", self.version.as_deref());
+            .attr_opt("version", self.version.as_deref())
+            .attr_opt("persistent_state", self.persistent_state.map(yn));
         if let Some(p) = &self.device {
             b.push(Element::new("device").attr("path", path_text(p)));
+        }
+        if let Some(p) = &self.socket {
+            b.push(
+                Element::new("source")
+                    .attr("type", "unix")
+                    .attr("mode", "connect")
+                    .attr("path", path_text(p)),
+            );
         }
         Element::new("tpm").attr("model", &self.model).child(b)
     }

@@ -26,6 +26,7 @@ pub use chardev::{Chardev, ChardevSource};
 pub use controller::{scsi_device, usb_device, Controller, PCI_BRIDGES};
 #[cfg(test)]
 pub(crate) use disk::disk_index;
+pub(crate) use disk::network_source;
 pub use disk::{Disk, DiskBus, DiskDevice, DiskDriver, DiskSource, NetHost};
 pub use graphics::{Audio, Graphics, GraphicsKind, Redirdev, Sound, Video};
 pub use hostdev::Hostdev;
@@ -212,8 +213,12 @@ pub fn dropped_child(c: &Element) -> Result<Option<String>> {
         c.name.as_str(),
         "serial" | "console" | "channel" | "parallel"
     );
+    // `<address type='pci'/>`: a PCI address to be picked, which the typed model
+    // writes once it is.
+    let empty_pci_address = |p: &str| p == "address" && matches!(addr_of(c), Ok(None));
     let excused = |p: &str| {
         vfio(p)
+            || empty_pci_address(p)
             // The pty a running guest got, in live XML; a new one is made at start.
             || (chardev && live_pty_path(p))
             // A listening UNIX socket without a path: made at start, not written.
@@ -374,7 +379,7 @@ impl Devices {
             c.target_type.get_or_insert_with(|| "virtio".into());
         }
         self.assign_channel_ports();
-        self.fill_untyped_defaults();
+        self.fill_untyped_defaults()?;
         // libvirt's default NIC model on x86 (qemuDomainDefaultNetModel) is rtl8139,
         // and it writes it down; a vDPA NIC can only be virtio.
         for i in &mut self.interfaces {
@@ -600,8 +605,8 @@ impl Devices {
     /// The defaults libvirt writes into devices this model keeps whole: a vsock's
     /// virtio model, a filesystem's `accessmode='passthrough'` (not for a virtiofs
     /// on a given socket) and its modes as four octal digits; an x86 panic device is
-    /// ISA's.
-    fn fill_untyped_defaults(&mut self) {
+    /// ISA's; a USB redirection filter's device version as libvirt writes it.
+    fn fill_untyped_defaults(&mut self) -> Result<()> {
         for p in &mut self.panics {
             p.model.get_or_insert_with(|| "isa".to_owned());
         }
@@ -647,6 +652,16 @@ impl Devices {
                     for c in e.children.iter_mut() {
                         if let common::xml::Node::Element(u) = c {
                             u.attrs.retain(|(k, v)| k == "allow" || v != "-1");
+                            for (k, v) in u.attrs.iter_mut().filter(|(k, _)| k == "version") {
+                                *v = usb_version(v).ok_or_else(|| {
+                                    invalid(
+                                        "redirfilter/usbdev",
+                                        k,
+                                        v,
+                                        "expected a USB version MAJOR.MINOR (each below 100)",
+                                    )
+                                })?;
+                            }
                         }
                     }
                 }
@@ -725,6 +740,7 @@ impl Devices {
                 _ => {}
             }
         }
+        Ok(())
     }
 
     /// libvirt's implicit PS/2 mouse and keyboard of every x86 machine (QEMU has them
@@ -857,4 +873,22 @@ fn shmem_defaults(e: &mut Element) {
             }
         }
     }
+}
+
+/// A USB device version as libvirt writes it (virDomainRedirFilterUSBVersionHelper):
+/// `J.M` is `J.M0`, not `J.0M`, and the minor part has two digits.
+pub(crate) fn usb_version(v: &str) -> Option<String> {
+    let (major, minor) = v.split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(major) || !digits(minor) {
+        return None;
+    }
+    let (j, mut m): (u32, u32) = (major.parse().ok()?, minor.parse().ok()?);
+    if j >= 100 || m >= 100 {
+        return None;
+    }
+    if minor.len() == 1 {
+        m *= 10;
+    }
+    Some(format!("{j}.{m:02}"))
 }

@@ -423,7 +423,7 @@ impl Devices {
                     },
                     "scsi" => match m {
                         Some("virtio-scsi" | "virtio-non-transitional") | None => pcie,
-                        Some("ncr53c90") => 0,
+                        Some("ncr53c90" | "ibmvscsi") => 0,
                         _ => pci,
                     },
                     "virtio-serial" => virtio(m),
