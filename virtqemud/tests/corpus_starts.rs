@@ -2,7 +2,8 @@
 //! a ramfb display, an external TPM (a swtpm the test runs, not the runtime) and a
 //! UEFI variable store on an NBD server (qemu-nbd on a UNIX socket of the test), in one
 //! q35 domain defined, defaulted and built as the daemon does, started with the
-//! installed QEMU (TCG, paused) and asked over QMP what it has.
+//! installed QEMU (TCG, paused) and asked over QMP what it has; and virtio devices'
+//! `<driver>` options on q35 (behind root ports, so modern-only as `iommu` needs).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -165,4 +166,90 @@ async fn ramfb_external_tpm_and_nbd_nvram_start() {
         "pflash1 is not on NBD: {storage:?} in {nodes}"
     );
     ask(r#"{"execute":"quit"}"#).await;
+}
+
+/// Starts `argv` and returns QEMU (reaped on drop) with a QMP session past
+/// `qmp_capabilities`.
+async fn started(
+    argv: &[String],
+    qmp: &Path,
+) -> (
+    Reap,
+    tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    tokio::net::unix::OwnedWriteHalf,
+) {
+    let mut qemu = spawn(argv);
+    let stream = wait_socket(qmp, &mut qemu, "qemu").await;
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    let greeting = lines
+        .next_line()
+        .await
+        .expect("QMP greeting")
+        .expect("QMP greeting");
+    assert!(greeting.contains("\"QMP\""), "{greeting}");
+    w.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+        .await
+        .expect("QMP write");
+    while let Some(l) = lines.next_line().await.expect("QMP read") {
+        if l.contains("\"return\"") {
+            break;
+        }
+    }
+    (qemu, lines, w)
+}
+
+#[tokio::test]
+async fn virtio_driver_options_reach_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let emu = Path::new("/usr/bin/qemu-system-x86_64");
+    let caps = Caps::load_or_probe(emu, &d.join("caps")).await.unwrap();
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/virtio-options-input-rng-balloon-fs.xml");
+    let xml = std::fs::read_to_string(golden)
+        .unwrap()
+        .replace("type='kvm'", "type='qemu'")
+        .replace("/srv/share", &d.display().to_string());
+    let mut dom = Domain::parse(&xml).unwrap();
+    dom.fill_defaults(&caps).unwrap();
+    let mut ctx = LaunchContext::new(
+        emu.to_path_buf(),
+        d.join("qmp.sock"),
+        d.join("qemu.pid"),
+        d.to_path_buf(),
+    );
+    ctx.accel = Accel::Tcg;
+    let argv: Vec<String> = build(&dom, &ctx)
+        .unwrap()
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let (_qemu, mut lines, mut w) = started(&argv, &ctx.qmp_socket).await;
+    let mut get = async |id: &str, prop: &str| -> String {
+        let cmd = format!(
+            "{{\"execute\":\"qom-get\",\"arguments\":{{\"path\":\"/machine/peripheral/{id}\",\"property\":\"{prop}\"}}}}\n"
+        );
+        w.write_all(cmd.as_bytes()).await.unwrap();
+        loop {
+            let l = lines.next_line().await.unwrap().unwrap();
+            if l.contains("\"return\"") || l.contains("\"error\"") {
+                return l;
+            }
+        }
+    };
+    for (id, prop, want) in [
+        ("input0", "iommu_platform", "true"),
+        ("input0", "page-per-vq", "true"),
+        ("rng0", "iommu_platform", "true"),
+        ("rng0", "packed", "false"),
+        ("balloon0", "ats", "true"),
+        ("fs0", "packed", "true"),
+    ] {
+        let got = get(id, prop).await;
+        assert!(
+            got.contains(&format!("\"return\": {want}")),
+            "{id}.{prop}: {got}"
+        );
+    }
 }

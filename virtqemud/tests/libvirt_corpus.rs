@@ -527,6 +527,12 @@ fn launch_ctx(dom: &Domain) -> LaunchContext {
     c.pins_cpus = true;
     c.tpm_socket = Some("/run/virtqemud/swtpm-1.sock".into());
     c.tap_fds = (30..62).map(Some).collect();
+    // As the runtime: the passphrase of each encrypted disk, fetched from
+    // virtstoraged, in a file of the run's folder.
+    c.disk_secrets = (dom.devices.disks.iter().enumerate())
+        .filter(|(_, d)| virtqemud::secrets::encryption(d).is_some())
+        .map(|(i, _)| (i, format!("/run/virtqemud/disk-{i}.secret").into()))
+        .collect();
     // Fixed host resources, not this host's.
     support::fixture_host(&mut c);
     c

@@ -5,7 +5,7 @@ use common::xml::Element;
 
 use crate::xml::{Address, Domain, Input, Memballoon, Rng, Watchdog};
 
-use super::device::{DeviceProps, PciBuses};
+use super::device::{virtio_options, DeviceProps, PciBuses};
 use std::path::Path;
 
 use super::{json_str, path_opt, qemu_opt_value, unsupported, Argv, Result};
@@ -53,19 +53,28 @@ fn input_props(i: usize, inp: &Input, buses: &PciBuses) -> Result<Option<DeviceP
         }
         Ok(dev)
     };
-    let virtio = |driver: &str| {
-        DeviceProps::new(driver)
-            .str("id", id.as_str())
-            .pci(buses, &inp.address)
+    let options = inp.driver.as_deref().unwrap_or_default();
+    if inp.bus != "virtio" {
+        if let Some((k, v)) = options.first() {
+            return Err(unsupported(
+                &format!("input/driver {k}"),
+                v,
+                "virtio options are for virtio inputs",
+            ));
+        }
+    }
+    let virtio = |driver: &str| -> Result<DeviceProps> {
+        let dev = DeviceProps::new(driver).str("id", id.as_str());
+        Ok(virtio_options(dev, "input", options, &[])?.pci(buses, &inp.address))
     };
     Ok(Some(match (inp.kind.as_str(), inp.bus.as_str()) {
         (_, "ps2") => return Ok(None),
         ("tablet", "usb") => usb("usb-tablet")?,
         ("mouse", "usb") => usb("usb-mouse")?,
         ("keyboard", "usb") => usb("usb-kbd")?,
-        ("tablet", "virtio") => virtio("virtio-tablet-pci"),
-        ("mouse", "virtio") => virtio("virtio-mouse-pci"),
-        ("keyboard", "virtio") => virtio("virtio-keyboard-pci"),
+        ("tablet", "virtio") => virtio("virtio-tablet-pci")?,
+        ("mouse", "virtio") => virtio("virtio-mouse-pci")?,
+        ("keyboard", "virtio") => virtio("virtio-keyboard-pci")?,
         (k, b) => return Err(unsupported("input", &format!("{k}/{b}"), "not implemented")),
     }))
 }
@@ -179,7 +188,7 @@ pub(super) fn rngs(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
                 "-object",
                 format!("{{\"qom-type\":\"rng-builtin\",\"id\":\"objrng{i}\"}}"),
             );
-            a.device(&rng_props(i, r, buses))?;
+            a.device(&rng_props(i, r, buses)?)?;
             continue;
         }
         a.pair(
@@ -189,13 +198,13 @@ pub(super) fn rngs(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
                 json_str(&r.backend)?
             ),
         );
-        a.device(&rng_props(i, r, buses))?;
+        a.device(&rng_props(i, r, buses)?)?;
     }
     Ok(())
 }
 
 /// RNG `i`, reading object `objrngI`.
-fn rng_props(i: usize, r: &Rng, buses: &PciBuses) -> DeviceProps {
+fn rng_props(i: usize, r: &Rng, buses: &PciBuses) -> Result<DeviceProps> {
     let driver = match r.model.as_str() {
         "virtio-transitional" => "virtio-rng-pci-transitional",
         "virtio-non-transitional" => "virtio-rng-pci-non-transitional",
@@ -209,7 +218,8 @@ fn rng_props(i: usize, r: &Rng, buses: &PciBuses) -> DeviceProps {
             .uint("max-bytes", bytes.into())
             .uint("period", period.into());
     }
-    dev.pci(buses, &r.address)
+    let options = r.driver.as_deref().unwrap_or_default();
+    Ok(virtio_options(dev, "rng", options, &[])?.pci(buses, &r.address))
 }
 
 pub(super) fn memballoon(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
@@ -219,24 +229,23 @@ pub(super) fn memballoon(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result
         .as_ref()
         .filter(|m| m.model != "none")
     {
-        a.device(&memballoon_props(m, buses))?;
+        a.device(&memballoon_props(m, buses)?)?;
     }
     Ok(())
 }
 
-fn memballoon_props(m: &Memballoon, buses: &PciBuses) -> DeviceProps {
+fn memballoon_props(m: &Memballoon, buses: &PciBuses) -> Result<DeviceProps> {
     let driver = match m.model.as_str() {
         "virtio-transitional" => "virtio-balloon-pci-transitional",
         "virtio-non-transitional" => "virtio-balloon-pci-non-transitional",
         _ => "virtio-balloon-pci",
     };
-    DeviceProps::new(driver)
-        .str("id", "balloon0")
-        .opt_uint(
-            "guest-stats-polling-interval",
-            m.stats_period.map(u64::from),
-        )
-        .pci(buses, &m.address)
+    let dev = DeviceProps::new(driver).str("id", "balloon0").opt_uint(
+        "guest-stats-polling-interval",
+        m.stats_period.map(u64::from),
+    );
+    let options = m.driver.as_deref().unwrap_or_default();
+    Ok(virtio_options(dev, "memballoon", options, &[])?.pci(buses, &m.address))
 }
 
 /// Untyped devices built here: IOMMUs, vsock, filesystems, smart cards and EGD RNGs.
@@ -525,18 +534,8 @@ pub(super) fn filesystems(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Resul
                 ))
             }
         };
-        if let Some((k, _)) = driver
-            .map(|d| d.attrs.as_slice())
-            .unwrap_or(&[])
-            .iter()
-            .find(|(k, _)| !matches!(k.as_str(), "type" | "wrpolicy" | "queue"))
-        {
-            return Err(unsupported(
-                &format!("filesystem/driver {k}"),
-                dtype,
-                "not implemented",
-            ));
-        }
+        let options = driver.map(|d| d.attrs.as_slice()).unwrap_or(&[]);
+        let dev = virtio_options(dev, "filesystem", options, &["type", "wrpolicy", "queue"])?;
         a.device(&dev.pci(buses, &addr))?;
     }
     Ok(())
@@ -807,5 +806,5 @@ pub fn hotplug_rng(dom: &Domain, i: usize, n: usize) -> Result<(serde_json::Valu
             .map_err(|e| unsupported("rng backend", "", e))?;
         serde_json::json!({"qom-type": "rng-random", "id": format!("objrng{n}"), "filename": file})
     };
-    Ok((object, rng_props(n, r, &PciBuses::of(dom))))
+    Ok((object, rng_props(n, r, &PciBuses::of(dom))?))
 }

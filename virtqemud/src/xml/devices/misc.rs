@@ -16,6 +16,8 @@ pub struct Input {
     pub bus: String,
     /// A USB port (`Address::Other` type usb) or a PCI slot (virtio).
     pub address: Option<Address>,
+    /// `<driver>`'s attributes (a virtio device's options), as written.
+    pub driver: Option<Vec<(String, String)>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +30,8 @@ pub struct Rng {
     pub builtin: bool,
     pub rate: Option<(u32, u32)>,
     pub address: Option<Address>,
+    /// `<driver>`'s attributes (virtio options), as written.
+    pub driver: Option<Vec<(String, String)>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +40,8 @@ pub struct Memballoon {
     pub model: String,
     pub stats_period: Option<u32>,
     pub address: Option<Address>,
+    /// `<driver>`'s attributes (virtio options), as written.
+    pub driver: Option<Vec<(String, String)>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +65,20 @@ pub struct Tpm {
     pub socket: Option<PathBuf>,
     /// `<backend persistent_state>`: keep the state when a transient domain ends.
     pub persistent_state: Option<bool>,
+}
+
+/// The attributes of a device's `<driver>` (its children, if any, make the device one
+/// kept whole, as any child the typed model drops).
+fn driver_attrs(c: &Element) -> Option<Vec<(String, String)>> {
+    c.first("driver").map(|d| d.attrs.clone())
+}
+
+fn push_driver(e: &mut Element, driver: &Option<Vec<(String, String)>>) {
+    if let Some(attrs) = driver {
+        let mut d = Element::new("driver");
+        d.attrs = attrs.clone();
+        e.push(d);
+    }
 }
 
 impl Input {
@@ -85,6 +105,7 @@ impl Input {
             kind: kind.to_owned(),
             bus: bus.to_owned(),
             address: addr_of(c)?,
+            driver: driver_attrs(c),
         })
     }
 
@@ -92,6 +113,7 @@ impl Input {
         let mut e = Element::new("input")
             .attr("type", &self.kind)
             .attr("bus", &self.bus);
+        push_driver(&mut e, &self.driver);
         push_addr(&mut e, &self.address);
         e
     }
@@ -139,6 +161,7 @@ impl Rng {
             builtin,
             rate,
             address: addr_of(c)?,
+            driver: driver_attrs(c),
         })
     }
 
@@ -154,6 +177,7 @@ impl Rng {
                 self.rate
                     .map(|(b, p)| Element::new("rate").attr("bytes", b).attr("period", p)),
             );
+        push_driver(&mut e, &self.driver);
         push_addr(&mut e, &self.address);
         e
     }
@@ -180,6 +204,7 @@ impl Memballoon {
                 .transpose()?
                 .flatten(),
             address: addr_of(c)?,
+            driver: driver_attrs(c),
         })
     }
 
@@ -190,6 +215,7 @@ impl Memballoon {
                 self.stats_period
                     .map(|p| Element::new("stats").attr("period", p)),
             );
+        push_driver(&mut e, &self.driver);
         push_addr(&mut e, &self.address);
         e
     }

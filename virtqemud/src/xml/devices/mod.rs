@@ -406,6 +406,7 @@ impl Devices {
                 model: "virtio".into(),
                 stats_period: None,
                 address: None,
+                driver: None,
             });
         }
         let any_graphics =
@@ -752,6 +753,7 @@ impl Devices {
                     kind: kind.to_owned(),
                     bus: "ps2".to_owned(),
                     address: None,
+                    driver: None,
                 });
             }
         }
