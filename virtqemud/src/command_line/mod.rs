@@ -198,12 +198,13 @@ impl Argv {
 }
 
 /// Top-level elements that may be left out at start: `<resource>` places the domain in
-/// a cgroup partition, and this runtime uses no cgroups; `<seclabel>` of model `dac` (or
-/// type `none`) asks for what the runtime does anyway. Every other top-level element
-/// it does not type is refused by name.
+/// a cgroup partition, and this runtime uses no cgroups; `<idmap>` maps a container's
+/// user namespace (LXC's), which libvirt's QEMU driver never reads either; `<seclabel>`
+/// of model `dac` (or type `none`) asks for what the runtime does anyway. Every other
+/// top-level element it does not type is refused by name.
 fn ignorable_top_level(el: &common::xml::Element) -> bool {
     match el.name.as_str() {
-        "resource" => true,
+        "resource" | "idmap" => true,
         n if memory::HANDLED.contains(&n) || machine::HANDLED.contains(&n) => true,
         // Checked with its reasons by machine::seclabels.
         "seclabel" => true,

@@ -835,3 +835,27 @@ fn memory_from_numa_cells_and_namespaced_commandline() {
     );
     assert!(e.contains("'hvf'") && e.contains("macOS"), "{e}");
 }
+
+#[test]
+fn idmap_is_lxcs_and_starts_as_with_libvirts_qemu_driver() {
+    let xml = "<domain type='qemu'><name>i</name><memory>65536</memory><os><type>hvm</type></os>\
+        <idmap><uid start='0' target='1000' count='10'/><gid start='0' target='1000' count='10'/></idmap>\
+        </domain>";
+    let mut d = Domain::parse(xml).unwrap();
+    d.fill_defaults(&fake()).unwrap();
+    assert!(d
+        .to_xml(XmlOpts::default())
+        .contains("<uid start='0' target='1000' count='10'/>"));
+    let ctx = crate::command_line::LaunchContext::new(
+        "/usr/bin/qemu-system-x86_64".into(),
+        "/run/q.sock".into(),
+        "/run/q.pid".into(),
+        "/run".into(),
+    );
+    assert!(crate::command_line::build(&d, &ctx).is_ok());
+    // Another unknown top-level element is still refused by name.
+    let e = start_err(
+        "<domain type='qemu'><name>i</name><memory>65536</memory><os><type>hvm</type></os><nosuch/></domain>",
+    );
+    assert!(e.contains("<nosuch>"), "{e}");
+}
