@@ -40,6 +40,8 @@ const DOMAIN_SPLICES: &[&str] = &[
     "<video><model type='ramfb'/><address type='pci' slot='0x1f'/></video>",
     "<controller type='scsi' model='ibmvscsi'><address type='spapr-vio' reg='0xffffffffffffffffff'/></controller>",
     "<cpu><numa><cell cpus='0' memory='18446744073709551615' unit='EiB'/><cell cpus='1' memory='-1'/></numa></cpu>",
+    "<controller type='pci' model='pci-expander-bus'><target busNr='99999999999'><node>x</node></target></controller>",
+    "<controller type='pci' index='7' model='pcie-expander-bus'><target busNr='1'/></controller>",
     "<ns1:commandline xmlns:ns1='http://libvirt.org/schemas/domain/qemu/1.0'><ns2:arg value='x' xmlns:ns2='urn:x'/><ns3:env xmlns:ns3='http://libvirt.org/schemas/domain/qemu/1.0' name='1'/></ns1:commandline>",
 ];
 

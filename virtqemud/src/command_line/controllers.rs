@@ -91,6 +91,14 @@ fn bridge_props(c: &Controller, buses: &PciBuses) -> Result<DeviceProps> {
             "only root and downstream ports",
         ));
     }
+    // busNr and node are an expander bus's, which is not built (refused by model).
+    if c.target_bus_nr.is_some() || c.target_node.is_some() {
+        return Err(unsupported(
+            "controller/target busNr",
+            model,
+            "only for expander buses",
+        ));
+    }
     let dev = match model {
         "pcie-root-port" => {
             let port = c.target_port.unwrap_or(0x10 + i.saturating_sub(1));

@@ -859,3 +859,22 @@ fn idmap_is_lxcs_and_starts_as_with_libvirts_qemu_driver() {
     );
     assert!(e.contains("<nosuch>"), "{e}");
 }
+
+#[test]
+fn expander_buses_get_libvirts_bus_numbers() {
+    let x = defined(
+        "pc",
+        "<controller type='pci' index='1' model='pci-expander-bus'><target busNr='254'><node>1</node></target></controller>\
+         <controller type='pci' index='2' model='pci-expander-bus'/>\
+         <controller type='pci' index='3' model='pci-expander-bus'/>",
+    );
+    assert!(x.contains("<target busNr='254'>"), "{x}");
+    assert!(x.contains("<node>1</node>"), "{x}");
+    assert!(x.contains("<target busNr='252'/>"), "{x}");
+    assert!(x.contains("<target busNr='250'/>"), "{x}");
+    let e = err("<domain type='qemu'><name>e</name><memory>65536</memory>\
+        <os><type machine='pc'>hvm</type></os><devices>\
+        <controller type='pci' index='1' model='pci-expander-bus'><target busNr='2'/></controller>\
+        <controller type='pci' index='2' model='pci-expander-bus'/></devices></domain>");
+    assert!(e.contains("busNr") && e.contains("index='2'"), "{e}");
+}

@@ -21,6 +21,10 @@ pub struct Controller {
     pub target_port: Option<u32>,
     /// `<target hotplug='on|off'>` of a root or downstream port.
     pub target_hotplug: Option<bool>,
+    /// `<target busNr>` of a PCI(e) expander bus: the guest bus number it starts at.
+    pub target_bus_nr: Option<u32>,
+    /// `<target><node>` of a PCI(e) expander bus: the guest NUMA node it belongs to.
+    pub target_node: Option<u32>,
     /// `<model name>`: QEMU's device for a PCI controller (`ioh3420` for a root port);
     /// libvirt fills it, the command line honours it.
     pub model_name: Option<String>,
@@ -57,6 +61,8 @@ impl Controller {
             address: None,
             target_chassis: None,
             target_hotplug: None,
+            target_bus_nr: None,
+            target_node: None,
             model_name: None,
             target_port: None,
             ports: None,
@@ -98,6 +104,18 @@ impl Controller {
                     ))
                 }
             },
+            target_bus_nr: num("busNr")?,
+            target_node: match target.and_then(|t| t.first("node")) {
+                Some(n) => {
+                    let v = n.text();
+                    Some(
+                        v.trim()
+                            .parse::<u32>()
+                            .map_err(|e| invalid("controller/target/node", "value", &v, e))?,
+                    )
+                }
+                None => None,
+            },
             model_name: el
                 .first("model")
                 .and_then(|m| m.get_attr("name"))
@@ -129,6 +147,8 @@ impl Controller {
         if self.target_chassis.is_some()
             || self.target_port.is_some()
             || self.target_hotplug.is_some()
+            || self.target_bus_nr.is_some()
+            || self.target_node.is_some()
         {
             let key = if self.model.as_deref() == Some("pci-bridge") {
                 "chassisNr"
@@ -142,6 +162,11 @@ impl Controller {
                     .attr_opt(
                         "hotplug",
                         self.target_hotplug.map(|h| if h { "on" } else { "off" }),
+                    )
+                    .attr_opt("busNr", self.target_bus_nr)
+                    .child_opt(
+                        self.target_node
+                            .map(|n| Element::with_text("node", n.to_string())),
                     ),
             );
         }

@@ -1013,11 +1013,48 @@ impl Devices {
         }
     }
 
+    /// qemuDomainAddressFindNewBusNr: an expander bus without a `busNr` starts two
+    /// below the lowest one given (one number for itself, one for its built-in bridge),
+    /// from 256 down; none left below 3 is refused, as libvirt refuses it.
+    fn fill_expander_bus_numbers(&mut self) -> Result<()> {
+        let expander = |c: &Controller| {
+            matches!(
+                c.model.as_deref(),
+                Some("pci-expander-bus" | "pcie-expander-bus")
+            )
+        };
+        for i in 0..self.controllers.len() {
+            let c = &self.controllers[i];
+            if c.kind != "pci" || !expander(c) || c.target_bus_nr.is_some() {
+                continue;
+            }
+            let lowest = (self.controllers.iter())
+                .filter(|c| c.kind == "pci")
+                .filter_map(|c| c.target_bus_nr)
+                .min()
+                .unwrap_or(256);
+            if lowest <= 2 {
+                return Err(invalid(
+                    "controller/target",
+                    "attribute 'busNr'",
+                    "",
+                    format!(
+                        "no free bus number below {lowest} for the expander bus with index='{}': give one",
+                        c.index
+                    ),
+                ));
+            }
+            self.controllers[i].target_bus_nr = Some(lowest - 2);
+        }
+        Ok(())
+    }
+
     /// libvirt's `<model name>` and `<target>` of PCI controllers: chassis = index (a
     /// pci-bridge's chassisNr), a root port's port from its own slot and function
     /// (`slot << 3 | function`), a downstream port's from its slot; a pci-bridge must
     /// have a higher index than the bus it sits on.
     fn fill_pci_targets(&mut self, generic_root_port: bool) -> Result<()> {
+        self.fill_expander_bus_numbers()?;
         for c in self.controllers.iter_mut().filter(|c| c.kind == "pci") {
             if c.model_name.is_none() && c.model.as_deref() == Some("pcie-root-port") {
                 // qemuDomainPCIControllerSetDefaultModelName: Intel's port before QEMU 2.9.
