@@ -42,6 +42,8 @@ const DOMAIN_SPLICES: &[&str] = &[
     "<cpu><numa><cell cpus='0' memory='18446744073709551615' unit='EiB'/><cell cpus='1' memory='-1'/></numa></cpu>",
     "<controller type='pci' model='pci-expander-bus'><target busNr='99999999999'><node>x</node></target></controller>",
     "<controller type='pci' index='7' model='pcie-expander-bus'><target busNr='1'/></controller>",
+    "<redirdev bus='usb' type='tcp'><source mode='connect' service='x'><reconnect enabled='yes' timeout='-1'/></source></redirdev>",
+    "<redirdev bus='usb' type='unix'><source mode='listen'/><protocol type='telnet'/></redirdev>",
     "<ns1:commandline xmlns:ns1='http://libvirt.org/schemas/domain/qemu/1.0'><ns2:arg value='x' xmlns:ns2='urn:x'/><ns3:env xmlns:ns3='http://libvirt.org/schemas/domain/qemu/1.0' name='1'/></ns1:commandline>",
 ];
 

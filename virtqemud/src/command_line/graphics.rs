@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use common::xml::Element;
 
-use crate::xml::{Audio, Domain, GraphicsKind, Sound, Video};
+use crate::xml::{Audio, ChardevSource, Domain, GraphicsKind, Sound, Video};
 
 use super::device::{DeviceProps, PciBuses};
 use super::{path_opt, qemu_opt_value, unsupported, Argv, LaunchContext, Result};
@@ -534,11 +534,50 @@ fn sound_props(i: usize, s: &Sound, audiodev: &str, buses: &PciBuses) -> Result<
     })
 }
 
-/// USB redirection from SPICE clients.
-pub(super) fn redirdevs(a: &mut Argv, dom: &Domain) -> Result<()> {
+/// USB redirection from SPICE clients, or over a TCP or UNIX socket (libvirt's
+/// `type='tcp'|'unix'`: a usbredir stream from a `usbredirect` or such).
+pub(super) fn redirdevs(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Result<()> {
     let d = &dom.devices;
     let spice = has_spice(dom);
-    for (i, _) in d.redirdevs.iter().enumerate() {
+    for (i, r) in d.redirdevs.iter().enumerate() {
+        if let Some(ch) = &r.socket {
+            if !d
+                .controllers
+                .iter()
+                .any(|c| c.kind == "usb" && c.model.as_deref() != Some("none"))
+            {
+                return Err(unsupported("redirdev", "usb", "needs a USB controller"));
+            }
+            let id = format!("charredir{i}");
+            a.pair(
+                "-chardev",
+                super::chardevs::chardev(&id, &ch.source, ctx, spice)?,
+            );
+            let mut dev = redirdev_props(i);
+            for e in &ch.unhandled {
+                match (e.name.as_str(), e.get_attr("type")) {
+                    // A USB port as libvirt writes it (`bus`, `port`).
+                    ("address", Some("usb")) => {
+                        if let Some(p) = e.get_attr("port") {
+                            dev = dev.str("port", qemu_opt_value("redirdev/address port", p)?);
+                        }
+                    }
+                    _ => {
+                        return Err(unsupported(
+                            &format!("redirdev/{}", e.name),
+                            if matches!(ch.source, ChardevSource::Tcp { .. }) {
+                                "tcp"
+                            } else {
+                                "unix"
+                            },
+                            "not implemented",
+                        ))
+                    }
+                }
+            }
+            a.device(&dev)?;
+            continue;
+        }
         if !spice {
             return Err(unsupported(
                 "redirdev type",

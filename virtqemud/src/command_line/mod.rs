@@ -243,7 +243,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     graphics::graphics(&mut a, dom, ctx)?;
     graphics::videos(&mut a, dom, &buses)?;
     graphics::sounds(&mut a, dom, &buses)?;
-    graphics::redirdevs(&mut a, dom)?;
+    graphics::redirdevs(&mut a, dom, ctx)?;
     misc::watchdogs(&mut a, dom, &buses)?;
     misc::panics(&mut a, dom, &buses)?;
     misc::iommu_vsock(&mut a, dom, accel, &buses)?;

@@ -878,3 +878,24 @@ fn expander_buses_get_libvirts_bus_numbers() {
         <controller type='pci' index='2' model='pci-expander-bus'/></devices></domain>");
     assert!(e.contains("busNr") && e.contains("index='2'"), "{e}");
 }
+
+#[test]
+fn usb_redirection_over_sockets_round_trips() {
+    let x = defined(
+        "q35",
+        "<redirdev bus='usb' type='tcp'><source mode='connect' host='localhost' service='4000'/>\
+         <protocol type='raw'/></redirdev>\
+         <redirdev bus='usb' type='unix'><source mode='bind' path='/run/r.sock'/>\
+         <address type='usb' bus='0' port='2'/></redirdev>",
+    );
+    assert!(x.contains("<redirdev bus='usb' type='tcp'>"), "{x}");
+    assert!(x.contains("service='4000'"), "{x}");
+    assert!(x.contains("<redirdev bus='usb' type='unix'>"), "{x}");
+    assert!(x.contains("<address type='usb' bus='0' port='2'/>"), "{x}");
+    // A child the model does not read is not dropped: the device is kept and refused.
+    let e = start_err(
+        "<domain type='qemu'><name>r</name><memory>65536</memory><os><type>hvm</type></os>\
+         <devices><redirdev bus='usb' type='spicevmc'><boot order='1'/></redirdev></devices></domain>",
+    );
+    assert!(e.contains("<redirdev/boot>"), "{e}");
+}

@@ -79,6 +79,10 @@ pub const AUDIO_TYPES: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redirdev {
     pub address: Option<Address>,
+    /// `type='tcp'|'unix'`: a USB redirection stream over that socket (a chardev);
+    /// `None` for SPICE's (`spicevmc`). Its `<address>`, `<boot>`, ... children are
+    /// the chardev's `unhandled` ones.
+    pub socket: Option<super::Chardev>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,12 +342,22 @@ impl Audio {
 
 impl Redirdev {
     pub(super) fn parse(c: &Element) -> Result<Redirdev> {
+        let socket = match c.get_attr("type") {
+            Some("tcp" | "unix") => Some(super::Chardev::parse(c)?),
+            _ => None,
+        };
         Ok(Redirdev {
-            address: addr_of(c)?,
+            address: if socket.is_some() { None } else { addr_of(c)? },
+            socket,
         })
     }
 
     pub(super) fn to_element(&self) -> Element {
+        if let Some(ch) = &self.socket {
+            let mut e = ch.to_element("redirdev");
+            e.attrs.insert(0, ("bus".into(), "usb".into()));
+            return e;
+        }
         let mut e = Element::new("redirdev")
             .attr("bus", "usb")
             .attr("type", "spicevmc");

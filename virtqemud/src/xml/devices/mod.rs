@@ -182,6 +182,9 @@ fn typed_form(c: &Element) -> Result<Option<Element>> {
         "hostdev" => Hostdev::parse(c)?.to_element(),
         "serial" | "console" | "parallel" => Chardev::parse(c)?.to_element(&c.name),
         "channel" => Chardev::parse_channel(c)?.to_element("channel"),
+        "redirdev" if matches!(c.get_attr("type"), Some("spicevmc" | "tcp" | "unix")) => {
+            Redirdev::parse(c)?.to_element()
+        }
         _ => return Ok(None),
     }))
 }
@@ -216,9 +219,16 @@ pub fn dropped_child(c: &Element) -> Result<Option<String>> {
     // `<address type='pci'/>`: a PCI address to be picked, which the typed model
     // writes once it is.
     let empty_pci_address = |p: &str| p == "address" && matches!(addr_of(c), Ok(None));
+    // `<protocol type='raw'/>` on a non-TCP socket: what it carries anyway.
+    let raw_protocol = |p: &str| {
+        p == "protocol"
+            && c.get_attr("type") != Some("tcp")
+            && c.first("protocol").and_then(|x| x.get_attr("type")) == Some("raw")
+    };
     let excused = |p: &str| {
         vfio(p)
             || empty_pci_address(p)
+            || raw_protocol(p)
             // The pty a running guest got, in live XML; a new one is made at start.
             || (chardev && live_pty_path(p))
             // A listening UNIX socket without a path: made at start, not written.
@@ -259,7 +269,7 @@ impl Devices {
                 }
                 "redirdev"
                     if c.get_attr("bus").unwrap_or("usb") == "usb"
-                        && c.get_attr("type") == Some("spicevmc") =>
+                        && matches!(c.get_attr("type"), Some("spicevmc" | "tcp" | "unix")) =>
                 {
                     d.redirdevs.push(Redirdev::parse(c)?)
                 }
