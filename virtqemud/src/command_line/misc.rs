@@ -248,12 +248,86 @@ fn memballoon_props(m: &Memballoon, buses: &PciBuses) -> Result<DeviceProps> {
     Ok(virtio_options(dev, "memballoon", options, &[])?.pci(buses, &m.address))
 }
 
-/// Untyped devices built here: IOMMUs, vsock, filesystems, smart cards and EGD RNGs.
+/// Untyped devices built here: IOMMUs, vsock, filesystems, smart cards, EGD RNGs and
+/// the host's input devices.
 pub(super) fn handles(el: &Element) -> bool {
     matches!(
         el.name.as_str(),
         "iommu" | "vsock" | "filesystem" | "smartcard" | "rng"
-    )
+    ) || host_input(el)
+}
+
+/// `<input type='passthrough'|'evdev'>`: an input device of the host.
+fn host_input(el: &Element) -> bool {
+    el.name == "input" && matches!(el.get_attr("type"), Some("passthrough" | "evdev"))
+}
+
+/// The host's input devices, as libvirt 9.0 passes them: `passthrough` as a
+/// virtio-input-host-pci on the guest's PCI bus, `evdev` as an `input-linux` object
+/// that grabs the host device for the guest (QEMU opens the device at start, so it
+/// must exist). Ids follow the typed inputs'.
+pub(super) fn host_inputs(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
+    let first = dom.devices.inputs.len();
+    let hosts = dom.devices.other.iter().filter(|e| host_input(e));
+    for (n, el) in hosts.enumerate() {
+        let ty = el.get_attr("type").unwrap_or_default();
+        let id = format!("input{}", first + n);
+        let src = el
+            .first("source")
+            .ok_or_else(|| unsupported("input/source", ty, "a host device is needed"))?;
+        let known: &[&str] = if ty == "passthrough" {
+            &["source", "address", "alias", "driver"]
+        } else {
+            &["source", "alias"]
+        };
+        if let Some(c) = el.elements().find(|c| {
+            !known.contains(&c.name.as_str()) || (c.name == "alias" && !crate::xml::user_alias(c))
+        }) {
+            return Err(unsupported(
+                &format!("input/{}", c.name),
+                ty,
+                "not implemented",
+            ));
+        }
+        if ty == "passthrough" {
+            if el.get_attr("bus").unwrap_or("virtio") != "virtio" {
+                return Err(unsupported(
+                    "input bus",
+                    el.get_attr("bus").unwrap_or(""),
+                    "passthrough is virtio's",
+                ));
+            }
+            let evdev = src
+                .get_attr("evdev")
+                .ok_or_else(|| unsupported("input/source evdev", ty, "missing"))?;
+            let dev = DeviceProps::new("virtio-input-host-pci")
+                .str("id", id.as_str())
+                .str("evdev", evdev);
+            let options = el
+                .first("driver")
+                .map(|d| d.attrs.as_slice())
+                .unwrap_or(&[]);
+            let dev = virtio_options(dev, "input", options, &[])?;
+            a.device(&dev.pci(buses, &other_address(el)?))?;
+            continue;
+        }
+        let mut obj = serde_json::json!({"qom-type": "input-linux", "id": id});
+        for (k, v) in &src.attrs {
+            let what = format!("input/source {k}");
+            match (k.as_str(), v.as_str()) {
+                ("dev", p) => obj["evdev"] = serde_json::json!(p),
+                ("repeat", "on" | "off") => obj["repeat"] = serde_json::json!(v == "on"),
+                ("grab", "all") => obj["grab_all"] = serde_json::json!(true),
+                ("grabToggle", t) => obj["grab-toggle"] = serde_json::json!(t),
+                _ => return Err(unsupported(&what, v, "not implemented")),
+            }
+        }
+        if obj.get("evdev").is_none() {
+            return Err(unsupported("input/source dev", ty, "missing"));
+        }
+        a.pair("-object", obj.to_string());
+    }
+    Ok(())
 }
 
 /// The `<address>` of an untyped device; `None` lets QEMU choose the slot.

@@ -240,6 +240,7 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     misc::hubs(&mut a, dom)?;
     misc::smartcards(&mut a, dom)?;
     misc::inputs(&mut a, dom, &buses)?;
+    misc::host_inputs(&mut a, dom, &buses)?;
     graphics::graphics(&mut a, dom, ctx)?;
     graphics::videos(&mut a, dom, &buses)?;
     graphics::sounds(&mut a, dom, &buses)?;

@@ -899,3 +899,54 @@ fn usb_redirection_over_sockets_round_trips() {
     );
     assert!(e.contains("<redirdev/boot>"), "{e}");
 }
+
+#[test]
+fn host_inputs_are_built_as_libvirt_passes_them() {
+    let doc = |inputs: &str| {
+        format!("<domain type='qemu'><name>h</name><memory>65536</memory>\
+            <os><type arch='x86_64' machine='q35'>hvm</type></os><devices>{inputs}</devices></domain>")
+    };
+    let argv = |xml: &str| {
+        let mut d = Domain::parse(xml).unwrap();
+        d.fill_defaults(&fake()).unwrap();
+        let ctx = crate::command_line::LaunchContext::new(
+            "/usr/bin/qemu-system-x86_64".into(),
+            "/run/q.sock".into(),
+            "/run/q.pid".into(),
+            "/run".into(),
+        );
+        crate::command_line::build(&d, &ctx).map(|a| {
+            a.iter()
+                .map(|s| s.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+    };
+    let a = argv(&doc(
+        "<input type='passthrough' bus='virtio'><source evdev='/dev/input/event3'/></input>\
+         <input type='evdev'><source dev='/dev/input/event4' grab='all' repeat='off'/></input>",
+    ))
+    .unwrap();
+    assert!(
+        a.contains("virtio-input-host-pci,id=input2,evdev=/dev/input/event3,bus=pci."),
+        "{a}"
+    );
+    assert!(a.contains("\"qom-type\":\"input-linux\""), "{a}");
+    assert!(
+        a.contains("\"grab_all\":true") && a.contains("\"repeat\":false"),
+        "{a}"
+    );
+    let e = argv(&doc(
+        "<input type='evdev'><source dev='/dev/input/event4' grab='some'/></input>",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("<input/source grab>") && e.contains("some"),
+        "{e}"
+    );
+    let e = argv(&doc("<input type='passthrough' bus='virtio'/>"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("<input/source>"), "{e}");
+}
