@@ -266,7 +266,12 @@ fn refuse_untyped(dom: &Domain) -> Result<()> {
         return Err(unsupported(&o.name, "", "not implemented"));
     }
     let built_here = |o: &&common::xml::Element| {
-        graphics::handles(o) || misc::handles(o) || hostdev::handles(o) || memory::handles(o)
+        graphics::handles(o)
+            || misc::handles(o)
+            || hostdev::handles(o)
+            || memory::handles(o)
+            // The filter of every USB redirection device (graphics::redirdevs).
+            || o.name == "redirfilter"
     };
     if let Some(o) = dom.devices.other.iter().find(|o| !built_here(o)) {
         // A typed kind kept whole because of a child its model does not honour.

@@ -950,3 +950,32 @@ fn host_inputs_are_built_as_libvirt_passes_them() {
         .to_string();
     assert!(e.contains("<input/source>"), "{e}");
 }
+
+#[test]
+fn usb_redirection_filter_reaches_usb_redir() {
+    let xml = "<domain type='qemu'><name>f</name><memory>65536</memory>\
+        <os><type arch='x86_64' machine='q35'>hvm</type></os><devices>\
+        <redirdev bus='usb' type='unix'><source mode='bind' path='/run/r.sock'/>\
+        <address type='usb' bus='0' port='3'/></redirdev>\
+        <redirfilter><usbdev class='0x08' vendor='0x15e1' product='0x2007' version='9.4' allow='yes'/>\
+        <usbdev allow='no'/></redirfilter></devices></domain>";
+    let mut d = Domain::parse(xml).unwrap();
+    d.fill_defaults(&fake()).unwrap();
+    let ctx = crate::command_line::LaunchContext::new(
+        "/usr/bin/qemu-system-x86_64".into(),
+        "/run/q.sock".into(),
+        "/run/q.pid".into(),
+        "/run".into(),
+    );
+    let argv: Vec<String> = crate::command_line::build(&d, &ctx)
+        .unwrap()
+        .iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        argv.iter().any(|a| a.starts_with("usb-redir,")
+            && a.contains("filter=0x08:0x15E1:0x2007:0x0940:1|-1:-1:-1:-1:0")
+            && a.ends_with("port=3")),
+        "{argv:?}"
+    );
+}
