@@ -196,7 +196,19 @@ fn controller_props(
             driver_props(dev, c)?
         }
         ("virtio-serial", _) => {
-            let dev = DeviceProps::new("virtio-serial-pci")
+            let driver = match c.model.as_deref() {
+                None | Some("virtio") => "virtio-serial-pci",
+                Some("virtio-transitional") => "virtio-serial-pci-transitional",
+                Some("virtio-non-transitional") => "virtio-serial-pci-non-transitional",
+                Some(m) => {
+                    return Err(unsupported(
+                        "controller virtio-serial model",
+                        m,
+                        "not a virtio model",
+                    ))
+                }
+            };
+            let dev = DeviceProps::new(driver)
                 .str("id", format!("virtio-serial{}", c.index))
                 .opt_uint("max_ports", c.ports.map(u64::from))
                 .opt_uint("vectors", c.vectors.map(u64::from));

@@ -473,6 +473,17 @@ fn shared_memory(dom: &Domain) -> bool {
     })
 }
 
+/// The 9p device of a filesystem's `model`: the (non-)transitional variant, as
+/// libvirt passes it.
+fn virtio_9p_driver(fs: &Element) -> Result<&'static str> {
+    Ok(match fs.get_attr("model") {
+        None | Some("virtio") => "virtio-9p-pci",
+        Some("virtio-transitional") => "virtio-9p-pci-transitional",
+        Some("virtio-non-transitional") => "virtio-9p-pci-non-transitional",
+        Some(m) => return Err(unsupported("filesystem model", m, "not a virtio model")),
+    })
+}
+
 /// `<filesystem type='mount'>`: a host directory through 9p (`-fsdev local` +
 /// virtio-9p-pci), or through virtio-fs from a running virtiofsd's `<source socket>`.
 pub(super) fn filesystems(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
@@ -554,12 +565,19 @@ pub(super) fn filesystems(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Resul
                     o.push_str(",readonly=on");
                 }
                 a.pair("-fsdev", o);
-                DeviceProps::new("virtio-9p-pci")
+                DeviceProps::new(virtio_9p_driver(fs)?)
                     .str("id", id.as_str())
                     .str("fsdev", format!("fsdev-{id}"))
                     .str("mount_tag", tag)
             }
             "virtiofs" => {
+                if let Some(m) = fs.get_attr("model").filter(|m| *m != "virtio") {
+                    return Err(unsupported(
+                        "filesystem model",
+                        m,
+                        "virtiofs has no such variant",
+                    ));
+                }
                 let sock = fs.first("source").and_then(|s| s.get_attr("socket"));
                 let sock = sock.filter(|_| fs.first("binary").is_none()).ok_or_else(|| {
                     unsupported(
