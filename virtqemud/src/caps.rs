@@ -79,6 +79,74 @@ pub struct Caps {
     pub kvm_usable: bool,
     pub cpu_models: Vec<String>,
     pub device_types: Vec<String>,
+    /// What libvirt's defaults read of this QEMU (see `DefaultCaps`).
+    #[serde(default)]
+    pub defaults: DefaultCaps,
+}
+
+/// The QEMU capabilities libvirt's define-time defaults depend on (its `QEMU_CAPS_*`
+/// flags of the same names): which USB controller a q35 machine gets, the PCIe root
+/// port model, whether host-passthrough CPUs are migratable. The probe reads them from
+/// QEMU's device types and version; a cache file written before they existed, and the
+/// fixture, mean QEMU 7.2's, which has them all. libvirt's own tests run some documents
+/// with fewer of them (the corpus test gives those the same set).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DefaultCaps {
+    /// `qemu-xhci` (QEMU_CAPS_DEVICE_QEMU_XHCI): q35's default USB controller.
+    pub qemu_xhci: bool,
+    /// `nec-usb-xhci` (QEMU_CAPS_NEC_USB_XHCI): the next choice.
+    pub nec_usb_xhci: bool,
+    /// `ich9-usb-ehci1` (QEMU_CAPS_ICH9_USB_EHCI1): USB2 with its companions, the last.
+    pub ich9_usb_ehci1: bool,
+    /// `piix3-usb-uhci` (QEMU_CAPS_PIIX3_USB_UHCI): the model of a USB controller
+    /// written without one, on every x86 machine.
+    pub piix3_usb_uhci: bool,
+    /// `pcie-root-port` (QEMU_CAPS_DEVICE_PCIE_ROOT_PORT); `ioh3420` without it.
+    pub pcie_root_port: bool,
+    /// QEMU_CAPS_CPU_MIGRATABLE (QEMU 2.12 on): host-passthrough defaults to
+    /// `migratable='on'`, else `off`.
+    pub cpu_migratable: bool,
+}
+
+impl Default for DefaultCaps {
+    fn default() -> Self {
+        DefaultCaps {
+            qemu_xhci: true,
+            nec_usb_xhci: true,
+            ich9_usb_ehci1: true,
+            piix3_usb_uhci: true,
+            pcie_root_port: true,
+            cpu_migratable: true,
+        }
+    }
+}
+
+impl DefaultCaps {
+    /// As libvirt probes them: devices by QOM type, `migratable` by version.
+    pub fn probed(device_types: &[String], version: (u32, u32, u32)) -> DefaultCaps {
+        let has = |t: &str| device_types.iter().any(|d| d == t);
+        DefaultCaps {
+            qemu_xhci: has("qemu-xhci"),
+            nec_usb_xhci: has("nec-usb-xhci"),
+            ich9_usb_ehci1: has("ich9-usb-ehci1"),
+            piix3_usb_uhci: has("piix3-usb-uhci"),
+            pcie_root_port: has("pcie-root-port"),
+            cpu_migratable: version >= (2, 12, 0),
+        }
+    }
+
+    /// None of them (libvirt's tests with fixed capabilities start from an empty set).
+    pub fn none() -> DefaultCaps {
+        DefaultCaps {
+            qemu_xhci: false,
+            nec_usb_xhci: false,
+            ich9_usb_ehci1: false,
+            piix3_usb_uhci: false,
+            pcie_root_port: false,
+            cpu_migratable: false,
+        }
+    }
 }
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -251,6 +319,7 @@ impl Caps {
             kvm_usable: true,
             cpu_models: vec!["qemu64".into(), "Skylake-Client".into()],
             device_types: vec![],
+            defaults: DefaultCaps::default(),
         }
     }
 
@@ -373,6 +442,7 @@ impl Caps {
             kvm_present,
             kvm_usable: kvm_present && host_kvm_usable(),
             cpu_models,
+            defaults: DefaultCaps::probed(&device_types, version),
             device_types,
         })
     }
@@ -570,6 +640,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn default_caps_follow_device_types_and_version() {
+        let types: Vec<String> = ["nec-usb-xhci", "ioh3420"].map(String::from).to_vec();
+        let old = DefaultCaps::probed(&types, (2, 11, 0));
+        assert_eq!(
+            old,
+            DefaultCaps {
+                nec_usb_xhci: true,
+                ..DefaultCaps::none()
+            }
+        );
+        assert!(DefaultCaps::probed(&[], (2, 12, 0)).cpu_migratable);
+        // A cache file from before the field: QEMU 7.2's set.
+        let mut v = serde_json::to_value(Caps::fixture()).unwrap();
+        v.as_object_mut().unwrap().remove("defaults");
+        let back: Caps = serde_json::from_value(v).unwrap();
+        assert_eq!(back.defaults, DefaultCaps::default());
+    }
+
+    #[test]
     fn alias_resolves_to_concrete_machine() {
         let c = fake();
         assert_eq!(c.machine_alias("pc"), Some("pc-i440fx-7.2"));
@@ -608,6 +697,8 @@ pub(crate) mod tests {
         let pc = c.machine_alias("pc").unwrap();
         assert!(pc.starts_with("pc-i440fx-"), "{pc}");
         assert!(c.has_device("virtio-net-pci"));
+        // Debian's QEMU 7.2 has everything libvirt's defaults look for.
+        assert_eq!(c.defaults, DefaultCaps::default());
         assert!(c.cpu_models.iter().any(|m| m == "qemu64"));
         if Path::new("/sys/module/kvm_pvm").exists() {
             assert!(!c.kvm_usable);

@@ -130,13 +130,18 @@ pub fn state_dir(root: &Path, uuid: &str, version: &str) -> PathBuf {
         .join(if version == "1.2" { "tpm1.2" } else { "tpm2" })
 }
 
-/// The TPM version a definition asks for, libvirt's default being 2.0.
+/// The TPM version of the emulated TPM a definition asks for, libvirt's default being
+/// 2.0; `None` without one to run (none, or an external one).
 fn version(dom: &Domain) -> Result<Option<String>, VirError> {
     let Some(t) = dom.devices.tpms.first() else {
         return Ok(None);
     };
     if dom.devices.tpms.len() > 1 {
         return Err(VirError::unsupported("only one <tpm> device is supported"));
+    }
+    // An external TPM's swtpm is someone else's: nothing to start or keep here.
+    if t.backend == "external" {
+        return Ok(None);
     }
     if t.backend != "emulator" {
         return Err(VirError::unsupported(format!(

@@ -24,6 +24,27 @@ const DOMAIN_SPLICES: &[&str] = &[
     "<tpm model='tpm-crb'><backend type='emulator' version='9'/></tpm>",
     "<audio id='0' type='spice'/>",
     "<redirdev bus='usb' type='spicevmc'/>",
+    // Parser branches of the corpus work: network/file variable stores, a stateless
+    // loader, an external TPM, USB versions, SD disks, ramfb, VIO SCSI, empty PCI
+    // addresses, memory from NUMA cells, namespaced commandline children.
+    "<nvram type='network'><source protocol='nbd' name='v'><host name='h' port='99999999999'/></source></nvram>",
+    "<nvram type='network'><source protocol='nosuch'/></nvram>",
+    "<nvram type='file'/>",
+    "<nvram type='block'><source dev='/dev/x'/></nvram>",
+    "<loader stateless='maybe' type='pflash'/>",
+    "<tpm><backend type='external'><source type='tcp' mode='bind'/></backend></tpm>",
+    "<tpm model='tpm-tis'><backend type='external' persistent_state='x'/></tpm>",
+    "<redirfilter><usbdev version='99999.1' allow='yes'/><usbdev version='.' allow='no'/></redirfilter>",
+    "<disk type='file'><source file='/x'/><target dev='sdzzzzzzzz' bus='sd'/></disk>",
+    "<video><model type='ramfb'/><address type='pci'/></video>",
+    "<video><model type='ramfb'/><address type='pci' slot='0x1f'/></video>",
+    "<controller type='scsi' model='ibmvscsi'><address type='spapr-vio' reg='0xffffffffffffffffff'/></controller>",
+    "<cpu><numa><cell cpus='0' memory='18446744073709551615' unit='EiB'/><cell cpus='1' memory='-1'/></numa></cpu>",
+    "<controller type='pci' model='pci-expander-bus'><target busNr='99999999999'><node>x</node></target></controller>",
+    "<controller type='pci' index='7' model='pcie-expander-bus'><target busNr='1'/></controller>",
+    "<redirdev bus='usb' type='tcp'><source mode='connect' service='x'><reconnect enabled='yes' timeout='-1'/></source></redirdev>",
+    "<redirdev bus='usb' type='unix'><source mode='listen'/><protocol type='telnet'/></redirdev>",
+    "<ns1:commandline xmlns:ns1='http://libvirt.org/schemas/domain/qemu/1.0'><ns2:arg value='x' xmlns:ns2='urn:x'/><ns3:env xmlns:ns3='http://libvirt.org/schemas/domain/qemu/1.0' name='1'/></ns1:commandline>",
 ];
 
 /// How far an input got: 0 refused by the parser, 1 by the defaults, 2 built (or

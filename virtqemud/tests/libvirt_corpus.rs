@@ -30,7 +30,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use virtqemud::caps::Caps;
+use virtqemud::caps::{Caps, DefaultCaps};
 use virtqemud::command_line::{build, Accel, LaunchContext};
 use virtqemud::xml::{Domain, GraphicsKind, XmlOpts};
 
@@ -206,6 +206,46 @@ fn xml2xml_suffixes(c: &str) -> BTreeMap<String, Vec<String>> {
         found.entry(name.clone()).or_default().push(suffix);
     }
     found
+}
+
+/// The `QEMU_CAPS_*` flags of each document's run with fixed capabilities
+/// (`DO_TEST(name, QEMU_CAPS_...)`; none for `DO_TEST_NOCAPS`): libvirt's test starts
+/// those from an empty set, not from a real QEMU's.
+fn fixed_caps_flags(c: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut found = BTreeMap::new();
+    for (mac, args, strings) in macro_calls(c) {
+        let Some(name) = strings.first() else {
+            continue;
+        };
+        let fixed = match mac.as_str() {
+            "DO_TEST" | "DO_TEST_NOCAPS" => true,
+            "DO_TEST_FULL" => strings.get(1).is_some_and(String::is_empty),
+            _ => false,
+        };
+        if !fixed {
+            continue;
+        }
+        let flags = args
+            .split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+            .filter(|w| w.starts_with("QEMU_CAPS_") && *w != "QEMU_CAPS_LAST")
+            .map(str::to_owned)
+            .collect();
+        found.entry(name.clone()).or_insert(flags);
+    }
+    found
+}
+
+/// What libvirt's defaults read of QEMU (`DefaultCaps`), from a fixed-caps test's flags.
+fn defaults_of(flags: &BTreeSet<String>) -> DefaultCaps {
+    let has = |f: &str| flags.contains(f);
+    DefaultCaps {
+        qemu_xhci: has("QEMU_CAPS_DEVICE_QEMU_XHCI"),
+        nec_usb_xhci: has("QEMU_CAPS_NEC_USB_XHCI"),
+        ich9_usb_ehci1: has("QEMU_CAPS_ICH9_USB_EHCI1"),
+        piix3_usb_uhci: has("QEMU_CAPS_PIIX3_USB_UHCI"),
+        pcie_root_port: has("QEMU_CAPS_DEVICE_PCIE_ROOT_PORT"),
+        cpu_migratable: has("QEMU_CAPS_CPU_MIGRATABLE"),
+    }
 }
 
 /// libvirt's expected inactive dumpxml of NAME, as qemuxml2xmltest.c pairs them
@@ -487,6 +527,12 @@ fn launch_ctx(dom: &Domain) -> LaunchContext {
     c.pins_cpus = true;
     c.tpm_socket = Some("/run/virtqemud/swtpm-1.sock".into());
     c.tap_fds = (30..62).map(Some).collect();
+    // As the runtime: the passphrase of each encrypted disk, fetched from
+    // virtstoraged, in a file of the run's folder.
+    c.disk_secrets = (dom.devices.disks.iter().enumerate())
+        .filter(|(_, d)| virtqemud::secrets::encryption(d).is_some())
+        .map(|(i, _)| (i, format!("/run/virtqemud/disk-{i}.secret").into()))
+        .collect();
     // Fixed host resources, not this host's.
     support::fixture_host(&mut c);
     c
@@ -575,6 +621,7 @@ fn print_groups(title: &str, refusals: &[(&str, &str)]) {
 fn compare_dumpxml(src: &Path, docs: &[(String, String)], caps: &Caps) -> Vec<String> {
     let c = std::fs::read_to_string(src.join("tests/qemuxml2xmltest.c")).expect("xml2xml C file");
     let suffixes = xml2xml_suffixes(&c);
+    let fixed_flags = fixed_caps_flags(&c);
     let mut matched = Vec::new();
     let mut compared = 0;
     let mut by_path: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
@@ -586,7 +633,19 @@ fn compare_dumpxml(src: &Path, docs: &[(String, String)], caps: &Caps) -> Vec<St
         let want = std::fs::read_to_string(&expected).expect("read libvirt's output");
         let input = src.join(format!("tests/qemuxml2argvdata/{name}.xml"));
         let text = std::fs::read_to_string(&input).expect("read document");
-        let ours = match define(&text, caps) {
+        let file = expected
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned());
+        let fixed_caps = !file.is_some_and(|f| {
+            f.ends_with("-latest.xml") || f.contains(".x86_64-") || f.contains(".i686-")
+        });
+        // The output of a fixed-caps run is compared with what this daemon writes given
+        // the same capabilities (as far as its defaults read any).
+        let mut doc_caps = caps.clone();
+        if fixed_caps {
+            doc_caps.defaults = defaults_of(&fixed_flags.get(name).cloned().unwrap_or_default());
+        }
+        let ours = match define(&text, &doc_caps) {
             Ok(dom) => dom.to_xml(XmlOpts {
                 inactive: true,
                 secure: true,
@@ -601,12 +660,6 @@ fn compare_dumpxml(src: &Path, docs: &[(String, String)], caps: &Caps) -> Vec<St
                 continue;
             }
         };
-        let file = expected
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned());
-        let fixed_caps = !file.is_some_and(|f| {
-            f.ends_with("-latest.xml") || f.contains(".x86_64-") || f.contains(".i686-")
-        });
         let diffs = xml_differences(&ours, &want, caps, fixed_caps);
         // One file per differing document (ours, libvirt's, the differences), for
         // working through them.

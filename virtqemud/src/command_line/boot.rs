@@ -3,13 +3,15 @@
 
 use std::path::PathBuf;
 
-use crate::xml::{BootDev, Domain};
+use crate::xml::{BootDev, DiskSource, Domain, NvramSource};
 
-use super::machine::uses_pflash;
+use super::disks::network_storage;
+use super::machine::{has_nvram, uses_pflash};
 use super::{json_str, path_opt, unsupported, Argv, CommandLineError, Result};
 
 /// Firmware: pflash code (and NVRAM) as read-only/read-write blockdevs, or `-bios`.
 pub(super) fn firmware(a: &mut Argv, dom: &Domain) -> Result<()> {
+    let nv = nvram_storage(dom)?;
     if uses_pflash(dom) {
         let loader = dom
             .os
@@ -25,8 +27,8 @@ pub(super) fn firmware(a: &mut Argv, dom: &Domain) -> Result<()> {
             })?;
         a.pair("-blockdev", format!("{{\"driver\":\"file\",\"filename\":{},\"node-name\":\"libvirt-pflash0-storage\",\"read-only\":true}}", json_str(loader)?));
         a.pair("-blockdev", "{\"node-name\":\"libvirt-pflash0-format\",\"read-only\":true,\"driver\":\"raw\",\"file\":\"libvirt-pflash0-storage\"}");
-        if let Some(nv) = &dom.os.nvram {
-            a.pair("-blockdev", format!("{{\"driver\":\"file\",\"filename\":{},\"node-name\":\"libvirt-pflash1-storage\"}}", json_str(nv)?));
+        if let Some(nv) = nv {
+            a.pair("-blockdev", nv);
             a.pair("-blockdev", "{\"node-name\":\"libvirt-pflash1-format\",\"read-only\":false,\"driver\":\"raw\",\"file\":\"libvirt-pflash1-storage\"}");
         }
         // Secure Boot firmware keeps its variables safe from the guest only with SMM.
@@ -37,6 +39,39 @@ pub(super) fn firmware(a: &mut Argv, dom: &Domain) -> Result<()> {
         a.pair("-bios", path_opt("os/loader", l)?);
     }
     Ok(())
+}
+
+/// The storage `-blockdev` of the variable store (pflash1): its file, or a network
+/// store through QEMU's block driver for the protocol, as libvirt 9.0 builds it.
+fn nvram_storage(dom: &Domain) -> Result<Option<String>> {
+    if !has_nvram(dom) {
+        return Ok(None);
+    }
+    if let Some(NvramSource::Network(src)) = &dom.os.nvram_source {
+        if let DiskSource::Network {
+            protocol, source, ..
+        } = src
+        {
+            // `<auth>`, `<tls>`, ...: the network disks' key plumbing is not done.
+            if let Some(c) = source.elements().find(|c| c.name != "host") {
+                return Err(unsupported(
+                    &format!("os/nvram/source/{}", c.name),
+                    protocol,
+                    "not implemented",
+                ));
+            }
+        }
+        let mut node = network_storage(0, src)?;
+        node["node-name"] = serde_json::json!("libvirt-pflash1-storage");
+        return Ok(Some(node.to_string()));
+    }
+    let Some(nv) = &dom.os.nvram else {
+        return Ok(None);
+    };
+    Ok(Some(format!(
+        "{{\"driver\":\"file\",\"filename\":{},\"node-name\":\"libvirt-pflash1-storage\"}}",
+        json_str(nv)?
+    )))
 }
 
 /// `<os>` children beyond the typed ones: `<smbios>` (read with `<sysinfo>`),

@@ -240,7 +240,12 @@ fn consoles(
 }
 
 /// The `-chardev` backend `id`; Unix sockets without a path go under the runtime dir.
-fn chardev(id: &str, src: &ChardevSource, ctx: &LaunchContext, spice: bool) -> Result<String> {
+pub(super) fn chardev(
+    id: &str,
+    src: &ChardevSource,
+    ctx: &LaunchContext,
+    spice: bool,
+) -> Result<String> {
     Ok(match src {
         ChardevSource::Pty => format!("pty,id={id}"),
         ChardevSource::Null => format!("null,id={id}"),

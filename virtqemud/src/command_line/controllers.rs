@@ -91,6 +91,14 @@ fn bridge_props(c: &Controller, buses: &PciBuses) -> Result<DeviceProps> {
             "only root and downstream ports",
         ));
     }
+    // busNr and node are an expander bus's, which is not built (refused by model).
+    if c.target_bus_nr.is_some() || c.target_node.is_some() {
+        return Err(unsupported(
+            "controller/target busNr",
+            model,
+            "only for expander buses",
+        ));
+    }
     let dev = match model {
         "pcie-root-port" => {
             let port = c.target_port.unwrap_or(0x10 + i.saturating_sub(1));
@@ -172,6 +180,14 @@ fn controller_props(
             }
             dev
         }
+        // libvirt accepts it anywhere and passes spapr-vscsi, which is PowerPC's only.
+        ("scsi", Some("ibmvscsi")) => {
+            return Err(unsupported(
+                "controller scsi model",
+                "ibmvscsi",
+                "spapr-vscsi is a PowerPC (pSeries) device that QEMU's x86 emulator lacks",
+            ))
+        }
         ("scsi", m) => {
             let model = m.unwrap_or("virtio-scsi");
             let qemu = scsi_device(model)
@@ -180,7 +196,19 @@ fn controller_props(
             driver_props(dev, c)?
         }
         ("virtio-serial", _) => {
-            let dev = DeviceProps::new("virtio-serial-pci")
+            let driver = match c.model.as_deref() {
+                None | Some("virtio") => "virtio-serial-pci",
+                Some("virtio-transitional") => "virtio-serial-pci-transitional",
+                Some("virtio-non-transitional") => "virtio-serial-pci-non-transitional",
+                Some(m) => {
+                    return Err(unsupported(
+                        "controller virtio-serial model",
+                        m,
+                        "not a virtio model",
+                    ))
+                }
+            };
+            let dev = DeviceProps::new(driver)
                 .str("id", format!("virtio-serial{}", c.index))
                 .opt_uint("max_ports", c.ports.map(u64::from))
                 .opt_uint("vectors", c.vectors.map(u64::from));

@@ -159,6 +159,35 @@ impl PciBuses {
     }
 }
 
+/// libvirt's virtio options of a device's `<driver>` (`iommu`, `ats`, `packed`,
+/// `page_per_vq`, each on or off) as QEMU's virtio-pci properties; any other attribute
+/// is refused by name (`<ELEMENT/driver KEY>`). `skip` names attributes the caller
+/// reads itself.
+pub(super) fn virtio_options(
+    mut dev: DeviceProps,
+    element: &str,
+    attrs: &[(String, String)],
+    skip: &[&str],
+) -> super::Result<DeviceProps> {
+    for (k, v) in attrs.iter().filter(|(k, _)| !skip.contains(&k.as_str())) {
+        let what = format!("{element}/driver {k}");
+        let prop = match k.as_str() {
+            "iommu" => "iommu_platform",
+            "ats" => "ats",
+            "packed" => "packed",
+            "page_per_vq" => "page-per-vq",
+            _ => return Err(super::unsupported(&what, v, "not implemented")),
+        };
+        let on = match v.as_str() {
+            "on" => true,
+            "off" => false,
+            _ => return Err(super::unsupported(&what, v, "expected on or off")),
+        };
+        dev.props.push((prop, PropValue::Bool(on)));
+    }
+    Ok(dev)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -127,7 +127,7 @@ fn refuse_unhandled(disk: &Disk) -> Result<()> {
     if let Some((e, k, v)) = disk.extra_attrs.iter().find(|(e, k, _)| {
         !matches!(
             (e.as_str(), k.as_str()),
-            ("disk", "snapshot")
+            ("disk", "snapshot" | "model")
                 | ("source", "startupPolicy")
                 | ("target", "tray" | "rotation_rate" | "removable")
         )
@@ -309,7 +309,7 @@ fn source_path(src: &DiskSource, ctx: &LaunchContext) -> Result<(&'static str, P
 }
 
 /// The storage node of a network disk: QEMU's own block driver for the protocol.
-fn network_storage(i: usize, src: &DiskSource) -> Result<serde_json::Value> {
+pub(super) fn network_storage(i: usize, src: &DiskSource) -> Result<serde_json::Value> {
     use serde_json::json;
     let DiskSource::Network {
         protocol,
@@ -637,8 +637,20 @@ fn disk_props(
                 "needs target bus 'scsi' (QEMU 7.2 has no virtio-blk SCSI passthrough)",
             ))
         }
+        // `model` picks virtio-blk's (non-)transitional variant, as libvirt passes it.
         (DiskBus::Virtio, DiskDevice::Disk) => {
-            DeviceProps::new("virtio-blk-pci").pci(buses, &disk.address)
+            let model = disk
+                .extra_attrs
+                .iter()
+                .find(|(e, k, _)| e == "disk" && k == "model")
+                .map(|(_, _, v)| v.as_str());
+            let driver = match model {
+                None | Some("virtio") => "virtio-blk-pci",
+                Some("virtio-transitional") => "virtio-blk-pci-transitional",
+                Some("virtio-non-transitional") => "virtio-blk-pci-non-transitional",
+                Some(m) => return Err(unsupported("disk model", m, "not a virtio-blk model")),
+            };
+            DeviceProps::new(driver).pci(buses, &disk.address)
         }
         (DiskBus::Virtio, _) => {
             return Err(unsupported(
@@ -682,6 +694,14 @@ fn disk_props(
             scsi_place(DeviceProps::new(kind), disk, units)?
         }
         (DiskBus::Usb, _) => DeviceProps::new("usb-storage").str("bus", "usb0.0"),
+        // libvirt passes `-drive if=sd`, which QEMU's PC machines leave unconnected.
+        (DiskBus::Sd, _) => {
+            return Err(unsupported(
+                "disk target bus",
+                "sd",
+                "QEMU's x86 machines have no SD card controller",
+            ))
+        }
         (DiskBus::Fdc, _) => {
             only_controller_0(disk)?;
             let u = drive_unit(&disk.address, units.fd, 2, &disk.target_dev)?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use common::xml::Element;
 
-use crate::xml::{Audio, Domain, GraphicsKind, Sound, Video};
+use crate::xml::{Audio, ChardevSource, Domain, GraphicsKind, Sound, Video};
 
 use super::device::{DeviceProps, PciBuses};
 use super::{path_opt, qemu_opt_value, unsupported, Argv, LaunchContext, Result};
@@ -288,6 +288,12 @@ fn video_props(i: usize, v: &Video, buses: &PciBuses) -> Result<Option<DevicePro
         "virtio" if i == 0 => "virtio-vga",
         "virtio" => "virtio-gpu-pci",
         "bochs" => "bochs-display",
+        // A framebuffer in guest RAM the firmware finds through fw_cfg, on no bus.
+        "ramfb" => {
+            return Ok(Some(
+                DeviceProps::new("ramfb").str("id", format!("video{i}")),
+            ))
+        }
         m => return Err(unsupported("video model", m, "not implemented")),
     };
     let mut dev = DeviceProps::new(driver).str("id", format!("video{i}"));
@@ -528,11 +534,51 @@ fn sound_props(i: usize, s: &Sound, audiodev: &str, buses: &PciBuses) -> Result<
     })
 }
 
-/// USB redirection from SPICE clients.
-pub(super) fn redirdevs(a: &mut Argv, dom: &Domain) -> Result<()> {
+/// USB redirection from SPICE clients, or over a TCP or UNIX socket (libvirt's
+/// `type='tcp'|'unix'`: a usbredir stream from a `usbredirect` or such).
+pub(super) fn redirdevs(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Result<()> {
     let d = &dom.devices;
     let spice = has_spice(dom);
-    for (i, _) in d.redirdevs.iter().enumerate() {
+    let filter = redir_filter(dom)?;
+    let with_filter = |dev: DeviceProps, f: &Option<String>| match f {
+        Some(f) => dev.str("filter", f.as_str()),
+        None => dev,
+    };
+    for (i, r) in d.redirdevs.iter().enumerate() {
+        if let Some(ch) = &r.socket {
+            if !d
+                .controllers
+                .iter()
+                .any(|c| c.kind == "usb" && c.model.as_deref() != Some("none"))
+            {
+                return Err(unsupported("redirdev", "usb", "needs a USB controller"));
+            }
+            let id = format!("charredir{i}");
+            a.pair(
+                "-chardev",
+                super::chardevs::chardev(&id, &ch.source, ctx, spice)?,
+            );
+            let mut dev = with_filter(redirdev_props(i), &filter);
+            for e in &ch.unhandled {
+                match (e.name.as_str(), e.get_attr("type")) {
+                    // A USB port as libvirt writes it (`bus`, `port`).
+                    ("address", Some("usb")) => dev = usb_port(dev, Some(e))?,
+                    _ => {
+                        return Err(unsupported(
+                            &format!("redirdev/{}", e.name),
+                            if matches!(ch.source, ChardevSource::Tcp { .. }) {
+                                "tcp"
+                            } else {
+                                "unix"
+                            },
+                            "not implemented",
+                        ))
+                    }
+                }
+            }
+            a.device(&dev)?;
+            continue;
+        }
         if !spice {
             return Err(unsupported(
                 "redirdev type",
@@ -551,7 +597,11 @@ pub(super) fn redirdevs(a: &mut Argv, dom: &Domain) -> Result<()> {
             "-chardev",
             format!("spicevmc,id=charredir{i},name=usbredir"),
         );
-        a.device(&redirdev_props(i))?;
+        let addr = match &r.address {
+            Some(crate::xml::Address::Other(e)) => Some(e),
+            _ => None,
+        };
+        a.device(&usb_port(with_filter(redirdev_props(i), &filter), addr)?)?;
     }
     Ok(())
 }
@@ -561,4 +611,78 @@ fn redirdev_props(i: usize) -> DeviceProps {
         .str("chardev", format!("charredir{i}"))
         .str("id", format!("redir{i}"))
         .str("bus", "usb0.0")
+}
+
+/// `<redirfilter>` as usb-redir's `filter`: `class:vendor:product:version:allow` rules
+/// joined by `|`, -1 for what a rule leaves open, the version in BCD (`9.40` is
+/// 0x0940), as libvirt 9.0 writes it (qemuBuildRedirdevDevProps).
+fn redir_filter(dom: &Domain) -> Result<Option<String>> {
+    let Some(f) = dom.devices.other.iter().find(|e| e.name == "redirfilter") else {
+        return Ok(None);
+    };
+    let mut rules = Vec::new();
+    for u in f.elements() {
+        if u.name != "usbdev" {
+            return Err(unsupported(
+                &format!("redirfilter/{}", u.name),
+                "",
+                "not implemented",
+            ));
+        }
+        let hex = |k: &str, width: usize| -> Result<String> {
+            let Some(v) = u.get_attr(k).filter(|v| *v != "-1") else {
+                return Ok("-1".into());
+            };
+            let digits = v.trim_start_matches("0x").trim_start_matches("0X");
+            let n = u32::from_str_radix(digits, 16).map_err(|_| {
+                unsupported(&format!("redirfilter/usbdev {k}"), v, "not a hex number")
+            })?;
+            Ok(format!("0x{n:0width$X}"))
+        };
+        let version = match u.get_attr("version").filter(|v| *v != "-1") {
+            None => "-1".to_owned(),
+            Some(v) => {
+                let bad = || unsupported("redirfilter/usbdev version", v, "expected MAJOR.MINOR");
+                let (j, m) = v.split_once('.').ok_or_else(bad)?;
+                let j: u32 = j.parse().map_err(|_| bad())?;
+                let m: u32 = m.parse().map_err(|_| bad())?;
+                format!(
+                    "0x{:X}{:X}{:X}{:X}",
+                    j / 10 % 10,
+                    j % 10,
+                    m / 10 % 10,
+                    m % 10
+                )
+            }
+        };
+        let allow = match u.get_attr("allow") {
+            Some("yes") => 1,
+            Some("no") => 0,
+            a => {
+                return Err(unsupported(
+                    "redirfilter/usbdev allow",
+                    a.unwrap_or(""),
+                    "expected yes or no",
+                ))
+            }
+        };
+        rules.push(format!(
+            "{}:{}:{}:{version}:{allow}",
+            hex("class", 2)?,
+            hex("vendor", 4)?,
+            hex("product", 4)?
+        ));
+    }
+    Ok(Some(rules.join("|")))
+}
+
+/// The USB port of a redirdev's `<address type='usb' port>`, if it names one.
+fn usb_port(dev: DeviceProps, a: Option<&Element>) -> Result<DeviceProps> {
+    let port = a
+        .filter(|e| e.get_attr("type") == Some("usb"))
+        .and_then(|e| e.get_attr("port"));
+    match port {
+        Some(p) => Ok(dev.str("port", qemu_opt_value("redirdev/address port", p)?)),
+        None => Ok(dev),
+    }
 }

@@ -317,6 +317,7 @@ fn scsi_props(
         .attrs
         .iter()
         .find(|(k, _)| !matches!(k.as_str(), "mode" | "type" | "managed" | "sgio" | "rawio"))
+        .filter(|(k, _)| !(ty == "scsi_host" && k == "model"))
     {
         return Err(unsupported(&format!("hostdev {k}"), ty, "not implemented"));
     }
@@ -340,7 +341,14 @@ fn scsi_props(
             }
         };
         let addr = Address::of(el).map_err(|e| unsupported("hostdev/address", ty, e))?;
-        return Ok(DeviceProps::new("vhost-scsi-pci")
+        // `model` picks the (non-)transitional variant, as libvirt passes it.
+        let driver = match el.get_attr("model") {
+            None | Some("virtio") => "vhost-scsi-pci",
+            Some("virtio-transitional") => "vhost-scsi-pci-transitional",
+            Some("virtio-non-transitional") => "vhost-scsi-pci-non-transitional",
+            Some(m) => return Err(unsupported("hostdev model", m, "not a vhost-scsi model")),
+        };
+        return Ok(DeviceProps::new(driver)
             .str("wwpn", qemu_opt_value("hostdev/source wwpn", wwpn)?)
             .str("id", id)
             .pci(buses, &addr));

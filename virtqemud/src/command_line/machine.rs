@@ -4,7 +4,7 @@
 use common::xml::Element;
 use serde_json::json;
 
-use crate::xml::{CpuMode, Domain, VirtType};
+use crate::xml::{CpuMode, Domain, NvramSource, VirtType};
 
 use super::{memory, qemu_opt_value, unsupported, Accel, Argv, LaunchContext, Result};
 
@@ -438,6 +438,12 @@ pub(super) fn uses_pflash(dom: &Domain) -> bool {
         || dom.os.firmware.as_deref() == Some("efi")
 }
 
+/// Whether QEMU gets a firmware variable store as pflash1 (not for a stateless loader).
+pub(super) fn has_nvram(dom: &Domain) -> bool {
+    dom.os.loader_stateless != Some(true)
+        && (dom.os.nvram.is_some() || matches!(dom.os.nvram_source, Some(NvramSource::Network(_))))
+}
+
 /// `-machine`; returns the accelerator name the rest of the command line depends on.
 pub(super) fn machine(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Result<&'static str> {
     let machine = dom
@@ -499,7 +505,7 @@ pub(super) fn machine(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Result
     }
     if uses_pflash(dom) {
         mopts.push_str(",pflash0=libvirt-pflash0-format");
-        if dom.os.nvram.is_some() {
+        if has_nvram(dom) {
             mopts.push_str(",pflash1=libvirt-pflash1-format");
         }
     }

@@ -5,7 +5,7 @@ use common::xml::Element;
 
 use crate::xml::{Address, Domain, Input, Memballoon, Rng, Watchdog};
 
-use super::device::{DeviceProps, PciBuses};
+use super::device::{virtio_options, DeviceProps, PciBuses};
 use std::path::Path;
 
 use super::{json_str, path_opt, qemu_opt_value, unsupported, Argv, Result};
@@ -53,19 +53,28 @@ fn input_props(i: usize, inp: &Input, buses: &PciBuses) -> Result<Option<DeviceP
         }
         Ok(dev)
     };
-    let virtio = |driver: &str| {
-        DeviceProps::new(driver)
-            .str("id", id.as_str())
-            .pci(buses, &inp.address)
+    let options = inp.driver.as_deref().unwrap_or_default();
+    if inp.bus != "virtio" {
+        if let Some((k, v)) = options.first() {
+            return Err(unsupported(
+                &format!("input/driver {k}"),
+                v,
+                "virtio options are for virtio inputs",
+            ));
+        }
+    }
+    let virtio = |driver: &str| -> Result<DeviceProps> {
+        let dev = DeviceProps::new(driver).str("id", id.as_str());
+        Ok(virtio_options(dev, "input", options, &[])?.pci(buses, &inp.address))
     };
     Ok(Some(match (inp.kind.as_str(), inp.bus.as_str()) {
         (_, "ps2") => return Ok(None),
         ("tablet", "usb") => usb("usb-tablet")?,
         ("mouse", "usb") => usb("usb-mouse")?,
         ("keyboard", "usb") => usb("usb-kbd")?,
-        ("tablet", "virtio") => virtio("virtio-tablet-pci"),
-        ("mouse", "virtio") => virtio("virtio-mouse-pci"),
-        ("keyboard", "virtio") => virtio("virtio-keyboard-pci"),
+        ("tablet", "virtio") => virtio("virtio-tablet-pci")?,
+        ("mouse", "virtio") => virtio("virtio-mouse-pci")?,
+        ("keyboard", "virtio") => virtio("virtio-keyboard-pci")?,
         (k, b) => return Err(unsupported("input", &format!("{k}/{b}"), "not implemented")),
     }))
 }
@@ -179,7 +188,7 @@ pub(super) fn rngs(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
                 "-object",
                 format!("{{\"qom-type\":\"rng-builtin\",\"id\":\"objrng{i}\"}}"),
             );
-            a.device(&rng_props(i, r, buses))?;
+            a.device(&rng_props(i, r, buses)?)?;
             continue;
         }
         a.pair(
@@ -189,13 +198,13 @@ pub(super) fn rngs(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
                 json_str(&r.backend)?
             ),
         );
-        a.device(&rng_props(i, r, buses))?;
+        a.device(&rng_props(i, r, buses)?)?;
     }
     Ok(())
 }
 
 /// RNG `i`, reading object `objrngI`.
-fn rng_props(i: usize, r: &Rng, buses: &PciBuses) -> DeviceProps {
+fn rng_props(i: usize, r: &Rng, buses: &PciBuses) -> Result<DeviceProps> {
     let driver = match r.model.as_str() {
         "virtio-transitional" => "virtio-rng-pci-transitional",
         "virtio-non-transitional" => "virtio-rng-pci-non-transitional",
@@ -209,7 +218,8 @@ fn rng_props(i: usize, r: &Rng, buses: &PciBuses) -> DeviceProps {
             .uint("max-bytes", bytes.into())
             .uint("period", period.into());
     }
-    dev.pci(buses, &r.address)
+    let options = r.driver.as_deref().unwrap_or_default();
+    Ok(virtio_options(dev, "rng", options, &[])?.pci(buses, &r.address))
 }
 
 pub(super) fn memballoon(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
@@ -219,32 +229,105 @@ pub(super) fn memballoon(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result
         .as_ref()
         .filter(|m| m.model != "none")
     {
-        a.device(&memballoon_props(m, buses))?;
+        a.device(&memballoon_props(m, buses)?)?;
     }
     Ok(())
 }
 
-fn memballoon_props(m: &Memballoon, buses: &PciBuses) -> DeviceProps {
+fn memballoon_props(m: &Memballoon, buses: &PciBuses) -> Result<DeviceProps> {
     let driver = match m.model.as_str() {
         "virtio-transitional" => "virtio-balloon-pci-transitional",
         "virtio-non-transitional" => "virtio-balloon-pci-non-transitional",
         _ => "virtio-balloon-pci",
     };
-    DeviceProps::new(driver)
-        .str("id", "balloon0")
-        .opt_uint(
-            "guest-stats-polling-interval",
-            m.stats_period.map(u64::from),
-        )
-        .pci(buses, &m.address)
+    let dev = DeviceProps::new(driver).str("id", "balloon0").opt_uint(
+        "guest-stats-polling-interval",
+        m.stats_period.map(u64::from),
+    );
+    let options = m.driver.as_deref().unwrap_or_default();
+    Ok(virtio_options(dev, "memballoon", options, &[])?.pci(buses, &m.address))
 }
 
-/// Untyped devices built here: IOMMUs, vsock, filesystems, smart cards and EGD RNGs.
+/// Untyped devices built here: IOMMUs, vsock, filesystems, smart cards, EGD RNGs and
+/// the host's input devices.
 pub(super) fn handles(el: &Element) -> bool {
     matches!(
         el.name.as_str(),
         "iommu" | "vsock" | "filesystem" | "smartcard" | "rng"
-    )
+    ) || host_input(el)
+}
+
+/// `<input type='passthrough'|'evdev'>`: an input device of the host.
+fn host_input(el: &Element) -> bool {
+    el.name == "input" && matches!(el.get_attr("type"), Some("passthrough" | "evdev"))
+}
+
+/// The host's input devices, as libvirt 9.0 passes them: `passthrough` as a
+/// virtio-input-host-pci on the guest's PCI bus, `evdev` as an `input-linux` object
+/// that grabs the host device for the guest (QEMU opens the device at start, so it
+/// must exist). Ids follow the typed inputs'.
+pub(super) fn host_inputs(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
+    let first = dom.devices.inputs.len();
+    let hosts = dom.devices.other.iter().filter(|e| host_input(e));
+    for (n, el) in hosts.enumerate() {
+        let ty = el.get_attr("type").unwrap_or_default();
+        let id = format!("input{}", first + n);
+        let src = el
+            .first("source")
+            .ok_or_else(|| unsupported("input/source", ty, "a host device is needed"))?;
+        let known: &[&str] = if ty == "passthrough" {
+            &["source", "address", "alias", "driver"]
+        } else {
+            &["source", "alias"]
+        };
+        if let Some(c) = el.elements().find(|c| {
+            !known.contains(&c.name.as_str()) || (c.name == "alias" && !crate::xml::user_alias(c))
+        }) {
+            return Err(unsupported(
+                &format!("input/{}", c.name),
+                ty,
+                "not implemented",
+            ));
+        }
+        if ty == "passthrough" {
+            if el.get_attr("bus").unwrap_or("virtio") != "virtio" {
+                return Err(unsupported(
+                    "input bus",
+                    el.get_attr("bus").unwrap_or(""),
+                    "passthrough is virtio's",
+                ));
+            }
+            let evdev = src
+                .get_attr("evdev")
+                .ok_or_else(|| unsupported("input/source evdev", ty, "missing"))?;
+            let dev = DeviceProps::new("virtio-input-host-pci")
+                .str("id", id.as_str())
+                .str("evdev", evdev);
+            let options = el
+                .first("driver")
+                .map(|d| d.attrs.as_slice())
+                .unwrap_or(&[]);
+            let dev = virtio_options(dev, "input", options, &[])?;
+            a.device(&dev.pci(buses, &other_address(el)?))?;
+            continue;
+        }
+        let mut obj = serde_json::json!({"qom-type": "input-linux", "id": id});
+        for (k, v) in &src.attrs {
+            let what = format!("input/source {k}");
+            match (k.as_str(), v.as_str()) {
+                ("dev", p) => obj["evdev"] = serde_json::json!(p),
+                ("repeat", "on" | "off") => obj["repeat"] = serde_json::json!(v == "on"),
+                ("grab", "all") => obj["grab_all"] = serde_json::json!(true),
+                ("grabToggle", t) => obj["grab-toggle"] = serde_json::json!(t),
+                _ => return Err(unsupported(&what, v, "not implemented")),
+            }
+        }
+        if obj.get("evdev").is_none() {
+            return Err(unsupported("input/source dev", ty, "missing"));
+        }
+        a.pair("-object", obj.to_string());
+    }
+    Ok(())
 }
 
 /// The `<address>` of an untyped device; `None` lets QEMU choose the slot.
@@ -390,6 +473,17 @@ fn shared_memory(dom: &Domain) -> bool {
     })
 }
 
+/// The 9p device of a filesystem's `model`: the (non-)transitional variant, as
+/// libvirt passes it.
+fn virtio_9p_driver(fs: &Element) -> Result<&'static str> {
+    Ok(match fs.get_attr("model") {
+        None | Some("virtio") => "virtio-9p-pci",
+        Some("virtio-transitional") => "virtio-9p-pci-transitional",
+        Some("virtio-non-transitional") => "virtio-9p-pci-non-transitional",
+        Some(m) => return Err(unsupported("filesystem model", m, "not a virtio model")),
+    })
+}
+
 /// `<filesystem type='mount'>`: a host directory through 9p (`-fsdev local` +
 /// virtio-9p-pci), or through virtio-fs from a running virtiofsd's `<source socket>`.
 pub(super) fn filesystems(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Result<()> {
@@ -471,12 +565,19 @@ pub(super) fn filesystems(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Resul
                     o.push_str(",readonly=on");
                 }
                 a.pair("-fsdev", o);
-                DeviceProps::new("virtio-9p-pci")
+                DeviceProps::new(virtio_9p_driver(fs)?)
                     .str("id", id.as_str())
                     .str("fsdev", format!("fsdev-{id}"))
                     .str("mount_tag", tag)
             }
             "virtiofs" => {
+                if let Some(m) = fs.get_attr("model").filter(|m| *m != "virtio") {
+                    return Err(unsupported(
+                        "filesystem model",
+                        m,
+                        "virtiofs has no such variant",
+                    ));
+                }
                 let sock = fs.first("source").and_then(|s| s.get_attr("socket"));
                 let sock = sock.filter(|_| fs.first("binary").is_none()).ok_or_else(|| {
                     unsupported(
@@ -525,18 +626,8 @@ pub(super) fn filesystems(a: &mut Argv, dom: &Domain, buses: &PciBuses) -> Resul
                 ))
             }
         };
-        if let Some((k, _)) = driver
-            .map(|d| d.attrs.as_slice())
-            .unwrap_or(&[])
-            .iter()
-            .find(|(k, _)| !matches!(k.as_str(), "type" | "wrpolicy" | "queue"))
-        {
-            return Err(unsupported(
-                &format!("filesystem/driver {k}"),
-                dtype,
-                "not implemented",
-            ));
-        }
+        let options = driver.map(|d| d.attrs.as_slice()).unwrap_or(&[]);
+        let dev = virtio_options(dev, "filesystem", options, &["type", "wrpolicy", "queue"])?;
         a.device(&dev.pci(buses, &addr))?;
     }
     Ok(())
@@ -807,5 +898,5 @@ pub fn hotplug_rng(dom: &Domain, i: usize, n: usize) -> Result<(serde_json::Valu
             .map_err(|e| unsupported("rng backend", "", e))?;
         serde_json::json!({"qom-type": "rng-random", "id": format!("objrng{n}"), "filename": file})
     };
-    Ok((object, rng_props(n, r, &PciBuses::of(dom))))
+    Ok((object, rng_props(n, r, &PciBuses::of(dom))?))
 }

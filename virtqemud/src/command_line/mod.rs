@@ -198,12 +198,13 @@ impl Argv {
 }
 
 /// Top-level elements that may be left out at start: `<resource>` places the domain in
-/// a cgroup partition, and this runtime uses no cgroups; `<seclabel>` of model `dac` (or
-/// type `none`) asks for what the runtime does anyway. Every other top-level element
-/// it does not type is refused by name.
+/// a cgroup partition, and this runtime uses no cgroups; `<idmap>` maps a container's
+/// user namespace (LXC's), which libvirt's QEMU driver never reads either; `<seclabel>`
+/// of model `dac` (or type `none`) asks for what the runtime does anyway. Every other
+/// top-level element it does not type is refused by name.
 fn ignorable_top_level(el: &common::xml::Element) -> bool {
     match el.name.as_str() {
-        "resource" => true,
+        "resource" | "idmap" => true,
         n if memory::HANDLED.contains(&n) || machine::HANDLED.contains(&n) => true,
         // Checked with its reasons by machine::seclabels.
         "seclabel" => true,
@@ -239,10 +240,11 @@ pub fn build(dom: &Domain, ctx: &LaunchContext) -> Result<Vec<OsString>> {
     misc::hubs(&mut a, dom)?;
     misc::smartcards(&mut a, dom)?;
     misc::inputs(&mut a, dom, &buses)?;
+    misc::host_inputs(&mut a, dom, &buses)?;
     graphics::graphics(&mut a, dom, ctx)?;
     graphics::videos(&mut a, dom, &buses)?;
     graphics::sounds(&mut a, dom, &buses)?;
-    graphics::redirdevs(&mut a, dom)?;
+    graphics::redirdevs(&mut a, dom, ctx)?;
     misc::watchdogs(&mut a, dom, &buses)?;
     misc::panics(&mut a, dom, &buses)?;
     misc::iommu_vsock(&mut a, dom, accel, &buses)?;
@@ -264,7 +266,12 @@ fn refuse_untyped(dom: &Domain) -> Result<()> {
         return Err(unsupported(&o.name, "", "not implemented"));
     }
     let built_here = |o: &&common::xml::Element| {
-        graphics::handles(o) || misc::handles(o) || hostdev::handles(o) || memory::handles(o)
+        graphics::handles(o)
+            || misc::handles(o)
+            || hostdev::handles(o)
+            || memory::handles(o)
+            // The filter of every USB redirection device (graphics::redirdevs).
+            || o.name == "redirfilter"
     };
     if let Some(o) = dom.devices.other.iter().find(|o| !built_here(o)) {
         // A typed kind kept whole because of a child its model does not honour.

@@ -1,5 +1,5 @@
-//! The emulated TPM: the swtpm control socket the runtime started as a chardev, the
-//! `-tpmdev` on it, and the TIS/CRB front end.
+//! The emulated TPM: the swtpm control socket the runtime started (or an external
+//! swtpm's) as a chardev, the `-tpmdev` on it, and the TIS/CRB front end.
 
 use crate::xml::{Domain, Tpm};
 
@@ -10,17 +10,25 @@ pub(super) fn tpm(a: &mut Argv, dom: &Domain, ctx: &LaunchContext) -> Result<()>
     let Some(t) = dom.devices.tpms.first() else {
         return Ok(());
     };
-    if t.backend != "emulator" {
-        return Err(unsupported(
-            "tpm backend type",
-            &t.backend,
-            "only 'emulator' (swtpm) is implemented",
-        ));
-    }
-    let sock = ctx
-        .tpm_socket
-        .as_ref()
-        .ok_or_else(|| unsupported("tpm", &t.model, "the runtime must start swtpm first"))?;
+    // An external TPM is a swtpm someone else started: QEMU connects to its socket as
+    // to the one the runtime starts for an emulated TPM (qemuBuildTPMBackendStr).
+    let sock = match t.backend.as_str() {
+        "emulator" => ctx
+            .tpm_socket
+            .as_ref()
+            .ok_or_else(|| unsupported("tpm", &t.model, "the runtime must start swtpm first"))?,
+        "external" => t
+            .socket
+            .as_ref()
+            .ok_or_else(|| unsupported("tpm/backend/source", &t.model, "no socket path"))?,
+        b => {
+            return Err(unsupported(
+                "tpm backend type",
+                b,
+                "only 'emulator' (swtpm) and 'external' are implemented",
+            ))
+        }
+    };
     a.pair(
         "-chardev",
         format!("socket,id=chrtpm,path={}", path_opt("tpm socket", sock)?),

@@ -196,6 +196,16 @@ pub struct Loader {
     pub secure: Option<bool>,
 }
 
+/// How a variable store given in libvirt's `<nvram type=...><source>` form is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NvramSource {
+    /// `type='file'`: the store is `Os::nvram`; written back in that form.
+    File,
+    /// `type='network'` (NBD, iSCSI, ...): a `DiskSource::Network`, opened by QEMU's
+    /// block driver for the protocol as a network disk is.
+    Network(DiskSource),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Os {
     /// Always `hvm` for QEMU.
@@ -205,8 +215,13 @@ pub struct Os {
     /// `firmware='efi'` / `'bios'`
     pub firmware: Option<String>,
     pub loader: Option<Loader>,
+    /// `<loader stateless='yes'>`: firmware without a variable store (kept beside the
+    /// loader so that the runtime's firmware choice can replace the loader whole).
+    pub loader_stateless: Option<bool>,
     pub nvram: Option<PathBuf>,
     pub nvram_template: Option<PathBuf>,
+    /// `<nvram type='file'|'network'>` with a `<source>` instead of a path as text.
+    pub nvram_source: Option<NvramSource>,
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub cmdline: Option<String>,
@@ -342,11 +357,16 @@ impl QemuCommandline {
         }
         let mut c = QemuCommandline::default();
         for child in el.elements() {
-            match child
-                .name
-                .strip_prefix(prefix)
-                .and_then(|n| n.strip_prefix(':'))
-            {
+            // A child is the namespace's by its own prefix, which may be declared on
+            // the child itself (libvirt resolves namespaces by URI, not by prefix).
+            let local = child.name.split_once(':').and_then(|(p, local)| {
+                let decl = format!("xmlns:{p}");
+                let in_ns = (child.attrs.iter().chain(&el.attrs).chain(root_ns))
+                    .find(|(k, _)| *k == decl)
+                    .is_some_and(|(_, v)| v == QEMU_NS);
+                in_ns.then_some(local)
+            });
+            match local {
                 Some("arg") => c.args.push(child.req_attr("value")?.to_owned()),
                 Some("env") => {
                     let name = child.req_attr("name")?;
@@ -434,6 +454,40 @@ pub(crate) fn parse_memory(el: &Element) -> Result<u64> {
     unit_to_kib(&el.name, v, el.get_attr("unit").unwrap_or("KiB"))
 }
 
+/// `<nvram>`: a path as text (with a `template`), or libvirt's `type='file'` /
+/// `type='network'` form with a `<source>` (the network one kept whole).
+fn parse_nvram(c: &Element, os: &mut Os) -> Result<()> {
+    os.nvram_template = c.get_attr("template").map(PathBuf::from);
+    match c.get_attr("type") {
+        None => {
+            let text = c.text();
+            os.nvram = (!text.is_empty()).then(|| PathBuf::from(text));
+        }
+        Some("file") => {
+            let src = c
+                .first("source")
+                .ok_or_else(|| missing("nvram", "<source>"))?;
+            os.nvram = Some(PathBuf::from(src.req_attr("file")?));
+            os.nvram_source = Some(NvramSource::File);
+        }
+        Some("network") => {
+            let src = c
+                .first("source")
+                .ok_or_else(|| missing("nvram", "<source>"))?;
+            os.nvram = None;
+            os.nvram_source = Some(NvramSource::Network(network_source(src)?));
+        }
+        Some(t) => {
+            return Err(DomainXmlError::unsupported(
+                "nvram type",
+                t,
+                "expected file or network",
+            ))
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn yes_no(el: &Element, key: &str) -> Result<Option<bool>> {
     match el.get_attr(key) {
         None => Ok(None),
@@ -509,13 +563,10 @@ fn parse_os(el: &Element) -> Result<Os> {
                     readonly: yes_no(c, "readonly")?,
                     kind,
                     secure: yes_no(c, "secure")?,
-                })
+                });
+                os.loader_stateless = yes_no(c, "stateless")?;
             }
-            "nvram" => {
-                let text = c.text();
-                os.nvram = (!text.is_empty()).then(|| PathBuf::from(text));
-                os.nvram_template = c.get_attr("template").map(PathBuf::from);
-            }
+            "nvram" => parse_nvram(c, &mut os)?,
             "kernel" => os.kernel = Some(PathBuf::from(c.text())),
             "initrd" => os.initrd = Some(PathBuf::from(c.text())),
             "cmdline" => os.cmdline = Some(c.text()),
@@ -656,6 +707,11 @@ fn parse_virt_type(root: &Element) -> Result<VirtType> {
     match root.req_attr("type")? {
         "qemu" => Ok(VirtType::Qemu),
         "kvm" => Ok(VirtType::Kvm),
+        "hvf" => Err(DomainXmlError::unsupported(
+            "domain type",
+            "hvf",
+            "hvf is macOS's Hypervisor.framework, which this Linux host lacks: use 'qemu' or 'kvm'",
+        )),
         t => Err(DomainXmlError::unsupported(
             "domain type",
             t,
@@ -673,10 +729,12 @@ struct Memories {
 
 /// `<memory>`, `<currentMemory>` and `<maxMemory>`, checked against each other.
 fn parse_memories(root: &Element) -> Result<Memories> {
-    let memory_kib = parse_memory(
-        root.first("memory")
-            .ok_or_else(|| missing("domain", "<memory>"))?,
-    )?;
+    let memory_kib = match root.first("memory") {
+        Some(m) => parse_memory(m)?,
+        // libvirt takes the guest's memory from its NUMA cells when they give it
+        // (virDomainDefPostParseMemory).
+        None => numa_memory_kib(root)?.ok_or_else(|| missing("domain", "<memory>"))?,
+    };
     if memory_kib < 1024 {
         return Err(invalid(
             "memory",
@@ -706,6 +764,25 @@ fn parse_memories(root: &Element) -> Result<Memories> {
         current_memory_kib,
         max_memory,
     })
+}
+
+/// The sum of `<cpu><numa><cell memory unit>`; `None` without cells.
+fn numa_memory_kib(root: &Element) -> Result<Option<u64>> {
+    let Some(numa) = root.first("cpu").and_then(|c| c.first("numa")) else {
+        return Ok(None);
+    };
+    let mut total: Option<u64> = None;
+    for cell in numa.elements().filter(|c| c.name == "cell") {
+        let v = cell.req_attr("memory")?;
+        let n: u64 = v
+            .parse()
+            .map_err(|e| invalid("cpu/numa/cell", "attribute 'memory'", v, e))?;
+        let kib = unit_to_kib("cpu/numa/cell", n, cell.get_attr("unit").unwrap_or("KiB"))?;
+        total = Some(total.unwrap_or(0).checked_add(kib).ok_or_else(|| {
+            invalid("cpu/numa/cell", "attribute 'memory'", v, "too large in sum")
+        })?);
+    }
+    Ok(total)
 }
 
 /// `<vcpu current= placement=>N</vcpu>`: (maximum, current, placement).
@@ -1049,7 +1126,7 @@ impl Domain {
             .and_then(|e| e.file_name())
             .is_some_and(|n| n == "qemu-system-x86_64");
         let i686 = i686_on_x86_64 || self.os.arch.as_deref() == Some("i686");
-        self.fill_cpu_defaults(i686 && !emulator_64);
+        self.fill_cpu_defaults(i686 && !emulator_64, caps.defaults.cpu_migratable);
         if self.virt_type == VirtType::Kvm && !caps.kvm_usable {
             // Defining is allowed (libvirt checks at start); the runtime reports it then.
             tracing::debug!(domain = %self.name, "kvm domain defined while KVM is unusable");
@@ -1063,7 +1140,7 @@ impl Domain {
             l.kind.get_or_insert_with(|| "rom".to_owned());
         }
         let q35 = self.is_q35();
-        self.devices.fill_defaults(q35)?;
+        self.devices.fill_defaults(q35, &caps.defaults)?;
         Ok(())
     }
 
@@ -1072,7 +1149,7 @@ impl Domain {
     /// `qemu64`, `qemu32` for i686) with `fallback='forbid'` and `check='none'`; a
     /// custom model is matched exactly; `check` is `none` where nothing is compared
     /// with the host (passthrough, maximum, custom under TCG), else `partial`.
-    fn fill_cpu_defaults(&mut self, i686: bool) {
+    fn fill_cpu_defaults(&mut self, i686: bool, migratable: bool) {
         let cpu = self.cpu.get_or_insert_with(|| Cpu {
             mode: CpuMode::Custom,
             match_: None,
@@ -1100,9 +1177,11 @@ impl Domain {
             CpuMode::Custom => "partial",
         };
         cpu.check.get_or_insert_with(|| check.to_owned());
-        // QEMU 7.2 knows `migratable`: libvirt turns it on for host-passthrough.
+        // libvirt turns `migratable` on for host-passthrough when QEMU knows it (2.12
+        // on), else off on x86.
         if cpu.mode == CpuMode::HostPassthrough {
-            cpu.migratable.get_or_insert_with(|| "on".to_owned());
+            let on = if migratable { "on" } else { "off" };
+            cpu.migratable.get_or_insert_with(|| on.to_owned());
         }
         // NUMA cells are numbered by their place when the ids are not written.
         for numa in cpu.other.iter_mut().filter(|e| e.name == "numa") {
@@ -1309,6 +1388,7 @@ impl Domain {
             let mut e = Element::new("loader")
                 .attr_opt("readonly", l.readonly.map(yn))
                 .attr_opt("secure", l.secure.map(yn))
+                .attr_opt("stateless", os.loader_stateless.map(yn))
                 .attr_opt("type", l.kind.as_deref());
             if let Some(p) = &l.path {
                 e.children
@@ -1316,14 +1396,29 @@ impl Domain {
             }
             el.push(e);
         }
-        if os.nvram.is_some() || os.nvram_template.is_some() {
-            let mut e = Element::new("nvram")
-                .attr_opt("template", os.nvram_template.as_ref().map(|p| p.display()));
-            if let Some(p) = &os.nvram {
-                e.children
-                    .push(common::xml::Node::Text(p.display().to_string()));
+        match (&os.nvram_source, &os.nvram) {
+            (Some(NvramSource::Network(DiskSource::Network { source, .. })), _) => el.push(
+                Element::new("nvram")
+                    .attr_opt("template", os.nvram_template.as_ref().map(|p| p.display()))
+                    .attr("type", "network")
+                    .child(source.clone()),
+            ),
+            (Some(NvramSource::File), Some(p)) => el.push(
+                Element::new("nvram")
+                    .attr_opt("template", os.nvram_template.as_ref().map(|p| p.display()))
+                    .attr("type", "file")
+                    .child(Element::new("source").attr("file", p.display())),
+            ),
+            _ if os.nvram.is_some() || os.nvram_template.is_some() => {
+                let mut e = Element::new("nvram")
+                    .attr_opt("template", os.nvram_template.as_ref().map(|p| p.display()));
+                if let Some(p) = &os.nvram {
+                    e.children
+                        .push(common::xml::Node::Text(p.display().to_string()));
+                }
+                el.push(e);
             }
-            el.push(e);
+            _ => {}
         }
         let text = |n: &str, v: &Option<PathBuf>| {
             v.as_ref()

@@ -1,5 +1,6 @@
 use super::*;
 use crate::caps::tests::fake;
+use crate::caps::DefaultCaps;
 
 const MINIMAL: &str = "<domain type='qemu'><name>t1</name><memory unit='MiB'>64</memory>\
 <os><type>hvm</type><kernel>/k</kernel></os></domain>";
@@ -277,6 +278,117 @@ fn defined_with(machine: &str, devices: &str, extra: &str) -> String {
     out
 }
 
+/// Defined (twice, to check stability) against the fixture with `qemu` as what
+/// libvirt's defaults read of QEMU.
+fn defined_with_caps(machine: &str, devices: &str, extra: &str, qemu: DefaultCaps) -> String {
+    let xml = format!(
+        "<domain type='qemu'><name>d</name><memory unit='MiB'>64</memory>{extra}\
+         <os><type arch='x86_64' machine='{machine}'>hvm</type></os>\
+         <devices>{devices}</devices></domain>"
+    );
+    let mut caps = fake();
+    caps.defaults = qemu;
+    let mut d = Domain::parse(&xml).unwrap();
+    d.fill_defaults(&caps).unwrap();
+    let out = d.to_xml(XmlOpts::default());
+    let mut again = Domain::parse(&out).unwrap();
+    again.fill_defaults(&caps).unwrap();
+    assert_eq!(again.to_xml(XmlOpts::default()), out, "defaults not stable");
+    out
+}
+
+#[test]
+fn q35_usb_default_follows_what_qemu_has() {
+    let none = DefaultCaps::none();
+    let nec = DefaultCaps {
+        nec_usb_xhci: true,
+        ..none.clone()
+    };
+    let x = defined_with_caps("q35", "", "", nec);
+    assert!(
+        x.contains("<controller type='usb' index='0' model='nec-xhci'>"),
+        "{x}"
+    );
+    // USB2: EHCI and its three companions on ports 0, 2 and 4, in ICH9's slot.
+    let ehci = DefaultCaps {
+        ich9_usb_ehci1: true,
+        ..none.clone()
+    };
+    let x = defined_with_caps("q35", "", "", ehci);
+    for (n, port) in [(1, 0), (2, 2), (3, 4)] {
+        let c = format!("<controller type='usb' index='0' model='ich9-uhci{n}'>");
+        let at = x.find(&c).unwrap_or_else(|| panic!("{c} missing: {x}"));
+        assert!(
+            x[at..].contains(&format!("<master startport='{port}'/>")),
+            "{x}"
+        );
+    }
+    assert!(x.contains("model='ich9-ehci1'"), "{x}");
+    assert!(x.contains("slot='0x1d' function='0x7'/>"), "{x}");
+    // Neither: no USB controller, so no root port for one either.
+    let x = defined_with_caps("q35", "<memballoon model='none'/>", "", none);
+    assert!(!x.contains("type='usb'"), "{x}");
+    assert!(!x.contains("pcie-root-port"), "{x}");
+    // QEMU 7.2: qemu-xhci.
+    let x = defined_with_caps("q35", "", "", DefaultCaps::default());
+    assert!(x.contains("model='qemu-xhci'"), "{x}");
+}
+
+#[test]
+fn usb_controller_without_model_is_piix3_uhci_on_every_machine() {
+    for machine in ["pc", "q35"] {
+        let x = defined(machine, "<controller type='usb' index='0'/>");
+        assert!(
+            x.contains("<controller type='usb' index='0' model='piix3-uhci'>"),
+            "{machine}: {x}"
+        );
+    }
+    // A QEMU without PIIX3's UHCI: the model stays unwritten (QEMU's default).
+    let x = defined_with_caps(
+        "pc",
+        "<controller type='usb' index='0'/>",
+        "",
+        DefaultCaps::none(),
+    );
+    assert!(x.contains("<controller type='usb' index='0'>"), "{x}");
+}
+
+#[test]
+fn root_ports_are_ioh3420_without_the_generic_port() {
+    let x = defined_with_caps(
+        "q35",
+        "<interface type='user'><model type='virtio'/></interface>",
+        "",
+        DefaultCaps {
+            qemu_xhci: true,
+            ..DefaultCaps::none()
+        },
+    );
+    assert!(x.contains("model='pcie-root-port'>"), "{x}");
+    assert!(x.contains("<model name='ioh3420'/>"), "{x}");
+    assert!(!x.contains("<model name='pcie-root-port'/>"), "{x}");
+    // A written model name is kept.
+    let x = defined_with_caps(
+        "q35",
+        "<controller type='pci' index='1' model='pcie-root-port'><model name='pcie-root-port'/></controller>",
+        "",
+        DefaultCaps::none(),
+    );
+    assert!(x.contains("<model name='pcie-root-port'/>"), "{x}");
+}
+
+#[test]
+fn host_passthrough_is_migratable_when_qemu_knows_it() {
+    let cpu = "<cpu mode='host-passthrough'/>";
+    let x = defined_with_caps("pc", "", cpu, DefaultCaps::default());
+    assert!(x.contains("migratable='on'"), "{x}");
+    let x = defined_with_caps("pc", "", cpu, DefaultCaps::none());
+    assert!(x.contains("migratable='off'"), "{x}");
+    let written = "<cpu mode='host-passthrough' migratable='off'/>";
+    let x = defined_with_caps("pc", "", written, DefaultCaps::default());
+    assert!(x.contains("migratable='off'"), "{x}");
+}
+
 fn defined(machine: &str, devices: &str) -> String {
     defined_with(machine, devices, "")
 }
@@ -520,6 +632,352 @@ fn kept_devices_get_libvirts_defaults() {
     assert!(x.contains("<address type='dimm' slot='0'/>"), "{x}");
     assert!(x.contains("<vsock model='virtio'>"), "{x}");
     assert!(x.contains("<panic model='isa'/>"), "{x}");
+}
+
+/// A whole document of `body` (after `<name>`) defined twice, as the daemon stores it.
+fn defined_doc(body: &str) -> String {
+    let xml = format!("<domain type='qemu'><name>c</name>{body}</domain>");
+    let mut d = Domain::parse(&xml).unwrap();
+    d.fill_defaults(&fake()).unwrap();
+    let out = d.to_xml(XmlOpts::default());
+    let mut again = Domain::parse(&out).unwrap();
+    again.fill_defaults(&fake()).unwrap();
+    assert_eq!(again, d, "not stable: {out}");
+    out
+}
+
+#[test]
+fn usb_redirection_filter_versions_as_libvirt_writes_them() {
+    assert_eq!(devices::usb_version("9.4").as_deref(), Some("9.40"));
+    assert_eq!(devices::usb_version("1.09").as_deref(), Some("1.09"));
+    assert_eq!(devices::usb_version("2.0").as_deref(), Some("2.00"));
+    for bad in ["100.1", "1.100", "x.1", "1", "1.", ".5", "-1.2"] {
+        assert_eq!(devices::usb_version(bad), None, "{bad}");
+    }
+    let x = defined(
+        "pc",
+        "<redirfilter><usbdev version='9.4' allow='yes'/></redirfilter>",
+    );
+    assert!(x.contains("version='9.40'"), "{x}");
+    let e = err("<domain type='qemu'><name>e</name><memory>65536</memory><os><type>hvm</type></os>\
+        <devices><redirfilter><usbdev version='nine' allow='yes'/></redirfilter></devices></domain>");
+    assert!(
+        e.contains("redirfilter/usbdev") && e.contains("nine"),
+        "{e}"
+    );
+}
+
+#[test]
+fn user_alias_of_a_video_is_kept() {
+    let x = defined(
+        "pc",
+        "<graphics type='vnc'/><video><model type='vga'/><alias name='ua-v'/></video>",
+    );
+    assert!(x.contains("<alias name='ua-v'/>"), "{x}");
+    // libvirt's own aliases are made again at start.
+    let x = defined(
+        "pc",
+        "<graphics type='vnc'/><video><model type='vga'/><alias name='video0'/></video>",
+    );
+    assert!(!x.contains("<alias"), "{x}");
+}
+
+#[test]
+fn nvram_source_forms_and_stateless_loader_round_trip() {
+    let os = |nvram: &str| {
+        format!(
+            "<memory unit='MiB'>64</memory><os><type arch='x86_64' machine='pc'>hvm</type>\
+             <loader readonly='yes' type='pflash'>/c.fd</loader>{nvram}</os>"
+        )
+    };
+    let x = defined_doc(&os(
+        "<nvram type='file'><source file='/v/guest_VARS.fd'/></nvram>",
+    ));
+    assert!(
+        x.contains("<nvram type='file'><source file='/v/guest_VARS.fd'/></nvram>")
+            || x.contains("<nvram type='file'>\n      <source file='/v/guest_VARS.fd'/>"),
+        "{x}"
+    );
+    let d = Domain::parse(&format!(
+        "<domain type='qemu'><name>c</name>{}</domain>",
+        os("<nvram type='file'><source file='/v/guest_VARS.fd'/></nvram>")
+    ))
+    .unwrap();
+    assert_eq!(
+        d.os.nvram.as_deref(),
+        Some(std::path::Path::new("/v/guest_VARS.fd"))
+    );
+    let x = defined_doc(&os(
+        "<nvram type='network'><source protocol='nbd' name='bar'><host name='h' port='6000'/></source></nvram>",
+    ));
+    assert!(x.contains("<nvram type='network'>"), "{x}");
+    assert!(x.contains("<host name='h' port='6000'/>"), "{x}");
+    let body = "<memory unit='MiB'>64</memory><os firmware='bios'><type>hvm</type>\
+                <loader stateless='yes'/></os>";
+    assert!(defined_doc(body).contains("<loader stateless='yes'/>"));
+    for (nvram, want) in [
+        ("<nvram type='file'/>", "<source>"),
+        (
+            "<nvram type='block'><source dev='/d'/></nvram>",
+            "nvram type",
+        ),
+        (
+            "<nvram type='network'><source protocol='gopher'/></nvram>",
+            "gopher",
+        ),
+    ] {
+        let e = err(&format!(
+            "<domain type='qemu'><name>e</name>{}</domain>",
+            os(nvram)
+        ));
+        assert!(e.contains(want), "{nvram}: {e}");
+    }
+}
+
+#[test]
+fn external_tpm_and_persistent_state() {
+    let x = defined(
+        "q35",
+        "<tpm model='tpm-tis'><backend type='external'>\
+         <source type='unix' mode='connect' path='/run/t.sock'/></backend></tpm>",
+    );
+    assert!(
+        x.contains("<source type='unix' mode='connect' path='/run/t.sock'/>"),
+        "{x}"
+    );
+    let x = defined(
+        "q35",
+        "<tpm model='tpm-crb'><backend type='emulator' version='2.0' persistent_state='yes'/></tpm>",
+    );
+    assert!(x.contains("persistent_state='yes'"), "{x}");
+    let doc = |backend: &str| {
+        format!(
+            "<domain type='qemu'><name>e</name><memory>65536</memory><os><type>hvm</type></os>\
+            <devices><tpm>{backend}</tpm></devices></domain>"
+        )
+    };
+    let e = err(&doc("<backend type='external'/>"));
+    assert!(e.contains("tpm/backend") && e.contains("<source>"), "{e}");
+    let e = err(&doc(
+        "<backend type='external'><source type='tcp' path='/x'/></backend>",
+    ));
+    assert!(
+        e.contains("tpm/backend/source type") && e.contains("tcp"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sd_disks_ramfb_and_vio_scsi_define_as_in_libvirt() {
+    let x = defined(
+        "pc",
+        "<disk type='file'><source file='/c.img'/><target dev='sda' bus='sd'/></disk>",
+    );
+    assert!(x.contains("bus='sd'"), "{x}");
+    let e = start_err(
+        "<domain type='qemu'><name>e</name><memory>65536</memory><os><type>hvm</type></os>\
+         <devices><disk type='file'><source file='/c.img'/><target dev='sda' bus='sd'/></disk></devices></domain>",
+    );
+    assert!(e.contains("<disk target bus> 'sd'"), "{e}");
+    // ramfb sits on no PCI bus.
+    let x = defined(
+        "q35",
+        "<graphics type='vnc'/><video><model type='ramfb'/></video>",
+    );
+    let video = &x[x.find("<video>").unwrap()..x.find("</video>").unwrap()];
+    assert!(!video.contains("<address"), "{x}");
+    let e = err("<domain type='qemu'><name>e</name><memory>65536</memory><os><type>hvm</type></os>\
+        <devices><video><model type='ramfb'/><address type='pci' slot='3'/></video></devices></domain>");
+    assert!(e.contains("video/address"), "{e}");
+    // libvirt gives VIO SCSI controllers spapr-vio registers from 0x2000, no PCI slot.
+    let x = defined(
+        "pc",
+        "<controller type='scsi' index='0' model='ibmvscsi'/><controller type='scsi' index='1' model='ibmvscsi'/>",
+    );
+    assert!(
+        x.contains("<address type='spapr-vio' reg='0x00002000'/>"),
+        "{x}"
+    );
+    assert!(
+        x.contains("<address type='spapr-vio' reg='0x00003000'/>"),
+        "{x}"
+    );
+}
+
+#[test]
+fn empty_pci_address_asks_for_one() {
+    let x = defined(
+        "pc",
+        "<graphics type='vnc'/><video><model type='cirrus'/><address type='pci'/></video>\
+         <memballoon model='virtio'><address type='pci'/></memballoon>",
+    );
+    assert!(x.contains("slot='0x02'"), "{x}");
+    assert!(!x.contains("<address type='pci'/>"), "{x}");
+}
+
+#[test]
+fn memory_from_numa_cells_and_namespaced_commandline() {
+    let x = defined_doc(
+        "<vcpu>2</vcpu><cpu><numa><cell id='0' cpus='0' memory='65536' unit='KiB'/>\
+         <cell id='1' cpus='1' memory='64' unit='MiB'/></numa></cpu><os><type>hvm</type></os>",
+    );
+    assert!(x.contains("<memory unit='KiB'>131072</memory>"), "{x}");
+    let e = err("<domain type='qemu'><name>e</name><os><type>hvm</type></os></domain>");
+    assert!(e.contains("<memory>"), "{e}");
+    let x = defined_doc(
+        "<memory unit='MiB'>64</memory><os><type>hvm</type></os>\
+         <ns0:commandline xmlns:ns0='http://libvirt.org/schemas/domain/qemu/1.0'>\
+         <ns1:arg value='-S' xmlns:ns1='http://libvirt.org/schemas/domain/qemu/1.0'/></ns0:commandline>",
+    );
+    assert!(x.contains("<qemu:arg value='-S'/>"), "{x}");
+    let e = err(
+        "<domain type='hvf'><name>e</name><memory>65536</memory><os><type>hvm</type></os></domain>",
+    );
+    assert!(e.contains("'hvf'") && e.contains("macOS"), "{e}");
+}
+
+#[test]
+fn idmap_is_lxcs_and_starts_as_with_libvirts_qemu_driver() {
+    let xml = "<domain type='qemu'><name>i</name><memory>65536</memory><os><type>hvm</type></os>\
+        <idmap><uid start='0' target='1000' count='10'/><gid start='0' target='1000' count='10'/></idmap>\
+        </domain>";
+    let mut d = Domain::parse(xml).unwrap();
+    d.fill_defaults(&fake()).unwrap();
+    assert!(d
+        .to_xml(XmlOpts::default())
+        .contains("<uid start='0' target='1000' count='10'/>"));
+    let ctx = crate::command_line::LaunchContext::new(
+        "/usr/bin/qemu-system-x86_64".into(),
+        "/run/q.sock".into(),
+        "/run/q.pid".into(),
+        "/run".into(),
+    );
+    assert!(crate::command_line::build(&d, &ctx).is_ok());
+    // Another unknown top-level element is still refused by name.
+    let e = start_err(
+        "<domain type='qemu'><name>i</name><memory>65536</memory><os><type>hvm</type></os><nosuch/></domain>",
+    );
+    assert!(e.contains("<nosuch>"), "{e}");
+}
+
+#[test]
+fn expander_buses_get_libvirts_bus_numbers() {
+    let x = defined(
+        "pc",
+        "<controller type='pci' index='1' model='pci-expander-bus'><target busNr='254'><node>1</node></target></controller>\
+         <controller type='pci' index='2' model='pci-expander-bus'/>\
+         <controller type='pci' index='3' model='pci-expander-bus'/>",
+    );
+    assert!(x.contains("<target busNr='254'>"), "{x}");
+    assert!(x.contains("<node>1</node>"), "{x}");
+    assert!(x.contains("<target busNr='252'/>"), "{x}");
+    assert!(x.contains("<target busNr='250'/>"), "{x}");
+    let e = err("<domain type='qemu'><name>e</name><memory>65536</memory>\
+        <os><type machine='pc'>hvm</type></os><devices>\
+        <controller type='pci' index='1' model='pci-expander-bus'><target busNr='2'/></controller>\
+        <controller type='pci' index='2' model='pci-expander-bus'/></devices></domain>");
+    assert!(e.contains("busNr") && e.contains("index='2'"), "{e}");
+}
+
+#[test]
+fn usb_redirection_over_sockets_round_trips() {
+    let x = defined(
+        "q35",
+        "<redirdev bus='usb' type='tcp'><source mode='connect' host='localhost' service='4000'/>\
+         <protocol type='raw'/></redirdev>\
+         <redirdev bus='usb' type='unix'><source mode='bind' path='/run/r.sock'/>\
+         <address type='usb' bus='0' port='2'/></redirdev>",
+    );
+    assert!(x.contains("<redirdev bus='usb' type='tcp'>"), "{x}");
+    assert!(x.contains("service='4000'"), "{x}");
+    assert!(x.contains("<redirdev bus='usb' type='unix'>"), "{x}");
+    assert!(x.contains("<address type='usb' bus='0' port='2'/>"), "{x}");
+    // A child the model does not read is not dropped: the device is kept and refused.
+    let e = start_err(
+        "<domain type='qemu'><name>r</name><memory>65536</memory><os><type>hvm</type></os>\
+         <devices><redirdev bus='usb' type='spicevmc'><boot order='1'/></redirdev></devices></domain>",
+    );
+    assert!(e.contains("<redirdev/boot>"), "{e}");
+}
+
+#[test]
+fn host_inputs_are_built_as_libvirt_passes_them() {
+    let doc = |inputs: &str| {
+        format!("<domain type='qemu'><name>h</name><memory>65536</memory>\
+            <os><type arch='x86_64' machine='q35'>hvm</type></os><devices>{inputs}</devices></domain>")
+    };
+    let argv = |xml: &str| {
+        let mut d = Domain::parse(xml).unwrap();
+        d.fill_defaults(&fake()).unwrap();
+        let ctx = crate::command_line::LaunchContext::new(
+            "/usr/bin/qemu-system-x86_64".into(),
+            "/run/q.sock".into(),
+            "/run/q.pid".into(),
+            "/run".into(),
+        );
+        crate::command_line::build(&d, &ctx).map(|a| {
+            a.iter()
+                .map(|s| s.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+    };
+    let a = argv(&doc(
+        "<input type='passthrough' bus='virtio'><source evdev='/dev/input/event3'/></input>\
+         <input type='evdev'><source dev='/dev/input/event4' grab='all' repeat='off'/></input>",
+    ))
+    .unwrap();
+    assert!(
+        a.contains("virtio-input-host-pci,id=input2,evdev=/dev/input/event3,bus=pci."),
+        "{a}"
+    );
+    assert!(a.contains("\"qom-type\":\"input-linux\""), "{a}");
+    assert!(
+        a.contains("\"grab_all\":true") && a.contains("\"repeat\":false"),
+        "{a}"
+    );
+    let e = argv(&doc(
+        "<input type='evdev'><source dev='/dev/input/event4' grab='some'/></input>",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("<input/source grab>") && e.contains("some"),
+        "{e}"
+    );
+    let e = argv(&doc("<input type='passthrough' bus='virtio'/>"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("<input/source>"), "{e}");
+}
+
+#[test]
+fn usb_redirection_filter_reaches_usb_redir() {
+    let xml = "<domain type='qemu'><name>f</name><memory>65536</memory>\
+        <os><type arch='x86_64' machine='q35'>hvm</type></os><devices>\
+        <redirdev bus='usb' type='unix'><source mode='bind' path='/run/r.sock'/>\
+        <address type='usb' bus='0' port='3'/></redirdev>\
+        <redirfilter><usbdev class='0x08' vendor='0x15e1' product='0x2007' version='9.4' allow='yes'/>\
+        <usbdev allow='no'/></redirfilter></devices></domain>";
+    let mut d = Domain::parse(xml).unwrap();
+    d.fill_defaults(&fake()).unwrap();
+    let ctx = crate::command_line::LaunchContext::new(
+        "/usr/bin/qemu-system-x86_64".into(),
+        "/run/q.sock".into(),
+        "/run/q.pid".into(),
+        "/run".into(),
+    );
+    let argv: Vec<String> = crate::command_line::build(&d, &ctx)
+        .unwrap()
+        .iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        argv.iter().any(|a| a.starts_with("usb-redir,")
+            && a.contains("filter=0x08:0x15E1:0x2007:0x0940:1|-1:-1:-1:-1:0")
+            && a.ends_with("port=3")),
+        "{argv:?}"
+    );
 }
 
 /// What other tools send and libvirt defines: an empty <uuid/> (vagrant-libvirt), a

@@ -132,7 +132,12 @@ impl Address {
 }
 
 pub(super) fn addr_of(el: &Element) -> Result<Option<Address>> {
-    el.first("address").map(Address::parse).transpose()
+    match el.first("address").map(Address::parse).transpose()? {
+        // `<address type='pci'/>` (all of it zero) asks for a PCI address that libvirt
+        // picks (virPCIDeviceAddressIsEmpty), as no address does on x86.
+        Some(Address::Pci(p)) if (p.domain, p.bus, p.slot, p.function) == (0, 0, 0, 0) => Ok(None),
+        a => Ok(a),
+    }
 }
 
 pub(super) fn push_addr(el: &mut Element, a: &Option<Address>) {

@@ -21,6 +21,10 @@ pub struct Controller {
     pub target_port: Option<u32>,
     /// `<target hotplug='on|off'>` of a root or downstream port.
     pub target_hotplug: Option<bool>,
+    /// `<target busNr>` of a PCI(e) expander bus: the guest bus number it starts at.
+    pub target_bus_nr: Option<u32>,
+    /// `<target><node>` of a PCI(e) expander bus: the guest NUMA node it belongs to.
+    pub target_node: Option<u32>,
     /// `<model name>`: QEMU's device for a PCI controller (`ioh3420` for a root port);
     /// libvirt fills it, the command line honours it.
     pub model_name: Option<String>,
@@ -57,6 +61,8 @@ impl Controller {
             address: None,
             target_chassis: None,
             target_hotplug: None,
+            target_bus_nr: None,
+            target_node: None,
             model_name: None,
             target_port: None,
             ports: None,
@@ -98,6 +104,18 @@ impl Controller {
                     ))
                 }
             },
+            target_bus_nr: num("busNr")?,
+            target_node: match target.and_then(|t| t.first("node")) {
+                Some(n) => {
+                    let v = n.text();
+                    Some(
+                        v.trim()
+                            .parse::<u32>()
+                            .map_err(|e| invalid("controller/target/node", "value", &v, e))?,
+                    )
+                }
+                None => None,
+            },
             model_name: el
                 .first("model")
                 .and_then(|m| m.get_attr("name"))
@@ -129,6 +147,8 @@ impl Controller {
         if self.target_chassis.is_some()
             || self.target_port.is_some()
             || self.target_hotplug.is_some()
+            || self.target_bus_nr.is_some()
+            || self.target_node.is_some()
         {
             let key = if self.model.as_deref() == Some("pci-bridge") {
                 "chassisNr"
@@ -142,6 +162,11 @@ impl Controller {
                     .attr_opt(
                         "hotplug",
                         self.target_hotplug.map(|h| if h { "on" } else { "off" }),
+                    )
+                    .attr_opt("busNr", self.target_bus_nr)
+                    .child_opt(
+                        self.target_node
+                            .map(|n| Element::with_text("node", n.to_string())),
                     ),
             );
         }
@@ -172,7 +197,8 @@ impl Controller {
     pub fn needs_pci_slot(&self) -> bool {
         match self.kind.as_str() {
             "usb" => self.model.as_deref() != Some("none"),
-            "scsi" | "virtio-serial" => true,
+            "scsi" => self.model.as_deref() != Some("ibmvscsi"),
+            "virtio-serial" => true,
             "pci" => self.is_pci_bridge(),
             _ => false,
         }
@@ -336,6 +362,29 @@ impl Devices {
         for c in self.controllers.iter_mut().filter(|c| c.kind == "scsi") {
             c.model.get_or_insert_with(|| SCSI_DEFAULT.to_owned());
         }
+        // qemuDomainAssignSpaprVIOAddresses: VIO SCSI controllers get the next free
+        // `reg` from 0x2000, in steps of 0x1000, whatever the machine.
+        let vio_reg = |c: &Controller| match &c.address {
+            Some(Address::Other(a)) if a.get_attr("type") == Some("spapr-vio") => a
+                .get_attr("reg")
+                .and_then(|r| u64::from_str_radix(r.trim_start_matches("0x"), 16).ok()),
+            _ => None,
+        };
+        let mut taken: BTreeSet<u64> = self.controllers.iter().filter_map(vio_reg).collect();
+        for c in self.controllers.iter_mut().filter(|c| {
+            c.kind == "scsi" && c.model.as_deref() == Some("ibmvscsi") && c.address.is_none()
+        }) {
+            let reg = (0x2000u64..)
+                .step_by(0x1000)
+                .find(|r| !taken.contains(r))
+                .unwrap_or(0x2000);
+            taken.insert(reg);
+            c.address = Some(Address::Other(
+                Element::new("address")
+                    .attr("type", "spapr-vio")
+                    .attr("reg", format!("0x{reg:08x}")),
+            ));
+        }
         for c in &self.controllers {
             if c.kind == "usb" {
                 if let Some(m) = &c.model {
@@ -408,6 +457,8 @@ const SCSI_MODELS: &[(&str, &str)] = &[
     ("vmpvscsi", "pvscsi"),
     ("am53c974", "am53c974"),
     ("dc390", "dc390"),
+    // pSeries' VIO SCSI: defined as libvirt does (with a spapr-vio address), never run.
+    ("ibmvscsi", "spapr-vscsi"),
 ];
 
 fn model_names(models: &[(&str, &str)]) -> String {

@@ -47,7 +47,9 @@ const NET_PROTOCOLS: &[&str] = &[
     "vxhs", "nfs",
 ];
 
-fn network_source(s: &Element) -> Result<DiskSource> {
+/// A network `<source protocol name><host .../>...</source>` (a disk's, or a firmware
+/// variable store's).
+pub(crate) fn network_source(s: &Element) -> Result<DiskSource> {
     let protocol = s.req_attr("protocol")?.to_owned();
     if !NET_PROTOCOLS.contains(&protocol.as_str()) {
         return Err(DomainXmlError::unsupported(
@@ -91,6 +93,8 @@ pub enum DiskBus {
     Ide,
     Usb,
     Fdc,
+    /// An SD card (`-drive if=sd`): boards have the controller, QEMU's PC machines not.
+    Sd,
 }
 
 impl DiskBus {
@@ -102,6 +106,7 @@ impl DiskBus {
             DiskBus::Ide => "ide",
             DiskBus::Usb => "usb",
             DiskBus::Fdc => "fdc",
+            DiskBus::Sd => "sd",
         }
     }
 }
@@ -464,11 +469,12 @@ fn parse_bus(bus: Option<&str>) -> Result<Option<DiskBus>> {
         Some("ide") => Some(DiskBus::Ide),
         Some("usb") => Some(DiskBus::Usb),
         Some("fdc") => Some(DiskBus::Fdc),
+        Some("sd") => Some(DiskBus::Sd),
         Some(b) => {
             return Err(DomainXmlError::unsupported(
                 "disk target bus",
                 b,
-                "expected virtio, sata, scsi, ide, usb or fdc",
+                "expected virtio, sata, scsi, ide, usb, fdc or sd",
             ))
         }
     })

@@ -79,6 +79,10 @@ pub const AUDIO_TYPES: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redirdev {
     pub address: Option<Address>,
+    /// `type='tcp'|'unix'`: a USB redirection stream over that socket (a chardev);
+    /// `None` for SPICE's (`spicevmc`). Its `<address>`, `<boot>`, ... children are
+    /// the chardev's `unhandled` ones.
+    pub socket: Option<super::Chardev>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +97,8 @@ pub struct Video {
     /// `primary='yes'`: libvirt marks the first video so.
     pub primary: bool,
     pub address: Option<Address>,
+    /// A user's `<alias name='ua-...'>`, kept in the definition (QEMU's id is ours).
+    pub user_alias: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -342,12 +348,22 @@ impl Audio {
 
 impl Redirdev {
     pub(super) fn parse(c: &Element) -> Result<Redirdev> {
+        let socket = match c.get_attr("type") {
+            Some("tcp" | "unix") => Some(super::Chardev::parse(c)?),
+            _ => None,
+        };
         Ok(Redirdev {
-            address: addr_of(c)?,
+            address: if socket.is_some() { None } else { addr_of(c)? },
+            socket,
         })
     }
 
     pub(super) fn to_element(&self) -> Element {
+        if let Some(ch) = &self.socket {
+            let mut e = ch.to_element("redirdev");
+            e.attrs.insert(0, ("bus".into(), "usb".into()));
+            return e;
+        }
         let mut e = Element::new("redirdev")
             .attr("bus", "usb")
             .attr("type", "spicevmc");
@@ -366,6 +382,7 @@ impl Video {
             heads: None,
             primary: false,
             address: None,
+            user_alias: None,
         }
     }
 
@@ -395,12 +412,22 @@ impl Video {
         let model = m.and_then(|m| m.get_attr("type")).unwrap_or("cirrus");
         if !matches!(
             model,
-            "vga" | "cirrus" | "qxl" | "virtio" | "bochs" | "none"
+            "vga" | "cirrus" | "qxl" | "virtio" | "bochs" | "ramfb" | "none"
         ) {
             return Err(DomainXmlError::unsupported(
                 "video model",
                 model,
-                "expected vga, cirrus, qxl, virtio, bochs or none",
+                "expected vga, cirrus, qxl, virtio, bochs, ramfb or none",
+            ));
+        }
+        let address = addr_of(c)?;
+        // ramfb is a system bus device: libvirt refuses a PCI address for it.
+        if let (Some(Address::Pci(_)), "ramfb") = (&address, model) {
+            return Err(invalid(
+                "video/address",
+                "type",
+                "pci",
+                "a ramfb display sits on no PCI bus",
             ));
         }
         let num = |k: &str| -> Result<Option<u64>> {
@@ -416,7 +443,12 @@ impl Video {
                 .transpose()?
                 .flatten(),
             primary: m.and_then(|m| m.get_attr("primary")) == Some("yes"),
-            address: addr_of(c)?,
+            address,
+            user_alias: c
+                .elements()
+                .find(|e| super::user_alias(e))
+                .and_then(|e| e.get_attr("name"))
+                .map(str::to_owned),
         })
     }
 
@@ -430,6 +462,9 @@ impl Video {
                 .attr_opt("heads", self.heads)
                 .attr_opt("primary", self.primary.then_some("yes")),
         );
+        if let Some(a) = &self.user_alias {
+            e.push(Element::new("alias").attr("name", a));
+        }
         push_addr(&mut e, &self.address);
         e
     }

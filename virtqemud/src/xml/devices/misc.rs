@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use common::xml::Element;
 
-use super::super::{invalid, missing, DomainXmlError, Result};
+use super::super::{invalid, missing, yes_no, yn, DomainXmlError, Result};
 use super::{addr_of, model_attr, path_text, push_addr, Address};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +16,8 @@ pub struct Input {
     pub bus: String,
     /// A USB port (`Address::Other` type usb) or a PCI slot (virtio).
     pub address: Option<Address>,
+    /// `<driver>`'s attributes (a virtio device's options), as written.
+    pub driver: Option<Vec<(String, String)>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +30,8 @@ pub struct Rng {
     pub builtin: bool,
     pub rate: Option<(u32, u32)>,
     pub address: Option<Address>,
+    /// `<driver>`'s attributes (virtio options), as written.
+    pub driver: Option<Vec<(String, String)>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +40,8 @@ pub struct Memballoon {
     pub model: String,
     pub stats_period: Option<u32>,
     pub address: Option<Address>,
+    /// `<driver>`'s attributes (virtio options), as written.
+    pub driver: Option<Vec<(String, String)>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,10 +57,28 @@ pub struct Watchdog {
 pub struct Tpm {
     /// `tpm-tis`, `tpm-crb`
     pub model: String,
-    /// `emulator` or `passthrough`
+    /// `emulator`, `passthrough` or `external` (a swtpm someone else runs)
     pub backend: String,
     pub version: Option<String>,
     pub device: Option<PathBuf>,
+    /// `external`: the UNIX socket of that swtpm (`<source type='unix' mode='connect'>`).
+    pub socket: Option<PathBuf>,
+    /// `<backend persistent_state>`: keep the state when a transient domain ends.
+    pub persistent_state: Option<bool>,
+}
+
+/// The attributes of a device's `<driver>` (its children, if any, make the device one
+/// kept whole, as any child the typed model drops).
+fn driver_attrs(c: &Element) -> Option<Vec<(String, String)>> {
+    c.first("driver").map(|d| d.attrs.clone())
+}
+
+fn push_driver(e: &mut Element, driver: &Option<Vec<(String, String)>>) {
+    if let Some(attrs) = driver {
+        let mut d = Element::new("driver");
+        d.attrs = attrs.clone();
+        e.push(d);
+    }
 }
 
 impl Input {
@@ -81,6 +105,7 @@ impl Input {
             kind: kind.to_owned(),
             bus: bus.to_owned(),
             address: addr_of(c)?,
+            driver: driver_attrs(c),
         })
     }
 
@@ -88,6 +113,7 @@ impl Input {
         let mut e = Element::new("input")
             .attr("type", &self.kind)
             .attr("bus", &self.bus);
+        push_driver(&mut e, &self.driver);
         push_addr(&mut e, &self.address);
         e
     }
@@ -135,6 +161,7 @@ impl Rng {
             builtin,
             rate,
             address: addr_of(c)?,
+            driver: driver_attrs(c),
         })
     }
 
@@ -150,6 +177,7 @@ impl Rng {
                 self.rate
                     .map(|(b, p)| Element::new("rate").attr("bytes", b).attr("period", p)),
             );
+        push_driver(&mut e, &self.driver);
         push_addr(&mut e, &self.address);
         e
     }
@@ -176,6 +204,7 @@ impl Memballoon {
                 .transpose()?
                 .flatten(),
             address: addr_of(c)?,
+            driver: driver_attrs(c),
         })
     }
 
@@ -186,6 +215,7 @@ impl Memballoon {
                 self.stats_period
                     .map(|p| Element::new("stats").attr("period", p)),
             );
+        push_driver(&mut e, &self.driver);
         push_addr(&mut e, &self.address);
         e
     }
@@ -243,13 +273,36 @@ impl Tpm {
             .first("backend")
             .ok_or_else(|| missing("tpm", "<backend>"))?;
         let backend = b.req_attr("type")?;
-        if !matches!(backend, "emulator" | "passthrough") {
+        if !matches!(backend, "emulator" | "passthrough" | "external") {
             return Err(DomainXmlError::unsupported(
                 "tpm backend type",
                 backend,
-                "expected emulator or passthrough",
+                "expected emulator, passthrough or external",
             ));
         }
+        let socket = match b.first("source").filter(|_| backend == "external") {
+            None if backend == "external" => return Err(missing("tpm/backend", "<source>")),
+            None => None,
+            Some(src) => {
+                let ty = src.get_attr("type").unwrap_or("");
+                if ty != "unix" {
+                    return Err(DomainXmlError::unsupported(
+                        "tpm/backend/source type",
+                        ty,
+                        "an external TPM is reached over a UNIX socket: expected unix",
+                    ));
+                }
+                let mode = src.get_attr("mode").unwrap_or("connect");
+                if mode != "connect" {
+                    return Err(DomainXmlError::unsupported(
+                        "tpm/backend/source mode",
+                        mode,
+                        "QEMU connects to an external TPM: expected connect",
+                    ));
+                }
+                Some(PathBuf::from(src.req_attr("path")?))
+            }
+        };
         Ok(Tpm {
             model: model.to_owned(),
             backend: backend.to_owned(),
@@ -258,15 +311,26 @@ impl Tpm {
                 .first("device")
                 .and_then(|x| x.get_attr("path"))
                 .map(PathBuf::from),
+            socket,
+            persistent_state: yes_no(b, "persistent_state")?,
         })
     }
 
     pub(super) fn to_element(&self) -> Element {
         let mut b = Element::new("backend")
             .attr("type", &self.backend)
-            .attr_opt("version", self.version.as_deref());
+            .attr_opt("version", self.version.as_deref())
+            .attr_opt("persistent_state", self.persistent_state.map(yn));
         if let Some(p) = &self.device {
             b.push(Element::new("device").attr("path", path_text(p)));
+        }
+        if let Some(p) = &self.socket {
+            b.push(
+                Element::new("source")
+                    .attr("type", "unix")
+                    .attr("mode", "connect")
+                    .attr("path", path_text(p)),
+            );
         }
         Element::new("tpm").attr("model", &self.model).child(b)
     }

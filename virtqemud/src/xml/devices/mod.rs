@@ -12,6 +12,7 @@ mod interface;
 mod misc;
 mod pci;
 
+use crate::caps::DefaultCaps;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -25,6 +26,7 @@ pub use chardev::{Chardev, ChardevSource};
 pub use controller::{scsi_device, usb_device, Controller, PCI_BRIDGES};
 #[cfg(test)]
 pub(crate) use disk::disk_index;
+pub(crate) use disk::network_source;
 pub use disk::{Disk, DiskBus, DiskDevice, DiskDriver, DiskSource, NetHost};
 pub use graphics::{Audio, Graphics, GraphicsKind, Redirdev, Sound, Video};
 pub use hostdev::Hostdev;
@@ -180,6 +182,9 @@ fn typed_form(c: &Element) -> Result<Option<Element>> {
         "hostdev" => Hostdev::parse(c)?.to_element(),
         "serial" | "console" | "parallel" => Chardev::parse(c)?.to_element(&c.name),
         "channel" => Chardev::parse_channel(c)?.to_element("channel"),
+        "redirdev" if matches!(c.get_attr("type"), Some("spicevmc" | "tcp" | "unix")) => {
+            Redirdev::parse(c)?.to_element()
+        }
         _ => return Ok(None),
     }))
 }
@@ -211,8 +216,19 @@ pub fn dropped_child(c: &Element) -> Result<Option<String>> {
         c.name.as_str(),
         "serial" | "console" | "channel" | "parallel"
     );
+    // `<address type='pci'/>`: a PCI address to be picked, which the typed model
+    // writes once it is.
+    let empty_pci_address = |p: &str| p == "address" && matches!(addr_of(c), Ok(None));
+    // `<protocol type='raw'/>` on a non-TCP socket: what it carries anyway.
+    let raw_protocol = |p: &str| {
+        p == "protocol"
+            && c.get_attr("type") != Some("tcp")
+            && c.first("protocol").and_then(|x| x.get_attr("type")) == Some("raw")
+    };
     let excused = |p: &str| {
         vfio(p)
+            || empty_pci_address(p)
+            || raw_protocol(p)
             // The pty a running guest got, in live XML; a new one is made at start.
             || (chardev && live_pty_path(p))
             // A listening UNIX socket without a path: made at start, not written.
@@ -253,7 +269,7 @@ impl Devices {
                 }
                 "redirdev"
                     if c.get_attr("bus").unwrap_or("usb") == "usb"
-                        && c.get_attr("type") == Some("spicevmc") =>
+                        && matches!(c.get_attr("type"), Some("spicevmc" | "tcp" | "unix")) =>
                 {
                     d.redirdevs.push(Redirdev::parse(c)?)
                 }
@@ -327,9 +343,9 @@ impl Devices {
         el
     }
 
-    pub(crate) fn fill_defaults(&mut self, q35: bool) -> Result<()> {
+    pub(crate) fn fill_defaults(&mut self, q35: bool, qemu: &DefaultCaps) -> Result<()> {
         self.fill_disk_buses(q35)?;
-        self.add_machine_controllers(q35);
+        self.add_machine_controllers(q35, qemu);
         self.add_implicit_controllers(q35)?;
         // libvirt's qemuDomainDeviceDiskDefPostParse: QEMU's driver, raw unless said
         // otherwise (a volume's format is its pool's business).
@@ -373,7 +389,7 @@ impl Devices {
             c.target_type.get_or_insert_with(|| "virtio".into());
         }
         self.assign_channel_ports();
-        self.fill_untyped_defaults();
+        self.fill_untyped_defaults()?;
         // libvirt's default NIC model on x86 (qemuDomainDefaultNetModel) is rtl8139,
         // and it writes it down; a vDPA NIC can only be virtio.
         for i in &mut self.interfaces {
@@ -400,6 +416,7 @@ impl Devices {
                 model: "virtio".into(),
                 stats_period: None,
                 address: None,
+                driver: None,
             });
         }
         let any_graphics =
@@ -452,19 +469,33 @@ impl Devices {
         }
         self.add_default_audio();
         self.add_implicit_inputs();
-        self.assign_pci(q35)
+        self.assign_pci(q35, qemu.pcie_root_port)
     }
 
     /// The controllers libvirt gives every PC machine (qemuDomainDefAddDefaultDevices):
-    /// a USB controller (PIIX3's UHCI at 00:01.2 on i440fx, qemu-xhci on q35) unless
-    /// one is written (`model='none'` for none), the IDE controller of i440fx's PIIX3
-    /// (00:01.1) for IDE disks, and q35's built-in AHCI (00:1f.2). USB controllers
-    /// written without a model get the machine's default one.
-    fn add_machine_controllers(&mut self, q35: bool) {
-        let usb_model = if q35 { "qemu-xhci" } else { "piix3-uhci" };
-        if !self.controllers.iter().any(|c| c.kind == "usb") {
-            self.controllers
-                .push(Controller::new("usb", 0, Some(usb_model)));
+    /// a USB controller (PIIX3's UHCI at 00:01.2 on i440fx; on q35 the first QEMU has
+    /// of qemu-xhci, nec-xhci and ICH9's USB2 set, or none) unless one is written
+    /// (`model='none'` for none), the IDE controller of i440fx's PIIX3 (00:01.1) for IDE
+    /// disks, and q35's built-in AHCI (00:1f.2). USB controllers written without a model
+    /// are PIIX3's UHCI, as in libvirt, also on q35.
+    fn add_machine_controllers(&mut self, q35: bool, qemu: &DefaultCaps) {
+        let usb_model = match () {
+            _ if !q35 => Some("piix3-uhci"),
+            _ if qemu.qemu_xhci => Some("qemu-xhci"),
+            _ if qemu.nec_usb_xhci => Some("nec-xhci"),
+            _ if qemu.ich9_usb_ehci1 => Some("ich9-ehci1"),
+            _ => None,
+        };
+        if let Some(m) = usb_model.filter(|_| !self.controllers.iter().any(|c| c.kind == "usb")) {
+            self.controllers.push(Controller::new("usb", 0, Some(m)));
+            // virDomainDefAddUSBController: EHCI comes with its three companions.
+            if m == "ich9-ehci1" {
+                for (n, port) in [(1, 0), (2, 2), (3, 4)] {
+                    let mut c = Controller::new("usb", 0, Some(&format!("ich9-uhci{n}")));
+                    c.master_startport = Some(port);
+                    self.controllers.push(c);
+                }
+            }
         }
         let ide = !q35 && self.disks.iter().any(|d| d.bus == Some(DiskBus::Ide));
         if ide && !self.controllers.iter().any(|c| c.kind == "ide") {
@@ -511,8 +542,10 @@ impl Devices {
             }))
         };
         for c in &mut self.controllers {
-            if c.kind == "usb" && c.model.is_none() {
-                c.model = Some(usb_model.to_owned());
+            // qemuDomainControllerDefPostParse: a USB controller written without a
+            // model is PIIX3's UHCI on x86, whatever the machine.
+            if c.kind == "usb" && c.model.is_none() && qemu.piix3_usb_uhci {
+                c.model = Some("piix3-uhci".to_owned());
             }
             if c.index != 0 || c.address.is_some() {
                 continue;
@@ -583,8 +616,8 @@ impl Devices {
     /// The defaults libvirt writes into devices this model keeps whole: a vsock's
     /// virtio model, a filesystem's `accessmode='passthrough'` (not for a virtiofs
     /// on a given socket) and its modes as four octal digits; an x86 panic device is
-    /// ISA's.
-    fn fill_untyped_defaults(&mut self) {
+    /// ISA's; a USB redirection filter's device version as libvirt writes it.
+    fn fill_untyped_defaults(&mut self) -> Result<()> {
         for p in &mut self.panics {
             p.model.get_or_insert_with(|| "isa".to_owned());
         }
@@ -630,6 +663,16 @@ impl Devices {
                     for c in e.children.iter_mut() {
                         if let common::xml::Node::Element(u) = c {
                             u.attrs.retain(|(k, v)| k == "allow" || v != "-1");
+                            for (k, v) in u.attrs.iter_mut().filter(|(k, _)| k == "version") {
+                                *v = usb_version(v).ok_or_else(|| {
+                                    invalid(
+                                        "redirfilter/usbdev",
+                                        k,
+                                        v,
+                                        "expected a USB version MAJOR.MINOR (each below 100)",
+                                    )
+                                })?;
+                            }
                         }
                     }
                 }
@@ -708,6 +751,7 @@ impl Devices {
                 _ => {}
             }
         }
+        Ok(())
     }
 
     /// libvirt's implicit PS/2 mouse and keyboard of every x86 machine (QEMU has them
@@ -719,6 +763,7 @@ impl Devices {
                     kind: kind.to_owned(),
                     bus: "ps2".to_owned(),
                     address: None,
+                    driver: None,
                 });
             }
         }
@@ -840,4 +885,22 @@ fn shmem_defaults(e: &mut Element) {
             }
         }
     }
+}
+
+/// A USB device version as libvirt writes it (virDomainRedirFilterUSBVersionHelper):
+/// `J.M` is `J.M0`, not `J.0M`, and the minor part has two digits.
+pub(crate) fn usb_version(v: &str) -> Option<String> {
+    let (major, minor) = v.split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(major) || !digits(minor) {
+        return None;
+    }
+    let (j, mut m): (u32, u32) = (major.parse().ok()?, minor.parse().ok()?);
+    if j >= 100 || m >= 100 {
+        return None;
+    }
+    if minor.len() == 1 {
+        m *= 10;
+    }
+    Some(format!("{j}.{m:02}"))
 }

@@ -423,7 +423,7 @@ impl Devices {
                     },
                     "scsi" => match m {
                         Some("virtio-scsi" | "virtio-non-transitional") | None => pcie,
-                        Some("ncr53c90") => 0,
+                        Some("ncr53c90" | "ibmvscsi") => 0,
                         _ => pci,
                     },
                     "virtio-serial" => virtio(m),
@@ -673,7 +673,8 @@ impl Devices {
     /// spare root port for hot-plug), then the real assignment, `multifunction='on'`
     /// where a slot has several functions, and the controllers' model names and
     /// targets.
-    pub(super) fn assign_pci(&mut self, q35: bool) -> Result<()> {
+    /// `generic_root_port`: QEMU has `pcie-root-port`; else root ports are `ioh3420`s.
+    pub(super) fn assign_pci(&mut self, q35: bool, generic_root_port: bool) -> Result<()> {
         let mut others = Others {
             addrs: self
                 .other
@@ -742,7 +743,7 @@ impl Devices {
                 .retain(|c| !matches!(c, common::xml::Node::Element(e) if e.name == "address"));
             push_addr(el, &a);
         }
-        self.fill_pci_targets()
+        self.fill_pci_targets(generic_root_port)
     }
 
     /// A fixed address for `d`, reserved (qemuDomainValidateDevicePCISlots*).
@@ -1012,12 +1013,58 @@ impl Devices {
         }
     }
 
+    /// qemuDomainAddressFindNewBusNr: an expander bus without a `busNr` starts two
+    /// below the lowest one given (one number for itself, one for its built-in bridge),
+    /// from 256 down; none left below 3 is refused, as libvirt refuses it.
+    fn fill_expander_bus_numbers(&mut self) -> Result<()> {
+        let expander = |c: &Controller| {
+            matches!(
+                c.model.as_deref(),
+                Some("pci-expander-bus" | "pcie-expander-bus")
+            )
+        };
+        for i in 0..self.controllers.len() {
+            let c = &self.controllers[i];
+            if c.kind != "pci" || !expander(c) || c.target_bus_nr.is_some() {
+                continue;
+            }
+            let lowest = (self.controllers.iter())
+                .filter(|c| c.kind == "pci")
+                .filter_map(|c| c.target_bus_nr)
+                .min()
+                .unwrap_or(256);
+            if lowest <= 2 {
+                return Err(invalid(
+                    "controller/target",
+                    "attribute 'busNr'",
+                    "",
+                    format!(
+                        "no free bus number below {lowest} for the expander bus with index='{}': give one",
+                        c.index
+                    ),
+                ));
+            }
+            self.controllers[i].target_bus_nr = Some(lowest - 2);
+        }
+        Ok(())
+    }
+
     /// libvirt's `<model name>` and `<target>` of PCI controllers: chassis = index (a
     /// pci-bridge's chassisNr), a root port's port from its own slot and function
     /// (`slot << 3 | function`), a downstream port's from its slot; a pci-bridge must
     /// have a higher index than the bus it sits on.
-    fn fill_pci_targets(&mut self) -> Result<()> {
+    fn fill_pci_targets(&mut self, generic_root_port: bool) -> Result<()> {
+        self.fill_expander_bus_numbers()?;
         for c in self.controllers.iter_mut().filter(|c| c.kind == "pci") {
+            if c.model_name.is_none() && c.model.as_deref() == Some("pcie-root-port") {
+                // qemuDomainPCIControllerSetDefaultModelName: Intel's port before QEMU 2.9.
+                let name = if generic_root_port {
+                    "pcie-root-port"
+                } else {
+                    "ioh3420"
+                };
+                c.model_name = Some(name.to_owned());
+            }
             if c.model_name.is_none() {
                 c.model_name = c
                     .model
