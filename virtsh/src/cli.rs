@@ -203,6 +203,43 @@ pub enum StatsCmd {
         interface: bool,
         #[arg(long)]
         block: bool,
+        /// The perf counters' values (`perf.<event>`).
+        #[arg(long)]
+        perf: bool,
+    },
+    /// Show or switch a domain's perf events.
+    Perf {
+        domain: String,
+        /// Events to switch on, comma-separated (cpu_clock,page_faults).
+        #[arg(long)]
+        enable: Option<String>,
+        /// Events to switch off, comma-separated.
+        #[arg(long)]
+        disable: Option<String>,
+        #[arg(long)]
+        live: bool,
+        #[arg(long)]
+        config: bool,
+        #[arg(long)]
+        current: bool,
+    },
+    /// Show or set a NIC's bandwidth limits.
+    Domiftune {
+        domain: String,
+        /// The NIC's host device (vnet0) or MAC address.
+        interface: String,
+        /// average[,peak[,burst[,floor]]] in kilobytes per second (bursts in kilobytes).
+        #[arg(long)]
+        inbound: Option<String>,
+        /// average[,peak[,burst]].
+        #[arg(long)]
+        outbound: Option<String>,
+        #[arg(long)]
+        live: bool,
+        #[arg(long)]
+        config: bool,
+        #[arg(long)]
+        current: bool,
     },
     /// List a domain's disks.
     Domblklist {

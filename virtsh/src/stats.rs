@@ -20,6 +20,7 @@ const BALLOON: u32 = 4;
 const VCPU: u32 = 8;
 const INTERFACE: u32 = 16;
 const BLOCK: u32 = 32;
+const PERF: u32 = 64;
 
 pub async fn run(x: &Ctx<'_>, cmd: StatsCmd) -> anyhow::Result<()> {
     match cmd {
@@ -40,6 +41,7 @@ pub async fn run(x: &Ctx<'_>, cmd: StatsCmd) -> anyhow::Result<()> {
             vcpu,
             interface,
             block,
+            perf,
         } => {
             let groups = [
                 (state, STATE),
@@ -48,6 +50,7 @@ pub async fn run(x: &Ctx<'_>, cmd: StatsCmd) -> anyhow::Result<()> {
                 (vcpu, VCPU),
                 (interface, INTERFACE),
                 (block, BLOCK),
+                (perf, PERF),
             ]
             .iter()
             .filter(|(on, _)| *on)
@@ -67,6 +70,26 @@ pub async fn run(x: &Ctx<'_>, cmd: StatsCmd) -> anyhow::Result<()> {
             .filter(|(on, _)| *on)
             .fold(0u32, |a, (_, b)| a | b);
             domstats(x, &domains, groups, flags).await
+        }
+        StatsCmd::Perf {
+            domain,
+            enable,
+            disable,
+            live,
+            config,
+            current,
+        } => perf(x, &domain, enable, disable, impact(live, config, current)?).await,
+        StatsCmd::Domiftune {
+            domain,
+            interface,
+            inbound,
+            outbound,
+            live,
+            config,
+            current,
+        } => {
+            let flags = impact(live, config, current)?;
+            domiftune(x, &domain, &interface, inbound, outbound, flags).await
         }
         StatsCmd::Domblklist {
             domain,
@@ -566,5 +589,114 @@ async fn vcpuinfo(x: &Ctx<'_>, n: &str) -> anyhow::Result<()> {
     if x.out.json {
         x.out.value(&Value::Array(all))?;
     }
+    Ok(())
+}
+
+/// virsh's --live/--config/--current: VIR_DOMAIN_AFFECT_* (--current alone excludes
+/// the others).
+fn impact(live: bool, config: bool, current: bool) -> anyhow::Result<u32> {
+    if current && (live || config) {
+        bail!("--current must not be given with --live or --config");
+    }
+    Ok(u32::from(live) | (u32::from(config) << 1))
+}
+
+/// `perf`: switches the named events, or lists every event as virsh does.
+async fn perf(
+    x: &Ctx<'_>,
+    n: &str,
+    enable: Option<String>,
+    disable: Option<String>,
+    flags: u32,
+) -> anyhow::Result<()> {
+    let d = x.domain(n).await?;
+    let names = |list: &Option<String>| -> Vec<String> {
+        list.as_deref()
+            .unwrap_or("")
+            .split(',')
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let (on, off) = (names(&enable), names(&disable));
+    if on.is_empty() && off.is_empty() {
+        let events = d.get_perf_events(flags).await?;
+        let mut rows: Vec<(&String, bool)> = events
+            .iter()
+            .map(|(k, v)| (k, bool::try_from(v).unwrap_or(false)))
+            .collect();
+        rows.sort();
+        for (k, v) in rows {
+            crate::outln!("{k:<20}: {}", if v { "enabled" } else { "disabled" });
+        }
+        return Ok(());
+    }
+    let params: HashMap<&str, ZValue> = on
+        .iter()
+        .map(|e| (e.as_str(), ZValue::from(true)))
+        .chain(off.iter().map(|e| (e.as_str(), ZValue::from(false))))
+        .collect();
+    d.set_perf_events(&params, flags).await?;
+    Ok(())
+}
+
+/// `domiftune`: sets the given limits, or prints libvirt's seven numbers.
+async fn domiftune(
+    x: &Ctx<'_>,
+    n: &str,
+    iface: &str,
+    inbound: Option<String>,
+    outbound: Option<String>,
+    flags: u32,
+) -> anyhow::Result<()> {
+    let d = x.domain(n).await?;
+    if inbound.is_none() && outbound.is_none() {
+        let p = d.get_interface_parameters(iface, flags).await?;
+        for k in [
+            "inbound.average",
+            "inbound.peak",
+            "inbound.burst",
+            "inbound.floor",
+            "outbound.average",
+            "outbound.peak",
+            "outbound.burst",
+        ] {
+            let v = p.get(k).and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
+            crate::outln!("{k:<15}: {v}");
+        }
+        return Ok(());
+    }
+    let mut params: HashMap<String, ZValue> = HashMap::new();
+    for (dir, spec, fields) in [
+        (
+            "inbound",
+            &inbound,
+            &["average", "peak", "burst", "floor"][..],
+        ),
+        ("outbound", &outbound, &["average", "peak", "burst"][..]),
+    ] {
+        let Some(spec) = spec else { continue };
+        let values: Vec<&str> = spec.split(',').collect();
+        if values.len() > fields.len() {
+            bail!(
+                "inbound/outbound take at most {} numbers: '{spec}'",
+                fields.len()
+            );
+        }
+        for (f, v) in fields.iter().zip(values) {
+            if v.is_empty() {
+                continue;
+            }
+            let n: u32 = v
+                .parse()
+                .map_err(|_| anyhow!("{dir} {f} '{v}' is not a number"))?;
+            params.insert(format!("{dir}.{f}"), ZValue::from(n));
+        }
+    }
+    let params: HashMap<&str, ZValue> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    d.set_interface_parameters(iface, &params, flags).await?;
     Ok(())
 }

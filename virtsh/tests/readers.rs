@@ -331,5 +331,44 @@ async fn domifstat_on_a_tap() {
                 == ["vstap0", "ethernet", "-", "rtl8139", "52:54:00:92:00:02"]),
         "{ifl}"
     );
+    // domiftune: set on the tap, shown back; perf: switched on, listed, counted.
+    ok(virtsh(
+        &bus,
+        &[
+            "domiftune",
+            "e1",
+            "vstap0",
+            "--inbound",
+            "1000,2000",
+            "--live",
+        ],
+    ));
+    let tune = ok(virtsh(&bus, &["domiftune", "e1", "52:54:00:92:00:02"]));
+    assert!(tune.contains("inbound.average: 1000"), "{tune}");
+    assert!(tune.contains("inbound.peak   : 2000"), "{tune}");
+    assert!(tune.contains("outbound.average: 0"), "{tune}");
+    let class = ns
+        .run_ok(&["tc", "class", "show", "dev", "vstap0"])
+        .expect("tc");
+    assert!(class.contains("rate 8Mbit"), "{class}");
+    let e = fails(virtsh(
+        &bus,
+        &["domiftune", "e1", "vstap0", "--inbound", "x"],
+    ));
+    assert!(e.contains("'x' is not a number"), "{e}");
+    ok(virtsh(
+        &bus,
+        &["perf", "e1", "--enable", "task_clock,page_faults"],
+    ));
+    let perf = ok(virtsh(&bus, &["perf", "e1"]));
+    assert!(perf.contains("task_clock          : enabled"), "{perf}");
+    assert!(perf.contains("cpu_cycles          : disabled"), "{perf}");
+    let stats = ok(virtsh(&bus, &["domstats", "e1", "--perf"]));
+    assert!(stats.contains("perf.task_clock="), "{stats}");
+    let e = fails(virtsh(
+        &bus,
+        &["perf", "e1", "--enable", "warp", "--live", "--current"],
+    ));
+    assert!(e.contains("--current"), "{e}");
     ok(virtsh(&bus, &["destroy", "e1"]));
 }
