@@ -190,6 +190,7 @@ impl Driver {
                 dumped_crash: false,
                 saving: st.saving.clone(),
                 plugging: st.plugging.clone(),
+                migration: st.migration.clone(),
                 exited: exit_rx,
             });
         }
@@ -217,6 +218,9 @@ impl Driver {
         match st.saving {
             Some(intent) => self.finish_interrupted_save(&dom, intent).await,
             None => self.drop_consumed_managed_save(&dom),
+        }
+        if let Some(m) = st.migration {
+            self.settle_migration(&dom, m).await;
         }
     }
 

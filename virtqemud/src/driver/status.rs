@@ -59,6 +59,9 @@ pub(super) struct Status {
     /// A device being plugged in when the record was written (`super::hotplug`).
     #[serde(default)]
     pub plugging: Option<super::hotplug::Pending>,
+    /// A migration in or out, and its phase (`super::migrate`).
+    #[serde(default)]
+    pub migration: Option<super::migrate::Migration>,
 }
 
 fn yes() -> bool {
@@ -103,6 +106,7 @@ impl Driver {
                     saving: l.saving.clone(),
                     ids: l.def.ids.clone(),
                     plugging: l.plugging.clone(),
+                    migration: l.migration.clone(),
                 }
             })
         };
