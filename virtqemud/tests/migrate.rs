@@ -78,7 +78,7 @@ impl Node {
             while let Some(ev) = stream.next().await {
                 if let Ok(a) = ev.args() {
                     if let Some(e) = DomainEvent::from_wire(a.event, a.detail) {
-                        sink.lock().unwrap().push((a.domain.clone(), e));
+                        sink.lock().expect("events").push((a.domain.clone(), e));
                     }
                 }
             }
@@ -100,7 +100,7 @@ impl Node {
     fn events_of(&self, path: &OwnedObjectPath) -> Vec<DomainEvent> {
         self.events
             .lock()
-            .unwrap()
+            .expect("events")
             .iter()
             .filter(|(p, _)| p == path)
             .map(|(_, e)| *e)
@@ -216,129 +216,8 @@ async fn a_guest_migrates_and_keeps_running() {
     wait_serial(&serial, "TINYGUEST-BOOTED", Duration::from_secs(60)).await;
     assert_eq!(d.get_hostname(0).await.expect("hostname"), "migrant");
 
-    // Refusals that change nothing.
-    let none = params(&[]);
-    let (ra, rb) = (&a, &b);
-    let unchanged = |why: &'static str| async move {
-        let (a, b) = (ra, rb);
-        assert_eq!(
-            a.state("migrant").await,
-            Some((1, 1)),
-            "{why}: runs on A as booted"
-        );
-        assert_eq!(a.qemus("migrant").len(), 1, "{why}: one QEMU on A");
-        assert!(b.qemus("migrant").is_empty(), "{why}: no QEMU on B");
-    };
-    let e = bus_err(d.migrate_to_uri3(&b.uri(), &none, LIVE).await);
-    assert_eq!(
-        e,
-        "argument unsupported: direct migration is not supported by the source host"
-    );
-    unchanged("no PEER2PEER").await;
-    let e = bus_err(d.migrate_to_uri3("xen:///system", &none, LIVE | P2P).await);
-    assert!(
-        e.starts_with("operation failed: Failed to connect to remote libvirt URI xen:///system"),
-        "{e}"
-    );
-    let e = bus_err(
-        d.migrate_to_uri3(
-            "qemu+unix:///session?socket=/nonexistent/bus",
-            &none,
-            LIVE | P2P,
-        )
-        .await,
-    );
-    assert!(e.contains("Failed to connect to remote libvirt URI"), "{e}");
-    unchanged("bad URIs").await;
-    let other = guest_xml("migrant", &disk, &serial, 64);
-    let clash =
-        b.qc.domain_define_xml(&other)
-            .await
-            .expect("a namesake on B");
-    let e = bus_err(d.migrate_to_uri3(&b.uri(), &none, LIVE | P2P).await);
-    assert!(
-        e.contains("domain 'migrant' already exists with uuid"),
-        "{e}"
-    );
-    unchanged("a name taken at the destination").await;
-    assert_eq!(
-        b.state("migrant").await,
-        Some((5, 0)),
-        "B's namesake untouched"
-    );
-    domain(&b.conn, &clash)
-        .await
-        .undefine(0)
-        .await
-        .expect("undefine the namesake");
-    let e = bus_err(
-        d.migrate_to_uri3(
-            &b.uri(),
-            &params(&[("nonsense", Value::from(1u64))]),
-            LIVE | P2P,
-        )
-        .await,
-    );
-    assert_eq!(
-        e,
-        "argument unsupported: parameter 'nonsense' not supported"
-    );
-
-    // The knobs: no limit by default, as libvirt; downtime and compression cache to QEMU.
-    assert_eq!(
-        d.migrate_get_max_speed(0).await.expect("speed"),
-        8796093022207
-    );
-    d.migrate_set_max_downtime(400, 0).await.expect("downtime");
-    d.migrate_set_compression_cache(8 << 20, 0)
-        .await
-        .expect("cache");
-    assert_eq!(
-        d.migrate_get_compression_cache(0).await.expect("cache"),
-        8 << 20
-    );
-    assert!(bus_err(d.abort_job().await).contains("no job is active"));
-    assert!(
-        bus_err(d.migrate_start_post_copy(0).await).contains("outgoing migration is in progress")
-    );
-
-    // A slow migration: its job info mid-way, then AbortJob brings it back.
-    d.migrate_set_max_speed(1, 0).await.expect("1 MiB/s");
-    assert_eq!(d.migrate_get_max_speed(0).await.expect("speed"), 1);
-    let (dd, uri) = (d.clone(), b.uri());
-    let slow =
-        tokio::spawn(async move { dd.migrate_to_uri3(&uri, &params(&[]), LIVE | P2P).await });
-    let start = Instant::now();
-    let info = loop {
-        let i = d.get_job_info().await.expect("job info");
-        if i.0 == 2 && i.4 > 0 {
-            break i;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no job progress: {i:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(info.3 >= info.4, "total {} ≥ processed {}", info.3, info.4);
-    let (kind, stats) = d.get_job_stats(0).await.expect("job stats");
-    assert_eq!(kind, 2, "unbounded: a migration");
-    assert_eq!(number(&stats, "operation"), 5, "migration out");
-    assert!(number(&stats, "memory_total") > 0);
-    assert!(b.qemus("migrant").len() == 1, "B's incoming QEMU waits");
-    assert_eq!(b.state("migrant").await, Some((3, 2)), "paused, migration");
-    d.abort_job().await.expect("abort");
-    let e = bus_err(slow.await.expect("join"));
-    assert_eq!(
-        e,
-        "operation aborted: job 'migration out' canceled by client"
-    );
-    unchanged("an aborted migration").await;
-    wait_for("B's incoming QEMU gone", Duration::from_secs(10), || {
-        b.qemus("migrant").is_empty()
-    })
-    .await;
-    assert_eq!(b.state("migrant").await, None, "B's transient domain gone");
+    refusals_change_nothing(&a, &b, &d, &disk, &serial).await;
+    abort_brings_it_back(&a, &b, &d).await;
 
     // The migration: the guest goes on at B; A's domain is gone.
     let mut iterations = d.receive_migration_iteration().await.expect("subscribe");
@@ -426,6 +305,160 @@ async fn a_guest_migrates_and_keeps_running() {
     drop((a, b, ns));
 }
 
+/// The guest runs on A as booted, with one QEMU, and B has none.
+async fn unchanged(a: &Node, b: &Node, why: &str) {
+    assert_eq!(
+        a.state("migrant").await,
+        Some((1, 1)),
+        "{why}: runs on A as booted"
+    );
+    assert_eq!(a.qemus("migrant").len(), 1, "{why}: one QEMU on A");
+    assert!(b.qemus("migrant").is_empty(), "{why}: no QEMU on B");
+}
+
+/// Refusals that change nothing (the guest runs on A with one QEMU, none on B), and the
+/// knobs before a migration.
+async fn refusals_change_nothing(
+    a: &Node,
+    b: &Node,
+    d: &DomainProxy<'_>,
+    disk: &Path,
+    serial: &Path,
+) {
+    // Refusals that change nothing.
+    let none = params(&[]);
+    let e = bus_err(d.migrate_to_uri3(&b.uri(), &none, LIVE).await);
+    assert_eq!(
+        e,
+        "argument unsupported: direct migration is not supported by the source host"
+    );
+    unchanged(a, b, "no PEER2PEER").await;
+    let e = bus_err(d.migrate_to_uri3("xen:///system", &none, LIVE | P2P).await);
+    assert!(
+        e.starts_with("operation failed: Failed to connect to remote libvirt URI xen:///system"),
+        "{e}"
+    );
+    let e = bus_err(
+        d.migrate_to_uri3(
+            "qemu+unix:///session?socket=/nonexistent/bus",
+            &none,
+            LIVE | P2P,
+        )
+        .await,
+    );
+    assert!(e.contains("Failed to connect to remote libvirt URI"), "{e}");
+    unchanged(a, b, "bad URIs").await;
+    let other = guest_xml("migrant", disk, serial, 64);
+    let clash =
+        b.qc.domain_define_xml(&other)
+            .await
+            .expect("a namesake on B");
+    let e = bus_err(d.migrate_to_uri3(&b.uri(), &none, LIVE | P2P).await);
+    assert!(
+        e.contains("domain 'migrant' already exists with uuid"),
+        "{e}"
+    );
+    unchanged(a, b, "a name taken at the destination").await;
+    assert_eq!(
+        b.state("migrant").await,
+        Some((5, 0)),
+        "B's namesake untouched"
+    );
+    domain(&b.conn, &clash)
+        .await
+        .undefine(0)
+        .await
+        .expect("undefine the namesake");
+    let e = bus_err(
+        d.migrate_to_uri3(
+            &b.uri(),
+            &params(&[("nonsense", Value::from(1u64))]),
+            LIVE | P2P,
+        )
+        .await,
+    );
+    assert_eq!(
+        e,
+        "argument unsupported: parameter 'nonsense' not supported"
+    );
+
+    // The knobs: no limit by default, as libvirt; downtime and compression cache to QEMU.
+    assert_eq!(
+        d.migrate_get_max_speed(0).await.expect("speed"),
+        8796093022207
+    );
+    d.migrate_set_max_downtime(400, 0).await.expect("downtime");
+    d.migrate_set_compression_cache(8 << 20, 0)
+        .await
+        .expect("cache");
+    assert_eq!(
+        d.migrate_get_compression_cache(0).await.expect("cache"),
+        8 << 20
+    );
+    assert!(bus_err(d.abort_job().await).contains("no job is active"));
+    assert!(
+        bus_err(d.migrate_start_post_copy(0).await).contains("outgoing migration is in progress")
+    );
+}
+
+/// A slow migration's job info mid-way, then AbortJob brings it back.
+async fn abort_brings_it_back(a: &Node, b: &Node, d: &DomainProxy<'static>) {
+    // A slow migration: its job info mid-way, then AbortJob brings it back.
+    d.migrate_set_max_speed(1, 0).await.expect("1 MiB/s");
+    assert_eq!(d.migrate_get_max_speed(0).await.expect("speed"), 1);
+    let (dd, uri) = (d.clone(), b.uri());
+    let slow =
+        tokio::spawn(async move { dd.migrate_to_uri3(&uri, &params(&[]), LIVE | P2P).await });
+    let start = Instant::now();
+    let info = loop {
+        let i = d.get_job_info().await.expect("job info");
+        if i.0 == 2 && i.4 > 0 {
+            break i;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no job progress: {i:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(info.3 >= info.4, "total {} ≥ processed {}", info.3, info.4);
+    let (kind, stats) = d.get_job_stats(0).await.expect("job stats");
+    assert_eq!(kind, 2, "unbounded: a migration");
+    assert_eq!(number(&stats, "operation"), 5, "migration out");
+    assert!(number(&stats, "memory_total") > 0);
+    assert!(b.qemus("migrant").len() == 1, "B's incoming QEMU waits");
+    assert_eq!(b.state("migrant").await, Some((3, 2)), "paused, migration");
+    d.abort_job().await.expect("abort");
+    let e = bus_err(slow.await.expect("join"));
+    assert_eq!(
+        e,
+        "operation aborted: job 'migration out' canceled by client"
+    );
+    unchanged(a, b, "an aborted migration").await;
+    wait_for("B's incoming QEMU gone", Duration::from_secs(10), || {
+        b.qemus("migrant").is_empty()
+    })
+    .await;
+    assert_eq!(b.state("migrant").await, None, "B's transient domain gone");
+}
+
+/// The migration phase the killed daemon's status record held for `name`: "Out/Perform",
+/// "In/Finishing", ..., "none" (no migration recorded), "no run" (no status file).
+fn recorded_phase(runtime: &Path, name: &str) -> String {
+    let Ok(text) = std::fs::read(runtime.join("qemu").join(format!("{name}.json"))) else {
+        return "no run".into();
+    };
+    let st: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
+    match st.get("migration").and_then(|m| m.as_object()) {
+        Some(m) => m
+            .iter()
+            .next()
+            .map(|(side, v)| format!("{side}/{}", v["phase"].as_str().unwrap_or("?")))
+            .unwrap_or_else(|| "?".into()),
+        None => "none".into(),
+    }
+}
+
 struct Rng(u64);
 
 impl Rng {
@@ -490,10 +523,11 @@ async fn kill9_during_migration_keeps_the_guest_in_one_place() {
     wait_serial(&serial, "TINYGUEST-BOOTED", Duration::from_secs(120)).await;
     let mut here = 0;
     let (mut broken, mut cut, mut moved) = (0, 0, 0);
+    let mut phases: std::collections::BTreeMap<String, usize> = Default::default();
     for round in 0..rounds {
         let there = 1 - here;
         let victim = rng.below(2) as usize;
-        let delay = Duration::from_millis(rng.below(2500));
+        let delay = Duration::from_millis(rng.below(3000));
         let d = nodes[here]
             .dom("storm")
             .await
@@ -505,11 +539,9 @@ async fn kill9_during_migration_keeps_the_guest_in_one_place() {
         tokio::time::sleep(delay).await;
         let finished = call.is_finished();
         nodes[victim].daemon.kill9();
-        let replied = tokio::time::timeout(Duration::from_secs(150), call)
-            .await
-            .ok()
-            .and_then(|j| j.ok())
-            .map(|r| r.is_ok());
+        let phase = recorded_phase(&nodes[victim].daemon.dirs.runtime, "storm");
+        *phases.entry(phase.clone()).or_insert(0) += 1;
+        // Started again at once, as a service manager would.
         let restarted = nodes[victim]
             .daemon
             .restart_builder()
@@ -518,6 +550,11 @@ async fn kill9_during_migration_keeps_the_guest_in_one_place() {
             .expect("restart");
         nodes[victim].daemon = restarted;
         nodes[victim].reconnect().await;
+        let replied = tokio::time::timeout(Duration::from_secs(150), call)
+            .await
+            .ok()
+            .and_then(|j| j.ok())
+            .map(|r| r.is_ok());
         let verdict = match settled(&nodes, "storm", Duration::from_secs(120)).await {
             Ok(at) => {
                 if replied == Some(true) && at != there {
@@ -539,12 +576,14 @@ async fn kill9_during_migration_keeps_the_guest_in_one_place() {
         };
         cut += usize::from(!finished && replied != Some(true));
         eprintln!(
-            "round {round}: killed {} after {delay:?} (call replied: {replied:?}); guest on {}: {verdict}",
+            "round {round}: killed the {} ({}) after {delay:?} at {phase} (call replied: {replied:?}); \
+             guest on {}: {verdict}",
+            if victim == there { "destination" } else { "source" },
             ["A", "B"][victim],
             ["A", "B"][here],
         );
     }
-    eprintln!("{rounds} kills, {cut} migrations cut, {moved} moved, {broken} broken");
+    eprintln!("{rounds} kills, {cut} migrations cut, {moved} moved, {broken} broken; phases at the kill: {phases:?}");
     assert_eq!(boots(&serial), 1, "the guest never booted again");
     assert_eq!(broken, 0, "the guest was not in exactly one place");
     if let Some(d) = nodes[here].dom("storm").await {

@@ -41,6 +41,7 @@ mod cli;
 mod conn;
 mod domain;
 mod interface;
+mod migrate;
 mod network;
 mod nodedev;
 mod out;
@@ -232,6 +233,7 @@ pub async fn run_line(s: &mut Session, cli: Cli) -> anyhow::Result<Flow> {
     match cmd {
         Cmd::Domain(cmd) => domain::run(&x, cmd).await?,
         Cmd::Stats(cmd) => stats::run(&x, cmd).await?,
+        Cmd::Migrate(cmd) => migrate::run(&x, cmd).await?,
         Cmd::Network(cmd) => network::run(&x, cmd).await?,
         Cmd::Interface(cmd) => interface::run(&x, cmd).await?,
         Cmd::Storage(cmd) => storage::pools(&x, cmd).await?,
