@@ -590,3 +590,212 @@ async fn kill9_during_migration_keeps_the_guest_in_one_place() {
         let _ = d.destroy(0).await;
     }
 }
+
+/// The figure: the tiny guest (128 MiB, booted, idle) migrated back and forth
+/// `VIRT_MIGRATE_ROUNDS` times (6 by default) with LIVE and no bandwidth limit; prints
+/// each migration's time (the MigrateToURI3 call, Prepare to Confirm) and the guest's
+/// downtime as QEMU measured it, then min / median / max. Asserts nothing of time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_time_and_downtime() {
+    let rounds: usize = std::env::var("VIRT_MIGRATE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let ns = NetNs::new().expect("netns");
+    ns.run_ok(&["ip", "link", "set", "lo", "up"]).expect("lo");
+    let nodes = [Node::start(&ns).await, Node::start(&ns).await];
+    let shared = tempfile::tempdir().expect("shared storage");
+    let disk = qcow2(shared.path(), "figure.qcow2", "16M");
+    let serial = shared.path().join("figure.serial");
+    let xml = guest_xml("figure", &disk, &serial, 128);
+    nodes[0]
+        .qc
+        .domain_create_xml(&xml, 0)
+        .await
+        .expect("create");
+    wait_serial(&serial, "TINYGUEST-BOOTED", Duration::from_secs(120)).await;
+    let (mut times, mut downtimes) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (from, to) = (&nodes[round % 2], &nodes[1 - round % 2]);
+        let d = from.dom("figure").await.expect("the guest");
+        // The source's domain is transient: its statistics come with JobCompleted.
+        let mut completed = d.receive_job_completed().await.expect("subscribe");
+        let begun = Instant::now();
+        d.migrate_to_uri3(&to.uri(), &params(&[]), LIVE | P2P)
+            .await
+            .expect("migrate");
+        let took = begun.elapsed().as_millis() as u64;
+        let done = tokio::time::timeout(Duration::from_secs(10), completed.next())
+            .await
+            .expect("JobCompleted")
+            .expect("stream");
+        let downtime = number(&done.args().expect("args").params, "downtime");
+        println!("round {round}: {took} ms, downtime {downtime} ms");
+        times.push(took);
+        downtimes.push(downtime);
+    }
+    let summary = |v: &mut Vec<u64>| {
+        v.sort_unstable();
+        (v[0], v[v.len() / 2], v[v.len() - 1])
+    };
+    println!(
+        "{rounds} migrations of the 128 MiB tiny guest: time min/median/max {:?} ms, downtime {:?} ms",
+        summary(&mut times),
+        summary(&mut downtimes)
+    );
+    assert_eq!(boots(&serial), 1, "the guest never booted again");
+    if let Some(d) = nodes[rounds % 2].dom("figure").await {
+        let _ = d.destroy(0).await;
+    }
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(25)..].join("\n")
+}
+
+/// The migration phase recorded on disk for `name` under `node`'s runtime folder.
+fn phase_of(node: &Node, name: &str) -> String {
+    recorded_phase(&node.daemon.dirs.runtime, name)
+}
+
+async fn wait_phase(node: &Node, name: &str, want: &str) {
+    let start = Instant::now();
+    while phase_of(node, name) != want {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "phase {want} never recorded: {}",
+            phase_of(node, name)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The narrow windows around Finish, made on purpose: the destination daemon is stopped
+/// (SIGSTOP) while QEMU streams, so the source waits in Finish. (1) The source is
+/// killed there and restarted after the destination goes on: the destination ran the
+/// guest, the restarted source learns it and ends its QEMU. (2) The destination is
+/// killed there instead (its incoming QEMU never got Finish): the source's Finish loses
+/// its reply, it asks the restarted destination, which ended its QEMU, and the guest
+/// resumes on the source. Either way the guest runs in exactly one place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_finish_settles_to_one_place() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let ns = NetNs::new().expect("netns");
+    ns.run_ok(&["ip", "link", "set", "lo", "up"]).expect("lo");
+    let mut nodes = [Node::start(&ns).await, Node::start(&ns).await];
+    let shared = tempfile::tempdir().expect("shared storage");
+    let disk = qcow2(shared.path(), "cut.qcow2", "16M");
+    let serial = shared.path().join("cut.serial");
+    let xml = guest_xml("cut", &disk, &serial, 128);
+    nodes[0]
+        .qc
+        .domain_create_xml(&xml, 0)
+        .await
+        .expect("create");
+    wait_serial(&serial, "TINYGUEST-BOOTED", Duration::from_secs(120)).await;
+    let mut here = 0;
+    for (case, kill_source) in [(1, true), (2, false)] {
+        let (src, dst) = (here, 1 - here);
+        let d = nodes[src].dom("cut").await.expect("the guest");
+        d.migrate_set_max_speed(2, 0).await.expect("slow");
+        let uri = nodes[dst].uri();
+        let dd = d.clone();
+        let call =
+            tokio::spawn(async move { dd.migrate_to_uri3(&uri, &params(&[]), LIVE | P2P).await });
+        // Prepare has answered once the source's QEMU streams (its figures grow; they
+        // may be the last migration's before).
+        wait_phase(&nodes[dst], "cut", "In/Prepared").await;
+        let processed = || async { d.get_job_info().await.map(|i| i.4).unwrap_or(0) };
+        let first = processed().await;
+        let start = Instant::now();
+        while processed().await <= first {
+            assert!(start.elapsed() < Duration::from_secs(60), "no stream");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let dest_pid = Pid::from_raw(nodes[dst].daemon.pid as i32);
+        kill(dest_pid, Signal::SIGSTOP).expect("stop the destination daemon");
+        d.migrate_set_max_speed(100_000, 0).await.expect("fast now");
+        wait_phase(&nodes[src], "cut", "Out/Finish").await;
+        let victim = if kill_source { src } else { dst };
+        nodes[victim].daemon.kill9();
+        if kill_source {
+            kill(dest_pid, Signal::SIGCONT).expect("continue the destination daemon");
+        }
+        let restarted = nodes[victim]
+            .daemon
+            .restart_builder()
+            .spawn(&nodes[victim].bus)
+            .await
+            .expect("restart");
+        nodes[victim].daemon = restarted;
+        nodes[victim].reconnect().await;
+        let replied = tokio::time::timeout(Duration::from_secs(120), call)
+            .await
+            .expect("the call ends")
+            .expect("join");
+        let at = settled(&nodes, "cut", Duration::from_secs(120))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "case {case}: {e}\nA's log:\n{}\nB's log:\n{}",
+                    tail(&nodes[0].daemon.log_text()),
+                    tail(&nodes[1].daemon.log_text())
+                )
+            });
+        if kill_source {
+            // The stopped destination finds two things waiting when it goes on: the
+            // source's Finish and the news that the source's bus name is gone.
+            // Whichever it takes first decides where the guest runs (Finish: there, and
+            // the restarted source learns it by Recover; the news: the incoming QEMU
+            // ends and the restarted source resumes the guest). Both are one place.
+            assert!(replied.is_err(), "case 1: the killed source never replied");
+        } else {
+            assert_eq!(at, src, "case 2: back on the source");
+            let e = bus_err(replied);
+            assert!(e.contains("Failed to connect to remote libvirt URI"), "{e}");
+            assert_eq!(
+                nodes[src].state("cut").await,
+                Some((1, 6)),
+                "running, migration canceled"
+            );
+        }
+        assert_eq!(
+            phase_of(&nodes[at], "cut"),
+            "none",
+            "case {case}: settled on disk"
+        );
+        eprintln!("case {case}: the guest runs on {}", ["A", "B"][at]);
+        for (n, node) in nodes.iter().enumerate() {
+            for l in node.daemon.log_text().lines() {
+                if [
+                    "Recover",
+                    "asking",
+                    "answered",
+                    "ending",
+                    "undoing",
+                    "finished",
+                    "runs the guest",
+                ]
+                .iter()
+                .any(|w| l.contains(w))
+                {
+                    eprintln!(
+                        "  {}: {}",
+                        ["A", "B"][n],
+                        l.chars().take(200).collect::<String>()
+                    );
+                }
+            }
+        }
+        here = at;
+    }
+    assert_eq!(boots(&serial), 1, "the guest never booted again");
+    let at = settled(&nodes, "cut", Duration::from_secs(5))
+        .await
+        .expect("settled");
+    if let Some(d) = nodes[at].dom("cut").await {
+        let _ = d.destroy(0).await;
+    }
+}

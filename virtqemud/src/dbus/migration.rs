@@ -8,7 +8,6 @@ use std::sync::Arc;
 use common::error::BusError;
 use common::typed_params::TypedParams;
 use futures_util::future::BoxFuture;
-use futures_util::StreamExt;
 
 use crate::driver::Driver;
 
@@ -18,22 +17,24 @@ pub struct Migration {
 
 /// Resolves when the bus name `who` has gone: the calling source daemon died or
 /// closed its connection. None on a peer connection, which has no names to watch.
+/// Asked once a second with NameHasOwner rather than by a NameOwnerChanged stream: a
+/// match-rule stream on the daemon's bus connection stalled the connection in the
+/// SIGSTOP test (`a_cut_finish_settles_to_one_place`), and a poll holds nothing.
 async fn gone(conn: &zbus::Connection, who: Option<String>) -> Option<BoxFuture<'static, ()>> {
-    let who = who?;
-    let dbus = zbus::fdo::DBusProxy::new(conn).await.ok()?;
-    let mut changes = dbus
-        .receive_name_owner_changed_with_args(&[(0, who.as_str())])
-        .await
-        .ok()?;
-    // Subscribed first, then checked: a source gone in between is not missed.
-    let name = zbus::names::BusName::try_from(who.clone()).ok()?;
-    let present = dbus.name_has_owner(name).await.unwrap_or(false);
+    let name = zbus::names::BusName::try_from(who?).ok()?.into_owned();
+    let conn = conn.clone();
     Some(Box::pin(async move {
-        if !present {
+        let Ok(dbus) = zbus::fdo::DBusProxy::builder(&conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+        else {
             return;
-        }
-        while let Some(c) = changes.next().await {
-            if c.args().is_ok_and(|a| a.new_owner.is_none()) {
+        };
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            // An error (the bus itself gone) counts as gone too.
+            if !dbus.name_has_owner(name.clone()).await.unwrap_or(false) {
                 return;
             }
         }
