@@ -57,7 +57,7 @@ impl Driver {
         }
         // libvirt's: ADDED when there was no persistent definition before, also for a
         // running transient domain that becomes persistent.
-        let detail = if old.is_none() {
+        let detail = if added || old.is_none() {
             DefinedDetail::Added
         } else {
             DefinedDetail::Updated
