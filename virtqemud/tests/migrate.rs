@@ -34,6 +34,9 @@ const LIVE: u32 = 1;
 const P2P: u32 = 2;
 const PERSIST_DEST: u32 = 8;
 const UNDEFINE_SOURCE: u32 = 16;
+const PAUSED: u32 = 32;
+const COMPRESSED: u32 = 2048;
+const AUTO_CONVERGE: u32 = 8192;
 
 /// One node: a bus, a virtqemud on it, a client connection.
 struct Node {
@@ -301,7 +304,28 @@ async fn a_guest_migrates_and_keeps_running() {
     );
     assert_eq!(ad.get_hostname(0).await.expect("A's agent"), "migrant");
     assert_eq!(boots(&serial), 1);
-    ad.destroy(0).await.expect("destroy");
+
+    // Once more with PAUSED, COMPRESSED and AUTO_CONVERGE: B's defined domain takes it,
+    // paused until resumed; A's transient one is gone.
+    let flags = LIVE | P2P | PAUSED | COMPRESSED | AUTO_CONVERGE;
+    ad.migrate_to_uri3(&b.uri(), &params(&[]), flags)
+        .await
+        .expect("migrate, paused there");
+    assert_eq!(a.state("migrant").await, None, "A's transient domain gone");
+    assert_eq!(
+        b.state("migrant").await,
+        Some((3, 1)),
+        "paused by the user's wish"
+    );
+    let bd = b.dom("migrant").await.expect("on B");
+    assert!(
+        bd.persistent().await.expect("persistent"),
+        "B's definition kept"
+    );
+    bd.resume().await.expect("resume");
+    assert_eq!(bd.get_hostname(0).await.expect("B's agent"), "migrant");
+    assert_eq!(boots(&serial), 1);
+    bd.destroy(0).await.expect("destroy");
     drop((a, b, ns));
 }
 

@@ -116,7 +116,9 @@ impl Driver {
         let dom = self.lookup_uuid_str(uuid)?;
         let _call = self.calls.enter();
         let lock = dom.begin_job().await;
-        let persist_xml = match dom.lock().live.as_ref().and_then(|l| l.migration.clone()) {
+        // Read apart from the match: its arms take the state lock again.
+        let record = dom.lock().live.as_ref().and_then(|l| l.migration.clone());
+        let persist_xml = match record {
             Some(Migration::In { persist_xml, .. }) => persist_xml,
             _ => {
                 return Err(VirError::operation_invalid(format!(
