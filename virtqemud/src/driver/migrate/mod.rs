@@ -336,8 +336,8 @@ impl Destination {
             .map_err(|_| lost(&self.uri, "no answer to Prepare"))?
     }
 
-    /// Finish on the destination: Ok(true) it runs the guest, Ok(false) it refused
-    /// (its QEMU is gone), Err: no answer, nobody knows yet.
+    /// Finish on the destination: Ok(Ok) it runs the guest, Ok(Err) it refused with
+    /// libvirt's error (its QEMU is gone), Err: no answer, nobody knows yet.
     async fn finish(
         &self,
         uuid: &str,
