@@ -63,6 +63,7 @@ error_codes! {
     NoDomainSnapshot = 72 => "Domain snapshot not found: %s",
     ArgumentUnsupported = 74 => "argument unsupported: %s",
     StoragePoolBuilt = 76 => "storage pool already built: %s",
+    OperationAborted = 78 => "operation aborted: %s",
     NoDomainMetadata = 80 => "metadata not found: %s",
     BlockCopyActive = 83 => "block copy still active: %s",
     OperationUnsupported = 84 => "Operation not supported: %s",

@@ -22,6 +22,7 @@ pub mod proxies;
 pub mod publish;
 pub mod runtime;
 pub mod typed_params;
+pub mod uri;
 pub mod wire;
 pub mod xml;
 

@@ -69,6 +69,12 @@ pub enum DomainSignal {
         kind: i32,
         status: i32,
     },
+    /// An outgoing migration's pass over the guest's memory (libvirt's
+    /// `VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION`).
+    MigrationIteration(i32),
+    /// A job (a migration) completed, with its statistics (libvirt's
+    /// `VIR_DOMAIN_EVENT_ID_JOB_COMPLETED`).
+    JobCompleted(Vec<(String, Stat)>),
     Graphics {
         /// 0 connect, 1 initialize, 2 disconnect.
         phase: i32,
@@ -76,6 +82,15 @@ pub enum DomainSignal {
         remote: GraphicsAddress,
         auth: String,
     },
+}
+
+/// One typed parameter of a job's statistics (libvirt's `virTypedParameter` kinds
+/// that job statistics use).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stat {
+    U64(u64),
+    I32(i32),
+    Bool(bool),
 }
 
 /// One tunable's new value.
@@ -164,6 +179,10 @@ pub fn signal_of(ev: &Event, def: &DomainDef) -> Option<DomainSignal> {
                 status,
             }
         }
+        // An outgoing migration began another pass over the guest's memory.
+        "MIGRATION_PASS" => DomainSignal::MigrationIteration(
+            i32::try_from(d.get("pass")?.as_u64()?).unwrap_or(i32::MAX),
+        ),
         "SUSPEND" => DomainSignal::PmSuspend,
         "SUSPEND_DISK" => DomainSignal::PmSuspendDisk,
         "WAKEUP" => DomainSignal::PmWakeup,

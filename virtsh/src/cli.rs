@@ -37,6 +37,8 @@ pub enum Cmd {
     #[command(flatten)]
     Domain(DomainCmd),
     #[command(flatten)]
+    Migrate(crate::migrate::MigrateCmd),
+    #[command(flatten)]
     Stats(StatsCmd),
     #[command(flatten)]
     Network(NetworkCmd),

@@ -41,6 +41,7 @@ mod cli;
 mod conn;
 mod domain;
 mod interface;
+mod migrate;
 mod network;
 mod nodedev;
 mod nwfilter;
@@ -233,6 +234,7 @@ pub async fn run_line(s: &mut Session, cli: Cli) -> anyhow::Result<Flow> {
     match cmd {
         Cmd::Domain(cmd) => domain::run(&x, cmd).await?,
         Cmd::Stats(cmd) => stats::run(&x, cmd).await?,
+        Cmd::Migrate(cmd) => migrate::run(&x, cmd).await?,
         Cmd::Network(cmd) => network::run(&x, cmd).await?,
         Cmd::Interface(cmd) => interface::run(&x, cmd).await?,
         Cmd::Nwfilter(cmd) => nwfilter::run(&x, cmd).await?,

@@ -33,6 +33,24 @@ pub struct JobInfo(i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64);
 #[derive(Serialize, Type)]
 pub struct Time(u64, u32);
 
+/// A job's statistics as libvirt's typed parameters.
+pub fn stat_params(stats: Vec<(String, crate::events::Stat)>) -> TypedParams {
+    use crate::events::Stat;
+    use zbus::zvariant::OwnedValue;
+    stats
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Stat::U64(n) => OwnedValue::from(n),
+                Stat::I32(n) => OwnedValue::from(n),
+                Stat::Bool(b) => OwnedValue::from(b),
+            };
+            (k, v)
+        })
+        .collect::<HashMap<_, _>>()
+        .into()
+}
+
 /// The interface's name, for PropertiesChanged.
 pub const INTERFACE: &str = "org.libvirt.Domain";
 
@@ -678,8 +696,8 @@ impl Domain {
         #[zbus(header)] hdr: zbus::message::Header<'_>,
     ) -> Result<(JobInfo,), BusError> {
         common::access::check(&hdr).await?;
-        let [a, b, c, d, e, f, g, h, i, j, k] = self.driver.job_info(&*self.dom()?)?;
-        Ok((JobInfo(0, a, b, c, d, e, f, g, h, i, j, k),))
+        let (kind, [a, b, c, d, e, f, g, h, i, j, k]) = self.driver.job_info(&*self.dom()?).await?;
+        Ok((JobInfo(kind, a, b, c, d, e, f, g, h, i, j, k),))
     }
 
     #[zbus(name = "GetJobStats", out_args("stats"))]
@@ -689,9 +707,119 @@ impl Domain {
         flags: u32,
     ) -> Result<((i32, TypedParams),), BusError> {
         common::access::check(&hdr).await?;
-        let kind = self.driver.job_stats(&*self.dom()?, flags)?;
-        Ok(((kind, HashMap::new().into()),))
+        let (kind, stats) = self.driver.job_stats(&*self.dom()?, flags).await?;
+        Ok(((kind, stat_params(stats)),))
     }
+
+    #[zbus(name = "MigrateToURI3")]
+    async fn migrate_to_uri3(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        dconuri: &str,
+        params: TypedParams,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self
+            .driver
+            .migrate_to_uri3(&dom, dconuri, &params, flags)
+            .await?)
+    }
+
+    #[zbus(name = "MigrateSetMaxSpeed")]
+    async fn migrate_set_max_speed(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        bandwidth: u64,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self
+            .driver
+            .migrate_set_max_speed(&dom, bandwidth, flags)
+            .await?)
+    }
+
+    #[zbus(name = "MigrateGetMaxSpeed")]
+    async fn migrate_get_max_speed(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<u64, BusError> {
+        common::access::check(&hdr).await?;
+        Ok(self.driver.migrate_get_max_speed(&*self.dom()?, flags)?)
+    }
+
+    #[zbus(name = "MigrateSetMaxDowntime")]
+    async fn migrate_set_max_downtime(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        downtime: u64,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self
+            .driver
+            .migrate_set_max_downtime(&dom, downtime, flags)
+            .await?)
+    }
+
+    #[zbus(name = "MigrateGetCompressionCache")]
+    async fn migrate_get_compression_cache(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<u64, BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self
+            .driver
+            .migrate_get_compression_cache(&dom, flags)
+            .await?)
+    }
+
+    #[zbus(name = "MigrateSetCompressionCache")]
+    async fn migrate_set_compression_cache(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        cache_size: u64,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self
+            .driver
+            .migrate_set_compression_cache(&dom, cache_size, flags)
+            .await?)
+    }
+
+    #[zbus(name = "MigrateStartPostCopy")]
+    async fn migrate_start_post_copy(
+        &self,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+        flags: u32,
+    ) -> Result<(), BusError> {
+        common::access::check(&hdr).await?;
+        let dom = self.dom()?;
+        Ok(self.driver.migrate_start_postcopy(&dom, flags).await?)
+    }
+
+    /// An outgoing migration's pass over the guest's memory.
+    #[zbus(signal)]
+    pub async fn migration_iteration(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        iteration: i32,
+    ) -> zbus::Result<()>;
+
+    /// A migration completed: its statistics, double-wrapped as libvirt-dbus sends them.
+    #[zbus(signal)]
+    pub async fn job_completed(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        params: TypedParams,
+    ) -> zbus::Result<()>;
 
     #[zbus(name = "GetSecurityLabelList")]
     async fn get_security_label_list(

@@ -11,6 +11,7 @@ use crate::driver::{Change, Dom, Driver};
 
 mod connect;
 mod domain;
+mod migration;
 mod snapshot;
 
 /// Serves the connect object and every domain the driver has, and connects the
@@ -26,6 +27,14 @@ pub async fn attach(driver: &Arc<Driver>) {
         .ctx
         .hub
         .serve(common::objpath::connect(), move || connect::Connect {
+            driver: d.clone(),
+        })
+        .await;
+    let d = driver.clone();
+    driver
+        .ctx
+        .hub
+        .serve(common::objpath::connect(), move || migration::Migration {
             driver: d.clone(),
         })
         .await;
@@ -123,6 +132,10 @@ impl Publisher {
                         S::DeviceAdded(alias) => D::device_added(&e, &alias).await,
                         S::DeviceRemoved(alias) => D::device_removed(&e, &alias).await,
                         S::DeviceRemovalFailed(alias) => D::device_removal_failed(&e, &alias).await,
+                        S::MigrationIteration(n) => D::migration_iteration(&e, n).await,
+                        S::JobCompleted(stats) => {
+                            D::job_completed(&e, domain::stat_params(stats)).await
+                        }
                         S::BlockJob { disk, kind, status } => {
                             D::block_job(&e, &disk, kind, status).await
                         }

@@ -219,15 +219,4 @@ impl Driver {
         qmp.execute("send-key", Some(args)).await?;
         Ok(())
     }
-
-    /// `AbortJob`: no operation here runs as a job another call may abort (libvirt's
-    /// async jobs: migration, save, dump), so there is never one to abort.
-    pub async fn abort_job(&self, dom: &Arc<Dom>) -> Result<(), VirError> {
-        if !dom.active() {
-            return Err(not_running());
-        }
-        Err(VirError::operation_invalid(
-            "no job is active on the domain",
-        ))
-    }
 }

@@ -50,11 +50,16 @@ impl Driver {
             return Err(io_err("write", &self.config_file(&name), &e));
         }
         drop(lock);
-        let detail = if added {
+        if added {
             self.publish_added(&dom).await;
-            DefinedDetail::Added
         } else {
             self.props_changed(&dom).await;
+        }
+        // libvirt's: ADDED when there was no persistent definition before, also for a
+        // running transient domain that becomes persistent.
+        let detail = if added || old.is_none() {
+            DefinedDetail::Added
+        } else {
             DefinedDetail::Updated
         };
         self.lifecycle(&dom, DomainEvent::Defined(detail)).await;

@@ -43,6 +43,8 @@ pub(super) struct Live {
     /// The perf counters its `<perf>` enables, open on QEMU (not persisted: a restarted
     /// daemon opens them again).
     pub perf: crate::perf::Counters,
+    /// A migration in or out, at the phase recorded in the status file.
+    pub migration: Option<super::migrate::Migration>,
     pub exited: watch::Receiver<bool>,
 }
 
@@ -79,6 +81,9 @@ pub struct Dom {
     snapshots: Mutex<crate::snapshot::Tree>,
     /// When the job in progress began (GetControlInfo's state time).
     job_since: Mutex<Option<std::time::Instant>>,
+    /// Its migration knobs and the outgoing migration in progress, read without the
+    /// job lock that the migration holds.
+    pub(super) migration: Mutex<super::migrate::Knobs>,
     /// Orders the writes of its status file, off the state lock.
     pub(super) status_write: tokio::sync::Mutex<()>,
     /// Its object is served on every connection: only then do lookups and lists hand
@@ -108,6 +113,7 @@ impl Dom {
             agent: tokio::sync::Mutex::new(()),
             snapshots: Mutex::new(crate::snapshot::Tree::default()),
             status_write: tokio::sync::Mutex::new(()),
+            migration: Mutex::new(Default::default()),
             served: AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 name,

@@ -23,6 +23,7 @@
 //! | `settings.rs` | changes short of a redefinition: metadata, vCPUs, memory |
 //! | `guest.rs` | the guest agent's answers, guest addresses |
 //! | `save.rs` | save images: save, managed save, restore |
+//! | `migrate/` | live migration to and from another node (source, destination, settling after a restart), its knobs and job info |
 //! | `dump.rs` | core dumps |
 //! | `snapshots.rs` | internal snapshots: create, list, revert, delete |
 //! | `hotplug.rs` | devices plugged in and out: attach, detach, update |
@@ -51,6 +52,7 @@ mod graphics_fd;
 mod guest;
 mod hotplug;
 mod iotune;
+mod migrate;
 mod monitor;
 mod netparams;
 mod peek;

@@ -34,7 +34,25 @@ impl Driver {
                 .send(super::Change::Signal(dom.clone(), s))
                 .await;
         }
+        let migrating_out = matches!(
+            dom.lock().live.as_ref().and_then(|l| l.migration.as_ref()),
+            Some(super::migrate::Migration::Out { .. })
+        );
         match ev.name.as_str() {
+            // QEMU stops a migrating guest to send the last of it: libvirt's
+            // PAUSED/MIGRATION and SUSPENDED/MIGRATED.
+            "STOP"
+                if migrating_out
+                    && self.transition(
+                        dom,
+                        &[DomainState::Running],
+                        Paused(PausedReason::Migration),
+                    ) =>
+            {
+                self.lifecycle(dom, Suspended(SuspendedDetail::Migrated))
+                    .await;
+                self.save_status(dom).await;
+            }
             "STOP"
                 if self.transition(dom, &[DomainState::Running], Paused(PausedReason::Unknown)) =>
             {
@@ -71,13 +89,7 @@ impl Driver {
             }
             "VSERPORT_CHANGE" => self.on_port_change(dom, &ev.data).await,
             // A copy's job ended (pivoted, cancelled or failed): the disk is settled.
-            "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_CANCELLED"
-                if ev
-                    .data
-                    .get("device")
-                    .and_then(Value::as_str)
-                    .is_some_and(|d| d.starts_with("libvirt-copy-")) =>
-            {
+            "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_CANCELLED" if is_copy_job(ev) => {
                 self.settle_copy(dom).await;
             }
             // A device the guest let go of (its virtio backend's event has no id).
@@ -168,7 +180,17 @@ impl Driver {
             (live, g.config.is_some())
         };
         let Some(l) = live else { return };
-        let (reason, detail) = if l.saved {
+        use super::migrate::{Migration, OutPhase};
+        let (reason, detail) = if let Some(Migration::Out {
+            phase: OutPhase::Confirm,
+            ..
+        }) = l.migration
+        {
+            (ShutoffReason::Migrated, StoppedDetail::Migrated)
+        } else if let Some(Migration::In { .. }) = l.migration {
+            // An incoming migration that did not finish.
+            (ShutoffReason::Failed, StoppedDetail::Failed)
+        } else if l.saved {
             (ShutoffReason::Saved, StoppedDetail::Saved)
         } else if l.dumped_crash {
             (ShutoffReason::Crashed, StoppedDetail::Crashed)
@@ -221,6 +243,14 @@ impl Driver {
                 .await;
         }
     }
+}
+
+/// Whether a block job event is about a copy (`super::blockcopy`).
+fn is_copy_job(ev: &qmp::Event) -> bool {
+    ev.data
+        .get("device")
+        .and_then(Value::as_str)
+        .is_some_and(|d| d.starts_with("libvirt-copy-"))
 }
 
 /// One per running domain: QMP events drive the state machine; process exit ends it.

@@ -89,26 +89,6 @@ impl Driver {
         })
     }
 
-    /// `GetJobInfo`: libvirt reports its async jobs (migration, save, dump) here; none
-    /// of this daemon's operations is one, so a running domain has none (type NONE).
-    pub fn job_info(&self, dom: &Dom) -> Result<[u64; 11], VirError> {
-        if !dom.active() {
-            return Err(not_running());
-        }
-        Ok([0; 11])
-    }
-
-    /// `GetJobStats`: as GetJobInfo, no async job exists here, so the type is NONE with
-    /// no statistics; COMPLETED (1) asks for the last finished one, of which none is
-    /// kept, also NONE.
-    pub fn job_stats(&self, dom: &Dom, flags: u32) -> Result<i32, VirError> {
-        check_flags(flags, 1 | 2)?;
-        if flags & 1 == 0 && !dom.active() {
-            return Err(not_running());
-        }
-        Ok(0)
-    }
-
     /// `GetSecurityLabelList`: one label per security driver; this host's only one is
     /// DAC, whose label is QEMU's `+uid:+gid` (empty for an inactive domain), never
     /// enforcing, as libvirt's DAC driver reports it.

@@ -171,7 +171,6 @@ impl Driver {
         def.ids = st.ids.clone();
         let new_state = state_after_restart(&run_state, st.state());
         let changed = Some(new_state) != st.state();
-        let perf = crate::perf::Counters::reopen(&def.dom.other, st.pid, &st.name);
         let (exit_tx, exit_rx) = watch::channel(false);
         {
             let mut g = dom.lock();
@@ -183,6 +182,7 @@ impl Driver {
                 dynamic_uid: st.dynamic_uid,
                 qmp_path: st.qmp.clone(),
                 qmp,
+                perf: crate::perf::Counters::reopen(&def.dom.other, st.pid, &st.name),
                 def,
                 destroying: false,
                 shutdown_seen: run_state == "shutdown",
@@ -193,7 +193,7 @@ impl Driver {
                 saving: st.saving.clone(),
                 plugging: st.plugging.clone(),
                 copying: st.copying.clone(),
-                perf,
+                migration: st.migration.clone(),
                 exited: exit_rx,
             });
         }
@@ -221,6 +221,9 @@ impl Driver {
         match st.saving {
             Some(intent) => self.finish_interrupted_save(&dom, intent).await,
             None => self.drop_consumed_managed_save(&dom),
+        }
+        if let Some(m) = st.migration {
+            self.settle_migration(&dom, m).await;
         }
     }
 

@@ -43,6 +43,8 @@ pub enum StartFrom {
     Image(Restore),
     /// An internal snapshot of the disks, by name (QEMU's `-loadvm`).
     Snapshot(String),
+    /// A migration's source, over the network (`super::migrate`).
+    Incoming(super::migrate::Incoming),
 }
 
 /// A save in progress, recorded in the run's status before the guest is paused: a

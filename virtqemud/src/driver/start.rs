@@ -164,11 +164,18 @@ impl Driver {
         use super::save::StartFrom;
         let extra_argv: Vec<String> = match &from {
             // The guest's state comes over the monitor's migrate-incoming, not from boot.
-            Some(StartFrom::Image(_)) => vec!["-incoming".into(), "defer".into()],
+            Some(StartFrom::Image(_) | StartFrom::Incoming(_)) => {
+                vec!["-incoming".into(), "defer".into()]
+            }
             Some(StartFrom::Snapshot(tag)) => vec!["-loadvm".into(), tag.clone()],
             None => Vec::new(),
         };
         let restored = matches!(from, Some(StartFrom::Image(_)));
+        // A migration's destination: QEMU listens and stays paused until Finish.
+        let incoming = match &from {
+            Some(StartFrom::Incoming(i)) => Some(i.record.clone()),
+            _ => None,
+        };
         let boots = from.is_none();
         let mut spawned = match self
             .spawn(dom, &mut def, &mut held, &lock, extra_argv)
@@ -198,18 +205,24 @@ impl Driver {
                 .iter()
                 .try_for_each(|e| perf.enable(e, spawned.pid));
         }
-        let mut run_after = !flags.contains(StartFlags::PAUSED);
-        if let (Ok(()), Some(StartFrom::Image(r))) = (&prepared, from) {
-            run_after &= r.running;
-            let dom_dir = held
-                .qmp
-                .as_deref()
-                .and_then(Path::parent)
-                .map(Path::to_path_buf);
-            prepared = match dom_dir {
-                Some(d) => super::save::migrate_in(&spawned.qmp, &d, r.file).await,
-                None => Err(VirError::internal("the run has no folder")),
-            };
+        let mut run_after = !flags.contains(StartFlags::PAUSED) && incoming.is_none();
+        match (&prepared, from) {
+            (Ok(()), Some(StartFrom::Image(r))) => {
+                run_after &= r.running;
+                let dom_dir = held
+                    .qmp
+                    .as_deref()
+                    .and_then(Path::parent)
+                    .map(Path::to_path_buf);
+                prepared = match dom_dir {
+                    Some(d) => super::save::migrate_in(&spawned.qmp, &d, r.file).await,
+                    None => Err(VirError::internal("the run has no folder")),
+                };
+            }
+            (Ok(()), Some(StartFrom::Incoming(i))) => {
+                prepared = super::migrate::listen(&spawned.qmp, &i).await;
+            }
+            _ => {}
         }
         if let Err(e) = prepared {
             spawned.qemu.terminate(Duration::from_secs(1)).await;
@@ -227,7 +240,13 @@ impl Driver {
         }
         let paused = !run_after;
         let qmp = spawned.qmp.clone();
-        let (reason, started, suspended) = if restored {
+        let (reason, started, suspended) = if incoming.is_some() {
+            (
+                RunningReason::Migrated,
+                StartedDetail::Migrated,
+                SuspendedDetail::Migrated,
+            )
+        } else if restored {
             (
                 RunningReason::Restored,
                 StartedDetail::Restored,
@@ -250,6 +269,13 @@ impl Driver {
         if let Some(l) = dom.lock().live.as_mut() {
             l.perf = perf;
         }
+        if let Some(m) = &incoming {
+            let mut g = dom.lock();
+            g.state = StateReason::Paused(PausedReason::Migration);
+            if let Some(l) = g.live.as_mut() {
+                l.migration = Some(m.clone());
+            }
+        }
         self.save_status(dom).await;
         if !paused {
             if let Err(e) = qmp.execute("cont", None).await {
@@ -263,7 +289,8 @@ impl Driver {
                 .send(super::Change::Signal(dom.clone(), s))
                 .await;
         }
-        if paused {
+        // libvirt's destination tells STARTED/MIGRATED alone: it is paused until Finish.
+        if paused && incoming.is_none() {
             self.lifecycle(dom, DomainEvent::Suspended(suspended)).await;
         }
         self.props_changed(dom).await;
@@ -478,6 +505,7 @@ impl Driver {
                 plugging: None,
                 copying: None,
                 perf: crate::perf::Counters::default(),
+                migration: None,
                 exited: exit_rx,
             });
             g.state = if paused {
@@ -672,6 +700,7 @@ fn starting_record(dom: &Dom, def: &DomainDef, id: u32, qmp: &Path, held: &Held)
         ids: Default::default(),
         plugging: None,
         copying: None,
+        migration: None,
     }
 }
 

@@ -62,6 +62,9 @@ pub(super) struct Status {
     /// A block copy in progress (`super::blockcopy`).
     #[serde(default)]
     pub copying: Option<super::hotplug::Pending>,
+    /// A migration in or out, and its phase (`super::migrate`).
+    #[serde(default)]
+    pub migration: Option<super::migrate::Migration>,
 }
 
 fn yes() -> bool {
@@ -107,6 +110,7 @@ impl Driver {
                     ids: l.def.ids.clone(),
                     plugging: l.plugging.clone(),
                     copying: l.copying.clone(),
+                    migration: l.migration.clone(),
                 }
             })
         };
