@@ -60,6 +60,25 @@ pub fn create_dir_all(path: &Path, mode: u32) -> io::Result<()> {
         .create(path)
 }
 
+/// The files of `dir` named `STEM{suffix}`, with their stems; hidden files (a write's
+/// temporary `.NAME.tmp`) are left out.
+pub fn named_files(dir: &Path, suffix: &str) -> io::Result<Vec<(String, std::path::PathBuf)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        let stem = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(suffix))
+            .filter(|n| !n.starts_with('.') && !n.is_empty())
+            .map(str::to_owned);
+        if let Some(stem) = stem {
+            out.push((stem, p));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +112,20 @@ mod tests {
         assert!(write_atomic(&p, b"data", 0o600).is_err());
         assert!(p.join("x").exists());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn named_files_leave_out_hidden_and_other_suffixes() {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["a.xml", ".a.xml.tmp", ".b.xml", "c.json", ".xml"] {
+            std::fs::write(d.path().join(f), "").unwrap();
+        }
+        let mut got: Vec<String> = named_files(d.path(), ".xml")
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        got.sort();
+        assert_eq!(got, vec!["a".to_owned()]);
     }
 }

@@ -31,16 +31,7 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// (temp files, a file edited by hand into nonsense) are skipped with a warning.
 fn read_defs(dir: &Path) -> std::io::Result<BTreeMap<String, Iface>> {
     let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(dir)? {
-        let p = e?.path();
-        let Some(stem) = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".xml"))
-            .filter(|n| !n.starts_with('.'))
-        else {
-            continue;
-        };
+    for (stem, p) in common::persist::named_files(dir, ".xml")? {
         let text = std::fs::read_to_string(&p)?;
         match Iface::from_xml(&text) {
             Ok(d) if d.name.as_str() == stem => {

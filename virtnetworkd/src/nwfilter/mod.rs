@@ -597,16 +597,7 @@ impl NwFilters {
 /// `NAME.xml` files whose document names NAME; others are skipped with a warning.
 fn read_filters(dir: &Path) -> std::io::Result<BTreeMap<String, Filter>> {
     let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(dir)? {
-        let p = e?.path();
-        let Some(stem) = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".xml"))
-            .filter(|n| !n.starts_with('.'))
-        else {
-            continue;
-        };
+    for (stem, p) in common::persist::named_files(dir, ".xml")? {
         match Filter::from_xml(&std::fs::read_to_string(&p)?) {
             Ok(f) if f.name == stem => {
                 out.insert(f.name.clone(), f);
@@ -622,16 +613,7 @@ fn read_filters(dir: &Path) -> std::io::Result<BTreeMap<String, Filter>> {
 
 fn read_bindings(dir: &Path) -> std::io::Result<BTreeMap<String, Bound>> {
     let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(dir)? {
-        let p = e?.path();
-        let Some(stem) = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".json"))
-            .filter(|n| !n.starts_with('.'))
-        else {
-            continue;
-        };
+    for (stem, p) in common::persist::named_files(dir, ".json")? {
         let rec: Option<Record> = serde_json::from_slice(&std::fs::read(&p)?).ok();
         match rec.and_then(|r| Some((r.ifindex, Binding::from_xml(&r.xml).ok()?))) {
             Some((ifindex, def)) if def.portdev == stem => {

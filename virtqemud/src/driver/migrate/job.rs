@@ -130,12 +130,20 @@ impl Driver {
         ms: u64,
         flags: u32,
     ) -> Result<(), VirError> {
+        self.set_migrate_parameters(dom, flags, json!({ "downtime-limit": ms }))
+            .await
+    }
+
+    /// One `migrate-set-parameters` on the running domain's QEMU (no flags taken).
+    async fn set_migrate_parameters(
+        &self,
+        dom: &Dom,
+        flags: u32,
+        params: Value,
+    ) -> Result<(), VirError> {
         common::error::check_flags(flags, 0)?;
         self.qmp_of(dom)?
-            .execute(
-                "migrate-set-parameters",
-                Some(json!({ "downtime-limit": ms })),
-            )
+            .execute("migrate-set-parameters", Some(params))
             .await?;
         Ok(())
     }
@@ -162,14 +170,8 @@ impl Driver {
         bytes: u64,
         flags: u32,
     ) -> Result<(), VirError> {
-        common::error::check_flags(flags, 0)?;
-        self.qmp_of(dom)?
-            .execute(
-                "migrate-set-parameters",
-                Some(json!({ "xbzrle-cache-size": bytes })),
-            )
-            .await?;
-        Ok(())
+        self.set_migrate_parameters(dom, flags, json!({ "xbzrle-cache-size": bytes }))
+            .await
     }
 
     /// `MigrateStartPostCopy`: the migration in progress switches to post-copy.
