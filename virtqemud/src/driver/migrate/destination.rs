@@ -74,11 +74,14 @@ impl Driver {
             }
             return Err(e);
         }
-        if let (Some(gone), Some(d)) = (source_gone, self.arc()) {
+        // The watch is this run's: a source that leaves late (its disconnect seen up to
+        // a poll later) must not end the next incoming run of the same domain.
+        let run = dom.lock().live.as_ref().map(|l| l.id);
+        if let (Some(gone), Some(d), Some(run)) = (source_gone, self.arc(), run) {
             let dom = dom.clone();
             tokio::spawn(async move {
                 gone.await;
-                d.end_unfinished_incoming(&dom, "its source disconnected")
+                d.end_unfinished_incoming(&dom, run, "its source disconnected")
                     .await;
             });
         }
@@ -86,11 +89,20 @@ impl Driver {
         Ok(tcp(host.as_deref().unwrap_or("127.0.0.1"), port))
     }
 
-    /// Ends the incoming QEMU of `dom` if it never got Finish.
-    pub(super) async fn end_unfinished_incoming(&self, dom: &Arc<Dom>, why: &str) -> bool {
+    /// Ends the incoming QEMU of `dom`'s run `run` if it never got Finish.
+    pub(super) async fn end_unfinished_incoming(
+        &self,
+        dom: &Arc<Dom>,
+        run: u32,
+        why: &str,
+    ) -> bool {
         let _lock = dom.begin_job().await;
         let unfinished = matches!(
-            dom.lock().live.as_ref().and_then(|l| l.migration.clone()),
+            dom.lock()
+                .live
+                .as_ref()
+                .filter(|l| l.id == run)
+                .and_then(|l| l.migration.clone()),
             Some(Migration::In {
                 phase: InPhase::Prepared,
                 ..
