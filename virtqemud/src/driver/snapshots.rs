@@ -523,8 +523,8 @@ impl Driver {
         tracing::warn!(domain = %dom.name(), "finishing the deletion of snapshot '{name}'");
         let disks = snapshot_disks(def, &snap)?;
         delete_tags(qmp, &disks, &name).await?;
-        self.forget_snapshot(dom, &name).await?;
         self.reparent_children(dom, &name, snap.parent.as_deref())?;
+        self.forget_snapshot(dom, &name).await?;
         let current = dom.snapshots().current.clone();
         self.write_current(&dom.name(), current.as_deref())
     }
@@ -784,6 +784,7 @@ impl Driver {
         };
         let (def, qmp, _) = dom.current()?;
         let domain = dom.name();
+        let alone = gone.len() == 1 && gone[0] == name;
         // Children first: a snapshot's state goes after everything built on it.
         for n in gone.iter().rev() {
             if !f.contains(DeleteFlags::METADATA_ONLY) {
@@ -794,12 +795,14 @@ impl Driver {
                     return Err(e);
                 }
             }
+            // The children of a snapshot deleted alone hang off its parent: written
+            // before its own metadata goes, so that no kill leaves a child pointing at
+            // a parent that is gone (the restart's settling does the same).
+            if alone {
+                self.reparent_children(dom, name, parent.as_deref())?;
+            }
             self.forget_snapshot(dom, n).await?;
             self.clear_pending(&domain);
-        }
-        // The children of a snapshot deleted alone hang off its parent now.
-        if gone.len() == 1 && gone[0] == name {
-            self.reparent_children(dom, name, parent.as_deref())?;
         }
         let current = dom.snapshots().current.clone();
         self.write_current(&domain, current.as_deref())

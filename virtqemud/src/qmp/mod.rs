@@ -89,12 +89,9 @@ impl Qmp {
             })?;
         let (read, write) = stream.into_split();
         let mut lines = BufReader::new(read).lines();
-        let greeting = tokio::time::timeout(timeout, lines.next_line())
+        let greeting = tokio::time::timeout(timeout, read_greeting(&mut lines))
             .await
-            .map_err(|_| QmpError::Timeout("greeting".into()))??
-            .ok_or(QmpError::Closed)?;
-        let greeting: Value = serde_json::from_str(&greeting)
-            .map_err(|e| QmpError::Protocol(format!("greeting: {e}")))?;
+            .map_err(|_| QmpError::Timeout("greeting".into()))??;
         let v = greeting
             .pointer("/QMP/version/qemu")
             .ok_or_else(|| QmpError::Protocol("greeting without QMP version".into()))?;
@@ -245,6 +242,27 @@ impl Qmp {
     /// True once QEMU's side of the socket is gone.
     pub fn is_closed(&self) -> bool {
         self.pending.lock().map(|g| g.is_none()).unwrap_or(true)
+    }
+}
+
+/// The greeting of a new connection. A monitor whose previous client went away (a
+/// daemon killed mid-operation) keeps what it could not send then, events of a job
+/// still running and late replies, and sends it ahead of the greeting: skipped here,
+/// since an adopting daemon asks QEMU for its state anyway.
+async fn read_greeting(
+    lines: &mut tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+) -> Result<Value, QmpError> {
+    loop {
+        let line = lines.next_line().await?.ok_or(QmpError::Closed)?;
+        let msg: Value = serde_json::from_str(&line)
+            .map_err(|e| QmpError::Protocol(format!("greeting: {e}")))?;
+        let stale = ["event", "return", "error"]
+            .iter()
+            .any(|k| msg.get(k).is_some());
+        if !stale {
+            return Ok(msg);
+        }
+        tracing::debug!(qmp_stale = %line, "left from the monitor's previous client");
     }
 }
 
@@ -428,6 +446,40 @@ mod tests {
         let r = Qmp::connect(&sock, Duration::from_millis(300)).await;
         assert!(matches!(r, Err(QmpError::Timeout(ref c)) if c == "qmp_capabilities"));
         assert!(start.elapsed() < Duration::from_secs(3));
+        server.abort();
+    }
+
+    /// What a monitor kept from its previous client comes before the greeting of the
+    /// next connection; the client skips it.
+    #[tokio::test]
+    async fn stale_output_before_the_greeting_is_skipped() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("m.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).expect("bind");
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.expect("accept");
+            let (r, mut w) = s.into_split();
+            w.write_all(
+                b"{\"event\": \"JOB_STATUS_CHANGE\", \"data\": {\"id\": \"j\", \"status\": \"concluded\"}}\n\
+                  {\"return\": {}, \"id\": 7}\n\
+                  {\"QMP\": {\"version\": {\"qemu\": {\"micro\": 0, \"minor\": 2, \"major\": 7}}, \"capabilities\": []}}\n",
+            )
+            .await
+            .expect("write");
+            let mut lines = BufReader::new(r).lines();
+            let cmd = lines.next_line().await.expect("read").expect("a command");
+            let id: Value = serde_json::from_str(&cmd).expect("json");
+            let reply = json!({"return": {}, "id": id["id"]}).to_string() + "\n";
+            w.write_all(reply.as_bytes()).await.expect("reply");
+            // Keep the connection open until the client is done.
+            let _ = lines.next_line().await;
+        });
+        let (qmp, _events) = Qmp::connect(&sock, Duration::from_secs(5))
+            .await
+            .expect("connected past the stale lines");
+        assert!(!qmp.is_closed());
+        drop(qmp);
         server.abort();
     }
 }
