@@ -370,11 +370,7 @@ async fn unbind_filter(mode: Mode, tap: &str, owner: Uuid) {
 /// found dead after a restart). A port already gone is not an error.
 pub async fn release(dom: &Domain, mode: Mode) {
     for nic in &dom.devices.interfaces {
-        let tap_backed = matches!(
-            nic.kind,
-            InterfaceKind::Network(_) | InterfaceKind::Bridge(_) | InterfaceKind::Ethernet
-        ) && nic.target_managed != Some(false);
-        if let (true, Some(t)) = (tap_backed, &nic.target_dev) {
+        if let (true, Some(t)) = (nic.has_runtime_tap(), &nic.target_dev) {
             if nic.unhandled.iter().any(|c| c.name == "filterref") {
                 unbind_filter(mode, t, dom.uuid).await;
             }

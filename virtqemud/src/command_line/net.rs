@@ -162,12 +162,7 @@ fn nic_reads(nic: &Interface, c: &Element) -> bool {
         "script" | "downscript" => {
             matches!(nic.kind, InterfaceKind::Ethernet) && nic.target_managed != Some(false)
         }
-        "filterref" | "bandwidth" => {
-            matches!(
-                nic.kind,
-                InterfaceKind::Network(_) | InterfaceKind::Bridge(_) | InterfaceKind::Ethernet
-            ) && nic.target_managed != Some(false)
-        }
+        "filterref" | "bandwidth" => nic.has_runtime_tap(),
         _ => false,
     }
 }

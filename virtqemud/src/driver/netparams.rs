@@ -79,18 +79,16 @@ impl Driver {
                 let l = g.live.as_ref().ok_or_else(not_running)?;
                 let i = nic_of(&l.def, device)?;
                 let nic = &l.def.dom.devices.interfaces[i];
-                let tapped = matches!(
-                    nic.kind,
-                    crate::xml::InterfaceKind::Network(_)
-                        | crate::xml::InterfaceKind::Bridge(_)
-                        | crate::xml::InterfaceKind::Ethernet
-                ) && nic.target_managed != Some(false);
-                let tap = nic.target_dev.clone().filter(|_| tapped).ok_or_else(|| {
-                    VirError::new(
-                        ErrorCode::OperationUnsupported,
-                        format!("interface {device}: bandwidth needs a tap of the runtime's"),
-                    )
-                })?;
+                let tap = nic
+                    .target_dev
+                    .clone()
+                    .filter(|_| nic.has_runtime_tap())
+                    .ok_or_else(|| {
+                        VirError::new(
+                            ErrorCode::OperationUnsupported,
+                            format!("interface {device}: bandwidth needs a tap of the runtime's"),
+                        )
+                    })?;
                 let bw = Bandwidth::of(&nic.unhandled)?
                     .unwrap_or_default()
                     .merged(&given)?;

@@ -327,6 +327,15 @@ fn parse_mtu(el: &Element) -> Result<Option<u32>> {
 }
 
 impl Interface {
+    /// Whether the runtime makes this NIC's tap (network, bridge, and ethernet it
+    /// manages): what filters, bandwidth and the tap's clean-up apply to.
+    pub fn has_runtime_tap(&self) -> bool {
+        matches!(
+            self.kind,
+            InterfaceKind::Network(_) | InterfaceKind::Bridge(_) | InterfaceKind::Ethernet
+        ) && self.target_managed != Some(false)
+    }
+
     pub(super) fn parse(el: &Element) -> Result<Interface> {
         let ty = el.req_attr("type")?;
         let src = el.first("source");
